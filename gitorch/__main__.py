@@ -1,0 +1,3 @@
+from gitorch.cli import main
+
+main()

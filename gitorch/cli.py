@@ -1,0 +1,271 @@
+"""The `gitorch` command: parses arguments and wires modules together; no logic of its own.
+
+The only module that imports click.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from gitorch import __version__, console, desired, hooks
+from gitorch.diagnostics import errors
+from gitorch.diffs import diff_states
+from gitorch.errors import GitorchError
+from gitorch.rendering import PlanReport, diagnostics_text, plan_json, plan_markdown, plan_text
+from gitorch.settings import Settings
+from gitorch.source import open_repository
+
+REPO_HELP = "Git repository (a work tree, a folder inside one, or a bare repo). Default: the current directory."
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _fail(message: str) -> NoReturn:
+    raise GitorchError(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gitorch")
+def cli() -> None:
+    """gitorch: Kubernetes' declarative model on plain Linux servers; the desired state lives in Git."""
+
+
+# --- desired state ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Revision to check (branch, tag, commit). Default: HEAD.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def validate(repo_path: str | None, rev: str | None, output: str) -> None:
+    """Check a commit's manifests against the schemas and cross-object rules; exit 1 on errors."""
+    repo = open_repository(repo_path)
+    state = desired.load(repo, rev)
+    errs = errors(state.diagnostics)
+    if output == "json":
+        console.write(
+            json.dumps(
+                {
+                    "commit": state.revision.oid,
+                    "valid": not errs,
+                    "objects": len(state.objects),
+                    "files": state.files,
+                    "diagnostics": [d.to_json() for d in state.diagnostics],
+                },
+                indent=2,
+            )
+        )
+    else:
+        if state.diagnostics:
+            console.write(diagnostics_text(state.diagnostics), stderr=bool(errs))
+        if rev is None:
+            _warn_uncommitted(repo)
+        if not errs:
+            console.write(
+                f"{state.revision.short}: {len(state.objects)} objects in {state.files} files are valid."
+            )
+    sys.exit(1 if errs else 0)
+
+
+def _warn_uncommitted(repo: Any) -> None:
+    changed = repo.work_tree_changes()
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        console.warn(f"uncommitted changes are not checked (gitorch reads commits only): {shown}")
+
+
+@cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--base", default=None, help="Revision the change starts from. Default: empty (everything is new).")
+@click.option("--head", default=None, help="Revision with the change. Default: HEAD.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 for no changes, 2 for changes, 1 for errors.")
+def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, detailed_exitcode: bool) -> None:
+    """Show what a change does to the cluster's desired state, ready to post on a pull request."""
+    repo = open_repository(repo_path)
+    head_state = desired.load(repo, head)
+    base_state = desired.load(repo, base if base is not None else "")
+    report = PlanReport(
+        base=base_state.revision,
+        head=head_state.revision,
+        changes=diff_states(base_state, head_state),
+        diagnostics=head_state.diagnostics,
+        source=str(repo.path),
+    )
+    if fmt == "json":
+        console.write(plan_json(report))
+    elif fmt == "markdown":
+        console.write(plan_markdown(report))
+    else:
+        console.write_diff(plan_text(report))
+        if head is None:
+            _warn_uncommitted(repo)
+    if errors(head_state.diagnostics):
+        if fmt == "text":
+            console.error(f"{head_state.revision.short} has errors; it would not be applied")
+        sys.exit(1)
+    if detailed_exitcode and report.changes.has_changes:
+        sys.exit(2)
+    sys.exit(0)
+
+
+# --- git hooks ---------------------------------------------------------------------------
+
+
+@cli.group()
+def hook() -> None:
+    """Git hooks for a repository gitorch watches."""
+
+
+@hook.command("install")
+@click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--branch", default="main", show_default=True, help="The branch gitorch deploys from.")
+@click.option("--path", "subdir", default="", help="Folder of the repository that holds the manifests.")
+@click.option("--force", is_flag=True, help="Replace a hook gitorch did not write.")
+def hook_install(repo: Path, branch: str, subdir: str, force: bool) -> None:
+    """Install a pre-receive hook that refuses pushes whose manifests do not validate."""
+    for path in hooks.install(repo, branch=branch, path=subdir, force=force):
+        console.write(f"installed {path}")
+
+
+@hook.command("run", hidden=True)
+@click.argument("name", type=click.Choice(["pre-receive"]))
+@click.option("--branch", default="main")
+@click.option("--path", "subdir", default="")
+def hook_run(name: str, branch: str, subdir: str) -> None:
+    """Run inside git: check the pushed commit of the watched branch."""
+    from gitorch.source import is_zero_oid
+
+    git_dir = Path(os.environ.get("GIT_DIR", ".")).resolve()
+    repo = open_repository(git_dir)
+    repo.root = subdir.strip("/")
+    status = 0
+    for update in hooks.parse_updates(sys.stdin.read()):
+        if update.ref != f"refs/heads/{branch}":
+            continue
+        if is_zero_oid(update.new):
+            console.write(f"gitorch: refusing to delete {branch!r}: gitorch deploys from it", stderr=True)
+            status = 1
+            continue
+        state = desired.load(repo, update.new)
+        errs = errors(state.diagnostics)
+        if errs:
+            console.write(
+                f"gitorch: push to {branch!r} refused: {update.new[:7]} has {len(errs)} error(s) "
+                "in its desired state:",
+                stderr=True,
+            )
+            console.write(diagnostics_text(state.diagnostics), stderr=True)
+            console.write("gitorch: fix them and push again (`gitorch validate` checks locally)", stderr=True)
+            status = 1
+        else:
+            console.write(
+                f"gitorch: {update.new[:7]} is valid ({len(state.objects)} objects)", stderr=True
+            )
+    sys.exit(status)
+
+
+# --- the local lab --------------------------------------------------------------------------
+
+
+@cli.group()
+def lab() -> None:
+    """A local multi-node lab cluster: real SSH nodes in network namespaces on this machine."""
+
+
+@lab.command("up")
+@click.argument("count", type=click.IntRange(1, 250))
+@click.option("--nodes-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the nodes' Node manifests here (for a desired-state repo).")
+@click.option("--subnet", default="10.231.0.0/24", show_default=True, help="Private network of the lab.")
+def lab_up(count: int, nodes_file: Path | None, subnet: str) -> None:
+    """Start COUNT nodes, each with its own IP and sshd."""
+    from gitorch.nodes import lab as labmod
+
+    labmod.preflight()
+    result = labmod.up(count, state_dir=_settings().lab_dir, subnet=subnet, nodes_file=nodes_file)
+    console.table(
+        ["NODE", "ADDRESS", "PID"],
+        [(n.name, n.address, n.pid) for n in result.nodes],
+    )
+    console.write(f"{len(result.nodes)} node(s) up; SSH key {result.identity_file}")
+    if nodes_file:
+        console.write(f"Node manifests written to {nodes_file}")
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop every lab node and remove its network (safe to repeat, also after a crash)."""
+    from gitorch.nodes import lab as labmod
+
+    removed = labmod.down(_settings().lab_dir)
+    for line in removed:
+        console.write(line)
+    if not removed:
+        console.write("no lab is running")
+
+
+@lab.command("status")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def lab_status(output: str) -> None:
+    """Show the lab's nodes and whether each answers."""
+    from gitorch.nodes import lab as labmod
+
+    rows = labmod.status(_settings().lab_dir)
+    if output == "json":
+        console.write(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.write("no lab is running (start one with `gitorch lab up 3`)")
+        return
+    console.table(
+        ["NODE", "ADDRESS", "PID", "ALIVE"],
+        [(r["name"], r["address"], r["pid"], "yes" if r["alive"] else "NO") for r in rows],
+    )
+
+
+@lab.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def lab_ssh(node: str, command: tuple[str, ...]) -> None:
+    """Open a shell on NODE, or run `-- COMMAND` there."""
+    from gitorch.nodes import lab as labmod
+
+    current = labmod.load(_settings().lab_dir)
+    if current is None:
+        _fail("no lab is running (start one with `gitorch lab up 3`)")
+    argv = labmod.ssh_command(current, node, list(command))
+    os.execvp(argv[0], argv)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors print one line (no traceback) and exit 1."""
+    run: Callable[..., Any] = cli.main
+    try:
+        run(args=argv, prog_name="gitorch", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.error("aborted")
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
+    except GitorchError as exc:
+        console.error(str(exc))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)

@@ -1,0 +1,14 @@
+"""Loading the desired state of a revision: source (Git) plus validation, in one call."""
+
+from __future__ import annotations
+
+from gitorch.objects import DesiredState
+from gitorch.source import EMPTY_REVISION, Repository
+from gitorch.validation import load_desired
+
+
+def load(repo: Repository, rev: str | None) -> DesiredState:
+    """The desired state of one commit; `rev=""` means the empty state (nothing deployed)."""
+    if rev == "":
+        return DesiredState(EMPTY_REVISION, {}, [])
+    return load_desired(repo.snapshot(rev))

@@ -1,0 +1,71 @@
+"""Diagnostics: one problem in the desired state, located at file:line:col and a JSON pointer.
+
+Purely computational, no side effects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    """A problem found in one manifest; `line` and `column` are 1-based (0 when unknown)."""
+
+    path: str
+    line: int
+    column: int
+    pointer: str
+    message: str
+    hint: str = ""
+    severity: Severity = Severity.ERROR
+
+    def format(self) -> str:
+        """`path:line:col: /json/pointer: message (hint)`; warnings say so."""
+        where = f"{self.path}:{self.line}:{self.column}" if self.line else self.path
+        prefix = "warning: " if self.severity is Severity.WARNING else ""
+        text = f"{where}: {self.pointer or '/'}: {prefix}{self.message}"
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "line": self.line,
+            "column": self.column,
+            "pointer": self.pointer,
+            "message": self.message,
+            "hint": self.hint,
+            "severity": self.severity.value,
+        }
+
+
+def errors(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return [d for d in diagnostics if d.severity is Severity.ERROR]
+
+
+def warnings(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return [d for d in diagnostics if d.severity is Severity.WARNING]
+
+
+def escape_token(token: str | int) -> str:
+    """Escape one JSON-pointer reference token (RFC 6901)."""
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(*tokens: str | int) -> str:
+    return "".join("/" + escape_token(t) for t in tokens)
+
+
+def split_pointer(ptr: str) -> list[str]:
+    if not ptr:
+        return []
+    return [t.replace("~1", "/").replace("~0", "~") for t in ptr.split("/")[1:]]

@@ -1,0 +1,264 @@
+"""Diffs: what changes between two desired states, object by object and field by field.
+
+Purely computational, no side effects. Secret values are replaced by a marker when a
+diff is built, so nothing downstream (text, markdown, JSON, saved plans) can leak them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitorch.objects import HIDDEN, SENSITIVE_FIELDS, DesiredState, Object, ObjectKey
+
+
+class Action(str, enum.Enum):
+    """What happens to an object (Flux's change-set vocabulary)."""
+
+    CREATE = "created"
+    UPDATE = "configured"
+    DELETE = "deleted"
+    UNCHANGED = "unchanged"
+
+    @property
+    def symbol(self) -> str:
+        return {"created": "+", "configured": "~", "deleted": "-", "unchanged": " "}[self.value]
+
+    @property
+    def verb(self) -> str:
+        return {
+            "created": "will be created",
+            "configured": "will be changed",
+            "deleted": "will be destroyed",
+            "unchanged": "unchanged",
+        }[self.value]
+
+
+class Op(str, enum.Enum):
+    ADD = "+"
+    REMOVE = "-"
+    CHANGE = "~"
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One leaf field that appears, disappears or changes; `path` is display form
+    (`spec.template.spec.containers[web].image`), values are already masked."""
+
+    op: Op
+    path: str
+    old: Any = None
+    new: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op.value, "path": self.path}
+        if self.op is not Op.ADD:
+            out["old"] = self.old
+        if self.op is not Op.REMOVE:
+            out["new"] = self.new
+        return out
+
+
+@dataclass(frozen=True)
+class ObjectChange:
+    key: ObjectKey
+    action: Action
+    fields: tuple[FieldDiff, ...] = ()
+    path: str = ""  # the file that defines it (head, or base when deleted)
+    note: str = ""  # e.g. "moved from a.yaml" or "looks like a rename of Deployment shop/web"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "kind": self.key.kind,
+            "namespace": self.key.namespace,
+            "name": self.key.name,
+            "path": self.path,
+            "note": self.note,
+            "fields": [f.to_json() for f in self.fields],
+        }
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    changes: tuple[ObjectChange, ...] = field(default_factory=tuple)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action is action)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action is not Action.UNCHANGED for c in self.changes)
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"Plan: {self.count(Action.CREATE)} to add, {self.count(Action.UPDATE)} to change, "
+            f"{self.count(Action.DELETE)} to destroy."
+        )
+
+    def changed(self) -> list[ObjectChange]:
+        return [c for c in self.changes if c.action is not Action.UNCHANGED]
+
+
+# --- field diffs ----------------------------------------------------------------------
+
+
+def _named(items: list[Any]) -> bool:
+    """Lists of objects with unique names (containers, env, ports, volumes) match by name."""
+    if not items or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
+        return False
+    names = [i["name"] for i in items]
+    return len(set(names)) == len(names)
+
+
+def _child(path: str, key: str) -> str:
+    if not path:
+        return key
+    if "." in key or "/" in key or " " in key:
+        return f'{path}["{key}"]'
+    return f"{path}.{key}"
+
+
+def leaves(value: Any, path: str) -> list[tuple[str, Any]]:
+    """Flatten a value to (display path, scalar) pairs; empty containers are leaves."""
+    if isinstance(value, dict) and value:
+        out: list[tuple[str, Any]] = []
+        for k, v in value.items():
+            out.extend(leaves(v, _child(path, k)))
+        return out
+    if isinstance(value, list) and value:
+        out = []
+        named = _named(value)
+        for i, v in enumerate(value):
+            out.extend(leaves(v, f"{path}[{v['name'] if named else i}]"))
+        return out
+    return [(path, value)]
+
+
+def diff_values(old: Any, new: Any, path: str = "") -> list[FieldDiff]:
+    """Leaf-level differences between two JSON values, in a stable order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[FieldDiff] = []
+        for k in list(new) + [k for k in old if k not in new]:
+            sub = _child(path, k)
+            if k not in old:
+                out.extend(FieldDiff(Op.ADD, p, None, v) for p, v in leaves(new[k], sub))
+            elif k not in new:
+                out.extend(FieldDiff(Op.REMOVE, p, v, None) for p, v in leaves(old[k], sub))
+            else:
+                out.extend(diff_values(old[k], new[k], sub))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and old and new:
+        if _named(old) and _named(new):
+            before = {i["name"]: i for i in old}
+            after = {i["name"]: i for i in new}
+            out = []
+            for name in list(after) + [n for n in before if n not in after]:
+                sub = f"{path}[{name}]"
+                if name not in before:
+                    out.extend(FieldDiff(Op.ADD, p, None, v) for p, v in leaves(after[name], sub))
+                elif name not in after:
+                    out.extend(FieldDiff(Op.REMOVE, p, v, None) for p, v in leaves(before[name], sub))
+                else:
+                    out.extend(diff_values(before[name], after[name], sub))
+            order_old = [n for n in before if n in after]
+            order_new = [n for n in after if n in before]
+            if order_old != order_new:
+                out.append(FieldDiff(Op.CHANGE, f"{path} (order)", order_old, order_new))
+            return out
+        out = []
+        for i in range(max(len(old), len(new))):
+            sub = f"{path}[{i}]"
+            if i >= len(old):
+                out.extend(FieldDiff(Op.ADD, p, None, v) for p, v in leaves(new[i], sub))
+            elif i >= len(new):
+                out.extend(FieldDiff(Op.REMOVE, p, v, None) for p, v in leaves(old[i], sub))
+            else:
+                out.extend(diff_values(old[i], new[i], sub))
+        return out
+    if old == new and type(old) is type(new):
+        return []
+    if isinstance(old, dict | list) or isinstance(new, dict | list):
+        return [FieldDiff(Op.REMOVE, p, v, None) for p, v in leaves(old, path)] + [
+            FieldDiff(Op.ADD, p, None, v) for p, v in leaves(new, path)
+        ]
+    return [FieldDiff(Op.CHANGE, path, old, new)]
+
+
+# --- masking --------------------------------------------------------------------------
+
+
+def masked_body(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `body` with every sensitive value replaced by a marker."""
+    fields = SENSITIVE_FIELDS.get(kind)
+    if not fields:
+        return body
+    out = dict(body)
+    for f in fields:
+        value = out.get(f)
+        if isinstance(value, dict):
+            out[f] = {k: HIDDEN for k in value}
+    return out
+
+
+def _mask_fields(kind: str, diffs: list[FieldDiff]) -> list[FieldDiff]:
+    fields = SENSITIVE_FIELDS.get(kind)
+    if not fields:
+        return diffs
+    prefixes = tuple(f"{f}." for f in fields) + tuple(f'{f}["' for f in fields)
+    out = []
+    for d in diffs:
+        if d.path.startswith(prefixes):
+            old = HIDDEN if d.op is not Op.ADD else None
+            new = HIDDEN if d.op is not Op.REMOVE else None
+            d = FieldDiff(d.op, d.path, old, new)
+        out.append(d)
+    return out
+
+
+def object_diff(kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[FieldDiff]:
+    return _mask_fields(kind, diff_values(old or {}, new or {}))
+
+
+# --- change sets ----------------------------------------------------------------------
+
+
+def _without_name(body: dict[str, Any]) -> str:
+    meta = dict(body.get("metadata") or {})
+    meta.pop("name", None)
+    return json.dumps({**body, "metadata": meta}, sort_keys=True, default=str)
+
+
+def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
+    """Every object of base and head with its action, in apply order."""
+    before: dict[ObjectKey, Object] = base.objects if base else {}
+    after = head.objects
+    changes: dict[ObjectKey, ObjectChange] = {}
+    for key in set(before) | set(after):
+        old, new = before.get(key), after.get(key)
+        if old is None and new is not None:
+            changes[key] = ObjectChange(key, Action.CREATE, tuple(object_diff(key.kind, None, new.body)), new.path)
+        elif new is None and old is not None:
+            changes[key] = ObjectChange(key, Action.DELETE, tuple(object_diff(key.kind, old.body, None)), old.path)
+        elif old is not None and new is not None:
+            fields = tuple(object_diff(key.kind, old.body, new.body))
+            moved = f"moved from {old.path}" if old.path != new.path else ""
+            changes[key] = ObjectChange(key, Action.UPDATE if fields else Action.UNCHANGED, fields, new.path, moved)
+    # A delete and a create of identical bodies but for the name reads as a rename.
+    deleted = {
+        (k.kind, k.namespace, _without_name(before[k].body)): k
+        for k, c in changes.items()
+        if c.action is Action.DELETE
+    }
+    for k, c in list(changes.items()):
+        if c.action is Action.CREATE:
+            twin = deleted.get((k.kind, k.namespace, _without_name(after[k].body)))
+            if twin is not None:
+                changes[k] = ObjectChange(k, c.action, c.fields, c.path, f"renamed from {twin.name}")
+                d = changes[twin]
+                changes[twin] = ObjectChange(twin, d.action, d.fields, d.path, f"renamed to {k.name}")
+    ordered = sorted(changes.values(), key=lambda c: c.key.sort_key())
+    return ChangeSet(tuple(ordered))

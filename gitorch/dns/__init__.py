@@ -1,0 +1,1 @@
+"""Cluster DNS: Kubernetes DNS-based service discovery for gitorch services."""

@@ -1,0 +1,1 @@
+"""Reaching nodes: the local lab, the SSH layer and the node agent."""

@@ -1,0 +1,122 @@
+"""Objects: the kinds gitorch knows and the typed desired-state objects built from manifests.
+
+Purely computational, no side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitorch.diagnostics import Diagnostic, errors
+from gitorch.manifests import Document
+from gitorch.source import Revision
+
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    api_version: str
+    namespaced: bool
+    schema: str  # file name in schemas/
+    workload: bool = False
+    order: int = 50  # apply order: namespaces and config before the workloads that use them
+
+
+KINDS: dict[str, KindInfo] = {
+    k.kind: k
+    for k in (
+        KindInfo("Cluster", "gitorch.dev/v1", False, "cluster.json", order=0),
+        KindInfo("Node", "gitorch.dev/v1", False, "node.json", order=1),
+        KindInfo("Namespace", "v1", False, "namespace.json", order=2),
+        KindInfo("ConfigMap", "v1", True, "configmap.json", order=10),
+        KindInfo("Secret", "v1", True, "secret.json", order=10),
+        KindInfo("PersistentVolumeClaim", "v1", True, "persistentvolumeclaim.json", order=11),
+        KindInfo("Service", "v1", True, "service.json", order=20),
+        KindInfo("Deployment", "apps/v1", True, "deployment.json", workload=True, order=30),
+        KindInfo("StatefulSet", "apps/v1", True, "statefulset.json", workload=True, order=30),
+        KindInfo("DaemonSet", "apps/v1", True, "daemonset.json", workload=True, order=30),
+        KindInfo("Job", "batch/v1", True, "job.json", workload=True, order=31),
+        KindInfo("CronJob", "batch/v1", True, "cronjob.json", workload=True, order=32),
+    )
+}
+
+# Where each kind keeps values that must never be printed.
+SENSITIVE_FIELDS: dict[str, tuple[str, ...]] = {"Secret": ("data", "stringData")}
+HIDDEN = "(sensitive value)"
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    """Identity of an object: kind, namespace ("" when cluster-scoped) and name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        if self.namespace:
+            return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.name}"
+
+    @property
+    def ref(self) -> str:
+        """kubectl-style `kind/name` (namespace kept apart)."""
+        return f"{self.kind.lower()}/{self.name}"
+
+    def sort_key(self) -> tuple[int, str, str, str]:
+        info = KINDS.get(self.kind)
+        return (info.order if info else 99, self.kind, self.namespace, self.name)
+
+
+@dataclass
+class Object:
+    """One desired object and where it was written."""
+
+    key: ObjectKey
+    body: dict[str, Any]
+    document: Document = field(repr=False)
+
+    @property
+    def path(self) -> str:
+        return self.document.path
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec = self.body.get("spec")
+        return spec if isinstance(spec, dict) else {}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels = self.body.get("metadata", {}).get("labels")
+        return labels if isinstance(labels, dict) else {}
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        ann = self.body.get("metadata", {}).get("annotations")
+        return ann if isinstance(ann, dict) else {}
+
+
+@dataclass
+class DesiredState:
+    """Everything one commit asks for: its objects (valid or not) and what is wrong with them."""
+
+    revision: Revision
+    objects: dict[ObjectKey, Object]
+    diagnostics: list[Diagnostic]
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not errors(self.diagnostics)
+
+    def of_kind(self, kind: str) -> list[Object]:
+        return [o for k, o in sorted(self.objects.items()) if k.kind == kind]
+
+    def get(self, kind: str, namespace: str, name: str) -> Object | None:
+        return self.objects.get(ObjectKey(kind, namespace, name))
+
+    def sorted(self) -> list[Object]:
+        return [self.objects[k] for k in sorted(self.objects, key=ObjectKey.sort_key)]

@@ -1,0 +1,1 @@
+"""The reconcile layer: scheduling, planning and executing changes on the cluster."""

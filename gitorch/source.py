@@ -1,0 +1,239 @@
+"""Source: read the manifests of one commit of a Git repository (never the work tree).
+
+The only module that imports pygit2.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import pygit2
+
+from gitorch.errors import SourceError
+from gitorch.manifests import load_plain
+
+CONFIG_FILE = "gitorch.yaml"
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One commit: what it is and who made it."""
+
+    oid: str
+    author: str
+    message: str
+    time: str  # ISO 8601, UTC
+
+    @property
+    def short(self) -> str:
+        return self.oid[:7]
+
+    @property
+    def subject(self) -> str:
+        return self.message.splitlines()[0] if self.message else ""
+
+
+EMPTY_REVISION = Revision(oid="", author="", message="(empty: nothing deployed)", time="")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One manifest file of a commit; `blob` is its content hash, a cache key for parsing."""
+
+    path: str
+    blob: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: Revision
+    root: str  # the folder of the repository that holds the desired state ("" = top)
+    files: tuple[SourceFile, ...]
+
+
+@dataclass
+class Repository:
+    """A Git repository opened for reading, and where inside it the desired state lives."""
+
+    path: Path
+    root: str
+    _repo: pygit2.Repository = field(repr=False)
+
+    @property
+    def is_bare(self) -> bool:
+        return bool(self._repo.is_bare)
+
+    @property
+    def git_dir(self) -> Path:
+        return Path(self._repo.path)
+
+    def resolve(self, rev: str | None) -> Revision:
+        """Resolve any revision expression (branch, tag, `HEAD~2`, an oid) to its commit."""
+        commit = self._commit(rev)
+        return _revision(commit)
+
+    def _commit(self, rev: str | None) -> pygit2.Commit:
+        spec = rev or "HEAD"
+        try:
+            obj = self._repo.revparse_single(spec)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            if rev is None and self._repo.head_is_unborn:
+                raise SourceError(
+                    f"{self.path}: the repository has no commits yet; commit your manifests first"
+                ) from exc
+            raise SourceError(
+                f"{self.path}: no such revision {spec!r} (try a branch, tag or commit id)"
+            ) from exc
+        return commit
+
+    def snapshot(self, rev: str | None) -> Snapshot:
+        """The manifest files of one commit, narrowed by the root folder and `gitorch.yaml`."""
+        commit = self._commit(rev)
+        tree = commit.tree
+        if self.root:
+            try:
+                entry = tree[self.root]
+            except KeyError as exc:
+                raise SourceError(
+                    f"{self.path}: folder {self.root!r} does not exist in commit {str(commit.id)[:7]}"
+                ) from exc
+            sub = self._repo.get(entry.id)
+            if not isinstance(sub, pygit2.Tree):
+                raise SourceError(f"{self.path}: {self.root!r} is not a folder")
+            tree = sub
+        includes = self._includes(tree)
+        files = tuple(
+            SourceFile(self._display(path), str(blob.id), blob.data)
+            for path, blob in _walk(self._repo, tree, "")
+            if path.endswith(MANIFEST_SUFFIXES)
+            and path != CONFIG_FILE
+            and _included(path, includes)
+        )
+        return Snapshot(_revision(commit), self.root, files)
+
+    def _display(self, path: str) -> str:
+        return f"{self.root}/{path}" if self.root else path
+
+    def _includes(self, tree: pygit2.Tree) -> list[str] | None:
+        try:
+            entry = tree[CONFIG_FILE]
+        except KeyError:
+            return None
+        blob = self._repo.get(entry.id)
+        if not isinstance(blob, pygit2.Blob):
+            return None
+        where = self._display(CONFIG_FILE)
+        try:
+            config = load_plain(blob.data.decode("utf-8")) or {}
+        except Exception as exc:  # any YAML or decoding problem in the config file
+            raise SourceError(f"{where}: cannot read it: {exc}") from exc
+        if not isinstance(config, dict):
+            raise SourceError(f"{where}: expected a mapping with a `manifests:` list")
+        unknown = sorted(set(config) - {"manifests"})
+        if unknown:
+            raise SourceError(f"{where}: unknown field {unknown[0]!r} (supported: manifests)")
+        manifests = config.get("manifests")
+        if manifests is None:
+            return None
+        if not isinstance(manifests, list) or not all(isinstance(m, str) for m in manifests):
+            raise SourceError(f"{where}: `manifests` must be a list of folders, files or globs")
+        return [str(PurePosixPath(m.strip("/"))) for m in manifests]
+
+    def work_tree_changes(self) -> list[str]:
+        """Paths under the root with uncommitted changes (the source reads commits only)."""
+        if self._repo.is_bare:
+            return []
+        try:
+            status = self._repo.status(untracked_files="no")
+        except pygit2.GitError:
+            return []
+        prefix = f"{self.root}/" if self.root else ""
+        return sorted(
+            p
+            for p, flags in status.items()
+            if p.startswith(prefix) and p.endswith(MANIFEST_SUFFIXES) and flags
+        )
+
+
+def _included(path: str, includes: list[str] | None) -> bool:
+    if includes is None:
+        return True
+    for inc in includes:
+        if inc in (".", ""):
+            return True
+        if path == inc or path.startswith(inc + "/") or fnmatch.fnmatchcase(path, inc):
+            return True
+    return False
+
+
+def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Blob]]:
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            sub = repo.get(entry.id)
+            if isinstance(sub, pygit2.Tree):
+                yield from _walk(repo, sub, path + "/")
+        elif entry.type_str == "blob" and path.endswith(MANIFEST_SUFFIXES):
+            blob = repo.get(entry.id)
+            if isinstance(blob, pygit2.Blob):
+                yield path, blob
+
+
+def _revision(commit: pygit2.Commit) -> Revision:
+    when = datetime.fromtimestamp(commit.commit_time, tz=UTC).isoformat().replace("+00:00", "Z")
+    return Revision(
+        oid=str(commit.id),
+        author=f"{commit.author.name} <{commit.author.email}>",
+        message=commit.message.strip(),
+        time=when,
+    )
+
+
+def open_repository(path: str | os.PathLike[str] | None = None) -> Repository:
+    """Open the repository holding `path` (a work tree, a folder inside one, or a bare repo).
+
+    A folder inside a work tree narrows the desired state to that folder, so
+    `--repo examples/repo` reads `examples/repo/` of the enclosing repository's commit.
+    """
+    target = Path(path or ".").resolve()
+    if not target.exists():
+        raise SourceError(f"{target}: no such directory")
+    found = pygit2.discover_repository(str(target))
+    if found is None:
+        raise SourceError(
+            f"{target}: not inside a Git repository (run `git init` there, or pass --repo PATH)"
+        )
+    repo = pygit2.Repository(found)
+    _add_quarantine(repo)
+    root = ""
+    if not repo.is_bare and repo.workdir:
+        workdir = Path(repo.workdir).resolve()
+        if target != workdir and workdir in target.parents:
+            root = target.relative_to(workdir).as_posix()
+    return Repository(path=target, root=root, _repo=repo)
+
+
+def _add_quarantine(repo: pygit2.Repository) -> None:
+    """Inside a pre-receive hook, pushed objects live in a quarantine directory git names
+    in the environment; libgit2 does not read it, so add it as an alternate."""
+    dirs: list[str] = []
+    if os.environ.get("GIT_QUARANTINE_PATH"):
+        dirs.append(os.environ["GIT_QUARANTINE_PATH"])
+    if os.environ.get("GIT_OBJECT_DIRECTORY"):
+        dirs.append(os.environ["GIT_OBJECT_DIRECTORY"])
+    dirs.extend(filter(None, os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES", "").split(":")))
+    for d in dirs:
+        if os.path.isdir(d):
+            repo.odb.add_disk_alternate(d)
+
+
+def is_zero_oid(oid: str) -> bool:
+    return set(oid) == {"0"}

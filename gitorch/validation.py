@@ -1,0 +1,563 @@
+"""Validation: manifests to a DesiredState, checked against `schemas/` and cross-object rules.
+
+The only module that imports jsonschema. Each error names `file:line:col`, the JSON pointer
+of the field, what is wrong and, where it helps, how to fix it. Secret values never appear.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+
+from gitorch import selectors
+from gitorch.diagnostics import Diagnostic, Severity, escape_token, pointer
+from gitorch.errors import GitorchError
+from gitorch.manifests import Document, parse_documents
+from gitorch.objects import (
+    DEFAULT_NAMESPACE,
+    HIDDEN,
+    KINDS,
+    SENSITIVE_FIELDS,
+    DesiredState,
+    Object,
+    ObjectKey,
+)
+from gitorch.quantities import QuantityError, parse_quantity
+from gitorch.source import Snapshot
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_BASE = "https://gitorch.dev/schemas/"
+
+
+@dataclass(frozen=True)
+class _Validators:
+    by_kind: dict[str, jsonschema.protocols.Validator]
+
+
+@cache
+def _validators(schema_dir: Path = SCHEMA_DIR) -> _Validators:
+    if not schema_dir.is_dir():
+        raise GitorchError(f"{schema_dir}: schemas folder missing (reinstall gitorch)")
+    resources = []
+    schemas: dict[str, dict[str, Any]] = {}
+    for file in sorted(schema_dir.glob("*.json")):
+        contents = json.loads(file.read_text())
+        uri = contents.get("$id", SCHEMA_BASE + file.name)
+        resources.append((uri, Resource.from_contents(contents)))
+        schemas[file.name] = contents
+    registry: Registry[Any] = Registry().with_resources(resources)
+    by_kind: dict[str, jsonschema.protocols.Validator] = {}
+    for info in KINDS.values():
+        schema = schemas.get(info.schema)
+        if schema is None:
+            raise GitorchError(f"{schema_dir / info.schema}: schema for {info.kind} missing")
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        by_kind[info.kind] = cls(schema, registry=registry)
+    return _Validators(by_kind)
+
+
+def schema_for(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one kind (for `gitorch explain` and editors)."""
+    return dict(_validators().by_kind[kind].schema)
+
+
+# --- per-document checks -------------------------------------------------------------
+
+
+_TYPE_NAMES = {
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
+
+
+def _describe_type(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _show(value: Any, sensitive: bool) -> str:
+    if sensitive:
+        return HIDDEN
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _is_sensitive(kind: str, path: list[str | int]) -> bool:
+    fields = SENSITIVE_FIELDS.get(kind, ())
+    return bool(path) and path[0] in fields and len(path) > 1
+
+
+def _hint_of(error: jsonschema.ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    return str(schema.get("x-hint", ""))
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _translate(
+    doc: Document, kind: str, error: jsonschema.ValidationError
+) -> Iterator[Diagnostic]:
+    """One jsonschema error as diagnostics a person can act on."""
+    path = list(error.absolute_path)
+    ptr = pointer(*path)
+    sensitive = _is_sensitive(kind, path)
+    keyword = error.validator
+    hint = _hint_of(error)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    instance = error.instance
+
+    def at(p: str, message: str, hint: str = hint, key: bool = False) -> Diagnostic:
+        pos = doc.position(p, key=key)
+        return Diagnostic(doc.path, pos.line, pos.column, p, message, hint)
+
+    if keyword in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
+        known = set(schema.get("properties", {}))
+        patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+        if keyword == "unevaluatedProperties":
+            extras = [n for n in _QUOTED.findall(error.message) if n in instance]
+        else:
+            extras = [
+                n for n in instance if n not in known and not any(p.search(n) for p in patterns)
+            ]
+        if not extras and schema.get(keyword) is not False:
+            # The extra properties exist but their values are wrong; report those.
+            for sub in error.context or []:
+                yield from _translate(doc, kind, sub)
+            return
+        for name in extras:
+            child = ptr + "/" + escape_token(name)
+            if name == "status":
+                yield at(child, "`status` is owned by the cluster, not Git", "delete it", key=True)
+                continue
+            fix = _suggest(name, known) or (
+                f"supported fields here: {', '.join(sorted(known))}" if known else "delete it"
+            )
+            yield at(child, f"unknown field {name!r}: gitorch does not support it", fix, key=True)
+        return
+    if keyword == "required":
+        missing = [r for r in error.validator_value if isinstance(instance, dict) and r not in instance]
+        for name in missing:
+            yield at(ptr, f"missing required field {name!r}", hint, key=bool(path))
+        return
+    if keyword == "type":
+        want = error.validator_value
+        wants = want if isinstance(want, list) else [want]
+        yield at(
+            ptr,
+            f"expected {' or '.join(wants)}, got {_describe_type(instance)}"
+            + ("" if sensitive else f" {_show(instance, False)}"),
+        )
+        return
+    if keyword == "enum":
+        options = [str(o) for o in error.validator_value]
+        fix = hint or (_suggest(str(instance), options) if isinstance(instance, str) else "")
+        yield at(ptr, f"{_show(instance, sensitive)} is not one of: {', '.join(options)}", fix)
+        return
+    if keyword == "const":
+        yield at(ptr, f"must be {_show(error.validator_value, False)}, not {_show(instance, sensitive)}")
+        return
+    if keyword in ("oneOf", "anyOf") and error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        if best is not None and best.validator not in ("oneOf", "anyOf"):
+            inner = list(_translate(doc, kind, best))
+            if inner:
+                yield from inner
+                return
+        yield at(ptr, f"{_show(instance, sensitive)} matches none of the allowed forms")
+        return
+    if keyword == "pattern":
+        what = schema.get("title") or "value"
+        yield at(ptr, f"{_show(instance, sensitive)} is not a valid {what}", hint)
+        return
+    if keyword == "not" and isinstance(instance, dict):
+        yield at(ptr, "this combination of fields is not allowed", hint or str(schema.get("description", "")))
+        return
+    message = error.message
+    if sensitive:
+        message = f"{HIDDEN} fails the `{keyword}` rule"
+    yield at(ptr, message, hint)
+
+
+def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
+    body = doc.body
+    if body is None:
+        return None, []  # an empty document (a trailing `---`) is allowed
+    pos = doc.position("")
+    if not isinstance(body, dict):
+        return None, [
+            Diagnostic(doc.path, pos.line, pos.column, "", f"expected a Kubernetes-style object, got {_describe_type(body)}")
+        ]
+    kind = body.get("kind")
+    api = body.get("apiVersion")
+    if not isinstance(kind, str) or not kind:
+        p = doc.position("", key=True)
+        return None, [
+            Diagnostic(doc.path, p.line, p.column, "/kind", "missing `kind`", f"one of: {', '.join(KINDS)}")
+        ]
+    info = KINDS.get(kind)
+    if info is None:
+        p = doc.position("/kind")
+        fix = _suggest(kind, KINDS) or f"supported kinds: {', '.join(KINDS)}"
+        return None, [Diagnostic(doc.path, p.line, p.column, "/kind", f"unknown kind {kind!r}", fix)]
+    if api != info.api_version:
+        p = doc.position("/apiVersion")
+        return None, [
+            Diagnostic(
+                doc.path,
+                p.line,
+                p.column,
+                "/apiVersion",
+                f"{kind} needs apiVersion {info.api_version!r}, not {api!r}",
+                f"apiVersion: {info.api_version}",
+            )
+        ]
+    validator = _validators().by_kind[kind]
+    diags: list[Diagnostic] = []
+    for error in validator.iter_errors(body):
+        diags.extend(_translate(doc, kind, error))
+    meta = body.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        return None, sorted(set(diags))
+    namespace = ""
+    if info.namespaced:
+        ns = meta.get("namespace") if isinstance(meta, dict) else None
+        namespace = ns if isinstance(ns, str) and ns else DEFAULT_NAMESPACE
+    return Object(ObjectKey(kind, namespace, name), body, doc), sorted(set(diags))
+
+
+# Parsing and per-document checks depend only on (path, content): cache them by blob.
+_CACHE: dict[tuple[str, str], tuple[list[tuple[Object | None, Document]], list[Diagnostic]]] = {}
+_CACHE_LIMIT = 200_000
+
+
+def _check_file(path: str, blob: str, data: bytes) -> tuple[list[tuple[Object | None, Document]], list[Diagnostic]]:
+    key = (path, blob)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    docs, diags = parse_documents(path, data)
+    out: list[tuple[Object | None, Document]] = []
+    for doc in docs:
+        obj, d = _check_document(doc)
+        out.append((obj, doc))
+        diags.extend(d)
+    if len(_CACHE) > _CACHE_LIMIT:
+        _CACHE.clear()
+    _CACHE[key] = (out, diags)
+    return out, diags
+
+
+def load_desired(snapshot: Snapshot) -> DesiredState:
+    """Parse, schema-check and cross-check one commit's manifests."""
+    diags: list[Diagnostic] = []
+    objects: dict[ObjectKey, Object] = {}
+    for f in snapshot.files:
+        checked, d = _check_file(f.path, f.blob, f.data)
+        diags.extend(d)
+        for obj, doc in checked:
+            if obj is None:
+                continue
+            first = objects.get(obj.key)
+            if first is not None:
+                p = doc.position("/metadata/name")
+                where = first.document.position("/metadata/name")
+                diags.append(
+                    Diagnostic(
+                        doc.path,
+                        p.line,
+                        p.column,
+                        "/metadata/name",
+                        f"duplicate object: {obj.key} is already defined",
+                        f"first defined at {first.path}:{where.line}:{where.column}; rename or remove one",
+                    )
+                )
+                continue
+            objects[obj.key] = obj
+    diags.extend(cross_check(objects))
+    diags.sort(key=lambda d: (d.path, d.line, d.column, d.pointer, d.message))
+    return DesiredState(snapshot.revision, objects, diags, files=len(snapshot.files))
+
+
+# --- cross-object rules ----------------------------------------------------------------
+
+
+def _diag(obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False) -> Diagnostic:
+    pos = obj.document.position(ptr, key=key)
+    return Diagnostic(
+        obj.path,
+        pos.line,
+        pos.column,
+        ptr,
+        message,
+        hint,
+        Severity.WARNING if warning else Severity.ERROR,
+    )
+
+
+def pod_template(obj: Object) -> tuple[str, dict[str, Any]] | None:
+    """The pointer and body of a workload's pod template."""
+    spec = obj.spec
+    if obj.key.kind == "CronJob":
+        tmpl = (spec.get("jobTemplate") or {}).get("spec", {}).get("template")
+        return ("/spec/jobTemplate/spec/template", tmpl) if isinstance(tmpl, dict) else None
+    tmpl = spec.get("template")
+    return ("/spec/template", tmpl) if isinstance(tmpl, dict) else None
+
+
+def _containers(tmpl_ptr: str, tmpl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    pod = tmpl.get("spec") or {}
+    for field in ("initContainers", "containers"):
+        for i, c in enumerate(pod.get(field) or []):
+            if isinstance(c, dict):
+                yield f"{tmpl_ptr}/spec/{field}/{i}", c
+
+
+def cross_check(objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
+    """Rules that need more than one object (and a few single-object rules schemas cannot say)."""
+    out: list[Diagnostic] = []
+    namespaces = {k.name for k in objects if k.kind == "Namespace"} | {DEFAULT_NAMESPACE}
+    ordered = sorted(objects.values(), key=lambda o: o.key)
+    nodes = [o for o in ordered if o.key.kind == "Node"]
+    clusters = [o for o in ordered if o.key.kind == "Cluster"]
+    for extra in clusters[1:]:
+        out.append(
+            _diag(extra, "/metadata/name", f"a second Cluster ({extra.key.name}); a repository describes one cluster",
+                  f"keep only {clusters[0].key.name!r} (in {clusters[0].path})")
+        )
+    for c in clusters:
+        out.extend(_check_cluster(c))
+    out.extend(_check_nodes(nodes))
+    for obj in ordered:
+        if obj.key.namespace and obj.key.namespace not in namespaces:
+            out.append(
+                _diag(obj, "/metadata/namespace", f"namespace {obj.key.namespace!r} does not exist",
+                      f"add a Namespace named {obj.key.namespace!r}, or fix the name")
+            )
+        if obj.key.kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"):
+            out.extend(_check_workload(obj, objects, nodes))
+        elif obj.key.kind == "Service":
+            out.extend(_check_service(obj, objects))
+    return out
+
+
+def _check_cluster(c: Object) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    nets = {}
+    for field in ("podCIDR", "serviceCIDR"):
+        value = c.spec.get(field)
+        if isinstance(value, str):
+            try:
+                nets[field] = ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                out.append(_diag(c, f"/spec/{field}", f"{value!r} is not a valid CIDR: {exc}",
+                                 "a network such as 10.244.0.0/16 (host bits zero)"))
+    if len(nets) == 2 and nets["podCIDR"].overlaps(nets["serviceCIDR"]):  # type: ignore[arg-type]
+        out.append(_diag(c, "/spec/serviceCIDR", "serviceCIDR overlaps podCIDR",
+                         "pick networks that do not overlap, e.g. 10.244.0.0/16 and 10.96.0.0/12"))
+    return out
+
+
+def _check_nodes(nodes: list[Object]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    seen: dict[tuple[str, int], Object] = {}
+    for n in nodes:
+        addr = n.spec.get("address")
+        port = n.spec.get("port", 22)
+        if not isinstance(addr, str):
+            continue
+        first = seen.get((addr, port))
+        if first is not None:
+            out.append(_diag(n, "/spec/address", f"address {addr}:{port} is already used by Node {first.key.name}",
+                             "each Node needs its own address (or port)"))
+        else:
+            seen[(addr, port)] = n
+    return out
+
+
+def _check_selector(obj: Object, selector: dict[str, Any], labels: dict[str, str], ptr: str) -> list[Diagnostic]:
+    if selectors.matches(selector, labels):
+        return []
+    return [
+        _diag(obj, ptr, f"selector {selectors.describe(selector)} does not match the template labels "
+                        f"{', '.join(f'{k}={v}' for k, v in sorted(labels.items())) or '(none)'}",
+              "make spec.template.metadata.labels include every label the selector asks for")
+    ]
+
+
+def _restart_policies(kind: str) -> tuple[str, ...]:
+    return ("OnFailure", "Never") if kind in ("Job", "CronJob") else ("Always",)
+
+
+def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[Object]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    found = pod_template(obj)
+    if found is None:
+        return out
+    tptr, tmpl = found
+    labels = (tmpl.get("metadata") or {}).get("labels") or {}
+    selector = obj.spec.get("selector")
+    if isinstance(selector, dict) and isinstance(labels, dict):
+        out.extend(_check_selector(obj, selector, labels, "/spec/selector"))
+        if not selector.get("matchLabels") and not selector.get("matchExpressions"):
+            out.append(_diag(obj, "/spec/selector", "an empty selector would select every pod in the namespace",
+                             "select on the template's labels, e.g. matchLabels: {app: NAME}"))
+    pod = tmpl.get("spec") or {}
+    ns = obj.key.namespace
+    policy = pod.get("restartPolicy")
+    allowed = _restart_policies(obj.key.kind)
+    if policy is not None and policy not in allowed:
+        out.append(_diag(obj, f"{tptr}/spec/restartPolicy",
+                         f"restartPolicy {policy!r} is not allowed for a {obj.key.kind}",
+                         f"use {' or '.join(allowed)}"))
+    # Volumes: every mount names a volume; every referenced object exists.
+    volume_names: set[str] = set()
+    for i, vol in enumerate(pod.get("volumes") or []):
+        if not isinstance(vol, dict):
+            continue
+        vptr = f"{tptr}/spec/volumes/{i}"
+        if vol.get("name") in volume_names:
+            out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
+        volume_names.add(str(vol.get("name")))
+        if isinstance(vol.get("configMap"), dict):
+            out.extend(_ref(obj, objects, "ConfigMap", ns, vol["configMap"].get("name"), f"{vptr}/configMap/name",
+                            optional=bool(vol["configMap"].get("optional"))))
+        if isinstance(vol.get("secret"), dict):
+            out.extend(_ref(obj, objects, "Secret", ns, vol["secret"].get("secretName"), f"{vptr}/secret/secretName",
+                            optional=bool(vol["secret"].get("optional"))))
+        if isinstance(vol.get("persistentVolumeClaim"), dict):
+            out.extend(_ref(obj, objects, "PersistentVolumeClaim", ns, vol["persistentVolumeClaim"].get("claimName"),
+                            f"{vptr}/persistentVolumeClaim/claimName"))
+    if obj.key.kind == "StatefulSet":
+        for t in obj.spec.get("volumeClaimTemplates") or []:
+            if isinstance(t, dict):
+                volume_names.add(str((t.get("metadata") or {}).get("name")))
+        service = obj.spec.get("serviceName")
+        if isinstance(service, str) and ObjectKey("Service", ns, service) not in objects:
+            out.append(_diag(obj, "/spec/serviceName", f"Service {ns}/{service} does not exist",
+                             "add a headless Service (clusterIP: None) with that name so pods get DNS names",
+                             warning=True))
+    container_names: set[str] = set()
+    for cptr, c in _containers(tptr, tmpl):
+        cname = c.get("name")
+        if cname in container_names:
+            out.append(_diag(obj, f"{cptr}/name", f"duplicate container name {cname!r}"))
+        container_names.add(str(cname))
+        for j, m in enumerate(c.get("volumeMounts") or []):
+            if isinstance(m, dict) and m.get("name") not in volume_names:
+                out.append(_diag(obj, f"{cptr}/volumeMounts/{j}/name", f"volume {m.get('name')!r} is not defined",
+                                 _suggest(str(m.get("name")), volume_names) or "add it under spec.volumes"))
+        for j, env in enumerate(c.get("env") or []):
+            source = (env or {}).get("valueFrom") or {}
+            for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                ref = source.get(field)
+                if isinstance(ref, dict):
+                    out.extend(_ref(obj, objects, kind, ns, ref.get("name"), f"{cptr}/env/{j}/valueFrom/{field}/name",
+                                    optional=bool(ref.get("optional")), key=ref.get("key"),
+                                    key_ptr=f"{cptr}/env/{j}/valueFrom/{field}/key"))
+        for j, src in enumerate(c.get("envFrom") or []):
+            for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                ref = (src or {}).get(field)
+                if isinstance(ref, dict):
+                    out.extend(_ref(obj, objects, kind, ns, ref.get("name"), f"{cptr}/envFrom/{j}/{field}/name",
+                                    optional=bool(ref.get("optional"))))
+        out.extend(_check_resources(obj, cptr, c))
+        ports = [p.get("name") for p in c.get("ports") or [] if isinstance(p, dict) and p.get("name")]
+        for dup in sorted({p for p in ports if ports.count(p) > 1}):
+            out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
+    node_selector = pod.get("nodeSelector")
+    if isinstance(node_selector, dict) and node_selector and nodes and not any(
+        selectors.map_matches(node_selector, n.labels) for n in nodes
+    ):
+        out.append(_diag(obj, f"{tptr}/spec/nodeSelector",
+                         f"no Node has the labels {', '.join(f'{k}={v}' for k, v in sorted(node_selector.items()))}",
+                         "its pods will stay Pending until a Node has them", warning=True))
+    return out
+
+
+def _check_resources(obj: Object, cptr: str, c: dict[str, Any]) -> list[Diagnostic]:
+    res = c.get("resources") or {}
+    requests, limits = res.get("requests") or {}, res.get("limits") or {}
+    out: list[Diagnostic] = []
+    for name, limit in limits.items():
+        if name not in requests:
+            continue
+        try:
+            if parse_quantity(requests[name]) > parse_quantity(limit):
+                out.append(_diag(obj, f"{cptr}/resources/requests/{escape_token(name)}",
+                                 f"request {requests[name]} is above the limit {limit}",
+                                 "a request must be less than or equal to its limit"))
+        except QuantityError:
+            pass  # the schema already reported it
+    return out
+
+
+def _ref(
+    obj: Object,
+    objects: dict[ObjectKey, Object],
+    kind: str,
+    ns: str,
+    name: Any,
+    ptr: str,
+    *,
+    optional: bool = False,
+    key: Any = None,
+    key_ptr: str = "",
+) -> list[Diagnostic]:
+    if not isinstance(name, str) or optional:
+        return []
+    target = objects.get(ObjectKey(kind, ns, name))
+    if target is None:
+        others = [k.name for k in objects if k.kind == kind and k.namespace == ns]
+        fix = _suggest(name, others) or f"add a {kind} named {name!r} in namespace {ns!r}"
+        return [_diag(obj, ptr, f"{kind} {ns}/{name} does not exist", fix)]
+    if isinstance(key, str):
+        keys: set[str] = set()
+        for field in ("data", "stringData", "binaryData"):
+            value = target.body.get(field)
+            if isinstance(value, dict):
+                keys.update(value)
+        if key not in keys:
+            fix = _suggest(key, keys) or f"keys in {kind} {name}: {', '.join(sorted(keys)) or '(none)'}"
+            return [_diag(obj, key_ptr, f"{kind} {ns}/{name} has no key {key!r}", fix)]
+    return []
+
+
+def _check_service(svc: Object, objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
+    spec = svc.spec
+    if spec.get("type") == "ExternalName":
+        return []
+    selector = spec.get("selector")
+    if not isinstance(selector, dict) or not selector:
+        return [_diag(svc, "/spec", "this Service has no selector, so it selects no pods",
+                      "add spec.selector matching a workload's pod labels", warning=True, key=True)]
+    for obj in objects.values():
+        if obj.key.namespace != svc.key.namespace or not KINDS[obj.key.kind].workload:
+            continue
+        found = pod_template(obj)
+        if found and selectors.map_matches(selector, (found[1].get("metadata") or {}).get("labels") or {}):
+            return []
+    return [_diag(svc, "/spec/selector",
+                  f"selector {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))} matches no workload's pods "
+                  f"in namespace {svc.key.namespace!r}",
+                  "check the labels in the workload's spec.template.metadata.labels", warning=True)]

@@ -1,0 +1,70 @@
+"""The pre-receive hook refuses a real `git push` of an invalid desired state and accepts a valid one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.gitrepo import GitRepo, git
+from tests.samples import CONFIG, NAMESPACE, deployment, gitorch
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    bare = tmp_path / "cluster.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    res = gitorch("hook", "install", str(bare), "--branch", "main", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (bare / "hooks" / "pre-receive").stat().st_mode & 0o111
+    return bare
+
+
+def _push(repo: GitRepo, remote: Path, ref: str = "main") -> tuple[int, str]:
+    res = git("push", str(remote), f"HEAD:refs/heads/{ref}", cwd=repo.path, check=False)
+    return res.returncode, res.stderr
+
+
+def test_valid_push_is_accepted(repo: GitRepo, remote: Path) -> None:
+    oid = repo.commit("valid", {"ns.yaml": NAMESPACE, "config.yaml": CONFIG})
+    code, err = _push(repo, remote)
+    assert code == 0, err
+    assert "is valid (2 objects)" in err
+    assert git("rev-parse", "main", cwd=remote).stdout.strip() == oid
+
+
+def test_invalid_push_is_refused_with_the_errors(repo: GitRepo, remote: Path) -> None:
+    good = repo.commit("valid", {"ns.yaml": NAMESPACE, "config.yaml": CONFIG})
+    assert _push(repo, remote)[0] == 0
+    broken = deployment().replace("replicas: 3", "replicas: three")
+    repo.commit("broken", {"web.yaml": broken})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert "push to 'main' refused" in err
+    assert "web.yaml:7:13: /spec/replicas: expected integer" in err
+    # The branch did not move and the broken commit is not in the repository.
+    assert git("rev-parse", "main", cwd=remote).stdout.strip() == good
+
+
+def test_other_branches_are_not_checked(repo: GitRepo, remote: Path) -> None:
+    repo.commit("broken", {"web.yaml": "kind: [unclosed\n"})
+    code, err = _push(repo, remote, ref="feature")
+    assert code == 0, err
+
+
+def test_deleting_the_watched_branch_is_refused(repo: GitRepo, remote: Path) -> None:
+    repo.commit("valid", {"ns.yaml": NAMESPACE})
+    assert _push(repo, remote)[0] == 0
+    res = git("push", str(remote), ":refs/heads/main", cwd=repo.path, check=False)
+    assert res.returncode != 0
+    assert "refusing to delete 'main'" in res.stderr
+
+
+def test_install_refuses_to_overwrite_a_foreign_hook(tmp_path: Path) -> None:
+    bare = tmp_path / "other.git"
+    git("init", "-q", "--bare", str(bare), cwd=tmp_path)
+    (bare / "hooks" / "pre-receive").write_text("#!/bin/sh\nexit 0\n")
+    res = gitorch("hook", "install", str(bare), cwd=tmp_path)
+    assert res.returncode == 1
+    assert "already exists and was not written by gitorch" in res.stderr
+    assert gitorch("hook", "install", str(bare), "--force", cwd=tmp_path).returncode == 0

@@ -1,0 +1,82 @@
+"""YAML parsing with positions (gitorch.manifests)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gitorch.manifests import Position, dump_documents, parse_documents
+
+
+def test_values_use_yaml_1_2_core_types() -> None:
+    docs, diags = parse_documents(
+        "a.yaml",
+        "i: 42\nf: 1.5\nb: true\nn: ~\ns: '42'\nyes_is_text: yes\nhex: 0x1f\ninf: .inf\nempty:\n",
+    )
+    assert diags == []
+    body = docs[0].body
+    assert body["i"] == 42 and isinstance(body["i"], int)
+    assert body["f"] == 1.5
+    assert body["b"] is True
+    assert body["n"] is None and body["empty"] is None
+    assert body["s"] == "42"
+    assert body["yes_is_text"] == "yes"
+    assert body["hex"] == 31
+    assert math.isinf(body["inf"])
+
+
+def test_positions_of_values_and_keys() -> None:
+    text = "kind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: web\n          image: x\n"
+    docs, _ = parse_documents("d.yaml", text)
+    doc = docs[0]
+    assert doc.position("/spec/template/spec/containers/0/image") == Position(7, 18)
+    assert doc.position("/spec/template/spec/containers/0/image", key=True) == Position(7, 11)
+    # A missing field resolves to its nearest ancestor.
+    assert doc.position("/spec/template/missing", key=True) == Position(3, 3)
+
+
+def test_multi_document_files_keep_their_own_lines() -> None:
+    docs, diags = parse_documents("m.yaml", "kind: A\n---\nkind: B\nx: 1\n---\n")
+    assert diags == []
+    assert [d.body for d in docs] == [{"kind": "A"}, {"kind": "B", "x": 1}, None]
+    assert docs[1].position("/x") == Position(4, 4)
+
+
+def test_anchors_aliases_and_merge_keys() -> None:
+    docs, _ = parse_documents("a.yaml", "base: &b {cpu: 1m, mem: 2Mi}\nc:\n  <<: *b\n  mem: 4Mi\nd: *b\n")
+    body = docs[0].body
+    assert body["c"] == {"cpu": "1m", "mem": "4Mi"}
+    assert body["d"] == {"cpu": "1m", "mem": "2Mi"}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "message"),
+    [
+        pytest.param("a: [1,\nb: 2", 3, 1, "YAML syntax error", id="unclosed-flow"),
+        pytest.param("a: 1\n  b: 2\n", 2, 4, "YAML syntax error", id="bad-indent"),
+        pytest.param("a: 1\nb: 2\na: 3\n", 3, 1, "duplicate key 'a'", id="duplicate-key"),
+        pytest.param("a: !!int x\n", 1, 4, "not a valid !!int", id="bad-tag-value"),
+        pytest.param("a: !custom x\n", 1, 4, "unsupported YAML tag", id="unknown-tag"),
+    ],
+)
+def test_errors_point_at_the_problem(text: str, line: int, col: int, message: str) -> None:
+    _, diags = parse_documents("bad.yaml", text)
+    assert len(diags) == 1
+    d = diags[0]
+    assert (d.line, d.column) == (line, col), d.format()
+    assert message in d.message
+    assert d.format().startswith(f"bad.yaml:{line}:{col}: ")
+
+
+def test_not_utf8_is_an_error_not_a_crash() -> None:
+    _, diags = parse_documents("bin.yaml", b"\xff\xfe\x00a: 1")
+    assert diags and "not UTF-8" in diags[0].message
+
+
+def test_dump_round_trips() -> None:
+    text = dump_documents([{"a": 1, "b": {"c": ["x", "y"]}}, {"kind": "Node"}], header="generated")
+    assert text.startswith("# generated\n")
+    docs, diags = parse_documents("out.yaml", text)
+    assert diags == []
+    assert [d.body for d in docs] == [{"a": 1, "b": {"c": ["x", "y"]}}, {"kind": "Node"}]

@@ -276,6 +276,7 @@ def dump_documents(bodies: list[Any], header: str = "") -> str:
     """Write plain values as a multi-document YAML file (block style, keys in given order)."""
     yaml = YAML(typ="rt")
     yaml.default_flow_style = False
+    yaml.width = 4096  # keep long values (host keys) on one line
     yaml.indent(mapping=2, sequence=4, offset=2)
     buf = io.StringIO()
     if header:

@@ -17,13 +17,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gitorch import desired  # noqa: E402
-from gitorch.diffs import diff_states  # noqa: E402
-from gitorch.rendering import PlanReport, plan_markdown, plan_text  # noqa: E402
-from gitorch.source import open_repository  # noqa: E402
+from gitorch import desired
+from gitorch.diffs import diff_states
+from gitorch.rendering import PlanReport, plan_markdown, plan_text
+from gitorch.source import open_repository
 
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",
-       "GIT_COMMITTER_EMAIL": "b@x", "GIT_CONFIG_GLOBAL": "/dev/null"}
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "b@x",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "b@x",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+}
 
 
 def app(ns: str, i: int, replicas: int) -> str:
@@ -91,16 +97,22 @@ def generate(root: Path, objects: int) -> tuple[str, str]:
     apps = (objects - namespaces) // 4
     for n in range(namespaces):
         (root / f"ns-{n}").mkdir()
-        (root / f"ns-{n}" / "namespace.yaml").write_text(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{n}\n")
+        (root / f"ns-{n}" / "namespace.yaml").write_text(
+            f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{n}\n"
+        )
     for i in range(apps):
         (root / f"ns-{i % namespaces}" / f"app-{i}.yaml").write_text(app(f"ns-{i % namespaces}", i, 2))
     subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=ENV)
     subprocess.run(["git", "commit", "-q", "-m", "base"], cwd=root, check=True, env=ENV)
-    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, env=ENV, capture_output=True, text=True).stdout.strip()
+    base = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, check=True, env=ENV, capture_output=True, text=True
+    ).stdout.strip()
     for i in range(0, apps, 20):  # change 5% of the applications
         (root / f"ns-{i % namespaces}" / f"app-{i}.yaml").write_text(app(f"ns-{i % namespaces}", i, 3))
     subprocess.run(["git", "commit", "-q", "-am", "scale"], cwd=root, check=True, env=ENV)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, env=ENV, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, check=True, env=ENV, capture_output=True, text=True
+    ).stdout.strip()
     return base, head
 
 

@@ -70,9 +70,7 @@ def validate(repo_path: str | None, rev: str | None, output: str) -> None:
         if rev is None:
             _warn_uncommitted(repo)
         if not errs:
-            console.write(
-                f"{state.revision.short}: {len(state.objects)} objects in {state.files} files are valid."
-            )
+            console.write(f"{state.revision.short}: {len(state.objects)} objects in {state.files} files are valid.")
     sys.exit(1 if errs else 0)
 
 
@@ -160,17 +158,14 @@ def hook_run(name: str, branch: str, subdir: str) -> None:
         errs = errors(state.diagnostics)
         if errs:
             console.write(
-                f"gitorch: push to {branch!r} refused: {update.new[:7]} has {len(errs)} error(s) "
-                "in its desired state:",
+                f"gitorch: push to {branch!r} refused: {update.new[:7]} has {len(errs)} error(s) in its desired state:",
                 stderr=True,
             )
             console.write(diagnostics_text(state.diagnostics), stderr=True)
             console.write("gitorch: fix them and push again (`gitorch validate` checks locally)", stderr=True)
             status = 1
         else:
-            console.write(
-                f"gitorch: {update.new[:7]} is valid ({len(state.objects)} objects)", stderr=True
-            )
+            console.write(f"gitorch: {update.new[:7]} is valid ({len(state.objects)} objects)", stderr=True)
     sys.exit(status)
 
 
@@ -184,8 +179,12 @@ def lab() -> None:
 
 @lab.command("up")
 @click.argument("count", type=click.IntRange(1, 250))
-@click.option("--nodes-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the nodes' Node manifests here (for a desired-state repo).")
+@click.option(
+    "--nodes-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the nodes' Node manifests here (for a desired-state repo).",
+)
 @click.option("--subnet", default="10.231.0.0/24", show_default=True, help="Private network of the lab.")
 def lab_up(count: int, nodes_file: Path | None, subnet: str) -> None:
     """Start COUNT nodes, each with its own IP and sshd."""

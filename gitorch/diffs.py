@@ -14,7 +14,7 @@ from typing import Any
 from gitorch.objects import HIDDEN, SENSITIVE_FIELDS, DesiredState, Object, ObjectKey
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """What happens to an object (Flux's change-set vocabulary)."""
 
     CREATE = "created"
@@ -36,7 +36,7 @@ class Action(str, enum.Enum):
         }[self.value]
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     ADD = "+"
     REMOVE = "-"
     CHANGE = "~"
@@ -244,14 +244,14 @@ def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
         elif new is None and old is not None:
             changes[key] = ObjectChange(key, Action.DELETE, tuple(object_diff(key.kind, old.body, None)), old.path)
         elif old is not None and new is not None:
-            fields = tuple(object_diff(key.kind, old.body, new.body))
+            # Unchanged files yield the very same parsed body (cached by blob): skip the walk.
+            same = old.body is new.body or old.body == new.body
+            fields = () if same else tuple(object_diff(key.kind, old.body, new.body))
             moved = f"moved from {old.path}" if old.path != new.path else ""
             changes[key] = ObjectChange(key, Action.UPDATE if fields else Action.UNCHANGED, fields, new.path, moved)
     # A delete and a create of identical bodies but for the name reads as a rename.
     deleted = {
-        (k.kind, k.namespace, _without_name(before[k].body)): k
-        for k, c in changes.items()
-        if c.action is Action.DELETE
+        (k.kind, k.namespace, _without_name(before[k].body)): k for k, c in changes.items() if c.action is Action.DELETE
     }
     for k, c in list(changes.items()):
         if c.action is Action.CREATE:

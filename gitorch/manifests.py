@@ -23,7 +23,7 @@ from ruamel.yaml.resolver import BaseResolver
 from gitorch.diagnostics import Diagnostic, escape_token, split_pointer
 
 try:  # the C parser ships in ruamel.yaml.clib; fall back to the pure parser without it
-    from _ruamel_yaml import CParser as _Parser  # type: ignore[import-not-found]
+    from _ruamel_yaml import CParser as _Parser
 
     _HAVE_C = True
 except ImportError:  # pragma: no cover - exercised only where the clib wheel is missing
@@ -93,7 +93,7 @@ class Document:
         return best
 
 
-class _Resolver(BaseResolver):  # type: ignore[misc]
+class _Resolver(BaseResolver):
     """Marks plain scalars so their type is resolved once, here, instead of by regex tables."""
 
     def resolve(self, kind: type, value: Any, implicit: Any) -> str:
@@ -106,7 +106,7 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
 
 if _HAVE_C:
 
-    class _CParser(_Parser, _Resolver):  # type: ignore[misc,valid-type]
+    class _CParser(_Parser, _Resolver):
         def __init__(self, text: str) -> None:
             _Parser.__init__(self, text)
             _Resolver.__init__(self)
@@ -119,7 +119,7 @@ def _mark(node: Node) -> Position:
 
 def _mapping_pairs(node: MappingNode) -> Iterator[tuple[Node, Node]]:
     for k, v in node.value:
-        if isinstance(k, ScalarNode) and k.value == _MERGE and k.tag == _PLAIN:
+        if isinstance(k, ScalarNode) and k.value == _MERGE and _tag(k) == _PLAIN:
             sources = v.value if isinstance(v, SequenceNode) else [v]
             for src in sources:
                 if isinstance(src, MappingNode):
@@ -129,18 +129,38 @@ def _mapping_pairs(node: MappingNode) -> Iterator[tuple[Node, Node]]:
 
 
 class _ConvertError(Exception):
-    def __init__(self, node: Node, message: str, ptr: str) -> None:
+    """A value that cannot be converted; `tokens` is filled in, innermost first, on the
+    way up, so the happy path never builds JSON pointers."""
+
+    def __init__(self, node: Node, message: str) -> None:
         super().__init__(message)
         self.node = node
-        self.ptr = ptr
+        self.tokens: list[str] = []
+
+    @property
+    def ptr(self) -> str:
+        return "".join("/" + escape_token(t) for t in reversed(self.tokens))
 
 
-def _scalar(node: ScalarNode, ptr: str) -> Any:
+def _tag(node: Node) -> str:
+    # `node.tag` builds a string through ruamel's Tag on every access; resolved tags
+    # (the common case) keep the whole tag in `suffix`.
+    ctag = node.ctag
+    return str(ctag.suffix) if ctag.handle is None else str(ctag)
+
+
+_MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnN")
+
+
+def _scalar(node: ScalarNode) -> Any:
     value: str = node.value
-    tag = node.tag
+    tag = _tag(node)
     if tag == _STR:
         return value
     if tag == _PLAIN:
+        # Most plain scalars are words; only these first characters can start another type.
+        if value and value[0] not in _MAYBE_SPECIAL:
+            return value
         if value in _NULLS:
             return None
         if value in _TRUES:
@@ -175,13 +195,13 @@ def _scalar(node: ScalarNode, ptr: str) -> Any:
         if short in ("binary", "timestamp"):
             return value
     except ValueError as exc:
-        raise _ConvertError(node, f"{value!r} is not a valid !!{short}", ptr) from exc
-    raise _ConvertError(node, f"unsupported YAML tag {tag!r}", ptr)
+        raise _ConvertError(node, f"{value!r} is not a valid !!{short}") from exc
+    raise _ConvertError(node, f"unsupported YAML tag {tag!r}")
 
 
-def _convert(node: Node, ptr: str, seen: dict[int, Any]) -> Any:
+def _convert(node: Node, seen: dict[int, Any]) -> Any:
     if isinstance(node, ScalarNode):
-        return _scalar(node, ptr)
+        return _scalar(node)
     cached = seen.get(id(node))
     if cached is not None:  # an alias: share the converted value
         return cached
@@ -189,7 +209,11 @@ def _convert(node: Node, ptr: str, seen: dict[int, Any]) -> Any:
         items: list[Any] = []
         seen[id(node)] = items
         for i, child in enumerate(node.value):
-            items.append(_convert(child, f"{ptr}/{i}", seen))
+            try:
+                items.append(_convert(child, seen))
+            except _ConvertError as exc:
+                exc.tokens.append(str(i))
+                raise
         return items
     if isinstance(node, MappingNode):
         out: dict[str, Any] = {}
@@ -197,28 +221,32 @@ def _convert(node: Node, ptr: str, seen: dict[int, Any]) -> Any:
         explicit: set[str] = set()
         for k, v in node.value:
             if not isinstance(k, ScalarNode):
-                raise _ConvertError(k, "a mapping key must be a plain string", ptr)
-            if k.value == _MERGE and k.tag == _PLAIN:
+                raise _ConvertError(k, "a mapping key must be a plain string")
+            if k.value == _MERGE and _tag(k) == _PLAIN:
                 sources = v.value if isinstance(v, SequenceNode) else [v]
                 for src in sources:
-                    merged = _convert(src, ptr, seen)
+                    merged = _convert(src, seen)
                     if not isinstance(merged, dict):
-                        raise _ConvertError(v, "a merge key (<<) needs a mapping", ptr)
+                        raise _ConvertError(v, "a merge key (<<) needs a mapping")
                     for mk, mv in merged.items():
                         if mk not in explicit:
                             out[mk] = mv
                 continue
-            key = _scalar(k, ptr)
+            key = _scalar(k)
             if not isinstance(key, str):
                 key = k.value  # Kubernetes object keys are strings: `80: x` means "80"
             if key in explicit:
-                raise _ConvertError(
-                    k, f"duplicate key {key!r} in this mapping", f"{ptr}/{escape_token(key)}"
-                )
+                dup = _ConvertError(k, f"duplicate key {key!r} in this mapping")
+                dup.tokens.append(key)
+                raise dup
             explicit.add(key)
-            out[key] = _convert(v, f"{ptr}/{escape_token(key)}", seen)
+            try:
+                out[key] = _convert(v, seen)
+            except _ConvertError as exc:
+                exc.tokens.append(key)
+                raise
         return out
-    raise _ConvertError(node, f"unsupported YAML node {type(node).__name__}", ptr)
+    raise _ConvertError(node, f"unsupported YAML node {type(node).__name__}")
 
 
 def _compose_all(text: str) -> Iterator[Node]:
@@ -246,7 +274,7 @@ def parse_documents(path: str, text: str | bytes) -> tuple[list[Document], list[
     try:
         for node in _compose_all(text):
             try:
-                body = _convert(node, "", {})
+                body = _convert(node, {})
             except _ConvertError as exc:
                 pos = _mark(exc.node)
                 return docs, [Diagnostic(path, pos.line, pos.column, exc.ptr, str(exc))]

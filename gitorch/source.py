@@ -89,9 +89,7 @@ class Repository:
                 raise SourceError(
                     f"{self.path}: the repository has no commits yet; commit your manifests first"
                 ) from exc
-            raise SourceError(
-                f"{self.path}: no such revision {spec!r} (try a branch, tag or commit id)"
-            ) from exc
+            raise SourceError(f"{self.path}: no such revision {spec!r} (try a branch, tag or commit id)") from exc
         return commit
 
     def snapshot(self, rev: str | None) -> Snapshot:
@@ -113,9 +111,7 @@ class Repository:
         files = tuple(
             SourceFile(self._display(path), str(blob.id), blob.data)
             for path, blob in _walk(self._repo, tree, "")
-            if path.endswith(MANIFEST_SUFFIXES)
-            and path != CONFIG_FILE
-            and _included(path, includes)
+            if path.endswith(MANIFEST_SUFFIXES) and path != CONFIG_FILE and _included(path, includes)
         )
         return Snapshot(_revision(commit), self.root, files)
 
@@ -157,9 +153,7 @@ class Repository:
             return []
         prefix = f"{self.root}/" if self.root else ""
         return sorted(
-            p
-            for p, flags in status.items()
-            if p.startswith(prefix) and p.endswith(MANIFEST_SUFFIXES) and flags
+            p for p, flags in status.items() if p.startswith(prefix) and p.endswith(MANIFEST_SUFFIXES) and flags
         )
 
 
@@ -208,9 +202,7 @@ def open_repository(path: str | os.PathLike[str] | None = None) -> Repository:
         raise SourceError(f"{target}: no such directory")
     found = pygit2.discover_repository(str(target))
     if found is None:
-        raise SourceError(
-            f"{target}: not inside a Git repository (run `git init` there, or pass --repo PATH)"
-        )
+        raise SourceError(f"{target}: not inside a Git repository (run `git init` there, or pass --repo PATH)")
     repo = pygit2.Repository(found)
     _add_quarantine(repo)
     root = ""

@@ -7,6 +7,7 @@ of the field, what is wrong and, where it helps, how to fix it. Secret values ne
 from __future__ import annotations
 
 import difflib
+import gc
 import ipaddress
 import json
 import re
@@ -61,9 +62,31 @@ def _validators(schema_dir: Path = SCHEMA_DIR) -> _Validators:
         schema = schemas.get(info.schema)
         if schema is None:
             raise GitorchError(f"{schema_dir / info.schema}: schema for {info.kind} missing")
+        schema = _inline_refs(schema, registry.resolver(base_uri=schema.get("$id", "")), ())
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         by_kind[info.kind] = cls(schema, registry=registry)
     return _Validators(by_kind)
+
+
+def _inline_refs(node: Any, resolver: Any, stack: tuple[str, ...]) -> Any:
+    """Replace `$ref`s by what they point to: jsonschema resolves a `$ref` on every use,
+    which made up most of validation time. Recursive references are left in place."""
+    if isinstance(node, list):
+        return [_inline_refs(n, resolver, stack) for n in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref not in stack:
+        resolved = resolver.lookup(ref)
+        target = _inline_refs(resolved.contents, resolved.resolver, (*stack, ref))
+        siblings = {k: _inline_refs(v, resolver, stack) for k, v in node.items() if k != "$ref"}
+        if isinstance(target, dict) and not (set(siblings) & set(target)) and "$id" not in target:
+            return {**target, **siblings}
+        return {"allOf": [target], **siblings}
+    return {
+        k: (v if k in ("const", "enum", "default", "examples") else _inline_refs(v, resolver, stack))
+        for k, v in node.items()
+    }
 
 
 def schema_for(kind: str) -> dict[str, Any]:
@@ -114,9 +137,7 @@ def _hint_of(error: jsonschema.ValidationError) -> str:
 _QUOTED = re.compile(r"'([^']*)'")
 
 
-def _translate(
-    doc: Document, kind: str, error: jsonschema.ValidationError
-) -> Iterator[Diagnostic]:
+def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> Iterator[Diagnostic]:
     """One jsonschema error as diagnostics a person can act on."""
     path = list(error.absolute_path)
     ptr = pointer(*path)
@@ -136,9 +157,7 @@ def _translate(
         if keyword == "unevaluatedProperties":
             extras = [n for n in _QUOTED.findall(error.message) if n in instance]
         else:
-            extras = [
-                n for n in instance if n not in known and not any(p.search(n) for p in patterns)
-            ]
+            extras = [n for n in instance if n not in known and not any(p.search(n) for p in patterns)]
         if not extras and schema.get(keyword) is not False:
             # The extra properties exist but their values are wrong; report those.
             for sub in error.context or []:
@@ -186,10 +205,19 @@ def _translate(
         yield at(ptr, f"{_show(instance, sensitive)} matches none of the allowed forms")
         return
     if keyword == "pattern":
-        what = schema.get("title") or "value"
-        yield at(ptr, f"{_show(instance, sensitive)} is not a valid {what}", hint)
+        what = f"a valid {schema['title']}" if schema.get("title") else "valid"
+        yield at(ptr, f"{_show(instance, sensitive)} is not {what}", hint)
+        return
+    if keyword == "not" and error.validator_value in ({}, True) and path:
+        # `not: {}` marks a field that must be absent (e.g. `status`).
+        yield at(ptr, f"field {path[-1]!r} is not allowed here", hint or "delete it", key=True)
         return
     if keyword == "not" and isinstance(instance, dict):
+        forbidden = error.validator_value.get("required") if isinstance(error.validator_value, dict) else None
+        if isinstance(forbidden, list) and len(forbidden) == 1:
+            child = ptr + "/" + escape_token(forbidden[0])
+            yield at(child, f"field {forbidden[0]!r} is not allowed here", hint or "delete it", key=True)
+            return
         yield at(ptr, "this combination of fields is not allowed", hint or str(schema.get("description", "")))
         return
     message = error.message
@@ -205,15 +233,15 @@ def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
     pos = doc.position("")
     if not isinstance(body, dict):
         return None, [
-            Diagnostic(doc.path, pos.line, pos.column, "", f"expected a Kubernetes-style object, got {_describe_type(body)}")
+            Diagnostic(
+                doc.path, pos.line, pos.column, "", f"expected a Kubernetes-style object, got {_describe_type(body)}"
+            )
         ]
     kind = body.get("kind")
     api = body.get("apiVersion")
     if not isinstance(kind, str) or not kind:
         p = doc.position("", key=True)
-        return None, [
-            Diagnostic(doc.path, p.line, p.column, "/kind", "missing `kind`", f"one of: {', '.join(KINDS)}")
-        ]
+        return None, [Diagnostic(doc.path, p.line, p.column, "/kind", "missing `kind`", f"one of: {', '.join(KINDS)}")]
     info = KINDS.get(kind)
     if info is None:
         p = doc.position("/kind")
@@ -270,6 +298,21 @@ def _check_file(path: str, blob: str, data: bytes) -> tuple[list[tuple[Object | 
 
 def load_desired(snapshot: Snapshot) -> DesiredState:
     """Parse, schema-check and cross-check one commit's manifests."""
+    # Parsing keeps every node tree alive (for positions); with the cyclic GC on, its
+    # repeated full scans of that growing heap cost more than the parsing itself.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        state = _load_desired(snapshot)
+    finally:
+        if enabled:
+            gc.enable()
+    # The parsed state is long-lived and acyclic: keep later collections from rescanning it.
+    gc.freeze()
+    return state
+
+
+def _load_desired(snapshot: Snapshot) -> DesiredState:
     diags: list[Diagnostic] = []
     objects: dict[ObjectKey, Object] = {}
     for f in snapshot.files:
@@ -302,7 +345,9 @@ def load_desired(snapshot: Snapshot) -> DesiredState:
 # --- cross-object rules ----------------------------------------------------------------
 
 
-def _diag(obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False) -> Diagnostic:
+def _diag(
+    obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False
+) -> Diagnostic:
     pos = obj.document.position(ptr, key=key)
     return Diagnostic(
         obj.path,
@@ -342,22 +387,40 @@ def cross_check(objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
     clusters = [o for o in ordered if o.key.kind == "Cluster"]
     for extra in clusters[1:]:
         out.append(
-            _diag(extra, "/metadata/name", f"a second Cluster ({extra.key.name}); a repository describes one cluster",
-                  f"keep only {clusters[0].key.name!r} (in {clusters[0].path})")
+            _diag(
+                extra,
+                "/metadata/name",
+                f"a second Cluster ({extra.key.name}); a repository describes one cluster",
+                f"keep only {clusters[0].key.name!r} (in {clusters[0].path})",
+            )
         )
     for c in clusters:
         out.extend(_check_cluster(c))
     out.extend(_check_nodes(nodes))
+    # (namespace, label, value) -> labels of the pod templates carrying it, so a Service's
+    # selector is checked against a few candidates instead of every workload.
+    pod_labels: dict[tuple[str, str, str], list[dict[str, str]]] = {}
+    for obj in ordered:
+        if KINDS[obj.key.kind].workload:
+            found = pod_template(obj)
+            labels = (found[1].get("metadata") or {}).get("labels") if found else None
+            if isinstance(labels, dict):
+                for k, v in labels.items():
+                    pod_labels.setdefault((obj.key.namespace, k, str(v)), []).append(labels)
     for obj in ordered:
         if obj.key.namespace and obj.key.namespace not in namespaces:
             out.append(
-                _diag(obj, "/metadata/namespace", f"namespace {obj.key.namespace!r} does not exist",
-                      f"add a Namespace named {obj.key.namespace!r}, or fix the name")
+                _diag(
+                    obj,
+                    "/metadata/namespace",
+                    f"namespace {obj.key.namespace!r} does not exist",
+                    f"add a Namespace named {obj.key.namespace!r}, or fix the name",
+                )
             )
         if obj.key.kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"):
             out.extend(_check_workload(obj, objects, nodes))
         elif obj.key.kind == "Service":
-            out.extend(_check_service(obj, objects))
+            out.extend(_check_service(obj, pod_labels))
     return out
 
 
@@ -370,11 +433,23 @@ def _check_cluster(c: Object) -> list[Diagnostic]:
             try:
                 nets[field] = ipaddress.ip_network(value, strict=True)
             except ValueError as exc:
-                out.append(_diag(c, f"/spec/{field}", f"{value!r} is not a valid CIDR: {exc}",
-                                 "a network such as 10.244.0.0/16 (host bits zero)"))
-    if len(nets) == 2 and nets["podCIDR"].overlaps(nets["serviceCIDR"]):  # type: ignore[arg-type]
-        out.append(_diag(c, "/spec/serviceCIDR", "serviceCIDR overlaps podCIDR",
-                         "pick networks that do not overlap, e.g. 10.244.0.0/16 and 10.96.0.0/12"))
+                out.append(
+                    _diag(
+                        c,
+                        f"/spec/{field}",
+                        f"{value!r} is not a valid CIDR: {exc}",
+                        "a network such as 10.244.0.0/16 (host bits zero)",
+                    )
+                )
+    if len(nets) == 2 and nets["podCIDR"].overlaps(nets["serviceCIDR"]):
+        out.append(
+            _diag(
+                c,
+                "/spec/serviceCIDR",
+                "serviceCIDR overlaps podCIDR",
+                "pick networks that do not overlap, e.g. 10.244.0.0/16 and 10.96.0.0/12",
+            )
+        )
     return out
 
 
@@ -388,8 +463,14 @@ def _check_nodes(nodes: list[Object]) -> list[Diagnostic]:
             continue
         first = seen.get((addr, port))
         if first is not None:
-            out.append(_diag(n, "/spec/address", f"address {addr}:{port} is already used by Node {first.key.name}",
-                             "each Node needs its own address (or port)"))
+            out.append(
+                _diag(
+                    n,
+                    "/spec/address",
+                    f"address {addr}:{port} is already used by Node {first.key.name}",
+                    "each Node needs its own address (or port)",
+                )
+            )
         else:
             seen[(addr, port)] = n
     return out
@@ -399,14 +480,14 @@ def _check_selector(obj: Object, selector: dict[str, Any], labels: dict[str, str
     if selectors.matches(selector, labels):
         return []
     return [
-        _diag(obj, ptr, f"selector {selectors.describe(selector)} does not match the template labels "
-                        f"{', '.join(f'{k}={v}' for k, v in sorted(labels.items())) or '(none)'}",
-              "make spec.template.metadata.labels include every label the selector asks for")
+        _diag(
+            obj,
+            ptr,
+            f"selector {selectors.describe(selector)} does not match the template labels "
+            f"{', '.join(f'{k}={v}' for k, v in sorted(labels.items())) or '(none)'}",
+            "make spec.template.metadata.labels include every label the selector asks for",
+        )
     ]
-
-
-def _restart_policies(kind: str) -> tuple[str, ...]:
-    return ("OnFailure", "Never") if kind in ("Job", "CronJob") else ("Always",)
 
 
 def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[Object]) -> list[Diagnostic]:
@@ -420,16 +501,16 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
     if isinstance(selector, dict) and isinstance(labels, dict):
         out.extend(_check_selector(obj, selector, labels, "/spec/selector"))
         if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-            out.append(_diag(obj, "/spec/selector", "an empty selector would select every pod in the namespace",
-                             "select on the template's labels, e.g. matchLabels: {app: NAME}"))
+            out.append(
+                _diag(
+                    obj,
+                    "/spec/selector",
+                    "an empty selector would select every pod in the namespace",
+                    "select on the template's labels, e.g. matchLabels: {app: NAME}",
+                )
+            )
     pod = tmpl.get("spec") or {}
     ns = obj.key.namespace
-    policy = pod.get("restartPolicy")
-    allowed = _restart_policies(obj.key.kind)
-    if policy is not None and policy not in allowed:
-        out.append(_diag(obj, f"{tptr}/spec/restartPolicy",
-                         f"restartPolicy {policy!r} is not allowed for a {obj.key.kind}",
-                         f"use {' or '.join(allowed)}"))
     # Volumes: every mount names a volume; every referenced object exists.
     volume_names: set[str] = set()
     for i, vol in enumerate(pod.get("volumes") or []):
@@ -440,23 +521,55 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
             out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
         volume_names.add(str(vol.get("name")))
         if isinstance(vol.get("configMap"), dict):
-            out.extend(_ref(obj, objects, "ConfigMap", ns, vol["configMap"].get("name"), f"{vptr}/configMap/name",
-                            optional=bool(vol["configMap"].get("optional"))))
+            out.extend(
+                _ref(
+                    obj,
+                    objects,
+                    "ConfigMap",
+                    ns,
+                    vol["configMap"].get("name"),
+                    f"{vptr}/configMap/name",
+                    optional=bool(vol["configMap"].get("optional")),
+                )
+            )
         if isinstance(vol.get("secret"), dict):
-            out.extend(_ref(obj, objects, "Secret", ns, vol["secret"].get("secretName"), f"{vptr}/secret/secretName",
-                            optional=bool(vol["secret"].get("optional"))))
+            out.extend(
+                _ref(
+                    obj,
+                    objects,
+                    "Secret",
+                    ns,
+                    vol["secret"].get("secretName"),
+                    f"{vptr}/secret/secretName",
+                    optional=bool(vol["secret"].get("optional")),
+                )
+            )
         if isinstance(vol.get("persistentVolumeClaim"), dict):
-            out.extend(_ref(obj, objects, "PersistentVolumeClaim", ns, vol["persistentVolumeClaim"].get("claimName"),
-                            f"{vptr}/persistentVolumeClaim/claimName"))
+            out.extend(
+                _ref(
+                    obj,
+                    objects,
+                    "PersistentVolumeClaim",
+                    ns,
+                    vol["persistentVolumeClaim"].get("claimName"),
+                    f"{vptr}/persistentVolumeClaim/claimName",
+                )
+            )
     if obj.key.kind == "StatefulSet":
         for t in obj.spec.get("volumeClaimTemplates") or []:
             if isinstance(t, dict):
                 volume_names.add(str((t.get("metadata") or {}).get("name")))
         service = obj.spec.get("serviceName")
         if isinstance(service, str) and ObjectKey("Service", ns, service) not in objects:
-            out.append(_diag(obj, "/spec/serviceName", f"Service {ns}/{service} does not exist",
-                             "add a headless Service (clusterIP: None) with that name so pods get DNS names",
-                             warning=True))
+            out.append(
+                _diag(
+                    obj,
+                    "/spec/serviceName",
+                    f"Service {ns}/{service} does not exist",
+                    "add a headless Service (clusterIP: None) with that name so pods get DNS names",
+                    warning=True,
+                )
+            )
     container_names: set[str] = set()
     for cptr, c in _containers(tptr, tmpl):
         cname = c.get("name")
@@ -465,33 +578,67 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
         container_names.add(str(cname))
         for j, m in enumerate(c.get("volumeMounts") or []):
             if isinstance(m, dict) and m.get("name") not in volume_names:
-                out.append(_diag(obj, f"{cptr}/volumeMounts/{j}/name", f"volume {m.get('name')!r} is not defined",
-                                 _suggest(str(m.get("name")), volume_names) or "add it under spec.volumes"))
+                out.append(
+                    _diag(
+                        obj,
+                        f"{cptr}/volumeMounts/{j}/name",
+                        f"volume {m.get('name')!r} is not defined",
+                        _suggest(str(m.get("name")), volume_names) or "add it under spec.volumes",
+                    )
+                )
         for j, env in enumerate(c.get("env") or []):
             source = (env or {}).get("valueFrom") or {}
             for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
                 ref = source.get(field)
                 if isinstance(ref, dict):
-                    out.extend(_ref(obj, objects, kind, ns, ref.get("name"), f"{cptr}/env/{j}/valueFrom/{field}/name",
-                                    optional=bool(ref.get("optional")), key=ref.get("key"),
-                                    key_ptr=f"{cptr}/env/{j}/valueFrom/{field}/key"))
+                    out.extend(
+                        _ref(
+                            obj,
+                            objects,
+                            kind,
+                            ns,
+                            ref.get("name"),
+                            f"{cptr}/env/{j}/valueFrom/{field}/name",
+                            optional=bool(ref.get("optional")),
+                            key=ref.get("key"),
+                            key_ptr=f"{cptr}/env/{j}/valueFrom/{field}/key",
+                        )
+                    )
         for j, src in enumerate(c.get("envFrom") or []):
             for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
                 ref = (src or {}).get(field)
                 if isinstance(ref, dict):
-                    out.extend(_ref(obj, objects, kind, ns, ref.get("name"), f"{cptr}/envFrom/{j}/{field}/name",
-                                    optional=bool(ref.get("optional"))))
+                    out.extend(
+                        _ref(
+                            obj,
+                            objects,
+                            kind,
+                            ns,
+                            ref.get("name"),
+                            f"{cptr}/envFrom/{j}/{field}/name",
+                            optional=bool(ref.get("optional")),
+                        )
+                    )
         out.extend(_check_resources(obj, cptr, c))
-        ports = [p.get("name") for p in c.get("ports") or [] if isinstance(p, dict) and p.get("name")]
+        ports = [str(p["name"]) for p in c.get("ports") or [] if isinstance(p, dict) and p.get("name")]
         for dup in sorted({p for p in ports if ports.count(p) > 1}):
             out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
     node_selector = pod.get("nodeSelector")
-    if isinstance(node_selector, dict) and node_selector and nodes and not any(
-        selectors.map_matches(node_selector, n.labels) for n in nodes
+    if (
+        isinstance(node_selector, dict)
+        and node_selector
+        and nodes
+        and not any(selectors.map_matches(node_selector, n.labels) for n in nodes)
     ):
-        out.append(_diag(obj, f"{tptr}/spec/nodeSelector",
-                         f"no Node has the labels {', '.join(f'{k}={v}' for k, v in sorted(node_selector.items()))}",
-                         "its pods will stay Pending until a Node has them", warning=True))
+        out.append(
+            _diag(
+                obj,
+                f"{tptr}/spec/nodeSelector",
+                f"no Node has the labels {', '.join(f'{k}={v}' for k, v in sorted(node_selector.items()))}",
+                "its pods will stay Pending until a Node has them",
+                warning=True,
+            )
+        )
     return out
 
 
@@ -504,9 +651,14 @@ def _check_resources(obj: Object, cptr: str, c: dict[str, Any]) -> list[Diagnost
             continue
         try:
             if parse_quantity(requests[name]) > parse_quantity(limit):
-                out.append(_diag(obj, f"{cptr}/resources/requests/{escape_token(name)}",
-                                 f"request {requests[name]} is above the limit {limit}",
-                                 "a request must be less than or equal to its limit"))
+                out.append(
+                    _diag(
+                        obj,
+                        f"{cptr}/resources/requests/{escape_token(name)}",
+                        f"request {requests[name]} is above the limit {limit}",
+                        "a request must be less than or equal to its limit",
+                    )
+                )
         except QuantityError:
             pass  # the schema already reported it
     return out
@@ -543,21 +695,33 @@ def _ref(
     return []
 
 
-def _check_service(svc: Object, objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
+def _check_service(svc: Object, pod_labels: dict[tuple[str, str, str], list[dict[str, str]]]) -> list[Diagnostic]:
     spec = svc.spec
     if spec.get("type") == "ExternalName":
         return []
     selector = spec.get("selector")
     if not isinstance(selector, dict) or not selector:
-        return [_diag(svc, "/spec", "this Service has no selector, so it selects no pods",
-                      "add spec.selector matching a workload's pod labels", warning=True, key=True)]
-    for obj in objects.values():
-        if obj.key.namespace != svc.key.namespace or not KINDS[obj.key.kind].workload:
-            continue
-        found = pod_template(obj)
-        if found and selectors.map_matches(selector, (found[1].get("metadata") or {}).get("labels") or {}):
-            return []
-    return [_diag(svc, "/spec/selector",
-                  f"selector {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))} matches no workload's pods "
-                  f"in namespace {svc.key.namespace!r}",
-                  "check the labels in the workload's spec.template.metadata.labels", warning=True)]
+        return [
+            _diag(
+                svc,
+                "/spec",
+                "this Service has no selector, so it selects no pods",
+                "add spec.selector matching a workload's pod labels",
+                warning=True,
+                key=True,
+            )
+        ]
+    first_key, first_value = next(iter(selector.items()))
+    candidates = pod_labels.get((svc.key.namespace, first_key, str(first_value)), [])
+    if any(selectors.map_matches(selector, labels) for labels in candidates):
+        return []
+    return [
+        _diag(
+            svc,
+            "/spec/selector",
+            f"selector {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))} matches no workload's pods "
+            f"in namespace {svc.key.namespace!r}",
+            "check the labels in the workload's spec.template.metadata.labels",
+            warning=True,
+        )
+    ]

@@ -11,7 +11,6 @@ from gitorch.nodes.lab import Lab, down, up
 from tests.gitrepo import GitRepo
 from tests.lab import LAB_SUBNET, require_lab
 
-
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "repo"
 

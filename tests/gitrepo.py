@@ -19,9 +19,7 @@ GIT_ENV = {
 
 def git(*args: str, cwd: Path, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **GIT_ENV}
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=check, text=True, capture_output=True, input=input
-    )
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=check, text=True, capture_output=True, input=input)
 
 
 class GitRepo:

@@ -27,7 +27,9 @@ def test_values_use_yaml_1_2_core_types() -> None:
 
 
 def test_positions_of_values_and_keys() -> None:
-    text = "kind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: web\n          image: x\n"
+    text = (
+        "kind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: web\n          image: x\n"
+    )
     docs, _ = parse_documents("d.yaml", text)
     doc = docs[0]
     assert doc.position("/spec/template/spec/containers/0/image") == Position(7, 18)

@@ -1,0 +1,1250 @@
+"""The state store: what gitorch saw, applied and observed, in SQLite (default) or PostgreSQL.
+
+The only module that imports sqlmodel, sqlalchemy and alembic. Every public method is one
+short transaction; `Store.transaction()` groups several writes into one. Rows come back
+detached, so callers never need a session. All times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypedDict, TypeVar, cast, get_args
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import (
+    JSON,
+    CursorResult,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    Table,
+    Text,
+    UniqueConstraint,
+    case,
+    create_engine,
+    delete,
+    event,
+    insert,
+    literal,
+    or_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from gitorch.errors import GitorchError
+
+T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).resolve().with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+NODE_PORT_RANGE = (30000, 32767)
+# Arbitrary constant: concurrent controllers starting at once migrate one after the other.
+_MIGRATION_LOCK_KEY = 0x6769746F7263
+# How often an allocation retries after a concurrent writer took the same value.
+_ALLOCATION_RETRIES = 5
+
+Outcome = Literal["applied", "failed", "invalid", "pending"]
+Sync = Literal["Synced", "OutOfSync"]
+Health = Literal["Healthy", "Progressing", "Degraded", "Missing", "Unknown"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "Reconciling", "Stalled"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+EventType = Literal["Normal", "Warning"]
+DriftMode = Literal["report", "heal"]
+
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+SYNC_STATES: tuple[str, ...] = get_args(Sync)
+HEALTH_STATES: tuple[str, ...] = get_args(Health)
+CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
+CONDITION_STATUSES: tuple[str, ...] = get_args(ConditionStatus)
+POD_PHASES: tuple[str, ...] = get_args(PodPhase)
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+DRIFT_MODES: tuple[str, ...] = get_args(DriftMode)
+
+
+class StoreError(GitorchError):
+    """The state store cannot be opened, reached or written as asked."""
+
+
+class AllocationError(StoreError):
+    """An IP, CIDR or port cannot be allocated (range full, requested value taken or invalid)."""
+
+
+class Condition(TypedDict):
+    """A status condition as stored (Kubernetes' shape; the time is ISO 8601 UTC)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: str
+
+
+# ---- column types --------------------------------------------------------------------------
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite keeps naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = _utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when.isoformat()}: pass a timezone-aware time")
+    return when.astimezone(UTC)
+
+
+def _now(when: datetime | None = None) -> datetime:
+    return datetime.now(UTC) if when is None else _utc(when)
+
+
+def _json_list() -> Any:
+    return Field(default_factory=list, sa_type=JSON)
+
+
+def _json_dict() -> Any:
+    return Field(default_factory=dict, sa_type=JSON)
+
+
+def _time(*, nullable: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, sa_type=UTCDateTime)
+    return Field(default_factory=lambda: datetime.now(UTC), sa_type=UTCDateTime)
+
+
+# ---- tables --------------------------------------------------------------------------------
+# Cluster-scoped objects use namespace "" (never NULL, so unique constraints hold).
+
+
+class Revision(SQLModel, table=True):
+    """A commit gitorch has seen, and what became of it."""
+
+    __tablename__ = "revisions"
+
+    commit: str = Field(primary_key=True, max_length=40)
+    author: str = ""
+    message: str = Field(default="", sa_type=Text)
+    committed_at: datetime = _time()
+    first_seen_at: datetime = _time()
+    applied_at: datetime | None = _time(nullable=True)
+    outcome: str = "pending"
+    error: str = Field(default="", sa_type=Text)
+
+
+class ObjectRecord(SQLModel, table=True):
+    """The status of one desired object (Flux's status fields plus the applied manifest)."""
+
+    __tablename__ = "objects"
+    __table_args__ = (UniqueConstraint("kind", "namespace", "name", name="uq_objects_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    namespace: str = ""
+    name: str
+    spec_hash: str = ""
+    last_applied_revision: str | None = None
+    last_attempted_revision: str | None = None
+    generation: int = 1
+    observed_generation: int = 0
+    sync: str = "OutOfSync"
+    health: str = "Unknown"
+    conditions: list[dict[str, Any]] = _json_list()
+    body: dict[str, Any] = _json_dict()
+    updated_at: datetime = _time()
+
+
+class PodRecord(SQLModel, table=True):
+    """A pod: where it is scheduled (node None = Pending) and what its node last reported."""
+
+    __tablename__ = "pods"
+    __table_args__ = (
+        Index("ix_pods_node", "node"),
+        Index("ix_pods_owner", "namespace", "owner_kind", "owner_name"),
+    )
+
+    namespace: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    owner_kind: str = ""
+    owner_name: str = ""
+    node: str | None = None
+    template_hash: str = ""
+    phase: str = "Pending"
+    ip: str | None = None
+    restarts: int = 0
+    ready: bool = False
+    reason: str = ""
+    message: str = Field(default="", sa_type=Text)
+    spec: dict[str, Any] = _json_dict()
+    created_at: datetime = _time()
+    started_at: datetime | None = _time(nullable=True)
+    ready_at: datetime | None = _time(nullable=True)
+    updated_at: datetime = _time()
+    ordinal: int | None = None
+
+
+class NodeRecord(SQLModel, table=True):
+    """A server: how to reach it, what it offers, and what its agent last reported."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("pod_cidr", name="uq_nodes_pod_cidr"),)
+
+    name: str = Field(primary_key=True)
+    address: str = ""
+    port: int = 22
+    user: str = "root"
+    host_key: str | None = Field(default=None, sa_type=Text)
+    capacity: dict[str, Any] = _json_dict()
+    allocatable: dict[str, Any] = _json_dict()
+    labels: dict[str, Any] = _json_dict()
+    taints: list[dict[str, Any]] = _json_list()
+    pod_cidr: str | None = None
+    facts: dict[str, Any] = _json_dict()
+    last_heartbeat: datetime | None = _time(nullable=True)
+    conditions: list[dict[str, Any]] = _json_list()
+    agent_version: str = ""
+    ready: bool = False
+
+
+class ClusterIPAllocation(SQLModel, table=True):
+    """A Service's cluster IP; the primary key makes an IP belong to one service at a time."""
+
+    __tablename__ = "cluster_ips"
+    __table_args__ = (UniqueConstraint("namespace", "service", name="uq_cluster_ips_service"),)
+
+    ip: str = Field(primary_key=True, max_length=45)
+    namespace: str
+    service: str
+    allocated_at: datetime = _time()
+
+
+class NodePortAllocation(SQLModel, table=True):
+    """A NodePort of one named port of a Service."""
+
+    __tablename__ = "node_ports"
+    __table_args__ = (
+        UniqueConstraint("namespace", "service", "port_name", name="uq_node_ports_service_port"),
+    )
+
+    port: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    namespace: str
+    service: str
+    port_name: str = ""
+    allocated_at: datetime = _time()
+
+
+class Event(SQLModel, table=True):
+    """Something that happened to an object; repeats are counted, as Kubernetes does."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_object", "kind", "namespace", "name"),
+        Index("ix_events_last_time", "last_time"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    namespace: str = ""
+    name: str
+    type: str = "Normal"
+    reason: str
+    message: str = Field(default="", sa_type=Text)
+    count: int = 1
+    first_time: datetime = _time()
+    last_time: datetime = _time()
+    revision: str | None = None
+
+
+class InventoryEntry(SQLModel, table=True):
+    """One object gitorch applied; the whole table is the current inventory."""
+
+    __tablename__ = "inventory"
+
+    kind: str = Field(primary_key=True)
+    namespace: str = Field(primary_key=True, default="")
+    name: str = Field(primary_key=True)
+    applied_revision: str = ""
+
+
+class Lease(SQLModel, table=True):
+    """Leader election: who holds `name` until `expires_at`."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True)
+    holder: str
+    acquired_at: datetime = _time()
+    renewed_at: datetime = _time()
+    expires_at: datetime = _time()
+
+
+class DriftReport(SQLModel, table=True):
+    """One drift check: what differed between Git, the store and the nodes, and what was healed."""
+
+    __tablename__ = "drift_reports"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = _time()
+    finished_at: datetime | None = _time(nullable=True)
+    mode: str = "report"
+    revision: str | None = None
+    findings: list[Any] = _json_list()
+    counts: dict[str, Any] = _json_dict()
+    healed: list[Any] = _json_list()
+
+
+metadata = SQLModel.metadata
+
+
+# ---- pure helpers --------------------------------------------------------------------------
+
+
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], now: datetime
+) -> list[Condition]:
+    """The conditions `new`, each keeping its old transition time while its status is unchanged.
+
+    Purely computational. `new` is the complete set (level-triggered): types absent from it
+    are dropped. A condition's `last_transition_time` moves to `now` only when it is new or
+    its status changed (Flux / Kubernetes semantics); reason and message are always updated.
+    """
+    stamp = _utc(now).isoformat()
+    previous = {c["type"]: c for c in old}
+    merged: list[Condition] = []
+    seen: set[str] = set()
+    for cond in new:
+        kind, status = cond.get("type"), cond.get("status")
+        if kind not in CONDITION_TYPES:
+            raise ValueError(f"condition type {kind!r} is not one of {', '.join(CONDITION_TYPES)}")
+        if status not in CONDITION_STATUSES:
+            raise ValueError(f"condition {kind} status {status!r} is not True, False or Unknown")
+        if kind in seen:
+            raise ValueError(f"condition {kind} given twice")
+        seen.add(kind)
+        before = previous.get(kind)
+        unchanged = before is not None and before.get("status") == status
+        merged.append(
+            Condition(
+                type=kind,
+                status=status,
+                reason=str(cond.get("reason", "")),
+                message=str(cond.get("message", "")),
+                last_transition_time=(
+                    str(before["last_transition_time"]) if before and unchanged else stamp
+                ),
+            )
+        )
+    return merged
+
+
+def _check(value: object, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _spread(key: str, size: int) -> int:
+    """A stable offset for `key`: the same service tends to get the same IP or port again."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % size
+
+
+def _probe(first: int, last: int, used: set[int], key: str, what: str) -> int:
+    """The first free value from `key`'s offset in [first, last], probing linearly."""
+    size = last - first + 1
+    if size <= 0 or sum(1 for u in used if first <= u <= last) >= size:
+        raise AllocationError(f"no free {what} left")
+    start = _spread(key, size)
+    for step in range(size):
+        candidate = first + (start + step) % size
+        if candidate not in used:
+            return candidate
+    raise AllocationError(f"no free {what} left")  # pragma: no cover - counted above
+
+
+def _service_range(cidr: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int, int]:
+    """A service CIDR and its allocatable range: not the network, first or last address."""
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError as exc:
+        raise AllocationError(f"service CIDR {cidr!r} is invalid: {exc}") from exc
+    # The first host is reserved, as Kubernetes reserves it for the `kubernetes` service.
+    return network, int(network.network_address) + 2, int(network.broadcast_address) - 1
+
+
+# ---- opening -------------------------------------------------------------------------------
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(
+            f"state store URL {url!r} is not a database URL: use sqlite:///PATH "
+            "or postgresql+psycopg://USER@HOST/DB"
+        ) from exc
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        if parsed.database in (None, "", ":memory:"):
+            raise StoreError(f"state store URL {url!r} names no file: use sqlite:///PATH")
+        return parsed.set(drivername="sqlite+pysqlite")
+    if parsed.drivername in ("postgresql", "postgresql+psycopg", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise StoreError(
+        f"state store URL scheme {parsed.drivername!r} is not supported: use sqlite:///PATH "
+        "or postgresql+psycopg://USER@HOST/DB"
+    )
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    path = Path(cast(str, url.database)).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the state directory {path.parent}: {exc}") from exc
+    engine = create_engine(
+        url.set(database=str(path)), connect_args={"check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver, so that the "begin" hook below decides how BEGIN is sent.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Writers take the write lock up front: a read-then-write transaction is atomic and
+        # waits in busy_timeout instead of failing on lock upgrade.
+        mode = conn.get_execution_options().get("gitorch_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def migrate(
+    engine: Engine, revision: str = "head", *, script_location: Path | str = MIGRATIONS
+) -> None:
+    """Upgrade the store's schema to `revision` (alembic), in one transaction."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    script = ScriptDirectory.from_config(config)
+    writer = engine.execution_options(gitorch_begin="IMMEDIATE")
+    with writer.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None:
+            try:
+                script.get_revision(current)
+            except CommandError as exc:
+                raise StoreError(
+                    f"the state store's schema is at revision {current}, which this gitorch "
+                    "does not know: it was written by a newer gitorch; upgrade gitorch"
+                ) from exc
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+def _serialize(session: Session, what: str) -> None:
+    """Make concurrent allocations of `what` take turns until commit.
+
+    SQLite writers already take turns (BEGIN IMMEDIATE). On PostgreSQL, without this, racing
+    controllers would all pick the same lowest free value and retry one another out; the
+    unique constraints remain the guarantee, this only spares the retries.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = _spread(f"gitorch:{what}", 2**62)
+        session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---- the store -----------------------------------------------------------------------------
+
+
+class Store:
+    """The state store. Thread-safe; each method is its own transaction unless bound to one."""
+
+    def __init__(self, engine: Engine, *, display_url: str) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(gitorch_begin="IMMEDIATE")
+        self._bound: Session | None = None
+        self.url = display_url
+        """The store's URL with any password hidden."""
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open (creating if needed) the store at `url` and migrate its schema to the newest."""
+        parsed = _parse_url(url)
+        display = parsed.render_as_string(hide_password=True)
+        if parsed.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(parsed)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+        try:
+            migrate(engine)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the state store {display}: {_one_line(exc)}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, display_url=display)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._engine.dialect.name
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transactions ----
+
+    @contextmanager
+    def _session(self, *, write: bool) -> Iterator[Session]:
+        if self._bound is not None:
+            try:
+                yield self._bound
+            except SQLAlchemyError as exc:
+                raise StoreError(f"state store {self.url}: {_one_line(exc)}") from exc
+            return
+        try:
+            engine = self._writer if write else self._engine
+            with Session(engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state store {self.url}: {_one_line(exc)}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """A view of this store whose methods all write in one transaction, committed at exit.
+
+        An exception inside the block rolls everything back. Nested use joins the outer one.
+        """
+        if self._bound is not None:
+            yield self
+            return
+        with self._session(write=True) as session:
+            bound = copy.copy(self)
+            bound._bound = session
+            yield bound
+            session.flush()
+
+    def apply_in_transaction(self, fn: Callable[[Store], T]) -> T:
+        """Run `fn(store)` with every write it makes in one transaction."""
+        with self.transaction() as tx:
+            return fn(tx)
+
+    # ---- revisions ----
+
+    def record_revision(
+        self,
+        commit: str,
+        *,
+        author: str = "",
+        message: str = "",
+        committed_at: datetime,
+        first_seen_at: datetime | None = None,
+    ) -> Revision:
+        """Remember a commit (outcome `pending`); a commit seen before is returned unchanged."""
+        if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
+            raise ValueError(f"commit {commit!r} is not 40 lowercase hex digits")
+        with self._session(write=True) as s:
+            row = s.get(Revision, commit)
+            if row is None:
+                row = Revision(
+                    commit=commit,
+                    author=author,
+                    message=message,
+                    committed_at=_utc(committed_at),
+                    first_seen_at=_now(first_seen_at),
+                )
+                s.add(row)
+            return row
+
+    def set_revision_outcome(
+        self, commit: str, outcome: str, error: str = "", *, when: datetime | None = None
+    ) -> Revision:
+        """Record what applying `commit` gave; `applied` also stamps `applied_at`."""
+        _check(outcome, OUTCOMES, "outcome")
+        with self._session(write=True) as s:
+            row = s.get(Revision, commit)
+            if row is None:
+                raise StoreError(f"revision {commit} was never recorded")
+            row.outcome = outcome
+            row.error = error
+            if outcome == "applied":
+                row.applied_at = _now(when)
+            return row
+
+    def revision(self, commit: str) -> Revision | None:
+        with self._session(write=False) as s:
+            return s.get(Revision, commit)
+
+    def last_applied_revision(self) -> Revision | None:
+        """The revision most recently applied successfully."""
+        with self._session(write=False) as s:
+            query = (
+                select(Revision)
+                .where(Revision.outcome == "applied")
+                .order_by(col(Revision.applied_at).desc())
+                .limit(1)
+            )
+            return s.exec(query).first()
+
+    def revisions(self, limit: int | None = None) -> list[Revision]:
+        """Revisions, newest first seen first."""
+        with self._session(write=False) as s:
+            query = select(Revision).order_by(
+                col(Revision.first_seen_at).desc(), col(Revision.committed_at).desc()
+            )
+            return list(s.exec(query.limit(limit)).all())
+
+    # ---- object status ----
+
+    def upsert_object_status(
+        self, kind: str, namespace: str, name: str, *, now: datetime | None = None, **fields: Any
+    ) -> ObjectRecord:
+        """Create or update an object's status with `fields` (columns of ObjectRecord).
+
+        `conditions` is merged with `merge_conditions`. A changed `spec_hash` bumps
+        `generation` (as the Kubernetes API server does) unless `generation` is given.
+        """
+        unknown = set(fields) - (set(ObjectRecord.model_fields) - {"id", "kind", "namespace",
+                                                                   "name", "updated_at"})
+        if unknown:
+            raise TypeError(f"ObjectRecord has no settable field(s) {', '.join(sorted(unknown))}")
+        if "sync" in fields:
+            _check(fields["sync"], SYNC_STATES, "sync")
+        if "health" in fields:
+            _check(fields["health"], HEALTH_STATES, "health")
+        stamp = _now(now)
+        with self._session(write=True) as s:
+            row = s.exec(
+                select(ObjectRecord).where(
+                    ObjectRecord.kind == kind,
+                    ObjectRecord.namespace == namespace,
+                    ObjectRecord.name == name,
+                )
+            ).first()
+            if row is None:
+                row = ObjectRecord(kind=kind, namespace=namespace, name=name)
+                s.add(row)
+            elif (
+                "spec_hash" in fields
+                and "generation" not in fields
+                and fields["spec_hash"] != row.spec_hash
+            ):
+                row.generation += 1
+            for key, value in fields.items():
+                if key == "conditions":
+                    value = merge_conditions(row.conditions or [], value, stamp)
+                setattr(row, key, value)
+            row.updated_at = stamp
+            s.flush()
+            return row
+
+    def object_status(self, kind: str, namespace: str, name: str) -> ObjectRecord | None:
+        with self._session(write=False) as s:
+            return s.exec(
+                select(ObjectRecord).where(
+                    ObjectRecord.kind == kind,
+                    ObjectRecord.namespace == namespace,
+                    ObjectRecord.name == name,
+                )
+            ).first()
+
+    def objects(self, kind: str | None = None, namespace: str | None = None) -> list[ObjectRecord]:
+        """Object statuses, ordered by kind, namespace and name."""
+        with self._session(write=False) as s:
+            query = select(ObjectRecord)
+            if kind is not None:
+                query = query.where(ObjectRecord.kind == kind)
+            if namespace is not None:
+                query = query.where(ObjectRecord.namespace == namespace)
+            query = query.order_by(
+                col(ObjectRecord.kind), col(ObjectRecord.namespace), col(ObjectRecord.name)
+            )
+            return list(s.exec(query).all())
+
+    def delete_object(self, kind: str, namespace: str, name: str) -> bool:
+        """Forget an object's status; False if there was none."""
+        with self._session(write=True) as s:
+            table = _table(ObjectRecord)
+            result = s.connection().execute(
+                delete(table).where(
+                    table.c.kind == kind, table.c.namespace == namespace, table.c.name == name
+                )
+            )
+            return result.rowcount > 0
+
+    # ---- pods ----
+
+    def upsert_pods(self, records: Iterable[PodRecord], *, now: datetime | None = None) -> None:
+        """Create or update pods by (namespace, name); an existing pod keeps its `created_at`."""
+        stamp = _now(now)
+        with self._session(write=True) as s:
+            for record in records:
+                _check(record.phase, POD_PHASES, f"pod {record.namespace}/{record.name} phase")
+                data = record.model_dump()
+                data["updated_at"] = stamp
+                row = s.get(PodRecord, {"namespace": record.namespace, "name": record.name})
+                if row is None:
+                    s.add(PodRecord(**data))
+                    continue
+                data.pop("created_at")
+                for key, value in data.items():
+                    setattr(row, key, value)
+
+    def delete_pods(self, namespace: str, names: Iterable[str]) -> int:
+        """Forget pods of `namespace`; returns how many there were."""
+        wanted = list(names)
+        if not wanted:
+            return 0
+        with self._session(write=True) as s:
+            table = _table(PodRecord)
+            result = s.connection().execute(
+                delete(table).where(table.c.namespace == namespace, table.c.name.in_(wanted))
+            )
+            return result.rowcount
+
+    def pods(
+        self,
+        namespace: str | None = None,
+        owner: tuple[str, str] | None = None,
+        node: str | None = None,
+    ) -> list[PodRecord]:
+        """Pods, optionally of a namespace, an owner (kind, name) or a node; by namespace, name."""
+        with self._session(write=False) as s:
+            query = select(PodRecord)
+            if namespace is not None:
+                query = query.where(PodRecord.namespace == namespace)
+            if owner is not None:
+                query = query.where(
+                    PodRecord.owner_kind == owner[0], PodRecord.owner_name == owner[1]
+                )
+            if node is not None:
+                query = query.where(PodRecord.node == node)
+            query = query.order_by(col(PodRecord.namespace), col(PodRecord.name))
+            return list(s.exec(query).all())
+
+    # ---- nodes ----
+
+    def upsert_node(self, name: str, *, now: datetime | None = None, **fields: Any) -> NodeRecord:
+        """Create or update a node with `fields` (columns of NodeRecord; conditions are merged)."""
+        unknown = set(fields) - (set(NodeRecord.model_fields) - {"name"})
+        if unknown:
+            raise TypeError(f"NodeRecord has no settable field(s) {', '.join(sorted(unknown))}")
+        with self._session(write=True) as s:
+            row = s.get(NodeRecord, name)
+            if row is None:
+                row = NodeRecord(name=name)
+                s.add(row)
+            for key, value in fields.items():
+                if key == "conditions":
+                    value = merge_conditions(row.conditions or [], value, _now(now))
+                setattr(row, key, value)
+            s.flush()
+            return row
+
+    def heartbeat(
+        self,
+        node: str,
+        when: datetime,
+        facts: Mapping[str, Any],
+        *,
+        conditions: Sequence[Mapping[str, Any]] | None = None,
+        agent_version: str | None = None,
+    ) -> NodeRecord:
+        """Record what a node's agent reported at `when`; a Ready condition sets `ready`."""
+        stamp = _utc(when)
+        with self._session(write=True) as s:
+            row = s.get(NodeRecord, node)
+            if row is None:
+                raise StoreError(f"node {node!r} is not registered")
+            row.last_heartbeat = stamp
+            row.facts = dict(facts)
+            if agent_version is not None:
+                row.agent_version = agent_version
+            if conditions is not None:
+                merged = merge_conditions(row.conditions or [], conditions, stamp)
+                row.conditions = [dict(c) for c in merged]
+                for cond in row.conditions:
+                    if cond["type"] == "Ready":
+                        row.ready = cond["status"] == "True"
+            return row
+
+    def node(self, name: str) -> NodeRecord | None:
+        with self._session(write=False) as s:
+            return s.get(NodeRecord, name)
+
+    def nodes(self) -> list[NodeRecord]:
+        """Nodes by name."""
+        with self._session(write=False) as s:
+            return list(s.exec(select(NodeRecord).order_by(col(NodeRecord.name))).all())
+
+    def delete_node(self, name: str) -> bool:
+        """Forget a node (and so free its pod CIDR); False if there was none."""
+        with self._session(write=True) as s:
+            table = _table(NodeRecord)
+            result = s.connection().execute(delete(table).where(table.c.name == name))
+            return result.rowcount > 0
+
+    def allocate_pod_cidr(self, node: str, cluster_cidr: str, prefix: int = 24) -> str:
+        """The node's pod CIDR: kept once given, else the lowest free /prefix of cluster_cidr."""
+        try:
+            cluster = ipaddress.ip_network(cluster_cidr)
+        except ValueError as exc:
+            raise AllocationError(f"pod CIDR {cluster_cidr!r} is invalid: {exc}") from exc
+        if not cluster.prefixlen <= prefix <= cluster.max_prefixlen:
+            raise AllocationError(f"pod CIDR {cluster_cidr} has no /{prefix} subnets")
+        with self._session(write=True) as s:
+            _serialize(s, "pod_cidr")
+            for _ in range(_ALLOCATION_RETRIES):
+                row = s.get(NodeRecord, node)
+                if row is None:
+                    raise StoreError(f"node {node!r} is not registered")
+                if row.pod_cidr:
+                    current = ipaddress.ip_network(row.pod_cidr)
+                    if (
+                        current.version == cluster.version
+                        and current.subnet_of(cluster)  # type: ignore[arg-type]
+                        and current.prefixlen == prefix
+                    ):
+                        return row.pod_cidr
+                    raise AllocationError(
+                        f"node {node} has pod CIDR {row.pod_cidr}, not a /{prefix} of "
+                        f"{cluster_cidr}; delete the node from the store to re-allocate"
+                    )
+                used = [
+                    net
+                    for taken in s.exec(select(NodeRecord.pod_cidr)).all()
+                    if taken and (net := ipaddress.ip_network(taken)).version == cluster.version
+                ]
+                subnets = cluster.subnets(new_prefix=prefix)
+                free = next(
+                    (sub for sub in subnets if not any(sub.overlaps(u) for u in used)),
+                    None,
+                )
+                if free is None:
+                    raise AllocationError(f"no free /{prefix} left in pod CIDR {cluster_cidr}")
+                try:
+                    with s.begin_nested():
+                        row.pod_cidr = str(free)
+                except IntegrityError:
+                    s.expire_all()
+                    continue
+                return str(free)
+        raise AllocationError(f"pod CIDR for {node}: too many concurrent allocations, retry")
+
+    # ---- service cluster IPs and node ports ----
+
+    def allocate_cluster_ip(
+        self,
+        namespace: str,
+        service: str,
+        cidr: str,
+        requested: str | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> str:
+        """The service's cluster IP: kept once given; `requested` if free, else an error.
+
+        Without a request a new service gets the first free address from an offset hashed from
+        its name. An address stays with its service until `release_cluster_ip`.
+        """
+        network, first, last = _service_range(cidr)
+        wanted: int | None = None
+        if requested is not None:
+            try:
+                wanted = int(ipaddress.ip_address(requested))
+            except ValueError as exc:
+                raise AllocationError(f"requested cluster IP {requested!r} is invalid") from exc
+            if not first <= wanted <= last or ipaddress.ip_address(requested) not in network:
+                raise AllocationError(
+                    f"requested cluster IP {requested} is outside the allocatable range of "
+                    f"{cidr} (its network, first and last addresses are reserved)"
+                )
+        stamp = _now(now)
+        with self._session(write=True) as s:
+            _serialize(s, "cluster_ip")
+            for _ in range(_ALLOCATION_RETRIES):
+                rows = list(s.exec(select(ClusterIPAllocation)).all())
+                mine = next(
+                    (r for r in rows if (r.namespace, r.service) == (namespace, service)), None
+                )
+                if mine is not None:
+                    ip = int(ipaddress.ip_address(mine.ip))
+                    if wanted == ip or (wanted is None and first <= ip <= last):
+                        return mine.ip
+                used = {
+                    int(address): r
+                    for r in rows
+                    if r is not mine and (address := ipaddress.ip_address(r.ip)) in network
+                }
+                if wanted is not None:
+                    if wanted in used:
+                        holder = used[wanted]
+                        raise AllocationError(
+                            f"cluster IP {requested} is already allocated to "
+                            f"{holder.namespace}/{holder.service}"
+                        )
+                    chosen = wanted
+                else:
+                    chosen = _probe(
+                        first, last, set(used), f"{namespace}/{service}", f"cluster IP in {cidr}"
+                    )
+                chosen_ip = str(ipaddress.ip_address(chosen))
+                try:
+                    with s.begin_nested():
+                        if mine is not None:
+                            s.delete(mine)
+                            s.flush()
+                        s.add(
+                            ClusterIPAllocation(
+                                ip=chosen_ip, namespace=namespace, service=service,
+                                allocated_at=stamp,
+                            )
+                        )
+                except IntegrityError:
+                    s.expire_all()
+                    continue
+                return chosen_ip
+        raise AllocationError(f"cluster IP for {namespace}/{service}: too many concurrent writers")
+
+    def release_cluster_ip(self, namespace: str, service: str) -> bool:
+        """Free the service's cluster IP; False if it had none."""
+        with self._session(write=True) as s:
+            table = _table(ClusterIPAllocation)
+            result = s.connection().execute(
+                delete(table).where(table.c.namespace == namespace, table.c.service == service)
+            )
+            return result.rowcount > 0
+
+    def cluster_ips(self) -> list[ClusterIPAllocation]:
+        """Every cluster IP allocation, by namespace and service."""
+        with self._session(write=False) as s:
+            query = select(ClusterIPAllocation).order_by(
+                col(ClusterIPAllocation.namespace), col(ClusterIPAllocation.service)
+            )
+            return list(s.exec(query).all())
+
+    def allocate_node_port(
+        self,
+        namespace: str,
+        service: str,
+        port_name: str = "",
+        requested: int | None = None,
+        *,
+        port_range: tuple[int, int] = NODE_PORT_RANGE,
+        now: datetime | None = None,
+    ) -> int:
+        """The NodePort of one named port of a service: kept once given; `requested` if free."""
+        first, last = port_range
+        if requested is not None and not first <= requested <= last:
+            raise AllocationError(
+                f"requested node port {requested} is outside the range {first}-{last}"
+            )
+        stamp = _now(now)
+        key = f"{namespace}/{service}/{port_name}"
+        with self._session(write=True) as s:
+            _serialize(s, "node_port")
+            for _ in range(_ALLOCATION_RETRIES):
+                rows = list(s.exec(select(NodePortAllocation)).all())
+                mine = next(
+                    (
+                        r
+                        for r in rows
+                        if (r.namespace, r.service, r.port_name) == (namespace, service, port_name)
+                    ),
+                    None,
+                )
+                if mine is not None and (
+                    requested == mine.port or (requested is None and first <= mine.port <= last)
+                ):
+                    return mine.port
+                used = {r.port: r for r in rows if r is not mine}
+                if requested is not None:
+                    if requested in used:
+                        holder = used[requested]
+                        raise AllocationError(
+                            f"node port {requested} is already allocated to "
+                            f"{holder.namespace}/{holder.service} port {holder.port_name!r}"
+                        )
+                    chosen = requested
+                else:
+                    chosen = _probe(first, last, set(used), key, f"node port in {first}-{last}")
+                try:
+                    with s.begin_nested():
+                        if mine is not None:
+                            s.delete(mine)
+                            s.flush()
+                        s.add(
+                            NodePortAllocation(
+                                port=chosen, namespace=namespace, service=service,
+                                port_name=port_name, allocated_at=stamp,
+                            )
+                        )
+                except IntegrityError:
+                    s.expire_all()
+                    continue
+                return chosen
+        raise AllocationError(f"node port for {key}: too many concurrent writers")
+
+    def release_node_ports(
+        self, namespace: str, service: str, keep: Iterable[str] = ()
+    ) -> int:
+        """Free the service's node ports except those of the port names in `keep`."""
+        kept = list(keep)
+        with self._session(write=True) as s:
+            table = _table(NodePortAllocation)
+            query = delete(table).where(table.c.namespace == namespace, table.c.service == service)
+            if kept:
+                query = query.where(table.c.port_name.not_in(kept))
+            return s.connection().execute(query).rowcount
+
+    def node_ports(self) -> list[NodePortAllocation]:
+        """Every node port allocation, by port."""
+        with self._session(write=False) as s:
+            query = select(NodePortAllocation).order_by(col(NodePortAllocation.port))
+            return list(s.exec(query).all())
+
+    # ---- events ----
+
+    def record_event(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        reason: str,
+        message: str = "",
+        type: str = "Normal",
+        when: datetime | None = None,
+        revision: str | None = None,
+    ) -> Event:
+        """Record an event; a repeat of the same (object, type, reason, message) is counted."""
+        _check(type, EVENT_TYPES, "event type")
+        stamp = _now(when)
+        with self._session(write=True) as s:
+            row = s.exec(
+                select(Event)
+                .where(
+                    Event.kind == kind,
+                    Event.namespace == namespace,
+                    Event.name == name,
+                    Event.type == type,
+                    Event.reason == reason,
+                    Event.message == message,
+                )
+                .order_by(col(Event.last_time).desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                row = Event(
+                    kind=kind, namespace=namespace, name=name, type=type, reason=reason,
+                    message=message, first_time=stamp, last_time=stamp, revision=revision,
+                )
+                s.add(row)
+            else:
+                row.count += 1
+                row.last_time = max(row.last_time, stamp)
+                row.revision = revision if revision is not None else row.revision
+            s.flush()
+            return row
+
+    def events(
+        self,
+        object: tuple[str, str, str] | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events oldest first (the newest `limit` of them), of an object (kind, ns, name)."""
+        with self._session(write=False) as s:
+            query = select(Event)
+            if object is not None:
+                kind, namespace, name = object
+                query = query.where(
+                    Event.kind == kind, Event.namespace == namespace, Event.name == name
+                )
+            if since is not None:
+                query = query.where(col(Event.last_time) >= _utc(since))
+            query = query.order_by(col(Event.last_time).desc(), col(Event.id).desc())
+            return list(reversed(s.exec(query.limit(limit)).all()))
+
+    def prune_events(self, before: datetime) -> int:
+        """Forget events last seen before `before`; returns how many."""
+        with self._session(write=True) as s:
+            table = _table(Event)
+            query = delete(table).where(table.c.last_time < _utc(before))
+            return s.connection().execute(query).rowcount
+
+    # ---- inventory ----
+
+    def replace_inventory(self, entries: Iterable[InventoryEntry]) -> None:
+        """Make `entries` the inventory, all at once."""
+        rows = [e.model_dump() for e in entries]
+        keys = [(r["kind"], r["namespace"], r["name"]) for r in rows]
+        if len(set(keys)) != len(keys):
+            dupes = sorted({"/".join(k) for k in keys if keys.count(k) > 1})
+            raise StoreError(f"inventory lists {', '.join(dupes)} more than once")
+        with self._session(write=True) as s:
+            table = _table(InventoryEntry)
+            conn = s.connection()
+            conn.execute(delete(table))
+            if rows:
+                conn.execute(insert(table), rows)
+
+    def inventory(self) -> list[InventoryEntry]:
+        """The current inventory, by kind, namespace and name."""
+        with self._session(write=False) as s:
+            query = select(InventoryEntry).order_by(
+                col(InventoryEntry.kind), col(InventoryEntry.namespace), col(InventoryEntry.name)
+            )
+            return list(s.exec(query).all())
+
+    # ---- leases ----
+
+    def try_acquire_lease(
+        self, name: str, holder: str, ttl_seconds: float, now: datetime | None = None
+    ) -> bool:
+        """Take or renew the lease `name` for `holder` until now + ttl; False if another holds it.
+
+        Atomic on both backends: one conditional UPDATE (renew, or take over an expired lease),
+        else one INSERT that does nothing if someone else created the lease first.
+        Holders must be unique names (e.g. host:pid), as in Kubernetes' leader election.
+        """
+        stamp = _now(now)
+        expires = stamp + timedelta(seconds=ttl_seconds)
+        table = _table(Lease)
+        with self._session(write=True) as s:
+            conn = s.connection()
+            taken: CursorResult[Any] = conn.execute(
+                update(table)
+                .where(
+                    table.c.name == name,
+                    or_(table.c.holder == holder, table.c.expires_at <= stamp),
+                )
+                .values(
+                    holder=holder,
+                    acquired_at=case(
+                        (table.c.holder == holder, table.c.acquired_at),
+                        else_=literal(stamp, UTCDateTime()),
+                    ),
+                    renewed_at=stamp,
+                    expires_at=expires,
+                )
+            )
+            if taken.rowcount == 1:
+                return True
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            conn.execute(
+                dialect_insert(table)
+                .values(
+                    name=name, holder=holder, acquired_at=stamp, renewed_at=stamp,
+                    expires_at=expires,
+                )
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            # Holder names are unique per controller: the row is ours iff our INSERT won.
+            current = conn.execute(select(table.c.holder).where(table.c.name == name)).scalar()
+            return bool(current == holder)
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give up the lease if `holder` holds it; False otherwise."""
+        with self._session(write=True) as s:
+            table = _table(Lease)
+            result = s.connection().execute(
+                delete(table).where(table.c.name == name, table.c.holder == holder)
+            )
+            return result.rowcount > 0
+
+    def lease(self, name: str) -> Lease | None:
+        """The lease as stored (it may have expired: compare `expires_at` with now)."""
+        with self._session(write=False) as s:
+            return s.get(Lease, name)
+
+    # ---- drift reports ----
+
+    def save_drift_report(
+        self,
+        *,
+        started_at: datetime,
+        finished_at: datetime | None,
+        mode: str,
+        revision: str | None = None,
+        findings: Sequence[Any] = (),
+        counts: Mapping[str, Any] | None = None,
+        healed: Sequence[Any] = (),
+    ) -> DriftReport:
+        """Save one drift check's report."""
+        _check(mode, DRIFT_MODES, "drift mode")
+        report = DriftReport(
+            started_at=_utc(started_at),
+            finished_at=None if finished_at is None else _utc(finished_at),
+            mode=mode,
+            revision=revision,
+            findings=list(findings),
+            counts=dict(counts or {}),
+            healed=list(healed),
+        )
+        with self._session(write=True) as s:
+            s.add(report)
+            s.flush()
+            return report
+
+    def drift_reports(
+        self, since: datetime | None = None, limit: int | None = None
+    ) -> list[DriftReport]:
+        """Drift reports, newest first, started at or after `since`."""
+        with self._session(write=False) as s:
+            query = select(DriftReport)
+            if since is not None:
+                query = query.where(col(DriftReport.started_at) >= _utc(since))
+            query = query.order_by(col(DriftReport.started_at).desc(), col(DriftReport.id).desc())
+            return list(s.exec(query.limit(limit)).all())

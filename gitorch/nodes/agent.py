@@ -1,0 +1,2607 @@
+#!/usr/bin/env python3
+"""gitorch node agent and pod supervisor: the kubelet of gitorch, in one stdlib-only file.
+
+The controller ships this file to every node and runs
+
+    /usr/bin/python3 agent-<sha>.py VERB [--root DIR]      (JSON request on stdin)
+
+It prints exactly one JSON document on stdout, ``{"ok": true, ...}`` or
+``{"ok": false, "error": "one line"}``, and exits 0; exit status 1 means the request itself
+was broken (bad JSON, unknown verb, wrong types). Empty stdin is the request ``{}``.
+All state lives under ``--root`` (default /var/lib/gitorch). Python 3.9+, stdlib only.
+
+Verbs (request keys -> response keys besides ``ok``):
+
+- ``facts``  {"refresh": bool} -> hostname, os, kernel, arch, bootId, cpus (honours
+  affinity and cgroup CPU quota; float if fractional), cpuMillis, cpusOnline,
+  memory{totalBytes, availableBytes, limitBytes}, disk{path, totalBytes, freeBytes} of /,
+  stateDisk{...} of the root, python, runtimes ["process", "podman"?, "docker"?],
+  runtimeDetails{podman|docker: {available, path, message}}, cgroup{version v1|v2|none,
+  memory, cpu (writable), message}, limits (supported|unsupported), volumeMounts
+  (bind|unsupported), podNetwork ("host"), agentVersion, agentSha,
+  supervisor{running, pid, version, sha}, pods{name: {phase, ready, restarts}}.
+  Runtime and mount checks are cached in the root for 5 minutes; ``refresh`` re-checks.
+- ``sync``  {"pods": [PodSpec, ...], "ackTimeoutSeconds": 2} -> generation, changed, acked,
+  observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
+  pod names must be unique on a node. An unchanged set keeps its generation and restarts
+  nothing. Starts the supervisor if needed (and replaces one running an older agent file:
+  pods stay up and are re-adopted), then waits for it to acknowledge the generation.
+- ``status``  {} -> generation, observedGeneration, stale (no supervisor running: the pods
+  are as last seen), supervisor{...}, pods[PodStatus] (sorted by name).
+- ``logs``  {"pod", "container" (optional if the pod has one), "tail" (lines, -1 = all),
+  "previous", "follow"} -> pod, container, previous, log. ``previous`` is the log of the
+  container's previous instance, or the part rotated out at 10 MiB. With ``follow`` the
+  request must be one line and the output is raw log text, not JSON, streamed until stdin
+  closes or the pod's logs disappear; errors found before streaming are one JSON document.
+- ``stop-supervisor``  {} -> stopped, pid. Pods keep running.
+- ``supervise``  internal: the long-running supervisor, started detached by ``sync``.
+
+PodStatus: name, namespace, hash, desiredHash (a pending replacement's hash; null while a
+removed pod terminates), phase (Pending|Running|Succeeded|Failed), reason (InvalidPodSpec,
+NoContainerRuntime, InitContainerFailed), message, ready, restarts, startedAt, terminating,
+containers[...], initContainers[...]. Container: name, state (waiting|running|terminated),
+reason (ContainerCreating, PodInitializing, CrashLoopBackOff, VolumeSetupFailed,
+NoContainerRuntime, Completed, Error, OOMKilled, StartError, Unknown), message, ready,
+started, restartCount, pid, startedAt, finishedAt, exitCode, signal, lastExitCode,
+lastState{exitCode, signal, reason, message, startedAt, finishedAt}, limits
+(applied|unsupported|none), runtime (process|podman|docker), image.
+
+Root layout: desired.json (0600: it holds secrets), state.json (pids for re-adoption),
+status.json, ack.json, supervisor.{pid,lock,log}, node-checks.json, and
+pods/<pod>/{volumes/<volume>/, logs/<container>.log[.1]}.
+
+Secrets (env values and volume files marked secret) are masked in supervisor.log and in
+every message/error the agent prints or the supervisor writes; a container's own log is
+its own output and is returned as written.
+
+Environment read by the supervisor: GITORCH_BACKOFF_BASE (seconds, default 10; the cap,
+30x, and the reset window, 60x, scale with it), GITORCH_CONTAINER_RUNTIMES (comma list
+to consider, default "podman,docker"; empty means none).
+"""
+
+from __future__ import annotations
+
+# Only what every verb needs is imported here; http.client, ssl, socket, shlex, platform
+# and traceback are imported where used, because every controller call pays start-up time.
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+AGENT_VERSION = "0.1.0"
+
+DEFAULT_ROOT = "/var/lib/gitorch"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LOG_MAX_BYTES = 10 * 1024 * 1024
+TICK_SECONDS = 0.1  # while something is being stopped
+IDLE_SECONDS = 1.0  # otherwise at most this long between passes (signals wake us sooner)
+CHECK_CACHE_SECONDS = 300.0
+RUNTIME_CHECK_TIMEOUT = 5.0
+MASK = "******"
+
+Json = dict[str, Any]
+
+# ---------------------------------------------------------------------------------------
+# Protocol: request parsing, one JSON document out, secret masking
+# ---------------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    """The request itself is broken: answered with ok=false and exit status 1."""
+
+
+class AgentError(Exception):
+    """The request was fine but could not be carried out: ok=false, exit status 0."""
+
+
+# Free-text fields of documents the agent prints or the supervisor writes: the only places
+# where a secret could surface (probe output, exception text). Identifiers such as pod names
+# and timestamps are left alone, so a short secret cannot mangle what the controller parses.
+TEXT_KEYS = frozenset({"message", "error"})
+
+
+class Redactor:
+    """Masks known secret values in log lines and in the free-text fields of documents."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def doc(self, obj: Any) -> Any:
+        """A copy of a JSON-like value with its TEXT_KEYS strings masked."""
+        if isinstance(obj, dict):
+            return {k: self(v) if k in TEXT_KEYS and isinstance(v, str) else self.doc(v)
+                    for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.doc(v) for v in obj]
+        return obj
+
+
+def secret_values(raw_pods: Iterable[Any]) -> list[str]:
+    """Every value marked secret in raw pod specs (env values and secret volume files)."""
+    found: list[str] = []
+    for pod in raw_pods:
+        if not isinstance(pod, dict):
+            continue
+        for key in ("containers", "initContainers"):
+            for ctr in pod.get(key) or []:
+                if not isinstance(ctr, dict):
+                    continue
+                for env in ctr.get("env") or []:
+                    if isinstance(env, dict) and env.get("secret") and env.get("value"):
+                        found.append(str(env["value"]))
+        for vol in pod.get("volumes") or []:
+            if isinstance(vol, dict) and vol.get("secret") and isinstance(vol.get("files"), dict):
+                found.extend(str(v) for v in vol["files"].values() if v)
+    return found
+
+
+def emit(doc: Json, redact: Redactor | None = None) -> None:
+    if redact is not None:
+        doc = redact.doc(doc)
+    sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def read_request(verb: str) -> Json:
+    """Read the JSON request from stdin (empty stdin means {})."""
+    if verb == "supervise" or sys.stdin is None or sys.stdin.isatty():
+        return {}
+    if verb == "logs":
+        # ``logs --follow`` keeps stdin open to signal the end, so its request is one line.
+        text = sys.stdin.readline()
+        try:
+            return _parse_request(text)
+        except RequestError:
+            text += sys.stdin.read()
+    else:
+        text = sys.stdin.read()
+    return _parse_request(text)
+
+
+def _parse_request(text: str) -> Json:
+    if not text.strip():
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise RequestError(f"request is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RequestError("request must be a JSON object")
+    return doc
+
+
+def parse_argv(argv: list[str]) -> tuple[str, str]:
+    """(verb, root) from ``VERB [--root DIR]``."""
+    usage = f"usage: agent.py VERB [--root DIR]; verbs: {', '.join(sorted(VERBS))}"
+    verb: str | None = None
+    root = DEFAULT_ROOT
+    args = iter(argv)
+    for arg in args:
+        if arg == "--root":
+            value = next(args, None)
+            if not value:
+                raise RequestError("--root needs a directory")
+            root = value
+        elif arg.startswith("--root="):
+            root = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise RequestError(f"unknown option {arg}; {usage}")
+        elif verb is None:
+            verb = arg
+        else:
+            raise RequestError(f"unexpected argument {arg!r}; {usage}")
+    if verb is None:
+        raise RequestError(usage)
+    if verb not in VERBS:
+        raise RequestError(f"unknown verb {verb!r}; {usage}")
+    return verb, root
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        verb, root = parse_argv(sys.argv[1:] if argv is None else argv)
+        request = read_request(verb)
+    except RequestError as exc:
+        emit({"ok": False, "error": one_line(str(exc))})
+        return 1
+    paths = Paths(root)
+    redact = Redactor()
+    try:
+        os.makedirs(paths.root, mode=0o700, exist_ok=True)
+        return VERBS[verb](paths, request, redact)
+    except RequestError as exc:
+        emit({"ok": False, "error": one_line(str(exc))}, redact)
+        return 1
+    except AgentError as exc:
+        emit({"ok": False, "error": one_line(str(exc))}, redact)
+        return 0
+    except Exception as exc:  # a bug must still answer in protocol, never a traceback
+        emit({"ok": False, "error": one_line(f"internal error: {type(exc).__name__}: {exc}")},
+             redact)
+        return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Files and paths
+# ---------------------------------------------------------------------------------------
+
+
+class Paths:
+    """Where everything of one agent root lives."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.desired = os.path.join(self.root, "desired.json")
+        self.state = os.path.join(self.root, "state.json")
+        self.status = os.path.join(self.root, "status.json")
+        self.ack = os.path.join(self.root, "ack.json")
+        self.pidfile = os.path.join(self.root, "supervisor.pid")
+        self.lock = os.path.join(self.root, "supervisor.lock")
+        self.agent_lock = os.path.join(self.root, "agent.lock")
+        self.log = os.path.join(self.root, "supervisor.log")
+        self.checks = os.path.join(self.root, "node-checks.json")
+        self.pods = os.path.join(self.root, "pods")
+
+    def pod_dir(self, pod: str) -> str:
+        return os.path.join(self.pods, pod)
+
+    def volume_dir(self, pod: str, volume: str) -> str:
+        return os.path.join(self.pods, pod, "volumes", volume)
+
+    def log_file(self, pod: str, container: str, previous: bool = False) -> str:
+        path = os.path.join(self.pods, pod, "logs", f"{container}.log")
+        return path + ".1" if previous else path
+
+    @property
+    def instance_tag(self) -> str:
+        """Suffix that keeps several roots on one machine (tests) from sharing cgroups."""
+        if self.root == DEFAULT_ROOT:
+            return ""
+        return "-" + hashlib.sha256(self.root.encode()).hexdigest()[:8]
+
+
+def atomic_write(path: str, data: str, mode: int = 0o600, sync: bool = False) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data.encode())
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_json(path: str, default: Any) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return default
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def copytruncate(path: str, max_bytes: int) -> None:
+    """Rotate a log that its writers keep open with O_APPEND: copy to .1, then truncate.
+
+    Renaming would leave the writer appending to the old file; a few lines written between
+    the copy and the truncate may be lost, the usual logrotate trade-off.
+    """
+    try:
+        if os.path.getsize(path) <= max_bytes:
+            return
+        shutil.copyfile(path, path + ".1")
+        os.truncate(path, 0)
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def flocked(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_held(path: str) -> bool:
+    """True when some process holds the flock on path (the supervisor's liveness lock)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+_OWN_SHA: str | None = None
+
+
+def own_sha() -> str:
+    global _OWN_SHA
+    if _OWN_SHA is None:
+        try:
+            with open(os.path.abspath(__file__), "rb") as fh:
+                _OWN_SHA = hashlib.sha256(fh.read()).hexdigest()[:12]
+        except OSError:
+            _OWN_SHA = "unknown"
+    return _OWN_SHA
+
+
+# ---------------------------------------------------------------------------------------
+# /proc: processes, start times, process groups
+# ---------------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks) of a process, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode(errors="replace")
+        # comm may contain spaces and parentheses; fields resume after the last ')'.
+        rest = data[data.rindex(")") + 2:].split()
+        return rest[0], int(rest[2]), int(rest[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int, start: int | None) -> bool:
+    """Alive, not a zombie, and (when known) the same process, not a reused pid."""
+    stat = proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X", "x"):
+        return False
+    return start is None or stat[2] == start
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group."""
+    members: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return members
+    for name in names:
+        if not name.isdigit():
+            continue
+        stat = proc_stat(int(name))
+        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X", "x"):
+            members.append(int(name))
+    return members
+
+
+def is_supervisor_pid(pid: int, root: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return "supervise" in argv and root in argv
+
+
+# ---------------------------------------------------------------------------------------
+# Facts: what this node is and can do
+# ---------------------------------------------------------------------------------------
+
+
+def os_pretty_name() -> str:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        text = read_text(path)
+        if text is None:
+            continue
+        for line in text.splitlines():
+            if line.startswith("PRETTY_NAME="):
+                value = line.split("=", 1)[1].strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                return value.replace('\\"', '"')
+    return os.uname().sysname
+
+
+def meminfo() -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in (read_text("/proc/meminfo") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            scale = 1024 if len(parts) > 2 and parts[2] == "kB" else 1
+            values[parts[0].rstrip(":")] = int(parts[1]) * scale
+    return values
+
+
+def own_cgroups(pid: str = "self") -> dict[str, str]:
+    """Controller -> cgroup path of a process; key "" is the v2 unified hierarchy."""
+    paths: dict[str, str] = {}
+    for line in (read_text(f"/proc/{pid}/cgroup") or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":
+            paths[""] = parts[2]
+        for ctrl in parts[1].split(","):
+            if ctrl:
+                paths[ctrl] = parts[2]
+    return paths
+
+
+def cgroup_mounts() -> list[tuple[str, str, list[str]]]:
+    """(mount point, fstype, options) of every cgroup and cgroup2 mount."""
+    found: list[tuple[str, str, list[str]]] = []
+    for line in (read_text("/proc/self/mounts") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+            found.append((parts[1], parts[2], parts[3].split(",")))
+    return found
+
+
+def _ancestors(mount: str, path: str) -> list[str]:
+    """The cgroup dir of path and each ancestor up to the mount point, innermost first."""
+    dirs = []
+    parts = [p for p in path.split("/") if p]
+    while True:
+        dirs.append(os.path.join(mount, *parts))
+        if not parts:
+            return dirs
+        parts.pop()
+
+
+def effective_cpus() -> tuple[float, int]:
+    """(usable CPUs honouring affinity and any cgroup CPU quota, CPUs online)."""
+    online = os.cpu_count() or 1
+    try:
+        usable = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        usable = float(online)
+    own = own_cgroups()
+    for mount, fstype, opts in cgroup_mounts():
+        if fstype == "cgroup2" and "" in own:
+            for d in _ancestors(mount, own[""]):
+                parts = (read_text(os.path.join(d, "cpu.max")) or "").split()
+                if len(parts) == 2 and parts[0] != "max":
+                    usable = min(usable, int(parts[0]) / max(1, int(parts[1])))
+        elif fstype == "cgroup" and "cpu" in opts and "cpu" in own:
+            for d in _ancestors(mount, own["cpu"]):
+                quota = (read_text(os.path.join(d, "cpu.cfs_quota_us")) or "").strip()
+                period = (read_text(os.path.join(d, "cpu.cfs_period_us")) or "").strip()
+                if quota.lstrip("-").isdigit() and period.isdigit() and int(quota) > 0:
+                    usable = min(usable, int(quota) / max(1, int(period)))
+    return round(usable, 3), online
+
+
+def cgroup_memory_limit() -> int | None:
+    own = own_cgroups()
+    limit: int | None = None
+    for mount, fstype, opts in cgroup_mounts():
+        if fstype == "cgroup2" and "" in own:
+            files = [os.path.join(d, "memory.max") for d in _ancestors(mount, own[""])]
+        elif fstype == "cgroup" and "memory" in opts and "memory" in own:
+            files = [os.path.join(d, "memory.limit_in_bytes")
+                     for d in _ancestors(mount, own["memory"])]
+        else:
+            continue
+        for path in files:
+            value = (read_text(path) or "").strip()
+            # v1 reports "no limit" as a huge page-rounded number.
+            if value.isdigit() and int(value) < (1 << 60):
+                limit = int(value) if limit is None else min(limit, int(value))
+    return limit
+
+
+def disk(path: str) -> Json:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return {"path": path, "totalBytes": None, "freeBytes": None}
+    return {"path": path, "totalBytes": usage.total, "freeBytes": usage.free}
+
+
+def wanted_runtimes() -> list[str]:
+    raw = os.environ.get("GITORCH_CONTAINER_RUNTIMES", "podman,docker")
+    return [r.strip() for r in raw.split(",") if r.strip() in ("podman", "docker")]
+
+
+def _runtime_check(name: str) -> Json:
+    path = shutil.which(name)
+    if path is None:
+        return {"available": False, "path": None, "message": f"{name} not installed"}
+    argv = [path]
+    if name == "podman" and shutil.which("runc"):
+        argv += ["--runtime", "runc"]
+    argv += ["info", "--format", "{{.Host.Arch}}" if name == "podman" else "{{.ServerVersion}}"]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=RUNTIME_CHECK_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"available": False, "path": path, "message": one_line(f"{name} info: {exc}")}
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        tail = err[-1] if err else f"exit status {proc.returncode}"
+        return {"available": False, "path": path, "message": one_line(f"{name} info: {tail}")}
+    return {"available": True, "path": path, "message": ""}
+
+
+def _mount_check(paths: Paths) -> tuple[str, str]:
+    if os.geteuid() != 0:
+        return "unsupported", "not running as root"
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if unshare is None or mount is None:
+        return "unsupported", "unshare or mount not installed"
+    try:
+        # A throw-away private mount namespace: bind the root dir onto itself.
+        proc = subprocess.run([unshare, "--mount", "--propagation", "private", "--",
+                               mount, "--bind", paths.root, paths.root],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "unsupported", one_line(str(exc))
+    if proc.returncode != 0:
+        return "unsupported", one_line(proc.stderr.decode(errors="replace")) or "unshare failed"
+    return "bind", ""
+
+
+def node_checks(paths: Paths, refresh: bool = False) -> Json:
+    """Slow checks (container runtimes, mount namespaces), cached in the root for 5 min."""
+    key = ",".join(wanted_runtimes())
+    cached = read_json(paths.checks, {})
+    if (not refresh and isinstance(cached, dict) and cached.get("key") == key
+            and time.time() - float(cached.get("checkedAt", 0)) < CHECK_CACHE_SECONDS):
+        return cached
+    runtimes = {name: _runtime_check(name) if name in wanted_runtimes() else
+                {"available": False, "path": None,
+                 "message": "disabled by GITORCH_CONTAINER_RUNTIMES"}
+                for name in ("podman", "docker")}
+    mounts, message = _mount_check(paths)
+    checks = {"key": key, "checkedAt": time.time(), "runtimes": runtimes,
+              "volumeMounts": mounts, "volumeMountsMessage": message}
+    with contextlib.suppress(OSError):
+        atomic_write(paths.checks, json.dumps(checks, sort_keys=True))
+    return checks
+
+
+def image_runtime(checks: Json) -> tuple[str, str] | None:
+    """(name, binary) of the container runtime for image containers: podman preferred."""
+    for name in ("podman", "docker"):
+        info = checks.get("runtimes", {}).get(name, {})
+        if info.get("available") and info.get("path"):
+            return name, str(info["path"])
+    return None
+
+
+def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
+    checks = node_checks(paths, refresh=bool(request.get("refresh")))
+    mem = meminfo()
+    cpus, online = effective_cpus()
+    cg = Cgroups.detect(paths)
+    status = read_json(paths.status, {})
+    pods = {}
+    for pod in status.get("pods", []) if isinstance(status, dict) else []:
+        pods[pod.get("name")] = {"phase": pod.get("phase"), "ready": pod.get("ready"),
+                                 "restarts": pod.get("restarts")}
+    runtimes = ["process"] + [n for n, info in checks["runtimes"].items() if info["available"]]
+    uname = os.uname()
+    emit({
+        "ok": True,
+        "hostname": uname.nodename,
+        "os": os_pretty_name(),
+        "kernel": uname.release,
+        "arch": uname.machine,
+        "bootId": (read_text("/proc/sys/kernel/random/boot_id") or "").strip() or None,
+        "cpus": int(cpus) if cpus == int(cpus) else cpus,
+        "cpuMillis": int(cpus * 1000),
+        "cpusOnline": online,
+        "memory": {"totalBytes": mem.get("MemTotal"),
+                   "availableBytes": mem.get("MemAvailable", mem.get("MemFree")),
+                   "limitBytes": cgroup_memory_limit()},
+        "disk": disk("/"),
+        "stateDisk": disk(paths.root),
+        "python": ".".join(str(v) for v in sys.version_info[:3]),
+        "runtimes": runtimes,
+        "runtimeDetails": checks["runtimes"],
+        "cgroup": {"version": cg.version, "memory": cg.writable.get("memory", False),
+                   "cpu": cg.writable.get("cpu", False), "message": cg.message},
+        "limits": "supported" if cg.usable else "unsupported",
+        "volumeMounts": checks["volumeMounts"],
+        "podNetwork": "host",
+        "agentVersion": AGENT_VERSION,
+        "agentSha": own_sha(),
+        "supervisor": supervisor_info(paths),
+        "pods": pods,
+    }, redact)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Specs: the PodSpec the controller sends, parsed and checked once
+# ---------------------------------------------------------------------------------------
+
+
+class SpecError(ValueError):
+    """A pod spec this agent cannot run; the pod is reported Failed with InvalidPodSpec."""
+
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+
+
+def safe_name(value: Any, where: str, error: type[Exception] = SpecError) -> str:
+    # Names become path components and cgroup names, so they must not escape their dir.
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
+        raise error(f"{where}: invalid name {value!r} (letters, digits, '.', '_', '-')")
+    return value
+
+
+def _number(raw: Any, where: str, default: float, minimum: float = 0.0) -> float:
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise SpecError(f"{where}: must be a number")
+    if raw < minimum:
+        raise SpecError(f"{where}: must be >= {minimum:g}")
+    return float(raw)
+
+
+def _int_or_none(raw: Any, where: str) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise SpecError(f"{where}: must be a non-negative integer")
+    return raw or None
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise SpecError(f"{where}: must be a list of strings")
+    return tuple(raw)
+
+
+def _port(raw: Any, where: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise SpecError(f"{where}: must be a port number (named ports are resolved upstream)")
+    return raw
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    kind: str  # httpGet | tcpSocket | exec
+    handler: Json
+    initial_delay: float
+    period: float
+    timeout: float
+    success_threshold: int
+    failure_threshold: int
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> ProbeSpec | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: must be an object")
+        if raw.get("grpc") is not None:
+            raise SpecError(f"{where}.grpc: not supported by the gitorch agent")
+        kinds = [k for k in ("httpGet", "tcpSocket", "exec") if raw.get(k) is not None]
+        if len(kinds) != 1:
+            raise SpecError(f"{where}: needs exactly one of httpGet, tcpSocket, exec")
+        kind = kinds[0]
+        handler = raw[kind]
+        if not isinstance(handler, dict):
+            raise SpecError(f"{where}.{kind}: must be an object")
+        if kind in ("httpGet", "tcpSocket"):
+            _port(handler.get("port"), f"{where}.{kind}.port")
+        elif not _strings(handler.get("command"), f"{where}.exec.command"):
+            raise SpecError(f"{where}.exec.command: must not be empty")
+        return cls(
+            kind=kind,
+            handler=handler,
+            initial_delay=_number(raw.get("initialDelaySeconds"), f"{where}.initialDelaySeconds",
+                                  0.0),
+            # Sub-second periods are allowed (Kubernetes says >= 1) so tests can be quick.
+            period=_number(raw.get("periodSeconds"), f"{where}.periodSeconds", 10.0, 0.05),
+            timeout=_number(raw.get("timeoutSeconds"), f"{where}.timeoutSeconds", 1.0, 0.05),
+            success_threshold=int(_number(raw.get("successThreshold"),
+                                          f"{where}.successThreshold", 1, 1)),
+            failure_threshold=int(_number(raw.get("failureThreshold"),
+                                          f"{where}.failureThreshold", 3, 1)),
+        )
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str
+    secret: bool
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    volume: str
+    path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    init: bool
+    image: str | None
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    env: tuple[EnvVar, ...]
+    working_dir: str | None
+    cpu_millis: int | None
+    memory_bytes: int | None
+    liveness: ProbeSpec | None
+    readiness: ProbeSpec | None
+    startup: ProbeSpec | None
+    mounts: tuple[MountSpec, ...]
+
+    @classmethod
+    def parse(cls, raw: Any, where: str, init: bool) -> ContainerSpec:
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: must be an object")
+        name = safe_name(raw.get("name"), f"{where}.name")
+        image = raw.get("image")
+        if image is not None and (not isinstance(image, str) or not image):
+            raise SpecError(f"{where}.image: must be a non-empty string or null")
+        command = _strings(raw.get("command"), f"{where}.command")
+        args = _strings(raw.get("args"), f"{where}.args")
+        if image is None and not command and not args:
+            raise SpecError(f"{where}: needs a command (without an image there is no "
+                            "entrypoint to fall back to)")
+        env: list[EnvVar] = []
+        for i, item in enumerate(raw.get("env") or []):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise SpecError(f"{where}.env[{i}]: needs a name")
+            value = item.get("value")
+            env.append(EnvVar(item["name"], "" if value is None else str(value),
+                              bool(item.get("secret"))))
+        working_dir = raw.get("workingDir")
+        if working_dir is not None and (not isinstance(working_dir, str)
+                                        or not working_dir.startswith("/")):
+            raise SpecError(f"{where}.workingDir: must be an absolute path")
+        resources = raw.get("resources") or {}
+        if not isinstance(resources, dict):
+            raise SpecError(f"{where}.resources: must be an object")
+        mounts: list[MountSpec] = []
+        for i, item in enumerate(raw.get("volumeMounts") or []):
+            if not isinstance(item, dict):
+                raise SpecError(f"{where}.volumeMounts[{i}]: must be an object")
+            path = item.get("mountPath")
+            if not isinstance(path, str) or not path.startswith("/") or path == "/":
+                raise SpecError(f"{where}.volumeMounts[{i}].mountPath: must be an absolute "
+                                "path other than /")
+            mounts.append(MountSpec(safe_name(item.get("name"), f"{where}.volumeMounts[{i}]"),
+                                    os.path.normpath(path), bool(item.get("readOnly"))))
+        return cls(
+            name=name, init=init, image=image, command=command, args=args, env=tuple(env),
+            working_dir=working_dir,
+            cpu_millis=_int_or_none(resources.get("cpuMillis"), f"{where}.resources.cpuMillis"),
+            memory_bytes=_int_or_none(resources.get("memoryBytes"),
+                                      f"{where}.resources.memoryBytes"),
+            liveness=ProbeSpec.parse(raw.get("livenessProbe"), f"{where}.livenessProbe"),
+            readiness=ProbeSpec.parse(raw.get("readinessProbe"), f"{where}.readinessProbe"),
+            startup=ProbeSpec.parse(raw.get("startupProbe"), f"{where}.startupProbe"),
+            mounts=tuple(mounts),
+        )
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str
+    kind: str  # files | emptyDir | hostPath
+    files: tuple[tuple[str, str], ...]
+    secret: bool
+    host_path: str | None
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> VolumeSpec:
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: must be an object")
+        name = safe_name(raw.get("name"), f"{where}.name")
+        if raw.get("files") is not None:
+            files = raw["files"]
+            if not isinstance(files, dict):
+                raise SpecError(f"{where}.files: must be an object of file name -> content")
+            items = []
+            for key, value in files.items():
+                parts = str(key).split("/")
+                if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                    raise SpecError(f"{where}.files: invalid file name {key!r}")
+                items.append((str(key), "" if value is None else str(value)))
+            return cls(name, "files", tuple(sorted(items)), bool(raw.get("secret")), None)
+        if raw.get("emptyDir"):
+            return cls(name, "emptyDir", (), False, None)
+        host = raw.get("hostPath")
+        if host is not None:
+            if not isinstance(host, str) or not host.startswith("/"):
+                raise SpecError(f"{where}.hostPath: must be an absolute path")
+            return cls(name, "hostPath", (), False, os.path.normpath(host))
+        raise SpecError(f"{where}: needs one of files, emptyDir, hostPath")
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    namespace: str
+    hash: str
+    restart_policy: str
+    grace: float
+    host_network: bool
+    init_containers: tuple[ContainerSpec, ...]
+    containers: tuple[ContainerSpec, ...]
+    volumes: tuple[VolumeSpec, ...]
+
+    @classmethod
+    def parse(cls, raw: Json) -> PodSpec:
+        name = safe_name(raw.get("name"), "name")
+        policy = raw.get("restartPolicy") or "Always"
+        if policy not in RESTART_POLICIES:
+            raise SpecError(f"restartPolicy: must be one of {', '.join(RESTART_POLICIES)}")
+        containers = raw.get("containers")
+        if not isinstance(containers, list) or not containers:
+            raise SpecError("containers: needs at least one container")
+        inits = raw.get("initContainers") or []
+        if not isinstance(inits, list):
+            raise SpecError("initContainers: must be a list")
+        init_specs = tuple(ContainerSpec.parse(c, f"initContainers[{i}]", True)
+                           for i, c in enumerate(inits))
+        app_specs = tuple(ContainerSpec.parse(c, f"containers[{i}]", False)
+                          for i, c in enumerate(containers))
+        names = [c.name for c in init_specs + app_specs]
+        if len(set(names)) != len(names):
+            raise SpecError("containers: container names must be unique within the pod")
+        volumes = tuple(VolumeSpec.parse(v, f"volumes[{i}]")
+                        for i, v in enumerate(raw.get("volumes") or []))
+        vol_names = {v.name for v in volumes}
+        if len(vol_names) != len(volumes):
+            raise SpecError("volumes: volume names must be unique within the pod")
+        for ctr in init_specs + app_specs:
+            for m in ctr.mounts:
+                if m.volume not in vol_names:
+                    raise SpecError(f"container {ctr.name}: volumeMount {m.volume!r} names no "
+                                    "volume of the pod")
+        return cls(
+            name=name,
+            namespace=str(raw.get("namespace") or "default"),
+            hash=str(raw.get("hash") or ""),
+            restart_policy=policy,
+            grace=_number(raw.get("terminationGracePeriodSeconds"),
+                          "terminationGracePeriodSeconds", 30.0),
+            host_network=bool(raw.get("hostNetwork")),
+            init_containers=init_specs,
+            containers=app_specs,
+            volumes=volumes,
+        )
+
+    def volume(self, name: str) -> VolumeSpec:
+        return next(v for v in self.volumes if v.name == name)
+
+
+# ---------------------------------------------------------------------------------------
+# cgroups: memory and CPU limits where the node lets us write them
+# ---------------------------------------------------------------------------------------
+
+
+class Cgroups:
+    """Container resource limits through cgroup v2, or the v1 memory and cpu hierarchies.
+
+    The gitorch subtree is created under the supervisor's own cgroup (the root cgroup on a
+    node, so /sys/fs/cgroup[/memory]/gitorch/<pod>/<container>), which keeps containers
+    inside whatever accounts for the supervisor itself.
+    """
+
+    def __init__(self, version: str, bases: dict[str, str], writable: dict[str, bool],
+                 message: str) -> None:
+        self.version = version  # v1 | v2 | none
+        self.bases = bases  # controller ("memory"/"cpu"; "unified" for v2) -> base dir
+        self.writable = writable
+        self.message = message
+
+    @property
+    def usable(self) -> bool:
+        return any(self.writable.values())
+
+    @classmethod
+    def detect(cls, paths: Paths) -> Cgroups:
+        """Find where limits can be written; probes leave no directory behind."""
+        leaf = "gitorch" + paths.instance_tag
+        own = own_cgroups()
+        mounts = cgroup_mounts()
+        v2 = [m for m in mounts if m[1] == "cgroup2" and m[0] == "/sys/fs/cgroup"]
+        if v2:
+            mount = v2[0][0]
+            controllers = (read_text(os.path.join(mount, "cgroup.controllers")) or "").split()
+            if "memory" not in controllers and "cpu" not in controllers:
+                return cls("v2", {}, {}, "memory and cpu controllers not available")
+            for base in (os.path.join(mount, own.get("", "/").lstrip("/"), leaf),
+                         os.path.join(mount, leaf)):
+                if _prepare_v2(mount, base):
+                    ok = {c: c in controllers for c in ("memory", "cpu")}
+                    return cls("v2", {"unified": base}, ok, "")
+            return cls("v2", {}, {"memory": False, "cpu": False},
+                       "cannot create a cgroup with memory and cpu controllers enabled")
+        bases: dict[str, str] = {}
+        writable: dict[str, bool] = {}
+        for ctrl in ("memory", "cpu"):
+            mount_point = next((m[0] for m in mounts if m[1] == "cgroup" and ctrl in m[2]), None)
+            if mount_point is None:
+                writable[ctrl] = False
+                continue
+            base = os.path.join(mount_point, own.get(ctrl, "/").lstrip("/"), leaf)
+            writable[ctrl] = _probe_dir(base)
+            if writable[ctrl]:
+                bases[ctrl] = base
+        if not any(m[1] == "cgroup" for m in mounts):
+            return cls("none", {}, {"memory": False, "cpu": False}, "no cgroup hierarchy mounted")
+        missing = [c for c in ("memory", "cpu") if not writable.get(c)]
+        message = f"{' and '.join(missing)} cgroup not writable" if missing else ""
+        return cls("v1", bases, writable, message)
+
+    def create(self, pod: str, container: str, memory: int | None,
+               cpu_millis: int | None) -> tuple[list[str], str, str]:
+        """Create a container's cgroup(s) and write limits: (dirs, limits state, message)."""
+        wants = memory is not None or cpu_millis is not None
+        dirs: list[str] = []
+        problems: list[str] = []
+        try:
+            if self.version == "v2" and "unified" in self.bases:
+                pod_dir = os.path.join(self.bases["unified"], pod)
+                os.makedirs(pod_dir, exist_ok=True)
+                _enable_v2(self.bases["unified"])
+                _enable_v2(pod_dir)
+                d = os.path.join(pod_dir, container)
+                os.makedirs(d, exist_ok=True)
+                dirs.append(d)
+                if memory is not None and not _write(d, "memory.max", str(memory)):
+                    problems.append("memory.max")
+                if cpu_millis is not None and not _write(
+                        d, "cpu.max", f"{max(1000, cpu_millis * 100)} 100000"):
+                    problems.append("cpu.max")
+            else:
+                if "memory" in self.bases:
+                    d = os.path.join(self.bases["memory"], pod, container)
+                    os.makedirs(d, exist_ok=True)
+                    dirs.append(d)
+                    value = str(memory) if memory is not None else "-1"
+                    if not _write(d, "memory.limit_in_bytes", value) and memory is not None:
+                        problems.append("memory.limit_in_bytes")
+                    # No swapping around the limit; absent without swap accounting.
+                    _write(d, "memory.memsw.limit_in_bytes", value)
+                elif memory is not None:
+                    problems.append("memory cgroup")
+                if "cpu" in self.bases:
+                    d = os.path.join(self.bases["cpu"], pod, container)
+                    os.makedirs(d, exist_ok=True)
+                    dirs.append(d)
+                    quota = str(max(1000, cpu_millis * 100)) if cpu_millis is not None else "-1"
+                    _write(d, "cpu.cfs_period_us", "100000")
+                    if not _write(d, "cpu.cfs_quota_us", quota) and cpu_millis is not None:
+                        problems.append("cpu.cfs_quota_us")
+                elif cpu_millis is not None:
+                    problems.append("cpu cgroup")
+        except OSError as exc:
+            problems.append(one_line(str(exc)))
+        if not wants:
+            return dirs, "none", ""
+        if problems:
+            return dirs, "unsupported", "limits not applied: " + ", ".join(problems)
+        return dirs, "applied", ""
+
+    @staticmethod
+    def oom_kills(dirs: list[str]) -> int:
+        total = 0
+        for d in dirs:
+            for name in ("memory.events", "memory.oom_control"):
+                for line in (read_text(os.path.join(d, name)) or "").splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0] == "oom_kill" and parts[1].isdigit():
+                        total += int(parts[1])
+        return total
+
+    @staticmethod
+    def kill_all(dirs: list[str]) -> None:
+        """SIGKILL whatever is left in the container's cgroups (also processes that setsid)."""
+        for d in dirs:
+            for line in (read_text(os.path.join(d, "cgroup.procs")) or "").split():
+                if line.isdigit():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(line), signal.SIGKILL)
+
+    @staticmethod
+    def remove(dirs: list[str]) -> bool:
+        """rmdir container cgroups, then their pod and base dirs once empty; True when gone."""
+        done = True
+        for d in dirs:
+            for path in (d, os.path.dirname(d), os.path.dirname(os.path.dirname(d))):
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    if path == d:
+                        done = False
+        return done
+
+
+def _write(d: str, name: str, value: str) -> bool:
+    try:
+        with open(os.path.join(d, name), "w") as fh:
+            fh.write(value)
+        return True
+    except OSError:
+        return False
+
+
+def _probe_dir(base: str) -> bool:
+    existed = os.path.isdir(base)
+    try:
+        os.makedirs(base, exist_ok=True)
+        probe = os.path.join(base, f"probe-{os.getpid()}")
+        os.mkdir(probe)
+        os.rmdir(probe)
+        return True
+    except OSError:
+        return False
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(base)
+
+
+def _enable_v2(d: str) -> None:
+    for ctrl in ("memory", "cpu"):
+        _write(d, "cgroup.subtree_control", f"+{ctrl}")
+
+
+def _prepare_v2(mount: str, base: str) -> bool:
+    existed = os.path.isdir(base)
+    try:
+        for parent in reversed(_ancestors(mount, os.path.relpath(os.path.dirname(base), mount))):
+            _enable_v2(parent)
+        os.makedirs(base, exist_ok=True)
+        _enable_v2(base)
+        enabled = (read_text(os.path.join(base, "cgroup.subtree_control")) or "").split()
+        return "memory" in enabled or "cpu" in enabled
+    except OSError:
+        return False
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(base)
+
+
+# ---------------------------------------------------------------------------------------
+# Probes: liveness, readiness and startup, each on its own thread
+# ---------------------------------------------------------------------------------------
+
+ProbeAction = Callable[[], tuple[bool, str]]
+
+
+def probe_http(handler: Json, timeout: float) -> tuple[bool, str]:
+    import http.client
+    import ssl
+
+    host = handler.get("host") or "127.0.0.1"
+    port = int(handler["port"])
+    path = handler.get("path") or "/"
+    scheme = str(handler.get("scheme") or "HTTP").upper()
+    url = f"{scheme.lower()}://{host}:{port}{path}"
+    conn: http.client.HTTPConnection
+    if scheme == "HTTPS":
+        # Kubernetes does not verify probe certificates either.
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {"User-Agent": f"gitorch-probe/{AGENT_VERSION}", "Accept": "*/*"}
+    for h in handler.get("httpHeaders") or []:
+        if isinstance(h, dict) and "name" in h:
+            headers[str(h["name"])] = str(h.get("value", ""))
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        resp.read(10240)
+        if 200 <= resp.status < 400:
+            return True, ""
+        return False, f"HTTP probe failed with statuscode: {resp.status}"
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"Get {url}: {exc or type(exc).__name__}"
+    finally:
+        conn.close()
+
+
+def probe_tcp(handler: Json, timeout: float) -> tuple[bool, str]:
+    import socket
+
+    host = handler.get("host") or "127.0.0.1"
+    port = int(handler["port"])
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as exc:
+        return False, f"dial tcp {host}:{port}: {exc.strerror or exc}"
+
+
+def probe_exec(argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> tuple[bool, str]:
+    try:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as exc:
+        return False, f"exec {argv[0]}: {exc.strerror or exc}"
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return False, f"command timed out after {timeout:g}s"
+    text = one_line(out.decode(errors="replace"))[-512:]
+    if proc.returncode == 0:
+        return True, text
+    return False, text or f"command exited with {proc.returncode}"
+
+
+class ProbeWorker:
+    """Runs one probe periodically and applies Kubernetes' threshold counting.
+
+    ``result()`` is None until a threshold is reached, then True (successThreshold
+    consecutive successes) or False (failureThreshold consecutive failures).
+    """
+
+    def __init__(self, which: str, spec: ProbeSpec, action: ProbeAction,
+                 container_started: float, wake: Callable[[], None]) -> None:
+        self.which = which
+        self.spec = spec
+        self._action = action
+        self._started = container_started
+        self._wake = wake
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._status: bool | None = None
+        self._message = ""
+        self._ok = 0
+        self._failed = 0
+        self._thread = threading.Thread(target=self._loop, name=f"probe-{which}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def result(self) -> tuple[bool | None, str]:
+        with self._lock:
+            return self._status, self._message
+
+    def _loop(self) -> None:
+        delay = self._started + self.spec.initial_delay - time.time()
+        if self._stop.wait(max(0.0, delay)):
+            return
+        while not self._stop.is_set():
+            try:
+                ok, message = self._action()
+            except Exception as exc:  # a probe bug must fail the probe, not the thread
+                ok, message = False, f"probe error: {type(exc).__name__}: {exc}"
+            changed = False
+            with self._lock:
+                if ok:
+                    self._ok, self._failed = self._ok + 1, 0
+                    if self._ok >= self.spec.success_threshold and self._status is not True:
+                        self._status, changed = True, True
+                else:
+                    self._ok, self._failed = 0, self._failed + 1
+                    if self._failed >= self.spec.failure_threshold and self._status is not False:
+                        self._status, changed = False, True
+                self._message = message
+            if changed:
+                self._wake()
+            if self._stop.wait(self.spec.period):
+                return
+
+
+# ---------------------------------------------------------------------------------------
+# Processes: pods and containers as the supervisor tracks them
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Crash-loop back-off: base, 2x base, ... capped at 30x base, reset after 60x base."""
+
+    base: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> Backoff:
+        try:
+            base = float(os.environ.get("GITORCH_BACKOFF_BASE", "10"))
+        except ValueError:
+            base = 10.0
+        return cls(base if base > 0 else 10.0)
+
+    @property
+    def reset_after(self) -> float:
+        return self.base * 60
+
+    def delay(self, count: int) -> float:
+        return float(min(self.base * 30, self.base * (2 ** min(count, 30))))
+
+
+class Container:
+    """One container of a pod: its current process, its restarts and its probes."""
+
+    # Persisted in state.json so a new supervisor can re-adopt the process.
+    FIELDS = ("name", "init", "state", "reason", "message", "pid", "proc_start", "started_at",
+              "term", "last_state", "restart_count", "backoff_count", "next_start", "cgroups",
+              "oom_base", "limits", "runtime", "runtime_name", "mount_ns", "startup_done",
+              "succeeded", "ever_started", "kill_reason", "kill_deadline", "kill_sent",
+              "draining")
+
+    def __init__(self, name: str, init: bool, spec: ContainerSpec | None = None) -> None:
+        self.name = name
+        self.init = init
+        self.spec = spec
+        self.state = "waiting"  # waiting | running | terminated
+        self.reason = "ContainerCreating"
+        self.message = ""
+        self.pid: int | None = None
+        self.proc_start: int | None = None
+        self.started_at: float | None = None
+        self.term: Json | None = None  # the last termination of this container
+        self.last_state: Json | None = None  # the termination before a restart
+        self.restart_count = 0
+        self.backoff_count = 0
+        self.next_start = 0.0
+        self.cgroups: list[str] = []
+        self.oom_base = 0
+        self.limits = "none"
+        self.runtime = "process"
+        self.runtime_name: str | None = None
+        self.mount_ns = False
+        self.startup_done = False
+        self.succeeded = False
+        self.ever_started = False
+        self.kill_reason: str | None = None
+        self.kill_deadline: float | None = None
+        self.kill_sent = False
+        self.draining = False  # main process gone, waiting for the rest of its group
+        # Not persisted:
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.probes: dict[str, ProbeWorker] = {}
+        self.env: dict[str, str] = {}
+        self.ready = False
+
+    def record(self) -> Json:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_record(cls, rec: Json) -> Container:
+        ctr = cls(str(rec["name"]), bool(rec.get("init")))
+        for f in cls.FIELDS:
+            if f in rec:
+                setattr(ctr, f, rec[f])
+        return ctr
+
+    @property
+    def busy(self) -> bool:
+        """A process of this container may still be alive."""
+        return self.state == "running" or self.draining
+
+    def poll_exit(self) -> tuple[bool, int | None]:
+        """(exited, returncode); returncode None when unknown (a re-adopted process)."""
+        if self.popen is not None:
+            rc = self.popen.poll()
+            return (rc is not None), rc
+        if self.pid is None:
+            return True, None
+        if process_alive(self.pid, self.proc_start):
+            return False, None
+        return True, None
+
+    def group_alive(self) -> bool:
+        return self.pid is not None and bool(group_members(self.pid))
+
+    def stop_probes(self) -> None:
+        for worker in self.probes.values():
+            worker.stop()
+        self.probes.clear()
+        self.ready = False
+
+
+class Pod:
+    """One pod instance on this node (a new hash means a new instance)."""
+
+    def __init__(self, name: str, namespace: str, pod_hash: str, spec: PodSpec | None,
+                 grace: float) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.hash = pod_hash
+        self.spec = spec
+        self.grace = grace
+        self.created_at = time.time()
+        self.prepared = False
+        self.prepare_retry = 0.0
+        self.stopping = False
+        self.stopped = False
+        self.fatal: list[str] | None = None  # [reason, message]: the pod is Failed
+        self.message = ""
+        self.internal_error = ""
+        self.init_containers: list[Container] = []
+        self.containers: list[Container] = []
+        if spec is not None:
+            self.init_containers = [Container(c.name, True, c) for c in spec.init_containers]
+            waiting = "PodInitializing" if spec.init_containers else "ContainerCreating"
+            for c in spec.containers:
+                ctr = Container(c.name, False, c)
+                ctr.reason = waiting
+                self.containers.append(ctr)
+
+    def all_containers(self) -> list[Container]:
+        return self.init_containers + self.containers
+
+    def record(self) -> Json:
+        return {"name": self.name, "namespace": self.namespace, "hash": self.hash,
+                "grace": self.grace, "createdAt": self.created_at, "prepared": self.prepared,
+                "stopping": self.stopping, "fatal": self.fatal,
+                "initContainers": [c.record() for c in self.init_containers],
+                "containers": [c.record() for c in self.containers]}
+
+    @classmethod
+    def from_record(cls, rec: Json) -> Pod:
+        pod = cls(str(rec["name"]), str(rec.get("namespace", "default")),
+                  str(rec.get("hash", "")), None, float(rec.get("grace", 30)))
+        pod.created_at = float(rec.get("createdAt", time.time()))
+        pod.prepared = bool(rec.get("prepared"))
+        pod.stopping = bool(rec.get("stopping"))
+        pod.fatal = rec.get("fatal")
+        pod.init_containers = [Container.from_record(c) for c in rec.get("initContainers", [])]
+        pod.containers = [Container.from_record(c) for c in rec.get("containers", [])]
+        return pod
+
+    def attach(self, spec: PodSpec) -> bool:
+        """Give a pod re-adopted from state.json its spec again; False if they do not match."""
+        by_name = {c.name: c for c in self.all_containers()}
+        wanted = spec.init_containers + spec.containers
+        if {c.name for c in wanted} != set(by_name):
+            return False
+        for cspec in wanted:
+            by_name[cspec.name].spec = cspec
+        self.spec = spec
+        self.grace = spec.grace
+        return True
+
+    def phase(self) -> str:
+        if self.fatal:
+            return "Failed"
+        if any(not c.succeeded for c in self.init_containers):
+            return "Pending"
+        if self.containers and all(c.state == "terminated" for c in self.containers):
+            ok = all((c.term or {}).get("exitCode") == 0 for c in self.containers)
+            return "Succeeded" if ok else "Failed"
+        if self.containers and all(c.ever_started for c in self.containers):
+            return "Running"
+        return "Pending"
+
+
+def build_env(paths: Paths, pod: Pod, spec: ContainerSpec) -> dict[str, str]:
+    """A clean environment: PATH, HOME, the pod identity, volume dirs, then the pod's env."""
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir or "/"
+    except KeyError:
+        home = "/"
+    env = {"PATH": DEFAULT_PATH, "HOME": home, "HOSTNAME": pod.name, "POD_NAME": pod.name,
+           "POD_NAMESPACE": pod.namespace}
+    if pod.spec is not None:
+        for vol in pod.spec.volumes:
+            key = "GITORCH_VOLUME_" + re.sub(r"[^A-Za-z0-9]", "_", vol.name).upper()
+            env[key] = volume_source(paths, pod, vol)
+    for var in spec.env:
+        env[var.name] = var.value
+    return env
+
+
+def volume_source(paths: Paths, pod: Pod, vol: VolumeSpec) -> str:
+    if vol.kind == "hostPath" and vol.host_path is not None:
+        return vol.host_path
+    return paths.volume_dir(pod.name, vol.name)
+
+
+def write_files_volume(directory: str, vol: VolumeSpec) -> None:
+    """Write a ConfigMap/Secret volume; rewritten in place when its content changes."""
+    mode_dir, mode_file = (0o700, 0o600) if vol.secret else (0o755, 0o644)
+    os.makedirs(directory, mode=mode_dir, exist_ok=True)
+    os.chmod(directory, mode_dir)
+    wanted = set()
+    for rel, content in vol.files:
+        path = os.path.join(directory, rel)
+        wanted.add(os.path.normpath(path))
+        os.makedirs(os.path.dirname(path), mode=mode_dir, exist_ok=True)
+        current = None
+        with contextlib.suppress(OSError), open(path, encoding="utf-8") as fh:
+            current = fh.read()
+        if current != content:
+            atomic_write(path, content, mode=mode_file)
+        os.chmod(path, mode_file)
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.normpath(os.path.join(dirpath, name))
+            if path not in wanted:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def find_executable(cmd0: str, env: dict[str, str], cwd: str,
+                    mounts: Iterable[str]) -> str | None:
+    """An error message if the command cannot be found, checked before starting it."""
+    if "/" in cmd0:
+        full = os.path.normpath(os.path.join(cwd, cmd0))
+        if any(full == m or full.startswith(m + "/") for m in mounts):
+            return None  # lives in a volume that only exists inside the mount namespace
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            return None
+        return f'exec: "{cmd0}": no such executable file'
+    if shutil.which(cmd0, path=env.get("PATH", DEFAULT_PATH)) is None:
+        return f'exec: "{cmd0}": executable file not found in $PATH'
+    return None
+
+
+class StartError(Exception):
+    """A container could not be started (reported as terminated, reason StartError)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Runtimes: how a container's argv is built (process, or podman/docker for images)
+# ---------------------------------------------------------------------------------------
+
+
+def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str],
+                 cgroup_dirs: list[str], bind_mounts: bool) -> tuple[list[str], str, bool]:
+    """(argv, cwd, uses a mount namespace) for a container run directly on the node.
+
+    When the process must join cgroups or see volumes at their mountPath, a tiny sh
+    preamble does that and then ``exec``s the command, so the tracked pid (and process
+    group) is the real container process from its first instruction.
+    """
+    from shlex import quote as q
+
+    assert pod.spec is not None
+    cmd = list(spec.command) + list(spec.args)
+    mounts = []
+    if bind_mounts:
+        for m in spec.mounts:
+            src = volume_source(paths, pod, pod.spec.volume(m.volume))
+            mounts.append((src, m.path, m.read_only))
+    cwd = spec.working_dir or "/"
+    problem = find_executable(cmd[0], env, cwd, [m[1] for m in mounts])
+    if problem:
+        raise StartError(problem)
+    if not mounts and not cgroup_dirs:
+        if not os.path.isdir(cwd):
+            raise StartError(f"workingDir {cwd}: no such directory")
+        return cmd, cwd, False
+    lines = ["set -e"]
+    lines += [f"echo $$ > {q(os.path.join(d, 'cgroup.procs'))}" for d in cgroup_dirs]
+    for src, dst, read_only in mounts:
+        lines += [f"mkdir -p {q(dst)}", f"mount --bind {q(src)} {q(dst)}"]
+        if read_only:
+            lines.append(f"mount -o remount,bind,ro {q(dst)}")
+    lines += [f"cd {q(cwd)}", 'exec "$@"']
+    argv = ["/bin/sh", "-c", "\n".join(lines), "gitorch-init", *cmd]
+    if mounts:
+        unshare = shutil.which("unshare") or "unshare"
+        # No --fork: unshare execs sh in place, so the pid stays the container's pid.
+        argv = [unshare, "--mount", "--propagation", "private", "--", *argv]
+    return argv, "/", bool(mounts)
+
+
+def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, str],
+               name: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment of the runtime client) for an image container.
+
+    Env values travel through the client's environment (``--env NAME``), never its argv, so
+    secrets do not show up in ps.
+    """
+    assert pod.spec is not None
+    kind, binary = runtime
+    argv = [binary]
+    if kind == "podman" and shutil.which("runc"):
+        argv += ["--runtime", "runc"]
+    argv += ["run", "--rm", "--name", name, "--network", "host",
+             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+    if kind == "podman":
+        argv.append("--replace")
+    client_env = {"PATH": DEFAULT_PATH, "HOME": env.get("HOME", "/")}
+    for key, value in env.items():
+        if key in ("PATH", "HOME") and not any(v.name == key for v in spec.env):
+            continue  # keep the image's own PATH/HOME unless the pod sets them
+        if key in ("PATH", "HOME"):
+            argv += ["--env", f"{key}={value}"]
+        else:
+            client_env[key] = value
+            argv += ["--env", key]
+    for m in spec.mounts:
+        src = volume_source(paths, pod, pod.spec.volume(m.volume))
+        argv += ["-v", f"{src}:{m.path}" + (":ro" if m.read_only else "")]
+    if spec.memory_bytes is not None:
+        argv += ["--memory", str(spec.memory_bytes)]
+    if spec.cpu_millis is not None:
+        argv += ["--cpus", f"{spec.cpu_millis / 1000:.3f}"]
+    if spec.working_dir:
+        argv += ["-w", spec.working_dir]
+    if spec.command:
+        argv += ["--entrypoint", json.dumps(list(spec.command))]
+    assert spec.image is not None
+    argv += [spec.image, *spec.args]
+    return argv, client_env
+
+
+def run_quietly(argv: list[str], timeout: float) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+
+
+def in_background(argv: list[str], timeout: float) -> None:
+    threading.Thread(target=run_quietly, args=(argv, timeout), daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------------
+# Supervisor loop: the kubelet
+# ---------------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Keeps this node's pods as desired.json says, and reports them in status.json."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.redact = Redactor()
+        self.backoff = Backoff.from_env()
+        self.pods: dict[str, Pod] = {}
+        self.pending: dict[str, Json] = {}  # replacements waiting for the old instance to stop
+        self.generation = -1
+        self.pending_ack: int | None = None
+        self.desired_mark: tuple[int, ...] | None = None
+        self.cgroups = Cgroups.detect(paths)
+        self.checks: Json = {}
+        self.exiting = False
+        self.cgroup_trash: list[tuple[list[str], int]] = []
+        self._last_state = ""
+        self._last_status = ""
+        self._last_rotate = 0.0
+        self._log_fd = -1
+        self._lock_fd = -1
+        self._wake_r = -1
+        self._wake_w = -1
+        self._error_times: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._log_fd = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if not self._acquire_lock():
+            self.log("another supervisor holds the lock; exiting")
+            return 0
+        atomic_write(self.paths.pidfile, json.dumps({
+            "pid": os.getpid(), "version": AGENT_VERSION, "sha": own_sha(),
+            "path": os.path.abspath(__file__), "startedAt": time.time()}))
+        self._install_signals()
+        os.chdir("/")
+        self.checks = node_checks(self.paths)
+        self.log(f"supervisor {AGENT_VERSION} ({own_sha()}) started, pid {os.getpid()}, "
+                 f"cgroups {self.cgroups.version} {self.cgroups.writable}, volume mounts "
+                 f"{self.checks.get('volumeMounts')}, backoff base {self.backoff.base:g}s")
+        self.restore()
+        while not self.exiting:
+            try:
+                self.tick()
+            except Exception as exc:  # e.g. a full disk: keep supervising, say why
+                self.log_error("tick", f"supervisor loop error: {type(exc).__name__}: {exc}")
+            self.wait(self.next_wait(time.time()))
+        self.shutdown()
+        return 0
+
+    def _acquire_lock(self) -> bool:
+        self._lock_fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        # Retry briefly: an agent checking liveness holds a shared lock for microseconds.
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w)
+
+        def stop(_sig: int, _frame: Any) -> None:
+            self.exiting = True
+
+        def nothing(_sig: int, _frame: Any) -> None:
+            pass  # the wakeup fd does the work
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        # Handlers, not SIG_IGN: ignored signals would be inherited by containers.
+        for sig in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, nothing)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"w")
+
+    def next_wait(self, now: float) -> float:
+        """Sleep until the next back-off or kill deadline, IDLE_SECONDS at most.
+
+        Exits of our own children (SIGCHLD), probe verdicts and new generations (SIGUSR1
+        from the agent) wake the loop at once; the idle pass re-checks desired.json and
+        processes adopted from an earlier supervisor, which send us no SIGCHLD.
+        """
+        wait = IDLE_SECONDS
+        for pod in self.pods.values():
+            if pod.stopping:
+                return TICK_SECONDS
+            if pod.fatal or pod.spec is None:
+                continue
+            if not pod.prepared:
+                wait = min(wait, pod.prepare_retry - now)
+                continue
+            for ctr in pod.all_containers():
+                if ctr.draining or ctr.kill_deadline is not None:
+                    wait = min(wait, TICK_SECONDS)
+            pending_init = next((c for c in pod.init_containers if not c.succeeded), None)
+            startable = [pending_init] if pending_init else pod.containers
+            for ctr in startable:
+                if ctr.state == "waiting":
+                    wait = min(wait, ctr.next_start - now)
+        return max(0.01, wait)
+
+    def wait(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            return
+        if ready:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+
+    def shutdown(self) -> None:
+        """Leave every pod running: a new supervisor re-adopts them from state.json."""
+        for pod in self.pods.values():
+            for ctr in pod.all_containers():
+                ctr.stop_probes()
+        if not self.lock_still_ours():
+            return  # the root is no longer ours to write
+        self.persist(force=True)
+        self.log("supervisor stopping; pods keep running")
+        with contextlib.suppress(OSError):
+            os.unlink(self.paths.pidfile)
+
+    def log(self, message: str) -> None:
+        line = f"{iso(time.time())} {self.redact(message)}\n"
+        if self._log_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._log_fd, line.encode(errors="replace"))
+
+    def log_error(self, key: str, message: str) -> None:
+        """Log a recurring error at most once a minute per key."""
+        now = time.monotonic()
+        if now - self._error_times.get(key, -1e9) >= 60:
+            self._error_times[key] = now
+            self.log(message)
+
+    # -- desired state -----------------------------------------------------------------
+
+    def restore(self) -> None:
+        state = read_json(self.paths.state, {})
+        for rec in state.get("pods", []) if isinstance(state, dict) else []:
+            try:
+                pod = Pod.from_record(rec)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.log(f"state.json: skipping unreadable pod record: {exc}")
+                continue
+            self.pods[pod.name] = pod
+            alive = [c.name for c in pod.all_containers()
+                     if c.busy and c.pid is not None and process_alive(c.pid, c.proc_start)]
+            self.log(f"re-adopting pod {pod.name} (hash {pod.hash}); live containers: "
+                     f"{', '.join(alive) or 'none'}")
+        self.check_desired(force=True)
+
+    def check_desired(self, force: bool = False) -> None:
+        try:
+            st = os.stat(self.paths.desired)
+            mark: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except FileNotFoundError:
+            mark = ()
+        if mark == self.desired_mark and not force:
+            return
+        self.desired_mark = mark
+        doc = read_json(self.paths.desired, None)
+        if doc is None:
+            if mark:
+                self.log("desired.json unreadable; keeping the current pods")
+                return
+            doc = {"generation": 0, "pods": []}
+        generation = int(doc.get("generation", 0))
+        raw_pods = [p for p in doc.get("pods", []) if isinstance(p, dict)]
+        self.apply(raw_pods)
+        if generation != self.generation:
+            self.log(f"applied generation {generation}: {len(raw_pods)} pod(s)")
+        self.generation = generation
+        self.pending_ack = generation
+
+    def apply(self, raw_pods: list[Json]) -> None:
+        self.redact.update(secret_values(raw_pods))
+        desired: dict[str, Json] = {}
+        for raw in raw_pods:
+            name = raw.get("name")
+            if isinstance(name, str) and SAFE_NAME.match(name):
+                desired[name] = raw
+        for name, pod in list(self.pods.items()):
+            if name not in desired:
+                self.pending.pop(name, None)
+                self.begin_stop(pod, "removed from the desired set")
+                continue
+            raw = desired[name]
+            new_hash = str(raw.get("hash") or "")
+            if pod.stopping or new_hash != pod.hash:
+                self.pending[name] = raw
+                self.begin_stop(pod, f"replaced by hash {new_hash}")
+                continue
+            self.pending.pop(name, None)
+            self.update_same_hash(pod, raw)
+        for name, raw in desired.items():
+            if name not in self.pods:
+                self.pods[name] = self.new_pod(raw)
+
+    def new_pod(self, raw: Json) -> Pod:
+        name, namespace = str(raw["name"]), str(raw.get("namespace") or "default")
+        pod_hash = str(raw.get("hash") or "")
+        try:
+            spec = PodSpec.parse(raw)
+        except SpecError as exc:
+            pod = Pod(name, namespace, pod_hash, None, 0.0)
+            pod.fatal = ["InvalidPodSpec", self.redact(str(exc))]
+            self.log(f"pod {name}: invalid spec: {exc}")
+            return pod
+        pod = Pod(name, namespace, pod_hash, spec, spec.grace)
+        images = [c for c in spec.init_containers + spec.containers if c.image]
+        if images:
+            self.checks = node_checks(self.paths)
+            if image_runtime(self.checks) is None:
+                message = (f"container {images[0].name} needs image {images[0].image} but this "
+                           "node has no container runtime (podman or docker)")
+                pod.fatal = ["NoContainerRuntime", message]
+                for ctr in pod.all_containers():
+                    ctr.reason, ctr.message = "NoContainerRuntime", message
+                self.log(f"pod {name}: {message}")
+        return pod
+
+    def update_same_hash(self, pod: Pod, raw: Json) -> None:
+        """Same hash: re-attach a re-adopted pod's spec, refresh files volumes in place."""
+        try:
+            spec = PodSpec.parse(raw)
+        except SpecError as exc:
+            if pod.spec is None and not pod.fatal:
+                pod.fatal = ["InvalidPodSpec", self.redact(str(exc))]
+            return
+        if pod.spec is None:
+            if not pod.attach(spec):
+                self.pending[pod.name] = raw
+                self.begin_stop(pod, "containers differ from the re-adopted instance")
+            return
+        if spec != pod.spec:
+            pod.spec = spec
+            for ctr in pod.all_containers():
+                ctr.spec = next((c for c in spec.init_containers + spec.containers
+                                 if c.name == ctr.name), ctr.spec)
+            if pod.prepared:
+                for vol in spec.volumes:
+                    if vol.kind == "files":
+                        try:
+                            write_files_volume(self.paths.volume_dir(pod.name, vol.name), vol)
+                        except OSError as exc:
+                            pod.message = self.redact(f"updating volume {vol.name}: {exc}")
+
+    def begin_stop(self, pod: Pod, why: str) -> None:
+        if not pod.stopping:
+            pod.stopping = True
+            self.log(f"stopping pod {pod.name} (hash {pod.hash}): {why}")
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def lock_still_ours(self) -> bool:
+        """False once the lock file at the path is not the one we hold (root deleted or
+        recreated): another supervisor could lock the new file, and two must never run."""
+        try:
+            return os.stat(self.paths.lock).st_ino == os.fstat(self._lock_fd).st_ino
+        except OSError:
+            return False
+
+    def tick(self) -> None:
+        if not self.lock_still_ours():
+            self.log("lock file removed or replaced: exiting so no second supervisor runs")
+            self.exiting = True
+            return
+        now = time.time()
+        try:
+            self.check_desired()
+        except Exception as exc:
+            self.log_error("desired", f"reading desired.json failed: {exc}")
+        for pod in list(self.pods.values()):
+            try:
+                self.step_pod(pod, now)
+                pod.internal_error = ""
+            except Exception as exc:  # one bad pod must never take the supervisor down
+                import traceback
+
+                pod.internal_error = self.redact(f"{type(exc).__name__}: {exc}")
+                self.log_error(f"pod:{pod.name}", f"pod {pod.name}: internal error: "
+                               f"{pod.internal_error}\n{traceback.format_exc()}")
+        for name, pod in list(self.pods.items()):
+            if pod.stopped:
+                del self.pods[name]
+                if name in self.pending:
+                    self.pods[name] = self.new_pod(self.pending.pop(name))
+        self.retry_cgroup_trash()
+        if now - self._last_rotate > 2.0:
+            self._last_rotate = now
+            self.rotate_logs()
+        self.persist()
+        if self.pending_ack is not None:
+            atomic_write(self.paths.ack, json.dumps({"generation": self.pending_ack,
+                                                     "pid": os.getpid()}))
+            self.pending_ack = None
+
+    def step_pod(self, pod: Pod, now: float) -> None:
+        if pod.stopping:
+            self.step_stopping(pod, now)
+            return
+        if pod.fatal or pod.spec is None:
+            return
+        if not pod.prepared:
+            if now < pod.prepare_retry:
+                return
+            try:
+                self.prepare(pod)
+            except OSError as exc:
+                pod.prepare_retry = now + 5.0
+                message = self.redact(f"volume setup failed: {exc}")
+                pod.message = message
+                for ctr in pod.all_containers():
+                    ctr.reason, ctr.message = "VolumeSetupFailed", message
+                return
+            pod.prepared, pod.message = True, ""
+        for ctr in pod.init_containers:
+            if not ctr.succeeded:
+                self.step_container(pod, ctr, now)
+                if not ctr.succeeded:
+                    return
+        for ctr in pod.containers:
+            if ctr.reason == "PodInitializing":
+                ctr.reason = "ContainerCreating"
+            self.step_container(pod, ctr, now)
+
+    def prepare(self, pod: Pod) -> None:
+        assert pod.spec is not None
+        os.makedirs(os.path.join(self.paths.pod_dir(pod.name), "logs"), mode=0o700,
+                    exist_ok=True)
+        for vol in pod.spec.volumes:
+            if vol.kind == "hostPath" and vol.host_path is not None:
+                os.makedirs(vol.host_path, exist_ok=True)
+            elif vol.kind == "emptyDir":
+                os.makedirs(self.paths.volume_dir(pod.name, vol.name), exist_ok=True)
+            else:
+                write_files_volume(self.paths.volume_dir(pod.name, vol.name), vol)
+
+    def step_stopping(self, pod: Pod, now: float) -> None:
+        for ctr in pod.all_containers():
+            if ctr.state == "running" and ctr.kill_deadline is None:
+                exited, rc = ctr.poll_exit()
+                if exited:
+                    self.on_exit(pod, ctr, rc, now, stopping=True)
+                else:
+                    self.begin_kill(pod, ctr, now, "stop", "")
+            if ctr.busy:
+                self.step_container(pod, ctr, now, stopping=True)
+        if any(c.busy for c in pod.all_containers()):
+            return
+        self.cleanup(pod)
+        pod.stopped = True
+        self.log(f"pod {pod.name} stopped")
+
+    def cleanup(self, pod: Pod) -> None:
+        for ctr in pod.all_containers():
+            ctr.stop_probes()
+            if ctr.cgroups:
+                Cgroups.kill_all(ctr.cgroups)
+                if not Cgroups.remove(ctr.cgroups):
+                    self.cgroup_trash.append((ctr.cgroups, 0))
+        # emptyDir and files volumes and logs live in the pod dir; hostPath lives elsewhere.
+        shutil.rmtree(self.paths.pod_dir(pod.name), ignore_errors=True)
+
+    def retry_cgroup_trash(self) -> None:
+        keep = []
+        for dirs, tries in self.cgroup_trash:
+            Cgroups.kill_all(dirs)
+            if not Cgroups.remove(dirs) and tries < 100:
+                keep.append((dirs, tries + 1))
+        self.cgroup_trash = keep
+
+    # -- containers --------------------------------------------------------------------
+
+    def step_container(self, pod: Pod, ctr: Container, now: float,
+                       stopping: bool = False) -> None:
+        if ctr.draining:
+            if not ctr.group_alive():
+                self.finish_exit(pod, ctr, now, stopping)
+            elif ctr.kill_deadline is not None and now >= ctr.kill_deadline:
+                self.send(ctr, signal.SIGKILL)
+                ctr.kill_sent = True
+                self.finish_exit(pod, ctr, now, stopping)
+            return
+        if ctr.state == "running":
+            exited, rc = ctr.poll_exit()
+            if exited:
+                self.on_exit(pod, ctr, rc, now, stopping)
+                return
+            if ctr.kill_deadline is not None:
+                if not ctr.kill_sent and now >= ctr.kill_deadline:
+                    self.send(ctr, signal.SIGKILL)
+                    ctr.kill_sent = True
+                return
+            if not stopping:
+                self.ensure_probes(pod, ctr)
+                self.check_probes(pod, ctr, now)
+            return
+        if ctr.state == "waiting" and not stopping and now >= ctr.next_start:
+            self.start(pod, ctr, now)
+
+    def start(self, pod: Pod, ctr: Container, now: float) -> None:
+        spec = ctr.spec
+        assert spec is not None and pod.spec is not None
+        log_path = self.paths.log_file(pod.name, ctr.name)
+        os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+        if ctr.ever_started and os.path.exists(log_path):
+            # The previous instance's log becomes "previous" (kubectl logs --previous).
+            os.replace(log_path, log_path + ".1")
+        if ctr.ever_started:
+            ctr.restart_count += 1
+        ctr.ever_started = True
+        ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
+        ctr.startup_done = spec.startup is None
+        ctr.ready = False
+        ctr.env = build_env(self.paths, pod, spec)
+        ctr.started_at = now
+        try:
+            dirs: list[str] = []
+            limits, limits_message = "none", ""
+            if spec.image is None and self.cgroups.usable:
+                dirs, limits, limits_message = self.cgroups.create(
+                    pod.name, ctr.name, spec.memory_bytes, spec.cpu_millis)
+            elif spec.image is None and (spec.memory_bytes or spec.cpu_millis):
+                limits = "unsupported"
+                limits_message = f"limits not applied: {self.cgroups.message}"
+            ctr.cgroups, ctr.limits = dirs, limits
+            ctr.oom_base = Cgroups.oom_kills(dirs)
+            client_env = ctr.env
+            if spec.image is not None:
+                runtime = image_runtime(self.checks)
+                if runtime is None:
+                    raise StartError("no container runtime (podman or docker) on this node")
+                ctr.runtime = runtime[0]
+                ctr.runtime_name = f"gitorch-{pod.name}-{ctr.name}{self.paths.instance_tag}"
+                if runtime[0] == "docker":
+                    run_quietly([runtime[1], "rm", "-f", ctr.runtime_name], 10)
+                argv, client_env = image_argv(self.paths, pod, spec, runtime,
+                                              ctr.runtime_name, ctr.env)
+                cwd, ctr.mount_ns = "/", False
+                ctr.limits = "applied" if (spec.memory_bytes or spec.cpu_millis) else "none"
+            else:
+                ctr.runtime, ctr.runtime_name = "process", None
+                bind = self.checks.get("volumeMounts") == "bind"
+                argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind)
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                proc = subprocess.Popen(argv, env=client_env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                        stdout=fd, stderr=fd, start_new_session=True,
+                                        close_fds=True)
+            finally:
+                os.close(fd)
+        except (OSError, StartError) as exc:
+            message = self.redact(one_line(str(exc)))
+            self.log(f"pod {pod.name} container {ctr.name}: start failed: {message}")
+            ctr.pid, ctr.popen = None, None
+            ctr.term = {"exitCode": 128, "signal": None, "reason": "StartError",
+                        "message": message, "startedAt": iso(now), "finishedAt": iso(now)}
+            ctr.state = "terminated"
+            self.finish_exit(pod, ctr, now, stopping=False)
+            return
+        ctr.popen, ctr.pid = proc, proc.pid
+        stat = proc_stat(proc.pid)
+        ctr.proc_start = stat[2] if stat else None
+        ctr.state, ctr.reason = "running", ""
+        ctr.message = limits_message if ctr.limits == "unsupported" else ""
+        self.log(f"pod {pod.name} container {ctr.name}: started pid {proc.pid}"
+                 f" (restart {ctr.restart_count})")
+
+    def begin_kill(self, pod: Pod, ctr: Container, now: float, reason: str,
+                   message: str) -> None:
+        """SIGTERM the container's process group; SIGKILL it after the grace period."""
+        ctr.kill_reason = reason
+        ctr.kill_deadline = now + pod.grace
+        ctr.kill_sent = False
+        if message:
+            ctr.message = self.redact(message)
+            self.log(f"pod {pod.name} container {ctr.name}: {ctr.message}; killing")
+        ctr.stop_probes()
+        self.send(ctr, signal.SIGTERM)
+        if ctr.runtime != "process" and ctr.runtime_name:
+            binary = shutil.which(ctr.runtime) or ctr.runtime
+            in_background([binary, "stop", "-t", str(int(pod.grace)), ctr.runtime_name],
+                          pod.grace + 30)
+
+    def send(self, ctr: Container, sig: int) -> None:
+        if ctr.pid is None:
+            return
+        # Only signal the group while it demonstrably still holds our processes: a dead,
+        # reaped group's id could in principle be reused.
+        leader_ok = process_alive(ctr.pid, ctr.proc_start)
+        if leader_ok or group_members(ctr.pid):
+            try:
+                os.killpg(ctr.pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as exc:
+                self.log(f"container {ctr.name}: cannot signal group {ctr.pid}: {exc}")
+        if sig == signal.SIGKILL:
+            Cgroups.kill_all(ctr.cgroups)
+            if ctr.runtime != "process" and ctr.runtime_name:
+                binary = shutil.which(ctr.runtime) or ctr.runtime
+                in_background([binary, "rm", "-f", ctr.runtime_name], 60)
+
+    def on_exit(self, pod: Pod, ctr: Container, rc: int | None, now: float,
+                stopping: bool) -> None:
+        """The container's main process ended: record how, then finish or drain its group."""
+        ctr.popen = None
+        ctr.stop_probes()
+        code: int | None
+        sig: int | None = None
+        if rc is None:
+            code, reason = None, "Unknown"
+        elif rc < 0:
+            sig, code = -rc, 128 - rc
+            reason = "Error"
+        else:
+            code, reason = rc, "Completed" if rc == 0 else "Error"
+        if sig == signal.SIGKILL and Cgroups.oom_kills(ctr.cgroups) > ctr.oom_base:
+            reason = "OOMKilled"
+        if ctr.kill_reason == "liveness":
+            message = f"Container {ctr.name} failed liveness probe, will be restarted"
+        elif ctr.kill_reason == "startup":
+            message = f"Container {ctr.name} failed startup probe, will be restarted"
+        elif rc is None:
+            message = "exit code unknown: the process was re-adopted from an earlier supervisor"
+        else:
+            message = ""
+        ctr.term = {"exitCode": code, "signal": sig, "reason": reason, "message": message,
+                    "startedAt": iso(ctr.started_at), "finishedAt": iso(now)}
+        ctr.state = "terminated"
+        self.log(f"pod {pod.name} container {ctr.name}: exited ({reason}, code {code})")
+        if ctr.kill_deadline is not None and not ctr.kill_sent and ctr.group_alive():
+            # A graceful stop gives the rest of the group its grace period too.
+            ctr.draining = True
+            return
+        # Like a container whose PID 1 died: nothing of it may survive.
+        self.send(ctr, signal.SIGKILL)
+        self.finish_exit(pod, ctr, now, stopping)
+
+    def finish_exit(self, pod: Pod, ctr: Container, now: float, stopping: bool) -> None:
+        """Decide what follows a termination: back-off and restart, or stay terminated."""
+        ctr.draining = False
+        ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
+        term = ctr.term or {}
+        code = term.get("exitCode")
+        if stopping or pod.stopping or pod.spec is None:
+            ctr.state = "terminated"
+            return
+        policy = pod.spec.restart_policy
+        if ctr.init:
+            if code == 0:
+                ctr.succeeded, ctr.state = True, "terminated"
+                ctr.reason, ctr.message = "", ""
+                return
+            restart = policy != "Never"
+        else:
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+        if not restart:
+            ctr.state = "terminated"
+            ctr.reason, ctr.message = str(term.get("reason") or ""), str(term.get("message") or "")
+            if ctr.init:
+                pod.fatal = ["InitContainerFailed",
+                             f"init container {ctr.name} failed with exit code {code}"]
+            return
+        started = ctr.started_at or now
+        if now - started >= self.backoff.reset_after:
+            ctr.backoff_count = 0
+        delay = self.backoff.delay(ctr.backoff_count)
+        ctr.backoff_count += 1
+        ctr.next_start = now + delay
+        ctr.last_state = ctr.term
+        ctr.state = "waiting"
+        ctr.reason = "CrashLoopBackOff"
+        ctr.message = (f"back-off {delay:g}s restarting failed container={ctr.name} "
+                       f"pod={pod.name}")
+
+    # -- probes ------------------------------------------------------------------------
+
+    def ensure_probes(self, pod: Pod, ctr: Container) -> None:
+        spec = ctr.spec
+        if spec is None or ctr.pid is None:
+            return
+        if not ctr.env:
+            ctr.env = build_env(self.paths, pod, spec)  # a re-adopted container
+        wanted = [("startup", spec.startup)] if not ctr.startup_done else [
+            ("liveness", spec.liveness), ("readiness", spec.readiness)]
+        for which, probe in wanted:
+            if probe is not None and which not in ctr.probes:
+                worker = ProbeWorker(which, probe, self.probe_action(ctr, probe),
+                                     ctr.started_at or time.time(), self.wake)
+                ctr.probes[which] = worker
+                worker.start()
+
+    def probe_action(self, ctr: Container, probe: ProbeSpec) -> ProbeAction:
+        handler, timeout = probe.handler, probe.timeout
+        if probe.kind == "httpGet":
+            return lambda: probe_http(handler, timeout)
+        if probe.kind == "tcpSocket":
+            return lambda: probe_tcp(handler, timeout)
+        command = [str(c) for c in handler["command"]]
+        cwd = "/"
+        if ctr.runtime != "process" and ctr.runtime_name:
+            argv = [shutil.which(ctr.runtime) or ctr.runtime, "exec", ctr.runtime_name, *command]
+        elif ctr.mount_ns and ctr.pid is not None and shutil.which("nsenter"):
+            # Run where the container sees its volumes; a bare -w takes the container's cwd
+            # (entering a mount namespace would otherwise leave us in its /).
+            argv = [str(shutil.which("nsenter")), "-t", str(ctr.pid), "-m", "-w", "--",
+                    *command]
+        else:
+            argv = command
+            cwd = (ctr.spec.working_dir if ctr.spec else None) or "/"
+        env = dict(ctr.env)
+        return lambda: probe_exec(argv, env, cwd, timeout)
+
+    def check_probes(self, pod: Pod, ctr: Container, now: float) -> None:
+        if not ctr.startup_done:
+            worker = ctr.probes.get("startup")
+            status, message = worker.result() if worker else (True, "")
+            if status is False:
+                self.begin_kill(pod, ctr, now, "startup", f"Startup probe failed: {message}")
+                return
+            if status is not True:
+                ctr.ready = False
+                return
+            ctr.startup_done = True
+            if worker:
+                worker.stop()
+                del ctr.probes["startup"]
+            self.ensure_probes(pod, ctr)
+        live = ctr.probes.get("liveness")
+        if live is not None:
+            status, message = live.result()
+            if status is False:
+                self.begin_kill(pod, ctr, now, "liveness", f"Liveness probe failed: {message}")
+                return
+        ready = ctr.probes.get("readiness")
+        if ready is None:
+            ctr.ready = True
+            return
+        status, message = ready.result()
+        ctr.ready = status is True
+        if status is False:
+            ctr.message = self.redact(f"Readiness probe failed: {message}")
+        elif ctr.message.startswith("Readiness probe failed"):
+            ctr.message = ""
+
+    # -- state and status --------------------------------------------------------------
+
+    def persist(self, force: bool = False) -> None:
+        state = json.dumps({"version": AGENT_VERSION,
+                            "pods": [p.record() for p in self.pods.values()]}, sort_keys=True)
+        if force or state != self._last_state:
+            # Holds no env or file values; its messages were masked when they were made.
+            atomic_write(self.paths.state, state, sync=True)
+            self._last_state = state
+        doc = self.redact.doc({"observedGeneration": self.generation,
+                               "supervisorPid": os.getpid(), "pods": self.pod_statuses()})
+        status = json.dumps(doc, sort_keys=True)
+        if force or status != self._last_status:
+            doc["writtenAt"] = iso(time.time())
+            atomic_write(self.paths.status, json.dumps(doc, sort_keys=True))
+            self._last_status = status
+
+    def pod_statuses(self) -> list[Json]:
+        out = []
+        for name in sorted(self.pods):
+            pod = self.pods[name]
+            containers = [self.container_status(c) for c in pod.containers]
+            inits = [self.container_status(c) for c in pod.init_containers]
+            phase = pod.phase()
+            reason, message = (pod.fatal or ["", ""])[:2]
+            message = message or pod.message or (f"internal error: {pod.internal_error}"
+                                                 if pod.internal_error else "")
+            pending = self.pending.get(name)
+            out.append({
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "hash": pod.hash,
+                "desiredHash": str(pending.get("hash") or "") if pending else (
+                    None if pod.stopping else pod.hash),
+                "phase": phase,
+                "reason": reason,
+                "message": message,
+                "ready": phase == "Running" and bool(containers)
+                and all(c["ready"] for c in containers),
+                "restarts": sum(c.restart_count for c in pod.all_containers()),
+                "startedAt": iso(pod.created_at),
+                "terminating": pod.stopping,
+                "containers": containers,
+                "initContainers": inits,
+            })
+        return out
+
+    def container_status(self, ctr: Container) -> Json:
+        term = ctr.term or {}
+        last = ctr.last_state or {}
+        running = ctr.state == "running"
+        if ctr.state == "terminated":
+            reason, message = term.get("reason", ""), term.get("message", "") or ctr.message
+        else:
+            reason, message = ctr.reason, ctr.message
+        spec = ctr.spec
+        return {
+            "name": ctr.name,
+            "state": ctr.state,
+            "reason": reason,
+            "message": message,
+            "ready": running and ctr.ready and not ctr.init,
+            "started": running and ctr.startup_done,
+            "restartCount": ctr.restart_count,
+            "pid": ctr.pid if running else None,
+            "startedAt": iso(ctr.started_at) if running else term.get("startedAt"),
+            "finishedAt": term.get("finishedAt") if ctr.state == "terminated" else None,
+            "exitCode": term.get("exitCode") if ctr.state == "terminated" else None,
+            "signal": term.get("signal") if ctr.state == "terminated" else None,
+            "lastExitCode": (term or last).get("exitCode"),
+            "lastState": ctr.last_state,
+            "limits": ctr.limits,
+            "runtime": ctr.runtime,
+            "image": spec.image if spec else None,
+        }
+
+    def rotate_logs(self) -> None:
+        copytruncate(self.paths.log, LOG_MAX_BYTES)
+        for pod in self.pods.values():
+            for ctr in pod.all_containers():
+                if ctr.state == "running":
+                    copytruncate(self.paths.log_file(pod.name, ctr.name), LOG_MAX_BYTES)
+
+
+def cmd_supervise(paths: Paths, request: Json, redact: Redactor) -> int:
+    return Supervisor(paths).run()
+
+
+# ---------------------------------------------------------------------------------------
+# Agent verbs talking to the supervisor: sync, status, logs, stop-supervisor
+# ---------------------------------------------------------------------------------------
+
+
+def supervisor_info(paths: Paths) -> Json:
+    if not lock_held(paths.lock):
+        return {"running": False, "pid": None, "version": None, "sha": None}
+    info = read_json(paths.pidfile, {})
+    if not isinstance(info, dict):
+        info = {}
+    return {"running": True, "pid": info.get("pid"), "version": info.get("version"),
+            "sha": info.get("sha")}
+
+
+def start_supervisor(paths: Paths) -> int:
+    log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # A new session and no inherited stdio: otherwise the SSH exec never returns.
+        proc = subprocess.Popen(
+            [sys.executable or "/usr/bin/python3", os.path.abspath(__file__), "supervise",
+             "--root", paths.root],
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
+            close_fds=True, cwd="/")
+    finally:
+        os.close(log_fd)
+    return proc.pid
+
+
+def stop_supervisor(paths: Paths, timeout: float = 10.0) -> int | None:
+    """SIGTERM the supervisor (pods keep running); returns its pid if one was stopped."""
+    info = supervisor_info(paths)
+    pid = info.get("pid")
+    if not info["running"]:
+        return None
+    if not isinstance(pid, int) or not is_supervisor_pid(pid, paths.root):
+        raise AgentError(f"a supervisor holds {paths.lock} but its pid file does not name it")
+    os.kill(pid, signal.SIGTERM)
+    if _wait_unlocked(paths, timeout):
+        return pid
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    if _wait_unlocked(paths, 5.0):
+        return pid
+    raise AgentError(f"supervisor pid {pid} did not exit after SIGKILL")
+
+
+def _wait_unlocked(paths: Paths, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while lock_held(paths.lock):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def wait_ack(paths: Paths, generation: int, pid: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        ack = read_json(paths.ack, {})
+        if (isinstance(ack, dict) and pid is not None and ack.get("pid") == pid
+                and int(ack.get("generation", -1)) >= generation):
+            return True
+        if time.monotonic() > deadline or (pid is not None and not process_alive(pid, None)):
+            return False
+        time.sleep(0.01)
+
+
+def status_doc(paths: Paths, redact: Redactor) -> Json:
+    desired = read_json(paths.desired, {})
+    redact.update(secret_values(desired.get("pods", []) if isinstance(desired, dict) else []))
+    status = read_json(paths.status, {})
+    if not isinstance(status, dict):
+        status = {}
+    sup = supervisor_info(paths)
+    return {
+        "generation": int(desired.get("generation", 0)) if isinstance(desired, dict) else 0,
+        "observedGeneration": status.get("observedGeneration"),
+        "stale": not sup["running"],
+        "supervisor": sup,
+        "pods": status.get("pods", []),
+    }
+
+
+def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
+    pods = request.get("pods")
+    if not isinstance(pods, list):
+        raise RequestError("sync: request needs \"pods\": a list of pod specs")
+    seen: dict[str, str] = {}
+    for i, pod in enumerate(pods):
+        if not isinstance(pod, dict):
+            raise RequestError(f"sync: pods[{i}] must be an object")
+        name = safe_name(pod.get("name"), f"sync: pods[{i}].name", RequestError)
+        namespace = str(pod.get("namespace") or "default")
+        if name in seen:
+            raise RequestError(f"sync: pod name {name} appears twice (namespaces {seen[name]}, "
+                               f"{namespace}); pod names must be unique per node")
+        seen[name] = namespace
+    timeout = request.get("ackTimeoutSeconds", 2.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise RequestError("sync: ackTimeoutSeconds must be a number")
+    redact.update(secret_values(pods))
+    pods = sorted(pods, key=lambda p: str(p["name"]))
+    with flocked(paths.agent_lock):
+        current = read_json(paths.desired, {})
+        if not isinstance(current, dict):
+            current = {}
+        generation = int(current.get("generation", 0))
+        changed = json.dumps(pods, sort_keys=True) != json.dumps(current.get("pods"),
+                                                                 sort_keys=True)
+        if changed or not os.path.exists(paths.desired):
+            generation += 1
+            atomic_write(paths.desired, json.dumps({"generation": generation, "pods": pods},
+                                                   sort_keys=True), sync=True)
+        sup = supervisor_info(paths)
+        if sup["running"] and sup.get("sha") not in (None, own_sha()):
+            stop_supervisor(paths)  # an older agent file: upgrade in place, pods stay up
+            sup = supervisor_info(paths)
+        pid = sup.get("pid") if sup["running"] else None
+        if not sup["running"]:
+            pid = start_supervisor(paths)
+        elif changed and isinstance(pid, int) and is_supervisor_pid(pid, paths.root):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)  # re-read desired.json now, not at next poll
+    acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
+    doc = status_doc(paths, redact)
+    doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})
+    emit(doc, redact)
+    return 0
+
+
+def cmd_status(paths: Paths, request: Json, redact: Redactor) -> int:
+    doc = status_doc(paths, redact)
+    doc["ok"] = True
+    emit(doc, redact)
+    return 0
+
+
+def cmd_stop_supervisor(paths: Paths, request: Json, redact: Redactor) -> int:
+    with flocked(paths.agent_lock):
+        pid = stop_supervisor(paths)
+    emit({"ok": True, "stopped": pid is not None, "pid": pid})
+    return 0
+
+
+def tail_bytes(path: str, lines: int) -> bytes:
+    """The last ``lines`` lines of a file (all of it when lines < 0), read from the end."""
+    with open(path, "rb") as fh:
+        if lines < 0:
+            return fh.read()
+        fh.seek(0, os.SEEK_END)
+        pos = fh.tell()
+        data = b""
+        while pos > 0 and data.count(b"\n") <= lines:
+            step = min(65536, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+        if lines == 0:
+            return b""
+        parts = data.split(b"\n")
+        trailing = data.endswith(b"\n")
+        if trailing:
+            parts = parts[:-1]
+        kept = b"\n".join(parts[-lines:])
+        return kept + (b"\n" if trailing and kept else b"")
+
+
+def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
+    pod = safe_name(request.get("pod"), "logs: pod", RequestError)
+    container = request.get("container")
+    tail = request.get("tail", -1)
+    if tail is None:
+        tail = -1
+    if isinstance(tail, bool) or not isinstance(tail, int):
+        raise RequestError("logs: tail must be an integer")
+    previous, follow = bool(request.get("previous")), bool(request.get("follow"))
+    log_dir = os.path.join(paths.pod_dir(pod), "logs")
+    if not os.path.isdir(log_dir):
+        raise AgentError(f"pod {pod} not found on this node")
+    if container is None:
+        names = sorted({re.sub(r"\.log(\.1)?$", "", n) for n in os.listdir(log_dir)
+                        if re.search(r"\.log(\.1)?$", n)})
+        if len(names) != 1:
+            raise AgentError(f"pod {pod} has containers {', '.join(names) or '(none started)'}:"
+                             " name one with \"container\"")
+        container = names[0]
+    container = safe_name(container, "logs: container", RequestError)
+    path = paths.log_file(pod, container, previous)
+    if not os.path.exists(path):
+        what = "previous terminated container" if previous else "container"
+        raise AgentError(f"{what} {container} in pod {pod} has no log on this node")
+    if not follow:
+        text = tail_bytes(path, tail).decode(errors="replace")
+        emit({"ok": True, "pod": pod, "container": container, "previous": previous,
+              "log": text})
+        return 0
+    follow_log(path, tail)
+    return 0
+
+
+def follow_log(path: str, tail: int) -> None:
+    """Stream a log as raw text until stdin closes or the log (its pod) disappears."""
+    out: IO[bytes] = sys.stdout.buffer
+    closed = threading.Event()
+
+    def watch_stdin() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while sys.stdin.buffer.read(4096):
+                pass
+        closed.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    fh = open(path, "rb")  # noqa: SIM115 - reopened on rotation below
+    try:
+        out.write(tail_bytes(path, tail))
+        out.flush()
+        fh.seek(0, os.SEEK_END)
+        ino = os.fstat(fh.fileno()).st_ino
+        while not closed.is_set():
+            chunk = fh.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                if not os.path.isdir(os.path.dirname(path)):
+                    return  # the pod is gone
+                closed.wait(0.2)  # between a restart's rename and the new file
+                continue
+            if st.st_ino != ino:  # the container restarted: follow its new log
+                fh.close()
+                fh = open(path, "rb")  # noqa: SIM115
+                ino = st.st_ino
+            elif st.st_size < fh.tell():  # truncated by size rotation
+                fh.seek(0)
+            closed.wait(0.2)
+    except BrokenPipeError:
+        pass
+    finally:
+        fh.close()
+
+
+VERBS: dict[str, Callable[[Paths, Json, Redactor], int]] = {
+    "facts": cmd_facts,
+    "sync": cmd_sync,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "stop-supervisor": cmd_stop_supervisor,
+    "supervise": cmd_supervise,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

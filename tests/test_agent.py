@@ -1,0 +1,663 @@
+"""The node agent run for real on this machine: a temp --root, real processes, no SSH."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+AGENT = Path(__file__).resolve().parents[1] / "gitorch" / "nodes" / "agent.py"
+PY = sys.executable  # what containers run
+# The agent's interpreter: nodes may have an older python3 (e.g. GITORCH_AGENT_PYTHON=3.9).
+AGENT_PY = os.environ.get("GITORCH_AGENT_PYTHON", sys.executable)
+Json = dict[str, Any]
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (orphans may wait a moment for init to reap them)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 15.0,
+               describe: Callable[[], str] = lambda: "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{describe()}")
+        time.sleep(0.05)
+
+
+def ctr(name: str, command: list[str], **extra: Any) -> Json:
+    return {"name": name, "image": None, "command": command, "args": [], "env": [],
+            "workingDir": None, "resources": {}, "livenessProbe": None,
+            "readinessProbe": None, "startupProbe": None, "volumeMounts": [], "ports": [],
+            **extra}
+
+
+def pod(name: str, *containers: Json, **extra: Any) -> Json:
+    spec: Json = {"name": name, "namespace": "test", "hash": "h1", "restartPolicy": "Always",
+                  "terminationGracePeriodSeconds": 2, "hostNetwork": False,
+                  "containers": list(containers), "initContainers": [], "volumes": []}
+    spec.update(extra)
+    return spec
+
+
+def sleeper(name: str = "main", **extra: Any) -> Json:
+    return ctr(name, ["sleep", "300"], **extra)
+
+
+def tcp_probe(port: int, **extra: Any) -> Json:
+    return {"tcpSocket": {"port": port}, "periodSeconds": 0.1, "timeoutSeconds": 0.5,
+            "failureThreshold": 1, **extra}
+
+
+class Node:
+    """Runs the agent file as the controller would, against one temp root."""
+
+    def __init__(self, root: Path, **env: str) -> None:
+        self.root = root
+        self.env = {**os.environ, "GITORCH_BACKOFF_BASE": "0.2",
+                    "GITORCH_CONTAINER_RUNTIMES": "", **env}
+        self.outputs: list[str] = []  # everything the agent printed, for the secrets test
+
+    def call(self, verb: str, request: Json | None = None) -> tuple[int, Json]:
+        proc = subprocess.run([AGENT_PY, str(AGENT), verb, "--root", str(self.root)],
+                              input=json.dumps(request or {}), capture_output=True, text=True,
+                              env=self.env, timeout=60, check=False)
+        self.outputs.append(proc.stdout + proc.stderr)
+        assert proc.stdout.count("\n") == 1, f"not one JSON document: {proc.stdout!r}"
+        return proc.returncode, json.loads(proc.stdout)
+
+    def run(self, verb: str, request: Json | None = None) -> Json:
+        code, doc = self.call(verb, request)
+        assert code == 0 and doc["ok"], doc
+        return doc
+
+    def sync(self, *pods: Json) -> Json:
+        doc = self.run("sync", {"pods": list(pods)})
+        assert doc["acked"], doc
+        return doc
+
+    def pods(self) -> dict[str, Json]:
+        return {p["name"]: p for p in self.run("status")["pods"]}
+
+    def describe(self) -> str:
+        log = (self.root / "supervisor.log")
+        tail = log.read_text()[-3000:] if log.exists() else ""
+        return f"status: {json.dumps(self.pods(), indent=1)[-4000:]}\nsupervisor.log:\n{tail}"
+
+    def wait_pod(self, name: str, check: Callable[[Json], Any], what: str,
+                 timeout: float = 15.0) -> Json:
+        def probe() -> Json | None:
+            p = self.pods().get(name)
+            return p if p is not None and check(p) else None
+        return wait_until(probe, f"pod {name}: {what}", timeout, self.describe)
+
+    def main(self, name: str, container: int = 0) -> Json:
+        return self.pods()[name]["containers"][container]
+
+    def teardown(self) -> None:
+        """Stop every pod and the supervisor; then kill anything left, by recorded pid."""
+        with contextlib.suppress(Exception):
+            status = self.run("status")
+            if status["pods"] or status["supervisor"]["running"]:
+                self.run("sync", {"pods": []})
+                wait_until(lambda: not self.pods(), "all pods stopped", 20)
+        with contextlib.suppress(Exception):
+            self.run("stop-supervisor")
+        state = self.root / "state.json"
+        with contextlib.suppress(OSError, ValueError):
+            for p in json.loads(state.read_text()).get("pods", []):
+                for c in p.get("containers", []) + p.get("initContainers", []):
+                    if c.get("pid"):
+                        with contextlib.suppress(OSError):
+                            os.killpg(int(c["pid"]), signal.SIGKILL)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(json.loads((self.root / "supervisor.pid").read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+            if "supervise" in cmdline and str(self.root) in cmdline:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(tmp_path / "root")
+    try:
+        yield n
+    finally:
+        n.teardown()
+
+
+def running(p: Json) -> bool:
+    return p["phase"] == "Running" and all(c["state"] == "running" for c in p["containers"])
+
+
+# ---- facts and protocol -----------------------------------------------------------------
+
+
+def test_facts_are_sane(node: Node) -> None:
+    facts = node.run("facts")
+    assert facts["hostname"] == socket.gethostname()
+    assert facts["cpusOnline"] == os.cpu_count()
+    assert facts["cpus"] > 0 and facts["cpuMillis"] >= 1
+    assert 0 < facts["memory"]["availableBytes"] <= facts["memory"]["totalBytes"]
+    assert 0 < facts["disk"]["freeBytes"] <= facts["disk"]["totalBytes"]
+    assert facts["runtimes"][0] == "process"
+    assert "podman" not in facts["runtimes"]  # disabled for tests
+    assert facts["cgroup"]["version"] in ("v1", "v2", "none")
+    assert facts["limits"] in ("supported", "unsupported")
+    assert facts["volumeMounts"] in ("bind", "unsupported")
+    assert facts["agentVersion"] and facts["python"].startswith("3.")
+    assert facts["supervisor"] == {"running": False, "pid": None, "version": None, "sha": None}
+    assert facts["os"]
+
+
+@pytest.mark.parametrize("argv,stdin", [
+    (["facts"], "{not json"),
+    (["reboot"], "{}"),
+    (["sync"], "{}"),
+    (["sync"], '{"pods": [{"name": "../escape"}]}'),
+    (["sync"], '{"pods": [{"name": "a"}, {"name": "a", "namespace": "other"}]}'),
+], ids=["bad-json", "unknown-verb", "sync-without-pods", "unsafe-name", "duplicate-name"])
+def test_broken_requests_exit_1_with_one_json_line(tmp_path: Path, argv: list[str],
+                                                   stdin: str) -> None:
+    proc = subprocess.run([AGENT_PY, str(AGENT), *argv, "--root", str(tmp_path)], input=stdin,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and "\n" not in doc["error"]
+
+
+def test_unknown_pod_logs_is_an_error_but_not_a_broken_request(node: Node) -> None:
+    code, doc = node.call("logs", {"pod": "nope"})
+    assert code == 0 and doc == {"ok": False, "error": "pod nope not found on this node"}
+
+
+# ---- running pods -----------------------------------------------------------------------
+
+
+def test_http_pod_runs_ready_and_answers(node: Node) -> None:
+    port = free_port()
+    web = ctr("web", [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+              readinessProbe={"httpGet": {"path": "/", "port": port, "scheme": "HTTP"},
+                              "periodSeconds": 0.1},
+              livenessProbe={"httpGet": {"path": "/", "port": port}, "periodSeconds": 0.2,
+                             "initialDelaySeconds": 1, "failureThreshold": 3})
+    first = node.sync(pod("web-1", web))
+    assert first["changed"] and first["generation"] == 1
+    p = node.wait_pod("web-1", lambda p: p["ready"], "ready")
+    assert running(p) and p["containers"][0]["ready"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+        assert resp.status == 200
+    # The unchanged set again: same generation, nothing restarted.
+    again = node.sync(pod("web-1", web))
+    assert not again["changed"] and again["generation"] == 1
+    assert again["pods"][0]["containers"][0]["pid"] == p["containers"][0]["pid"]
+    assert again["pods"][0]["restarts"] == 0
+    facts = node.run("facts")
+    assert facts["pods"] == {"web-1": {"phase": "Running", "ready": True, "restarts": 0}}
+    assert facts["supervisor"]["running"]
+
+
+def test_killed_process_is_restarted_with_backoff(node: Node) -> None:
+    node.sync(pod("s-1", sleeper()))
+    pid1 = node.wait_pod("s-1", running, "running")["containers"][0]["pid"]
+    os.kill(pid1, signal.SIGKILL)
+    p = node.wait_pod("s-1", lambda p: running(p) and p["restarts"] == 1, "restart 1")
+    c = p["containers"][0]
+    assert c["pid"] != pid1
+    assert c["lastState"]["exitCode"] == 137 and c["lastState"]["signal"] == 9
+    os.kill(c["pid"], signal.SIGKILL)
+    node.wait_pod("s-1", lambda p: running(p) and p["restarts"] == 2, "restart 2")
+
+
+def test_container_exiting_at_once_is_in_crashloopbackoff(node: Node) -> None:
+    node.sync(pod("crash-1", ctr("main", ["sh", "-c", "echo boom; exit 3"])))
+    p = node.wait_pod("crash-1", lambda p: p["containers"][0]["reason"] == "CrashLoopBackOff"
+                      and p["restarts"] >= 2, "CrashLoopBackOff")
+    c = p["containers"][0]
+    assert c["state"] == "waiting" and c["lastExitCode"] == 3
+    assert "back-off" in c["message"]
+    assert not p["ready"]
+    prev = node.run("logs", {"pod": "crash-1", "container": "main", "previous": True})
+    assert prev["log"] == "boom\n"
+
+
+def test_failing_liveness_probe_restarts_the_container(node: Node) -> None:
+    closed = free_port()
+    node.sync(pod("live-1", sleeper(livenessProbe=tcp_probe(closed))))
+    p = node.wait_pod("live-1", lambda p: p["restarts"] >= 1, "restart after liveness")
+    last = p["containers"][0]["lastState"]
+    assert "liveness" in last["message"] and last["exitCode"] == 143  # SIGTERM first
+    assert "Liveness probe failed" in (node.root / "supervisor.log").read_text()
+
+
+def test_failing_readiness_probe_only_marks_not_ready(node: Node, tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    probe = {"exec": {"command": ["test", "-f", str(flag)]}, "periodSeconds": 0.1,
+             "failureThreshold": 1}
+    node.sync(pod("ready-1", sleeper(readinessProbe=probe)))
+    p = node.wait_pod("ready-1", lambda p: "Readiness probe failed" in
+                      p["containers"][0]["message"], "readiness failure reported")
+    pid = p["containers"][0]["pid"]
+    assert running(p) and not p["ready"] and p["restarts"] == 0
+    flag.touch()
+    p = node.wait_pod("ready-1", lambda p: p["ready"], "ready once the probe passes")
+    assert p["containers"][0]["pid"] == pid and p["restarts"] == 0
+    flag.unlink()
+    p = node.wait_pod("ready-1", lambda p: not p["ready"], "not ready again")
+    assert running(p) and p["containers"][0]["pid"] == pid
+
+
+def test_startup_probe_gates_liveness(node: Node, tmp_path: Path) -> None:
+    flag = tmp_path / "started"
+    startup = {"exec": {"command": ["test", "-f", str(flag)]}, "periodSeconds": 0.1,
+               "failureThreshold": 1000}
+    node.sync(pod("start-1", sleeper(startupProbe=startup, livenessProbe=tcp_probe(
+        free_port(), failureThreshold=1))))
+    p = node.wait_pod("start-1", running, "running")
+    assert not p["containers"][0]["started"] and not p["ready"]
+    assert p["restarts"] == 0  # the failing liveness probe does not run yet
+    flag.touch()
+    node.wait_pod("start-1", lambda p: p["restarts"] >= 1, "liveness active after startup")
+
+
+@pytest.mark.parametrize("policy,code,phase,restarts", [
+    ("Never", 1, "Failed", False),
+    ("Never", 0, "Succeeded", False),
+    ("OnFailure", 0, "Succeeded", False),
+    ("OnFailure", 1, None, True),
+    ("Always", 0, None, True),
+], ids=["never-fails", "never-succeeds", "onfailure-succeeds", "onfailure-restarts",
+        "always-restarts-success"])
+def test_restart_policy(node: Node, policy: str, code: int, phase: str | None,
+                        restarts: bool) -> None:
+    node.sync(pod("job-1", ctr("main", ["sh", "-c", f"exit {code}"]), restartPolicy=policy))
+    if restarts:
+        p = node.wait_pod("job-1", lambda p: p["restarts"] >= 2, "restarts")
+        assert p["containers"][0]["lastExitCode"] == code
+        return
+    p = node.wait_pod("job-1", lambda p: p["phase"] == phase, phase or "")
+    c = p["containers"][0]
+    assert c["state"] == "terminated" and c["exitCode"] == code and p["restarts"] == 0
+    assert c["reason"] == ("Completed" if code == 0 else "Error")
+
+
+# ---- supervisor restarts, updates and removal -------------------------------------------
+
+
+def test_restarted_supervisor_adopts_running_pods(node: Node) -> None:
+    port = free_port()
+    web = ctr("web", [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+              readinessProbe=tcp_probe(port, failureThreshold=3))
+    node.sync(pod("adopt-1", web))
+    before = node.wait_pod("adopt-1", lambda p: p["ready"], "ready")
+    pid = before["containers"][0]["pid"]
+    stopped = node.run("stop-supervisor")
+    assert stopped["stopped"]
+    assert alive(pid)  # pods outlive the supervisor
+    assert node.run("status")["stale"]
+    again = node.sync(pod("adopt-1", web))
+    assert not again["changed"]
+    assert again["supervisor"]["pid"] != stopped["pid"]
+    after = node.wait_pod("adopt-1", lambda p: p["ready"], "ready after adoption")
+    assert after["containers"][0]["pid"] == pid and after["restarts"] == 0
+    # Exactly one server process: bind would fail for a duplicate, and it would show here.
+    servers = [d for d in os.listdir("/proc") if d.isdigit() and str(port).encode() in
+               _cmdline(int(d))]
+    assert servers == [str(pid)]
+    # The new supervisor watches the adopted process too.
+    os.kill(pid, signal.SIGKILL)
+    p = node.wait_pod("adopt-1", lambda p: running(p) and p["restarts"] == 1, "restarted")
+    assert p["containers"][0]["lastState"]["reason"] == "Unknown"  # not our child: no code
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_changed_hash_replaces_the_pod(node: Node) -> None:
+    node.sync(pod("upd-1", sleeper()))
+    pid1 = node.wait_pod("upd-1", running, "running")["containers"][0]["pid"]
+    node.sync(pod("upd-1", sleeper(), hash="h2"))
+    p = node.wait_pod("upd-1", lambda p: p["hash"] == "h2" and running(p), "new hash running")
+    assert p["containers"][0]["pid"] != pid1 and p["restarts"] == 0
+    wait_until(lambda: not alive(pid1), "old instance gone")
+
+
+GROUP_SCRIPT = r"""
+import os, signal, subprocess, sys, time
+out = sys.argv[1]
+CHILD = '''
+import signal, sys, time
+out = sys.argv[1]
+signal.signal(signal.SIGTERM, lambda *a: open(out, "a").write("child TERM\\n"))
+open(out, "a").write("child up\\n")
+while True:
+    time.sleep(0.05)
+'''
+child = subprocess.Popen([sys.executable, "-c", CHILD, out])
+def on_term(*_):
+    open(out, "a").write("main TERM\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+open(out, "a").write(f"child {child.pid}\n")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_removed_pod_group_gets_sigterm_then_sigkill(node: Node, tmp_path: Path) -> None:
+    out = tmp_path / "signals.txt"
+    node.sync(pod("grp-1", ctr("main", [PY, "-c", GROUP_SCRIPT, str(out)]),
+                  terminationGracePeriodSeconds=1))
+    p = node.wait_pod("grp-1", running, "running")
+    leader = p["containers"][0]["pid"]
+    wait_until(lambda: out.exists() and "child up" in out.read_text(), "child started")
+    child = int(next(line.split()[1] for line in out.read_text().splitlines()
+                     if line.startswith("child ") and line.split()[1].isdigit()))
+    assert os.getpgid(child) == leader  # one process group per container
+    node.sync()
+    wait_until(lambda: not node.pods(), "pod removed", describe=node.describe)
+    text = out.read_text()
+    assert "main TERM" in text and "child TERM" in text  # graceful first, whole group
+    wait_until(lambda: not alive(child), "child killed")  # it ignores TERM: only KILL ends it
+    assert not alive(leader)
+    assert not (node.root / "pods" / "grp-1").exists()
+
+
+def test_env_and_volumes_reach_the_process(node: Node, tmp_path: Path) -> None:
+    data = tmp_path / "hostdata"
+    mount = tmp_path / "mnt" / "config"
+    script = (
+        "import json, os, sys\n"
+        "vol = os.environ['GITORCH_VOLUME_CONFIG']\n"
+        "seen = {k: os.environ.get(k) for k in ('GREETING', 'POD_NAME', 'POD_NAMESPACE',"
+        " 'HOSTNAME', 'PATH')}\n"
+        "seen['file'] = open(os.path.join(vol, 'app.conf')).read()\n"
+        "seen['nested'] = open(os.path.join(vol, 'sub/more.conf')).read()\n"
+        f"mp = {str(mount)!r}\n"
+        "seen['mounted'] = open(os.path.join(mp, 'app.conf')).read() "
+        "if os.path.exists(os.path.join(mp, 'app.conf')) else None\n"
+        "seen['scratch'] = os.path.isdir(os.environ['GITORCH_VOLUME_SCRATCH'])\n"
+        "json.dump(seen, open(os.path.join(os.environ['GITORCH_VOLUME_DATA'], 'out.json'),"
+        " 'w'))\n"
+    )
+    main = ctr("main", [PY, "-c", script],
+               env=[{"name": "GREETING", "value": "hi"}],
+               volumeMounts=[{"name": "config", "mountPath": str(mount), "readOnly": True}])
+    spec = pod("vol-1", main, restartPolicy="Never", volumes=[
+        {"name": "config", "files": {"app.conf": "x=1", "sub/more.conf": "y=2"},
+         "secret": False},
+        {"name": "creds", "files": {"token": "t0ken"}, "secret": True},
+        {"name": "scratch", "emptyDir": True},
+        {"name": "data", "hostPath": str(data)},
+    ])
+    node.sync(spec)
+    node.wait_pod("vol-1", lambda p: p["phase"] == "Succeeded", "Succeeded")
+    seen = json.loads((data / "out.json").read_text())
+    assert seen["GREETING"] == "hi" and seen["POD_NAME"] == "vol-1"
+    assert seen["POD_NAMESPACE"] == "test" and seen["HOSTNAME"] == "vol-1"
+    assert seen["file"] == "x=1" and seen["nested"] == "y=2" and seen["scratch"]
+    assert "/usr/bin" in seen["PATH"]
+    if node.run("facts")["volumeMounts"] == "bind":
+        assert seen["mounted"] == "x=1"  # bind-mounted at mountPath inside its namespace
+        assert not (mount / "app.conf").exists()  # ... and only there
+    token = node.root / "pods" / "vol-1" / "volumes" / "creds" / "token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    node.sync()
+    wait_until(lambda: not node.pods(), "pod removed")
+    assert not (node.root / "pods" / "vol-1").exists()  # emptyDir and files gone
+    assert (data / "out.json").exists()  # hostPath kept
+
+
+def test_exec_probes_run_in_the_containers_mount_namespace(node: Node, tmp_path: Path) -> None:
+    if node.run("facts")["volumeMounts"] != "bind":
+        pytest.skip("no mount namespaces here")
+    mount = tmp_path / "mnt"
+    probe = {"exec": {"command": ["cat", "app.conf"]}, "periodSeconds": 0.1}
+    node.sync(pod("ns-1", sleeper(workingDir=str(mount), readinessProbe=probe,
+                                  volumeMounts=[{"name": "cfg", "mountPath": str(mount)}]),
+                  volumes=[{"name": "cfg", "files": {"app.conf": "x=1"}}]))
+    node.wait_pod("ns-1", lambda p: p["ready"], "ready: the probe saw the mounted file")
+
+
+def test_init_containers_run_in_order_before_the_app(node: Node, tmp_path: Path) -> None:
+    out = tmp_path / "order.txt"
+    inits = [ctr(f"init-{i}", ["sh", "-c", f"echo init-{i} >> {out}"]) for i in (1, 2)]
+    app = ctr("app", ["sh", "-c", f"echo app >> {out}; exec sleep 300"])
+    node.sync(pod("init-1", app, initContainers=inits))
+    p = node.wait_pod("init-1", running, "running")
+    assert [c["reason"] for c in p["initContainers"]] == ["Completed", "Completed"]
+    assert out.read_text().split() == ["init-1", "init-2", "app"]
+    bad = pod("init-2", sleeper(), restartPolicy="Never",
+              initContainers=[ctr("fail", ["sh", "-c", "exit 7"])])
+    node.sync(pod("init-1", app, initContainers=inits), bad)
+    p = node.wait_pod("init-2", lambda p: p["phase"] == "Failed", "Failed")
+    assert p["reason"] == "InitContainerFailed"
+    assert p["containers"][0]["state"] == "waiting"  # the app never started
+
+
+def test_a_bad_pod_does_not_disturb_the_others(node: Node) -> None:
+    broken = pod("bad-1", {"name": "main", "command": None})
+    missing = pod("bad-2", ctr("main", ["/nonexistent/binary"]), restartPolicy="Never")
+    unmakeable = pod("bad-3", sleeper(), volumes=[
+        {"name": "data", "hostPath": "/proc/gitorch-cannot-create-this"}])
+    node.sync(broken, missing, unmakeable, pod("good-1", sleeper()))
+    p = node.wait_pod("bad-3", lambda p: "volume setup failed" in p["message"], "volume error")
+    assert p["phase"] == "Pending"
+    assert p["containers"][0]["reason"] == "VolumeSetupFailed"
+    p = node.wait_pod("bad-1", lambda p: p["phase"] == "Failed", "Failed")
+    assert p["reason"] == "InvalidPodSpec" and "command" in p["message"]
+    p = node.wait_pod("bad-2", lambda p: p["phase"] == "Failed", "Failed")
+    c = p["containers"][0]
+    assert c["reason"] == "StartError" and "/nonexistent/binary" in c["message"]
+    node.wait_pod("good-1", running, "running")
+
+
+def test_image_without_a_runtime_is_failed_with_a_reason(node: Node) -> None:
+    node.sync(pod("img-1", ctr("main", [], image="localhost/busybox:1")))
+    p = node.wait_pod("img-1", lambda p: p["phase"] == "Failed", "Failed")
+    assert p["reason"] == "NoContainerRuntime"
+    assert "localhost/busybox:1" in p["message"]
+    assert p["containers"][0]["reason"] == "NoContainerRuntime"
+
+
+# ---- logs -------------------------------------------------------------------------------
+
+
+def test_logs_tail_and_follow(node: Node) -> None:
+    script = ("import sys, time\n"
+              "for i in range(1, 21): print(f'line {i}')\n"
+              "sys.stdout.flush()\n"
+              "n = 0\n"
+              "while True:\n"
+              "    n += 1; print(f'tick {n}', flush=True); time.sleep(0.05)\n")
+    node.sync(pod("log-1", ctr("main", [PY, "-u", "-c", script])))
+    node.wait_pod("log-1", running, "running")
+    wait_until(lambda: "tick" in node.run("logs", {"pod": "log-1"})["log"], "ticks")
+    everything = node.run("logs", {"pod": "log-1", "container": "main"})["log"]
+    assert everything.startswith("line 1\nline 2\n")
+    tail = node.run("logs", {"pod": "log-1", "tail": 3})["log"].splitlines()
+    assert len(tail) == 3 and tail[-1].startswith("tick")
+    assert node.run("logs", {"pod": "log-1", "tail": 0})["log"] == ""
+    # follow: raw text until stdin closes
+    proc = subprocess.Popen([AGENT_PY, str(AGENT), "logs", "--root", str(node.root)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=node.env)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b'{"pod": "log-1", "tail": 1, "follow": true}\n')
+    proc.stdin.flush()
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        proc.stdout.readline() for _ in range(5)), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(15)
+    proc.stdin.close()
+    assert proc.wait(15) == 0
+    assert len(lines) == 5 and all(line.startswith(b"tick") for line in lines)
+    numbers = [int(line.split()[1]) for line in lines]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 5  # new lines streamed
+
+
+# ---- secrets ----------------------------------------------------------------------------
+
+
+def test_secrets_never_appear_in_logs_status_or_errors(node: Node) -> None:
+    env_secret, file_secret = f"pw-{uuid.uuid4().hex}", f"tok-{uuid.uuid4().hex}"
+    liveness = {"exec": {"command": ["sh", "-c", 'echo "pw=$PASSWORD"; exit 1']},
+                "periodSeconds": 0.1, "failureThreshold": 1}
+    readiness = {"exec": {"command": ["sh", "-c", 'cat "$GITORCH_VOLUME_CREDS/token"; exit 1']},
+                 "periodSeconds": 0.1, "failureThreshold": 1}
+    leaky = ctr("main", ["sleep", "300"], livenessProbe=liveness,
+                env=[{"name": "PASSWORD", "value": env_secret, "secret": True},
+                     # A short secret equal to the namespace must not mangle identifiers.
+                     {"name": "SHORT", "value": "test", "secret": True}])
+    shy = ctr("main", ["sleep", "300"], readinessProbe=readiness)
+    creds = [{"name": "creds", "files": {"token": file_secret}, "secret": True}]
+    node.sync(pod("sec-1", leaky), pod("sec-2", shy, volumes=creds))
+    p = node.wait_pod("sec-1", lambda p: p["restarts"] >= 1, "liveness restart")
+    assert p["namespace"] == "test" and p["name"] == "sec-1"
+    p = node.wait_pod("sec-2", lambda p: "Readiness" in p["containers"][0]["message"],
+                      "readiness failure")
+    assert p["containers"][0]["message"] == "Readiness probe failed: ******"
+    node.run("facts")
+    node.run("logs", {"pod": "sec-1"})
+    node.run("stop-supervisor")
+    node.sync(pod("sec-1", leaky), pod("sec-2", shy, volumes=creds))
+    sup_log = (node.root / "supervisor.log").read_text()
+    assert "pw=******" in sup_log  # the probe output was logged, masked
+    files = [sup_log] + [(node.root / f).read_text() for f in
+                         ("status.json", "state.json", "ack.json")]
+    for text in files + node.outputs:
+        assert env_secret not in text and file_secret not in text
+
+
+# ---- cgroups ----------------------------------------------------------------------------
+
+
+def _limits_supported(node: Node) -> bool:
+    facts = node.run("facts")
+    return bool(os.geteuid() == 0 and facts["cgroup"]["memory"] and facts["cgroup"]["cpu"])
+
+
+def test_cgroup_limits_and_oom_kill(node: Node) -> None:
+    if not _limits_supported(node):
+        pytest.skip("no writable memory+cpu cgroups here")
+    limited = sleeper(resources={"cpuMillis": 250, "memoryBytes": 64 * 1024 * 1024})
+    hog = ctr("main", [PY, "-c", "x = b'x' * (512 * 1024 * 1024)"],
+              resources={"memoryBytes": 64 * 1024 * 1024})
+    node.sync(pod("lim-1", limited), pod("oom-1", hog, restartPolicy="Never"))
+    p = node.wait_pod("lim-1", running, "running")
+    c = p["containers"][0]
+    assert c["limits"] == "applied"
+    groups = dict(line.split(":", 2)[1:] for line in
+                  Path(f"/proc/{c['pid']}/cgroup").read_text().splitlines())
+    mem = groups.get("memory") or groups.get("") or ""
+    assert mem.endswith("/lim-1/main")
+    p = node.wait_pod("oom-1", lambda p: p["phase"] == "Failed", "OOM-killed")
+    assert p["containers"][0]["reason"] == "OOMKilled"
+    assert p["containers"][0]["exitCode"] == 137
+
+
+# ---- image containers and upgrades ------------------------------------------------------
+
+FAKE_PODMAN = """#!/bin/sh
+# Records how the agent drives podman, then behaves like a long-running container.
+log="$(dirname "$0")/calls"
+case "$1" in
+  info) exit 0 ;;
+  run)
+    printf 'run %s\\n' "$*" >> "$log"
+    printf 'env PASSWORD=%s GREETING=%s\\n' "$PASSWORD" "$GREETING" >> "$log"
+    exec sleep 300 ;;
+  *) printf '%s\\n' "$*" >> "$log" ;;
+esac
+"""
+
+
+def test_image_containers_run_through_podman(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "podman"
+    fake.write_text(FAKE_PODMAN)
+    fake.chmod(0o755)
+    node = Node(tmp_path / "root", GITORCH_CONTAINER_RUNTIMES="podman",
+                PATH=f"{bin_dir}:{os.environ['PATH']}")
+    try:
+        assert "podman" in node.run("facts")["runtimes"]
+        web = ctr("web", ["/bin/server"], args=["--port", "8080"], image="localhost/web:1",
+                  env=[{"name": "GREETING", "value": "hi"},
+                       {"name": "PASSWORD", "value": "s3cret-podman", "secret": True}],
+                  resources={"memoryBytes": 64 * 1024 * 1024},
+                  volumeMounts=[{"name": "config", "mountPath": "/etc/web", "readOnly": True}])
+        node.sync(pod("img-2", web, terminationGracePeriodSeconds=1,
+                      volumes=[{"name": "config", "files": {"a": "b"}}]))
+        p = node.wait_pod("img-2", running, "running")
+        assert p["containers"][0]["runtime"] == "podman"
+        calls = bin_dir / "calls"
+        wait_until(lambda: calls.exists() and "env " in calls.read_text(), "podman run")
+        run_line, env_line = calls.read_text().splitlines()[:2]
+        argv = run_line.split()
+        name = next(argv[i + 1] for i, a in enumerate(argv) if a == "--name")
+        assert name.startswith("gitorch-img-2-web")
+        for flag in ("--rm", "--network host", "--ulimit nofile=1024:1024",
+                     "--ulimit nproc=4096:4096", "--env PASSWORD", "--env GREETING",
+                     "--memory 67108864", '--entrypoint ["/bin/server"] localhost/web:1 '
+                     "--port 8080", ":/etc/web:ro"):
+            assert flag in run_line
+        assert "s3cret-podman" not in run_line  # values travel in the environment
+        assert env_line == "env PASSWORD=s3cret-podman GREETING=hi"
+        node.sync()
+        wait_until(lambda: not node.pods(), "pod removed")
+        assert f"stop -t 1 {name}" in calls.read_text()
+    finally:
+        node.teardown()
+
+
+def test_sync_from_a_new_agent_file_upgrades_the_supervisor(node: Node, tmp_path: Path) -> None:
+    node.sync(pod("up-1", sleeper()))
+    before = node.wait_pod("up-1", running, "running")
+    old_sup = node.run("status")["supervisor"]
+    newer = tmp_path / "agent-newer.py"
+    newer.write_text(AGENT.read_text() + "\n# a newer build\n")
+    proc = subprocess.run([AGENT_PY, str(newer), "sync", "--root", str(node.root)],
+                          input=json.dumps({"pods": [pod("up-1", sleeper())]}),
+                          capture_output=True, text=True, env=node.env, timeout=60, check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["acked"] and not doc["changed"]
+    assert doc["supervisor"]["pid"] != old_sup["pid"]
+    assert doc["supervisor"]["sha"] != old_sup["sha"]
+    after = doc["pods"][0]["containers"][0]
+    assert after["pid"] == before["containers"][0]["pid"] and after["restartCount"] == 0

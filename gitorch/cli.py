@@ -116,6 +116,33 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
     sys.exit(0)
 
 
+# --- nodes ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Revision whose Node manifests to use. Default: HEAD.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for each node.")
+def nodes(repo_path: str | None, rev: str | None, output: str, timeout: float) -> None:
+    """Ask every Node's agent for its facts, in parallel; exit 1 if any node is unreachable."""
+    from gitorch.nodes import inspection
+
+    state = desired.load(open_repository(repo_path), rev)
+    rows = inspection.node_facts(state, _settings().state_dir / "known_hosts", timeout=timeout,
+                                 progress=console.progress)
+    if output == "json":
+        console.write(json.dumps(rows, indent=2))
+    else:
+        if not rows:
+            console.write("no Node manifests in this revision")
+        console.table(
+            ["NODE", "ADDRESS", "REACHABLE", "AGENT", "CPUS", "MEMORY", "PODS", "RUNTIMES", "ERROR"],
+            [inspection.table_row(r) for r in rows],
+        )
+    sys.exit(0 if all(r["reachable"] for r in rows) else 1)
+
+
 # --- git hooks ---------------------------------------------------------------------------
 
 

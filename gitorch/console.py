@@ -13,6 +13,8 @@ from rich.text import Text
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+if not out.is_terminal:  # piped output: never cut table cells to 80 columns
+    out.width = 250
 
 _LINE_STYLES = {"+": "green", "-": "red", "~": "yellow"}
 

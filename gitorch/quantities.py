@@ -69,12 +69,10 @@ def to_bytes(value: str | int | float) -> int:
 
 
 def format_bytes(n: int) -> str:
-    for unit, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    for unit, size in (("Gi", 2**30), ("Mi", 2**20)):
+    """Bytes for people: exact (`128Mi`) when it is a whole unit, else one decimal (`22.5Gi`)."""
+    for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
         if n >= size:
-            return f"{n / size:.1f}{unit}"
+            return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.1f}{unit}"
     return str(n)
 
 

@@ -172,7 +172,7 @@ def one_line(text: str) -> str:
 
 def read_request(verb: str) -> Json:
     """Read the JSON request from stdin (empty stdin means {})."""
-    if verb == "supervise" or sys.stdin is None or sys.stdin.isatty():
+    if verb in ("supervise", "serve") or sys.stdin is None or sys.stdin.isatty():
         return {}
     if verb == "logs":
         # ``logs --follow`` keeps stdin open to signal the end, so its request is one line.
@@ -2593,7 +2593,31 @@ def follow_log(path: str, tail: int) -> None:
         fh.close()
 
 
+def cmd_serve(paths: Paths, request: Json, redact: Redactor) -> int:
+    """Answer one JSON request per stdin line (`{"verb": ..., ...}`), one JSON line each,
+    until stdin closes: the controller keeps this running over one SSH channel per node,
+    so a request costs a round trip instead of a Python start-up."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        each = Redactor()
+        try:
+            req = _parse_request(line)
+            verb = req.pop("verb", None)
+            if verb not in VERBS or verb in ("serve", "supervise"):
+                raise RequestError(f"serve: unknown verb {verb!r}")
+            if verb == "logs" and req.get("follow"):
+                raise RequestError("serve: logs with follow needs its own session")
+            VERBS[str(verb)](paths, req, each)
+        except (RequestError, AgentError) as exc:
+            emit({"ok": False, "error": one_line(str(exc))}, each)
+        except Exception as exc:  # one bad request must not end the session
+            emit({"ok": False, "error": one_line(f"internal error: {type(exc).__name__}: {exc}")}, each)
+    return 0
+
+
 VERBS: dict[str, Callable[[Paths, Json, Redactor], int]] = {
+    "serve": cmd_serve,
     "facts": cmd_facts,
     "sync": cmd_sync,
     "status": cmd_status,

@@ -1,0 +1,93 @@
+"""Fan-out to 50 lab nodes: gitorch cold and warm rounds against Ansible's ping in the same run.
+
+Cold round: connect + authenticate + upload the agent + `facts` on every node.
+Warm round: `facts` on every node over the open connections (the controller's steady state).
+Anchor: `ansible all -m ping -f 50` against the same nodes. Target: warm round under 0.5 s,
+Ansible / gitorch-warm of 10 or more. Needs root (it builds a lab); installs ansible-core
+from PyPI when missing. Last line: the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gitorch.nodes import lab as labmod
+from gitorch.nodes.client import Fleet
+from gitorch.nodes.ssh import Endpoint, Pool, SSHOptions
+
+
+def ansible_bin() -> str:
+    found = shutil.which("ansible", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    if found:
+        return found
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ansible-core"], check=True)
+    return str(Path(sys.executable).parent / "ansible")
+
+
+def round_time(fleet: Fleet) -> float:
+    t = time.perf_counter()
+    results = fleet.fan_out(lambda c: c.call("facts"), timeout=60)
+    took = time.perf_counter() - t
+    bad = [o.error for o in results.values() if not o.ok]
+    if bad:
+        raise SystemExit(f"{len(bad)} node(s) failed: {bad[:3]}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--warm-rounds", type=int, default=10)
+    args = parser.parse_args()
+    labmod.preflight()
+    ansible = ansible_bin()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "lab"
+        t = time.perf_counter()
+        lab = labmod.up(args.nodes, state_dir=state, subnet="10.231.50.0/24")
+        print(f"lab: {args.nodes} nodes up in {time.perf_counter() - t:.2f} s")
+        try:
+            eps = [Endpoint(n.name, n.address, n.port, "root", str(lab.identity_file), n.host_key) for n in lab.nodes]
+            # Start from nodes without the agent so the cold round includes its upload.
+            subprocess.run(["sh", "-c", f"rm -rf {state}/nodes/*/data/agent"], check=False)
+            with Fleet(eps, Pool(SSHOptions(known_hosts=Path(tmp) / "kh", max_connecting=50))) as fleet:
+                cold = round_time(fleet)
+                warm = [round_time(fleet) for _ in range(args.warm_rounds)]
+            inventory = Path(tmp) / "hosts.ini"
+            inventory.write_text(
+                "[all]\n"
+                + "".join(f"{n.name} ansible_host={n.address}\n" for n in lab.nodes)
+                + "[all:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n"
+                f"ansible_ssh_private_key_file={lab.identity_file}\n"
+            )
+            env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_STDOUT_CALLBACK": "minimal",
+                   "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o UserKnownHostsFile=/dev/null",
+                   "ANSIBLE_LOCAL_TEMP": tmp, "ANSIBLE_REMOTE_TEMP": "/tmp/.ansible"}
+            cmd = [ansible, "all", "-i", str(inventory), "-m", "ping", "-f", str(args.nodes)]
+            t = time.perf_counter()
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            ansible_time = time.perf_counter() - t
+            if res.returncode != 0 or res.stdout.count("SUCCESS") != args.nodes:
+                raise SystemExit(f"ansible failed ({res.returncode}): {res.stdout[-500:]} {res.stderr[-500:]}")
+        finally:
+            labmod.down(state)
+    warm_median = statistics.median(warm)
+    print(f"gitorch cold round (connect + agent upload + facts), {args.nodes} nodes: {cold:.3f} s")
+    print(f"gitorch warm round (facts on open connections), median of {len(warm)}: {warm_median:.3f} s "
+          f"(best {min(warm):.3f}, worst {max(warm):.3f}; target under 0.5 s)")
+    print(f"ansible all -m ping -f {args.nodes}: {ansible_time:.3f} s")
+    print(f"speed-up, ansible / gitorch warm: {ansible_time / warm_median:.1f}x (target 10x or more)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Node clients: talk to the agent on each node, and fan out to many nodes in parallel.
+
+The agent is one stdlib-only file shipped over SFTP to a path named by its content hash, so
+a changed agent is uploaded by itself on next contact. Requests go to a long-lived
+`agent serve` process over one SSH channel per node (a request costs a round trip, not a
+Python start-up); `run_once` runs a single verb in its own process when that is preferable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from gitorch.nodes.ssh import CommandTimeout, Connection, Endpoint, NodeError, Pool, Stream
+
+AGENT_FILE = Path(__file__).with_name("agent.py")
+AGENT_DIR = "/var/lib/gitorch/agent"
+PYTHON = "/usr/bin/python3"
+_MISSING = 97  # exit status of the launcher when the agent file is not there yet
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AgentFile:
+    data: bytes
+    digest: str
+
+    @property
+    def path(self) -> str:
+        return f"{AGENT_DIR}/agent-{self.digest}.py"
+
+    @classmethod
+    def load(cls, path: Path = AGENT_FILE) -> AgentFile:
+        data = path.read_bytes()
+        return cls(data, hashlib.sha256(data).hexdigest()[:12])
+
+
+class AgentError(NodeError):
+    """The agent answered, with an error."""
+
+
+class NodeClient:
+    """The agent on one node."""
+
+    def __init__(self, conn: Connection, agent: AgentFile, *, root: str | None = None) -> None:
+        self.conn = conn
+        self.agent = agent
+        self.root = root
+        self._stream: Stream | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.conn.endpoint.name
+
+    def _launcher(self, verb: str) -> str:
+        root = f" --root {shlex.quote(self.root)}" if self.root else ""
+        path = shlex.quote(self.agent.path)
+        return f"[ -f {path} ] || exit {_MISSING}; exec {PYTHON} -u {path} {verb}{root}"
+
+    def upload_agent(self) -> None:
+        self.conn.put(self.agent.data, self.agent.path, mode=0o755)
+
+    def run_once(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """Run one verb in its own agent process (uploading the agent first if needed)."""
+        body = json.dumps(payload or {}).encode()
+        result = self.conn.run(self._launcher(verb), body, timeout)
+        if result.exit_status == _MISSING:
+            self.upload_agent()
+            result = self.conn.run(self._launcher(verb), body, timeout)
+        return self._decode(result.stdout, result.stderr, result.exit_status)
+
+    def call(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """One request to the node's long-lived agent process (started on first use)."""
+        request = json.dumps({"verb": verb, **(payload or {})}).encode()
+        with self._lock:
+            for attempt in range(3):
+                if self._stream is None or not self._stream.alive:
+                    self._stream = self.conn.open_stream(self._launcher("serve"))
+                stream = self._stream
+                try:
+                    line = stream.request(request, timeout)
+                    return self._decode(line, b"", 0)
+                except CommandTimeout:
+                    self._drop_stream()
+                    raise
+                except NodeError:
+                    missing = stream.exit_status() == _MISSING
+                    self._drop_stream()
+                    if missing:
+                        self.upload_agent()  # first contact, or a new agent version
+                    elif attempt:
+                        raise
+        raise AgentError(self.name, "agent could not be started")
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _decode(self, stdout: bytes, stderr: bytes, status: int) -> dict[str, Any]:
+        text = stdout.decode(errors="replace").strip()
+        try:
+            data = json.loads(text.splitlines()[-1]) if text else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            detail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:] or [f"exit {status}"]
+            raise AgentError(self.name, f"agent gave no answer: {detail[0]}")
+        if not data.get("ok", False):
+            raise AgentError(self.name, str(data.get("error") or "agent reported an error"))
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_stream()
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one node answered in a fan-out: a value, or an error naming the node."""
+
+    node: str
+    value: T | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class Fleet:
+    """Clients for many nodes, sharing one SSH pool, with parallel fan-out."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        pool: Pool | None = None,
+        agent: AgentFile | None = None,
+        *,
+        root: str | None = None,
+        max_workers: int = 64,
+    ) -> None:
+        self.pool = pool or Pool()
+        self.agent = agent or AgentFile.load()
+        self.clients = {e.name: NodeClient(self.pool.get(e), self.agent, root=root) for e in endpoints}
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, min(max_workers, len(self.clients) or 1)), thread_name_prefix="gitorch-node"
+        )
+
+    def fan_out(
+        self,
+        fn: Callable[[NodeClient], T],
+        *,
+        timeout: float = 30.0,
+        progress: Callable[[int], None] | None = None,
+        nodes: Iterable[str] | None = None,
+    ) -> dict[str, Outcome[T]]:
+        """Run `fn` on every node at once; a slow or dead node never holds up the others
+        beyond `timeout`, and its error names it."""
+        names = list(nodes) if nodes is not None else list(self.clients)
+        started = time.monotonic()
+        futures: dict[Future[T], str] = {}
+        for name in names:
+            futures[self._executor.submit(fn, self.clients[name])] = name
+        results: dict[str, Outcome[T]] = {}
+        pending = set(futures)
+        deadline = started + timeout
+        while pending:
+            done, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+            if not done:
+                break
+            for fut in done:
+                name = futures[fut]
+                took = time.monotonic() - started
+                try:
+                    results[name] = Outcome(name, fut.result(), seconds=took)
+                except NodeError as exc:
+                    results[name] = Outcome(name, error=str(exc), seconds=took)
+                except Exception as exc:  # a bug must not hide the other nodes' answers
+                    results[name] = Outcome(name, error=f"{name}: {type(exc).__name__}: {exc}", seconds=took)
+                if progress:
+                    progress(1)
+        for fut in pending:
+            name = futures[fut]
+            results[name] = Outcome(name, error=f"{name}: no answer within {timeout:g} s", seconds=timeout)
+            if progress:
+                progress(1)
+        return {n: results[n] for n in names}
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        self.pool.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

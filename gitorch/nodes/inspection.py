@@ -1,0 +1,77 @@
+"""Inspection: the facts every node's agent reports, gathered in parallel (`gitorch nodes`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from gitorch.nodes.client import Fleet, NodeClient
+from gitorch.nodes.endpoints import endpoints, ssh_options
+from gitorch.nodes.ssh import Pool
+from gitorch.objects import DesiredState
+from gitorch.quantities import format_bytes
+
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+def _facts(client: NodeClient) -> dict[str, Any]:
+    return client.call("facts", timeout=client.conn.options.command_timeout)
+
+
+def node_facts(state: DesiredState, known_hosts: Path, *, timeout: float,
+               progress: Progress | None = None) -> list[dict[str, Any]]:
+    """One row per Node: reachable or the error naming it, and its facts (stable keys)."""
+    eps = endpoints(state)
+    if not eps:
+        return []
+    options = ssh_options(state, known_hosts)
+    with Fleet(eps, Pool(options)) as fleet:
+        if progress is not None:
+            with progress("asking nodes", len(eps)) as advance:
+                results = fleet.fan_out(_facts, timeout=timeout, progress=advance)
+        else:
+            results = fleet.fan_out(_facts, timeout=timeout)
+    rows = []
+    for ep in eps:
+        outcome = results[ep.name]
+        facts = outcome.value or {}
+        memory = facts.get("memory") or {}
+        rows.append(
+            {
+                "name": ep.name,
+                "address": f"{ep.host}:{ep.port}",
+                "reachable": outcome.ok,
+                "error": outcome.error,
+                "agentVersion": facts.get("agentVersion"),
+                "hostname": facts.get("hostname"),
+                "os": facts.get("os"),
+                "kernel": facts.get("kernel"),
+                "cpus": facts.get("cpus"),
+                "memoryTotalBytes": memory.get("totalBytes"),
+                "memoryAvailableBytes": memory.get("availableBytes"),
+                "pods": len(facts.get("pods") or {}),
+                "runtimes": facts.get("runtimes") or [],
+                "cgroup": (facts.get("cgroup") or {}).get("version"),
+                "seconds": round(outcome.seconds, 3),
+            }
+        )
+    return rows
+
+
+def table_row(r: dict[str, Any]) -> list[Any]:
+    mem = ""
+    if r["memoryTotalBytes"]:
+        mem = f"{format_bytes(int(r['memoryAvailableBytes'] or 0))}/{format_bytes(int(r['memoryTotalBytes']))}"
+    return [
+        r["name"],
+        r["address"],
+        "yes" if r["reachable"] else "NO",
+        r["agentVersion"] or "",
+        r["cpus"] if r["cpus"] is not None else "",
+        mem,
+        r["pods"] if r["reachable"] else "",
+        ",".join(r["runtimes"]),
+        r["error"],
+    ]

@@ -1,0 +1,185 @@
+"""The SSH layer and the agent over real SSH, on real lab nodes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitorch.nodes.client import AGENT_FILE, AgentFile, Fleet, NodeClient
+from gitorch.nodes.lab import Lab
+from gitorch.nodes.ssh import Endpoint, HostKeyMismatch, NodeUnreachable, Pool, SSHOptions
+from tests.gitrepo import GitRepo
+from tests.lab import ssh_run
+from tests.samples import gitorch
+
+pytestmark = pytest.mark.lab
+
+
+def _endpoints(lab: Lab) -> list[Endpoint]:
+    return [Endpoint(n.name, n.address, n.port, "root", str(lab.identity_file), n.host_key) for n in lab.nodes]
+
+
+@pytest.fixture
+def fleet(lab: Lab, tmp_path: Path) -> Iterator[Fleet]:
+    with Fleet(_endpoints(lab), Pool(SSHOptions(known_hosts=tmp_path / "kh", connect_timeout=3))) as f:
+        yield f
+
+
+def _wait(fn: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def _pod(name: str, command: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": "default",
+        "hash": "h1",
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 2,
+        "containers": [{"name": "main", "command": command, "args": [], **extra}],
+        "volumes": [],
+    }
+
+
+def test_facts_from_every_node_in_parallel(fleet: Fleet, lab: Lab) -> None:
+    results = fleet.fan_out(lambda c: c.call("facts"), timeout=30)
+    assert set(results) == {n.name for n in lab.nodes}
+    for name, outcome in results.items():
+        assert outcome.ok, outcome.error
+        assert outcome.value is not None
+        assert outcome.value["hostname"] == name
+        assert outcome.value["cpus"] >= 1
+        assert "process" in outcome.value["runtimes"]
+
+
+def test_agent_is_shipped_by_content_hash_and_upgrades_itself(fleet: Fleet, lab: Lab, tmp_path: Path) -> None:
+    client = fleet.clients[lab.nodes[0].name]
+    client.call("facts")
+    current = AgentFile.load()
+    assert ssh_run(lab, lab.nodes[0].name, f"test -f {current.path} && echo yes").stdout.strip() == "yes"
+    # A changed agent file gets a new path, is uploaded on next contact, and is what runs.
+    changed = tmp_path / "agent.py"
+    changed.write_bytes(AGENT_FILE.read_bytes() + b"\n# upgraded\n")
+    newer = AgentFile.load(changed)
+    assert newer.path != current.path
+    upgraded = NodeClient(client.conn, newer)
+    try:
+        facts = upgraded.call("facts")
+        assert facts["agentSha"] == newer.digest
+    finally:
+        upgraded.close()
+    assert ssh_run(lab, lab.nodes[0].name, f"test -f {newer.path} && echo yes").stdout.strip() == "yes"
+
+
+def test_sync_runs_pods_with_env_and_keeps_secrets_out_of_outputs(fleet: Fleet, lab: Lab) -> None:
+    node = lab.nodes[1].name
+    client = fleet.clients[node]
+    script = (
+        "import os,time; open('/tmp/seen-env','w').write(os.environ['GREETING']+' '+os.environ['TOKEN']); "
+        "time.sleep(600)"
+    )
+    pod = _pod(
+        "envpod",
+        ["python3", "-c", script],
+        env=[{"name": "GREETING", "value": "hello"}, {"name": "TOKEN", "value": "tok-8f2b91", "secret": True}],
+    )
+    try:
+        answer = client.call("sync", {"pods": [pod]})
+        assert answer["ok"]
+
+        def running() -> bool:
+            pods = client.call("status")["pods"]
+            return bool(pods) and pods[0]["phase"] == "Running"
+
+        assert _wait(running)
+        seen = _wait(lambda: ssh_run(lab, node, "cat /tmp/seen-env 2>/dev/null", check=False).stdout)
+        assert seen == "hello tok-8f2b91"
+        status = json.dumps(client.call("status"))
+        assert "tok-8f2b91" not in status
+        log = ssh_run(lab, node, "cat /var/lib/gitorch/supervisor.log", check=False).stdout
+        assert "tok-8f2b91" not in log
+    finally:
+        client.call("sync", {"pods": []})
+
+
+def test_killed_pod_is_restarted_by_the_supervisor(fleet: Fleet, lab: Lab) -> None:
+    node = lab.nodes[2].name
+    client = fleet.clients[node]
+    try:
+        client.call("sync", {"pods": [_pod("sleeper", ["sleep", "600"])]})
+
+        def pid() -> int | None:
+            pods = client.call("status")["pods"]
+            if not pods or pods[0]["phase"] != "Running":
+                return None
+            return pods[0]["containers"][0]["pid"]
+
+        first = _wait(pid)
+        assert first
+        ssh_run(lab, node, f"kill -9 {first}")
+        second = _wait(lambda: (p := pid()) and p != first and p, timeout=30)
+        assert second and second != first
+        assert client.call("status")["pods"][0]["restarts"] >= 1
+    finally:
+        client.call("sync", {"pods": []})
+
+
+def test_changed_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
+    a, b = lab.nodes[0], lab.nodes[1]
+    wrong = Endpoint(a.name, a.address, a.port, "root", str(lab.identity_file), b.host_key)
+    with Pool(SSHOptions(known_hosts=tmp_path / "kh")) as pool, pytest.raises(HostKeyMismatch) as err:
+        pool.get(wrong).run("true")
+    assert a.name in str(err.value) and "changed" in str(err.value)
+
+
+def test_trust_on_first_use_records_and_then_pins(lab: Lab, tmp_path: Path) -> None:
+    a, b = lab.nodes[0], lab.nodes[1]
+    known = tmp_path / "kh"
+    with Pool(SSHOptions(known_hosts=known)) as pool:
+        pool.get(Endpoint(a.name, a.address, 22, "root", str(lab.identity_file))).run("true")
+    assert a.host_key in known.read_text()
+    # The same address now presenting another node's key (as after a reinstall) is refused.
+    known.write_text(known.read_text().replace(a.host_key.split()[1], b.host_key.split()[1]))
+    with Pool(SSHOptions(known_hosts=known)) as pool, pytest.raises(HostKeyMismatch):
+        pool.get(Endpoint(a.name, a.address, 22, "root", str(lab.identity_file))).run("true")
+
+
+def test_dead_node_fails_fast_and_names_itself_while_others_answer(lab: Lab, tmp_path: Path) -> None:
+    eps = [*_endpoints(lab), Endpoint("ghost", "10.231.7.250", 22, "root", str(lab.identity_file))]
+    options = SSHOptions(known_hosts=tmp_path / "kh", connect_timeout=1, retries=2)
+    with Fleet(eps, Pool(options)) as fleet:
+        results = fleet.fan_out(lambda c: c.call("facts"), timeout=20)
+    assert all(results[n.name].ok for n in lab.nodes)
+    ghost = results["ghost"]
+    assert not ghost.ok
+    assert ghost.error.startswith("ghost: root@10.231.7.250:22:")
+    assert "after 2 tries" in ghost.error
+
+
+def test_stopped_sshd_is_reported_unreachable(lab: Lab, tmp_path: Path) -> None:
+    ep = Endpoint("closed", lab.nodes[0].address, 2222, "root", str(lab.identity_file))
+    with Pool(SSHOptions(known_hosts=tmp_path / "kh", retries=1)) as pool, pytest.raises(NodeUnreachable) as err:
+        pool.get(ep).run("true")
+    assert "connection refused" in str(err.value)
+
+
+def test_gitorch_nodes_command(lab: Lab, repo: GitRepo) -> None:
+    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text()})
+    repo.commit("nodes")
+    res = gitorch("nodes", "-o", "json", cwd=repo.path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows] == [n.name for n in lab.nodes]
+    assert all(r["reachable"] and r["agentVersion"] for r in rows)
+    table = gitorch("nodes", cwd=repo.path)
+    assert "REACHABLE" in table.stdout and lab.nodes[0].address in table.stdout

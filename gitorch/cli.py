@@ -143,6 +143,96 @@ def nodes(repo_path: str | None, rev: str | None, output: str, timeout: float) -
     sys.exit(0 if all(r["reachable"] for r in rows) else 1)
 
 
+# --- reconcile ---------------------------------------------------------------------------------
+
+
+def _store() -> Any:
+    from gitorch.store import Store
+
+    settings = _settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return Store.open(settings.database_url)
+
+
+@cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Revision to apply. Default: HEAD.")
+@click.option("--wait/--no-wait", default=False, help="Repeat passes until every workload is Healthy.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait may take.")
+def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float) -> None:
+    """Reconcile the cluster to a commit: one pass, or with --wait until it has converged."""
+    from gitorch.reconcile import applying
+
+    repo = open_repository(repo_path)
+    with _store() as store:
+        ok = applying.apply(repo, store, _settings().state_dir, rev=rev, wait=wait, timeout=timeout)
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def status(output: str) -> None:
+    """The applied revision and, per object, its sync and health (like `argocd app get`)."""
+    from gitorch.reconcile import views
+
+    with _store() as store:
+        views.status(store, output)
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "statefulsets", "daemonsets",
+                                           "services", "jobs", "cronjobs", "revisions"]))
+@click.option("-n", "--namespace", default=None, help="Only this namespace.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def get(what: str, namespace: str | None, output: str) -> None:
+    """List pods, nodes, workloads, services or revisions as the store knows them."""
+    from gitorch.reconcile import views
+
+    with _store() as store:
+        views.get(store, what, namespace, output)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("-n", "--namespace", default="default", show_default=True)
+def describe(ref: str, namespace: str) -> None:
+    """Show one object (KIND/NAME, e.g. deployment/web) or pod (pod/NAME) with its events."""
+    from gitorch.reconcile import views
+
+    with _store() as store:
+        views.describe(store, ref, namespace)
+
+
+@cli.command()
+@click.option("-n", "--namespace", default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def events(namespace: str | None, limit: int, output: str) -> None:
+    """Recent events: rollouts, scheduling failures, pruning, invalid revisions."""
+    from gitorch.reconcile import views
+
+    with _store() as store:
+        views.events(store, namespace, limit, output)
+
+
+@cli.command()
+@click.argument("pod")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", default=None)
+@click.option("--tail", type=int, default=-1, help="Lines from the end (-1: all).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-p", "--previous", is_flag=True, help="The previous container instance's log.")
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+def logs(pod: str, namespace: str, container: str | None, tail: int, follow: bool, previous: bool,
+         repo_path: str | None) -> None:
+    """Print a pod's container log, from the node that runs it."""
+    from gitorch.reconcile import views
+
+    repo = open_repository(repo_path)
+    with _store() as store:
+        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous)
+
+
 # --- git hooks ---------------------------------------------------------------------------
 
 

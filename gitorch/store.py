@@ -61,7 +61,9 @@ _ALLOCATION_RETRIES = 5
 Outcome = Literal["applied", "failed", "invalid", "pending"]
 Sync = Literal["Synced", "OutOfSync"]
 Health = Literal["Healthy", "Progressing", "Degraded", "Missing", "Unknown"]
-ConditionType = Literal["Ready", "Progressing", "Degraded", "Reconciling", "Stalled"]
+ConditionType = Literal[
+    "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed"
+]
 ConditionStatus = Literal["True", "False", "Unknown"]
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 EventType = Literal["Normal", "Warning"]

@@ -548,14 +548,21 @@ def wanted_runtimes() -> list[str]:
     return [r.strip() for r in raw.split(",") if r.strip() in ("podman", "docker")]
 
 
+def runtime_flags(name: str) -> list[str]:
+    """podman's global flags, given after the subcommand (podman accepts them anywhere).
+
+    runc, not podman's default crun, is what runs containers where the OCI runtime has to
+    live with cgroup v1 and a nested PID namespace (lab nodes, older hosts).
+    """
+    return ["--runtime", "runc"] if name == "podman" and shutil.which("runc") else []
+
+
 def _runtime_check(name: str) -> Json:
     path = shutil.which(name)
     if path is None:
         return {"available": False, "path": None, "message": f"{name} not installed"}
-    argv = [path]
-    if name == "podman" and shutil.which("runc"):
-        argv += ["--runtime", "runc"]
-    argv += ["info", "--format", "{{.Host.Arch}}" if name == "podman" else "{{.ServerVersion}}"]
+    argv = [path, "info", *runtime_flags(name)]
+    argv += ["--format", "{{.Host.Arch}}" if name == "podman" else "{{.ServerVersion}}"]
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, timeout=RUNTIME_CHECK_TIMEOUT, check=False)
@@ -1554,11 +1561,10 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     """
     assert pod.spec is not None
     kind, binary = runtime
-    argv = [binary]
-    if kind == "podman" and shutil.which("runc"):
-        argv += ["--runtime", "runc"]
-    argv += ["run", "--rm", "--name", name, "--network", "host",
-             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+    # Images are never pulled: they must already be on the node (`podman import`/`load`),
+    # so a missing one fails at once instead of waiting on a registry.
+    argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", "never",
+            "--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     if kind == "podman":
         argv.append("--replace")
     client_env = {"PATH": DEFAULT_PATH, "HOME": env.get("HOME", "/")}
@@ -1826,8 +1832,10 @@ class Supervisor:
         if images:
             self.checks = node_checks(self.paths)
             if image_runtime(self.checks) is None:
+                why = "; ".join(f"{n}: {info.get('message') or 'unavailable'}"
+                                for n, info in sorted(self.checks.get("runtimes", {}).items()))
                 message = (f"container {images[0].name} needs image {images[0].image} but this "
-                           "node has no container runtime (podman or docker)")
+                           f"node has no container runtime (podman or docker) ({why})")
                 pod.fatal = ["NoContainerRuntime", message]
                 for ctr in pod.all_containers():
                     ctr.reason, ctr.message = "NoContainerRuntime", message
@@ -2449,12 +2457,17 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     timeout = request.get("ackTimeoutSeconds", 2.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise RequestError("sync: ackTimeoutSeconds must be a number")
-    redact.update(secret_values(pods))
-    pods = sorted(pods, key=lambda p: str(p["name"]))
     with flocked(paths.agent_lock):
         current = read_json(paths.desired, {})
         if not isinstance(current, dict):
             current = {}
+        # `{"name": N, "keep": true}` keeps the spec this node already has for N: the
+        # controller rolls an old revision out gradually without needing its old body.
+        have = {str(p.get("name")): p for p in current.get("pods") or [] if isinstance(p, dict)}
+        pods = [have[str(p["name"])] if p.get("keep") else p for p in pods
+                if not p.get("keep") or str(p["name"]) in have]
+        redact.update(secret_values(pods))
+        pods = sorted(pods, key=lambda p: str(p["name"]))
         generation = int(current.get("generation", 0))
         changed = json.dumps(pods, sort_keys=True) != json.dumps(current.get("pods"),
                                                                  sort_keys=True)

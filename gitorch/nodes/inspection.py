@@ -20,8 +20,9 @@ def _facts(client: NodeClient) -> dict[str, Any]:
     return client.call("facts", timeout=client.conn.options.command_timeout)
 
 
-def node_facts(state: DesiredState, known_hosts: Path, *, timeout: float,
-               progress: Progress | None = None) -> list[dict[str, Any]]:
+def node_facts(
+    state: DesiredState, known_hosts: Path, *, timeout: float, progress: Progress | None = None
+) -> list[dict[str, Any]]:
     """One row per Node: reachable or the error naming it, and its facts (stable keys)."""
     eps = endpoints(state)
     if not eps:

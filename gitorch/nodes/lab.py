@@ -5,6 +5,16 @@ PID namespaces, private `/run`, `/root`, `/tmp`, data and container dirs, and it
 sshd as PID 1. Everything is recorded in `<state_dir>/lab.json` before it is created,
 and every name carries a prefix hashed from the state dir, so `down` can clean up after
 a crash at any point (even without the record) and two labs never share a name.
+
+Containers: each node also has its own cgroup namespace, rooted at a per-node cgroup
+(`<caller's cgroup>/<prefix>-<node>` in every hierarchy the host mounts under
+/sys/fs/cgroup), and mounts those hierarchies at /sys/fs/cgroup as the host does. So the
+node agent's resource limits and podman (with runc) work inside a node without two nodes
+sharing a cgroup, and podman's state (`/var/lib/containers`, `/run/containers`,
+`/run/libpod`, `/run/runc`) is per node. `up(..., runtimes={"lab-1"})` gives only the
+named nodes the machine's container runtimes: on the others /dev/null is bind-mounted over
+the podman and docker binaries, so to the agent (and anyone logged in) they are not
+installed there.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +56,9 @@ _KILL_WAIT = 5.0
 _LINK_WAIT = 3.0  # how long the kernel gets to free veths of deleted namespaces
 _DRAIN_WAIT = 1.0  # how long a killed node's processes get to exit before they are hunted
 _NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CGROUP_ROOT = "/sys/fs/cgroup"
+CONTAINER_RUNTIMES = ("podman", "docker")
+"""Binaries a node left out of `up(runtimes=...)` does not see (the node agent's runtimes)."""
 # Mount points shared with the host's /etc and /var/lib that each node gets a private copy of.
 _PRIVATE_DIRS = (
     ("root", "/root", 0o700),
@@ -321,6 +334,134 @@ def _run(argv: list[str], *, stdin: str | None = None, what: str) -> str:
     return proc.stdout
 
 
+# ---------------------------------------------------------------------------- cgroups, runtimes
+
+
+@dataclass(frozen=True)
+class _Hierarchy:
+    """A cgroup hierarchy the host mounts under /sys/fs/cgroup, which each node mounts too."""
+
+    mount_point: str
+    fstype: str  # cgroup (v1) | cgroup2
+    options: str  # what a node mounts it with: its controllers/name, e.g. "rw,cpu,cpuacct"
+    own: str  # the cgroup dir of this process in it, under which nodes get theirs
+
+
+def _cgroup_hierarchies() -> list[_Hierarchy]:
+    """The host's cgroup mounts under /sys/fs/cgroup (v1, hybrid or v2), in mount order."""
+    try:
+        own_lines = Path("/proc/self/cgroup").read_text().splitlines()
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    own: dict[str, str] = {}  # "cpu,cpuacct" / "name=systemd" / "" (v2) -> cgroup path
+    for line in own_lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            own[parts[1]] = parts[2]
+    found = []
+    for line in mountinfo:
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        root, mount_point = fields[3], fields[4]
+        fstype, super_options = fields[sep + 1], fields[sep + 3]
+        if fstype not in ("cgroup", "cgroup2") or not (
+            mount_point == _CGROUP_ROOT or mount_point.startswith(_CGROUP_ROOT + "/")
+        ):
+            continue
+        options = [o for o in super_options.split(",") if o not in ("rw", "ro") and "=" not in o]
+        options += [o for o in super_options.split(",") if o.startswith("name=")]
+        if fstype == "cgroup2":
+            key: str | None = ""
+        else:  # the /proc/self/cgroup line whose controllers this mount carries
+            key = next((k for k in own if k and set(k.split(",")) <= set(options)), None)
+        path = own.get(key) if key is not None else None
+        if path is None or _UNSAFE_PATH.search(mount_point) or not (path + "/").startswith(root.rstrip("/") + "/"):
+            continue
+        path = path[len(root.rstrip("/")) :]
+        found.append(_Hierarchy(mount_point, fstype, ",".join(["rw", *options]), path))
+    return found
+
+
+def _node_cgroups(names: _Names, node: str, hierarchies: list[_Hierarchy]) -> list[str]:
+    """The host-side cgroup dirs of one node, one per hierarchy."""
+    return [os.path.join(h.mount_point, h.own.lstrip("/"), names.netns(node)) for h in hierarchies]
+
+
+def _lab_cgroups(names: _Names) -> list[str]:
+    """Node cgroup dirs carrying this lab's prefix under this process's own cgroups."""
+    found = []
+    for h in _cgroup_hierarchies():
+        base = os.path.join(h.mount_point, h.own.lstrip("/"))
+        with contextlib.suppress(OSError):
+            found += [os.path.join(base, e) for e in os.listdir(base) if e.startswith(names.prefix + "-")]
+    return found
+
+
+def _make_cgroups(dirs: list[str]) -> None:
+    for d in dirs:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError:
+            continue  # the node then stays in the caller's cgroup of that hierarchy
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            # A v1 cpuset starts empty and takes no process until it is given CPUs and memory nodes.
+            with contextlib.suppress(OSError):
+                if not _read(Path(d, name)):
+                    Path(d, name).write_text(_read(Path(os.path.dirname(d), name)))
+
+
+def _remove_cgroups(dirs: list[str]) -> list[str]:
+    """Remove node cgroup dirs with everything created inside them; returns what is left."""
+    deadline = time.monotonic() + _KILL_WAIT
+    while True:
+        left = []
+        for top in dirs:
+            if not os.path.isdir(top):
+                continue
+            for d, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            if os.path.isdir(top):
+                left.append(top)
+        if not left or time.monotonic() > deadline:
+            return left
+        # Only what ran inside a node sits in its cgroups; the kernel kills a node's whole
+        # PID namespace with it, so this is a straggler on its way out at most.
+        for top in left:
+            for d, _, _ in os.walk(top):
+                for pid in _read(Path(d, "cgroup.procs")).split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def _cgroup_fstab(hierarchies: list[_Hierarchy]) -> list[str]:
+    """fstab lines mounting the host's cgroup hierarchies in a node, as the host has them."""
+    if any(h.mount_point == _CGROUP_ROOT for h in hierarchies):  # cgroup v2 only
+        return [f"cgroup2 {_CGROUP_ROOT} cgroup2 rw 0 0"]
+    if not hierarchies:
+        return []
+    lines = [f"gitorch-lab-cgroup {_CGROUP_ROOT} tmpfs mode=0755 0 0"]
+    lines += [f"cgroup {h.mount_point} {h.fstype} {h.options},X-mount.mkdir 0 0" for h in hierarchies]
+    return lines
+
+
+def _runtime_binaries() -> list[str]:
+    """Every container runtime binary a node could run from its PATH (real paths)."""
+    found = set()
+    for name in CONTAINER_RUNTIMES:
+        for d in _NODE_PATH.split(":"):
+            path = os.path.join(d, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                real = os.path.realpath(path)
+                if not _UNSAFE_PATH.search(real):
+                    found.add(real)
+    return sorted(found)
+
+
 # ---------------------------------------------------------------------------- up
 
 
@@ -407,7 +548,12 @@ def _sshd_config(address: str) -> str:
 
 
 def _write_node_files(
-    state_dir: Path, node: dict[str, Any], hosts: str, resolv: str, prefixlen: int
+    state_dir: Path,
+    node: dict[str, Any],
+    hosts: str,
+    resolv: str,
+    prefixlen: int,
+    extra_mounts: Sequence[str] = (),
 ) -> Path:
     """Create one node's directory: private dirs, keys, config files and its fstab."""
     d: Path = state_dir / "nodes" / node["name"]
@@ -427,6 +573,7 @@ def _write_node_files(
     for name, text in (("hosts", hosts), ("resolv.conf", resolv)):
         (d / name).write_text(text)
         fstab.append(f"{_NODE_MOUNT}/{name} /etc/{name} none bind 0 0")
+    fstab.extend(extra_mounts)
     (d / "fstab").write_text("\n".join(fstab) + "\n")
     (d / "net.batch").write_text(
         f"link set lo up\naddr add {node['address']}/{prefixlen} dev eth0\nlink set eth0 up\n"
@@ -509,22 +656,30 @@ def up(
     state_dir: Path,
     subnet: str = DEFAULT_SUBNET,
     nodes_file: Path | None = None,
+    runtimes: Collection[str] | None = None,
 ) -> Lab:
     """Start a lab of `count` nodes and wait until each answers SSH.
 
-    A lab already recorded in `state_dir` is returned as is when it has the same count and
-    subnet and every node is alive; otherwise it is brought down first. On failure
-    everything started is removed again (logs stay in `<state_dir>/logs`).
+    `runtimes` names the nodes that get this machine's container runtimes (podman,
+    docker); the others see none of them installed. None, the default, gives them to all.
+
+    A lab already recorded in `state_dir` is returned as is when it has the same count,
+    subnet and runtimes and every node is alive; otherwise it is brought down first. On
+    failure everything started is removed again (logs stay in `<state_dir>/logs`).
     """
     net, addresses = _plan(count, subnet)
+    with_runtimes = None if runtimes is None else sorted(set(runtimes))
+    unknown = sorted(set(with_runtimes or ()) - {_node_name(i) for i in range(1, count + 1)})
+    if unknown:
+        raise LabError(f"runtimes names unknown nodes {', '.join(unknown)}: nodes are lab-1 to lab-{count}")
     preflight()
     state_dir = _resolve(state_dir)
     with _locked(state_dir):
-        lab = _reuse(state_dir, count, str(net))
+        lab = _reuse(state_dir, count, str(net), with_runtimes)
         if lab is None:
             _down(state_dir)
             try:
-                lab = _up(state_dir, net, addresses)
+                lab = _up(state_dir, net, addresses, with_runtimes)
             except BaseException:
                 # Leave nothing half-made behind, also on Ctrl-C; the error says why.
                 with contextlib.suppress(Exception):
@@ -535,7 +690,7 @@ def up(
     return lab
 
 
-def _reuse(state_dir: Path, count: int, subnet: str) -> Lab | None:
+def _reuse(state_dir: Path, count: int, subnet: str, runtimes: list[str] | None) -> Lab | None:
     try:
         record = _read_record(state_dir)
     except LabError:
@@ -545,6 +700,7 @@ def _reuse(state_dir: Path, count: int, subnet: str) -> Lab | None:
         or record.get("state") != "up"
         or record.get("subnet") != subnet
         or len(record["nodes"]) != count
+        or record.get("runtimes") != runtimes
     ):
         return None
     lab = _lab_from(state_dir, record)
@@ -553,7 +709,9 @@ def _reuse(state_dir: Path, count: int, subnet: str) -> Lab | None:
     return None
 
 
-def _up(state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str]) -> Lab:
+def _up(
+    state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str], runtimes: list[str] | None
+) -> Lab:
     names = _Names.of(state_dir)
     _check_subnet_free(net)
     ip = _tool("ip")
@@ -569,6 +727,7 @@ def _up(state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str]) -> La
     _ensure_keys([identity, *host_keys], ["gitorch-lab", *node_names])
 
     host_address = str(net.network_address + 1)
+    hierarchies = _cgroup_hierarchies()
     nodes: list[dict[str, Any]] = [
         {
             "name": name,
@@ -579,6 +738,7 @@ def _up(state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str]) -> La
             "veth": names.veth(i),
             "pid": 0,
             "pid_start": None,
+            "cgroups": _node_cgroups(names, name, hierarchies),
         }
         for i, (name, addr, key) in enumerate(zip(node_names, addresses, host_keys, strict=True), 1)
     ]
@@ -589,6 +749,7 @@ def _up(state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str]) -> La
         "host_address": host_address,
         "bridge": names.bridge,
         "identity_file": str(identity),
+        "runtimes": runtimes,
         "nodes": nodes,
     }
     # Recorded before anything exists, so `down` finds every name whatever happens next.
@@ -614,20 +775,34 @@ def _up(state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str]) -> La
     _run([ip, "-batch", "-"], stdin="\n".join(batch) + "\n", what="creating the lab network")
 
     unshare = [
-        _tool("unshare"), "--uts", "--mount", "--pid", "--fork", "--kill-child",
+        _tool("unshare"), "--uts", "--mount", "--pid", "--cgroup", "--fork", "--kill-child",
         "--mount-proc", "--propagation", "private", "--",
     ]  # fmt: skip
     env = {"PATH": _NODE_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+    cgroup_mounts = _cgroup_fstab(hierarchies)
+    hidden = [f"/dev/null {path} none bind 0 0" for path in _runtime_binaries()]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for n in nodes:
         # Each node starts as soon as its files exist: its start-up (CPU) then overlaps
         # with writing the next node's files (disk latency).
-        node_dir = _write_node_files(state_dir, n, hosts, resolv, net.prefixlen)
+        extra = cgroup_mounts + (hidden if runtimes is not None and n["name"] not in runtimes else [])
+        node_dir = _write_node_files(state_dir, n, hosts, resolv, net.prefixlen, extra)
         script = _node_script(n["name"], node_dir)
+        argv = [ip, "netns", "exec", n["namespace"], *unshare, "/bin/sh", "-c", script]
+        _make_cgroups(n["cgroups"])
+        if n["cgroups"]:
+            # Join the node's cgroups before `unshare --cgroup`, which makes them the node's
+            # cgroup root; on the host side, because `ip netns exec` hides the cgroup fs.
+            join = "".join(
+                f"echo $$ 2>/dev/null > {shlex.quote(d + '/cgroup.procs')} || "
+                f"echo {shlex.quote(f'gitorch-lab: cannot join cgroup {d}')} >&2; "
+                for d in n["cgroups"]
+            )
+            argv = ["/bin/sh", "-c", join + 'exec "$@"', "gitorch-lab-node", *argv]
         with open(state_dir / "logs" / f"{n['name']}.log", "wb") as log:
             # A new session: Ctrl-C in the terminal that ran `up` must not stop the lab.
             proc = subprocess.Popen(
-                [ip, "netns", "exec", n["namespace"], *unshare, "/bin/sh", "-c", script],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -635,7 +810,7 @@ def _up(state_dir: Path, net: ipaddress.IPv4Network, addresses: list[str]) -> La
                 start_new_session=True,
             )
         procs[n["name"]] = proc
-        # `ip netns exec` execs unshare in place, so this PID is unshare's.
+        # sh and `ip netns exec` exec the next command in place, so this PID is unshare's.
         n["pid"], n["pid_start"] = proc.pid, _start_time(proc.pid)
     # Any process missing from the record still sits in a recorded namespace.
     _save(state_dir, record)
@@ -688,12 +863,15 @@ def _down(state_dir: Path) -> list[str]:
             nodes.append({"name": ns[len(names.prefix) + 1 :], "namespace": ns, "veth": None})
     extra_links = sorted(lk for lk in links - known_links - bridges if names.is_ours(lk))
     recorded_pids = [n for n in nodes if _is_alive(int(n.get("pid") or 0), n.get("pid_start"))]
+    cgroups = [d for d in dict.fromkeys([c for n in nodes for c in n.get("cgroups") or []] + _lab_cgroups(names))
+               if os.path.isdir(d)]
     node_dirs = state_dir / "nodes"
     anything = (
         recorded_pids
         or any(n["namespace"] in present_ns or n.get("veth") in links for n in nodes)
         or extra_links
         or bridges & links
+        or cgroups
     )
     lines: list[str] = []
     if not anything:
@@ -748,11 +926,15 @@ def _down(state_dir: Path) -> list[str]:
     # A veth outlives the wait only if something still holds its namespace: delete it.
     leftover = sorted(veths & _links(ip))
     _ip_batch(ip, [f"link del {lk}" for lk in leftover + sorted(bridges & links)])
+    cgroups_left = _remove_cgroups(cgroups)
+    for n in nodes:
+        if any(os.path.basename(d) == n["namespace"] and d not in cgroups_left for d in cgroups):
+            actions.setdefault(n["name"], []).append("removed cgroups")
     lines += [f"{name}: {', '.join(done)}" for name, done in actions.items() if done]
     lines += [f"deleted link {lk}" for lk in extra_links]
     lines += [f"deleted bridge {br}" for br in sorted(bridges & links)]
 
-    _check_gone(names, nodes, bridges, ip)
+    _check_gone(names, nodes, bridges, ip, cgroups_left)
     _forget(state_dir, lines)
     return lines
 
@@ -789,9 +971,9 @@ def _wait_gone(pids: list[int]) -> None:
 
 
 def _check_gone(
-    names: _Names, nodes: list[dict[str, Any]], bridges: set[str], ip: str | None
+    names: _Names, nodes: list[dict[str, Any]], bridges: set[str], ip: str | None, cgroups: list[str]
 ) -> None:
-    left: list[str] = []
+    left: list[str] = list(cgroups)
     try:
         recorded = {n["namespace"] for n in nodes}
         left += sorted(
@@ -805,7 +987,8 @@ def _check_gone(
         veths = {n.get("veth") for n in nodes}
         left += sorted(lk for lk in _links(ip) if names.is_ours(lk) or lk in bridges or lk in veths)
     if left:
-        raise LabError(f"could not remove {', '.join(left)}; remove them with `ip` and retry")
+        how = "`ip` (and `rmdir` for cgroup dirs)" if cgroups else "`ip`"
+        raise LabError(f"could not remove {', '.join(left)}; remove them with {how} and retry")
 
 
 def _forget(state_dir: Path, lines: list[str]) -> None:

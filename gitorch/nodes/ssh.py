@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,6 +343,21 @@ class Stream:
             raise NodeUnreachable(self.node, f"connection lost ({_reason(exc)})") from exc
         line_out, self._buf = self._buf.split(b"\n", 1)
         return line_out
+
+    def write(self, data: bytes) -> None:
+        self._chan.sendall(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        """Output as it arrives, until the command ends (for `logs --follow`)."""
+        self._chan.settimeout(None)
+        if self._buf:
+            yield self._buf
+            self._buf = b""
+        while True:
+            chunk = self._chan.recv(65536)
+            if not chunk:
+                return
+            yield chunk
 
     def exit_status(self) -> int | None:
         """The command's exit status once it has ended (briefly waiting for it), else None."""

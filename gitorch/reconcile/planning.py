@@ -1,0 +1,588 @@
+"""Planning: from the desired state and what is observed, the pods that should exist now.
+
+Purely computational, no side effects: `plan(desired, observed)` reads no clock (the time
+is part of `Observed`), touches no network or disk, and gives the same plan for the same
+inputs. Each workload controller is level-triggered: it looks at the pods that exist and
+decides the next step (create, keep, replace, remove) within its rollout budget; the
+executor sends each node its complete pod set, so repeating a pass changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitorch.objects import KINDS, DesiredState, Object, ObjectKey
+from gitorch.reconcile import podspecs
+from gitorch.reconcile.scheduler import Decision, NodeInfo, PodInfo, pod_info_from_template, schedule
+
+RUNNING_PHASES = ("Pending", "Running", "Unknown")
+
+
+@dataclass(frozen=True)
+class PodState:
+    """A pod gitorch made, as last recorded and reported by its node."""
+
+    name: str
+    namespace: str
+    owner_kind: str
+    owner_name: str
+    node: str | None
+    revision: str
+    phase: str = "Pending"
+    ready: bool = False
+    restarts: int = 0
+    reason: str = ""
+    message: str = ""
+    created: float = 0.0
+    ready_since: float | None = None
+    ordinal: int | None = None
+
+    @property
+    def owner(self) -> ObjectKey:
+        return ObjectKey(self.owner_kind, self.namespace, self.owner_name)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A Node of the desired state as observed: reachable, or lost for longer than allowed."""
+
+    info: NodeInfo
+    reachable: bool = True
+    lost: bool = False  # NotReady past the node timeout: its pods are replaced elsewhere
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+@dataclass(frozen=True)
+class Observed:
+    now: float
+    pods: tuple[PodState, ...] = ()
+    nodes: tuple[NodeState, ...] = ()
+    rollout_started: Mapping[ObjectKey, tuple[str, float]] = field(default_factory=dict)
+    """Per workload: the revision being rolled out and when that began (progress deadlines, Jobs)."""
+
+
+@dataclass(frozen=True)
+class DesiredPod:
+    name: str
+    owner: ObjectKey
+    node: str | None
+    revision: str
+    spec: Mapping[str, Any] = field(repr=False)
+    ordinal: int | None = None
+    message: str = ""  # why it is Pending (the scheduler's message)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A workload's health as Argo CD shows it, with Kubernetes-style counts."""
+
+    health: str  # Healthy | Progressing | Degraded | Suspended
+    message: str
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: int = 0
+    revision: str = ""
+    conditions: tuple[Mapping[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    key: ObjectKey
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    pods: list[DesiredPod] = field(default_factory=list)
+    removed: list[PodState] = field(default_factory=list)
+    statuses: dict[ObjectKey, Status] = field(default_factory=dict)
+    events: list[PlannedEvent] = field(default_factory=list)
+
+    def node_sets(self, nodes: Iterable[str]) -> dict[str, list[Mapping[str, Any]]]:
+        """Each node's complete pod set (an empty set stops whatever it still runs)."""
+        out: dict[str, list[Mapping[str, Any]]] = {n: [] for n in nodes}
+        for p in self.pods:
+            if p.node is not None and p.node in out:
+                out[p.node].append(p.spec)
+        return out
+
+    @property
+    def converged(self) -> bool:
+        return not self.removed and all(s.health in ("Healthy", "Suspended") for s in self.statuses.values())
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _scaled(value: Any, total: int, *, round_up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        frac = int(value[:-1]) * total / 100
+        return math.ceil(frac) if round_up else math.floor(frac)
+    return int(value)
+
+
+def _ready(p: PodState, now: float, min_ready: float) -> bool:
+    return p.ready and p.phase == "Running" and (p.ready_since is None or now - p.ready_since >= min_ready)
+
+
+def _index(name: str) -> int:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _removal_order(pods: Iterable[PodState]) -> list[PodState]:
+    """Which pods go first when scaling down: unplaced, then not ready, then the newest."""
+    return sorted(pods, key=lambda p: (p.node is not None, p.ready, -p.created, -_index(p.name)))
+
+
+class _Pass:
+    """One planning pass: collects pods to place, then schedules them together."""
+
+    def __init__(self, desired: DesiredState, observed: Observed) -> None:
+        self.desired = desired
+        self.observed = observed
+        self.now = observed.now
+        self.plan = Plan()
+        self.nodes = {n.name: n for n in observed.nodes}
+        self.usable = [n.info for n in observed.nodes if not n.lost]
+        self.by_owner: dict[ObjectKey, list[PodState]] = {}
+        for p in observed.pods:
+            self.by_owner.setdefault(p.owner, []).append(p)
+        self.to_place: list[tuple[PodInfo, DesiredPod]] = []
+
+    # Pods on a lost node are gone as far as replica counts go.
+    def live(self, key: ObjectKey) -> tuple[list[PodState], list[PodState]]:
+        live, lost = [], []
+        for p in self.by_owner.get(key, []):
+            node = self.nodes.get(p.node) if p.node else None
+            if p.node is not None and (node is None or node.lost):
+                lost.append(p)
+            else:
+                live.append(p)
+        return live, lost
+
+    def keep(self, obj: Object, p: PodState, spec: Mapping[str, Any]) -> None:
+        self.plan.pods.append(DesiredPod(p.name, obj.key, p.node, p.revision, spec, p.ordinal, p.message))
+
+    def remove(self, p: PodState) -> None:
+        self.plan.removed.append(p)
+
+    def create(
+        self,
+        obj: Object,
+        template: Mapping[str, Any],
+        name: str,
+        revision: str,
+        spec: Mapping[str, Any],
+        ordinal: int | None = None,
+        node: str | None = None,
+    ) -> None:
+        pod = DesiredPod(name, obj.key, node, revision, spec, ordinal)
+        if node is not None:
+            self.plan.pods.append(pod)
+            return
+        info = pod_info_from_template(
+            name, obj.key.namespace, template, owner=f"{obj.key.kind}/{obj.key.namespace}/{obj.key.name}"
+        )
+        self.to_place.append((info, pod))
+
+    def place_all(self) -> None:
+        """Schedule every new or unplaced pod of this pass together."""
+        if not self.to_place:
+            return
+        pending_names = {(d.owner.namespace, d.name) for _, d in self.to_place}
+        bound: list[tuple[PodInfo, str]] = []
+        for p in self.plan.pods:
+            if p.node is not None and (p.owner.namespace, p.name) not in pending_names:
+                owner = self.desired.objects.get(p.owner)
+                found = _template(owner) if owner else None
+                if found is not None:
+                    bound.append(
+                        (pod_info_from_template(p.name, p.owner.namespace, found, owner=_owner_id(p.owner)), p.node)
+                    )
+        by_name = {(i.namespace, i.name): (i, d) for i, d in self.to_place}
+        decisions: list[Decision] = schedule([i for i, _ in self.to_place], self.usable, bound)
+        for decision in decisions:
+            _, pod = by_name[(decision.pod.namespace, decision.pod.name)]
+            if decision.node is None:
+                self.plan.pods.append(
+                    DesiredPod(pod.name, pod.owner, None, pod.revision, pod.spec, pod.ordinal, decision.message)
+                )
+                self.plan.events.append(
+                    PlannedEvent(pod.owner, "Warning", "FailedScheduling", f"{pod.name}: {decision.message}")
+                )
+            else:
+                spec = dict(pod.spec)
+                self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
+
+
+def _owner_id(key: ObjectKey) -> str:
+    return f"{key.kind}/{key.namespace}/{key.name}"
+
+
+def _template(obj: Object) -> Mapping[str, Any] | None:
+    if obj.key.kind == "CronJob":
+        return None
+    tmpl = obj.spec.get("template")
+    return tmpl if isinstance(tmpl, dict) else None
+
+
+# --- controllers -------------------------------------------------------------------------
+
+
+def _deployment(ps: _Pass, obj: Object) -> None:
+    template = _template(obj)
+    if template is None:
+        return
+    spec = obj.spec
+    replicas = int(spec.get("replicas", 1))
+    rev = podspecs.revision(ps.desired, obj, template)
+    min_ready = float(spec.get("minReadySeconds", 0))
+    live, lost = ps.live(obj.key)
+    for p in lost:
+        ps.remove(p)
+    new = sorted((p for p in live if p.revision == rev), key=lambda p: _index(p.name))
+    old = [p for p in live if p.revision != rev]
+    strategy = spec.get("strategy") or {}
+    recreate = strategy.get("type") == "Recreate"
+    ru = strategy.get("rollingUpdate") or {}
+    surge = _scaled(ru.get("maxSurge", "25%"), replicas, round_up=True)
+    unavailable = _scaled(ru.get("maxUnavailable", "25%"), replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+
+    keep_new = (
+        new[:replicas]
+        if len(new) <= replicas
+        else sorted(_removal_order(new)[len(new) - replicas :], key=lambda p: _index(p.name))
+    )
+    for p in new:
+        if p in keep_new:
+            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+        else:
+            ps.remove(p)
+
+    removed_old: list[PodState] = []
+    if recreate:
+        removed_old = list(old)
+    else:
+        available = sum(1 for p in keep_new + old if _ready(p, ps.now, min_ready))
+        budget = available - (replicas - unavailable)
+        for p in _removal_order(old):
+            if not _ready(p, ps.now, min_ready):
+                removed_old.append(p)  # an unavailable old pod costs no availability
+            elif budget > 0:
+                removed_old.append(p)
+                budget -= 1
+    for p in old:
+        if p in removed_old:
+            ps.remove(p)
+        else:
+            ps.keep(obj, p, _spec_for_record(ps, obj, p))
+    remaining_old = len(old) - len(removed_old)
+
+    missing = replicas - len(keep_new)
+    if recreate:
+        allowed = missing if not old else 0  # only once every old pod is gone
+    else:
+        allowed = max(0, min(missing, replicas + surge - len(keep_new) - remaining_old))
+    used = {_index(p.name) for p in keep_new}
+    index = 0
+    for _ in range(allowed):
+        while index in used:
+            index += 1
+        used.add(index)
+        name = f"{obj.key.name}-{rev[:10]}-{index}"
+        ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
+
+    ready_new = sum(1 for p in keep_new if _ready(p, ps.now, min_ready))
+    ready_all = ready_new + sum(1 for p in old if p not in removed_old and _ready(p, ps.now, min_ready))
+    ps.plan.statuses[obj.key] = _rollout_status(
+        ps, obj, rev, replicas, ready_new, len(keep_new), ready_all, bool(old), replicas - unavailable
+    )
+
+
+def _rollout_status(
+    ps: _Pass,
+    obj: Object,
+    rev: str,
+    replicas: int,
+    ready_new: int,
+    updated: int,
+    available: int,
+    has_old: bool,
+    min_available: int,
+) -> Status:
+    complete = ready_new >= replicas and updated == replicas and not has_old
+    conditions: list[dict[str, str]] = [
+        {
+            "type": "Available",
+            "status": "True" if available >= min_available else "False",
+            "reason": "MinimumReplicasAvailable" if available >= min_available else "MinimumReplicasUnavailable",
+        },
+    ]
+    started = ps.observed.rollout_started.get(obj.key)
+    deadline = float(obj.spec.get("progressDeadlineSeconds", 600))
+    since = started[1] if started and started[0] == rev else ps.now
+    if complete:
+        conditions.append({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"})
+        health, message = "Healthy", f"{ready_new}/{replicas} ready"
+    elif ps.now - since > deadline:
+        conditions.append({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"})
+        health = "Degraded"
+        message = (
+            f"rollout of {rev[:10]} made no progress within {deadline:g} s: {ready_new}/{replicas} "
+            f"new pods ready; the previous pods keep serving"
+        )
+    else:
+        conditions.append({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"})
+        health, message = "Progressing", f"{ready_new}/{replicas} new pods ready ({available} available)"
+    pending = [p for p in ps.plan.pods if p.owner == obj.key and p.node is None and p.message]
+    if pending and not complete:
+        message += f"; {len(pending)} pending: {pending[0].message}"
+    return Status(health, message, replicas, ready_new, updated, available, rev, tuple(conditions))
+
+
+def _spec(
+    ps: _Pass,
+    obj: Object,
+    template: Mapping[str, Any],
+    name: str,
+    node: str | None,
+    claims: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+) -> dict[str, Any]:
+    return podspecs.pod_spec(ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname)
+
+
+def _spec_for_record(ps: _Pass, obj: Object, p: PodState) -> dict[str, Any]:
+    """An old-revision pod keeps running as it is: the node agent matches it by name and
+    hash, so resend a spec with the hash it has (its body is no longer in Git)."""
+    return {"name": p.name, "namespace": p.namespace, "keep": True, "revision": p.revision}
+
+
+def _statefulset(ps: _Pass, obj: Object) -> None:
+    template = _template(obj)
+    if template is None:
+        return
+    spec = obj.spec
+    replicas = int(spec.get("replicas", 1))
+    ordered = spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
+    rev = podspecs.revision(ps.desired, obj, template)
+    pods = {p.ordinal if p.ordinal is not None else _index(p.name): p for p in ps.by_owner.get(obj.key, [])}
+    name = obj.key.name
+    ns = obj.key.namespace
+    claim_names = [str((t.get("metadata") or {}).get("name")) for t in spec.get("volumeClaimTemplates") or []]
+
+    def claims(i: int) -> dict[str, str]:
+        return {c: f"{podspecs.VOLUME_ROOT}/{ns}/{c}-{name}-{i}" for c in claim_names}
+
+    ready = {i: _ready(p, ps.now, 0) for i, p in pods.items()}
+    # Scale down from the highest ordinal, one at a time when ordered.
+    extra = sorted((i for i in pods if i >= replicas), reverse=True)
+    for n, i in enumerate(extra):
+        if ordered and n > 0:
+            ps.keep(obj, pods[i], _spec(ps, obj, template, pods[i].name, pods[i].node, claims(i), pods[i].name))
+        else:
+            ps.remove(pods[i])
+    # Update in place from the highest ordinal, one at a time, when the others are ready.
+    stale = sorted((i for i in pods if i < replicas and pods[i].revision != rev), reverse=True)
+    all_ready = all(ready.get(i, False) for i in range(replicas) if i in pods)
+    update_now = stale[:1] if (all_ready or not ordered) else []
+    if spec.get("updateStrategy", {}).get("type") == "OnDelete":
+        update_now = []
+    blocked = False
+    for i in range(replicas):
+        pod_name = f"{name}-{i}"
+        existing = pods.get(i)
+        if existing is not None:
+            if existing.revision != rev and i not in update_now:
+                ps.keep(obj, existing, _spec_for_record(ps, obj, existing))
+            else:
+                # The pod keeps its node (its volumes live there) even while the node is away.
+                ps.plan.pods.append(
+                    DesiredPod(
+                        pod_name,
+                        obj.key,
+                        existing.node,
+                        rev,
+                        _spec(ps, obj, template, pod_name, existing.node, claims(i), pod_name),
+                        i,
+                        existing.message,
+                    )
+                )
+                if existing.node is None:
+                    ps.plan.pods.pop()
+                    ps.create(
+                        obj, template, pod_name, rev, _spec(ps, obj, template, pod_name, None, claims(i), pod_name), i
+                    )
+            if ordered and not ready.get(i, False):
+                blocked = True
+            continue
+        if blocked:
+            continue
+        ps.create(obj, template, pod_name, rev, _spec(ps, obj, template, pod_name, None, claims(i), pod_name), i)
+        if ordered:
+            blocked = True
+    n_ready = sum(1 for i in range(replicas) if ready.get(i, False) and pods[i].revision == rev)
+    updated = sum(1 for i in range(replicas) if i in pods and pods[i].revision == rev)
+    complete = n_ready == replicas and not extra
+    health = "Healthy" if complete else "Progressing"
+    ps.plan.statuses[obj.key] = Status(
+        health, f"{n_ready}/{replicas} ready", replicas, n_ready, updated, sum(ready.values()), rev
+    )
+
+
+def _daemonset(ps: _Pass, obj: Object) -> None:
+    template = _template(obj)
+    if template is None:
+        return
+    rev = podspecs.revision(ps.desired, obj, template)
+    ru = (obj.spec.get("updateStrategy") or {}).get("rollingUpdate") or {}
+    existing = {p.node: p for p in ps.by_owner.get(obj.key, []) if p.node}
+    eligible: list[str] = []
+    for node in ps.observed.nodes:
+        if node.lost:
+            continue
+        info = pod_info_from_template(f"{obj.key.name}-probe", obj.key.namespace, template)
+        # Like the DaemonSet controller: only the node's own filters matter, not the others' pods.
+        decision = schedule([info], [node.info])[0]
+        if decision.node == node.name or node.name in existing:
+            eligible.append(node.name)
+    unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=False) or 1
+    not_ready = sum(1 for n in eligible if n in existing and not _ready(existing[n], ps.now, 0))
+    for n, gone in existing.items():
+        if n not in eligible:
+            ps.remove(gone)
+    ready_count = 0
+    for n in eligible:
+        pod_name = f"{obj.key.name}-{podspecs.short_hash(n, 5)}"
+        p = existing.get(n)
+        if p is not None and p.revision != rev:
+            if not_ready < unavailable_budget and _ready(p, ps.now, 0):
+                not_ready += 1
+                ps.plan.pods.append(DesiredPod(pod_name, obj.key, n, rev, _spec(ps, obj, template, pod_name, n)))
+            else:
+                ps.keep(obj, p, _spec_for_record(ps, obj, p))
+            continue
+        if p is not None and _ready(p, ps.now, 0):
+            ready_count += 1
+        ps.plan.pods.append(DesiredPod(pod_name, obj.key, n, rev, _spec(ps, obj, template, pod_name, n)))
+    updated = sum(1 for n in eligible if n in existing and existing[n].revision == rev)
+    health = "Healthy" if ready_count == len(eligible) and updated == len(eligible) else "Progressing"
+    ps.plan.statuses[obj.key] = Status(
+        health, f"{ready_count}/{len(eligible)} nodes ready", len(eligible), ready_count, updated, ready_count, rev
+    )
+
+
+def _job(ps: _Pass, obj: Object) -> None:
+    template = _template(obj)
+    if template is None:
+        return
+    spec = obj.spec
+    completions = int(spec.get("completions", 1))
+    parallelism = int(spec.get("parallelism", 1))
+    backoff_limit = int(spec.get("backoffLimit", 6))
+    deadline = spec.get("activeDeadlineSeconds")
+    rev = podspecs.revision(ps.desired, obj, template)
+    live, lost = ps.live(obj.key)
+    for p in lost:
+        ps.remove(p)
+    succeeded = [p for p in live if p.phase == "Succeeded"]
+    failed = [p for p in live if p.phase == "Failed"]
+    active = [p for p in live if not p.finished]
+    started = ps.observed.rollout_started.get(obj.key)
+    since = started[1] if started else ps.now
+    restarts = sum(p.restarts for p in live)
+    for p in succeeded + failed:
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+    if len(succeeded) >= completions:
+        for p in active:
+            ps.remove(p)
+        ps.plan.statuses[obj.key] = Status(
+            "Healthy",
+            f"Complete: {len(succeeded)}/{completions} succeeded",
+            completions,
+            len(succeeded),
+            revision=rev,
+            conditions=({"type": "Complete", "status": "True", "reason": ""},),
+        )
+        return
+    reason = ""
+    if len(failed) + restarts > backoff_limit:
+        reason = f"BackoffLimitExceeded: {len(failed)} failed pod(s), {restarts} restart(s), limit {backoff_limit}"
+    elif deadline is not None and ps.now - since > float(deadline):
+        reason = f"DeadlineExceeded: active longer than {deadline} s"
+    if reason:
+        for p in active:
+            ps.remove(p)
+        ps.plan.statuses[obj.key] = Status(
+            "Degraded",
+            f"Failed: {reason}",
+            completions,
+            len(succeeded),
+            revision=rev,
+            conditions=({"type": "Failed", "status": "True", "reason": reason.split(":")[0]},),
+        )
+        return
+    for p in active:
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+    want = min(parallelism, completions - len(succeeded)) - len(active)
+    used = {_index(p.name) for p in live}
+    index = 0
+    for _ in range(max(0, want)):
+        while index in used:
+            index += 1
+        used.add(index)
+        name = f"{obj.key.name}-{index}"
+        ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
+    ps.plan.statuses[obj.key] = Status(
+        "Progressing",
+        f"{len(succeeded)}/{completions} succeeded, {len(active)} active",
+        completions,
+        len(succeeded),
+        revision=rev,
+    )
+
+
+_CONTROLLERS = {
+    "Deployment": _deployment,
+    "StatefulSet": _statefulset,
+    "DaemonSet": _daemonset,
+    "Job": _job,
+}
+
+
+def plan(desired: DesiredState, observed: Observed) -> Plan:
+    """The pods every node should run after this pass, what stops, and each workload's status."""
+    ps = _Pass(desired, observed)
+    for obj in desired.sorted():
+        controller = _CONTROLLERS.get(obj.key.kind)
+        if controller is not None:
+            controller(ps, obj)
+    ps.place_all()
+    # Pods whose owner left Git are pruned.
+    for key, pods in sorted(ps.by_owner.items()):
+        if key not in desired.objects or not KINDS.get(key.kind, KINDS["Namespace"]).workload:
+            ps.plan.removed.extend(sorted(pods, key=lambda p: p.name))
+            ps.plan.events.append(PlannedEvent(key, "Normal", "Pruned", f"{key} left Git: stopping {len(pods)} pod(s)"))
+    ps.plan.pods.sort(key=lambda p: (p.owner.namespace, p.name))
+    ps.plan.removed.sort(key=lambda p: (p.namespace, p.name))
+    return ps.plan
+
+
+def workload_keys(desired: DesiredState) -> Sequence[ObjectKey]:
+    return [o.key for o in desired.sorted() if o.key.kind in _CONTROLLERS]

@@ -1,0 +1,224 @@
+"""Pod specs: a workload's pod template resolved into what the node agent runs.
+
+Purely computational, no side effects. ConfigMap and Secret values are resolved here (env,
+envFrom, files); the result carries secret values, so it goes only to the node agent,
+and `masked()` gives the copy that may be stored or shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gitorch.objects import HIDDEN, DesiredState, Object, ObjectKey
+from gitorch.quantities import QuantityError, cpu_millis, to_bytes
+
+VOLUME_ROOT = "/var/lib/gitorch/volumes"
+
+
+def short_hash(value: Any, n: int = 10) -> str:
+    """A stable hex digest of a JSON value."""
+    data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:n]
+
+
+def _config_values(obj: Object | None) -> dict[str, str]:
+    """A ConfigMap's or Secret's keys and decoded values."""
+    if obj is None:
+        return {}
+    out: dict[str, str] = {}
+    for k, v in (obj.body.get("data") or {}).items():
+        if obj.key.kind == "Secret":
+            try:
+                out[k] = base64.b64decode(str(v), validate=True).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                out[k] = ""
+        else:
+            out[k] = str(v)
+    for k, v in (obj.body.get("binaryData") or {}).items():
+        try:
+            out[k] = base64.b64decode(str(v)).decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            out[k] = ""
+    for k, v in (obj.body.get("stringData") or {}).items():
+        out[k] = str(v)
+    return out
+
+
+class _Resolver:
+    def __init__(self, state: DesiredState, namespace: str) -> None:
+        self.state = state
+        self.namespace = namespace
+
+    def get(self, kind: str, name: str) -> Object | None:
+        return self.state.objects.get(ObjectKey(kind, self.namespace, name))
+
+
+def _port_number(port: Any, container_ports: Mapping[str, int]) -> Any:
+    if isinstance(port, str) and not port.isdigit():
+        return container_ports.get(port, port)
+    return int(port) if isinstance(port, str) else port
+
+
+def _probe(probe: Any, container_ports: Mapping[str, int]) -> dict[str, Any] | None:
+    if not isinstance(probe, dict):
+        return None
+    out = copy.deepcopy(probe)
+    for handler in ("httpGet", "tcpSocket"):
+        if isinstance(out.get(handler), dict) and "port" in out[handler]:
+            out[handler]["port"] = _port_number(out[handler]["port"], container_ports)
+    return out
+
+
+def _resources(container: Mapping[str, Any]) -> dict[str, int]:
+    limits = (container.get("resources") or {}).get("limits") or {}
+    out: dict[str, int] = {}
+    try:
+        if "cpu" in limits:
+            out["cpuMillis"] = cpu_millis(limits["cpu"])
+        if "memory" in limits:
+            out["memoryBytes"] = to_bytes(limits["memory"])
+    except QuantityError:
+        pass  # validation reported it; the pod runs without that limit
+    return out
+
+
+def _env(container: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]) -> list[dict[str, Any]]:
+    env: dict[str, dict[str, Any]] = {}
+    for src in container.get("envFrom") or []:
+        prefix = str(src.get("prefix") or "")
+        for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+            ref = src.get(field)
+            if isinstance(ref, dict):
+                for k, v in _config_values(r.get(kind, str(ref.get("name")))).items():
+                    env[prefix + k] = {"name": prefix + k, "value": v, "secret": kind == "Secret"}
+    for e in container.get("env") or []:
+        name = str(e.get("name"))
+        if "value" in e:
+            env[name] = {"name": name, "value": str(e["value"])}
+            continue
+        source = e.get("valueFrom") or {}
+        for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+            ref = source.get(field)
+            if isinstance(ref, dict):
+                values = _config_values(r.get(kind, str(ref.get("name"))))
+                if ref.get("key") in values:
+                    env[name] = {"name": name, "value": values[ref["key"]], "secret": kind == "Secret"}
+        ref = source.get("fieldRef")
+        if isinstance(ref, dict) and ref.get("fieldPath") in field_refs:
+            env[name] = {"name": name, "value": field_refs[ref["fieldPath"]]}
+    return list(env.values())
+
+
+def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]) -> dict[str, Any]:
+    ports = {str(p["name"]): int(p["containerPort"]) for p in c.get("ports") or [] if p.get("name")}
+    return {
+        "name": c.get("name"),
+        "image": c.get("image"),
+        "command": list(c.get("command") or []),
+        "args": list(c.get("args") or []),
+        "env": _env(c, r, field_refs),
+        "workingDir": c.get("workingDir"),
+        "resources": _resources(c),
+        "livenessProbe": _probe(c.get("livenessProbe"), ports),
+        "readinessProbe": _probe(c.get("readinessProbe"), ports),
+        "startupProbe": _probe(c.get("startupProbe"), ports),
+        "volumeMounts": [
+            {"name": m.get("name"), "mountPath": m.get("mountPath"), "readOnly": bool(m.get("readOnly"))}
+            for m in c.get("volumeMounts") or []
+        ],
+        "ports": [
+            {"name": p.get("name"), "containerPort": p.get("containerPort"), "protocol": p.get("protocol", "TCP")}
+            for p in c.get("ports") or []
+        ],
+    }
+
+
+def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for v in spec.get("volumes") or []:
+        name = v.get("name")
+        if isinstance(v.get("configMap"), dict) or isinstance(v.get("secret"), dict):
+            is_secret = isinstance(v.get("secret"), dict)
+            src = v["secret"] if is_secret else v["configMap"]
+            obj = r.get("Secret" if is_secret else "ConfigMap", str(src.get("secretName" if is_secret else "name")))
+            values = _config_values(obj)
+            items = src.get("items")
+            files = {str(i.get("path")): values.get(str(i.get("key")), "") for i in items} if items else dict(values)
+            out.append({"name": name, "files": files, "secret": is_secret})
+        elif isinstance(v.get("persistentVolumeClaim"), dict):
+            claim = str(v["persistentVolumeClaim"].get("claimName"))
+            out.append({"name": name, "hostPath": f"{VOLUME_ROOT}/{r.namespace}/{claim}"})
+        elif isinstance(v.get("hostPath"), dict):
+            out.append({"name": name, "hostPath": v["hostPath"].get("path")})
+        else:
+            out.append({"name": name, "emptyDir": True})
+    for name, path in claims.items():
+        out.append({"name": name, "hostPath": path})
+    return out
+
+
+def pod_spec(
+    state: DesiredState,
+    owner: Object,
+    template: Mapping[str, Any],
+    name: str,
+    *,
+    node: str = "",
+    claims: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+) -> dict[str, Any]:
+    """The agent's PodSpec for one pod; `hash` covers the template and every resolved
+    value, so a changed ConfigMap or Secret restarts the pods that use it."""
+    ns = owner.key.namespace
+    spec = template.get("spec") or {}
+    r = _Resolver(state, ns)
+    field_refs = {
+        "metadata.name": name,
+        "metadata.namespace": ns,
+        "spec.nodeName": node,
+        "spec.serviceAccountName": "default",
+    }
+    pod: dict[str, Any] = {
+        "name": name,
+        "namespace": ns,
+        "restartPolicy": spec.get("restartPolicy", "Always"),
+        "terminationGracePeriodSeconds": spec.get("terminationGracePeriodSeconds", 30),
+        "hostNetwork": bool(spec.get("hostNetwork")),
+        "hostname": hostname or spec.get("hostname") or name,
+        "containers": [_container(c, r, field_refs) for c in spec.get("containers") or []],
+        "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
+        "volumes": _volumes(spec, r, claims or {}),
+    }
+    pod["hash"] = short_hash({k: v for k, v in pod.items() if k not in ("name", "hostname")})
+    return pod
+
+
+def revision(state: DesiredState, owner: Object, template: Mapping[str, Any]) -> str:
+    """What every pod of one template shares: the template with its ConfigMap and Secret
+    values resolved; a new revision is a rollout."""
+    return str(pod_spec(state, owner, template, "_")["hash"])
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """Kubernetes' pod-template-hash: names a Deployment's pods, changes with the template."""
+    return short_hash(template, 10)
+
+
+def masked(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a PodSpec without secret values, safe to store and print."""
+    out = copy.deepcopy(dict(pod))
+    for group in ("containers", "initContainers"):
+        for c in out.get(group) or []:
+            for e in c.get("env") or []:
+                if e.get("secret"):
+                    e["value"] = HIDDEN
+    for v in out.get("volumes") or []:
+        if v.get("secret") and isinstance(v.get("files"), dict):
+            v["files"] = dict.fromkeys(v["files"], HIDDEN)
+    return out

@@ -1,0 +1,326 @@
+"""Views: what the store knows, as tables for people and JSON for scripts (status, get, describe, events, logs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gitorch import console, desired
+from gitorch.errors import GitorchError
+from gitorch.nodes.client import Fleet
+from gitorch.nodes.endpoints import endpoints, ssh_options
+from gitorch.nodes.ssh import Pool
+from gitorch.source import Repository
+from gitorch.store import Store
+
+KIND_OF = {
+    "deployments": "Deployment",
+    "statefulsets": "StatefulSet",
+    "daemonsets": "DaemonSet",
+    "services": "Service",
+    "jobs": "Job",
+    "cronjobs": "CronJob",
+}
+
+
+def _age(when: datetime | None) -> str:
+    if when is None:
+        return ""
+    secs = int((datetime.now(UTC) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{max(secs, 0)}s"
+
+
+def _emit(output: str, columns: list[str], rows: list[list[Any]], data: list[dict[str, Any]]) -> None:
+    if output == "json":
+        console.write(json.dumps(data, indent=2, default=str))
+    else:
+        console.table(columns, rows)
+
+
+def _ready_condition(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
+
+
+def status(store: Store, output: str) -> None:
+    last = store.last_applied_revision()
+    latest = store.revisions(limit=1)
+    objs = store.objects()
+    data: dict[str, Any] = {
+        "appliedRevision": last.commit if last else None,
+        "latestRevision": latest[0].commit if latest else None,
+        "latestOutcome": latest[0].outcome if latest else None,
+        "latestError": latest[0].error if latest else None,
+        "objects": [
+            {
+                "kind": o.kind,
+                "namespace": o.namespace,
+                "name": o.name,
+                "sync": o.sync,
+                "health": o.health,
+                "message": _ready_condition(o.conditions).get("message", ""),
+                "revision": o.last_applied_revision,
+            }
+            for o in objs
+        ],
+    }
+    if output == "json":
+        console.write(json.dumps(data, indent=2))
+        return
+    if last is None and not latest:
+        console.write("nothing applied yet (run `gitorch apply`)")
+        return
+    console.write(f"Applied revision: {last.commit[:7] + ' ' + last.message.splitlines()[0] if last else '(none)'}")
+    if latest and (last is None or latest[0].commit != last.commit):
+        console.write(f"Latest revision:  {latest[0].commit[:7]} {latest[0].outcome}: {latest[0].error}")
+    healthy = sum(1 for o in objs if o.health == "Healthy")
+    console.write(f"Objects: {len(objs)} ({healthy} healthy)\n")
+    console.table(
+        ["KIND", "NAMESPACE", "NAME", "SYNC", "HEALTH", "MESSAGE"],
+        [[o["kind"], o["namespace"], o["name"], o["sync"], o["health"], o["message"]] for o in data["objects"]],
+    )
+
+
+def get(store: Store, what: str, namespace: str | None, output: str) -> None:
+    data: list[dict[str, Any]]
+    if what == "pods":
+        pods = store.pods(namespace=namespace)
+        data = [
+            {
+                "namespace": p.namespace,
+                "name": p.name,
+                "ready": p.ready,
+                "phase": p.phase,
+                "restarts": p.restarts,
+                "node": p.node,
+                "owner": f"{p.owner_kind}/{p.owner_name}",
+                "revision": p.template_hash,
+                "reason": p.reason,
+                "message": p.message,
+                "created": p.created_at,
+            }
+            for p in pods
+        ]
+        rows = [
+            [
+                p.namespace,
+                p.name,
+                "1/1" if p.ready else "0/1",
+                p.reason or p.phase,
+                p.restarts,
+                p.node or "<none>",
+                _age(p.created_at),
+                p.message[:80],
+            ]
+            for p in pods
+        ]
+        _emit(output, ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE", "MESSAGE"], rows, data)
+    elif what == "nodes":
+        nodes = store.nodes()
+        data = [
+            {
+                "name": n.name,
+                "ready": n.ready,
+                "agentVersion": n.agent_version,
+                "lastHeartbeat": n.last_heartbeat,
+                "podCIDR": n.pod_cidr,
+                "facts": n.facts,
+            }
+            for n in nodes
+        ]
+        rows = [
+            [
+                n.name,
+                "Ready" if n.ready else "NotReady",
+                n.agent_version,
+                _age(n.last_heartbeat),
+                len(store.pods(node=n.name)),
+            ]
+            for n in nodes
+        ]
+        _emit(output, ["NAME", "STATUS", "AGENT", "HEARTBEAT", "PODS"], rows, data)
+    elif what == "revisions":
+        revs = store.revisions(limit=50)
+        data = [
+            {
+                "commit": r.commit,
+                "outcome": r.outcome,
+                "author": r.author,
+                "message": r.message,
+                "appliedAt": r.applied_at,
+                "error": r.error,
+            }
+            for r in revs
+        ]
+        rows = [
+            [
+                r.commit[:7],
+                r.outcome,
+                _age(r.applied_at or r.first_seen_at),
+                r.author,
+                r.message.splitlines()[0] if r.message else "",
+                r.error[:80],
+            ]
+            for r in revs
+        ]
+        _emit(output, ["COMMIT", "OUTCOME", "AGE", "AUTHOR", "MESSAGE", "ERROR"], rows, data)
+    else:
+        kind = KIND_OF[what]
+        objs = store.objects(kind=kind, namespace=namespace)
+        ips = {(c.namespace, c.service): c.ip for c in store.cluster_ips()}
+        data = []
+        rows = []
+        for o in objs:
+            cond = _ready_condition(o.conditions)
+            item = {"namespace": o.namespace, "name": o.name, "health": o.health, "message": cond.get("message", "")}
+            if kind == "Service":
+                spec = (o.body.get("manifest") or {}).get("spec") or {}
+                ip = "None" if spec.get("clusterIP") == "None" else ips.get((o.namespace, o.name), "")
+                ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
+                item.update({"type": spec.get("type", "ClusterIP"), "clusterIP": ip, "ports": ports})
+                rows.append([o.namespace, o.name, item["type"], ip or spec.get("externalName", ""), ports])
+            else:
+                rows.append([o.namespace, o.name, o.health, cond.get("message", ""), _age(o.updated_at)])
+            data.append(item)
+        columns = (
+            ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS"]
+            if kind == "Service"
+            else ["NAMESPACE", "NAME", "HEALTH", "STATUS", "UPDATED"]
+        )
+        _emit(output, columns, rows, data)
+
+
+def describe(store: Store, ref: str, namespace: str) -> None:
+    if "/" not in ref:
+        raise GitorchError(f"{ref!r}: use KIND/NAME, e.g. deployment/web or pod/web-abc-0")
+    kind_text, name = ref.split("/", 1)
+    kind_text = kind_text.lower()
+    if kind_text in ("pod", "pods", "po"):
+        pod = next((p for p in store.pods(namespace=namespace) if p.name == name), None)
+        if pod is None:
+            raise GitorchError(f"pod {namespace}/{name} not found (see `gitorch get pods`)")
+        for k, v in [
+            ("Name", pod.name),
+            ("Namespace", pod.namespace),
+            ("Node", pod.node or "<none>"),
+            ("Owner", f"{pod.owner_kind}/{pod.owner_name}"),
+            ("Phase", pod.phase),
+            ("Ready", pod.ready),
+            ("Restarts", pod.restarts),
+            ("Revision", pod.template_hash),
+            ("Reason", pod.reason),
+            ("Message", pod.message),
+            ("Created", pod.created_at),
+        ]:
+            console.write(f"{k + ':':<12}{v}")
+        _events(store, (pod.owner_kind, pod.namespace, pod.owner_name))
+        return
+    kinds = {
+        k.lower(): k
+        for k in (
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "CronJob",
+            "Service",
+            "ConfigMap",
+            "Secret",
+            "Namespace",
+            "Node",
+            "Cluster",
+            "PersistentVolumeClaim",
+        )
+    }
+    kinds.update({k + "s": v for k, v in list(kinds.items())})
+    kind = kinds.get(kind_text)
+    if kind is None:
+        raise GitorchError(f"unknown kind {kind_text!r} (one of: {', '.join(sorted(set(kinds.values())))})")
+    ns = "" if kind in ("Namespace", "Node", "Cluster") else namespace
+    obj = store.object_status(kind, ns, name)
+    if obj is None:
+        raise GitorchError(f"{kind} {ns + '/' if ns else ''}{name} not found in the store (applied yet?)")
+    console.write(
+        f"Name:       {obj.name}\nNamespace:  {obj.namespace}\nKind:       {obj.kind}\n"
+        f"Sync:       {obj.sync}\nHealth:     {obj.health}\nRevision:   {obj.last_applied_revision}"
+    )
+    console.write("Conditions:")
+    for c in obj.conditions:
+        console.write(f"  {c.get('type'):<12} {c.get('status'):<6} {c.get('reason', '')}  {c.get('message', '')}")
+    pods = [p for p in store.pods(namespace=ns) if p.owner_kind == kind and p.owner_name == name]
+    if pods:
+        console.write("Pods:")
+        for p in pods:
+            console.write(
+                f"  {p.name}  {p.phase}{' ready' if p.ready else ''}  on {p.node or '<none>'}"
+                f"{'  ' + p.message if p.message else ''}"
+            )
+    _events(store, (kind, ns, name))
+
+
+def _events(store: Store, obj: tuple[str, str, str]) -> None:
+    evs = store.events(object=obj, limit=20)
+    console.write("Events:" if evs else "Events:  <none>")
+    for e in evs:
+        count = f" (x{e.count})" if e.count > 1 else ""
+        console.write(f"  {_age(e.last_time):>5} {e.type:<8} {e.reason:<18} {e.message}{count}")
+
+
+def events(store: Store, namespace: str | None, limit: int, output: str) -> None:
+    evs = [e for e in store.events(limit=limit) if namespace is None or e.namespace == namespace]
+    data = [
+        {
+            "time": e.last_time,
+            "type": e.type,
+            "reason": e.reason,
+            "object": f"{e.kind}/{e.name}",
+            "namespace": e.namespace,
+            "message": e.message,
+            "count": e.count,
+        }
+        for e in evs
+    ]
+    rows = [[_age(e.last_time), e.type, e.reason, f"{e.kind.lower()}/{e.name}", e.message, e.count] for e in evs]
+    _emit(output, ["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE", "COUNT"], rows, data)
+
+
+def logs(
+    store: Store,
+    repo: Repository,
+    state_dir: Path,
+    pod: str,
+    namespace: str,
+    container: str | None,
+    tail: int,
+    follow: bool,
+    previous: bool,
+) -> None:
+    record = next((p for p in store.pods(namespace=namespace) if p.name == pod), None)
+    if record is None:
+        raise GitorchError(f"pod {namespace}/{pod} not found (see `gitorch get pods -n {namespace}`)")
+    if not record.node:
+        raise GitorchError(f"pod {namespace}/{pod} is not running on any node: {record.message or record.phase}")
+    last = store.last_applied_revision()
+    state = desired.load(repo, last.commit if last else None)
+    eps = [e for e in endpoints(state) if e.name == record.node]
+    if not eps:
+        raise GitorchError(f"node {record.node} is not in the applied revision's Node manifests")
+    with Fleet(eps, Pool(ssh_options(state, state_dir / "known_hosts"))) as fleet:
+        client = fleet.clients[record.node]
+        request: dict[str, Any] = {"pod": pod, "tail": tail, "previous": previous}
+        if container:
+            request["container"] = container
+        if follow:
+            stream = client.conn.open_stream(client._launcher("logs"))
+            stream.write(json.dumps({**request, "follow": True}).encode() + b"\n")
+            for chunk in stream.chunks():
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            return
+        answer = client.run_once("logs", request)
+        sys.stdout.write(str(answer.get("log", "")))

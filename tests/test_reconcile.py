@@ -1,0 +1,235 @@
+"""End to end on real lab nodes: apply, roll out, scale, prune, refuse invalid commits,
+replace a lost node's pods, and survive a SIGKILLed controller."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gitorch.nodes.lab import Lab, down, up
+from gitorch.reconcile.controller import Controller, PassResult
+from gitorch.source import open_repository
+from gitorch.store import Store
+from tests.gitrepo import GitRepo
+from tests.lab import ssh_run
+
+pytestmark = pytest.mark.lab
+
+NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"
+
+
+def web(replicas: int = 3, version: str = "v1", surge: int = 1, unavailable: int = 1) -> str:
+    server = (
+        "import http.server,os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(os.environ['VERSION'].encode())\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n"
+    )
+    indented = "\n".join("              " + line for line in server.splitlines())
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: web
+          command:
+            - python3
+            - -c
+            - |
+{indented}
+          env:
+            - {{name: VERSION, value: "{version}"}}
+            - {{name: PORT, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+          readinessProbe:
+            exec: {{command: ["true"]}}
+            periodSeconds: 1
+"""
+
+
+def _fix_port(text: str) -> str:
+    # Pods of one node share its network until pod networking lands: give each a free port.
+    return text.replace("int(os.environ['PORT'])", "0")
+
+
+@pytest.fixture
+def cluster(lab: Lab, repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, Controller]]:
+    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE})
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    controller = Controller(open_repository(repo.path), store, tmp_path / "state")
+    yield repo, controller
+    # Leave the nodes empty for the next test.
+    repo.commit("empty", {"apps.yaml": ""})
+    for _ in range(20):
+        if controller.reconcile().converged and not store.pods():
+            break
+    controller.close()
+    store.close()
+
+
+def converge(controller: Controller, timeout: float = 60.0, each: object = None) -> PassResult:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = controller.reconcile()
+        if callable(each):
+            each(result)
+        if result.converged:
+            return result
+        assert time.monotonic() < deadline, f"not converged: {result.plan and result.plan.statuses}"
+        time.sleep(0.3)
+
+
+def node_pods(lab: Lab, name_prefix: str) -> dict[str, list[dict[str, object]]]:
+    """What each node's agent runs (not what the store believes)."""
+    out = {}
+    for n in lab.nodes:
+        status = json.loads(ssh_run(lab, n.name, "python3 /var/lib/gitorch/agent/agent-*.py status").stdout)
+        out[n.name] = [p for p in status["pods"] if p["name"].startswith(name_prefix)]
+    return out
+
+
+def test_apply_rollout_scale_and_prune(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    repo.commit("web v1", {"apps.yaml": _fix_port(web())})
+    converge(controller)
+    running = [p for pods in node_pods(lab, "web-").values() for p in pods]
+    assert len(running) == 3 and all(p["ready"] and p["phase"] == "Running" for p in running)
+    assert len({p["name"] for p in running}) == 3
+    assert sum(1 for pods in node_pods(lab, "web-").values() if pods) >= 2  # spread over nodes
+
+    # Roll out v2: never fewer than replicas - maxUnavailable ready pods, checked on the nodes.
+    repo.commit("web v2", {"apps.yaml": _fix_port(web(version="v2"))})
+    low = []
+
+    def check(_: PassResult) -> None:
+        ready = [p for pods in node_pods(lab, "web-").values() for p in pods if p["ready"]]
+        low.append(len(ready))
+
+    result = converge(controller, each=check)
+    assert min(low) >= 3 - 1, low
+    revisions = {p.template_hash for p in controller.store.pods() if p.owner_name == "web"}
+    assert len(revisions) == 1 and result.plan is not None
+    assert len([p for pods in node_pods(lab, "web-").values() for p in pods]) == 3
+
+    repo.commit("scale up", {"apps.yaml": _fix_port(web(replicas=5, version="v2"))})
+    converge(controller)
+    assert len([p for pods in node_pods(lab, "web-").values() for p in pods]) == 5
+    repo.commit("scale down", {"apps.yaml": _fix_port(web(replicas=2, version="v2"))})
+    converge(controller)
+    assert len([p for pods in node_pods(lab, "web-").values() for p in pods]) == 2
+
+    repo.commit("delete web", {"apps.yaml": ""})
+    converge(controller)
+    assert [p for pods in node_pods(lab, "web-").values() for p in pods] == []
+    assert controller.store.object_status("Deployment", "shop", "web") is None
+    assert any(e.reason == "Pruned" for e in controller.store.events())
+
+
+def test_invalid_commit_leaves_the_cluster_untouched(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    good = repo.commit("web", {"apps.yaml": _fix_port(web(replicas=2))})
+    converge(controller)
+    before = {p["name"] for pods in node_pods(lab, "web-").values() for p in pods}
+    bad = repo.commit("broken", {"apps.yaml": _fix_port(web(replicas=2)).replace("replicas: 2", "replicas: two")})
+    result = controller.reconcile()
+    assert not result.valid
+    assert any("replicas" in d for d in result.diagnostics)
+    assert {p["name"] for pods in node_pods(lab, "web-").values() for p in pods} == before
+    revision = controller.store.revision(bad)
+    assert revision is not None and revision.outcome == "invalid" and "replicas" in revision.error
+    last = controller.store.last_applied_revision()
+    assert last is not None and last.commit == good
+    assert any(e.reason == "InvalidRevision" for e in controller.store.events())
+
+
+def test_unschedulable_pod_stays_pending_with_the_reason(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    huge = _fix_port(web(replicas=1)).replace(
+        "          readinessProbe:",
+        "          resources:\n            requests: {memory: 900Gi}\n          readinessProbe:",
+    )
+    repo.commit("too big", {"apps.yaml": huge})
+    result = controller.reconcile()
+    assert result.plan is not None
+    pod = next(p for p in controller.store.pods() if p.owner_name == "web")
+    assert pod.node is None and pod.phase == "Pending"
+    assert pod.message == "0/3 nodes are available: 3 Insufficient memory."
+
+
+@pytest.fixture
+def own_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    from tests.lab import require_lab
+
+    require_lab()
+    state = tmp_path_factory.mktemp("lab2")
+    try:
+        yield up(3, state_dir=state, subnet="10.231.8.0/24", nodes_file=state / "nodes.yaml")
+    finally:
+        down(state)
+
+
+def test_lost_node_pods_move_and_a_killed_controller_converges(own_lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    lab = own_lab
+    repo.commit(
+        "web",
+        {
+            "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
+            "ns.yaml": NAMESPACE,
+            "apps.yaml": _fix_port(web(replicas=3)),
+        },
+    )
+    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state"), "GITORCH_NODE_TIMEOUT": "3"}
+    cmd = [sys.executable, "-m", "gitorch", "apply", "--wait", "--timeout", "90"]
+    first = subprocess.run(cmd, cwd=repo.path, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    # SIGKILL the controller in the middle of a rollout, then run it again.
+    repo.commit("v2", {"apps.yaml": _fix_port(web(replicas=3, version="v2"))})
+    proc = subprocess.Popen(cmd, cwd=repo.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(cmd, cwd=repo.path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    pods = node_pods(lab, "web-")
+    names = [p["name"] for ps in pods.values() for p in ps]
+    assert len(names) == 3 == len(set(names)), pods
+
+    # Kill one node outright: its pods come back on the others once it is NotReady.
+    victim = next(n for n in lab.nodes if pods[n.name])
+    os.kill(victim.pid, signal.SIGKILL)
+    again = subprocess.run(cmd, cwd=repo.path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    alive = {n.name for n in lab.nodes if n.name != victim.name}
+    moved = {
+        n: ps
+        for n, ps in node_pods(
+            Lab(
+                lab.state_dir, lab.subnet, lab.bridge, lab.identity_file, tuple(n for n in lab.nodes if n.name in alive)
+            ),
+            "web-",
+        ).items()
+    }
+    assert sum(len(ps) for ps in moved.values()) == 3

@@ -11,7 +11,7 @@ from gitorch.nodes.lab import Lab, LabError, preflight, ssh_command
 
 SSH_TIMEOUT = 30.0
 # The session lab's subnet: not the default 10.231.0.0/24, so a user's own lab is left alone.
-LAB_SUBNET = "10.231.7.0/24"
+LAB_SUBNET = os.environ.get("GITORCH_TEST_SUBNET", "10.231.7.0/24")
 
 
 def require_lab() -> None:

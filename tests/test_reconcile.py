@@ -233,3 +233,40 @@ def test_lost_node_pods_move_and_a_killed_controller_converges(own_lab: Lab, rep
         ).items()
     }
     assert sum(len(ps) for ps in moved.values()) == 3
+
+
+CRON = """\
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick, namespace: shop}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+            - {name: tick, command: [python3, -c, "print('tick')"]}
+"""
+
+
+def test_cronjob_runs_on_schedule(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    repo.commit("cron", {"apps.yaml": CRON})
+    t0 = time.time()
+    controller.reconcile(now=t0)  # first sight: the next minute is the first run
+    assert not [p for p in controller.store.pods() if p.owner_kind == "Job"]
+    later = t0 + 61  # the controller's clock, moved past the next minute
+    deadline = time.monotonic() + 40
+    while True:
+        controller.reconcile(now=later)
+        runs = [p for p in controller.store.pods() if p.owner_kind == "Job" and p.owner_name.startswith("tick-")]
+        if runs and all(p.phase == "Succeeded" for p in runs):
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.3)
+    assert len(runs) == 1
+    status = controller.store.object_status("CronJob", "shop", "tick")
+    assert status is not None and status.body.get("lastScheduleTime") is not None
+    assert any(e.reason == "SuccessfulCreate" for e in controller.store.events())

@@ -271,11 +271,15 @@ class Controller:
                 )
             )
         started: dict[ObjectKey, tuple[str, float]] = {}
+        last_schedule: dict[ObjectKey, float] = {}
         for o in self.store.objects():
+            key = ObjectKey(o.kind, o.namespace, o.name)
             rollout = (o.body or {}).get("rollout") or {}
             if rollout.get("revision"):
-                started[ObjectKey(o.kind, o.namespace, o.name)] = (str(rollout["revision"]), float(rollout["started"]))
-        return Observed(now, tuple(pods), tuple(nodes), started), reports, node_errors
+                started[key] = (str(rollout["revision"]), float(rollout["started"]))
+            if (o.body or {}).get("lastScheduleTime") is not None:
+                last_schedule[key] = float(o.body["lastScheduleTime"])
+        return Observed(now, tuple(pods), tuple(nodes), started, last_schedule), reports, node_errors
 
     def execute(
         self,
@@ -365,6 +369,8 @@ class Controller:
                 status = the_plan.statuses.get(key)
                 previous = observed.rollout_started.get(key)
                 body: dict[str, Any] = {"manifest": masked_body(key.kind, obj.body)}
+                if status is not None and status.last_schedule is not None:
+                    body["lastScheduleTime"] = status.last_schedule
                 if status is not None and status.revision:
                     started = previous[1] if previous and previous[0] == status.revision else now
                     body["rollout"] = {"revision": status.revision, "started": started}

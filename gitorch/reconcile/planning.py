@@ -69,6 +69,8 @@ class Observed:
     nodes: tuple[NodeState, ...] = ()
     rollout_started: Mapping[ObjectKey, tuple[str, float]] = field(default_factory=dict)
     """Per workload: the revision being rolled out and when that began (progress deadlines, Jobs)."""
+    last_schedule: Mapping[ObjectKey, float] = field(default_factory=dict)
+    """Per CronJob: the last schedule time it acted on (started, skipped or missed)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Status:
     available: int = 0
     revision: str = ""
     conditions: tuple[Mapping[str, str], ...] = ()
+    last_schedule: float | None = None  # CronJobs
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class _Pass:
         for p in observed.pods:
             self.by_owner.setdefault(p.owner, []).append(p)
         self.to_place: list[tuple[PodInfo, DesiredPod]] = []
+        self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
 
     # Pods on a lost node are gone as far as replica counts go.
     def live(self, key: ObjectKey) -> tuple[list[PodState], list[PodState]]:
@@ -207,7 +211,7 @@ class _Pass:
         bound: list[tuple[PodInfo, str]] = []
         for p in self.plan.pods:
             if p.node is not None and (p.owner.namespace, p.name) not in pending_names:
-                owner = self.desired.objects.get(p.owner)
+                owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
                 found = _template(owner) if owner else None
                 if found is not None:
                     bound.append(
@@ -233,7 +237,9 @@ def _owner_id(key: ObjectKey) -> str:
     return f"{key.kind}/{key.namespace}/{key.name}"
 
 
-def _template(obj: Object) -> Mapping[str, Any] | None:
+def _template(obj: Object | None) -> Mapping[str, Any] | None:
+    if obj is None:
+        return None
     if obj.key.kind == "CronJob":
         return None
     tmpl = obj.spec.get("template")
@@ -558,7 +564,93 @@ def _job(ps: _Pass, obj: Object) -> None:
     )
 
 
+def _cronjob(ps: _Pass, obj: Object) -> None:
+    from gitorch.timers import fire_times
+
+    spec = obj.spec
+    name, ns = obj.key.name, obj.key.namespace
+    job_template = spec.get("jobTemplate") or {}
+    runs: dict[str, list[PodState]] = {}
+    for key, pods in ps.by_owner.items():
+        if (
+            key.kind == "Job"
+            and key.namespace == ns
+            and key.name.startswith(f"{name}-")
+            and key.name[len(name) + 1 :].isdigit()
+            and ObjectKey("Job", ns, key.name) not in ps.desired.objects
+        ):
+            runs[key.name] = pods
+
+    def run_object(job_name: str) -> Object:
+        body = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job_name, "namespace": ns, **(job_template.get("metadata") or {})},
+            "spec": job_template.get("spec") or {},
+        }
+        return Object(ObjectKey("Job", ns, job_name), body, obj.document)
+
+    last = ps.observed.last_schedule.get(obj.key, ps.now)  # first sight: start counting from now
+    due = fire_times(str(spec.get("schedule")), last, ps.now, time_zone=spec.get("timeZone"))
+    new_last = due[-1] if due else last
+    active = {j for j, pods in runs.items() if any(not p.finished for p in pods)}
+    if due and not spec.get("suspend"):
+        scheduled = due[-1]
+        deadline = spec.get("startingDeadlineSeconds")
+        policy = spec.get("concurrencyPolicy", "Allow")
+        if deadline is not None and ps.now - scheduled > float(deadline):
+            ps.plan.events.append(
+                PlannedEvent(
+                    obj.key,
+                    "Warning",
+                    "MissedSchedule",
+                    f"missed the run of {int(scheduled)}: past startingDeadlineSeconds",
+                )
+            )
+        elif policy == "Forbid" and active:
+            ps.plan.events.append(
+                PlannedEvent(
+                    obj.key,
+                    "Normal",
+                    "JobAlreadyActive",
+                    f"not starting a run: {sorted(active)[0]} is still active (Forbid)",
+                )
+            )
+        else:
+            if policy == "Replace":
+                for j in sorted(active):
+                    for p in runs.pop(j):
+                        ps.remove(p)
+                active = set()
+            job_name = f"{name}-{int(scheduled) // 60}"
+            if job_name not in runs:
+                runs[job_name] = []
+                ps.plan.events.append(PlannedEvent(obj.key, "Normal", "SuccessfulCreate", f"created Job {job_name}"))
+    # Keep the newest finished runs within the history limits; older ones go.
+    finished_ok = sorted(j for j, pods in runs.items() if pods and all(p.phase == "Succeeded" for p in pods))
+    finished_bad = sorted(
+        j
+        for j, pods in runs.items()
+        if j not in active and j not in finished_ok and pods and all(p.finished for p in pods)
+    )
+    drop = finished_ok[: max(0, len(finished_ok) - int(spec.get("successfulJobsHistoryLimit", 3)))]
+    drop += finished_bad[: max(0, len(finished_bad) - int(spec.get("failedJobsHistoryLimit", 1)))]
+    for j in sorted(runs):
+        run = run_object(j)
+        ps.runs[run.key] = run
+        if j in drop:
+            for p in runs[j]:
+                ps.remove(p)
+            continue
+        _job(ps, run)
+        ps.plan.statuses.pop(run.key, None)  # a run's health is the CronJob's, not a workload of its own
+    health = "Suspended" if spec.get("suspend") else "Healthy"
+    message = f"{len(active)} active, {len(runs) - len(drop)} run(s) kept; schedule {spec.get('schedule')}"
+    ps.plan.statuses[obj.key] = Status(health, message, last_schedule=new_last)
+
+
 _CONTROLLERS = {
+    "CronJob": _cronjob,
     "Deployment": _deployment,
     "StatefulSet": _statefulset,
     "DaemonSet": _daemonset,
@@ -576,6 +668,8 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
     ps.place_all()
     # Pods whose owner left Git are pruned.
     for key, pods in sorted(ps.by_owner.items()):
+        if key in ps.runs:
+            continue
         if key not in desired.objects or not KINDS.get(key.kind, KINDS["Namespace"]).workload:
             ps.plan.removed.extend(sorted(pods, key=lambda p: p.name))
             ps.plan.events.append(PlannedEvent(key, "Normal", "Pruned", f"{key} left Git: stopping {len(pods)} pod(s)"))

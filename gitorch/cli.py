@@ -170,6 +170,19 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float) ->
 
 
 @cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--branch", default=None, help="The branch to deploy from. Default: HEAD.")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between reconcile passes.")
+def serve(repo_path: str | None, branch: str | None, interval: float) -> None:
+    """Run the controller: reconcile the branch's head every INTERVAL seconds until SIGTERM."""
+    from gitorch.reconcile.serving import Server
+
+    repo = open_repository(repo_path)
+    with _store() as store:
+        Server(repo, store, _settings().state_dir, branch=branch, interval=interval).run()
+
+
+@cli.command()
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def status(output: str) -> None:
     """The applied revision and, per object, its sync and health (like `argocd app get`)."""

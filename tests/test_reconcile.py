@@ -105,7 +105,11 @@ def node_pods(lab: Lab, name_prefix: str) -> dict[str, list[dict[str, object]]]:
     """What each node's agent runs (not what the store believes)."""
     out = {}
     for n in lab.nodes:
-        status = json.loads(ssh_run(lab, n.name, "python3 /var/lib/gitorch/agent/agent-*.py status").stdout)
+        script = (
+            "f=$(ls -t /var/lib/gitorch/agent/agent-*.py 2>/dev/null | head -1); "
+            'if [ -n "$f" ]; then python3 "$f" status; else echo \'{"pods": []}\'; fi'
+        )
+        status = json.loads(ssh_run(lab, n.name, script).stdout)
         out[n.name] = [p for p in status["pods"] if p["name"].startswith(name_prefix)]
     return out
 
@@ -270,3 +274,43 @@ def test_cronjob_runs_on_schedule(lab: Lab, cluster: tuple[GitRepo, Controller])
     status = controller.store.object_status("CronJob", "shop", "tick")
     assert status is not None and status.body.get("lastScheduleTime") is not None
     assert any(e.reason == "SuccessfulCreate" for e in controller.store.events())
+
+
+def test_serve_follows_commits_elects_one_leader_and_stops_on_sigterm(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    repo.commit(
+        "web",
+        {
+            "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
+            "ns.yaml": NAMESPACE,
+            "apps.yaml": _fix_port(web(replicas=2)),
+        },
+    )
+    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state")}
+    cmd = [sys.executable, "-m", "gitorch", "serve", "--interval", "1"]
+    leader = subprocess.Popen(cmd, cwd=repo.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    standby = subprocess.Popen(cmd, cwd=repo.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        def count() -> int:
+            return len([p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"])
+
+        deadline = time.monotonic() + 60
+        while count() != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        repo.commit("scale", {"apps.yaml": _fix_port(web(replicas=3))})
+        while count() != 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        repo.commit("remove", {"apps.yaml": ""})
+        while count() != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        for proc in (standby, leader):
+            proc.send_signal(signal.SIGTERM)
+        outs = [proc.communicate(timeout=30)[0] for proc in (leader, standby)]
+    assert leader.returncode == 0 and standby.returncode == 0
+    assert "leading" in outs[0] and outs[0].rstrip().endswith("stopped")
+    assert "standing by" in outs[1] and "leading" not in outs[1]

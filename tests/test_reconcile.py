@@ -314,3 +314,41 @@ def test_serve_follows_commits_elects_one_leader_and_stops_on_sigterm(lab: Lab, 
     assert leader.returncode == 0 and standby.returncode == 0
     assert "leading" in outs[0] and outs[0].rstrip().endswith("stopped")
     assert "standing by" in outs[1] and "leading" not in outs[1]
+
+
+def test_cli_apply_status_get_describe_events_logs(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    from tests.samples import gitorch
+
+    repo.commit(
+        "web",
+        {
+            "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
+            "ns.yaml": NAMESPACE,
+            "apps.yaml": _fix_port(web(replicas=2)).replace(
+                "log_message(self, *a): pass", "log_message(self, *a): print('hello-log')"
+            ),
+        },
+    )
+    applied = gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "converged on" in applied.stdout
+    try:
+        status = json.loads(gitorch("status", "-o", "json", cwd=repo.path).stdout)
+        web_status = next(o for o in status["objects"] if o["kind"] == "Deployment")
+        assert web_status["health"] == "Healthy" and web_status["sync"] == "Synced"
+        assert status["appliedRevision"] == status["latestRevision"]
+        pods = json.loads(gitorch("get", "pods", "-n", "shop", "-o", "json", cwd=repo.path).stdout)
+        assert len(pods) == 2 and all(p["ready"] and p["node"] for p in pods)
+        table = gitorch("get", "deployments", cwd=repo.path).stdout
+        assert "web" in table and "2/2 ready" in table
+        described = gitorch("describe", "deployment/web", "-n", "shop", cwd=repo.path)
+        assert described.returncode == 0 and "Health:     Healthy" in described.stdout
+        assert pods[0]["name"] in described.stdout
+        missing = gitorch("describe", "deployment/nope", "-n", "shop", cwd=repo.path)
+        assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+        assert gitorch("events", cwd=repo.path).returncode == 0
+        logs = gitorch("logs", pods[0]["name"], "-n", "shop", cwd=repo.path)
+        assert logs.returncode == 0, logs.stderr
+    finally:
+        repo.commit("empty", {"apps.yaml": ""})
+        assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0

@@ -3,6 +3,7 @@ reported unplaceable (NoContainerRuntime) where it has no container runtime."""
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from tests.lab import require_lab, ssh_run
 pytestmark = pytest.mark.lab
 
 # Its own small lab, away from the session lab's subnet: only lab-1 gets a container runtime.
-IMAGES_SUBNET = "10.231.41.0/24"
+IMAGES_SUBNET = os.environ.get("GITORCH_TEST_IMAGES_SUBNET", "10.231.41.0/24")
 WITH_RUNTIME, WITHOUT_RUNTIME = "lab-1", "lab-2"
 
 

@@ -400,17 +400,23 @@ def _lab_cgroups(names: _Names) -> list[str]:
     return found
 
 
-def _make_cgroups(dirs: list[str]) -> None:
+def _make_cgroups(dirs: list[str]) -> list[str]:
+    """Create a node's cgroup dirs; returns those that exist (the node joins only those)."""
+    made = []
     for d in dirs:
         try:
-            os.makedirs(d, exist_ok=True)
+            os.mkdir(d)
+        except FileExistsError:
+            pass
         except OSError:
             continue  # the node then stays in the caller's cgroup of that hierarchy
+        made.append(d)
         for name in ("cpuset.cpus", "cpuset.mems"):
             # A v1 cpuset starts empty and takes no process until it is given CPUs and memory nodes.
             with contextlib.suppress(OSError):
                 if not _read(Path(d, name)):
                     Path(d, name).write_text(_read(Path(os.path.dirname(d), name)))
+    return made
 
 
 def _remove_cgroups(dirs: list[str]) -> list[str]:
@@ -789,14 +795,14 @@ def _up(
         node_dir = _write_node_files(state_dir, n, hosts, resolv, net.prefixlen, extra)
         script = _node_script(n["name"], node_dir)
         argv = [ip, "netns", "exec", n["namespace"], *unshare, "/bin/sh", "-c", script]
-        _make_cgroups(n["cgroups"])
-        if n["cgroups"]:
+        cgroups = _make_cgroups(n["cgroups"])
+        if cgroups:
             # Join the node's cgroups before `unshare --cgroup`, which makes them the node's
             # cgroup root; on the host side, because `ip netns exec` hides the cgroup fs.
             join = "".join(
                 f"echo $$ 2>/dev/null > {shlex.quote(d + '/cgroup.procs')} || "
                 f"echo {shlex.quote(f'gitorch-lab: cannot join cgroup {d}')} >&2; "
-                for d in n["cgroups"]
+                for d in cgroups
             )
             argv = ["/bin/sh", "-c", join + 'exec "$@"', "gitorch-lab-node", *argv]
         with open(state_dir / "logs" / f"{n['name']}.log", "wb") as log:

@@ -179,7 +179,8 @@ def test_node_answers_ssh_with_its_name_and_address(lab: Lab, index: int) -> Non
 @pytest.mark.lab
 def test_lab_is_recorded_and_alive(lab: Lab) -> None:
     assert load(lab.state_dir) == lab
-    assert [n.address for n in lab.nodes] == ["10.231.7.11", "10.231.7.12", "10.231.7.13"]
+    base = LAB_SUBNET.rsplit(".", 1)[0]
+    assert [n.address for n in lab.nodes] == [f"{base}.11", f"{base}.12", f"{base}.13"]
     assert status(lab.state_dir) == [
         {"name": n.name, "address": n.address, "pid": n.pid, "alive": True} for n in lab.nodes
     ]
@@ -245,7 +246,7 @@ def test_up_again_returns_the_running_lab(lab: Lab) -> None:
 
 @pytest.mark.lab
 def test_subnet_in_use_is_refused(lab: Lab, tmp_path: Path) -> None:
-    with pytest.raises(LabError, match=f"overlaps 10.231.7.1/24 on interface {lab.bridge}"):
+    with pytest.raises(LabError, match=f"overlaps {LAB_SUBNET.rsplit('.', 1)[0]}.1/24 on interface {lab.bridge}"):
         up(1, state_dir=tmp_path / "second", subnet=LAB_SUBNET)
     assert load(tmp_path / "second") is None
 

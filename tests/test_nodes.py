@@ -155,14 +155,15 @@ def test_trust_on_first_use_records_and_then_pins(lab: Lab, tmp_path: Path) -> N
 
 
 def test_dead_node_fails_fast_and_names_itself_while_others_answer(lab: Lab, tmp_path: Path) -> None:
-    eps = [*_endpoints(lab), Endpoint("ghost", "10.231.7.250", 22, "root", str(lab.identity_file))]
+    ghost_ip = lab.nodes[0].address.rsplit(".", 1)[0] + ".250"
+    eps = [*_endpoints(lab), Endpoint("ghost", ghost_ip, 22, "root", str(lab.identity_file))]
     options = SSHOptions(known_hosts=tmp_path / "kh", connect_timeout=1, retries=2)
     with Fleet(eps, Pool(options)) as fleet:
         results = fleet.fan_out(lambda c: c.call("facts"), timeout=20)
     assert all(results[n.name].ok for n in lab.nodes)
     ghost = results["ghost"]
     assert not ghost.ok
-    assert ghost.error.startswith("ghost: root@10.231.7.250:22:")
+    assert ghost.error.startswith(f"ghost: root@{ghost_ip}:22:")
     assert "after 2 tries" in ghost.error
 
 

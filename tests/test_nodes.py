@@ -184,3 +184,34 @@ def test_gitorch_nodes_command(lab: Lab, repo: GitRepo) -> None:
     assert all(r["reachable"] and r["agentVersion"] for r in rows)
     table = gitorch("nodes", cwd=repo.path)
     assert "REACHABLE" in table.stdout and lab.nodes[0].address in table.stdout
+
+
+def test_probes_and_supervisor_restart_over_ssh(fleet: Fleet, lab: Lab) -> None:
+    node = lab.nodes[0].name
+    client = fleet.clients[node]
+    live = _pod(
+        "live",
+        ["sleep", "600"],
+        livenessProbe={"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1},
+    )
+    unready = _pod("unready", ["sleep", "600"], readinessProbe={"exec": {"command": ["false"]}, "periodSeconds": 1})
+    steady = _pod("steady", ["sleep", "600"])
+    try:
+        client.call("sync", {"pods": [live, unready, steady]})
+
+        def pods() -> dict[str, Any]:
+            return {p["name"]: p for p in client.call("status")["pods"]}
+
+        # A failing liveness probe restarts the container; a failing readiness probe only marks it not ready.
+        assert _wait(lambda: pods()["live"]["restarts"] >= 1, timeout=40)
+        assert _wait(lambda: pods()["unready"]["phase"] == "Running")
+        assert pods()["unready"]["ready"] is False and pods()["unready"]["restarts"] == 0
+        steady_pid = _wait(lambda: pods()["steady"]["containers"][0]["pid"])
+        # A restarted supervisor adopts the running pods: same process, no duplicate.
+        assert client.call("stop-supervisor")["ok"]
+        client.call("sync", {"pods": [live, unready, steady]})
+        assert _wait(lambda: pods()["steady"]["containers"][0]["pid"] == steady_pid)
+        count = ssh_run(lab, node, "pgrep -xc sleep || true").stdout.strip()
+        assert 2 <= int(count or 0) <= 3  # steady + unready, and live unless it is in back-off: never more
+    finally:
+        client.call("sync", {"pods": []})

@@ -352,3 +352,29 @@ def test_cli_apply_status_get_describe_events_logs(lab: Lab, repo: GitRepo, tmp_
     finally:
         repo.commit("empty", {"apps.yaml": ""})
         assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0
+
+
+def test_example_repo_reaches_all_ready_on_the_lab(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    from tests.conftest import EXAMPLES
+    from tests.samples import gitorch
+
+    repo.copy_tree(EXAMPLES)
+    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text()})
+    repo.commit("examples/repo on the lab")
+    try:
+        applied = gitorch("apply", "--wait", "--timeout", "120", cwd=repo.path)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        status = json.loads(gitorch("status", "-o", "json", cwd=repo.path).stdout)
+        assert {o["health"] for o in status["objects"]} == {"Healthy"}, status["objects"]
+        pods = json.loads(gitorch("get", "pods", "-o", "json", cwd=repo.path).stdout)
+        owners = {p["owner"] for p in pods}
+        assert {"Deployment/web", "StatefulSet/kv", "DaemonSet/node-exporter"} <= owners
+        assert all(p["ready"] for p in pods if not p["owner"].startswith("Job/"))
+        # The web app served its readiness probe (its own log says so).
+        web = next(p for p in pods if p["owner"] == "Deployment/web")
+        logs = gitorch("logs", web["name"], "-n", "shop", cwd=repo.path)
+        assert logs.returncode == 0 and "/healthz" in logs.stdout, logs.stdout + logs.stderr
+    finally:
+        repo.remove("apps")
+        repo.commit("remove the apps")
+        assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0

@@ -18,10 +18,11 @@ Verbs (request keys -> response keys besides ``ok``):
   stateDisk{...} of the root, python, runtimes ["process", "podman"?, "docker"?],
   runtimeDetails{podman|docker: {available, path, message}}, cgroup{version v1|v2|none,
   memory, cpu (writable), message}, limits (supported|unsupported), volumeMounts
-  (bind|unsupported), podNetwork ("host"), agentVersion, agentSha,
+  (bind|unsupported), podNetwork ("bridge" once a pod network is set up, else "host"), agentVersion, agentSha,
   supervisor{running, pid, version, sha}, pods{name: {phase, ready, restarts}}.
   Runtime and mount checks are cached in the root for 5 minutes; ``refresh`` re-checks.
-- ``sync``  {"pods": [PodSpec, ...], "ackTimeoutSeconds": 2} -> generation, changed, acked,
+- ``sync``  {"pods": [PodSpec, ...], "network": {podCIDR, gateway, routes: [{cidr, via}]},
+  "ackTimeoutSeconds": 2} -> generation, changed, acked,
   observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
   pod names must be unique on a node. An unchanged set keeps its generation and restarts
   nothing. Starts the supervisor if needed (and replaces one running an older agent file:
@@ -39,6 +40,7 @@ Verbs (request keys -> response keys besides ``ok``):
 PodStatus: name, namespace, hash, desiredHash (a pending replacement's hash; null while a
 removed pod terminates), phase (Pending|Running|Succeeded|Failed), reason (InvalidPodSpec,
 NoContainerRuntime, InitContainerFailed), message, ready, restarts, startedAt, terminating,
+podIP (own network namespace ``gitorch-<pod>`` on bridge gitorch0; null for host network),
 containers[...], initContainers[...]. Container: name, state (waiting|running|terminated),
 reason (ContainerCreating, PodInitializing, CrashLoopBackOff, VolumeSetupFailed,
 NoContainerRuntime, Completed, Error, OOMKilled, StartError, Unknown), message, ready,
@@ -656,7 +658,7 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
                    "cpu": cg.writable.get("cpu", False), "message": cg.message},
         "limits": "supported" if cg.usable else "unsupported",
         "volumeMounts": checks["volumeMounts"],
-        "podNetwork": "host",
+        "podNetwork": "bridge" if pod_network_works(paths) else "host",
         "agentVersion": AGENT_VERSION,
         "agentSha": own_sha(),
         "supervisor": supervisor_info(paths),
@@ -1384,6 +1386,8 @@ class Pod:
         self.fatal: list[str] | None = None  # [reason, message]: the pod is Failed
         self.message = ""
         self.internal_error = ""
+        self.netns = False  # runs in its own network namespace (else on the node's network)
+        self.ip: str | None = None  # kept for the pod's life, also across replacements
         self.init_containers: list[Container] = []
         self.containers: list[Container] = []
         if spec is not None:
@@ -1400,8 +1404,8 @@ class Pod:
     def record(self) -> Json:
         return {"name": self.name, "namespace": self.namespace, "hash": self.hash,
                 "grace": self.grace, "createdAt": self.created_at, "prepared": self.prepared,
-                "stopping": self.stopping, "fatal": self.fatal,
-                "initContainers": [c.record() for c in self.init_containers],
+                "stopping": self.stopping, "fatal": self.fatal, "netns": self.netns,
+                "ip": self.ip, "initContainers": [c.record() for c in self.init_containers],
                 "containers": [c.record() for c in self.containers]}
 
     @classmethod
@@ -1412,6 +1416,8 @@ class Pod:
         pod.prepared = bool(rec.get("prepared"))
         pod.stopping = bool(rec.get("stopping"))
         pod.fatal = rec.get("fatal")
+        pod.netns = bool(rec.get("netns"))
+        pod.ip = rec.get("ip") if isinstance(rec.get("ip"), str) else None
         pod.init_containers = [Container.from_record(c) for c in rec.get("initContainers", [])]
         pod.containers = [Container.from_record(c) for c in rec.get("containers", [])]
         return pod
@@ -1449,6 +1455,8 @@ def build_env(paths: Paths, pod: Pod, spec: ContainerSpec) -> dict[str, str]:
         home = "/"
     env = {"PATH": DEFAULT_PATH, "HOME": home, "HOSTNAME": pod.name, "POD_NAME": pod.name,
            "POD_NAMESPACE": pod.namespace}
+    if pod.ip is not None:
+        env["POD_IP"] = pod.ip
     if pod.spec is not None:
         for vol in pod.spec.volumes:
             key = "GITORCH_VOLUME_" + re.sub(r"[^A-Za-z0-9]", "_", vol.name).upper()
@@ -1564,7 +1572,8 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     # Images are never pulled: they must already be on the node (`podman import`/`load`),
     # so a missing one fails at once instead of waiting on a registry.
     argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", "never",
-            "--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+            "--network", f"ns:{netns_path(pod.name)}" if pod.netns and kind == "podman" else "host",
+            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     if kind == "podman":
         argv.append("--replace")
     client_env = {"PATH": DEFAULT_PATH, "HOME": env.get("HOME", "/")}
@@ -1603,6 +1612,169 @@ def in_background(argv: list[str], timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Pod network: a bridge holding the node's pod CIDR gateway, one netns + veth per pod
+# ---------------------------------------------------------------------------------------
+
+BRIDGE = "gitorch0"
+NETNS_DIR = "/run/netns"
+
+
+class NetworkError(OSError):
+    """Setting up or tearing down pod networking failed."""
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The node's pod network as the controller sends it with ``sync``."""
+
+    cidr: str
+    gateway: str
+    prefix: int
+    routes: tuple[tuple[str, str], ...]  # (other node's pod CIDR, that node's address)
+
+    @classmethod
+    def parse(cls, raw: Any) -> NetworkSpec | None:
+        import ipaddress
+
+        if not isinstance(raw, dict) or not raw.get("podCIDR"):
+            return None
+        try:
+            net = ipaddress.ip_network(str(raw["podCIDR"]))
+            gateway = str(raw.get("gateway") or next(net.hosts()))
+            ipaddress.ip_address(gateway)
+            routes = []
+            for r in raw.get("routes") or []:
+                if isinstance(r, dict) and r.get("cidr") and r.get("via"):
+                    routes.append((str(ipaddress.ip_network(str(r["cidr"]))),
+                                   str(ipaddress.ip_address(str(r["via"])))))
+        except (ValueError, StopIteration) as exc:
+            raise RequestError(f"sync: network: {exc}") from exc
+        return cls(str(net), gateway, net.prefixlen, tuple(sorted(routes)))
+
+    def free_ip(self, taken: Iterable[str]) -> str | None:
+        """The lowest address of the CIDR that is neither the gateway nor taken."""
+        import ipaddress
+
+        used = set(taken) | {self.gateway}
+        for host in ipaddress.ip_network(self.cidr).hosts():
+            if str(host) not in used:
+                return str(host)
+        return None
+
+    def holds(self, ip: str | None) -> bool:
+        import ipaddress
+
+        try:
+            return ip is not None and ipaddress.ip_address(ip) in ipaddress.ip_network(self.cidr)
+        except ValueError:
+            return False
+
+
+def netns_name(pod: str) -> str:
+    return f"gitorch-{pod}"
+
+
+def netns_path(pod: str) -> str:
+    return os.path.join(NETNS_DIR, netns_name(pod))
+
+
+def veth_names(pod: str, tag: str) -> tuple[str, str]:
+    """(host side, pod side before its rename to eth0): interface names have 15 chars."""
+    digest = hashlib.sha256(f"{pod}{tag}".encode()).hexdigest()[:11]
+    return f"gv{digest}", f"gp{digest}"
+
+
+def ip_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    binary = shutil.which("ip", path=DEFAULT_PATH) or "ip"
+    try:
+        proc = subprocess.run([binary, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetworkError(f"ip {' '.join(args)}: {exc}") from exc
+    if check and proc.returncode != 0:
+        raise NetworkError(f"ip {' '.join(args)}: "
+                           f"{one_line(proc.stderr.decode(errors='replace')) or proc.returncode}")
+    return proc
+
+
+def link_exists(name: str) -> bool:
+    return os.path.exists(os.path.join("/sys/class/net", name))
+
+
+def node_network_up(net: NetworkSpec, old_routes: Iterable[tuple[str, str]] = ()) -> None:
+    """The bridge with the gateway address, forwarding, and routes to the other nodes' pods;
+    idempotent, so it also repairs what a reboot or a person removed."""
+    if not link_exists(BRIDGE):
+        ip_cmd("link", "add", BRIDGE, "type", "bridge")
+    addrs = ip_cmd("-o", "addr", "show", "dev", BRIDGE).stdout.decode(errors="replace")
+    want = f"{net.gateway}/{net.prefix}"
+    for line in addrs.splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            have = parts[parts.index("inet") + 1]
+            if have != want:
+                ip_cmd("addr", "del", have, "dev", BRIDGE, check=False)
+    if want not in addrs.split():
+        ip_cmd("addr", "replace", want, "dev", BRIDGE)
+    ip_cmd("link", "set", BRIDGE, "up")
+    try:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
+            fh.write("1")
+    except OSError as exc:
+        raise NetworkError(f"enabling ip_forward: {exc}") from exc
+    for cidr, via in old_routes:
+        if (cidr, via) not in net.routes:
+            ip_cmd("route", "del", cidr, "via", via, check=False)
+    for cidr, via in net.routes:
+        ip_cmd("route", "replace", cidr, "via", via)
+
+
+def pod_network_ok(pod: str, tag: str) -> bool:
+    return os.path.exists(netns_path(pod)) and link_exists(veth_names(pod, tag)[0])
+
+
+def pod_network_up(pod: str, tag: str, ip: str, net: NetworkSpec) -> None:
+    """A fresh netns for the pod: lo, eth0 with its IP on the node bridge, default route."""
+    pod_network_down(pod, tag)
+    ns = netns_name(pod)
+    host, peer = veth_names(pod, tag)
+    ip_cmd("netns", "add", ns)
+    ip_cmd("link", "add", host, "type", "veth", "peer", "name", peer)
+    ip_cmd("link", "set", peer, "netns", ns)
+    ip_cmd("link", "set", host, "master", BRIDGE)
+    ip_cmd("link", "set", host, "up")
+    ip_cmd("-n", ns, "link", "set", "lo", "up")
+    ip_cmd("-n", ns, "link", "set", peer, "name", "eth0")
+    ip_cmd("-n", ns, "addr", "add", f"{ip}/{net.prefix}", "dev", "eth0")
+    ip_cmd("-n", ns, "link", "set", "eth0", "up")
+    ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)
+
+
+def pod_network_down(pod: str, tag: str) -> None:
+    """Remove the pod's veth (explicitly: netns deletion frees it lazily) and netns."""
+    host, peer = veth_names(pod, tag)
+    for name in (host, peer):
+        if link_exists(name):
+            ip_cmd("link", "del", name, check=False)
+    if os.path.exists(netns_path(pod)):
+        ip_cmd("netns", "del", netns_name(pod))
+
+
+def pod_network_works(paths: Paths) -> bool:
+    """The controller sent a pod network and the node bridge carries it."""
+    desired = read_json(paths.desired, {})
+    return isinstance(desired, dict) and bool((desired.get("network") or {}).get("podCIDR")) \
+        and link_exists(BRIDGE)
+
+
+def in_pod_netns(argv: list[str], pod: str) -> list[str]:
+    """Wrap argv so it runs in the pod's network namespace; nsenter execs in place, so the
+    pid is still the container's."""
+    nsenter = shutil.which("nsenter", path=DEFAULT_PATH) or "nsenter"
+    return [nsenter, f"--net={netns_path(pod)}", "--", *argv]
+
+
+# ---------------------------------------------------------------------------------------
 # Supervisor loop: the kubelet
 # ---------------------------------------------------------------------------------------
 
@@ -1623,6 +1795,8 @@ class Supervisor:
         self.checks: Json = {}
         self.exiting = False
         self.cgroup_trash: list[tuple[list[str], int]] = []
+        self.network: NetworkSpec | None = None
+        self.network_applied: NetworkSpec | None = None
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
@@ -1787,6 +1961,11 @@ class Supervisor:
             doc = {"generation": 0, "pods": []}
         generation = int(doc.get("generation", 0))
         raw_pods = [p for p in doc.get("pods", []) if isinstance(p, dict)]
+        try:
+            self.network = NetworkSpec.parse(doc.get("network"))
+        except RequestError as exc:
+            self.log_error("network", f"desired.json: {exc}; pods get no pod network")
+            self.network = None
         self.apply(raw_pods)
         if generation != self.generation:
             self.log(f"applied generation {generation}: {len(raw_pods)} pod(s)")
@@ -1893,6 +2072,7 @@ class Supervisor:
             self.check_desired()
         except Exception as exc:
             self.log_error("desired", f"reading desired.json failed: {exc}")
+        self.ensure_node_network()
         for pod in list(self.pods.values()):
             try:
                 self.step_pod(pod, now)
@@ -1908,6 +2088,7 @@ class Supervisor:
                 del self.pods[name]
                 if name in self.pending:
                     self.pods[name] = self.new_pod(self.pending.pop(name))
+                    self.pods[name].ip = pod.ip  # a pod keeps its IP across replacements
         self.retry_cgroup_trash()
         if now - self._last_rotate > 2.0:
             self._last_rotate = now
@@ -1927,6 +2108,8 @@ class Supervisor:
         if not pod.prepared:
             if now < pod.prepare_retry:
                 return
+            if not self.setup_pod_network(pod, now):
+                return
             try:
                 self.prepare(pod)
             except OSError as exc:
@@ -1937,6 +2120,14 @@ class Supervisor:
                     ctr.reason, ctr.message = "VolumeSetupFailed", message
                 return
             pod.prepared, pod.message = True, ""
+        elif pod.netns and not pod_network_ok(pod.name, self.paths.instance_tag):
+            # Gone after a node reboot or removed by hand: re-create it, and restart the
+            # containers that still run in the old namespace.
+            if now < pod.prepare_retry or not self.setup_pod_network(pod, now):
+                return
+            for ctr in pod.all_containers():
+                if ctr.state == "running" and ctr.kill_deadline is None:
+                    self.begin_kill(pod, ctr, now, "network", "pod network re-created")
         for ctr in pod.init_containers:
             if not ctr.succeeded:
                 self.step_container(pod, ctr, now)
@@ -1958,6 +2149,50 @@ class Supervisor:
                 os.makedirs(self.paths.volume_dir(pod.name, vol.name), exist_ok=True)
             else:
                 write_files_volume(self.paths.volume_dir(pod.name, vol.name), vol)
+
+    def ensure_node_network(self) -> None:
+        net = self.network
+        if net is None or (net == self.network_applied and link_exists(BRIDGE)):
+            return
+        old = self.network_applied.routes if self.network_applied else ()
+        try:
+            node_network_up(net, old)
+        except NetworkError as exc:
+            self.log_error("node-network", f"node pod network: {exc}")
+            return
+        self.network_applied = net
+        self.log(f"pod network {net.cidr} (gateway {net.gateway}), routes "
+                 f"{', '.join(f'{c} via {v}' for c, v in net.routes) or 'none'}")
+
+    def setup_pod_network(self, pod: Pod, now: float) -> bool:
+        """Give a pod its netns, veth and IP before it first starts; False to retry later."""
+        assert pod.spec is not None
+        if not pod.prepared:
+            pod.netns = not pod.spec.host_network and self.network is not None
+        if not pod.netns:
+            return True
+        net = self.network or self.network_applied
+        try:
+            if net is None or self.network_applied is None:
+                raise NetworkError("the node's pod network is not set up yet")
+            ip = pod.ip
+            if ip is None or not net.holds(ip):
+                ip = net.free_ip(p.ip for p in self.pods.values() if p is not pod and p.ip)
+                if ip is None:
+                    raise NetworkError(f"no free address left in {net.cidr}")
+                pod.ip = ip
+            pod_network_up(pod.name, self.paths.instance_tag, ip, net)
+        except NetworkError as exc:
+            pod.prepare_retry = now + 5.0
+            message = self.redact(f"pod network setup failed: {exc}")
+            pod.message = message
+            for ctr in pod.all_containers():
+                if ctr.state == "waiting":
+                    ctr.reason, ctr.message = "NetworkSetupFailed", message
+            self.log_error(f"net:{pod.name}", f"pod {pod.name}: {message}")
+            return False
+        self.log(f"pod {pod.name}: network namespace {netns_name(pod.name)}, ip {pod.ip}")
+        return True
 
     def step_stopping(self, pod: Pod, now: float) -> None:
         for ctr in pod.all_containers():
@@ -1982,6 +2217,11 @@ class Supervisor:
                 Cgroups.kill_all(ctr.cgroups)
                 if not Cgroups.remove(ctr.cgroups):
                     self.cgroup_trash.append((ctr.cgroups, 0))
+        if pod.netns:
+            try:
+                pod_network_down(pod.name, self.paths.instance_tag)
+            except NetworkError as exc:
+                self.log(f"pod {pod.name}: removing its network: {exc}")
         # emptyDir and files volumes and logs live in the pod dir; hostPath lives elsewhere.
         shutil.rmtree(self.paths.pod_dir(pod.name), ignore_errors=True)
 
@@ -2066,6 +2306,8 @@ class Supervisor:
                 ctr.runtime, ctr.runtime_name = "process", None
                 bind = self.checks.get("volumeMounts") == "bind"
                 argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind)
+                if pod.netns:
+                    argv = in_pod_netns(argv, pod.name)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 proc = subprocess.Popen(argv, env=client_env, cwd=cwd, stdin=subprocess.DEVNULL,
@@ -2210,13 +2452,15 @@ class Supervisor:
             ("liveness", spec.liveness), ("readiness", spec.readiness)]
         for which, probe in wanted:
             if probe is not None and which not in ctr.probes:
-                worker = ProbeWorker(which, probe, self.probe_action(ctr, probe),
+                worker = ProbeWorker(which, probe, self.probe_action(pod, ctr, probe),
                                      ctr.started_at or time.time(), self.wake)
                 ctr.probes[which] = worker
                 worker.start()
 
-    def probe_action(self, ctr: Container, probe: ProbeSpec) -> ProbeAction:
+    def probe_action(self, pod: Pod, ctr: Container, probe: ProbeSpec) -> ProbeAction:
         handler, timeout = probe.handler, probe.timeout
+        if pod.netns and pod.ip and not handler.get("host") and probe.kind != "exec":
+            handler = {**handler, "host": pod.ip}  # as the kubelet does: probe the pod IP
         if probe.kind == "httpGet":
             return lambda: probe_http(handler, timeout)
         if probe.kind == "tcpSocket":
@@ -2228,10 +2472,10 @@ class Supervisor:
         elif ctr.mount_ns and ctr.pid is not None and shutil.which("nsenter"):
             # Run where the container sees its volumes; a bare -w takes the container's cwd
             # (entering a mount namespace would otherwise leave us in its /).
-            argv = [str(shutil.which("nsenter")), "-t", str(ctr.pid), "-m", "-w", "--",
-                    *command]
+            argv = [str(shutil.which("nsenter")), "-t", str(ctr.pid), "-m", "-w",
+                    *(["-n"] if pod.netns else []), "--", *command]
         else:
-            argv = command
+            argv = in_pod_netns(command, pod.name) if pod.netns else command
             cwd = (ctr.spec.working_dir if ctr.spec else None) or "/"
         env = dict(ctr.env)
         return lambda: probe_exec(argv, env, cwd, timeout)
@@ -2309,6 +2553,7 @@ class Supervisor:
                 and all(c["ready"] for c in containers),
                 "restarts": sum(c.restart_count for c in pod.all_containers()),
                 "startedAt": iso(pod.created_at),
+                "podIP": pod.ip if pod.netns else None,
                 "terminating": pod.stopping,
                 "containers": containers,
                 "initContainers": inits,
@@ -2454,6 +2699,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             raise RequestError(f"sync: pod name {name} appears twice (namespaces {seen[name]}, "
                                f"{namespace}); pod names must be unique per node")
         seen[name] = namespace
+    network = request.get("network")
+    if network is not None:
+        NetworkSpec.parse(network)  # refuse a broken block before it reaches the supervisor
     timeout = request.get("ackTimeoutSeconds", 2.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise RequestError("sync: ackTimeoutSeconds must be a number")
@@ -2469,12 +2717,14 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         redact.update(secret_values(pods))
         pods = sorted(pods, key=lambda p: str(p["name"]))
         generation = int(current.get("generation", 0))
-        changed = json.dumps(pods, sort_keys=True) != json.dumps(current.get("pods"),
-                                                                 sort_keys=True)
+        changed = json.dumps([pods, network], sort_keys=True) != json.dumps(
+            [current.get("pods"), current.get("network")], sort_keys=True)
         if changed or not os.path.exists(paths.desired):
             generation += 1
-            atomic_write(paths.desired, json.dumps({"generation": generation, "pods": pods},
-                                                   sort_keys=True), sync=True)
+            wanted: Json = {"generation": generation, "pods": pods}
+            if network is not None:
+                wanted["network"] = network
+            atomic_write(paths.desired, json.dumps(wanted, sort_keys=True), sync=True)
         sup = supervisor_info(paths)
         if sup["running"] and sup.get("sha") not in (None, own_sha()):
             stop_supervisor(paths)  # an older agent file: upgrade in place, pods stay up

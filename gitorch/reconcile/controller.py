@@ -22,11 +22,11 @@ from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.objects import KINDS, DesiredState, ObjectKey
 from gitorch.quantities import QuantityError, cpu_millis, to_bytes
-from gitorch.reconcile import podspecs
+from gitorch.reconcile import networking, podspecs
 from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import Repository, Revision
-from gitorch.store import PodRecord, Store
+from gitorch.store import PodRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +293,13 @@ class Controller:
         """Send each reachable node its complete pod set, in parallel; record the pods."""
         reachable = [n.name for n in observed.nodes if n.reachable]
         sets = the_plan.node_sets(reachable)
+        networks = self.pod_networks(state)
 
         def sync(client: NodeClient) -> dict[str, Any]:
-            return client.call("sync", {"pods": sets[client.name]}, timeout=self.settings.node_call_timeout)
+            request: dict[str, Any] = {"pods": sets[client.name]}
+            if client.name in networks:
+                request["network"] = networks[client.name]
+            return client.call("sync", request, timeout=self.settings.node_call_timeout)
 
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=sets)
         synced = {n for n, o in results.items() if o.ok}
@@ -305,6 +309,7 @@ class Controller:
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
+        known_ips = {(r.namespace, r.name): r.ip for r in self.store.pods()}
         records: list[PodRecord] = []
         for p in the_plan.pods:
             before = previous.get((p.owner.namespace, p.name))
@@ -317,6 +322,11 @@ class Controller:
             if ready:
                 ready_at = _dt(before.ready_since) if before and before.ready and before.ready_since else _dt(now)
             spec = podspecs.masked(p.spec) if not p.spec.get("keep") else {}
+            ip = known_ips.get((p.owner.namespace, p.name))
+            if report and report.get("podIP"):
+                ip = str(report["podIP"])
+            elif before is not None and before.node != p.node:
+                ip = None  # moved to another node: its old address is gone
             records.append(
                 PodRecord(
                     namespace=p.owner.namespace,
@@ -332,6 +342,7 @@ class Controller:
                     message=message,
                     spec=spec,
                     ordinal=p.ordinal,
+                    ip=ip,
                     created_at=_dt(before.created) if before else _dt(now),
                     ready_at=ready_at,
                 )
@@ -412,6 +423,27 @@ class Controller:
             if valid:
                 self.store.set_revision_outcome(r.oid, "applied", when=_dt(now))
             self._allocate_services(state)
+
+    def pod_networks(self, state: DesiredState) -> dict[str, dict[str, Any]]:
+        """Each node's `network` block for `sync`: its pod CIDR (kept once allocated, or
+        pinned by the Node's `spec.podCIDR`) and routes to the other nodes' pods."""
+        cluster_cidr = networking.cluster_pod_cidr(state)
+        cidrs: dict[str, str] = {}
+        addresses: dict[str, str] = {}
+        # A read first: allocating takes the store's write lock, which a pass should not
+        # need for nodes that already have their CIDR.
+        recorded = {n.name: n.pod_cidr for n in self.store.nodes() if n.pod_cidr}
+        for manifest in state.of_kind("Node"):
+            name = manifest.key.name
+            addresses[name] = str(manifest.spec.get("address") or "")
+            pinned = manifest.spec.get("podCIDR") or recorded.get(name)
+            try:
+                cidrs[name] = str(pinned) if pinned else self.store.allocate_pod_cidr(
+                    name, cluster_cidr, networking.NODE_PREFIX
+                )
+            except StoreError as exc:
+                log.warning("%s: no pod CIDR, its pods use the host network: %s", name, exc)
+        return networking.network_blocks(cidrs, addresses)
 
     def _allocate_services(self, state: DesiredState) -> None:
         clusters = state.of_kind("Cluster")

@@ -1,0 +1,91 @@
+"""The cluster DNS zone built from the desired state and what the store records.
+
+Purely computational, no side effects: `zone_data(state, pods, cluster_ips)` takes the
+store's rows as arguments, so the caller decides when to read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gitorch.dns.zone import EndpointRecord, PortRecord, ServiceRecord, ZoneData
+from gitorch.objects import DesiredState, Object
+from gitorch.store import ClusterIPAllocation, PodRecord
+
+
+def _template(owner: Object | None) -> Mapping[str, Any]:
+    if owner is None:
+        return {}
+    spec = owner.spec
+    if owner.key.kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    return spec.get("template") or {}
+
+
+def pod_labels(state: DesiredState, pod: PodRecord) -> dict[str, str]:
+    """A pod's labels: its owner's pod template labels (pods are not stored with them)."""
+    owner = state.get(pod.owner_kind, pod.namespace, pod.owner_name)
+    labels = (_template(owner).get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(str(k)) == str(v) for k, v in selector.items())
+
+
+def zone_data(
+    state: DesiredState, pods: Iterable[PodRecord], cluster_ips: Iterable[ClusterIPAllocation]
+) -> ZoneData:
+    """Services (cluster IPs, ExternalName CNAMEs, headless endpoints with StatefulSet
+    hostnames), pod A records and namespaces of one desired state."""
+    clusters = state.of_kind("Cluster")
+    cluster = clusters[0].spec if clusters else {}
+    dns = cluster.get("dns") or {}
+    ips = {(c.namespace, c.service): c.ip for c in cluster_ips}
+    running = [p for p in pods if p.ip and p.node and p.phase == "Running"]
+    labelled = [(p, pod_labels(state, p)) for p in running]
+    services: list[ServiceRecord] = []
+    for svc in state.of_kind("Service"):
+        ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
+        ports = tuple(
+            PortRecord(str(p.get("name") or ""), int(p.get("port") or 0), str(p.get("protocol") or "TCP"))
+            for p in spec.get("ports") or []
+        )
+        if spec.get("type") == "ExternalName":
+            services.append(ServiceRecord(name, ns, None, ports, external_name=str(spec.get("externalName"))))
+            continue
+        headless = spec.get("clusterIP") == "None"
+        cluster_ip = None if headless else ips.get((ns, name))
+        if not headless and cluster_ip is None:
+            continue  # not allocated yet: answering it as headless would be wrong
+        selector = spec.get("selector") or {}
+        endpoints = []
+        for p, labels in labelled:
+            if p.namespace != ns or not _selects(selector, labels):
+                continue
+            hostname = None
+            if headless and p.owner_kind == "StatefulSet":
+                owner = state.get("StatefulSet", ns, p.owner_name)
+                if owner is not None and owner.spec.get("serviceName") == name:
+                    hostname = p.name
+            endpoints.append(EndpointRecord(str(p.ip), p.ready, hostname, p.name))
+        services.append(
+            ServiceRecord(
+                name,
+                ns,
+                cluster_ip,
+                ports,
+                endpoints=tuple(sorted(endpoints, key=lambda e: (e.ip, e.pod))),
+                publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+            )
+        )
+    namespaces = {"default"} | {o.key.name for o in state.of_kind("Namespace")}
+    namespaces |= {s.namespace for s in services}
+    return ZoneData(
+        domain=str(cluster.get("domain") or "cluster.local"),
+        services=tuple(sorted(services, key=lambda s: (s.namespace, s.name))),
+        pod_ips=tuple(sorted((str(p.ip), p.namespace) for p in running)),
+        namespaces=frozenset(namespaces),
+        ttl=int(dns.get("ttlSeconds", 5)),
+    )

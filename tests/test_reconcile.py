@@ -135,6 +135,9 @@ def test_apply_rollout_scale_and_prune(lab: Lab, cluster: tuple[GitRepo, Control
     assert min(low) >= 3 - 1, low
     revisions = {p.template_hash for p in controller.store.pods() if p.owner_name == "web"}
     assert len(revisions) == 1 and result.plan is not None
+    record = controller.store.object_status("Deployment", "shop", "web")
+    assert record is not None
+    assert [h["subject"] for h in record.body["history"]] == ["web v1", "web v2"]
     assert len([p for pods in node_pods(lab, "web-").values() for p in pods]) == 3
 
     repo.commit("scale up", {"apps.yaml": _fix_port(web(replicas=5, version="v2"))})

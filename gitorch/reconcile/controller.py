@@ -134,19 +134,20 @@ class Controller:
 
     # -- one pass ----------------------------------------------------------------------
 
-    def load(self, rev: str | None) -> tuple[DesiredState, bool]:
-        """The desired state to reconcile: `rev` when valid, else the last applied one."""
-        state = desired_mod.load(self.repo, rev)
-        r = state.revision
+    def load(self, rev: str | None) -> tuple[DesiredState, DesiredState, bool]:
+        """The head commit's state, the state to reconcile (the head when valid, else the
+        last applied revision), and whether the head is valid."""
+        head = desired_mod.load(self.repo, rev)
+        r = head.revision
         self.store.record_revision(
             r.oid,
             author=r.author,
             message=r.message,
             committed_at=datetime.fromisoformat(r.time.replace("Z", "+00:00")),
         )
-        errs = errors(state.diagnostics)
+        errs = errors(head.diagnostics)
         if not errs:
-            return state, True
+            return head, head, True
         first = errs[0].format()
         self.store.set_revision_outcome(r.oid, "invalid", f"{len(errs)} error(s); first: {first}")
         self.store.record_event(
@@ -160,14 +161,13 @@ class Controller:
         )
         last = self.store.last_applied_revision()
         if last is None:
-            return state, False
-        return desired_mod.load(self.repo, last.commit), False
+            return head, head, False
+        return head, desired_mod.load(self.repo, last.commit), False
 
     def reconcile(self, rev: str | None = None, now: float | None = None) -> PassResult:
         """One pass; `now` is the wall clock unless a test fixes it."""
         now = now if now is not None else datetime.now(UTC).timestamp()
-        head = desired_mod.load(self.repo, rev)
-        state, valid = self.load(rev)
+        head, state, valid = self.load(rev)
         result = PassResult(head.revision, valid, diagnostics=[d.format() for d in errors(head.diagnostics)])
         if not valid and not state.ok:
             return result  # nothing valid was ever applied: touch nothing
@@ -376,10 +376,17 @@ class Controller:
                     when=_dt(now),
                     revision=r.oid,
                 )
+            stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in self.store.objects()}
             for key, obj in state.objects.items():
                 status = the_plan.statuses.get(key)
                 previous = observed.rollout_started.get(key)
                 body: dict[str, Any] = {"manifest": masked_body(key.kind, obj.body)}
+                if status is not None and status.revision:
+                    old = stored.get(key)
+                    limit = int(obj.spec.get("revisionHistoryLimit", 10))
+                    body["history"] = _history(
+                        old.body.get("history", []) if old else [], status.revision, r, now, limit
+                    )
                 if status is not None and status.last_schedule is not None:
                     body["lastScheduleTime"] = status.last_schedule
                 if status is not None and status.revision:
@@ -438,8 +445,8 @@ class Controller:
             addresses[name] = str(manifest.spec.get("address") or "")
             pinned = manifest.spec.get("podCIDR") or recorded.get(name)
             try:
-                cidrs[name] = str(pinned) if pinned else self.store.allocate_pod_cidr(
-                    name, cluster_cidr, networking.NODE_PREFIX
+                cidrs[name] = (
+                    str(pinned) if pinned else self.store.allocate_pod_cidr(name, cluster_cidr, networking.NODE_PREFIX)
                 )
             except StoreError as exc:
                 log.warning("%s: no pod CIDR, its pods use the host network: %s", name, exc)
@@ -453,6 +460,17 @@ class Controller:
             if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
                 continue
             self.store.allocate_cluster_ip(svc.key.namespace, svc.key.name, cidr, spec.get("clusterIP"))
+
+
+def _history(
+    history: list[dict[str, Any]], revision: str, commit: Revision, now: float, limit: int
+) -> list[dict[str, Any]]:
+    """A workload's rollout history, newest last: the current revision plus `limit` older
+    ones (revisionHistoryLimit), each with the commit that introduced it."""
+    if history and history[-1].get("revision") == revision:
+        return history
+    entry = {"revision": revision, "commit": commit.oid, "subject": commit.subject, "since": now}
+    return [*[h for h in history if h.get("revision") != revision], entry][-(limit + 1) :]
 
 
 def workload_kinds() -> list[str]:

@@ -252,6 +252,15 @@ def describe(store: Store, ref: str, namespace: str) -> None:
     console.write("Conditions:")
     for c in obj.conditions:
         console.write(f"  {c.get('type'):<12} {c.get('status'):<6} {c.get('reason', '')}  {c.get('message', '')}")
+    history = (obj.body or {}).get("history") or []
+    if history:
+        console.write("Revisions (oldest first; roll back through Git: `gitorch rollback COMMIT`):")
+        for h in history:
+            when = datetime.fromtimestamp(float(h.get("since", 0)), tz=UTC)
+            console.write(
+                f"  {h.get('revision', '')[:10]}  from {str(h.get('commit', ''))[:7]} "
+                f"{h.get('subject', '')}  ({_age(when)} ago)"
+            )
     pods = [p for p in store.pods(namespace=ns) if p.owner_kind == kind and p.owner_name == name]
     if pods:
         console.write("Pods:")

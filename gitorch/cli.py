@@ -173,13 +173,46 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float) ->
 @click.option("--repo", "repo_path", default=None, help=REPO_HELP)
 @click.option("--branch", default=None, help="The branch to deploy from. Default: HEAD.")
 @click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between reconcile passes.")
-def serve(repo_path: str | None, branch: str | None, interval: float) -> None:
-    """Run the controller: reconcile the branch's head every INTERVAL seconds until SIGTERM."""
+@click.option("--listen", default="127.0.0.1:8090", show_default=True,
+              help="HOST:PORT for /hooks/git (push webhooks), /hooks/wake and /metrics; 'off' disables it.")
+@click.option("--webhook-secret-env", default="GITORCH_WEBHOOK_SECRET", show_default=True,
+              help="Environment variable holding the webhook secret (GitHub/Gitea HMAC, GitLab token).")
+def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str) -> None:
+    """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     from gitorch.reconcile.serving import Server
+    from gitorch.webhooks import parse_listen
 
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        _fail(str(exc))
+    secret = os.environ.get(webhook_secret_env) or None
     repo = open_repository(repo_path)
     with _store() as store:
-        Server(repo, store, _settings().state_dir, branch=branch, interval=interval).run()
+        Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
+               webhook_secret=secret).run()
+
+
+@cli.command()
+@click.argument("rev", required=False)
+@click.option("--reason", required=True, help="Why: recorded in the rollback commit's message.")
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--branch", default="main", show_default=True, help="The branch gitorch deploys from.")
+@click.option("--notify", default=None, help="URL to POST after the commit (e.g. http://127.0.0.1:8090/hooks/wake).")
+def rollback(rev: str | None, reason: str, repo_path: str | None, branch: str, notify: str | None) -> None:
+    """Commit REV's content (default: the last applied revision before the head) on top of the branch."""
+    from gitorch import rollback as rollback_mod
+
+    repo = open_repository(repo_path)
+    if rev is None:
+        with _store() as store:
+            made = rollback_mod.rollback(repo, branch, rev, reason, store)
+    else:
+        made = rollback_mod.rollback(repo, branch, rev, reason, None)
+    console.write(f"{made.oid[:7]} Rollback to {made.target.short} ({made.target.subject}) on {branch}")
+    console.write(made.oid)
+    if notify:
+        hooks.notify(notify)
 
 
 @cli.command()
@@ -259,9 +292,11 @@ def hook() -> None:
 @click.option("--branch", default="main", show_default=True, help="The branch gitorch deploys from.")
 @click.option("--path", "subdir", default="", help="Folder of the repository that holds the manifests.")
 @click.option("--force", is_flag=True, help="Replace a hook gitorch did not write.")
-def hook_install(repo: Path, branch: str, subdir: str, force: bool) -> None:
-    """Install a pre-receive hook that refuses pushes whose manifests do not validate."""
-    for path in hooks.install(repo, branch=branch, path=subdir, force=force):
+@click.option("--notify", default=hooks.DEFAULT_NOTIFY, show_default=True,
+              help="URL the post-receive hook POSTs to after a push to the branch (`gitorch serve`'s /hooks/wake).")
+def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str) -> None:
+    """Install hooks: pre-receive refuses invalid manifests, post-receive wakes the controller."""
+    for path in hooks.install(repo, branch=branch, path=subdir, force=force, notify=notify):
         console.write(f"installed {path}")
 
 

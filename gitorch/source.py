@@ -229,3 +229,76 @@ def _add_quarantine(repo: pygit2.Repository) -> None:
 
 def is_zero_oid(oid: str) -> bool:
     return set(oid) == {"0"}
+
+
+@dataclass(frozen=True)
+class RevertCommit:
+    """A commit `commit_tree_of` wrote: `oid` on `branch`, restoring the tree of `target`."""
+
+    oid: str
+    branch: str
+    target: Revision
+    previous_head: str
+
+
+def tree_id(repo: Repository, rev: str) -> str:
+    """The tree id of a commit (for "is it the same content?")."""
+    return str(repo._commit(rev).tree_id)
+
+
+def parent_revision(repo: Repository, rev: str) -> Revision | None:
+    """The first parent of a commit, or None for a root commit."""
+    commit = repo._commit(rev)
+    return _revision(commit.parents[0]) if commit.parents else None
+
+
+def _signature(repo: pygit2.Repository) -> pygit2.Signature:
+    try:
+        config = repo.config
+        name, email = config["user.name"], config["user.email"]
+        return pygit2.Signature(str(name), str(email))
+    except (KeyError, pygit2.GitError, ValueError):
+        return pygit2.Signature("gitorch", "gitorch@localhost")
+
+
+def commit_tree_of(repo: Repository, target_rev: str, branch: str, message: str) -> RevertCommit:
+    """Write a new commit on `branch` whose tree is `target_rev`'s tree (a rollback through Git).
+
+    A bare repository's ref is moved directly; a work tree must be clean under the manifests
+    root, and when `branch` is checked out its files are updated too."""
+    raw = repo._repo
+    ref_name = f"refs/heads/{branch}"
+    try:
+        ref = raw.references[ref_name]
+    except KeyError as exc:
+        raise SourceError(f"{repo.path}: no branch {branch!r}") from exc
+    head = ref.peel(pygit2.Commit)
+    target = repo._commit(target_rev)
+    if target.tree_id == head.tree_id:
+        raise SourceError(
+            f"{str(target.id)[:7]} has the same content as the head of {branch!r} ({str(head.id)[:7]}): "
+            "nothing to roll back"
+        )
+    checked_out = not raw.is_bare and not raw.head_is_unborn and raw.head.name == ref_name
+    if not raw.is_bare:
+        prefix = f"{repo.root}/" if repo.root else ""
+        try:
+            status = raw.status(untracked_files="no")
+        except pygit2.GitError:
+            status = {}
+        dirty = sorted(p for p, flags in status.items() if p.startswith(prefix) and flags)
+        if dirty:
+            shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+            raise SourceError(
+                f"{repo.path}: uncommitted changes under the manifests folder ({shown}); commit or stash them first"
+            )
+    sig = _signature(raw)
+    oid = raw.create_commit(None, sig, sig, message, target.tree_id, [head.id])
+    if checked_out:
+        # Files first (SAFE never overwrites local changes), then the branch: a failure leaves both as they were.
+        try:
+            raw.checkout_tree(raw.get(oid), strategy=pygit2.GIT_CHECKOUT_SAFE)
+        except pygit2.GitError as exc:
+            raise SourceError(f"{repo.path}: cannot update the work tree: {exc}") from exc
+    ref.set_target(oid, f"gitorch rollback to {str(target.id)[:7]}")
+    return RevertCommit(str(oid), branch, _revision(target), str(head.id))

@@ -1,5 +1,6 @@
-"""`gitorch serve`: the controller process. Reconcile passes on a timer, leader election
-through the store, clean shutdown on SIGTERM."""
+"""`gitorch serve`: the controller process. Reconcile passes on a timer and on every push
+(webhook or post-receive hook), leader election through the store, metrics and
+notifications, clean shutdown on SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ from pathlib import Path
 from types import FrameType
 
 from gitorch import console
+from gitorch.metrics import Metrics
+from gitorch.notifications import Notifier
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
 from gitorch.source import Repository
 from gitorch.store import Store
 from gitorch.timers import Timers
+from gitorch.webhooks import Handlers, Listener
 
 LEASE = "gitorch-controller"
+DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
+REQUEUE_MAX = 30.0  # seconds: the longest back-off between passes while nodes fail
 
 
 class Server:
-    """Runs reconcile passes every `interval` seconds while it holds the controller lease."""
+    """Runs reconcile passes every `interval` seconds, and at once when woken, while it holds
+    the controller lease."""
 
     def __init__(
         self,
@@ -32,6 +39,8 @@ class Server:
         branch: str | None,
         interval: float,
         settings: ControllerSettings | None = None,
+        listen: tuple[str, int] | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -44,6 +53,21 @@ class Server:
         self._last: tuple[str, ...] = ()
         self._leader: bool | None = None
         self.passes = 0
+        # A wake during a pass must cause one more pass after it: apscheduler (max_instances=1,
+        # coalesce) would drop it, so the pass loops while this flag is set.
+        self._dirty = threading.Event()
+        self._pass_lock = threading.Lock()
+        # Like controller-runtime's RequeueAfter: a rollout needs passes until it converges,
+        # whatever the interval; unreachable nodes are retried with exponential back-off.
+        self._requeue_at: float | None = None
+        self._failures = 0
+        self.listen = listen
+        self.webhook_secret = webhook_secret
+        self.listener: Listener | None = None
+        self._listen_warned = False
+        self._listen_lock = threading.Lock()
+        self.metrics = Metrics()
+        self.notifier = Notifier(repo, store)
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
         lines = [f"{result.revision.short} {'valid' if result.valid else 'INVALID'}"]
@@ -52,26 +76,128 @@ class Server:
         lines += [f"node error: {e}" for _, e in sorted(result.node_errors.items())]
         return tuple(lines)
 
+    def wake(self, why: str = "") -> None:
+        """Run a pass now (after a push); during a pass, run another one right after it."""
+        if why:
+            console.write(f"{time.strftime('%H:%M:%S')} woken by {why}")
+        self._dirty.set()
+        self.timers.wake("reconcile")
+
     def reconcile(self) -> None:
-        if self.stopping.is_set():
+        """The timer job: passes until no wake is pending; concurrent callers return at once."""
+        self._dirty.set()
+        self._drain()
+
+    def _if_dirty(self) -> None:
+        due = self._requeue_at is not None and time.monotonic() >= self._requeue_at
+        if due:
+            self._requeue_at = None
+            self._dirty.set()
+        if self._dirty.is_set():
+            self._drain()
+
+    def _schedule_requeue(self, result: PassResult | None) -> None:
+        if result is not None and result.converged:
+            self._failures = 0
+            self._requeue_at = None
             return
-        ttl = max(15.0, self.interval * 3)
-        leader = self.store.try_acquire_lease(LEASE, self.holder, ttl)
+        if result is not None and result.plan is not None and not result.plan.converged and not result.node_errors:
+            self._failures = 0
+            delay = DIRTY_CHECK
+        elif result is not None and result.plan is None:
+            self._requeue_at = None  # an invalid commit and nothing applied yet: wait for the next push
+            return
+        else:
+            self._failures += 1
+            delay = min(REQUEUE_MAX, 2.0 ** self._failures)
+        self._requeue_at = time.monotonic() + min(delay, self.interval)
+
+    def _drain(self) -> None:
+        while not self.stopping.is_set():
+            if not self._pass_lock.acquire(blocking=False):
+                return  # the running pass sees the flag and loops
+            try:
+                while self._dirty.is_set() and not self.stopping.is_set():
+                    self._dirty.clear()
+                    self._pass()
+            finally:
+                self._pass_lock.release()
+            if not self._dirty.is_set():
+                return
+
+    @property
+    def lease_ttl(self) -> float:
+        return max(15.0, min(self.interval, 20.0) * 3)
+
+    def _lead(self) -> bool:
+        """Take or renew the lease; the `lease` job renews it between passes too, so a long
+        interval does not mean a long failover."""
+        leader = self.store.try_acquire_lease(LEASE, self.holder, self.lease_ttl)
         if leader != self._leader:
             console.write(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder})")
+            if leader and self._leader is not None:
+                self._dirty.set()  # a new leader reconciles at once
             self._leader = leader
-        if not leader:
+        return leader
+
+    def _renew(self) -> None:
+        self._start_listener()
+        try:
+            self._lead()
+        except Exception as exc:  # a store hiccup; the next renewal or pass retries
+            console.error(f"lease renewal failed: {exc}")
+
+    def _pass(self) -> None:
+        self._start_listener()
+        if not self._lead():
             return
+        started = time.monotonic()
         try:
             result = self.controller.reconcile(self.branch)
         except Exception as exc:  # a failed pass is retried on the next tick, never fatal
             console.error(f"reconcile pass failed: {exc}")
+            self.metrics.observe_failure(time.monotonic() - started)
+            self._schedule_requeue(None)
             return
         self.passes += 1
+        self._schedule_requeue(result)
+        try:
+            self.metrics.observe_pass(result, time.monotonic() - started, self.store)
+            self.notifier.observe(result)
+        except Exception as exc:  # reporting must never stop reconciling
+            console.error(f"metrics or notifications failed after the pass: {exc}")
         lines = self._describe(result)
         if lines != self._last:
-            console.write(f"{time.strftime('%H:%M:%S')} " + "\n  ".join(lines))
+            console.write(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
             self._last = lines
+
+    def _start_listener(self) -> None:
+        """Listen if asked to; a port in use (say, another controller on this machine) is a
+        warning, and the bind is retried on each pass so a standby takes the port over."""
+        with self._listen_lock:
+            if self.listen is not None and self.listener is None and not self.stopping.is_set():
+                self._bind(*self.listen)
+
+    def _bind(self, host: str, port: int) -> None:
+        try:
+            listener = Listener(
+                host,
+                port,
+                Handlers(wake=self.wake, metrics=self.metrics.render, webhook_result=self.metrics.webhook),
+                secret=self.webhook_secret,
+                branch=self.branch,
+            )
+        except OSError as exc:
+            if not self._listen_warned:
+                console.warn(f"cannot listen on {host}:{port} ({exc.strerror or exc}); retrying on each pass")
+                self._listen_warned = True
+            return
+        listener.start()
+        self.listener = listener
+        bound = listener.address
+        console.write(f"listening on http://{bound[0]}:{bound[1]} (/hooks/git, /hooks/wake, /metrics)")
+        if not self.webhook_secret:
+            console.warn("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
 
     def run(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -79,16 +205,26 @@ class Server:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        self._start_listener()
+        self.notifier.start()
         self.timers.every(self.interval, self.reconcile, "reconcile")
+        self.timers.every(DIRTY_CHECK, self._if_dirty, "reconcile-pending")
+        if self.interval > self.lease_ttl / 3:
+            self.timers.every(self.lease_ttl / 3, self._renew, "lease")
         self.timers.start()
         console.write(
             f"gitorch serve: watching {self.repo.path} ({self.branch or 'HEAD'}), a pass every {self.interval:g} s"
+            " and on every push"
         )
         try:
             self.stopping.wait()
         finally:
             console.write("stopping: finishing the current pass")
+            with self._listen_lock:
+                if self.listener is not None:
+                    self.listener.close()
             self.timers.stop()
+            self.notifier.stop()
             self.store.release_lease(LEASE, self.holder)
             self.controller.close()
             console.write("stopped")

@@ -1,0 +1,88 @@
+"""Prometheus metrics of `gitorch serve`. The only module that imports prometheus_client."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gitorch.reconcile.controller import PassResult
+from gitorch.store import Store
+
+PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def pass_outcome(result: PassResult) -> str:
+    """converged | progressing | invalid | node_errors: one word for a pass (pure)."""
+    if not result.valid:
+        return "invalid"
+    if set(result.node_errors) - result.lost_nodes:
+        return "node_errors"
+    return "converged" if result.converged else "progressing"
+
+
+class Metrics:
+    """The controller's metrics, in a registry of its own (not the process-global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.pass_seconds = Histogram(
+            "gitorch_reconcile_pass_duration_seconds", "Duration of reconcile passes.", buckets=PASS_BUCKETS,
+            registry=r,
+        )
+        self.passes = Counter(
+            "gitorch_reconcile_passes", "Reconcile passes by outcome.", ["outcome"], registry=r
+        )
+        self.objects = Gauge("gitorch_objects", "Desired objects by kind and health.", ["kind", "health"], registry=r)
+        self.pods = Gauge("gitorch_pods", "Pods by phase, as the store knows them.", ["phase"], registry=r)
+        self.node_reachable = Gauge(
+            "gitorch_node_reachable", "1 when the node's agent answered the last pass.", ["node"], registry=r
+        )
+        self.applied = Info("gitorch_last_applied_revision", "The revision most recently applied.", registry=r)
+        self.applied_time = Gauge(
+            "gitorch_last_applied_revision_timestamp_seconds", "When the last applied revision was applied.",
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "gitorch_webhook_requests", "Webhook requests by provider and result.", ["provider", "result"], registry=r
+        )
+        self._lock = threading.Lock()
+        for outcome in ("converged", "progressing", "invalid", "node_errors", "error"):
+            self.passes.labels(outcome)
+
+    def observe_failure(self, seconds: float) -> None:
+        self.pass_seconds.observe(seconds)
+        self.passes.labels("error").inc()
+
+    def observe_pass(self, result: PassResult, seconds: float, store: Store) -> None:
+        """Update every gauge from the pass and the store; gauges of vanished labels are removed."""
+        self.pass_seconds.observe(seconds)
+        self.passes.labels(pass_outcome(result)).inc()
+        objects = Tally((o.kind, o.health) for o in store.objects())
+        pods = Tally(p.phase for p in store.pods())
+        nodes = {n.name: n.name not in result.node_errors for n in store.nodes()}
+        last = store.last_applied_revision()
+        with self._lock:
+            self.objects.clear()
+            for (kind, health), n in objects.items():
+                self.objects.labels(kind, health).set(n)
+            self.pods.clear()
+            for phase, n in pods.items():
+                self.pods.labels(phase).set(n)
+            self.node_reachable.clear()
+            for name, ok in nodes.items():
+                self.node_reachable.labels(name).set(1 if ok else 0)
+            if last is not None:
+                self.applied.info({"commit": last.commit, "short": last.commit[:7]})
+                if last.applied_at is not None:
+                    self.applied_time.set(last.applied_at.timestamp())
+
+    def webhook(self, provider: str, result: str) -> None:
+        self.webhooks.labels(provider, result).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        with self._lock:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST

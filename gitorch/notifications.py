@@ -1,0 +1,228 @@
+"""Notifications: Slack-compatible JSON (`{"text": ...}`) POSTed to the Cluster manifest's
+`spec.notifications` targets when a revision is deployed, a sync fails or a workload
+degrades. Sent from a background thread with retries; a pass never waits for them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from gitorch import console, desired
+from gitorch.objects import DesiredState, ObjectKey
+from gitorch.reconcile.controller import PassResult
+from gitorch.source import Repository
+from gitorch.store import Store
+
+EVENTS = ("deployed", "syncFailed", "degraded", "driftFound")
+
+
+@dataclass(frozen=True)
+class Notification:
+    event: str
+    text: str
+    revision: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "event": self.event, "revision": self.revision}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    events: frozenset[str]
+    headers: tuple[tuple[str, str], ...] = field(repr=False, default=())
+
+    @property
+    def where(self) -> str:
+        """The target as it may be printed: a webhook URL's path often holds a token."""
+        return f"{self.name} ({urlsplit(self.url).netloc})"
+
+
+@dataclass
+class Memory:
+    """What was already announced, so each event is sent once."""
+
+    deployed: str = ""
+    failed: tuple[str, ...] = ()
+    health: dict[ObjectKey, str] = field(default_factory=dict)
+
+
+def notifications_for(result: PassResult, memory: Memory) -> list[Notification]:
+    """The events a pass gives, given what was announced before; updates `memory`."""
+    r = result.revision
+    out: list[Notification] = []
+    failure: tuple[str, ...] = ()
+    text = ""
+    if not result.valid:
+        failure = ("invalid", r.oid)
+        first = result.diagnostics[0] if result.diagnostics else "it does not validate"
+        text = f"gitorch: sync failed: {r.short} ({r.subject}) is invalid and was not applied: {first}"
+    elif set(result.node_errors) - result.lost_nodes:
+        failing = sorted(set(result.node_errors) - result.lost_nodes)
+        failure = ("nodes", r.oid, *failing)
+        text = (
+            f"gitorch: sync of {r.short} failed on {len(failing)} node(s): "
+            + "; ".join(result.node_errors[n] for n in failing[:3])
+        )
+    if failure and failure != memory.failed:
+        out.append(Notification("syncFailed", text, r.oid))
+    memory.failed = failure
+    if result.plan is not None:
+        for key, status in sorted(result.plan.statuses.items()):
+            if status.health == "Degraded" and memory.health.get(key) != "Degraded":
+                out.append(Notification("degraded", f"gitorch: {key} is Degraded: {status.message}", r.oid))
+            memory.health[key] = status.health
+    if result.converged and r.oid != memory.deployed:
+        memory.deployed = r.oid
+        n = len(result.plan.statuses) if result.plan is not None else 0
+        text = f"gitorch: deployed {r.short} ({r.subject}); {n} workload(s) healthy"
+        out.append(Notification("deployed", text, r.oid))
+    return out
+
+
+def _secret_value(state: DesiredState, ref: dict[str, Any]) -> str | None:
+    obj = state.get("Secret", str(ref.get("namespace") or "default"), str(ref.get("name")))
+    if obj is None:
+        return None
+    key = str(ref.get("key"))
+    string_data = obj.body.get("stringData") or {}
+    if key in string_data:
+        return str(string_data[key])
+    data = obj.body.get("data") or {}
+    if key in data:
+        try:
+            return base64.b64decode(str(data[key])).decode()
+        except ValueError:
+            return None
+    return None
+
+
+def targets(state: DesiredState) -> list[Target]:
+    """The Cluster manifest's notification targets, with Secret header values resolved."""
+    out: list[Target] = []
+    for cluster in state.of_kind("Cluster"):
+        for t in cluster.spec.get("notifications") or []:
+            headers: list[tuple[str, str]] = []
+            for h in t.get("headers") or []:
+                value = h.get("value")
+                if value is None and isinstance(h.get("valueFrom"), dict):
+                    ref = h["valueFrom"].get("secretKeyRef") or {}
+                    value = _secret_value(state, ref)
+                    if value is None:
+                        console.warn(
+                            f"notification target {t.get('name')}: header {h.get('name')} refers to a missing "
+                            f"Secret key {ref.get('namespace', 'default')}/{ref.get('name')}[{ref.get('key')}]"
+                        )
+                        continue
+                headers.append((str(h.get("name")), str(value)))
+            out.append(
+                Target(
+                    name=str(t.get("name")),
+                    url=str(t.get("url")),
+                    events=frozenset(t.get("events") or EVENTS),
+                    headers=tuple(headers),
+                )
+            )
+    return out
+
+
+def send(target: Target, note: Notification, *, timeout: float = 10.0) -> None:
+    """POST one notification; raises on failure."""
+    body = json.dumps(note.payload()).encode()
+    req = urllib.request.Request(target.url, data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("User-Agent", "gitorch")
+    for name, value in target.headers:
+        req.add_header(name, value)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        resp.read()
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code == 429 or exc.code >= 500
+    return True
+
+
+def _describe(exc: Exception) -> str:
+    # Never the request (its headers may hold a token): only what went wrong.
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+
+
+class Notifier:
+    """Turns passes into notifications and delivers them from one background thread."""
+
+    def __init__(self, repo: Repository, store: Store, *, attempts: int = 5, backoff: float = 0.5) -> None:
+        self.repo = repo
+        self.store = store
+        self.attempts = attempts
+        self.backoff = backoff
+        self.memory = Memory()
+        self._queue: queue.Queue[tuple[Target, Notification] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._deliver, name="gitorch-notify", daemon=True)
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def observe(self, result: PassResult) -> None:
+        """Queue what this pass gives (called by the pass; never blocks on the network)."""
+        notes = notifications_for(result, self.memory)
+        if not notes:
+            return
+        try:
+            state = self._state(result)
+        except Exception as exc:  # notification targets must never break a pass
+            console.error(f"notifications: cannot read the targets: {exc}")
+            return
+        for target in targets(state):
+            for note in notes:
+                if note.event in target.events:
+                    self._queue.put((target, note))
+
+    def _state(self, result: PassResult) -> DesiredState:
+        if result.valid:
+            return desired.load(self.repo, result.revision.oid)
+        last = self.store.last_applied_revision()
+        if last is None:
+            return desired.load(self.repo, "")
+        return desired.load(self.repo, last.commit)
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            target, note = item
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    send(target, note)
+                    console.write(f"{time.strftime('%H:%M:%S')} notified {target.where}: {note.event}")
+                    break
+                except Exception as exc:
+                    if attempt == self.attempts or not _retryable(exc) or self._stopping.is_set():
+                        console.error(
+                            f"notification {note.event} to {target.where} failed after {attempt} attempt(s): "
+                            f"{_describe(exc)}"
+                        )
+                        break
+                    self._stopping.wait(self.backoff * 2 ** (attempt - 1))

@@ -177,7 +177,10 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float) ->
               help="HOST:PORT for /hooks/git (push webhooks), /hooks/wake and /metrics; 'off' disables it.")
 @click.option("--webhook-secret-env", default="GITORCH_WEBHOOK_SECRET", show_default=True,
               help="Environment variable holding the webhook secret (GitHub/Gitea HMAC, GitLab token).")
-def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str) -> None:
+@click.option("--dns", "dns_listen", default=None, metavar="ADDR:PORT",
+              help="Serve the cluster DNS here (UDP and TCP), kept in step with every pass.")
+def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str,
+          dns_listen: str | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     from gitorch.reconcile.serving import Server
     from gitorch.webhooks import parse_listen
@@ -190,7 +193,45 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
     repo = open_repository(repo_path)
     with _store() as store:
         Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
-               webhook_secret=secret).run()
+               webhook_secret=secret, dns_listen=dns_listen).run()
+
+
+@cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--listen", default="127.0.0.1:53", show_default=True, metavar="ADDR:PORT",
+              help="Where to answer DNS queries (UDP and TCP).")
+def dns(repo_path: str | None, listen: str) -> None:
+    """Serve the cluster DNS alone, from the state store (applied revision, pods, cluster IPs)."""
+    import signal as signals
+    import threading
+
+    from gitorch.dns.cluster import ClusterDNS, settings_for
+
+    repo = open_repository(repo_path)
+    stop = threading.Event()
+    signals.signal(signals.SIGTERM, lambda *_: stop.set())
+    signals.signal(signals.SIGINT, lambda *_: stop.set())
+    with _store() as store:
+        server: ClusterDNS | None = None
+        try:
+            while not stop.is_set():
+                last = store.last_applied_revision()
+                if last is not None:
+                    state = desired.load(repo, last.commit)
+                    if server is None:
+                        try:
+                            server = ClusterDNS(settings_for(state, listen)).start()
+                        except (OSError, ValueError) as exc:
+                            _fail(f"cannot serve DNS on {listen}: {exc}")
+                        console.write(f"cluster DNS on {listen} (port {server.port}), serving {last.commit[:7]}")
+                    server.refresh(state, store)
+                elif server is None:
+                    console.write("nothing applied yet; waiting for `gitorch apply` or `gitorch serve`")
+                    server = ClusterDNS(settings_for(None, listen)).start()
+                stop.wait(0.5)
+        finally:
+            if server is not None:
+                server.stop()
 
 
 @cli.command()

@@ -57,6 +57,7 @@ class PassResult:
     node_errors: dict[str, str] = field(default_factory=dict)
     diagnostics: list[str] = field(default_factory=list)
     lost_nodes: frozenset[str] = frozenset()
+    state: DesiredState | None = None  # what the pass reconciled (the head, or the last good one)
 
     @property
     def converged(self) -> bool:
@@ -169,6 +170,7 @@ class Controller:
         now = now if now is not None else datetime.now(UTC).timestamp()
         head, state, valid = self.load(rev)
         result = PassResult(head.revision, valid, diagnostics=[d.format() for d in errors(head.diagnostics)])
+        result.state = state if state.ok else None
         if not valid and not state.ok:
             return result  # nothing valid was ever applied: touch nothing
         fleet = self.fleet(state)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from gitorch import console
+from gitorch.dns.cluster import ClusterDNS, settings_for
 from gitorch.metrics import Metrics
 from gitorch.notifications import Notifier
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
@@ -41,6 +42,7 @@ class Server:
         settings: ControllerSettings | None = None,
         listen: tuple[str, int] | None = None,
         webhook_secret: str | None = None,
+        dns_listen: str | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -68,6 +70,8 @@ class Server:
         self._listen_lock = threading.Lock()
         self.metrics = Metrics()
         self.notifier = Notifier(repo, store)
+        self.dns_listen = dns_listen
+        self.dns: ClusterDNS | None = None
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
         lines = [f"{result.revision.short} {'valid' if result.valid else 'INVALID'}"]
@@ -161,6 +165,7 @@ class Server:
             return
         self.passes += 1
         self._schedule_requeue(result)
+        self._refresh_dns(result)
         try:
             self.metrics.observe_pass(result, time.monotonic() - started, self.store)
             self.notifier.observe(result)
@@ -170,6 +175,19 @@ class Server:
         if lines != self._last:
             console.write(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
             self._last = lines
+
+    def _refresh_dns(self, result: PassResult) -> None:
+        """Serve the cluster DNS (once asked to) from what this pass recorded."""
+        if self.dns_listen is None or result.state is None:
+            return
+        try:
+            if self.dns is None:
+                self.dns = ClusterDNS(settings_for(result.state, self.dns_listen)).start()
+                console.write(f"cluster DNS on {self.dns_listen} (port {self.dns.port})")
+            self.dns.refresh(result.state, self.store)
+        except (OSError, ValueError) as exc:
+            console.error(f"cluster DNS on {self.dns_listen}: {exc}")
+            self.dns_listen = None  # a bad address will not get better; keep reconciling
 
     def _start_listener(self) -> None:
         """Listen if asked to; a port in use (say, another controller on this machine) is a
@@ -227,4 +245,6 @@ class Server:
             self.notifier.stop()
             self.store.release_lease(LEASE, self.holder)
             self.controller.close()
+            if self.dns is not None:
+                self.dns.stop()
             console.write("stopped")

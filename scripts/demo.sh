@@ -39,7 +39,7 @@ gitorch get services
 cat <<MSG
 
 The cluster keeps running. Try:
-  export GITORCH_STATE_DIR=$GITORCH_STATE_DIR
+  export GITORCH_STATE_DIR=$GITORCH_STATE_DIR PATH=$PWD/.venv/bin:\$PATH
   gitorch lab ssh lab-1 -- python3 -c "import urllib.request as u; print(u.urlopen('http://localhost:8080/').read().decode())"
   gitorch describe deployment/web -n shop
   edit $work/apps/shop/web.yaml, commit, then: gitorch apply --wait --repo $work

@@ -18,7 +18,7 @@ from gitorch import __version__, console, desired, hooks
 from gitorch.diagnostics import errors
 from gitorch.diffs import diff_states
 from gitorch.errors import GitorchError
-from gitorch.rendering import PlanReport, diagnostics_text, plan_json, plan_markdown, plan_text
+from gitorch.rendering import PlanReport, diagnostics_text, plan_markdown, plan_text
 from gitorch.settings import Settings
 from gitorch.source import open_repository
 
@@ -87,7 +87,12 @@ def _warn_uncommitted(repo: Any) -> None:
 @click.option("--head", default=None, help="Revision with the change. Default: HEAD.")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 for no changes, 2 for changes, 1 for errors.")
-def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, detailed_exitcode: bool) -> None:
+@click.option("--against-cluster", is_flag=True,
+              help="Also show what the running cluster would do: placements, rollout steps, DNS names.")
+@click.option("--out", "out", default=None, metavar="FILE",
+              help="Save the plan (implies --against-cluster) for `gitorch apply --plan FILE`.")
+def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, detailed_exitcode: bool,
+         against_cluster: bool, out: str | None) -> None:
     """Show what a change does to the cluster's desired state, ready to post on a pull request."""
     repo = open_repository(repo_path)
     head_state = desired.load(repo, head)
@@ -99,14 +104,40 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
         diagnostics=head_state.diagnostics,
         source=str(repo.path),
     )
+    preview = None
+    if (against_cluster or out) and not errors(head_state.diagnostics):
+        import time
+
+        from gitorch.reconcile import reviewing
+
+        with _store() as store:
+            observed = reviewing.observed_from_store(head_state, store, time.time())
+            ips = {(c.namespace, c.service): c.ip for c in store.cluster_ips()}
+            preview = reviewing.cluster_preview(head_state, observed, report.changes, ips)
+        if out:
+            reviewing.save(out, report.to_json(), preview, head_state.revision.oid)
     if fmt == "json":
-        console.write(plan_json(report))
+        data = report.to_json()
+        if preview is not None:
+            data["cluster"] = preview.to_json()
+        console.write(json.dumps(data, indent=2, ensure_ascii=False))
     elif fmt == "markdown":
-        console.write(plan_markdown(report))
+        text = plan_markdown(report)
+        if preview is not None:
+            from gitorch.reconcile import reviewing
+
+            text += reviewing.preview_markdown(preview)
+        console.write(text)
     else:
         console.write_diff(plan_text(report))
+        if preview is not None:
+            from gitorch.reconcile import reviewing
+
+            console.write_diff(reviewing.preview_text(preview))
         if head is None:
             _warn_uncommitted(repo)
+        if out:
+            console.write(f"saved to {out}; apply exactly this with `gitorch apply --plan {out}`")
     if errors(head_state.diagnostics):
         if fmt == "text":
             console.error(f"{head_state.revision.short} has errors; it would not be applied")
@@ -159,12 +190,24 @@ def _store() -> Any:
 @click.option("--rev", default=None, help="Revision to apply. Default: HEAD.")
 @click.option("--wait/--no-wait", default=False, help="Repeat passes until every workload is Healthy.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait may take.")
-def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float) -> None:
+@click.option("--plan", "plan_file", default=None, metavar="FILE",
+              help="Apply a saved plan (from `gitorch plan --out`), refusing if the head or the cluster moved since.")
+def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, plan_file: str | None) -> None:
     """Reconcile the cluster to a commit: one pass, or with --wait until it has converged."""
-    from gitorch.reconcile import applying
+    import time
+
+    from gitorch.reconcile import applying, reviewing
 
     repo = open_repository(repo_path)
     with _store() as store:
+        if plan_file:
+            saved = reviewing.load_saved(plan_file)
+            head = repo.resolve(rev).oid
+            state = desired.load(repo, head)
+            current = reviewing.observed_hash(reviewing.observed_from_store(state, store, time.time()))
+            reviewing.check_saved(saved, head, current)
+            console.write(f"applying the reviewed plan for {head[:7]}")
+            rev, wait = head, True
         ok = applying.apply(repo, store, _settings().state_dir, rev=rev, wait=wait, timeout=timeout)
     sys.exit(0 if ok else 1)
 

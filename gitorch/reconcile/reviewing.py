@@ -1,0 +1,243 @@
+"""Reviewing: what a commit would do to the running cluster, saved so the reviewed plan is
+what gets applied.
+
+`cluster_preview` is purely computational: from the desired state and what the store last
+observed it simulates reconcile passes (new pods become Ready, removed ones go) and lists
+the steps: placements, removals, unschedulable pods, Services and DNS names. A saved plan
+carries the head commit and a fingerprint of the observed state; `gitorch apply --plan`
+refuses when either moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gitorch.diffs import Action, ChangeSet
+from gitorch.errors import GitorchError
+from gitorch.objects import DesiredState
+from gitorch.reconcile.controller import node_info
+from gitorch.reconcile.planning import NodeState, Observed, PodState, plan
+from gitorch.store import Store
+
+PLAN_FORMAT = "gitorch.dev/plan/v1"
+MAX_STEPS = 60
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reconcile pass of the preview: pods started (with their node) and stopped."""
+
+    started: tuple[tuple[str, str], ...] = ()  # (namespace/name, node)
+    stopped: tuple[tuple[str, str], ...] = ()
+    pending: tuple[tuple[str, str], ...] = ()  # (namespace/name, scheduler message)
+
+
+@dataclass
+class ClusterPreview:
+    steps: list[Step] = field(default_factory=list)
+    converges: bool = True
+    services_added: list[str] = field(default_factory=list)  # DNS names that appear
+    services_removed: list[str] = field(default_factory=list)
+    cluster_ips: dict[str, str] = field(default_factory=dict)  # kept allocations: name -> IP
+    observed_hash: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "converges": self.converges,
+            "steps": [
+                {
+                    "started": [{"pod": p, "node": n} for p, n in s.started],
+                    "stopped": [{"pod": p, "node": n} for p, n in s.stopped],
+                    "pending": [{"pod": p, "reason": m} for p, m in s.pending],
+                }
+                for s in self.steps
+            ],
+            "dnsNamesAdded": self.services_added,
+            "dnsNamesRemoved": self.services_removed,
+            "clusterIPs": self.cluster_ips,
+            "observedHash": self.observed_hash,
+        }
+
+
+def observed_from_store(state: DesiredState, store: Store, now: float) -> Observed:
+    """What the store last observed (the controller records it every pass), read-only."""
+    records = {n.name: n for n in store.nodes()}
+    nodes = []
+    for manifest in state.of_kind("Node"):
+        rec = records.get(manifest.key.name)
+        facts = dict(rec.facts) if rec is not None else {}
+        reachable = bool(rec.ready) if rec is not None else False
+        nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=not reachable))
+    pods = tuple(
+        PodState(
+            r.name,
+            r.namespace,
+            r.owner_kind,
+            r.owner_name,
+            r.node,
+            r.template_hash,
+            r.phase,
+            r.ready,
+            r.restarts,
+            r.reason,
+            r.message,
+            r.created_at.timestamp(),
+            r.ready_at.timestamp() if r.ready_at else None,
+            r.ordinal,
+        )
+        for r in store.pods()
+    )
+    return Observed(now, pods, tuple(nodes))
+
+
+def observed_hash(observed: Observed) -> str:
+    """A fingerprint of what placement depends on: pods (node, revision, phase) and nodes."""
+    data = {
+        "pods": sorted((p.namespace, p.name, p.node or "", p.revision, p.phase) for p in observed.pods),
+        "nodes": sorted((n.name, n.reachable) for n in observed.nodes),
+    }
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
+
+
+def _domain(state: DesiredState) -> str:
+    clusters = state.of_kind("Cluster")
+    return str((clusters[0].spec.get("domain") if clusters else None) or "cluster.local")
+
+
+def cluster_preview(
+    state: DesiredState, observed: Observed, changes: ChangeSet, cluster_ips: dict[tuple[str, str], str]
+) -> ClusterPreview:
+    """Simulate passes until the plan converges (pods start Ready, stopped pods vanish)."""
+    preview = ClusterPreview(observed_hash=observed_hash(observed))
+    current = observed
+    for _ in range(MAX_STEPS):
+        p = plan(state, current)
+        before = {(x.namespace, x.name): x for x in current.pods}
+        started = tuple(
+            sorted(
+                (f"{d.owner.namespace}/{d.name}", d.node)
+                for d in p.pods
+                if d.node
+                and ((d.owner.namespace, d.name) not in before or before[(d.owner.namespace, d.name)].node is None)
+            )
+        )
+        stopped = tuple(sorted((f"{x.namespace}/{x.name}", x.node or "-") for x in p.removed))
+        pending = tuple(sorted((f"{d.owner.namespace}/{d.name}", d.message) for d in p.pods if d.node is None))
+        if not started and not stopped:
+            if pending:
+                preview.steps.append(Step(pending=pending))
+                preview.converges = False
+            break
+        preview.steps.append(Step(started, stopped, pending))
+        # The next observation: what this pass asked for, every pod Running and Ready.
+        pods = []
+        for d in p.pods:
+            old = before.get((d.owner.namespace, d.name))
+            ready = d.node is not None
+            base = old or PodState(
+                d.name,
+                d.owner.namespace,
+                d.owner.kind,
+                d.owner.name,
+                d.node,
+                d.revision,
+                created=current.now,
+                ordinal=d.ordinal,
+            )
+            pods.append(
+                replace(
+                    base,
+                    node=d.node,
+                    revision=d.revision,
+                    phase="Running" if ready else "Pending",
+                    ready=ready,
+                    ready_since=current.now if ready else None,
+                    message=d.message,
+                )
+            )
+        current = replace(current, pods=tuple(pods), now=current.now + 1)
+    else:
+        preview.converges = False
+    domain = _domain(state)
+    for c in changes.changes:
+        if c.key.kind != "Service":
+            continue
+        name = f"{c.key.name}.{c.key.namespace}.svc.{domain}"
+        if c.action is Action.CREATE:
+            preview.services_added.append(name)
+        elif c.action is Action.DELETE:
+            preview.services_removed.append(name)
+        elif (c.key.namespace, c.key.name) in cluster_ips:
+            preview.cluster_ips[name] = cluster_ips[(c.key.namespace, c.key.name)]
+    return preview
+
+
+def preview_text(preview: ClusterPreview) -> str:
+    lines = ["", "What the cluster would do (from the state the store last observed):"]
+    if not preview.steps:
+        lines.append("  nothing: every pod is already where it should be")
+    for i, s in enumerate(preview.steps, 1):
+        lines.append(f"  step {i}:")
+        lines += [f"    + pod {pod} -> {node}" for pod, node in s.started]
+        lines += [f"    - pod {pod} on {node}" for pod, node in s.stopped]
+        lines += [f"    ! pod {pod} stays Pending: {why}" for pod, why in s.pending]
+    if not preview.converges:
+        lines.append("  does not converge: some pods cannot be placed")
+    lines += [f"  + DNS {n}" for n in preview.services_added]
+    lines += [f"  - DNS {n}" for n in preview.services_removed]
+    return "\n".join(lines) + "\n"
+
+
+def preview_markdown(preview: ClusterPreview) -> str:
+    started = sum(len(s.started) for s in preview.steps)
+    stopped = sum(len(s.stopped) for s in preview.steps)
+    head = (
+        f"**Cluster:** {started} pod(s) start, {stopped} stop, in {len(preview.steps)} step(s)"
+        + ("" if preview.converges else " — **does not converge**")
+        + "."
+    )
+    steps = preview_text(preview).strip()
+    return f"\n{head}\n\n<details><summary>rollout steps</summary>\n\n```diff\n{steps}\n```\n\n</details>\n"
+
+
+def save(path: str, report_json: dict[str, Any], preview: ClusterPreview, head: str) -> None:
+    doc = {
+        "format": PLAN_FORMAT,
+        "head": head,
+        "observedHash": preview.observed_hash,
+        "plan": report_json,
+        "cluster": preview.to_json(),
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+
+
+def load_saved(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise GitorchError(f"{path}: cannot read the plan ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise GitorchError(f"{path}: not a saved gitorch plan ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+        raise GitorchError(f"{path}: not a saved gitorch plan (made by `gitorch plan --against-cluster --out FILE`)")
+    return doc
+
+
+def check_saved(doc: dict[str, Any], head: str, current_hash: str) -> None:
+    """Refuse a plan made for another commit or against a cluster that changed since."""
+    if doc["head"] != head:
+        raise GitorchError(
+            f"the branch moved since the plan was made: planned {doc['head'][:7]}, the head is now {head[:7]}; "
+            "review a new plan (`gitorch plan --against-cluster --out ...`)"
+        )
+    if doc["observedHash"] != current_hash:
+        raise GitorchError(
+            "the cluster changed since the plan was made (pods or nodes are not where they were); "
+            "review a new plan (`gitorch plan --against-cluster --out ...`)"
+        )

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pygit2
 
@@ -302,3 +304,103 @@ def commit_tree_of(repo: Repository, target_rev: str, branch: str, message: str)
             raise SourceError(f"{repo.path}: cannot update the work tree: {exc}") from exc
     ref.set_target(oid, f"gitorch rollback to {str(target.id)[:7]}")
     return RevertCommit(str(oid), branch, _revision(target), str(head.id))
+
+
+# --- remote repositories -------------------------------------------------------------------
+
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+
+
+def is_remote(spec: str) -> bool:
+    """`ssh://`, `https://`, `file://` URLs and scp-like `git@host:org/repo.git` are remotes."""
+    return "://" in spec or bool(_SCP_LIKE.match(spec))
+
+
+@dataclass(frozen=True)
+class RemoteAuth:
+    """How to authenticate to a remote; the token itself is read from the environment, never stored."""
+
+    ssh_key: str | None = None
+    """Private key file for SSH remotes (its `.pub` beside it is used when present)."""
+    known_hosts: str | None = None
+    """gitorch's known-hosts file: an SSH remote's host key is pinned there on first use."""
+    host_key: str | None = None
+    """The SSH remote's host key, pinned explicitly ("ssh-ed25519 AAAA...")."""
+    token_env: str | None = None
+    """Environment variable holding an HTTPS token (GitHub, GitLab, Gitea all accept it as a password)."""
+
+
+class _Callbacks(pygit2.RemoteCallbacks):
+    def __init__(self, auth: RemoteAuth, verified: bool = False) -> None:
+        super().__init__()
+        self.auth = auth
+        self.verified = verified
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
+        if self.auth.ssh_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:
+            key = Path(self.auth.ssh_key).expanduser()
+            pub = key.with_name(key.name + ".pub")
+            return pygit2.Keypair(username_from_url or "git", pub if pub.exists() else None, key, "")
+        token = os.environ.get(self.auth.token_env or "", "")
+        if token and allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT:
+            return pygit2.UserPass(username_from_url or "x-access-token", token)
+        raise SourceError(f"{_redact(url)}: no credentials for this remote (--ssh-key or --token-env)")
+
+    def certificate_check(self, certificate: Any, valid: bool, host: bytes) -> bool:
+        # A TLS certificate must verify; an SSH host key was checked against its pin just before
+        # (pygit2 does not show us the key itself).
+        return valid or self.verified
+
+
+def _redact(url: str) -> str:
+    """A URL without any password or token in it."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _verify_ssh_host(url: str, auth: RemoteAuth) -> bool:
+    from urllib.parse import urlsplit
+
+    from gitorch.nodes.ssh import KnownHosts, NodeError, verify_host_key
+
+    if _SCP_LIKE.match(url):
+        host, port = url.split("@", 1)[1].split(":", 1)[0], 22
+    else:
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname:
+            return False
+        host, port = parts.hostname, parts.port or 22
+    try:
+        known = KnownHosts(Path(auth.known_hosts) if auth.known_hosts else None)
+        verify_host_key(host, port, known, auth.host_key)
+    except NodeError as exc:
+        raise SourceError(f"{_redact(url)}: {exc}") from exc
+    except OSError as exc:
+        raise SourceError(f"{_redact(url)}: cannot connect: {exc.strerror or exc}") from exc
+    return True
+
+
+def mirror(url: str, dest: Path, auth: RemoteAuth) -> Repository:
+    """A bare local mirror of a remote repository (cloned on first use, fetched after)."""
+    callbacks = _Callbacks(auth, verified=_verify_ssh_host(url, auth))
+    try:
+        if not (dest / "HEAD").exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            pygit2.clone_repository(url, str(dest), bare=True, callbacks=callbacks)
+            repo = open_repository(dest)
+        else:
+            repo = open_repository(dest)
+            fetch(repo, auth, url)
+        return repo
+    except pygit2.GitError as exc:
+        raise SourceError(f"{_redact(url)}: cannot fetch: {_redact(str(exc))}") from exc
+
+
+def fetch(repo: Repository, auth: RemoteAuth, url: str | None = None) -> None:
+    """Update every branch of a mirror from its remote (the newest commit always wins)."""
+    remote = repo._repo.remotes["origin"]
+    target = url or str(remote.url)
+    try:
+        callbacks = _Callbacks(auth, _verify_ssh_host(target, auth))
+        remote.fetch(refspecs=["+refs/heads/*:refs/heads/*"], callbacks=callbacks)
+    except pygit2.GitError as exc:
+        raise SourceError(f"{_redact(target)}: cannot fetch: {_redact(str(exc))}") from exc

@@ -424,3 +424,26 @@ class Pool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verify_host_key(host: str, port: int, known: KnownHosts, pinned: str | None = None, timeout: float = 10.0) -> str:
+    """Check the SSH host key a server presents against a pin or the known hosts (trusting it
+    on first use), without authenticating; raise HostKeyMismatch when it changed."""
+    name = f"{host}:{port}"
+    sock = socket.create_connection((host, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        expected = _normalise(pinned) if pinned else known.get(host, port)
+        if expected:
+            transport.get_security_options().key_types = [expected.split()[0]]
+        transport.start_client(timeout=timeout)
+        presented = _key_text(transport.get_remote_server_key())
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise NodeUnreachable(name, _reason(exc)) from exc
+    finally:
+        transport.close()
+    if expected and presented != expected:
+        raise HostKeyMismatch(name, f"host key changed: expected {expected[:40]}..., got {presented[:40]}...; refusing")
+    if not expected:
+        known.add(host, port, presented)
+    return presented

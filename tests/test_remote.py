@@ -1,0 +1,56 @@
+"""A remote desired-state repository over SSH: mirrored with pygit2, key-file auth, pinned host key."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gitorch.errors import SourceError
+from gitorch.nodes.lab import Lab
+from gitorch.source import RemoteAuth, is_remote, mirror
+from tests.gitrepo import GitRepo, git
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder lab nodes see too (their /tmp is private): the remote's bare repo lives here."""
+    path = Path(tempfile.mkdtemp(prefix="gitorch-remote-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_is_remote() -> None:
+    assert is_remote("ssh://git@host/org/repo.git") and is_remote("git@github.com:org/repo.git")
+    assert is_remote("https://example.invalid/org/repo.git")
+    assert not is_remote("/srv/git/cluster.git") and not is_remote("examples/repo")
+
+
+def test_ssh_remote_is_mirrored_and_fetched(lab: Lab, shared_dir: Path, tmp_path: Path) -> None:
+    bare = shared_dir / "cluster.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=shared_dir)
+    work = GitRepo(tmp_path / "work")
+    first = work.commit("one", {"ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: one}\n"})
+    git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
+    node = lab.nodes[0]
+    url = f"ssh://root@{node.address}{bare}"
+    auth = RemoteAuth(ssh_key=str(lab.identity_file), host_key=node.host_key)
+    repo = mirror(url, tmp_path / "mirror", auth)
+    assert repo.resolve("main").oid == first
+    second = work.commit("two", {"ns2.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: two}\n"})
+    git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
+    assert mirror(url, tmp_path / "mirror", auth).resolve("main").oid == second
+    # Trust on first use: recorded, then a changed key is refused.
+    known = tmp_path / "known_hosts"
+    mirror(url, tmp_path / "m2", RemoteAuth(ssh_key=str(lab.identity_file), known_hosts=str(known)))
+    assert node.host_key.split()[1] in known.read_text()
+    other = lab.nodes[1].host_key
+    with pytest.raises(SourceError, match="host key changed"):
+        mirror(url, tmp_path / "m3", RemoteAuth(ssh_key=str(lab.identity_file), host_key=other))
+    with pytest.raises(SourceError, match="cannot fetch"):
+        mirror(f"ssh://root@{node.address}/var/tmp/no-such.git", tmp_path / "m4", auth)

@@ -363,6 +363,34 @@ def logs(pod: str, namespace: str, container: str | None, tail: int, follow: boo
         views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous)
 
 
+@cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Revision to compare with (--run). Default: HEAD.")
+@click.option("--run", "run_now", is_flag=True, help="Run a drift check now and save its report.")
+@click.option("--heal", is_flag=True, help="With --run: heal what is found, whatever the Cluster's drift mode.")
+@click.option("--since", default=None, metavar="DURATION|ISO", help="Show every report since then (30m, 2h, ISO time).")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, since: str | None, fmt: str) -> None:
+    """Drift between Git, the store and the nodes: the latest report, or with --run a new one."""
+    from gitorch.reconcile import drift as drift_mod
+    from gitorch.reconcile.controller import Controller, ControllerSettings
+
+    try:
+        when = drift_mod.parse_since(since) if since else None
+    except ValueError as exc:
+        _fail(str(exc))
+    with _store() as store:
+        if run_now:
+            controller = Controller(open_repository(repo_path), store, _settings().state_dir,
+                                    ControllerSettings.from_env())
+            try:
+                drift_mod.run(controller, rev=rev, heal=heal)
+            finally:
+                controller.close()
+        docs = drift_mod.history(store.drift_reports(), when)
+    console.write(drift_mod.render(docs, fmt, many=when is not None))
+
+
 # --- git hooks ---------------------------------------------------------------------------
 
 

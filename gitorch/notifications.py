@@ -199,6 +199,13 @@ class Notifier:
                 if note.event in target.events:
                     self._queue.put((target, note))
 
+    def drift_found(self, state: DesiredState, text: str, revision: str) -> None:
+        """Queue a driftFound notification to every target that wants it (drift reports)."""
+        note = Notification("driftFound", text, revision)
+        for target in targets(state):
+            if note.event in target.events:
+                self._queue.put((target, note))
+
     def _state(self, result: PassResult) -> DesiredState:
         if result.valid:
             return desired.load(self.repo, result.revision.oid)

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from gitorch import console
+from gitorch import console, desired
 from gitorch.dns.cluster import ClusterDNS, settings_for
 from gitorch.metrics import Metrics
 from gitorch.notifications import Notifier
+from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
 from gitorch.source import Repository
 from gitorch.store import Store
@@ -72,6 +73,7 @@ class Server:
         self.notifier = Notifier(repo, store)
         self.dns_listen = dns_listen
         self.dns: ClusterDNS | None = None
+        self.drift_schedule: str | None = None
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
         lines = [f"{result.revision.short} {'valid' if result.valid else 'INVALID'}"]
@@ -166,6 +168,7 @@ class Server:
         self.passes += 1
         self._schedule_requeue(result)
         self._refresh_dns(result)
+        self._schedule_drift(result)
         try:
             self.metrics.observe_pass(result, time.monotonic() - started, self.store)
             self.notifier.observe(result)
@@ -188,6 +191,38 @@ class Server:
         except (OSError, ValueError) as exc:
             console.error(f"cluster DNS on {self.dns_listen}: {exc}")
             self.dns_listen = None  # a bad address will not get better; keep reconciling
+
+    def _schedule_drift(self, result: PassResult) -> None:
+        """Keep the drift job on the Cluster's `spec.drift.schedule` (checked after every pass)."""
+        if result.state is None:
+            return
+        schedule = drift.cluster_schedule(result.state)
+        if schedule == self.drift_schedule:
+            return
+        self.drift_schedule = schedule
+        if schedule is not None:
+            self.timers.cron(schedule, self.drift, "drift")
+            console.write(f"drift reports on schedule {schedule!r}")
+
+    def drift(self) -> None:
+        """The cron job: one drift check (only the leader), then driftFound when it found any."""
+        if self.drift_schedule is None or self.stopping.is_set():
+            return  # the schedule was removed from the Cluster manifest
+        with self._pass_lock:  # one user of the nodes' connections at a time
+            if not self._lead():
+                return
+            try:
+                report = drift.run(self.controller, rev=self.branch)
+            except Exception as exc:  # a failed check is retried on schedule, never fatal
+                console.error(f"drift check failed: {exc}")
+                return
+        console.write(f"{time.strftime('%H:%M:%S')} drift report #{report.id}: {len(report.findings)} finding(s)")
+        if report.findings:
+            try:
+                state = desired.load(self.repo, report.revision)
+                self.notifier.drift_found(state, drift.found_text(report), report.revision or "")
+            except Exception as exc:  # reporting must never stop the controller
+                console.error(f"driftFound notification failed: {exc}")
 
     def _start_listener(self) -> None:
         """Listen if asked to; a port in use (say, another controller on this machine) is a

@@ -1,0 +1,394 @@
+"""Drift reports: compare Git, the store and what every node runs now; list the differences
+and, in heal mode, repair them with one reconcile pass.
+
+`detect` is purely computational; `run` observes (read-only `status` calls), heals when
+asked and saves the report. NAT rules and DNS records are not compared yet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from gitorch import desired as desired_mod
+from gitorch.diagnostics import errors
+from gitorch.objects import DesiredState, Object, ObjectKey
+from gitorch.reconcile import podspecs
+from gitorch.reconcile.controller import Controller
+from gitorch.store import DriftReport, ObjectRecord, PodRecord
+
+ANNOTATION = "gitorch.dev/drift"
+MODES = ("report", "heal", "ignore")
+TEMPLATED = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+class FindingKind(StrEnum):
+    POD_MISSING = "PodMissing"
+    EXTRA_POD = "ExtraPod"
+    POD_NOT_READY = "PodNotReady"
+    POD_CRASH_LOOPING = "PodCrashLooping"
+    OLD_REVISION = "OldRevision"
+    NODE_UNREACHABLE = "NodeUnreachable"
+    NOT_APPLIED = "NotApplied"
+    NOT_PRUNED = "NotPruned"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    object: str
+    node: str
+    detail: str
+    mode: str = "report"  # report | heal: what this finding's object asks for
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind.value, "object": self.object, "node": self.node, "detail": self.detail,
+                "mode": self.mode}
+
+
+def _mode_of(annotations: Mapping[str, Any] | None, default: str) -> str:
+    value = str((annotations or {}).get(ANNOTATION) or "").strip().lower()
+    return value if value in MODES else default
+
+
+def cluster_mode(state: DesiredState) -> str:
+    """The Cluster manifest's `spec.drift.mode` (default report)."""
+    for cluster in state.of_kind("Cluster"):
+        mode = (cluster.spec.get("drift") or {}).get("mode")
+        if mode in ("report", "heal"):
+            return str(mode)
+    return "report"
+
+
+def cluster_schedule(state: DesiredState | None) -> str | None:
+    """The Cluster manifest's `spec.drift.schedule`, when it sets one."""
+    for cluster in state.of_kind("Cluster") if state is not None else ():
+        schedule = (cluster.spec.get("drift") or {}).get("schedule")
+        if schedule:
+            return str(schedule)
+    return None
+
+
+def _current_revision(state: DesiredState, obj: Object) -> str | None:
+    template = obj.spec.get("template")
+    if obj.key.kind not in TEMPLATED or not isinstance(template, Mapping):
+        return None
+    try:
+        return podspecs.revision(state, obj, template)
+    except Exception:  # a template the planner would refuse: no revision to compare with
+        return None
+
+
+def _crash_looping(report: Mapping[str, Any]) -> bool:
+    if report.get("reason") == "CrashLoopBackOff":
+        return True
+    for c in [*(report.get("containers") or []), *(report.get("initContainers") or [])]:
+        if isinstance(c, Mapping) and (c.get("reason") == "CrashLoopBackOff" or c.get("state") == "CrashLoopBackOff"):
+            return True
+    return False
+
+
+def detect(
+    state: DesiredState,
+    objects: Sequence[ObjectRecord],
+    pods: Sequence[PodRecord],
+    reports: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    node_errors: Mapping[str, str],
+    default_mode: str = "report",
+) -> list[Finding]:
+    """Every difference between Git (`state`), the store (`objects`, `pods`) and the nodes
+    (`reports`: node -> pod name -> the agent's pod status), in a stable order (pure)."""
+    out: list[Finding] = []
+    stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in objects}
+    modes: dict[ObjectKey, str] = {k: _mode_of(o.annotations, default_mode) for k, o in state.objects.items()}
+    for key, rec in stored.items():
+        if key not in modes:
+            manifest = (rec.body or {}).get("manifest") or {}
+            modes[key] = _mode_of((manifest.get("metadata") or {}).get("annotations"), default_mode)
+
+    def add(kind: FindingKind, key: ObjectKey | None, what: str, node: str, detail: str) -> None:
+        mode = modes.get(key, default_mode) if key is not None else default_mode
+        if mode != "ignore":
+            out.append(Finding(kind, what, node, detail, mode))
+
+    for key in state.objects:
+        if key not in stored:
+            add(FindingKind.NOT_APPLIED, key, str(key), "", "in Git, never applied (not in the store)")
+        elif stored[key].spec_hash and stored[key].spec_hash != podspecs.short_hash(state.objects[key].body):
+            add(FindingKind.NOT_APPLIED, key, str(key), "", "changed in Git since it was applied")
+    for key in stored:
+        if key not in state.objects:
+            add(FindingKind.NOT_PRUNED, key, str(key), "", "in the store, no longer in Git (not pruned)")
+
+    for node in sorted(node_errors):
+        add(FindingKind.NODE_UNREACHABLE, None, f"Node {node}", node, node_errors[node])
+
+    revisions = {k: _current_revision(state, o) for k, o in state.objects.items()}
+    recorded: dict[tuple[str, str], PodRecord] = {}
+    for p in pods:
+        if p.node:
+            recorded[(p.node, p.name)] = p
+    for p in sorted(pods, key=lambda r: (r.namespace, r.name)):
+        owner = ObjectKey(p.owner_kind, p.namespace, p.owner_name)
+        what = f"Pod {p.namespace}/{p.name}"
+        if not p.node or p.node in node_errors or p.node not in reports:
+            continue  # Pending, or its node is unreachable (reported once, above)
+        report = reports[p.node].get(p.name)
+        if report is None:
+            if p.phase not in ("Succeeded", "Failed"):
+                add(FindingKind.POD_MISSING, owner, what, p.node, f"recorded on {p.node}, not running there")
+            continue
+        if report.get("terminating"):
+            add(FindingKind.POD_MISSING, owner, what, p.node, f"recorded on {p.node}, being stopped there")
+            continue
+        phase = str(report.get("phase") or "")
+        if _crash_looping(report):
+            add(FindingKind.POD_CRASH_LOOPING, owner, what, p.node,
+                f"CrashLoopBackOff, {report.get('restarts', 0)} restart(s)")
+        elif int(report.get("restarts") or 0) > p.restarts:
+            add(FindingKind.POD_CRASH_LOOPING, owner, what, p.node,
+                f"restarts grew from {p.restarts} to {report.get('restarts')}")
+        if phase not in ("Succeeded", "Failed") and not report.get("ready"):
+            reason = report.get("reason") or phase or "unknown"
+            add(FindingKind.POD_NOT_READY, owner, what, p.node, f"not ready ({reason})")
+        # A pod's own hash differs per pod (field refs): compare it with the spec gitorch
+        # sent, and the pod's template revision with the one Git asks for.
+        wanted = revisions.get(owner)
+        running, sent = str(report.get("hash") or ""), str((p.spec or {}).get("hash") or "")
+        if wanted and p.template_hash and p.template_hash != wanted:
+            add(FindingKind.OLD_REVISION, owner, what, p.node,
+                f"runs revision {p.template_hash[:10]}, Git has {wanted[:10]}")
+        elif running and sent and running != sent:
+            add(FindingKind.OLD_REVISION, owner, what, p.node,
+                f"runs spec {running[:10]}, gitorch sent {sent[:10]}")
+    for node in sorted(reports):
+        if node in node_errors:
+            continue
+        for name, report in sorted(reports[node].items()):
+            if (node, name) in recorded or report.get("terminating"):
+                continue
+            ns = str(report.get("namespace") or "default")
+            elsewhere = [p.node for p in pods if p.name == name and p.namespace == ns and p.node]
+            detail = f"running on {node}, " + (
+                f"recorded on {elsewhere[0]}" if elsewhere else "not recorded by gitorch"
+            )
+            pod_rec = next((p for p in pods if p.name == name and p.namespace == ns), None)
+            extra_owner = ObjectKey(pod_rec.owner_kind, ns, pod_rec.owner_name) if pod_rec else None
+            add(FindingKind.EXTRA_POD, extra_owner, f"Pod {ns}/{name}", node, detail)
+    return out
+
+
+def counts(findings: Iterable[Finding | Mapping[str, Any]]) -> dict[str, int]:
+    c: Counter[str] = Counter()
+    for f in findings:
+        c[f.kind.value if isinstance(f, Finding) else str(f.get("kind"))] += 1
+    return dict(sorted(c.items()))
+
+
+# ---- running a check ------------------------------------------------------------------
+
+
+def _state(controller: Controller, rev: str | None) -> DesiredState:
+    """The head's desired state, or the last applied one when the head does not validate."""
+    head = desired_mod.load(controller.repo, rev)
+    if not errors(head.diagnostics):
+        return head
+    last = controller.store.last_applied_revision()
+    return desired_mod.load(controller.repo, last.commit) if last is not None else head
+
+
+def observe(
+    controller: Controller, state: DesiredState
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, str]]:
+    """Each node's pods as its agent reports them (read-only `status`), and unreachable nodes."""
+    fleet = controller.fleet(state)
+    timeout = controller.settings.node_call_timeout
+    results = fleet.fan_out(lambda c: c.call("status", timeout=timeout), timeout=timeout + 5)
+    reports: dict[str, dict[str, dict[str, Any]]] = {}
+    node_errors: dict[str, str] = {}
+    for manifest in state.of_kind("Node"):
+        name = manifest.key.name
+        outcome = results.get(name)
+        if outcome is not None and outcome.ok and outcome.value is not None:
+            reports[name] = {str(p["name"]): p for p in outcome.value.get("pods", [])}
+        else:
+            node_errors[name] = outcome.error if outcome is not None else f"{name}: not asked"
+    return reports, node_errors
+
+
+def check(controller: Controller, state: DesiredState, default_mode: str) -> list[Finding]:
+    reports, node_errors = observe(controller, state)
+    store = controller.store
+    return detect(state, store.objects(), store.pods(), reports, node_errors, default_mode)
+
+
+def run(controller: Controller, *, rev: str | None = None, heal: bool = False) -> DriftReport:
+    """One drift check, saved. Heals (one reconcile pass) when `heal` or the Cluster's mode
+    says so and a finding's object does not ask for report only."""
+    started = datetime.now(UTC)
+    state = _state(controller, rev)
+    default_mode = "heal" if heal else cluster_mode(state)
+    found = check(controller, state, default_mode)
+    healed: list[dict[str, Any]] = []
+    if any(f.mode == "heal" for f in found):
+        result = controller.reconcile(rev)
+        after = check(controller, state, default_mode)
+        healed.append({
+            "action": "reconcile",
+            "revision": result.revision.oid,
+            "nodeErrors": dict(result.node_errors),
+            "before": counts(found),
+            "after": [f.to_json() for f in after],
+        })
+    return controller.store.save_drift_report(
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        mode="heal" if healed or default_mode == "heal" else "report",
+        revision=state.revision.oid,
+        findings=[f.to_json() for f in found],
+        counts=counts(found),
+        healed=healed,
+    )
+
+
+# ---- showing reports -------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`30m`, `2h`, `1d` ago, or an ISO date/time (UTC unless it names a zone)."""
+    now = now or datetime.now(UTC)
+    m = _DURATION.match(text.strip())
+    if m:
+        return now - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: give a duration (30m, 2h, 1d) or an ISO time (2026-01-31T10:00)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def remaining(report: DriftReport) -> list[dict[str, Any]]:
+    """The findings left after the report's heal (all of them when it did not heal)."""
+    return list(report.healed[-1].get("after") or []) if report.healed else list(report.findings)
+
+
+def report_json(report: DriftReport, previous: DriftReport | None) -> dict[str, Any]:
+    total = len(report.findings)
+    return {
+        "id": report.id,
+        "startedAt": report.started_at.isoformat(),
+        "finishedAt": report.finished_at.isoformat() if report.finished_at else None,
+        "mode": report.mode,
+        "revision": report.revision,
+        "total": total,
+        "counts": dict(report.counts),
+        "findings": list(report.findings),
+        "healed": list(report.healed),
+        "remaining": len(remaining(report)),
+        "previous": None if previous is None else {
+            "id": previous.id, "startedAt": previous.started_at.isoformat(), "total": len(previous.findings),
+        },
+        "delta": None if previous is None else total - len(previous.findings),
+    }
+
+
+def _summary(doc: Mapping[str, Any]) -> str:
+    total = doc["total"]
+    line = f"{total} finding{'s' if total != 1 else ''}"
+    prev = doc["previous"]
+    if prev is not None:
+        at = datetime.fromisoformat(prev["startedAt"]).astimezone(UTC).strftime("%H:%M")
+        line += f" ({doc['delta']:+d} since {at})"
+    if doc["healed"]:
+        line += f"; healed by one reconcile pass, {doc['remaining']} remain"
+    return line
+
+
+def _title(doc: Mapping[str, Any]) -> str:
+    started = datetime.fromisoformat(doc["startedAt"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    rev = (doc["revision"] or "")[:7]
+    return f"drift report #{doc['id']} at {started} ({doc['mode']} mode, revision {rev})"
+
+
+def render_text(docs: Sequence[Mapping[str, Any]]) -> str:
+    blocks = []
+    for doc in docs:
+        lines = [_title(doc), "  " + _summary(doc)]
+        for f in doc["findings"]:
+            where = f" on {f['node']}" if f.get("node") else ""
+            lines.append(f"  {f['kind']:<16} {f['object']}{where}: {f['detail']}")
+        for h in doc["healed"]:
+            for f in h.get("after") or []:
+                lines.append(f"  still after heal: {f['kind']} {f['object']}: {f['detail']}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "no drift reports yet (run `gitorch drift --run`)"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(docs: Sequence[Mapping[str, Any]]) -> str:
+    if not docs:
+        return "_No drift reports yet._"
+    blocks = []
+    for doc in docs:
+        lines = [f"### {_title(doc)}", "", f"**{_summary(doc)}**", ""]
+        if doc["findings"]:
+            lines += ["| kind | object | node | detail | mode |", "| --- | --- | --- | --- | --- |"]
+            lines += [
+                f"| {_cell(f['kind'])} | {_cell(f['object'])} | {_cell(f.get('node') or '')} | "
+                f"{_cell(f['detail'])} | {_cell(f.get('mode', ''))} |"
+                for f in doc["findings"]
+            ]
+        else:
+            lines.append("No drift: Git, the store and the nodes agree.")
+        for h in doc["healed"]:
+            after = h.get("after") or []
+            lines += ["", f"Healed with one reconcile pass of `{str(h.get('revision'))[:7]}`: "
+                      f"{len(after)} finding(s) remain."]
+            lines += [f"- {_cell(f['kind'])} {_cell(f['object'])}: {_cell(f['detail'])}" for f in after]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render(docs: Sequence[Mapping[str, Any]], fmt: str, *, many: bool) -> str:
+    if fmt == "json":
+        return json.dumps({"reports": list(docs)} if many else (docs[0] if docs else None), indent=2)
+    return render_markdown(docs) if fmt == "markdown" else render_text(docs)
+
+
+def documents(reports: Sequence[DriftReport], previous: DriftReport | None) -> list[dict[str, Any]]:
+    """`reports` newest first, each with its predecessor for the count delta; `previous` is
+    the report before the oldest one."""
+    out = []
+    for i, r in enumerate(reports):
+        before = reports[i + 1] if i + 1 < len(reports) else previous
+        out.append(report_json(r, before))
+    return out
+
+
+def found_text(report: DriftReport) -> str:
+    """The driftFound notification's text."""
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
+    rest = f"; {len(remaining(report))} remain after healing" if report.healed else ""
+    return f"gitorch: drift found at {(report.revision or '')[:7]}: {len(report.findings)} finding(s) ({kinds}){rest}"
+
+
+def history(reports: Sequence[DriftReport], since: datetime | None) -> list[dict[str, Any]]:
+    """The latest report (or every report since `since`), newest first, as documents with
+    the count delta against the report before each."""
+    if since is None:
+        return documents(reports[:1], reports[1] if len(reports) > 1 else None)
+    chosen = [r for r in reports if r.started_at >= since]
+    older = reports[len(chosen)] if len(chosen) < len(reports) else None
+    return documents(chosen, older)

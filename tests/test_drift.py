@@ -1,0 +1,250 @@
+"""Drift reports on real lab nodes: pods removed or started behind gitorch's back are found
+in report mode (which changes nothing), healed in heal mode, and shown with history."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gitorch.desired import EMPTY_REVISION
+from gitorch.nodes.lab import Lab
+from gitorch.objects import DesiredState
+from gitorch.reconcile import drift
+from gitorch.reconcile.controller import Controller
+from gitorch.reconcile.serving import Server
+from gitorch.settings import Settings
+from gitorch.source import open_repository
+from gitorch.store import ObjectRecord, PodRecord, Store
+from tests.gitrepo import GitRepo
+from tests.lab import ssh_run
+from tests.samples import gitorch
+from tests.test_reconcile import NAMESPACE, _fix_port, converge, node_pods, web
+
+pytestmark = pytest.mark.lab
+
+# Run on a node: print a sync request that leaves pod argv[1] out and adds a copy of it
+# named argv[2]: what someone editing the node by hand would do.
+TAMPER = """\
+import json, sys
+d = json.load(open("/var/lib/gitorch/desired.json"))
+victim, stray = sys.argv[1], sys.argv[2]
+pods = [p for p in d["pods"] if p["name"] != victim]
+copy = dict(next(p for p in d["pods"] if p["name"] == victim), name=stray, hostname=stray)
+request = {"pods": pods + [copy]}
+if "network" in d:
+    request["network"] = d["network"]
+print(json.dumps(request))
+"""
+
+
+@pytest.fixture
+def cluster(lab: Lab, repo: GitRepo) -> Iterator[tuple[GitRepo, Controller]]:
+    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE})
+    settings = Settings.from_env()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database_url)
+    controller = Controller(open_repository(repo.path), store, settings.state_dir)
+    yield repo, controller
+    repo.commit("empty", {"apps.yaml": ""})
+    for _ in range(20):
+        if controller.reconcile().converged and not store.pods():
+            break
+    controller.close()
+    store.close()
+
+
+class Hook:
+    """A webhook target on this machine that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/drift"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tamper(lab: Lab, node: str, victim: str, stray: str) -> None:
+    """Remove `victim` from the node's desired pods and start `stray`, behind gitorch's back."""
+    program = base64.b64encode(TAMPER.encode()).decode()
+    script = (
+        "f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); "
+        f"echo {program} | base64 -d > /tmp/tamper.py && "
+        f'python3 /tmp/tamper.py {victim} {stray} | python3 "$f" sync >/dev/null'
+    )
+    ssh_run(lab, node, script)
+
+
+def drift_cli(repo: GitRepo, *args: str) -> dict[str, Any]:
+    proc = gitorch("drift", "--repo", str(repo.path), "--format", "json", *args, cwd=repo.path)
+    assert proc.returncode == 0, proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def kinds(doc: dict[str, Any], what: str) -> set[str]:
+    return {f["kind"] for f in doc["findings"] if what in f["object"]}
+
+
+def wait_running(lab: Lab, node: str, name: str, present: bool, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        names = {str(p["name"]) for p in node_pods(lab, name)[node] if not p.get("terminating")}
+        if (name in names) == present:
+            return
+        assert time.monotonic() < deadline, f"{name} {'not running' if present else 'still running'} on {node}"
+        time.sleep(0.3)
+
+
+def test_report_then_heal_then_clean(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    repo.commit("web", {"apps.yaml": _fix_port(web(replicas=2))})
+    converge(controller)
+    clean = drift_cli(repo, "--run")
+    assert clean["total"] == 0, clean["findings"]
+
+    node, pods = next((n, p) for n, p in node_pods(lab, "web-").items() if p)
+    victim = str(pods[0]["name"])
+    tamper(lab, node, victim, "stray-1")
+    wait_running(lab, node, "stray-1", True)
+
+    found = drift_cli(repo, "--run")
+    assert found["mode"] == "report" and not found["healed"]
+    assert "PodMissing" in kinds(found, victim), found["findings"]
+    assert "ExtraPod" in kinds(found, "stray-1"), found["findings"]
+    assert found["counts"]["PodMissing"] >= 1 and found["counts"]["ExtraPod"] >= 1
+    assert found["delta"] == found["total"] and found["previous"]["id"] == clean["id"]
+    # Report mode changes nothing on the nodes.
+    running = {str(p["name"]) for p in node_pods(lab, "")[node]}
+    assert "stray-1" in running and victim not in running
+
+    healed = drift_cli(repo, "--run", "--heal")
+    assert healed["mode"] == "heal" and healed["healed"], healed
+    assert {f["kind"] for f in healed["findings"]} >= {"PodMissing", "ExtraPod"}
+    assert not any(f["kind"] in ("PodMissing", "ExtraPod") for f in healed["healed"][0]["after"])
+    wait_running(lab, node, "stray-1", False)
+    wait_running(lab, node, victim, True)
+
+    deadline = time.monotonic() + 60
+    while True:
+        after = drift_cli(repo, "--run")
+        if after["total"] == 0:
+            break
+        assert time.monotonic() < deadline, after["findings"]
+        time.sleep(0.5)
+    assert after["delta"] is not None and after["delta"] <= 0
+
+    # History: --since lists every report, newest first, each with its delta.
+    history = drift_cli(repo, "--since", "1h")["reports"]
+    assert [r["id"] for r in history[:3]] == [after["id"], *[r["id"] for r in history[1:3]]]
+    assert len(history) >= 4 and history[-1]["id"] == clean["id"]
+    assert any(r["delta"] and r["delta"] > 0 for r in history)
+    latest = drift_cli(repo)
+    assert latest["id"] == after["id"]
+
+    text = gitorch("drift", "--since", "1h", cwd=repo.path)
+    assert text.returncode == 0 and f"drift report #{found['id']}" in text.stdout
+    assert f"{found['total']} findings (+{found['total']} since" in text.stdout, text.stdout
+    md = gitorch("drift", "--since", "1h", "--format", "markdown", cwd=repo.path)
+    assert md.returncode == 0, md.stderr
+    assert "| kind | object | node | detail | mode |" in md.stdout and "| PodMissing |" in md.stdout
+    assert "No drift: Git, the store and the nodes agree." in md.stdout
+
+
+def test_cluster_heal_mode_and_ignore_annotation(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    ignored = _fix_port(web(replicas=1)).replace(
+        "  namespace: shop\n", "  namespace: shop\n  annotations: {gitorch.dev/drift: ignore}\n", 1
+    )
+    repo.commit("web ignored", {"apps.yaml": ignored})
+    converge(controller)
+    node, pods = next((n, p) for n, p in node_pods(lab, "web-").items() if p)
+    victim = str(pods[0]["name"])
+    tamper(lab, node, victim, "stray-2")
+    wait_running(lab, node, "stray-2", True)
+    doc = drift_cli(repo, "--run")
+    assert not kinds(doc, victim), doc["findings"]  # ignored: its missing pod is not reported
+    # The stray copy belongs to no recorded object, so the Cluster default still applies.
+    assert "ExtraPod" in kinds(doc, "stray-2")
+
+    hook = Hook()
+    cluster_yaml = (
+        "apiVersion: gitorch.dev/v1\nkind: Cluster\nmetadata:\n  name: lab\n"
+        "spec:\n  drift:\n    mode: heal\n    schedule: '*/5 * * * *'\n"
+        f"  notifications:\n    - name: hook\n      url: {hook.url}\n      events: [driftFound]\n"
+    )
+    repo.commit("drift heals", {"cluster.yaml": cluster_yaml})
+    converge(controller)  # heals too: a pass re-syncs every node's pod set
+    tamper(lab, node, victim, "stray-3")
+    wait_running(lab, node, "stray-3", True)
+    doc = drift_cli(repo, "--run")
+    assert doc["mode"] == "heal" and doc["healed"], doc
+    assert "ExtraPod" in kinds(doc, "stray-3")
+    wait_running(lab, node, "stray-3", False)
+
+    # `gitorch serve` registers the Cluster's schedule; its job checks, heals and notifies.
+    server = Server(controller.repo, controller.store, controller.state_dir, branch=None, interval=5.0)
+    try:
+        server._schedule_drift(controller.reconcile())
+        assert server.drift_schedule == "*/5 * * * *"
+        server.notifier.start()
+        tamper(lab, node, victim, "stray-4")
+        wait_running(lab, node, "stray-4", True)
+        before = len(controller.store.drift_reports())
+        server.drift()
+        reports = controller.store.drift_reports()
+        assert len(reports) == before + 1 and reports[0].mode == "heal"
+        assert any(f["kind"] == "ExtraPod" for f in reports[0].findings)
+        deadline = time.monotonic() + 30
+        while not hook.received:
+            assert time.monotonic() < deadline, "no driftFound notification"
+            time.sleep(0.2)
+        assert hook.received[0]["event"] == "driftFound" and "ExtraPod" in hook.received[0]["text"]
+    finally:
+        server.notifier.stop()
+        hook.close()
+
+
+# ---- pure parts --------------------------------------------------------------------------
+
+
+def test_parse_since() -> None:
+    now = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+    assert drift.parse_since("30m", now) == now - timedelta(minutes=30)
+    assert drift.parse_since("2d", now) == now - timedelta(days=2)
+    assert drift.parse_since("2026-01-31T10:00", now) == datetime(2026, 1, 31, 10, 0, tzinfo=UTC)
+    with pytest.raises(ValueError, match="--since"):
+        drift.parse_since("yesterday", now)
+
+
+def test_detect_node_unreachable_and_not_pruned() -> None:
+    state = DesiredState(EMPTY_REVISION, {}, [])
+    gone = ObjectRecord(kind="ConfigMap", namespace="shop", name="old", body={"manifest": {}})
+    pod = PodRecord(namespace="shop", name="web-1", owner_kind="Deployment", owner_name="web", node="n1")
+    found = drift.detect(state, [gone], [pod], {}, {"n1": "n1: connection refused"})
+    assert [(f.kind.value, f.object) for f in found] == [
+        ("NotPruned", "ConfigMap shop/old"),
+        ("NodeUnreachable", "Node n1"),
+    ]

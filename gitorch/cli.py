@@ -20,7 +20,7 @@ from gitorch.diffs import diff_states
 from gitorch.errors import GitorchError
 from gitorch.rendering import PlanReport, diagnostics_text, plan_markdown, plan_text
 from gitorch.settings import Settings
-from gitorch.source import open_repository
+from gitorch.source import is_remote, open_repository
 
 REPO_HELP = "Git repository (a work tree, a folder inside one, or a bare repo). Default: the current directory."
 
@@ -222,8 +222,14 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
               help="Environment variable holding the webhook secret (GitHub/Gitea HMAC, GitLab token).")
 @click.option("--dns", "dns_listen", default=None, metavar="ADDR:PORT",
               help="Serve the cluster DNS here (UDP and TCP), kept in step with every pass.")
+@click.option("--poll", type=float, default=30.0, show_default=True,
+              help="Seconds between fetches of a remote --repo (a webhook fetches at once).")
+@click.option("--ssh-key", default=None, help="Private key file for an SSH remote.")
+@click.option("--host-key", default=None, help="The SSH remote's host key to pin (default: trust on first use).")
+@click.option("--token-env", default=None, help="Environment variable with an HTTPS token for the remote.")
 def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str,
-          dns_listen: str | None) -> None:
+          dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
+          token_env: str | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     from gitorch.reconcile.serving import Server
     from gitorch.webhooks import parse_listen
@@ -233,10 +239,26 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
     except ValueError as exc:
         _fail(str(exc))
     secret = os.environ.get(webhook_secret_env) or None
-    repo = open_repository(repo_path)
+    fetcher = None
+    if repo_path and is_remote(repo_path):
+        import hashlib
+
+        from gitorch.source import RemoteAuth, fetch, mirror
+
+        settings = _settings()
+        auth = RemoteAuth(ssh_key=ssh_key, token_env=token_env, host_key=host_key,
+                          known_hosts=str(settings.state_dir / "known_hosts"))
+        dest = settings.state_dir / "mirrors" / hashlib.sha256(repo_path.encode()).hexdigest()[:16]
+        repo = mirror(repo_path, dest, auth)
+        url = repo_path
+
+        def fetcher() -> None:
+            fetch(repo, auth, url)
+    else:
+        repo = open_repository(repo_path)
     with _store() as store:
         Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
-               webhook_secret=secret, dns_listen=dns_listen).run()
+               webhook_secret=secret, dns_listen=dns_listen, fetcher=fetcher, poll=poll).run()
 
 
 @cli.command()

@@ -54,3 +54,72 @@ def test_ssh_remote_is_mirrored_and_fetched(lab: Lab, shared_dir: Path, tmp_path
         mirror(url, tmp_path / "m3", RemoteAuth(ssh_key=str(lab.identity_file), host_key=other))
     with pytest.raises(SourceError, match="cannot fetch"):
         mirror(f"ssh://root@{node.address}/var/tmp/no-such.git", tmp_path / "m4", auth)
+
+
+def test_serve_follows_an_ssh_remote(lab: Lab, shared_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
+
+    bare = shared_dir / "cluster.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=shared_dir)
+    work = GitRepo(tmp_path / "work")
+    work.commit(
+        "one",
+        {
+            "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
+            "ns.yaml": NAMESPACE,
+            "apps.yaml": _fix_port(web(replicas=1)),
+        },
+    )
+    git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
+    node = lab.nodes[0]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gitorch",
+        "serve",
+        "--repo",
+        f"ssh://root@{node.address}{bare}",
+        "--branch",
+        "main",
+        "--ssh-key",
+        str(lab.identity_file),
+        "--host-key",
+        node.host_key,
+        "--poll",
+        "1",
+        "--interval",
+        "1",
+        "--listen",
+        "off",
+    ]
+    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        def count() -> int:
+            return len([p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"])
+
+        deadline = time.monotonic() + 60
+        while count() != 1:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.5)
+        work.commit("two", {"apps.yaml": _fix_port(web(replicas=2))})
+        git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
+        while count() != 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.5)
+        work.commit("none", {"apps.yaml": ""})
+        git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
+        while count() != 0:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out

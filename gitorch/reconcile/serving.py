@@ -9,11 +9,13 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from gitorch import console, desired
 from gitorch.dns.cluster import ClusterDNS, settings_for
+from gitorch.errors import GitorchError
 from gitorch.metrics import Metrics
 from gitorch.notifications import Notifier
 from gitorch.reconcile import drift
@@ -44,6 +46,8 @@ class Server:
         listen: tuple[str, int] | None = None,
         webhook_secret: str | None = None,
         dns_listen: str | None = None,
+        fetcher: Callable[[], None] | None = None,
+        poll: float = 30.0,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -73,6 +77,11 @@ class Server:
         self.notifier = Notifier(repo, store)
         self.dns_listen = dns_listen
         self.dns: ClusterDNS | None = None
+        # A remote repository: fetched every `poll` seconds, and at once when woken (webhook).
+        self.fetcher = fetcher
+        self.poll = poll
+        self._fetched_at = float("-inf")
+        self._fetch_now = False
         self.drift_schedule: str | None = None
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
@@ -86,6 +95,7 @@ class Server:
         """Run a pass now (after a push); during a pass, run another one right after it."""
         if why:
             console.write(f"{time.strftime('%H:%M:%S')} woken by {why}")
+        self._fetch_now = True
         self._dirty.set()
         self.timers.wake("reconcile")
 
@@ -154,6 +164,7 @@ class Server:
             console.error(f"lease renewal failed: {exc}")
 
     def _pass(self) -> None:
+        self._fetch()
         self._start_listener()
         if not self._lead():
             return
@@ -178,6 +189,21 @@ class Server:
         if lines != self._last:
             console.write(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
             self._last = lines
+
+    def _fetch(self) -> None:
+        """Bring the mirror of a remote repository up to date when due; a failed fetch is
+        reported and the pass goes on with the commits already fetched."""
+        if self.fetcher is None:
+            return
+        if not self._fetch_now and time.monotonic() - self._fetched_at < self.poll:
+            return
+        self._fetch_now = False
+        try:
+            self.fetcher()
+            self._fetched_at = time.monotonic()
+        except GitorchError as exc:
+            self._fetched_at = time.monotonic()  # retried at the next poll, not every pass
+            console.error(str(exc))
 
     def _refresh_dns(self, result: PassResult) -> None:
         """Serve the cluster DNS (once asked to) from what this pass recorded."""

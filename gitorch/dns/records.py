@@ -14,6 +14,11 @@ from gitorch.objects import DesiredState, Object
 from gitorch.store import ClusterIPAllocation, PodRecord
 
 
+def pod_template(state: DesiredState, pod: PodRecord) -> Mapping[str, Any]:
+    """The pod template (metadata + spec) the pod was made from, `{}` when its owner is gone."""
+    return _template(state.get(pod.owner_kind, pod.namespace, pod.owner_name))
+
+
 def _template(owner: Object | None) -> Mapping[str, Any]:
     if owner is None:
         return {}
@@ -25,13 +30,28 @@ def _template(owner: Object | None) -> Mapping[str, Any]:
 
 def pod_labels(state: DesiredState, pod: PodRecord) -> dict[str, str]:
     """A pod's labels: its owner's pod template labels (pods are not stored with them)."""
-    owner = state.get(pod.owner_kind, pod.namespace, pod.owner_name)
-    labels = (_template(owner).get("metadata") or {}).get("labels") or {}
+    labels = (pod_template(state, pod).get("metadata") or {}).get("labels") or {}
     return {str(k): str(v) for k, v in labels.items()}
 
 
 def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(str(k)) == str(v) for k, v in selector.items())
+
+
+def running_pods(pods: Iterable[PodRecord]) -> list[PodRecord]:
+    """Pods that can be endpoints: running on a node, with an IP."""
+    return [p for p in pods if p.ip and p.node and p.phase == "Running"]
+
+
+def selected_pods(state: DesiredState, service: Object, pods: Iterable[PodRecord]) -> list[PodRecord]:
+    """The running pods with IPs a Service's selector picks in its namespace (ready or not:
+    `PodRecord.ready` and `publishNotReadyAddresses` say which of them serve)."""
+    selector = service.spec.get("selector") or {}
+    return [
+        p
+        for p in running_pods(pods)
+        if p.namespace == service.key.namespace and _selects(selector, pod_labels(state, p))
+    ]
 
 
 def zone_data(
@@ -43,8 +63,7 @@ def zone_data(
     cluster = clusters[0].spec if clusters else {}
     dns = cluster.get("dns") or {}
     ips = {(c.namespace, c.service): c.ip for c in cluster_ips}
-    running = [p for p in pods if p.ip and p.node and p.phase == "Running"]
-    labelled = [(p, pod_labels(state, p)) for p in running]
+    running = running_pods(pods)
     services: list[ServiceRecord] = []
     for svc in state.of_kind("Service"):
         ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
@@ -59,11 +78,8 @@ def zone_data(
         cluster_ip = None if headless else ips.get((ns, name))
         if not headless and cluster_ip is None:
             continue  # not allocated yet: answering it as headless would be wrong
-        selector = spec.get("selector") or {}
         endpoints = []
-        for p, labels in labelled:
-            if p.namespace != ns or not _selects(selector, labels):
-                continue
+        for p in selected_pods(state, svc, running):
             hostname = None
             if headless and p.owner_kind == "StatefulSet":
                 owner = state.get("StatefulSet", ns, p.owner_name)

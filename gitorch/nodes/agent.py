@@ -18,11 +18,15 @@ Verbs (request keys -> response keys besides ``ok``):
   stateDisk{...} of the root, python, runtimes ["process", "podman"?, "docker"?],
   runtimeDetails{podman|docker: {available, path, message}}, cgroup{version v1|v2|none,
   memory, cpu (writable), message}, limits (supported|unsupported), volumeMounts
-  (bind|unsupported), podNetwork ("bridge" once a pod network is set up, else "host"), agentVersion, agentSha,
+  (bind|unsupported), podNetwork ("bridge" once a pod network is set up, else "host"),
+  services ("nftables", or "unavailable: <why>"), agentVersion, agentSha,
   supervisor{running, pid, version, sha}, pods{name: {phase, ready, restarts}}.
   Runtime and mount checks are cached in the root for 5 minutes; ``refresh`` re-checks.
 - ``sync``  {"pods": [PodSpec, ...], "network": {podCIDR, gateway, routes: [{cidr, via}]},
-  "ackTimeoutSeconds": 2} -> generation, changed, acked,
+  "services": [{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}],
+  "serviceCIDR", "ackTimeoutSeconds": 2} -> generation, changed, acked,
+  services{ok, changed, message, count, hash} (with "services": the nftables table
+  ``ip gitorch`` was rebuilt in one transaction unless the same table is already in place),
   observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
   pod names must be unique on a node. An unchanged set keeps its generation and restarts
   nothing. Starts the supervisor if needed (and replaces one running an older agent file:
@@ -270,6 +274,7 @@ class Paths:
         self.agent_lock = os.path.join(self.root, "agent.lock")
         self.log = os.path.join(self.root, "supervisor.log")
         self.checks = os.path.join(self.root, "node-checks.json")
+        self.services = os.path.join(self.root, "services.json")
         self.pods = os.path.join(self.root, "pods")
 
     def pod_dir(self, pod: str) -> str:
@@ -659,6 +664,7 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
         "limits": "supported" if cg.usable else "unsupported",
         "volumeMounts": checks["volumeMounts"],
         "podNetwork": "bridge" if pod_network_works(paths) else "host",
+        "services": services_fact(paths),
         "agentVersion": AGENT_VERSION,
         "agentSha": own_sha(),
         "supervisor": supervisor_info(paths),
@@ -1775,6 +1781,167 @@ def in_pod_netns(argv: list[str], pod: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# Service proxy: one nftables table (kube-proxy's job) DNAT-ing cluster IPs and node ports
+# to ready endpoints, rebuilt atomically by ``sync`` when the controller's table changes
+# ---------------------------------------------------------------------------------------
+
+NFT_TABLE = "ip gitorch"
+MASQ_MARK = "0x4000"
+SERVICE_PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def _ip4(raw: Any, where: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(str(raw)))
+    except ValueError as exc:
+        raise RequestError(f"sync: {where}: {exc}") from exc
+
+
+def _service_port(raw: Any, where: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw < 65536:
+        raise RequestError(f"sync: {where}: must be a port number, not {raw!r}")
+    return raw
+
+
+def parse_services(raw: Any) -> list[Json]:
+    """The controller's service table, checked: [{name, protocol, clusterIP, port,
+    nodePort, endpoints: [{ip, port}]}]. Raises RequestError naming what is wrong."""
+    if not isinstance(raw, list):
+        raise RequestError("sync: services must be a list")
+    out = []
+    for i, s in enumerate(raw):
+        where = f"services[{i}]"
+        if not isinstance(s, dict):
+            raise RequestError(f"sync: {where} must be an object")
+        proto = str(s.get("protocol") or "TCP").lower()
+        if proto not in SERVICE_PROTOCOLS:
+            raise RequestError(f"sync: {where}.protocol: {proto!r} is not TCP, UDP or SCTP")
+        vip = _ip4(s["clusterIP"], f"{where}.clusterIP") if s.get("clusterIP") else None
+        node_port = _service_port(s["nodePort"], f"{where}.nodePort") if s.get("nodePort") else None
+        eps = s.get("endpoints") or []
+        if not isinstance(eps, list):
+            raise RequestError(f"sync: {where}.endpoints must be a list")
+        endpoints = sorted({(_ip4(e.get("ip") if isinstance(e, dict) else None, f"{where}.endpoints[{j}].ip"),
+                             _service_port(e.get("port"), f"{where}.endpoints[{j}].port"))
+                            for j, e in enumerate(eps)})
+        out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip,
+                    "port": _service_port(s.get("port"), f"{where}.port"), "nodePort": node_port,
+                    "endpoints": endpoints})
+    return out
+
+
+def nft_ruleset(services: list[Json], pod_cidr: str | None) -> str:
+    """The whole ``ip gitorch`` table as one ``nft -f`` transaction: created if missing,
+    deleted and rebuilt, so a reader never sees half a table."""
+    rules: list[str] = []  # in chain "services": VIP/node-port matches
+    rejects: list[str] = []  # services with no endpoint: refused, not black-holed
+    chains: list[str] = []
+    for i, s in enumerate(services):
+        proto, eps = s["protocol"], s["endpoints"]
+        match = f"meta l4proto {proto} th dport"
+        comment = f'comment "{re.sub(r"[^A-Za-z0-9._:/-]", "_", s["name"])[:100]}"'
+        targets = []
+        if s["clusterIP"]:
+            targets.append((f"ip daddr {s['clusterIP']} {match} {s['port']}", f"svc{i}"))
+        if s["nodePort"]:
+            targets.append((f"fib daddr type local ip daddr != 127.0.0.0/8 {match} {s['nodePort']}", f"np{i}"))
+        if not eps:
+            rejects.extend(f"{m} reject {comment}" for m, _ in targets)
+            continue
+        rules.extend(f"{m} goto {chain} {comment}" for m, chain in targets)
+        if s["nodePort"]:
+            # Node-port traffic may come back from a pod on another node: masquerade it.
+            chains.append(f"chain np{i} {{\n meta mark set meta mark | {MASQ_MARK} goto svc{i}\n }}")
+        if len(eps) == 1:
+            chains.append(f"chain svc{i} {{\n goto ep{i}_0\n }}")
+        else:
+            arms = ", ".join(f"{j} : goto ep{i}_{j}" for j in range(len(eps)))
+            chains.append(f"chain svc{i} {{\n numgen random mod {len(eps)} vmap {{ {arms} }}\n }}")
+        for j, (ip, port) in enumerate(eps):
+            chains.append(f"chain ep{i}_{j} {{\n meta l4proto {proto} dnat to {ip}:{port}\n }}")
+    # A pod reaching a service backed by a pod on this same bridge (itself included) would
+    # get the reply straight over the bridge, never un-NATed: make it go through the node.
+    local = f"ip saddr {pod_cidr} " if pod_cidr else ""
+    lines = [
+        f"table {NFT_TABLE}",
+        f"delete table {NFT_TABLE}",
+        f"table {NFT_TABLE} {{",
+        " chain prerouting {\n  type nat hook prerouting priority dstnat; policy accept;\n  jump services\n }",
+        " chain output {\n  type nat hook output priority -100; policy accept;\n  jump services\n }",
+        " chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n"
+        f"  meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n"
+        f"  ct status dnat oifname \"{BRIDGE}\" {local}masquerade\n }}",
+        " chain services {\n" + "".join(f"  {r}\n" for r in rules) + " }",
+        " chain reject-forward {\n  type filter hook forward priority filter; policy accept;\n  jump no-endpoints\n }",
+        " chain reject-input {\n  type filter hook input priority filter; policy accept;\n  jump no-endpoints\n }",
+        " chain reject-output {\n  type filter hook output priority 0; policy accept;\n  jump no-endpoints\n }",
+        " chain no-endpoints {\n" + "".join(f"  {r}\n" for r in rejects) + " }",
+        *(" " + c for c in chains),
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def nft_binary() -> str | None:
+    return shutil.which("nft", path=DEFAULT_PATH)
+
+
+def service_route(cidr: str) -> None:
+    """A node without a default route could not even send to a cluster IP (the output
+    hook runs after routing): route the service CIDR to the pod bridge then."""
+    if not link_exists(BRIDGE):
+        return
+    import ipaddress
+
+    probe = str(next(ipaddress.ip_network(cidr).hosts()))
+    if ip_cmd("route", "get", probe, check=False).returncode != 0:
+        ip_cmd("route", "replace", cidr, "dev", BRIDGE)
+
+
+def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
+                     service_cidr: str | None) -> Json:
+    """Make the node's nftables table match ``services``; a no-op when the table built
+    last time (this boot) is the same. Returns {ok, changed, message, count}."""
+    text = nft_ruleset(services, pod_cidr)
+    digest = hashlib.sha256(f"{text}\0{service_cidr}".encode()).hexdigest()[:16]
+    boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
+    state = read_json(paths.services, {})
+    if isinstance(state, dict) and state.get("ok") and state.get("hash") == digest \
+            and state.get("bootId") == boot:
+        return {"ok": True, "changed": False, "message": "", "count": len(services), "hash": digest}
+    nft = nft_binary()
+    ok, message = False, ""
+    if nft is None:
+        message = "nft not found (apt-get install nftables)"
+    else:
+        try:
+            proc = subprocess.run([nft, "-f", "-"], input=text.encode(), capture_output=True,
+                                  timeout=15, check=False)
+            ok = proc.returncode == 0
+            message = "" if ok else f"nft -f: {one_line(proc.stderr.decode(errors='replace'))[:500]}"
+            if ok and service_cidr:
+                service_route(service_cidr)
+        except (OSError, subprocess.TimeoutExpired, NetworkError, ValueError, StopIteration) as exc:
+            ok, message = False, f"nft: {exc}"
+    atomic_write(paths.services, json.dumps({"ok": ok, "hash": digest if ok else None, "bootId": boot,
+                                             "message": message, "count": len(services),
+                                             "at": time.time()}))
+    return {"ok": ok, "changed": ok, "message": message, "count": len(services), "hash": digest}
+
+
+def services_fact(paths: Paths) -> str:
+    """``nftables`` when the service table is (or can be) programmed, else why not."""
+    if nft_binary() is None:
+        return "unavailable: nft not found (apt-get install nftables)"
+    state = read_json(paths.services, {})
+    if isinstance(state, dict) and state.get("message") and not state.get("ok"):
+        return f"unavailable: {state['message']}"
+    return "nftables"
+
+
+# ---------------------------------------------------------------------------------------
 # Supervisor loop: the kubelet
 # ---------------------------------------------------------------------------------------
 
@@ -2702,6 +2869,15 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     network = request.get("network")
     if network is not None:
         NetworkSpec.parse(network)  # refuse a broken block before it reaches the supervisor
+    services = parse_services(request["services"]) if request.get("services") is not None else None
+    service_cidr = request.get("serviceCIDR")
+    if service_cidr is not None:
+        import ipaddress
+
+        try:
+            service_cidr = str(ipaddress.IPv4Network(str(service_cidr)))
+        except ValueError as exc:
+            raise RequestError(f"sync: serviceCIDR: {exc}") from exc
     timeout = request.get("ackTimeoutSeconds", 2.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise RequestError("sync: ackTimeoutSeconds must be a number")
@@ -2735,9 +2911,15 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         elif changed and isinstance(pid, int) and is_supervisor_pid(pid, paths.root):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGUSR1)  # re-read desired.json now, not at next poll
+        proxy = None
+        if services is not None:
+            net = NetworkSpec.parse(network if network is not None else current.get("network"))
+            proxy = program_services(paths, services, net.cidr if net else None, service_cidr)
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})
+    if proxy is not None:
+        doc["services"] = proxy
     emit(doc, redact)
     return 0
 

@@ -22,7 +22,7 @@ from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.objects import KINDS, DesiredState, ObjectKey
 from gitorch.quantities import QuantityError, cpu_millis, to_bytes
-from gitorch.reconcile import networking, podspecs
+from gitorch.reconcile import networking, podspecs, services
 from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import Repository, Revision
@@ -296,11 +296,15 @@ class Controller:
         reachable = [n.name for n in observed.nodes if n.reachable]
         sets = the_plan.node_sets(reachable)
         networks = self.pod_networks(state)
+        table = self.service_table(state, the_plan, reports)
 
         def sync(client: NodeClient) -> dict[str, Any]:
             request: dict[str, Any] = {"pods": sets[client.name]}
             if client.name in networks:
                 request["network"] = networks[client.name]
+            if table is not None:
+                request["services"] = table
+                request["serviceCIDR"] = services.service_cidr(state)
             return client.call("sync", request, timeout=self.settings.node_call_timeout)
 
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=sets)
@@ -308,6 +312,9 @@ class Controller:
         for n, o in results.items():
             if o.ok and o.value is not None:
                 reports[n] = {p["name"]: p for p in o.value.get("pods", [])}
+                proxy = o.value.get("services") or {}
+                if proxy and not proxy.get("ok"):
+                    log.warning("%s: service table not programmed: %s", n, proxy.get("message"))
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
@@ -453,6 +460,34 @@ class Controller:
             except StoreError as exc:
                 log.warning("%s: no pod CIDR, its pods use the host network: %s", name, exc)
         return networking.network_blocks(cidrs, addresses)
+
+    def service_table(
+        self, state: DesiredState, the_plan: Plan, reports: dict[str, dict[str, dict[str, Any]]]
+    ) -> list[dict[str, Any]] | None:
+        """The service table every node gets with `sync`, from the pods' readiness and IPs
+        as their nodes report them now (the store's rows otherwise); pods being removed are
+        left out. None (nodes keep their table) when the store cannot be read."""
+        try:
+            services.allocate_node_ports(state, self.store)
+            removed = {(p.namespace, p.name) for p in the_plan.removed}
+            pods: list[PodRecord] = []
+            for r in self.store.pods():
+                if (r.namespace, r.name) in removed:
+                    continue
+                report = reports.get(r.node or "", {}).get(r.name) if r.node else None
+                if report is not None:
+                    r = r.model_copy(
+                        update={
+                            "phase": str(report.get("phase") or r.phase),
+                            "ready": bool(report.get("ready")) and not report.get("terminating"),
+                            "ip": report.get("podIP") or r.ip,
+                        }
+                    )
+                pods.append(r)
+            return services.service_table(state, pods, self.store.cluster_ips(), self.store.node_ports())
+        except StoreError as exc:
+            log.warning("service table not computed: %s", exc)
+            return None
 
     def _allocate_services(self, state: DesiredState) -> None:
         clusters = state.of_kind("Cluster")

@@ -1,0 +1,123 @@
+"""The service table: what kube-proxy programs, computed for every node's agent.
+
+`service_table` is pure: from the desired state and the store's rows (pods, cluster IPs,
+node ports) it lists, per ClusterIP/NodePort Service port, the virtual IP and port, the
+node port if any, and the ready endpoints (pod IP and target port, a named targetPort
+resolved through the pod template's container ports). The controller sends it with every
+`sync`; each agent turns it into one nftables table. `allocate_node_ports` is the one
+side effect: it records node ports in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gitorch.dns.records import pod_template, selected_pods
+from gitorch.objects import DesiredState, Object
+from gitorch.store import AllocationError, ClusterIPAllocation, NodePortAllocation, PodRecord, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+
+
+def service_cidr(state: DesiredState) -> str:
+    """The Cluster's `spec.serviceCIDR`, or Kubernetes' usual default."""
+    clusters = state.of_kind("Cluster")
+    return str((clusters[0].spec.get("serviceCIDR") if clusters else None) or DEFAULT_SERVICE_CIDR)
+
+
+def proxied(svc: Object) -> bool:
+    """Services that get a virtual IP (ClusterIP and NodePort, not headless or ExternalName)."""
+    spec = svc.spec
+    return spec.get("type", "ClusterIP") in ("ClusterIP", "NodePort") and spec.get("clusterIP") != "None"
+
+
+def target_port(template: Mapping[str, Any], port: Mapping[str, Any]) -> int | None:
+    """The pod's port for a Service port: a number, a container port name looked up in the
+    pod template (None when no container has it), or the Service port itself."""
+    target = port.get("targetPort", port.get("port"))
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    text = str(target)
+    if text.isdigit():
+        return int(text)
+    protocol = str(port.get("protocol") or "TCP")
+    spec = template.get("spec") or {}
+    for ctr in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        for p in ctr.get("ports") or []:
+            if p.get("name") == text and str(p.get("protocol") or "TCP") == protocol:
+                return int(p["containerPort"])
+    return None
+
+
+def service_table(
+    state: DesiredState,
+    pods: Iterable[PodRecord],
+    cluster_ips: Iterable[ClusterIPAllocation],
+    node_ports: Iterable[NodePortAllocation],
+) -> list[dict[str, Any]]:
+    """One entry per port of every ClusterIP/NodePort Service with a cluster IP:
+    `{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}`, sorted; the
+    endpoints are the selected running pods that are ready (or all of them with
+    `publishNotReadyAddresses`)."""
+    pods = list(pods)
+    ips = {(c.namespace, c.service): c.ip for c in cluster_ips}
+    allocated = {(n.namespace, n.service, n.port_name): n.port for n in node_ports}
+    table: list[dict[str, Any]] = []
+    for svc in state.of_kind("Service"):
+        ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
+        vip = ips.get((ns, name))
+        if not proxied(svc) or vip is None:
+            continue
+        serving = [p for p in selected_pods(state, svc, pods) if p.ready or spec.get("publishNotReadyAddresses")]
+        templates = [(p, pod_template(state, p)) for p in serving]
+        for port in spec.get("ports") or []:
+            port_name = str(port.get("name") or "")
+            endpoints = set()
+            for p, template in templates:
+                target = target_port(template, port)
+                if target is not None and p.ip:
+                    endpoints.add((str(p.ip), target))
+            node_port = allocated.get((ns, name, port_name)) if spec.get("type") == "NodePort" else None
+            table.append(
+                {
+                    "name": f"{ns}/{name}:{port_name or port.get('port')}",
+                    "protocol": str(port.get("protocol") or "TCP"),
+                    "clusterIP": vip,
+                    "port": int(port["port"]),
+                    "nodePort": node_port,
+                    "endpoints": [{"ip": ip, "port": tp} for ip, tp in sorted(endpoints)],
+                }
+            )
+    return sorted(table, key=lambda e: str(e["name"]))
+
+
+def allocate_node_ports(state: DesiredState, store: Store) -> None:
+    """Give every port of every NodePort Service its node port (the manifest's `nodePort`
+    when set), and free those of ports and Services that no longer want one. Reads first,
+    so a pass with nothing to change takes no write lock."""
+    have = {(n.namespace, n.service, n.port_name): n.port for n in store.node_ports()}
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for svc in state.of_kind("Service"):
+        if svc.spec.get("type") != "NodePort" or not proxied(svc):
+            continue
+        ns, name = svc.key.namespace, svc.key.name
+        names = wanted.setdefault((ns, name), set())
+        for port in svc.spec.get("ports") or []:
+            port_name = str(port.get("name") or "")
+            names.add(port_name)
+            requested = port.get("nodePort")
+            current = have.get((ns, name, port_name))
+            if current is not None and (requested is None or int(requested) == current):
+                continue
+            try:
+                store.allocate_node_port(ns, name, port_name, int(requested) if requested is not None else None)
+            except AllocationError as exc:
+                log.warning("%s/%s port %s: no node port: %s", ns, name, port_name or port.get("port"), exc)
+    for ns, name in {(n, s) for n, s, _ in have}:
+        keep = wanted.get((ns, name), set())
+        if any(p not in keep for n, s, p in have if (n, s) == (ns, name)):
+            store.release_node_ports(ns, name, keep=keep)

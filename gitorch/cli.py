@@ -348,7 +348,7 @@ def get(what: str, namespace: str | None, output: str) -> None:
 @click.argument("ref")
 @click.option("-n", "--namespace", default="default", show_default=True)
 def describe(ref: str, namespace: str) -> None:
-    """Show one object (KIND/NAME, e.g. deployment/web) or pod (pod/NAME) with its events."""
+    """Show one object (KIND/NAME such as deployment/web, or pod/NAME) with its events."""
     from gitorch.reconcile import views
 
     with _store() as store:

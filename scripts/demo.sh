@@ -36,11 +36,13 @@ echo; echo "== gitorch get pods"
 gitorch get pods
 echo; echo "== gitorch get services"
 gitorch get services
+web_ip=$(gitorch get services -n shop -o json | python3 -c 'import json,sys; print(next(s["clusterIP"] for s in json.load(sys.stdin) if s["name"] == "web"))')
 cat <<MSG
 
 The cluster keeps running. Try:
   export GITORCH_STATE_DIR=$GITORCH_STATE_DIR PATH=$PWD/.venv/bin:\$PATH
-  gitorch lab ssh lab-1 -- python3 -c "import urllib.request as u; print(u.urlopen('http://localhost:8080/').read().decode())"
+  gitorch lab ssh lab-1 -- python3 -c 'import urllib.request as u; print(u.urlopen("http://$web_ip/").read().decode())'
+                                                         # the web Service's cluster IP, from a node
   gitorch describe deployment/web -n shop
   edit $work/apps/shop/web.yaml, commit, then: gitorch apply --wait --repo $work
   gitorch lab down                                       # remove the lab

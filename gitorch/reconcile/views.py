@@ -98,6 +98,7 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                 "phase": p.phase,
                 "restarts": p.restarts,
                 "node": p.node,
+                "ip": p.ip,
                 "owner": f"{p.owner_kind}/{p.owner_name}",
                 "revision": p.template_hash,
                 "reason": p.reason,
@@ -113,13 +114,14 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                 "1/1" if p.ready else "0/1",
                 p.reason or p.phase,
                 p.restarts,
+                p.ip or "<none>",
                 p.node or "<none>",
                 _age(p.created_at),
                 p.message[:80],
             ]
             for p in pods
         ]
-        _emit(output, ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE", "MESSAGE"], rows, data)
+        _emit(output, ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "AGE", "MESSAGE"], rows, data)
     elif what == "nodes":
         nodes = store.nodes()
         data = [

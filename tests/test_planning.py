@@ -146,3 +146,105 @@ def test_cronjob_runs_on_schedule_and_forbids_overlap(repo: GitRepo) -> None:
     nxt = plan(s, Observed(t2, done, NODES, last_schedule={key: t1 - 30}))
     owners = sorted({d.owner.name for d in nxt.pods})
     assert len(owners) == 2 and not nxt.removed
+
+
+def test_recreate_stops_every_old_pod_before_starting_new_ones(repo: GitRepo) -> None:
+    now = 1000.0
+    recreate = deployment(3, "v1").replace(
+        "strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}", "strategy: {type: Recreate}"
+    )
+    pods = as_observed(plan(state(repo, {"web.yaml": recreate}), Observed(now, (), NODES)), now)
+    s2 = state(repo, {"web.yaml": recreate.replace('value: "v1"', 'value: "v2"')})
+    first = plan(s2, Observed(now, pods, NODES))
+    assert len(first.removed) == 3 and first.pods == []  # all old pods go, nothing new yet
+    second = plan(s2, Observed(now, (), NODES))
+    assert len(second.pods) == 3 and {d.revision for d in second.pods} != {p.revision for p in pods}
+
+
+def test_a_stuck_rollout_turns_degraded_after_its_deadline_and_keeps_old_pods(repo: GitRepo) -> None:
+    now = 1000.0
+    pods = as_observed(plan(state(repo, {"web.yaml": deployment(2, "v1")}), Observed(now, (), NODES)), now)
+    stuck = (
+        deployment(2, "v2").replace(
+            "    spec:\n      containers:", "    spec:\n      nodeSelector: {disk: none}\n      containers:"
+        )
+        + "  progressDeadlineSeconds: 30\n"
+    )
+    s2 = state(repo, {"web.yaml": stuck})
+    first = plan(s2, Observed(now, pods, NODES))
+    key = next(k for k in first.statuses if k.kind == "Deployment")
+    assert first.statuses[key].health == "Progressing"
+    rev = first.statuses[key].revision
+    later = plan(s2, Observed(now + 60, pods, NODES, rollout_started={key: (rev, now)}))
+    status = later.statuses[key]
+    assert status.health == "Degraded" and "made no progress" in status.message
+    assert {c["reason"] for c in status.conditions} >= {"ProgressDeadlineExceeded"}
+    assert not later.removed  # the old pods keep serving
+    assert any(d.node is None and "node affinity/selector" in d.message for d in later.pods)
+
+
+STS = """\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: kv, namespace: shop}
+spec:
+  serviceName: kv
+  replicas: 3
+  selector: {matchLabels: {app: kv}}
+  template:
+    metadata: {labels: {app: kv}}
+    spec:
+      containers:
+        - {name: kv, command: [python3, -m, http.server]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kv, namespace: shop}
+spec: {clusterIP: None, selector: {app: kv}, ports: [{name: kv, port: 80}]}
+"""
+
+
+def test_statefulset_starts_in_order_and_keeps_a_pod_on_its_node(repo: GitRepo) -> None:
+    now = 1000.0
+    s = state(repo, {"kv.yaml": STS})
+    first = plan(s, Observed(now, (), NODES))
+    assert [d.name for d in first.pods] == ["kv-0"]  # kv-1 waits for kv-0 to be Ready
+    not_ready = as_observed(first, now, ready=False)
+    assert [d.name for d in plan(s, Observed(now, not_ready, NODES)).pods] == ["kv-0"]
+    ready = as_observed(first, now)
+    second = plan(s, Observed(now, ready, NODES))
+    assert [d.name for d in second.pods] == ["kv-0", "kv-1"]
+    # kv-0's node is lost: the pod is not started elsewhere (its volume lives there).
+    node0 = first.pods[0].node
+    lost = tuple(NodeState(n.info, reachable=n.name != node0, lost=n.name == node0) for n in NODES)
+    after = plan(s, Observed(now, as_observed(second, now), lost))
+    kv0 = next(d for d in after.pods if d.name == "kv-0")
+    assert kv0.node == node0 and not any(r.name == "kv-0" for r in after.removed)
+
+
+DS = """\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: shop}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers:
+        - {name: agent, command: [sleep, "1000"]}
+"""
+
+
+def test_daemonset_follows_nodes_and_taints(repo: GitRepo) -> None:
+    from gitorch.reconcile.scheduler import Taint
+
+    now = 1000.0
+    s = state(repo, {"ds.yaml": DS})
+    two = NODES[:2]
+    assert sorted(d.node for d in plan(s, Observed(now, (), two)).pods) == ["n1", "n2"]
+    assert sorted(d.node for d in plan(s, Observed(now, (), NODES)).pods) == ["n1", "n2", "n3"]  # a new node
+    tainted = NodeState(
+        NodeInfo("n3", {}, Resources(4000, 8 << 30, 110, 100 << 30), taints=(Taint("dedicated", "db", "NoSchedule"),))
+    )
+    assert sorted(d.node for d in plan(s, Observed(now, (), (*two, tainted))).pods) == ["n1", "n2"]

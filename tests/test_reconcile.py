@@ -319,6 +319,22 @@ def test_serve_follows_commits_elects_one_leader_and_stops_on_sigterm(lab: Lab, 
     assert "standing by" in outs[1] and "leading" not in outs[1]
 
 
+TICKER = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ticker, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: ticker}}
+  template:
+    metadata: {labels: {app: ticker}}
+    spec:
+      containers:
+        - name: ticker
+          command: [python3, -u, -c, "import time\\nwhile True:\\n    print('tick', flush=True); time.sleep(0.2)"]
+"""
+
+
 def test_cli_apply_status_get_describe_events_logs(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
     from tests.samples import gitorch
 
@@ -327,9 +343,7 @@ def test_cli_apply_status_get_describe_events_logs(lab: Lab, repo: GitRepo, tmp_
         {
             "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
             "ns.yaml": NAMESPACE,
-            "apps.yaml": _fix_port(web(replicas=2)).replace(
-                "log_message(self, *a): pass", "log_message(self, *a): print('hello-log')"
-            ),
+            "apps.yaml": _fix_port(web(replicas=2)) + "---\n" + TICKER,
         },
     )
     applied = gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path)
@@ -341,6 +355,7 @@ def test_cli_apply_status_get_describe_events_logs(lab: Lab, repo: GitRepo, tmp_
         assert web_status["health"] == "Healthy" and web_status["sync"] == "Synced"
         assert status["appliedRevision"] == status["latestRevision"]
         pods = json.loads(gitorch("get", "pods", "-n", "shop", "-o", "json", cwd=repo.path).stdout)
+        pods = [p for p in pods if p["owner"] == "Deployment/web"]
         assert len(pods) == 2 and all(p["ready"] and p["node"] for p in pods)
         table = gitorch("get", "deployments", cwd=repo.path).stdout
         assert "web" in table and "2/2 ready" in table
@@ -352,6 +367,26 @@ def test_cli_apply_status_get_describe_events_logs(lab: Lab, repo: GitRepo, tmp_
         assert gitorch("events", cwd=repo.path).returncode == 0
         logs = gitorch("logs", pods[0]["name"], "-n", "shop", cwd=repo.path)
         assert logs.returncode == 0, logs.stderr
+        # --follow streams lines as the container writes them.
+        ticker = next(
+            p["name"]
+            for p in json.loads(gitorch("get", "pods", "-n", "shop", "-o", "json", cwd=repo.path).stdout)
+            if p["owner"] == "Deployment/ticker"
+        )
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "gitorch", "logs", "-f", "--tail", "0", ticker, "-n", "shop"],
+            cwd=repo.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert follow.stdout is not None
+            lines = [follow.stdout.readline() for _ in range(3)]
+            assert all(line.startswith("tick") for line in lines), lines
+        finally:
+            follow.kill()
+            follow.wait()
     finally:
         repo.commit("empty", {"apps.yaml": ""})
         assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0

@@ -22,15 +22,20 @@ Verbs (request keys -> response keys besides ``ok``):
   services ("nftables", or "unavailable: <why>"), agentVersion, agentSha,
   supervisor{running, pid, version, sha}, pods{name: {phase, ready, restarts}}.
   Runtime and mount checks are cached in the root for 5 minutes; ``refresh`` re-checks.
-- ``sync``  {"pods": [PodSpec, ...], "network": {podCIDR, gateway, routes: [{cidr, via}]},
-  "services": [{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}],
-  "serviceCIDR", "ackTimeoutSeconds": 2} -> generation, changed, acked,
+- ``sync``  {"pods": [PodSpec, ...], "network": {podCIDR, gateway, routes: [{cidr, via}],
+  clusterCIDR}, "dns": {nameservers, domain, options}, "services": [{name, protocol,
+  clusterIP, port, nodePort, endpoints: [{ip, port}]}], "serviceCIDR",
+  "ackTimeoutSeconds": 2} -> generation, changed, acked,
   services{ok, changed, message, count, hash} (with "services": the nftables table
   ``ip gitorch`` was rebuilt in one transaction unless the same table is already in place),
   observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
   pod names must be unique on a node. An unchanged set keeps its generation and restarts
   nothing. Starts the supervisor if needed (and replaces one running an older agent file:
   pods stay up and are re-adopted), then waits for it to acknowledge the generation.
+  With "dns", each pod (by its dnsPolicy) gets its own /etc/resolv.conf, bind-mounted in
+  its private mount namespace: the nameservers (resolv.conf has no port: the cluster DNS
+  must answer on 53), search <ns>.svc.<domain> svc.<domain> <domain>, the options. With
+  "services", the table also masquerades pod traffic leaving for outside clusterCIDR.
 - ``status``  {} -> generation, observedGeneration, stale (no supervisor running: the pods
   are as last seen), supervisor{...}, pods[PodStatus] (sorted by name).
 - ``logs``  {"pod", "container" (optional if the pod has one), "tail" (lines, -1 = all),
@@ -684,6 +689,7 @@ class SpecError(ValueError):
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
 
 
 def safe_name(value: Any, where: str, error: type[Exception] = SpecError) -> str:
@@ -894,6 +900,9 @@ class PodSpec:
     init_containers: tuple[ContainerSpec, ...]
     containers: tuple[ContainerSpec, ...]
     volumes: tuple[VolumeSpec, ...]
+    dns_policy: str = "ClusterFirst"
+    dns_config: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
+    """(nameservers, searches, options) of the pod's dnsConfig."""
 
     @classmethod
     def parse(cls, raw: Json) -> PodSpec:
@@ -924,6 +933,22 @@ class PodSpec:
                 if m.volume not in vol_names:
                     raise SpecError(f"container {ctr.name}: volumeMount {m.volume!r} names no "
                                     "volume of the pod")
+        dns_policy = raw.get("dnsPolicy") or "ClusterFirst"
+        if dns_policy not in DNS_POLICIES:
+            raise SpecError(f"dnsPolicy: must be one of {', '.join(DNS_POLICIES)}")
+        dns_config = raw.get("dnsConfig") or {}
+        if not isinstance(dns_config, dict):
+            raise SpecError("dnsConfig: must be an object")
+        options = []
+        for i, o in enumerate(dns_config.get("options") or []):
+            if not isinstance(o, dict) or not o.get("name"):
+                raise SpecError(f"dnsConfig.options[{i}]: needs a name")
+            options.append(str(o["name"]) + (f":{o['value']}" if o.get("value") not in (None, "") else ""))
+        config = (_strings(dns_config.get("nameservers"), "dnsConfig.nameservers"),
+                  _strings(dns_config.get("searches"), "dnsConfig.searches"), tuple(options))
+        for text in (t for group in config for t in group):
+            if not text or any(c.isspace() for c in text):
+                raise SpecError(f"dnsConfig: {text!r} is not a single word")
         return cls(
             name=name,
             namespace=str(raw.get("namespace") or "default"),
@@ -935,6 +960,8 @@ class PodSpec:
             init_containers=init_specs,
             containers=app_specs,
             volumes=volumes,
+            dns_policy=dns_policy,
+            dns_config=config,
         )
 
     def volume(self, name: str) -> VolumeSpec:
@@ -1527,12 +1554,14 @@ class StartError(Exception):
 
 
 def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str],
-                 cgroup_dirs: list[str], bind_mounts: bool) -> tuple[list[str], str, bool]:
+                 cgroup_dirs: list[str], bind_mounts: bool,
+                 resolv: str | None = None) -> tuple[list[str], str, bool]:
     """(argv, cwd, uses a mount namespace) for a container run directly on the node.
 
-    When the process must join cgroups or see volumes at their mountPath, a tiny sh
-    preamble does that and then ``exec``s the command, so the tracked pid (and process
-    group) is the real container process from its first instruction.
+    When the process must join cgroups or see volumes at their mountPath (or the pod's own
+    resolv.conf, a file at ``resolv``, at /etc/resolv.conf), a tiny sh preamble does that
+    and then ``exec``s the command, so the tracked pid (and process group) is the real
+    container process from its first instruction.
     """
     from shlex import quote as q
 
@@ -1547,7 +1576,8 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
     problem = find_executable(cmd[0], env, cwd, [m[1] for m in mounts])
     if problem:
         raise StartError(problem)
-    if not mounts and not cgroup_dirs:
+    resolv = resolv if bind_mounts else None
+    if not mounts and not cgroup_dirs and resolv is None:
         if not os.path.isdir(cwd):
             raise StartError(f"workingDir {cwd}: no such directory")
         return cmd, cwd, False
@@ -1557,17 +1587,22 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
         lines += [f"mkdir -p {q(dst)}", f"mount --bind {q(src)} {q(dst)}"]
         if read_only:
             lines.append(f"mount -o remount,bind,ro {q(dst)}")
+    if resolv is not None:
+        # A file over a file (through a symlink too); a node without one keeps none.
+        lines.append(f"if [ -e /etc/resolv.conf ]; then mount --bind {q(resolv)} /etc/resolv.conf; fi")
     lines += [f"cd {q(cwd)}", 'exec "$@"']
     argv = ["/bin/sh", "-c", "\n".join(lines), "gitorch-init", *cmd]
-    if mounts:
+    private = bool(mounts) or resolv is not None
+    if private:
         unshare = shutil.which("unshare") or "unshare"
         # No --fork: unshare execs sh in place, so the pid stays the container's pid.
         argv = [unshare, "--mount", "--propagation", "private", "--", *argv]
-    return argv, "/", bool(mounts)
+    return argv, "/", private
 
 
 def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, str],
-               name: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+               name: str, env: dict[str, str],
+               resolv: str | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, environment of the runtime client) for an image container.
 
     Env values travel through the client's environment (``--env NAME``), never its argv, so
@@ -1594,6 +1629,8 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     for m in spec.mounts:
         src = volume_source(paths, pod, pod.spec.volume(m.volume))
         argv += ["-v", f"{src}:{m.path}" + (":ro" if m.read_only else "")]
+    if resolv is not None and pod.netns and kind == "podman":
+        argv += ["-v", f"{resolv}:/etc/resolv.conf:ro"]  # docker runs on the host network
     if spec.memory_bytes is not None:
         argv += ["--memory", str(spec.memory_bytes)]
     if spec.cpu_millis is not None:
@@ -1773,6 +1810,71 @@ def pod_network_works(paths: Paths) -> bool:
         and link_exists(BRIDGE)
 
 
+@dataclass(frozen=True)
+class ClusterDNSSpec:
+    """The cluster DNS as the controller sends it with ``sync`` (``dns``): what a pod's
+    /etc/resolv.conf names. resolv.conf has no port: the server must answer on port 53."""
+
+    nameservers: tuple[str, ...]
+    domain: str
+    options: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: Any) -> ClusterDNSSpec | None:
+        import ipaddress
+
+        if not isinstance(raw, dict) or not raw.get("nameservers"):
+            return None
+        servers = raw["nameservers"]
+        if not isinstance(servers, list):
+            raise RequestError("sync: dns.nameservers must be a list")
+        try:
+            nameservers = tuple(str(ipaddress.ip_address(str(n))) for n in servers)
+        except ValueError as exc:
+            raise RequestError(f"sync: dns.nameservers: {exc}") from exc
+        domain = str(raw.get("domain") or "cluster.local").strip(".")
+        options = raw.get("options", ["ndots:5"])
+        if not isinstance(options, list):
+            raise RequestError("sync: dns.options must be a list")
+        words = (domain, *(str(o) for o in options))
+        if not domain or any(not w or any(c.isspace() for c in w) for w in words):
+            raise RequestError("sync: dns: domain and options must be single words")
+        return cls(nameservers, domain, tuple(str(o) for o in options))
+
+
+def resolv_conf(spec: PodSpec, netns: bool, dns: ClusterDNSSpec | None) -> str | None:
+    """The pod's /etc/resolv.conf, as the kubelet writes it for its dnsPolicy; None keeps
+    the node's own (``Default``, host-network ``ClusterFirst``, or no cluster DNS known)."""
+    servers, searches, options = spec.dns_config
+    policy = spec.dns_policy
+    if policy == "None":
+        base_servers: tuple[str, ...] = ()
+        base_search: tuple[str, ...] = ()
+        base_options: tuple[str, ...] = ()
+    elif policy == "ClusterFirstWithHostNet" or (policy == "ClusterFirst" and netns):
+        if dns is None:
+            return None
+        d = dns.domain
+        base_servers, base_options = dns.nameservers, dns.options
+        base_search = (f"{spec.namespace}.svc.{d}", f"svc.{d}", d)
+    else:
+        return None
+    all_servers = list(dict.fromkeys(base_servers + servers))[:3]  # glibc reads three
+    all_search = list(dict.fromkeys(base_search + searches))
+    merged: dict[str, str] = {}
+    for opt in base_options + options:  # the pod's dnsConfig wins, option by option
+        merged[opt.split(":", 1)[0]] = opt
+    if not all_servers and not all_search and not merged:
+        return None
+    lines = ["# written by the gitorch node agent for this pod"]
+    lines += [f"nameserver {n}" for n in all_servers]
+    if all_search:
+        lines.append("search " + " ".join(all_search))
+    if merged:
+        lines.append("options " + " ".join(merged.values()))
+    return "\n".join(lines) + "\n"
+
+
 def in_pod_netns(argv: list[str], pod: str) -> list[str]:
     """Wrap argv so it runs in the pod's network namespace; nsenter execs in place, so the
     pid is still the container's."""
@@ -1832,9 +1934,11 @@ def parse_services(raw: Any) -> list[Json]:
     return out
 
 
-def nft_ruleset(services: list[Json], pod_cidr: str | None) -> str:
+def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Iterable[str] = ()) -> str:
     """The whole ``ip gitorch`` table as one ``nft -f`` transaction: created if missing,
-    deleted and rebuilt, so a reader never sees half a table."""
+    deleted and rebuilt, so a reader never sees half a table. With ``cluster_cidrs`` (every
+    pod address of the cluster), pods' traffic to anywhere else leaving the node by another
+    interface than the bridge is masqueraded, so the replies find their way back."""
     rules: list[str] = []  # in chain "services": VIP/node-port matches
     rejects: list[str] = []  # services with no endpoint: refused, not black-holed
     chains: list[str] = []
@@ -1864,6 +1968,13 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None) -> str:
     # A pod reaching a service backed by a pod on this same bridge (itself included) would
     # get the reply straight over the bridge, never un-NATed: make it go through the node.
     local = f"ip saddr {pod_cidr} " if pod_cidr else ""
+    import ipaddress
+
+    inside = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in cluster_cidrs)]
+    egress = ""
+    if pod_cidr and inside:
+        egress = (f"  ip saddr {pod_cidr} ip daddr != {{ {', '.join(inside)} }} "
+                  f"oifname != \"{BRIDGE}\" masquerade\n")
     lines = [
         f"table {NFT_TABLE}",
         f"delete table {NFT_TABLE}",
@@ -1872,7 +1983,7 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None) -> str:
         " chain output {\n  type nat hook output priority -100; policy accept;\n  jump services\n }",
         " chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n"
         f"  meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n"
-        f"  ct status dnat oifname \"{BRIDGE}\" {local}masquerade\n }}",
+        f"  ct status dnat oifname \"{BRIDGE}\" {local}masquerade\n{egress} }}",
         " chain services {\n" + "".join(f"  {r}\n" for r in rules) + " }",
         " chain reject-forward {\n  type filter hook forward priority filter; policy accept;\n  jump no-endpoints\n }",
         " chain reject-input {\n  type filter hook input priority filter; policy accept;\n  jump no-endpoints\n }",
@@ -1882,6 +1993,22 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def cluster_pod_cidrs(raw: Any, net: NetworkSpec | None) -> list[str]:
+    """Every pod address of the cluster: the network block's ``clusterCIDR``, else this
+    node's pod CIDR and those routed to the other nodes."""
+    import ipaddress
+
+    if net is None:
+        return []
+    cluster = raw.get("clusterCIDR") if isinstance(raw, dict) else None
+    if cluster:
+        try:
+            return [str(ipaddress.IPv4Network(str(cluster))), net.cidr]
+        except ValueError as exc:
+            raise RequestError(f"sync: network.clusterCIDR: {exc}") from exc
+    return [net.cidr, *(cidr for cidr, _ in net.routes)]
 
 
 def nft_binary() -> str | None:
@@ -1901,10 +2028,11 @@ def service_route(cidr: str) -> None:
 
 
 def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
-                     service_cidr: str | None) -> Json:
-    """Make the node's nftables table match ``services``; a no-op when the table built
-    last time (this boot) is the same. Returns {ok, changed, message, count}."""
-    text = nft_ruleset(services, pod_cidr)
+                     service_cidr: str | None, cluster_cidrs: Iterable[str] = ()) -> Json:
+    """Make the node's nftables table match ``services`` (and masquerade pod egress, see
+    nft_ruleset); a no-op when the table built last time (this boot) is the same.
+    Returns {ok, changed, message, count}."""
+    text = nft_ruleset(services, pod_cidr, cluster_cidrs)
     digest = hashlib.sha256(f"{text}\0{service_cidr}".encode()).hexdigest()[:16]
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
     state = read_json(paths.services, {})
@@ -1964,6 +2092,7 @@ class Supervisor:
         self.cgroup_trash: list[tuple[list[str], int]] = []
         self.network: NetworkSpec | None = None
         self.network_applied: NetworkSpec | None = None
+        self.dns: ClusterDNSSpec | None = None
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
@@ -2133,6 +2262,11 @@ class Supervisor:
         except RequestError as exc:
             self.log_error("network", f"desired.json: {exc}; pods get no pod network")
             self.network = None
+        try:
+            self.dns = ClusterDNSSpec.parse(doc.get("dns"))
+        except RequestError as exc:
+            self.log_error("dns", f"desired.json: {exc}; pods keep the node's resolv.conf")
+            self.dns = None
         self.apply(raw_pods)
         if generation != self.generation:
             self.log(f"applied generation {generation}: {len(raw_pods)} pod(s)")
@@ -2317,6 +2451,18 @@ class Supervisor:
             else:
                 write_files_volume(self.paths.volume_dir(pod.name, vol.name), vol)
 
+    def pod_resolv_conf(self, pod: Pod) -> str | None:
+        """Write the pod's resolv.conf (see resolv_conf) and return its path, or None."""
+        assert pod.spec is not None
+        text = resolv_conf(pod.spec, pod.netns, self.dns)
+        if text is None:
+            return None
+        path = os.path.join(self.paths.pod_dir(pod.name), "resolv.conf")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if read_text(path) != text:
+            atomic_write(path, text, mode=0o644)
+        return path
+
     def ensure_node_network(self) -> None:
         net = self.network
         if net is None or (net == self.network_applied and link_exists(BRIDGE)):
@@ -2466,13 +2612,14 @@ class Supervisor:
                 if runtime[0] == "docker":
                     run_quietly([runtime[1], "rm", "-f", ctr.runtime_name], 10)
                 argv, client_env = image_argv(self.paths, pod, spec, runtime,
-                                              ctr.runtime_name, ctr.env)
+                                              ctr.runtime_name, ctr.env, self.pod_resolv_conf(pod))
                 cwd, ctr.mount_ns = "/", False
                 ctr.limits = "applied" if (spec.memory_bytes or spec.cpu_millis) else "none"
             else:
                 ctr.runtime, ctr.runtime_name = "process", None
                 bind = self.checks.get("volumeMounts") == "bind"
-                argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind)
+                argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind,
+                                                       self.pod_resolv_conf(pod))
                 if pod.netns:
                     argv = in_pod_netns(argv, pod.name)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -2868,7 +3015,11 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         seen[name] = namespace
     network = request.get("network")
     if network is not None:
-        NetworkSpec.parse(network)  # refuse a broken block before it reaches the supervisor
+        # refuse a broken block before it reaches the supervisor
+        cluster_pod_cidrs(network, NetworkSpec.parse(network))
+    dns = request.get("dns")
+    if dns is not None:
+        ClusterDNSSpec.parse(dns)
     services = parse_services(request["services"]) if request.get("services") is not None else None
     service_cidr = request.get("serviceCIDR")
     if service_cidr is not None:
@@ -2893,13 +3044,15 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         redact.update(secret_values(pods))
         pods = sorted(pods, key=lambda p: str(p["name"]))
         generation = int(current.get("generation", 0))
-        changed = json.dumps([pods, network], sort_keys=True) != json.dumps(
-            [current.get("pods"), current.get("network")], sort_keys=True)
+        changed = json.dumps([pods, network, dns], sort_keys=True) != json.dumps(
+            [current.get("pods"), current.get("network"), current.get("dns")], sort_keys=True)
         if changed or not os.path.exists(paths.desired):
             generation += 1
             wanted: Json = {"generation": generation, "pods": pods}
             if network is not None:
                 wanted["network"] = network
+            if dns is not None:
+                wanted["dns"] = dns
             atomic_write(paths.desired, json.dumps(wanted, sort_keys=True), sync=True)
         sup = supervisor_info(paths)
         if sup["running"] and sup.get("sha") not in (None, own_sha()):
@@ -2913,8 +3066,10 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
                 os.kill(pid, signal.SIGUSR1)  # re-read desired.json now, not at next poll
         proxy = None
         if services is not None:
-            net = NetworkSpec.parse(network if network is not None else current.get("network"))
-            proxy = program_services(paths, services, net.cidr if net else None, service_cidr)
+            raw_net = network if network is not None else current.get("network")
+            net = NetworkSpec.parse(raw_net)
+            proxy = program_services(paths, services, net.cidr if net else None, service_cidr,
+                                     cluster_pod_cidrs(raw_net, net))
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})

@@ -41,12 +41,16 @@ class ControllerSettings:
     """Seconds one agent call may take before that node is skipped for this pass."""
     agent_root: str | None = None
     """The agent's state folder on nodes (default /var/lib/gitorch)."""
+    cluster_dns: str | None = None
+    """ADDR[:PORT] of the cluster DNS that pods' resolv.conf names (port 53 for pods)."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
-        """Defaults, with `GITORCH_NODE_TIMEOUT` (seconds) overriding the node timeout."""
+        """Defaults, with `GITORCH_NODE_TIMEOUT` (seconds) overriding the node timeout and
+        `GITORCH_CLUSTER_DNS` (ADDR[:PORT]) naming the cluster DNS for pods."""
         raw = os.environ.get("GITORCH_NODE_TIMEOUT")
-        return cls(node_timeout=float(raw)) if raw else cls()
+        dns = os.environ.get("GITORCH_CLUSTER_DNS") or None
+        return cls(node_timeout=float(raw), cluster_dns=dns) if raw else cls(cluster_dns=dns)
 
 
 @dataclass
@@ -297,11 +301,15 @@ class Controller:
         sets = the_plan.node_sets(reachable)
         networks = self.pod_networks(state)
         table = self.service_table(state, the_plan, reports)
+        dns = podspecs.cluster_dns(state, self.settings.cluster_dns)
+        cluster_cidr = networking.cluster_pod_cidr(state)
 
         def sync(client: NodeClient) -> dict[str, Any]:
             request: dict[str, Any] = {"pods": sets[client.name]}
             if client.name in networks:
-                request["network"] = networks[client.name]
+                request["network"] = {**networks[client.name], "clusterCIDR": cluster_cidr}
+            if dns is not None:
+                request["dns"] = dns
             if table is not None:
                 request["services"] = table
                 request["serviceCIDR"] = services.service_cidr(state)

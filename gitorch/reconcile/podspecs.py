@@ -195,8 +195,42 @@ def pod_spec(
         "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
         "volumes": _volumes(spec, r, claims or {}),
     }
+    # Only when set, so pods that leave them out keep their hash (and are not restarted).
+    if spec.get("dnsPolicy"):
+        pod["dnsPolicy"] = str(spec["dnsPolicy"])
+    if spec.get("dnsConfig"):
+        pod["dnsConfig"] = copy.deepcopy(spec["dnsConfig"])
     pod["hash"] = short_hash({k: v for k, v in pod.items() if k not in ("name", "hostname")})
     return pod
+
+
+def cluster_dns(state: DesiredState, configured: str | None) -> dict[str, Any] | None:
+    """The `dns` block of `sync`: the nameserver pods' resolv.conf names (`configured`,
+    e.g. GITORCH_CLUSTER_DNS, else the Cluster's `spec.dns.address` when it is a concrete
+    IP) and the cluster domain; None when no address is known. resolv.conf has no port:
+    the cluster DNS must listen on port 53 for pods to use it."""
+    import ipaddress
+
+    from gitorch.dns.server import parse_hostport
+
+    clusters = state.of_kind("Cluster")
+    cluster = clusters[0].spec if clusters else {}
+    dns = cluster.get("dns") or {}
+    for candidate in (configured, dns.get("address") if isinstance(dns, dict) else None):
+        if not candidate:
+            continue
+        try:
+            host, _ = parse_hostport(str(candidate))
+        except ValueError:
+            continue
+        if ipaddress.ip_address(host).is_unspecified:
+            continue
+        return {
+            "nameservers": [host],
+            "domain": str(cluster.get("domain") or "cluster.local"),
+            "options": ["ndots:5"],
+        }
+    return None
 
 
 def revision(state: DesiredState, owner: Object, template: Mapping[str, Any]) -> str:

@@ -4,6 +4,7 @@ notifications, clean shutdown on SIGTERM."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -30,6 +31,19 @@ DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a req
 REQUEUE_MAX = 30.0  # seconds: the longest back-off between passes while nodes fail
 
 
+def _reachable_from_pods(listen: str) -> bool:
+    """A loopback or wildcard address means nothing inside a pod's own network namespace."""
+    import ipaddress
+
+    from gitorch.dns.server import parse_hostport
+
+    try:
+        ip = ipaddress.ip_address(parse_hostport(listen)[0])
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_unspecified)
+
+
 class Server:
     """Runs reconcile passes every `interval` seconds, and at once when woken, while it holds
     the controller lease."""
@@ -53,7 +67,11 @@ class Server:
         self.store = store
         self.branch = branch
         self.interval = interval
-        self.controller = Controller(repo, store, state_dir, settings or ControllerSettings.from_env())
+        settings = settings or ControllerSettings.from_env()
+        if dns_listen and settings.cluster_dns is None and _reachable_from_pods(dns_listen):
+            # The DNS this controller serves is the one pods should use (it must listen on port 53 for them).
+            settings = dataclasses.replace(settings, cluster_dns=dns_listen)
+        self.controller = Controller(repo, store, state_dir, settings)
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.timers = Timers()
         self.stopping = threading.Event()

@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 
 from gitorch.nodes.lab import Lab
-from gitorch.reconcile.controller import Controller, PassResult
+from gitorch.reconcile.controller import Controller
 from gitorch.reconcile.networking import network_blocks
-from gitorch.source import open_repository
-from gitorch.store import PodRecord, Store
+from gitorch.store import PodRecord
 from tests.gitrepo import GitRepo
-from tests.lab import ssh_run
+from tests.lab import controlled, converge, ssh_run
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: net\n"
-AGENT = "f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 \"$f\""
+AGENT = 'f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 "$f"'
 
 SERVER = """\
 import http.server
@@ -83,26 +82,8 @@ def test_network_blocks_route_to_every_other_node() -> None:
 
 @pytest.fixture
 def cluster(lab: Lab, repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, Controller]]:
-    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE})
-    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
-    controller = Controller(open_repository(repo.path), store, tmp_path / "state")
-    yield repo, controller
-    repo.commit("empty", {"apps.yaml": ""})
-    for _ in range(20):
-        if controller.reconcile().converged and not store.pods():
-            break
-    controller.close()
-    store.close()
-
-
-def converge(controller: Controller, timeout: float = 60.0) -> PassResult:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = controller.reconcile()
-        if result.converged:
-            return result
-        assert time.monotonic() < deadline, f"not converged: {result.plan and result.plan.statuses}"
-        time.sleep(0.3)
+    with controlled(lab, repo, tmp_path, "net") as pair:
+        yield pair
 
 
 def fetch(lab: Lab, pod: PodRecord, url: str) -> str:

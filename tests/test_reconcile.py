@@ -16,10 +16,8 @@ import pytest
 
 from gitorch.nodes.lab import Lab, down, up
 from gitorch.reconcile.controller import Controller, PassResult
-from gitorch.source import open_repository
-from gitorch.store import Store
 from tests.gitrepo import GitRepo
-from tests.lab import ssh_run
+from tests.lab import controlled, converge, ssh_run
 
 pytestmark = pytest.mark.lab
 
@@ -76,29 +74,8 @@ def _fix_port(text: str) -> str:
 
 @pytest.fixture
 def cluster(lab: Lab, repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, Controller]]:
-    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE})
-    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
-    controller = Controller(open_repository(repo.path), store, tmp_path / "state")
-    yield repo, controller
-    # Leave the nodes empty for the next test.
-    repo.commit("empty", {"apps.yaml": ""})
-    for _ in range(20):
-        if controller.reconcile().converged and not store.pods():
-            break
-    controller.close()
-    store.close()
-
-
-def converge(controller: Controller, timeout: float = 60.0, each: object = None) -> PassResult:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = controller.reconcile()
-        if callable(each):
-            each(result)
-        if result.converged:
-            return result
-        assert time.monotonic() < deadline, f"not converged: {result.plan and result.plan.statuses}"
-        time.sleep(0.3)
+    with controlled(lab, repo, tmp_path, "shop") as pair:
+        yield pair
 
 
 def node_pods(lab: Lab, name_prefix: str) -> dict[str, list[dict[str, object]]]:

@@ -12,12 +12,12 @@ import pytest
 
 from gitorch.desired import load
 from gitorch.nodes.lab import Lab
-from gitorch.reconcile.controller import Controller, PassResult
+from gitorch.reconcile.controller import Controller
 from gitorch.reconcile.services import service_table
 from gitorch.source import open_repository
-from gitorch.store import ClusterIPAllocation, NodePortAllocation, PodRecord, Store
+from gitorch.store import ClusterIPAllocation, NodePortAllocation, PodRecord
 from tests.gitrepo import GitRepo
-from tests.lab import ssh_run
+from tests.lab import controlled, converge, ssh_run
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: svc\n"
 AGENT = 'f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 "$f"'
@@ -146,26 +146,8 @@ def test_service_table_lists_ready_endpoints_with_named_target_ports(repo: GitRe
 
 @pytest.fixture
 def cluster(lab: Lab, repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, Controller]]:
-    repo.write({"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE})
-    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
-    controller = Controller(open_repository(repo.path), store, tmp_path / "state")
-    yield repo, controller
-    repo.commit("empty", {"apps.yaml": ""})
-    for _ in range(20):
-        if controller.reconcile().converged and not store.pods():
-            break
-    controller.close()
-    store.close()
-
-
-def converge(controller: Controller, timeout: float = 60.0) -> PassResult:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = controller.reconcile()
-        if result.converged:
-            return result
-        assert time.monotonic() < deadline, f"not converged: {result.plan and result.plan.statuses}"
-        time.sleep(0.3)
+    with controlled(lab, repo, tmp_path, "svc") as pair:
+        yield pair
 
 
 GET = (

@@ -48,6 +48,11 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: docs, namespace: shop}}
+spec: {{type: ExternalName, externalName: docs.example.invalid}}
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: web, namespace: shop}}
 spec:
   selector: {{app: kv}}
@@ -101,6 +106,8 @@ def test_dns_serves_services_and_pods_from_the_store(lab: Lab, repo: GitRepo, tm
         assert _a(r, "kv-0.kv.shop.svc.cluster.local") == {ips["kv-0"]}
         with pytest.raises(dns.resolver.NXDOMAIN):
             r.resolve("nope.shop.svc.cluster.local", "A")
+        cname = r.resolve("docs.shop.svc.cluster.local", "CNAME")
+        assert [c.target.to_text() for c in cname] == ["docs.example.invalid."]
         # Scale down: the answers follow the store.
         repo.commit("one kv", {"apps.yaml": APPS.format(replicas=1)})
         assert gitorch("apply", "--wait", "--timeout", "90", cwd=repo.path).returncode == 0

@@ -391,10 +391,19 @@ def logs(pod: str, namespace: str, container: str | None, tail: int, follow: boo
 @click.option("--rev", default=None, help="Revision to compare with (--run). Default: HEAD.")
 @click.option("--run", "run_now", is_flag=True, help="Run a drift check now and save its report.")
 @click.option("--heal", is_flag=True, help="With --run: heal what is found, whatever the Cluster's drift mode.")
+@click.option("--dns", "dns_address", default=None, metavar="ADDR:PORT",
+              help="With --run: the cluster DNS to check. Default: the one pods use (GITORCH_CLUSTER_DNS, "
+                   "the Cluster's dns.address); none known, DNS records are not checked.")
 @click.option("--since", default=None, metavar="DURATION|ISO", help="Show every report since then (30m, 2h, ISO time).")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
-def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, since: str | None, fmt: str) -> None:
-    """Drift between Git, the store and the nodes: the latest report, or with --run a new one."""
+@click.option("--exit-code", "exit_code", is_flag=True,
+              help="Exit 2 when the latest report has findings left (after any heal), 0 when clean: for CI "
+                   "and cron, like `git diff --exit-code`.")
+def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, dns_address: str | None,
+          since: str | None, fmt: str, exit_code: bool) -> None:
+    """Drift between Git, the store, the nodes and the cluster DNS: the latest report, or
+    with --run a new one."""
+    from gitorch.dns.server import parse_hostport
     from gitorch.reconcile import drift as drift_mod
     from gitorch.reconcile.controller import Controller, ControllerSettings
 
@@ -402,16 +411,24 @@ def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, sin
         when = drift_mod.parse_since(since) if since else None
     except ValueError as exc:
         _fail(str(exc))
+    try:
+        if dns_address:
+            parse_hostport(dns_address)
+    except ValueError as exc:
+        _fail(f"--dns: {exc}")
     with _store() as store:
         if run_now:
             controller = Controller(open_repository(repo_path), store, _settings().state_dir,
                                     ControllerSettings.from_env())
             try:
-                drift_mod.run(controller, rev=rev, heal=heal)
+                drift_mod.run(controller, rev=rev, heal=heal, dns=dns_address)
             finally:
                 controller.close()
-        docs = drift_mod.history(store.drift_reports(), when)
+        reports = store.drift_reports()
+        docs = drift_mod.history(reports, when)
     console.write(drift_mod.render(docs, fmt, many=when is not None))
+    if exit_code and reports and drift_mod.remaining(reports[0]):
+        sys.exit(2)
 
 
 # --- git hooks ---------------------------------------------------------------------------

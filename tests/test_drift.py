@@ -4,17 +4,19 @@ in report mode (which changes nothing), healed in heal mode, and shown with hist
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.server
 import json
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gitorch.desired import EMPTY_REVISION
+from gitorch.desired import EMPTY_REVISION, load
 from gitorch.nodes.lab import Lab
 from gitorch.objects import DesiredState
 from gitorch.reconcile import drift
@@ -24,7 +26,7 @@ from gitorch.settings import Settings
 from gitorch.source import open_repository
 from gitorch.store import ObjectRecord, PodRecord, Store
 from tests.gitrepo import GitRepo
-from tests.lab import ssh_run
+from tests.lab import controlled, ssh_run
 from tests.samples import gitorch
 from tests.test_reconcile import NAMESPACE, _fix_port, converge, node_pods, web
 
@@ -132,6 +134,8 @@ def test_report_then_heal_then_clean(lab: Lab, cluster: tuple[GitRepo, Controlle
 
     found = drift_cli(repo, "--run")
     assert found["mode"] == "report" and not found["healed"]
+    # --exit-code: 2 while the latest report has findings (for cron and CI), 0 when clean.
+    assert gitorch("drift", "--exit-code", cwd=repo.path).returncode == 2
     assert "PodMissing" in kinds(found, victim), found["findings"]
     assert "ExtraPod" in kinds(found, "stray-1"), found["findings"]
     assert found["counts"]["PodMissing"] >= 1 and found["counts"]["ExtraPod"] >= 1
@@ -155,6 +159,7 @@ def test_report_then_heal_then_clean(lab: Lab, cluster: tuple[GitRepo, Controlle
         assert time.monotonic() < deadline, after["findings"]
         time.sleep(0.5)
     assert after["delta"] is not None and after["delta"] <= 0
+    assert gitorch("drift", "--exit-code", cwd=repo.path).returncode == 0
 
     # History: --since lists every report, newest first, each with its delta.
     history = drift_cli(repo, "--since", "1h")["reports"]
@@ -227,6 +232,72 @@ def test_cluster_heal_mode_and_ignore_annotation(lab: Lab, cluster: tuple[GitRep
         hook.close()
 
 
+def _delete_rule(lab: Lab, node: str, containing: str) -> str:
+    """Delete, by hand, the rule of chain `services` that mentions `containing`; returns it."""
+    listing = ssh_run(lab, node, "nft -a list chain ip gitorch services").stdout
+    line = next(x.strip() for x in listing.splitlines() if containing in x and "# handle" in x)
+    rule, handle = line.rsplit("# handle", 1)
+    ssh_run(lab, node, f"nft delete rule ip gitorch services handle {handle.strip()}")
+    return rule.strip()
+
+
+def test_nat_rule_removed_and_dns_records_that_differ(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    from gitorch.dns.cluster import ClusterDNS
+    from gitorch.dns.records import zone_data
+    from gitorch.dns.server import DNSSettings
+    from tests.test_services import apps, get_many
+
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        repo.commit("echo and services", {"apps.yaml": apps()})
+        converge(controller)
+        controller.reconcile()  # the cluster IP reaches the tables the pass after its allocation
+        store = controller.store
+        vip = next(c.ip for c in store.cluster_ips() if (c.namespace, c.service) == ("svc", "web"))
+        dns = ClusterDNS(DNSSettings(host="127.0.0.1", port=0)).start()
+        try:
+            state = load(controller.repo, None)
+            dns.refresh(state, store)
+            address = f"127.0.0.1:{dns.port}"
+            clean = drift.run(controller, dns=address)
+            assert not [f for f in clean.findings if f["kind"] in ("NatRulesDrift", "DnsRecordDrift",
+                                                                   "DnsUnreachable")], clean.findings
+
+            node = lab.nodes[1].name
+            removed = _delete_rule(lab, node, vip)
+            assert vip in removed
+            # The cluster DNS answers with an address gitorch never gave web.
+            data = zone_data(state, store.pods(), store.cluster_ips())
+            stale = dataclasses.replace(data, services=tuple(
+                dataclasses.replace(s, cluster_ip="10.96.99.99") if s.name == "web" else s for s in data.services
+            ))
+            dns.server.update(stale)
+
+            found = drift.run(controller, dns=address)
+            nat = [f for f in found.findings if f["kind"] == "NatRulesDrift"]
+            assert [(f["object"], f["node"], f["mode"]) for f in nat] == [("Service svc/web", node, "report")], nat
+            assert "missing" in nat[0]["detail"] and vip in nat[0]["detail"]
+            records = [f for f in found.findings if f["kind"] == "DnsRecordDrift"]
+            assert [f["object"] for f in records] == ["Service svc/web"], found.findings
+            assert f"A {vip}" in records[0]["detail"] and "10.96.99.99" in records[0]["detail"]
+            # Report mode repairs nothing.
+            assert vip not in ssh_run(lab, node, "nft list chain ip gitorch services").stdout
+
+            dns.server.update(data)  # the zone back as the store has it
+            healed = drift.run(controller, heal=True, dns=address)
+            assert healed.healed and any(f["kind"] == "NatRulesDrift" for f in healed.findings)
+            after = healed.healed[0]["after"]
+            assert not [f for f in after if f["kind"] in ("NatRulesDrift", "DnsRecordDrift")], after
+            assert vip in ssh_run(lab, node, "nft list chain ip gitorch services").stdout
+            client = next(p for p in store.pods(namespace="svc") if p.node == node and p.owner_name == "echo")
+            answers = get_many(lab, node, f"http://{vip}:80/", 6, netns=f"gitorch-{client.name}")
+            assert answers and not [a for a in answers if a.startswith("ERR")], answers
+        finally:
+            dns.stop()
+        gone = drift.run(controller, dns=address)
+        assert [f["kind"] for f in gone.findings if f["object"] == "Cluster DNS"] == ["DnsUnreachable"]
+        assert address in next(f["detail"] for f in gone.findings if f["kind"] == "DnsUnreachable")
+
+
 # ---- pure parts --------------------------------------------------------------------------
 
 
@@ -248,3 +319,23 @@ def test_detect_node_unreachable_and_not_pruned() -> None:
         ("NotPruned", "ConfigMap shop/old"),
         ("NodeUnreachable", "Node n1"),
     ]
+
+
+def test_detect_nat_findings_by_service_and_a_missing_table() -> None:
+    state = DesiredState(EMPTY_REVISION, {}, [])
+    edited = {"checked": True, "message": "table ip gitorch: 3 rule(s) missing, 1 not programmed by gitorch",
+              "missing": ['services: ip daddr 10.96.0.9 tcp dport 80 goto svc0 comment "shop/web:http"',
+                          "ep0_0: meta l4proto tcp dnat to 10.32.0.5:8080",
+                          'services: ip daddr 10.96.0.7 tcp dport 53 goto svc1 comment "kube/dns:53"'],
+              "extra": ["services: tcp dport 22 accept"]}
+    found = drift.detect(state, [], [], {"n1": {}, "n2": {}}, {}, nat={
+        "n1": edited,
+        "n2": {"checked": True, "message": "table ip gitorch is missing", "missing": [], "extra": []},
+        "n3": {"checked": False, "message": "no table programmed since boot", "missing": [], "extra": []},
+    })
+    assert [(f.kind.value, f.object, f.node) for f in found] == [
+        ("NatRulesDrift", "Service table", "n1"),
+        ("NatRulesDrift", "Service table", "n2"),
+    ]
+    # Rules name their Service in a comment; Services Git does not have fall in "Service table".
+    assert "and 2 more" in found[0].detail and "table ip gitorch is missing" == found[1].detail

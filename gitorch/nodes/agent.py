@@ -26,8 +26,9 @@ Verbs (request keys -> response keys besides ``ok``):
   clusterCIDR}, "dns": {nameservers, domain, options}, "services": [{name, protocol,
   clusterIP, port, nodePort, endpoints: [{ip, port}]}], "serviceCIDR",
   "ackTimeoutSeconds": 2} -> generation, changed, acked,
-  services{ok, changed, message, count, hash} (with "services": the nftables table
-  ``ip gitorch`` was rebuilt in one transaction unless the same table is already in place),
+  services{ok, changed, message, count, hash, repaired} (with "services": the nftables
+  table ``ip gitorch`` was rebuilt in one transaction unless the same table is already in
+  place and lists as it did when built; ``repaired`` says why a hand-edited one was rebuilt),
   observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
   pod names must be unique on a node. An unchanged set keeps its generation and restarts
   nothing. Starts the supervisor if needed (and replaces one running an older agent file:
@@ -36,8 +37,10 @@ Verbs (request keys -> response keys besides ``ok``):
   its private mount namespace: the nameservers (resolv.conf has no port: the cluster DNS
   must answer on 53), search <ns>.svc.<domain> svc.<domain> <domain>, the options. With
   "services", the table also masquerades pod traffic leaving for outside clusterCIDR.
-- ``status``  {} -> generation, observedGeneration, stale (no supervisor running: the pods
-  are as last seen), supervisor{...}, pods[PodStatus] (sorted by name).
+- ``status``  {"verify": bool} -> generation, observedGeneration, stale (no supervisor
+  running: the pods are as last seen), supervisor{...}, pods[PodStatus] (sorted by name).
+  With ``verify``, also servicesDrift{checked, missing, extra, message}: the live nftables
+  table against the one programmed last (rules as "chain: rule").
 - ``logs``  {"pod", "container" (optional if the pod has one), "tail" (lines, -1 = all),
   "previous", "follow"} -> pod, container, previous, log. ``previous`` is the log of the
   container's previous instance, or the part rotated out at 10 MiB. With ``follow`` the
@@ -2027,20 +2030,72 @@ def service_route(cidr: str) -> None:
         ip_cmd("route", "replace", cidr, "dev", BRIDGE)
 
 
+def nft_listing(nft: str | None = None) -> str | None:
+    """The live ``ip gitorch`` table as nft prints it, or None when there is none (or no
+    nft). The listing is canonical: the same rules always print the same text."""
+    nft = nft or nft_binary()
+    if nft is None:
+        return None
+    try:
+        proc = subprocess.run([nft, "list", "table", *NFT_TABLE.split()], capture_output=True,
+                              timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
+
+
+def listing_rules(listing: str) -> list[str]:
+    """The listing's rules, each prefixed by its chain: what a hand edit adds or removes."""
+    out, chain = [], ""
+    for raw in listing.splitlines():
+        line = raw.strip()
+        if line.startswith("chain ") and line.endswith("{"):
+            chain = line[6:-1].strip()
+        elif line and line not in ("}", "{") and not line.startswith(("table ", "type ")):
+            out.append(f"{chain}: {line}")
+    return out
+
+
+def services_drift(paths: Paths) -> Json:
+    """The live service table against the one this agent programmed last:
+    {checked, missing: [rule], extra: [rule], message}. Unchecked without a record."""
+    state = read_json(paths.services, {})
+    recorded = state.get("listing") if isinstance(state, dict) and state.get("ok") else None
+    boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
+    if not isinstance(recorded, str) or state.get("bootId") != boot:
+        return {"checked": False, "missing": [], "extra": [], "message": "no table programmed since boot"}
+    live = nft_listing()
+    want, have = listing_rules(recorded), listing_rules(live or "")
+    missing = [r for r in want if r not in have]
+    extra = [r for r in have if r not in want]
+    message = ""
+    if live is None:
+        message = f"table {NFT_TABLE} is missing"
+    elif missing or extra:
+        message = f"table {NFT_TABLE}: {len(missing)} rule(s) missing, {len(extra)} not programmed by gitorch"
+    return {"checked": True, "missing": missing[:50], "extra": extra[:50], "message": message}
+
+
 def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
                      service_cidr: str | None, cluster_cidrs: Iterable[str] = ()) -> Json:
     """Make the node's nftables table match ``services`` (and masquerade pod egress, see
-    nft_ruleset); a no-op when the table built last time (this boot) is the same.
-    Returns {ok, changed, message, count}."""
+    nft_ruleset). A no-op when the table built last time (this boot) is the same and still
+    lists as it did then; a table edited or removed by hand is rebuilt ("repaired").
+    Returns {ok, changed, message, count, hash, repaired}."""
     text = nft_ruleset(services, pod_cidr, cluster_cidrs)
     digest = hashlib.sha256(f"{text}\0{service_cidr}".encode()).hexdigest()[:16]
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
     state = read_json(paths.services, {})
+    nft = nft_binary()
+    repaired = ""
     if isinstance(state, dict) and state.get("ok") and state.get("hash") == digest \
             and state.get("bootId") == boot:
-        return {"ok": True, "changed": False, "message": "", "count": len(services), "hash": digest}
-    nft = nft_binary()
-    ok, message = False, ""
+        live = nft_listing(nft)
+        if live is not None and live == state.get("listing"):
+            return {"ok": True, "changed": False, "message": "", "count": len(services), "hash": digest,
+                    "repaired": ""}
+        repaired = f"table {NFT_TABLE} was missing" if live is None else f"table {NFT_TABLE} was edited by hand"
+    ok, message, listing = False, "", None
     if nft is None:
         message = "nft not found (apt-get install nftables)"
     else:
@@ -2051,12 +2106,14 @@ def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
             message = "" if ok else f"nft -f: {one_line(proc.stderr.decode(errors='replace'))[:500]}"
             if ok and service_cidr:
                 service_route(service_cidr)
+            listing = nft_listing(nft) if ok else None
         except (OSError, subprocess.TimeoutExpired, NetworkError, ValueError, StopIteration) as exc:
             ok, message = False, f"nft: {exc}"
     atomic_write(paths.services, json.dumps({"ok": ok, "hash": digest if ok else None, "bootId": boot,
                                              "message": message, "count": len(services),
-                                             "at": time.time()}))
-    return {"ok": ok, "changed": ok, "message": message, "count": len(services), "hash": digest}
+                                             "listing": listing, "at": time.time()}))
+    return {"ok": ok, "changed": ok, "message": message, "count": len(services), "hash": digest,
+            "repaired": repaired if ok else ""}
 
 
 def services_fact(paths: Paths) -> str:
@@ -3082,6 +3139,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
 def cmd_status(paths: Paths, request: Json, redact: Redactor) -> int:
     doc = status_doc(paths, redact)
     doc["ok"] = True
+    if request.get("verify"):
+        # Drift checks: compare what runs with what was programmed, not just report it.
+        doc["servicesDrift"] = services_drift(paths)
     emit(doc, redact)
     return 0
 

@@ -1,8 +1,10 @@
 """Drift reports: compare Git, the store and what every node runs now; list the differences
 and, in heal mode, repair them with one reconcile pass.
 
-`detect` is purely computational; `run` observes (read-only `status` calls), heals when
-asked and saves the report. NAT rules and DNS records are not compared yet.
+`detect` is purely computational; `run` observes (read-only `status` calls that also
+compare each node's live nftables table with the one its agent programmed, and A queries
+to the cluster DNS compared with the zone the store gives), heals when asked and saves the
+report. A heal is one reconcile pass: agents rebuild a service table edited by hand.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from typing import Any
 
 from gitorch import desired as desired_mod
 from gitorch.diagnostics import errors
+from gitorch.dns import probe
+from gitorch.dns.records import zone_data
+from gitorch.dns.server import parse_hostport
+from gitorch.dns.zone import Zone, ZoneData
 from gitorch.objects import DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.controller import Controller
-from gitorch.store import DriftReport, ObjectRecord, PodRecord
+from gitorch.store import DriftReport, ObjectRecord, PodRecord, Store
 
 ANNOTATION = "gitorch.dev/drift"
 MODES = ("report", "heal", "ignore")
@@ -37,6 +43,9 @@ class FindingKind(StrEnum):
     NODE_UNREACHABLE = "NodeUnreachable"
     NOT_APPLIED = "NotApplied"
     NOT_PRUNED = "NotPruned"
+    NAT_RULES = "NatRulesDrift"
+    DNS_RECORDS = "DnsRecordDrift"
+    DNS_UNREACHABLE = "DnsUnreachable"
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,12 @@ def detect(
     reports: Mapping[str, Mapping[str, Mapping[str, Any]]],
     node_errors: Mapping[str, str],
     default_mode: str = "report",
+    nat: Mapping[str, Mapping[str, Any]] | None = None,
+    dns: DNSCheck | None = None,
 ) -> list[Finding]:
     """Every difference between Git (`state`), the store (`objects`, `pods`) and the nodes
-    (`reports`: node -> pod name -> the agent's pod status), in a stable order (pure)."""
+    (`reports`: node -> pod name -> the agent's pod status; `nat`: node -> the agent's
+    servicesDrift), and the cluster DNS (`dns`), in a stable order (pure)."""
     out: list[Finding] = []
     stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in objects}
     modes: dict[ObjectKey, str] = {k: _mode_of(o.annotations, default_mode) for k, o in state.objects.items()}
@@ -181,7 +193,99 @@ def detect(
             pod_rec = next((p for p in pods if p.name == name and p.namespace == ns), None)
             extra_owner = ObjectKey(pod_rec.owner_kind, ns, pod_rec.owner_name) if pod_rec else None
             add(FindingKind.EXTRA_POD, extra_owner, f"Pod {ns}/{name}", node, detail)
+    for node in sorted(nat or {}):
+        if node in node_errors:
+            continue
+        for svc_key, what, detail in _nat_findings(state, (nat or {})[node]):
+            add(FindingKind.NAT_RULES, svc_key, what, node, detail)
+    if dns is not None:
+        if dns.error:
+            add(FindingKind.DNS_UNREACHABLE, None, "Cluster DNS", "", dns.error)
+        for dns_key, m in dns.mismatches:
+            add(FindingKind.DNS_RECORDS, dns_key, str(dns_key), "",
+                f"{m.name} A: {dns.address} answers {m.got}, the store says {m.want}")
     return out
+
+
+_COMMENT = re.compile(r'comment "([^"/]+)/([^":]+)[:"]')
+
+
+def _nat_findings(state: DesiredState, doc: Mapping[str, Any]) -> list[tuple[ObjectKey | None, str, str]]:
+    """One finding per Service whose rules were removed or added by hand (rules carry the
+    Service in their comment); rules of no Service make one finding for the table."""
+    if not doc.get("checked") or not doc.get("message"):
+        return []
+    groups: dict[ObjectKey | None, list[str]] = {}
+    for label, rules in (("missing", doc.get("missing") or []), ("not programmed by gitorch", doc.get("extra") or [])):
+        for rule in rules:
+            m = _COMMENT.search(str(rule))
+            key: ObjectKey | None = ObjectKey("Service", m.group(1), m.group(2)) if m else None
+            if key not in state.objects:
+                key = None
+            groups.setdefault(key, []).append(f"{label}: {rule}")
+    if not groups:  # the whole table is gone
+        return [(None, "Service table", str(doc["message"]))]
+    out = []
+    for key, lines in sorted(groups.items(), key=lambda kv: str(kv[0] or "")):
+        shown = "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more" if len(lines) > 2 else "")
+        out.append((key, str(key) if key is not None else "Service table", f"nftables rule {shown}"))
+    return out
+
+
+@dataclass(frozen=True)
+class DNSCheck:
+    """What the cluster DNS answered, compared with the zone the store gives."""
+
+    address: str
+    mismatches: tuple[tuple[ObjectKey, probe.Mismatch], ...] = ()
+    error: str = ""
+
+
+def dns_names(data: ZoneData) -> dict[str, ObjectKey]:
+    """The names to ask the cluster DNS about: every Service, and each headless Service's
+    StatefulSet hostnames, with the Service they belong to."""
+    out: dict[str, ObjectKey] = {}
+    for svc in data.services:
+        key = ObjectKey("Service", svc.namespace, svc.name)
+        base = f"{svc.name}.{svc.namespace}.svc.{data.domain}"
+        out[base] = key
+        for ep in svc.endpoints:
+            if ep.hostname:
+                out[f"{ep.hostname}.{base}"] = key
+    return out
+
+
+def check_dns(address: str, state: DesiredState, store: Store) -> DNSCheck:
+    """Ask the cluster DNS at `address` for every Service name; a name that differs is asked
+    again against a fresh zone, so a store change between the two reads is not drift."""
+    def zone() -> tuple[Zone, dict[str, ObjectKey]]:
+        data = zone_data(state, store.pods(), store.cluster_ips())
+        return Zone(data), dns_names(data)
+
+    try:
+        current, names = zone()
+        differ = probe.compare(address, current, sorted(names))
+        if differ:
+            current, names = zone()
+            differ = probe.compare(address, current, sorted({m.name for m in differ} & set(names)))
+    except probe.ProbeError as exc:
+        return DNSCheck(address, error=str(exc))
+    return DNSCheck(address, tuple((names[m.name], m) for m in differ))
+
+
+def dns_address(controller: Controller, state: DesiredState, given: str | None = None) -> str | None:
+    """The cluster DNS to check: `given`, else the one pods are told to use."""
+    if given:
+        return given
+    configured = podspecs.cluster_dns(state, controller.settings.cluster_dns)
+    if configured is None:
+        return None
+    raw = controller.settings.cluster_dns or ""
+    try:
+        host, port = parse_hostport(raw) if raw else (configured["nameservers"][0], 53)
+    except ValueError:
+        host, port = configured["nameservers"][0], 53
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def counts(findings: Iterable[Finding | Mapping[str, Any]]) -> dict[str, int]:
@@ -203,42 +307,56 @@ def _state(controller: Controller, rev: str | None) -> DesiredState:
     return desired_mod.load(controller.repo, last.commit) if last is not None else head
 
 
-def observe(
-    controller: Controller, state: DesiredState
-) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, str]]:
-    """Each node's pods as its agent reports them (read-only `status`), and unreachable nodes."""
+@dataclass
+class Observation:
+    """What the nodes and the cluster DNS said during one drift check."""
+
+    reports: dict[str, dict[str, dict[str, Any]]]
+    node_errors: dict[str, str]
+    nat: dict[str, dict[str, Any]]
+
+
+def observe(controller: Controller, state: DesiredState) -> Observation:
+    """Each node's pods as its agent reports them and its service table checked against the
+    one programmed (read-only `status` with verify), and unreachable nodes."""
     fleet = controller.fleet(state)
     timeout = controller.settings.node_call_timeout
-    results = fleet.fan_out(lambda c: c.call("status", timeout=timeout), timeout=timeout + 5)
-    reports: dict[str, dict[str, dict[str, Any]]] = {}
-    node_errors: dict[str, str] = {}
+    results = fleet.fan_out(lambda c: c.call("status", {"verify": True}, timeout=timeout), timeout=timeout + 5)
+    seen = Observation({}, {}, {})
     for manifest in state.of_kind("Node"):
         name = manifest.key.name
         outcome = results.get(name)
         if outcome is not None and outcome.ok and outcome.value is not None:
-            reports[name] = {str(p["name"]): p for p in outcome.value.get("pods", [])}
+            seen.reports[name] = {str(p["name"]): p for p in outcome.value.get("pods", [])}
+            if isinstance(outcome.value.get("servicesDrift"), dict):
+                seen.nat[name] = outcome.value["servicesDrift"]
         else:
-            node_errors[name] = outcome.error if outcome is not None else f"{name}: not asked"
-    return reports, node_errors
+            seen.node_errors[name] = outcome.error if outcome is not None else f"{name}: not asked"
+    return seen
 
 
-def check(controller: Controller, state: DesiredState, default_mode: str) -> list[Finding]:
-    reports, node_errors = observe(controller, state)
+def check(controller: Controller, state: DesiredState, default_mode: str, dns: str | None = None) -> list[Finding]:
+    seen = observe(controller, state)
     store = controller.store
-    return detect(state, store.objects(), store.pods(), reports, node_errors, default_mode)
+    dns_check = check_dns(dns, state, store) if dns else None
+    return detect(state, store.objects(), store.pods(), seen.reports, seen.node_errors, default_mode,
+                  nat=seen.nat, dns=dns_check)
 
 
-def run(controller: Controller, *, rev: str | None = None, heal: bool = False) -> DriftReport:
+def run(controller: Controller, *, rev: str | None = None, heal: bool = False,
+        dns: str | None = None) -> DriftReport:
     """One drift check, saved. Heals (one reconcile pass) when `heal` or the Cluster's mode
-    says so and a finding's object does not ask for report only."""
+    says so and a finding's object does not ask for report only. The cluster DNS checked
+    is `dns` (ADDR:PORT), else the one pods are told to use, else none."""
     started = datetime.now(UTC)
     state = _state(controller, rev)
     default_mode = "heal" if heal else cluster_mode(state)
-    found = check(controller, state, default_mode)
+    dns = dns_address(controller, state, dns)
+    found = check(controller, state, default_mode, dns)
     healed: list[dict[str, Any]] = []
     if any(f.mode == "heal" for f in found):
         result = controller.reconcile(rev)
-        after = check(controller, state, default_mode)
+        after = check(controller, state, default_mode, dns)
         healed.append({
             "action": "reconcile",
             "revision": result.revision.oid,

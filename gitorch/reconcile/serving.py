@@ -256,7 +256,7 @@ class Server:
             if not self._lead():
                 return
             try:
-                report = drift.run(self.controller, rev=self.branch)
+                report = drift.run(self.controller, rev=self.branch, dns=self._dns_address())
             except Exception as exc:  # a failed check is retried on schedule, never fatal
                 console.error(f"drift check failed: {exc}")
                 return
@@ -267,6 +267,16 @@ class Server:
                 self.notifier.drift_found(state, drift.found_text(report), report.revision or "")
             except Exception as exc:  # reporting must never stop the controller
                 console.error(f"driftFound notification failed: {exc}")
+
+    def _dns_address(self) -> str | None:
+        """Where this controller's own cluster DNS answers (drift checks ask it)."""
+        if self.dns is None or self.dns_listen is None:
+            return None
+        from gitorch.dns.server import parse_hostport
+
+        host, _ = parse_hostport(self.dns_listen)
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host
+        return f"[{host}]:{self.dns.port}" if ":" in host else f"{host}:{self.dns.port}"
 
     def _start_listener(self) -> None:
         """Listen if asked to; a port in use (say, another controller on this machine) is a

@@ -1,0 +1,115 @@
+"""Asking a running cluster DNS server what it answers, to compare with what the store says.
+
+Drift checks use this: the zone gitorch would serve now (`Zone(zone_data(...))`) against
+the answers of the server pods actually query. Only in-zone records are compared (an
+ExternalName's target, chased upstream, is not gitorch's to check).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gitorch.dns import wire
+from gitorch.dns.server import parse_hostport
+from gitorch.dns.zone import Rcode, RType, Zone
+
+__all__ = ["Answered", "Mismatch", "ProbeError", "compare", "lookup"]
+
+
+class ProbeError(Exception):
+    """The DNS server did not answer (its address is in the message)."""
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One answer record as compared: owner name, type mnemonic, data."""
+
+    name: str
+    rtype: str
+    data: str
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    name: str
+    want: str
+    got: str
+
+
+def _exchange_udp(host: str, port: int, query: bytes, timeout: float) -> bytes:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.send(query)
+        while True:
+            reply = s.recv(65535)
+            if reply[:2] == query[:2]:
+                return reply
+
+
+def _exchange_tcp(host: str, port: int, query: bytes, timeout: float) -> bytes:
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(len(query).to_bytes(2, "big") + query)
+        head = b""
+        while len(head) < 2:
+            chunk = s.recv(2 - len(head))
+            if not chunk:
+                raise OSError("connection closed")
+            head += chunk
+        size, body = int.from_bytes(head, "big"), b""
+        while len(body) < size:
+            chunk = s.recv(size - len(body))
+            if not chunk:
+                raise OSError("connection closed")
+            body += chunk
+        return body
+
+
+def lookup(address: str, name: str, qtype: int = RType.A, timeout: float = 2.0) -> tuple[int, frozenset[Answered]]:
+    """The rcode and the address/CNAME answers the server gives for `name`, over TCP when
+    the UDP reply is truncated. Raises ProbeError when it does not answer."""
+    host, port = parse_hostport(address)
+    query = wire.build_query(name, qtype, random.getrandbits(16))
+    try:
+        reply = _exchange_udp(host, port, query, timeout)
+        if len(reply) >= 3 and reply[2] & 0x02:  # TC: ask again over TCP
+            reply = _exchange_tcp(host, port, query, timeout)
+        rcode, records = wire.upstream_records(reply)
+    except (OSError, ValueError) as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise ProbeError(f"DNS server {host}:{port}: {reason}") from None
+    return rcode, frozenset(Answered(r.name, RType(r.rtype).name, str(r.data)) for r in records)
+
+
+def _expected(zone: Zone, name: str, qtype: int) -> tuple[int, frozenset[Answered]]:
+    answer = zone.resolve(name, qtype)
+    if answer is None:
+        return Rcode.REFUSED, frozenset()
+    return answer.rcode, frozenset(
+        Answered(r.name, RType(r.rtype).name, str(r.data)) for r in answer.answer
+        if r.rtype in (RType.A, RType.AAAA, RType.CNAME)
+    )
+
+
+def _show(rcode: int, records: Iterable[Answered]) -> str:
+    if rcode != Rcode.NOERROR:
+        return Rcode(rcode).name if rcode in set(Rcode) else f"rcode {rcode}"
+    return ", ".join(sorted(f"{r.rtype} {r.data}" for r in records)) or "no records"
+
+
+def compare(address: str, zone: Zone, names: Iterable[str], timeout: float = 2.0) -> list[Mismatch]:
+    """Each of `names` (A queries) whose answer differs from `zone`'s. Only in-zone records
+    count: what an ExternalName's target resolves to upstream is not gitorch's data."""
+    out = []
+    for name in names:
+        want_rcode, want = _expected(zone, name, RType.A)
+        got_rcode, got = lookup(address, name, RType.A, timeout)
+        want = frozenset(r for r in want if zone.in_zone(r.name))
+        got = frozenset(r for r in got if zone.in_zone(r.name))
+        if (want_rcode, want) != (got_rcode, got):
+            out.append(Mismatch(name, _show(want_rcode, want), _show(got_rcode, got)))
+    return out

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from gitorch.reconcile.controller import PassResult
 from gitorch.store import Store
@@ -36,7 +39,9 @@ class Metrics:
         self.passes = Counter(
             "gitorch_reconcile_passes", "Reconcile passes by outcome.", ["outcome"], registry=r
         )
-        self.objects = Gauge("gitorch_objects", "Desired objects by kind and health.", ["kind", "health"], registry=r)
+        self.objects = Gauge(
+            "gitorch_objects", "Desired objects by kind, health and sync state.", ["kind", "health", "sync"], registry=r
+        )
         self.pods = Gauge("gitorch_pods", "Pods by phase, as the store knows them.", ["phase"], registry=r)
         self.node_reachable = Gauge(
             "gitorch_node_reachable", "1 when the node's agent answered the last pass.", ["node"], registry=r
@@ -49,6 +54,15 @@ class Metrics:
         self.webhooks = Counter(
             "gitorch_webhook_requests", "Webhook requests by provider and result.", ["provider", "result"], registry=r
         )
+        self.drift = Gauge(
+            "gitorch_drift_findings", "Findings of the latest drift report, by kind (after any heal).", ["kind"],
+            registry=r,
+        )
+        self.drift_report = Gauge(
+            "gitorch_drift_report_timestamp_seconds", "When the latest drift report was started.", registry=r
+        )
+        self._dns = _DNSCollector()
+        r.register(self._dns)
         self._lock = threading.Lock()
         for outcome in ("converged", "progressing", "invalid", "node_errors", "error"):
             self.passes.labels(outcome)
@@ -61,14 +75,22 @@ class Metrics:
         """Update every gauge from the pass and the store; gauges of vanished labels are removed."""
         self.pass_seconds.observe(seconds)
         self.passes.labels(pass_outcome(result)).inc()
-        objects = Tally((o.kind, o.health) for o in store.objects())
+        objects = Tally((o.kind, o.health, o.sync) for o in store.objects())
         pods = Tally(p.phase for p in store.pods())
         nodes = {n.name: n.name not in result.node_errors for n in store.nodes()}
         last = store.last_applied_revision()
+        latest = store.drift_reports(limit=1)
         with self._lock:
+            self.drift.clear()
+            if latest:
+                report = latest[0]
+                left = report.healed[-1].get("after") or [] if report.healed else report.findings
+                for kind, n in Tally(str(f.get("kind")) for f in left).items():
+                    self.drift.labels(kind).set(n)
+                self.drift_report.set(report.started_at.timestamp())
             self.objects.clear()
-            for (kind, health), n in objects.items():
-                self.objects.labels(kind, health).set(n)
+            for (kind, health, sync), n in objects.items():
+                self.objects.labels(kind, health, sync).set(n)
             self.pods.clear()
             for phase, n in pods.items():
                 self.pods.labels(phase).set(n)
@@ -80,9 +102,31 @@ class Metrics:
                 if last.applied_at is not None:
                     self.applied_time.set(last.applied_at.timestamp())
 
+    def dns_source(self, stats: Callable[[], Mapping[str, int] | None]) -> None:
+        """Where DNS query counts come from (read at scrape time): transport -> count."""
+        self._dns.stats = stats
+
     def webhook(self, provider: str, result: str) -> None:
         self.webhooks.labels(provider, result).inc()
 
     def render(self) -> tuple[bytes, str]:
         with self._lock:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _DNSCollector(Collector):
+    """gitorch_dns_queries_total{transport}, read from the running DNS server when scraped
+    (the server counts in its own hot loop; no metric call per packet)."""
+
+    def __init__(self) -> None:
+        self.stats: Callable[[], Mapping[str, int] | None] = lambda: None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("gitorch_dns_queries", "DNS queries received, by transport.",
+                                     labels=["transport"])
+        for transport, n in sorted((self.stats() or {}).items()):
+            family.add_metric([transport], n)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("gitorch_dns_queries", "DNS queries received, by transport.", labels=["transport"])

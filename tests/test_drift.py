@@ -338,4 +338,4 @@ def test_detect_nat_findings_by_service_and_a_missing_table() -> None:
         ("NatRulesDrift", "Service table", "n2"),
     ]
     # Rules name their Service in a comment; Services Git does not have fall in "Service table".
-    assert "and 2 more" in found[0].detail and "table ip gitorch is missing" == found[1].detail
+    assert "and 2 more" in found[0].detail and found[1].detail == "table ip gitorch is missing"

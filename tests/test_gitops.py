@@ -196,8 +196,8 @@ def test_webhooks_wake_only_when_signed(repo: GitRepo, serve_factory: Callable[[
     passes = sum(s.value for s in metrics["gitorch_reconcile_passes"] if s.name.endswith("_total"))
     assert passes >= 4
     assert any(s.name.endswith("_count") and s.value >= 4 for s in metrics["gitorch_reconcile_pass_duration_seconds"])
-    objects = {(s.labels["kind"], s.labels["health"]): s.value for s in metrics["gitorch_objects"]}
-    assert objects[("Namespace", "Healthy")] == 4
+    objects = {(s.labels["kind"], s.labels["health"], s.labels["sync"]): s.value for s in metrics["gitorch_objects"]}
+    assert objects[("Namespace", "Healthy", "Synced")] == 4
 
     # /hooks/wake answers local callers (the post-receive hook).
     assert post(f"{server.url}/hooks/wake")[0] == 202

@@ -294,6 +294,7 @@ class DNSServer:
         self._stopping = False
         self._started = False
         self._state = _State(None)
+        self._counts = [0, 0]  # queries received over UDP, TCP (approximate across threads)
         self.update(zone or ZoneData())
         self.port = self.settings.port
         """The bound port (the picked one when settings.port is 0)."""
@@ -316,6 +317,10 @@ class DNSServer:
             # CoreDNS-style serial: seconds of the last change, always increasing.
             self._serial = max(self._serial + 1, int(time.time()))
             self._state = _State(Zone(data, serial=self._serial & 0xFFFFFFFF))
+
+    def stats(self) -> dict[str, int]:
+        """Queries received so far, by transport."""
+        return {"udp": self._counts[0], "tcp": self._counts[1]}
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -456,6 +461,7 @@ class DNSServer:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
         miss = self._udp_miss
+        counts = self._counts
         while True:
             try:
                 data, addr = recvfrom(_RECV_SIZE)
@@ -463,6 +469,7 @@ class DNSServer:
                 if self._stopping:
                     return
                 continue
+            counts[0] += 1
             st = self._state
             reply = st.udp.get(data[2:])
             if reply is not None:
@@ -551,6 +558,7 @@ class DNSServer:
                 data = _recv_exact(conn, size) if size else None
                 if data is None:
                     return
+                self._counts[1] += 1
                 reply = self._tcp_reply(data)
                 if reply is None:
                     return

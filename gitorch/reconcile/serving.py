@@ -92,6 +92,7 @@ class Server:
         self._listen_warned = False
         self._listen_lock = threading.Lock()
         self.metrics = Metrics()
+        self.metrics.dns_source(lambda: self.dns.server.stats() if self.dns is not None else None)
         self.notifier = Notifier(repo, store)
         self.dns_listen = dns_listen
         self.dns: ClusterDNS | None = None

@@ -16,6 +16,7 @@ import pytest
 
 from gitorch.nodes.lab import Lab
 from tests.gitrepo import GitRepo
+from tests.lab import ssh_run
 from tests.samples import gitorch
 
 pytestmark = pytest.mark.lab
@@ -36,7 +37,12 @@ spec:
     metadata: {{labels: {{app: kv}}}}
     spec:
       containers:
-        - {{name: kv, command: [python3, -m, http.server, "7379"], ports: [{{name: kv, containerPort: 7379}}]}}
+        - name: kv
+          command: [python3, -m, http.server, "7379"]
+          ports: [{{name: kv, containerPort: 7379}}]
+          readinessProbe:
+            exec: {{command: [sh, -c, 'test ! -f /tmp/unready-$POD_NAME']}}
+            periodSeconds: 1
 ---
 apiVersion: v1
 kind: Service
@@ -75,6 +81,17 @@ def _a(r: dns.resolver.Resolver, name: str) -> set[str]:
         return set()
 
 
+def until_answers(repo: GitRepo, r: dns.resolver.Resolver, name: str, want: set[str], timeout: float = 45) -> None:
+    """One-pass applies (as serve would run them) until `name` answers `want`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gitorch("apply", cwd=repo.path)
+        if _a(r, name) == want:
+            return
+        assert time.monotonic() < deadline, f"{name} answers {_a(r, name)}, want {want}"
+        time.sleep(0.5)
+
+
 def test_dns_serves_services_and_pods_from_the_store(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
     repo.commit("kv", {"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "apps.yaml": APPS.format(replicas=2)})
     assert gitorch("apply", "--wait", "--timeout", "90", cwd=repo.path).returncode == 0
@@ -108,6 +125,15 @@ def test_dns_serves_services_and_pods_from_the_store(lab: Lab, repo: GitRepo, tm
             r.resolve("nope.shop.svc.cluster.local", "A")
         cname = r.resolve("docs.shop.svc.cluster.local", "CNAME")
         assert [c.target.to_text() for c in cname] == ["docs.example.invalid."]
+        # kv-1 fails its readiness probe: it leaves the headless answers and its own name,
+        # while its pod keeps running; it comes back once ready again.
+        kv1_node = next(p["node"] for p in pods if p["name"] == "kv-1")
+        ssh_run(lab, kv1_node, "touch /tmp/unready-kv-1")
+        until_answers(repo, r, "kv.shop.svc.cluster.local", {ips["kv-0"]})
+        assert _a(r, "kv-1.kv.shop.svc.cluster.local") == set()
+        ssh_run(lab, kv1_node, "rm -f /tmp/unready-kv-1")
+        until_answers(repo, r, "kv.shop.svc.cluster.local", set(ips.values()))
+        assert _a(r, "kv-1.kv.shop.svc.cluster.local") == {ips["kv-1"]}
         # Scale down: the answers follow the store.
         repo.commit("one kv", {"apps.yaml": APPS.format(replicas=1)})
         assert gitorch("apply", "--wait", "--timeout", "90", cwd=repo.path).returncode == 0

@@ -1,6 +1,7 @@
 """Notifications: Slack-compatible JSON (`{"text": ...}`) POSTed to the Cluster manifest's
 `spec.notifications` targets when a revision is deployed, a sync fails or a workload
-degrades. Sent from a background thread with retries; a pass never waits for them."""
+degrades. Sent from a background thread with retries; a pass never waits for them. What was
+announced is kept in the state store, so each event is sent once across restarts and controllers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +21,7 @@ from gitorch import console, desired
 from gitorch.objects import DesiredState, ObjectKey
 from gitorch.reconcile.controller import PassResult
 from gitorch.source import Repository
-from gitorch.store import Store
+from gitorch.store import Store, StoreError
 
 EVENTS = ("deployed", "syncFailed", "degraded", "driftFound")
 
@@ -54,6 +56,27 @@ class Memory:
     deployed: str = ""
     failed: tuple[str, ...] = ()
     health: dict[ObjectKey, str] = field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        """The memory as the store keeps it: JSON, one key per field."""
+        return {
+            "deployed": self.deployed,
+            "failed": list(self.failed),
+            "health": {f"{k.kind}/{k.namespace}/{k.name}": v for k, v in sorted(self.health.items())},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Memory:
+        """The memory `to_state` gave; missing keys are empty (nothing announced yet)."""
+        health: dict[ObjectKey, str] = {}
+        for key, value in dict(state.get("health") or {}).items():
+            kind, namespace, name = str(key).split("/", 2)
+            health[ObjectKey(kind, namespace, name)] = str(value)
+        return cls(
+            deployed=str(state.get("deployed") or ""),
+            failed=tuple(str(f) for f in state.get("failed") or ()),
+            health=health,
+        )
 
 
 def notifications_for(result: PassResult, memory: Memory) -> list[Notification]:
@@ -171,6 +194,7 @@ class Notifier:
         self.attempts = attempts
         self.backoff = backoff
         self.memory = Memory()
+        """What was announced, as of the last `observe` (the store holds the truth)."""
         self._queue: queue.Queue[tuple[Target, Notification] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._deliver, name="gitorch-notify", daemon=True)
         self._stopping = threading.Event()
@@ -186,15 +210,37 @@ class Notifier:
 
     def observe(self, result: PassResult) -> None:
         """Queue what this pass gives (called by the pass; never blocks on the network)."""
-        notes = notifications_for(result, self.memory)
-        if not notes:
+        # Read every pass, not once at start: after a restart or a leadership handover this
+        # controller must see what the previous leader announced, not what it last saw itself.
+        try:
+            stored = self.store.notification_state()
+        except StoreError as exc:  # the next pass tries again
+            console.error(f"notifications: cannot read what was already announced: {exc}")
             return
         try:
-            state = self._state(result)
-        except Exception as exc:  # notification targets must never break a pass
-            console.error(f"notifications: cannot read the targets: {exc}")
-            return
-        for target in targets(state):
+            memory = Memory.from_state(stored)
+        except (ValueError, TypeError) as exc:  # edited by hand; rewritten below
+            console.warn(f"notifications: ignoring the unreadable record of what was announced: {exc}")
+            memory = Memory()
+        notes = notifications_for(result, memory)
+        found: list[Target] = []
+        if notes:
+            try:
+                found = targets(self._state(result))
+            except Exception as exc:  # notification targets must never break a pass
+                console.error(f"notifications: cannot read the targets: {exc}")
+        # Announced means queued: the delivery thread retries a failing target, and a send
+        # lost with the process is cheaper than a repeat on every restart. Saved before
+        # queueing, so a store that cannot be written leaves the events for the next pass.
+        current = memory.to_state()
+        if any(stored.get(key) != value for key, value in current.items()):
+            try:
+                self.store.save_notification_state(current)
+            except StoreError as exc:
+                console.error(f"notifications: cannot record what was announced: {exc}")
+                return
+        self.memory = memory
+        for target in found:
             for note in notes:
                 if note.event in target.events:
                     self._queue.put((target, note))

@@ -322,6 +322,17 @@ class DriftReport(SQLModel, table=True):
     healed: list[Any] = _json_list()
 
 
+class NotificationState(SQLModel, table=True):
+    """What notifications already announced, as JSON by key: shared by every controller, so
+    each event is sent once across restarts (Argo CD keeps this in an annotation)."""
+
+    __tablename__ = "notification_state"
+
+    key: str = Field(primary_key=True)
+    value: Any = Field(default=None, sa_type=JSON, sa_column_kwargs={"nullable": False})
+    updated_at: datetime = _time()
+
+
 metadata = SQLModel.metadata
 
 
@@ -1250,3 +1261,40 @@ class Store:
                 query = query.where(col(DriftReport.started_at) >= _utc(since))
             query = query.order_by(col(DriftReport.started_at).desc(), col(DriftReport.id).desc())
             return list(s.exec(query.limit(limit)).all())
+
+    # ---- notification state ----
+
+    def notification_state(self) -> dict[str, Any]:
+        """Every key of what notifications already announced, with its JSON value."""
+        with self._session(write=False) as s:
+            return {row.key: row.value for row in s.exec(select(NotificationState)).all()}
+
+    def save_notification_state(
+        self, values: Mapping[str, Any], *, now: datetime | None = None
+    ) -> list[str]:
+        """Store the keys of `values` whose value changed, in one transaction; returns them.
+
+        Unchanged keys are not written (and keys not given are kept). Last writer wins: only
+        the leader announces, so concurrent writers are a brief overlap at a handover.
+        """
+        if not values:
+            return []
+        stamp = _now(now)
+        table = _table(NotificationState)
+        with self._session(write=True) as s:
+            conn = s.connection()
+            query = select(table.c.key, table.c.value).where(table.c.key.in_(list(values)))
+            stored = {key: value for key, value in conn.execute(query)}
+            changed = sorted(k for k, v in values.items() if k not in stored or stored[k] != v)
+            if not changed:
+                return []
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            upsert = dialect_insert(table)
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={"value": upsert.excluded.value, "updated_at": upsert.excluded.updated_at},
+                ),
+                [{"key": k, "value": values[k], "updated_at": stamp} for k in changed],
+            )
+            return changed

@@ -35,6 +35,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SHA_A = "a" * 40
 SHA_B = "b" * 40
 SHA_C = "c" * 40
+HEAD = "0002"  # the newest migration in gitorch/migrations/versions
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,7 +102,7 @@ def test_open_creates_the_schema_at_head_matching_the_models(store: Store, store
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == HEAD
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
@@ -128,12 +129,12 @@ def test_a_newer_gitorch_upgrades_an_older_store_keeping_its_data(
     # ... opened by a "newer gitorch" whose tree has a second migration.
     scripts = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_node_zone.py").write_text(
+    (scripts / "versions" / "9999_node_zone.py").write_text(
         '"""Nodes get a zone."""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\n'
-        'down_revision = "0001"\n'
+        'revision = "9999"\n'
+        f'down_revision = "{HEAD}"\n'
         "branch_labels = None\n"
         "depends_on = None\n\n\n"
         "def upgrade() -> None:\n"
@@ -148,7 +149,7 @@ def test_a_newer_gitorch_upgrades_an_older_store_keeping_its_data(
     try:
         migrate(engine, script_location=scripts)
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+            assert MigrationContext.configure(conn).get_current_revision() == "9999"
             rows = conn.execute(sa.text("SELECT name, address, pod_cidr, zone FROM nodes")).all()
             assert [tuple(r) for r in rows] == [("n1", "10.0.0.1", "10.244.0.0/24", "zone-n1")]
             commits = conn.execute(sa.text("SELECT \"commit\" FROM revisions")).scalars().all()
@@ -167,6 +168,25 @@ def test_a_newer_gitorch_upgrades_an_older_store_keeping_its_data(
     # This (now older) gitorch refuses the newer schema with a clear message.
     with pytest.raises(StoreError, match="newer gitorch"):
         Store.open(store_url)
+
+
+def test_a_store_of_the_first_release_is_upgraded_keeping_its_data(store_url: str) -> None:
+    if store_url.startswith("sqlite"):
+        Path(sa.engine.make_url(store_url).database or "").parent.mkdir(parents=True)
+    engine = sa.create_engine(store_url)
+    try:
+        migrate(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO revisions (\"commit\", author, message, committed_at, first_seen_at, "
+                "outcome, error) VALUES (:c, '', 'first', :t, :t, 'applied', '')"
+            ), {"c": SHA_A, "t": T0})
+    finally:
+        engine.dispose()
+    with Store.open(store_url) as upgraded:
+        assert [r.commit for r in upgraded.revisions()] == [SHA_A]
+        assert upgraded.notification_state() == {}
+        assert upgraded.save_notification_state({"deployed": SHA_A}) == ["deployed"]
 
 
 def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:
@@ -699,3 +719,39 @@ def test_drift_reports(store: Store) -> None:
     assert [r.mode for r in store.drift_reports(limit=1)] == ["heal"]
     with pytest.raises(ValueError, match="drift mode"):
         store.save_drift_report(started_at=T0, finished_at=None, mode="fix")
+
+
+# ---- notification state ---------------------------------------------------------------------
+
+
+def test_notification_state_round_trips_and_writes_only_what_changed(
+    store: Store, store_url: str
+) -> None:
+    assert store.notification_state() == {}
+    state = {
+        "deployed": SHA_A,
+        "failed": ["nodes", SHA_A, "n2"],
+        "health": {"Deployment/shop/web": "Degraded", "Namespace//shop": "Healthy"},
+    }
+    assert store.save_notification_state(state, now=T0) == ["deployed", "failed", "health"]
+    assert store.save_notification_state(state, now=T0 + timedelta(seconds=1)) == []
+    assert store.save_notification_state({}) == []
+    # Another controller on the same store (a restart, or a new leader) reads the same.
+    with Store.open(store_url) as other:
+        assert other.notification_state() == state
+        changed = {**state, "deployed": SHA_B}
+        assert other.save_notification_state(changed, now=T0 + timedelta(seconds=2)) == ["deployed"]
+    assert store.notification_state() == changed
+    # Only the changed key was rewritten; the others keep their time.
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT key, updated_at FROM notification_state")).all()
+    finally:
+        engine.dispose()
+    # SQLite gives naive UTC text, PostgreSQL an aware datetime.
+    stamps = {key: when if isinstance(when, datetime) else datetime.fromisoformat(when)
+              for key, when in rows}
+    assert {key: when.replace(tzinfo=when.tzinfo or UTC) for key, when in stamps.items()} == {
+        "deployed": T0 + timedelta(seconds=2), "failed": T0, "health": T0,
+    }

@@ -1,0 +1,163 @@
+"""Each notification is sent once: what was announced lives in the state store, so a restarted
+controller, or a standby that becomes leader, does not announce it again. A real Git repository,
+a real SQLite store and a real HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitorch.notifications import Memory, Notifier
+from gitorch.objects import ObjectKey
+from gitorch.reconcile.controller import PassResult
+from gitorch.reconcile.planning import Plan, Status
+from gitorch.source import Revision, open_repository
+from gitorch.store import Store
+from tests.gitrepo import GitRepo
+
+WEB = ObjectKey("Deployment", "shop", "web")
+NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"
+
+
+class Receiver:
+    """A webhook target that keeps (event, revision) of each notification it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                outer.received.append((body["event"], body["revision"]))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, event: str, revision: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (event, revision) not in self.received:
+            assert time.monotonic() < deadline, f"no {event} of {revision[:7]}; got {self.received}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    hook = Receiver()
+    try:
+        yield hook
+    finally:
+        hook.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(f"sqlite:///{tmp_path / 'gitorch.db'}") as opened:
+        yield opened
+
+
+def cluster(url: str) -> str:
+    return (
+        "apiVersion: gitorch.dev/v1\nkind: Cluster\nmetadata:\n  name: test\nspec:\n"
+        f"  notifications:\n    - name: chat\n      url: {url}\n"
+        "      events: [deployed, syncFailed, degraded]\n"
+    )
+
+
+def passed(oid: str, health: str) -> PassResult:
+    """A valid pass of `oid` whose one workload has `health`."""
+    revision = Revision(oid, "Test Author", f"commit {oid[:7]}", "2026-01-01T00:00:00Z")
+    return PassResult(revision, True, plan=Plan(statuses={WEB: Status(health, "rollout stuck")}))
+
+
+class Controllers:
+    """Notifiers of controllers sharing one store and repository; stopped at the end."""
+
+    def __init__(self, repo: GitRepo, store: Store) -> None:
+        self.repo = repo
+        self.store = store
+        self.started: list[Notifier] = []
+
+    def start(self) -> Notifier:
+        notifier = Notifier(open_repository(self.repo.path), self.store, backoff=0.01)
+        notifier.start()
+        self.started.append(notifier)
+        return notifier
+
+    def stop(self) -> None:
+        for notifier in self.started:
+            notifier.stop()
+
+
+@pytest.fixture
+def controllers(repo: GitRepo, store: Store) -> Iterator[Controllers]:
+    running = Controllers(repo, store)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_restarted_controller_does_not_announce_a_deployment_again(
+    repo: GitRepo, receiver: Receiver, controllers: Controllers
+) -> None:
+    first = repo.commit("v1", {"ns.yaml": NAMESPACE, "cluster.yaml": cluster(receiver.url)})
+    before = controllers.start()
+    before.observe(passed(first, "Healthy"))
+    receiver.wait_for("deployed", first)
+    before.observe(passed(first, "Healthy"))
+    before.stop()
+
+    # `gitorch serve` restarted: a new Notifier on the same store sees the same pass.
+    after = controllers.start()
+    after.observe(passed(first, "Healthy"))
+    second = repo.commit("v2", {"two.yaml": NAMESPACE.replace("shop", "two")})
+    after.observe(passed(second, "Healthy"))
+    # One delivery thread, in order: a repeat of `first` would have arrived before this.
+    receiver.wait_for("deployed", second)
+    assert receiver.received == [("deployed", first), ("deployed", second)]
+
+
+def test_a_standby_taking_over_does_not_announce_a_degraded_workload_again(
+    repo: GitRepo, receiver: Receiver, controllers: Controllers, store: Store
+) -> None:
+    oid = repo.commit("v1", {"ns.yaml": NAMESPACE, "cluster.yaml": cluster(receiver.url)})
+    leader, standby = controllers.start(), controllers.start()  # both running from the start
+    leader.observe(passed(oid, "Progressing"))
+    leader.observe(passed(oid, "Degraded"))
+    receiver.wait_for("degraded", oid)
+
+    # The lease moves: the standby's first passes see the same Degraded workload, then it heals.
+    standby.observe(passed(oid, "Degraded"))
+    standby.observe(passed(oid, "Healthy"))
+    receiver.wait_for("deployed", oid)
+    assert receiver.received == [("degraded", oid), ("deployed", oid)]
+    assert Memory.from_state(store.notification_state()) == Memory(deployed=oid, health={WEB: "Healthy"})
+
+
+def test_memory_round_trips_through_its_stored_form() -> None:
+    memory = Memory(
+        deployed="a" * 40,
+        failed=("nodes", "a" * 40, "node-2"),
+        health={WEB: "Degraded", ObjectKey("Namespace", "", "shop"): "Healthy"},
+    )
+    state = json.loads(json.dumps(memory.to_state()))  # as a JSON column gives it back
+    assert Memory.from_state(state) == memory
+    assert Memory.from_state({}) == Memory()

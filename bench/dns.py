@@ -111,8 +111,8 @@ class Result:
     lost: str
     p50_ms: float
     p99_ms: float
-    rate_p50_ms: float
-    rate_p99_ms: float
+    at_rate: dict[int, tuple[float, float]]
+    """offered qps -> (p50, p99) in ms"""
 
 
 def dnsperf(port: int, queries: Path, seconds: float, extra: list[str]) -> str:
@@ -141,9 +141,10 @@ def measure(port: int, queries: Path, args: argparse.Namespace) -> Result:
     lost = re.search(r"Queries lost:\s+(.*)", out)
     assert qps is not None and lat is not None and lost is not None, out
     p50, p99 = percentiles(port, queries, args.latency_seconds, [])
-    r50, r99 = percentiles(port, queries, args.latency_seconds, ["-Q", str(args.latency_qps)])
+    at_rate = {rate: percentiles(port, queries, args.latency_seconds, ["-Q", str(rate)])
+               for rate in args.latency_qps}
     return Result(float(qps.group(1)), float(lat.group(1)) * 1000, float(lat.group(2)) * 1000,
-                  lost.group(1).strip(), p50, p99, r50, r99)
+                  lost.group(1).strip(), p50, p99, at_rate)
 
 
 def main() -> None:
@@ -151,8 +152,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20, help="throughput run per server")
     ap.add_argument("--latency-seconds", type=float, default=5,
                     help="length of each verbose run (full load, then --latency-qps)")
-    ap.add_argument("--latency-qps", type=int, default=20000,
-                    help="offered load of the fixed-rate latency run")
+    ap.add_argument("--latency-qps", type=lambda t: [int(x) for x in t.split(",")], default=[5000, 20000],
+                    help="offered loads of the fixed-rate latency runs, comma-separated")
+    ap.add_argument("--split-seconds", type=float, default=5,
+                    help="length of the hits-only and NXDOMAIN-only runs per server")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure both servers this many times, alternating who goes first")
     ap.add_argument("--services", type=int, default=1000)
@@ -204,23 +207,38 @@ def main() -> None:
                 # Alternate who goes first: other load on the machine comes and goes.
                 order = list(ports) if i % 2 == 0 else list(reversed(ports))
                 rounds.append({label: measure(ports[label], queries, args) for label in order})
+            # NXDOMAIN as cheap as a hit? Hits only, then in-zone misses only.
+            hits, misses = work / "hits.txt", work / "misses.txt"
+            hits.write_text("".join(f"{name} A\n" for name, _ in table))
+            misses.write_text("".join(f"{name} A\n" for name in missing))
+            split: dict[str, dict[str, float]] = {}
+            for label, port in ports.items():
+                for kind, path in (("hits", hits), ("NXDOMAIN", misses)):
+                    out = dnsperf(port, path, args.split_seconds, [])
+                    found = re.search(r"Queries per second:\s+([\d.]+)", out)
+                    assert found is not None, out
+                    split.setdefault(label, {})[kind] = float(found.group(1))
         finally:
             for proc in (gitorch, dnsmasq):
                 proc.kill()
                 proc.wait()
 
+    rates = " and ".join(f"{r} qps" for r in args.latency_qps)
     print(f"{len(table)} names + {len(missing)} NXDOMAIN; dnsperf -l {args.seconds:g} for qps, "
           f"avg and max; p50/p99 from {args.latency_seconds:g} s runs with -v, at full load "
-          f"and at {args.latency_qps} qps")
+          f"(100 queries outstanding) and at {rates}")
     ratios = []
     for i, results in enumerate(rounds, 1):
         for label in ports:
             r = results[label]
             print(f"round {i} {label:8} {r.qps:8.0f} qps  avg {r.avg_ms:.3f} ms  "
                   f"max {r.max_ms:.2f} ms  lost {r.lost}  |  full load p50 {r.p50_ms:.3f} "
-                  f"p99 {r.p99_ms:.3f} ms  |  @{args.latency_qps} qps p50 {r.rate_p50_ms:.3f} "
-                  f"p99 {r.rate_p99_ms:.3f} ms")
+                  f"p99 {r.p99_ms:.3f} ms" + "".join(
+                      f"  |  @{rate} qps p50 {p50:.3f} p99 {p99:.3f} ms" for rate, (p50, p99) in r.at_rate.items()))
         ratios.append(results["gitorch"].qps / results["dnsmasq"].qps)
+    for label, by_kind in split.items():
+        print(f"{label:8} hits only {by_kind['hits']:8.0f} qps, in-zone NXDOMAIN only {by_kind['NXDOMAIN']:8.0f} "
+              f"qps ({by_kind['NXDOMAIN'] / by_kind['hits']:.2f}x)")
     if len(ratios) > 1:
         print("per-round ratios: " + " ".join(f"{r:.2f}" for r in ratios) + " (median below)")
     print(f"gitorch/dnsmasq qps ratio: {statistics.median(ratios):.2f}")

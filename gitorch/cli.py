@@ -228,9 +228,11 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
 @click.option("--ssh-key", default=None, help="Private key file for an SSH remote.")
 @click.option("--host-key", default=None, help="The SSH remote's host key to pin (default: trust on first use).")
 @click.option("--token-env", default=None, help="Environment variable with an HTTPS token for the remote.")
+@click.option("--ca-file", default=None, envvar="GITORCH_REPO_CA_FILE", show_envvar=True,
+              help="PEM file of the CA that signs an HTTPS remote's certificate (besides the system's CAs).")
 def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str,
           dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
-          token_env: str | None) -> None:
+          token_env: str | None, ca_file: str | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     from gitorch.reconcile.serving import Server
     from gitorch.webhooks import parse_listen
@@ -247,7 +249,7 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
         from gitorch.source import RemoteAuth, fetch, mirror
 
         settings = _settings()
-        auth = RemoteAuth(ssh_key=ssh_key, token_env=token_env, host_key=host_key,
+        auth = RemoteAuth(ssh_key=ssh_key, token_env=token_env, host_key=host_key, ca_file=ca_file,
                           known_hosts=str(settings.state_dir / "known_hosts"))
         dest = settings.state_dir / "mirrors" / hashlib.sha256(repo_path.encode()).hexdigest()[:16]
         repo = mirror(repo_path, dest, auth)

@@ -328,28 +328,70 @@ class RemoteAuth:
     """The SSH remote's host key, pinned explicitly ("ssh-ed25519 AAAA...")."""
     token_env: str | None = None
     """Environment variable holding an HTTPS token (GitHub, GitLab, Gitea all accept it as a password)."""
+    ca_file: str | None = None
+    """PEM file of the CA(s) that sign an HTTPS remote's certificate, trusted besides the system's."""
 
 
 class _Callbacks(pygit2.RemoteCallbacks):
-    def __init__(self, auth: RemoteAuth, verified: bool = False) -> None:
+    def __init__(self, auth: RemoteAuth, url: str, verified: bool = False) -> None:
         super().__init__()
         self.auth = auth
+        self.url = _redact(url)
         self.verified = verified
+        self._token_sent = False
+        self._key_sent = False
 
     def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
         if self.auth.ssh_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:
             key = Path(self.auth.ssh_key).expanduser()
+            if self._key_sent:  # asked again: refused (libgit2 would retry 15 times, then say so vaguely)
+                raise SourceError(f"{_redact(url)}: the server refused the key {key} (is its public key "
+                                  f"authorized for {username_from_url or 'git'}?)")
+            if not key.is_file():
+                raise SourceError(f"{_redact(url)}: {key}: no such key file (--ssh-key)")
+            self._key_sent = True
             pub = key.with_name(key.name + ".pub")
             return pygit2.Keypair(username_from_url or "git", pub if pub.exists() else None, key, "")
-        token = os.environ.get(self.auth.token_env or "", "")
+        name = self.auth.token_env
+        token = os.environ.get(name or "", "")
         if token and allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT:
+            # Asked again after sending it: the server refused it (libgit2 would retry 15 times).
+            if self._token_sent:
+                raise SourceError(
+                    f"{_redact(url)}: the server refused the token in ${name} "
+                    "(is it valid, and may it read the repository?)"
+                )
+            self._token_sent = True
             return pygit2.UserPass(username_from_url or "x-access-token", token)
+        if name and not token:
+            raise SourceError(f"{_redact(url)}: ${name} is not set or empty (it should hold the HTTPS token)")
         raise SourceError(f"{_redact(url)}: no credentials for this remote (--ssh-key or --token-env)")
 
     def certificate_check(self, certificate: Any, valid: bool, host: bytes) -> bool:
         # A TLS certificate must verify; an SSH host key was checked against its pin just before
         # (pygit2 does not show us the key itself).
-        return valid or self.verified
+        if valid or self.verified:
+            return True
+        hint = (
+            f"not signed by a CA in {self.auth.ca_file} or the system's, or not issued for this host"
+            if self.auth.ca_file
+            else "pass --ca-file with the certificate of the CA that signed it"
+        )
+        name = host.decode(errors="replace")
+        raise SourceError(f"{self.url}: the TLS certificate of {name} does not verify ({hint})")
+
+
+def _trust_ca(auth: RemoteAuth) -> None:
+    """Add `auth.ca_file` to the CAs libgit2 trusts; its TLS context is one for the whole process."""
+    if not auth.ca_file:
+        return
+    path = Path(auth.ca_file).expanduser()
+    if not path.is_file():
+        raise SourceError(f"{path}: no such CA certificate file (--ca-file)")
+    try:
+        pygit2.settings.set_ssl_cert_locations(str(path), None)
+    except pygit2.GitError as exc:
+        raise SourceError(f"{path}: cannot load CA certificates from it (--ca-file): {exc}") from exc
 
 
 def _redact(url: str) -> str:
@@ -381,7 +423,8 @@ def _verify_ssh_host(url: str, auth: RemoteAuth) -> bool:
 
 def mirror(url: str, dest: Path, auth: RemoteAuth) -> Repository:
     """A bare local mirror of a remote repository (cloned on first use, fetched after)."""
-    callbacks = _Callbacks(auth, verified=_verify_ssh_host(url, auth))
+    _trust_ca(auth)
+    callbacks = _Callbacks(auth, url, verified=_verify_ssh_host(url, auth))
     try:
         if not (dest / "HEAD").exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -399,8 +442,9 @@ def fetch(repo: Repository, auth: RemoteAuth, url: str | None = None) -> None:
     """Update every branch of a mirror from its remote (the newest commit always wins)."""
     remote = repo._repo.remotes["origin"]
     target = url or str(remote.url)
+    _trust_ca(auth)
     try:
-        callbacks = _Callbacks(auth, _verify_ssh_host(target, auth))
+        callbacks = _Callbacks(auth, target, _verify_ssh_host(target, auth))
         remote.fetch(refspecs=["+refs/heads/*:refs/heads/*"], callbacks=callbacks)
     except pygit2.GitError as exc:
         raise SourceError(f"{_redact(target)}: cannot fetch: {_redact(str(exc))}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,13 @@ def test_ssh_remote_is_mirrored_and_fetched(lab: Lab, shared_dir: Path, tmp_path
         mirror(url, tmp_path / "m3", RemoteAuth(ssh_key=str(lab.identity_file), host_key=other))
     with pytest.raises(SourceError, match="cannot fetch"):
         mirror(f"ssh://root@{node.address}/var/tmp/no-such.git", tmp_path / "m4", auth)
+    # A key the node does not authorize: said once, plainly (not libgit2's 15 retries).
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    with pytest.raises(SourceError, match=f"refused the key {stranger}"):
+        mirror(url, tmp_path / "m5", RemoteAuth(ssh_key=str(stranger), host_key=node.host_key))
+    with pytest.raises(SourceError, match="no such key file"):
+        mirror(url, tmp_path / "m6", RemoteAuth(ssh_key=str(tmp_path / "missing"), host_key=node.host_key))
 
 
 def test_serve_follows_an_ssh_remote(lab: Lab, shared_dir: Path, tmp_path: Path) -> None:

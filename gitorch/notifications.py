@@ -104,6 +104,9 @@ def notifications_for(result: PassResult, memory: Memory) -> list[Notification]:
             if status.health == "Degraded" and memory.health.get(key) != "Degraded":
                 out.append(Notification("degraded", f"gitorch: {key} is Degraded: {status.message}", r.oid))
             memory.health[key] = status.health
+        # Workloads gone from the plan are forgotten: the stored memory stays as big as the cluster.
+        for key in [k for k in memory.health if k not in result.plan.statuses]:
+            del memory.health[key]
     if result.converged and r.oid != memory.deployed:
         memory.deployed = r.oid
         n = len(result.plan.statuses) if result.plan is not None else 0

@@ -493,3 +493,6 @@ def test_degraded_and_failures_are_announced_once() -> None:
     assert [n.event for n in notifications_for(result("Healthy"), memory)] == ["deployed"]
     assert [n.event for n in notifications_for(result("Healthy"), memory)] == []
     assert [n.event for n in notifications_for(result("Degraded"), memory)] == ["degraded"]
+    # A workload removed from Git is forgotten (the stored memory does not grow forever).
+    notifications_for(PassResult(rev, True, plan=Plan(statuses={})), memory)
+    assert web_key not in memory.health

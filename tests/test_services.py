@@ -1,9 +1,16 @@
 """Services on real lab nodes (kube-proxy's job): cluster IPs and node ports DNAT-ed by each
-node's nftables table to the ready pods, spread over them, following readiness."""
+node's nftables table to the ready pods, spread over them, following readiness; agents push
+readiness changes (the `watch` verb), so `gitorch serve` updates every node at once."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +21,9 @@ from gitorch.desired import load
 from gitorch.nodes.lab import Lab
 from gitorch.reconcile.controller import Controller
 from gitorch.reconcile.services import service_table
+from gitorch.settings import Settings
 from gitorch.source import open_repository
-from gitorch.store import ClusterIPAllocation, NodePortAllocation, PodRecord
+from gitorch.store import ClusterIPAllocation, NodePortAllocation, PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
 
@@ -141,6 +149,68 @@ def test_service_table_lists_ready_endpoints_with_named_target_ports(repo: GitRe
     assert [e["name"] for e in service_table(state, pods, ips[:1], [])] == ["svc/web:web"]
 
 
+# ---- the agent's watch stream (no nodes needed) -----------------------------------------
+
+AGENT_FILE = Path(__file__).resolve().parents[1] / "gitorch" / "nodes" / "agent.py"
+
+
+def test_watch_streams_only_changes_that_matter_to_endpoints(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    status = root / "status.json"
+
+    def write(ready: bool, message: str, ip: str = "10.244.0.2") -> None:
+        pod = {
+            "name": "echo-a",
+            "namespace": "svc",
+            "phase": "Running",
+            "ready": ready,
+            "podIP": ip,
+            "terminating": False,
+            "message": message,
+            "restarts": 0,
+        }
+        (root / "tmp").write_text(json.dumps({"pods": [pod]}))
+        os.replace(root / "tmp", status)  # as the supervisor writes it
+
+    write(True, "")
+    proc = subprocess.Popen(
+        [sys.executable, str(AGENT_FILE), "watch", "--root", str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["ok"] and first["event"] == "status"
+        assert [(p["name"], p["ready"]) for p in first["pods"]] == [("echo-a", True)]
+        write(True, "a message endpoints do not care about")
+        time.sleep(0.3)
+        write(False, "Readiness probe failed")
+        changed = json.loads(proc.stdout.readline())  # the message-only rewrite sent nothing
+        assert changed["event"] == "status" and changed["digest"] != first["digest"]
+        assert [(p["name"], p["ready"]) for p in changed["pods"]] == [("echo-a", False)]
+        assert changed["writtenAt"] == pytest.approx(status.stat().st_mtime, abs=0.01)
+        status.unlink()
+        gone = json.loads(proc.stdout.readline())
+        assert gone["pods"] == []
+        proc.stdin.close()  # the SSH channel went away
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    served = subprocess.run(
+        [sys.executable, str(AGENT_FILE), "serve", "--root", str(root)],
+        input='{"verb": "watch"}\n',
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(served.stdout) == {"ok": False, "error": "serve: unknown verb 'watch'"}
+
+
 # ---- on the lab -------------------------------------------------------------------------
 
 
@@ -236,3 +306,85 @@ def test_cluster_ip_and_node_port_spread_over_ready_pods(lab: Lab, cluster: tupl
         return out.name in answers
 
     until(f"{out.name} to rejoin the rotation", back, controller)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def endpoints_on(lab: Lab, node: str) -> set[str]:
+    """The pod addresses a node's service table DNATs to."""
+    table = ssh_run(lab, node, "nft list table ip gitorch", check=False).stdout
+    return set(re.findall(r"dnat to ([0-9.]+):8080", table))
+
+
+@pytest.mark.lab
+def test_readiness_changes_reach_every_node_when_the_agent_pushes_them(
+    lab: Lab, cluster: tuple[GitRepo, Controller], tmp_path: Path
+) -> None:
+    repo, _ = cluster
+    repo.commit("echo and services", {"apps.yaml": apps()})
+    log = tmp_path / "serve.log"
+    # An hour between timer passes: after the first rollout, only a push explains a pass.
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gitorch",
+                "serve",
+                "--repo",
+                str(repo.path),
+                "--branch",
+                "main",
+                "--interval",
+                "3600",
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    store = Store.open(Settings.from_env().database_url)
+    try:
+        nodes = [n.name for n in lab.nodes]
+
+        def wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while not check():
+                assert serve.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()}"
+                time.sleep(0.2)
+
+        pods: dict[str, PodRecord] = {}
+
+        def rolled_out() -> bool:
+            pods.update({p.name: p for p in store.pods(namespace="svc") if p.owner_name == "echo" and p.ip})
+            ips = {p.ip for p in pods.values() if p.ready}
+            return len(ips) == 3 and all(endpoints_on(lab, n) == ips for n in nodes)
+
+        wait("the Deployment behind every node's table", rolled_out, 90)
+        out_pod = next(iter(pods.values()))
+        assert out_pod.node is not None and out_pod.ip is not None
+        woken = log.read_text().count(f"woken by pod status on {out_pod.node}")
+
+        # One pod fails its readiness probe: its node pushes the change, a pass runs at
+        # once and every node drops the endpoint, an hour before the next timer pass.
+        ip = out_pod.ip
+        ssh_run(lab, out_pod.node, f"rm -f /tmp/ready-{out_pod.name}")
+        wait(f"{out_pod.name} to leave every table", lambda: all(ip not in endpoints_on(lab, n) for n in nodes), 15)
+        assert log.read_text().count(f"woken by pod status on {out_pod.node}") > woken
+        # ... and comes back the same way once ready again.
+        ssh_run(lab, out_pod.node, f"touch /tmp/ready-{out_pod.name}")
+        wait(f"{out_pod.name} to rejoin every table", lambda: all(ip in endpoints_on(lab, n) for n in nodes), 15)
+    finally:
+        store.close()
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()

@@ -47,6 +47,13 @@ Verbs (request keys -> response keys besides ``ok``):
   request must be one line and the output is raw log text, not JSON, streamed until stdin
   closes or the pod's logs disappear; errors found before streaming are one JSON document.
 - ``stop-supervisor``  {} -> stopped, pid. Pods keep running.
+- ``watch``  no request; streams one JSON line per event until stdin closes (the SSH
+  channel goes away): ``{"ok": true, "event": "status", "digest", "writtenAt", "pods":
+  [{name, namespace, phase, ready, podIP, terminating}]}`` at once and whenever what
+  endpoints depend on changes in status.json (a pod's phase, readiness or IP, a pod added
+  or gone; ``writtenAt`` is the file's mtime in epoch seconds), and ``{"ok": true, "event":
+  "heartbeat", "digest"}`` every 10 s so a dead stream is noticed. It polls the file's
+  stat every 50 ms and never takes the agent lock. ``serve`` refuses it (own session).
 - ``supervise``  internal: the long-running supervisor, started detached by ``sync``.
 
 PodStatus: name, namespace, hash, desiredHash (a pending replacement's hash; null while a
@@ -186,7 +193,7 @@ def one_line(text: str) -> str:
 
 def read_request(verb: str) -> Json:
     """Read the JSON request from stdin (empty stdin means {})."""
-    if verb in ("supervise", "serve") or sys.stdin is None or sys.stdin.isatty():
+    if verb in ("supervise", "serve", "watch") or sys.stdin is None or sys.stdin.isatty():
         return {}
     if verb == "logs":
         # ``logs --follow`` keeps stdin open to signal the end, so its request is one line.
@@ -2973,7 +2980,7 @@ def cmd_supervise(paths: Paths, request: Json, redact: Redactor) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Agent verbs talking to the supervisor: sync, status, logs, stop-supervisor
+# Agent verbs talking to the supervisor: sync, status, logs, watch, stop-supervisor
 # ---------------------------------------------------------------------------------------
 
 
@@ -3209,9 +3216,8 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
     return 0
 
 
-def follow_log(path: str, tail: int) -> None:
-    """Stream a log as raw text until stdin closes or the log (its pod) disappears."""
-    out: IO[bytes] = sys.stdout.buffer
+def stdin_closed() -> threading.Event:
+    """An event set once stdin reaches its end: the controller (its SSH channel) went away."""
     closed = threading.Event()
 
     def watch_stdin() -> None:
@@ -3221,6 +3227,13 @@ def follow_log(path: str, tail: int) -> None:
         closed.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
+    return closed
+
+
+def follow_log(path: str, tail: int) -> None:
+    """Stream a log as raw text until stdin closes or the log (its pod) disappears."""
+    out: IO[bytes] = sys.stdout.buffer
+    closed = stdin_closed()
     fh = open(path, "rb")  # noqa: SIM115 - reopened on rotation below
     try:
         out.write(tail_bytes(path, tail))
@@ -3253,6 +3266,57 @@ def follow_log(path: str, tail: int) -> None:
         fh.close()
 
 
+WATCH_POLL_SECONDS = 0.05
+WATCH_HEARTBEAT_SECONDS = 10.0
+
+
+def endpoint_view(status: Any) -> list[Json]:
+    """What Services and the cluster DNS depend on in status.json, per pod, sorted."""
+    pods = status.get("pods") if isinstance(status, dict) else None
+    rows = [{"name": p.get("name"), "namespace": p.get("namespace"), "phase": p.get("phase"),
+             "ready": bool(p.get("ready")), "podIP": p.get("podIP"),
+             "terminating": bool(p.get("terminating"))}
+            for p in pods or [] if isinstance(p, dict)]
+    return sorted(rows, key=lambda r: (str(r["namespace"]), str(r["name"])))
+
+
+def cmd_watch(paths: Paths, request: Json, redact: Redactor) -> int:
+    """Stream pod status changes that matter to endpoints, plus heartbeats, until stdin
+    closes. The supervisor replaces status.json (rename) when its content changes, so a
+    stat every WATCH_POLL_SECONDS finds a change cheaply; the digest skips rewrites that
+    only touch other fields (messages, restart counts)."""
+    closed = stdin_closed()
+    seen: tuple[int, int, int] | None = None
+    digest: str | None = None
+    beat = time.monotonic()
+    try:
+        while True:
+            try:
+                st = os.stat(paths.status)
+                key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+                written: float | None = st.st_mtime_ns / 1e9
+            except OSError:
+                key, written = None, None
+            if key != seen or digest is None:
+                seen = key
+                pods = endpoint_view(read_json(paths.status, {}))
+                new = hashlib.sha256(json.dumps(pods, sort_keys=True).encode()).hexdigest()[:16]
+                if new != digest:
+                    digest = new
+                    emit({"ok": True, "event": "status", "digest": digest, "writtenAt": written,
+                          "pods": pods})
+                    beat = time.monotonic()
+            if time.monotonic() - beat >= WATCH_HEARTBEAT_SECONDS:
+                emit({"ok": True, "event": "heartbeat", "digest": digest})
+                beat = time.monotonic()
+            if closed.wait(WATCH_POLL_SECONDS):
+                return 0
+    except BrokenPipeError:
+        # The reader went away; keep the interpreter's final flush from complaining.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def cmd_serve(paths: Paths, request: Json, redact: Redactor) -> int:
     """Answer one JSON request per stdin line (`{"verb": ..., ...}`), one JSON line each,
     until stdin closes: the controller keeps this running over one SSH channel per node,
@@ -3264,7 +3328,7 @@ def cmd_serve(paths: Paths, request: Json, redact: Redactor) -> int:
         try:
             req = _parse_request(line)
             verb = req.pop("verb", None)
-            if verb not in VERBS or verb in ("serve", "supervise"):
+            if verb not in VERBS or verb in ("serve", "supervise", "watch"):
                 raise RequestError(f"serve: unknown verb {verb!r}")
             if verb == "logs" and req.get("follow"):
                 raise RequestError("serve: logs with follow needs its own session")
@@ -3284,6 +3348,7 @@ VERBS: dict[str, Callable[[Paths, Json, Redactor], int]] = {
     "logs": cmd_logs,
     "stop-supervisor": cmd_stop_supervisor,
     "supervise": cmd_supervise,
+    "watch": cmd_watch,
 }
 
 

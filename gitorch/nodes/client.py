@@ -3,7 +3,8 @@
 The agent is one stdlib-only file shipped over SFTP to a path named by its content hash, so
 a changed agent is uploaded by itself on next contact. Requests go to a long-lived
 `agent serve` process over one SSH channel per node (a request costs a round trip, not a
-Python start-up); `run_once` runs a single verb in its own process when that is preferable.
+Python start-up); `run_once` runs a single verb in its own process when that is preferable;
+`watch` follows a node's pod status on a channel of its own.
 """
 
 from __future__ import annotations
@@ -102,6 +103,24 @@ class NodeClient:
                         raise
         raise AgentError(self.name, "agent could not be started")
 
+    def watch(self, timeout: float = 15.0) -> Watch:
+        """Open the agent's `watch` stream (uploading the agent first if needed); its first
+        event, the pods' status now, has arrived when this returns."""
+        for attempt in (0, 1):
+            stream = self.conn.open_stream(self._launcher("watch"))
+            try:
+                first = stream.readline(timeout)
+                if first is None:
+                    raise CommandTimeout(self.name, f"watch: no first event after {timeout:g} s")
+                return Watch(self.name, stream, self._decode(first, b"", 0))
+            except NodeError:
+                missing = stream.exit_status() == _MISSING
+                stream.close()
+                if not missing or attempt:
+                    raise
+                self.upload_agent()
+        raise AssertionError("unreachable")
+
     def _drop_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()
@@ -123,6 +142,36 @@ class NodeClient:
     def close(self) -> None:
         with self._lock:
             self._drop_stream()
+
+
+class Watch:
+    """One node's pod status stream (the agent's `watch` verb): one event per line, a
+    `status` event when the pods' endpoints change and a `heartbeat` every 10 s."""
+
+    def __init__(self, node: str, stream: Stream, first: dict[str, Any]) -> None:
+        self.node = node
+        self._stream = stream
+        self._pending: dict[str, Any] | None = first
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, or None if none came within `timeout`; NodeError once the stream ended."""
+        if self._pending is not None:
+            event, self._pending = self._pending, None
+            return event
+        line = self._stream.readline(timeout)
+        if line is None:
+            return None
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not data.get("ok"):
+            detail = data.get("error") if isinstance(data, dict) else line[:80].decode(errors="replace")
+            raise AgentError(self.node, f"watch: {detail}")
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 @dataclass(frozen=True)

@@ -344,6 +344,29 @@ class Stream:
         line_out, self._buf = self._buf.split(b"\n", 1)
         return line_out
 
+    def readline(self, timeout: float) -> bytes | None:
+        """The next line of output (for the agent's `watch` stream), or None if none came
+        within `timeout`; raises NodeError once the command has ended."""
+        deadline = time.monotonic() + timeout
+        try:
+            while b"\n" not in self._buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._chan.settimeout(remaining)
+                try:
+                    chunk = self._chan.recv(65536)
+                except TimeoutError:
+                    return None
+                if not chunk:
+                    raise NodeError(self.node, "stream ended")
+                self._buf += chunk
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise NodeUnreachable(self.node, f"connection lost ({_reason(exc)})") from exc
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
     def write(self, data: bytes) -> None:
         self._chan.sendall(data)
 

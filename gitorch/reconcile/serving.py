@@ -5,7 +5,9 @@ notifications, clean shutdown on SIGTERM."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -18,6 +20,8 @@ from gitorch import console, desired
 from gitorch.dns.cluster import ClusterDNS, settings_for
 from gitorch.errors import GitorchError
 from gitorch.metrics import Metrics
+from gitorch.nodes.client import NodeClient, Watch
+from gitorch.nodes.ssh import NodeError
 from gitorch.notifications import Notifier
 from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
@@ -29,6 +33,10 @@ from gitorch.webhooks import Handlers, Listener
 LEASE = "gitorch-controller"
 DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
 REQUEUE_MAX = 30.0  # seconds: the longest back-off between passes while nodes fail
+WATCH_SILENCE = 35.0  # seconds without a line (agents send a heartbeat every 10 s) before a pod watch is re-opened
+WATCH_BACKOFF_MAX = 30.0  # seconds: the longest wait before re-opening a dropped pod watch
+
+log = logging.getLogger(__name__)
 
 
 def _reachable_from_pods(listen: str) -> bool:
@@ -42,6 +50,87 @@ def _reachable_from_pods(listen: str) -> bool:
     except ValueError:
         return False
     return not (ip.is_loopback or ip.is_unspecified)
+
+
+class PodWatchers:
+    """One thread per reachable node following its agent's `watch` stream, as kubelets push
+    status to the API server: a change that endpoints depend on (a pod's readiness, phase or
+    IP, a pod added or gone) wakes a pass at once; the interval pass stays the fallback."""
+
+    def __init__(self, wake: Callable[[str], None], leading: Callable[[], bool]) -> None:
+        self._wake = wake
+        self._leading = leading
+        self._lock = threading.Lock()
+        self._watching: dict[str, tuple[NodeClient, threading.Event, threading.Thread]] = {}
+        self._closed = False
+
+    def follow(self, clients: dict[str, NodeClient]) -> None:
+        """Watch exactly these nodes (a node whose client changed with the fleet is re-watched)."""
+        with self._lock:
+            for name, (client, stop, _) in list(self._watching.items()):
+                if self._closed or clients.get(name) is not client:
+                    stop.set()
+                    del self._watching[name]
+            if self._closed:
+                return
+            for name, client in clients.items():
+                if name not in self._watching:
+                    stop = threading.Event()
+                    thread = threading.Thread(
+                        target=self._run, args=(client, stop), name=f"gitorch-watch-{name}", daemon=True
+                    )
+                    self._watching[name] = (client, stop, thread)
+                    thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        with self._lock:
+            self._closed = True
+            threads = [t for _, _, t in self._watching.values()]
+        self.follow({})
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self, client: NodeClient, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            if not self._leading():
+                stop.wait(1.0)  # a standby leaves the nodes to the leader
+                continue
+            try:
+                watch = client.watch()
+            except Exception as exc:  # unreachable, or no agent yet: retried with back-off
+                failures += 1
+                log.debug("%s: pod watch not opened: %s", client.name, exc)
+                stop.wait(min(WATCH_BACKOFF_MAX, 0.5 * 2**failures) * (0.5 + random.random()))
+                continue
+            failures = 0
+            try:
+                self._read(client.name, watch, stop)
+            except Exception as exc:  # a dropped or silent stream: re-opened after a pause
+                failures = 1
+                log.debug("%s: pod watch dropped: %s", client.name, exc)
+                stop.wait(0.5 + random.random())
+            finally:
+                watch.close()
+
+    def _read(self, node: str, watch: Watch, stop: threading.Event) -> None:
+        digest: str | None = None
+        heard = time.monotonic()
+        while not stop.is_set() and self._leading():
+            event = watch.next(1.0)
+            now = time.monotonic()
+            if event is None:
+                if now - heard > WATCH_SILENCE:
+                    raise NodeError(node, f"pod watch silent for {WATCH_SILENCE:g} s")
+                continue
+            heard = now
+            if event.get("event") != "status" or event.get("digest") == digest:
+                continue  # heartbeats only say the stream is alive
+            # The first event of a stream wakes quietly: a change may have slipped in between
+            # the last pass reading this node and the stream opening.
+            self._wake(f"pod status on {node}" if digest is not None else "")
+            digest = str(event.get("digest"))
 
 
 class Server:
@@ -102,6 +191,12 @@ class Server:
         self._fetched_at = float("-inf")
         self._fetch_now = False
         self.drift_schedule: str | None = None
+        # Agents push pod status changes, so a readiness change reaches every node's service
+        # rules without waiting for the interval; GITORCH_NO_WATCH=1 turns that off.
+        self.pod_watch = os.environ.get("GITORCH_NO_WATCH", "") in ("", "0")
+        self.watchers = PodWatchers(
+            lambda why: self.wake(why, fetch=False), lambda: self._leader is True and not self.stopping.is_set()
+        )
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
         lines = [f"{result.revision.short} {'valid' if result.valid else 'INVALID'}"]
@@ -110,13 +205,16 @@ class Server:
         lines += [f"node error: {e}" for _, e in sorted(result.node_errors.items())]
         return tuple(lines)
 
-    def wake(self, why: str = "") -> None:
-        """Run a pass now (after a push); during a pass, run another one right after it."""
+    def wake(self, why: str = "", *, fetch: bool = True) -> None:
+        """Run a pass now (after a push); during a pass, run another one right after it.
+        `fetch=False` (a pod status change) leaves a remote repository to its poll."""
         if why:
             console.write(f"{time.strftime('%H:%M:%S')} woken by {why}")
-        self._fetch_now = True
+        if fetch:
+            self._fetch_now = True
         self._dirty.set()
-        self.timers.wake("reconcile")
+        if not self._pass_lock.locked():  # a running pass sees the flag and loops
+            self.timers.wake("reconcile")
 
     def reconcile(self) -> None:
         """The timer job: passes until no wake is pending; concurrent callers return at once."""
@@ -199,6 +297,7 @@ class Server:
         self._schedule_requeue(result)
         self._refresh_dns(result)
         self._schedule_drift(result)
+        self._follow_pods(result)
         try:
             self.metrics.observe_pass(result, time.monotonic() - started, self.store)
             self.notifier.observe(result)
@@ -208,6 +307,13 @@ class Server:
         if lines != self._last:
             console.write(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
             self._last = lines
+
+    def _follow_pods(self, result: PassResult) -> None:
+        """Follow the pod status of every node this pass reached, so the next change wakes a pass."""
+        if not self.pod_watch or result.state is None or self.stopping.is_set():
+            return
+        clients = self.controller.fleet(result.state).clients
+        self.watchers.follow({n: c for n, c in clients.items() if n not in result.node_errors})
 
     def _fetch(self) -> None:
         """Bring the mirror of a remote repository up to date when due; a failed fetch is
@@ -332,6 +438,7 @@ class Server:
                 if self.listener is not None:
                     self.listener.close()
             self.timers.stop()
+            self.watchers.stop()
             self.notifier.stop()
             self.store.release_lease(LEASE, self.holder)
             self.controller.close()

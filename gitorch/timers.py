@@ -73,12 +73,21 @@ def fire_times(
     return out
 
 
+def _skip_overlap(record: logging.LogRecord) -> bool:
+    return "maximum number of running instances" not in str(record.msg)
+
+
 class Timers:
     """Periodic jobs of `gitorch serve` (Git polling, reconcile passes, heartbeats)."""
 
     def __init__(self) -> None:
         self._scheduler = BackgroundScheduler(timezone=UTC)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # A pass longer than the interval makes apscheduler skip the overlapping run and warn
+        # each time; that is the intended behaviour (max_instances=1), not worth a line.
+        scheduler_log = logging.getLogger("apscheduler.scheduler")
+        if _skip_overlap not in scheduler_log.filters:
+            scheduler_log.addFilter(_skip_overlap)
 
     def every(self, seconds: float, fn: Callable[[], None], name: str) -> None:
         self._scheduler.add_job(

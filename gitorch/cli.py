@@ -230,9 +230,12 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
 @click.option("--token-env", default=None, help="Environment variable with an HTTPS token for the remote.")
 @click.option("--ca-file", default=None, envvar="GITORCH_REPO_CA_FILE", show_envvar=True,
               help="PEM file of the CA that signs an HTTPS remote's certificate (besides the system's CAs).")
+@click.option("--pod-watch/--no-pod-watch", default=None,
+              help="Follow each agent's pod status pushes, so readiness changes reach every node's service rules "
+                   "at once (default on; GITORCH_NO_WATCH=1 turns it off). Off: the next timer pass.")
 def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str,
           dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
-          token_env: str | None, ca_file: str | None) -> None:
+          token_env: str | None, ca_file: str | None, pod_watch: bool | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     from gitorch.reconcile.serving import Server
     from gitorch.webhooks import parse_listen
@@ -261,7 +264,7 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
         repo = open_repository(repo_path)
     with _store() as store:
         Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
-               webhook_secret=secret, dns_listen=dns_listen, fetcher=fetcher, poll=poll).run()
+               webhook_secret=secret, dns_listen=dns_listen, fetcher=fetcher, poll=poll, pod_watch=pod_watch).run()
 
 
 @cli.command()

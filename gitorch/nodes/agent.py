@@ -54,6 +54,9 @@ Verbs (request keys -> response keys besides ``ok``):
   or gone; ``writtenAt`` is the file's mtime in epoch seconds), and ``{"ok": true, "event":
   "heartbeat", "digest"}`` every 10 s so a dead stream is noticed. It polls the file's
   stat every 50 ms and never takes the agent lock. ``serve`` refuses it (own session).
+- ``serve``  one request per stdin line (``{"verb": ..., ...}``), one JSON line each, until
+  stdin closes: how the controller calls every verb but ``watch``, ``logs`` with follow
+  and ``supervise`` over one long-lived SSH channel.
 - ``supervise``  internal: the long-running supervisor, started detached by ``sync``.
 
 PodStatus: name, namespace, hash, desiredHash (a pending replacement's hash; null while a

@@ -282,7 +282,14 @@ class Connection:
     def open_stream(self, command: str) -> Stream:
         """Start a long-lived command (the agent's `serve` loop) and talk to it line by line."""
         chan = self._session()
-        chan.exec_command(command)
+        try:
+            chan.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            chan.close()
+            self.close()
+            raise NodeUnreachable(
+                self.endpoint.name, f"{self.endpoint.where}: cannot start the agent ({_reason(exc)})"
+            ) from exc
         return Stream(self.endpoint.name, chan)
 
     def put(self, data: bytes, path: str, mode: int = 0o755) -> None:

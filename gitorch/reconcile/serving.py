@@ -151,6 +151,7 @@ class Server:
         dns_listen: str | None = None,
         fetcher: Callable[[], None] | None = None,
         poll: float = 30.0,
+        pod_watch: bool | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -193,7 +194,7 @@ class Server:
         self.drift_schedule: str | None = None
         # Agents push pod status changes, so a readiness change reaches every node's service
         # rules without waiting for the interval; GITORCH_NO_WATCH=1 turns that off.
-        self.pod_watch = os.environ.get("GITORCH_NO_WATCH", "") in ("", "0")
+        self.pod_watch = os.environ.get("GITORCH_NO_WATCH", "") in ("", "0") if pod_watch is None else pod_watch
         self.watchers = PodWatchers(
             lambda why: self.wake(why, fetch=False), lambda: self._leader is True and not self.stopping.is_set()
         )

@@ -323,6 +323,11 @@ class Controller:
                 proxy = o.value.get("services") or {}
                 if proxy and not proxy.get("ok"):
                     log.warning("%s: service table not programmed: %s", n, proxy.get("message"))
+                elif proxy.get("repaired"):
+                    # Someone changed the node's NAT rules by hand: rebuilt, and said so.
+                    self.store.record_event("Node", "", n, reason="ServiceTableRepaired", type="Warning",
+                                            message=f"nftables {proxy['repaired']}; rebuilt from the service table",
+                                            revision=state.revision.oid)
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}

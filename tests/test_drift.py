@@ -332,7 +332,8 @@ def test_detect_nat_findings_by_service_and_a_missing_table() -> None:
               "extra": ["services: tcp dport 22 accept"]}
     found = drift.detect(state, [], [], {"n1": {}, "n2": {}}, {}, nat={
         "n1": edited,
-        "n2": {"checked": True, "message": "table ip gitorch is missing", "missing": [], "extra": []},
+        "n2": {"checked": True, "message": "table ip gitorch is missing", "tableMissing": True,
+               "missing": edited["missing"], "extra": []},
         "n3": {"checked": False, "message": "no table programmed since boot", "missing": [], "extra": []},
     })
     assert [(f.kind.value, f.object, f.node) for f in found] == [

@@ -39,8 +39,8 @@ Verbs (request keys -> response keys besides ``ok``):
   "services", the table also masquerades pod traffic leaving for outside clusterCIDR.
 - ``status``  {"verify": bool} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, pods[PodStatus] (sorted by name).
-  With ``verify``, also servicesDrift{checked, missing, extra, message}: the live nftables
-  table against the one programmed last (rules as "chain: rule").
+  With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
+  live nftables table against the one programmed last (rules as "chain: rule").
 - ``logs``  {"pod", "container" (optional if the pod has one), "tail" (lines, -1 = all),
   "previous", "follow"} -> pod, container, previous, log. ``previous`` is the log of the
   container's previous instance, or the part rotated out at 10 MiB. With ``follow`` the
@@ -2083,7 +2083,8 @@ def services_drift(paths: Paths) -> Json:
         message = f"table {NFT_TABLE} is missing"
     elif missing or extra:
         message = f"table {NFT_TABLE}: {len(missing)} rule(s) missing, {len(extra)} not programmed by gitorch"
-    return {"checked": True, "missing": missing[:50], "extra": extra[:50], "message": message}
+    return {"checked": True, "missing": missing[:50], "extra": extra[:50], "message": message,
+            "tableMissing": live is None}
 
 
 def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,

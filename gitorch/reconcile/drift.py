@@ -215,6 +215,8 @@ def _nat_findings(state: DesiredState, doc: Mapping[str, Any]) -> list[tuple[Obj
     Service in their comment); rules of no Service make one finding for the table."""
     if not doc.get("checked") or not doc.get("message"):
         return []
+    if doc.get("tableMissing"):  # one finding, not one per rule of the table
+        return [(None, "Service table", str(doc["message"]))]
     groups: dict[ObjectKey | None, list[str]] = {}
     for label, rules in (("missing", doc.get("missing") or []), ("not programmed by gitorch", doc.get("extra") or [])):
         for rule in rules:

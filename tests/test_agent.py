@@ -341,6 +341,26 @@ def test_restarted_supervisor_adopts_running_pods(node: Node) -> None:
     assert p["containers"][0]["lastState"]["reason"] == "Unknown"  # not our child: no code
 
 
+def test_readiness_survives_a_supervisor_handover(node: Node, tmp_path: Path) -> None:
+    """An agent upgrade restarts the supervisor: pods stay ready meanwhile (until the new
+    supervisor's own probes say otherwise), or every Service would lose its endpoints."""
+    flag = tmp_path / "ready"
+    flag.touch()
+    slow = {"exec": {"command": ["test", "-f", str(flag)]}, "periodSeconds": 1, "successThreshold": 3,
+            "failureThreshold": 1}
+    spec = pod("hand-1", sleeper(readinessProbe=slow))
+    node.sync(spec)
+    node.wait_pod("hand-1", lambda p: p["ready"], "ready")
+    node.run("stop-supervisor")
+    assert node.pods()["hand-1"]["ready"]  # the status left behind still says ready
+    again = node.sync(spec)  # a new supervisor, whose probe needs 3 s to decide
+    assert again["pods"][0]["ready"], again["pods"]
+    assert node.pods()["hand-1"]["ready"]
+    # Its own probes still rule.
+    flag.unlink()
+    node.wait_pod("hand-1", lambda p: not p["ready"], "not ready once its probe fails")
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()

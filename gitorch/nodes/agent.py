@@ -1341,7 +1341,7 @@ class Container:
               "term", "last_state", "restart_count", "backoff_count", "next_start", "cgroups",
               "oom_base", "limits", "runtime", "runtime_name", "mount_ns", "startup_done",
               "succeeded", "ever_started", "kill_reason", "kill_deadline", "kill_sent",
-              "draining")
+              "draining", "ready")
 
     def __init__(self, name: str, init: bool, spec: ContainerSpec | None = None) -> None:
         self.name = name
@@ -1376,6 +1376,9 @@ class Container:
         self.probes: dict[str, ProbeWorker] = {}
         self.env: dict[str, str] = {}
         self.ready = False
+        # Ready when an earlier supervisor handed it over: stays ready until its own first
+        # probe result, so an agent upgrade does not pull every endpoint out of the Services.
+        self.adopted_ready = False
 
     def record(self) -> Json:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -1386,6 +1389,7 @@ class Container:
         for f in cls.FIELDS:
             if f in rec:
                 setattr(ctr, f, rec[f])
+        ctr.ready = ctr.adopted_ready = bool(rec.get("ready")) and ctr.state == "running"
         return ctr
 
     @property
@@ -1407,11 +1411,12 @@ class Container:
     def group_alive(self) -> bool:
         return self.pid is not None and bool(group_members(self.pid))
 
-    def stop_probes(self) -> None:
+    def stop_probes(self, keep_ready: bool = False) -> None:
         for worker in self.probes.values():
             worker.stop()
         self.probes.clear()
-        self.ready = False
+        if not keep_ready:
+            self.ready = self.adopted_ready = False
 
 
 class Pod:
@@ -2270,7 +2275,7 @@ class Supervisor:
         """Leave every pod running: a new supervisor re-adopts them from state.json."""
         for pod in self.pods.values():
             for ctr in pod.all_containers():
-                ctr.stop_probes()
+                ctr.stop_probes(keep_ready=True)  # the next supervisor starts from it
         if not self.lock_still_ours():
             return  # the root is no longer ours to write
         self.persist(force=True)
@@ -2656,7 +2661,7 @@ class Supervisor:
         ctr.ever_started = True
         ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
         ctr.startup_done = spec.startup is None
-        ctr.ready = False
+        ctr.ready = ctr.adopted_ready = False
         ctr.env = build_env(self.paths, pod, spec)
         ctr.started_at = now
         try:
@@ -2888,6 +2893,9 @@ class Supervisor:
             ctr.ready = True
             return
         status, message = ready.result()
+        if status is None and ctr.adopted_ready:
+            return  # no result of ours yet: keep the readiness the last supervisor saw
+        ctr.adopted_ready = False
         ctr.ready = status is True
         if status is False:
             ctr.message = self.redact(f"Readiness probe failed: {message}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import ipaddress
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -1266,8 +1267,9 @@ class Store:
 
     def notification_state(self) -> dict[str, Any]:
         """Every key of what notifications already announced, with its JSON value."""
+        table = _table(NotificationState)
         with self._session(write=False) as s:
-            return {row.key: row.value for row in s.exec(select(NotificationState)).all()}
+            return _json_values(s.connection().execute(select(table.c.key, table.c.value.cast(Text))))
 
     def save_notification_state(
         self, values: Mapping[str, Any], *, now: datetime | None = None
@@ -1283,8 +1285,8 @@ class Store:
         table = _table(NotificationState)
         with self._session(write=True) as s:
             conn = s.connection()
-            query = select(table.c.key, table.c.value).where(table.c.key.in_(list(values)))
-            stored = {key: value for key, value in conn.execute(query)}
+            query = select(table.c.key, table.c.value.cast(Text)).where(table.c.key.in_(list(values)))
+            stored = _json_values(conn.execute(query))
             changed = sorted(k for k, v in values.items() if k not in stored or stored[k] != v)
             if not changed:
                 return []
@@ -1298,3 +1300,15 @@ class Store:
                 [{"key": k, "value": values[k], "updated_at": stamp} for k in changed],
             )
             return changed
+
+
+def _json_values(rows: Iterable[Any]) -> dict[str, Any]:
+    """(key, JSON text) rows as a mapping; a value that is not JSON (edited by hand in SQLite)
+    counts as absent, so it is rewritten instead of failing every read."""
+    out: dict[str, Any] = {}
+    for key, text in rows:
+        try:
+            out[str(key)] = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+    return out

@@ -10,7 +10,9 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import dns.edns
 import dns.flags
@@ -442,6 +444,47 @@ def test_forwarding_servfail_when_no_upstream_answers() -> None:
         )
         with DNSServer(ZONE, settings) as srv:
             assert ask(srv.port, "example.com").rcode() == dns.rcode.SERVFAIL
+
+
+def test_probe_ignores_what_the_upstream_says_of_an_external_name(upstream: DNSServer) -> None:
+    """Drift checks compare in-zone data only: an ExternalName whose target does not exist
+    upstream (NXDOMAIN) is answered as the store says, not drift."""
+    from gitorch.dns import probe
+
+    zone = ZoneData(services=(
+        ServiceRecord("gone", "default", None, external_name="nope.upstream.test"),
+        ServiceRecord("ext", "default", None, external_name="www.default.svc.upstream.test"),
+    ))
+    with DNSServer(zone, DNSSettings(host=HOST, port=0, upstreams=(f"{HOST}:{upstream.port}",))) as srv:
+        assert ask(srv.port, f"gone.default.svc.{D}").rcode() == dns.rcode.NXDOMAIN  # the upstream's word
+        names = [f"gone.default.svc.{D}", f"ext.default.svc.{D}"]
+        assert probe.compare(f"{HOST}:{srv.port}", Zone(zone), names) == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(lambda q: q[:2], id="shorter-than-a-header"),
+        pytest.param(lambda q: q[:2] + b"\x81\x80" + b"\xff" * 9, id="garbage-after-the-header"),
+        pytest.param(lambda q: bytes([q[0] ^ 1]) + q[1:3] + b"\x80" + q[4:], id="another-id"),
+        pytest.param(lambda q: q, id="the-query-echoed"),
+    ],
+)
+def test_probe_reports_a_server_that_does_not_answer_dns(reply: Any) -> None:
+    """Whatever comes back, a lookup gives an answer or one ProbeError naming the server."""
+    from gitorch.dns import probe
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fake:
+        fake.bind((HOST, 0))
+
+        def answer() -> None:
+            data, addr = fake.recvfrom(4096)
+            fake.sendto(reply(data), addr)
+
+        threading.Thread(target=answer, daemon=True).start()
+        address = f"{HOST}:{fake.getsockname()[1]}"
+        with pytest.raises(probe.ProbeError, match=f"DNS server {address}: "):
+            probe.lookup(address, f"web.default.svc.{D}", timeout=0.5)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import base64
 import dataclasses
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -342,3 +344,64 @@ def test_detect_nat_findings_by_service_and_a_missing_table() -> None:
     ]
     # Rules name their Service in a comment; Services Git does not have fall in "Service table".
     assert "and 2 more" in found[0].detail and found[1].detail == "table ip gitorch is missing"
+
+
+# Run in a network namespace of its own (unshare -n): program a service table as the agent
+# does, apply argv[1] by hand with nft, print the agent's verdict on the live table.
+EDIT_TABLE = """\
+import json, subprocess, sys, tempfile
+from gitorch.nodes import agent
+paths = agent.Paths(tempfile.mkdtemp())
+services = [
+    {"name": "shop/web:http", "protocol": "tcp", "clusterIP": "10.96.0.9", "port": 80, "nodePort": None,
+     "endpoints": [["10.244.0.2", 8080], ["10.244.0.3", 8080]]},
+    {"name": "shop/empty:http", "protocol": "tcp", "clusterIP": "10.96.0.10", "port": 80, "nodePort": 30080,
+     "endpoints": []},
+]
+assert agent.program_services(paths, services, "10.244.0.0/24", None, ["10.244.0.0/16"])["ok"]
+assert agent.services_drift(paths)["message"] == ""
+subprocess.run(["sh", "-c", sys.argv[1]], check=True)
+print(json.dumps(agent.services_drift(paths)))
+"""
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param("nft add chain ip gitorch reject-input '{ type filter hook input priority filter; policy drop; }'",
+                 id="base-chain-policy-drop"),
+    pytest.param("nft add chain ip gitorch evil '{ type filter hook input priority -200; policy drop; }'",
+                 id="base-chain-added"),
+    pytest.param("nft insert rule ip gitorch no-endpoints ip daddr 10.96.0.10 tcp dport 80 reject "
+                 "comment '\"shop/empty:http\"'", id="reject-rule-duplicated"),
+    pytest.param("nft delete rule ip gitorch no-endpoints handle $(nft -a list chain ip gitorch no-endpoints "
+                 "| awk '/reject/ {print $NF; exit}') && nft add rule ip gitorch no-endpoints "
+                 "ip daddr 10.96.0.10 tcp dport 80 reject comment '\"shop/empty:http\"'", id="rules-reordered"),
+    pytest.param("nft add rule ip gitorch ep0_0 tcp dport 1 accept", id="rule-added"),
+    pytest.param("nft delete table ip gitorch", id="table-deleted"),
+])
+def test_every_hand_edit_of_a_service_table_is_drift(edit: str) -> None:
+    """Whatever makes the agent rebuild a table (its listing changed) is also a drift finding:
+    a base chain's policy turned to drop would cut the node off, yet has no rule of its own."""
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", EDIT_TABLE, edit], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert verdict["checked"] and verdict["message"], verdict
+    state = DesiredState(EMPTY_REVISION, {}, [])
+    found = drift.detect(state, [], [], {"n1": {}}, {}, nat={"n1": verdict})
+    assert [(f.kind.value, f.node) for f in found] == [("NatRulesDrift", "n1")], found
+
+
+def test_a_node_whose_nft_is_gone_says_so_rather_than_table_missing() -> None:
+    """The table is still in the kernel when nft is uninstalled: drift says what is wrong."""
+    script = EDIT_TABLE.replace('subprocess.run(["sh", "-c", sys.argv[1]], check=True)',
+                                "agent.nft_binary = lambda: None  # uninstalled")
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert "nft not found" in verdict["message"] and not verdict["tableMissing"], verdict
+    state = DesiredState(EMPTY_REVISION, {}, [])
+    found = drift.detect(state, [], [], {"n1": {}}, {}, nat={"n1": verdict})
+    assert [(f.kind.value, f.object, f.detail) for f in found] == [
+        ("NatRulesDrift", "Service table", verdict["message"])
+    ]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from gitorch.notifications import Memory, Notifier
 from gitorch.objects import ObjectKey
@@ -161,3 +162,27 @@ def test_memory_round_trips_through_its_stored_form() -> None:
     state = json.loads(json.dumps(memory.to_state()))  # as a JSON column gives it back
     assert Memory.from_state(state) == memory
     assert Memory.from_state({}) == Memory()
+
+
+@pytest.mark.parametrize("health", [
+    pytest.param("'\"not a mapping\"'", id="json-of-the-wrong-shape"),
+    pytest.param("'{not json'", id="not-json"),
+])
+def test_a_record_edited_by_hand_is_rewritten_not_fatal(
+    repo: GitRepo, receiver: Receiver, controllers: Controllers, store: Store, tmp_path: Path, health: str
+) -> None:
+    """Whatever the stored memory holds, a pass still announces and rewrites it."""
+    first = repo.commit("v1", {"ns.yaml": NAMESPACE, "cluster.yaml": cluster(receiver.url)})
+    notifier = controllers.start()
+    notifier.observe(passed(first, "Healthy"))
+    receiver.wait_for("deployed", first)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'gitorch.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE notification_state SET value = {health} WHERE key = 'health'"))
+    finally:
+        engine.dispose()
+    second = repo.commit("v2", {"two.yaml": NAMESPACE.replace("shop", "two")})
+    notifier.observe(passed(second, "Healthy"))
+    receiver.wait_for("deployed", second)
+    assert Memory.from_state(store.notification_state()) == Memory(deployed=second, health={WEB: "Healthy"})

@@ -211,6 +211,28 @@ def test_watch_streams_only_changes_that_matter_to_endpoints(tmp_path: Path) -> 
     assert json.loads(served.stdout) == {"ok": False, "error": "serve: unknown verb 'watch'"}
 
 
+@pytest.mark.parametrize("content", ['{"pods": 5}', '{"pods": true}', '{"pods": [1, null]}', "null", '{"po'],
+                         ids=["pods-a-number", "pods-a-bool", "pods-not-objects", "null", "half-written"])
+def test_watch_reads_a_corrupt_status_as_no_pods_and_ends_quietly(tmp_path: Path, content: str) -> None:
+    """A status.json edited by hand or cut short is no pods (the stream goes on), and the
+    agent exits cleanly when its reader goes away while stdin is still open."""
+    (tmp_path / "status.json").write_text(content)
+    proc = subprocess.Popen([sys.executable, str(AGENT_FILE), "watch", "--root", str(tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["ok"] and first["event"] == "status" and first["pods"] == [], first
+        proc.stdout.close()  # the controller's end went away first; stdin stays open
+        (tmp_path / "new").write_text('{"pods": [{"name": "a", "namespace": "b"}]}')
+        os.replace(tmp_path / "new", tmp_path / "status.json")
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # ---- on the lab -------------------------------------------------------------------------
 
 

@@ -101,6 +101,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -2060,13 +2061,14 @@ def nft_listing(nft: str | None = None) -> str | None:
 
 
 def listing_rules(listing: str) -> list[str]:
-    """The listing's rules, each prefixed by its chain: what a hand edit adds or removes."""
+    """The listing's rules, each prefixed by its chain: what a hand edit adds or removes. A
+    base chain's hook and policy count as a rule (a policy turned to drop is an edit too)."""
     out, chain = [], ""
     for raw in listing.splitlines():
         line = raw.strip()
         if line.startswith("chain ") and line.endswith("{"):
             chain = line[6:-1].strip()
-        elif line and line not in ("}", "{") and not line.startswith(("table ", "type ")):
+        elif line and line not in ("}", "{") and not line.startswith("table "):
             out.append(f"{chain}: {line}")
     return out
 
@@ -2079,15 +2081,21 @@ def services_drift(paths: Paths) -> Json:
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
     if not isinstance(recorded, str) or state.get("bootId") != boot:
         return {"checked": False, "missing": [], "extra": [], "message": "no table programmed since boot"}
+    if nft_binary() is None:  # the table may well be there: say why it cannot be read
+        return {"checked": True, "missing": [], "extra": [], "tableMissing": False,
+                "message": f"table {NFT_TABLE} cannot be listed: nft not found (apt-get install nftables)"}
     live = nft_listing()
     want, have = listing_rules(recorded), listing_rules(live or "")
-    missing = [r for r in want if r not in have]
-    extra = [r for r in have if r not in want]
+    # As multisets: a rule duplicated by hand is one not programmed by gitorch.
+    missing = list((Counter(want) - Counter(have)).elements())
+    extra = list((Counter(have) - Counter(want)).elements())
     message = ""
     if live is None:
         message = f"table {NFT_TABLE} is missing"
     elif missing or extra:
         message = f"table {NFT_TABLE}: {len(missing)} rule(s) missing, {len(extra)} not programmed by gitorch"
+    elif live != recorded:  # what program_services rebuilds must not pass for clean here
+        message = f"table {NFT_TABLE}: rules reordered by hand"
     return {"checked": True, "missing": missing[:50], "extra": extra[:50], "message": message,
             "tableMissing": live is None}
 
@@ -2107,6 +2115,10 @@ def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
     if isinstance(state, dict) and state.get("ok") and state.get("hash") == digest \
             and state.get("bootId") == boot:
         live = nft_listing(nft)
+        if live is not None and state.get("listing") is None:
+            # Built, but its listing could not be read then: take it now, not as an edit.
+            atomic_write(paths.services, json.dumps({**state, "listing": live}))
+            state["listing"] = live
         if live is not None and live == state.get("listing"):
             return {"ok": True, "changed": False, "message": "", "count": len(services), "hash": digest,
                     "repaired": ""}
@@ -3233,8 +3245,10 @@ def stdin_closed() -> threading.Event:
     closed = threading.Event()
 
     def watch_stdin() -> None:
+        # os.read, not sys.stdin: a buffered read would hold stdin's lock, and the interpreter
+        # aborts (SIGABRT) at exit when the main thread ends first (its stdout went away).
         with contextlib.suppress(OSError, ValueError):
-            while sys.stdin.buffer.read(4096):
+            while os.read(sys.stdin.fileno(), 4096):
                 pass
         closed.set()
 
@@ -3285,6 +3299,8 @@ WATCH_HEARTBEAT_SECONDS = 10.0
 def endpoint_view(status: Any) -> list[Json]:
     """What Services and the cluster DNS depend on in status.json, per pod, sorted."""
     pods = status.get("pods") if isinstance(status, dict) else None
+    if not isinstance(pods, list):  # edited by hand: no pods, rather than a dead stream
+        pods = []
     rows = [{"name": p.get("name"), "namespace": p.get("namespace"), "phase": p.get("phase"),
              "ready": bool(p.get("ready")), "podIP": p.get("podIP"),
              "terminating": bool(p.get("terminating"))}

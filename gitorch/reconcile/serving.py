@@ -35,6 +35,7 @@ DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a req
 REQUEUE_MAX = 30.0  # seconds: the longest back-off between passes while nodes fail
 WATCH_SILENCE = 35.0  # seconds without a line (agents send a heartbeat every 10 s) before a pod watch is re-opened
 WATCH_BACKOFF_MAX = 30.0  # seconds: the longest wait before re-opening a dropped pod watch
+WATCH_STABLE = 30.0  # seconds a pod watch must last for its next drop to count as a first one
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,15 @@ class PodWatchers:
                 log.debug("%s: pod watch not opened: %s", client.name, exc)
                 stop.wait(min(WATCH_BACKOFF_MAX, 0.5 * 2**failures) * (0.5 + random.random()))
                 continue
-            failures = 0
+            opened = time.monotonic()
             try:
                 self._read(client.name, watch, stop)
             except Exception as exc:  # a dropped or silent stream: re-opened after a pause
-                failures = 1
+                # Each opening wakes a pass: a stream that keeps dropping at once backs off
+                # like one that cannot open, instead of costing a pass a second.
+                failures = failures + 1 if time.monotonic() - opened < WATCH_STABLE else 1
                 log.debug("%s: pod watch dropped: %s", client.name, exc)
-                stop.wait(0.5 + random.random())
+                stop.wait(min(WATCH_BACKOFF_MAX, 0.5 * 2**failures) * (0.5 + random.random()))
             finally:
                 watch.close()
 

@@ -405,3 +405,24 @@ def test_a_node_whose_nft_is_gone_says_so_rather_than_table_missing() -> None:
     assert [(f.kind.value, f.object, f.detail) for f in found] == [
         ("NatRulesDrift", "Service table", verdict["message"])
     ]
+
+
+def test_a_node_that_cannot_program_its_table_is_drift() -> None:
+    """No nft at all: the sync recorded why, and the drift check reports it."""
+    script = """\
+import json, tempfile
+from gitorch.nodes import agent
+agent.nft_binary = lambda: None
+paths = agent.Paths(tempfile.mkdtemp())
+services = [{"name": "shop/web:http", "protocol": "tcp", "clusterIP": "10.96.0.9", "port": 80, "nodePort": None,
+             "endpoints": [["10.244.0.2", 8080]]}]
+assert not agent.program_services(paths, services, "10.244.0.0/24", None, [])["ok"]
+print(json.dumps(agent.services_drift(paths)))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert verdict["checked"] and "not programmed: nft not found" in verdict["message"], verdict
+    found = drift.detect(DesiredState(EMPTY_REVISION, {}, []), [], [], {"n1": {}}, {}, nat={"n1": verdict})
+    assert [(f.kind.value, f.object, f.node) for f in found] == [("NatRulesDrift", "Service table", "n1")]

@@ -2079,6 +2079,12 @@ def services_drift(paths: Paths) -> Json:
     state = read_json(paths.services, {})
     recorded = state.get("listing") if isinstance(state, dict) and state.get("ok") else None
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
+    if isinstance(state, dict) and state.get("ok") is False and state.get("message") \
+            and state.get("bootId") == boot:
+        # The last sync could not program it (no nft, a refused ruleset): Services do not
+        # work on this node, which is drift too.
+        return {"checked": True, "missing": [], "extra": [], "tableMissing": True,
+                "message": f"table {NFT_TABLE} not programmed: {state['message']}"}
     if not isinstance(recorded, str) or state.get("bootId") != boot:
         return {"checked": False, "missing": [], "extra": [], "message": "no table programmed since boot"}
     if nft_binary() is None:  # the table may well be there: say why it cannot be read

@@ -337,10 +337,22 @@ def observe(controller: Controller, state: DesiredState) -> Observation:
     return seen
 
 
+def _applied(controller: Controller, state: DesiredState) -> DesiredState:
+    """The state the cluster DNS answers from: the last applied revision's (a head not yet
+    reconciled is NotApplied drift already, not DNS drift)."""
+    last = controller.store.last_applied_revision()
+    if last is None or last.commit == state.revision.oid:
+        return state
+    try:
+        return desired_mod.load(controller.repo, last.commit)
+    except Exception:  # the commit is gone from the repository (a force push): use the head
+        return state
+
+
 def check(controller: Controller, state: DesiredState, default_mode: str, dns: str | None = None) -> list[Finding]:
     seen = observe(controller, state)
     store = controller.store
-    dns_check = check_dns(dns, state, store) if dns else None
+    dns_check = check_dns(dns, _applied(controller, state), store) if dns else None
     return detect(state, store.objects(), store.pods(), seen.reports, seen.node_errors, default_mode,
                   nat=seen.nat, dns=dns_check)
 

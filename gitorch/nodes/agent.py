@@ -1976,14 +1976,15 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Itera
         rules.extend(f"{m} goto {chain} {comment}" for m, chain in targets)
         if s["nodePort"]:
             # Node-port traffic may come back from a pod on another node: masquerade it.
-            chains.append(f"chain np{i} {{\n meta mark set meta mark | {MASQ_MARK} goto svc{i}\n }}")
+            chains.append(f"chain np{i} {{\n meta mark set meta mark | {MASQ_MARK} goto svc{i} {comment}\n }}")
         if len(eps) == 1:
-            chains.append(f"chain svc{i} {{\n goto ep{i}_0\n }}")
+            chains.append(f"chain svc{i} {{\n goto ep{i}_0 {comment}\n }}")
         else:
             arms = ", ".join(f"{j} : goto ep{i}_{j}" for j in range(len(eps)))
-            chains.append(f"chain svc{i} {{\n numgen random mod {len(eps)} vmap {{ {arms} }}\n }}")
+            chains.append(f"chain svc{i} {{\n numgen random mod {len(eps)} vmap {{ {arms} }} {comment}\n }}")
         for j, (ip, port) in enumerate(eps):
-            chains.append(f"chain ep{i}_{j} {{\n meta l4proto {proto} dnat to {ip}:{port}\n }}")
+            # Every rule names its Service: a hand edit anywhere is reported against it.
+            chains.append(f"chain ep{i}_{j} {{\n meta l4proto {proto} dnat to {ip}:{port} {comment}\n }}")
     # A pod reaching a service backed by a pod on this same bridge (itself included) would
     # get the reply straight over the bridge, never un-NATed: make it go through the node.
     local = f"ip saddr {pod_cidr} " if pod_cidr else ""

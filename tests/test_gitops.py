@@ -496,3 +496,17 @@ def test_degraded_and_failures_are_announced_once() -> None:
     # A workload removed from Git is forgotten (the stored memory does not grow forever).
     notifications_for(PassResult(rev, True, plan=Plan(statuses={})), memory)
     assert web_key not in memory.health
+
+
+def test_serve_waits_calmly_for_the_first_push(
+    repo: GitRepo, bare: Path, serve_factory: Callable[[Path], Serve]
+) -> None:
+    """An empty bare repository (serve started before the first push) is not an error."""
+    server = serve_factory(bare)
+    wait_for("the waiting line", lambda: "waiting for a commit on main" in server.output(), 30)
+    first = repo.commit("config", {"ns.yaml": NAMESPACE})
+    _push(repo, bare)
+    assert post(f"{server.url}/hooks/wake")[0] == 202
+    wait_for("a pass of the first commit", lambda: f"{first[:7]} valid" in server.output(), 30)
+    out = server.output()
+    assert "error" not in out.lower() and out.count("waiting for a commit") == 1, out

@@ -125,6 +125,15 @@ def test_pods_on_two_nodes_talk_by_pod_ip_without_nat(lab: Lab, cluster: tuple[G
     assert a.node is not None
     facts = json.loads(ssh_run(lab, a.node, f"{AGENT} facts").stdout)
     assert facts["podNetwork"] == "bridge"
+    # MACs follow IPs (0a:58 + the address): a pod re-created with its IP keeps its MAC, and
+    # the gateway's stays put as pods come and go, so no neighbour entry goes stale.
+    for p in pods:
+        assert p.node is not None and p.ip is not None
+        mac = ssh_run(lab, p.node, f"ip netns exec gitorch-{p.name} cat /sys/class/net/eth0/address").stdout
+        assert mac.strip() == "0a:58:" + ":".join(f"{int(x):02x}" for x in p.ip.split("."))
+        gateway = str(next(ipaddress.ip_network(str(cidrs[p.node])).hosts()))
+        bridge = ssh_run(lab, p.node, "cat /sys/class/net/gitorch0/address").stdout
+        assert bridge.strip() == "0a:58:" + ":".join(f"{int(x):02x}" for x in gateway.split("."))
 
     # The supervisor goes away and comes back with the next sync: pods adopted, not restarted,
     # their namespaces and addresses kept.

@@ -1763,11 +1763,29 @@ def link_exists(name: str) -> bool:
     return os.path.exists(os.path.join("/sys/class/net", name))
 
 
+def mac_for(ip: str) -> str:
+    """A MAC derived from an IPv4 address (0a:58 + its four bytes, as the CNI bridge plugin
+    does): a pod re-created with the same IP keeps its MAC, so neighbours' ARP entries stay
+    right instead of black-holing it until they expire (tens of seconds)."""
+    import ipaddress
+
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
 def node_network_up(net: NetworkSpec, old_routes: Iterable[tuple[str, str]] = ()) -> None:
     """The bridge with the gateway address, forwarding, and routes to the other nodes' pods;
     idempotent, so it also repairs what a reboot or a person removed."""
     if not link_exists(BRIDGE):
         ip_cmd("link", "add", BRIDGE, "type", "bridge")
+    # A bridge without an address of its own takes its lowest port's, which changes as pods
+    # come and go: pods would keep sending to a gateway MAC that is gone.
+    gateway_mac = mac_for(net.gateway)
+    if (read_text(f"/sys/class/net/{BRIDGE}/address") or "").strip() != gateway_mac:
+        ip_cmd("link", "set", BRIDGE, "address", gateway_mac)
+        # Running pods learnt the old one (a node set up by an older agent): forget it now.
+        for ns in os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else ():
+            if ns.startswith(netns_name("")):
+                ip_cmd("-n", ns, "neigh", "flush", "all", check=False)
     addrs = ip_cmd("-o", "addr", "show", "dev", BRIDGE).stdout.decode(errors="replace")
     want = f"{net.gateway}/{net.prefix}"
     for line in addrs.splitlines():
@@ -1806,7 +1824,7 @@ def pod_network_up(pod: str, tag: str, ip: str, net: NetworkSpec) -> None:
     ip_cmd("link", "set", host, "master", BRIDGE)
     ip_cmd("link", "set", host, "up")
     ip_cmd("-n", ns, "link", "set", "lo", "up")
-    ip_cmd("-n", ns, "link", "set", peer, "name", "eth0")
+    ip_cmd("-n", ns, "link", "set", peer, "name", "eth0", "address", mac_for(ip))
     ip_cmd("-n", ns, "addr", "add", f"{ip}/{net.prefix}", "dev", "eth0")
     ip_cmd("-n", ns, "link", "set", "eth0", "up")
     ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)

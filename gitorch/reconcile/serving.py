@@ -18,7 +18,7 @@ from types import FrameType
 
 from gitorch import console, desired
 from gitorch.dns.cluster import ClusterDNS, settings_for
-from gitorch.errors import GitorchError
+from gitorch.errors import GitorchError, SourceError
 from gitorch.metrics import Metrics
 from gitorch.nodes.client import NodeClient, Watch
 from gitorch.nodes.ssh import NodeError
@@ -195,6 +195,7 @@ class Server:
         self._fetched_at = float("-inf")
         self._fetch_now = False
         self.drift_schedule: str | None = None
+        self._waiting_for_branch = False
         # Agents push pod status changes, so a readiness change reaches every node's service
         # rules without waiting for the interval; GITORCH_NO_WATCH=1 turns that off.
         self.pod_watch = os.environ.get("GITORCH_NO_WATCH", "") in ("", "0") if pod_watch is None else pod_watch
@@ -289,6 +290,14 @@ class Server:
         self._start_listener()
         if not self._lead():
             return
+        try:
+            self.repo.resolve(self.branch)
+        except SourceError:  # an empty repository before its first push: nothing to do yet
+            if not self._waiting_for_branch:
+                console.write(f"waiting for a commit on {self.branch or 'HEAD'} in {self.repo.path}")
+                self._waiting_for_branch = True
+            return
+        self._waiting_for_branch = False
         started = time.monotonic()
         try:
             result = self.controller.reconcile(self.branch)

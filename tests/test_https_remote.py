@@ -126,65 +126,12 @@ def test_serve_names_the_host_of_an_untrusted_certificate(
 
 @pytest.mark.lab
 def test_serve_follows_an_https_remote(lab: Lab, remote: Remote, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.test_remote import serve_follows
 
-    from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
-
-    remote.push(
-        "one",
-        {
-            "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
-            "ns.yaml": NAMESPACE,
-            "apps.yaml": _fix_port(web(replicas=1)),
-        },
+    out, err = serve_follows(
+        lab, tmp_path, ["--repo", remote.url, "--token-env", TOKEN_ENV, "--ca-file", str(remote.server.ca_file)],
+        remote.push, env={TOKEN_ENV: remote.token},
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "gitorch",
-        "serve",
-        "--repo",
-        remote.url,
-        "--branch",
-        "main",
-        "--token-env",
-        TOKEN_ENV,
-        "--ca-file",
-        str(remote.server.ca_file),
-        "--poll",
-        "1",
-        "--interval",
-        "1",
-        "--listen",
-        "off",
-    ]
-    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state"), TOKEN_ENV: remote.token}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-
-        def count() -> int:
-            return len([p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"])
-
-        deadline = time.monotonic() + 60
-        while count() != 1:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.5)
-        remote.push("two", {"apps.yaml": _fix_port(web(replicas=2))})
-        while count() != 2:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.5)
-        remote.push("none", {"apps.yaml": ""})
-        while count() != 0:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.5)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out + err
     assert remote.token not in out and remote.token not in err
     fetches = [r for r in remote.server.seen() if r.method == "POST"]
     assert len(fetches) >= 3 and all(r.password == remote.token for r in fetches)

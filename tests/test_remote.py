@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,70 +68,46 @@ def test_ssh_remote_is_mirrored_and_fetched(lab: Lab, shared_dir: Path, tmp_path
         mirror(url, tmp_path / "m6", RemoteAuth(ssh_key=str(tmp_path / "missing"), host_key=node.host_key))
 
 
-def test_serve_follows_an_ssh_remote(lab: Lab, shared_dir: Path, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def serve_follows(lab: Lab, tmp_path: Path, source: list[str], push: Callable[[str, dict[str, str]], object],
+                  env: dict[str, str] | None = None) -> tuple[str, str]:
+    """`gitorch serve` on a remote (`source`: --repo URL and its auth options) follows pushes
+    made with `push(message, files)`: 1, then 2, then 0 web pods on the lab. Returns its
+    stdout and stderr after a clean SIGTERM."""
     from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
 
-    bare = shared_dir / "cluster.git"
-    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=shared_dir)
-    work = GitRepo(tmp_path / "work")
-    work.commit(
-        "one",
-        {
-            "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
-            "ns.yaml": NAMESPACE,
-            "apps.yaml": _fix_port(web(replicas=1)),
-        },
-    )
-    git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
-    node = lab.nodes[0]
-    cmd = [
-        sys.executable,
-        "-m",
-        "gitorch",
-        "serve",
-        "--repo",
-        f"ssh://root@{node.address}{bare}",
-        "--branch",
-        "main",
-        "--ssh-key",
-        str(lab.identity_file),
-        "--host-key",
-        node.host_key,
-        "--poll",
-        "1",
-        "--interval",
-        "1",
-        "--listen",
-        "off",
-    ]
-    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    push("one", {"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE,
+                 "apps.yaml": _fix_port(web(replicas=1))})
+    cmd = [sys.executable, "-m", "gitorch", "serve", *source, "--branch", "main", "--poll", "1",
+           "--interval", "1", "--listen", "off"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state"), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-
         def count() -> int:
             return len([p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"])
 
         deadline = time.monotonic() + 60
-        while count() != 1:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.5)
-        work.commit("two", {"apps.yaml": _fix_port(web(replicas=2))})
-        git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
-        while count() != 2:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.5)
-        work.commit("none", {"apps.yaml": ""})
-        git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
-        while count() != 0:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.5)
+        for want, change in ((1, None), (2, ("two", _fix_port(web(replicas=2)))), (0, ("none", ""))):
+            if change is not None:
+                push(change[0], {"apps.yaml": change[1]})
+            while count() != want:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, out
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    return out, err
+
+
+def test_serve_follows_an_ssh_remote(lab: Lab, shared_dir: Path, tmp_path: Path) -> None:
+    bare = shared_dir / "cluster.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=shared_dir)
+    work = GitRepo(tmp_path / "work")
+
+    def push(message: str, files: dict[str, str]) -> None:
+        work.commit(message, files)
+        git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
+
+    node = lab.nodes[0]
+    serve_follows(lab, tmp_path, ["--repo", f"ssh://root@{node.address}{bare}", "--ssh-key",
+                                  str(lab.identity_file), "--host-key", node.host_key], push)

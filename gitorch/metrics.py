@@ -12,6 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from gitorch.reconcile.controller import PassResult
+from gitorch.reconcile.drift import remaining
 from gitorch.store import Store
 
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -84,8 +85,7 @@ class Metrics:
             self.drift.clear()
             if latest:
                 report = latest[0]
-                left = report.healed[-1].get("after") or [] if report.healed else report.findings
-                for kind, n in Tally(str(f.get("kind")) for f in left).items():
+                for kind, n in Tally(str(f.get("kind")) for f in remaining(report)).items():
                     self.drift.labels(kind).set(n)
                 self.drift_report.set(report.started_at.timestamp())
             self.objects.clear()

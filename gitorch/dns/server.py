@@ -27,7 +27,7 @@ from gitorch.dns import wire
 from gitorch.dns.wire import Malformed, Query
 from gitorch.dns.zone import Answer, Rcode, Zone, ZoneData
 
-__all__ = ["DNSServer", "DNSSettings", "parse_hostport"]
+__all__ = ["DNSServer", "DNSSettings", "format_hostport", "parse_hostport"]
 
 log = logging.getLogger("gitorch.dns")
 
@@ -84,6 +84,11 @@ def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"bad address {text!r}: port out of range")
     return str(ip), port
+
+
+def format_hostport(host: str, port: int) -> str:
+    """The inverse of parse_hostport: "ip:port", or "[ipv6]:port"."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _family(host: str) -> socket.AddressFamily:

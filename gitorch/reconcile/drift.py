@@ -9,6 +9,7 @@ report. A heal is one reconcile pass: agents rebuild a service table edited by h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
@@ -22,7 +23,7 @@ from gitorch import desired as desired_mod
 from gitorch.diagnostics import errors
 from gitorch.dns import probe
 from gitorch.dns.records import zone_data
-from gitorch.dns.server import parse_hostport
+from gitorch.dns.server import format_hostport, parse_hostport
 from gitorch.dns.zone import Zone, ZoneData
 from gitorch.objects import DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
@@ -282,12 +283,13 @@ def dns_address(controller: Controller, state: DesiredState, given: str | None =
     configured = podspecs.cluster_dns(state, controller.settings.cluster_dns)
     if configured is None:
         return None
-    raw = controller.settings.cluster_dns or ""
-    try:
-        host, port = parse_hostport(raw) if raw else (configured["nameservers"][0], 53)
-    except ValueError:
-        host, port = configured["nameservers"][0], 53
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    nameserver = str(configured["nameservers"][0])
+    # resolv.conf has no port; GITORCH_CLUSTER_DNS may name one for that same address.
+    with contextlib.suppress(ValueError):
+        host, port = parse_hostport(controller.settings.cluster_dns or "")
+        if host == nameserver:
+            return format_hostport(host, port)
+    return format_hostport(nameserver, 53)
 
 
 def counts(findings: Iterable[Finding | Mapping[str, Any]]) -> dict[str, int]:

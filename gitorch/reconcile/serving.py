@@ -392,11 +392,11 @@ class Server:
         """Where this controller's own cluster DNS answers (drift checks ask it)."""
         if self.dns is None or self.dns_listen is None:
             return None
-        from gitorch.dns.server import parse_hostport
+        from gitorch.dns.server import format_hostport, parse_hostport
 
         host, _ = parse_hostport(self.dns_listen)
         host = "127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host
-        return f"[{host}]:{self.dns.port}" if ":" in host else f"{host}:{self.dns.port}"
+        return format_hostport(host, self.dns.port)
 
     def _start_listener(self) -> None:
         """Listen if asked to; a port in use (say, another controller on this machine) is a

@@ -127,21 +127,27 @@ class NodeClient:
             self._stream = None
 
     def _decode(self, stdout: bytes, stderr: bytes, status: int) -> dict[str, Any]:
-        text = stdout.decode(errors="replace").strip()
-        try:
-            data = json.loads(text.splitlines()[-1]) if text else None
-        except json.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            detail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:] or [f"exit {status}"]
-            raise AgentError(self.name, f"agent gave no answer: {detail[0]}")
-        if not data.get("ok", False):
-            raise AgentError(self.name, str(data.get("error") or "agent reported an error"))
-        return data
+        return decode(self.name, stdout, stderr, status)
 
     def close(self) -> None:
         with self._lock:
             self._drop_stream()
+
+
+def decode(node: str, stdout: bytes, stderr: bytes = b"", status: int = 0) -> dict[str, Any]:
+    """The agent's JSON answer (its last line of output); AgentError when it is none or says
+    `ok: false`."""
+    text = stdout.decode(errors="replace").strip()
+    try:
+        data = json.loads(text.splitlines()[-1]) if text else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        detail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:] or [f"exit {status}"]
+        raise AgentError(node, f"agent gave no answer: {detail[0]}")
+    if not data.get("ok", False):
+        raise AgentError(node, str(data.get("error") or "agent reported an error"))
+    return data
 
 
 class Watch:
@@ -159,16 +165,7 @@ class Watch:
             event, self._pending = self._pending, None
             return event
         line = self._stream.readline(timeout)
-        if line is None:
-            return None
-        try:
-            data = json.loads(line)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or not data.get("ok"):
-            detail = data.get("error") if isinstance(data, dict) else line[:80].decode(errors="replace")
-            raise AgentError(self.node, f"watch: {detail}")
-        return data
+        return None if line is None else decode(self.node, line)
 
     def close(self) -> None:
         self._stream.close()

@@ -326,34 +326,21 @@ class Stream:
         return not self._chan.closed and not self._chan.exit_status_ready()
 
     def request(self, line: bytes, timeout: float) -> bytes:
+        """Send one line and return the one answering it."""
         try:
             self._chan.sendall(line.rstrip(b"\n") + b"\n")
-            deadline = time.monotonic() + timeout
-            while b"\n" not in self._buf:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CommandTimeout(self.node, f"no answer after {timeout:g} s")
-                self._chan.settimeout(remaining)
-                chunk = self._chan.recv(65536)
-                if not chunk:
-                    err = b""
-                    while self._chan.recv_stderr_ready():
-                        err += self._chan.recv_stderr(65536)
-                    detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
-                    raise NodeError(self.node, f"agent stopped answering: {detail[0]}")
-                self._buf += chunk
-        except TimeoutError as exc:
-            self.close()
-            raise CommandTimeout(self.node, f"no answer after {timeout:g} s") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()
             raise NodeUnreachable(self.node, f"connection lost ({_reason(exc)})") from exc
-        line_out, self._buf = self._buf.split(b"\n", 1)
-        return line_out
+        answer = self.readline(timeout)
+        if answer is None:
+            self.close()  # a late answer would be taken for the next request's
+            raise CommandTimeout(self.node, f"no answer after {timeout:g} s")
+        return answer
 
     def readline(self, timeout: float) -> bytes | None:
-        """The next line of output (for the agent's `watch` stream), or None if none came
-        within `timeout`; raises NodeError once the command has ended."""
+        """The next line of output, or None if none came within `timeout`; raises NodeError
+        once the command has ended (with the last line it wrote to stderr)."""
         deadline = time.monotonic() + timeout
         try:
             while b"\n" not in self._buf:
@@ -366,7 +353,11 @@ class Stream:
                 except TimeoutError:
                     return None
                 if not chunk:
-                    raise NodeError(self.node, "stream ended")
+                    err = b""
+                    while self._chan.recv_stderr_ready():
+                        err += self._chan.recv_stderr(65536)
+                    detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
+                    raise NodeError(self.node, f"agent stopped answering: {detail[0]}")
                 self._buf += chunk
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gitorch.nodes import lab as labmod
 from gitorch.reconcile.controller import Controller
-from gitorch.source import open_repository
-from gitorch.store import Store
+from gitorch.source.git import open_repository
+from gitorch.store.database import Store
 
 ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",
        "GIT_COMMITTER_EMAIL": "b@x", "GIT_CONFIG_GLOBAL": "/dev/null", "PATH": "/usr/bin:/bin"}

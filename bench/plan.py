@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gitorch import desired
-from gitorch.diffs import diff_states
-from gitorch.rendering import PlanReport, plan_markdown, plan_text
-from gitorch.source import open_repository
+from gitorch.source import desired
+from gitorch.source.diffs import diff_states
+from gitorch.source.git import open_repository
+from gitorch.source.rendering import PlanReport, plan_markdown, plan_text
 
 ENV = {
     **os.environ,

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.shared import free_port, git
 from gitorch.nodes import lab as labmod
-from gitorch.store import Store
+from gitorch.store.database import Store
 
 
 def web(version: int) -> str:

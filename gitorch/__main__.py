@@ -1,3 +1,3 @@
-from gitorch.cli import main
+from gitorch.cli.commands import main
 
 main()

@@ -5,6 +5,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
 echo "== ruff"; ruff check gitorch tests bench
 echo "== mypy"; mypy gitorch
+echo "== import layers"; lint-imports --no-cache
 echo "== pytest"
 set +e
 python -m pytest -q -ra "$@"

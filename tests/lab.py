@@ -13,8 +13,8 @@ import pytest
 
 from gitorch.nodes.lab import Lab, LabError, preflight, ssh_command
 from gitorch.reconcile.controller import Controller, PassResult
-from gitorch.source import open_repository
-from gitorch.store import Store
+from gitorch.source.git import open_repository
+from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
 
 SSH_TIMEOUT = 30.0

@@ -113,7 +113,7 @@ def test_dns_serves_services_and_pods_from_the_store(lab: Lab, repo: GitRepo, tm
         cluster_ip = next(s["clusterIP"] for s in services if s["name"] == "web")
         assert _a(r, "web.shop.svc.cluster.local") == {cluster_ip}
         pods = json.loads(gitorch("get", "pods", "-n", "shop", "-o", "json", cwd=repo.path).stdout)
-        from gitorch.store import Store
+        from gitorch.store.database import Store
 
         store = Store.open(f"sqlite:///{os.environ['GITORCH_STATE_DIR']}/gitorch.db")
         ips = {p.name: p.ip for p in store.pods(namespace="shop")}

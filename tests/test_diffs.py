@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gitorch.diffs import HIDDEN, Action, FieldDiff, Op, diff_values, object_diff
-from gitorch.rendering import field_line
+from gitorch.source.diffs import HIDDEN, Action, FieldDiff, Op, diff_values, object_diff
+from gitorch.source.rendering import field_line
 
 
 def test_scalar_change_add_and_remove() -> None:

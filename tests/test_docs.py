@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gitorch.manifests import load_plain
+from gitorch.source.manifests import load_plain
 from tests.samples import gitorch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

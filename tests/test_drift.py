@@ -18,15 +18,16 @@ from typing import Any
 
 import pytest
 
-from gitorch.desired import EMPTY_REVISION, load
+from gitorch.model.objects import DesiredState
+from gitorch.model.revisions import EMPTY_REVISION
+from gitorch.model.settings import Settings
 from gitorch.nodes.lab import Lab
-from gitorch.objects import DesiredState
 from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller
-from gitorch.reconcile.serving import Server
-from gitorch.settings import Settings
-from gitorch.source import open_repository
-from gitorch.store import ObjectRecord, PodRecord, Store
+from gitorch.server.serving import Server
+from gitorch.source.desired import load
+from gitorch.source.git import open_repository
+from gitorch.store.database import ObjectRecord, PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, ssh_run
 from tests.samples import gitorch

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gitorch import desired
-from gitorch.diagnostics import Severity
-from gitorch.diffs import Action, diff_states
-from gitorch.source import open_repository
+from gitorch.model.diagnostics import Severity
+from gitorch.source import desired
+from gitorch.source.diffs import Action, diff_states
+from gitorch.source.git import open_repository
 from tests.conftest import EXAMPLES
 from tests.gitrepo import GitRepo
 from tests.samples import gitorch

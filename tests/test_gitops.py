@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gitorch.model.settings import Settings
 from gitorch.nodes.lab import Lab
-from gitorch.settings import Settings
-from gitorch.store import Store
+from gitorch.store.database import Store
 from tests.gitrepo import GitRepo, git
 from tests.samples import gitorch
 from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
@@ -446,8 +446,8 @@ def test_post_receive_never_fails_a_push(repo: GitRepo, bare: Path) -> None:
 
 
 def test_a_wake_during_a_pass_runs_another_pass(repo: GitRepo, tmp_path: Path) -> None:
-    from gitorch.reconcile.serving import Server
-    from gitorch.source import open_repository
+    from gitorch.server.serving import Server
+    from gitorch.source.git import open_repository
 
     first = repo.commit("ns", {"ns.yaml": NAMESPACE})
     with store() as s:
@@ -470,11 +470,11 @@ def test_a_wake_during_a_pass_runs_another_pass(repo: GitRepo, tmp_path: Path) -
 
 
 def test_degraded_and_failures_are_announced_once() -> None:
-    from gitorch.notifications import Memory, notifications_for
-    from gitorch.objects import ObjectKey
+    from gitorch.model.objects import ObjectKey
+    from gitorch.model.revisions import Revision
     from gitorch.reconcile.controller import PassResult
     from gitorch.reconcile.planning import Plan, Status
-    from gitorch.source import Revision
+    from gitorch.server.notifications import Memory, notifications_for
 
     rev = Revision("a" * 40, "A <a@x>", "web v2", "2026-01-01T00:00:00Z")
     web_key = ObjectKey("Deployment", "shop", "web")

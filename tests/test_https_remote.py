@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gitorch.errors import SourceError
+from gitorch.model.errors import SourceError
 from gitorch.nodes.lab import Lab
-from gitorch.source import RemoteAuth, fetch, mirror
+from gitorch.source.git import RemoteAuth, fetch, mirror
 from tests.gitrepo import GitRepo, git
 from tests.https_git import HttpsGitServer, self_signed_certificate
 from tests.samples import gitorch

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from gitorch.manifests import parse_documents
 from gitorch.nodes import lab as labmod
 from gitorch.nodes.lab import (
     Lab,
@@ -27,6 +26,7 @@ from gitorch.nodes.lab import (
     up,
     write_nodes_file,
 )
+from gitorch.source.manifests import parse_documents
 from tests.lab import LAB_SUBNET, require_lab, ssh_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

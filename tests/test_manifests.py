@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gitorch.manifests import Position, dump_documents, parse_documents
+from gitorch.source.manifests import Position, dump_documents, parse_documents
 
 
 def test_values_use_yaml_1_2_core_types() -> None:

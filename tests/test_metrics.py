@@ -11,12 +11,12 @@ import dns.message
 import dns.query
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitorch.desired import EMPTY_REVISION
 from gitorch.dns.server import DNSServer, DNSSettings
 from gitorch.dns.zone import ServiceRecord, ZoneData
-from gitorch.metrics import Metrics
+from gitorch.model.revisions import EMPTY_REVISION
 from gitorch.reconcile.controller import PassResult
-from gitorch.store import Store
+from gitorch.server.metrics import Metrics
+from gitorch.store.database import Store
 
 
 def scrape(metrics: Metrics) -> dict[str, list[Any]]:

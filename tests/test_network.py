@@ -14,7 +14,7 @@ import pytest
 from gitorch.nodes.lab import Lab
 from gitorch.reconcile.controller import Controller
 from gitorch.reconcile.networking import network_blocks
-from gitorch.store import PodRecord
+from gitorch.store.database import PodRecord
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
 
@@ -201,9 +201,9 @@ def test_dns_answers_from_the_store(lab: Lab, cluster: tuple[GitRepo, Controller
     import dns.query
     import dns.rdatatype
 
-    from gitorch.desired import load
     from gitorch.dns.records import zone_data
     from gitorch.dns.server import DNSServer, DNSSettings
+    from gitorch.source.desired import load
 
     repo, controller = cluster
     repo.commit("echo, db and services", {"apps.yaml": echo() + "---\n" + SERVICES})

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from gitorch.notifications import Memory, Notifier
-from gitorch.objects import ObjectKey
+from gitorch.model.objects import ObjectKey
+from gitorch.model.revisions import Revision
 from gitorch.reconcile.controller import PassResult
 from gitorch.reconcile.planning import Plan, Status
-from gitorch.source import Revision, open_repository
-from gitorch.store import Store
+from gitorch.server.notifications import Memory, Notifier
+from gitorch.source.git import open_repository
+from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
 
 WEB = ObjectKey("Deployment", "shop", "web")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from gitorch import desired
-from gitorch.diffs import Action, diff_states
-from gitorch.rendering import PlanReport, plan_markdown
-from gitorch.source import open_repository
+from gitorch.source import desired
+from gitorch.source.diffs import Action, diff_states
+from gitorch.source.git import open_repository
+from gitorch.source.rendering import PlanReport, plan_markdown
 from tests.gitrepo import GitRepo
 from tests.samples import CONFIG, NAMESPACE, SECRET, deployment, gitorch
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gitorch import desired
 from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources
-from gitorch.source import open_repository
+from gitorch.source import desired
+from gitorch.source.git import open_repository
 from tests.gitrepo import GitRepo
 
 NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"

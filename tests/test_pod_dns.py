@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from gitorch.desired import load
 from gitorch.dns.cluster import ClusterDNS, settings_for
 from gitorch.nodes.agent import ClusterDNSSpec, PodSpec, nft_ruleset, resolv_conf
 from gitorch.nodes.lab import Lab
 from gitorch.reconcile.controller import Controller, ControllerSettings
-from gitorch.source import open_repository
-from gitorch.store import PodRecord, Store
+from gitorch.source.desired import load
+from gitorch.source.git import open_repository
+from gitorch.store.database import PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import ssh_run
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gitorch.errors import SourceError
+from gitorch.model.errors import SourceError
 from gitorch.nodes.lab import Lab
-from gitorch.source import RemoteAuth, is_remote, mirror
+from gitorch.nodes.ssh import check_remote_host
+from gitorch.source.git import RemoteAuth, is_remote, mirror
 from tests.gitrepo import GitRepo, git
 
 pytestmark = pytest.mark.lab
@@ -28,6 +29,10 @@ def shared_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="gitorch-remote-", dir="/var/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _auth(**kw: str) -> RemoteAuth:
+    return RemoteAuth(host_check=check_remote_host, **kw)
 
 
 def test_is_remote() -> None:
@@ -44,7 +49,7 @@ def test_ssh_remote_is_mirrored_and_fetched(lab: Lab, shared_dir: Path, tmp_path
     git("push", "-q", str(bare), "HEAD:main", cwd=work.path)
     node = lab.nodes[0]
     url = f"ssh://root@{node.address}{bare}"
-    auth = RemoteAuth(ssh_key=str(lab.identity_file), host_key=node.host_key)
+    auth = _auth(ssh_key=str(lab.identity_file), host_key=node.host_key)
     repo = mirror(url, tmp_path / "mirror", auth)
     assert repo.resolve("main").oid == first
     second = work.commit("two", {"ns2.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: two}\n"})
@@ -52,20 +57,20 @@ def test_ssh_remote_is_mirrored_and_fetched(lab: Lab, shared_dir: Path, tmp_path
     assert mirror(url, tmp_path / "mirror", auth).resolve("main").oid == second
     # Trust on first use: recorded, then a changed key is refused.
     known = tmp_path / "known_hosts"
-    mirror(url, tmp_path / "m2", RemoteAuth(ssh_key=str(lab.identity_file), known_hosts=str(known)))
+    mirror(url, tmp_path / "m2", _auth(ssh_key=str(lab.identity_file), known_hosts=str(known)))
     assert node.host_key.split()[1] in known.read_text()
     other = lab.nodes[1].host_key
     with pytest.raises(SourceError, match="host key changed"):
-        mirror(url, tmp_path / "m3", RemoteAuth(ssh_key=str(lab.identity_file), host_key=other))
+        mirror(url, tmp_path / "m3", _auth(ssh_key=str(lab.identity_file), host_key=other))
     with pytest.raises(SourceError, match="cannot fetch"):
         mirror(f"ssh://root@{node.address}/var/tmp/no-such.git", tmp_path / "m4", auth)
     # A key the node does not authorize: said once, plainly (not libgit2's 15 retries).
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     with pytest.raises(SourceError, match=f"refused the key {stranger}"):
-        mirror(url, tmp_path / "m5", RemoteAuth(ssh_key=str(stranger), host_key=node.host_key))
+        mirror(url, tmp_path / "m5", _auth(ssh_key=str(stranger), host_key=node.host_key))
     with pytest.raises(SourceError, match="no such key file"):
-        mirror(url, tmp_path / "m6", RemoteAuth(ssh_key=str(tmp_path / "missing"), host_key=node.host_key))
+        mirror(url, tmp_path / "m6", _auth(ssh_key=str(tmp_path / "missing"), host_key=node.host_key))
 
 
 def serve_follows(lab: Lab, tmp_path: Path, source: list[str], push: Callable[[str, dict[str, str]], object],

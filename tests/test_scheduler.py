@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from gitorch.manifests import load_plain
-from gitorch.quantities import cpu_millis, to_bytes
+from gitorch.model.quantities import cpu_millis, to_bytes
 from gitorch.reconcile.scheduler import (
     Decision,
     NodeInfo,
@@ -30,6 +29,7 @@ from gitorch.reconcile.scheduler import (
     schedule,
     unschedulable_message,
 )
+from gitorch.source.manifests import load_plain
 
 CASES = sorted((Path(__file__).parent / "data" / "scheduler").glob("*.yaml"))
 DEFAULT_ALLOCATABLE = {"cpu": "4", "memory": "8Gi", "pods": 110, "ephemeral-storage": "100Gi"}

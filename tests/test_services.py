@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from gitorch.desired import load
+from gitorch.model.settings import Settings
 from gitorch.nodes.lab import Lab
 from gitorch.reconcile.controller import Controller
 from gitorch.reconcile.services import service_table
-from gitorch.settings import Settings
-from gitorch.source import open_repository
-from gitorch.store import ClusterIPAllocation, NodePortAllocation, PodRecord, Store
+from gitorch.source.desired import load
+from gitorch.source.git import open_repository
+from gitorch.store.database import ClusterIPAllocation, NodePortAllocation, PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
 

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-import gitorch.store as store_module
-from gitorch.errors import GitorchError
-from gitorch.store import (
+import gitorch.store.database as store_module
+from gitorch.model.errors import GitorchError
+from gitorch.store.database import (
     MIGRATIONS,
     SQLITE_BUSY_TIMEOUT_MS,
     AllocationError,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gitorch import desired
-from gitorch.diagnostics import Severity
-from gitorch.source import open_repository
+from gitorch.model.diagnostics import Severity
+from gitorch.source import desired
+from gitorch.source.git import open_repository
 from tests.gitrepo import GitRepo
 from tests.samples import CONFIG, NAMESPACE, SECRET, gitorch
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from gitorch.dns.records import zone_data
 from gitorch.dns.server import DNSServer, DNSSettings, parse_hostport
 from gitorch.dns.zone import ZoneData
-from gitorch.objects import DesiredState
-from gitorch.store import Store
+from gitorch.model.objects import DesiredState
+from gitorch.store.database import Store
 
 
 def settings_for(state: DesiredState | None, listen: str) -> DNSSettings:

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gitorch.dns import wire
-from gitorch.dns.server import parse_hostport
 from gitorch.dns.zone import Rcode, RType, Zone
+from gitorch.model.addresses import parse_hostport
 
 __all__ = ["Answered", "Mismatch", "ProbeError", "compare", "lookup"]
 

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gitorch.dns.zone import EndpointRecord, PortRecord, ServiceRecord, ZoneData
-from gitorch.objects import DesiredState, Object
-from gitorch.store import ClusterIPAllocation, PodRecord
+from gitorch.model.objects import DesiredState, Object
+from gitorch.store.database import ClusterIPAllocation, PodRecord
 
 
 def pod_template(state: DesiredState, pod: PodRecord) -> Mapping[str, Any]:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitorch.model.objects import DesiredState
 from gitorch.nodes.ssh import Endpoint, SSHOptions
-from gitorch.objects import DesiredState
 
 
 @dataclass(frozen=True)

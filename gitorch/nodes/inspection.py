@@ -7,11 +7,11 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from gitorch.model.objects import DesiredState
+from gitorch.model.quantities import format_bytes
 from gitorch.nodes.client import Fleet, NodeClient
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Pool
-from gitorch.objects import DesiredState
-from gitorch.quantities import format_bytes
 
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 

@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitorch.errors import GitorchError
-from gitorch.manifests import dump_documents
+from gitorch.model.errors import GitorchError
 
 DEFAULT_SUBNET = "10.231.0.0/24"
 SSHD = "/usr/sbin/sshd"
@@ -1091,4 +1090,28 @@ def write_nodes_file(lab: Lab, path: Path) -> None:
     )
     path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, dump_documents(node_manifests(lab), header=header))
+    _write_atomic(path, _yaml_documents(node_manifests(lab), header=header))
+
+
+def _yaml_documents(bodies: list[dict[str, Any]], header: str) -> str:
+    """Block-style YAML for plain nested mappings of strings and numbers.
+
+    Scalars are written as JSON, which YAML reads as the same values; the nodes layer
+    does not import the YAML library (that is the source layer's).
+    """
+
+    def emit(value: Any, indent: int) -> list[str]:
+        lines: list[str] = []
+        for key, item in value.items():
+            if isinstance(item, dict):
+                lines.append(" " * indent + f"{key}:")
+                lines += emit(item, indent + 2)
+            else:
+                lines.append(" " * indent + f"{key}: {json.dumps(item)}")
+        return lines
+
+    out = [f"# {line}" if line else "#" for line in header.split("\n")]
+    for body in bodies:
+        out.append("---")
+        out += emit(body, 0)
+    return "\n".join(out) + "\n"

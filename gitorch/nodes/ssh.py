@@ -20,7 +20,7 @@ from pathlib import Path
 
 import paramiko
 
-from gitorch.errors import GitorchError
+from gitorch.model.errors import GitorchError
 
 log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its tracebacks are not for users
@@ -468,3 +468,8 @@ def verify_host_key(host: str, port: int, known: KnownHosts, pinned: str | None 
     if not expected:
         known.add(host, port, presented)
     return presented
+
+
+def check_remote_host(host: str, port: int, pinned: str | None, known_hosts: str | None) -> None:
+    """A Git SSH remote's host key check (source.git.RemoteAuth.host_check): pinned or trusted on first use."""
+    verify_host_key(host, port, KnownHosts(Path(known_hosts) if known_hosts else None), pinned)

@@ -14,19 +14,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gitorch import desired as desired_mod
-from gitorch.diagnostics import errors
-from gitorch.diffs import masked_body
+from gitorch.model.diagnostics import errors
+from gitorch.model.objects import KINDS, DesiredState, ObjectKey
+from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
+from gitorch.model.revisions import Revision
 from gitorch.nodes.client import Fleet, NodeClient
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.objects import KINDS, DesiredState, ObjectKey
-from gitorch.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.reconcile import networking, podspecs, services
 from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
-from gitorch.source import Repository, Revision
-from gitorch.store import PodRecord, Store, StoreError
+from gitorch.source import desired as desired_mod
+from gitorch.source.diffs import masked_body
+from gitorch.source.git import Repository
+from gitorch.store.database import PodRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
 

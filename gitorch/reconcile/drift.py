@@ -19,16 +19,16 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from gitorch import desired as desired_mod
-from gitorch.diagnostics import errors
 from gitorch.dns import probe
 from gitorch.dns.records import zone_data
-from gitorch.dns.server import format_hostport, parse_hostport
 from gitorch.dns.zone import Zone, ZoneData
-from gitorch.objects import DesiredState, Object, ObjectKey
+from gitorch.model.addresses import format_hostport, parse_hostport
+from gitorch.model.diagnostics import errors
+from gitorch.model.objects import DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.controller import Controller
-from gitorch.store import DriftReport, ObjectRecord, PodRecord, Store
+from gitorch.source import desired as desired_mod
+from gitorch.store.database import DriftReport, ObjectRecord, PodRecord, Store
 
 ANNOTATION = "gitorch.dev/drift"
 MODES = ("report", "heal", "ignore")

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from gitorch.objects import DesiredState
+from gitorch.model.objects import DesiredState
 
 DEFAULT_POD_CIDR = "10.244.0.0/16"
 NODE_PREFIX = 24

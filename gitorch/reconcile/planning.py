@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitorch.objects import KINDS, DesiredState, Object, ObjectKey
+from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.scheduler import Decision, NodeInfo, PodInfo, pod_info_from_template, schedule
 
@@ -565,7 +565,7 @@ def _job(ps: _Pass, obj: Object) -> None:
 
 
 def _cronjob(ps: _Pass, obj: Object) -> None:
-    from gitorch.timers import fire_times
+    from gitorch.model.timers import fire_times
 
     spec = obj.spec
     name, ns = obj.key.name, obj.key.namespace

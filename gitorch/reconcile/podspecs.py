@@ -15,8 +15,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from gitorch.objects import HIDDEN, DesiredState, Object, ObjectKey
-from gitorch.quantities import QuantityError, cpu_millis, to_bytes
+from gitorch.model.objects import HIDDEN, DesiredState, Object, ObjectKey
+from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 
 VOLUME_ROOT = "/var/lib/gitorch/volumes"
 
@@ -211,7 +211,7 @@ def cluster_dns(state: DesiredState, configured: str | None) -> dict[str, Any] |
     the cluster DNS must listen on port 53 for pods to use it."""
     import ipaddress
 
-    from gitorch.dns.server import parse_hostport
+    from gitorch.model.addresses import parse_hostport
 
     clusters = state.of_kind("Cluster")
     cluster = clusters[0].spec if clusters else {}

@@ -15,12 +15,12 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gitorch.diffs import Action, ChangeSet
-from gitorch.errors import GitorchError
-from gitorch.objects import DesiredState
+from gitorch.model.errors import GitorchError
+from gitorch.model.objects import DesiredState
 from gitorch.reconcile.controller import node_info
 from gitorch.reconcile.planning import NodeState, Observed, PodState, plan
-from gitorch.store import Store
+from gitorch.source.diffs import Action, ChangeSet
+from gitorch.store.database import Store
 
 PLAN_FORMAT = "gitorch.dev/plan/v1"
 MAX_STEPS = 60

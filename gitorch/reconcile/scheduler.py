@@ -27,8 +27,8 @@ from itertools import compress, repeat
 from operator import add, xor
 from typing import Any
 
-from gitorch.quantities import cpu_millis, to_bytes
-from gitorch.selectors import expression_matches, matches
+from gitorch.model.quantities import cpu_millis, to_bytes
+from gitorch.model.selectors import expression_matches, matches
 
 HOSTNAME = "kubernetes.io/hostname"
 ZONE = "topology.kubernetes.io/zone"

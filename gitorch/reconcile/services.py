@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gitorch.dns.records import pod_template, selected_pods
-from gitorch.objects import DesiredState, Object
-from gitorch.store import AllocationError, ClusterIPAllocation, NodePortAllocation, PodRecord, Store
+from gitorch.model.objects import DesiredState, Object
+from gitorch.store.database import AllocationError, ClusterIPAllocation, NodePortAllocation, PodRecord, Store
 
 log = logging.getLogger(__name__)
 

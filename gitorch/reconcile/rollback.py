@@ -3,9 +3,10 @@ so the cluster follows Git back and the history says who rolled back, to what an
 
 from __future__ import annotations
 
-from gitorch.errors import GitorchError
-from gitorch.source import Repository, RevertCommit, Revision, commit_tree_of, parent_revision, tree_id
-from gitorch.store import Store
+from gitorch.model.errors import GitorchError
+from gitorch.model.revisions import Revision
+from gitorch.source.git import Repository, RevertCommit, commit_tree_of, parent_revision, tree_id
+from gitorch.store.database import Store
 
 TRAILER = "Gitorch-Rollback-Of"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -16,32 +16,12 @@ from typing import Any
 
 import pygit2
 
-from gitorch.errors import SourceError
-from gitorch.manifests import load_plain
+from gitorch.model.errors import GitorchError, SourceError
+from gitorch.model.revisions import Revision
+from gitorch.source.manifests import load_plain
 
 CONFIG_FILE = "gitorch.yaml"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One commit: what it is and who made it."""
-
-    oid: str
-    author: str
-    message: str
-    time: str  # ISO 8601, UTC
-
-    @property
-    def short(self) -> str:
-        return self.oid[:7]
-
-    @property
-    def subject(self) -> str:
-        return self.message.splitlines()[0] if self.message else ""
-
-
-EMPTY_REVISION = Revision(oid="", author="", message="(empty: nothing deployed)", time="")
 
 
 @dataclass(frozen=True)
@@ -316,6 +296,10 @@ def is_remote(spec: str) -> bool:
     return "://" in spec or bool(_SCP_LIKE.match(spec))
 
 
+HostKeyCheck = Callable[[str, int, "str | None", "str | None"], None]
+"""(host, port, pinned key, known-hosts file): returns when the key is trusted, raises GitorchError if not."""
+
+
 @dataclass(frozen=True)
 class RemoteAuth:
     """How to authenticate to a remote; the token itself is read from the environment, never stored."""
@@ -330,6 +314,8 @@ class RemoteAuth:
     """Environment variable holding an HTTPS token (GitHub, GitLab, Gitea all accept it as a password)."""
     ca_file: str | None = None
     """PEM file of the CA(s) that sign an HTTPS remote's certificate, trusted besides the system's."""
+    host_check: HostKeyCheck | None = None
+    """Checks an SSH remote's host key (nodes.ssh.check_remote_host); an SSH remote needs one."""
 
 
 class _Callbacks(pygit2.RemoteCallbacks):
@@ -402,8 +388,6 @@ def _redact(url: str) -> str:
 def _verify_ssh_host(url: str, auth: RemoteAuth) -> bool:
     from urllib.parse import urlsplit
 
-    from gitorch.nodes.ssh import KnownHosts, NodeError, verify_host_key
-
     if _SCP_LIKE.match(url):
         host, port = url.split("@", 1)[1].split(":", 1)[0], 22
     else:
@@ -411,10 +395,11 @@ def _verify_ssh_host(url: str, auth: RemoteAuth) -> bool:
         if parts.scheme != "ssh" or not parts.hostname:
             return False
         host, port = parts.hostname, parts.port or 22
+    if auth.host_check is None:
+        raise SourceError(f"{_redact(url)}: an SSH remote needs a host key check (RemoteAuth.host_check)")
     try:
-        known = KnownHosts(Path(auth.known_hosts) if auth.known_hosts else None)
-        verify_host_key(host, port, known, auth.host_key)
-    except NodeError as exc:
+        auth.host_check(host, port, auth.host_key, auth.known_hosts)
+    except GitorchError as exc:
         raise SourceError(f"{_redact(url)}: {exc}") from exc
     except OSError as exc:
         raise SourceError(f"{_redact(url)}: cannot connect: {exc.strerror or exc}") from exc

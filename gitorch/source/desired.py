@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from gitorch.objects import DesiredState
-from gitorch.source import EMPTY_REVISION, Repository
-from gitorch.validation import load_desired
+from gitorch.model.objects import DesiredState
+from gitorch.model.revisions import EMPTY_REVISION
+from gitorch.source.git import Repository
+from gitorch.source.validation import load_desired
 
 
 def load(repo: Repository, rev: str | None) -> DesiredState:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitorch.diagnostics import Diagnostic, errors
-from gitorch.manifests import Document
-from gitorch.source import Revision
+from gitorch.model.diagnostics import Diagnostic, errors
+from gitorch.model.documents import SourceDocument
+from gitorch.model.revisions import Revision
 
 DEFAULT_NAMESPACE = "default"
 
@@ -77,7 +77,7 @@ class Object:
 
     key: ObjectKey
     body: dict[str, Any]
-    document: Document = field(repr=False)
+    document: SourceDocument = field(repr=False)
 
     @property
     def path(self) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gitorch.diagnostics import Diagnostic, errors, warnings
-from gitorch.diffs import Action, ChangeSet, FieldDiff, ObjectChange, Op
-from gitorch.source import Revision
+from gitorch.model.diagnostics import Diagnostic, errors, warnings
+from gitorch.model.revisions import Revision
+from gitorch.source.diffs import Action, ChangeSet, FieldDiff, ObjectChange, Op
 
 # GitHub refuses comments over 65,536 characters; keep a margin for the footer.
 MARKDOWN_LIMIT = 65_536

@@ -47,7 +47,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from gitorch.errors import GitorchError
+from gitorch.model.errors import GitorchError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Alembic environment: `gitorch.store.migrate` runs it with an open connection.
 
 To write a new migration from a repository checkout, change the tables in gitorch/store.py, then
-`alembic -c gitorch/migrations/alembic.ini revision --autogenerate -m "what changed"`, and
+`alembic -c gitorch/store/migrations/alembic.ini revision --autogenerate -m "what changed"`, and
 review the generated file by hand.
 """
 
@@ -12,7 +12,7 @@ from typing import Literal
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from gitorch.store import UTCDateTime, metadata
+from gitorch.store.database import UTCDateTime, metadata
 
 
 def render_item(kind: str, obj: object, autogen_context: object) -> str | Literal[False]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import queue
 import threading
 import time
@@ -17,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from gitorch import console, desired
-from gitorch.objects import DesiredState, ObjectKey
+from gitorch.model.objects import DesiredState, ObjectKey
 from gitorch.reconcile.controller import PassResult
-from gitorch.source import Repository
-from gitorch.store import Store, StoreError
+from gitorch.source import desired
+from gitorch.source.git import Repository
+from gitorch.store.database import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 EVENTS = ("deployed", "syncFailed", "degraded", "driftFound")
 
@@ -144,7 +147,7 @@ def targets(state: DesiredState) -> list[Target]:
                     ref = h["valueFrom"].get("secretKeyRef") or {}
                     value = _secret_value(state, ref)
                     if value is None:
-                        console.warn(
+                        log.warning(
                             f"notification target {t.get('name')}: header {h.get('name')} refers to a missing "
                             f"Secret key {ref.get('namespace', 'default')}/{ref.get('name')}[{ref.get('key')}]"
                         )
@@ -218,12 +221,12 @@ class Notifier:
         try:
             stored = self.store.notification_state()
         except StoreError as exc:  # the next pass tries again
-            console.error(f"notifications: cannot read what was already announced: {exc}")
+            log.error(f"notifications: cannot read what was already announced: {exc}")
             return
         try:
             memory = Memory.from_state(stored)
         except (ValueError, TypeError) as exc:  # edited by hand; rewritten below
-            console.warn(f"notifications: ignoring the unreadable record of what was announced: {exc}")
+            log.warning(f"notifications: ignoring the unreadable record of what was announced: {exc}")
             memory = Memory()
         notes = notifications_for(result, memory)
         found: list[Target] = []
@@ -231,7 +234,7 @@ class Notifier:
             try:
                 found = targets(self._state(result))
             except Exception as exc:  # notification targets must never break a pass
-                console.error(f"notifications: cannot read the targets: {exc}")
+                log.error(f"notifications: cannot read the targets: {exc}")
         # Announced means queued: the delivery thread retries a failing target, and a send
         # lost with the process is cheaper than a repeat on every restart. Saved before
         # queueing, so a store that cannot be written leaves the events for the next pass.
@@ -240,7 +243,7 @@ class Notifier:
             try:
                 self.store.save_notification_state(current)
             except StoreError as exc:
-                console.error(f"notifications: cannot record what was announced: {exc}")
+                log.error(f"notifications: cannot record what was announced: {exc}")
                 return
         self.memory = memory
         for target in found:
@@ -272,11 +275,11 @@ class Notifier:
             for attempt in range(1, self.attempts + 1):
                 try:
                     send(target, note)
-                    console.write(f"{time.strftime('%H:%M:%S')} notified {target.where}: {note.event}")
+                    log.info(f"{time.strftime('%H:%M:%S')} notified {target.where}: {note.event}")
                     break
                 except Exception as exc:
                     if attempt == self.attempts or not _retryable(exc) or self._stopping.is_set():
-                        console.error(
+                        log.error(
                             f"notification {note.event} to {target.where} failed after {attempt} attempt(s): "
                             f"{_describe(exc)}"
                         )

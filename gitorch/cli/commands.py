@@ -14,13 +14,16 @@ from typing import Any, NoReturn
 
 import click
 
-from gitorch import __version__, console, desired, hooks
-from gitorch.diagnostics import errors
-from gitorch.diffs import diff_states
-from gitorch.errors import GitorchError
-from gitorch.rendering import PlanReport, diagnostics_text, plan_markdown, plan_text
-from gitorch.settings import Settings
-from gitorch.source import is_remote, open_repository
+from gitorch import __version__
+from gitorch.cli import console
+from gitorch.cli import logs as log_setup
+from gitorch.model.diagnostics import errors
+from gitorch.model.errors import GitorchError
+from gitorch.model.settings import Settings
+from gitorch.source import desired, hooks
+from gitorch.source.diffs import diff_states
+from gitorch.source.git import is_remote, open_repository
+from gitorch.source.rendering import PlanReport, diagnostics_text, plan_markdown, plan_text
 
 REPO_HELP = "Git repository (a work tree, a folder inside one, or a bare repo). Default: the current directory."
 
@@ -35,8 +38,13 @@ def _fail(message: str) -> NoReturn:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gitorch")
-def cli() -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, envvar="GITORCH_LOG_LEVEL", help="Least severe log record shown (stderr).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="GITORCH_LOG_FORMAT", help="Logs for people, or one JSON object a line for log shippers.")
+def cli(log_level: str, log_format: str) -> None:
     """gitorch: Kubernetes' declarative model on plain Linux servers; the desired state lives in Git."""
+    log_setup.setup(log_level, log_format)
 
 
 # --- desired state ------------------------------------------------------------------------
@@ -178,7 +186,7 @@ def nodes(repo_path: str | None, rev: str | None, output: str, timeout: float) -
 
 
 def _store() -> Any:
-    from gitorch.store import Store
+    from gitorch.store.database import Store
 
     settings = _settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +204,8 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
     """Reconcile the cluster to a commit: one pass, or with --wait until it has converged."""
     import time
 
-    from gitorch.reconcile import applying, reviewing
+    from gitorch.cli import applying
+    from gitorch.reconcile import reviewing
 
     repo = open_repository(repo_path)
     with _store() as store:
@@ -237,8 +246,8 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
           dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
           token_env: str | None, ca_file: str | None, pod_watch: bool | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
-    from gitorch.reconcile.serving import Server
-    from gitorch.webhooks import parse_listen
+    from gitorch.server.serving import Server
+    from gitorch.server.webhooks import parse_listen
 
     try:
         address = parse_listen(listen)
@@ -249,11 +258,12 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
     if repo_path and is_remote(repo_path):
         import hashlib
 
-        from gitorch.source import RemoteAuth, fetch, mirror
+        from gitorch.nodes.ssh import check_remote_host
+        from gitorch.source.git import RemoteAuth, fetch, mirror
 
         settings = _settings()
         auth = RemoteAuth(ssh_key=ssh_key, token_env=token_env, host_key=host_key, ca_file=ca_file,
-                          known_hosts=str(settings.state_dir / "known_hosts"))
+                          known_hosts=str(settings.state_dir / "known_hosts"), host_check=check_remote_host)
         dest = settings.state_dir / "mirrors" / hashlib.sha256(repo_path.encode()).hexdigest()[:16]
         repo = mirror(repo_path, dest, auth)
         url = repo_path
@@ -313,7 +323,7 @@ def dns(repo_path: str | None, listen: str) -> None:
 @click.option("--notify", default=None, help="URL to POST after the commit (e.g. http://127.0.0.1:8090/hooks/wake).")
 def rollback(rev: str | None, reason: str, repo_path: str | None, branch: str, notify: str | None) -> None:
     """Commit REV's content (default: the last applied revision before the head) on top of the branch."""
-    from gitorch import rollback as rollback_mod
+    from gitorch.reconcile import rollback as rollback_mod
 
     repo = open_repository(repo_path)
     if rev is None:
@@ -331,7 +341,7 @@ def rollback(rev: str | None, reason: str, repo_path: str | None, branch: str, n
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def status(output: str) -> None:
     """The applied revision and, per object, its sync and health (like `argocd app get`)."""
-    from gitorch.reconcile import views
+    from gitorch.cli import views
 
     with _store() as store:
         views.status(store, output)
@@ -344,7 +354,7 @@ def status(output: str) -> None:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:
     """List pods, nodes, workloads, services or revisions as the store knows them."""
-    from gitorch.reconcile import views
+    from gitorch.cli import views
 
     with _store() as store:
         views.get(store, what, namespace, output)
@@ -355,7 +365,7 @@ def get(what: str, namespace: str | None, output: str) -> None:
 @click.option("-n", "--namespace", default="default", show_default=True)
 def describe(ref: str, namespace: str) -> None:
     """Show one object (KIND/NAME such as deployment/web, or pod/NAME) with its events."""
-    from gitorch.reconcile import views
+    from gitorch.cli import views
 
     with _store() as store:
         views.describe(store, ref, namespace)
@@ -367,7 +377,7 @@ def describe(ref: str, namespace: str) -> None:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def events(namespace: str | None, limit: int, output: str) -> None:
     """Recent events: rollouts, scheduling failures, pruning, invalid revisions."""
-    from gitorch.reconcile import views
+    from gitorch.cli import views
 
     with _store() as store:
         views.events(store, namespace, limit, output)
@@ -384,7 +394,7 @@ def events(namespace: str | None, limit: int, output: str) -> None:
 def logs(pod: str, namespace: str, container: str | None, tail: int, follow: bool, previous: bool,
          repo_path: str | None) -> None:
     """Print a pod's container log, from the node that runs it."""
-    from gitorch.reconcile import views
+    from gitorch.cli import views
 
     repo = open_repository(repo_path)
     with _store() as store:
@@ -408,7 +418,7 @@ def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, dns
           since: str | None, fmt: str, exit_code: bool) -> None:
     """Drift between Git, the store, the nodes and the cluster DNS: the latest report, or
     with --run a new one."""
-    from gitorch.dns.server import parse_hostport
+    from gitorch.model.addresses import parse_hostport
     from gitorch.reconcile import drift as drift_mod
     from gitorch.reconcile.controller import Controller, ControllerSettings
 
@@ -463,7 +473,7 @@ def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str)
 @click.option("--path", "subdir", default="")
 def hook_run(name: str, branch: str, subdir: str) -> None:
     """Run inside git: check the pushed commit of the watched branch."""
-    from gitorch.source import is_zero_oid
+    from gitorch.source.git import is_zero_oid
 
     git_dir = Path(os.environ.get("GIT_DIR", ".")).resolve()
     repo = open_repository(git_dir)
@@ -574,6 +584,7 @@ def lab_ssh(node: str, command: tuple[str, ...]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line (no traceback) and exit 1."""
     run: Callable[..., Any] = cli.main
+    log_setup.setup()
     try:
         run(args=argv, prog_name="gitorch", standalone_mode=False)
     except click.exceptions.Abort:

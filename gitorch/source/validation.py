@@ -20,11 +20,10 @@ from typing import Any
 import jsonschema
 from referencing import Registry, Resource
 
-from gitorch import selectors
-from gitorch.diagnostics import Diagnostic, Severity, escape_token, pointer
-from gitorch.errors import GitorchError
-from gitorch.manifests import Document, parse_documents
-from gitorch.objects import (
+from gitorch.model import selectors
+from gitorch.model.diagnostics import Diagnostic, Severity, escape_token, pointer
+from gitorch.model.errors import GitorchError
+from gitorch.model.objects import (
     DEFAULT_NAMESPACE,
     HIDDEN,
     KINDS,
@@ -33,10 +32,11 @@ from gitorch.objects import (
     Object,
     ObjectKey,
 )
-from gitorch.quantities import QuantityError, parse_quantity
-from gitorch.source import Snapshot
+from gitorch.model.quantities import QuantityError, parse_quantity
+from gitorch.source.git import Snapshot
+from gitorch.source.manifests import Document, parse_documents
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_BASE = "https://gitorch.dev/schemas/"
 
 

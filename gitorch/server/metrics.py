@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from gitorch.reconcile.controller import PassResult
 from gitorch.reconcile.drift import remaining
-from gitorch.store import Store
+from gitorch.store.database import Store
 
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitorch.objects import HIDDEN, SENSITIVE_FIELDS, DesiredState, Object, ObjectKey
+from gitorch.model.objects import HIDDEN, SENSITIVE_FIELDS, DesiredState, Object, ObjectKey
 
 
 class Action(enum.StrEnum):

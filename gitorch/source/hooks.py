@@ -3,13 +3,16 @@ the controller after a push to the watched branch (post-receive)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitorch.errors import GitorchError
+from gitorch.model.errors import GitorchError
+
+log = logging.getLogger(__name__)
 
 MARKER = "# installed by gitorch"
 DEFAULT_NOTIFY = "http://127.0.0.1:8090/hooks/wake"
@@ -99,11 +102,9 @@ def notify(url: str, timeout: float = 3.0) -> bool:
     """POST to a controller's /hooks/wake; False (with a warning) when nobody answers."""
     import urllib.request
 
-    from gitorch import console
-
     try:
         urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=timeout).read()
         return True
     except Exception as exc:  # the commit is made; the next timer pass deploys it
-        console.warn(f"could not notify the controller at {url} ({exc}); it deploys on its next pass")
+        log.warning(f"could not notify the controller at {url} ({exc}); it deploys on its next pass")
         return False

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gitorch import console, desired
-from gitorch.errors import GitorchError
+from gitorch.cli import console
+from gitorch.model.errors import GitorchError
 from gitorch.nodes.client import Fleet
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Pool
-from gitorch.source import Repository
-from gitorch.store import Store
+from gitorch.source import desired
+from gitorch.source.git import Repository
+from gitorch.store.database import Store
 
 KIND_OF = {
     "deployments": "Deployment",

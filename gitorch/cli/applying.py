@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gitorch import console
+from gitorch.cli import console
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
-from gitorch.source import Repository
-from gitorch.store import Store
+from gitorch.source.git import Repository
+from gitorch.store.database import Store
 
 PASS_INTERVAL = 0.5  # seconds between passes while waiting; a pass is cheap when nothing changes
 

@@ -20,7 +20,8 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.resolver import BaseResolver
 
-from gitorch.diagnostics import Diagnostic, escape_token, split_pointer
+from gitorch.model.diagnostics import Diagnostic, escape_token, split_pointer
+from gitorch.model.documents import Position
 
 try:  # the C parser ships in ruamel.yaml.clib; fall back to the pure parser without it
     from _ruamel_yaml import CParser as _Parser
@@ -45,14 +46,6 @@ _HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _INF = re.compile(r"[-+]?\.(inf|Inf|INF)\Z")
 _NAN = re.compile(r"\.(nan|NaN|NAN)\Z")
-
-
-@dataclass(frozen=True)
-class Position:
-    """A 1-based line and column in a file."""
-
-    line: int
-    column: int
 
 
 @dataclass

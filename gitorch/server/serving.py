@@ -16,19 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from gitorch import console, desired
 from gitorch.dns.cluster import ClusterDNS, settings_for
-from gitorch.errors import GitorchError, SourceError
-from gitorch.metrics import Metrics
+from gitorch.model.errors import GitorchError, SourceError
+from gitorch.model.timers import Timers
 from gitorch.nodes.client import NodeClient, Watch
 from gitorch.nodes.ssh import NodeError
-from gitorch.notifications import Notifier
 from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
-from gitorch.source import Repository
-from gitorch.store import Store
-from gitorch.timers import Timers
-from gitorch.webhooks import Handlers, Listener
+from gitorch.server.metrics import Metrics
+from gitorch.server.notifications import Notifier
+from gitorch.server.webhooks import Handlers, Listener
+from gitorch.source import desired
+from gitorch.source.git import Repository
+from gitorch.store.database import Store
 
 LEASE = "gitorch-controller"
 DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
@@ -44,7 +44,7 @@ def _reachable_from_pods(listen: str) -> bool:
     """A loopback or wildcard address means nothing inside a pod's own network namespace."""
     import ipaddress
 
-    from gitorch.dns.server import parse_hostport
+    from gitorch.model.addresses import parse_hostport
 
     try:
         ip = ipaddress.ip_address(parse_hostport(listen)[0])
@@ -214,7 +214,7 @@ class Server:
         """Run a pass now (after a push); during a pass, run another one right after it.
         `fetch=False` (a pod status change) leaves a remote repository to its poll."""
         if why:
-            console.write(f"{time.strftime('%H:%M:%S')} woken by {why}")
+            log.info(f"{time.strftime('%H:%M:%S')} woken by {why}")
         if fetch:
             self._fetch_now = True
         self._dirty.set()
@@ -272,7 +272,7 @@ class Server:
         interval does not mean a long failover."""
         leader = self.store.try_acquire_lease(LEASE, self.holder, self.lease_ttl)
         if leader != self._leader:
-            console.write(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder})")
+            log.info(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder})")
             if leader and self._leader is not None:
                 self._dirty.set()  # a new leader reconciles at once
             self._leader = leader
@@ -283,7 +283,7 @@ class Server:
         try:
             self._lead()
         except Exception as exc:  # a store hiccup; the next renewal or pass retries
-            console.error(f"lease renewal failed: {exc}")
+            log.error(f"lease renewal failed: {exc}")
 
     def _pass(self) -> None:
         self._fetch()
@@ -294,7 +294,7 @@ class Server:
             self.repo.resolve(self.branch)
         except SourceError:  # an empty repository before its first push: nothing to do yet
             if not self._waiting_for_branch:
-                console.write(f"waiting for a commit on {self.branch or 'HEAD'} in {self.repo.path}")
+                log.info(f"waiting for a commit on {self.branch or 'HEAD'} in {self.repo.path}")
                 self._waiting_for_branch = True
             return
         self._waiting_for_branch = False
@@ -302,7 +302,7 @@ class Server:
         try:
             result = self.controller.reconcile(self.branch)
         except Exception as exc:  # a failed pass is retried on the next tick, never fatal
-            console.error(f"reconcile pass failed: {exc}")
+            log.error(f"reconcile pass failed: {exc}")
             self.metrics.observe_failure(time.monotonic() - started)
             self._schedule_requeue(None)
             return
@@ -315,10 +315,10 @@ class Server:
             self.metrics.observe_pass(result, time.monotonic() - started, self.store)
             self.notifier.observe(result)
         except Exception as exc:  # reporting must never stop reconciling
-            console.error(f"metrics or notifications failed after the pass: {exc}")
+            log.error(f"metrics or notifications failed after the pass: {exc}")
         lines = self._describe(result)
         if lines != self._last:
-            console.write(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
+            log.info(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
             self._last = lines
 
     def _follow_pods(self, result: PassResult) -> None:
@@ -341,7 +341,7 @@ class Server:
             self._fetched_at = time.monotonic()
         except GitorchError as exc:
             self._fetched_at = time.monotonic()  # retried at the next poll, not every pass
-            console.error(str(exc))
+            log.error(str(exc))
 
     def _refresh_dns(self, result: PassResult) -> None:
         """Serve the cluster DNS (once asked to) from what this pass recorded."""
@@ -350,10 +350,10 @@ class Server:
         try:
             if self.dns is None:
                 self.dns = ClusterDNS(settings_for(result.state, self.dns_listen)).start()
-                console.write(f"cluster DNS on {self.dns_listen} (port {self.dns.port})")
+                log.info(f"cluster DNS on {self.dns_listen} (port {self.dns.port})")
             self.dns.refresh(result.state, self.store)
         except (OSError, ValueError) as exc:
-            console.error(f"cluster DNS on {self.dns_listen}: {exc}")
+            log.error(f"cluster DNS on {self.dns_listen}: {exc}")
             self.dns_listen = None  # a bad address will not get better; keep reconciling
 
     def _schedule_drift(self, result: PassResult) -> None:
@@ -366,7 +366,7 @@ class Server:
         self.drift_schedule = schedule
         if schedule is not None:
             self.timers.cron(schedule, self.drift, "drift")
-            console.write(f"drift reports on schedule {schedule!r}")
+            log.info(f"drift reports on schedule {schedule!r}")
 
     def drift(self) -> None:
         """The cron job: one drift check (only the leader), then driftFound when it found any."""
@@ -378,21 +378,21 @@ class Server:
             try:
                 report = drift.run(self.controller, rev=self.branch, dns=self._dns_address())
             except Exception as exc:  # a failed check is retried on schedule, never fatal
-                console.error(f"drift check failed: {exc}")
+                log.error(f"drift check failed: {exc}")
                 return
-        console.write(f"{time.strftime('%H:%M:%S')} drift report #{report.id}: {len(report.findings)} finding(s)")
+        log.info(f"{time.strftime('%H:%M:%S')} drift report #{report.id}: {len(report.findings)} finding(s)")
         if report.findings:
             try:
                 state = desired.load(self.repo, report.revision)
                 self.notifier.drift_found(state, drift.found_text(report), report.revision or "")
             except Exception as exc:  # reporting must never stop the controller
-                console.error(f"driftFound notification failed: {exc}")
+                log.error(f"driftFound notification failed: {exc}")
 
     def _dns_address(self) -> str | None:
         """Where this controller's own cluster DNS answers (drift checks ask it)."""
         if self.dns is None or self.dns_listen is None:
             return None
-        from gitorch.dns.server import format_hostport, parse_hostport
+        from gitorch.model.addresses import format_hostport, parse_hostport
 
         host, _ = parse_hostport(self.dns_listen)
         host = "127.0.0.1" if host == "0.0.0.0" else "::1" if host == "::" else host
@@ -416,15 +416,15 @@ class Server:
             )
         except OSError as exc:
             if not self._listen_warned:
-                console.warn(f"cannot listen on {host}:{port} ({exc.strerror or exc}); retrying on each pass")
+                log.warning(f"cannot listen on {host}:{port} ({exc.strerror or exc}); retrying on each pass")
                 self._listen_warned = True
             return
         listener.start()
         self.listener = listener
         bound = listener.address
-        console.write(f"listening on http://{bound[0]}:{bound[1]} (/hooks/git, /hooks/wake, /metrics)")
+        log.info(f"listening on http://{bound[0]}:{bound[1]} (/hooks/git, /hooks/wake, /metrics)")
         if not self.webhook_secret:
-            console.warn("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
+            log.warning("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
 
     def run(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -439,14 +439,14 @@ class Server:
         if self.interval > self.lease_ttl / 3:
             self.timers.every(self.lease_ttl / 3, self._renew, "lease")
         self.timers.start()
-        console.write(
+        log.info(
             f"gitorch serve: watching {self.repo.path} ({self.branch or 'HEAD'}), a pass every {self.interval:g} s"
             " and on every push"
         )
         try:
             self.stopping.wait()
         finally:
-            console.write("stopping: finishing the current pass")
+            log.info("stopping: finishing the current pass")
             with self._listen_lock:
                 if self.listener is not None:
                     self.listener.close()
@@ -457,4 +457,4 @@ class Server:
             self.controller.close()
             if self.dns is not None:
                 self.dns.stop()
-            console.write("stopped")
+            log.info("stopped")

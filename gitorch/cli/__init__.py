@@ -1,0 +1,1 @@
+"""cli layer (see DESIGN.md, 'The layout to grow into')."""

@@ -1,0 +1,1 @@
+"""server layer (see DESIGN.md, 'The layout to grow into')."""

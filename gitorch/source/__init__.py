@@ -1,0 +1,1 @@
+"""source layer (see DESIGN.md, 'The layout to grow into')."""

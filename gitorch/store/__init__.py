@@ -1,0 +1,1 @@
+"""store layer (see DESIGN.md, 'The layout to grow into')."""

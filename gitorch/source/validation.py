@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import importlib.resources
 import ipaddress
 import json
 import re
@@ -36,7 +37,17 @@ from gitorch.model.quantities import QuantityError, parse_quantity
 from gitorch.source.git import Snapshot
 from gitorch.source.manifests import Document, parse_documents
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+def _schema_dir() -> Path:
+    """The JSON Schemas: inside an installed wheel (setup.py copies the top-level schemas/ into
+    gitorch/schemas/ of the build), else the checkout's schemas/ (an editable install)."""
+    packaged = importlib.resources.files("gitorch") / "schemas"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+SCHEMA_DIR = _schema_dir()
 SCHEMA_BASE = "https://gitorch.dev/schemas/"
 
 

@@ -5,6 +5,7 @@ Purely computational, no side effects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,26 @@ KINDS: dict[str, KindInfo] = {
 
 # Where each kind keeps values that must never be printed.
 SENSITIVE_FIELDS: dict[str, tuple[str, ...]] = {"Secret": ("data", "stringData")}
+# The only top-level fields of those kinds that may be printed: anything else (the values, in
+# whatever shape, or a misspelt field that may hold them) is masked whole.
+PUBLIC_FIELDS: dict[str, frozenset[str]] = {
+    "Secret": frozenset({"apiVersion", "kind", "metadata", "type", "immutable"}),
+}
+# `kubectl apply` leaves a copy of the whole object, values included, in this annotation.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 HIDDEN = "(sensitive value)"
+
+
+def is_sensitive(kind: str, path: Sequence[str | int]) -> bool:
+    """Whether the value at `path` (JSON-pointer tokens) of a `kind` object may hold or contain a
+    secret: the whole object, any field but the public ones, and kubectl's last-applied copy."""
+    public = PUBLIC_FIELDS.get(kind)
+    if public is None:
+        return False
+    if not path or path[0] not in public:
+        return True
+    n = min(len(path), 3)
+    return tuple(path[:n]) == ("metadata", "annotations", LAST_APPLIED)[:n]
 
 
 @dataclass(frozen=True, order=True)

@@ -11,7 +11,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitorch.model.objects import HIDDEN, SENSITIVE_FIELDS, DesiredState, Object, ObjectKey
+from gitorch.model.objects import (
+    HIDDEN,
+    LAST_APPLIED,
+    PUBLIC_FIELDS,
+    SENSITIVE_FIELDS,
+    DesiredState,
+    Object,
+    ObjectKey,
+)
 
 
 class Action(enum.StrEnum):
@@ -191,36 +199,67 @@ def diff_values(old: Any, new: Any, path: str = "") -> list[FieldDiff]:
 # --- masking --------------------------------------------------------------------------
 
 
-def masked_body(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `body` with every sensitive value replaced by a marker."""
-    fields = SENSITIVE_FIELDS.get(kind)
-    if not fields:
+@dataclass(frozen=True, eq=True)
+class _Sealed:
+    """A secret value inside a body being diffed: equal when the values are (so a change still
+    shows), always shown as HIDDEN, and never descended into."""
+
+    value: Any
+
+
+def _sealed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with every value that may be secret sealed: a well-formed map of values keeps its
+    keys (names, as Kubernetes shows them); anything else outside the public fields, whatever
+    its shape, is sealed whole, and so is kubectl's last-applied copy of the object."""
+    public = PUBLIC_FIELDS.get(kind)
+    if public is None:
         return body
-    out = dict(body)
-    for f in fields:
-        value = out.get(f)
-        if isinstance(value, dict):
-            out[f] = {k: HIDDEN for k in value}
+    out: dict[str, Any] = {}
+    for k, v in body.items():
+        if k in SENSITIVE_FIELDS.get(kind, ()) and isinstance(v, dict):
+            out[k] = {name: _Sealed(x) for name, x in v.items()}
+        elif k not in public:
+            out[k] = _Sealed(v)
+        elif k == "metadata" and isinstance(v, dict):
+            annotations = v.get("annotations")
+            if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+                v = {**v, "annotations": {**annotations, LAST_APPLIED: _Sealed(annotations[LAST_APPLIED])}}
+            out[k] = v
+        elif k == "metadata":
+            out[k] = _Sealed(v)
+        else:
+            out[k] = v
     return out
 
 
-def _mask_fields(kind: str, diffs: list[FieldDiff]) -> list[FieldDiff]:
-    fields = SENSITIVE_FIELDS.get(kind)
-    if not fields:
-        return diffs
-    prefixes = tuple(f"{f}." for f in fields) + tuple(f'{f}["' for f in fields)
-    out = []
-    for d in diffs:
-        if d.path.startswith(prefixes):
-            old = HIDDEN if d.op is not Op.ADD else None
-            new = HIDDEN if d.op is not Op.REMOVE else None
-            d = FieldDiff(d.op, d.path, old, new)
-        out.append(d)
-    return out
+def _unsealed(value: Any) -> Any:
+    if isinstance(value, _Sealed):
+        return HIDDEN
+    if isinstance(value, dict):
+        return {k: _unsealed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unsealed(v) for v in value]
+    return value
+
+
+def masked_body(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `body` with every value that may be secret replaced by a marker."""
+    if kind not in PUBLIC_FIELDS:
+        return body
+    return dict(_unsealed(_sealed(kind, body)))
 
 
 def object_diff(kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[FieldDiff]:
-    return _mask_fields(kind, diff_values(old or {}, new or {}))
+    """Field diffs of one object, secret values masked (a changed one shows as changed)."""
+    if kind not in PUBLIC_FIELDS:
+        return diff_values(old or {}, new or {})
+    diffs = diff_values(_sealed(kind, old or {}), _sealed(kind, new or {}))
+    return [
+        FieldDiff(d.op, d.path, _unsealed(d.old), _unsealed(d.new))
+        if isinstance(d.old, _Sealed) or isinstance(d.new, _Sealed)
+        else d
+        for d in diffs
+    ]
 
 
 # --- change sets ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from gitorch.model.objects import (
     DesiredState,
     Object,
     ObjectKey,
+    is_sensitive,
 )
 from gitorch.model.quantities import QuantityError, parse_quantity
 from gitorch.source.git import Snapshot
@@ -136,8 +137,9 @@ def _suggest(word: str, options: Iterable[str]) -> str:
 
 
 def _is_sensitive(kind: str, path: list[str | int]) -> bool:
-    fields = SENSITIVE_FIELDS.get(kind, ())
-    return bool(path) and path[0] in fields and len(path) > 1
+    """Whether a diagnostic at `path` must not quote the value there: a Secret's values are
+    masked whole, in whatever shape (a string, a list, a number where a map belongs)."""
+    return is_sensitive(kind, path)
 
 
 def _hint_of(error: jsonschema.ValidationError) -> str:
@@ -296,6 +298,8 @@ def _check_file(path: str, blob: str, data: bytes) -> tuple[list[tuple[Object | 
     if hit is not None:
         return hit
     docs, diags = parse_documents(path, data)
+    if diags:
+        diags = _masked_parse_errors(data, diags)
     out: list[tuple[Object | None, Document]] = []
     for doc in docs:
         obj, d = _check_document(doc)
@@ -305,6 +309,38 @@ def _check_file(path: str, blob: str, data: bytes) -> tuple[list[tuple[Object | 
         _CACHE.clear()
     _CACHE[key] = (out, diags)
     return out, diags
+
+
+# Read from the text, as the document did not parse: its own `kind: Secret` line.
+_SECRET_KIND = re.compile(r"^kind:[ \t]*(['\"]?)Secret\1[ \t]*(#.*)?$", re.MULTILINE)
+_QUOTED_TEXT = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_ANY_SENSITIVE_FIELD = frozenset(f for fields in SENSITIVE_FIELDS.values() for f in fields)
+
+
+def _masked_parse_errors(data: bytes, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Parse errors quote what they could not read, which in a Secret may be a value: mask every
+    quoted text of those in a document that says `kind: Secret`, and under `data`/`stringData`
+    whatever the kind (a document that does not parse has no kind yet)."""
+    lines = data.decode("utf-8", "replace").split("\n")
+    out = []
+    for d in diags:
+        first = d.pointer.split("/")[1] if d.pointer.startswith("/") else ""
+        if first in _ANY_SENSITIVE_FIELD or _SECRET_KIND.search(_document_text(lines, d.line)):
+            d = replace(d, message=_QUOTED_TEXT.sub(HIDDEN, d.message), hint=_QUOTED_TEXT.sub(HIDDEN, d.hint))
+        out.append(d)
+    return out
+
+
+def _document_text(lines: list[str], line: int) -> str:
+    """The YAML document holding 1-based `line` (the whole file when the line is unknown)."""
+    if line <= 0 or line > len(lines):
+        return "\n".join(lines)
+    start, end = line - 1, line
+    while start > 0 and not lines[start].startswith(("---", "...")):
+        start -= 1
+    while end < len(lines) and not lines[end].startswith(("---", "...")):
+        end += 1
+    return "\n".join(lines[start:end])
 
 
 def load_desired(snapshot: Snapshot) -> DesiredState:

@@ -183,7 +183,7 @@ def test_a_store_of_the_first_release_is_upgraded_keeping_its_data(store_url: st
             ), {"c": SHA_A, "t": T0})
     finally:
         engine.dispose()
-    with Store.open(store_url) as upgraded:
+    with Store.open(store_url, upgrade=True) as upgraded:
         assert [r.commit for r in upgraded.revisions()] == [SHA_A]
         assert upgraded.notification_state() == {}
         assert upgraded.save_notification_state({"deployed": SHA_A}) == ["deployed"]

@@ -185,12 +185,27 @@ def nodes(repo_path: str | None, rev: str | None, output: str, timeout: float) -
 # --- reconcile ---------------------------------------------------------------------------------
 
 
-def _store() -> Any:
+def _store(*, upgrade: bool = False) -> Any:
+    """The state store; an empty one is created, one at another schema version is refused
+    unless `upgrade` (only `gitorch migrate` and `serve --migrate` change a schema)."""
     from gitorch.store.database import Store
 
     settings = _settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return Store.open(settings.database_url)
+    return Store.open(settings.database_url, upgrade=upgrade)
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the state store's schema to this gitorch's (back the store up first)."""
+    with _store(upgrade=True) as store:
+        before, after = store.schema_change
+    if before == after:
+        console.write(f"{store.url}: schema already at version {after}")
+    elif before is None:
+        console.write(f"{store.url}: created at schema version {after}")
+    else:
+        console.write(f"{store.url}: schema migrated from version {before} to {after}")
 
 
 @cli.command()
@@ -242,10 +257,18 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
 @click.option("--pod-watch/--no-pod-watch", default=None,
               help="Follow each agent's pod status pushes, so readiness changes reach every node's service rules "
                    "at once (default on; GITORCH_NO_WATCH=1 turns it off). Off: the next timer pass.")
+@click.option("--migrate", "migrate_store", is_flag=True,
+              help="Upgrade the state store's schema first, as `gitorch migrate` does. Without it a store at "
+                   "another schema version stops serve.")
+@click.option("--env-file", default=None, metavar="FILE", envvar="GITORCH_ENV_FILE",
+              help="KEY=VALUE settings (systemd's EnvironmentFile=), read at start (the environment wins) and "
+                   "again on SIGHUP, when its GITORCH_LOG_LEVEL and GITORCH_LOG_FORMAT take effect.")
 def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str,
           dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
-          token_env: str | None, ca_file: str | None, pod_watch: bool | None) -> None:
+          token_env: str | None, ca_file: str | None, pod_watch: bool | None, migrate_store: bool,
+          env_file: str | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
+    reload = _serve_env(env_file)
     from gitorch.server.serving import Server
     from gitorch.server.webhooks import parse_listen
 
@@ -272,9 +295,61 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
             fetch(repo, auth, url)
     else:
         repo = open_repository(repo_path)
-    with _store() as store:
+    with _store(upgrade=migrate_store) as store:
         Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
-               webhook_secret=secret, dns_listen=dns_listen, fetcher=fetcher, poll=poll, pod_watch=pod_watch).run()
+               webhook_secret=secret, dns_listen=dns_listen, fetcher=fetcher, poll=poll, pod_watch=pod_watch).run(reload=reload)
+
+
+def _serve_env(env_file: str | None) -> Callable[[], str]:
+    """Load `serve --env-file` (the environment wins) and return what SIGHUP runs: read the
+    file again and apply its log settings."""
+    from click.core import ParameterSource
+
+    from gitorch.server import systemd
+
+    if env_file:
+        for key, value in systemd.read_environment_file(env_file).items():
+            os.environ.setdefault(key, value)
+        root = click.get_current_context().find_root()
+        level, fmt = log_setup.current()
+        if root.get_parameter_source("log_level") is not ParameterSource.COMMANDLINE:
+            level = os.environ.get("GITORCH_LOG_LEVEL", level)
+        if root.get_parameter_source("log_format") is not ParameterSource.COMMANDLINE:
+            fmt = os.environ.get("GITORCH_LOG_FORMAT", fmt)
+        try:
+            log_setup.setup(level, fmt)
+        except ValueError as exc:
+            _fail(f"{env_file}: {exc}")
+    start = log_setup.current()
+
+    def reload() -> str:
+        return log_setup.reload(systemd.read_environment_file(env_file) if env_file else {}, start)
+
+    return reload
+
+
+@cli.command("systemd-unit")
+@click.option("--user", default="gitorch", show_default=True,
+              help="System user to run as (create it: useradd --system --home-dir STATE_DIR gitorch).")
+@click.option("--state-dir", default="/var/lib/gitorch", show_default=True,
+              help="GITORCH_STATE_DIR: the store, known_hosts, mirrors; the only folder serve may write.")
+@click.option("--env-file", default="/etc/gitorch/gitorch.env", show_default=True,
+              help="Settings file read at start and on `systemctl reload` (mode 0600: it may hold secrets).")
+@click.option("--executable", default=None, help="Absolute path of gitorch. Default: the one running now.")
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED)
+def systemd_unit(user: str, state_dir: str, env_file: str, executable: str | None,
+                 serve_args: tuple[str, ...]) -> None:
+    """Print a systemd service unit running `gitorch serve SERVE_ARGS` (after `--`), for
+    /etc/systemd/system/gitorch.service."""
+    from gitorch.server import systemd
+
+    executable = executable or systemd.default_executable()
+    for what, path in (("--state-dir", state_dir), ("--env-file", env_file), ("--executable", executable)):
+        if not path.startswith("/") or any(c.isspace() or c in "\"'\\$%" for c in path):
+            _fail(f"{what} {path!r}: give an absolute path without spaces, quotes, $ or %")
+    console.write(systemd.unit_file(systemd.UnitSettings(
+        executable=executable, serve_args=serve_args, user=user, state_dir=state_dir.rstrip("/") or "/",
+        env_file=env_file)))
 
 
 @cli.command()
@@ -581,6 +656,16 @@ def lab_ssh(node: str, command: tuple[str, ...]) -> None:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def _error(message: str) -> None:
+    """One line for people, or one JSON record when logs are JSON (a shipper reads stderr)."""
+    if log_setup.current()[1] == "json":
+        import logging
+
+        logging.getLogger("gitorch").error(message, extra={"event": "error"})
+    else:
+        console.error(message)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line (no traceback) and exit 1."""
     run: Callable[..., Any] = cli.main
@@ -594,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
     except GitorchError as exc:
-        console.error(str(exc))
+        _error(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         console.error("interrupted")

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 FIELDS = ("event", "object", "revision", "node")
 """The `extra` keys a JSON line carries when a record has them."""
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")
 
 _PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
 
@@ -46,13 +49,42 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+_current = ("info", "text")
+
+
+def current() -> tuple[str, str]:
+    """The log level and format in effect."""
+    return _current
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
-    """Route gitorch's (and only gitorch's) records to stderr in the chosen format."""
+    """Route gitorch's records (and other libraries' warnings) to stderr in the chosen format."""
+    global _current
+    if level.lower() not in LEVELS or fmt not in FORMATS:
+        raise ValueError(f"log level {level!r} or format {fmt!r} unknown: levels {', '.join(LEVELS)}, "
+                         f"formats {', '.join(FORMATS)}")
+    _current = (level.lower(), fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("gitorch")
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
+    ours = logging.getLogger("gitorch")
+    # Other libraries' warnings and errors (alembic, apscheduler, paramiko) come out in the same
+    # format, so a JSON stream stays JSON; their info and debug chatter stays out.
+    for logger, threshold in ((ours, level.upper()), (logging.getLogger(), "WARNING")):
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(threshold)
+    ours.propagate = False
+
+
+def reload(values: Mapping[str, str], start: tuple[str, str]) -> str:
+    """`serve` on SIGHUP: GITORCH_LOG_LEVEL and GITORCH_LOG_FORMAT from its env file, else back
+    to what it started with; a bad value keeps the current settings (and says so)."""
+    level = values.get("GITORCH_LOG_LEVEL", start[0])
+    fmt = values.get("GITORCH_LOG_FORMAT", start[1])
+    try:
+        setup(level, fmt)
+    except ValueError as exc:
+        logging.getLogger(__name__).warning(f"reload: {exc}; keeping log level {_current[0]}, format {_current[1]}",
+                                            extra={"event": "reload-failed"})
+    return f"log level {_current[0]}, log format {_current[1]}"

@@ -323,7 +323,8 @@ class Controller:
                 reports[n] = {p["name"]: p for p in o.value.get("pods", [])}
                 proxy = o.value.get("services") or {}
                 if proxy and not proxy.get("ok"):
-                    log.warning("%s: service table not programmed: %s", n, proxy.get("message"))
+                    log.warning("%s: service table not programmed: %s", n, proxy.get("message"),
+                                extra={"event": "service-table-failed", "node": n})
                 elif proxy.get("repaired"):
                     # Someone changed the node's NAT rules by hand: rebuilt, and said so.
                     self.store.record_event("Node", "", n, reason="ServiceTableRepaired", type="Warning",

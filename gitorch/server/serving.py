@@ -23,6 +23,7 @@ from gitorch.nodes.client import NodeClient, Watch
 from gitorch.nodes.ssh import NodeError
 from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
+from gitorch.server import systemd
 from gitorch.server.metrics import Metrics
 from gitorch.server.notifications import Notifier
 from gitorch.server.webhooks import Handlers, Listener
@@ -202,6 +203,11 @@ class Server:
         self.watchers = PodWatchers(
             lambda why: self.wake(why, fetch=False), lambda: self._leader is True and not self.stopping.is_set()
         )
+        # systemd (Type=notify): READY=1 once serving, STATUS= leading or standing by, STOPPING=1.
+        self.systemd = systemd.Notifier()
+        self._reload_requested = threading.Event()
+        self._node_errors: dict[str, str] = {}
+        self._applied = ""
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
         lines = [f"{result.revision.short} {'valid' if result.valid else 'INVALID'}"]
@@ -214,7 +220,7 @@ class Server:
         """Run a pass now (after a push); during a pass, run another one right after it.
         `fetch=False` (a pod status change) leaves a remote repository to its poll."""
         if why:
-            log.info(f"{time.strftime('%H:%M:%S')} woken by {why}")
+            log.info(f"{time.strftime('%H:%M:%S')} woken by {why}", extra={"event": "woken"})
         if fetch:
             self._fetch_now = True
         self._dirty.set()
@@ -272,11 +278,19 @@ class Server:
         interval does not mean a long failover."""
         leader = self.store.try_acquire_lease(LEASE, self.holder, self.lease_ttl)
         if leader != self._leader:
-            log.info(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder})")
+            log.info(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder})",
+                     extra={"event": "leading" if leader else "standing-by"})
             if leader and self._leader is not None:
                 self._dirty.set()  # a new leader reconciles at once
             self._leader = leader
+            self.systemd.status(self._status())
         return leader
+
+    def _status(self) -> str:
+        """systemd's STATUS= line (`systemctl status`): the role and the last revision seen."""
+        role = {True: "leading", False: "standing by", None: "starting"}[self._leader]
+        seen = f", at {self._applied}" if self._applied and self._leader else ""
+        return f"{role} ({self.holder}){seen}"
 
     def _renew(self) -> None:
         self._start_listener()
@@ -302,7 +316,7 @@ class Server:
         try:
             result = self.controller.reconcile(self.branch)
         except Exception as exc:  # a failed pass is retried on the next tick, never fatal
-            log.error(f"reconcile pass failed: {exc}")
+            log.error(f"reconcile pass failed: {exc}", extra={"event": "pass-failed"})
             self.metrics.observe_failure(time.monotonic() - started)
             self._schedule_requeue(None)
             return
@@ -318,8 +332,24 @@ class Server:
             log.error(f"metrics or notifications failed after the pass: {exc}")
         lines = self._describe(result)
         if lines != self._last:
-            log.info(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines))
+            log.info(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines),
+                     extra={"event": "pass", "revision": result.revision.oid})
             self._last = lines
+            self._report_nodes(result)
+
+    def _report_nodes(self, result: PassResult) -> None:
+        """A record per node that became unreachable or reachable again (for log shippers), and
+        the systemd status line."""
+        for node, error in sorted(result.node_errors.items()):
+            if self._node_errors.get(node) != str(error):
+                log.warning(f"node error: {error}", extra={"event": "node-error", "node": node,
+                                                           "revision": result.revision.oid})
+        for node in sorted(set(self._node_errors) - set(result.node_errors)):
+            log.info(f"{node}: reachable again", extra={"event": "node-recovered", "node": node,
+                                                        "revision": result.revision.oid})
+        self._node_errors = {n: str(e) for n, e in result.node_errors.items()}
+        self._applied = f"{result.revision.short}" + (" (INVALID)" if not result.valid else "")
+        self.systemd.status(self._status())
 
     def _follow_pods(self, result: PassResult) -> None:
         """Follow the pod status of every node this pass reached, so the next change wakes a pass."""
@@ -426,27 +456,54 @@ class Server:
         if not self.webhook_secret:
             log.warning("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
 
-    def run(self) -> None:
+    def _reload(self, reload: Callable[[], str] | None) -> None:
+        """SIGHUP: re-read what can change without a restart (`reload`: the CLI's log settings),
+        then a pass that fetches a remote repository at once."""
+        self.systemd.notify(RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000),
+                            STATUS="reloading")
+        try:
+            what = reload() if reload is not None else "no settings file"
+            log.info(f"reloaded ({what}); reconciling now", extra={"event": "reloaded"})
+        except Exception as exc:  # a bad settings file keeps the running settings
+            log.error(f"reload failed, keeping the running settings: {exc}", extra={"event": "reload-failed"})
+        self.systemd.ready(self._status())
+        self.wake("SIGHUP")
+
+    def run(self, reload: Callable[[], str] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT; SIGHUP calls `reload` and runs a pass."""
+
         def stop(signum: int, frame: FrameType | None) -> None:
             self.stopping.set()
 
+        def hup(signum: int, frame: FrameType | None) -> None:
+            self._reload_requested.set()  # handled in the loop below, not inside the handler
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
         self._start_listener()
         self.notifier.start()
         self.timers.every(self.interval, self.reconcile, "reconcile")
         self.timers.every(DIRTY_CHECK, self._if_dirty, "reconcile-pending")
         if self.interval > self.lease_ttl / 3:
             self.timers.every(self.lease_ttl / 3, self._renew, "lease")
+        if self.systemd.watchdog_interval is not None:  # WatchdogSec=: pinged from the timer thread
+            self.timers.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")
         self.timers.start()
         log.info(
             f"gitorch serve: watching {self.repo.path} ({self.branch or 'HEAD'}), a pass every {self.interval:g} s"
-            " and on every push"
+            " and on every push",
+            extra={"event": "serving"},
         )
+        self.systemd.ready(self._status())
         try:
-            self.stopping.wait()
+            while not self.stopping.wait(0.5):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._reload(reload)
         finally:
-            log.info("stopping: finishing the current pass")
+            self.systemd.stopping("stopping: finishing the current pass")
+            log.info("stopping: finishing the current pass", extra={"event": "stopping"})
             with self._listen_lock:
                 if self.listener is not None:
                     self.listener.close()
@@ -457,4 +514,4 @@ class Server:
             self.controller.close()
             if self.dns is not None:
                 self.dns.stop()
-            log.info("stopped")
+            log.info("stopped", extra={"event": "stopped"})

@@ -464,28 +464,64 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def migrate(
-    engine: Engine, revision: str = "head", *, script_location: Path | str = MIGRATIONS
-) -> None:
-    """Upgrade the store's schema to `revision` (alembic), in one transaction."""
+def _migrations(script_location: Path | str) -> tuple[Config, ScriptDirectory]:
     config = Config()
     config.set_main_option("script_location", str(script_location))
-    script = ScriptDirectory.from_config(config)
+    return config, ScriptDirectory.from_config(config)
+
+
+def _known(script: ScriptDirectory, current: str, head: str | None) -> None:
+    try:
+        script.get_revision(current)
+    except CommandError as exc:
+        raise StoreError(
+            f"the state store's schema is at version {current}, which this gitorch (schema {head}) "
+            "does not know: it was written by a newer gitorch; upgrade gitorch"
+        ) from exc
+
+
+def migrate(
+    engine: Engine, revision: str = "head", *, script_location: Path | str = MIGRATIONS
+) -> tuple[str | None, str | None]:
+    """Upgrade the store's schema to `revision` (alembic), in one transaction; returns the
+    versions before and after (None: an empty store)."""
+    config, script = _migrations(script_location)
     writer = engine.execution_options(gitorch_begin="IMMEDIATE")
     with writer.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
-        current = MigrationContext.configure(conn).get_current_revision()
+        context = MigrationContext.configure(conn)
+        current = context.get_current_revision()
         if current is not None:
-            try:
-                script.get_revision(current)
-            except CommandError as exc:
-                raise StoreError(
-                    f"the state store's schema is at revision {current}, which this gitorch "
-                    "does not know: it was written by a newer gitorch; upgrade gitorch"
-                ) from exc
+            _known(script, current, script.get_current_head())
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        return current, context.get_current_revision()
+
+
+def schema_versions(engine: Engine, *, script_location: Path | str = MIGRATIONS) -> tuple[str | None, str | None]:
+    """The store's schema version (None: an empty store) and the newest this gitorch knows."""
+    _, script = _migrations(script_location)
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision(), script.get_current_head()
+
+
+def _open_schema(
+    engine: Engine, *, script_location: Path | str = MIGRATIONS
+) -> tuple[str | None, str | None]:
+    """An empty store is created at the newest schema; one at the newest is used as it is; any
+    other version is refused: only `gitorch migrate` (or `serve --migrate`) changes a schema, so
+    a newer CLI never migrates a database under an older running controller."""
+    current, head = schema_versions(engine, script_location=script_location)
+    if current == head:
+        return current, head
+    if current is None:
+        return migrate(engine, script_location=script_location)  # re-checked under the migration lock
+    _known(_migrations(script_location)[1], current, head)
+    raise StoreError(
+        f"the state store's schema is at version {current}, this gitorch needs {head}: "
+        "run `gitorch migrate` (back up the store first; see README, Running in production)"
+    )
 
 
 def _table(model: type[SQLModel]) -> Table:
@@ -516,6 +552,10 @@ def _one_line(exc: BaseException) -> str:
 class Store:
     """The state store. Thread-safe; each method is its own transaction unless bound to one."""
 
+    schema_change: tuple[str | None, str | None] = (None, None)
+    """The schema versions before and after `open` (None: an empty store); they differ when it
+    created or migrated the schema."""
+
     def __init__(self, engine: Engine, *, display_url: str) -> None:
         self._engine = engine
         self._writer = engine.execution_options(gitorch_begin="IMMEDIATE")
@@ -524,8 +564,9 @@ class Store:
         """The store's URL with any password hidden."""
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open (creating if needed) the store at `url` and migrate its schema to the newest."""
+    def open(cls, url: str, *, upgrade: bool = False) -> Store:
+        """Open the store at `url`. An empty store is created at the newest schema; a store at
+        another schema version is refused, unless `upgrade` migrates it (`gitorch migrate`)."""
         parsed = _parse_url(url)
         display = parsed.render_as_string(hide_password=True)
         if parsed.get_backend_name() == "sqlite":
@@ -533,14 +574,16 @@ class Store:
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
         try:
-            migrate(engine)
+            change = migrate(engine) if upgrade else _open_schema(engine)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StoreError(f"cannot open the state store {display}: {_one_line(exc)}") from exc
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, display_url=display)
+        store = cls(engine, display_url=display)
+        store.schema_change = change
+        return store
 
     def close(self) -> None:
         """Close every pooled connection."""

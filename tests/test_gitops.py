@@ -103,6 +103,11 @@ class Serve:
     def output(self) -> str:
         return self.log.read_text()
 
+    def wake(self) -> int:
+        """POST /hooks/wake as the post-receive hook does, with the token serve made in the state dir."""
+        token = (Settings.from_env().state_dir / "wake-token").read_text().strip()
+        return post(f"{self.url}/hooks/wake", headers={"Authorization": f"Bearer {token}"})[0]
+
     def metrics(self) -> dict[str, list[Any]]:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
             text = resp.read().decode()
@@ -199,8 +204,9 @@ def test_webhooks_wake_only_when_signed(repo: GitRepo, serve_factory: Callable[[
     objects = {(s.labels["kind"], s.labels["health"], s.labels["sync"]): s.value for s in metrics["gitorch_objects"]}
     assert objects[("Namespace", "Healthy", "Synced")] == 4
 
-    # /hooks/wake answers local callers (the post-receive hook).
-    assert post(f"{server.url}/hooks/wake")[0] == 202
+    # /hooks/wake answers only callers with the wake token (the post-receive hook).
+    assert post(f"{server.url}/hooks/wake")[0] == 401
+    assert server.wake() == 202
 
 
 # --- notifications ---------------------------------------------------------------------------
@@ -286,7 +292,7 @@ def test_notifications_reach_a_webhook(repo: GitRepo, serve_factory: Callable[[P
         assert headers["Content-Type"] == "application/json"
 
         bad = repo.commit("broken", {"bad.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {nam: x}\n"})
-        assert post(f"{server.url}/hooks/wake")[0] == 202
+        assert server.wake() == 202
         wait_for("the syncFailed notification", lambda: "syncFailed" in receiver.events())
         failed = next(b for _, b in receiver.received if b["event"] == "syncFailed")
         assert failed["revision"] == bad and "is invalid" in failed["text"]
@@ -425,7 +431,7 @@ def test_push_deploys_without_polling_and_rollback_follows(
         git("reset", "-q", "--hard", "FETCH_HEAD", cwd=repo.path)
         repo.commit("empty", {"apps.yaml": ""})
         _push(repo, bare)
-        post(f"{server.url}/hooks/wake")
+        server.wake()
         wait_for("the nodes emptied", lambda: not _web_pods(lab), 60, every=0.5)
 
 
@@ -506,7 +512,7 @@ def test_serve_waits_calmly_for_the_first_push(
     wait_for("the waiting line", lambda: "waiting for a commit on main" in server.output(), 30)
     first = repo.commit("config", {"ns.yaml": NAMESPACE})
     _push(repo, bare)
-    assert post(f"{server.url}/hooks/wake")[0] == 202
+    assert server.wake() == 202
     wait_for("a pass of the first commit", lambda: f"{first[:7]} valid" in server.output(), 30)
     out = server.output()
     assert "error" not in out.lower() and out.count("waiting for a commit") == 1, out

@@ -68,3 +68,51 @@ def test_install_refuses_to_overwrite_a_foreign_hook(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "already exists and was not written by gitorch" in res.stderr
     assert gitorch("hook", "install", str(bare), "--force", cwd=tmp_path).returncode == 0
+
+
+def test_post_receive_wakes_serve_with_the_wake_token(
+    repo: GitRepo, remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gitorch.model.settings import Settings
+    from tests.test_gitops import Serve, revisions, wait_for
+
+    first = repo.commit("ns", {"ns.yaml": NAMESPACE})
+    assert _push(repo, remote)[0] == 0
+    server = Serve(remote, tmp_path / "serve.log")  # an hour between passes: only the hook wakes it
+    try:
+        wait_for("the first pass", lambda: first in revisions())
+        res = gitorch("hook", "install", str(remote), "--notify", f"{server.url}/hooks/wake", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        hook = remote / "hooks" / "post-receive"
+        token = (Settings.from_env().state_dir / "wake-token").read_text().strip()
+        # The hook holds the token, so only its owner may read it; the token is not on its command line.
+        assert hook.stat().st_mode & 0o777 == 0o700 and token in hook.read_text()
+        assert (Settings.from_env().state_dir / "wake-token").stat().st_mode & 0o777 == 0o600
+
+        second = repo.commit("config", {"config.yaml": CONFIG})
+        code, err = _push(repo, remote)
+        assert code == 0 and "controller notified" in err, err
+        wait_for("a pass of the pushed commit", lambda: second in revisions())
+        assert "woken by post-receive hook" in server.output()
+
+        # A hook written with another token is refused; the push still goes through.
+        monkeypatch.setenv("GITORCH_WAKE_TOKEN", "another-token-0123456789")
+        assert gitorch("hook", "install", str(remote), "--notify", f"{server.url}/hooks/wake",
+                       cwd=tmp_path).returncode == 0
+        third = repo.commit("three", {"three.yaml": NAMESPACE.replace("shop", "three")})
+        code, err = _push(repo, remote)
+        assert code == 0 and "refused this hook's wake token" in err, err
+        assert git("rev-parse", "main", cwd=remote).stdout.strip() == third
+        assert server.output().count("woken by post-receive hook") == 1
+    finally:
+        server.stop()
+    assert token not in server.output()
+
+
+def test_wake_token_from_the_environment_must_be_set_and_sound(tmp_path: Path, remote: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    res = gitorch("hook", "install", str(remote), "--wake-token-env", "NO_SUCH_TOKEN_VAR", cwd=tmp_path)
+    assert res.returncode == 1 and "NO_SUCH_TOKEN_VAR" in res.stderr and "Traceback" not in res.stderr
+    monkeypatch.setenv("SHORT_TOKEN", "short")
+    res = gitorch("hook", "install", str(remote), "--wake-token-env", "SHORT_TOKEN", cwd=tmp_path)
+    assert res.returncode == 1 and "16 to 256 printable" in res.stderr and "short" not in res.stderr

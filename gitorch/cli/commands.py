@@ -245,6 +245,9 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
               help="HOST:PORT for /hooks/git (push webhooks), /hooks/wake and /metrics; 'off' disables it.")
 @click.option("--webhook-secret-env", default="GITORCH_WEBHOOK_SECRET", show_default=True,
               help="Environment variable holding the webhook secret (GitHub/Gitea HMAC, GitLab token).")
+@click.option("--wake-token-env", default=None, metavar="NAME",
+              help="Environment variable holding the token /hooks/wake asks for. Default: $GITORCH_WAKE_TOKEN "
+                   "when set, else a token made on first use in the state dir (wake-token, mode 0600).")
 @click.option("--dns", "dns_listen", default=None, metavar="ADDR:PORT",
               help="Serve the cluster DNS here (UDP and TCP), kept in step with every pass.")
 @click.option("--poll", type=float, default=30.0, show_default=True,
@@ -264,19 +267,20 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
               help="KEY=VALUE settings (systemd's EnvironmentFile=), read at start (the environment wins) and "
                    "again on SIGHUP, when its GITORCH_LOG_LEVEL and GITORCH_LOG_FORMAT take effect.")
 def serve(repo_path: str | None, branch: str | None, interval: float, listen: str, webhook_secret_env: str,
-          dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
+          wake_token_env: str | None, dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
           token_env: str | None, ca_file: str | None, pod_watch: bool | None, migrate_store: bool,
           env_file: str | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     reload = _serve_env(env_file)
+    from gitorch.server.http import parse_listen
     from gitorch.server.serving import Server
-    from gitorch.server.webhooks import parse_listen
 
     try:
         address = parse_listen(listen)
     except ValueError as exc:
         _fail(str(exc))
     secret = os.environ.get(webhook_secret_env) or None
+    token = hooks.wake_token(_settings().state_dir, wake_token_env) if address is not None else None
     fetcher = None
     if repo_path and is_remote(repo_path):
         import hashlib
@@ -297,7 +301,8 @@ def serve(repo_path: str | None, branch: str | None, interval: float, listen: st
         repo = open_repository(repo_path)
     with _store(upgrade=migrate_store) as store:
         Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
-               webhook_secret=secret, dns_listen=dns_listen, fetcher=fetcher, poll=poll, pod_watch=pod_watch).run(reload=reload)
+               webhook_secret=secret, wake_token=token, dns_listen=dns_listen, fetcher=fetcher, poll=poll,
+               pod_watch=pod_watch).run(reload=reload)
 
 
 def _serve_env(env_file: str | None) -> Callable[[], str]:
@@ -409,7 +414,7 @@ def rollback(rev: str | None, reason: str, repo_path: str | None, branch: str, n
     console.write(f"{made.oid[:7]} Rollback to {made.target.short} ({made.target.subject}) on {branch}")
     console.write(made.oid)
     if notify:
-        hooks.notify(notify)
+        hooks.notify(notify, hooks.wake_token(_settings().state_dir))
 
 
 @cli.command()
@@ -536,9 +541,14 @@ def hook() -> None:
 @click.option("--force", is_flag=True, help="Replace a hook gitorch did not write.")
 @click.option("--notify", default=hooks.DEFAULT_NOTIFY, show_default=True,
               help="URL the post-receive hook POSTs to after a push to the branch (`gitorch serve`'s /hooks/wake).")
-def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str) -> None:
-    """Install hooks: pre-receive refuses invalid manifests, post-receive wakes the controller."""
-    for path in hooks.install(repo, branch=branch, path=subdir, force=force, notify=notify):
+@click.option("--wake-token-env", default=None, metavar="NAME",
+              help="Environment variable holding the controller's wake token (as given to `serve`). Default: "
+                   "$GITORCH_WAKE_TOKEN when set, else the state dir's wake-token file (made if missing).")
+def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str, wake_token_env: str | None) -> None:
+    """Install hooks: pre-receive refuses invalid manifests, post-receive wakes the controller
+    (it holds the wake token, so it is readable by its owner only)."""
+    token = hooks.wake_token(_settings().state_dir, wake_token_env)
+    for path in hooks.install(repo, branch=branch, token=token, path=subdir, force=force, notify=notify):
         console.write(f"installed {path}")
 
 

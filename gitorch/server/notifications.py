@@ -164,6 +164,44 @@ def targets(state: DesiredState) -> list[Target]:
     return out
 
 
+_CREDENTIALS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows only 307 and 308, which keep the POST and its body (a 301, 302 or 303 would turn
+    the notification into a GET without it). The target's headers, which may hold tokens, and
+    any credentials go only to the scheme, host and port they were configured for: a redirect
+    elsewhere is followed without them."""
+
+    max_redirections = 3
+
+    def __init__(self, secret_headers: frozenset[str]) -> None:
+        super().__init__()
+        self.secret = _CREDENTIALS | secret_headers
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request:
+        scheme, host, port = _origin(newurl)
+        where = f"{scheme}://{host}" + (f":{port}" if port not in (None, 80, 443) else "")  # never a path or userinfo
+        if code not in (307, 308) or scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"{msg}, redirected to {where}: set the target's url to where it redirects",
+                headers, fp,
+            )
+        same = _origin(req.full_url) == (scheme, host, port)
+        kept = {k: v for k, v in req.headers.items()
+                if k.lower() != "content-length" and (same or k.lower() not in self.secret)}
+        return urllib.request.Request(newurl, data=req.data, headers=kept, method=req.get_method(),
+                                      origin_req_host=req.origin_req_host, unverifiable=True)
+
+
 def send(target: Target, note: Notification, *, timeout: float = 10.0) -> None:
     """POST one notification; raises on failure."""
     body = json.dumps(note.payload()).encode()
@@ -172,7 +210,8 @@ def send(target: Target, note: Notification, *, timeout: float = 10.0) -> None:
     req.add_header("User-Agent", "gitorch")
     for name, value in target.headers:
         req.add_header(name, value)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    opener = urllib.request.build_opener(_Redirects(frozenset(name.lower() for name, _ in target.headers)))
+    with opener.open(req, timeout=timeout) as resp:
         resp.read()
 
 

@@ -24,11 +24,13 @@ from gitorch.nodes.ssh import NodeError
 from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
 from gitorch.server import systemd
+from gitorch.server.http import Endpoint, HttpServer, Limits, Reply, Site
 from gitorch.server.metrics import Metrics
 from gitorch.server.notifications import Notifier
-from gitorch.server.webhooks import Handlers, Listener
+from gitorch.server.webhooks import Handlers, endpoints
 from gitorch.source import desired
 from gitorch.source.git import Repository
+from gitorch.source.hooks import wake_token as load_wake_token
 from gitorch.store.database import Store
 
 LEASE = "gitorch-controller"
@@ -152,6 +154,8 @@ class Server:
         settings: ControllerSettings | None = None,
         listen: tuple[str, int] | None = None,
         webhook_secret: str | None = None,
+        wake_token: str | None = None,
+        http_limits: Limits | None = None,
         dns_listen: str | None = None,
         fetcher: Callable[[], None] | None = None,
         poll: float = 30.0,
@@ -159,6 +163,7 @@ class Server:
     ) -> None:
         self.repo = repo
         self.store = store
+        self.state_dir = state_dir
         self.branch = branch
         self.interval = interval
         settings = settings or ControllerSettings.from_env()
@@ -182,7 +187,10 @@ class Server:
         self._failures = 0
         self.listen = listen
         self.webhook_secret = webhook_secret
-        self.listener: Listener | None = None
+        self.wake_token = wake_token
+        """What /hooks/wake asks for; None: the state dir's token (`hooks.wake_token`)."""
+        self.http_limits = http_limits
+        self.listener: HttpServer | None = None
         self._listen_warned = False
         self._listen_lock = threading.Lock()
         self.metrics = Metrics()
@@ -435,24 +443,29 @@ class Server:
             if self.listen is not None and self.listener is None and not self.stopping.is_set():
                 self._bind(*self.listen)
 
+    def site(self) -> Site:
+        """What the listener serves, feature by feature."""
+        if self.wake_token is None:
+            self.wake_token = load_wake_token(self.state_dir)
+        site = Site()
+        handlers = Handlers(wake=self.wake, webhook_result=self.metrics.webhook)
+        site.add("webhooks", endpoints(handlers, secret=self.webhook_secret, branch=self.branch,
+                                       wake_token=self.wake_token))
+        site.add("metrics", [Endpoint("/metrics", lambda _: Reply(200, *self.metrics.render()))])
+        return site
+
     def _bind(self, host: str, port: int) -> None:
         try:
-            listener = Listener(
-                host,
-                port,
-                Handlers(wake=self.wake, metrics=self.metrics.render, webhook_result=self.metrics.webhook),
-                secret=self.webhook_secret,
-                branch=self.branch,
-            )
+            listener = HttpServer(host, port, self.site(), self.http_limits)
+            listener.start()
         except OSError as exc:
             if not self._listen_warned:
                 log.warning(f"cannot listen on {host}:{port} ({exc.strerror or exc}); retrying on each pass")
                 self._listen_warned = True
             return
-        listener.start()
         self.listener = listener
         bound = listener.address
-        log.info(f"listening on http://{bound[0]}:{bound[1]} (/hooks/git, /hooks/wake, /metrics)")
+        log.info(f"listening on http://{bound[0]}:{bound[1]} ({', '.join(listener.site.paths)})")
         if not self.webhook_secret:
             log.warning("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
 

@@ -1,18 +1,16 @@
-"""The HTTP listener of `gitorch serve`: Git push webhooks (GitHub, GitLab, Gitea), a local
-wake-up for the post-receive hook, and `/metrics`. Standard library only."""
+"""Push webhooks (GitHub, GitLab, Gitea) at `/hooks/git`, and `/hooks/wake` for the post-receive
+hook, as endpoints of the HTTP listener (`gitorch.server.http`). The path, the method and the
+headers (size, provider, signature header, wake token) are checked before any body is read."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
-LOCAL = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+from gitorch.server.http import MAX_BODY, Endpoint, Incoming, Reply
 
 
 @dataclass(frozen=True)
@@ -37,27 +35,49 @@ def _headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
+def _provider(h: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(provider, event, signature or token) from lower-cased headers; None for none of the three."""
+    if "x-gitlab-token" in h or "x-gitlab-event" in h:
+        return "gitlab", h.get("x-gitlab-event", ""), h.get("x-gitlab-token", "")
+    if "x-gitea-signature" in h or "x-gitea-event" in h:
+        return "gitea", h.get("x-gitea-event", ""), h.get("x-gitea-signature", "")
+    if "x-hub-signature-256" in h or "x-github-event" in h:
+        return "github", h.get("x-github-event", ""), h.get("x-hub-signature-256", "")
+    return None
+
+
+def precheck(headers: Mapping[str, str], secret: str | None) -> Verdict | None:
+    """Refuse, from the headers alone, a request `verify` would refuse whatever its body: no
+    provider, no secret configured, no signature, a wrong GitLab token (pure). None: read the body."""
+    h = _headers(headers)
+    found = _provider(h)
+    if found is None:
+        return Verdict(401, "unauthorized", "unknown", "no GitHub, GitLab or Gitea signature header")
+    provider, _, given = found
+    if not secret:
+        return Verdict(401, "unauthorized", provider, "no webhook secret is configured on this controller")
+    if not given or (provider == "gitlab" and not hmac.compare_digest(given.encode(), secret.encode())):
+        return Verdict(401, "unauthorized", provider, "bad or missing signature")
+    return None
+
+
 def verify(headers: Mapping[str, str], body: bytes, secret: str | None, branch: str | None) -> Verdict:
     """Check a push webhook's signature and say what to do with it (pure)."""
     h = _headers(headers)
-    if "x-gitlab-token" in h or "x-gitlab-event" in h:
-        provider, event = "gitlab", h.get("x-gitlab-event", "")
-        given = h.get("x-gitlab-token", "")
+    found = _provider(h)
+    if found is None:
+        return Verdict(401, "unauthorized", "unknown", "no GitHub, GitLab or Gitea signature header")
+    provider, event, given = found
+    if provider == "gitlab":
         ok = bool(secret) and hmac.compare_digest(given.encode(), (secret or "").encode())
         is_push = event in ("Push Hook", "System Hook")
-    elif "x-gitea-signature" in h or "x-gitea-event" in h:
-        provider, event = "gitea", h.get("x-gitea-event", "")
-        given = h.get("x-gitea-signature", "")
+    elif provider == "gitea":
         ok = bool(secret) and hmac.compare_digest(given.lower().encode(), _hmac_hex(secret or "", body).encode())
         is_push = event == "push"
-    elif "x-hub-signature-256" in h or "x-github-event" in h:
-        provider, event = "github", h.get("x-github-event", "")
-        given = h.get("x-hub-signature-256", "")
+    else:
         expected = "sha256=" + _hmac_hex(secret or "", body)
         ok = bool(secret) and hmac.compare_digest(given.lower().encode(), expected.encode())
         is_push = event == "push"
-    else:
-        return Verdict(401, "unauthorized", "unknown", "no GitHub, GitLab or Gitea signature header")
     if not secret:
         return Verdict(401, "unauthorized", provider, "no webhook secret is configured on this controller")
     if not ok:
@@ -74,110 +94,47 @@ def verify(headers: Mapping[str, str], body: bytes, secret: str | None, branch: 
     return Verdict(202, "accepted", provider, "reconciling")
 
 
+def token_ok(headers: Mapping[str, str], token: str | None) -> bool:
+    """Whether a request carries `Authorization: Bearer <token>` (compared in constant time)."""
+    scheme, _, given = _headers(headers).get("authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 @dataclass
 class Handlers:
-    """What the listener calls; each runs in the request's thread and must be quick."""
+    """What the endpoints call, on the listener's event loop: each must be quick."""
 
     wake: Callable[[str], None]
     """Run a reconcile pass now; the argument says why (for the log)."""
-    metrics: Callable[[], tuple[bytes, str]] | None = None
-    """The `/metrics` body and its content type."""
     webhook_result: Callable[[str, str], None] | None = None
     """Called with (provider, result) for every /hooks/git request."""
 
 
-class Listener:
-    """A small threaded HTTP server; `close()` stops it."""
+def endpoints(
+    handlers: Handlers, *, secret: str | None, branch: str | None, wake_token: str | None
+) -> list[Endpoint]:
+    """`/hooks/git` (signed push webhooks) and `/hooks/wake` (the post-receive hook, with the wake token)."""
 
-    def __init__(
-        self, host: str, port: int, handlers: Handlers, *, secret: str | None, branch: str | None
-    ) -> None:
-        listener = self
+    async def git(request: Incoming) -> Reply:
+        verdict = precheck(request.headers, secret)
+        if verdict is None:
+            verdict = verify(request.headers, await request.body(), secret, branch)
+        if handlers.webhook_result is not None:
+            handlers.webhook_result(verdict.provider, verdict.result)
+        if verdict.wake:
+            handlers.wake(f"{verdict.provider} webhook")
+        return Reply(verdict.status, verdict.message + "\n")
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "gitorch"
+    async def wake(request: Incoming) -> Reply:
+        if not token_ok(request.headers, wake_token):
+            return Reply(401, "/hooks/wake needs the controller's wake token (`gitorch hook install` writes it)\n",
+                         headers=(("WWW-Authenticate", "Bearer"),))
+        handlers.wake("post-receive hook")
+        return Reply(202, "reconciling\n")
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # requests are counted in metrics; headers (signatures) are never logged
-
-            def _answer(self, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
-                data = text.encode() if isinstance(text, str) else text
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes | None:
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    return None
-                if length < 0 or length > MAX_BODY:
-                    return None
-                return self.rfile.read(length) if length else b""
-
-            def do_POST(self) -> None:
-                path = self.path.split("?", 1)[0]
-                body = self._body()
-                if body is None:
-                    self._answer(413, "body missing or too large\n")
-                    return
-                if path == "/hooks/git":
-                    verdict = verify(dict(self.headers.items()), body, listener.secret, listener.branch)
-                    if listener.handlers.webhook_result is not None:
-                        listener.handlers.webhook_result(verdict.provider, verdict.result)
-                    if verdict.wake:
-                        listener.handlers.wake(f"{verdict.provider} webhook")
-                    self._answer(verdict.status, verdict.message + "\n")
-                elif path == "/hooks/wake":
-                    if self.client_address[0] not in LOCAL:
-                        self._answer(403, "/hooks/wake only answers 127.0.0.1\n")
-                        return
-                    listener.handlers.wake("post-receive hook")
-                    self._answer(202, "reconciling\n")
-                else:
-                    self._answer(404, "not found\n")
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics" and listener.handlers.metrics is not None:
-                    data, ctype = listener.handlers.metrics()
-                    self.send_response(200)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                elif path == "/healthz":
-                    self._answer(200, "ok\n")
-                else:
-                    self._answer(404, "not found\n")
-
-        self.handlers = handlers
-        self.secret = secret
-        self.branch = branch
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gitorch-http", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def parse_listen(value: str) -> tuple[str, int] | None:
-    """`HOST:PORT` (or `[v6]:PORT`) to a pair; `off` or an empty string disables the listener."""
-    if value.strip().lower() in ("", "off", "none"):
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8090 (or 'off')")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return [
+        Endpoint("/hooks/git", git, methods=("POST",), max_body=MAX_BODY),
+        Endpoint("/hooks/wake", wake, methods=("POST",)),
+    ]

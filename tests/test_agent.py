@@ -186,8 +186,10 @@ def test_facts_are_sane(node: Node) -> None:
     (["reboot"], "{}"),
     (["sync"], "{}"),
     (["sync"], '{"pods": [{"name": "../escape"}]}'),
-    (["sync"], '{"pods": [{"name": "a"}, {"name": "a", "namespace": "other"}]}'),
-], ids=["bad-json", "unknown-verb", "sync-without-pods", "unsafe-name", "duplicate-name"])
+    (["sync"], '{"pods": [{"name": "a"}, {"name": "a", "namespace": "default"}]}'),
+    (["sync"], '{"pods": [{"name": "a", "namespace": "../up"}]}'),
+], ids=["bad-json", "unknown-verb", "sync-without-pods", "unsafe-name", "duplicate-pod",
+        "unsafe-namespace"])
 def test_broken_requests_exit_1_with_one_json_line(tmp_path: Path, argv: list[str],
                                                    stdin: str) -> None:
     proc = subprocess.run([AGENT_PY, str(AGENT), *argv, "--root", str(tmp_path)], input=stdin,
@@ -224,7 +226,7 @@ def test_http_pod_runs_ready_and_answers(node: Node) -> None:
     assert again["pods"][0]["containers"][0]["pid"] == p["containers"][0]["pid"]
     assert again["pods"][0]["restarts"] == 0
     facts = node.run("facts")
-    assert facts["pods"] == {"web-1": {"phase": "Running", "ready": True, "restarts": 0}}
+    assert facts["pods"] == {"test/web-1": {"phase": "Running", "ready": True, "restarts": 0}}
     assert facts["supervisor"]["running"]
 
 
@@ -361,6 +363,65 @@ def test_readiness_survives_a_supervisor_handover(node: Node, tmp_path: Path) ->
     node.wait_pod("hand-1", lambda p: not p["ready"], "not ready once its probe fails")
 
 
+# The last agent that named a pod's folder, network namespace and cgroup by its bare name.
+LEGACY_AGENT_COMMIT = "501ac24162ac407817b6ba970fa2a8b73f7f899b"
+
+
+def legacy_agent(tmp_path: Path) -> Path:
+    proc = subprocess.run(["git", "-C", str(AGENT.parents[2]), "show",
+                           f"{LEGACY_AGENT_COMMIT}:gitorch/nodes/agent.py"],
+                          capture_output=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"the legacy agent is not in this checkout's history: {proc.stderr!r}")
+    path = tmp_path / "agent-legacy.py"
+    path.write_bytes(proc.stdout)
+    return path
+
+
+def test_pods_of_the_bare_name_layout_are_adopted_without_a_restart(node: Node, tmp_path: Path) -> None:
+    """An upgrade from an agent that named pods on disk by their bare name: the running pod
+    keeps its process, readiness, folder and logs; a pod of the same name in another
+    namespace then runs beside it; its next replacement moves it to the new layout."""
+    old = legacy_agent(tmp_path)
+    flag = tmp_path / "ready"
+    flag.touch()
+    slow = {"exec": {"command": ["test", "-f", str(flag)]}, "periodSeconds": 1,
+            "successThreshold": 3, "failureThreshold": 1}
+    web = pod("web", ctr("main", ["sh", "-c", "echo started; exec sleep 300"], readinessProbe=slow),
+              volumes=[{"name": "conf", "files": {"a.conf": "x=1"}}])
+    proc = subprocess.run([AGENT_PY, str(old), "sync", "--root", str(node.root)],
+                          input=json.dumps({"pods": [web]}), capture_output=True, text=True,
+                          env=node.env, timeout=60, check=True)
+    assert json.loads(proc.stdout)["ok"]
+    before = node.wait_pod("web", lambda p: p["ready"], "ready under the legacy agent")
+    assert (node.root / "pods" / "web" / "logs" / "main.log").exists()  # the bare-name layout
+    pid = before["containers"][0]["pid"]
+
+    doc = node.sync(web)  # the new agent: the old supervisor is replaced
+    assert doc["supervisor"]["sha"] != json.loads(proc.stdout)["supervisor"]["sha"]
+    assert doc["pods"][0]["ready"], doc["pods"]  # still ready through the handover
+    after = node.wait_pod("web", lambda p: p["ready"], "ready")
+    assert after["containers"][0]["pid"] == pid and after["restarts"] == 0
+    assert node.run("logs", {"pod": "web", "namespace": "test"})["log"] == "started\n"
+    assert node.run("logs", {"pod": "web"})["log"] == "started\n"
+
+    twin = pod("web", sleeper(), namespace="other")
+    node.sync(web, twin)
+    wait_until(lambda: len([q for q in node.run("status")["pods"] if running(q)]) == 2,
+               "both namespaces running", describe=node.describe)
+    mine = next(q for q in node.run("status")["pods"] if q["namespace"] == "test")
+    assert mine["containers"][0]["pid"] == pid and mine["ready"]  # the adopted one, untouched
+    assert sorted(os.listdir(node.root / "pods")) == ["other_web", "web"]
+    assert (node.root / "pods" / "web" / "volumes" / "conf" / "a.conf").read_text() == "x=1"
+
+    node.sync(pod("web", sleeper(), hash="h2"), twin)  # replaced: now in the new layout
+    wait_until(lambda: not (node.root / "pods" / "web").exists(), "the bare-name folder removed",
+               describe=node.describe)
+    p = node.wait_pod("web", lambda p: p["hash"] == "h2" and running(p), "replaced")
+    assert p["containers"][0]["pid"] != pid
+    assert not alive(pid)
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -415,7 +476,7 @@ def test_removed_pod_group_gets_sigterm_then_sigkill(node: Node, tmp_path: Path)
     assert "main TERM" in text and "child TERM" in text  # graceful first, whole group
     wait_until(lambda: not alive(child), "child killed")  # it ignores TERM: only KILL ends it
     assert not alive(leader)
-    assert not (node.root / "pods" / "grp-1").exists()
+    assert not (node.root / "pods" / "test_grp-1").exists()
 
 
 def test_env_and_volumes_reach_the_process(node: Node, tmp_path: Path) -> None:
@@ -455,11 +516,11 @@ def test_env_and_volumes_reach_the_process(node: Node, tmp_path: Path) -> None:
     if node.run("facts")["volumeMounts"] == "bind":
         assert seen["mounted"] == "x=1"  # bind-mounted at mountPath inside its namespace
         assert not (mount / "app.conf").exists()  # ... and only there
-    token = node.root / "pods" / "vol-1" / "volumes" / "creds" / "token"
+    token = node.root / "pods" / "test_vol-1" / "volumes" / "creds" / "token"
     assert token.stat().st_mode & 0o777 == 0o600
     node.sync()
     wait_until(lambda: not node.pods(), "pod removed")
-    assert not (node.root / "pods" / "vol-1").exists()  # emptyDir and files gone
+    assert not (node.root / "pods" / "test_vol-1").exists()  # emptyDir and files gone
     assert (data / "out.json").exists()  # hostPath kept
 
 
@@ -513,6 +574,40 @@ def test_image_without_a_runtime_is_failed_with_a_reason(node: Node) -> None:
     assert p["reason"] == "NoContainerRuntime"
     assert "localhost/busybox:1" in p["message"]
     assert p["containers"][0]["reason"] == "NoContainerRuntime"
+
+
+def test_one_name_in_two_namespaces_runs_twice_with_own_folders_and_logs(node: Node) -> None:
+    say = ["sh", "-c", 'echo "I am $POD_NAMESPACE/$POD_NAME"; exec sleep 300']
+    a = pod("agent", ctr("main", say), namespace="team-a")
+    b = pod("agent", ctr("main", say), namespace="team-b")
+    doc = node.sync(a, b)
+    assert [(p["namespace"], p["name"]) for p in doc["pods"]] == [("team-a", "agent"), ("team-b", "agent")]
+    wait_until(lambda: len([p for p in node.run("status")["pods"] if running(p)]) == 2,
+               "both running", describe=node.describe)
+    pids = {p["namespace"]: p["containers"][0]["pid"] for p in node.run("status")["pods"]}
+    assert pids["team-a"] != pids["team-b"] and all(alive(pid) for pid in pids.values())
+    assert sorted(os.listdir(node.root / "pods")) == ["team-a_agent", "team-b_agent"]
+    for ns in ("team-a", "team-b"):
+        wait_until(lambda ns=ns: node.run("logs", {"pod": "agent", "namespace": ns})["log"],
+                   f"log of {ns}/agent")
+        assert node.run("logs", {"pod": "agent", "namespace": ns})["log"] == f"I am {ns}/agent\n"
+    code, doc = node.call("logs", {"pod": "agent"})
+    assert code == 0 and not doc["ok"] and "team-a, team-b" in doc["error"]
+    facts = node.run("facts")["pods"]
+    assert set(facts) == {"team-a/agent", "team-b/agent"}
+    # Removing one leaves the other alone.
+    node.sync(b)
+    wait_until(lambda: len(node.run("status")["pods"]) == 1, "team-a/agent removed")
+    assert alive(pids["team-b"]) and not (node.root / "pods" / "team-a_agent").exists()
+
+
+def test_long_names_get_short_stable_keys(node: Node) -> None:
+    name = "x" * 200
+    node.sync(pod(name, sleeper(), namespace="n" * 63))
+    p = node.wait_pod(name, running, "running")
+    (key,) = os.listdir(node.root / "pods")
+    assert len(key) == 101 and key.startswith("n" * 63 + "_x")
+    assert p["namespace"] == "n" * 63
 
 
 # ---- logs -------------------------------------------------------------------------------
@@ -605,7 +700,7 @@ def test_cgroup_limits_and_oom_kill(node: Node) -> None:
     groups = dict(line.split(":", 2)[1:] for line in
                   Path(f"/proc/{c['pid']}/cgroup").read_text().splitlines())
     mem = groups.get("memory") or groups.get("") or ""
-    assert mem.endswith("/lim-1/main")
+    assert mem.endswith("/test_lim-1/main")
     p = node.wait_pod("oom-1", lambda p: p["phase"] == "Failed", "OOM-killed")
     assert p["containers"][0]["reason"] == "OOMKilled"
     assert p["containers"][0]["exitCode"] == 137
@@ -651,7 +746,7 @@ def test_image_containers_run_through_podman(tmp_path: Path) -> None:
         run_line, env_line = calls.read_text().splitlines()[:2]
         argv = run_line.split()
         name = next(argv[i + 1] for i, a in enumerate(argv) if a == "--name")
-        assert name.startswith("gitorch-img-2-web")
+        assert name.startswith("gitorch-test_img-2-web")
         for flag in ("--rm", "--network host", "--ulimit nofile=1024:1024",
                      "--ulimit nproc=4096:4096", "--env PASSWORD", "--env GREETING",
                      "--memory 67108864", '--entrypoint ["/bin/server"] localhost/web:1 '

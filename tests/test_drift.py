@@ -294,7 +294,9 @@ def test_nat_rule_removed_and_dns_records_that_differ(lab: Lab, repo: GitRepo, t
             repaired = [e for e in store.events(("Node", "", node)) if e.reason == "ServiceTableRepaired"]
             assert repaired and "edited by hand" in repaired[-1].message, repaired
             client = next(p for p in store.pods(namespace="svc") if p.node == node and p.owner_name == "echo")
-            answers = get_many(lab, node, f"http://{vip}:80/", 6, netns=f"gitorch-{client.name}")
+            answers = get_many(
+                lab, node, f"http://{vip}:80/", 6, netns=f"gitorch-{client.namespace}_{client.name}"
+            )
             assert answers and not [a for a in answers if a.startswith("ERR")], answers
         finally:
             dns.stop()

@@ -86,11 +86,16 @@ def cluster(lab: Lab, repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, 
         yield pair
 
 
+def netns(pod: PodRecord) -> str:
+    """The pod's network namespace on its node (the agent's key: namespace_name)."""
+    return f"gitorch-{pod.namespace}_{pod.name}"
+
+
 def fetch(lab: Lab, pod: PodRecord, url: str) -> str:
     """GET url from inside the pod's network namespace, on the pod's node."""
     assert pod.node is not None
     code = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
-    return ssh_run(lab, pod.node, f'ip netns exec gitorch-{pod.name} python3 -c "{code}"').stdout.strip()
+    return ssh_run(lab, pod.node, f'ip netns exec {netns(pod)} python3 -c "{code}"').stdout.strip()
 
 
 def netns_list(lab: Lab, node: str) -> str:
@@ -129,7 +134,7 @@ def test_pods_on_two_nodes_talk_by_pod_ip_without_nat(lab: Lab, cluster: tuple[G
     # the gateway's stays put as pods come and go, so no neighbour entry goes stale.
     for p in pods:
         assert p.node is not None and p.ip is not None
-        mac = ssh_run(lab, p.node, f"ip netns exec gitorch-{p.name} cat /sys/class/net/eth0/address").stdout
+        mac = ssh_run(lab, p.node, f"ip netns exec {netns(p)} cat /sys/class/net/eth0/address").stdout
         assert mac.strip() == "0a:58:" + ":".join(f"{int(x):02x}" for x in p.ip.split("."))
         gateway = str(next(ipaddress.ip_network(str(cidrs[p.node])).hosts()))
         bridge = ssh_run(lab, p.node, "cat /sys/class/net/gitorch0/address").stdout
@@ -153,7 +158,7 @@ def test_pods_on_two_nodes_talk_by_pod_ip_without_nat(lab: Lab, cluster: tuple[G
     assert len(left) == 1
     gone = next(p for p in pods if p.name != left[0].name)
     assert gone.node is not None
-    wait_for(f"{gone.name}'s netns to go", lambda: f"gitorch-{gone.name}" not in netns_list(lab, gone.node or ""))
+    wait_for(f"{gone.name}'s netns to go", lambda: netns(gone) not in netns_list(lab, gone.node or ""))
     assert "master gitorch0" not in netns_list(lab, gone.node)
     assert left[0].ip == next(p.ip for p in pods if p.name == left[0].name)
 

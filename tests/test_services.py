@@ -287,7 +287,9 @@ def test_cluster_ip_and_node_port_spread_over_ready_pods(lab: Lab, cluster: tupl
     answers: list[str] = []
 
     def spread() -> bool:
-        answers[:] = get_many(lab, node, f"http://{vip}:80/", 30, netns=f"gitorch-{client.name}")
+        answers[:] = get_many(
+            lab, node, f"http://{vip}:80/", 30, netns=f"gitorch-{client.namespace}_{client.name}"
+        )
         return len(set(answers) & set(pods)) >= 2 and set(answers) <= set(pods)
 
     until("the cluster IP to answer from several pods", spread, controller)
@@ -316,7 +318,9 @@ def test_cluster_ip_and_node_port_spread_over_ready_pods(lab: Lab, cluster: tupl
     ssh_run(lab, out.node, f"rm -f /tmp/ready-{out.name}")
 
     def left() -> bool:
-        answers[:] = get_many(lab, node, f"http://{vip}:80/", 30, netns=f"gitorch-{client.name}")
+        answers[:] = get_many(
+            lab, node, f"http://{vip}:80/", 30, netns=f"gitorch-{client.namespace}_{client.name}"
+        )
         return bool(answers) and out.name not in answers and set(answers) <= set(pods)
 
     until(f"{out.name} to leave the rotation", left, controller)
@@ -324,7 +328,9 @@ def test_cluster_ip_and_node_port_spread_over_ready_pods(lab: Lab, cluster: tupl
     ssh_run(lab, out.node, f"touch /tmp/ready-{out.name}")
 
     def back() -> bool:
-        answers[:] = get_many(lab, node, f"http://{vip}:80/", 30, netns=f"gitorch-{client.name}")
+        answers[:] = get_many(
+            lab, node, f"http://{vip}:80/", 30, netns=f"gitorch-{client.namespace}_{client.name}"
+        )
         return out.name in answers
 
     until(f"{out.name} to rejoin the rotation", back, controller)

@@ -324,7 +324,7 @@ def logs(
         raise GitorchError(f"node {record.node} is not in the applied revision's Node manifests")
     with Fleet(eps, Pool(ssh_options(state, state_dir / "known_hosts"))) as fleet:
         client = fleet.clients[record.node]
-        request: dict[str, Any] = {"pod": pod, "tail": tail, "previous": previous}
+        request: dict[str, Any] = {"pod": pod, "namespace": namespace, "tail": tail, "previous": previous}
         if container:
             request["container"] = container
         if follow:

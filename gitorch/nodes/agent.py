@@ -20,7 +20,7 @@ Verbs (request keys -> response keys besides ``ok``):
   memory, cpu (writable), message}, limits (supported|unsupported), volumeMounts
   (bind|unsupported), podNetwork ("bridge" once a pod network is set up, else "host"),
   services ("nftables", or "unavailable: <why>"), agentVersion, agentSha,
-  supervisor{running, pid, version, sha}, pods{name: {phase, ready, restarts}}.
+  supervisor{running, pid, version, sha}, pods{"namespace/name": {phase, ready, restarts}}.
   Runtime and mount checks are cached in the root for 5 minutes; ``refresh`` re-checks.
 - ``sync``  {"pods": [PodSpec, ...], "network": {podCIDR, gateway, routes: [{cidr, via}],
   clusterCIDR}, "dns": {nameservers, domain, options}, "services": [{name, protocol,
@@ -30,7 +30,8 @@ Verbs (request keys -> response keys besides ``ok``):
   table ``ip gitorch`` was rebuilt in one transaction unless the same table is already in
   place and lists as it did when built; ``repaired`` says why a hand-edited one was rebuilt),
   observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
-  pod names must be unique on a node. An unchanged set keeps its generation and restarts
+  a pod is its (namespace, name), unique on a node: one name may run in several
+  namespaces (a namespace is a DNS label, default "default"). An unchanged set keeps its generation and restarts
   nothing. Starts the supervisor if needed (and replaces one running an older agent file:
   pods stay up and are re-adopted), then waits for it to acknowledge the generation.
   With "dns", each pod (by its dnsPolicy) gets its own /etc/resolv.conf, bind-mounted in
@@ -38,11 +39,13 @@ Verbs (request keys -> response keys besides ``ok``):
   must answer on 53), search <ns>.svc.<domain> svc.<domain> <domain>, the options. With
   "services", the table also masquerades pod traffic leaving for outside clusterCIDR.
 - ``status``  {"verify": bool} -> generation, observedGeneration, stale (no supervisor
-  running: the pods are as last seen), supervisor{...}, pods[PodStatus] (sorted by name).
+  running: the pods are as last seen), supervisor{...}, pods[PodStatus] (sorted by
+  namespace, name).
   With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
   live nftables table against the one programmed last (rules as "chain: rule").
-- ``logs``  {"pod", "container" (optional if the pod has one), "tail" (lines, -1 = all),
-  "previous", "follow"} -> pod, container, previous, log. ``previous`` is the log of the
+- ``logs``  {"pod", "namespace" (optional if the name is unambiguous on the node),
+  "container" (optional if the pod has one), "tail" (lines, -1 = all), "previous",
+  "follow"} -> pod, namespace, container, previous, log. ``previous`` is the log of the
   container's previous instance, or the part rotated out at 10 MiB. With ``follow`` the
   request must be one line and the output is raw log text, not JSON, streamed until stdin
   closes or the pod's logs disappear; errors found before streaming are one JSON document.
@@ -62,7 +65,7 @@ Verbs (request keys -> response keys besides ``ok``):
 PodStatus: name, namespace, hash, desiredHash (a pending replacement's hash; null while a
 removed pod terminates), phase (Pending|Running|Succeeded|Failed), reason (InvalidPodSpec,
 NoContainerRuntime, InitContainerFailed), message, ready, restarts, startedAt, terminating,
-podIP (own network namespace ``gitorch-<pod>`` on bridge gitorch0; null for host network),
+podIP (own network namespace ``gitorch-<key>`` on bridge gitorch0; null for host network),
 containers[...], initContainers[...]. Container: name, state (waiting|running|terminated),
 reason (ContainerCreating, PodInitializing, CrashLoopBackOff, VolumeSetupFailed,
 NoContainerRuntime, Completed, Error, OOMKilled, StartError, Unknown), message, ready,
@@ -72,7 +75,10 @@ lastState{exitCode, signal, reason, message, startedAt, finishedAt}, limits
 
 Root layout: desired.json (0600: it holds secrets), state.json (pids for re-adoption),
 status.json, ack.json, supervisor.{pid,lock,log}, node-checks.json, and
-pods/<pod>/{volumes/<volume>/, logs/<container>.log[.1]}.
+pods/<key>/{volumes/<volume>/, logs/<container>.log[.1]}. A pod's key names its folder,
+network namespace, veth and cgroup: "<namespace>_<name>", hashed past 100 characters (see
+pod_key). Pods adopted from an agent that keyed them by bare name keep that key (state.json
+says so) until they are replaced: an upgrade restarts nothing.
 
 Secrets (env values and volume files marked secret) are masked in supervisor.log and in
 every message/error the agent prints or the supervisor writes; a container's own log is
@@ -296,14 +302,16 @@ class Paths:
         self.services = os.path.join(self.root, "services.json")
         self.pods = os.path.join(self.root, "pods")
 
-    def pod_dir(self, pod: str) -> str:
-        return os.path.join(self.pods, pod)
+    # ``key`` is a pod's pod_key (or, for a pod adopted from an agent before namespaces
+    # were part of its identity, its bare name).
+    def pod_dir(self, key: str) -> str:
+        return os.path.join(self.pods, key)
 
-    def volume_dir(self, pod: str, volume: str) -> str:
-        return os.path.join(self.pods, pod, "volumes", volume)
+    def volume_dir(self, key: str, volume: str) -> str:
+        return os.path.join(self.pods, key, "volumes", volume)
 
-    def log_file(self, pod: str, container: str, previous: bool = False) -> str:
-        path = os.path.join(self.pods, pod, "logs", f"{container}.log")
+    def log_file(self, key: str, container: str, previous: bool = False) -> str:
+        path = os.path.join(self.pods, key, "logs", f"{container}.log")
         return path + ".1" if previous else path
 
     @property
@@ -656,8 +664,9 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
     status = read_json(paths.status, {})
     pods = {}
     for pod in status.get("pods", []) if isinstance(status, dict) else []:
-        pods[pod.get("name")] = {"phase": pod.get("phase"), "ready": pod.get("ready"),
-                                 "restarts": pod.get("restarts")}
+        if isinstance(pod, dict):
+            pods[f"{pod.get('namespace') or 'default'}/{pod.get('name')}"] = {
+                "phase": pod.get("phase"), "ready": pod.get("ready"), "restarts": pod.get("restarts")}
     runtimes = ["process"] + [n for n, info in checks["runtimes"].items() if info["available"]]
     uname = os.uname()
     emit({
@@ -711,6 +720,32 @@ def safe_name(value: Any, where: str, error: type[Exception] = SpecError) -> str
     if not isinstance(value, str) or not SAFE_NAME.match(value):
         raise error(f"{where}: invalid name {value!r} (letters, digits, '.', '_', '-')")
     return value
+
+
+# A namespace is a DNS label (RFC 1123, as Kubernetes has it): no '_', so "<namespace>_<name>"
+# names one pod unambiguously (the kubelet's /var/log/pods uses the same form).
+NAMESPACE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+POD_KEY_MAX = 100
+
+
+def safe_namespace(value: Any, where: str, error: type[Exception] = SpecError) -> str:
+    """The pod's namespace ("default" when absent), checked: it becomes part of paths."""
+    if value is None or value == "":
+        return "default"
+    if not isinstance(value, str) or not NAMESPACE.match(value):
+        raise error(f"{where}: invalid namespace {value!r} (a DNS label: letters, digits, '-')")
+    return value
+
+
+def pod_key(namespace: str, name: str) -> str:
+    """The pod's name on this node's disk and kernel (its folder, network namespace, cgroup):
+    "<namespace>_<name>", or, past POD_KEY_MAX characters, its first part and a hash of the
+    whole, one character longer than any unhashed key so the two kinds never meet."""
+    key = f"{namespace}_{name}"
+    if len(key) <= POD_KEY_MAX:
+        return key
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
+    return f"{key[:POD_KEY_MAX - 16]}-{digest}"
 
 
 def _number(raw: Any, where: str, default: float, minimum: float = 0.0) -> float:
@@ -965,7 +1000,7 @@ class PodSpec:
                 raise SpecError(f"dnsConfig: {text!r} is not a single word")
         return cls(
             name=name,
-            namespace=str(raw.get("namespace") or "default"),
+            namespace=safe_namespace(raw.get("namespace"), "namespace"),
             hash=str(raw.get("hash") or ""),
             restart_policy=policy,
             grace=_number(raw.get("terminationGracePeriodSeconds"),
@@ -1420,13 +1455,23 @@ class Container:
             self.ready = self.adopted_ready = False
 
 
+PodId = tuple[str, str]
+"""(namespace, name): who a pod is on a node."""
+
+
+def pod_id(raw: Json) -> PodId:
+    return str(raw.get("namespace") or "default"), str(raw.get("name"))
+
+
 class Pod:
     """One pod instance on this node (a new hash means a new instance)."""
 
     def __init__(self, name: str, namespace: str, pod_hash: str, spec: PodSpec | None,
-                 grace: float) -> None:
+                 grace: float, key: str | None = None) -> None:
         self.name = name
         self.namespace = namespace
+        # Its folder, network namespace and cgroup name (see pod_key).
+        self.key = key or pod_key(namespace, name)
         self.hash = pod_hash
         self.spec = spec
         self.grace = grace
@@ -1450,11 +1495,19 @@ class Pod:
                 ctr.reason = waiting
                 self.containers.append(ctr)
 
+    @property
+    def ident(self) -> PodId:
+        return self.namespace, self.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
     def all_containers(self) -> list[Container]:
         return self.init_containers + self.containers
 
     def record(self) -> Json:
-        return {"name": self.name, "namespace": self.namespace, "hash": self.hash,
+        return {"name": self.name, "namespace": self.namespace, "key": self.key, "hash": self.hash,
                 "grace": self.grace, "createdAt": self.created_at, "prepared": self.prepared,
                 "stopping": self.stopping, "fatal": self.fatal, "netns": self.netns,
                 "ip": self.ip, "initContainers": [c.record() for c in self.init_containers],
@@ -1462,8 +1515,13 @@ class Pod:
 
     @classmethod
     def from_record(cls, rec: Json) -> Pod:
-        pod = cls(str(rec["name"]), str(rec.get("namespace", "default")),
-                  str(rec.get("hash", "")), None, float(rec.get("grace", 30)))
+        # A record without "key" was written by an agent that named pods on disk by their
+        # bare name: the pod keeps those names (folder, netns, veth) for its life.
+        name = str(rec["name"])
+        key = rec.get("key") if isinstance(rec.get("key"), str) else name
+        safe_name(key, "state.json: pod key", ValueError)
+        pod = cls(name, str(rec.get("namespace", "default")),
+                  str(rec.get("hash", "")), None, float(rec.get("grace", 30)), key)
         pod.created_at = float(rec.get("createdAt", time.time()))
         pod.prepared = bool(rec.get("prepared"))
         pod.stopping = bool(rec.get("stopping"))
@@ -1521,7 +1579,7 @@ def build_env(paths: Paths, pod: Pod, spec: ContainerSpec) -> dict[str, str]:
 def volume_source(paths: Paths, pod: Pod, vol: VolumeSpec) -> str:
     if vol.kind == "hostPath" and vol.host_path is not None:
         return vol.host_path
-    return paths.volume_dir(pod.name, vol.name)
+    return paths.volume_dir(pod.key, vol.name)
 
 
 def write_files_volume(directory: str, vol: VolumeSpec) -> None:
@@ -1632,7 +1690,7 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     # Images are never pulled: they must already be on the node (`podman import`/`load`),
     # so a missing one fails at once instead of waiting on a registry.
     argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", "never",
-            "--network", f"ns:{netns_path(pod.name)}" if pod.netns and kind == "podman" else "host",
+            "--network", f"ns:{netns_path(pod.key)}" if pod.netns and kind == "podman" else "host",
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     if kind == "podman":
         argv.append("--replace")
@@ -1732,17 +1790,18 @@ class NetworkSpec:
             return False
 
 
-def netns_name(pod: str) -> str:
-    return f"gitorch-{pod}"
+def netns_name(key: str) -> str:
+    """A pod's network namespace, from its key (a file name: at most 109 characters)."""
+    return f"gitorch-{key}"
 
 
-def netns_path(pod: str) -> str:
-    return os.path.join(NETNS_DIR, netns_name(pod))
+def netns_path(key: str) -> str:
+    return os.path.join(NETNS_DIR, netns_name(key))
 
 
-def veth_names(pod: str, tag: str) -> tuple[str, str]:
+def veth_names(key: str, tag: str) -> tuple[str, str]:
     """(host side, pod side before its rename to eth0): interface names have 15 chars."""
-    digest = hashlib.sha256(f"{pod}{tag}".encode()).hexdigest()[:11]
+    digest = hashlib.sha256(f"{key}{tag}".encode()).hexdigest()[:11]
     return f"gv{digest}", f"gp{digest}"
 
 
@@ -1809,15 +1868,15 @@ def node_network_up(net: NetworkSpec, old_routes: Iterable[tuple[str, str]] = ()
         ip_cmd("route", "replace", cidr, "via", via)
 
 
-def pod_network_ok(pod: str, tag: str) -> bool:
-    return os.path.exists(netns_path(pod)) and link_exists(veth_names(pod, tag)[0])
+def pod_network_ok(key: str, tag: str) -> bool:
+    return os.path.exists(netns_path(key)) and link_exists(veth_names(key, tag)[0])
 
 
-def pod_network_up(pod: str, tag: str, ip: str, net: NetworkSpec) -> None:
+def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
     """A fresh netns for the pod: lo, eth0 with its IP on the node bridge, default route."""
-    pod_network_down(pod, tag)
-    ns = netns_name(pod)
-    host, peer = veth_names(pod, tag)
+    pod_network_down(key, tag)
+    ns = netns_name(key)
+    host, peer = veth_names(key, tag)
     ip_cmd("netns", "add", ns)
     ip_cmd("link", "add", host, "type", "veth", "peer", "name", peer)
     ip_cmd("link", "set", peer, "netns", ns)
@@ -1830,14 +1889,14 @@ def pod_network_up(pod: str, tag: str, ip: str, net: NetworkSpec) -> None:
     ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)
 
 
-def pod_network_down(pod: str, tag: str) -> None:
+def pod_network_down(key: str, tag: str) -> None:
     """Remove the pod's veth (explicitly: netns deletion frees it lazily) and netns."""
-    host, peer = veth_names(pod, tag)
+    host, peer = veth_names(key, tag)
     for name in (host, peer):
         if link_exists(name):
             ip_cmd("link", "del", name, check=False)
-    if os.path.exists(netns_path(pod)):
-        ip_cmd("netns", "del", netns_name(pod))
+    if os.path.exists(netns_path(key)):
+        ip_cmd("netns", "del", netns_name(key))
 
 
 def pod_network_works(paths: Paths) -> bool:
@@ -1912,11 +1971,11 @@ def resolv_conf(spec: PodSpec, netns: bool, dns: ClusterDNSSpec | None) -> str |
     return "\n".join(lines) + "\n"
 
 
-def in_pod_netns(argv: list[str], pod: str) -> list[str]:
+def in_pod_netns(argv: list[str], key: str) -> list[str]:
     """Wrap argv so it runs in the pod's network namespace; nsenter execs in place, so the
     pid is still the container's."""
     nsenter = shutil.which("nsenter", path=DEFAULT_PATH) or "nsenter"
-    return [nsenter, f"--net={netns_path(pod)}", "--", *argv]
+    return [nsenter, f"--net={netns_path(key)}", "--", *argv]
 
 
 # ---------------------------------------------------------------------------------------
@@ -2191,8 +2250,8 @@ class Supervisor:
         self.paths = paths
         self.redact = Redactor()
         self.backoff = Backoff.from_env()
-        self.pods: dict[str, Pod] = {}
-        self.pending: dict[str, Json] = {}  # replacements waiting for the old instance to stop
+        self.pods: dict[PodId, Pod] = {}
+        self.pending: dict[PodId, Json] = {}  # replacements waiting for the old instance to stop
         self.generation = -1
         self.pending_ack: int | None = None
         self.desired_mark: tuple[int, ...] | None = None
@@ -2343,10 +2402,10 @@ class Supervisor:
             except (KeyError, TypeError, ValueError) as exc:
                 self.log(f"state.json: skipping unreadable pod record: {exc}")
                 continue
-            self.pods[pod.name] = pod
+            self.pods[pod.ident] = pod
             alive = [c.name for c in pod.all_containers()
                      if c.busy and c.pid is not None and process_alive(c.pid, c.proc_start)]
-            self.log(f"re-adopting pod {pod.name} (hash {pod.hash}); live containers: "
+            self.log(f"re-adopting pod {pod.label} (hash {pod.hash}, dir {pod.key}); live containers: "
                      f"{', '.join(alive) or 'none'}")
         self.check_desired(force=True)
 
@@ -2385,37 +2444,38 @@ class Supervisor:
 
     def apply(self, raw_pods: list[Json]) -> None:
         self.redact.update(secret_values(raw_pods))
-        desired: dict[str, Json] = {}
+        desired: dict[PodId, Json] = {}
         for raw in raw_pods:
-            name = raw.get("name")
-            if isinstance(name, str) and SAFE_NAME.match(name):
-                desired[name] = raw
-        for name, pod in list(self.pods.items()):
-            if name not in desired:
-                self.pending.pop(name, None)
+            name, namespace = raw.get("name"), raw.get("namespace") or "default"
+            if isinstance(name, str) and SAFE_NAME.match(name) and isinstance(namespace, str) \
+                    and NAMESPACE.match(namespace):
+                desired[(namespace, name)] = raw
+        for ident, pod in list(self.pods.items()):
+            if ident not in desired:
+                self.pending.pop(ident, None)
                 self.begin_stop(pod, "removed from the desired set")
                 continue
-            raw = desired[name]
+            raw = desired[ident]
             new_hash = str(raw.get("hash") or "")
             if pod.stopping or new_hash != pod.hash:
-                self.pending[name] = raw
+                self.pending[ident] = raw
                 self.begin_stop(pod, f"replaced by hash {new_hash}")
                 continue
-            self.pending.pop(name, None)
+            self.pending.pop(ident, None)
             self.update_same_hash(pod, raw)
-        for name, raw in desired.items():
-            if name not in self.pods:
-                self.pods[name] = self.new_pod(raw)
+        for ident, raw in desired.items():
+            if ident not in self.pods:
+                self.pods[ident] = self.new_pod(raw)
 
     def new_pod(self, raw: Json) -> Pod:
-        name, namespace = str(raw["name"]), str(raw.get("namespace") or "default")
+        namespace, name = pod_id(raw)
         pod_hash = str(raw.get("hash") or "")
         try:
             spec = PodSpec.parse(raw)
         except SpecError as exc:
             pod = Pod(name, namespace, pod_hash, None, 0.0)
             pod.fatal = ["InvalidPodSpec", self.redact(str(exc))]
-            self.log(f"pod {name}: invalid spec: {exc}")
+            self.log(f"pod {pod.label}: invalid spec: {exc}")
             return pod
         pod = Pod(name, namespace, pod_hash, spec, spec.grace)
         images = [c for c in spec.init_containers + spec.containers if c.image]
@@ -2429,7 +2489,7 @@ class Supervisor:
                 pod.fatal = ["NoContainerRuntime", message]
                 for ctr in pod.all_containers():
                     ctr.reason, ctr.message = "NoContainerRuntime", message
-                self.log(f"pod {name}: {message}")
+                self.log(f"pod {pod.label}: {message}")
         return pod
 
     def update_same_hash(self, pod: Pod, raw: Json) -> None:
@@ -2442,7 +2502,7 @@ class Supervisor:
             return
         if pod.spec is None:
             if not pod.attach(spec):
-                self.pending[pod.name] = raw
+                self.pending[pod.ident] = raw
                 self.begin_stop(pod, "containers differ from the re-adopted instance")
             return
         if spec != pod.spec:
@@ -2454,14 +2514,14 @@ class Supervisor:
                 for vol in spec.volumes:
                     if vol.kind == "files":
                         try:
-                            write_files_volume(self.paths.volume_dir(pod.name, vol.name), vol)
+                            write_files_volume(self.paths.volume_dir(pod.key, vol.name), vol)
                         except OSError as exc:
                             pod.message = self.redact(f"updating volume {vol.name}: {exc}")
 
     def begin_stop(self, pod: Pod, why: str) -> None:
         if not pod.stopping:
             pod.stopping = True
-            self.log(f"stopping pod {pod.name} (hash {pod.hash}): {why}")
+            self.log(f"stopping pod {pod.label} (hash {pod.hash}): {why}")
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -2492,14 +2552,14 @@ class Supervisor:
                 import traceback
 
                 pod.internal_error = self.redact(f"{type(exc).__name__}: {exc}")
-                self.log_error(f"pod:{pod.name}", f"pod {pod.name}: internal error: "
+                self.log_error(f"pod:{pod.key}", f"pod {pod.label}: internal error: "
                                f"{pod.internal_error}\n{traceback.format_exc()}")
-        for name, pod in list(self.pods.items()):
+        for ident, pod in list(self.pods.items()):
             if pod.stopped:
-                del self.pods[name]
-                if name in self.pending:
-                    self.pods[name] = self.new_pod(self.pending.pop(name))
-                    self.pods[name].ip = pod.ip  # a pod keeps its IP across replacements
+                del self.pods[ident]
+                if ident in self.pending:
+                    self.pods[ident] = self.new_pod(self.pending.pop(ident))
+                    self.pods[ident].ip = pod.ip  # a pod keeps its IP across replacements
         self.retry_cgroup_trash()
         if now - self._last_rotate > 2.0:
             self._last_rotate = now
@@ -2531,7 +2591,7 @@ class Supervisor:
                     ctr.reason, ctr.message = "VolumeSetupFailed", message
                 return
             pod.prepared, pod.message = True, ""
-        elif pod.netns and not pod_network_ok(pod.name, self.paths.instance_tag):
+        elif pod.netns and not pod_network_ok(pod.key, self.paths.instance_tag):
             # Gone after a node reboot or removed by hand: re-create it, and restart the
             # containers that still run in the old namespace.
             if now < pod.prepare_retry or not self.setup_pod_network(pod, now):
@@ -2551,15 +2611,18 @@ class Supervisor:
 
     def prepare(self, pod: Pod) -> None:
         assert pod.spec is not None
-        os.makedirs(os.path.join(self.paths.pod_dir(pod.name), "logs"), mode=0o700,
-                    exist_ok=True)
+        pod_dir = self.paths.pod_dir(pod.key)
+        os.makedirs(self.paths.pods, mode=0o700, exist_ok=True)
+        os.makedirs(pod_dir, mode=0o700, exist_ok=True)
+        os.chmod(pod_dir, 0o700)
+        os.makedirs(os.path.join(pod_dir, "logs"), mode=0o700, exist_ok=True)
         for vol in pod.spec.volumes:
             if vol.kind == "hostPath" and vol.host_path is not None:
                 os.makedirs(vol.host_path, exist_ok=True)
             elif vol.kind == "emptyDir":
-                os.makedirs(self.paths.volume_dir(pod.name, vol.name), exist_ok=True)
+                os.makedirs(self.paths.volume_dir(pod.key, vol.name), exist_ok=True)
             else:
-                write_files_volume(self.paths.volume_dir(pod.name, vol.name), vol)
+                write_files_volume(self.paths.volume_dir(pod.key, vol.name), vol)
 
     def pod_resolv_conf(self, pod: Pod) -> str | None:
         """Write the pod's resolv.conf (see resolv_conf) and return its path, or None."""
@@ -2567,7 +2630,7 @@ class Supervisor:
         text = resolv_conf(pod.spec, pod.netns, self.dns)
         if text is None:
             return None
-        path = os.path.join(self.paths.pod_dir(pod.name), "resolv.conf")
+        path = os.path.join(self.paths.pod_dir(pod.key), "resolv.conf")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if read_text(path) != text:
             atomic_write(path, text, mode=0o644)
@@ -2604,7 +2667,7 @@ class Supervisor:
                 if ip is None:
                     raise NetworkError(f"no free address left in {net.cidr}")
                 pod.ip = ip
-            pod_network_up(pod.name, self.paths.instance_tag, ip, net)
+            pod_network_up(pod.key, self.paths.instance_tag, ip, net)
         except NetworkError as exc:
             pod.prepare_retry = now + 5.0
             message = self.redact(f"pod network setup failed: {exc}")
@@ -2612,9 +2675,9 @@ class Supervisor:
             for ctr in pod.all_containers():
                 if ctr.state == "waiting":
                     ctr.reason, ctr.message = "NetworkSetupFailed", message
-            self.log_error(f"net:{pod.name}", f"pod {pod.name}: {message}")
+            self.log_error(f"net:{pod.key}", f"pod {pod.label}: {message}")
             return False
-        self.log(f"pod {pod.name}: network namespace {netns_name(pod.name)}, ip {pod.ip}")
+        self.log(f"pod {pod.label}: network namespace {netns_name(pod.key)}, ip {pod.ip}")
         return True
 
     def step_stopping(self, pod: Pod, now: float) -> None:
@@ -2631,7 +2694,7 @@ class Supervisor:
             return
         self.cleanup(pod)
         pod.stopped = True
-        self.log(f"pod {pod.name} stopped")
+        self.log(f"pod {pod.label} stopped")
 
     def cleanup(self, pod: Pod) -> None:
         for ctr in pod.all_containers():
@@ -2642,11 +2705,11 @@ class Supervisor:
                     self.cgroup_trash.append((ctr.cgroups, 0))
         if pod.netns:
             try:
-                pod_network_down(pod.name, self.paths.instance_tag)
+                pod_network_down(pod.key, self.paths.instance_tag)
             except NetworkError as exc:
-                self.log(f"pod {pod.name}: removing its network: {exc}")
+                self.log(f"pod {pod.label}: removing its network: {exc}")
         # emptyDir and files volumes and logs live in the pod dir; hostPath lives elsewhere.
-        shutil.rmtree(self.paths.pod_dir(pod.name), ignore_errors=True)
+        shutil.rmtree(self.paths.pod_dir(pod.key), ignore_errors=True)
 
     def retry_cgroup_trash(self) -> None:
         keep = []
@@ -2688,7 +2751,7 @@ class Supervisor:
     def start(self, pod: Pod, ctr: Container, now: float) -> None:
         spec = ctr.spec
         assert spec is not None and pod.spec is not None
-        log_path = self.paths.log_file(pod.name, ctr.name)
+        log_path = self.paths.log_file(pod.key, ctr.name)
         os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
         if ctr.ever_started and os.path.exists(log_path):
             # The previous instance's log becomes "previous" (kubectl logs --previous).
@@ -2706,7 +2769,7 @@ class Supervisor:
             limits, limits_message = "none", ""
             if spec.image is None and self.cgroups.usable:
                 dirs, limits, limits_message = self.cgroups.create(
-                    pod.name, ctr.name, spec.memory_bytes, spec.cpu_millis)
+                    pod.key, ctr.name, spec.memory_bytes, spec.cpu_millis)
             elif spec.image is None and (spec.memory_bytes or spec.cpu_millis):
                 limits = "unsupported"
                 limits_message = f"limits not applied: {self.cgroups.message}"
@@ -2718,7 +2781,7 @@ class Supervisor:
                 if runtime is None:
                     raise StartError("no container runtime (podman or docker) on this node")
                 ctr.runtime = runtime[0]
-                ctr.runtime_name = f"gitorch-{pod.name}-{ctr.name}{self.paths.instance_tag}"
+                ctr.runtime_name = f"gitorch-{pod.key}-{ctr.name}{self.paths.instance_tag}"
                 if runtime[0] == "docker":
                     run_quietly([runtime[1], "rm", "-f", ctr.runtime_name], 10)
                 argv, client_env = image_argv(self.paths, pod, spec, runtime,
@@ -2731,7 +2794,7 @@ class Supervisor:
                 argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind,
                                                        self.pod_resolv_conf(pod))
                 if pod.netns:
-                    argv = in_pod_netns(argv, pod.name)
+                    argv = in_pod_netns(argv, pod.key)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 proc = subprocess.Popen(argv, env=client_env, cwd=cwd, stdin=subprocess.DEVNULL,
@@ -2741,7 +2804,7 @@ class Supervisor:
                 os.close(fd)
         except (OSError, StartError) as exc:
             message = self.redact(one_line(str(exc)))
-            self.log(f"pod {pod.name} container {ctr.name}: start failed: {message}")
+            self.log(f"pod {pod.label} container {ctr.name}: start failed: {message}")
             ctr.pid, ctr.popen = None, None
             ctr.term = {"exitCode": 128, "signal": None, "reason": "StartError",
                         "message": message, "startedAt": iso(now), "finishedAt": iso(now)}
@@ -2753,7 +2816,7 @@ class Supervisor:
         ctr.proc_start = stat[2] if stat else None
         ctr.state, ctr.reason = "running", ""
         ctr.message = limits_message if ctr.limits == "unsupported" else ""
-        self.log(f"pod {pod.name} container {ctr.name}: started pid {proc.pid}"
+        self.log(f"pod {pod.label} container {ctr.name}: started pid {proc.pid}"
                  f" (restart {ctr.restart_count})")
 
     def begin_kill(self, pod: Pod, ctr: Container, now: float, reason: str,
@@ -2764,7 +2827,7 @@ class Supervisor:
         ctr.kill_sent = False
         if message:
             ctr.message = self.redact(message)
-            self.log(f"pod {pod.name} container {ctr.name}: {ctr.message}; killing")
+            self.log(f"pod {pod.label} container {ctr.name}: {ctr.message}; killing")
         ctr.stop_probes()
         self.send(ctr, signal.SIGTERM)
         if ctr.runtime != "process" and ctr.runtime_name:
@@ -2818,7 +2881,7 @@ class Supervisor:
         ctr.term = {"exitCode": code, "signal": sig, "reason": reason, "message": message,
                     "startedAt": iso(ctr.started_at), "finishedAt": iso(now)}
         ctr.state = "terminated"
-        self.log(f"pod {pod.name} container {ctr.name}: exited ({reason}, code {code})")
+        self.log(f"pod {pod.label} container {ctr.name}: exited ({reason}, code {code})")
         if ctr.kill_deadline is not None and not ctr.kill_sent and ctr.group_alive():
             # A graceful stop gives the rest of the group its grace period too.
             ctr.draining = True
@@ -2899,7 +2962,7 @@ class Supervisor:
             argv = [str(shutil.which("nsenter")), "-t", str(ctr.pid), "-m", "-w",
                     *(["-n"] if pod.netns else []), "--", *command]
         else:
-            argv = in_pod_netns(command, pod.name) if pod.netns else command
+            argv = in_pod_netns(command, pod.key) if pod.netns else command
             cwd = (ctr.spec.working_dir if ctr.spec else None) or "/"
         env = dict(ctr.env)
         return lambda: probe_exec(argv, env, cwd, timeout)
@@ -2958,15 +3021,15 @@ class Supervisor:
 
     def pod_statuses(self) -> list[Json]:
         out = []
-        for name in sorted(self.pods):
-            pod = self.pods[name]
+        for ident in sorted(self.pods):
+            pod = self.pods[ident]
             containers = [self.container_status(c) for c in pod.containers]
             inits = [self.container_status(c) for c in pod.init_containers]
             phase = pod.phase()
             reason, message = (pod.fatal or ["", ""])[:2]
             message = message or pod.message or (f"internal error: {pod.internal_error}"
                                                  if pod.internal_error else "")
-            pending = self.pending.get(name)
+            pending = self.pending.get(ident)
             out.append({
                 "name": pod.name,
                 "namespace": pod.namespace,
@@ -3021,7 +3084,7 @@ class Supervisor:
         for pod in self.pods.values():
             for ctr in pod.all_containers():
                 if ctr.state == "running":
-                    copytruncate(self.paths.log_file(pod.name, ctr.name), LOG_MAX_BYTES)
+                    copytruncate(self.paths.log_file(pod.key, ctr.name), LOG_MAX_BYTES)
 
 
 def cmd_supervise(paths: Paths, request: Json, redact: Redactor) -> int:
@@ -3116,16 +3179,16 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     pods = request.get("pods")
     if not isinstance(pods, list):
         raise RequestError("sync: request needs \"pods\": a list of pod specs")
-    seen: dict[str, str] = {}
+    seen: set[PodId] = set()
     for i, pod in enumerate(pods):
         if not isinstance(pod, dict):
             raise RequestError(f"sync: pods[{i}] must be an object")
         name = safe_name(pod.get("name"), f"sync: pods[{i}].name", RequestError)
-        namespace = str(pod.get("namespace") or "default")
-        if name in seen:
-            raise RequestError(f"sync: pod name {name} appears twice (namespaces {seen[name]}, "
-                               f"{namespace}); pod names must be unique per node")
-        seen[name] = namespace
+        namespace = safe_namespace(pod.get("namespace"), f"sync: pods[{i}].namespace", RequestError)
+        if (namespace, name) in seen:
+            raise RequestError(f"sync: pod {namespace}/{name} appears twice; a pod (namespace "
+                               "and name) must be unique per node")
+        seen.add((namespace, name))
     network = request.get("network")
     if network is not None:
         # refuse a broken block before it reaches the supervisor
@@ -3151,11 +3214,11 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             current = {}
         # `{"name": N, "keep": true}` keeps the spec this node already has for N: the
         # controller rolls an old revision out gradually without needing its old body.
-        have = {str(p.get("name")): p for p in current.get("pods") or [] if isinstance(p, dict)}
-        pods = [have[str(p["name"])] if p.get("keep") else p for p in pods
-                if not p.get("keep") or str(p["name"]) in have]
+        have = {pod_id(p): p for p in current.get("pods") or [] if isinstance(p, dict)}
+        pods = [have[pod_id(p)] if p.get("keep") else p for p in pods
+                if not p.get("keep") or pod_id(p) in have]
         redact.update(secret_values(pods))
-        pods = sorted(pods, key=lambda p: str(p["name"]))
+        pods = sorted(pods, key=lambda p: pod_id(p)[::-1])
         generation = int(current.get("generation", 0))
         changed = json.dumps([pods, network, dns], sort_keys=True) != json.dumps(
             [current.get("pods"), current.get("network"), current.get("dns")], sort_keys=True)
@@ -3232,8 +3295,34 @@ def tail_bytes(path: str, lines: int) -> bytes:
         return kept + (b"\n" if trailing and kept else b"")
 
 
+def log_key(paths: Paths, name: str, namespace: str | None) -> tuple[str, str]:
+    """(namespace, folder key) of the pod whose logs are asked for. Without a namespace the
+    name must be unambiguous on this node. Pods adopted from an older agent keep their
+    folder (state.json says which); others are at pod_key."""
+    state = read_json(paths.state, {})
+    records = [r for r in (state.get("pods") or [] if isinstance(state, dict) else [])
+               if isinstance(r, dict) and r.get("name") == name
+               and (namespace is None or (r.get("namespace") or "default") == namespace)]
+    found = {str(r.get("namespace") or "default"): str(r.get("key") or name) for r in records}
+    if namespace is None and len(found) > 1:
+        raise AgentError(f"pod {name} exists in namespaces {', '.join(sorted(found))} on this "
+                         "node: name one with \"namespace\"")
+    if found:
+        ns, key = next(iter(sorted(found.items())))
+        return ns, key
+    ns = namespace or "default"
+    key = pod_key(ns, name)
+    if namespace is None and not os.path.isdir(paths.pod_dir(key)) \
+            and os.path.isdir(paths.pod_dir(name)):
+        key = name
+    return ns, key
+
+
 def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
     pod = safe_name(request.get("pod"), "logs: pod", RequestError)
+    namespace = request.get("namespace")
+    if namespace is not None:
+        namespace = safe_namespace(namespace, "logs: namespace", RequestError)
     container = request.get("container")
     tail = request.get("tail", -1)
     if tail is None:
@@ -3241,7 +3330,8 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
     if isinstance(tail, bool) or not isinstance(tail, int):
         raise RequestError("logs: tail must be an integer")
     previous, follow = bool(request.get("previous")), bool(request.get("follow"))
-    log_dir = os.path.join(paths.pod_dir(pod), "logs")
+    namespace, key = log_key(paths, pod, namespace)
+    log_dir = os.path.join(paths.pod_dir(key), "logs")
     if not os.path.isdir(log_dir):
         raise AgentError(f"pod {pod} not found on this node")
     if container is None:
@@ -3252,14 +3342,14 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
                              " name one with \"container\"")
         container = names[0]
     container = safe_name(container, "logs: container", RequestError)
-    path = paths.log_file(pod, container, previous)
+    path = paths.log_file(key, container, previous)
     if not os.path.exists(path):
         what = "previous terminated container" if previous else "container"
         raise AgentError(f"{what} {container} in pod {pod} has no log on this node")
     if not follow:
         text = tail_bytes(path, tail).decode(errors="replace")
-        emit({"ok": True, "pod": pod, "container": container, "previous": previous,
-              "log": text})
+        emit({"ok": True, "pod": pod, "namespace": namespace, "container": container,
+              "previous": previous, "log": text})
         return 0
     follow_log(path, tail)
     return 0

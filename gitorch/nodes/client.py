@@ -14,7 +14,7 @@ import json
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +148,19 @@ def decode(node: str, stdout: bytes, stderr: bytes = b"", status: int = 0) -> di
     if not data.get("ok", False):
         raise AgentError(node, str(data.get("error") or "agent reported an error"))
     return data
+
+
+PodKey = tuple[str, str]
+"""(namespace, name): one pod on a node; one name may run in several namespaces."""
+
+
+def pod_reports(answer: Mapping[str, Any]) -> dict[PodKey, dict[str, Any]]:
+    """The pods of a `status` or `sync` answer, by (namespace, name)."""
+    return {
+        (str(p.get("namespace") or "default"), p["name"]): p
+        for p in answer.get("pods") or []
+        if isinstance(p, dict) and isinstance(p.get("name"), str)
+    }
 
 
 class Watch:

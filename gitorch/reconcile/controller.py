@@ -18,7 +18,7 @@ from gitorch.model.diagnostics import errors
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
-from gitorch.nodes.client import Fleet, NodeClient
+from gitorch.nodes.client import Fleet, NodeClient, PodKey, pod_reports
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import networking, podspecs, services
@@ -190,7 +190,7 @@ class Controller:
 
     def observe(
         self, state: DesiredState, fleet: Fleet, now: float
-    ) -> tuple[Observed, dict[str, dict[str, dict[str, Any]]], dict[str, str]]:
+    ) -> tuple[Observed, dict[str, dict[PodKey, dict[str, Any]]], dict[str, str]]:
         """What the store recorded, updated with what every node reports now."""
 
         def ask(client: NodeClient) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class Controller:
         results = fleet.fan_out(ask, timeout=self.settings.node_call_timeout + 5)
         records = {n.name: n for n in self.store.nodes()}
         nodes: list[NodeState] = []
-        reports: dict[str, dict[str, dict[str, Any]]] = {}
+        reports: dict[str, dict[PodKey, dict[str, Any]]] = {}
         node_errors: dict[str, str] = {}
         for manifest in state.of_kind("Node"):
             name = manifest.key.name
@@ -232,7 +232,7 @@ class Controller:
                     conditions=[{"type": "Ready", "status": "True", "reason": "AgentAnswered"}],
                     agent_version=str(facts.get("agentVersion", "")),
                 )
-                reports[name] = {p["name"]: p for p in outcome.value["status"].get("pods", [])}
+                reports[name] = pod_reports(outcome.value["status"])
                 last_seen: float | None = now
             else:
                 node_errors[name] = outcome.error if outcome is not None else f"{name}: not asked"
@@ -248,7 +248,7 @@ class Controller:
             nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=lost))
         pods: list[PodState] = []
         for r in self.store.pods():
-            report = reports.get(r.node or "", {}).get(r.name) if r.node else None
+            report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
             phase, ready, restarts, reason, message = r.phase, r.ready, r.restarts, r.reason, r.message
             if report is not None:
                 phase = report.get("phase", phase)
@@ -294,7 +294,7 @@ class Controller:
         the_plan: Plan,
         fleet: Fleet,
         observed: Observed,
-        reports: dict[str, dict[str, dict[str, Any]]],
+        reports: dict[str, dict[PodKey, dict[str, Any]]],
         now: float,
     ) -> dict[str, str]:
         """Send each reachable node its complete pod set, in parallel; record the pods."""
@@ -320,7 +320,7 @@ class Controller:
         synced = {n for n, o in results.items() if o.ok}
         for n, o in results.items():
             if o.ok and o.value is not None:
-                reports[n] = {p["name"]: p for p in o.value.get("pods", [])}
+                reports[n] = pod_reports(o.value)
                 proxy = o.value.get("services") or {}
                 if proxy and not proxy.get("ok"):
                     log.warning("%s: service table not programmed: %s", n, proxy.get("message"),
@@ -337,7 +337,7 @@ class Controller:
         records: list[PodRecord] = []
         for p in the_plan.pods:
             before = previous.get((p.owner.namespace, p.name))
-            report = reports.get(p.node or "", {}).get(p.name) if p.node in synced else None
+            report = reports.get(p.node or "", {}).get((p.owner.namespace, p.name)) if p.node in synced else None
             phase = report.get("phase", "Pending") if report else (before.phase if before else "Pending")
             ready = bool(report.get("ready")) if report else False
             reason = str(report.get("reason") or "") if report else ("Unschedulable" if p.message else "")
@@ -477,7 +477,7 @@ class Controller:
         return networking.network_blocks(cidrs, addresses)
 
     def service_table(
-        self, state: DesiredState, the_plan: Plan, reports: dict[str, dict[str, dict[str, Any]]]
+        self, state: DesiredState, the_plan: Plan, reports: dict[str, dict[PodKey, dict[str, Any]]]
     ) -> list[dict[str, Any]] | None:
         """The service table every node gets with `sync`, from the pods' readiness and IPs
         as their nodes report them now (the store's rows otherwise); pods being removed are
@@ -489,7 +489,7 @@ class Controller:
             for r in self.store.pods():
                 if (r.namespace, r.name) in removed:
                     continue
-                report = reports.get(r.node or "", {}).get(r.name) if r.node else None
+                report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
                 if report is not None:
                     r = r.model_copy(
                         update={

@@ -25,6 +25,7 @@ from gitorch.dns.zone import Zone, ZoneData
 from gitorch.model.addresses import format_hostport, parse_hostport
 from gitorch.model.diagnostics import errors
 from gitorch.model.objects import DesiredState, Object, ObjectKey
+from gitorch.nodes.client import PodKey, pod_reports
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.controller import Controller
 from gitorch.source import desired as desired_mod
@@ -108,14 +109,14 @@ def detect(
     state: DesiredState,
     objects: Sequence[ObjectRecord],
     pods: Sequence[PodRecord],
-    reports: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    reports: Mapping[str, Mapping[PodKey, Mapping[str, Any]]],
     node_errors: Mapping[str, str],
     default_mode: str = "report",
     nat: Mapping[str, Mapping[str, Any]] | None = None,
     dns: DNSCheck | None = None,
 ) -> list[Finding]:
     """Every difference between Git (`state`), the store (`objects`, `pods`) and the nodes
-    (`reports`: node -> pod name -> the agent's pod status; `nat`: node -> the agent's
+    (`reports`: node -> (namespace, pod name) -> the agent's pod status; `nat`: node -> the agent's
     servicesDrift), and the cluster DNS (`dns`), in a stable order (pure)."""
     out: list[Finding] = []
     stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in objects}
@@ -143,16 +144,16 @@ def detect(
         add(FindingKind.NODE_UNREACHABLE, None, f"Node {node}", node, node_errors[node])
 
     revisions = {k: _current_revision(state, o) for k, o in state.objects.items()}
-    recorded: dict[tuple[str, str], PodRecord] = {}
+    recorded: dict[tuple[str, str, str], PodRecord] = {}
     for p in pods:
         if p.node:
-            recorded[(p.node, p.name)] = p
+            recorded[(p.node, p.namespace, p.name)] = p
     for p in sorted(pods, key=lambda r: (r.namespace, r.name)):
         owner = ObjectKey(p.owner_kind, p.namespace, p.owner_name)
         what = f"Pod {p.namespace}/{p.name}"
         if not p.node or p.node in node_errors or p.node not in reports:
             continue  # Pending, or its node is unreachable (reported once, above)
-        report = reports[p.node].get(p.name)
+        report = reports[p.node].get((p.namespace, p.name))
         if report is None:
             if p.phase not in ("Succeeded", "Failed"):
                 add(FindingKind.POD_MISSING, owner, what, p.node, f"recorded on {p.node}, not running there")
@@ -183,10 +184,9 @@ def detect(
     for node in sorted(reports):
         if node in node_errors:
             continue
-        for name, report in sorted(reports[node].items()):
-            if (node, name) in recorded or report.get("terminating"):
+        for (ns, name), report in sorted(reports[node].items()):
+            if (node, ns, name) in recorded or report.get("terminating"):
                 continue
-            ns = str(report.get("namespace") or "default")
             elsewhere = [p.node for p in pods if p.name == name and p.namespace == ns and p.node]
             detail = f"running on {node}, " + (
                 f"recorded on {elsewhere[0]}" if elsewhere else "not recorded by gitorch"
@@ -315,7 +315,7 @@ def _state(controller: Controller, rev: str | None) -> DesiredState:
 class Observation:
     """What the nodes and the cluster DNS said during one drift check."""
 
-    reports: dict[str, dict[str, dict[str, Any]]]
+    reports: dict[str, dict[PodKey, dict[str, Any]]]
     node_errors: dict[str, str]
     nat: dict[str, dict[str, Any]]
 
@@ -331,7 +331,7 @@ def observe(controller: Controller, state: DesiredState) -> Observation:
         name = manifest.key.name
         outcome = results.get(name)
         if outcome is not None and outcome.ok and outcome.value is not None:
-            seen.reports[name] = {str(p["name"]): p for p in outcome.value.get("pods", [])}
+            seen.reports[name] = pod_reports(outcome.value)
             if isinstance(outcome.value.get("servicesDrift"), dict):
                 seen.nat[name] = outcome.value["servicesDrift"]
         else:

@@ -447,29 +447,24 @@ class Pool:
         self.close()
 
 
-def verify_host_key(host: str, port: int, known: KnownHosts, pinned: str | None = None, timeout: float = 10.0) -> str:
-    """Check the SSH host key a server presents against a pin or the known hosts (trusting it
-    on first use), without authenticating; raise HostKeyMismatch when it changed."""
+def check_remote_host(host: str, port: int, presented: str, pinned: str | None, known_hosts: str | None) -> None:
+    """A Git SSH remote's host key, as presented on the connection that fetches (source.git's
+    certificate check): the pinned key, else the known-hosts entry, else trusted on first use."""
     name = f"{host}:{port}"
-    sock = socket.create_connection((host, port), timeout=timeout)
-    transport = paramiko.Transport(sock)
-    try:
-        expected = _normalise(pinned) if pinned else known.get(host, port)
-        if expected:
-            transport.get_security_options().key_types = [expected.split()[0]]
-        transport.start_client(timeout=timeout)
-        presented = _key_text(transport.get_remote_server_key())
-    except (OSError, paramiko.SSHException, EOFError) as exc:
-        raise NodeUnreachable(name, _reason(exc)) from exc
-    finally:
-        transport.close()
-    if expected and presented != expected:
-        raise HostKeyMismatch(name, f"host key changed: expected {expected[:40]}..., got {presented[:40]}...; refusing")
+    known = KnownHosts(Path(known_hosts) if known_hosts else None)
+    expected = _normalise(pinned) if pinned else known.get(host, port)
+    presented = _normalise(presented)
     if not expected:
         known.add(host, port, presented)
-    return presented
-
-
-def check_remote_host(host: str, port: int, pinned: str | None, known_hosts: str | None) -> None:
-    """A Git SSH remote's host key check (source.git.RemoteAuth.host_check): pinned or trusted on first use."""
-    verify_host_key(host, port, KnownHosts(Path(known_hosts) if known_hosts else None), pinned)
+        return
+    if presented == expected:
+        return
+    got, want = presented.split()[0], expected.split()[0]
+    if got != want:
+        # libgit2 (libssh2) picks the key type (ECDSA before Ed25519), and cannot be asked for another.
+        where = "pinned" if pinned else f"recorded in {known_hosts}"
+        raise HostKeyMismatch(
+            name, f"host key changed: the server presented a {got} key, the one {where} is {want}; refusing "
+            f"(pin its {got} key: ssh-keyscan -p {port} {host} | grep {got})"
+        )
+    raise HostKeyMismatch(name, f"host key changed: expected {expected[:40]}..., got {presented[:40]}...; refusing")

@@ -5,9 +5,13 @@ The only module that imports pygit2.
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import fnmatch
+import hashlib
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -296,8 +300,9 @@ def is_remote(spec: str) -> bool:
     return "://" in spec or bool(_SCP_LIKE.match(spec))
 
 
-HostKeyCheck = Callable[[str, int, "str | None", "str | None"], None]
-"""(host, port, pinned key, known-hosts file): returns when the key is trusted, raises GitorchError if not."""
+HostKeyCheck = Callable[[str, int, str, "str | None", "str | None"], None]
+"""(host, port, key presented, pinned key, known-hosts file): returns when the key presented
+("ssh-ed25519 AAAA...") is trusted, raises GitorchError if not."""
 
 
 @dataclass(frozen=True)
@@ -315,15 +320,66 @@ class RemoteAuth:
     ca_file: str | None = None
     """PEM file of the CA(s) that sign an HTTPS remote's certificate, trusted besides the system's."""
     host_check: HostKeyCheck | None = None
-    """Checks an SSH remote's host key (nodes.ssh.check_remote_host); an SSH remote needs one."""
+    """Checks the host key an SSH remote presents on the connection that fetches
+    (nodes.ssh.check_remote_host); an SSH remote needs one."""
+
+
+class _HostkeyCert(ctypes.Structure):
+    """libgit2's git_cert_hostkey (include/git2/cert.h since libgit2 1.2). pygit2 declares only
+    its first fields and hands Python callbacks None instead of it, so the key is read here."""
+
+    _fields_ = [
+        ("cert_type", ctypes.c_int),
+        ("type", ctypes.c_int),
+        ("hash_md5", ctypes.c_ubyte * 16),
+        ("hash_sha1", ctypes.c_ubyte * 20),
+        ("hash_sha256", ctypes.c_ubyte * 32),
+        ("raw_type", ctypes.c_int),
+        ("hostkey", ctypes.c_void_p),
+        ("hostkey_len", ctypes.c_size_t),
+    ]
+
+
+_CERT_HOSTKEY_LIBSSH2 = 2  # git_cert_t
+_CERT_SSH_SHA256, _CERT_SSH_RAW = 1 << 2, 1 << 3  # git_cert_ssh_t
+_MAX_HOST_KEY = 16 * 1024  # an RSA-16384 public key is ~2 KiB
+
+
+def _presented_host_key() -> str | None:
+    """The SSH host key ("type base64") libgit2 received on the connection it fetches over, read
+    from pygit2's certificate callback frame; None when the certificate is not an SSH host key.
+    Fails closed (SourceError) when it cannot be read for sure."""
+    unreadable = (
+        f"cannot see the SSH host key libgit2 received (pygit2 {pygit2.__version__}, "
+        f"libgit2 {pygit2.LIBGIT2_VERSION}), so it cannot be checked; refusing"
+    )
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "_certificate_check_cb" and "cert_i" in frame.f_locals):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or pygit2.LIBGIT2_VER < (1, 2, 0):
+        raise SourceError(unreadable)
+    from pygit2.ffi import ffi
+
+    cert = _HostkeyCert.from_address(int(ffi.cast("uintptr_t", frame.f_locals["cert_i"])))
+    if cert.cert_type != _CERT_HOSTKEY_LIBSSH2:
+        return None
+    if not (cert.type & _CERT_SSH_RAW and cert.type & _CERT_SSH_SHA256) or not 0 < cert.hostkey_len <= _MAX_HOST_KEY:
+        raise SourceError(unreadable)
+    blob = ctypes.string_at(cert.hostkey, cert.hostkey_len)
+    # libgit2 hashed the same key: a struct laid out otherwise than assumed shows here, not as a wrong key.
+    if bytes(cert.hash_sha256) != hashlib.sha256(blob).digest():
+        raise SourceError(unreadable)
+    size = int.from_bytes(blob[:4], "big")  # the key blob starts with its type name (RFC 4253 6.6)
+    name = blob[4 : 4 + size].decode("ascii", "replace")
+    return f"{name} {base64.b64encode(blob).decode()}"
 
 
 class _Callbacks(pygit2.RemoteCallbacks):
-    def __init__(self, auth: RemoteAuth, url: str, verified: bool = False) -> None:
+    def __init__(self, auth: RemoteAuth, url: str) -> None:
         super().__init__()
         self.auth = auth
         self.url = _redact(url)
-        self.verified = verified
+        self.ssh = _ssh_host(url)
         self._token_sent = False
         self._key_sent = False
 
@@ -354,9 +410,18 @@ class _Callbacks(pygit2.RemoteCallbacks):
         raise SourceError(f"{_redact(url)}: no credentials for this remote (--ssh-key or --token-env)")
 
     def certificate_check(self, certificate: Any, valid: bool, host: bytes) -> bool:
-        # A TLS certificate must verify; an SSH host key was checked against its pin just before
-        # (pygit2 does not show us the key itself).
-        if valid or self.verified:
+        # An SSH host key is checked here, on the connection libgit2 fetches over (the pin, else
+        # gitorch's known hosts, else trusted on first use); a TLS certificate must verify.
+        presented = _presented_host_key()
+        if presented is not None:
+            if self.ssh is None or self.auth.host_check is None:
+                raise SourceError(f"{self.url}: an SSH remote needs a host key check (RemoteAuth.host_check)")
+            try:
+                self.auth.host_check(self.ssh[0], self.ssh[1], presented, self.auth.host_key, self.auth.known_hosts)
+            except GitorchError as exc:
+                raise SourceError(f"{self.url}: {exc}") from exc
+            return True
+        if valid:
             return True
         hint = (
             f"not signed by a CA in {self.auth.ca_file} or the system's, or not issued for this host"
@@ -385,31 +450,28 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//", url)
 
 
-def _verify_ssh_host(url: str, auth: RemoteAuth) -> bool:
+def _ssh_host(url: str) -> tuple[str, int] | None:
+    """(host, port) of an SSH remote URL; None for other schemes."""
     from urllib.parse import urlsplit
 
     if _SCP_LIKE.match(url):
-        host, port = url.split("@", 1)[1].split(":", 1)[0], 22
-    else:
-        parts = urlsplit(url)
-        if parts.scheme != "ssh" or not parts.hostname:
-            return False
-        host, port = parts.hostname, parts.port or 22
-    if auth.host_check is None:
+        return url.split("@", 1)[1].split(":", 1)[0], 22
+    parts = urlsplit(url)
+    if parts.scheme != "ssh" or not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 22
+
+
+def _callbacks(url: str, auth: RemoteAuth) -> _Callbacks:
+    if _ssh_host(url) is not None and auth.host_check is None:
         raise SourceError(f"{_redact(url)}: an SSH remote needs a host key check (RemoteAuth.host_check)")
-    try:
-        auth.host_check(host, port, auth.host_key, auth.known_hosts)
-    except GitorchError as exc:
-        raise SourceError(f"{_redact(url)}: {exc}") from exc
-    except OSError as exc:
-        raise SourceError(f"{_redact(url)}: cannot connect: {exc.strerror or exc}") from exc
-    return True
+    return _Callbacks(auth, url)
 
 
 def mirror(url: str, dest: Path, auth: RemoteAuth) -> Repository:
     """A bare local mirror of a remote repository (cloned on first use, fetched after)."""
     _trust_ca(auth)
-    callbacks = _Callbacks(auth, url, verified=_verify_ssh_host(url, auth))
+    callbacks = _callbacks(url, auth)
     try:
         if not (dest / "HEAD").exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +491,7 @@ def fetch(repo: Repository, auth: RemoteAuth, url: str | None = None) -> None:
     target = url or str(remote.url)
     _trust_ca(auth)
     try:
-        callbacks = _Callbacks(auth, target, _verify_ssh_host(target, auth))
+        callbacks = _callbacks(target, auth)
         remote.fetch(refspecs=["+refs/heads/*:refs/heads/*"], callbacks=callbacks)
     except pygit2.GitError as exc:
         raise SourceError(f"{_redact(target)}: cannot fetch: {_redact(str(exc))}") from exc

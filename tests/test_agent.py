@@ -188,8 +188,10 @@ def test_facts_are_sane(node: Node) -> None:
     (["sync"], '{"pods": [{"name": "../escape"}]}'),
     (["sync"], '{"pods": [{"name": "a"}, {"name": "a", "namespace": "default"}]}'),
     (["sync"], '{"pods": [{"name": "a", "namespace": "../up"}]}'),
+    (["sync"], '{"pods": [], "fence": {"term": "7", "holder": "a"}}'),
+    (["sync"], '{"pods": [], "fence": {"term": 7, "holder": "a\\nb"}}'),
 ], ids=["bad-json", "unknown-verb", "sync-without-pods", "unsafe-name", "duplicate-pod",
-        "unsafe-namespace"])
+        "unsafe-namespace", "fence-term-not-a-number", "fence-holder-control-char"])
 def test_broken_requests_exit_1_with_one_json_line(tmp_path: Path, argv: list[str],
                                                    stdin: str) -> None:
     proc = subprocess.run([AGENT_PY, str(AGENT), *argv, "--root", str(tmp_path)], input=stdin,

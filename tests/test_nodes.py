@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gitorch.nodes.client import AGENT_FILE, AgentFile, Fleet, NodeClient
+from gitorch.nodes.client import AGENT_FILE, AgentFile, Fleet, NodeClient, StaleTerm
 from gitorch.nodes.lab import Lab
 from gitorch.nodes.ssh import Endpoint, HostKeyMismatch, NodeUnreachable, Pool, SSHOptions
 from tests.gitrepo import GitRepo
@@ -215,3 +215,36 @@ def test_probes_and_supervisor_restart_over_ssh(fleet: Fleet, lab: Lab) -> None:
         assert 2 <= int(count or 0) <= 3  # steady + unready, and live unless it is in back-off: never more
     finally:
         client.call("sync", {"pods": []})
+
+
+def test_a_node_refuses_a_sync_from_an_older_controller_term(fleet: Fleet, lab: Lab) -> None:
+    node = lab.nodes[1].name
+    client = fleet.clients[node]
+    kept = _pod("fenced", ["sleep", "600"])
+    try:
+        ssh_run(lab, node, "rm -f /var/lib/gitorch/fence.json")
+        assert client.call("sync", {"pods": [kept], "fence": {"term": 5, "holder": "ctl-a"}})["ok"]
+        # The old leader (term 4) wakes up and would remove the pod: refused, nothing done.
+        with pytest.raises(StaleTerm) as err:
+            client.call("sync", {"pods": [], "fence": {"term": 4, "holder": "ctl-b"}})
+        assert str(err.value) == f"{node}: stale controller term 4 (node has seen 5, held by ctl-a)"
+        assert (err.value.term, err.value.seen, err.value.holder) == (4, 5, "ctl-a")
+        status = client.call("status")
+        assert [p["name"] for p in status["pods"]] == ["fenced"]
+        assert status["fence"] == {"term": 5, "holder": "ctl-a"}
+        # A fan-out hands the controller the error itself, so it can stop its pass.
+        outcome = fleet.fan_out(lambda c: c.call("sync", {"pods": [], "fence": {"term": 3, "holder": "x"}}),
+                                nodes=[node])[node]
+        assert isinstance(outcome.failure, StaleTerm) and "stale controller term 3" in outcome.error
+        # The same term (another request of the leader) and a CLI one-shot without one pass.
+        assert client.call("sync", {"pods": [kept], "fence": {"term": 5, "holder": "ctl-a"}})["ok"]
+        assert client.run_once("sync", {"pods": [kept]})["ok"]
+        # A new leader's higher term replaces it, on disk, before the sync acts.
+        assert client.call("sync", {"pods": [kept], "fence": {"term": 9, "holder": "ctl-c"}})["ok"]
+        stored = json.loads(ssh_run(lab, node, "cat /var/lib/gitorch/fence.json").stdout)
+        assert (stored["term"], stored["holder"]) == (9, "ctl-c")
+        with pytest.raises(StaleTerm, match="node has seen 9, held by ctl-c"):
+            client.call("sync", {"pods": [kept], "fence": {"term": 5, "holder": "ctl-a"}})
+    finally:
+        client.call("sync", {"pods": []})
+        ssh_run(lab, node, "rm -f /var/lib/gitorch/fence.json")

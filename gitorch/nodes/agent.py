@@ -31,16 +31,21 @@ Verbs (request keys -> response keys besides ``ok``):
   place and lists as it did when built; ``repaired`` says why a hand-edited one was rebuilt),
   observedGeneration, stale, supervisor{...}, pods[PodStatus]. The complete desired set;
   a pod is its (namespace, name), unique on a node: one name may run in several
-  namespaces (a namespace is a DNS label, default "default"). An unchanged set keeps its generation and restarts
-  nothing. Starts the supervisor if needed (and replaces one running an older agent file:
+  namespaces (a namespace is a DNS label, default "default"). An unchanged set keeps its
+  generation and restarts nothing. Starts the supervisor if needed (and replaces one running an older agent file:
   pods stay up and are re-adopted), then waits for it to acknowledge the generation.
   With "dns", each pod (by its dnsPolicy) gets its own /etc/resolv.conf, bind-mounted in
   its private mount namespace: the nameservers (resolv.conf has no port: the cluster DNS
   must answer on 53), search <ns>.svc.<domain> svc.<domain> <domain>, the options. With
   "services", the table also masquerades pod traffic leaving for outside clusterCIDR.
+  With "fence": {term, holder} (a controller's leadership term: a fencing token), a term
+  lower than the highest this node has seen is refused before anything is done, with
+  ``reason: "StaleTerm"``, term, seenTerm and holder in the answer; an equal or higher one
+  is accepted, a higher one remembered (fence.json, written before acting). A sync
+  without a fence (a one-shot CLI run) is accepted.
 - ``status``  {"verify": bool} -> generation, observedGeneration, stale (no supervisor
-  running: the pods are as last seen), supervisor{...}, pods[PodStatus] (sorted by
-  namespace, name).
+  running: the pods are as last seen), supervisor{...}, fence{term, holder} (or null),
+  pods[PodStatus] (sorted by namespace, name).
   With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
   live nftables table against the one programmed last (rules as "chain: rule").
 - ``logs``  {"pod", "namespace" (optional if the name is unambiguous on the node),
@@ -74,7 +79,7 @@ lastState{exitCode, signal, reason, message, startedAt, finishedAt}, limits
 (applied|unsupported|none), runtime (process|podman|docker), image.
 
 Root layout: desired.json (0600: it holds secrets), state.json (pids for re-adoption),
-status.json, ack.json, supervisor.{pid,lock,log}, node-checks.json, and
+status.json, ack.json, fence.json, supervisor.{pid,lock,log}, node-checks.json, and
 pods/<key>/{volumes/<volume>/, logs/<container>.log[.1]}. A pod's key names its folder,
 network namespace, veth and cgroup: "<namespace>_<name>", hashed past 100 characters (see
 pod_key). Pods adopted from an agent that keyed them by bare name keep that key (state.json
@@ -136,6 +141,28 @@ class RequestError(Exception):
 
 class AgentError(Exception):
     """The request was fine but could not be carried out: ok=false, exit status 0."""
+
+    reason = ""  # a machine-readable "reason" in the answer, for errors callers act on
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details  # more keys of the answer, with the reason
+
+    def answer(self) -> Json:
+        doc: Json = {"ok": False, "error": one_line(str(self))}
+        if self.reason:
+            doc.update(self.details, reason=self.reason)
+        return doc
+
+
+class StaleTerm(AgentError):
+    """A controller's sync carried an older leadership term than one this node has seen."""
+
+    reason = "StaleTerm"
+
+    def __init__(self, term: int, seen: int, holder: str) -> None:
+        super().__init__(f"stale controller term {term} (node has seen {seen}, held by {holder})",
+                         term=term, seenTerm=seen, holder=holder)
 
 
 # Free-text fields of documents the agent prints or the supervisor writes: the only places
@@ -272,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         emit({"ok": False, "error": one_line(str(exc))}, redact)
         return 1
     except AgentError as exc:
-        emit({"ok": False, "error": one_line(str(exc))}, redact)
+        emit(exc.answer(), redact)
         return 0
     except Exception as exc:  # a bug must still answer in protocol, never a traceback
         emit({"ok": False, "error": one_line(f"internal error: {type(exc).__name__}: {exc}")},
@@ -300,6 +327,7 @@ class Paths:
         self.log = os.path.join(self.root, "supervisor.log")
         self.checks = os.path.join(self.root, "node-checks.json")
         self.services = os.path.join(self.root, "services.json")
+        self.fence = os.path.join(self.root, "fence.json")
         self.pods = os.path.join(self.root, "pods")
 
     # ``key`` is a pod's pod_key (or, for a pod adopted from an agent before namespaces
@@ -3159,6 +3187,49 @@ def wait_ack(paths: Paths, generation: int, pid: int | None, timeout: float) -> 
         time.sleep(0.01)
 
 
+HOLDER_MAX = 256
+
+
+def parse_fence(raw: Any) -> tuple[int, str] | None:
+    """A sync's ``fence``: the controller's leadership term and who holds it, or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RequestError("sync: fence must be an object {\"term\": N, \"holder\": \"...\"}")
+    term, holder = raw.get("term"), raw.get("holder")
+    if isinstance(term, bool) or not isinstance(term, int) or term < 0:
+        raise RequestError(f"sync: fence.term must be a non-negative integer, not {term!r}")
+    if not isinstance(holder, str) or not 0 < len(holder) <= HOLDER_MAX \
+            or not holder.isprintable():
+        raise RequestError(f"sync: fence.holder must be 1-{HOLDER_MAX} printable characters")
+    return term, holder
+
+
+def read_fence(paths: Paths) -> tuple[int, str] | None:
+    doc = read_json(paths.fence, None)
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return parse_fence(doc)
+    except RequestError:
+        return None
+
+
+def check_fence(paths: Paths, fence: tuple[int, str] | None) -> None:
+    """Refuse a term older than the highest this node has seen; remember a higher one (on
+    disk, before the sync acts, so a restart or a racing request cannot forget it). The
+    caller holds the agent lock. No fence: a one-shot command, accepted."""
+    if fence is None:
+        return
+    term, holder = fence
+    seen = read_fence(paths)
+    if seen is not None and term < seen[0]:
+        raise StaleTerm(term, seen[0], seen[1])
+    if seen is None or term > seen[0]:
+        atomic_write(paths.fence, json.dumps({"term": term, "holder": holder, "at": time.time()}),
+                     sync=True)
+
+
 def status_doc(paths: Paths, redact: Redactor) -> Json:
     desired = read_json(paths.desired, {})
     redact.update(secret_values(desired.get("pods", []) if isinstance(desired, dict) else []))
@@ -3166,11 +3237,13 @@ def status_doc(paths: Paths, redact: Redactor) -> Json:
     if not isinstance(status, dict):
         status = {}
     sup = supervisor_info(paths)
+    fence = read_fence(paths)
     return {
         "generation": int(desired.get("generation", 0)) if isinstance(desired, dict) else 0,
         "observedGeneration": status.get("observedGeneration"),
         "stale": not sup["running"],
         "supervisor": sup,
+        "fence": {"term": fence[0], "holder": fence[1]} if fence else None,
         "pods": status.get("pods", []),
     }
 
@@ -3208,7 +3281,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     timeout = request.get("ackTimeoutSeconds", 2.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise RequestError("sync: ackTimeoutSeconds must be a number")
+    fence = parse_fence(request.get("fence"))
     with flocked(paths.agent_lock):
+        check_fence(paths, fence)
         current = read_json(paths.desired, {})
         if not isinstance(current, dict):
             current = {}
@@ -3476,7 +3551,9 @@ def cmd_serve(paths: Paths, request: Json, redact: Redactor) -> int:
             if verb == "logs" and req.get("follow"):
                 raise RequestError("serve: logs with follow needs its own session")
             VERBS[str(verb)](paths, req, each)
-        except (RequestError, AgentError) as exc:
+        except AgentError as exc:
+            emit(exc.answer(), each)
+        except RequestError as exc:
             emit({"ok": False, "error": one_line(str(exc))}, each)
         except Exception as exc:  # one bad request must not end the session
             emit({"ok": False, "error": one_line(f"internal error: {type(exc).__name__}: {exc}")}, each)

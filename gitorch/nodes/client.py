@@ -49,6 +49,17 @@ class AgentError(NodeError):
     """The agent answered, with an error."""
 
 
+class StaleTerm(AgentError):
+    """The node refused a sync: it has seen a newer controller term than the one sent (a
+    fencing token). The controller sending it is no longer the leader and should stop."""
+
+    def __init__(self, node: str, message: str, term: int, seen: int, holder: str) -> None:
+        super().__init__(node, message)
+        self.term = term
+        self.seen = seen
+        self.holder = holder
+
+
 class NodeClient:
     """The agent on one node."""
 
@@ -146,8 +157,16 @@ def decode(node: str, stdout: bytes, stderr: bytes = b"", status: int = 0) -> di
         detail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:] or [f"exit {status}"]
         raise AgentError(node, f"agent gave no answer: {detail[0]}")
     if not data.get("ok", False):
-        raise AgentError(node, str(data.get("error") or "agent reported an error"))
+        message = str(data.get("error") or "agent reported an error")
+        if data.get("reason") == "StaleTerm":
+            raise StaleTerm(node, message, _int(data.get("term")), _int(data.get("seenTerm")),
+                            str(data.get("holder") or ""))
+        raise AgentError(node, message)
     return data
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 PodKey = tuple[str, str]
@@ -192,6 +211,8 @@ class Outcome(Generic[T]):
     value: T | None = None
     error: str = ""
     seconds: float = 0.0
+    failure: NodeError | None = None
+    """The error itself, for callers that act on its kind (StaleTerm: stop the pass)."""
 
     @property
     def ok(self) -> bool:
@@ -245,7 +266,7 @@ class Fleet:
                 try:
                     results[name] = Outcome(name, fut.result(), seconds=took)
                 except NodeError as exc:
-                    results[name] = Outcome(name, error=str(exc), seconds=took)
+                    results[name] = Outcome(name, error=str(exc), seconds=took, failure=exc)
                 except Exception as exc:  # a bug must not hide the other nodes' answers
                     results[name] = Outcome(name, error=f"{name}: {type(exc).__name__}: {exc}", seconds=took)
                 if progress:

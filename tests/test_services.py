@@ -23,7 +23,7 @@ from gitorch.reconcile.controller import Controller
 from gitorch.reconcile.services import service_table
 from gitorch.source.desired import load
 from gitorch.source.git import open_repository
-from gitorch.store.database import ClusterIPAllocation, NodePortAllocation, PodRecord, Store
+from gitorch.store.database import PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
 
@@ -120,11 +120,8 @@ def test_service_table_lists_ready_endpoints_with_named_target_ports(repo: GitRe
         pod("echo-d", None),  # no IP yet
         pod("echo-e", "10.244.2.3", phase="Pending"),
     ]
-    ips = [
-        ClusterIPAllocation(ip="10.96.0.10", namespace="svc", service="web"),
-        ClusterIPAllocation(ip="10.96.0.11", namespace="svc", service="web-np"),
-    ]
-    ports = [NodePortAllocation(port=30777, namespace="svc", service="web-np", port_name="")]
+    ips = {("svc", "web"): "10.96.0.10", ("svc", "web-np"): "10.96.0.11"}
+    ports = {("svc", "web-np", ""): 30777}
     table = service_table(state, pods, ips, ports)
     eps = [{"ip": "10.244.0.2", "port": 8080}, {"ip": "10.244.1.2", "port": 8080}]
     assert table == [
@@ -146,7 +143,7 @@ def test_service_table_lists_ready_endpoints_with_named_target_ports(repo: GitRe
         },
     ]
     # No cluster IP yet: not in the table (never a half-programmed service).
-    assert [e["name"] for e in service_table(state, pods, ips[:1], [])] == ["svc/web:web"]
+    assert [e["name"] for e in service_table(state, pods, {("svc", "web"): "10.96.0.10"}, {})] == ["svc/web:web"]
 
 
 # ---- the agent's watch stream (no nodes needed) -----------------------------------------

@@ -35,7 +35,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SHA_A = "a" * 40
 SHA_B = "b" * 40
 SHA_C = "c" * 40
-HEAD = "0002"  # the newest migration in gitorch/migrations/versions
+HEAD = "0003"  # the newest migration in gitorch/migrations/versions
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -755,3 +755,74 @@ def test_notification_state_round_trips_and_writes_only_what_changed(
     assert {key: when.replace(tzinfo=when.tzinfo or UTC) for key, when in stamps.items()} == {
         "deployed": T0 + timedelta(seconds=2), "failed": T0, "health": T0,
     }
+
+
+def test_a_transaction_is_one_unit_of_work_on_its_thread(store: Store) -> None:
+    """Every method called inside `with store.transaction()` writes in it: all or nothing."""
+    store.record_revision(SHA_A, committed_at=T0)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.record_revision(SHA_B, committed_at=T0)
+        store.set_revision_outcome(SHA_A, "applied", when=T0)
+        store.record_event("Revision", "", "x", reason="Test", when=T0)
+        raise RuntimeError("the pass failed half way")
+    assert store.revision(SHA_B) is None
+    assert store.revision(SHA_A) is not None and store.revision(SHA_A).outcome == "pending"  # type: ignore[union-attr]
+    assert store.events() == []
+    with store.transaction():
+        store.record_revision(SHA_B, committed_at=T0)
+        # Another thread does not see the open transaction's rows, nor write in it.
+        seen: list[object] = []
+        worker = threading.Thread(target=lambda: seen.append(store.revision(SHA_B)))
+        worker.start()
+        worker.join()
+        assert seen == [None]
+    assert store.revision(SHA_B) is not None
+
+
+def test_fenced_writes_are_refused_after_another_term_begins(store: Store) -> None:
+    now = datetime.now(UTC)
+    first = store.acquire_lease("controller", "a", 60)
+    assert first is not None and first.term == 1
+    again = store.acquire_lease("controller", "a", 60)
+    assert again is not None and again.term == 1  # a renewal keeps the term
+    with store.transaction(again):
+        store.record_revision(SHA_A, committed_at=T0)
+    # a stalls past its lease; b takes over in term 2 (b's clock is an hour on: a's lease ran out).
+    taken = store.acquire_lease("controller", "b", 7200, now + timedelta(hours=1))
+    assert taken is not None and taken.term == 2
+    with pytest.raises(store_module.StaleLeader, match="held by b in term 2"), store.transaction(again):
+        store.record_revision(SHA_B, committed_at=T0)
+    assert store.revision(SHA_B) is None
+    with pytest.raises(store_module.StaleLeader):
+        store.check_fence(again)
+    store.check_fence(taken)
+    # a comes back after b's term lapses: term 3, and b's term-2 writes are refused in turn.
+    back = store.acquire_lease("controller", "a", 60, now + timedelta(hours=4))
+    assert back is not None and back.term == 3
+    with pytest.raises(store_module.StaleLeader):
+        store.check_fence(taken)
+
+
+def test_an_expired_term_fences_its_own_holder(store: Store) -> None:
+    fence = store.acquire_lease("controller", "a", 0.01)
+    assert fence is not None
+    threading.Event().wait(0.05)
+    with pytest.raises(store_module.StaleLeader, match="expired"):
+        store.check_fence(fence)
+
+
+def test_saved_allocations_replace_and_release(store: Store) -> None:
+    store.upsert_node("n1", address="10.0.0.1")
+    store.upsert_node("n2", address="10.0.0.2")
+    store.save_allocations(
+        {("default", "web"): "10.96.0.10", ("default", "api"): "10.96.0.11"},
+        {("default", "web", "http"): 30080},
+        {"n1": "10.244.0.0/24", "n2": "10.244.1.0/24"},
+        now=T0,
+    )
+    assert {(c.service, c.ip) for c in store.cluster_ips()} == {("web", "10.96.0.10"), ("api", "10.96.0.11")}
+    # api deleted from Git, web's port gone, n1 gone, n2 swaps to n1's old CIDR: all in one step.
+    store.save_allocations({("default", "web"): "10.96.0.10"}, {}, {"n2": "10.244.0.0/24"}, now=T0)
+    assert [(c.service, c.ip) for c in store.cluster_ips()] == [("web", "10.96.0.10")]
+    assert store.node_ports() == []
+    assert {n.name: n.pod_cidr for n in store.nodes()} == {"n1": None, "n2": "10.244.0.0/24"}

@@ -21,13 +21,13 @@ from gitorch.model.revisions import Revision
 from gitorch.nodes.client import Fleet, NodeClient, PodKey, pod_reports
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import networking, podspecs, services
-from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
+from gitorch.reconcile import allocations, networking, podspecs, services
+from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
-from gitorch.store.database import PodRecord, Store, StoreError
+from gitorch.store.database import Fence, PodRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,57 @@ class Controller:
 
     def load(self, rev: str | None) -> tuple[DesiredState, DesiredState, bool]:
         """The head commit's state, the state to reconcile (the head when valid, else the
-        last applied revision), and whether the head is valid."""
+        last applied revision), and whether the head is valid. Reads only."""
         head = desired_mod.load(self.repo, rev)
+        if not errors(head.diagnostics):
+            return head, head, True
+        last = self.store.last_applied_revision()
+        if last is None:
+            return head, head, False
+        return head, desired_mod.load(self.repo, last.commit), False
+
+    def reconcile(self, rev: str | None = None, now: float | None = None, fence: Fence | None = None) -> PassResult:
+        """One pass: observe, plan (pure, allocations included), execute, then record it all
+        in one transaction. With a `fence` (serve's leadership term) nodes refuse the pass's
+        syncs and the store its writes once a newer term exists. `now` is the wall clock
+        unless a test fixes it."""
+        now = now if now is not None else datetime.now(UTC).timestamp()
+        head, state, valid = self.load(rev)
+        result = PassResult(head.revision, valid, diagnostics=[d.format() for d in errors(head.diagnostics)])
+        result.state = state if state.ok else None
+        if not valid and not state.ok:
+            with self.store.transaction(fence):
+                self._record_revision(head, valid, now)
+            return result  # nothing valid was ever applied: touch nothing
+        fleet = self.fleet(state)
+        observed, reports, nodes = self.observe(state, fleet, now)
+        result.node_errors.update({n.name: n.error for n in nodes if n.error})
+        allocs = allocations.allocate(
+            state,
+            {(c.namespace, c.service): c.ip for c in self.store.cluster_ips()},
+            {(n.namespace, n.service, n.port_name): n.port for n in self.store.node_ports()},
+            {n.name: n.pod_cidr for n in self.store.nodes() if n.pod_cidr},
+        )
+        the_plan = plan(state, observed)
+        _allocation_statuses(the_plan, allocs)
+        result.plan = the_plan
+        result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost)
+        if fence is not None:
+            self.store.check_fence(fence)  # a deposed leader stops before touching any node
+        execution = self.execute(state, the_plan, fleet, observed, reports, allocs, now, fence)
+        result.node_errors.update(execution.node_errors)
+        with self.store.transaction(fence):
+            self._record_revision(head, valid, now)
+            self._record_nodes(nodes, now)
+            self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
+            self._record_pods(execution.pods, execution.gone)
+            for event in execution.events:
+                self.store.record_event(**event)
+            self.save(state, the_plan, observed, now, valid)
+        return result
+
+    def _record_revision(self, head: DesiredState, valid: bool, now: float) -> None:
+        """The head commit, and when it is invalid its first error, an event and its outcome."""
         r = head.revision
         self.store.record_revision(
             r.oid,
@@ -151,47 +200,24 @@ class Controller:
             message=r.message,
             committed_at=datetime.fromisoformat(r.time.replace("Z", "+00:00")),
         )
+        if valid:
+            return
         errs = errors(head.diagnostics)
-        if not errs:
-            return head, head, True
-        first = errs[0].format()
+        first = errs[0].format() if errs else "invalid"
+        stored = self.store.revision(r.oid)
+        if stored is not None and stored.outcome == "invalid":
+            return  # recorded and announced on an earlier pass
         self.store.set_revision_outcome(r.oid, "invalid", f"{len(errs)} error(s); first: {first}")
         self.store.record_event(
-            "Revision",
-            "",
-            r.short,
-            reason="InvalidRevision",
-            type="Warning",
-            message=f"{r.short} not applied: {first}",
-            revision=r.oid,
+            "Revision", "", r.short, reason="InvalidRevision", type="Warning",
+            message=f"{r.short} not applied: {first}", revision=r.oid, when=_dt(now),
         )
-        last = self.store.last_applied_revision()
-        if last is None:
-            return head, head, False
-        return head, desired_mod.load(self.repo, last.commit), False
-
-    def reconcile(self, rev: str | None = None, now: float | None = None) -> PassResult:
-        """One pass; `now` is the wall clock unless a test fixes it."""
-        now = now if now is not None else datetime.now(UTC).timestamp()
-        head, state, valid = self.load(rev)
-        result = PassResult(head.revision, valid, diagnostics=[d.format() for d in errors(head.diagnostics)])
-        result.state = state if state.ok else None
-        if not valid and not state.ok:
-            return result  # nothing valid was ever applied: touch nothing
-        fleet = self.fleet(state)
-        observed, reports, node_errors = self.observe(state, fleet, now)
-        result.node_errors.update(node_errors)
-        the_plan = plan(state, observed)
-        result.plan = the_plan
-        result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost)
-        result.node_errors.update(self.execute(state, the_plan, fleet, observed, reports, now))
-        self.save(state, the_plan, observed, now, valid)
-        return result
 
     def observe(
         self, state: DesiredState, fleet: Fleet, now: float
-    ) -> tuple[Observed, dict[str, dict[PodKey, dict[str, Any]]], dict[str, str]]:
-        """What the store recorded, updated with what every node reports now."""
+    ) -> tuple[Observed, dict[str, dict[PodKey, dict[str, Any]]], list[NodeObservation]]:
+        """What the store recorded, updated with what every node reports now. Reads only:
+        what the nodes said is recorded with the rest of the pass."""
 
         def ask(client: NodeClient) -> dict[str, Any]:
             out = {"status": client.call("status", timeout=self.settings.node_call_timeout)}
@@ -202,48 +228,27 @@ class Controller:
         results = fleet.fan_out(ask, timeout=self.settings.node_call_timeout + 5)
         records = {n.name: n for n in self.store.nodes()}
         nodes: list[NodeState] = []
+        observations: list[NodeObservation] = []
         reports: dict[str, dict[PodKey, dict[str, Any]]] = {}
-        node_errors: dict[str, str] = {}
         for manifest in state.of_kind("Node"):
             name = manifest.key.name
             outcome = results.get(name)
             record = records.get(name)
-            if record is None or record.address != manifest.spec.get("address"):
-                spec = manifest.spec
-                record = self.store.upsert_node(
-                    name,
-                    address=str(spec.get("address")),
-                    port=int(spec.get("port", 22)),
-                    user=str(spec.get("user", "root")),
-                    host_key=spec.get("hostKey"),
-                    labels=dict(manifest.labels),
-                    taints=list(spec.get("taints") or []),
-                )
             facts = dict(record.facts) if record is not None else {}
             reachable = outcome is not None and outcome.ok
+            error = ""
+            fresh_facts = False
             if reachable and outcome is not None and outcome.value is not None:
                 if "facts" in outcome.value:
                     facts = outcome.value["facts"]
-                    self._facts_at[name] = now
-                self.store.heartbeat(
-                    name,
-                    _dt(now),
-                    facts,
-                    conditions=[{"type": "Ready", "status": "True", "reason": "AgentAnswered"}],
-                    agent_version=str(facts.get("agentVersion", "")),
-                )
+                    fresh_facts = True
                 reports[name] = pod_reports(outcome.value["status"])
                 last_seen: float | None = now
             else:
-                node_errors[name] = outcome.error if outcome is not None else f"{name}: not asked"
+                error = outcome.error if outcome is not None else f"{name}: not asked"
                 last_seen = _ts(record.last_heartbeat) if record is not None else None
-                self.store.upsert_node(
-                    name,
-                    ready=False,
-                    conditions=[
-                        {"type": "Ready", "status": "False", "reason": "NodeUnreachable", "message": node_errors[name]}
-                    ],
-                )
+            observations.append(NodeObservation(name, manifest.spec, dict(manifest.labels), reachable, facts,
+                                                fresh_facts, error, record is None))
             lost = not reachable and (last_seen is None or now - last_seen > self.settings.node_timeout)
             nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=lost))
         pods: list[PodState] = []
@@ -286,7 +291,36 @@ class Controller:
                 started[key] = (str(rollout["revision"]), float(rollout["started"]))
             if (o.body or {}).get("lastScheduleTime") is not None:
                 last_schedule[key] = float(o.body["lastScheduleTime"])
-        return Observed(now, tuple(pods), tuple(nodes), started, last_schedule), reports, node_errors
+        return Observed(now, tuple(pods), tuple(nodes), started, last_schedule), reports, observations
+
+    def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
+        for n in nodes:
+            spec = n.spec
+            self.store.upsert_node(
+                n.name,
+                address=str(spec.get("address")),
+                port=int(spec.get("port", 22)),
+                user=str(spec.get("user", "root")),
+                host_key=spec.get("hostKey"),
+                labels=n.labels,
+                taints=list(spec.get("taints") or []),
+            )
+            if n.reachable:
+                if n.fresh_facts:
+                    self._facts_at[n.name] = now
+                self.store.heartbeat(
+                    n.name,
+                    _dt(now),
+                    n.facts,
+                    conditions=[{"type": "Ready", "status": "True", "reason": "AgentAnswered"}],
+                    agent_version=str(n.facts.get("agentVersion", "")),
+                )
+            else:
+                self.store.upsert_node(
+                    n.name,
+                    ready=False,
+                    conditions=[{"type": "Ready", "status": "False", "reason": "NodeUnreachable", "message": n.error}],
+                )
 
     def execute(
         self,
@@ -295,13 +329,16 @@ class Controller:
         fleet: Fleet,
         observed: Observed,
         reports: dict[str, dict[PodKey, dict[str, Any]]],
+        allocs: allocations.Allocations,
         now: float,
-    ) -> dict[str, str]:
-        """Send each reachable node its complete pod set, in parallel; record the pods."""
+        fence: Fence | None = None,
+    ) -> Execution:
+        """Send each reachable node its complete pod set, in parallel; return what to record."""
         reachable = [n.name for n in observed.nodes if n.reachable]
         sets = the_plan.node_sets(reachable)
-        networks = self.pod_networks(state)
-        table = self.service_table(state, the_plan, reports)
+        addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
+        networks = networking.network_blocks(allocs.pod_cidrs, addresses)
+        table = self.service_table(state, the_plan, reports, allocs)
         dns = podspecs.cluster_dns(state, self.settings.cluster_dns)
         cluster_cidr = networking.cluster_pod_cidr(state)
 
@@ -314,10 +351,13 @@ class Controller:
             if table is not None:
                 request["services"] = table
                 request["serviceCIDR"] = services.service_cidr(state)
+            if fence is not None:
+                request["fence"] = fence.token()
             return client.call("sync", request, timeout=self.settings.node_call_timeout)
 
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=sets)
         synced = {n for n, o in results.items() if o.ok}
+        events: list[dict[str, Any]] = []
         for n, o in results.items():
             if o.ok and o.value is not None:
                 reports[n] = pod_reports(o.value)
@@ -327,9 +367,9 @@ class Controller:
                                 extra={"event": "service-table-failed", "node": n})
                 elif proxy.get("repaired"):
                     # Someone changed the node's NAT rules by hand: rebuilt, and said so.
-                    self.store.record_event("Node", "", n, reason="ServiceTableRepaired", type="Warning",
-                                            message=f"nftables {proxy['repaired']}; rebuilt from the service table",
-                                            revision=state.revision.oid)
+                    events.append(dict(kind="Node", namespace="", name=n, reason="ServiceTableRepaired",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=f"nftables {proxy['repaired']}; rebuilt from the service table"))
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
@@ -369,6 +409,7 @@ class Controller:
                     ip=ip,
                     created_at=_dt(before.created) if before else _dt(now),
                     ready_at=ready_at,
+                    updated_at=_dt(now),
                 )
             )
         gone = [
@@ -376,114 +417,87 @@ class Controller:
             for p in the_plan.removed
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
-        with self.store.transaction():
-            self.store.upsert_pods(records, now=_dt(now))
-            by_ns: dict[str, list[str]] = {}
-            for g in gone:
-                by_ns.setdefault(g.namespace, []).append(g.name)
-            for ns, names in by_ns.items():
-                self.store.delete_pods(ns, names)
-        return node_errors
+        return Execution(node_errors, records, gone, events)
+
+    def _record_pods(self, records: list[PodRecord], gone: list[PodState]) -> None:
+        if records:
+            self.store.upsert_pods(records, now=records[0].updated_at)
+        by_ns: dict[str, list[str]] = {}
+        for g in gone:
+            by_ns.setdefault(g.namespace, []).append(g.name)
+        for ns, names in by_ns.items():
+            self.store.delete_pods(ns, names)
 
     def save(self, state: DesiredState, the_plan: Plan, observed: Observed, now: float, valid: bool) -> None:
-        """Status of every object, events, inventory and the revision's outcome (always saved)."""
+        """Status of every object, events, inventory and the revision's outcome; called inside
+        the pass's transaction."""
         r = state.revision
-        with self.store.transaction():
-            for e in the_plan.events:
+        for e in the_plan.events:
+            self.store.record_event(
+                e.key.kind,
+                e.key.namespace,
+                e.key.name,
+                reason=e.reason,
+                type=e.type,
+                message=e.message,
+                when=_dt(now),
+                revision=r.oid,
+            )
+        stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in self.store.objects()}
+        for key, obj in state.objects.items():
+            status = the_plan.statuses.get(key)
+            previous = observed.rollout_started.get(key)
+            body: dict[str, Any] = {"manifest": masked_body(key.kind, obj.body)}
+            if status is not None and status.revision:
+                old = stored.get(key)
+                limit = int(obj.spec.get("revisionHistoryLimit", 10))
+                body["history"] = _history(old.body.get("history", []) if old else [], status.revision, r, now, limit)
+            if status is not None and status.last_schedule is not None:
+                body["lastScheduleTime"] = status.last_schedule
+            if status is not None and status.revision:
+                started = previous[1] if previous and previous[0] == status.revision else now
+                body["rollout"] = {"revision": status.revision, "started": started}
+            health = status.health if status else "Healthy"
+            conditions = _conditions(health, status)
+            self.store.upsert_object_status(
+                key.kind,
+                key.namespace,
+                key.name,
+                now=_dt(now),
+                spec_hash=podspecs.short_hash(obj.body),
+                last_applied_revision=r.oid,
+                last_attempted_revision=r.oid,
+                sync="Synced",
+                health=health,
+                conditions=conditions,
+                body=body,
+            )
+        for key, rec in stored.items():
+            if key not in state.objects:
+                self.store.delete_object(rec.kind, rec.namespace, rec.name)
                 self.store.record_event(
-                    e.key.kind,
-                    e.key.namespace,
-                    e.key.name,
-                    reason=e.reason,
-                    type=e.type,
-                    message=e.message,
+                    rec.kind,
+                    rec.namespace,
+                    rec.name,
+                    reason="Pruned",
                     when=_dt(now),
+                    message="removed from Git",
                     revision=r.oid,
                 )
-            stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in self.store.objects()}
-            for key, obj in state.objects.items():
-                status = the_plan.statuses.get(key)
-                previous = observed.rollout_started.get(key)
-                body: dict[str, Any] = {"manifest": masked_body(key.kind, obj.body)}
-                if status is not None and status.revision:
-                    old = stored.get(key)
-                    limit = int(obj.spec.get("revisionHistoryLimit", 10))
-                    body["history"] = _history(
-                        old.body.get("history", []) if old else [], status.revision, r, now, limit
-                    )
-                if status is not None and status.last_schedule is not None:
-                    body["lastScheduleTime"] = status.last_schedule
-                if status is not None and status.revision:
-                    started = previous[1] if previous and previous[0] == status.revision else now
-                    body["rollout"] = {"revision": status.revision, "started": started}
-                health = status.health if status else "Healthy"
-                conditions = [
-                    {
-                        "type": "Ready",
-                        "status": "True" if health == "Healthy" else "False",
-                        "reason": health,
-                        "message": status.message if status else "",
-                    },
-                    *[dict(c) for c in (status.conditions if status else ())],
-                ]
-                self.store.upsert_object_status(
-                    key.kind,
-                    key.namespace,
-                    key.name,
-                    now=_dt(now),
-                    spec_hash=podspecs.short_hash(obj.body),
-                    last_applied_revision=r.oid,
-                    last_attempted_revision=r.oid,
-                    sync="Synced",
-                    health=health,
-                    conditions=conditions,
-                    body=body,
-                )
-            for rec in self.store.objects():
-                if ObjectKey(rec.kind, rec.namespace, rec.name) not in state.objects:
-                    self.store.delete_object(rec.kind, rec.namespace, rec.name)
-                    self.store.record_event(
-                        rec.kind,
-                        rec.namespace,
-                        rec.name,
-                        reason="Pruned",
-                        when=_dt(now),
-                        message="removed from Git",
-                        revision=r.oid,
-                    )
-            if valid:
-                self.store.set_revision_outcome(r.oid, "applied", when=_dt(now))
-            self._allocate_services(state)
-
-    def pod_networks(self, state: DesiredState) -> dict[str, dict[str, Any]]:
-        """Each node's `network` block for `sync`: its pod CIDR (kept once allocated, or
-        pinned by the Node's `spec.podCIDR`) and routes to the other nodes' pods."""
-        cluster_cidr = networking.cluster_pod_cidr(state)
-        cidrs: dict[str, str] = {}
-        addresses: dict[str, str] = {}
-        # A read first: allocating takes the store's write lock, which a pass should not
-        # need for nodes that already have their CIDR.
-        recorded = {n.name: n.pod_cidr for n in self.store.nodes() if n.pod_cidr}
-        for manifest in state.of_kind("Node"):
-            name = manifest.key.name
-            addresses[name] = str(manifest.spec.get("address") or "")
-            pinned = manifest.spec.get("podCIDR") or recorded.get(name)
-            try:
-                cidrs[name] = (
-                    str(pinned) if pinned else self.store.allocate_pod_cidr(name, cluster_cidr, networking.NODE_PREFIX)
-                )
-            except StoreError as exc:
-                log.warning("%s: no pod CIDR, its pods use the host network: %s", name, exc)
-        return networking.network_blocks(cidrs, addresses)
+        if valid:
+            self.store.set_revision_outcome(r.oid, "applied", when=_dt(now))
 
     def service_table(
-        self, state: DesiredState, the_plan: Plan, reports: dict[str, dict[PodKey, dict[str, Any]]]
+        self,
+        state: DesiredState,
+        the_plan: Plan,
+        reports: dict[str, dict[PodKey, dict[str, Any]]],
+        allocs: allocations.Allocations,
     ) -> list[dict[str, Any]] | None:
         """The service table every node gets with `sync`, from the pods' readiness and IPs
         as their nodes report them now (the store's rows otherwise); pods being removed are
         left out. None (nodes keep their table) when the store cannot be read."""
         try:
-            services.allocate_node_ports(state, self.store)
             removed = {(p.namespace, p.name) for p in the_plan.removed}
             pods: list[PodRecord] = []
             for r in self.store.pods():
@@ -499,19 +513,61 @@ class Controller:
                         }
                     )
                 pods.append(r)
-            return services.service_table(state, pods, self.store.cluster_ips(), self.store.node_ports())
+            return services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports)
         except StoreError as exc:
             log.warning("service table not computed: %s", exc)
             return None
 
-    def _allocate_services(self, state: DesiredState) -> None:
-        clusters = state.of_kind("Cluster")
-        cidr = str((clusters[0].spec.get("serviceCIDR") if clusters else None) or "10.96.0.0/12")
-        for svc in state.of_kind("Service"):
-            spec = svc.spec
-            if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
-                continue
-            self.store.allocate_cluster_ip(svc.key.namespace, svc.key.name, cidr, spec.get("clusterIP"))
+
+@dataclass(frozen=True)
+class NodeObservation:
+    """What one Node's agent said this pass (or why it said nothing), recorded with the pass."""
+
+    name: str
+    spec: dict[str, Any]
+    labels: dict[str, str]
+    reachable: bool
+    facts: dict[str, Any]
+    fresh_facts: bool
+    error: str
+    new: bool
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What executing a plan did: nodes that failed, pod rows to write, pods gone, events."""
+
+    node_errors: dict[str, str]
+    pods: list[PodRecord]
+    gone: list[PodState]
+    events: list[dict[str, Any]]
+
+
+def _conditions(health: str, status: Status | None) -> list[dict[str, Any]]:
+    """Flux's status contract: Ready, plus Reconciling while it progresses and Stalled when it
+    cannot progress, each with a reason and a message."""
+    message = status.message if status else ""
+    extra = [dict(c) for c in (status.conditions if status else ())]
+    out: list[dict[str, Any]] = [
+        {"type": "Ready", "status": "True" if health in ("Healthy", "Suspended") else "False",
+         "reason": health, "message": message},
+    ]
+    types = {c.get("type") for c in extra}
+    if "Reconciling" not in types:
+        out.append({"type": "Reconciling", "status": "True" if health == "Progressing" else "False",
+                    "reason": "Progressing" if health == "Progressing" else health, "message": ""})
+    if "Stalled" not in types:
+        out.append({"type": "Stalled", "status": "False", "reason": health, "message": ""})
+    return out + extra
+
+
+def _allocation_statuses(the_plan: Plan, allocs: allocations.Allocations) -> None:
+    """An object that got no address is Degraded and Stalled, with the reason."""
+    for key, problem in allocs.problems.items():
+        the_plan.statuses[key] = Status(
+            "Degraded", problem,
+            conditions=({"type": "Stalled", "status": "True", "reason": "AllocationFailed", "message": problem},),
+        )
 
 
 def _history(

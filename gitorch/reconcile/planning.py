@@ -10,7 +10,7 @@ executor sends each node its complete pod set, so repeating a pass changes nothi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,7 @@ class _Pass:
             self.by_owner.setdefault(p.owner, []).append(p)
         self.to_place: list[tuple[PodInfo, DesiredPod]] = []
         self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
+        self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
 
     # Pods on a lost node are gone as far as replica counts go.
     def live(self, key: ObjectKey) -> tuple[list[PodState], list[PodState]]:
@@ -664,11 +665,11 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
     for obj in desired.sorted():
         controller = _CONTROLLERS.get(obj.key.kind)
         if controller is not None:
-            controller(ps, obj)
+            _isolated(ps, obj, controller)
     ps.place_all()
     # Pods whose owner left Git are pruned.
     for key, pods in sorted(ps.by_owner.items()):
-        if key in ps.runs:
+        if key in ps.runs or key in ps.protected:
             continue
         if key not in desired.objects or not KINDS.get(key.kind, KINDS["Namespace"]).workload:
             ps.plan.removed.extend(sorted(pods, key=lambda p: p.name))
@@ -676,6 +677,38 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
     ps.plan.pods.sort(key=lambda p: (p.owner.namespace, p.name))
     ps.plan.removed.sort(key=lambda p: (p.namespace, p.name))
     return ps.plan
+
+
+def _isolated(ps: _Pass, obj: Object, controller: Callable[[_Pass, Object], None]) -> None:
+    """Run one object's controller; if it raises, undo what it planned and make the failure that
+    object's status (Stalled), keeping its pods as they are: one object never stops a pass."""
+    mark = (len(ps.plan.pods), len(ps.plan.removed), len(ps.plan.events), len(ps.to_place), set(ps.runs))
+    try:
+        controller(ps, obj)
+    except Exception as exc:  # one object's failure is that object's status, never the pass's
+        del ps.plan.pods[mark[0]:], ps.plan.removed[mark[1]:], ps.plan.events[mark[2]:], ps.to_place[mark[3]:]
+        for key in set(ps.runs) - mark[4]:
+            del ps.runs[key]
+        owned = [
+            key for key in ps.by_owner
+            if key == obj.key
+            or (obj.key.kind == "CronJob" and key.kind == "Job" and key.namespace == obj.key.namespace
+                and key.name.startswith(f"{obj.key.name}-") and key not in ps.desired.objects)
+        ]
+        for key in owned:
+            ps.protected.add(key)
+            for p in ps.by_owner[key]:
+                if p.node is not None:
+                    ps.plan.pods.append(
+                        DesiredPod(p.name, key, p.node, p.revision, _spec_for_record(ps, obj, p), p.ordinal, p.message)
+                    )
+        message = f"cannot reconcile {obj.key}: {type(exc).__name__}: {exc}"[:1000]
+        ps.plan.statuses[obj.key] = Status(
+            "Degraded",
+            message,
+            conditions=({"type": "Stalled", "status": "True", "reason": "ReconcileError", "message": message},),
+        )
+        ps.plan.events.append(PlannedEvent(obj.key, "Warning", "ReconcileError", message))
 
 
 def workload_keys(desired: DesiredState) -> Sequence[ObjectKey]:

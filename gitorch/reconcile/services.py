@@ -4,21 +4,18 @@
 node ports) it lists, per ClusterIP/NodePort Service port, the virtual IP and port, the
 node port if any, and the ready endpoints (pod IP and target port, a named targetPort
 resolved through the pod template's container ports). The controller sends it with every
-`sync`; each agent turns it into one nftables table. `allocate_node_ports` is the one
-side effect: it records node ports in the store.
+`sync`; each agent turns it into one nftables table. The addresses come from the pass's
+allocations (reconcile/allocations.py).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gitorch.dns.records import pod_template, selected_pods
 from gitorch.model.objects import DesiredState, Object
-from gitorch.store.database import AllocationError, ClusterIPAllocation, NodePortAllocation, PodRecord, Store
-
-log = logging.getLogger(__name__)
+from gitorch.store.database import PodRecord
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 
@@ -56,16 +53,16 @@ def target_port(template: Mapping[str, Any], port: Mapping[str, Any]) -> int | N
 def service_table(
     state: DesiredState,
     pods: Iterable[PodRecord],
-    cluster_ips: Iterable[ClusterIPAllocation],
-    node_ports: Iterable[NodePortAllocation],
+    cluster_ips: Mapping[tuple[str, str], str],
+    node_ports: Mapping[tuple[str, str, str], int],
 ) -> list[dict[str, Any]]:
     """One entry per port of every ClusterIP/NodePort Service with a cluster IP:
     `{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}`, sorted; the
     endpoints are the selected running pods that are ready (or all of them with
     `publishNotReadyAddresses`)."""
     pods = list(pods)
-    ips = {(c.namespace, c.service): c.ip for c in cluster_ips}
-    allocated = {(n.namespace, n.service, n.port_name): n.port for n in node_ports}
+    ips = cluster_ips
+    allocated = node_ports
     table: list[dict[str, Any]] = []
     for svc in state.of_kind("Service"):
         ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
@@ -93,31 +90,3 @@ def service_table(
                 }
             )
     return sorted(table, key=lambda e: str(e["name"]))
-
-
-def allocate_node_ports(state: DesiredState, store: Store) -> None:
-    """Give every port of every NodePort Service its node port (the manifest's `nodePort`
-    when set), and free those of ports and Services that no longer want one. Reads first,
-    so a pass with nothing to change takes no write lock."""
-    have = {(n.namespace, n.service, n.port_name): n.port for n in store.node_ports()}
-    wanted: dict[tuple[str, str], set[str]] = {}
-    for svc in state.of_kind("Service"):
-        if svc.spec.get("type") != "NodePort" or not proxied(svc):
-            continue
-        ns, name = svc.key.namespace, svc.key.name
-        names = wanted.setdefault((ns, name), set())
-        for port in svc.spec.get("ports") or []:
-            port_name = str(port.get("name") or "")
-            names.add(port_name)
-            requested = port.get("nodePort")
-            current = have.get((ns, name, port_name))
-            if current is not None and (requested is None or int(requested) == current):
-                continue
-            try:
-                store.allocate_node_port(ns, name, port_name, int(requested) if requested is not None else None)
-            except AllocationError as exc:
-                log.warning("%s/%s port %s: no node port: %s", ns, name, port_name or port.get("port"), exc)
-    for ns, name in {(n, s) for n, s, _ in have}:
-        keep = wanted.get((ns, name), set())
-        if any(p not in keep for n, s, p in have if (n, s) == (ns, name)):
-            store.release_node_ports(ns, name, keep=keep)

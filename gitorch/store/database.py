@@ -7,12 +7,14 @@ detached, so callers never need a session. All times are timezone-aware UTC.
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import contextlib
 import ipaddress
 import json
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypedDict, TypeVar, cast, get_args
@@ -48,12 +50,12 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from gitorch.model.errors import GitorchError
+from gitorch.model.ranges import NODE_PORT_RANGE, RangeError, probe, service_range, spread
 
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).resolve().with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-NODE_PORT_RANGE = (30000, 32767)
 # Arbitrary constant: concurrent controllers starting at once migrate one after the other.
 _MIGRATION_LOCK_KEY = 0x6769746F7263
 # How often an allocation retries after a concurrent writer took the same value.
@@ -61,7 +63,7 @@ _ALLOCATION_RETRIES = 5
 
 Outcome = Literal["applied", "failed", "invalid", "pending"]
 Sync = Literal["Synced", "OutOfSync"]
-Health = Literal["Healthy", "Progressing", "Degraded", "Missing", "Unknown"]
+Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"]
 ConditionType = Literal[
     "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed"
 ]
@@ -84,8 +86,31 @@ class StoreError(GitorchError):
     """The state store cannot be opened, reached or written as asked."""
 
 
-class AllocationError(StoreError):
+class AllocationError(StoreError, RangeError):
     """An IP, CIDR or port cannot be allocated (range full, requested value taken or invalid)."""
+
+
+class StaleLeader(StoreError):
+    """A write fenced by a leadership term that is no longer current: another controller leads."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leadership term: the lease, its holder and the term number (a fencing token).
+
+    The number grows each time the lease changes hands, so a controller that lost the lease
+    (paused, partitioned) is refused by the store and by the node agents that saw a newer term.
+    """
+
+    lease: str
+    holder: str
+    term: int
+    expires_at: datetime
+    """When the lease runs out unless renewed, on the database's clock."""
+
+    def token(self) -> dict[str, Any]:
+        """What node agents get with `sync`: they refuse terms older than one they have seen."""
+        return {"term": self.term, "holder": self.holder}
 
 
 class Condition(TypedDict):
@@ -303,6 +328,8 @@ class Lease(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     holder: str
+    term: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Leadership term: +1 each time the lease changes hands (a fencing token)."""
     acquired_at: datetime = _time()
     renewed_at: datetime = _time()
     expires_at: datetime = _time()
@@ -383,34 +410,6 @@ def _check(value: object, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} {value!r} is not one of {', '.join(allowed)}")
 
 
-def _spread(key: str, size: int) -> int:
-    """A stable offset for `key`: the same service tends to get the same IP or port again."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % size
-
-
-def _probe(first: int, last: int, used: set[int], key: str, what: str) -> int:
-    """The first free value from `key`'s offset in [first, last], probing linearly."""
-    size = last - first + 1
-    if size <= 0 or sum(1 for u in used if first <= u <= last) >= size:
-        raise AllocationError(f"no free {what} left")
-    start = _spread(key, size)
-    for step in range(size):
-        candidate = first + (start + step) % size
-        if candidate not in used:
-            return candidate
-    raise AllocationError(f"no free {what} left")  # pragma: no cover - counted above
-
-
-def _service_range(cidr: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int, int]:
-    """A service CIDR and its allocatable range: not the network, first or last address."""
-    try:
-        network = ipaddress.ip_network(cidr)
-    except ValueError as exc:
-        raise AllocationError(f"service CIDR {cidr!r} is invalid: {exc}") from exc
-    # The first host is reserved, as Kubernetes reserves it for the `kubernetes` service.
-    return network, int(network.network_address) + 2, int(network.broadcast_address) - 1
-
-
 # ---- opening -------------------------------------------------------------------------------
 
 
@@ -434,12 +433,26 @@ def _parse_url(url: str) -> URL:
     )
 
 
+def _private(path: Path) -> None:
+    """The store's file and its -wal/-shm readable by their owner only (0600; SQLite gives the
+    journal files the database's mode), in a folder made 0700 when the store creates it."""
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in created:  # a folder that was there (the user's choice) keeps its mode
+        os.chmod(folder, 0o700)
+    with contextlib.suppress(FileExistsError):  # an empty file is an empty database
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:  # left alone when right (it may be another's)
+            os.chmod(file, 0o600)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     path = Path(cast(str, url.database)).expanduser()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
     except OSError as exc:
-        raise StoreError(f"cannot create the state directory {path.parent}: {exc}") from exc
+        raise StoreError(f"cannot create the state store {path}: {exc}") from exc
     engine = create_engine(
         url.set(database=str(path)), connect_args={"check_same_thread": False}
     )
@@ -536,7 +549,7 @@ def _serialize(session: Session, what: str) -> None:
     unique constraints remain the guarantee, this only spares the retries.
     """
     if session.get_bind().dialect.name == "postgresql":
-        key = _spread(f"gitorch:{what}", 2**62)
+        key = spread(f"gitorch:{what}", 2**62)
         session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
 
 
@@ -559,7 +572,9 @@ class Store:
     def __init__(self, engine: Engine, *, display_url: str) -> None:
         self._engine = engine
         self._writer = engine.execution_options(gitorch_begin="IMMEDIATE")
-        self._bound: Session | None = None
+        # The session of the transaction open on each thread: every method called inside
+        # `with store.transaction():` on that thread writes in it, so a pass is one unit of work.
+        self._local = threading.local()
         self.url = display_url
         """The store's URL with any password hidden."""
 
@@ -604,9 +619,10 @@ class Store:
 
     @contextmanager
     def _session(self, *, write: bool) -> Iterator[Session]:
-        if self._bound is not None:
+        bound: Session | None = getattr(self._local, "session", None)
+        if bound is not None:
             try:
-                yield self._bound
+                yield bound
             except SQLAlchemyError as exc:
                 raise StoreError(f"state store {self.url}: {_one_line(exc)}") from exc
             return
@@ -618,19 +634,28 @@ class Store:
             raise StoreError(f"state store {self.url}: {_one_line(exc)}") from exc
 
     @contextmanager
-    def transaction(self) -> Iterator[Store]:
-        """A view of this store whose methods all write in one transaction, committed at exit.
+    def transaction(self, fence: Fence | None = None) -> Iterator[Store]:
+        """Every store method this thread calls inside the block writes in one transaction,
+        committed at exit; an exception rolls all of it back. Nested use joins the outer one.
 
-        An exception inside the block rolls everything back. Nested use joins the outer one.
+        With a `fence`, the transaction first checks (and on PostgreSQL locks, FOR SHARE, so no
+        one can take it over until commit) that the fence's lease is still held by its holder
+        in its term; otherwise it raises StaleLeader and writes nothing.
         """
-        if self._bound is not None:
+        if getattr(self._local, "session", None) is not None:
+            if fence is not None:
+                self._check_fence(self._local.session, fence)
             yield self
             return
         with self._session(write=True) as session:
-            bound = copy.copy(self)
-            bound._bound = session
-            yield bound
-            session.flush()
+            self._local.session = session
+            try:
+                if fence is not None:
+                    self._check_fence(session, fence)
+                yield self
+                session.flush()
+            finally:
+                self._local.session = None
 
     def apply_in_transaction(self, fn: Callable[[Store], T]) -> T:
         """Run `fn(store)` with every write it makes in one transaction."""
@@ -955,7 +980,7 @@ class Store:
         Without a request a new service gets the first free address from an offset hashed from
         its name. An address stays with its service until `release_cluster_ip`.
         """
-        network, first, last = _service_range(cidr)
+        network, first, last = service_range(cidr)
         wanted: int | None = None
         if requested is not None:
             try:
@@ -993,7 +1018,7 @@ class Store:
                         )
                     chosen = wanted
                 else:
-                    chosen = _probe(
+                    chosen = probe(
                         first, last, set(used), f"{namespace}/{service}", f"cluster IP in {cidr}"
                     )
                 chosen_ip = str(ipaddress.ip_address(chosen))
@@ -1013,6 +1038,46 @@ class Store:
                     continue
                 return chosen_ip
         raise AllocationError(f"cluster IP for {namespace}/{service}: too many concurrent writers")
+
+    def save_allocations(
+        self,
+        cluster_ips: Mapping[tuple[str, str], str],
+        node_ports: Mapping[tuple[str, str, str], int],
+        pod_cidrs: Mapping[str, str],
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        """Make the stored allocations exactly these (a pass's plan): new ones inserted, changed
+        ones replaced, the rest released. Rows that stay are not written."""
+        stamp = _now(now)
+        with self._session(write=True) as s:
+            ips = {(r.namespace, r.service): r for r in s.exec(select(ClusterIPAllocation)).all()}
+            for key, row in ips.items():
+                if cluster_ips.get(key) != row.ip:
+                    s.delete(row)
+            ports = {(r.namespace, r.service, r.port_name): r for r in s.exec(select(NodePortAllocation)).all()}
+            for pkey, prow in ports.items():
+                if node_ports.get(pkey) != prow.port:
+                    s.delete(prow)
+            s.flush()
+            for key, ip in cluster_ips.items():
+                if key not in ips or ips[key].ip != ip:
+                    s.add(ClusterIPAllocation(ip=ip, namespace=key[0], service=key[1], allocated_at=stamp))
+            for pkey, port in node_ports.items():
+                if pkey not in ports or ports[pkey].port != port:
+                    s.add(NodePortAllocation(port=port, namespace=pkey[0], service=pkey[1], port_name=pkey[2],
+                                             allocated_at=stamp))
+            # Pod CIDRs are unique: clear the ones that change (or go, with their Node) first.
+            rows = list(s.exec(select(NodeRecord)).all())
+            for node in rows:
+                if node.pod_cidr != pod_cidrs.get(node.name):
+                    node.pod_cidr = None
+            s.flush()
+            for node in rows:
+                wanted = pod_cidrs.get(node.name)
+                if wanted is not None and node.pod_cidr != wanted:
+                    node.pod_cidr = wanted
+            s.flush()
 
     def release_cluster_ip(self, namespace: str, service: str) -> bool:
         """Free the service's cluster IP; False if it had none."""
@@ -1075,7 +1140,7 @@ class Store:
                         )
                     chosen = requested
                 else:
-                    chosen = _probe(first, last, set(used), key, f"node port in {first}-{last}")
+                    chosen = probe(first, last, set(used), key, f"node port in {first}-{last}")
                 try:
                     with s.begin_nested():
                         if mine is not None:
@@ -1207,19 +1272,32 @@ class Store:
 
     # ---- leases ----
 
-    def try_acquire_lease(
-        self, name: str, holder: str, ttl_seconds: float, now: datetime | None = None
-    ) -> bool:
-        """Take or renew the lease `name` for `holder` until now + ttl; False if another holds it.
+    def db_now(self, session: Session | None = None) -> datetime:
+        """The database's clock on PostgreSQL (every controller of a shared store agrees on it);
+        this host's clock on SQLite, whose controllers all run on the one host that has the file."""
+        if self._engine.dialect.name != "postgresql":
+            return datetime.now(UTC)
+        if session is not None:
+            value = session.connection().exec_driver_sql("SELECT clock_timestamp()").scalar()
+        else:
+            with self._engine.connect() as conn:
+                value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar()
+        return _utc(cast(datetime, value))
 
-        Atomic on both backends: one conditional UPDATE (renew, or take over an expired lease),
-        else one INSERT that does nothing if someone else created the lease first.
-        Holders must be unique names (e.g. host:pid), as in Kubernetes' leader election.
+    def acquire_lease(
+        self, name: str, holder: str, ttl_seconds: float, now: datetime | None = None
+    ) -> Fence | None:
+        """Take or renew the lease `name` for `holder` until now + ttl on the database's clock;
+        None if another holder's lease has not expired.
+
+        Atomic on both backends: one conditional UPDATE (renew, or take over an expired lease,
+        which starts a new term), else one INSERT that does nothing if someone else created the
+        lease first. Holders must be unique names (host:pid), as in Kubernetes' leader election.
         """
-        stamp = _now(now)
-        expires = stamp + timedelta(seconds=ttl_seconds)
         table = _table(Lease)
         with self._session(write=True) as s:
+            stamp = _now(now) if now is not None else self.db_now(s)
+            expires = stamp + timedelta(seconds=ttl_seconds)
             conn = s.connection()
             taken: CursorResult[Any] = conn.execute(
                 update(table)
@@ -1229,6 +1307,7 @@ class Store:
                 )
                 .values(
                     holder=holder,
+                    term=case((table.c.holder == holder, table.c.term), else_=table.c.term + 1),
                     acquired_at=case(
                         (table.c.holder == holder, table.c.acquired_at),
                         else_=literal(stamp, UTCDateTime()),
@@ -1237,20 +1316,44 @@ class Store:
                     expires_at=expires,
                 )
             )
-            if taken.rowcount == 1:
-                return True
-            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            conn.execute(
-                dialect_insert(table)
-                .values(
-                    name=name, holder=holder, acquired_at=stamp, renewed_at=stamp,
-                    expires_at=expires,
+            if taken.rowcount != 1:
+                dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                conn.execute(
+                    dialect_insert(table)
+                    .values(name=name, holder=holder, term=1, acquired_at=stamp, renewed_at=stamp, expires_at=expires)
+                    .on_conflict_do_nothing(index_elements=["name"])
                 )
-                .on_conflict_do_nothing(index_elements=["name"])
-            )
-            # Holder names are unique per controller: the row is ours iff our INSERT won.
-            current = conn.execute(select(table.c.holder).where(table.c.name == name)).scalar()
-            return bool(current == holder)
+            # Holder names are unique per controller: the row is ours iff our UPDATE or INSERT won.
+            row = conn.execute(select(table.c.holder, table.c.term).where(table.c.name == name)).one_or_none()
+            if row is None or row.holder != holder:
+                return None
+            return Fence(name, holder, int(row.term), expires)
+
+    def try_acquire_lease(
+        self, name: str, holder: str, ttl_seconds: float, now: datetime | None = None
+    ) -> bool:
+        """Take or renew the lease; False if another holds it (see acquire_lease)."""
+        return self.acquire_lease(name, holder, ttl_seconds, now) is not None
+
+    def _check_fence(self, session: Session, fence: Fence) -> None:
+        table = _table(Lease)
+        query = select(table.c.holder, table.c.term, table.c.expires_at).where(table.c.name == fence.lease)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        row = session.connection().execute(query).one_or_none()
+        now = self.db_now(session)
+        if row is None or row.holder != fence.holder or int(row.term) != fence.term:
+            who = f"{row.holder} in term {row.term}" if row is not None else "nobody"
+            raise StaleLeader(f"term {fence.term} of {fence.holder} is over: {fence.lease} is held by {who}")
+        expires = row.expires_at if isinstance(row.expires_at, datetime) else UTCDateTime().process_result_value(
+            row.expires_at, session.get_bind().dialect)
+        if expires is not None and _utc(expires) <= now:
+            raise StaleLeader(f"term {fence.term} of {fence.holder} expired at {_utc(expires).isoformat()}")
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise StaleLeader unless `fence` is still the current, unexpired term (a read)."""
+        with self._session(write=False) as s:
+            self._check_fence(s, fence)
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give up the lease if `holder` holds it; False otherwise."""

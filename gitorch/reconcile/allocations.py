@@ -1,0 +1,205 @@
+"""Allocations a pass plans: Service cluster IPs, node ports and node pod CIDRs.
+
+Purely computational, no side effects: from the desired state and what is allocated now
+(the store's rows) it returns what every Service and Node holds after this pass. The pass
+writes the result in its one transaction, so a reviewed plan holds the same addresses that
+`apply --plan` uses, and a new Service has its address on its first pass. A value, once
+given, stays while its owner wants it; allocation problems are that object's status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gitorch.model.objects import DesiredState, Object, ObjectKey
+from gitorch.model.ranges import NODE_PORT_RANGE, RangeError, probe, service_range
+from gitorch.reconcile import networking, services
+
+ServiceKey = tuple[str, str]  # namespace, name
+PortKey = tuple[str, str, str]  # namespace, service, port name
+
+
+@dataclass(frozen=True)
+class Allocations:
+    """What each owner holds after the pass; anything not listed is released."""
+
+    cluster_ips: Mapping[ServiceKey, str] = field(default_factory=dict)
+    node_ports: Mapping[PortKey, int] = field(default_factory=dict)
+    pod_cidrs: Mapping[str, str] = field(default_factory=dict)
+    problems: Mapping[ObjectKey, str] = field(default_factory=dict)
+    """Per Service or Node: why it got no address (range full, requested value taken)."""
+
+
+def allocate(
+    state: DesiredState,
+    cluster_ips: Mapping[ServiceKey, str],
+    node_ports: Mapping[PortKey, int],
+    pod_cidrs: Mapping[str, str],
+) -> Allocations:
+    """The allocations after this pass, deterministic for the same inputs."""
+    problems: dict[ObjectKey, str] = {}
+    ips = _cluster_ips(state, cluster_ips, problems)
+    ports = _node_ports(state, node_ports, problems)
+    cidrs = _pod_cidrs(state, pod_cidrs, problems)
+    return Allocations(ips, ports, cidrs, problems)
+
+
+def _cluster_ips(
+    state: DesiredState, have: Mapping[ServiceKey, str], problems: dict[ObjectKey, str]
+) -> dict[ServiceKey, str]:
+    cidr = services.service_cidr(state)
+    try:
+        network, first, last = service_range(cidr)
+    except RangeError as exc:
+        for svc in state.of_kind("Service"):
+            if services.proxied(svc):
+                problems[svc.key] = str(exc)
+        return {}
+    wanted = sorted((svc for svc in state.of_kind("Service") if services.proxied(svc)), key=lambda s: s.key)
+    out: dict[ServiceKey, str] = {}
+    used: dict[int, ServiceKey] = {}
+    todo: list[tuple[Object, int | None]] = []
+    # Pass 1: keep what Services already hold (and still want); pass 2 hands out the rest.
+    for svc in wanted:
+        key = (svc.key.namespace, svc.key.name)
+        requested: int | None = None
+        raw = svc.spec.get("clusterIP")
+        if raw:
+            try:
+                requested = int(ipaddress.ip_address(str(raw)))
+            except ValueError:
+                problems[svc.key] = f"requested cluster IP {raw!r} is invalid"
+                continue
+            if not first <= requested <= last or ipaddress.ip_address(str(raw)) not in network:
+                problems[svc.key] = (
+                    f"requested cluster IP {raw} is outside the allocatable range of {cidr} "
+                    "(its network, first and last addresses are reserved)"
+                )
+                continue
+        current = have.get(key)
+        held = int(ipaddress.ip_address(current)) if current else None
+        if held is not None and (requested == held or (requested is None and first <= held <= last)):
+            out[key] = current or ""
+            used[held] = key
+        else:
+            todo.append((svc, requested))
+    for svc, requested in todo:
+        key = (svc.key.namespace, svc.key.name)
+        if requested is not None:
+            if requested in used:
+                holder = used[requested]
+                problems[svc.key] = (
+                    f"cluster IP {svc.spec.get('clusterIP')} is already allocated to {holder[0]}/{holder[1]}"
+                )
+                continue
+            chosen = requested
+        else:
+            try:
+                chosen = probe(first, last, set(used), f"{key[0]}/{key[1]}", f"cluster IP in {cidr}")
+            except RangeError as exc:
+                problems[svc.key] = str(exc)
+                continue
+        out[key] = str(ipaddress.ip_address(chosen))
+        used[chosen] = key
+    return out
+
+
+def _node_ports(
+    state: DesiredState, have: Mapping[PortKey, int], problems: dict[ObjectKey, str]
+) -> dict[PortKey, int]:
+    first, last = NODE_PORT_RANGE
+    out: dict[PortKey, int] = {}
+    used: dict[int, PortKey] = {}
+    todo: list[tuple[Object, PortKey, int | None]] = []
+    for svc in sorted(state.of_kind("Service"), key=lambda s: s.key):
+        if svc.spec.get("type") != "NodePort" or not services.proxied(svc):
+            continue
+        for port in svc.spec.get("ports") or []:
+            key = (svc.key.namespace, svc.key.name, str(port.get("name") or ""))
+            raw = port.get("nodePort")
+            requested = int(raw) if isinstance(raw, int) and not isinstance(raw, bool) else None
+            if requested is not None and not first <= requested <= last:
+                problems[svc.key] = f"requested node port {requested} is outside the range {first}-{last}"
+                continue
+            current = have.get(key)
+            if current is not None and (requested == current or (requested is None and first <= current <= last)):
+                out[key] = current
+                used[current] = key
+            else:
+                todo.append((svc, key, requested))
+    for svc, key, requested in todo:
+        if requested is not None:
+            if requested in used:
+                holder = used[requested]
+                problems[svc.key] = (
+                    f"node port {requested} is already allocated to {holder[0]}/{holder[1]} port {holder[2]!r}"
+                )
+                continue
+            chosen = requested
+        else:
+            try:
+                chosen = probe(first, last, set(used), "/".join(key), f"node port in {first}-{last}")
+            except RangeError as exc:
+                problems[svc.key] = str(exc)
+                continue
+        out[key] = chosen
+        used[chosen] = key
+    return out
+
+
+def _pod_cidrs(state: DesiredState, have: Mapping[str, str], problems: dict[ObjectKey, str]) -> dict[str, str]:
+    """Each Node's pod CIDR: its manifest's `spec.podCIDR`, else the one it holds, else the
+    lowest free /24 of the Cluster's pod CIDR."""
+    cluster_cidr = networking.cluster_pod_cidr(state)
+    prefix = networking.NODE_PREFIX
+    try:
+        cluster = ipaddress.ip_network(cluster_cidr)
+    except ValueError as exc:
+        for node in state.of_kind("Node"):
+            problems[node.key] = f"pod CIDR {cluster_cidr!r} is invalid: {exc}"
+        return {}
+    out: dict[str, str] = {}
+    todo: list[Object] = []
+    for node in sorted(state.of_kind("Node"), key=lambda n: n.key):
+        name = node.key.name
+        pinned = node.spec.get("podCIDR")
+        if pinned:
+            out[name] = str(pinned)
+            continue
+        current = have.get(name)
+        if current and _fits(current, cluster, prefix):
+            out[name] = current
+        else:
+            todo.append(node)
+    if todo:
+        if not cluster.prefixlen <= prefix <= cluster.max_prefixlen:
+            for node in todo:
+                problems[node.key] = f"pod CIDR {cluster_cidr} has no /{prefix} subnets"
+            return out
+        taken = [ipaddress.ip_network(c) for c in out.values() if _valid_network(c)]
+        subnets = cluster.subnets(new_prefix=prefix)
+        for node in todo:
+            free = next((s for s in subnets if not any(s.overlaps(u) for u in taken)), None)
+            if free is None:
+                problems[node.key] = f"no free /{prefix} left in pod CIDR {cluster_cidr}"
+                continue
+            out[node.key.name] = str(free)
+            taken.append(free)
+    return out
+
+
+def _valid_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _fits(cidr: str, cluster: ipaddress.IPv4Network | ipaddress.IPv6Network, prefix: int) -> bool:
+    if not _valid_network(cidr):
+        return False
+    net = ipaddress.ip_network(cidr)
+    return net.version == cluster.version and net.prefixlen == prefix and net.subnet_of(cluster)  # type: ignore[arg-type]

@@ -192,6 +192,8 @@ def _store(*, upgrade: bool = False) -> Any:
 
     settings = _settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if settings.state_dir.stat().st_mode & 0o077:  # its own folder: the store, mirrors, known hosts
+        os.chmod(settings.state_dir, 0o700)
     return Store.open(settings.database_url, upgrade=upgrade)
 
 

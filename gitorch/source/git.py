@@ -468,21 +468,34 @@ def _callbacks(url: str, auth: RemoteAuth) -> _Callbacks:
     return _Callbacks(auth, url)
 
 
+def _private_dir(path: Path) -> None:
+    """`path` and the folders made for it readable by their owner only (0700): a mirror holds the
+    whole history of the desired state."""
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in {*created, path}:
+        if folder.stat().st_mode & 0o077:
+            os.chmod(folder, 0o700)
+
+
 def mirror(url: str, dest: Path, auth: RemoteAuth) -> Repository:
     """A bare local mirror of a remote repository (cloned on first use, fetched after)."""
     _trust_ca(auth)
     callbacks = _callbacks(url, auth)
     try:
+        _private_dir(dest.parent)  # first, so a mirror is out of reach while it is cloned
         if not (dest / "HEAD").exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
             pygit2.clone_repository(url, str(dest), bare=True, callbacks=callbacks)
             repo = open_repository(dest)
         else:
             repo = open_repository(dest)
             fetch(repo, auth, url)
+        _private_dir(dest)
         return repo
     except pygit2.GitError as exc:
         raise SourceError(f"{_redact(url)}: cannot fetch: {_redact(str(exc))}") from exc
+    except OSError as exc:
+        raise SourceError(f"{dest}: cannot make the mirror: {exc.strerror or exc}") from exc
 
 
 def fetch(repo: Repository, auth: RemoteAuth, url: str | None = None) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gitorch.cli import console
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
+from gitorch.reconcile.leadership import Leadership
 from gitorch.source.git import Repository
 from gitorch.store.database import Store
 
@@ -24,14 +25,22 @@ def _summary(result: PassResult) -> list[str]:
     return lines
 
 
-def apply(repo: Repository, store: Store, state_dir: Path, *, rev: str | None, wait: bool, timeout: float) -> bool:
-    """True when the commit was valid and (with `wait`) every workload became Healthy."""
+def apply(repo: Repository, store: Store, state_dir: Path, *, rev: str | None, wait: bool, timeout: float,
+          leadership: Leadership | None = None) -> bool:
+    """True when the commit was valid and (with `wait`) every workload became Healthy; each pass
+    is fenced by `leadership`'s term when given."""
     controller = Controller(repo, store, state_dir, ControllerSettings.from_env())
     deadline = time.monotonic() + timeout
     last: list[str] = []
     try:
         while True:
-            result = controller.reconcile(rev)
+            fence = None
+            if leadership is not None:
+                fence = leadership.fence or leadership.renew()
+                if fence is None:
+                    console.error("lost the controller lease (another controller leads now); stopped")
+                    return False
+            result = controller.reconcile(rev, fence=fence)
             if not result.valid:
                 for line in result.diagnostics:
                     console.write(line, stderr=True)

@@ -5,6 +5,7 @@ The only module that imports click.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -222,7 +223,7 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
     import time
 
     from gitorch.cli import applying
-    from gitorch.reconcile import reviewing
+    from gitorch.reconcile import leadership, reviewing
 
     repo = open_repository(repo_path)
     with _store() as store:
@@ -234,7 +235,9 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
             reviewing.check_saved(saved, head, current)
             console.write(f"applying the reviewed plan for {head[:7]}")
             rev, wait = head, True
-        ok = applying.apply(repo, store, _settings().state_dir, rev=rev, wait=wait, timeout=timeout)
+        with leadership.exclusive(store, "apply") as lead:
+            ok = applying.apply(repo, store, _settings().state_dir, rev=rev, wait=wait, timeout=timeout,
+                                leadership=lead)
     sys.exit(0 if ok else 1)
 
 
@@ -341,7 +344,7 @@ def _serve_env(env_file: str | None) -> Callable[[], str]:
 @click.option("--state-dir", default="/var/lib/gitorch", show_default=True,
               help="GITORCH_STATE_DIR: the store, known_hosts, mirrors; the only folder serve may write.")
 @click.option("--env-file", default="/etc/gitorch/gitorch.env", show_default=True,
-              help="Settings file read at start and on `systemctl reload` (mode 0600: it may hold secrets).")
+              help="Settings file read at start and on `systemctl reload` (root:USER, mode 0640: it holds secrets).")
 @click.option("--executable", default=None, help="Absolute path of gitorch. Default: the one running now.")
 @click.argument("serve_args", nargs=-1, type=click.UNPROCESSED)
 def systemd_unit(user: str, state_dir: str, env_file: str, executable: str | None,
@@ -502,6 +505,7 @@ def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, dns
     with --run a new one."""
     from gitorch.model.addresses import parse_hostport
     from gitorch.reconcile import drift as drift_mod
+    from gitorch.reconcile import leadership
     from gitorch.reconcile.controller import Controller, ControllerSettings
 
     try:
@@ -518,7 +522,16 @@ def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, dns
             controller = Controller(open_repository(repo_path), store, _settings().state_dir,
                                     ControllerSettings.from_env())
             try:
-                drift_mod.run(controller, rev=rev, heal=heal, dns=dns_address)
+                with contextlib.ExitStack() as stack:
+                    lead = None
+                    try:
+                        lead = stack.enter_context(leadership.exclusive(store, "drift --heal"))
+                    except leadership.LeaderBusy:
+                        if heal:
+                            raise
+                        console.warn("another controller leads: this drift check only reports")
+                    drift_mod.run(controller, rev=rev, heal=heal, dns=dns_address,
+                                  fence=lead.fence if lead else None, report_only=lead is None)
             finally:
                 controller.close()
         reports = store.drift_reports()

@@ -29,7 +29,7 @@ from gitorch.nodes.client import PodKey, pod_reports
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.controller import Controller
 from gitorch.source import desired as desired_mod
-from gitorch.store.database import DriftReport, ObjectRecord, PodRecord, Store
+from gitorch.store.database import DriftReport, Fence, ObjectRecord, PodRecord, Store
 
 ANNOTATION = "gitorch.dev/drift"
 MODES = ("report", "heal", "ignore")
@@ -360,18 +360,19 @@ def check(controller: Controller, state: DesiredState, default_mode: str, dns: s
 
 
 def run(controller: Controller, *, rev: str | None = None, heal: bool = False,
-        dns: str | None = None) -> DriftReport:
-    """One drift check, saved. Heals (one reconcile pass) when `heal` or the Cluster's mode
-    says so and a finding's object does not ask for report only. The cluster DNS checked
-    is `dns` (ADDR:PORT), else the one pods are told to use, else none."""
+        dns: str | None = None, fence: Fence | None = None, report_only: bool = False) -> DriftReport:
+    """One drift check, saved. Heals (one reconcile pass, fenced by `fence`) when `heal` or the
+    Cluster's mode says so and a finding's object does not ask for report only; never with
+    `report_only` (another controller leads). The cluster DNS checked is `dns` (ADDR:PORT),
+    else the one pods are told to use, else none."""
     started = datetime.now(UTC)
     state = _state(controller, rev)
-    default_mode = "heal" if heal else cluster_mode(state)
+    default_mode = "report" if report_only else "heal" if heal else cluster_mode(state)
     dns = dns_address(controller, state, dns)
     found = check(controller, state, default_mode, dns)
     healed: list[dict[str, Any]] = []
-    if any(f.mode == "heal" for f in found):
-        result = controller.reconcile(rev)
+    if not report_only and any(f.mode == "heal" for f in found):
+        result = controller.reconcile(rev, fence=fence)
         after = check(controller, state, default_mode, dns)
         healed.append({
             "action": "reconcile",

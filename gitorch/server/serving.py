@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +18,11 @@ from types import FrameType
 from gitorch.dns.cluster import ClusterDNS, settings_for
 from gitorch.model.errors import GitorchError, SourceError
 from gitorch.model.timers import Timers
-from gitorch.nodes.client import NodeClient, Watch
+from gitorch.nodes.client import NodeClient, StaleTerm, Watch
 from gitorch.nodes.ssh import NodeError
 from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
+from gitorch.reconcile.leadership import Leadership, holder_name
 from gitorch.server import systemd
 from gitorch.server.http import Endpoint, HttpServer, Limits, Reply, Site
 from gitorch.server.metrics import Metrics
@@ -31,9 +31,8 @@ from gitorch.server.webhooks import Handlers, endpoints
 from gitorch.source import desired
 from gitorch.source.git import Repository
 from gitorch.source.hooks import wake_token as load_wake_token
-from gitorch.store.database import Store
+from gitorch.store.database import Fence, StaleLeader, Store
 
-LEASE = "gitorch-controller"
 DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
 REQUEUE_MAX = 30.0  # seconds: the longest back-off between passes while nodes fail
 WATCH_SILENCE = 35.0  # seconds without a line (agents send a heartbeat every 10 s) before a pod watch is re-opened
@@ -171,7 +170,8 @@ class Server:
             # The DNS this controller serves is the one pods should use (it must listen on port 53 for them).
             settings = dataclasses.replace(settings, cluster_dns=dns_listen)
         self.controller = Controller(repo, store, state_dir, settings)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder_name()
+        self.leadership = Leadership(store, self.holder, self.lease_ttl)
         self.timers = Timers()
         self.stopping = threading.Event()
         self._last: tuple[str, ...] = ()
@@ -282,17 +282,22 @@ class Server:
         return max(15.0, min(self.interval, 20.0) * 3)
 
     def _lead(self) -> bool:
-        """Take or renew the lease; the `lease` job renews it between passes too, so a long
-        interval does not mean a long failover."""
-        leader = self.store.try_acquire_lease(LEASE, self.holder, self.lease_ttl)
+        """Whether this process leads now: the term the `lease` job keeps renewing, or a renewal
+        now when it has none. A pass acts only within its term (see reconcile/leadership.py)."""
+        fence = self.leadership.fence or self.leadership.renew()
+        self._note_role(fence)
+        return fence is not None
+
+    def _note_role(self, fence: Fence | None) -> None:
+        leader = fence is not None
         if leader != self._leader:
-            log.info(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder})",
+            term = f", term {fence.term}" if fence is not None else ""
+            log.info(f"{time.strftime('%H:%M:%S')} {'leading' if leader else 'standing by'} ({self.holder}{term})",
                      extra={"event": "leading" if leader else "standing-by"})
             if leader and self._leader is not None:
                 self._dirty.set()  # a new leader reconciles at once
             self._leader = leader
             self.systemd.status(self._status())
-        return leader
 
     def _status(self) -> str:
         """systemd's STATUS= line (`systemctl status`): the role and the last revision seen."""
@@ -301,11 +306,9 @@ class Server:
         return f"{role} ({self.holder}){seen}"
 
     def _renew(self) -> None:
+        """The `lease` job: renews the term on its own timer, whatever a pass takes."""
         self._start_listener()
-        try:
-            self._lead()
-        except Exception as exc:  # a store hiccup; the next renewal or pass retries
-            log.error(f"lease renewal failed: {exc}")
+        self._note_role(self.leadership.renew())
 
     def _pass(self) -> None:
         self._fetch()
@@ -321,8 +324,17 @@ class Server:
             return
         self._waiting_for_branch = False
         started = time.monotonic()
+        fence = self.leadership.fence
+        if fence is None:
+            self._note_role(None)
+            return
         try:
-            result = self.controller.reconcile(self.branch)
+            result = self.controller.reconcile(self.branch, fence=fence)
+        except (StaleLeader, StaleTerm) as exc:  # another controller leads now: stop at once
+            self.leadership.lost(str(exc))
+            self._note_role(None)
+            self.metrics.observe_failure(time.monotonic() - started)
+            return
         except Exception as exc:  # a failed pass is retried on the next tick, never fatal
             log.error(f"reconcile pass failed: {exc}", extra={"event": "pass-failed"})
             self.metrics.observe_failure(time.monotonic() - started)
@@ -414,7 +426,8 @@ class Server:
             if not self._lead():
                 return
             try:
-                report = drift.run(self.controller, rev=self.branch, dns=self._dns_address())
+                report = drift.run(self.controller, rev=self.branch, dns=self._dns_address(),
+                                   fence=self.leadership.fence)
             except Exception as exc:  # a failed check is retried on schedule, never fatal
                 log.error(f"drift check failed: {exc}")
                 return
@@ -498,8 +511,7 @@ class Server:
         self.notifier.start()
         self.timers.every(self.interval, self.reconcile, "reconcile")
         self.timers.every(DIRTY_CHECK, self._if_dirty, "reconcile-pending")
-        if self.interval > self.lease_ttl / 3:
-            self.timers.every(self.lease_ttl / 3, self._renew, "lease")
+        self.timers.every(self.lease_ttl / 3, self._renew, "lease")
         if self.systemd.watchdog_interval is not None:  # WatchdogSec=: pinged from the timer thread
             self.timers.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")
         self.timers.start()
@@ -523,7 +535,7 @@ class Server:
             self.timers.stop()
             self.watchers.stop()
             self.notifier.stop()
-            self.store.release_lease(LEASE, self.holder)
+            self.leadership.release()
             self.controller.close()
             if self.dns is not None:
                 self.dns.stop()

@@ -570,6 +570,52 @@ def test_a_bad_pod_does_not_disturb_the_others(node: Node) -> None:
     node.wait_pod("good-1", running, "running")
 
 
+@pytest.mark.parametrize("container,field", [
+    (ctr("main", [], image="--privileged"), "image"),
+    (ctr("main", [], image="localhost/x:1 --rm"), "image"),
+    (ctr("main", ["sleep", "300"], env=[{"name": "TOKEN", "value": "a\0b", "secret": True}]), "env[0] (TOKEN)"),
+    (ctr("main", ["sleep", "300"], env=[{"name": "A=B", "value": "x"}]), "env[0].name"),
+    (ctr("main", ["sleep", "3\0"]), "command[1]"),
+    (ctr("main", ["sleep"], args=["300\0"]), "args[0]"),
+    (ctr("main", ["sleep", "300"], workingDir="/tmp\n/etc"), "workingDir"),
+    (ctr("main", [], image="localhost/x:1", volumeMounts=[{"name": "data", "mountPath": "/data:/etc"}]),
+     "mountPath"),
+    (ctr("main", [], image="localhost/x:1", volumeMounts=[{"name": "data", "mountPath": "/data,ro"}]),
+     "mountPath"),
+    (ctr("main", [], image="localhost/x:1", volumeMounts=[{"name": "odd", "mountPath": "/odd"}]),
+     "hostPath"),
+    (ctr("main", ["sleep", "300"], readinessProbe={"httpGet": {"port": 80, "path": "/\r\nX: y"}}), "httpGet"),
+], ids=["image-is-an-option", "image-with-a-space", "nul-in-env-value", "equals-in-env-name",
+        "nul-in-command", "nul-in-args", "newline-in-workingdir", "colon-in-image-mountpath",
+        "comma-in-image-mountpath", "comma-in-image-hostpath", "crlf-in-probe-path"])
+def test_values_that_would_become_options_fail_the_pod_once(node: Node, container: Json, field: str) -> None:
+    volumes = [{"name": "data", "emptyDir": True}, {"name": "odd", "hostPath": "/tmp/a,b"}]
+    node.sync(pod("bad-1", container, volumes=volumes), pod("good-1", sleeper()))
+    p = node.wait_pod("bad-1", lambda p: p["phase"] == "Failed", "Failed")
+    assert p["reason"] == "InvalidPodSpec" and field in p["message"], p["message"]
+    assert "a\0b" not in p["message"] and p["restarts"] == 0
+    assert all(c["state"] == "waiting" and c["pid"] is None for c in p["containers"])
+    node.wait_pod("good-1", running, "running")
+    # Refused once, when the spec arrived: not retried (nor logged) on every tick.
+    time.sleep(1.5)
+    log = (node.root / "supervisor.log").read_text()
+    assert log.count("test/bad-1: invalid spec") == 1, log
+    assert not (node.root / "pods" / "test_bad-1").exists()  # no folder, no cgroup, no start
+
+
+def test_odd_paths_are_fine_for_processes(node: Node, tmp_path: Path) -> None:
+    """A process container mounts through a quoted shell line: ':' and ',' are just characters."""
+    if node.run("facts")["volumeMounts"] != "bind":
+        pytest.skip("no mount namespaces here")
+    odd = tmp_path / "a:b,c -x"
+    main = ctr("main", ["cat", "conf/app.conf"], workingDir=str(odd),
+               volumeMounts=[{"name": "cfg", "mountPath": str(odd / "conf"), "readOnly": True}])
+    node.sync(pod("odd-1", main, restartPolicy="Never",
+                  volumes=[{"name": "cfg", "files": {"app.conf": "x=1"}}]))
+    node.wait_pod("odd-1", lambda p: p["phase"] == "Succeeded", "Succeeded")
+    assert node.run("logs", {"pod": "odd-1"})["log"] == "x=1"
+
+
 def test_image_without_a_runtime_is_failed_with_a_reason(node: Node) -> None:
     node.sync(pod("img-1", ctr("main", [], image="localhost/busybox:1")))
     p = node.wait_pod("img-1", lambda p: p["phase"] == "Failed", "Failed")
@@ -751,14 +797,14 @@ def test_image_containers_run_through_podman(tmp_path: Path) -> None:
         assert name.startswith("gitorch-test_img-2-web")
         for flag in ("--rm", "--network host", "--ulimit nofile=1024:1024",
                      "--ulimit nproc=4096:4096", "--env PASSWORD", "--env GREETING",
-                     "--memory 67108864", '--entrypoint ["/bin/server"] localhost/web:1 '
+                     "--memory 67108864", '--entrypoint ["/bin/server"] -- localhost/web:1 '
                      "--port 8080", ":/etc/web:ro"):
             assert flag in run_line
         assert "s3cret-podman" not in run_line  # values travel in the environment
         assert env_line == "env PASSWORD=s3cret-podman GREETING=hi"
         node.sync()
         wait_until(lambda: not node.pods(), "pod removed")
-        assert f"stop -t 1 {name}" in calls.read_text()
+        assert f"stop -t 1 -- {name}" in calls.read_text()
     finally:
         node.teardown()
 

@@ -110,7 +110,7 @@ def test_image_pod_runs_through_podman_and_is_removed_again(images_lab: Lab, fle
         assert _wait("httpd answering", lambda: _get(f"http://{node.address}:8080/")) == INDEX_HTML
         log = _wait("the container's output", lambda: client.call("logs", {"pod": "web", "tail": -1})["log"])
         assert "started with GREETING=hello-from-the-pod-spec" in log
-        assert containers(images_lab, WITH_RUNTIME) == ["gitorch-web-main"]
+        assert containers(images_lab, WITH_RUNTIME) == ["gitorch-default_web-main"]
 
         client.call("sync", {"pods": []})
         _wait("pod web removed", lambda: _pod_status(client, "web") is None)

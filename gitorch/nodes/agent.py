@@ -646,7 +646,7 @@ def _mount_check(paths: Paths) -> tuple[str, str]:
     try:
         # A throw-away private mount namespace: bind the root dir onto itself.
         proc = subprocess.run([unshare, "--mount", "--propagation", "private", "--",
-                               mount, "--bind", paths.root, paths.root],
+                               mount, "--bind", "--", paths.root, paths.root],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -795,11 +795,54 @@ def _int_or_none(raw: Any, where: str) -> int | None:
 
 
 def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    """A list of strings that can become a process's arguments (no NUL: exec cannot pass it;
+    newlines are fine: `sh -c` scripts have them)."""
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
         raise SpecError(f"{where}: must be a list of strings")
+    for i, text in enumerate(raw):
+        if "\0" in text:
+            raise SpecError(f"{where}[{i}]: contains a NUL character")
     return tuple(raw)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def _path(raw: Any, where: str, *, image: bool = False) -> str:
+    """An absolute path, without control characters; for a container runtime's ``-v``
+    (``image``), also without ':' and ',', which would split it into more options."""
+    if not isinstance(raw, str) or not raw.startswith("/"):
+        raise SpecError(f"{where}: must be an absolute path")
+    if _has_control(raw):
+        raise SpecError(f"{where}: contains a control character")
+    if image and (":" in raw or "," in raw):
+        raise SpecError(f"{where}: {raw!r} contains ':' or ',', which a container runtime "
+                        "would read as more mount options")
+    return raw
+
+
+# The OCI / Docker image reference grammar (distribution/reference): [domain/]path[:tag][@digest].
+_ALNUM = r"[a-z0-9]+"
+_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::\w[\w.-]{{0,127}})?(?:@{_DIGEST})?",
+    re.ASCII)
+
+
+def image_reference(raw: Any, where: str) -> str:
+    """An image reference as the OCI grammar has it, so it can never become an option."""
+    if not isinstance(raw, str) or not raw:
+        raise SpecError(f"{where}: must be a non-empty string or null")
+    if len(raw) > 512 or not IMAGE_REFERENCE.fullmatch(raw):
+        raise SpecError(f"{where}: {raw[:100]!r} is not an image reference "
+                        "([registry/]name[:tag][@digest])")
+    return raw
 
 
 def _port(raw: Any, where: str) -> int:
@@ -835,6 +878,15 @@ class ProbeSpec:
             raise SpecError(f"{where}.{kind}: must be an object")
         if kind in ("httpGet", "tcpSocket"):
             _port(handler.get("port"), f"{where}.{kind}.port")
+            texts = [handler.get("host"), handler.get("path"), handler.get("scheme")]
+            for h in handler.get("httpHeaders") or []:
+                if not isinstance(h, dict):
+                    raise SpecError(f"{where}.{kind}.httpHeaders: must be objects")
+                texts += [h.get("name"), h.get("value")]
+            if any(t is not None and (not isinstance(t, (str, int)) or _has_control(str(t)))
+                   for t in texts):
+                raise SpecError(f"{where}.{kind}: host, path, scheme and headers must be "
+                                "strings without control characters")
         elif not _strings(handler.get("command"), f"{where}.exec.command"):
             raise SpecError(f"{where}.exec.command: must not be empty")
         return cls(
@@ -888,8 +940,8 @@ class ContainerSpec:
             raise SpecError(f"{where}: must be an object")
         name = safe_name(raw.get("name"), f"{where}.name")
         image = raw.get("image")
-        if image is not None and (not isinstance(image, str) or not image):
-            raise SpecError(f"{where}.image: must be a non-empty string or null")
+        if image is not None:
+            image = image_reference(image, f"{where}.image")
         command = _strings(raw.get("command"), f"{where}.command")
         args = _strings(raw.get("args"), f"{where}.args")
         if image is None and not command and not args:
@@ -899,13 +951,18 @@ class ContainerSpec:
         for i, item in enumerate(raw.get("env") or []):
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise SpecError(f"{where}.env[{i}]: needs a name")
-            value = item.get("value")
-            env.append(EnvVar(item["name"], "" if value is None else str(value),
-                              bool(item.get("secret"))))
+            env_name = item["name"]
+            if not env_name or "=" in env_name or not env_name.isprintable():
+                raise SpecError(f"{where}.env[{i}].name: must be printable characters "
+                                "other than '='")
+            value = "" if item.get("value") is None else str(item["value"])
+            if "\0" in value:  # the value itself stays out of the message: it may be secret
+                raise SpecError(f"{where}.env[{i}] ({env_name}): the value contains a NUL "
+                                "character")
+            env.append(EnvVar(env_name, value, bool(item.get("secret"))))
         working_dir = raw.get("workingDir")
-        if working_dir is not None and (not isinstance(working_dir, str)
-                                        or not working_dir.startswith("/")):
-            raise SpecError(f"{where}.workingDir: must be an absolute path")
+        if working_dir is not None:
+            working_dir = _path(working_dir, f"{where}.workingDir")
         resources = raw.get("resources") or {}
         if not isinstance(resources, dict):
             raise SpecError(f"{where}.resources: must be an object")
@@ -913,8 +970,9 @@ class ContainerSpec:
         for i, item in enumerate(raw.get("volumeMounts") or []):
             if not isinstance(item, dict):
                 raise SpecError(f"{where}.volumeMounts[{i}]: must be an object")
-            path = item.get("mountPath")
-            if not isinstance(path, str) or not path.startswith("/") or path == "/":
+            path = _path(item.get("mountPath"), f"{where}.volumeMounts[{i}].mountPath",
+                         image=image is not None)
+            if os.path.normpath(path) == "/":
                 raise SpecError(f"{where}.volumeMounts[{i}].mountPath: must be an absolute "
                                 "path other than /")
             mounts.append(MountSpec(safe_name(item.get("name"), f"{where}.volumeMounts[{i}]"),
@@ -952,7 +1010,8 @@ class VolumeSpec:
             items = []
             for key, value in files.items():
                 parts = str(key).split("/")
-                if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                if key.startswith("/") or any(p in ("", ".", "..") for p in parts) \
+                        or _has_control(key):
                     raise SpecError(f"{where}.files: invalid file name {key!r}")
                 items.append((str(key), "" if value is None else str(value)))
             return cls(name, "files", tuple(sorted(items)), bool(raw.get("secret")), None)
@@ -960,9 +1019,8 @@ class VolumeSpec:
             return cls(name, "emptyDir", (), False, None)
         host = raw.get("hostPath")
         if host is not None:
-            if not isinstance(host, str) or not host.startswith("/"):
-                raise SpecError(f"{where}.hostPath: must be an absolute path")
-            return cls(name, "hostPath", (), False, os.path.normpath(host))
+            return cls(name, "hostPath", (), False,
+                       os.path.normpath(_path(host, f"{where}.hostPath")))
         raise SpecError(f"{where}: needs one of files, emptyDir, hostPath")
 
 
@@ -1010,6 +1068,10 @@ class PodSpec:
                 if m.volume not in vol_names:
                     raise SpecError(f"container {ctr.name}: volumeMount {m.volume!r} names no "
                                     "volume of the pod")
+                host = next(v.host_path for v in volumes if v.name == m.volume)
+                if ctr.image is not None and host is not None:
+                    _path(host, f"volumes.{m.volume}.hostPath (mounted by image container "
+                          f"{ctr.name})", image=True)
         dns_policy = raw.get("dnsPolicy") or "ClusterFirst"
         if dns_policy not in DNS_POLICIES:
             raise SpecError(f"dnsPolicy: must be one of {', '.join(DNS_POLICIES)}")
@@ -1024,7 +1086,7 @@ class PodSpec:
         config = (_strings(dns_config.get("nameservers"), "dnsConfig.nameservers"),
                   _strings(dns_config.get("searches"), "dnsConfig.searches"), tuple(options))
         for text in (t for group in config for t in group):
-            if not text or any(c.isspace() for c in text):
+            if not text or any(c.isspace() for c in text) or _has_control(text):
                 raise SpecError(f"dnsConfig: {text!r} is not a single word")
         return cls(
             name=name,
@@ -1688,14 +1750,15 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
         return cmd, cwd, False
     lines = ["set -e"]
     lines += [f"echo $$ > {q(os.path.join(d, 'cgroup.procs'))}" for d in cgroup_dirs]
+    # `--` everywhere a path follows; `exec "$@"` needs none: sh's exec takes no options.
     for src, dst, read_only in mounts:
-        lines += [f"mkdir -p {q(dst)}", f"mount --bind {q(src)} {q(dst)}"]
+        lines += [f"mkdir -p -- {q(dst)}", f"mount --bind -- {q(src)} {q(dst)}"]
         if read_only:
-            lines.append(f"mount -o remount,bind,ro {q(dst)}")
+            lines.append(f"mount -o remount,bind,ro -- {q(dst)}")
     if resolv is not None:
         # A file over a file (through a symlink too); a node without one keeps none.
-        lines.append(f"if [ -e /etc/resolv.conf ]; then mount --bind {q(resolv)} /etc/resolv.conf; fi")
-    lines += [f"cd {q(cwd)}", 'exec "$@"']
+        lines.append(f"if [ -e /etc/resolv.conf ]; then mount --bind -- {q(resolv)} /etc/resolv.conf; fi")
+    lines += [f"cd -- {q(cwd)}", 'exec "$@"']
     argv = ["/bin/sh", "-c", "\n".join(lines), "gitorch-init", *cmd]
     private = bool(mounts) or resolv is not None
     if private:
@@ -1731,11 +1794,16 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
         else:
             client_env[key] = value
             argv += ["--env", key]
-    for m in spec.mounts:
-        src = volume_source(paths, pod, pod.spec.volume(m.volume))
-        argv += ["-v", f"{src}:{m.path}" + (":ro" if m.read_only else "")]
+    mounts = [(volume_source(paths, pod, pod.spec.volume(m.volume)), m.path, m.read_only)
+              for m in spec.mounts]
     if resolv is not None and pod.netns and kind == "podman":
-        argv += ["-v", f"{resolv}:/etc/resolv.conf:ro"]  # docker runs on the host network
+        mounts.append((resolv, "/etc/resolv.conf", True))  # docker runs on the host network
+    for src, dst, read_only in mounts:
+        # The spec's paths were checked; the agent's own (its --root) are checked here.
+        if any(c in text for text in (src, dst) for c in ":,\0\n"):
+            raise StartError(f"volume path {src!r} or {dst!r} contains ':', ',' or a control "
+                             f"character: {kind} -v would misread it")
+        argv += ["-v", f"{src}:{dst}" + (":ro" if read_only else "")]
     if spec.memory_bytes is not None:
         argv += ["--memory", str(spec.memory_bytes)]
     if spec.cpu_millis is not None:
@@ -1745,7 +1813,8 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     if spec.command:
         argv += ["--entrypoint", json.dumps(list(spec.command))]
     assert spec.image is not None
-    argv += [spec.image, *spec.args]
+    # `--`: whatever the image and args are, nothing after it is read as an option.
+    argv += ["--", spec.image, *spec.args]
     return argv, client_env
 
 
@@ -1834,6 +1903,9 @@ def veth_names(key: str, tag: str) -> tuple[str, str]:
 
 
 def ip_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """Run ip(8). iproute2 takes no ``--``; none is needed: every argument is a keyword, an
+    agent-made interface or netns name (from a pod key, which starts with a letter or a
+    digit) or an address that ipaddress parsed."""
     binary = shutil.which("ip", path=DEFAULT_PATH) or "ip"
     try:
         proc = subprocess.run([binary, *args], stdin=subprocess.DEVNULL, capture_output=True,
@@ -2811,7 +2883,7 @@ class Supervisor:
                 ctr.runtime = runtime[0]
                 ctr.runtime_name = f"gitorch-{pod.key}-{ctr.name}{self.paths.instance_tag}"
                 if runtime[0] == "docker":
-                    run_quietly([runtime[1], "rm", "-f", ctr.runtime_name], 10)
+                    run_quietly([runtime[1], "rm", "-f", "--", ctr.runtime_name], 10)
                 argv, client_env = image_argv(self.paths, pod, spec, runtime,
                                               ctr.runtime_name, ctr.env, self.pod_resolv_conf(pod))
                 cwd, ctr.mount_ns = "/", False
@@ -2830,7 +2902,10 @@ class Supervisor:
                                         close_fds=True)
             finally:
                 os.close(fd)
-        except (OSError, StartError) as exc:
+        except (OSError, StartError, ValueError) as exc:
+            # ValueError: what exec cannot pass (a NUL byte); specs refuse it, but a start that
+            # raises must still end as this container's StartError (restarted with back-off,
+            # by its policy), never as an error of every tick.
             message = self.redact(one_line(str(exc)))
             self.log(f"pod {pod.label} container {ctr.name}: start failed: {message}")
             ctr.pid, ctr.popen = None, None
@@ -2860,7 +2935,7 @@ class Supervisor:
         self.send(ctr, signal.SIGTERM)
         if ctr.runtime != "process" and ctr.runtime_name:
             binary = shutil.which(ctr.runtime) or ctr.runtime
-            in_background([binary, "stop", "-t", str(int(pod.grace)), ctr.runtime_name],
+            in_background([binary, "stop", "-t", str(int(pod.grace)), "--", ctr.runtime_name],
                           pod.grace + 30)
 
     def send(self, ctr: Container, sig: int) -> None:
@@ -2880,7 +2955,7 @@ class Supervisor:
             Cgroups.kill_all(ctr.cgroups)
             if ctr.runtime != "process" and ctr.runtime_name:
                 binary = shutil.which(ctr.runtime) or ctr.runtime
-                in_background([binary, "rm", "-f", ctr.runtime_name], 60)
+                in_background([binary, "rm", "-f", "--", ctr.runtime_name], 60)
 
     def on_exit(self, pod: Pod, ctr: Container, rc: int | None, now: float,
                 stopping: bool) -> None:
@@ -2983,7 +3058,8 @@ class Supervisor:
         command = [str(c) for c in handler["command"]]
         cwd = "/"
         if ctr.runtime != "process" and ctr.runtime_name:
-            argv = [shutil.which(ctr.runtime) or ctr.runtime, "exec", ctr.runtime_name, *command]
+            argv = [shutil.which(ctr.runtime) or ctr.runtime, "exec", "--", ctr.runtime_name,
+                    *command]
         elif ctr.mount_ns and ctr.pid is not None and shutil.which("nsenter"):
             # Run where the container sees its volumes; a bare -w takes the container's cwd
             # (entering a mount namespace would otherwise leave us in its /).

@@ -826,3 +826,29 @@ def test_saved_allocations_replace_and_release(store: Store) -> None:
     assert [(c.service, c.ip) for c in store.cluster_ips()] == [("web", "10.96.0.10")]
     assert store.node_ports() == []
     assert {n.name: n.pod_cidr for n in store.nodes()} == {"n1": None, "n2": "10.244.0.0/24"}
+
+
+def test_retention_rules(store: Store) -> None:
+    now = datetime.now(UTC)
+    for i in range(30):
+        store.record_event("Pod", "default", f"p{i}", reason="Started", when=now - timedelta(minutes=90 - i))
+    for i in range(5):
+        store.record_event("Pod", "default", f"fresh{i}", reason="Started", when=now - timedelta(seconds=i))
+    commits = [f"{i:040x}" for i in range(8)]
+    for i, c in enumerate(commits):
+        store.record_revision(c, committed_at=T0, first_seen_at=T0 + timedelta(minutes=i))
+    store.set_revision_outcome(commits[0], "applied", when=T0)  # the oldest is the last applied
+    for _ in range(6):
+        store.save_drift_report(started_at=T0, finished_at=T0, mode="report", revision=None, findings=[], counts={})
+    store.upsert_node("kept", address="10.0.0.1")
+    store.upsert_node("busy", address="10.0.0.2")
+    store.upsert_node("gone", address="10.0.0.3")
+    store.upsert_pods([PodRecord(namespace="default", name="p", owner_kind="Deployment", owner_name="d",
+                                 node="busy", template_hash="h")])
+    gone = store.prune(events_before=now - timedelta(hours=1), max_events=3, revisions=3, drift_reports=2,
+                       nodes=["kept"])
+    assert [e.name for e in store.events()] and {e.name for e in store.events()} == {"fresh0", "fresh1", "fresh2"}
+    assert {r.commit for r in store.revisions()} == {commits[0], *commits[5:]}
+    assert len(store.drift_reports()) == 2
+    assert {n.name for n in store.nodes()} == {"kept", "busy"}  # busy still has a pod recorded
+    assert gone["events"] == 32 and gone["revisions"] == 4 and gone["drift_reports"] == 4 and gone["nodes"] == 1

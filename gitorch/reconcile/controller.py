@@ -7,6 +7,7 @@ and reported, and the last good revision keeps running.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gitorch.model.diagnostics import errors
+from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
@@ -32,6 +34,7 @@ from gitorch.store.database import Fence, PodRecord, Store, StoreError
 log = logging.getLogger(__name__)
 
 FACTS_EVERY = 30.0  # seconds between fact refreshes of a reachable node
+PRUNE_EVERY = 60.0  # seconds between applications of the store's retention rules
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,32 @@ class ControllerSettings:
     """The agent's state folder on nodes (default /var/lib/gitorch)."""
     cluster_dns: str | None = None
     """ADDR[:PORT] of the cluster DNS that pods' resolv.conf names (port 53 for pods)."""
+    event_ttl: float = 3600.0
+    """Seconds an event is kept after it was last seen (Kubernetes' --event-ttl default: 1 h)."""
+    max_events: int = 10_000
+    """Events kept at most, the newest first."""
+    revision_history: int = 100
+    """Revisions kept (the last applied one always)."""
+    drift_history: int = 100
+    """Drift reports kept."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
-        """Defaults, with `GITORCH_NODE_TIMEOUT` (seconds) overriding the node timeout and
-        `GITORCH_CLUSTER_DNS` (ADDR[:PORT]) naming the cluster DNS for pods."""
-        raw = os.environ.get("GITORCH_NODE_TIMEOUT")
-        dns = os.environ.get("GITORCH_CLUSTER_DNS") or None
-        return cls(node_timeout=float(raw), cluster_dns=dns) if raw else cls(cluster_dns=dns)
+        """Defaults, overridden by `GITORCH_NODE_TIMEOUT` (seconds), `GITORCH_CLUSTER_DNS`
+        (ADDR[:PORT] of the cluster DNS for pods), `GITORCH_EVENT_TTL` (seconds),
+        `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY` and `GITORCH_DRIFT_HISTORY`."""
+        env = os.environ
+        out = cls(cluster_dns=env.get("GITORCH_CLUSTER_DNS") or None)
+        numbers = {"node_timeout": ("GITORCH_NODE_TIMEOUT", float), "event_ttl": ("GITORCH_EVENT_TTL", float),
+                   "max_events": ("GITORCH_MAX_EVENTS", int), "revision_history": ("GITORCH_REVISION_HISTORY", int),
+                   "drift_history": ("GITORCH_DRIFT_HISTORY", int)}
+        for name, (var, kind) in numbers.items():
+            if env.get(var):
+                try:
+                    out = dataclasses.replace(out, **{name: kind(env[var])})
+                except ValueError as exc:
+                    raise GitorchError(f"{var}={env[var]!r}: expected a number") from exc
+        return out
 
 
 @dataclass
@@ -122,6 +143,7 @@ class Controller:
         self._fleet: Fleet | None = None
         self._endpoints: tuple[Endpoint, ...] = ()
         self._facts_at: dict[str, float] = {}
+        self._pruned_at = float("-inf")
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -189,7 +211,24 @@ class Controller:
             for event in execution.events:
                 self.store.record_event(**event)
             self.save(state, the_plan, observed, now, valid)
+            self._retain(state, now)
         return result
+
+    def _retain(self, state: DesiredState, now: float) -> None:
+        """The store's retention rules, applied at most once a minute, within the pass."""
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        s = self.settings
+        gone = self.store.prune(
+            events_before=_dt(now - s.event_ttl),
+            max_events=s.max_events,
+            revisions=s.revision_history,
+            drift_reports=s.drift_history,
+            nodes=[n.key.name for n in state.of_kind("Node")],
+        )
+        if any(gone.values()):
+            log.debug("retention: removed %s", ", ".join(f"{n} {k}" for k, n in gone.items() if n))
 
     def _record_revision(self, head: DesiredState, valid: bool, now: float) -> None:
         """The head commit, and when it is invalid its first error, an event and its outcome."""

@@ -7,12 +7,12 @@ of the field, what is wrong and, where it helps, how to fix it. Secret values ne
 from __future__ import annotations
 
 import difflib
-import gc
+import functools
 import importlib.resources
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -76,8 +76,44 @@ def _validators(schema_dir: Path = SCHEMA_DIR) -> _Validators:
             raise GitorchError(f"{schema_dir / info.schema}: schema for {info.kind} missing")
         schema = _inline_refs(schema, registry.resolver(base_uri=schema.get("$id", "")), ())
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls = jsonschema.validators.extend(cls, {"pattern": _pattern})
         by_kind[info.kind] = cls(schema, registry=registry)
     return _Validators(by_kind)
+
+
+@cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema pattern with ECMA-262's `$`, the end of the text: Python's `$` also
+    matches before a final newline, which would let `name: "web\n"` pass as a DNS name."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "$":
+            ch = r"\Z"
+        out.append(ch)
+        i += 1
+    return re.compile("".join(out))
+
+
+def _pattern(
+    validator: jsonschema.protocols.Validator, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if not isinstance(instance, str):
+        return
+    limit = schema.get("maxLength")
+    if isinstance(limit, int) and len(instance) > limit:
+        return  # maxLength reports it; a regex never runs on megabytes of text
+    if not _ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 def _inline_refs(node: Any, resolver: Any, stack: tuple[str, ...]) -> Any:
@@ -124,10 +160,16 @@ def _describe_type(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+# Characters a terminal may act on that json.dumps leaves as they are: DEL, C1 controls,
+# bidirectional overrides and line separators.
+_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def _show(value: Any, sensitive: bool) -> str:
     if sensitive:
         return HIDDEN
     text = json.dumps(value, ensure_ascii=False, default=str)
+    text = _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -239,7 +281,27 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     yield at(ptr, message, hint)
 
 
+def _internal(
+    path: str, line: int, column: int, ptr: str, what: str, exc: BaseException, sensitive: bool
+) -> Diagnostic:
+    """An unexpected exception as a diagnostic: the input is reported, never a traceback."""
+    detail = type(exc).__name__ if sensitive else f"{type(exc).__name__}: {str(exc)[:200]}"
+    return Diagnostic(path, line, column, ptr, f"internal error checking {what}: {detail}; please report")
+
+
 def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
+    try:
+        return _check_document_body(doc)
+    except Exception as exc:  # validation never raises: the bug becomes this document's error
+        body = doc.body if isinstance(doc.body, dict) else {}
+        kind, meta = body.get("kind"), body.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        pos = doc.position("")
+        sensitive = not isinstance(kind, str) or kind in SENSITIVE_FIELDS
+        return None, [_internal(doc.path, pos.line, pos.column, "", f"{kind}/{name}", exc, sensitive)]
+
+
+def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
     body = doc.body
     if body is None:
         return None, []  # an empty document (a trailing `---`) is allowed
@@ -287,23 +349,29 @@ def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
     return Object(ObjectKey(kind, namespace, name), body, doc), sorted(set(diags))
 
 
+# One checked document: its object (None when it has none) and whether it passed its schema.
+_Checked = tuple[Object | None, Document, bool]
+
 # Parsing and per-document checks depend only on (path, content): cache them by blob.
-_CACHE: dict[tuple[str, str], tuple[list[tuple[Object | None, Document]], list[Diagnostic]]] = {}
+_CACHE: dict[tuple[str, str], tuple[list[_Checked], list[Diagnostic]]] = {}
 _CACHE_LIMIT = 200_000
 
 
-def _check_file(path: str, blob: str, data: bytes) -> tuple[list[tuple[Object | None, Document]], list[Diagnostic]]:
+def _check_file(path: str, blob: str, data: bytes) -> tuple[list[_Checked], list[Diagnostic]]:
     key = (path, blob)
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    docs, diags = parse_documents(path, data)
+    try:
+        docs, diags = parse_documents(path, data)
+    except Exception as exc:  # the parser's limits should make this unreachable; never crash on input
+        return [], [_internal(path, 0, 0, "", "this file", exc, True)]
     if diags:
         diags = _masked_parse_errors(data, diags)
-    out: list[tuple[Object | None, Document]] = []
+    out: list[_Checked] = []
     for doc in docs:
         obj, d = _check_document(doc)
-        out.append((obj, doc))
+        out.append((obj, doc, not any(x.severity is Severity.ERROR for x in d)))
         diags.extend(d)
     if len(_CACHE) > _CACHE_LIMIT:
         _CACHE.clear()
@@ -344,28 +412,19 @@ def _document_text(lines: list[str], line: int) -> str:
 
 
 def load_desired(snapshot: Snapshot) -> DesiredState:
-    """Parse, schema-check and cross-check one commit's manifests."""
-    # Parsing keeps every node tree alive (for positions); with the cyclic GC on, its
-    # repeated full scans of that growing heap cost more than the parsing itself.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        state = _load_desired(snapshot)
-    finally:
-        if enabled:
-            gc.enable()
-    # The parsed state is long-lived and acyclic: keep later collections from rescanning it.
-    gc.freeze()
-    return state
+    """Parse, schema-check and cross-check one commit's manifests. Changes no process-global
+    state: batch commands may pause the cyclic GC around it (cli.commands.batch_gc)."""
+    return _load_desired(snapshot)
 
 
 def _load_desired(snapshot: Snapshot) -> DesiredState:
-    diags: list[Diagnostic] = []
+    diags: list[Diagnostic] = list(snapshot.diagnostics)
     objects: dict[ObjectKey, Object] = {}
+    invalid: set[ObjectKey] = set()
     for f in snapshot.files:
         checked, d = _check_file(f.path, f.blob, f.data)
         diags.extend(d)
-        for obj, doc in checked:
+        for obj, doc, valid in checked:
             if obj is None:
                 continue
             first = objects.get(obj.key)
@@ -384,7 +443,9 @@ def _load_desired(snapshot: Snapshot) -> DesiredState:
                 )
                 continue
             objects[obj.key] = obj
-    diags.extend(cross_check(objects))
+            if not valid:
+                invalid.add(obj.key)
+    diags.extend(cross_check(objects, invalid))
     diags.sort(key=lambda d: (d.path, d.line, d.column, d.pointer, d.message))
     return DesiredState(snapshot.revision, objects, diags, files=len(snapshot.files))
 
@@ -407,30 +468,53 @@ def _diag(
     )
 
 
+def _map(value: Any) -> dict[str, Any]:
+    """`value` when it is a mapping, else an empty one: cross checks read any shape safely."""
+    return value if isinstance(value, dict) else {}
+
+
+def _seq(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def pod_template(obj: Object) -> tuple[str, dict[str, Any]] | None:
     """The pointer and body of a workload's pod template."""
     spec = obj.spec
     if obj.key.kind == "CronJob":
-        tmpl = (spec.get("jobTemplate") or {}).get("spec", {}).get("template")
+        tmpl = _map(_map(spec.get("jobTemplate")).get("spec")).get("template")
         return ("/spec/jobTemplate/spec/template", tmpl) if isinstance(tmpl, dict) else None
     tmpl = spec.get("template")
     return ("/spec/template", tmpl) if isinstance(tmpl, dict) else None
 
 
 def _containers(tmpl_ptr: str, tmpl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    pod = tmpl.get("spec") or {}
+    pod = _map(tmpl.get("spec"))
     for field in ("initContainers", "containers"):
-        for i, c in enumerate(pod.get(field) or []):
+        for i, c in enumerate(_seq(pod.get(field))):
             if isinstance(c, dict):
                 yield f"{tmpl_ptr}/spec/{field}/{i}", c
 
 
-def cross_check(objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
-    """Rules that need more than one object (and a few single-object rules schemas cannot say)."""
+def _guarded(obj: Object, check: Callable[[], list[Diagnostic]]) -> list[Diagnostic]:
+    """One object's checks; an unexpected exception is that object's error, never the commit's."""
+    try:
+        return check()
+    except Exception as exc:
+        pos = obj.document.position("/metadata/name")
+        what = f"{obj.key.kind}/{obj.key.name}"
+        sensitive = obj.key.kind in SENSITIVE_FIELDS
+        return [_internal(obj.path, pos.line, pos.column, "/metadata/name", what, exc, sensitive)]
+
+
+def cross_check(objects: dict[ObjectKey, Object], invalid: Set[ObjectKey] = frozenset()) -> list[Diagnostic]:
+    """Rules that need more than one object (and a few single-object rules schemas cannot say).
+
+    Objects in `invalid` failed their schema check: they still count as targets of references,
+    but their own rules are skipped, as their shapes may be anything."""
     out: list[Diagnostic] = []
     namespaces = {k.name for k in objects if k.kind == "Namespace"} | {DEFAULT_NAMESPACE}
     ordered = sorted(objects.values(), key=lambda o: o.key)
-    nodes = [o for o in ordered if o.key.kind == "Node"]
+    nodes = [o for o in ordered if o.key.kind == "Node" and o.key not in invalid]
     clusters = [o for o in ordered if o.key.kind == "Cluster"]
     for extra in clusters[1:]:
         out.append(
@@ -442,15 +526,16 @@ def cross_check(objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
             )
         )
     for c in clusters:
-        out.extend(_check_cluster(c))
+        if c.key not in invalid:
+            out.extend(_guarded(c, functools.partial(_check_cluster, c)))
     out.extend(_check_nodes(nodes))
     # (namespace, label, value) -> labels of the pod templates carrying it, so a Service's
     # selector is checked against a few candidates instead of every workload.
     pod_labels: dict[tuple[str, str, str], list[dict[str, str]]] = {}
     for obj in ordered:
-        if KINDS[obj.key.kind].workload:
+        if KINDS[obj.key.kind].workload and obj.key not in invalid:
             found = pod_template(obj)
-            labels = (found[1].get("metadata") or {}).get("labels") if found else None
+            labels = _map(found[1].get("metadata")).get("labels") if found else None
             if isinstance(labels, dict):
                 for k, v in labels.items():
                     pod_labels.setdefault((obj.key.namespace, k, str(v)), []).append(labels)
@@ -464,10 +549,12 @@ def cross_check(objects: dict[ObjectKey, Object]) -> list[Diagnostic]:
                     f"add a Namespace named {obj.key.namespace!r}, or fix the name",
                 )
             )
+        if obj.key in invalid:
+            continue
         if obj.key.kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"):
-            out.extend(_check_workload(obj, objects, nodes))
+            out.extend(_guarded(obj, functools.partial(_check_workload, obj, objects, nodes)))
         elif obj.key.kind == "Service":
-            out.extend(_check_service(obj, pod_labels))
+            out.extend(_guarded(obj, functools.partial(_check_service, obj, pod_labels)))
     return out
 
 
@@ -506,7 +593,7 @@ def _check_nodes(nodes: list[Object]) -> list[Diagnostic]:
     for n in nodes:
         addr = n.spec.get("address")
         port = n.spec.get("port", 22)
-        if not isinstance(addr, str):
+        if not isinstance(addr, str) or not isinstance(port, int):
             continue
         first = seen.get((addr, port))
         if first is not None:
@@ -543,7 +630,7 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
     if found is None:
         return out
     tptr, tmpl = found
-    labels = (tmpl.get("metadata") or {}).get("labels") or {}
+    labels = _map(tmpl.get("metadata")).get("labels") or {}
     selector = obj.spec.get("selector")
     if isinstance(selector, dict) and isinstance(labels, dict):
         out.extend(_check_selector(obj, selector, labels, "/spec/selector"))
@@ -556,11 +643,11 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
                     "select on the template's labels, e.g. matchLabels: {app: NAME}",
                 )
             )
-    pod = tmpl.get("spec") or {}
+    pod = _map(tmpl.get("spec"))
     ns = obj.key.namespace
     # Volumes: every mount names a volume; every referenced object exists.
     volume_names: set[str] = set()
-    for i, vol in enumerate(pod.get("volumes") or []):
+    for i, vol in enumerate(_seq(pod.get("volumes"))):
         if not isinstance(vol, dict):
             continue
         vptr = f"{tptr}/spec/volumes/{i}"
@@ -603,9 +690,9 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
                 )
             )
     if obj.key.kind == "StatefulSet":
-        for t in obj.spec.get("volumeClaimTemplates") or []:
+        for t in _seq(obj.spec.get("volumeClaimTemplates")):
             if isinstance(t, dict):
-                volume_names.add(str((t.get("metadata") or {}).get("name")))
+                volume_names.add(str(_map(t.get("metadata")).get("name")))
         service = obj.spec.get("serviceName")
         if isinstance(service, str) and ObjectKey("Service", ns, service) not in objects:
             out.append(
@@ -623,7 +710,7 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
         if cname in container_names:
             out.append(_diag(obj, f"{cptr}/name", f"duplicate container name {cname!r}"))
         container_names.add(str(cname))
-        for j, m in enumerate(c.get("volumeMounts") or []):
+        for j, m in enumerate(_seq(c.get("volumeMounts"))):
             if isinstance(m, dict) and m.get("name") not in volume_names:
                 out.append(
                     _diag(
@@ -633,8 +720,8 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
                         _suggest(str(m.get("name")), volume_names) or "add it under spec.volumes",
                     )
                 )
-        for j, env in enumerate(c.get("env") or []):
-            source = (env or {}).get("valueFrom") or {}
+        for j, env in enumerate(_seq(c.get("env"))):
+            source = _map(_map(env).get("valueFrom"))
             for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
                 ref = source.get(field)
                 if isinstance(ref, dict):
@@ -651,9 +738,9 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
                             key_ptr=f"{cptr}/env/{j}/valueFrom/{field}/key",
                         )
                     )
-        for j, src in enumerate(c.get("envFrom") or []):
+        for j, src in enumerate(_seq(c.get("envFrom"))):
             for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
-                ref = (src or {}).get(field)
+                ref = _map(src).get(field)
                 if isinstance(ref, dict):
                     out.extend(
                         _ref(
@@ -667,7 +754,7 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
                         )
                     )
         out.extend(_check_resources(obj, cptr, c))
-        ports = [str(p["name"]) for p in c.get("ports") or [] if isinstance(p, dict) and p.get("name")]
+        ports = [str(p["name"]) for p in _seq(c.get("ports")) if isinstance(p, dict) and p.get("name")]
         for dup in sorted({p for p in ports if ports.count(p) > 1}):
             out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
     node_selector = pod.get("nodeSelector")
@@ -690,8 +777,8 @@ def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[O
 
 
 def _check_resources(obj: Object, cptr: str, c: dict[str, Any]) -> list[Diagnostic]:
-    res = c.get("resources") or {}
-    requests, limits = res.get("requests") or {}, res.get("limits") or {}
+    res = _map(c.get("resources"))
+    requests, limits = _map(res.get("requests")), _map(res.get("limits"))
     out: list[Diagnostic] = []
     for name, limit in limits.items():
         if name not in requests:

@@ -1246,6 +1246,58 @@ class Store:
             query = delete(table).where(table.c.last_time < _utc(before))
             return s.connection().execute(query).rowcount
 
+    def prune(
+        self,
+        *,
+        events_before: datetime,
+        max_events: int,
+        revisions: int,
+        drift_reports: int,
+        nodes: Iterable[str] | None = None,
+    ) -> dict[str, int]:
+        """Apply the retention rules; returns how many rows of each kind went.
+
+        Events last seen before `events_before`, then all but the newest `max_events`; all but
+        the newest `revisions` revisions (never the last applied one: rollbacks start there);
+        all but the newest `drift_reports` reports; and, given the Nodes in Git, the rows of
+        Nodes no longer there once no pod is recorded on them.
+        """
+        out: dict[str, int] = {}
+        with self._session(write=True) as s:
+            conn = s.connection()
+            events = _table(Event)
+            gone = conn.execute(delete(events).where(events.c.last_time < _utc(events_before))).rowcount
+            newest = select(events.c.id).order_by(events.c.last_time.desc(), events.c.id.desc()).limit(max_events)
+            keep_ids = [row[0] for row in conn.execute(newest)]
+            if len(keep_ids) >= max_events:
+                gone += conn.execute(delete(events).where(events.c.id.not_in(keep_ids))).rowcount
+            out["events"] = gone
+            revs = _table(Revision)
+            kept = [row[0] for row in conn.execute(
+                select(revs.c.commit).order_by(revs.c.first_seen_at.desc(), revs.c.commit).limit(revisions))]
+            last = conn.execute(
+                select(revs.c.commit).where(revs.c.outcome == "applied").order_by(revs.c.applied_at.desc()).limit(1)
+            ).scalar()
+            if last is not None:
+                kept.append(last)
+            out["revisions"] = conn.execute(delete(revs).where(revs.c.commit.not_in(kept))).rowcount
+            reports = _table(DriftReport)
+            report_ids = [row[0] for row in conn.execute(
+                select(reports.c.id).order_by(reports.c.id.desc()).limit(drift_reports))]
+            out["drift_reports"] = (
+                conn.execute(delete(reports).where(reports.c.id.not_in(report_ids))).rowcount if report_ids else 0
+            )
+            out["nodes"] = 0
+            if nodes is not None:
+                wanted = set(nodes)
+                node_table = _table(NodeRecord)
+                pod_nodes = {row[0] for row in conn.execute(select(_table(PodRecord).c.node).distinct())}
+                stale = [row[0] for row in conn.execute(select(node_table.c.name))
+                         if row[0] not in wanted and row[0] not in pod_nodes]
+                if stale:
+                    out["nodes"] = conn.execute(delete(node_table).where(node_table.c.name.in_(stale))).rowcount
+        return out
+
     # ---- inventory ----
 
     def replace_inventory(self, entries: Iterable[InventoryEntry]) -> None:

@@ -208,26 +208,68 @@ def test_serve_reload_with_a_bad_env_file_keeps_running(committed: GitRepo, tmp_
 # ---- structured logs -----------------------------------------------------------------------------------
 
 
-def test_json_logs_are_one_object_a_line_with_event_and_revision(committed: GitRepo, tmp_path: Path,
-                                                                 serving: list[Serving]) -> None:
-    head = committed.commit("second")
+UNREACHABLE_NODE = """\
+apiVersion: gitorch.dev/v1
+kind: Node
+metadata:
+  name: gone-1
+spec:
+  address: 127.0.0.1
+  port: 1
+"""
+
+STUCK_DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 1
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+        - name: web
+          command: ["sleep", "3600"]
+"""
+
+
+def test_json_logs_are_one_object_a_line_with_event_revision_node_and_object(
+    committed: GitRepo, tmp_path: Path, serving: list[Serving]
+) -> None:
+    # A node nobody answers on (connection refused at once) and a rollout that cannot progress.
+    head = committed.commit("unreachable", {"node.yaml": UNREACHABLE_NODE, "web.yaml": STUCK_DEPLOYMENT})
     server = Serving(["--log-format", "json", "serve", "--repo", str(committed.path), "--interval", "3600",
                       "--listen", "127.0.0.1:0"], {}, tmp_path / "serve.log")
     serving.append(server)
     deadline = time.monotonic() + RECV_TIMEOUT
-    while '"event": "pass"' not in server.output():
+    while '"object-degraded"' not in server.output():
         assert server.proc.poll() is None and time.monotonic() < deadline, server.output()
         time.sleep(0.1)
     assert server.stop() == 0
     records = [json.loads(line) for line in server.output().splitlines()]  # every line is JSON
-    assert len(records) >= 4
     for record in records:
         assert {"time", "level", "message"} <= record.keys(), record
         assert record["level"] in {"debug", "info", "warning", "error"}
         assert record["time"].endswith("+00:00")
-    passes = [r for r in records if r.get("event") == "pass"]
-    assert passes and all(r["revision"] == head for r in passes), passes
-    assert {"serving", "leading", "stopping", "stopped"} <= {r.get("event") for r in records}
+    by_event: dict[str, list[dict[str, str]]] = {}
+    for record in records:
+        by_event.setdefault(record.get("event", ""), []).append(record)
+    assert {"serving", "leading", "pass", "node-error", "object-degraded", "stopping", "stopped"} <= by_event.keys()
+    assert all(r["revision"] == head for r in by_event["pass"])
+    [node_error] = by_event["node-error"]  # once, not once a pass
+    assert node_error["node"] == "gone-1" and node_error["level"] == "warning" and node_error["revision"] == head
+    assert "connection refused" in node_error["message"]
+    [degraded] = by_event["object-degraded"]
+    assert degraded["object"] == "Deployment shop/web" and degraded["revision"] == head
+    assert "made no progress" in degraded["message"]
 
 
 def test_json_errors_are_json_too(tmp_path: Path) -> None:

@@ -215,6 +215,7 @@ class Server:
         self.systemd = systemd.Notifier()
         self._reload_requested = threading.Event()
         self._node_errors: dict[str, str] = {}
+        self._troubled: set[str] = set()  # objects last seen Degraded or Missing
         self._applied = ""
 
     def _describe(self, result: PassResult) -> tuple[str, ...]:
@@ -355,11 +356,22 @@ class Server:
             log.info(f"{time.strftime('%H:%M:%S')} pass {self.passes}: " + "\n  ".join(lines),
                      extra={"event": "pass", "revision": result.revision.oid})
             self._last = lines
-            self._report_nodes(result)
+            self._report(result)
 
-    def _report_nodes(self, result: PassResult) -> None:
-        """A record per node that became unreachable or reachable again (for log shippers), and
-        the systemd status line."""
+    def _report(self, result: PassResult) -> None:
+        """A record per node that became unreachable or reachable again, and per object that
+        became Degraded or Missing or recovered (for log shippers); the systemd status line."""
+        statuses = result.plan.statuses if result.plan is not None else {}
+        troubled = {str(k) for k, s in statuses.items() if s.health in ("Degraded", "Missing")}
+        for key, status in sorted(statuses.items()):
+            name = str(key)
+            if name in troubled and name not in self._troubled:
+                log.warning(f"{name} is {status.health}: {status.message}",
+                            extra={"event": "object-degraded", "object": name, "revision": result.revision.oid})
+            elif name in self._troubled and name not in troubled:
+                log.info(f"{name} is {status.health} again", extra={"event": "object-recovered", "object": name,
+                                                                   "revision": result.revision.oid})
+        self._troubled = troubled if result.plan is not None else self._troubled
         for node, error in sorted(result.node_errors.items()):
             if self._node_errors.get(node) != str(error):
                 log.warning(f"node error: {error}", extra={"event": "node-error", "node": node,

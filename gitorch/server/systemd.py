@@ -198,7 +198,8 @@ def unit_file(settings: UnitSettings) -> str:
         f"Group={settings.user}",
         f"Environment=GITORCH_STATE_DIR={settings.state_dir}",
         "# GITORCH_DATABASE_URL (PostgreSQL for several controllers), GITORCH_WEBHOOK_SECRET,",
-        "# GITORCH_LOG_LEVEL, GITORCH_LOG_FORMAT=json go here; keep it mode 0600 (secrets).",
+        "# GITORCH_LOG_LEVEL, GITORCH_LOG_FORMAT=json go here. serve reads it again on reload,",
+        "# as its user: root-owned, group of the user, mode 0640 (it holds secrets).",
         f"EnvironmentFile=-{settings.env_file}",
     ]
     if state_directory is not None:

@@ -9,16 +9,25 @@ only their SHA-256, so a test that delivered no secret would fail too.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gitorch.model.diagnostics import errors
 from gitorch.model.objects import HIDDEN
 from gitorch.model.revisions import Revision
+from gitorch.nodes.lab import Lab
 from gitorch.source import desired
 from gitorch.source.diffs import diff_states, masked_body
 from gitorch.source.git import open_repository
@@ -145,3 +154,203 @@ def test_the_cli_prints_no_malformed_value(repo: GitRepo) -> None:
         out = proc.stdout + proc.stderr
         assert not leaks(out), f"gitorch {' '.join(args)} leaks the value:\n{out}"
         assert head[:7] in out or "error" in out
+
+
+# ---- every channel, on real nodes -----------------------------------------------------------
+
+RUN = secrets.token_hex(6)
+DATA = f"gitorch-canary-data-{RUN}"  # in `data` (base64 in the manifest)
+STRING = f"gitorch-canary-string-{RUN}"  # in `stringData`
+BAD = f"gitorch-canary-malformed-{RUN}"  # in a malformed `stringData`
+CANARIES = (DATA, STRING, BAD)
+
+
+def all_leaks(text: str | bytes) -> list[str]:
+    return [f for c in CANARIES for f in leaks(text, c)]
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+SECRET = secret("creds", f"data:\n  token: {base64.b64encode(DATA.encode()).decode()}\n"
+                         f"stringData:\n  password: {STRING}\n", namespace="vault")
+# Prints only digests of what it got, so the test knows the values arrived without printing one.
+QUIET = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: quiet, namespace: vault}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: quiet}}
+  template:
+    metadata: {labels: {app: quiet}}
+    spec:
+      containers:
+        - name: quiet
+          command:
+            - sh
+            - -c
+            - |
+              d() { printf %s "$1" | sha256sum | cut -c1-64; }
+              echo "env-token=$(d "$TOKEN") env-password=$(d "$PASSWORD") file-token=$(d "$(cat /tmp/canary/token)")"
+              exec sleep 3600
+          env:
+            - name: TOKEN
+              valueFrom: {secretKeyRef: {name: creds, key: token}}
+            - name: PASSWORD
+              valueFrom: {secretKeyRef: {name: creds, key: password}}
+          volumeMounts: [{name: creds, mountPath: /tmp/canary, readOnly: true}]
+      volumes: [{name: creds, secret: {secretName: creds}}]
+"""
+
+
+class Receiver:
+    """A notification target that keeps every request whole (path, headers, body)."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.events: list[tuple[str, str]] = []  # (event, revision)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append(f"{self.path}\n{self.headers}".encode() + body)
+                note = json.loads(body)
+                outer.events.append((note["event"], note["revision"]))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, event: str, oid: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (event, oid) not in self.events:
+            assert time.monotonic() < deadline, f"no {event} of {oid[:7]}; got {self.events}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    target = Receiver()
+    try:
+        yield target
+    finally:
+        target.close()
+
+
+class Channels:
+    """Runs gitorch commands (debug logs on) and keeps what each printed, by name."""
+
+    def __init__(self, repo: GitRepo) -> None:
+        self.repo = repo
+        self.seen: dict[str, bytes] = {}
+
+    def run(self, name: str, *args: str, ok: bool = True) -> str:
+        proc = subprocess.run([sys.executable, "-m", "gitorch", "--log-level", "debug", *args], cwd=self.repo.path,
+                              capture_output=True, text=True, timeout=300, check=False)
+        self.seen[name] = (proc.stdout + proc.stderr).encode()
+        if ok:
+            assert proc.returncode == 0, f"gitorch {' '.join(args)}: {proc.stderr[-2000:]}"
+        return proc.stdout
+
+
+@pytest.mark.lab
+def test_no_channel_shows_a_secret(lab: Lab, repo: GitRepo, receiver: Receiver, tmp_path: Path,
+                                   _state_dir: Path) -> None:
+    cluster = (f"apiVersion: gitorch.dev/v1\nkind: Cluster\nmetadata:\n  name: canary\nspec:\n  notifications:\n"
+               f"    - name: chat\n      url: {receiver.url}\n      events: [deployed, syncFailed, degraded]\n")
+    good = repo.commit("a quiet pod with a secret", {
+        "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
+        "ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: vault\n",
+        "cluster.yaml": cluster, "secret.yaml": SECRET, "app.yaml": QUIET,
+    })
+    c = Channels(repo)
+    serve_log = tmp_path / "serve.log"
+    serve: subprocess.Popen[bytes] | None = None
+    try:
+        c.run("validate", "validate")
+        c.run("validate json", "validate", "-o", "json")
+        for fmt in ("text", "markdown", "json"):
+            c.run(f"plan {fmt}", "plan", "--format", fmt)
+        c.run("apply", "apply", "--wait", "--timeout", "180")
+        for fmt in ("text", "markdown", "json"):
+            c.run(f"plan --against-cluster {fmt}", "plan", "--against-cluster", "--format", fmt)
+        saved = tmp_path / "reviewed.json"
+        c.run("plan --out", "plan", "--out", str(saved))
+        c.seen["saved plan"] = saved.read_bytes()
+        c.run("status", "status")
+        c.run("status json", "status", "-o", "json")
+        pods = json.loads(c.run("get pods json", "get", "pods", "-n", "vault", "-o", "json"))
+        (pod,) = [p["name"] for p in pods]
+        for what in ("pods", "deployments", "revisions"):
+            c.run(f"get {what}", "get", what, "-n", "vault")
+        for ref in ("secret/creds", "deployment/quiet", f"pod/{pod}"):
+            c.run(f"describe {ref}", "describe", ref, "-n", "vault")
+        c.run("events", "events")
+        c.run("events json", "events", "-o", "json")
+        c.run("drift", "drift", "--run", ok=False)
+        # The values reached the pod, as env and as a file: it printed their digests.
+        deadline = time.monotonic() + 30
+        while f"env-token={sha(DATA)}" not in c.run("logs", "logs", pod, "-n", "vault"):
+            assert time.monotonic() < deadline, c.seen["logs"].decode()
+            time.sleep(0.5)
+        assert f"env-password={sha(STRING)} file-token={sha(DATA)}" in c.seen["logs"].decode()
+
+        # serve: the deployed notification, then a revision whose Secret is malformed.
+        with serve_log.open("wb") as log:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "gitorch", "--log-level", "debug", "serve", "--repo", str(repo.path),
+                 "--branch", "main", "--poll", "1", "--interval", "1", "--listen", "off"],
+                stdout=log, stderr=subprocess.STDOUT)
+        receiver.wait_for("deployed", good)
+        bad = repo.commit("a malformed secret", {"a-bad.yaml": secret(
+            "broken", f'stringData: "password={BAD}"\n', namespace="vault")})
+        receiver.wait_for("syncFailed", bad)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, serve_log.read_text()[-3000:]
+        c.seen["serve log"] = serve_log.read_bytes()
+        assert f"{bad[:7]} INVALID".encode() in c.seen["serve log"]
+
+        c.run("validate malformed", "validate", ok=False)
+        c.run("validate malformed json", "validate", "-o", "json", ok=False)
+        for fmt in ("text", "markdown", "json"):
+            c.run(f"plan malformed {fmt}", "plan", "--base", good, "--format", fmt, ok=False)
+        c.run("status after", "status", "-o", "json")
+        c.run("events after", "events", "-o", "json")
+        revisions = c.run("get revisions after", "get", "revisions", "-o", "json")
+        assert "/stringData" in revisions  # the stored error names the field, not the value
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        repo.remove("app.yaml", "secret.yaml")
+        if (repo.path / "a-bad.yaml").exists():
+            repo.remove("a-bad.yaml")
+        repo.commit("empty")
+        c.run("cleanup", "apply", "--wait", "--timeout", "120", ok=False)
+
+    for i, request in enumerate(receiver.requests):
+        c.seen[f"notification {i}"] = request
+    assert len(receiver.requests) >= 2
+    # The store's file (with its journal files) and everything else in the state directory.
+    files = [p for p in _state_dir.rglob("*") if p.is_file()]
+    assert _state_dir / "gitorch.db" in files
+    for f in files:
+        c.seen[f"state file {f.relative_to(_state_dir)}"] = f.read_bytes()
+    leaked = {name: all_leaks(text) for name, text in c.seen.items() if all_leaks(text)}
+    assert not leaked, f"secret values seen in: {leaked}"
+    # And the state directory is its owner's only.
+    modes = {str(p.relative_to(_state_dir)): (p.is_dir(), p.stat().st_mode & 0o777)
+             for p in [_state_dir, *_state_dir.rglob("*")]}
+    assert all(m == (0o700 if is_dir else 0o600) for is_dir, m in modes.values()), modes

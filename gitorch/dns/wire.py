@@ -36,6 +36,8 @@ __all__ = [
     "build_reply",
     "error_reply",
     "parse_query",
+    "reply_rcode",
+    "truncated_reply",
     "upstream_records",
 ]
 
@@ -71,6 +73,9 @@ class Query:
     edns_size: int | None
     """The client's advertised UDP payload size; None without an OPT record."""
     edns_version: int = 0
+    plain: bool = True
+    """Only a question, and at most an OPT record without options (no padding, cookies,
+    TSIG...): only such queries are cached, since their bytes bound the key's size."""
 
     @property
     def opcode(self) -> int:
@@ -158,6 +163,7 @@ def parse_query(data: bytes) -> Query:
         question_end = pos
         edns_size: int | None = None
         edns_version = 0
+        plain = ancount == nscount == 0 and arcount <= 1
         others = ancount + nscount
         for i in range(others + arcount):
             name_at = pos
@@ -171,6 +177,9 @@ def parse_query(data: bytes) -> Query:
                     raise ValueError("misplaced OPT")
                 edns_size = rclass
                 edns_version = (ttl >> 16) & 0xFF
+                plain = plain and rdlength == 0
+            else:
+                plain = False
         if pos != n:
             raise ValueError("trailing data")
     except (IndexError, ValueError, struct.error):
@@ -189,6 +198,7 @@ def parse_query(data: bytes) -> Query:
         question_end=question_end,
         edns_size=edns_size,
         edns_version=edns_version,
+        plain=plain,
     )
 
 
@@ -285,6 +295,22 @@ def build_reply(q: Query, answer: Answer, *, limit: int, ra: bool, edns_size: in
         return bytes(packed)
     reply.questions = []
     return bytes(reply.pack())
+
+
+def truncated_reply(q: Query, rcode: int, *, aa: bool, ra: bool, edns_size: int) -> bytes:
+    """The header and question with TC set (and an OPT if the query had one): never longer
+    than the query, so it can go to anyone; the client retries over TCP."""
+    reply = _skeleton(q, rcode, aa=aa, ra=ra)
+    reply.header.tc = 1
+    opt = _opt(q, rcode, edns_size)
+    if opt is not None:
+        reply.add_ar(opt)
+    return bytes(reply.pack())
+
+
+def reply_rcode(reply: bytes) -> int:
+    """The 4-bit header rcode of a packed reply (12 bytes or more)."""
+    return reply[3] & 0xF
 
 
 def error_reply(q: Query, rcode: int, *, ra: bool, edns_size: int) -> bytes:

@@ -1,8 +1,6 @@
-"""YAML parsing with positions (gitorch.manifests)."""
+"""YAML parsing with positions (gitorch.source.manifests)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
@@ -12,7 +10,7 @@ from gitorch.source.manifests import Position, dump_documents, parse_documents
 def test_values_use_yaml_1_2_core_types() -> None:
     docs, diags = parse_documents(
         "a.yaml",
-        "i: 42\nf: 1.5\nb: true\nn: ~\ns: '42'\nyes_is_text: yes\nhex: 0x1f\ninf: .inf\nempty:\n",
+        "i: 42\nf: 1.5\nb: true\nn: ~\ns: '42'\nyes_is_text: yes\nhex: 0x1f\nempty:\n",
     )
     assert diags == []
     body = docs[0].body
@@ -23,7 +21,6 @@ def test_values_use_yaml_1_2_core_types() -> None:
     assert body["s"] == "42"
     assert body["yes_is_text"] == "yes"
     assert body["hex"] == 31
-    assert math.isinf(body["inf"])
 
 
 def test_positions_of_values_and_keys() -> None:
@@ -50,6 +47,21 @@ def test_anchors_aliases_and_merge_keys() -> None:
     body = docs[0].body
     assert body["c"] == {"cpu": "1m", "mem": "4Mi"}
     assert body["d"] == {"cpu": "1m", "mem": "2Mi"}
+    # A merged key is located where its mapping wrote it; a key written here wins wherever it is.
+    assert docs[0].position("/c/cpu") == Position(1, 16)
+    assert docs[0].position("/c/mem") == Position(4, 8)
+
+
+def test_merge_of_several_mappings_keeps_the_first() -> None:
+    docs, diags = parse_documents("m.yaml", "a: &a {x: 1}\nb: &b {x: 2, y: 3}\nc: {<<: [*a, *b], z: 4}\n")
+    assert diags == []
+    assert docs[0].body["c"] == {"x": 1, "y": 3, "z": 4}
+
+
+def test_scalar_anchors_as_values_and_keys() -> None:
+    docs, diags = parse_documents("s.yaml", "a: &v hello\nb: *v\nc: [*v]\n*v : 2\n")
+    assert diags == []
+    assert docs[0].body == {"a": "hello", "b": "hello", "c": ["hello"], "hello": 2}
 
 
 @pytest.mark.parametrize(
@@ -60,6 +72,15 @@ def test_anchors_aliases_and_merge_keys() -> None:
         pytest.param("a: 1\nb: 2\na: 3\n", 3, 1, "duplicate key 'a'", id="duplicate-key"),
         pytest.param("a: !!int x\n", 1, 4, "not a valid !!int", id="bad-tag-value"),
         pytest.param("a: !custom x\n", 1, 4, "unsupported YAML tag", id="unknown-tag"),
+        pytest.param("a:\n  b: .nan\n", 2, 6, "not a finite number", id="nan"),
+        pytest.param("a: -.inf\n", 1, 4, "not a finite number", id="minus-inf"),
+        pytest.param("a: 1e400\n", 1, 4, "not a finite number", id="float-overflow"),
+        pytest.param("a: !!float nan\n", 1, 4, "not a finite number", id="tagged-nan"),
+        pytest.param("a: 9223372036854775808\n", 1, 4, "out of range", id="int64-overflow"),
+        pytest.param("a: 1" + "0" * 5000 + "\n", 1, 4, "out of range", id="5000-digits"),
+        pytest.param("a: *nowhere\n", 1, 4, "undefined alias *nowhere", id="undefined-alias"),
+        pytest.param("? [a, b]\n: 1\n", 1, 3, "a mapping key must be a plain string", id="complex-key"),
+        pytest.param("a: &x [1]\nb: {<<: *x}\n", 1, 4, "a merge key (<<) needs a mapping", id="merge-of-list"),
     ],
 )
 def test_errors_point_at_the_problem(text: str, line: int, col: int, message: str) -> None:

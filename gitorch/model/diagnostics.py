@@ -6,6 +6,7 @@ Purely computational, no side effects.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,13 +29,13 @@ class Diagnostic:
     severity: Severity = Severity.ERROR
 
     def format(self) -> str:
-        """`path:line:col: /json/pointer: message (hint)`; warnings say so."""
+        """`path:line:col: /json/pointer: message (hint)`, one printable line; warnings say so."""
         where = f"{self.path}:{self.line}:{self.column}" if self.line else self.path
         prefix = "warning: " if self.severity is Severity.WARNING else ""
         text = f"{where}: {self.pointer or '/'}: {prefix}{self.message}"
         if self.hint:
             text += f" (hint: {self.hint})"
-        return text
+        return _UNPRINTABLE.sub(_escape, text)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,6 +47,15 @@ class Diagnostic:
             "hint": self.hint,
             "severity": self.severity.value,
         }
+
+
+# What a terminal may act on: control characters (C0, DEL, C1), line separators and
+# bidirectional overrides. Keys and file names from Git can hold any of them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def errors(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:

@@ -20,12 +20,33 @@ from typing import Any
 
 import pygit2
 
+from gitorch.model.diagnostics import Diagnostic, Severity
 from gitorch.model.errors import GitorchError, SourceError
 from gitorch.model.revisions import Revision
-from gitorch.source.manifests import load_plain
+from gitorch.source.manifests import LIMITS, load_plain
 
 CONFIG_FILE = "gitorch.yaml"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class TreeLimits:
+    """Bounds on the walk of a commit's tree (see README, Validation); each one exceeded is an
+    error naming the path, so a commit is never applied with some of its manifests unread."""
+
+    depth: int = 32
+    """Folders nested inside the manifests root."""
+    entries: int = 100_000
+    """Files and folders visited under the root (folders that `gitorch.yaml` excludes are not visited)."""
+    file_bytes: int = LIMITS.file_bytes
+    """Largest manifest file; a larger one is not even read."""
+    total_bytes: int = 256 * 2**20
+    """All manifest files of the commit together."""
+    tree_bytes: int = 16 * 2**20
+    """One Git tree object (a folder's listing), about 300,000 entries."""
+
+
+TREE_LIMITS = TreeLimits()
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,7 @@ class Snapshot:
     revision: Revision
     root: str  # the folder of the repository that holds the desired state ("" = top)
     files: tuple[SourceFile, ...]
+    diagnostics: tuple[Diagnostic, ...] = ()  # what the tree walk refused or skipped
 
 
 @dataclass
@@ -94,12 +116,35 @@ class Repository:
                 raise SourceError(f"{self.path}: {self.root!r} is not a folder")
             tree = sub
         includes = self._includes(tree)
-        files = tuple(
-            SourceFile(self._display(path), str(blob.id), blob.data)
-            for path, blob in _walk(self._repo, tree, "")
-            if path.endswith(MANIFEST_SUFFIXES) and path != CONFIG_FILE and _included(path, includes)
-        )
-        return Snapshot(_revision(commit), self.root, files)
+        found, diags = _walk(self._repo, tree, includes, self._display, TREE_LIMITS)
+        files: list[SourceFile] = []
+        total = 0
+        for path, oid, size in found:
+            shown = self._display(path)
+            if size > TREE_LIMITS.file_bytes:
+                diags.append(
+                    _limit(
+                        shown,
+                        f"file is {size:,} bytes; the limit is {TREE_LIMITS.file_bytes:,}",
+                        "split it into several files",
+                    )
+                )
+                continue
+            total += size
+            if total > TREE_LIMITS.total_bytes:
+                diags.append(
+                    _limit(
+                        shown,
+                        f"the manifests of this commit exceed {TREE_LIMITS.total_bytes:,} bytes "
+                        "from this file on; it and the files after it are not read",
+                        "narrow the manifests with gitorch.yaml or --repo FOLDER",
+                    )
+                )
+                break
+            blob = self._repo.get(oid)
+            if isinstance(blob, pygit2.Blob):
+                files.append(SourceFile(shown, str(oid), blob.data))
+        return Snapshot(_revision(commit), self.root, tuple(files), tuple(diags))
 
     def _display(self, path: str) -> str:
         return f"{self.root}/{path}" if self.root else path
@@ -113,10 +158,12 @@ class Repository:
         if not isinstance(blob, pygit2.Blob):
             return None
         where = self._display(CONFIG_FILE)
+        if blob.size > TREE_LIMITS.file_bytes:
+            raise SourceError(f"{where}: file is {blob.size:,} bytes; the limit is {TREE_LIMITS.file_bytes:,}")
         try:
-            config = load_plain(blob.data.decode("utf-8")) or {}
-        except Exception as exc:  # any YAML or decoding problem in the config file
-            raise SourceError(f"{where}: cannot read it: {exc}") from exc
+            config = load_plain(blob.data, where) or {}
+        except ValueError as exc:  # any YAML or decoding problem in the config file, with its line
+            raise SourceError(f"cannot read {exc}") from exc
         if not isinstance(config, dict):
             raise SourceError(f"{where}: expected a mapping with a `manifests:` list")
         unknown = sorted(set(config) - {"manifests"})
@@ -154,17 +201,119 @@ def _included(path: str, includes: list[str] | None) -> bool:
     return False
 
 
-def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Blob]]:
-    for entry in tree:
+def _may_contain(folder: str, includes: list[str] | None) -> bool:
+    """Whether a path under `folder/` can match an include (so folders it excludes are not walked)."""
+    if includes is None:
+        return True
+    for inc in includes:
+        literal = re.split(r"[*?\[]", inc, maxsplit=1)[0]  # fnmatch's `*` also matches `/`
+        if inc in (".", "") or (folder + "/").startswith(literal) or literal.startswith(folder + "/"):
+            return True
+    return False
+
+
+def _limit(path: str, message: str, hint: str = "", *, warning: bool = False) -> Diagnostic:
+    return Diagnostic(path, 0, 0, "", message, hint, Severity.WARNING if warning else Severity.ERROR)
+
+
+_LINK, _SUBMODULE = int(pygit2.enums.FileMode.LINK), int(pygit2.enums.FileMode.COMMIT)
+# pygit2 decodes names that are not UTF-8 with surrogate escapes; no terminal can print those.
+_BAD_NAME = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _shown(path: str) -> str:
+    """A path as it can be printed: bytes that are not UTF-8 as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _walk(
+    repo: pygit2.Repository,
+    tree: pygit2.Tree,
+    includes: list[str] | None,
+    display: Callable[[str], str],
+    limits: TreeLimits,
+) -> tuple[list[tuple[str, pygit2.Oid, int]], list[Diagnostic]]:
+    """The manifest files of a tree as (path, blob id, size), depth first in Git's order,
+    without recursion and within `limits`; symlinks and submodules are skipped with a warning."""
+    found: list[tuple[str, pygit2.Oid, int]] = []
+    diags: list[Diagnostic] = []
+    entries = 0
+    stack: list[tuple[str, Iterator[pygit2.Object]]] = [("", iter(tree))]
+    while stack:
+        prefix, it = stack[-1]
+        entry = next(it, None)
+        if entry is None:
+            stack.pop()
+            continue
+        entries += 1
         path = f"{prefix}{entry.name}"
+        if entries > limits.entries:
+            diags.append(
+                _limit(
+                    display(path),
+                    f"more than {limits.entries:,} files and folders under the manifests "
+                    "folder; this one and the rest are not read",
+                    "narrow the manifests with gitorch.yaml (manifests: [...]) or --repo FOLDER",
+                )
+            )
+            break
+        mode = entry.filemode
+        if mode in (_LINK, _SUBMODULE):
+            if _included(path, includes) or (mode == _LINK and _may_contain(path, includes)):
+                what = "a symbolic link" if mode == _LINK else "a submodule"
+                diags.append(
+                    _limit(
+                        _shown(display(path)),
+                        f"{what}: skipped, gitorch reads only the files and folders of the commit itself",
+                        "commit the manifests themselves here",
+                        warning=True,
+                    )
+                )
+            continue
         if entry.type_str == "tree":
+            if not _may_contain(path, includes):
+                continue
+            if len(stack) >= limits.depth:
+                diags.append(
+                    _limit(
+                        _shown(display(path)) + "/",
+                        f"folders nested more than {limits.depth} deep; this one is not read",
+                        "move the manifests to a shallower folder",
+                    )
+                )
+                continue
+        elif not (
+            entry.type_str == "blob"
+            and path.endswith(MANIFEST_SUFFIXES)
+            and path != CONFIG_FILE
+            and _included(path, includes)
+        ):
+            continue
+        if _BAD_NAME.search(entry.name or ""):
+            diags.append(
+                _limit(
+                    _shown(display(path)),
+                    "the name is not UTF-8 or holds control characters; it is not read",
+                    "rename it with letters, digits, '-', '_' and '.'",
+                )
+            )
+            continue
+        size = repo.odb.read_header(entry.id)[1]
+        if entry.type_str == "blob":
+            found.append((path, entry.id, size))
+        elif size > limits.tree_bytes:
+            diags.append(
+                _limit(
+                    display(path) + "/",
+                    f"folder listing is {size:,} bytes; the limit is {limits.tree_bytes:,}; it is not read",
+                    "split the folder",
+                )
+            )
+        else:
             sub = repo.get(entry.id)
             if isinstance(sub, pygit2.Tree):
-                yield from _walk(repo, sub, path + "/")
-        elif entry.type_str == "blob" and path.endswith(MANIFEST_SUFFIXES):
-            blob = repo.get(entry.id)
-            if isinstance(blob, pygit2.Blob):
-                yield path, blob
+                stack.append((path + "/", iter(sub)))
+    return found, diags
 
 
 def _revision(commit: pygit2.Commit) -> Revision:
@@ -387,8 +536,10 @@ class _Callbacks(pygit2.RemoteCallbacks):
         if self.auth.ssh_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:
             key = Path(self.auth.ssh_key).expanduser()
             if self._key_sent:  # asked again: refused (libgit2 would retry 15 times, then say so vaguely)
-                raise SourceError(f"{_redact(url)}: the server refused the key {key} (is its public key "
-                                  f"authorized for {username_from_url or 'git'}?)")
+                raise SourceError(
+                    f"{_redact(url)}: the server refused the key {key} (is its public key "
+                    f"authorized for {username_from_url or 'git'}?)"
+                )
             if not key.is_file():
                 raise SourceError(f"{_redact(url)}: {key}: no such key file (--ssh-key)")
             self._key_sent = True

@@ -1,9 +1,14 @@
 """Manifests: YAML text to plain values, keeping the line and column of every node.
 
-The only module that imports ruamel.yaml. Parsing uses ruamel's C parser to compose node
-trees (marks included) and converts them here, which is several times faster than the
-round-trip loader; the node tree is kept so any JSON pointer can be located later.
-Writing YAML uses ruamel's round-trip dumper.
+The only module that imports ruamel.yaml. ruamel's C parser (libyaml) turns text into
+events, and `_Composer` builds plain values from them in one pass, without recursion,
+with a tree of positions beside them so any JSON pointer can be located later.
+
+Everything read from Git is untrusted, so composing enforces `Limits` (file size,
+documents per file, nesting depth, alias expansion) and stops at the first one exceeded
+with a diagnostic at its line: a 600-byte "billion laughs" file or a file nested 100,000
+levels deep costs milliseconds, not hours and gigabytes. Writing YAML uses ruamel's
+round-trip dumper.
 """
 
 from __future__ import annotations
@@ -16,25 +21,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml import events as ev
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from ruamel.yaml.resolver import BaseResolver
+from ruamel.yaml.reader import ReaderError
 
 from gitorch.model.diagnostics import Diagnostic, escape_token, split_pointer
 from gitorch.model.documents import Position
 
 try:  # the C parser ships in ruamel.yaml.clib; fall back to the pure parser without it
-    from _ruamel_yaml import CParser as _Parser
+    from _ruamel_yaml import CParser as _CParser
 
     _HAVE_C = True
 except ImportError:  # pragma: no cover - exercised only where the clib wheel is missing
     _HAVE_C = False
 
-_PLAIN = "!gitorch/plain"
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one manifest file may ask of the parser (see README, Validation)."""
+
+    file_bytes: int = 4 * 2**20
+    """Largest file read; the Kubernetes API refuses requests over 3 MiB and ConfigMaps over 1 MiB."""
+    documents: int = 1_000
+    """YAML documents (`---`) in one file."""
+    depth: int = 64
+    """Nesting of mappings and sequences, aliases expanded; Kubernetes objects need about 15."""
+    alias_nodes: int = 100_000
+    """Nodes that aliases to mappings and sequences may add to one document once expanded."""
+
+
+LIMITS = Limits()
+
 _STR = "tag:yaml.org,2002:str"
-_SEQ = "tag:yaml.org,2002:seq"
-_MAP = "tag:yaml.org,2002:map"
 _MERGE = "<<"
+_INT64 = 2**63
 
 # YAML 1.2 core schema, the resolution ruamel uses by default: `yes`/`no`/`on` stay strings.
 _NULLS = frozenset(("", "~", "null", "Null", "NULL"))
@@ -46,139 +66,115 @@ _HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _INF = re.compile(r"[-+]?\.(inf|Inf|INF)\Z")
 _NAN = re.compile(r"\.(nan|NaN|NAN)\Z")
+_MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnN")
+
+# Where a value is written: (line, column, children), children being None for a scalar,
+# {key: (key line, key column, child)} for a mapping and [child, ...] for a sequence.
+_Where = tuple[int, int, Any]
 
 
 @dataclass
 class Document:
-    """One YAML document of a file: its plain value and the node tree it came from."""
+    """One YAML document of a file: its plain value and where each of its parts is written."""
 
     path: str
     index: int
     body: Any
-    node: Node | None = field(default=None, repr=False, compare=False)
+    where: _Where | None = field(default=None, repr=False, compare=False)
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.
 
         A pointer that does not exist (a missing field) resolves to its nearest ancestor.
         """
-        node = self.node
-        if node is None:
+        here = self.where
+        if here is None:
             return Position(0, 0)
-        best = _mark(node)
+        best = Position(here[0], here[1])
         for token in split_pointer(ptr):
-            found: tuple[Node, Node] | None = None
-            if isinstance(node, MappingNode):
-                for k, v in _mapping_pairs(node):
-                    if isinstance(k, ScalarNode) and k.value == token:
-                        found = (k, v)
+            children = here[2]
+            if isinstance(children, dict):
+                found = children.get(token)
                 if found is None:
                     return best
-                best = _mark(found[0]) if key else _mark(found[1])
-                node = found[1]
-            elif isinstance(node, SequenceNode):
-                if not token.isdigit() or int(token) >= len(node.value):
+                here = found[2]
+                best = Position(found[0], found[1]) if key else Position(here[0], here[1])
+            elif isinstance(children, list):
+                if not token.isdigit() or int(token) >= len(children):
                     return best
-                node = node.value[int(token)]
-                best = _mark(node)
+                here = children[int(token)]
+                best = Position(here[0], here[1])
             else:
                 return best
         return best
 
 
-class _Resolver(BaseResolver):
-    """Marks plain scalars so their type is resolved once, here, instead of by regex tables."""
+class _ComposeError(Exception):
+    """A problem at a line and column; `ptr` is the JSON pointer of the value it concerns."""
 
-    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
-        if kind is ScalarNode:
-            return _PLAIN if implicit[0] else _STR
-        if kind is SequenceNode:
-            return _SEQ
-        return _MAP
-
-
-if _HAVE_C:
-
-    class _CParser(_Parser, _Resolver):
-        def __init__(self, text: str) -> None:
-            _Parser.__init__(self, text)
-            _Resolver.__init__(self)
-
-
-def _mark(node: Node) -> Position:
-    m = node.start_mark
-    return Position(m.line + 1, m.column + 1)
-
-
-def _mapping_pairs(node: MappingNode) -> Iterator[tuple[Node, Node]]:
-    for k, v in node.value:
-        if isinstance(k, ScalarNode) and k.value == _MERGE and _tag(k) == _PLAIN:
-            sources = v.value if isinstance(v, SequenceNode) else [v]
-            for src in sources:
-                if isinstance(src, MappingNode):
-                    yield from _mapping_pairs(src)
-            continue
-        yield k, v
-
-
-class _ConvertError(Exception):
-    """A value that cannot be converted; `tokens` is filled in, innermost first, on the
-    way up, so the happy path never builds JSON pointers."""
-
-    def __init__(self, node: Node, message: str) -> None:
+    def __init__(self, line: int, column: int, ptr: str, message: str, hint: str = "") -> None:
         super().__init__(message)
-        self.node = node
-        self.tokens: list[str] = []
-
-    @property
-    def ptr(self) -> str:
-        return "".join("/" + escape_token(t) for t in reversed(self.tokens))
+        self.line, self.column, self.ptr, self.hint = line, column, ptr, hint
 
 
-def _tag(node: Node) -> str:
-    # `node.tag` builds a string through ruamel's Tag on every access; resolved tags
-    # (the common case) keep the whole tag in `suffix`.
-    ctag = node.ctag
-    return str(ctag.suffix) if ctag.handle is None else str(ctag)
+class _BadScalar(ValueError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
-_MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnN")
+def _number(value: str, n: int) -> int:
+    if not -_INT64 <= n < _INT64:
+        raise _BadScalar(
+            f"{value[:40]!r} is out of range: Kubernetes numbers are 64-bit", "quote it to make it a string"
+        )
+    return n
 
 
-def _scalar(node: ScalarNode) -> Any:
-    value: str = node.value
-    tag = _tag(node)
-    if tag == _STR:
-        return value
-    if tag == _PLAIN:
+def _finite(value: str, f: float) -> float:
+    if not math.isfinite(f):
+        raise _BadScalar(
+            f"{value[:40]!r} is not a finite number: JSON and Kubernetes have no NaN or infinity",
+            "use a finite number, or quote it to make it a string",
+        )
+    return f
+
+
+def _scalar(value: str, tag: str | None) -> Any:
+    """A scalar's value: `tag` None means plain (resolved by the YAML 1.2 core schema)."""
+    if tag is None:
         # Most plain scalars are words; only these first characters can start another type.
-        if value and value[0] not in _MAYBE_SPECIAL:
-            return value
+        if not value or value[0] not in _MAYBE_SPECIAL:
+            return value or None
         if value in _NULLS:
             return None
         if value in _TRUES:
             return True
         if value in _FALSES:
             return False
+        if len(value) > 40 and (_INT.match(value) or _HEX.match(value) or _OCT.match(value)):
+            raise _BadScalar(f"{value[:40] + '...'!r} is out of range: Kubernetes numbers are 64-bit")
         if _INT.match(value):
-            return int(value)
+            return _number(value, int(value))
         if _FLOAT.match(value):
-            return float(value)
+            return _finite(value, float(value))
         if _OCT.match(value):
-            return int(value[2:], 8)
+            return _number(value, int(value[2:], 8))
         if _HEX.match(value):
-            return int(value[2:], 16)
-        if _INF.match(value):
-            return -math.inf if value.startswith("-") else math.inf
-        if _NAN.match(value):
-            return math.nan
+            return _number(value, int(value[2:], 16))
+        if _INF.match(value) or _NAN.match(value):
+            return _finite(value, float(value.replace(".", "", 1)))
         return value
-    short = tag.rsplit(":", 1)[-1]
+    if tag == _STR:
+        return value
+    short = tag.rsplit(":", 1)[-1] if tag.startswith("tag:yaml.org,2002:") else ""
     try:
         if short == "int":
-            return int(value, 0)
+            if len(value) > 40:
+                raise ValueError(value)
+            return _number(value, int(value, 0))
         if short == "float":
-            return float(value)
+            return _finite(value, float(value))
         if short == "bool":
             if value in _TRUES or value in _FALSES:
                 return value in _TRUES
@@ -187,92 +183,262 @@ def _scalar(node: ScalarNode) -> Any:
             return None
         if short in ("binary", "timestamp"):
             return value
+    except _BadScalar:
+        raise
     except ValueError as exc:
-        raise _ConvertError(node, f"{value!r} is not a valid !!{short}") from exc
-    raise _ConvertError(node, f"unsupported YAML tag {tag!r}")
+        raise _BadScalar(f"{value[:40]!r} is not a valid !!{short}") from exc
+    raise _BadScalar(f"unsupported YAML tag {tag!r}")
 
 
-def _convert(node: Node, seen: dict[int, Any]) -> Any:
-    if isinstance(node, ScalarNode):
-        return _scalar(node)
-    cached = seen.get(id(node))
-    if cached is not None:  # an alias: share the converted value
-        return cached
-    if isinstance(node, SequenceNode):
-        items: list[Any] = []
-        seen[id(node)] = items
-        for i, child in enumerate(node.value):
-            try:
-                items.append(_convert(child, seen))
-            except _ConvertError as exc:
-                exc.tokens.append(str(i))
-                raise
-        return items
-    if isinstance(node, MappingNode):
-        out: dict[str, Any] = {}
-        seen[id(node)] = out
-        explicit: set[str] = set()
-        for k, v in node.value:
-            if not isinstance(k, ScalarNode):
-                raise _ConvertError(k, "a mapping key must be a plain string")
-            if k.value == _MERGE and _tag(k) == _PLAIN:
-                sources = v.value if isinstance(v, SequenceNode) else [v]
-                for src in sources:
-                    merged = _convert(src, seen)
-                    if not isinstance(merged, dict):
-                        raise _ConvertError(v, "a merge key (<<) needs a mapping")
-                    for mk, mv in merged.items():
-                        if mk not in explicit:
-                            out[mk] = mv
-                continue
-            key = _scalar(k)
-            if not isinstance(key, str):
-                key = k.value  # Kubernetes object keys are strings: `80: x` means "80"
-            if key in explicit:
-                dup = _ConvertError(k, f"duplicate key {key!r} in this mapping")
-                dup.tokens.append(key)
-                raise dup
-            explicit.add(key)
-            try:
-                out[key] = _convert(v, seen)
-            except _ConvertError as exc:
-                exc.tokens.append(key)
-                raise
-        return out
-    raise _ConvertError(node, f"unsupported YAML node {type(node).__name__}")
+@dataclass(slots=True)
+class _Anchored:
+    value: Any
+    where: _Where
+    size: int  # nodes once aliases are expanded
+    height: int  # nesting levels once aliases are expanded (0 for a scalar)
+    key: str | None  # the scalar as a mapping key; None for collections
 
 
-def _compose_all(text: str) -> Iterator[Node]:
+class _Frame:
+    """A mapping or sequence being composed."""
+
+    __slots__ = ("anchor", "children", "explicit", "height", "key", "key_at", "merge", "size", "value", "where")
+
+    def __init__(self, value: dict[str, Any] | list[Any], line: int, column: int, anchor: str | None) -> None:
+        self.value = value
+        self.children: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
+        self.where: _Where = (line, column, self.children)
+        self.anchor = anchor
+        self.size = 1
+        self.height = 1
+        self.key: str | None = None  # a mapping's key waiting for its value
+        self.key_at = (0, 0)
+        self.merge = False  # the waiting key is `<<`
+        self.explicit: set[str] = set()
+
+
+_NO_TAG = (None, "!")
+
+
+class _Composer:
+    """Events of one YAML stream to (value, where) per document, within `limits`."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def documents(self, events: Iterator[Any]) -> Iterator[tuple[Any, _Where]]:
+        limits = self.limits
+        stack: list[_Frame] = []
+        anchors: dict[str, _Anchored] = {}
+        open_anchors: set[str] = set()
+        root: tuple[Any, _Where] | None = None
+        count = 0
+        added = 0  # nodes added by aliases in this document
+        for e in events:
+            cls = type(e)
+            if cls is ev.ScalarEvent:
+                mark = e.start_mark
+                line, column = mark.line + 1, mark.column + 1
+                tag = e.ctag if e.ctag not in _NO_TAG else (None if e.implicit[0] else _STR)
+                top = stack[-1] if stack else None
+                if top is not None and top.key is None and isinstance(top.value, dict):
+                    try:
+                        key = _scalar(e.value, tag)
+                    except _BadScalar as exc:
+                        raise self._error(stack, line, column, str(exc), exc.hint) from exc
+                    if not isinstance(key, str):
+                        key = e.value  # Kubernetes object keys are strings: `80: x` means "80"
+                    self._key(stack, top, key, tag is None and e.value == _MERGE, line, column)
+                    if e.anchor is not None:
+                        anchors[e.anchor] = _Anchored(key, (line, column, None), 1, 0, key)
+                    continue
+                try:
+                    value = _scalar(e.value, tag)
+                except _BadScalar as exc:
+                    raise self._error(stack, line, column, str(exc), exc.hint) from exc
+                where: _Where = (line, column, None)
+                if e.anchor is not None:
+                    anchors[e.anchor] = _Anchored(value, where, 1, 0, e.value if value is None else str(value))
+                if top is None:
+                    root = (value, where)
+                else:
+                    self._add(stack, top, value, where, 1, 0)
+            elif cls is ev.MappingStartEvent or cls is ev.SequenceStartEvent:
+                mark = e.start_mark
+                line, column = mark.line + 1, mark.column + 1
+                top = stack[-1] if stack else None
+                if top is not None and top.key is None and isinstance(top.value, dict):
+                    raise self._error(stack, line, column, "a mapping key must be a plain string")
+                if len(stack) >= limits.depth:
+                    raise self._error(
+                        stack,
+                        line,
+                        column,
+                        f"nested more than {limits.depth} levels deep",
+                        "Kubernetes objects need about 15 levels; is this file generated by mistake?",
+                    )
+                if e.anchor is not None:
+                    open_anchors.add(e.anchor)
+                stack.append(_Frame({} if cls is ev.MappingStartEvent else [], line, column, e.anchor))
+            elif cls is ev.MappingEndEvent or cls is ev.SequenceEndEvent:
+                done = stack.pop()
+                if done.anchor is not None:
+                    open_anchors.discard(done.anchor)
+                    anchors[done.anchor] = _Anchored(done.value, done.where, done.size, done.height, None)
+                if stack:
+                    self._add(stack, stack[-1], done.value, done.where, done.size, done.height)
+                else:
+                    root = (done.value, done.where)
+            elif cls is ev.AliasEvent:
+                mark = e.start_mark
+                line, column = mark.line + 1, mark.column + 1
+                name = e.anchor
+                target = anchors.get(name)
+                if target is None:
+                    if name in open_anchors:
+                        raise self._error(
+                            stack,
+                            line,
+                            column,
+                            f"alias *{name} refers to a node that contains it",
+                            "a self-referencing structure has no JSON form; copy the values instead",
+                        )
+                    raise self._error(
+                        stack, line, column, f"undefined alias *{name}", f"define the anchor &{name} before using it"
+                    )
+                top = stack[-1] if stack else None
+                if top is not None and top.key is None and isinstance(top.value, dict):
+                    if target.key is None:
+                        raise self._error(stack, line, column, "a mapping key must be a plain string")
+                    self._key(stack, top, target.key, False, line, column)
+                    continue
+                if target.height:
+                    added += target.size
+                    if added > limits.alias_nodes:
+                        raise self._error(
+                            stack,
+                            line,
+                            column,
+                            f"aliases expand this document by more than {limits.alias_nodes:,} nodes",
+                            "an alias to a mapping or list copies it; write the values out, or alias less",
+                        )
+                    if len(stack) + target.height > limits.depth:
+                        raise self._error(
+                            stack,
+                            line,
+                            column,
+                            f"alias *{name} nests this document more than {limits.depth} levels deep",
+                        )
+                if top is None:
+                    root = (target.value, target.where)
+                else:
+                    self._add(stack, top, target.value, target.where, target.size, target.height)
+            elif cls is ev.DocumentStartEvent:
+                count += 1
+                if count > limits.documents:
+                    mark = e.start_mark
+                    raise _ComposeError(
+                        mark.line + 1,
+                        mark.column + 1,
+                        "",
+                        f"more than {limits.documents:,} YAML documents in one file",
+                        "split it into several files",
+                    )
+                anchors.clear()
+                added = 0
+                root = None
+            elif cls is ev.DocumentEndEvent:
+                if root is not None:
+                    yield root
+                root = None
+
+    def _key(self, stack: list[_Frame], top: _Frame, key: str, merge: bool, line: int, column: int) -> None:
+        if not merge and key in top.explicit:
+            top.key = key
+            raise self._error(stack, line, column, f"duplicate key {key!r} in this mapping")
+        top.key, top.key_at, top.merge = key, (line, column), merge
+
+    def _add(self, stack: list[_Frame], top: _Frame, value: Any, where: _Where, size: int, height: int) -> None:
+        top.size += size
+        if height >= top.height:
+            top.height = height + 1
+        if isinstance(top.value, list):
+            top.value.append(value)
+            top.children.append(where)  # type: ignore[union-attr]
+            return
+        key = top.key
+        assert key is not None
+        children: dict[str, Any] = top.children  # type: ignore[assignment]
+        if top.merge:
+            if isinstance(value, dict):
+                sources = [(value, where)]
+            elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+                sources = list(zip(value, where[2], strict=True))
+            else:
+                raise self._error(stack, where[0], where[1], "a merge key (<<) needs a mapping or a list of them")
+            merged: set[str] = set()
+            for src, src_where in sources:
+                for k, v in src.items():
+                    # Keys written in this mapping win, then the first mapping merged.
+                    if k not in top.explicit and k not in merged:
+                        top.value[k] = v
+                        children[k] = src_where[2][k]
+                        merged.add(k)
+        else:
+            top.explicit.add(key)
+            top.value[key] = value
+            children[key] = (top.key_at[0], top.key_at[1], where)
+        top.key = None
+        top.merge = False
+
+    @staticmethod
+    def _error(stack: list[_Frame], line: int, column: int, message: str, hint: str = "") -> _ComposeError:
+        tokens: list[str | int] = []
+        for frame in stack:
+            if isinstance(frame.value, list):
+                tokens.append(len(frame.value))
+            elif frame.key is not None:
+                tokens.append(frame.key)
+        return _ComposeError(line, column, "".join("/" + escape_token(t) for t in tokens), message, hint)
+
+
+def _events(text: str) -> Iterator[Any]:
     if _HAVE_C:
         parser = _CParser(text)
         try:
-            while parser.check_node():
-                yield parser.get_node()
+            while parser.check_event():
+                yield parser.get_event()
         finally:
             parser.dispose()
         return
-    yaml = YAML(typ="safe", pure=True)  # pragma: no cover
-    yield from yaml.compose_all(text)  # pragma: no cover
+    yield from YAML(typ="safe", pure=True).parse(text)  # pragma: no cover
 
 
-def parse_documents(path: str, text: str | bytes) -> tuple[list[Document], list[Diagnostic]]:
-    """Parse every document of one file; a syntax error becomes a diagnostic at its mark."""
+def parse_documents(path: str, text: str | bytes, limits: Limits = LIMITS) -> tuple[list[Document], list[Diagnostic]]:
+    """Parse every document of one file; a syntax error or a limit exceeded becomes a
+    diagnostic at its mark, and the documents before it are kept."""
+    if len(text) > limits.file_bytes:
+        return [], [
+            Diagnostic(
+                path,
+                0,
+                0,
+                "",
+                f"file is {len(text):,} bytes; the limit is {limits.file_bytes:,}",
+                "split it into several files",
+            )
+        ]
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             return [], [Diagnostic(path, 0, 0, "", f"not UTF-8 text ({exc.reason})")]
     docs: list[Document] = []
-    index = 0
     try:
-        for node in _compose_all(text):
-            try:
-                body = _convert(node, {})
-            except _ConvertError as exc:
-                pos = _mark(exc.node)
-                return docs, [Diagnostic(path, pos.line, pos.column, exc.ptr, str(exc))]
-            docs.append(Document(path, index, body, node))
-            index += 1
+        for body, where in _Composer(limits).documents(_events(text)):
+            docs.append(Document(path, len(docs), body, where))
+    except _ComposeError as exc:
+        return docs, [Diagnostic(path, exc.line, exc.column, exc.ptr, str(exc), exc.hint)]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
@@ -284,13 +450,40 @@ def parse_documents(path: str, text: str | bytes) -> tuple[list[Document], list[
                 line,
                 col,
                 "",
-                f"YAML syntax error{context}: {problem}",
+                _one_line(f"YAML syntax error{context}: {problem}"),
                 hint="check indentation and that brackets and quotes are closed",
             )
         ]
+    except ReaderError as exc:
+        line, col = _line_column(text, exc.position)
+        what = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        return docs, [
+            Diagnostic(
+                path,
+                line,
+                col,
+                "",
+                f"character {what} is not allowed in YAML ({_one_line(str(exc.reason))})",
+                'write it as an escape in a double-quoted string, e.g. "\\u0007"',
+            )
+        ]
     except YAMLError as exc:
-        return docs, [Diagnostic(path, 0, 0, "", f"YAML error: {exc}")]
+        return docs, [Diagnostic(path, 0, 0, "", _one_line(f"YAML error: {exc}"))]
     return docs, []
+
+
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """A parser's message as one printable line (they may span lines or quote what they read)."""
+    text = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    position = max(0, min(position, len(text)))
+    return text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
 
 
 def dump_documents(bodies: list[Any], header: str = "") -> str:
@@ -306,7 +499,15 @@ def dump_documents(bodies: list[Any], header: str = "") -> str:
     return buf.getvalue()
 
 
-def load_plain(text: str) -> Any:
-    """Load one small YAML document (e.g. `gitorch.yaml`) without positions."""
-    yaml = YAML(typ="safe", pure=True)
-    return yaml.load(text)
+def load_plain(text: str | bytes, path: str = "") -> Any:
+    """Load one small YAML document (e.g. `gitorch.yaml`) without positions, within `LIMITS`.
+
+    Raises ValueError naming `path:line:col` when it is not valid YAML or holds several documents."""
+    docs, diags = parse_documents(path, text)
+    if diags:
+        d = diags[0]
+        where = f"{path}:{d.line}:{d.column}" if d.line else path
+        raise ValueError(f"{where}: {d.message}" if where else d.message)
+    if len(docs) > 1:
+        raise ValueError(f"{path}: expected one YAML document, found {len(docs)}")
+    return docs[0].body if docs else None

@@ -116,3 +116,78 @@ def test_secret_values_never_appear_in_errors(repo: GitRepo) -> None:
     assert res.returncode == 1
     assert "secret2.yaml:7:13: /data/password" in res.stderr
     assert "hunter2" not in res.stderr and "hunter2" not in res.stdout
+
+
+def _daemonset(namespace: str) -> str:
+    return f"""\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      containers:
+        - {{name: agent, command: [sleep, "3600"]}}
+"""
+
+
+def test_same_workload_name_in_two_namespaces_is_valid(repo: GitRepo) -> None:
+    """Pods are keyed by namespace on a node (issue 19), so equal names in two namespaces coexist."""
+    other = NAMESPACE.replace("shop", "ops")
+    repo.commit("two daemonsets", BASE | {"ops.yaml": other, "a.yaml": _daemonset("shop"), "b.yaml": _daemonset("ops")})
+    state = desired.load(open_repository(repo.path), None)
+    assert [d.format() for d in state.diagnostics] == []
+
+
+def test_an_exception_in_one_objects_checks_is_that_objects_diagnostic(
+    repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gitorch.source import validation
+
+    def broken(*args: object) -> list[object]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(validation, "_check_service", broken)
+    service = (
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n"
+        "spec:\n  selector: {app: web}\n  ports: [{port: 80}]\n"
+    )
+    bad = (CASES[0].parent / "undefined-volume.yaml").read_text()
+    repo.commit("base", BASE | {"svc.yaml": service, "dep.yaml": bad})
+    got = [d.format() for d in desired.load(open_repository(repo.path), None).diagnostics]
+    assert "svc.yaml:4:9: /metadata/name: internal error checking Service/web: RuntimeError: boom; please report" in got
+    assert any(
+        g.startswith("dep.yaml:20:21: /spec/template/spec/containers/0/volumeMounts/0/name: volume") for g in got
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "nginx",
+        "nginx:1.27",
+        "docker.io/library/nginx:1.27-alpine",
+        "registry.example.com:5000/team/app:v2",
+        "localhost/gitorch-test:latest",
+        "[::1]:5000/app",
+        "app@sha256:" + "a" * 64,
+        "ghcr.io/org/app:v1.2.3@sha256:" + "0f" * 32,
+        "my__app/x--y.z:1_0",
+    ],
+)
+def test_valid_image_references_pass(repo: GitRepo, image: str) -> None:
+    body = (CASES[0].parent / "image-option.yaml").read_text().replace("--privileged", f'"{image}"')
+    repo.commit("image", BASE | {"img.yaml": body})
+    assert [d.format() for d in desired.load(open_repository(repo.path), None).diagnostics] == []
+
+
+@pytest.mark.parametrize(
+    "image", ["-x", "Nginx", "nginx:", "nginx:-tag", "a b", "nginx@sha256:abc", "/nginx", "nginx:" + "t" * 129]
+)
+def test_invalid_image_references_are_refused(repo: GitRepo, image: str) -> None:
+    body = (CASES[0].parent / "image-option.yaml").read_text().replace("--privileged", f'"{image}"')
+    repo.commit("image", BASE | {"img.yaml": body})
+    got = [d.format() for d in desired.load(open_repository(repo.path), None).diagnostics]
+    assert len(got) == 1 and "/spec/template/spec/containers/0/image:" in got[0] and "image reference" in got[0], got

@@ -148,7 +148,7 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
         data = report.to_json()
         if preview is not None:
             data["cluster"] = preview.to_json()
-        console.write(json.dumps(data, indent=2, ensure_ascii=False))
+        console.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))  # NaN is not JSON
     elif fmt == "markdown":
         text = plan_markdown(report)
         if preview is not None:

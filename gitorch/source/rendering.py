@@ -183,4 +183,5 @@ def plan_markdown(report: PlanReport, *, limit: int = MARKDOWN_LIMIT) -> str:
 
 
 def plan_json(report: PlanReport) -> str:
-    return json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    # allow_nan=False: bare NaN or Infinity is not JSON (the parser refuses them in manifests).
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

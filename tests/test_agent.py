@@ -389,7 +389,9 @@ def test_pods_of_the_bare_name_layout_are_adopted_without_a_restart(node: Node, 
     flag.touch()
     slow = {"exec": {"command": ["test", "-f", str(flag)]}, "periodSeconds": 1,
             "successThreshold": 3, "failureThreshold": 1}
-    web = pod("web", ctr("main", ["sh", "-c", "echo started; exec sleep 300"], readinessProbe=slow),
+    token = f"legacy-{uuid.uuid4().hex}"
+    web = pod("web", ctr("main", ["sh", "-c", "echo started; exec sleep 300"], readinessProbe=slow,
+                         env=[{"name": "TOKEN", "value": token, "secret": True}]),
               volumes=[{"name": "conf", "files": {"a.conf": "x=1"}}])
     proc = subprocess.run([AGENT_PY, str(old), "sync", "--root", str(node.root)],
                           input=json.dumps({"pods": [web]}), capture_output=True, text=True,
@@ -398,6 +400,7 @@ def test_pods_of_the_bare_name_layout_are_adopted_without_a_restart(node: Node, 
     before = node.wait_pod("web", lambda p: p["ready"], "ready under the legacy agent")
     assert (node.root / "pods" / "web" / "logs" / "main.log").exists()  # the bare-name layout
     pid = before["containers"][0]["pid"]
+    assert token in (node.root / "desired.json").read_text()  # the old agent's shared file
 
     doc = node.sync(web)  # the new agent: the old supervisor is replaced
     assert doc["supervisor"]["sha"] != json.loads(proc.stdout)["supervisor"]["sha"]
@@ -406,6 +409,10 @@ def test_pods_of_the_bare_name_layout_are_adopted_without_a_restart(node: Node, 
     assert after["containers"][0]["pid"] == pid and after["restarts"] == 0
     assert node.run("logs", {"pod": "web", "namespace": "test"})["log"] == "started\n"
     assert node.run("logs", {"pod": "web"})["log"] == "started\n"
+    # Its secret moved out of the shared desired.json into its own file.
+    assert token not in (node.root / "desired.json").read_text()
+    secrets = node.root / "pods" / "test_web" / "secrets.json"
+    assert token in secrets.read_text() and secrets.stat().st_mode & 0o777 == 0o600
 
     twin = pod("web", sleeper(), namespace="other")
     node.sync(web, twin)
@@ -413,7 +420,7 @@ def test_pods_of_the_bare_name_layout_are_adopted_without_a_restart(node: Node, 
                "both namespaces running", describe=node.describe)
     mine = next(q for q in node.run("status")["pods"] if q["namespace"] == "test")
     assert mine["containers"][0]["pid"] == pid and mine["ready"]  # the adopted one, untouched
-    assert sorted(os.listdir(node.root / "pods")) == ["other_web", "web"]
+    assert sorted(os.listdir(node.root / "pods")) == ["other_web", "test_web", "web"]
     assert (node.root / "pods" / "web" / "volumes" / "conf" / "a.conf").read_text() == "x=1"
 
     node.sync(pod("web", sleeper(), hash="h2"), twin)  # replaced: now in the new layout
@@ -600,7 +607,8 @@ def test_values_that_would_become_options_fail_the_pod_once(node: Node, containe
     time.sleep(1.5)
     log = (node.root / "supervisor.log").read_text()
     assert log.count("test/bad-1: invalid spec") == 1, log
-    assert not (node.root / "pods" / "test_bad-1").exists()  # no folder, no cgroup, no start
+    folder = node.root / "pods" / "test_bad-1"  # never started: no logs, no volumes
+    assert not folder.exists() or os.listdir(folder) == ["secrets.json"]
 
 
 def test_odd_paths_are_fine_for_processes(node: Node, tmp_path: Path) -> None:
@@ -722,7 +730,7 @@ def test_secrets_never_appear_in_logs_status_or_errors(node: Node) -> None:
     sup_log = (node.root / "supervisor.log").read_text()
     assert "pw=******" in sup_log  # the probe output was logged, masked
     files = [sup_log] + [(node.root / f).read_text() for f in
-                         ("status.json", "state.json", "ack.json")]
+                         ("status.json", "state.json", "ack.json", "desired.json")]
     for text in files + node.outputs:
         assert env_secret not in text and file_secret not in text
 

@@ -81,4 +81,5 @@ def test_two_daemonsets_of_one_name_in_two_namespaces_share_a_node(lab: Lab, rep
             assert logs.stdout == f"I am {ns}/{names[ns]}\n"
     finally:
         repo.commit("empty", {"apps.yaml": ""})
-        assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0
+        emptied = gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path)
+        assert emptied.returncode == 0, emptied.stdout + emptied.stderr

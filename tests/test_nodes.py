@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,41 @@ def test_a_node_refuses_a_sync_from_an_older_controller_term(fleet: Fleet, lab: 
     finally:
         client.call("sync", {"pods": []})
         ssh_run(lab, node, "rm -f /var/lib/gitorch/fence.json")
+
+
+def test_a_pods_secrets_live_only_in_its_own_folder(fleet: Fleet, lab: Lab) -> None:
+    node = lab.nodes[2].name
+    client = fleet.clients[node]
+    token, key = f"tok-{uuid.uuid4().hex}", f"key-{uuid.uuid4().hex}"
+    owner = _pod("secret-a", ["sleep", "600"], env=[{"name": "TOKEN", "value": token, "secret": True}])
+    owner["volumes"] = [{"name": "creds", "files": {"key.pem": key}, "secret": True}]
+    owner["containers"][0]["volumeMounts"] = [{"name": "creds", "mountPath": "/etc/creds", "readOnly": True}]
+    # A neighbour running as root, as process-runtime pods do, looking for secrets.
+    # (It looks for their shape: the values themselves must not be in its own spec.)
+    snoop = _pod("snoop", ["sh", "-c", "grep -rlsE '(tok|key)-[0-9a-f]{32}' /var/lib/gitorch; exec sleep 600"])
+    try:
+        client.call("sync", {"pods": [owner, snoop]})
+        assert _wait(lambda: all(p["phase"] == "Running" for p in client.call("status")["pods"]))
+        environ = ssh_run(lab, node, f"cat /proc/{client.call('status')['pods'][0]['containers'][0]['pid']}/environ")
+        assert f"TOKEN={token}" in environ.stdout  # the pod itself has it
+        folder = "/var/lib/gitorch/pods/default_secret-a"
+        # Every file on the node's own filesystems (its /run holds its data, /tmp, /root and
+        # container storage) that holds either value is in the owner's folder.
+        hits = ssh_run(lab, node, f"grep -rlsF -e {token} -e {key} /run /etc /var/lib/gitorch", check=False)
+        found = sorted(set(hits.stdout.split()))
+        allowed = (f"{folder}/", "/run/gitorch-lab/data/pods/default_secret-a/")
+        assert found and all(f.startswith(allowed) for f in found), found
+        assert f"{folder}/secrets.json" in found and f"{folder}/volumes/creds/key.pem" in found
+        modes = ssh_run(lab, node, f"stat -c '%a %U %n' /var/lib/gitorch/pods {folder} {folder}/secrets.json "
+                        f"{folder}/volumes/creds {folder}/volumes/creds/key.pem").stdout.splitlines()
+        assert [m.split()[:2] for m in modes] == [["700", "root"]] * 2 + [["600", "root"], ["700", "root"],
+                                                                          ["600", "root"]]
+        # What the neighbour found (outside the owner's folder there is nothing to find).
+        seen = client.call("logs", {"pod": "snoop", "namespace": "default"})["log"].split()
+        assert seen and all(f.startswith(f"{folder}/") for f in seen), seen
+        # Removed with the pod.
+        client.call("sync", {"pods": [snoop]})
+        assert _wait(lambda: ssh_run(lab, node, f"test -e {folder} || echo gone", check=False).stdout.strip())
+        assert not ssh_run(lab, node, f"grep -rlsF -e {token} -e {key} /run /etc", check=False).stdout
+    finally:
+        client.call("sync", {"pods": []})

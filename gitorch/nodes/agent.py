@@ -78,7 +78,9 @@ started, restartCount, pid, startedAt, finishedAt, exitCode, signal, lastExitCod
 lastState{exitCode, signal, reason, message, startedAt, finishedAt}, limits
 (applied|unsupported|none), runtime (process|podman|docker), image.
 
-Root layout: desired.json (0600: it holds secrets), state.json (pids for re-adoption),
+Root layout: desired.json (the pods' specs with their secret values taken out: each pod's
+are in its own pods/<key>/secrets.json, 0600 in a 0700 folder, written by sync and removed
+with the pod from the desired set), state.json (pids for re-adoption),
 status.json, ack.json, fence.json, supervisor.{pid,lock,log}, node-checks.json, and
 pods/<key>/{volumes/<volume>/, logs/<container>.log[.1]}. A pod's key names its folder,
 network namespace, veth and cgroup: "<namespace>_<name>", hashed past 100 characters (see
@@ -87,7 +89,9 @@ says so) until they are replaced: an upgrade restarts nothing.
 
 Secrets (env values and volume files marked secret) are masked in supervisor.log and in
 every message/error the agent prints or the supervisor writes; a container's own log is
-its own output and is returned as written.
+its own output and is returned as written. Outside the pod's folder, its secret env values
+are still in its processes' environment (/proc/PID/environ) and, for image containers, in
+the container runtime's own record of the container: root on the node can read those.
 
 Environment read by the supervisor: GITORCH_BACKOFF_BASE (seconds, default 10; the cap,
 30x, and the reset window, 60x, scale with it), GITORCH_CONTAINER_RUNTIMES (comma list
@@ -215,6 +219,75 @@ def secret_values(raw_pods: Iterable[Any]) -> list[str]:
             if isinstance(vol, dict) and vol.get("secret") and isinstance(vol.get("files"), dict):
                 found.extend(str(v) for v in vol["files"].values() if v)
     return found
+
+
+# Each pod's secret values live only in its own folder, pods/<key>/secrets.json (0600 in a
+# 0700 folder): desired.json keeps the specs with those values taken out (null), so no file
+# holds the secrets of several pods for any one of them (or anything else) to read.
+SECRETS_FILE = "secrets.json"
+
+
+def _secret_places(pod: Json) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(place, the dict holding the value, its key) of every secret value of a raw pod spec."""
+    for group in ("containers", "initContainers"):
+        for i, ctr in enumerate(pod.get(group) or []):
+            for j, env in enumerate(ctr.get("env") or [] if isinstance(ctr, dict) else []):
+                if isinstance(env, dict) and env.get("secret"):
+                    yield f"{group}/{i}/env/{j}", env, "value"
+    for i, vol in enumerate(pod.get("volumes") or []):
+        if isinstance(vol, dict) and vol.get("secret") and isinstance(vol.get("files"), dict):
+            for name in sorted(vol["files"]):
+                yield f"volumes/{i}/files/{name}", vol["files"], name
+
+
+def split_secrets(pod: Json) -> tuple[Json, dict[str, str], bool]:
+    """(the spec with its secret values nulled, the values by place, whether it has any
+    secret place). A spec that already went through here has places and no values."""
+    out = json.loads(json.dumps(pod))
+    values: dict[str, str] = {}
+    places = False
+    for place, holder, key in _secret_places(out):
+        places = True
+        if holder.get(key) is not None:
+            values[place] = str(holder[key])
+        holder[key] = None
+    return out, values, places
+
+
+def merge_secrets(pod: Json, values: dict[str, str]) -> Json:
+    """The spec with its secret values put back; "secretsMissing" says what could not be."""
+    out = json.loads(json.dumps(pod))
+    missing = 0
+    for place, holder, key in _secret_places(out):
+        if holder.get(key) is None:
+            if place in values:
+                holder[key] = values[place]
+            else:
+                missing += 1
+    if missing:
+        out["secretsMissing"] = f"{missing} secret value(s) missing on this node ({SECRETS_FILE})"
+    return out
+
+
+def secrets_path(paths: Paths, pod: Json) -> str:
+    namespace, name = pod_id(pod)
+    return os.path.join(paths.pod_dir(pod_key(namespace, name)), SECRETS_FILE)
+
+
+def read_secrets(paths: Paths, pod: Json) -> dict[str, str]:
+    """A pod's secret values as sync stored them for its hash (empty if none or another)."""
+    doc = read_json(secrets_path(paths, pod), {})
+    if not isinstance(doc, dict) or doc.get("hash") != str(pod.get("hash") or ""):
+        return {}
+    values = doc.get("values")
+    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+
+
+def with_secrets(paths: Paths, pod: Json) -> Json:
+    """A spec from desired.json with its secret values back from the pod's own file."""
+    if not any(True for _ in _secret_places(pod)):
+        return pod
+    return merge_secrets(pod, read_secrets(paths, pod))
 
 
 def emit(doc: Json, redact: Redactor | None = None) -> None:
@@ -738,6 +811,10 @@ class SpecError(ValueError):
     """A pod spec this agent cannot run; the pod is reported Failed with InvalidPodSpec."""
 
 
+class SecretsMissing(SpecError):
+    """The pod's secret values are not in its folder (removed by hand, or not written yet)."""
+
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
@@ -1041,6 +1118,8 @@ class PodSpec:
 
     @classmethod
     def parse(cls, raw: Json) -> PodSpec:
+        if raw.get("secretsMissing"):
+            raise SecretsMissing(str(raw["secretsMissing"]))
         name = safe_name(raw.get("name"), "name")
         policy = raw.get("restartPolicy") or "Always"
         if policy not in RESTART_POLICIES:
@@ -2525,7 +2604,7 @@ class Supervisor:
                 return
             doc = {"generation": 0, "pods": []}
         generation = int(doc.get("generation", 0))
-        raw_pods = [p for p in doc.get("pods", []) if isinstance(p, dict)]
+        raw_pods = [with_secrets(self.paths, p) for p in doc.get("pods", []) if isinstance(p, dict)]
         try:
             self.network = NetworkSpec.parse(doc.get("network"))
         except RequestError as exc:
@@ -2596,6 +2675,10 @@ class Supervisor:
         """Same hash: re-attach a re-adopted pod's spec, refresh files volumes in place."""
         try:
             spec = PodSpec.parse(raw)
+        except SecretsMissing as exc:
+            # Running containers keep what they have; an adopted pod waits for them.
+            self.log_error(f"secrets:{pod.key}", f"pod {pod.label}: {exc}")
+            return
         except SpecError as exc:
             if pod.spec is None and not pod.fatal:
                 pod.fatal = ["InvalidPodSpec", self.redact(str(exc))]
@@ -2809,7 +2892,20 @@ class Supervisor:
             except NetworkError as exc:
                 self.log(f"pod {pod.label}: removing its network: {exc}")
         # emptyDir and files volumes and logs live in the pod dir; hostPath lives elsewhere.
-        shutil.rmtree(self.paths.pod_dir(pod.key), ignore_errors=True)
+        # Its secrets file belongs to sync, which removes it with the pod from the desired
+        # set: a replacement (or the pod added back meanwhile) still needs it.
+        for key in dict.fromkeys((pod.key, pod_key(pod.namespace, pod.name))):
+            folder = self.paths.pod_dir(key)
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(folder):
+                    if entry.name == SECRETS_FILE:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # gone unless it still holds secrets
 
     def retry_cgroup_trash(self) -> None:
         keep = []
@@ -3266,8 +3362,9 @@ def wait_ack(paths: Paths, generation: int, pid: int | None, timeout: float) -> 
 HOLDER_MAX = 256
 
 
-def parse_fence(raw: Any) -> tuple[int, str] | None:
-    """A sync's ``fence``: the controller's leadership term and who holds it, or None."""
+def parse_fence(raw: Any) -> tuple[int, str, str] | None:
+    """A sync's ``fence``: the controller's leadership term, who holds it, and which lease
+    (one per state store: terms of different stores are not comparable), or None."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -3278,10 +3375,13 @@ def parse_fence(raw: Any) -> tuple[int, str] | None:
     if not isinstance(holder, str) or not 0 < len(holder) <= HOLDER_MAX \
             or not holder.isprintable():
         raise RequestError(f"sync: fence.holder must be 1-{HOLDER_MAX} printable characters")
-    return term, holder
+    lease = raw.get("lease", "")
+    if not isinstance(lease, str) or len(lease) > HOLDER_MAX or not lease.isprintable():
+        raise RequestError(f"sync: fence.lease must be at most {HOLDER_MAX} printable characters")
+    return term, holder, lease
 
 
-def read_fence(paths: Paths) -> tuple[int, str] | None:
+def read_fence(paths: Paths) -> tuple[int, str, str] | None:
     doc = read_json(paths.fence, None)
     if not isinstance(doc, dict):
         return None
@@ -3291,24 +3391,27 @@ def read_fence(paths: Paths) -> tuple[int, str] | None:
         return None
 
 
-def check_fence(paths: Paths, fence: tuple[int, str] | None) -> None:
-    """Refuse a term older than the highest this node has seen; remember a higher one (on
-    disk, before the sync acts, so a restart or a racing request cannot forget it). The
-    caller holds the agent lock. No fence: a one-shot command, accepted."""
+def check_fence(paths: Paths, fence: tuple[int, str, str] | None) -> None:
+    """Refuse a term older than the highest this node has seen of the same lease; remember a
+    higher one, or the term of another lease (a new state store took the node over), on disk
+    before the sync acts, so a restart or a racing request cannot forget it. The caller holds
+    the agent lock. No fence: a one-shot command, accepted."""
     if fence is None:
         return
-    term, holder = fence
+    term, holder, lease = fence
     seen = read_fence(paths)
-    if seen is not None and term < seen[0]:
+    same = seen is not None and seen[2] == lease
+    if seen is not None and same and term < seen[0]:
         raise StaleTerm(term, seen[0], seen[1])
-    if seen is None or term > seen[0]:
-        atomic_write(paths.fence, json.dumps({"term": term, "holder": holder, "at": time.time()}),
-                     sync=True)
+    if seen is None or not same or term > seen[0]:
+        atomic_write(paths.fence, json.dumps({"term": term, "holder": holder, "lease": lease,
+                                              "at": time.time()}), sync=True)
 
 
 def status_doc(paths: Paths, redact: Redactor) -> Json:
     desired = read_json(paths.desired, {})
-    redact.update(secret_values(desired.get("pods", []) if isinstance(desired, dict) else []))
+    pods = desired.get("pods", []) if isinstance(desired, dict) else []
+    redact.update(secret_values(with_secrets(paths, p) for p in pods if isinstance(p, dict)))
     status = read_json(paths.status, {})
     if not isinstance(status, dict):
         status = {}
@@ -3319,9 +3422,38 @@ def status_doc(paths: Paths, redact: Redactor) -> Json:
         "observedGeneration": status.get("observedGeneration"),
         "stale": not sup["running"],
         "supervisor": sup,
-        "fence": {"term": fence[0], "holder": fence[1]} if fence else None,
+        "fence": {"term": fence[0], "holder": fence[1], "lease": fence[2]} if fence else None,
         "pods": status.get("pods", []),
     }
+
+
+def store_secrets(paths: Paths, pods: list[Json], gone: Iterable[PodId]) -> bool:
+    """Write each pod's secret values into its own folder (sync holds the agent lock), and
+    remove those of pods that left the desired set; True if any file changed."""
+    changed = False
+    os.makedirs(paths.pods, mode=0o700, exist_ok=True)
+    os.chmod(paths.pods, 0o700)
+    for pod in pods:
+        _, values, places = split_secrets(pod)
+        path = secrets_path(paths, pod)
+        if values:
+            text = json.dumps({"hash": str(pod.get("hash") or ""), "values": values}, sort_keys=True)
+            if read_text(path) != text:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                os.chmod(os.path.dirname(path), 0o700)
+                atomic_write(path, text, mode=0o600, sync=True)
+                changed = True
+        elif not places and os.path.exists(path):  # no secret any more (a kept pod has places)
+            os.unlink(path)
+            changed = True
+    for namespace, name in gone:
+        path = secrets_path(paths, {"namespace": namespace, "name": name})
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            changed = True
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))  # only if the supervisor has cleaned up already
+    return changed
 
 
 def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
@@ -3360,6 +3492,12 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     fence = parse_fence(request.get("fence"))
     with flocked(paths.agent_lock):
         check_fence(paths, fence)
+        sup = supervisor_info(paths)
+        if sup["running"] and sup.get("sha") not in (None, own_sha()):
+            # An older agent file: upgrade in place, pods stay up. Stopped before anything is
+            # written, so it never reads a desired.json of a layout it does not know.
+            stop_supervisor(paths)
+            sup = supervisor_info(paths)
         current = read_json(paths.desired, {})
         if not isinstance(current, dict):
             current = {}
@@ -3368,10 +3506,11 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         have = {pod_id(p): p for p in current.get("pods") or [] if isinstance(p, dict)}
         pods = [have[pod_id(p)] if p.get("keep") else p for p in pods
                 if not p.get("keep") or pod_id(p) in have]
-        redact.update(secret_values(pods))
         pods = sorted(pods, key=lambda p: pod_id(p)[::-1])
+        secrets_changed = store_secrets(paths, pods, set(have) - {pod_id(p) for p in pods})
+        pods = [split_secrets(p)[0] for p in pods]
         generation = int(current.get("generation", 0))
-        changed = json.dumps([pods, network, dns], sort_keys=True) != json.dumps(
+        changed = secrets_changed or json.dumps([pods, network, dns], sort_keys=True) != json.dumps(
             [current.get("pods"), current.get("network"), current.get("dns")], sort_keys=True)
         if changed or not os.path.exists(paths.desired):
             generation += 1
@@ -3381,10 +3520,6 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             if dns is not None:
                 wanted["dns"] = dns
             atomic_write(paths.desired, json.dumps(wanted, sort_keys=True), sync=True)
-        sup = supervisor_info(paths)
-        if sup["running"] and sup.get("sha") not in (None, own_sha()):
-            stop_supervisor(paths)  # an older agent file: upgrade in place, pods stay up
-            sup = supervisor_info(paths)
         pid = sup.get("pid") if sup["running"] else None
         if not sup["running"]:
             pid = start_supervisor(paths)

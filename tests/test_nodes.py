@@ -232,7 +232,7 @@ def test_a_node_refuses_a_sync_from_an_older_controller_term(fleet: Fleet, lab: 
         assert (err.value.term, err.value.seen, err.value.holder) == (4, 5, "ctl-a")
         status = client.call("status")
         assert [p["name"] for p in status["pods"]] == ["fenced"]
-        assert status["fence"] == {"term": 5, "holder": "ctl-a"}
+        assert status["fence"] == {"term": 5, "holder": "ctl-a", "lease": ""}
         # A fan-out hands the controller the error itself, so it can stop its pass.
         outcome = fleet.fan_out(lambda c: c.call("sync", {"pods": [], "fence": {"term": 3, "holder": "x"}}),
                                 nodes=[node])[node]
@@ -246,6 +246,10 @@ def test_a_node_refuses_a_sync_from_an_older_controller_term(fleet: Fleet, lab: 
         assert (stored["term"], stored["holder"]) == (9, "ctl-c")
         with pytest.raises(StaleTerm, match="node has seen 9, held by ctl-c"):
             client.call("sync", {"pods": [kept], "fence": {"term": 5, "holder": "ctl-a"}})
+        # Terms of another store's lease do not compare: a new store's term 1 takes the node over.
+        assert client.call("sync", {"pods": [kept], "fence": {"term": 1, "holder": "new", "lease": "e2"}})["ok"]
+        with pytest.raises(StaleTerm, match="node has seen 1, held by new"):
+            client.call("sync", {"pods": [kept], "fence": {"term": 0, "holder": "old", "lease": "e2"}})
     finally:
         client.call("sync", {"pods": []})
         ssh_run(lab, node, "rm -f /var/lib/gitorch/fence.json")

@@ -670,8 +670,10 @@ def test_lease_acquire_renew_expire_and_steal(store: Store) -> None:
     # Releasing is only for the holder; then anyone may take it at once.
     assert store.release_lease("controller", "a") is False
     assert store.release_lease("controller", "b") is True
-    assert store.lease("controller") is None
-    assert store.try_acquire_lease("controller", "a", 15, T0 + timedelta(seconds=27)) is True
+    released = store.lease("controller")
+    assert released is not None and released.term == 2  # kept, expired: terms only grow
+    fence = store.acquire_lease("controller", "a", 15)
+    assert fence is not None and fence.term == 3
     # Leases are independent of each other.
     assert store.try_acquire_lease("dns", "b", 15, T0 + timedelta(seconds=27)) is True
 

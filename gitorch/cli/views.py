@@ -66,6 +66,9 @@ def status(store: Store, output: str) -> None:
                 "health": o.health,
                 "message": _ready_condition(o.conditions).get("message", ""),
                 "revision": o.last_applied_revision,
+                "lastAppliedRevision": o.last_applied_revision,
+                "lastAttemptedRevision": o.last_attempted_revision,
+                "conditions": o.conditions,
             }
             for o in objs
         ],

@@ -210,7 +210,7 @@ class Controller:
             self._record_pods(execution.pods, execution.gone)
             for event in execution.events:
                 self.store.record_event(**event)
-            self.save(state, the_plan, observed, now, valid)
+            self.save(state, the_plan, observed, now, valid, attempted=head.revision.oid)
             self._retain(state, now)
         return result
 
@@ -467,9 +467,12 @@ class Controller:
         for ns, names in by_ns.items():
             self.store.delete_pods(ns, names)
 
-    def save(self, state: DesiredState, the_plan: Plan, observed: Observed, now: float, valid: bool) -> None:
+    def save(
+        self, state: DesiredState, the_plan: Plan, observed: Observed, now: float, valid: bool, attempted: str = ""
+    ) -> None:
         """Status of every object, events, inventory and the revision's outcome; called inside
-        the pass's transaction."""
+        the pass's transaction. `attempted` is the head commit (it differs from the applied
+        one while the head is invalid: Flux's lastAttemptedRevision)."""
         r = state.revision
         for e in the_plan.events:
             self.store.record_event(
@@ -505,8 +508,8 @@ class Controller:
                 now=_dt(now),
                 spec_hash=podspecs.short_hash(obj.body),
                 last_applied_revision=r.oid,
-                last_attempted_revision=r.oid,
-                sync="Synced",
+                last_attempted_revision=attempted or r.oid,
+                sync="Synced" if valid else "OutOfSync",
                 health=health,
                 conditions=conditions,
                 body=body,

@@ -104,12 +104,34 @@ class Leadership:
             self._valid_until = started + self.ttl * SAFETY if fence is not None else 0.0
 
 
+def _holder_is_dead(store: Store) -> bool:
+    """A lease held by a process of this host that no longer exists (a killed `apply`) is ended
+    at once rather than waited out; leases of other hosts always run their course."""
+    current = store.lease(LEASE)
+    if current is None:
+        return False
+    host, _, pid = current.holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return False
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return False  # alive, someone else's
+    log.warning("the controller lease's holder %s is dead: taking the lease over", current.holder)
+    return store.break_lease(LEASE, current.holder)
+
+
 @contextmanager
 def exclusive(store: Store, what: str, ttl: float = DEFAULT_TTL) -> Iterator[Leadership]:
     """Hold the controller lease for a one-shot command, renewed every ttl/3 on a thread of its
     own; refuse with LeaderBusy, naming the leader and its term, when another holds it."""
     leadership = Leadership(store, holder_name(), ttl)
-    if leadership.renew() is None:
+    if leadership.renew() is None and _holder_is_dead(store):
+        leadership.renew()
+    if leadership.fence is None:
         current = store.lease(LEASE)
         if current is None:
             raise LeaderBusy(f"{what}: the controller lease cannot be taken (the store refused it); retry")

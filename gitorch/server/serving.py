@@ -337,7 +337,10 @@ class Server:
             self.metrics.observe_failure(time.monotonic() - started)
             return
         except Exception as exc:  # a failed pass is retried on the next tick, never fatal
-            log.error(f"reconcile pass failed: {exc}", extra={"event": "pass-failed"})
+            # Not a user error: one object's failure is that object's status, so whatever escapes
+            # is a bug, logged with its traceback and counted (gitorch_passes_total{outcome="error"}).
+            log.error(f"reconcile pass failed: {exc}", extra={"event": "pass-failed"},
+                      exc_info=not isinstance(exc, GitorchError))
             self.metrics.observe_failure(time.monotonic() - started)
             self._schedule_requeue(None)
             return

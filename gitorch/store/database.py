@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from gitorch.model.errors import GitorchError
-from gitorch.model.ranges import NODE_PORT_RANGE, RangeError, probe, service_range, spread
+from gitorch.model.ranges import NODE_PORT_RANGE, RangeError, spread
+from gitorch.model.ranges import probe as _range_probe
+from gitorch.model.ranges import service_range as _range_of
 
 T = TypeVar("T")
 
@@ -107,10 +110,12 @@ class Fence:
     term: int
     expires_at: datetime
     """When the lease runs out unless renewed, on the database's clock."""
+    epoch: str = ""
+    """The lease's identity in its store (terms of another store's lease do not compare)."""
 
     def token(self) -> dict[str, Any]:
         """What node agents get with `sync`: they refuse terms older than one they have seen."""
-        return {"term": self.term, "holder": self.holder}
+        return {"term": self.term, "holder": self.holder, "lease": self.epoch}
 
 
 class Condition(TypedDict):
@@ -330,6 +335,8 @@ class Lease(SQLModel, table=True):
     holder: str
     term: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     """Leadership term: +1 each time the lease changes hands (a fencing token)."""
+    epoch: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    """Random, set when the lease is created: node agents compare terms of one epoch only."""
     acquired_at: datetime = _time()
     renewed_at: datetime = _time()
     expires_at: datetime = _time()
@@ -408,6 +415,20 @@ def merge_conditions(
 def _check(value: object, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+
+
+def probe(first: int, last: int, used: set[int], key: str, what: str) -> int:
+    try:
+        return _range_probe(first, last, used, key, what)
+    except RangeError as exc:
+        raise AllocationError(str(exc)) from exc
+
+
+def service_range(cidr: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int, int]:
+    try:
+        return _range_of(cidr)
+    except RangeError as exc:
+        raise AllocationError(str(exc)) from exc
 
 
 # ---- opening -------------------------------------------------------------------------------
@@ -1372,14 +1393,17 @@ class Store:
                 dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
                 conn.execute(
                     dialect_insert(table)
-                    .values(name=name, holder=holder, term=1, acquired_at=stamp, renewed_at=stamp, expires_at=expires)
+                    .values(name=name, holder=holder, term=1, epoch=uuid.uuid4().hex, acquired_at=stamp,
+                            renewed_at=stamp, expires_at=expires)
                     .on_conflict_do_nothing(index_elements=["name"])
                 )
             # Holder names are unique per controller: the row is ours iff our UPDATE or INSERT won.
-            row = conn.execute(select(table.c.holder, table.c.term).where(table.c.name == name)).one_or_none()
+            row = conn.execute(
+                select(table.c.holder, table.c.term, table.c.epoch).where(table.c.name == name)
+            ).one_or_none()
             if row is None or row.holder != holder:
                 return None
-            return Fence(name, holder, int(row.term), expires)
+            return Fence(name, holder, int(row.term), expires, str(row.epoch))
 
     def try_acquire_lease(
         self, name: str, holder: str, ttl_seconds: float, now: datetime | None = None
@@ -1407,14 +1431,23 @@ class Store:
         with self._session(write=False) as s:
             self._check_fence(s, fence)
 
-    def release_lease(self, name: str, holder: str) -> bool:
-        """Give up the lease if `holder` holds it; False otherwise."""
+    def break_lease(self, name: str, holder: str) -> bool:
+        """End `holder`'s term now (released, or its process is known to be dead); False if it
+        does not hold the lease."""
         with self._session(write=True) as s:
             table = _table(Lease)
+            past = self.db_now(s) - timedelta(seconds=1)
             result = s.connection().execute(
-                delete(table).where(table.c.name == name, table.c.holder == holder)
+                update(table)
+                .where(table.c.name == name, table.c.holder == holder)
+                .values(expires_at=past)
             )
             return result.rowcount > 0
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give up the lease if `holder` holds it (anyone may take it at once); False otherwise.
+        The row stays, expired, so the next holder's term number is higher than every earlier one."""
+        return self.break_lease(name, holder)
 
     def lease(self, name: str) -> Lease | None:
         """The lease as stored (it may have expired: compare `expires_at` with now)."""

@@ -8,11 +8,23 @@ from pathlib import Path
 import pytest
 
 from gitorch.nodes.lab import Lab
+from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
 from tests.samples import gitorch
 from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
 
 pytestmark = pytest.mark.lab
+
+SERVICE = """\
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
 
 
 def test_saved_plan_applies_and_a_stale_one_is_refused(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
@@ -26,7 +38,7 @@ def test_saved_plan_applies_and_a_stale_one_is_refused(lab: Lab, repo: GitRepo, 
     )
     assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0
     try:
-        repo.commit("v2", {"apps.yaml": _fix_port(web(replicas=3, version="v2"))})
+        repo.commit("v2", {"apps.yaml": _fix_port(web(replicas=3, version="v2")) + SERVICE})
         saved = tmp_path / "plan.json"
         shown = gitorch("plan", "--base", v1, "--against-cluster", "--out", str(saved), cwd=repo.path)
         assert shown.returncode == 0, shown.stderr
@@ -35,6 +47,11 @@ def test_saved_plan_applies_and_a_stale_one_is_refused(lab: Lab, repo: GitRepo, 
         doc = json.loads(saved.read_text())
         started = [s for step in doc["cluster"]["steps"] for s in step["started"]]
         assert len(started) == 3 and all(s["node"].startswith("lab-") for s in started)
+        # The new Service's address and node port are planned, shown, and then exactly what apply uses.
+        vip = doc["cluster"]["clusterIPs"]["web.shop.svc.cluster.local"]
+        port = doc["cluster"]["nodePorts"]["shop/web:http"]
+        assert f"+ DNS web.shop.svc.cluster.local -> {vip}" in shown.stdout
+        assert f"+ node port {port} for Service shop/web port http" in shown.stdout
         md = gitorch("plan", "--base", v1, "--against-cluster", "--format", "markdown", cwd=repo.path).stdout
         assert "**Cluster:** 3 pod(s) start, 2 stop" in md
 
@@ -43,6 +60,10 @@ def test_saved_plan_applies_and_a_stale_one_is_refused(lab: Lab, repo: GitRepo, 
         assert "applying the reviewed plan" in applied.stdout
         running = [p for ps in node_pods(lab, "web-").values() for p in ps]
         assert len(running) == 3
+        state = tmp_path / "state"
+        with Store.open(f"sqlite:///{state / 'gitorch.db'}") as store:
+            assert [(c.service, c.ip) for c in store.cluster_ips()] == [("web", vip)]
+            assert [(n.service, n.port) for n in store.node_ports()] == [("web", port)]
         # The same plan again: the cluster has changed since it was made.
         again = gitorch("apply", "--plan", str(saved), cwd=repo.path)
         assert again.returncode == 1 and "the cluster changed since the plan was made" in again.stderr

@@ -140,8 +140,8 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
 
         with _store() as store:
             observed = reviewing.observed_from_store(head_state, store, time.time())
-            ips = {(c.namespace, c.service): c.ip for c in store.cluster_ips()}
-            preview = reviewing.cluster_preview(head_state, observed, report.changes, ips)
+            preview = reviewing.cluster_preview(head_state, observed, report.changes,
+                                                reviewing.holdings_from_store(store))
         if out:
             reviewing.save(out, report.to_json(), preview, head_state.revision.oid)
     if fmt == "json":
@@ -250,7 +250,8 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
             saved = reviewing.load_saved(plan_file)
             head = repo.resolve(rev).oid
             state = desired.load(repo, head)
-            current = reviewing.observed_hash(reviewing.observed_from_store(state, store, time.time()))
+            current = reviewing.observed_hash(reviewing.observed_from_store(state, store, time.time()),
+                                              reviewing.holdings_from_store(store))
             reviewing.check_saved(saved, head, current)
             console.write(f"applying the reviewed plan for {head[:7]}")
             rev, wait = head, True

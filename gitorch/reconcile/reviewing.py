@@ -17,6 +17,7 @@ from typing import Any
 
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import DesiredState
+from gitorch.reconcile.allocations import allocate
 from gitorch.reconcile.controller import node_info
 from gitorch.reconcile.planning import NodeState, Observed, PodState, plan
 from gitorch.source.diffs import Action, ChangeSet
@@ -41,7 +42,11 @@ class ClusterPreview:
     converges: bool = True
     services_added: list[str] = field(default_factory=list)  # DNS names that appear
     services_removed: list[str] = field(default_factory=list)
-    cluster_ips: dict[str, str] = field(default_factory=dict)  # kept allocations: name -> IP
+    cluster_ips: dict[str, str] = field(default_factory=dict)  # every Service's address after the plan: name -> IP
+    node_ports: dict[str, int] = field(default_factory=dict)  # "ns/service:port" -> node port
+    pod_cidrs: dict[str, str] = field(default_factory=dict)  # node -> pod CIDR
+    allocated: list[str] = field(default_factory=list)  # what this plan allocates that nothing held before
+    problems: list[str] = field(default_factory=list)  # objects that get no address, and why
     observed_hash: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -58,6 +63,10 @@ class ClusterPreview:
             "dnsNamesAdded": self.services_added,
             "dnsNamesRemoved": self.services_removed,
             "clusterIPs": self.cluster_ips,
+            "nodePorts": self.node_ports,
+            "podCIDRs": self.pod_cidrs,
+            "allocated": self.allocated,
+            "allocationProblems": self.problems,
             "observedHash": self.observed_hash,
         }
 
@@ -93,11 +102,32 @@ def observed_from_store(state: DesiredState, store: Store, now: float) -> Observ
     return Observed(now, pods, tuple(nodes))
 
 
-def observed_hash(observed: Observed) -> str:
-    """A fingerprint of what placement depends on: pods (node, revision, phase) and nodes."""
+@dataclass(frozen=True)
+class Holdings:
+    """What the store holds before a pass: the input of the pass's allocations."""
+
+    cluster_ips: dict[tuple[str, str], str] = field(default_factory=dict)
+    node_ports: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    pod_cidrs: dict[str, str] = field(default_factory=dict)
+
+
+def holdings_from_store(store: Store) -> Holdings:
+    return Holdings(
+        {(c.namespace, c.service): c.ip for c in store.cluster_ips()},
+        {(n.namespace, n.service, n.port_name): n.port for n in store.node_ports()},
+        {n.name: n.pod_cidr for n in store.nodes() if n.pod_cidr},
+    )
+
+
+def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
+    """A fingerprint of what the plan depends on: pods (node, revision, phase), nodes, and the
+    allocations held (a plan's new addresses follow from them)."""
+    held = holdings or Holdings()
     data = {
         "pods": sorted((p.namespace, p.name, p.node or "", p.revision, p.phase) for p in observed.pods),
         "nodes": sorted((n.name, n.reachable) for n in observed.nodes),
+        "allocations": [sorted(map(list, held.cluster_ips.items())), sorted(map(list, held.node_ports.items())),
+                        sorted(held.pod_cidrs.items())],
     }
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
@@ -108,10 +138,26 @@ def _domain(state: DesiredState) -> str:
 
 
 def cluster_preview(
-    state: DesiredState, observed: Observed, changes: ChangeSet, cluster_ips: dict[tuple[str, str], str]
+    state: DesiredState, observed: Observed, changes: ChangeSet, holdings: Holdings
 ) -> ClusterPreview:
-    """Simulate passes until the plan converges (pods start Ready, stopped pods vanish)."""
-    preview = ClusterPreview(observed_hash=observed_hash(observed))
+    """Simulate passes until the plan converges (pods start Ready, stopped pods vanish), with
+    the addresses the first pass allocates: the same ones `apply --plan` then uses."""
+    preview = ClusterPreview(observed_hash=observed_hash(observed, holdings))
+    allocs = allocate(state, holdings.cluster_ips, holdings.node_ports, holdings.pod_cidrs)
+    domain = _domain(state)
+    for (ns, svc), ip in sorted(allocs.cluster_ips.items()):
+        preview.cluster_ips[f"{svc}.{ns}.svc.{domain}"] = ip
+        if holdings.cluster_ips.get((ns, svc)) != ip:
+            preview.allocated.append(f"cluster IP {ip} for Service {ns}/{svc}")
+    for (ns, svc, port), number in sorted(allocs.node_ports.items()):
+        preview.node_ports[f"{ns}/{svc}:{port}"] = number
+        if holdings.node_ports.get((ns, svc, port)) != number:
+            preview.allocated.append(f"node port {number} for Service {ns}/{svc} port {port or '(unnamed)'}")
+    for node, cidr in sorted(allocs.pod_cidrs.items()):
+        preview.pod_cidrs[node] = cidr
+        if holdings.pod_cidrs.get(node) != cidr:
+            preview.allocated.append(f"pod CIDR {cidr} for Node {node}")
+    preview.problems = [f"{key}: {why}" for key, why in sorted(allocs.problems.items())]
     current = observed
     for _ in range(MAX_STEPS):
         p = plan(state, current)
@@ -161,7 +207,6 @@ def cluster_preview(
         current = replace(current, pods=tuple(pods), now=current.now + 1)
     else:
         preview.converges = False
-    domain = _domain(state)
     for c in changes.changes:
         if c.key.kind != "Service":
             continue
@@ -170,8 +215,6 @@ def cluster_preview(
             preview.services_added.append(name)
         elif c.action is Action.DELETE:
             preview.services_removed.append(name)
-        elif (c.key.namespace, c.key.name) in cluster_ips:
-            preview.cluster_ips[name] = cluster_ips[(c.key.namespace, c.key.name)]
     return preview
 
 
@@ -186,8 +229,11 @@ def preview_text(preview: ClusterPreview) -> str:
         lines += [f"    ! pod {pod} stays Pending: {why}" for pod, why in s.pending]
     if not preview.converges:
         lines.append("  does not converge: some pods cannot be placed")
-    lines += [f"  + DNS {n}" for n in preview.services_added]
+    lines += [f"  + DNS {n}" + (f" -> {preview.cluster_ips[n]}" if n in preview.cluster_ips else "")
+              for n in preview.services_added]
     lines += [f"  - DNS {n}" for n in preview.services_removed]
+    lines += [f"  + {what}" for what in preview.allocated]
+    lines += [f"  ! {why}" for why in preview.problems]
     return "\n".join(lines) + "\n"
 
 

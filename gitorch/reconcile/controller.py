@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gitorch.model.diagnostics import errors
+from gitorch.model.diagnostics import Diagnostic, errors
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
@@ -165,7 +165,16 @@ class Controller:
     def load(self, rev: str | None) -> tuple[DesiredState, DesiredState, bool]:
         """The head commit's state, the state to reconcile (the head when valid, else the
         last applied revision), and whether the head is valid. Reads only."""
-        head = desired_mod.load(self.repo, rev)
+        try:
+            head = desired_mod.load(self.repo, rev)
+        except GitorchError:
+            raise  # the repository cannot be read: this pass fails, the cluster keeps running
+        except Exception as exc:  # validation must never raise; if it does, the commit is invalid
+            log.error("validating %s raised", rev or "HEAD", exc_info=True)
+            revision = self.repo.resolve(rev)
+            problem = Diagnostic("", 0, 0, "", f"internal error validating this commit: {type(exc).__name__}: {exc}",
+                                 hint="please report it; the last applied revision keeps running")
+            head = DesiredState(revision, {}, [problem])
         if not errors(head.diagnostics):
             return head, head, True
         last = self.store.last_applied_revision()

@@ -110,3 +110,31 @@ def test_a_controller_error_stalls_that_object_only(
         assert {p.name for p in store.pods(namespace="iso") if p.owner_name == "agent"} == agents_before
         assert any(e.reason == "ReconcileError" for e in store.events())
         assert not any(e.reason == "HalfDone" for e in store.events())
+
+
+def test_a_malformed_field_leaves_the_last_good_revision_healing(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    with controlled(lab, repo, tmp_path, "iso") as (repo, controller):
+        good = repo.commit("web", {"apps.yaml": WEB})
+        converge(controller)
+        store = controller.store
+        broken = WEB.replace("        - {name: web, command: [sleep, \"3600\"]}",
+                             "        - {name: web, command: [sleep, \"3600\"], resources: oops, env: [x]}")
+        bad = repo.commit("malformed", {"apps.yaml": broken})
+        result = controller.reconcile()
+        assert not result.valid and any("resources" in d for d in result.diagnostics), result.diagnostics
+        # Someone stops every pod on the nodes by hand: the last good revision is healed anyway.
+        fleet = controller.fleet(result.state)  # type: ignore[arg-type]
+        for client in fleet.clients.values():
+            client.call("sync", {"pods": []})
+        for _ in range(60):
+            result = controller.reconcile()
+            running = [p for p in store.pods(namespace="iso") if p.phase == "Running" and p.ready]
+            if len(running) == 2:
+                break
+        else:
+            pytest.fail(f"not healed: {[(p.name, p.phase) for p in store.pods(namespace='iso')]}")
+        assert not result.valid
+        revision = store.revision(bad)
+        assert revision is not None and revision.outcome == "invalid"
+        last = store.last_applied_revision()
+        assert last is not None and last.commit == good

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import pytest
 
 from gitorch.nodes.client import AGENT_FILE, AgentFile, Fleet, NodeClient, StaleTerm
 from gitorch.nodes.lab import Lab
-from gitorch.nodes.ssh import Endpoint, HostKeyMismatch, NodeUnreachable, Pool, SSHOptions
+from gitorch.nodes.ssh import Endpoint, HostKeyMismatch, NodeUnreachable, Pool, ReplyTooLarge, SSHOptions
 from tests.gitrepo import GitRepo
 from tests.lab import ssh_run
 from tests.samples import gitorch
@@ -289,5 +291,84 @@ def test_a_pods_secrets_live_only_in_its_own_folder(fleet: Fleet, lab: Lab) -> N
         client.call("sync", {"pods": [snoop]})
         assert _wait(lambda: ssh_run(lab, node, f"test -e {folder} || echo gone", check=False).stdout.strip())
         assert not ssh_run(lab, node, f"grep -rlsF -e {token} -e {key} /run /etc", check=False).stdout
+    finally:
+        client.call("sync", {"pods": []})
+
+
+def test_oversized_answers_are_abandoned_naming_the_host(lab: Lab, tmp_path: Path) -> None:
+    node = lab.nodes[0]
+    options = SSHOptions(known_hosts=tmp_path / "kh", max_reply_bytes=1024 * 1024)
+    with Pool(options) as pool:
+        conn = pool.get(_endpoints(lab)[0])
+        with pytest.raises(ReplyTooLarge) as err:
+            conn.run("head -c 3000000 /dev/zero")
+        assert str(err.value) == f"{node.name}: root@{node.address}:22: answer larger than 1 MiB; abandoned"
+        assert conn.run("echo still here").stdout == b"still here\n"  # the connection is fine
+        stream = conn.open_stream("head -c 3000000 /dev/zero; sleep 30")
+        with pytest.raises(ReplyTooLarge, match=f"root@{node.address}:22: answer larger than 1 MiB"):
+            stream.readline(20)
+        assert not stream.alive
+    # Through the client: an answer past the bound is an error at once, not retried.
+    with Pool(SSHOptions(known_hosts=tmp_path / "kh", max_reply_bytes=64)) as small:
+        tiny = NodeClient(small.get(_endpoints(lab)[0]), AgentFile.load())
+        try:
+            with pytest.raises(ReplyTooLarge):
+                tiny.call("facts")
+        finally:
+            tiny.close()
+
+
+def test_pod_ips_outside_the_nodes_pod_cidr_are_dropped(
+    fleet: Fleet, lab: Lab, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = lab.nodes[1].name
+    client = fleet.clients[node]
+    network = {"podCIDR": "10.244.250.0/24", "gateway": "10.244.250.1"}
+    try:
+        client.call("sync", {"pods": [_pod("honest", ["sleep", "600"])], "network": network})
+        honest = _wait(lambda: next((p for p in client.call("status")["pods"] if p["podIP"]), None))
+        assert honest["podIP"].startswith("10.244.250.")
+        # The node lies (its status file edited as a compromised node could): other pods'
+        # addresses, a service VIP, an outside address, garbage, a name that is no name.
+        client.call("stop-supervisor")
+        forged = [
+            {"name": "vip", "namespace": "default", "podIP": "10.96.0.10", "phase": "Running", "ready": True},
+            {"name": "outside", "namespace": "default", "podIP": "8.8.8.8", "phase": "Running", "ready": True},
+            {"name": "garbage", "namespace": "default", "podIP": "10.244.250.x", "phase": "Running"},
+            {"name": "../escape", "namespace": "default", "podIP": "10.244.250.9"},
+            "not a pod",
+        ]
+        edit = (
+            "import json; f='/var/lib/gitorch/status.json'; d=json.load(open(f)); "
+            f"d['pods'] += json.loads({json.dumps(json.dumps(forged))}); json.dump(d, open(f, 'w'))"
+        )
+        ssh_run(lab, node, f"python3 -c {shlex.quote(edit)}")
+        with caplog.at_level(logging.WARNING, logger="gitorch.nodes.client"):
+            pods = {p["name"]: p for p in client.call("status")["pods"]}
+            again = {p["name"]: p for p in client.call("status")["pods"]}
+        assert set(pods) == {"honest", "vip", "outside", "garbage"} == set(again)
+        assert pods["honest"]["podIP"] == honest["podIP"]
+        assert [pods[n]["podIP"] for n in ("vip", "outside", "garbage")] == [None, None, None]
+        warnings = [r.getMessage() for r in caplog.records]
+        vip = f"{node}: pod default/vip reports IP '10.96.0.10', outside the node's pod CIDR 10.244.250.0/24; ignored"
+        assert vip in warnings
+        assert sum("10.96.0.10" in w for w in warnings) == 1  # once, not every pass
+        assert any("malformed pod report" in w and "escape" in w for w in warnings)
+        # The watch stream is checked the same way.
+        watch = client.watch()
+        try:
+            event = watch.next(5)
+            assert event is not None
+            assert {p["name"]: p["podIP"] for p in event["pods"]} == {
+                "honest": honest["podIP"], "vip": None, "outside": None, "garbage": None}
+        finally:
+            watch.close()
+        # A client that never sent this node its network trusts no address yet.
+        with Pool(SSHOptions(known_hosts=tmp_path / "kh2")) as pool:
+            fresh = NodeClient(pool.get(next(e for e in _endpoints(lab) if e.name == node)), AgentFile.load())
+            try:
+                assert all(p["podIP"] is None for p in fresh.call("status")["pods"])
+            finally:
+                fresh.close()
     finally:
         client.call("sync", {"pods": []})

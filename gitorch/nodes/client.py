@@ -10,7 +10,10 @@ Python start-up); `run_once` runs a single verb in its own process when that is 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import logging
+import re
 import shlex
 import threading
 import time
@@ -20,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from gitorch.nodes.ssh import CommandTimeout, Connection, Endpoint, NodeError, Pool, Stream
+from gitorch.nodes.ssh import CommandTimeout, Connection, Endpoint, NodeError, Pool, ReplyTooLarge, Stream
+
+log = logging.getLogger(__name__)
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
 AGENT_DIR = "/var/lib/gitorch/agent"
@@ -61,7 +66,8 @@ class StaleTerm(AgentError):
 
 
 class NodeClient:
-    """The agent on one node."""
+    """The agent on one node. What it answers is checked before anyone uses it (see
+    checked_pods): a node is not trusted with other nodes' NAT rules or the cluster DNS."""
 
     def __init__(self, conn: Connection, agent: AgentFile, *, root: str | None = None) -> None:
         self.conn = conn
@@ -69,6 +75,9 @@ class NodeClient:
         self.root = root
         self._stream: Stream | None = None
         self._lock = threading.Lock()
+        self.pod_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+        """The node's pod CIDR, as the last `sync` sent it (None: none sent, or none yet)."""
+        self._warned: set[tuple[str, ...]] = set()
 
     @property
     def name(self) -> str:
@@ -85,15 +94,17 @@ class NodeClient:
     def run_once(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """Run one verb in its own agent process (uploading the agent first if needed)."""
         body = json.dumps(payload or {}).encode()
+        self._learn(verb, payload)
         result = self.conn.run(self._launcher(verb), body, timeout)
         if result.exit_status == _MISSING:
             self.upload_agent()
             result = self.conn.run(self._launcher(verb), body, timeout)
-        return self._decode(result.stdout, result.stderr, result.exit_status)
+        return self._checked(self._decode(result.stdout, result.stderr, result.exit_status))
 
     def call(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """One request to the node's long-lived agent process (started on first use)."""
         request = json.dumps({"verb": verb, **(payload or {})}).encode()
+        self._learn(verb, payload)
         with self._lock:
             for attempt in range(3):
                 if self._stream is None or not self._stream.alive:
@@ -101,10 +112,9 @@ class NodeClient:
                 stream = self._stream
                 try:
                     line = stream.request(request, timeout)
-                    return self._decode(line, b"", 0)
-                except CommandTimeout:
+                except (CommandTimeout, ReplyTooLarge):
                     self._drop_stream()
-                    raise
+                    raise  # retrying would only wait, or read as much, again
                 except NodeError:
                     missing = stream.exit_status() == _MISSING
                     self._drop_stream()
@@ -112,6 +122,9 @@ class NodeClient:
                         self.upload_agent()  # first contact, or a new agent version
                     elif attempt:
                         raise
+                else:
+                    # An answer, even `ok: false`, ends the request: never sent twice.
+                    return self._checked(self._decode(line, b"", 0))
         raise AgentError(self.name, "agent could not be started")
 
     def watch(self, timeout: float = 15.0) -> Watch:
@@ -123,7 +136,7 @@ class NodeClient:
                 first = stream.readline(timeout)
                 if first is None:
                     raise CommandTimeout(self.name, f"watch: no first event after {timeout:g} s")
-                return Watch(self.name, stream, self._decode(first, b"", 0))
+                return Watch(self.name, stream, self._checked(self._decode(first, b"", 0)), self._checked)
             except NodeError:
                 missing = stream.exit_status() == _MISSING
                 stream.close()
@@ -139,6 +152,33 @@ class NodeClient:
 
     def _decode(self, stdout: bytes, stderr: bytes, status: int) -> dict[str, Any]:
         return decode(self.name, stdout, stderr, status)
+
+    def _learn(self, verb: str, payload: Mapping[str, Any] | None) -> None:
+        """Remember the pod CIDR a sync sends: the only addresses this node's pods may have."""
+        if verb != "sync" or payload is None:
+            return
+        network = payload.get("network")
+        cidr = network.get("podCIDR") if isinstance(network, Mapping) else None
+        try:
+            self.pod_cidr = ipaddress.ip_network(str(cidr)) if cidr else None
+        except ValueError:
+            self.pod_cidr = None  # the agent refuses the sync anyway
+
+    def _checked(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """The answer with its pod reports checked (`status`, `sync`, `watch` events; the
+        pods of `facts` are counts by name, used for nothing else)."""
+        if isinstance(answer.get("pods"), list):
+            answer["pods"] = checked_pods(self.name, answer["pods"], self.pod_cidr, self._warn)
+        return answer
+
+    def _warn(self, key: tuple[str, ...], message: str) -> None:
+        """Warn once per distinct problem (a node repeating itself every pass is one warning)."""
+        if key in self._warned:
+            return
+        if len(self._warned) > 10_000:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning("%s", message)
 
     def close(self) -> None:
         with self._lock:
@@ -169,6 +209,47 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
+_POD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def checked_pods(
+    node: str,
+    pods: list[Any],
+    pod_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None,
+    warn: Callable[[tuple[str, ...], str], None],
+) -> list[dict[str, Any]]:
+    """A node's pod reports fit to use: entries without a valid name or namespace dropped,
+    and a podIP outside the node's pod CIDR (or any, while none is known) set to None, so it
+    never reaches another node's NAT rules or the cluster DNS."""
+    out: list[dict[str, Any]] = []
+    for p in pods:
+        name = p.get("name") if isinstance(p, dict) else None
+        namespace = p.get("namespace", "default") if isinstance(p, dict) else None
+        if not (isinstance(name, str) and _POD_NAME.fullmatch(name)) or not (
+            namespace is None or (isinstance(namespace, str) and _NAMESPACE.fullmatch(namespace))
+        ):
+            warn((node, "pod", repr(p)[:200]), f"{node}: ignoring a malformed pod report {repr(p)[:200]}")
+            continue
+        assert isinstance(p, dict)
+        ip = p.get("podIP")
+        if ip is not None:
+            try:
+                inside = pod_cidr is not None and ipaddress.ip_address(str(ip)) in pod_cidr
+            except ValueError:
+                inside = False
+            if not inside:
+                if pod_cidr is not None:  # unknown: this client has not synced the node yet
+                    warn(
+                        (node, str(namespace), name, str(ip)[:64]),
+                        f"{node}: pod {namespace or 'default'}/{name} reports IP {str(ip)[:64]!r}, "
+                        f"outside the node's pod CIDR {pod_cidr}; ignored",
+                    )
+                p = {**p, "podIP": None}
+        out.append(p)
+    return out
+
+
 PodKey = tuple[str, str]
 """(namespace, name): one pod on a node; one name may run in several namespaces."""
 
@@ -186,10 +267,17 @@ class Watch:
     """One node's pod status stream (the agent's `watch` verb): one event per line, a
     `status` event when the pods' endpoints change and a `heartbeat` every 10 s."""
 
-    def __init__(self, node: str, stream: Stream, first: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        node: str,
+        stream: Stream,
+        first: dict[str, Any],
+        check: Callable[[dict[str, Any]], dict[str, Any]] = lambda event: event,
+    ) -> None:
         self.node = node
         self._stream = stream
         self._pending: dict[str, Any] | None = first
+        self._check = check
 
     def next(self, timeout: float) -> dict[str, Any] | None:
         """The next event, or None if none came within `timeout`; NodeError once the stream ended."""
@@ -197,7 +285,7 @@ class Watch:
             event, self._pending = self._pending, None
             return event
         line = self._stream.readline(timeout)
-        return None if line is None else decode(self.node, line)
+        return None if line is None else self._check(decode(self.node, line))
 
     def close(self) -> None:
         self._stream.close()

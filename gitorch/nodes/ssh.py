@@ -47,6 +47,14 @@ class CommandTimeout(NodeError):
     pass
 
 
+class ReplyTooLarge(NodeError):
+    """A node answered with more than SSHOptions.max_reply_bytes: abandoned, never retried."""
+
+
+MiB = 1024 * 1024
+STDERR_KEEP = 64 * 1024  # the end of a command's stderr kept for error messages
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """How to reach one node."""
@@ -84,6 +92,8 @@ class SSHOptions:
     """Connections being opened at once (key exchange is CPU-bound)."""
     known_hosts: Path | None = None
     """Where keys trusted on first use are recorded (nodes without a pinned hostKey)."""
+    max_reply_bytes: int = 64 * MiB
+    """The most a node's answer (a command's output, or one line of a stream) may hold."""
 
 
 class KnownHosts:
@@ -241,12 +251,15 @@ class Connection:
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            out, err = io.BytesIO(), io.BytesIO()
+            out, err = io.BytesIO(), _Tail(STDERR_KEEP)
+            limit = self.options.max_reply_bytes
             while True:
                 if chan.recv_ready():
                     out.write(chan.recv(65536))
+                    if out.tell() > limit:
+                        raise ReplyTooLarge(self.endpoint.name, f"{self.endpoint.where}: {_too_large(limit)}")
                 elif chan.recv_stderr_ready():
-                    err.write(chan.recv_stderr(65536))
+                    err.add(chan.recv_stderr(65536))
                 elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 else:
@@ -256,9 +269,11 @@ class Connection:
             # Drain what arrived with the exit status.
             while chan.recv_ready():
                 out.write(chan.recv(65536))
+                if out.tell() > limit:
+                    raise ReplyTooLarge(self.endpoint.name, f"{self.endpoint.where}: {_too_large(limit)}")
             while chan.recv_stderr_ready():
-                err.write(chan.recv_stderr(65536))
-            return Result(chan.recv_exit_status(), out.getvalue(), err.getvalue())
+                err.add(chan.recv_stderr(65536))
+            return Result(chan.recv_exit_status(), out.getvalue(), err.value())
         except TimeoutError as exc:
             raise CommandTimeout(self.endpoint.name, f"command timed out after {timeout:g} s") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -291,7 +306,7 @@ class Connection:
             raise NodeUnreachable(
                 self.endpoint.name, f"{self.endpoint.where}: cannot start the agent ({_reason(exc)})"
             ) from exc
-        return Stream(self.endpoint.name, chan)
+        return Stream(self.endpoint.name, chan, self.options.max_reply_bytes, self.endpoint.where)
 
     def put(self, data: bytes, path: str, mode: int = 0o755) -> None:
         """Write a file atomically over SFTP (written beside, then renamed into place)."""
@@ -314,13 +329,36 @@ class Connection:
             raise NodeError(self.endpoint.name, f"cannot upload {path}: {_reason(exc)}") from exc
 
 
-class Stream:
-    """A command with a channel kept open: write a line, read a line."""
+class _Tail:
+    """The last `keep` bytes of what was added (a command's stderr, for error messages)."""
 
-    def __init__(self, node: str, chan: paramiko.Channel) -> None:
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > 2 * self._keep:
+            del self._data[: len(self._data) - self._keep]
+
+    def value(self) -> bytes:
+        return bytes(self._data[-self._keep :])
+
+
+def _too_large(limit: int) -> str:
+    return f"answer larger than {limit / MiB:g} MiB; abandoned"
+
+
+class Stream:
+    """A command with a channel kept open: write a line, read a line (of at most `max_line`
+    bytes: a longer one closes the stream)."""
+
+    def __init__(self, node: str, chan: paramiko.Channel, max_line: int = 64 * MiB, where: str = "") -> None:
         self.node = node
         self._chan = chan
-        self._buf = b""
+        self._buf = bytearray()
+        self._max_line = max_line
+        self._where = where or node
 
     @property
     def alive(self) -> bool:
@@ -343,8 +381,15 @@ class Stream:
         """The next line of output, or None if none came within `timeout`; raises NodeError
         once the command has ended (with the last line it wrote to stderr)."""
         deadline = time.monotonic() + timeout
+        # Only what arrived since the last look is searched, and appended in place: a long
+        # line costs linear time, not quadratic.
+        scanned = 0
         try:
-            while b"\n" not in self._buf:
+            while (end := self._buf.find(b"\n", scanned)) < 0:
+                scanned = len(self._buf)
+                if scanned > self._max_line:
+                    self.close()  # the rest of that line would be taken for the next answer
+                    raise ReplyTooLarge(self.node, f"{self._where}: {_too_large(self._max_line)}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -354,16 +399,20 @@ class Stream:
                 except TimeoutError:
                     return None
                 if not chunk:
-                    err = b""
-                    while self._chan.recv_stderr_ready():
-                        err += self._chan.recv_stderr(65536)
-                    detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
+                    err = _Tail(STDERR_KEEP)
+                    while self._chan.recv_stderr_ready() and len(err.value()) < STDERR_KEEP:
+                        err.add(self._chan.recv_stderr(65536))
+                    detail = err.value().decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
                     raise NodeError(self.node, f"agent stopped answering: {detail[0]}")
                 self._buf += chunk
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()
             raise NodeUnreachable(self.node, f"connection lost ({_reason(exc)})") from exc
-        line, self._buf = self._buf.split(b"\n", 1)
+        if end > self._max_line:
+            self.close()
+            raise ReplyTooLarge(self.node, f"{self._where}: {_too_large(self._max_line)}")
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
         return line
 
     def write(self, data: bytes) -> None:
@@ -373,8 +422,8 @@ class Stream:
         """Output as it arrives, until the command ends (for `logs --follow`)."""
         self._chan.settimeout(None)
         if self._buf:
-            yield self._buf
-            self._buf = b""
+            yield bytes(self._buf)
+            self._buf.clear()
         while True:
             chunk = self._chan.recv(65536)
             if not chunk:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from gitorch.model.backoff import Backoff
 from gitorch.model.objects import ObjectKey
 from gitorch.model.revisions import Revision
 from gitorch.reconcile.controller import PassResult
@@ -23,23 +23,31 @@ from gitorch.server.notifications import Memory, Notifier
 from gitorch.source.git import open_repository
 from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
+from tests.waiting import wait_until
 
 WEB = ObjectKey("Deployment", "shop", "web")
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"
 
 
 class Receiver:
-    """A webhook target that keeps (event, revision) of each notification it is sent."""
+    """A webhook target that keeps (event, revision) of each notification it is sent, and
+    answers with `answers` in turn, then 200."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers: tuple[int, ...] = ()) -> None:
         self.received: list[tuple[str, str]] = []
+        self.answers = list(answers)
+        self.posts = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                outer.received.append((body["event"], body["revision"]))
-                self.send_response(200)
+                outer.posts += 1
+                code = outer.answers.pop(0) if outer.answers else 200
+                if code == 200:
+                    outer.received.append((body["event"], body["revision"]))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -50,10 +58,8 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, event: str, revision: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while (event, revision) not in self.received:
-            assert time.monotonic() < deadline, f"no {event} of {revision[:7]}; got {self.received}"
-            time.sleep(0.05)
+        wait_until(f"{event} of {revision[:7]}", lambda: self.received, timeout=timeout, interval=0.05,
+                   accept=lambda got: (event, revision) in got)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -98,7 +104,7 @@ class Controllers:
         self.started: list[Notifier] = []
 
     def start(self) -> Notifier:
-        notifier = Notifier(open_repository(self.repo.path), self.store, backoff=0.01)
+        notifier = Notifier(open_repository(self.repo.path), self.store, backoff=Backoff(0.01))
         notifier.start()
         self.started.append(notifier)
         return notifier
@@ -187,3 +193,29 @@ def test_a_record_edited_by_hand_is_rewritten_not_fatal(
     notifier.observe(passed(second, "Healthy"))
     receiver.wait_for("deployed", second)
     assert Memory.from_state(store.notification_state()) == Memory(deployed=second, health={WEB: "Healthy"})
+
+
+@pytest.mark.parametrize(
+    ("answers", "delivered", "posts", "logged"),
+    [
+        ((503, 502, 429), True, 4, "notified"),
+        ((503,) * 5, False, 5, "failed after 5 attempt(s): HTTP 503"),
+        ((400,), False, 1, "failed after 1 attempt(s): HTTP 400"),
+    ],
+    ids=["retried until accepted", "given up after its attempts", "a client error is not retried"],
+)
+def test_a_failing_target_is_retried_with_back_off_while_retrying_can_help(
+    repo: GitRepo, controllers: Controllers, caplog: pytest.LogCaptureFixture,
+    answers: tuple[int, ...], delivered: bool, posts: int, logged: str,
+) -> None:
+    hook = Receiver(answers)
+    try:
+        first = repo.commit("v1", {"ns.yaml": NAMESPACE, "cluster.yaml": cluster(hook.url)})
+        with caplog.at_level("INFO", logger="gitorch.server.notifications"):
+            controllers.start().observe(passed(first, "Healthy"))
+            wait_until(f"a log line with {logged!r}", lambda: [r.message for r in caplog.records
+                                                               if logged in r.message], timeout=30, interval=0.05)
+        assert hook.posts == posts
+        assert hook.received == ([("deployed", first)] if delivered else [])
+    finally:
+        hook.close()

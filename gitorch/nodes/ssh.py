@@ -21,10 +21,13 @@ from pathlib import Path
 
 import paramiko
 
+from gitorch.model.backoff import Backoff
 from gitorch.model.errors import GitorchError
 
 log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its tracebacks are not for users
+CONNECT_BACKOFF = Backoff(base=0.1, cap=2.0, jitter=0.5)  # between connection attempts to one node
+_jitter = random.Random()
 
 
 class NodeError(GitorchError):
@@ -226,7 +229,7 @@ class Connection:
                 except (OSError, paramiko.SSHException, EOFError) as exc:
                     last = exc
                     if attempt + 1 < self.options.retries:
-                        time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+                        time.sleep(CONNECT_BACKOFF.delay(attempt + 1, _jitter))
             reason = _reason(last)
             raise NodeUnreachable(
                 self.endpoint.name, f"{self.endpoint.where}: {reason} after {self.options.retries} tries"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from gitorch.model.backoff import Backoff, retry
 from gitorch.model.objects import DesiredState, ObjectKey
 from gitorch.reconcile.controller import PassResult
 from gitorch.source import desired
@@ -27,6 +28,7 @@ from gitorch.store.database import Store, StoreError
 log = logging.getLogger(__name__)
 
 EVENTS = ("deployed", "syncFailed", "degraded", "driftFound")
+SEND_BACKOFF = Backoff(base=0.5, cap=30.0)  # between attempts to deliver one notification
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ class Target:
 
     @property
     def where(self) -> str:
-        """The target as it may be printed: a webhook URL's path often holds a token."""
-        return f"{self.name} ({urlsplit(self.url).netloc})"
+        """The target as it may be printed: a webhook URL's path often holds a token, and its
+        user:password part credentials."""
+        return f"{self.name} ({urlsplit(self.url).netloc.rpartition('@')[2]})"
 
 
 @dataclass
@@ -233,7 +236,7 @@ def _describe(exc: Exception) -> str:
 class Notifier:
     """Turns passes into notifications and delivers them from one background thread."""
 
-    def __init__(self, repo: Repository, store: Store, *, attempts: int = 5, backoff: float = 0.5) -> None:
+    def __init__(self, repo: Repository, store: Store, *, attempts: int = 5, backoff: Backoff = SEND_BACKOFF) -> None:
         self.repo = repo
         self.store = store
         self.attempts = attempts
@@ -306,21 +309,21 @@ class Notifier:
         return desired.load(self.repo, last.commit)
 
     def _deliver(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            target, note = item
-            for attempt in range(1, self.attempts + 1):
-                try:
-                    send(target, note)
-                    log.info(f"{time.strftime('%H:%M:%S')} notified {target.where}: {note.event}")
-                    break
-                except Exception as exc:
-                    if attempt == self.attempts or not _retryable(exc) or self._stopping.is_set():
-                        log.error(
-                            f"notification {note.event} to {target.where} failed after {attempt} attempt(s): "
-                            f"{_describe(exc)}"
-                        )
-                        break
-                    self._stopping.wait(self.backoff * 2 ** (attempt - 1))
+        while (item := self._queue.get()) is not None:
+            self._send(*item)
+
+    def _send(self, target: Target, note: Notification) -> None:
+        tries = 0
+
+        def once() -> None:
+            nonlocal tries
+            tries += 1
+            send(target, note)
+
+        try:
+            retry(once, self.backoff, attempts=self.attempts, sleep=self._stopping.wait,
+                  retry_on=lambda exc: _retryable(exc) and not self._stopping.is_set())
+        except Exception as exc:
+            log.error(f"notification {note.event} to {target.where} failed after {tries} attempt(s): {_describe(exc)}")
+            return
+        log.info(f"{time.strftime('%H:%M:%S')} notified {target.where}: {note.event}")

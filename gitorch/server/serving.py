@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from gitorch.dns.cluster import ClusterDNS, settings_for
+from gitorch.model.backoff import Backoff
 from gitorch.model.errors import GitorchError, SourceError
 from gitorch.model.timers import Timers
 from gitorch.nodes.client import NodeClient, StaleTerm, Watch
@@ -34,12 +35,13 @@ from gitorch.source.hooks import wake_token as load_wake_token
 from gitorch.store.database import Fence, StaleLeader, Store
 
 DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
-REQUEUE_MAX = 30.0  # seconds: the longest back-off between passes while nodes fail
+REQUEUE_BACKOFF = Backoff(base=2.0, cap=30.0)  # between passes while nodes fail (never past the interval)
 WATCH_SILENCE = 35.0  # seconds without a line (agents send a heartbeat every 10 s) before a pod watch is re-opened
-WATCH_BACKOFF_MAX = 30.0  # seconds: the longest wait before re-opening a dropped pod watch
+WATCH_BACKOFF = Backoff(base=1.0, cap=30.0, jitter=0.5)  # before re-opening a dropped pod watch
 WATCH_STABLE = 30.0  # seconds a pod watch must last for its next drop to count as a first one
 
 log = logging.getLogger(__name__)
+_jitter = random.Random()
 
 
 def _reachable_from_pods(listen: str) -> bool:
@@ -105,7 +107,7 @@ class PodWatchers:
             except Exception as exc:  # unreachable, or no agent yet: retried with back-off
                 failures += 1
                 log.debug("%s: pod watch not opened: %s", client.name, exc)
-                stop.wait(min(WATCH_BACKOFF_MAX, 0.5 * 2**failures) * (0.5 + random.random()))
+                stop.wait(WATCH_BACKOFF.delay(failures, _jitter))
                 continue
             opened = time.monotonic()
             try:
@@ -115,7 +117,7 @@ class PodWatchers:
                 # like one that cannot open, instead of costing a pass a second.
                 failures = failures + 1 if time.monotonic() - opened < WATCH_STABLE else 1
                 log.debug("%s: pod watch dropped: %s", client.name, exc)
-                stop.wait(min(WATCH_BACKOFF_MAX, 0.5 * 2**failures) * (0.5 + random.random()))
+                stop.wait(WATCH_BACKOFF.delay(failures, _jitter))
             finally:
                 watch.close()
 
@@ -262,7 +264,7 @@ class Server:
             return
         else:
             self._failures += 1
-            delay = min(REQUEUE_MAX, 2.0 ** self._failures)
+            delay = REQUEUE_BACKOFF.delay(self._failures)
         self._requeue_at = time.monotonic() + min(delay, self.interval)
 
     def _drain(self) -> None:

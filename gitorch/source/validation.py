@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib.resources
 import ipaddress
 import json
@@ -35,6 +36,7 @@ from gitorch.model.objects import (
     is_sensitive,
 )
 from gitorch.model.quantities import QuantityError, parse_quantity
+from gitorch.source.fastschema import Check, compile_schemas, pattern_matches
 from gitorch.source.git import Snapshot
 from gitorch.source.manifests import Document, parse_documents
 
@@ -55,6 +57,8 @@ SCHEMA_BASE = "https://gitorch.dev/schemas/"
 @dataclass(frozen=True)
 class _Validators:
     by_kind: dict[str, jsonschema.protocols.Validator]
+    fast: dict[str, Check]  # compiled validity checks (fastschema); jsonschema says why one fails
+    digest: str  # of the schemas' contents: cached results are valid for these schemas only
 
 
 @cache
@@ -63,8 +67,11 @@ def _validators(schema_dir: Path = SCHEMA_DIR) -> _Validators:
         raise GitorchError(f"{schema_dir}: schemas folder missing (reinstall gitorch)")
     resources = []
     schemas: dict[str, dict[str, Any]] = {}
+    digest = hashlib.sha256()
     for file in sorted(schema_dir.glob("*.json")):
-        contents = json.loads(file.read_text())
+        raw = file.read_bytes()
+        digest.update(file.name.encode() + b"\0" + raw + b"\0")
+        contents = json.loads(raw)
         uri = contents.get("$id", SCHEMA_BASE + file.name)
         resources.append((uri, Resource.from_contents(contents)))
         schemas[file.name] = contents
@@ -78,41 +85,15 @@ def _validators(schema_dir: Path = SCHEMA_DIR) -> _Validators:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         cls = jsonschema.validators.extend(cls, {"pattern": _pattern})
         by_kind[info.kind] = cls(schema, registry=registry)
-    return _Validators(by_kind)
-
-
-@cache
-def _ecma_regex(pattern: str) -> re.Pattern[str]:
-    """A JSON Schema pattern with ECMA-262's `$`, the end of the text: Python's `$` also
-    matches before a final newline, which would let `name: "web\n"` pass as a DNS name."""
-    out: list[str] = []
-    i, in_class = 0, False
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch == "$":
-            ch = r"\Z"
-        out.append(ch)
-        i += 1
-    return re.compile("".join(out))
+    keywords = {k for v in by_kind.values() for k in type(v).VALIDATORS}
+    fast = compile_schemas({kind: v.schema for kind, v in by_kind.items()}, keywords)
+    return _Validators(by_kind, fast, digest.hexdigest())
 
 
 def _pattern(
     validator: jsonschema.protocols.Validator, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[jsonschema.ValidationError]:
-    if not isinstance(instance, str):
-        return
-    limit = schema.get("maxLength")
-    if isinstance(limit, int) and len(instance) > limit:
-        return  # maxLength reports it; a regex never runs on megabytes of text
-    if not _ecma_regex(pattern).search(instance):
+    if isinstance(instance, str) and not pattern_matches(pattern, instance, schema.get("maxLength")):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
@@ -301,6 +282,17 @@ def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
         return None, [_internal(doc.path, pos.line, pos.column, "", f"{kind}/{name}", exc, sensitive)]
 
 
+def _fast_valid(check: Check | None, body: Any) -> bool:
+    """Whether the compiled check passes `body`; when in doubt (none, or it fails), False,
+    and jsonschema decides."""
+    if check is None:
+        return False
+    try:
+        return check(body)
+    except Exception:
+        return False
+
+
 def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
     body = doc.body
     if body is None:
@@ -334,10 +326,11 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
                 f"apiVersion: {info.api_version}",
             )
         ]
-    validator = _validators().by_kind[kind]
+    validators = _validators()
     diags: list[Diagnostic] = []
-    for error in validator.iter_errors(body):
-        diags.extend(_translate(doc, kind, error))
+    if not _fast_valid(validators.fast.get(kind), body):
+        for error in validators.by_kind[kind].iter_errors(body):
+            diags.extend(_translate(doc, kind, error))
     meta = body.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gitorch.reconcile.controller import Controller, PassResult
 from gitorch.source.git import open_repository
 from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
+from tests.waiting import wait_until
 
 SSH_TIMEOUT = 30.0
 # The session lab's subnet: not the default 10.231.0.0/24, so a user's own lab is left alone.
@@ -75,12 +75,12 @@ def converge(
     controller: Controller, timeout: float = 60.0, each: Callable[[PassResult], None] | None = None
 ) -> PassResult:
     """Reconcile passes until the controller reports convergence (fails the test at `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def one_pass() -> PassResult:
         result = controller.reconcile()
         if each is not None:
             each(result)
-        if result.converged:
-            return result
-        assert time.monotonic() < deadline, f"not converged: {result.plan and result.plan.statuses}"
-        time.sleep(0.3)
+        return result
+
+    return wait_until("convergence", one_pass, timeout=timeout, interval=0.3, accept=lambda r: r.converged,
+                      show=lambda r: f"{r.plan and r.plan.statuses}, node errors {r.node_errors}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from gitorch.reconcile.networking import network_blocks
 from gitorch.store.database import PodRecord
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
+from tests.waiting import wait_until
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: net\n"
 AGENT = 'f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 "$f"'
@@ -102,13 +102,6 @@ def netns_list(lab: Lab, node: str) -> str:
     return ssh_run(lab, node, "ip netns list; ip -o link show master gitorch0", check=False).stdout
 
 
-def wait_for(what: str, check: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (callable(check) and check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 @pytest.mark.lab
 def test_pods_on_two_nodes_talk_by_pod_ip_without_nat(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
     repo, controller = cluster
@@ -158,7 +151,8 @@ def test_pods_on_two_nodes_talk_by_pod_ip_without_nat(lab: Lab, cluster: tuple[G
     assert len(left) == 1
     gone = next(p for p in pods if p.name != left[0].name)
     assert gone.node is not None
-    wait_for(f"{gone.name}'s netns to go", lambda: netns(gone) not in netns_list(lab, gone.node or ""))
+    wait_until(f"{gone.name}'s netns to go", lambda: netns_list(lab, gone.node or ""), timeout=30, interval=0.3,
+               accept=lambda listed: netns(gone) not in listed)
     assert "master gitorch0" not in netns_list(lab, gone.node)
     assert left[0].ip == next(p.ip for p in pods if p.name == left[0].name)
 

@@ -47,3 +47,8 @@ def test_an_error_of_the_check_is_not_swallowed() -> None:
 
     with pytest.raises(RuntimeError, match="serve exited"):
         wait_until("serve", check, timeout=30)
+
+
+def test_the_last_value_is_shown_as_asked() -> None:
+    with pytest.raises(AssertionError, match=r"last seen: 1 of 3 ready$"):
+        wait_until("3 ready pods", lambda: 1, timeout=0, accept=lambda n: n == 3, show=lambda n: f"{n} of 3 ready")

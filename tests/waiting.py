@@ -18,11 +18,13 @@ def wait_until(
     timeout: float,
     interval: float = 0.2,
     accept: Callable[[T], object] = bool,
+    show: Callable[[T], str] = repr,
     describe: Callable[[], str] | None = None,
 ) -> T:
     """The first value of `check()` that `accept` takes (by default: a truthy one), calling it
     every `interval` seconds; fails the test after `timeout` seconds naming `what`, the last
-    value seen and, if given, `describe()` (a log, say). Exceptions of `check` propagate."""
+    value seen (as `show` renders it) and, if given, `describe()` (a log, say). Exceptions of
+    `check` propagate."""
     __tracebackhide__ = True
     deadline = time.monotonic() + timeout
     while True:
@@ -33,7 +35,7 @@ def wait_until(
         if remaining <= 0:
             break
         time.sleep(min(interval, remaining))
-    shown = repr(value)
+    shown = show(value)
     if len(shown) > SHOWN:
         shown = f"{shown[: SHOWN // 2]} ... {shown[-SHOWN // 2 :]}"
     extra = f"\n{describe()}" if describe is not None else ""

@@ -8,25 +8,17 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from gitorch.server.http import MAX_BODY, Endpoint, HttpServer, Limits, Reply, Site
 from gitorch.server.webhooks import Handlers, endpoints
+from tests.waiting import wait_until
 
 SECRET = "webhook-secret-value"
 TOKEN = "wake-token-0123456789abcdef"
 LIMITS = Limits(header_timeout=1.0, body_timeout=1.0, keep_alive=1, max_connections=600)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 class Listener:
@@ -84,10 +76,12 @@ def test_idle_connections_are_released_and_the_server_still_answers(listener: Li
     threads_before = threading.active_count()
     idle = [listener.connect() for _ in range(500)]
     try:
-        wait_for("500 connections accepted", lambda: listener.server.connections == 500)
+        wait_until("500 connections accepted", lambda: listener.server.connections, timeout=30, interval=0.05,
+                   accept=lambda got: got == 500)
         # An event loop, not a thread per connection.
         assert threading.active_count() <= threads_before + 1
-        wait_for("the idle connections closed by the server", lambda: listener.server.connections == 0)
+        wait_until("the idle connections closed by the server", lambda: listener.server.connections, timeout=30,
+                   interval=0.05, accept=lambda got: got == 0)
         assert all(closed_by_server(s) for s in idle)
     finally:
         for s in idle:
@@ -100,7 +94,8 @@ def test_connections_past_the_cap_are_closed_at_once() -> None:
     capped = Listener(Limits(header_timeout=30.0, max_connections=10))
     held = [capped.connect() for _ in range(10)]
     try:
-        wait_for("10 connections accepted", lambda: capped.server.connections == 10)
+        wait_until("10 connections accepted", lambda: capped.server.connections, timeout=30, interval=0.05,
+                   accept=lambda got: got == 10)
         extra = capped.connect()
         assert closed_by_server(extra)  # at once: the header timeout is 30 s and recv waits 10 s at most
         extra.close()

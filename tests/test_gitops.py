@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,19 +30,10 @@ from gitorch.store.database import Store
 from tests.gitrepo import GitRepo, git
 from tests.samples import gitorch
 from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
+from tests.waiting import wait_until
 
 SECRET = "s3cret-webhook-value"
 TOKEN = "Bearer very-secret-token"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 def free_port() -> int:
@@ -90,7 +80,7 @@ class Serve:
              "--interval", str(interval), "--listen", f"127.0.0.1:{self.port}"],
             stdout=self._out, stderr=subprocess.STDOUT, env=env,
         )
-        wait_for("the listener", self._up, timeout=30)
+        wait_until("the listener", self._up, timeout=30, interval=0.2)
 
     def _up(self) -> bool:
         assert self.proc.poll() is None, self.output()
@@ -150,7 +140,7 @@ def github(body: bytes, secret: str = SECRET, event: str = "push") -> dict[str, 
 def test_webhooks_wake_only_when_signed(repo: GitRepo, serve_factory: Callable[[Path], Serve]) -> None:
     first = repo.commit("ns", {"ns.yaml": NAMESPACE})
     server = serve_factory(repo.path)
-    wait_for("the first pass", lambda: first in revisions())
+    wait_until("the first pass", revisions, timeout=30, interval=0.2, accept=lambda got: first in got)
 
     second = repo.commit("config", {"two.yaml": NAMESPACE.replace("shop", "shop2")})
     body = json.dumps({"ref": "refs/heads/main", "after": second}).encode()
@@ -176,18 +166,18 @@ def test_webhooks_wake_only_when_signed(repo: GitRepo, serve_factory: Callable[[
 
     code, text = post(f"{server.url}/hooks/git", body, github(body))
     assert code == 202, text
-    wait_for("a pass of the pushed commit", lambda: second in revisions())
+    wait_until("a pass of the pushed commit", revisions, timeout=30, interval=0.2, accept=lambda got: second in got)
     assert "woken by github webhook" in server.output()
 
     third = repo.commit("three", {"three.yaml": NAMESPACE.replace("shop", "shop3")})
     assert post(f"{server.url}/hooks/git", body, {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET})[0] == 202
-    wait_for("a pass after the GitLab hook", lambda: third in revisions())
+    wait_until("a pass after the GitLab hook", revisions, timeout=30, interval=0.2, accept=lambda got: third in got)
 
     fourth = repo.commit("four", {"four.yaml": NAMESPACE.replace("shop", "shop4")})
     sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert post(f"{server.url}/hooks/git", body, {"X-Gitea-Event": "push", "X-Gitea-Signature": sig})[0] == 202
-    wait_for("a pass after the Gitea hook", lambda: fourth in revisions())
-    wait_for("the newest commit applied", lambda: last_applied() == fourth)
+    wait_until("a pass after the Gitea hook", revisions, timeout=30, interval=0.2, accept=lambda got: fourth in got)
+    wait_until("the newest commit applied", last_applied, timeout=30, interval=0.2, accept=lambda got: got == fourth)
 
     metrics = server.metrics()
     results = {(s.labels["provider"], s.labels["result"]): s.value
@@ -285,7 +275,8 @@ def test_notifications_reach_a_webhook(repo: GitRepo, serve_factory: Callable[[P
             "secret.yaml": SECRET_MANIFEST,
         })
         server = serve_factory(repo.path)
-        wait_for("the deployed notification", lambda: "deployed" in receiver.events())
+        wait_until("the deployed notification", receiver.events, timeout=30, interval=0.2,
+                   accept=lambda got: "deployed" in got)
         headers, body = receiver.received[0]
         assert body["revision"] == good and body["text"].startswith(f"gitorch: deployed {good[:7]}")
         assert headers["Authorization"] == TOKEN
@@ -293,7 +284,8 @@ def test_notifications_reach_a_webhook(repo: GitRepo, serve_factory: Callable[[P
 
         bad = repo.commit("broken", {"bad.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {nam: x}\n"})
         assert server.wake() == 202
-        wait_for("the syncFailed notification", lambda: "syncFailed" in receiver.events())
+        wait_until("the syncFailed notification", receiver.events, timeout=30, interval=0.2,
+                   accept=lambda got: "syncFailed" in got)
         failed = next(b for _, b in receiver.received if b["event"] == "syncFailed")
         assert failed["revision"] == bad and "is invalid" in failed["text"]
         assert "notified chat (127.0.0.1" in server.output()
@@ -398,16 +390,18 @@ def test_push_deploys_without_polling_and_rollback_follows(
         res = git("push", str(bare), "HEAD:refs/heads/main", cwd=repo.path, check=False)
         assert res.returncode == 0 and "controller notified" in res.stderr, res.stderr
         # The interval is an hour: only the hook can have started this pass.
-        wait_for("v1 pods Running on the nodes", lambda: len([p for p in _web_pods(lab) if p["ready"]]) == 2, 60)
-        wait_for("v1 applied", lambda: last_applied() == v1, 30)
+        wait_until("v1 pods Running on the nodes", lambda: len([p for p in _web_pods(lab) if p["ready"]]), timeout=60,
+                   interval=0.2, accept=lambda got: got == 2)
+        wait_until("v1 applied", last_applied, timeout=30, interval=0.2, accept=lambda got: got == v1)
 
         # Two quick pushes: the newest commit wins, even when the first push lands mid-pass.
         repo.commit("web v2", {"apps.yaml": _fix_port(web(replicas=2, version="v2"))})
         _push(repo, bare)
         v3 = repo.commit("web v3", {"apps.yaml": _fix_port(web(replicas=2, version="v3"))})
         _push(repo, bare)
-        wait_for("v3 applied", lambda: last_applied() == v3, 60)
-        wait_for("only v3 pods", lambda: _store_versions() == {"v3"} and len(_web_pods(lab)) == 2, 60)
+        wait_until("v3 applied", last_applied, timeout=60, interval=0.2, accept=lambda got: got == v3)
+        wait_until("only v3 pods", lambda: (_store_versions(), len(_web_pods(lab))), timeout=60, interval=0.2,
+                   accept=lambda got: got == ({"v3"}, 2))
 
         metrics = server.metrics()
         reachable = {s.labels["node"]: s.value for s in metrics["gitorch_node_reachable"]}
@@ -421,8 +415,10 @@ def test_push_deploys_without_polling_and_rollback_follows(
         assert res.returncode == 0, res.stderr
         rolled = git("rev-parse", "main", cwd=bare).stdout.strip()
         assert f"Gitorch-Rollback-Of: {v1}" in git("log", "-1", "--format=%B", rolled, cwd=bare).stdout
-        wait_for("the rollback commit applied", lambda: last_applied() == rolled, 60)
-        wait_for("v1 pods again", lambda: _store_versions() == {"v1"} and len(_web_pods(lab)) == 2, 60)
+        wait_until("the rollback commit applied", last_applied, timeout=60, interval=0.2,
+                   accept=lambda got: got == rolled)
+        wait_until("v1 pods again", lambda: (_store_versions(), len(_web_pods(lab))), timeout=60, interval=0.2,
+                   accept=lambda got: got == ({"v1"}, 2))
         running = {p["name"] for p in _web_pods(lab)}
         with store() as s:
             assert running == {p.name for p in s.pods() if p.owner_name == "web"}
@@ -432,7 +428,7 @@ def test_push_deploys_without_polling_and_rollback_follows(
         repo.commit("empty", {"apps.yaml": ""})
         _push(repo, bare)
         server.wake()
-        wait_for("the nodes emptied", lambda: not _web_pods(lab), 60, every=0.5)
+        wait_until("the nodes emptied", lambda: not _web_pods(lab), timeout=60, interval=0.5)
 
 
 # --- smaller pieces: the hook without a controller, wakes during a pass, degraded -------------
@@ -509,10 +505,12 @@ def test_serve_waits_calmly_for_the_first_push(
 ) -> None:
     """An empty bare repository (serve started before the first push) is not an error."""
     server = serve_factory(bare)
-    wait_for("the waiting line", lambda: "waiting for a commit on main" in server.output(), 30)
+    wait_until("the waiting line", server.output, timeout=30, interval=0.2,
+               accept=lambda got: "waiting for a commit on main" in got)
     first = repo.commit("config", {"ns.yaml": NAMESPACE})
     _push(repo, bare)
     assert server.wake() == 202
-    wait_for("a pass of the first commit", lambda: f"{first[:7]} valid" in server.output(), 30)
+    wait_until("a pass of the first commit", server.output, timeout=30, interval=0.2,
+               accept=lambda got: f"{first[:7]} valid" in got)
     out = server.output()
     assert "error" not in out.lower() and out.count("waiting for a commit") == 1, out

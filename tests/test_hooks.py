@@ -74,13 +74,14 @@ def test_post_receive_wakes_serve_with_the_wake_token(
     repo: GitRepo, remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from gitorch.model.settings import Settings
-    from tests.test_gitops import Serve, revisions, wait_for
+    from tests.test_gitops import Serve, revisions
+    from tests.waiting import wait_until
 
     first = repo.commit("ns", {"ns.yaml": NAMESPACE})
     assert _push(repo, remote)[0] == 0
     server = Serve(remote, tmp_path / "serve.log")  # an hour between passes: only the hook wakes it
     try:
-        wait_for("the first pass", lambda: first in revisions())
+        wait_until("the first pass", revisions, timeout=30, interval=0.2, accept=lambda got: first in got)
         res = gitorch("hook", "install", str(remote), "--notify", f"{server.url}/hooks/wake", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
         hook = remote / "hooks" / "post-receive"
@@ -92,7 +93,7 @@ def test_post_receive_wakes_serve_with_the_wake_token(
         second = repo.commit("config", {"config.yaml": CONFIG})
         code, err = _push(repo, remote)
         assert code == 0 and "controller notified" in err, err
-        wait_for("a pass of the pushed commit", lambda: second in revisions())
+        wait_until("a pass of the pushed commit", revisions, timeout=30, interval=0.2, accept=lambda got: second in got)
         assert "woken by post-receive hook" in server.output()
 
         # A hook written with another token is refused; the push still goes through.

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until
+
 AGENT = Path(__file__).resolve().parents[1] / "gitorch" / "nodes" / "agent.py"
 PY = sys.executable  # what containers run
 # The agent's interpreter: nodes may have an older python3 (e.g. GITORCH_AGENT_PYTHON=3.9).
@@ -42,18 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 15.0,
-               describe: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{describe()}")
-        time.sleep(0.05)
 
 
 def ctr(name: str, command: list[str], **extra: Any) -> Json:
@@ -120,7 +110,7 @@ class Node:
         def probe() -> Json | None:
             p = self.pods().get(name)
             return p if p is not None and check(p) else None
-        return wait_until(probe, f"pod {name}: {what}", timeout, self.describe)
+        return wait_until(f"pod {name}: {what}", probe, timeout=timeout, interval=0.05, describe=self.describe)
 
     def main(self, name: str, container: int = 0) -> Json:
         return self.pods()[name]["containers"][container]
@@ -131,7 +121,7 @@ class Node:
             status = self.run("status")
             if status["pods"] or status["supervisor"]["running"]:
                 self.run("sync", {"pods": []})
-                wait_until(lambda: not self.pods(), "all pods stopped", 20)
+                wait_until("all pods stopped", lambda: not self.pods(), timeout=20, interval=0.05)
         with contextlib.suppress(Exception):
             self.run("stop-supervisor")
         state = self.root / "state.json"
@@ -416,16 +406,16 @@ def test_pods_of_the_bare_name_layout_are_adopted_without_a_restart(node: Node, 
 
     twin = pod("web", sleeper(), namespace="other")
     node.sync(web, twin)
-    wait_until(lambda: len([q for q in node.run("status")["pods"] if running(q)]) == 2,
-               "both namespaces running", describe=node.describe)
+    wait_until("both namespaces running", lambda: len([q for q in node.run("status")["pods"] if running(q)]),
+               timeout=15, interval=0.05, accept=lambda got: got == 2, describe=node.describe)
     mine = next(q for q in node.run("status")["pods"] if q["namespace"] == "test")
     assert mine["containers"][0]["pid"] == pid and mine["ready"]  # the adopted one, untouched
     assert sorted(os.listdir(node.root / "pods")) == ["other_web", "test_web", "web"]
     assert (node.root / "pods" / "web" / "volumes" / "conf" / "a.conf").read_text() == "x=1"
 
     node.sync(pod("web", sleeper(), hash="h2"), twin)  # replaced: now in the new layout
-    wait_until(lambda: not (node.root / "pods" / "web").exists(), "the bare-name folder removed",
-               describe=node.describe)
+    wait_until("the bare-name folder removed", lambda: not (node.root / "pods" / "web").exists(), timeout=15,
+               interval=0.05, describe=node.describe)
     p = node.wait_pod("web", lambda p: p["hash"] == "h2" and running(p), "replaced")
     assert p["containers"][0]["pid"] != pid
     assert not alive(pid)
@@ -444,7 +434,7 @@ def test_changed_hash_replaces_the_pod(node: Node) -> None:
     node.sync(pod("upd-1", sleeper(), hash="h2"))
     p = node.wait_pod("upd-1", lambda p: p["hash"] == "h2" and running(p), "new hash running")
     assert p["containers"][0]["pid"] != pid1 and p["restarts"] == 0
-    wait_until(lambda: not alive(pid1), "old instance gone")
+    wait_until("old instance gone", lambda: not alive(pid1), timeout=15, interval=0.05)
 
 
 GROUP_SCRIPT = r"""
@@ -475,15 +465,16 @@ def test_removed_pod_group_gets_sigterm_then_sigkill(node: Node, tmp_path: Path)
                   terminationGracePeriodSeconds=1))
     p = node.wait_pod("grp-1", running, "running")
     leader = p["containers"][0]["pid"]
-    wait_until(lambda: out.exists() and "child up" in out.read_text(), "child started")
+    wait_until("child started", lambda: out.exists() and "child up" in out.read_text(), timeout=15, interval=0.05)
     child = int(next(line.split()[1] for line in out.read_text().splitlines()
                      if line.startswith("child ") and line.split()[1].isdigit()))
     assert os.getpgid(child) == leader  # one process group per container
     node.sync()
-    wait_until(lambda: not node.pods(), "pod removed", describe=node.describe)
+    wait_until("pod removed", lambda: not node.pods(), timeout=15, interval=0.05, describe=node.describe)
     text = out.read_text()
     assert "main TERM" in text and "child TERM" in text  # graceful first, whole group
-    wait_until(lambda: not alive(child), "child killed")  # it ignores TERM: only KILL ends it
+    # It ignores TERM: only KILL ends it.
+    wait_until("child killed", lambda: not alive(child), timeout=15, interval=0.05)
     assert not alive(leader)
     assert not (node.root / "pods" / "test_grp-1").exists()
 
@@ -528,7 +519,7 @@ def test_env_and_volumes_reach_the_process(node: Node, tmp_path: Path) -> None:
     token = node.root / "pods" / "test_vol-1" / "volumes" / "creds" / "token"
     assert token.stat().st_mode & 0o777 == 0o600
     node.sync()
-    wait_until(lambda: not node.pods(), "pod removed")
+    wait_until("pod removed", lambda: not node.pods(), timeout=15, interval=0.05)
     assert not (node.root / "pods" / "test_vol-1").exists()  # emptyDir and files gone
     assert (data / "out.json").exists()  # hostPath kept
 
@@ -638,14 +629,14 @@ def test_one_name_in_two_namespaces_runs_twice_with_own_folders_and_logs(node: N
     b = pod("agent", ctr("main", say), namespace="team-b")
     doc = node.sync(a, b)
     assert [(p["namespace"], p["name"]) for p in doc["pods"]] == [("team-a", "agent"), ("team-b", "agent")]
-    wait_until(lambda: len([p for p in node.run("status")["pods"] if running(p)]) == 2,
-               "both running", describe=node.describe)
+    wait_until("both running", lambda: len([p for p in node.run("status")["pods"] if running(p)]), timeout=15,
+               interval=0.05, accept=lambda got: got == 2, describe=node.describe)
     pids = {p["namespace"]: p["containers"][0]["pid"] for p in node.run("status")["pods"]}
     assert pids["team-a"] != pids["team-b"] and all(alive(pid) for pid in pids.values())
     assert sorted(os.listdir(node.root / "pods")) == ["team-a_agent", "team-b_agent"]
     for ns in ("team-a", "team-b"):
-        wait_until(lambda ns=ns: node.run("logs", {"pod": "agent", "namespace": ns})["log"],
-                   f"log of {ns}/agent")
+        wait_until(f"log of {ns}/agent", lambda ns=ns: node.run("logs", {"pod": "agent", "namespace": ns})["log"],
+                   timeout=15, interval=0.05)
         assert node.run("logs", {"pod": "agent", "namespace": ns})["log"] == f"I am {ns}/agent\n"
     code, doc = node.call("logs", {"pod": "agent"})
     assert code == 0 and not doc["ok"] and "team-a, team-b" in doc["error"]
@@ -653,7 +644,8 @@ def test_one_name_in_two_namespaces_runs_twice_with_own_folders_and_logs(node: N
     assert set(facts) == {"team-a/agent", "team-b/agent"}
     # Removing one leaves the other alone.
     node.sync(b)
-    wait_until(lambda: len(node.run("status")["pods"]) == 1, "team-a/agent removed")
+    wait_until("team-a/agent removed", lambda: len(node.run("status")["pods"]), timeout=15, interval=0.05,
+               accept=lambda got: got == 1)
     assert alive(pids["team-b"]) and not (node.root / "pods" / "team-a_agent").exists()
 
 
@@ -678,7 +670,8 @@ def test_logs_tail_and_follow(node: Node) -> None:
               "    n += 1; print(f'tick {n}', flush=True); time.sleep(0.05)\n")
     node.sync(pod("log-1", ctr("main", [PY, "-u", "-c", script])))
     node.wait_pod("log-1", running, "running")
-    wait_until(lambda: "tick" in node.run("logs", {"pod": "log-1"})["log"], "ticks")
+    wait_until("ticks", lambda: node.run("logs", {"pod": "log-1"})["log"], timeout=15, interval=0.05,
+               accept=lambda got: "tick" in got)
     everything = node.run("logs", {"pod": "log-1", "container": "main"})["log"]
     assert everything.startswith("line 1\nline 2\n")
     tail = node.run("logs", {"pod": "log-1", "tail": 3})["log"].splitlines()
@@ -798,7 +791,7 @@ def test_image_containers_run_through_podman(tmp_path: Path) -> None:
         p = node.wait_pod("img-2", running, "running")
         assert p["containers"][0]["runtime"] == "podman"
         calls = bin_dir / "calls"
-        wait_until(lambda: calls.exists() and "env " in calls.read_text(), "podman run")
+        wait_until("podman run", lambda: calls.exists() and "env " in calls.read_text(), timeout=15, interval=0.05)
         run_line, env_line = calls.read_text().splitlines()[:2]
         argv = run_line.split()
         name = next(argv[i + 1] for i, a in enumerate(argv) if a == "--name")
@@ -811,7 +804,7 @@ def test_image_containers_run_through_podman(tmp_path: Path) -> None:
         assert "s3cret-podman" not in run_line  # values travel in the environment
         assert env_line == "env PASSWORD=s3cret-podman GREETING=hi"
         node.sync()
-        wait_until(lambda: not node.pods(), "pod removed")
+        wait_until("pod removed", lambda: not node.pods(), timeout=15, interval=0.05)
         assert f"stop -t 1 -- {name}" in calls.read_text()
     finally:
         node.teardown()

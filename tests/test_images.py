@@ -4,9 +4,8 @@ reported unplaceable (NoContainerRuntime) where it has no container runtime."""
 from __future__ import annotations
 
 import os
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from gitorch.nodes.lab import Lab, down, up
 from gitorch.nodes.ssh import Endpoint, Pool, SSHOptions
 from tests.images import IMAGE, INDEX_HTML, containers, import_image, remove_image, require_podman
 from tests.lab import require_lab, ssh_run
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -55,17 +55,6 @@ def image(images_lab: Lab) -> Iterator[str]:
         remove_image(images_lab, WITH_RUNTIME)
 
 
-def _wait(what: str, fn: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert value, f"timed out after {timeout:.0f} s waiting for {what}"
-    return value
-
-
 def _pod(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -103,18 +92,23 @@ def test_image_pod_runs_through_podman_and_is_removed_again(images_lab: Lab, fle
     )
     try:
         assert client.call("sync", {"pods": [web]})["ok"]
-        pod = _wait("pod web Running", lambda: (p := _pod_status(client, "web")) and p["phase"] == "Running" and p)
+        pod = wait_until("pod web Running", lambda: _pod_status(client, "web"), timeout=20, interval=0.1,
+                         accept=lambda p: p is not None and p["phase"] == "Running")
         ctr = pod["containers"][0]
         assert (ctr["runtime"], ctr["image"], ctr["state"]) == ("podman", image, "running")
         # --network host: the container serves on the node's own address.
-        assert _wait("httpd answering", lambda: _get(f"http://{node.address}:8080/")) == INDEX_HTML
-        log = _wait("the container's output", lambda: client.call("logs", {"pod": "web", "tail": -1})["log"])
+        assert wait_until("httpd answering", lambda: _get(f"http://{node.address}:8080/"), timeout=20,
+                          interval=0.1) == INDEX_HTML
+        log = wait_until("the container's output", lambda: client.call("logs", {"pod": "web", "tail": -1})["log"],
+                         timeout=20, interval=0.1)
         assert "started with GREETING=hello-from-the-pod-spec" in log
         assert containers(images_lab, WITH_RUNTIME) == ["gitorch-default_web-main"]
 
         client.call("sync", {"pods": []})
-        _wait("pod web removed", lambda: _pod_status(client, "web") is None)
-        _wait("container gone from podman ps -a", lambda: containers(images_lab, WITH_RUNTIME) == [])
+        wait_until("pod web removed", lambda: _pod_status(client, "web"), timeout=20, interval=0.1,
+                   accept=lambda got: got is None)
+        wait_until("container gone from podman ps -a", lambda: containers(images_lab, WITH_RUNTIME), timeout=20,
+                   interval=0.1, accept=lambda got: got == [])
         assert _get(f"http://{node.address}:8080/") is None
     finally:
         client.call("sync", {"pods": []})
@@ -125,7 +119,8 @@ def test_image_that_is_not_on_the_node_is_not_pulled(images_lab: Lab, fleet: Fle
     missing = "localhost/gitorch-not-imported:1"
     try:
         client.call("sync", {"pods": [_pod("nopull", missing, ["true"], restartPolicy="Never")]})
-        pod = _wait("pod nopull Failed", lambda: (p := _pod_status(client, "nopull")) and p["phase"] == "Failed" and p)
+        pod = wait_until("pod nopull Failed", lambda: _pod_status(client, "nopull"), timeout=20, interval=0.1,
+                         accept=lambda p: p is not None and p["phase"] == "Failed")
         assert pod["containers"][0]["exitCode"] == 125  # podman's own error, not the container's
         log = client.call("logs", {"pod": "nopull", "tail": -1})["log"]
         assert missing in log and "image not known" in log, log
@@ -142,7 +137,8 @@ def test_image_pod_on_a_node_without_a_runtime_is_unplaceable(images_lab: Lab, f
     assert ssh_run(images_lab, WITHOUT_RUNTIME, "command -v podman docker", check=False).stdout == ""
     try:
         client.call("sync", {"pods": [_pod("needs-image", IMAGE, ["sleep", "600"])]})
-        pod = _wait("pod Failed", lambda: (p := _pod_status(client, "needs-image")) and p["phase"] == "Failed" and p)
+        pod = wait_until("pod Failed", lambda: _pod_status(client, "needs-image"), timeout=20, interval=0.1,
+                         accept=lambda p: p is not None and p["phase"] == "Failed")
         assert pod["reason"] == "NoContainerRuntime"
         assert pod["containers"][0]["reason"] == "NoContainerRuntime"
         message = pod["message"]

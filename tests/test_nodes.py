@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from gitorch.nodes.ssh import Endpoint, HostKeyMismatch, NodeUnreachable, Pool, 
 from tests.gitrepo import GitRepo
 from tests.lab import ssh_run
 from tests.samples import gitorch
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -31,15 +31,6 @@ def _endpoints(lab: Lab) -> list[Endpoint]:
 def fleet(lab: Lab, tmp_path: Path) -> Iterator[Fleet]:
     with Fleet(_endpoints(lab), Pool(SSHOptions(known_hosts=tmp_path / "kh", connect_timeout=3))) as f:
         yield f
-
-
-def _wait(fn: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def _pod(name: str, command: list[str], **extra: Any) -> dict[str, Any]:
@@ -104,8 +95,9 @@ def test_sync_runs_pods_with_env_and_keeps_secrets_out_of_outputs(fleet: Fleet, 
             pods = client.call("status")["pods"]
             return bool(pods) and pods[0]["phase"] == "Running"
 
-        assert _wait(running)
-        seen = _wait(lambda: ssh_run(lab, node, "cat /tmp/seen-env 2>/dev/null", check=False).stdout)
+        wait_until("envpod running", running, timeout=20, interval=0.1)
+        seen = wait_until("the env the pod saw", lambda: ssh_run(lab, node, "cat /tmp/seen-env 2>/dev/null",
+                                                                 check=False).stdout, timeout=20, interval=0.1)
         assert seen == "hello tok-8f2b91"
         status = json.dumps(client.call("status"))
         assert "tok-8f2b91" not in status
@@ -127,11 +119,11 @@ def test_killed_pod_is_restarted_by_the_supervisor(fleet: Fleet, lab: Lab) -> No
                 return None
             return pods[0]["containers"][0]["pid"]
 
-        first = _wait(pid)
-        assert first
+        first = wait_until("sleeper running", pid, timeout=20, interval=0.1)
         ssh_run(lab, node, f"kill -9 {first}")
-        second = _wait(lambda: (p := pid()) and p != first and p, timeout=30)
-        assert second and second != first
+        second = wait_until("sleeper running again", pid, timeout=30, interval=0.1,
+                            accept=lambda p: p is not None and p != first)
+        assert second != first
         assert client.call("status")["pods"][0]["restarts"] >= 1
     finally:
         client.call("sync", {"pods": []})
@@ -206,14 +198,18 @@ def test_probes_and_supervisor_restart_over_ssh(fleet: Fleet, lab: Lab) -> None:
             return {p["name"]: p for p in client.call("status")["pods"]}
 
         # A failing liveness probe restarts the container; a failing readiness probe only marks it not ready.
-        assert _wait(lambda: pods()["live"]["restarts"] >= 1, timeout=40)
-        assert _wait(lambda: pods()["unready"]["phase"] == "Running")
+        wait_until("live restarted", lambda: pods()["live"]["restarts"], timeout=40, interval=0.1,
+                   accept=lambda restarts: restarts >= 1)
+        wait_until("unready running", lambda: pods()["unready"]["phase"], timeout=20, interval=0.1,
+                   accept=lambda phase: phase == "Running")
         assert pods()["unready"]["ready"] is False and pods()["unready"]["restarts"] == 0
-        steady_pid = _wait(lambda: pods()["steady"]["containers"][0]["pid"])
+        steady_pid = wait_until("steady's pid", lambda: pods()["steady"]["containers"][0]["pid"], timeout=20,
+                                interval=0.1)
         # A restarted supervisor adopts the running pods: same process, no duplicate.
         assert client.call("stop-supervisor")["ok"]
         client.call("sync", {"pods": [live, unready, steady]})
-        assert _wait(lambda: pods()["steady"]["containers"][0]["pid"] == steady_pid)
+        wait_until("steady adopted", lambda: pods()["steady"]["containers"][0]["pid"], timeout=20, interval=0.1,
+                   accept=lambda pid: pid == steady_pid)
         count = ssh_run(lab, node, "pgrep -xc sleep || true").stdout.strip()
         assert 2 <= int(count or 0) <= 3  # steady + unready, and live unless it is in back-off: never more
     finally:
@@ -269,7 +265,8 @@ def test_a_pods_secrets_live_only_in_its_own_folder(fleet: Fleet, lab: Lab) -> N
     snoop = _pod("snoop", ["sh", "-c", "grep -rlsE '(tok|key)-[0-9a-f]{32}' /var/lib/gitorch; exec sleep 600"])
     try:
         client.call("sync", {"pods": [owner, snoop]})
-        assert _wait(lambda: all(p["phase"] == "Running" for p in client.call("status")["pods"]))
+        wait_until("both pods running", lambda: [p["phase"] for p in client.call("status")["pods"]], timeout=20,
+                   interval=0.1, accept=lambda phases: phases == ["Running"] * 2)
         environ = ssh_run(lab, node, f"cat /proc/{client.call('status')['pods'][0]['containers'][0]['pid']}/environ")
         assert f"TOKEN={token}" in environ.stdout  # the pod itself has it
         folder = "/var/lib/gitorch/pods/default_secret-a"
@@ -289,7 +286,8 @@ def test_a_pods_secrets_live_only_in_its_own_folder(fleet: Fleet, lab: Lab) -> N
         assert seen and all(f.startswith(f"{folder}/") for f in seen), seen
         # Removed with the pod.
         client.call("sync", {"pods": [snoop]})
-        assert _wait(lambda: ssh_run(lab, node, f"test -e {folder} || echo gone", check=False).stdout.strip())
+        wait_until(f"{folder} removed", lambda: ssh_run(lab, node, f"test -e {folder} || echo gone",
+                                                        check=False).stdout.strip(), timeout=20, interval=0.1)
         assert not ssh_run(lab, node, f"grep -rlsF -e {token} -e {key} /run /etc", check=False).stdout
     finally:
         client.call("sync", {"pods": []})
@@ -326,7 +324,8 @@ def test_pod_ips_outside_the_nodes_pod_cidr_are_dropped(
     network = {"podCIDR": "10.244.250.0/24", "gateway": "10.244.250.1"}
     try:
         client.call("sync", {"pods": [_pod("honest", ["sleep", "600"])], "network": network})
-        honest = _wait(lambda: next((p for p in client.call("status")["pods"] if p["podIP"]), None))
+        honest = wait_until("a pod IP for honest", lambda: next((p for p in client.call("status")["pods"]
+                                                                if p["podIP"]), None), timeout=20, interval=0.1)
         assert honest["podIP"].startswith("10.244.250.")
         # The node lies (its status file edited as a compromised node could): other pods'
         # addresses, a service VIP, an outside address, garbage, a name that is no name.

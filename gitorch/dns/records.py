@@ -46,12 +46,30 @@ def running_pods(pods: Iterable[PodRecord]) -> list[PodRecord]:
 def selected_pods(state: DesiredState, service: Object, pods: Iterable[PodRecord]) -> list[PodRecord]:
     """The running pods with IPs a Service's selector picks in its namespace (ready or not:
     `PodRecord.ready` and `publishNotReadyAddresses` say which of them serve)."""
-    selector = service.spec.get("selector") or {}
-    return [
-        p
-        for p in running_pods(pods)
-        if p.namespace == service.key.namespace and _selects(selector, pod_labels(state, p))
-    ]
+    return PodIndex(state, pods).selected(service)
+
+
+class PodIndex:
+    """Running pods by namespace and label: built once, asked per Service, so a table of S
+    Services over P pods costs about O(P + the pods each selector picks), not O(S x P)."""
+
+    def __init__(self, state: DesiredState, pods: Iterable[PodRecord]) -> None:
+        self._labels: dict[int, dict[str, str]] = {}
+        self._by_label: dict[tuple[str, str, str], list[PodRecord]] = {}
+        for p in running_pods(pods):
+            labels = pod_labels(state, p)
+            self._labels[id(p)] = labels
+            for k, v in labels.items():
+                self._by_label.setdefault((p.namespace, k, v), []).append(p)
+
+    def selected(self, service: Object) -> list[PodRecord]:
+        selector = service.spec.get("selector") or {}
+        if not selector:
+            return []
+        ns = service.key.namespace
+        candidates = [self._by_label.get((ns, str(k), str(v)), []) for k, v in selector.items()]
+        smallest = min(candidates, key=len)
+        return [p for p in smallest if _selects(selector, self._labels[id(p)])]
 
 
 def zone_data(
@@ -64,6 +82,7 @@ def zone_data(
     dns = cluster.get("dns") or {}
     ips = {(c.namespace, c.service): c.ip for c in cluster_ips}
     running = running_pods(pods)
+    index = PodIndex(state, running)
     services: list[ServiceRecord] = []
     for svc in state.of_kind("Service"):
         ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
@@ -79,7 +98,7 @@ def zone_data(
         if not headless and cluster_ip is None:
             continue  # not allocated yet: answering it as headless would be wrong
         endpoints = []
-        for p in selected_pods(state, svc, running):
+        for p in index.selected(svc):
             hostname = None
             if headless and p.owner_kind == "StatefulSet":
                 owner = state.get("StatefulSet", ns, p.owner_name)

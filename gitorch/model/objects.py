@@ -127,13 +127,18 @@ class DesiredState:
     objects: dict[ObjectKey, Object]
     diagnostics: list[Diagnostic]
     files: int = 0
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Results computed from this state (it is not changed once loaded): kinds, pod specs."""
 
     @property
     def ok(self) -> bool:
         return not errors(self.diagnostics)
 
     def of_kind(self, kind: str) -> list[Object]:
-        return [o for k, o in sorted(self.objects.items()) if k.kind == kind]
+        found = self.memo.get(("of_kind", kind))
+        if found is None:
+            found = self.memo[("of_kind", kind)] = [o for k, o in sorted(self.objects.items()) if k.kind == kind]
+        return list(found)
 
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         return self.objects.get(ObjectKey(kind, namespace, name))

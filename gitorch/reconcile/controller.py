@@ -8,6 +8,8 @@ and reported, and the last good revision keeps running.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,12 +31,14 @@ from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
-from gitorch.store.database import Fence, PodRecord, Store, StoreError
+from gitorch.store.database import Fence, NodeRecord, PodRecord, Store, StoreError, merge_conditions
 
 log = logging.getLogger(__name__)
 
 FACTS_EVERY = 30.0  # seconds between fact refreshes of a reachable node
 PRUNE_EVERY = 60.0  # seconds between applications of the store's retention rules
+HEARTBEAT_EVERY = 10.0  # seconds between heartbeat writes of a node that keeps answering
+STATES_KEPT = 3  # parsed commits kept in memory (the head, the last good one, one more)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class ControllerSettings:
     """Revisions kept (the last applied one always)."""
     drift_history: int = 100
     """Drift reports kept."""
+    resync: float = 300.0
+    """Seconds after which a node is sent its whole state even when nothing changed for it
+    (controller-runtime's periodic resync: repairs anything a missed change left behind)."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
@@ -65,7 +72,7 @@ class ControllerSettings:
         out = cls(cluster_dns=env.get("GITORCH_CLUSTER_DNS") or None)
         numbers = {"node_timeout": ("GITORCH_NODE_TIMEOUT", float), "event_ttl": ("GITORCH_EVENT_TTL", float),
                    "max_events": ("GITORCH_MAX_EVENTS", int), "revision_history": ("GITORCH_REVISION_HISTORY", int),
-                   "drift_history": ("GITORCH_DRIFT_HISTORY", int)}
+                   "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float)}
         for name, (var, kind) in numbers.items():
             if env.get(var):
                 try:
@@ -144,6 +151,11 @@ class Controller:
         self._endpoints: tuple[Endpoint, ...] = ()
         self._facts_at: dict[str, float] = {}
         self._pruned_at = float("-inf")
+        self._pod_rows: list[PodRecord] = []
+        self._states: dict[str, DesiredState] = {}
+        # Per node: what it was last sent (a digest), the agent generation that produced, and when.
+        self._sent: dict[str, tuple[str, int, float]] = {}
+        self._generations: dict[str, int] = {}  # per node: the agent's desired generation, as last reported
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -166,7 +178,7 @@ class Controller:
         """The head commit's state, the state to reconcile (the head when valid, else the
         last applied revision), and whether the head is valid. Reads only."""
         try:
-            head = desired_mod.load(self.repo, rev)
+            head = self._load(rev)
         except GitorchError:
             raise  # the repository cannot be read: this pass fails, the cluster keeps running
         except Exception as exc:  # validation must never raise; if it does, the commit is invalid
@@ -180,13 +192,28 @@ class Controller:
         last = self.store.last_applied_revision()
         if last is None:
             return head, head, False
-        return head, desired_mod.load(self.repo, last.commit), False
+        return head, self._load(last.commit), False
 
-    def reconcile(self, rev: str | None = None, now: float | None = None, fence: Fence | None = None) -> PassResult:
+    def _load(self, rev: str | None) -> DesiredState:
+        """A commit's desired state, parsed and validated once: commits are immutable, so a pass
+        on an unchanged head costs no parsing (a few are kept: the head and the last good one)."""
+        oid = self.repo.resolve(rev).oid
+        state = self._states.pop(oid, None)
+        if state is None:
+            state = desired_mod.load(self.repo, oid)
+        self._states[oid] = state  # most recently used last
+        while len(self._states) > STATES_KEPT:
+            del self._states[next(iter(self._states))]
+        return state
+
+    def reconcile(
+        self, rev: str | None = None, now: float | None = None, fence: Fence | None = None, *, full: bool = False
+    ) -> PassResult:
         """One pass: observe, plan (pure, allocations included), execute, then record it all
         in one transaction. With a `fence` (serve's leadership term) nodes refuse the pass's
-        syncs and the store its writes once a newer term exists. `now` is the wall clock
-        unless a test fixes it."""
+        syncs and the store its writes once a newer term exists. A node whose pod set, network
+        and service table did not change since it was last sent them is not called, unless
+        `full` or its resync is due. `now` is the wall clock unless a test fixes it."""
         now = now if now is not None else datetime.now(UTC).timestamp()
         head, state, valid = self.load(rev)
         result = PassResult(head.revision, valid, diagnostics=[d.format() for d in errors(head.diagnostics)])
@@ -210,7 +237,7 @@ class Controller:
         result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost)
         if fence is not None:
             self.store.check_fence(fence)  # a deposed leader stops before touching any node
-        execution = self.execute(state, the_plan, fleet, observed, reports, allocs, now, fence)
+        execution = self.execute(state, the_plan, fleet, observed, reports, allocs, now, fence, full=full)
         result.node_errors.update(execution.node_errors)
         with self.store.transaction(fence):
             self._record_revision(head, valid, now)
@@ -291,16 +318,19 @@ class Controller:
                     facts = outcome.value["facts"]
                     fresh_facts = True
                 reports[name] = pod_reports(outcome.value["status"])
+                self._generations[name] = int(outcome.value["status"].get("generation") or 0)
                 last_seen: float | None = now
             else:
                 error = outcome.error if outcome is not None else f"{name}: not asked"
                 last_seen = _ts(record.last_heartbeat) if record is not None else None
             observations.append(NodeObservation(name, manifest.spec, dict(manifest.labels), reachable, facts,
-                                                fresh_facts, error, record is None))
+                                                fresh_facts, error, record))
             lost = not reachable and (last_seen is None or now - last_seen > self.settings.node_timeout)
             nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=lost))
         pods: list[PodState] = []
-        for r in self.store.pods():
+        # Read once a pass (execute and the service table use it too), without the specs it never reads.
+        self._pod_rows = self.store.pods(spec=False)
+        for r in self._pod_rows:
             report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
             phase, ready, restarts, reason, message = r.phase, r.ready, r.restarts, r.reason, r.message
             if report is not None:
@@ -342,10 +372,11 @@ class Controller:
         return Observed(now, tuple(pods), tuple(nodes), started, last_schedule), reports, observations
 
     def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
+        """Register Nodes, and record heartbeats (at most every HEARTBEAT_EVERY seconds while
+        nothing else changes) and reachability changes: rows that did not change are not written."""
         for n in nodes:
-            spec = n.spec
-            self.store.upsert_node(
-                n.name,
+            spec, row = n.spec, n.record
+            registration: dict[str, Any] = dict(
                 address=str(spec.get("address")),
                 port=int(spec.get("port", 22)),
                 user=str(spec.get("user", "root")),
@@ -353,22 +384,31 @@ class Controller:
                 labels=n.labels,
                 taints=list(spec.get("taints") or []),
             )
+            if row is None or any(getattr(row, k) != v for k, v in registration.items()):
+                self.store.upsert_node(n.name, **registration)
             if n.reachable:
                 if n.fresh_facts:
                     self._facts_at[n.name] = now
-                self.store.heartbeat(
-                    n.name,
-                    _dt(now),
-                    n.facts,
-                    conditions=[{"type": "Ready", "status": "True", "reason": "AgentAnswered"}],
-                    agent_version=str(n.facts.get("agentVersion", "")),
-                )
+                beat = _ts(row.last_heartbeat) if row is not None else None
+                if (row is None or not row.ready or (n.fresh_facts and n.facts != row.facts)
+                        or beat is None or now - beat >= HEARTBEAT_EVERY):
+                    self.store.heartbeat(
+                        n.name,
+                        _dt(now),
+                        n.facts,
+                        conditions=[{"type": "Ready", "status": "True", "reason": "AgentAnswered"}],
+                        agent_version=str(n.facts.get("agentVersion", "")),
+                    )
             else:
-                self.store.upsert_node(
-                    n.name,
-                    ready=False,
-                    conditions=[{"type": "Ready", "status": "False", "reason": "NodeUnreachable", "message": n.error}],
-                )
+                conditions = row.conditions if row else []
+                said = next((c.get("message") for c in conditions if c.get("type") == "Ready"), None)
+                if row is None or row.ready or said != n.error:
+                    self.store.upsert_node(
+                        n.name,
+                        ready=False,
+                        conditions=[{"type": "Ready", "status": "False", "reason": "NodeUnreachable",
+                                     "message": n.error}],
+                    )
 
     def execute(
         self,
@@ -380,8 +420,11 @@ class Controller:
         allocs: allocations.Allocations,
         now: float,
         fence: Fence | None = None,
+        *,
+        full: bool = False,
     ) -> Execution:
-        """Send each reachable node its complete pod set, in parallel; return what to record."""
+        """Send each reachable node whose state changed its complete pod set, in parallel;
+        return what to record."""
         reachable = [n.name for n in observed.nodes if n.reachable]
         sets = the_plan.node_sets(reachable)
         addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
@@ -390,10 +433,10 @@ class Controller:
         dns = podspecs.cluster_dns(state, self.settings.cluster_dns)
         cluster_cidr = networking.cluster_pod_cidr(state)
 
-        def sync(client: NodeClient) -> dict[str, Any]:
-            request: dict[str, Any] = {"pods": sets[client.name]}
-            if client.name in networks:
-                request["network"] = {**networks[client.name], "clusterCIDR": cluster_cidr}
+        def sync_request(node: str) -> dict[str, Any]:
+            request: dict[str, Any] = {"pods": sets[node]}
+            if node in networks:
+                request["network"] = {**networks[node], "clusterCIDR": cluster_cidr}
             if dns is not None:
                 request["dns"] = dns
             if table is not None:
@@ -401,10 +444,20 @@ class Controller:
                 request["serviceCIDR"] = services.service_cidr(state)
             if fence is not None:
                 request["fence"] = fence.token()
-            return client.call("sync", request, timeout=self.settings.node_call_timeout)
+            return request
 
-        results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=sets)
-        synced = {n for n, o in results.items() if o.ok}
+        def sync(client: NodeClient) -> dict[str, Any]:
+            return client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
+
+        digests = {n: self._digest(sync_request(n)) for n in sets}
+        due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
+        results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
+        synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
+        for n, o in results.items():
+            if o.ok and o.value is not None:
+                self._sent[n] = (digests[n], int(o.value.get("generation") or 0), now)
+            else:
+                self._sent.pop(n, None)
         events: list[dict[str, Any]] = []
         for n, o in results.items():
             if o.ok and o.value is not None:
@@ -421,24 +474,36 @@ class Controller:
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
-        known_ips = {(r.namespace, r.name): r.ip for r in self.store.pods()}
+        known_ips = {(r.namespace, r.name): r.ip for r in self._pod_rows}
         records: list[PodRecord] = []
+        rows = {(r.namespace, r.name): r for r in self._pod_rows}
         for p in the_plan.pods:
-            before = previous.get((p.owner.namespace, p.name))
-            report = reports.get(p.node or "", {}).get((p.owner.namespace, p.name)) if p.node in synced else None
+            key = (p.owner.namespace, p.name)
+            before = previous.get(key)
+            report = reports.get(p.node or "", {}).get(key) if p.node in synced else None
             phase = report.get("phase", "Pending") if report else (before.phase if before else "Pending")
+            phase = phase if phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown") else "Unknown"
             ready = bool(report.get("ready")) if report else False
             reason = str(report.get("reason") or "") if report else ("Unschedulable" if p.message else "")
             message = str(report.get("message") or "") if report else p.message
+            restarts = int(report.get("restarts") or 0) if report else (before.restarts if before else 0)
             ready_at = None
             if ready:
                 ready_at = _dt(before.ready_since) if before and before.ready and before.ready_since else _dt(now)
-            spec = podspecs.masked(p.spec) if not p.spec.get("keep") else {}
-            ip = known_ips.get((p.owner.namespace, p.name))
+            ip = known_ips.get(key)
             if report and report.get("podIP"):
                 ip = str(report["podIP"])
             elif before is not None and before.node != p.node:
                 ip = None  # moved to another node: its old address is gone
+            row = rows.get(key)
+            fields = (p.owner.kind, p.owner.name, p.node, p.revision, phase, restarts, ready, reason, message,
+                      p.ordinal, ip, ready_at)
+            if row is not None and fields == (
+                row.owner_kind, row.owner_name, row.node, row.template_hash, row.phase, row.restarts, row.ready,
+                row.reason, row.message, row.ordinal, row.ip, row.ready_at,
+            ):
+                continue  # unchanged: not written (a pass writes only what changed)
+            spec = podspecs.masked(p.spec) if not p.spec.get("keep") else {}
             records.append(
                 PodRecord(
                     namespace=p.owner.namespace,
@@ -447,8 +512,8 @@ class Controller:
                     owner_name=p.owner.name,
                     node=p.node,
                     template_hash=p.revision,
-                    phase=phase if phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown") else "Unknown",
-                    restarts=int(report.get("restarts") or 0) if report else (before.restarts if before else 0),
+                    phase=phase,
+                    restarts=restarts,
                     ready=ready,
                     reason=reason,
                     message=message,
@@ -466,6 +531,19 @@ class Controller:
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
         return Execution(node_errors, records, gone, events)
+
+    @staticmethod
+    def _digest(request: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _unchanged(self, node: str, digest: str, now: float) -> bool:
+        """The node was sent exactly this, its agent still has what that produced (nobody else
+        synced it since, and it did not lose its state), and its resync is not due."""
+        sent = self._sent.get(node)
+        if sent is None:
+            return False
+        last_digest, generation, at = sent
+        return last_digest == digest and self._generations.get(node) == generation and now - at < self.settings.resync
 
     def _record_pods(self, records: list[PodRecord], gone: list[PodState]) -> None:
         if records:
@@ -510,18 +588,21 @@ class Controller:
                 body["rollout"] = {"revision": status.revision, "started": started}
             health = status.health if status else "Healthy"
             conditions = _conditions(health, status)
-            self.store.upsert_object_status(
-                key.kind,
-                key.namespace,
-                key.name,
-                now=_dt(now),
+            fields: dict[str, Any] = dict(
                 spec_hash=podspecs.short_hash(obj.body),
                 last_applied_revision=r.oid,
                 last_attempted_revision=attempted or r.oid,
                 sync="Synced" if valid else "OutOfSync",
                 health=health,
-                conditions=conditions,
                 body=body,
+            )
+            old = stored.get(key)
+            if old is not None and all(getattr(old, k) == v for k, v in fields.items()) and (
+                merge_conditions(old.conditions or [], conditions, _dt(now)) == old.conditions
+            ):
+                continue  # unchanged: not written
+            self.store.upsert_object_status(
+                key.kind, key.namespace, key.name, now=_dt(now), conditions=conditions, **fields
             )
         for key, rec in stored.items():
             if key not in state.objects:
@@ -551,7 +632,7 @@ class Controller:
         try:
             removed = {(p.namespace, p.name) for p in the_plan.removed}
             pods: list[PodRecord] = []
-            for r in self.store.pods():
+            for r in self._pod_rows:
                 if (r.namespace, r.name) in removed:
                     continue
                 report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
@@ -581,7 +662,8 @@ class NodeObservation:
     facts: dict[str, Any]
     fresh_facts: bool
     error: str
-    new: bool
+    record: NodeRecord | None
+    """The node's row as the pass found it: only what changed is written."""
 
 
 @dataclass(frozen=True)

@@ -372,7 +372,7 @@ def run(controller: Controller, *, rev: str | None = None, heal: bool = False,
     found = check(controller, state, default_mode, dns)
     healed: list[dict[str, Any]] = []
     if not report_only and any(f.mode == "heal" for f in found):
-        result = controller.reconcile(rev, fence=fence)
+        result = controller.reconcile(rev, fence=fence, full=True)  # every node re-sent: repairs hand edits
         after = check(controller, state, default_mode, dns)
         healed.append({
             "action": "reconcile",

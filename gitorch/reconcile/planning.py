@@ -372,7 +372,17 @@ def _spec(
     claims: Mapping[str, str] | None = None,
     hostname: str | None = None,
 ) -> dict[str, Any]:
-    return podspecs.pod_spec(ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname)
+    # Pure in (desired state, arguments): kept with the state, so passes on an unchanged commit
+    # do not rebuild every pod's spec. Specs are never changed after they are built.
+    if ps.desired.objects.get(obj.key) is not obj:  # made during this pass (a CronJob's Job): not kept
+        return podspecs.pod_spec(ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname)
+    key = ("pod_spec", obj.key, id(template), name, node or "", tuple(sorted((claims or {}).items())), hostname)
+    spec = ps.desired.memo.get(key)
+    if spec is None:
+        spec = ps.desired.memo[key] = podspecs.pod_spec(
+            ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname
+        )
+    return spec
 
 
 def _spec_for_record(ps: _Pass, obj: Object, p: PodState) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitorch.dns.records import pod_template, selected_pods
+from gitorch.dns.records import PodIndex, pod_template
 from gitorch.model.objects import DesiredState, Object
 from gitorch.store.database import PodRecord
 
@@ -64,12 +64,13 @@ def service_table(
     ips = cluster_ips
     allocated = node_ports
     table: list[dict[str, Any]] = []
+    index = PodIndex(state, pods)
     for svc in state.of_kind("Service"):
         ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
         vip = ips.get((ns, name))
         if not proxied(svc) or vip is None:
             continue
-        serving = [p for p in selected_pods(state, svc, pods) if p.ready or spec.get("publishNotReadyAddresses")]
+        serving = [p for p in index.selected(svc) if p.ready or spec.get("publishNotReadyAddresses")]
         templates = [(p, pod_template(state, p)) for p in serving]
         for port in spec.get("ports") or []:
             port_name = str(port.get("name") or "")

@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import defer
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -784,12 +785,16 @@ class Store:
                 and fields["spec_hash"] != row.spec_hash
             ):
                 row.generation += 1
+            changed = False
             for key, value in fields.items():
                 if key == "conditions":
                     value = merge_conditions(row.conditions or [], value, stamp)
-                setattr(row, key, value)
-            row.updated_at = stamp
-            s.flush()
+                if getattr(row, key) != value:
+                    setattr(row, key, value)
+                    changed = True
+            if changed or row.id is None:
+                row.updated_at = stamp  # the time of the last change: unchanged rows are not written
+                s.flush()
             return row
 
     def object_status(self, kind: str, namespace: str, name: str) -> ObjectRecord | None:
@@ -828,21 +833,44 @@ class Store:
 
     # ---- pods ----
 
-    def upsert_pods(self, records: Iterable[PodRecord], *, now: datetime | None = None) -> None:
-        """Create or update pods by (namespace, name); an existing pod keeps its `created_at`."""
+    def upsert_pods(self, records: Iterable[PodRecord], *, now: datetime | None = None) -> int:
+        """Create or update pods by (namespace, name); an existing pod keeps its `created_at`.
+        Only pods whose fields changed are written (their `updated_at` is then `now`); returns
+        how many were written."""
         stamp = _now(now)
+        wanted = list(records)
+        if not wanted:
+            return 0
+        written = 0
         with self._session(write=True) as s:
-            for record in records:
+            keys = {(r.namespace, r.name) for r in wanted}
+            by_ns: dict[str, list[str]] = {}
+            for ns, name in keys:
+                by_ns.setdefault(ns, []).append(name)
+            existing: dict[tuple[str, str], PodRecord] = {}
+            for ns, names in by_ns.items():
+                for i in range(0, len(names), 500):  # bounded IN lists
+                    query = select(PodRecord).where(PodRecord.namespace == ns,
+                                                    col(PodRecord.name).in_(names[i:i + 500]))
+                    existing.update({(row.namespace, row.name): row for row in s.exec(query).all()})
+            for record in wanted:
                 _check(record.phase, POD_PHASES, f"pod {record.namespace}/{record.name} phase")
-                data = record.model_dump()
-                data["updated_at"] = stamp
-                row = s.get(PodRecord, {"namespace": record.namespace, "name": record.name})
+                data = record.model_dump(exclude={"updated_at"})
+                row = existing.get((record.namespace, record.name))
                 if row is None:
-                    s.add(PodRecord(**data))
+                    s.add(PodRecord(**data, updated_at=stamp))
+                    written += 1
                     continue
                 data.pop("created_at")
-                for key, value in data.items():
+                changed = {k: v for k, v in data.items() if getattr(row, k) != v}
+                if not changed:
+                    continue
+                for key, value in changed.items():
                     setattr(row, key, value)
+                row.updated_at = stamp
+                written += 1
+            s.flush()  # before any later statement of the same transaction (a delete) sees the table
+        return written
 
     def delete_pods(self, namespace: str, names: Iterable[str]) -> int:
         """Forget pods of `namespace`; returns how many there were."""
@@ -861,10 +889,16 @@ class Store:
         namespace: str | None = None,
         owner: tuple[str, str] | None = None,
         node: str | None = None,
+        *,
+        spec: bool = True,
     ) -> list[PodRecord]:
-        """Pods, optionally of a namespace, an owner (kind, name) or a node; by namespace, name."""
+        """Pods, optionally of a namespace, an owner (kind, name) or a node; by namespace, name.
+        `spec=False` leaves each pod's (masked) spec out, as the controller's passes do; such
+        rows have `spec` empty."""
         with self._session(write=False) as s:
             query = select(PodRecord)
+            if not spec:
+                query = query.options(defer(PodRecord.spec, raiseload=True))  # type: ignore[arg-type]
             if namespace is not None:
                 query = query.where(PodRecord.namespace == namespace)
             if owner is not None:
@@ -874,7 +908,12 @@ class Store:
             if node is not None:
                 query = query.where(PodRecord.node == node)
             query = query.order_by(col(PodRecord.namespace), col(PodRecord.name))
-            return list(s.exec(query).all())
+            rows = list(s.exec(query).all())
+            if not spec:
+                for row in rows:
+                    s.expunge(row)
+                    row.__dict__["spec"] = {}  # never loaded: the rows stand alone, without it
+            return rows
 
     # ---- nodes ----
 

@@ -1,0 +1,90 @@
+"""Work proportional to change (issue 17): a node with nothing new is not called, and the
+periodic resync repairs what a missed change left behind, on real lab nodes."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitorch.nodes.client import NodeClient
+from gitorch.nodes.lab import Lab
+from gitorch.reconcile.controller import ControllerSettings
+from tests.gitrepo import GitRepo
+from tests.lab import controlled, converge, ssh_run
+from tests.test_drift import _delete_rule
+from tests.test_services import apps
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """How many `sync` calls each node received."""
+    counted: Counter[str] = Counter()
+    real = NodeClient.call
+
+    def call(self: NodeClient, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        if verb == "sync":
+            counted[self.name] += 1
+        return real(self, verb, payload, timeout)
+
+    monkeypatch.setattr(NodeClient, "call", call)
+    yield counted
+
+
+def test_a_node_with_nothing_new_is_not_called_and_a_resync_repairs_a_missed_change(
+    lab: Lab, repo: GitRepo, tmp_path: Path, syncs: Counter[str]
+) -> None:
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        controller.settings = ControllerSettings(resync=3600)
+        repo.commit("echo and services", {"apps.yaml": apps()})
+        converge(controller)
+        for _ in range(3):  # readiness settles: the last changes reach the service tables
+            controller.reconcile()
+        syncs.clear()
+        for _ in range(3):
+            result = controller.reconcile()
+            assert result.converged
+        assert sum(syncs.values()) == 0, syncs  # nothing changed: no node was called to sync
+
+        # A change nobody told the controller about: a NAT rule deleted by hand on one node.
+        store = controller.store
+        vip = next(c.ip for c in store.cluster_ips() if (c.namespace, c.service) == ("svc", "web"))
+        node = lab.nodes[0].name
+        _delete_rule(lab, node, vip)
+        controller.reconcile()
+        assert vip not in ssh_run(lab, node, "nft list chain ip gitorch services").stdout  # not noticed yet
+        # The periodic resync sends every node its whole state again, and the table is rebuilt.
+        controller.reconcile(now=time.time() + 3601)
+        assert vip in ssh_run(lab, node, "nft list chain ip gitorch services").stdout
+        assert syncs[node] >= 1
+        repaired = [e for e in store.events(("Node", "", node)) if e.reason == "ServiceTableRepaired"]
+        assert repaired, store.events()
+
+
+def test_a_node_whose_agent_lost_its_state_is_synced_at_once(
+    lab: Lab, repo: GitRepo, tmp_path: Path, syncs: Counter[str]
+) -> None:
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        controller.settings = ControllerSettings(resync=3600)
+        repo.commit("echo and services", {"apps.yaml": apps(replicas=3)})
+        converge(controller)
+        controller.reconcile()
+        node = lab.nodes[2].name
+        client = controller.fleet(controller.load(None)[1]).clients[node]
+        # Someone else syncs the node (a one-shot run elsewhere): its generation moves on.
+        client.call("sync", {"pods": []})
+        syncs.clear()
+        result = controller.reconcile()
+        # Synced at once, not at its resync (its pods' endpoints left the other nodes' tables too).
+        assert syncs[node] == 1, syncs
+        converge(controller)
+        assert len([p for p in controller.store.pods(namespace="svc") if p.node == node and p.ready]) >= 1
+        assert result is not None
+
+

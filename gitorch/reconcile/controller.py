@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,6 +154,7 @@ class Controller:
         self._pruned_at = float("-inf")
         self._pod_rows: list[PodRecord] = []
         self._states: dict[str, DesiredState] = {}
+        self._networks: tuple[Any, dict[str, dict[str, Any]]] | None = None
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
         self._sent: dict[str, tuple[str, int, float]] = {}
         self._generations: dict[str, int] = {}  # per node: the agent's desired generation, as last reported
@@ -428,10 +430,14 @@ class Controller:
         reachable = [n.name for n in observed.nodes if n.reachable]
         sets = the_plan.node_sets(reachable)
         addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
-        networks = networking.network_blocks(allocs.pod_cidrs, addresses)
+        networks = self._network_blocks(allocs.pod_cidrs, addresses)
         table = self.service_table(state, the_plan, reports, allocs)
         dns = podspecs.cluster_dns(state, self.settings.cluster_dns)
         cluster_cidr = networking.cluster_pod_cidr(state)
+        service_cidr = services.service_cidr(state)
+        # What every node gets alike is hashed once; each node's digest adds only its own parts.
+        shared = self._digest({"dns": dns, "services": table, "serviceCIDR": service_cidr, "clusterCIDR": cluster_cidr,
+                               "fence": fence.token() if fence is not None else None})
 
         def sync_request(node: str) -> dict[str, Any]:
             request: dict[str, Any] = {"pods": sets[node]}
@@ -441,7 +447,7 @@ class Controller:
                 request["dns"] = dns
             if table is not None:
                 request["services"] = table
-                request["serviceCIDR"] = services.service_cidr(state)
+                request["serviceCIDR"] = service_cidr
             if fence is not None:
                 request["fence"] = fence.token()
             return request
@@ -449,7 +455,7 @@ class Controller:
         def sync(client: NodeClient) -> dict[str, Any]:
             return client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
 
-        digests = {n: self._digest(sync_request(n)) for n in sets}
+        digests = {n: self._digest({"shared": shared, "pods": sets[n], "network": networks.get(n)}) for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
@@ -531,6 +537,14 @@ class Controller:
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
         return Execution(node_errors, records, gone, events)
+
+    def _network_blocks(self, cidrs: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """networking.network_blocks, kept while the Nodes' CIDRs and addresses stay the same
+        (its output grows with the square of the nodes: every node routes to every other)."""
+        key = (tuple(sorted(cidrs.items())), tuple(sorted(addresses.items())))
+        if self._networks is None or self._networks[0] != key:
+            self._networks = (key, networking.network_blocks(cidrs, addresses))
+        return self._networks[1]
 
     @staticmethod
     def _digest(request: dict[str, Any]) -> str:

@@ -31,13 +31,11 @@ def network_blocks(cidrs: Mapping[str, str], addresses: Mapping[str, str]) -> di
     """Per node: its CIDR, gateway, and a route to every other node's CIDR via that node's
     address (nodes whose address is not an IP literal get no route to them)."""
     out: dict[str, dict[str, Any]] = {}
+    # Every node's route to each other node, computed once: O(N) parsing, O(N^2) output.
+    routable = [(other, {"cidr": other_cidr, "via": addresses[other]}) for other, other_cidr in sorted(cidrs.items())
+                if _is_ip(addresses.get(other, ""))]
     for node, cidr in sorted(cidrs.items()):
-        routes = []
-        for other, other_cidr in sorted(cidrs.items()):
-            via = addresses.get(other, "")
-            if other == node or not _is_ip(via):
-                continue
-            routes.append({"cidr": other_cidr, "via": via})
+        routes = [route for other, route in routable if other != node]
         out[node] = {"podCIDR": cidr, "gateway": gateway(cidr), "routes": routes}
     return out
 

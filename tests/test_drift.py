@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.gitrepo import GitRepo
 from tests.lab import controlled, ssh_run
 from tests.samples import gitorch
 from tests.test_reconcile import NAMESPACE, _fix_port, converge, node_pods, web
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -114,13 +114,9 @@ def kinds(doc: dict[str, Any], what: str) -> set[str]:
 
 
 def wait_running(lab: Lab, node: str, name: str, present: bool, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        names = {str(p["name"]) for p in node_pods(lab, name)[node] if not p.get("terminating")}
-        if (name in names) == present:
-            return
-        assert time.monotonic() < deadline, f"{name} {'not running' if present else 'still running'} on {node}"
-        time.sleep(0.3)
+    wait_until(f"{name} {'running' if present else 'gone'} on {node}",
+               lambda: {str(p["name"]) for p in node_pods(lab, name)[node] if not p.get("terminating")},
+               timeout=timeout, interval=0.3, accept=lambda names: (name in names) == present)
 
 
 def test_report_then_heal_then_clean(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
@@ -154,13 +150,8 @@ def test_report_then_heal_then_clean(lab: Lab, cluster: tuple[GitRepo, Controlle
     wait_running(lab, node, "stray-1", False)
     wait_running(lab, node, victim, True)
 
-    deadline = time.monotonic() + 60
-    while True:
-        after = drift_cli(repo, "--run")
-        if after["total"] == 0:
-            break
-        assert time.monotonic() < deadline, after["findings"]
-        time.sleep(0.5)
+    after = wait_until("a clean drift report", lambda: drift_cli(repo, "--run"), timeout=60, interval=0.5,
+                       accept=lambda report: report["total"] == 0, show=lambda report: str(report["findings"]))
     assert after["delta"] is not None and after["delta"] <= 0
     assert gitorch("drift", "--exit-code", cwd=repo.path).returncode == 0
 
@@ -225,10 +216,7 @@ def test_cluster_heal_mode_and_ignore_annotation(lab: Lab, cluster: tuple[GitRep
         reports = controller.store.drift_reports()
         assert len(reports) == before + 1 and reports[0].mode == "heal"
         assert any(f["kind"] == "ExtraPod" for f in reports[0].findings)
-        deadline = time.monotonic() + 30
-        while not hook.received:
-            assert time.monotonic() < deadline, "no driftFound notification"
-            time.sleep(0.2)
+        wait_until("the driftFound notification", lambda: hook.received, timeout=30, interval=0.2)
         assert hook.received[0]["event"] == "driftFound" and "ExtraPod" in hook.received[0]["text"]
     finally:
         server.notifier.stop()

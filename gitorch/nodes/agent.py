@@ -38,13 +38,15 @@ Verbs (request keys -> response keys besides ``ok``):
   its private mount namespace: the nameservers (resolv.conf has no port: the cluster DNS
   must answer on 53), search <ns>.svc.<domain> svc.<domain> <domain>, the options. With
   "services", the table also masquerades pod traffic leaving for outside clusterCIDR.
-  With "fence": {term, holder} (a controller's leadership term: a fencing token), a term
-  lower than the highest this node has seen is refused before anything is done, with
+  With "fence": {term, holder, lease} (a controller's leadership term: a fencing token;
+  lease names the state store whose terms it counts), a term lower than the highest this
+  node has seen of the same lease is refused before anything is done, with
   ``reason: "StaleTerm"``, term, seenTerm and holder in the answer; an equal or higher one
-  is accepted, a higher one remembered (fence.json, written before acting). A sync
-  without a fence (a one-shot CLI run) is accepted.
+  is accepted, a higher one (or one of another lease: a new store took the node over)
+  remembered (fence.json, written before acting). A sync without a fence (a one-shot CLI
+  run) is accepted.
 - ``status``  {"verify": bool} -> generation, observedGeneration, stale (no supervisor
-  running: the pods are as last seen), supervisor{...}, fence{term, holder} (or null),
+  running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
   pods[PodStatus] (sorted by namespace, name).
   With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
   live nftables table against the one programmed last (rules as "chain: rule").

@@ -16,8 +16,10 @@ import pytest
 
 from gitorch.nodes.lab import Lab, down, up
 from gitorch.reconcile.controller import Controller, PassResult
+from gitorch.store.database import PodRecord
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -242,14 +244,14 @@ def test_cronjob_runs_on_schedule(lab: Lab, cluster: tuple[GitRepo, Controller])
     controller.reconcile(now=t0)  # first sight: the next minute is the first run
     assert not [p for p in controller.store.pods() if p.owner_kind == "Job"]
     later = t0 + 61  # the controller's clock, moved past the next minute
-    deadline = time.monotonic() + 40
-    while True:
+
+    def job_pods() -> list[PodRecord]:
         controller.reconcile(now=later)
-        runs = [p for p in controller.store.pods() if p.owner_kind == "Job" and p.owner_name.startswith("tick-")]
-        if runs and all(p.phase == "Succeeded" for p in runs):
-            break
-        assert time.monotonic() < deadline, runs
-        time.sleep(0.3)
+        return [p for p in controller.store.pods() if p.owner_kind == "Job" and p.owner_name.startswith("tick-")]
+
+    runs = wait_until("the scheduled run to succeed", job_pods, timeout=40, interval=0.3,
+                      accept=lambda pods: pods and all(p.phase == "Succeeded" for p in pods),
+                      show=lambda pods: str([(p.name, p.phase) for p in pods]))
     assert len(runs) == 1
     status = controller.store.object_status("CronJob", "shop", "tick")
     assert status is not None and status.body.get("lastScheduleTime") is not None
@@ -275,18 +277,11 @@ def test_serve_follows_commits_elects_one_leader_and_stops_on_sigterm(lab: Lab, 
         def count() -> int:
             return len([p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"])
 
-        deadline = time.monotonic() + 60
-        while count() != 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        wait_until("2 pods running", count, timeout=60, interval=0.5, accept=lambda n: n == 2)
         repo.commit("scale", {"apps.yaml": _fix_port(web(replicas=3))})
-        while count() != 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        wait_until("3 pods running", count, timeout=60, interval=0.5, accept=lambda n: n == 3)
         repo.commit("remove", {"apps.yaml": ""})
-        while count() != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        wait_until("no pods running", count, timeout=60, interval=0.5, accept=lambda n: n == 0)
     finally:
         for proc in (standby, leader):
             proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,269 @@
+"""Fake node agents that speak the agent protocol, to measure the controller's own cost.
+
+For bench/scale.py only, never for tests of behaviour (tests use real lab nodes). The seam
+is below gitorch.nodes.client: a fake `Pool` hands out fake connections whose `serve`
+stream answers `status`, `facts` and `sync` as an agent whose pods all start at once
+would, so the real NodeClient (JSON encoding, decoding, pod report checks) and the real
+Fleet fan-out run unchanged. A fake agent does as little as it can: an unchanged sync is
+recognised by its bytes, and answers are serialised once per change, so nearly all the
+time a pass spends is the controller's. `FakeAgent.seconds` adds up what they did spend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from gitorch.nodes.client import Fleet
+from gitorch.nodes.ssh import Endpoint, NodeError, Result
+
+AGENT_VERSION = "fake-1"
+
+
+class FakeAgent:
+    """One node's agent: the desired pod set from the last sync, every pod Running and
+    Ready at once (unless made unready), a podIP from the node's pod CIDR."""
+
+    seconds = 0.0  # time spent answering, all agents together (approximate under threads)
+    _total_lock = threading.Lock()
+
+    def __init__(self, name: str, cpus: int = 8, memory: int = 32 << 30) -> None:
+        self.name = name
+        self.cpus = cpus
+        self.memory = memory
+        self.generation = 0
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._last_sync = b""  # the digest of the last sync request's bytes
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> PodStatus
+        self._ips: dict[tuple[str, str], str] = {}
+        self._cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+        self._free: list[str] = []
+        self._unready: set[tuple[str, str]] = set()
+        self._status: bytes | None = None  # the serialised `status` answer, until a change
+        self._services_hash = ""
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def answer(self, line: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            with self._lock:
+                return self._answer(line)
+        finally:
+            took = time.perf_counter() - started
+            with FakeAgent._total_lock:
+                FakeAgent.seconds += took
+
+    def _answer(self, line: bytes) -> bytes:
+        # The verb is the request's first key (NodeClient.call writes it first): read it
+        # without parsing a sync's megabytes when the sync is the one seen last.
+        head = line[:40]
+        if head.startswith(b'{"verb": "status"'):
+            self._count("status")
+            return self._status_bytes()
+        if head.startswith(b'{"verb": "facts"'):
+            self._count("facts")
+            return json.dumps(self._facts()).encode()
+        if head.startswith(b'{"verb": "sync"'):
+            self._count("sync")
+            digest = hashlib.sha256(line).digest()
+            if digest == self._last_sync:
+                return self._sync_answer(changed=False, services_changed=False)
+            request = json.loads(line)
+            changed, services_changed = self._sync(request)
+            self._last_sync = digest
+            return self._sync_answer(changed, services_changed)
+        return json.dumps({"ok": False, "error": f"serve: unknown verb in {head!r}"}).encode()
+
+    def _count(self, verb: str) -> None:
+        self.calls[verb] = self.calls.get(verb, 0) + 1
+
+    def _facts(self) -> dict[str, Any]:
+        return {
+            "ok": True, "hostname": self.name, "os": "Fake Linux", "kernel": "6.1.0-fake", "arch": "x86_64",
+            "bootId": hashlib.sha256(self.name.encode()).hexdigest()[:32], "cpus": self.cpus,
+            "cpuMillis": self.cpus * 1000, "cpusOnline": self.cpus,
+            "memory": {"totalBytes": self.memory, "availableBytes": self.memory // 2, "limitBytes": None},
+            "disk": {"path": "/", "totalBytes": 100 << 30, "freeBytes": 50 << 30},
+            "stateDisk": {"path": "/var/lib/gitorch", "totalBytes": 100 << 30, "freeBytes": 50 << 30},
+            "python": "3.11.2", "runtimes": ["process"], "runtimeDetails": {},
+            "cgroup": {"version": "v1", "memory": True, "cpu": True, "message": ""}, "limits": "supported",
+            "volumeMounts": "bind", "podNetwork": "bridge", "services": "nftables",
+            "agentVersion": AGENT_VERSION, "agentSha": "fake",
+            "supervisor": {"running": True, "pid": 1, "version": AGENT_VERSION, "sha": "fake"},
+            "pods": {f"{ns}/{n}": {"phase": p["phase"], "ready": p["ready"], "restarts": 0}
+                     for (ns, n), p in self._pods.items()},
+        }
+
+    def _sync(self, request: dict[str, Any]) -> tuple[bool, bool]:
+        network = request.get("network") or {}
+        if network.get("podCIDR") and (self._cidr is None or str(self._cidr) != network["podCIDR"]):
+            self._cidr = ipaddress.ip_network(network["podCIDR"])
+            hosts = self._cidr.hosts()
+            next(hosts)  # the gateway
+            self._free = [str(h) for h in hosts][::-1]
+            self._ips.clear()
+        wanted: dict[tuple[str, str], dict[str, Any]] = {}
+        for spec in request.get("pods") or []:
+            key = (str(spec.get("namespace") or "default"), str(spec["name"]))
+            wanted[key] = spec
+        changed = False
+        for key in list(self._pods):
+            if key not in wanted:
+                del self._pods[key]
+                ip = self._ips.pop(key, None)
+                if ip is not None:
+                    self._free.append(ip)
+                changed = True
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for key, spec in wanted.items():
+            current = self._pods.get(key)
+            digest = str(spec.get("hash") or "") if not spec.get("keep") else (current or {}).get("hash", "")
+            if current is not None and current["hash"] == digest:
+                continue
+            if key not in self._ips and self._free:
+                self._ips[key] = self._free.pop()
+            self._pods[key] = self._pod_status(key, digest, now)
+            changed = True
+        services = request.get("services")
+        services_changed = False
+        if services is not None:
+            digest = hashlib.sha256(json.dumps(services, sort_keys=True).encode()).hexdigest()[:16]
+            services_changed = digest != self._services_hash
+            self._services_hash = digest
+        if changed:
+            self.generation += 1
+            self._status = None
+        return changed, services_changed
+
+    def _pod_status(self, key: tuple[str, str], digest: str, started: str) -> dict[str, Any]:
+        ready = key not in self._unready
+        return {
+            "name": key[1], "namespace": key[0], "hash": digest, "desiredHash": digest,
+            "phase": "Running", "reason": "", "message": "", "ready": ready, "restarts": 0,
+            "startedAt": started, "podIP": self._ips.get(key), "terminating": False,
+            "containers": [{
+                "name": "main", "state": "running", "reason": "", "message": "", "ready": ready,
+                "started": True, "restartCount": 0, "pid": 1000 + len(self._ips), "startedAt": started,
+                "finishedAt": None, "exitCode": None, "signal": None, "lastExitCode": None,
+                "lastState": None, "limits": "applied", "runtime": "process", "image": None,
+            }],
+            "initContainers": [],
+        }
+
+    def _doc(self) -> dict[str, Any]:
+        return {
+            "ok": True, "generation": self.generation, "observedGeneration": self.generation, "stale": False,
+            "supervisor": {"running": True, "pid": 1, "version": AGENT_VERSION, "sha": "fake"},
+            "fence": None, "pods": [self._pods[k] for k in sorted(self._pods)],
+        }
+
+    def _status_bytes(self) -> bytes:
+        if self._status is None:
+            self._status = json.dumps(self._doc()).encode()
+        return self._status
+
+    def _sync_answer(self, changed: bool, services_changed: bool) -> bytes:
+        # The status document plus the sync's own keys, spliced as bytes: no re-serialising.
+        extra = json.dumps({
+            "changed": changed, "acked": True,
+            "services": {"ok": True, "changed": services_changed, "message": "", "count": 0,
+                         "hash": self._services_hash, "repaired": ""},
+        }).encode()
+        return self._status_bytes()[:-1] + b", " + extra[1:]
+
+    # -- what a bench changes ----------------------------------------------------------
+
+    def set_ready(self, namespace: str, name: str, ready: bool) -> bool:
+        """Flip one pod's readiness, as a failing or recovering probe would; False if absent."""
+        with self._lock:
+            key = (namespace, name)
+            if ready:
+                self._unready.discard(key)
+            else:
+                self._unready.add(key)
+            pod = self._pods.get(key)
+            if pod is None:
+                return False
+            pod["ready"] = ready
+            pod["containers"][0]["ready"] = ready
+            self._status = None
+            return True
+
+    def pods(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted(self._pods)
+
+
+class FakeStream:
+    """What `Connection.open_stream` returns, for the agent's `serve` loop."""
+
+    def __init__(self, agent: FakeAgent) -> None:
+        self._agent = agent
+        self._open = True
+
+    @property
+    def alive(self) -> bool:
+        return self._open
+
+    def request(self, line: bytes, timeout: float) -> bytes:
+        if not self._open:
+            raise NodeError(self._agent.name, "stream closed")
+        return self._agent.answer(line)
+
+    def readline(self, timeout: float) -> bytes | None:
+        time.sleep(min(timeout, 0.05))  # `watch` is not simulated: nothing ever comes
+        return None
+
+    def exit_status(self) -> int | None:
+        return None if self._open else 0
+
+    def close(self) -> None:
+        self._open = False
+
+
+class FakeConnection:
+    """Stands in for gitorch.nodes.ssh.Connection: streams to a fake agent, nothing else."""
+
+    def __init__(self, endpoint: Endpoint, agent: FakeAgent) -> None:
+        self.endpoint = endpoint
+        self.agent = agent
+
+    def open_stream(self, command: str) -> FakeStream:
+        return FakeStream(self.agent)
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
+        verb = command.split()[-1] if command.split() else ""
+        line = json.dumps({"verb": verb, **(json.loads(stdin) if stdin else {})}).encode()
+        return Result(0, self.agent.answer(line), b"")
+
+    def put(self, data: bytes, path: str, mode: int = 0o755) -> None:
+        pass  # the agent file is "uploaded"
+
+    def close(self) -> None:
+        pass
+
+
+class FakePool:
+    """Stands in for gitorch.nodes.ssh.Pool: one fake agent per node name."""
+
+    def __init__(self, agents: dict[str, FakeAgent]) -> None:
+        self.agents = agents
+
+    def get(self, endpoint: Endpoint) -> FakeConnection:
+        agent = self.agents.setdefault(endpoint.name, FakeAgent(endpoint.name))
+        return FakeConnection(endpoint, agent)
+
+    def close(self) -> None:
+        pass
+
+
+def fake_fleet(endpoints: Iterable[Endpoint], agents: dict[str, FakeAgent], max_workers: int = 64) -> Fleet:
+    """A real Fleet (real NodeClients, real fan-out) whose nodes are fake agents."""
+    return Fleet(list(endpoints), FakePool(agents), max_workers=max_workers)  # type: ignore[arg-type]

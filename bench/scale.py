@@ -1,0 +1,550 @@
+"""Scale: what a pass costs with pods by the thousand, on real labs and on 500 simulated nodes.
+
+Real labs (`--real NODES:PODS,...`, default one small lab of 5 nodes and 100 pods so the
+run ends in a few minutes on 2 cores; issue 17 asks for `--real 20:1000,50:2000`): `sleep`
+pods in Deployments of 20, one Service each, plus one pod whose readiness probe a file
+flips. Per size: commit -> all Ready (the controller's passes in a loop, as `apply --wait`)
+and pods/s, pod start p99 (scheduled -> Ready, Kubernetes' pod-startup SLI), the pass with
+nothing changed (p50, p99), the pass after one pod's readiness flips, and `gitorch serve`
+left alone with nothing to do: its CPU share (from /proc/<pid>/stat) and RSS.
+
+Simulated (`--sim NODES:PODS`, default 100:2000; issue 17 asks for 500:10000): one process,
+fake agents below the node client (bench/fakeagents.py) answering as agents whose pods all
+start at once, so the figures are the controller's own cost: the same passes, RSS per pod,
+and a cProfile of a pass with nothing changed (`--profile FILE`).
+
+Targets (issue 17): no-op pass <= 50 ms at 1,000 pods on 20 nodes, <= 200 ms at 10,000
+pods on 500 simulated nodes; idle CPU <= 5% of a core at 1,000 pods; <= 10 KiB per pod;
+commit -> Ready >= 100 pods/s on 20 nodes, pod start p99 <= 2 s. Needs root for the real
+labs. Last line: the no-op pass p50 in ms at the largest real size (the simulated one with
+--real none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import io
+import json
+import os
+import pstats
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fakeagents import FakeAgent, fake_fleet
+from bench.shared import GIT_ENV, free_port, git
+from gitorch.nodes import lab as labmod
+from gitorch.nodes.client import Fleet
+from gitorch.nodes.endpoints import endpoints
+from gitorch.reconcile.controller import Controller, PassResult
+from gitorch.source import desired as desired_mod
+from gitorch.source.git import open_repository
+from gitorch.store.database import Store
+
+REPLICAS = 20  # pods per Deployment
+NAMESPACE = "bench"
+FLIP = "flip"  # the one-pod Deployment whose readiness the bench flips
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# -- the repository ------------------------------------------------------------------------
+
+
+def deployment(name: str, replicas: int, probe: list[str] | None = None) -> str:
+    readiness = ""
+    if probe:
+        readiness = f"\n          readinessProbe: {{exec: {{command: {json.dumps(probe)}}}, periodSeconds: 1}}"
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+        - name: main
+          command: [sleep, "1000000"]
+          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}{readiness}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+"""
+
+
+def apps(pods: int, flip_probe: list[str] | None) -> dict[str, str]:
+    """`pods` pods in Deployments of REPLICAS (the last one smaller if need be), each with a
+    Service, 50 Deployments to a file (a file holds at most 1,000 YAML documents); plus the
+    one-pod flip Deployment when `flip_probe` is given."""
+    docs, i = [], 0
+    while pods > 0:
+        docs.append(deployment(f"app-{i}", min(REPLICAS, pods)))
+        pods -= REPLICAS
+        i += 1
+    if flip_probe is not None:
+        docs.append(deployment(FLIP, 1, flip_probe))
+    return {f"apps/apps-{n // 50:03}.yaml": "".join(docs[n : n + 50]) for n in range(0, len(docs), 50)}
+
+
+def make_repo(root: Path, files: dict[str, str]) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True, env=GIT_ENV)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "nodes", cwd=repo)
+    return repo
+
+
+def commit(repo: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", message, cwd=repo)
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@dataclass
+class Figures:
+    label: str
+    nodes: int
+    pods: int
+    converge_s: float = 0.0
+    passes_to_converge: int = 0
+    start_p50: float | None = None
+    start_p99: float | None = None
+    noop: list[float] = field(default_factory=list)
+    noop_cpu: list[float] = field(default_factory=list)  # of which CPU time of this process
+    noop_agents: list[float] = field(default_factory=list)  # of which fake agents (simulated)
+    flip_pass: float | None = None
+    flip_back_pass: float | None = None
+    idle_cpu: float | None = None
+    idle_passes: float | None = None
+    idle_pass_mean: float | None = None
+    rss_kib: int | None = None
+    per_pod_kib: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.label}: {self.nodes} nodes, {self.pods} pods"]
+        if self.converge_s:
+            out.append(f"  commit -> all Ready: {self.converge_s:.1f} s ({self.pods / self.converge_s:.0f} pods/s, "
+                       f"{self.passes_to_converge} passes)")
+        if self.start_p99 is not None:
+            out.append(f"  pod start (scheduled -> Ready): p50 {self.start_p50:.2f} s, p99 {self.start_p99:.2f} s")
+        if self.noop:
+            line = (f"  no-op pass ({len(self.noop)}): p50 {1000 * statistics.median(self.noop):.0f} ms, "
+                    f"p99 {1000 * pct(self.noop, 0.99):.0f} ms")
+            if self.noop_cpu:
+                line += f"; CPU p50 {1000 * statistics.median(self.noop_cpu):.0f} ms"
+            if self.noop_agents:
+                line += f" (fake agents {1000 * statistics.median(self.noop_agents):.1f} ms of it)"
+            out.append(line)
+        if self.flip_pass is not None:
+            back = f", flipped back {1000 * self.flip_back_pass:.0f} ms" if self.flip_back_pass is not None else ""
+            out.append(f"  pass after one pod's readiness flip: {1000 * self.flip_pass:.0f} ms{back}")
+        if self.idle_cpu is not None:
+            out.append(f"  serve at idle: {100 * self.idle_cpu:.1f}% of a core, {self.idle_passes:.2f} passes/s, "
+                       f"pass mean {1000 * (self.idle_pass_mean or 0):.0f} ms")
+        if self.rss_kib is not None:
+            out.append(f"  controller RSS {self.rss_kib / 1024:.0f} MiB"
+                       + (f", {self.per_pod_kib:.1f} KiB per pod" if self.per_pod_kib is not None else ""))
+        out.extend(f"  {n}" for n in self.notes)
+        return out
+
+
+def timed(fn: Callable[[], PassResult]) -> tuple[float, PassResult]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def converge(controller: Controller, store: Store, pods: int, limit: float, fig: Figures) -> None:
+    """Passes in a loop from a new commit until every pod is Ready and the pass converged."""
+    t0 = time.monotonic()
+    scheduled: dict[tuple[str, str], float] = {}
+    ready: dict[tuple[str, str], float] = {}
+    while True:
+        result = controller.reconcile()
+        fig.passes_to_converge += 1
+        now = time.monotonic()
+        if result.plan is None or not result.valid:
+            raise SystemExit(f"{fig.label}: the commit is invalid: {result.diagnostics[:3]}")
+        for p in result.plan.pods:
+            if p.node:
+                scheduled.setdefault((p.owner.namespace, p.name), now)
+        for rec in store.pods():
+            if rec.ready:
+                ready.setdefault((rec.namespace, rec.name), now)
+        print(f"  [{fig.label}] pass {fig.passes_to_converge}: {now - t0:.1f} s, {len(ready)}/{pods} Ready",
+              file=sys.stderr, flush=True)
+        if result.converged and len(ready) >= pods:
+            break
+        if now - t0 > limit:
+            raise SystemExit(f"{fig.label}: not converged after {limit:g} s: {len(ready)}/{pods} Ready, "
+                             f"node errors {list(result.node_errors.items())[:3]}")
+    fig.converge_s = time.monotonic() - t0
+    latencies = [ready[k] - scheduled[k] for k in ready if k in scheduled]
+    if latencies:
+        fig.start_p50 = statistics.median(latencies)
+        fig.start_p99 = pct(latencies, 0.99)
+
+
+def noop_passes(controller: Controller, count: int, fig: Figures) -> None:
+    for _ in range(count):
+        before, cpu = FakeAgent.seconds, time.process_time()
+        took, result = timed(controller.reconcile)
+        fig.noop_cpu.append(time.process_time() - cpu)
+        if not result.converged:
+            fig.notes.append(f"a no-op pass did not converge: node errors {list(result.node_errors.items())[:2]}")
+        fig.noop.append(took)
+        if before != FakeAgent.seconds:
+            fig.noop_agents.append(FakeAgent.seconds - before)
+
+
+def pod_ready(store: Store, namespace: str, name: str) -> bool | None:
+    for rec in store.pods(namespace=namespace):
+        if rec.name == name:
+            return bool(rec.ready)
+    return None
+
+
+# -- simulated -----------------------------------------------------------------------------
+
+
+def sim_files(nodes: int, pods: int) -> dict[str, str]:
+    node_docs = []
+    for i in range(nodes):
+        node_docs.append(f"apiVersion: gitorch.dev/v1\nkind: Node\nmetadata: {{name: sim-{i + 1}}}\n"
+                         f"spec: {{address: 198.18.{i // 250}.{i % 250 + 1}}}\n---\n")
+    return {
+        # Room for a /24 per node: Kubernetes' default /16 holds only 256 of them.
+        "cluster.yaml": "apiVersion: gitorch.dev/v1\nkind: Cluster\nmetadata: {name: sim}\n"
+                        "spec: {podCIDR: 10.64.0.0/12}\n",
+        "nodes.yaml": "".join(node_docs),
+        "ns.yaml": f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n",
+    }
+
+
+def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_passes: int) -> Figures:
+    fig = Figures("simulated", nodes, pods)
+    gc.collect()
+    rss0 = rss_kib()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = make_repo(Path(tmp), sim_files(nodes, pods))
+        store = Store.open(f"sqlite:///{tmp}/store.db")
+        controller = Controller(open_repository(repo), store, Path(tmp) / "state")
+        agents: dict[str, FakeAgent] = {}
+        state = desired_mod.load(open_repository(repo), None)
+        fleet = fake_fleet(endpoints(state), agents)
+        # The seam: the controller's fleet is a real Fleet of real NodeClients over fake
+        # connections (see the report in bench/scale.py's commit for the hook asked for).
+        controller.fleet = lambda _state: fleet  # type: ignore[method-assign]
+        controller.reconcile()  # learn the nodes (facts), as the first pass on a real lab does
+        commit(repo, apps(pods, None), f"{pods} pods")
+        converge(controller, store, pods, 3600, fig)
+        noop_passes(controller, passes, fig)
+        if profile is not None:
+            write_profile(controller, fleet, profile, profile_passes, fig)
+        # The pass after one pod's readiness flips, then flips back.
+        target = next(iter(sorted(agents)))
+        namespace, name = agents[target].pods()[0]
+        agents[target].set_ready(namespace, name, False)
+        fig.flip_pass, _ = timed(controller.reconcile)
+        if pod_ready(store, namespace, name) is not False:
+            fig.notes.append("the flip pass did not record the pod unready")
+        agents[target].set_ready(namespace, name, True)
+        fig.flip_back_pass, _ = timed(controller.reconcile)
+        gc.collect()
+        rss = rss_kib()
+        fakes = fake_bytes(agents) // 1024
+        fig.rss_kib = rss
+        fig.per_pod_kib = (rss - rss0 - fakes) / pods
+        fig.notes.append(f"RSS grew {(rss - rss0) / 1024:.0f} MiB in the run; fake agents hold about "
+                         f"{fakes / 1024:.0f} MiB of it, left out of the per-pod figure")
+        controller.close()
+        store.close()
+    return fig
+
+
+def fake_bytes(agents: dict[str, FakeAgent]) -> int:
+    """What the fake agents keep, roughly: the last sync's bytes, the cached answer, and the
+    pod status dicts (deep sizes)."""
+    seen: set[int] = set()
+
+    def size(obj: Any) -> int:
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        n = sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            n += sum(size(k) + size(v) for k, v in obj.items())
+        elif isinstance(obj, (list, tuple, set)):
+            n += sum(size(v) for v in obj)
+        return n
+
+    return sum(size(a.__dict__) for a in agents.values())
+
+
+class InlineExecutor:
+    """Runs what is submitted at once, in the caller's thread: cProfile follows one thread."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def write_profile(controller: Controller, fleet: Fleet, path: Path, count: int, fig: Figures) -> None:
+    """cProfile of `count` no-op passes, the fan-out's node calls run inline so the
+    profile sees them (under the GIL they take the same CPU in threads)."""
+    threaded = fleet._executor
+    fleet._executor = InlineExecutor()  # type: ignore[assignment]
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(count):
+        controller.reconcile()
+    prof.disable()
+    fleet._executor = threaded
+    took = (time.perf_counter() - t0) / count
+    out = io.StringIO()
+    out.write(f"cProfile of {count} no-op pass(es), {fig.nodes} simulated nodes, {fig.pods} pods "
+              f"(fake agents in bench/fakeagents.py); {1000 * took:.0f} ms per pass under the profiler, "
+              f"{1000 * statistics.median(fig.noop):.0f} ms without.\n"
+              f"The fan-out's node calls ran inline (one thread) so that cProfile sees them.\n\n")
+    for key, title in (("cumulative", "by cumulative time"), ("tottime", "by own time")):
+        out.write(f"==== top 45 {title} ====\n")
+        stats = pstats.Stats(prof, stream=out)
+        stats.strip_dirs().sort_stats(key).print_stats(45)
+    text = re.sub(r"\n{3,}", "\n\n", out.getvalue())
+    path.write_text(text)
+    fig.notes.append(f"profile of a no-op pass written to {path}")
+
+
+# -- real labs -----------------------------------------------------------------------------
+
+
+def real(nodes: int, pods: int, subnet: str, passes: int, idle_seconds: float, limit: float) -> Figures:
+    fig = Figures("lab", nodes, pods)
+    labmod.preflight()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.chmod(root, 0o755)  # the flip file's folder must be readable from the pods
+        state_dir = root / "lab"
+        flag = root / "unready"
+        nodes_file = root / "nodes.yaml"
+        t0 = time.monotonic()
+        labmod.up(nodes, state_dir=state_dir, subnet=subnet, nodes_file=nodes_file)
+        fig.notes.append(f"lab up in {time.monotonic() - t0:.1f} s")
+        serve: subprocess.Popen[bytes] | None = None
+        try:
+            repo = make_repo(root, {
+                "nodes.yaml": nodes_file.read_text(),
+                "ns.yaml": f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n",
+            })
+            store = Store.open(f"sqlite:///{tmp}/store.db")
+            controller = Controller(open_repository(repo), store, root / "state")
+            controller.reconcile()  # connect, ship the agent, learn the nodes: the cluster is up
+            commit(repo, apps(pods, ["test", "!", "-e", str(flag)]), f"{pods} pods")
+            converge(controller, store, pods + 1, limit, fig)
+            noop_passes(controller, passes, fig)
+            fig.flip_pass = flip(controller, store, flag, unready=True)
+            fig.flip_back_pass = flip(controller, store, flag, unready=False)
+            controller.close()
+            store.close()
+            serve = start_serve(root, repo)
+            idle(serve, idle_seconds, fig)
+        finally:
+            if serve is not None:
+                serve.send_signal(signal.SIGTERM)
+                try:
+                    serve.wait(30)
+                except subprocess.TimeoutExpired:
+                    serve.kill()
+                    serve.wait()
+            labmod.down(state_dir)
+    return fig
+
+
+def flip(controller: Controller, store: Store, flag: Path, unready: bool, limit: float = 60.0) -> float:
+    """Flip the flip pod's readiness (its probe tests for `flag`), wait until its agent
+    reports it, then time the pass that sees it."""
+    pod = next(p for p in store.pods(namespace=NAMESPACE) if p.owner_name == FLIP)
+    if unready:
+        flag.write_text("")
+    else:
+        flag.unlink()
+    state = desired_mod.load(controller.repo, None)
+    client = controller.fleet(state).clients[str(pod.node)]
+    deadline = time.monotonic() + limit
+    while True:
+        answer = client.call("status")
+        report = next((p for p in answer.get("pods") or [] if p.get("name") == pod.name), None)
+        if report is not None and bool(report.get("ready")) is not unready:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{pod.name}: readiness did not flip within {limit:g} s")
+        time.sleep(0.1)
+    took, _ = timed(controller.reconcile)
+    if pod_ready(store, NAMESPACE, pod.name) is unready:
+        raise SystemExit(f"{pod.name}: the pass after the flip did not record it")
+    return took
+
+
+def start_serve(root: Path, repo: Path) -> subprocess.Popen[bytes]:
+    port = free_port()
+    env = {**os.environ, "GITORCH_STATE_DIR": str(root / "state"),
+           "GITORCH_DATABASE_URL": f"sqlite:///{root}/store.db"}
+    log = (root / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gitorch", "serve", "--repo", str(repo), "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    proc.port = port  # type: ignore[attr-defined]
+    return proc
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r"(gitorch_reconcile_pass_duration_seconds_(?:sum|count)|gitorch_reconcile_passes_total)"
+                     r"(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+    return out
+
+
+def idle(serve: subprocess.Popen[bytes], seconds: float, fig: Figures) -> None:
+    """`serve` with nothing to do: wait for its first passes (it connects to every node),
+    then its CPU share and passes over `seconds`."""
+    port = serve.port  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 300
+    while True:
+        if serve.poll() is not None:
+            raise SystemExit(f"serve exited with {serve.returncode}")
+        with contextlib.suppress(OSError):
+            if metrics(port).get("gitorch_reconcile_pass_duration_seconds_count", 0) >= 3:
+                break
+        if time.monotonic() > deadline:
+            raise SystemExit("serve did no pass within 300 s")
+        time.sleep(0.5)
+    m0, c0, t0 = metrics(port), cpu_ticks(serve.pid), time.monotonic()
+    time.sleep(seconds)
+    m1, c1, t1 = metrics(port), cpu_ticks(serve.pid), time.monotonic()
+    fig.idle_cpu = (c1 - c0) / CLK_TCK / (t1 - t0)
+    count = m1["gitorch_reconcile_pass_duration_seconds_count"] - m0["gitorch_reconcile_pass_duration_seconds_count"]
+    fig.idle_passes = count / (t1 - t0)
+    if count:
+        total = m1["gitorch_reconcile_pass_duration_seconds_sum"] - m0["gitorch_reconcile_pass_duration_seconds_sum"]
+        fig.idle_pass_mean = total / count
+    fig.rss_kib = rss_kib(serve.pid)
+    fig.per_pod_kib = fig.rss_kib / fig.pods
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def sizes(text: str) -> list[tuple[int, int]]:
+    if text in ("", "none"):
+        return []
+    out = []
+    for part in text.split(","):
+        try:
+            n, p = part.split(":")
+            out.append((int(n), int(p)))
+        except ValueError:
+            raise SystemExit(f"bad size {part!r}: expected NODES:PODS, e.g. 20:1000") from None
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", default="5:100", help="lab sizes NODES:PODS,... (none: no lab); issue 17: "
+                        "20:1000,50:2000")
+    parser.add_argument("--sim", default="100:2000", help="simulated NODES:PODS (none: skip); issue 17: 500:10000")
+    parser.add_argument("--passes", type=int, default=20, help="no-op passes timed per size")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="serve's idle CPU window")
+    parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of simulated no-op passes")
+    parser.add_argument("--profile-passes", type=int, default=3)
+    parser.add_argument("--subnets", default=os.environ.get("GITORCH_BENCH_SUBNETS", "10.231.35.0/24,10.231.36.0/24"),
+                        help="lab subnets, one per real size (reused in turn)")
+    parser.add_argument("--limit", type=float, default=1800.0, help="seconds a lab may take to converge")
+    args = parser.parse_args()
+    real_sizes = sizes(args.real)
+    sim = sizes(args.sim)
+    subnets = args.subnets.split(",")
+    results: list[Figures] = []
+    if sim:
+        fig = simulated(sim[0][0], sim[0][1], args.passes, args.profile, args.profile_passes)
+        print("\n".join(fig.lines()), flush=True)
+        results.append(fig)
+    for i, (n, p) in enumerate(real_sizes):
+        fig = real(n, p, subnets[i % len(subnets)], args.passes, args.idle_seconds, args.limit)
+        print("\n".join(fig.lines()), flush=True)
+        results.append(fig)
+    print("targets (issue 17): no-op pass <= 50 ms at 1,000 pods on 20 nodes, <= 200 ms at 10,000 pods on 500 "
+          "simulated nodes; idle CPU <= 5% of a core at 1,000 pods; <= 10 KiB per pod; commit -> Ready >= 100 "
+          "pods/s on 20 nodes, pod start p99 <= 2 s")
+    labs = [f for f in results if f.label == "lab"] or results
+    last = max(labs, key=lambda f: (f.pods, f.nodes))
+    print(f"no-op pass p50 at {last.nodes} {'simulated ' if last.label != 'lab' else ''}nodes, {last.pods} pods: "
+          f"{1000 * statistics.median(last.noop):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

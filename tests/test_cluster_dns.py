@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dns.resolver
@@ -18,6 +17,7 @@ from gitorch.nodes.lab import Lab
 from tests.gitrepo import GitRepo
 from tests.lab import ssh_run
 from tests.samples import gitorch
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -83,13 +83,12 @@ def _a(r: dns.resolver.Resolver, name: str) -> set[str]:
 
 def until_answers(repo: GitRepo, r: dns.resolver.Resolver, name: str, want: set[str], timeout: float = 45) -> None:
     """One-pass applies (as serve would run them) until `name` answers `want`."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> set[str]:
         gitorch("apply", cwd=repo.path)
-        if _a(r, name) == want:
-            return
-        assert time.monotonic() < deadline, f"{name} answers {_a(r, name)}, want {want}"
-        time.sleep(0.5)
+        return _a(r, name)
+
+    wait_until(f"{name} to answer {want}", answers, timeout=timeout, interval=0.5, accept=lambda got: got == want)
 
 
 def test_dns_serves_services_and_pods_from_the_store(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
@@ -137,10 +136,8 @@ def test_dns_serves_services_and_pods_from_the_store(lab: Lab, repo: GitRepo, tm
         # Scale down: the answers follow the store.
         repo.commit("one kv", {"apps.yaml": APPS.format(replicas=1)})
         assert gitorch("apply", "--wait", "--timeout", "90", cwd=repo.path).returncode == 0
-        deadline = time.monotonic() + 10
-        while _a(r, "kv.shop.svc.cluster.local") != {ips["kv-0"]}:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until("kv to answer kv-0 only", lambda: _a(r, "kv.shop.svc.cluster.local"), timeout=10, interval=0.2,
+                   accept=lambda got: got == {ips["kv-0"]})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)

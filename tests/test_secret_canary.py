@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +32,7 @@ from gitorch.source.diffs import diff_states, masked_body
 from gitorch.source.git import open_repository
 from gitorch.source.rendering import PlanReport, diagnostics_text, plan_json, plan_markdown, plan_text
 from tests.gitrepo import GitRepo
+from tests.waiting import wait_until
 
 CANARY = "gitorch-canary-" + secrets.token_hex(8)
 
@@ -230,10 +230,8 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, event: str, oid: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while (event, oid) not in self.events:
-            assert time.monotonic() < deadline, f"no {event} of {oid[:7]}; got {self.events}"
-            time.sleep(0.1)
+        wait_until(f"{event} of {oid[:7]}", lambda: self.events, timeout=timeout, interval=0.1,
+                   accept=lambda got: (event, oid) in got)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -301,10 +299,8 @@ def test_no_channel_shows_a_secret(lab: Lab, repo: GitRepo, receiver: Receiver, 
         c.run("events json", "events", "-o", "json")
         c.run("drift", "drift", "--run", ok=False)
         # The values reached the pod, as env and as a file: it printed their digests.
-        deadline = time.monotonic() + 30
-        while f"env-token={sha(DATA)}" not in c.run("logs", "logs", pod, "-n", "vault"):
-            assert time.monotonic() < deadline, c.seen["logs"].decode()
-            time.sleep(0.5)
+        wait_until("the pod's digests in its log", lambda: c.run("logs", "logs", pod, "-n", "vault"), timeout=30,
+                   interval=0.5, accept=lambda log: f"env-token={sha(DATA)}" in log)
         assert f"env-password={sha(STRING)} file-token={sha(DATA)}" in c.seen["logs"].decode()
 
         # serve: the deployed notification, then a revision whose Secret is malformed.

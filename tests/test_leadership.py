@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gitorch.reconcile.leadership import LEASE
 from gitorch.store.database import StaleLeader, Store
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge
+from tests.waiting import wait_until
 
 NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: lead}\n"
 
@@ -59,14 +59,13 @@ class Serve:
         return "".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def search() -> re.Match[str] | None:
             found = re.search(pattern, self.output())
-            if found:
-                return found
-            assert self.proc.poll() is None, f"serve exited:\n{self.output()}"
-            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.output()}"
-            time.sleep(0.1)
+            assert found or self.proc.poll() is None, f"serve exited:\n{self.output()}"
+            return found
+
+        return wait_until(f"{pattern!r} in serve's output", search, timeout=timeout, interval=0.1,
+                          show=lambda _: "no match", describe=self.output)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:

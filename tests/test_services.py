@@ -26,6 +26,7 @@ from gitorch.source.git import open_repository
 from gitorch.store.database import PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
+from tests.waiting import wait_until
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: svc\n"
 AGENT = 'f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 "$f"'
@@ -256,13 +257,12 @@ def get_many(lab: Lab, node: str, url: str, times: int, netns: str | None = None
 
 def until(what: str, check: Callable[[], bool], controller: Controller, timeout: float = 45.0) -> None:
     """Reconcile passes (as `serve` runs them) until check() holds."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def one_pass() -> bool:
         controller.reconcile()
-        if check():
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+        return check()
+
+    wait_until(what, one_pass, timeout=timeout, interval=0.5)
 
 
 @pytest.mark.lab
@@ -378,11 +378,12 @@ def test_readiness_changes_reach_every_node_when_the_agent_pushes_them(
         nodes = [n.name for n in lab.nodes]
 
         def wait(what: str, check: Callable[[], bool], timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while not check():
-                assert serve.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()}"
-                time.sleep(0.2)
+            def serving_and() -> bool:
+                held = check()
+                assert held or serve.poll() is None, log.read_text()
+                return held
+
+            wait_until(what, serving_and, timeout=timeout, interval=0.2, describe=log.read_text)
 
         pods: dict[str, PodRecord] = {}
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +22,7 @@ from gitorch.source.git import open_repository
 from gitorch.store.database import PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.lab import ssh_run
+from tests.waiting import wait_until
 
 AGENT = 'f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 "$f"'
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"
@@ -195,23 +196,27 @@ def test_pod_resolves_a_service_by_short_name(lab: Lab, cluster: tuple[GitRepo, 
     repo, controller, dns = cluster
     repo.commit("web, service, client", {"apps.yaml": apps()})
     store = controller.store
-    deadline = time.monotonic() + 120
-    log = ""
-    while True:
+    seen: dict[str, Any] = {}
+
+    def reached() -> str:
+        """The client's log once it shows an answer from a web pod through the cluster IP."""
         _pass(controller, dns)
         pods = {p.name: p for p in store.pods(namespace="shop")}
         web = {n for n, p in pods.items() if p.owner_name == "web"}
         vip = next((c.ip for c in store.cluster_ips() if (c.namespace, c.service) == ("shop", "web")), None)
         client = next((p for p in pods.values() if p.owner_name == "client" and p.node), None)
-        if client is not None and vip is not None:
-            log = _log(lab, client)
-            answers = [line.split() for line in log.splitlines() if line.startswith("OK ")]
-            if any(len(a) == 3 and a[1] == vip and a[2] in web for a in answers):
-                break
-        assert time.monotonic() < deadline, (
-            f"client never reached web via DNS; pods: {[(p.name, p.node, p.phase, p.ip) for p in pods.values()]}, "
-            f"{vip=}, log tail: {log[-2000:]}, agent: {_raw(lab, client) if client else ''}")
-        time.sleep(1)
+        log = _log(lab, client) if client is not None and vip is not None else ""
+        seen.update(pods=pods, vip=vip, client=client, log=log)
+        answers = [line.split() for line in log.splitlines() if line.startswith("OK ")]
+        return log if any(len(a) == 3 and a[1] == vip and a[2] in web for a in answers) else ""
+
+    def state() -> str:
+        pods, client = seen["pods"], seen["client"]
+        return (f"pods: {[(p.name, p.node, p.phase, p.ip) for p in pods.values()]}, vip={seen['vip']}, "
+                f"log tail: {seen['log'][-2000:]}, agent: {_raw(lab, client) if client else ''}")
+
+    log = wait_until("the client to reach web via DNS", reached, timeout=120, interval=1,
+                     show=lambda _: "no answer from web", describe=state)
 
     assert "nameserver " + _host(lab) in log and "search shop.svc.cluster.local svc.cluster.local" in log
     assert "ndots:5" in log
@@ -224,9 +229,6 @@ def test_pod_resolves_a_service_by_short_name(lab: Lab, cluster: tuple[GitRepo, 
     def plain_log() -> str:
         return _log(lab, plain)
 
-    deadline = time.monotonic() + 30
-    while "RESOLV" not in (got := plain_log()):
-        assert time.monotonic() < deadline, "plain pod printed nothing"
-        time.sleep(0.5)
+    got = wait_until("the plain pod's output", plain_log, timeout=30, interval=0.5, accept=lambda out: "RESOLV" in out)
     assert "gitorch node agent" not in got
     assert "RESOLV " + node_resolv.replace("\n", " | ") in got

@@ -24,6 +24,7 @@ from gitorch.model.settings import Settings
 from gitorch.store.database import MIGRATIONS, Store, migrate
 from tests.gitrepo import GitRepo, git
 from tests.samples import NAMESPACE, gitorch
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT = 30.0  # seconds for each expected notification (a loaded machine is slow, not wrong)
@@ -89,6 +90,17 @@ class Serving:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def wait_for(self, text: str) -> None:
+        """Until `text` is in the logs; fails at once if serve exits."""
+
+        def found() -> bool:
+            out = self.output()
+            assert text in out or self.proc.poll() is None, out
+            return text in out
+
+        wait_until(f"{text!r} in serve's log", found, timeout=RECV_TIMEOUT, interval=0.1,
+                   show=lambda _: "not there", describe=lambda: self.output()[-3000:])
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -175,10 +187,7 @@ def test_serve_without_notify_socket_runs_as_before(committed: GitRepo, tmp_path
     server = Serving(["serve", "--repo", str(committed.path), "--interval", "3600", "--listen", "off"],
                      {**env, "NOTIFY_SOCKET": ""}, tmp_path / "serve.log")
     serving.append(server)
-    deadline = time.monotonic() + RECV_TIMEOUT
-    while "pass 1:" not in server.output():
-        assert server.proc.poll() is None and time.monotonic() < deadline, server.output()
-        time.sleep(0.1)
+    server.wait_for("pass 1:")
     assert server.stop() == 0
     assert "systemd" not in server.output()
 
@@ -249,10 +258,7 @@ def test_json_logs_are_one_object_a_line_with_event_revision_node_and_object(
     server = Serving(["--log-format", "json", "serve", "--repo", str(committed.path), "--interval", "3600",
                       "--listen", "127.0.0.1:0"], {}, tmp_path / "serve.log")
     serving.append(server)
-    deadline = time.monotonic() + RECV_TIMEOUT
-    while '"object-degraded"' not in server.output():
-        assert server.proc.poll() is None and time.monotonic() < deadline, server.output()
-        time.sleep(0.1)
+    server.wait_for('"object-degraded"')
     assert server.stop() == 0
     records = [json.loads(line) for line in server.output().splitlines()]  # every line is JSON
     for record in records:

@@ -144,12 +144,12 @@ def test_same_workload_name_in_two_namespaces_is_valid(repo: GitRepo) -> None:
 def test_an_exception_in_one_objects_checks_is_that_objects_diagnostic(
     repo: GitRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gitorch.source import validation
+    from gitorch.source import crosschecks
 
     def broken(*args: object) -> list[object]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(validation, "_check_service", broken)
+    monkeypatch.setattr(crosschecks, "_check_service", broken)
     service = (
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n"
         "spec:\n  selector: {app: web}\n  ports: [{port: 80}]\n"

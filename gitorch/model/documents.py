@@ -18,10 +18,16 @@ class Position:
 
 
 class SourceDocument(Protocol):
-    """One YAML document of a file, able to say where any JSON pointer in it is written."""
+    """One YAML document of a file, able to say where any JSON pointer in it is written.
+    Read-only: parsed documents are shared between loads (source/validation.py's cache)."""
 
-    path: str
-    index: int
-    body: Any
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def body(self) -> Any: ...
 
     def position(self, ptr: str, *, key: bool = False) -> Position: ...

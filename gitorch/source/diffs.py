@@ -187,7 +187,9 @@ def diff_values(old: Any, new: Any, path: str = "") -> list[FieldDiff]:
             else:
                 out.extend(diff_values(old[i], new[i], sub))
         return out
-    if old == new and type(old) is type(new):
+    # Equal values of one type (1 and true are equal in Python); equal lists here are empty,
+    # whether parsed (ReadOnlyList) or built.
+    if old == new and (type(old) is type(new) or isinstance(old, list)):
         return []
     if isinstance(old, dict | list) or isinstance(new, dict | list):
         return [FieldDiff(Op.REMOVE, p, v, None) for p, v in leaves(old, path)] + [
@@ -276,26 +278,32 @@ def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
     before: dict[ObjectKey, Object] = base.objects if base else {}
     after = head.objects
     changes: dict[ObjectKey, ObjectChange] = {}
-    for key in set(before) | set(after):
-        old, new = before.get(key), after.get(key)
-        if old is None and new is not None:
+    created: list[ObjectKey] = []
+    deleted: list[ObjectKey] = []
+    for key, new in after.items():
+        old = before.get(key)
+        if old is None:
             changes[key] = ObjectChange(key, Action.CREATE, tuple(object_diff(key.kind, None, new.body)), new.path)
-        elif new is None and old is not None:
+            created.append(key)
+            continue
+        # Unchanged files yield the very same parsed body (cached by blob): skip the walk.
+        same = old.body is new.body or old.body == new.body
+        fields = () if same else tuple(object_diff(key.kind, old.body, new.body))
+        moved = f"moved from {old.path}" if old.path != new.path else ""
+        changes[key] = ObjectChange(key, Action.UPDATE if fields else Action.UNCHANGED, fields, new.path, moved)
+    for key, old in before.items():
+        if key not in after:
             changes[key] = ObjectChange(key, Action.DELETE, tuple(object_diff(key.kind, old.body, None)), old.path)
-        elif old is not None and new is not None:
-            # Unchanged files yield the very same parsed body (cached by blob): skip the walk.
-            same = old.body is new.body or old.body == new.body
-            fields = () if same else tuple(object_diff(key.kind, old.body, new.body))
-            moved = f"moved from {old.path}" if old.path != new.path else ""
-            changes[key] = ObjectChange(key, Action.UPDATE if fields else Action.UNCHANGED, fields, new.path, moved)
-    # A delete and a create of identical bodies but for the name reads as a rename.
-    deleted = {
-        (k.kind, k.namespace, _without_name(before[k].body)): k for k, c in changes.items() if c.action is Action.DELETE
-    }
-    for k, c in list(changes.items()):
-        if c.action is Action.CREATE:
-            twin = deleted.get((k.kind, k.namespace, _without_name(after[k].body)))
+            deleted.append(key)
+    if created and deleted:
+        # A delete and a create of identical bodies but for the name reads as a rename.
+        twins = {
+            (k.kind, k.namespace, _without_name(before[k].body)): k for k in sorted(deleted, key=ObjectKey.sort_key)
+        }
+        for k in sorted(created, key=ObjectKey.sort_key):
+            twin = twins.get((k.kind, k.namespace, _without_name(after[k].body)))
             if twin is not None:
+                c = changes[k]
                 changes[k] = ObjectChange(k, c.action, c.fields, c.path, f"renamed from {twin.name}")
                 d = changes[twin]
                 changes[twin] = ObjectChange(twin, d.action, d.fields, d.path, f"renamed to {k.name}")

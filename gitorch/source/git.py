@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -51,11 +52,20 @@ TREE_LIMITS = TreeLimits()
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One manifest file of a commit; `blob` is its content hash, a cache key for parsing."""
+    """One manifest file of a commit; `blob` is its content hash, the key of what it parses to
+    (validation.FILE_CACHE). Its bytes are `content`, or read from Git when first asked for, so
+    a load that finds every blob in the cache reads none."""
 
     path: str
     blob: str
-    data: bytes = field(repr=False)
+    content: bytes | None = field(default=None, repr=False, compare=False)
+    reader: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def data(self) -> bytes:
+        if self.content is not None:
+            return self.content
+        return self.reader() if self.reader is not None else b""
 
 
 @dataclass(frozen=True)
@@ -141,9 +151,7 @@ class Repository:
                     )
                 )
                 break
-            blob = self._repo.get(oid)
-            if isinstance(blob, pygit2.Blob):
-                files.append(SourceFile(shown, str(oid), blob.data))
+            files.append(SourceFile(shown, str(oid), reader=functools.partial(_blob_data, self._repo, oid)))
         return Snapshot(_revision(commit), self.root, tuple(files), tuple(diags))
 
     def _display(self, path: str) -> str:
@@ -188,6 +196,13 @@ class Repository:
         return sorted(
             p for p, flags in status.items() if p.startswith(prefix) and p.endswith(MANIFEST_SUFFIXES) and flags
         )
+
+
+def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
+    blob = repo.get(oid)
+    if not isinstance(blob, pygit2.Blob):  # the walk found it as a blob: only a broken repository
+        raise SourceError(f"{repo.path}: object {str(oid)[:7]} is not a file")
+    return bytes(blob.data)
 
 
 def _included(path: str, includes: list[str] | None) -> bool:

@@ -13,17 +13,20 @@ round-trip dumper.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from ruamel.yaml import YAML
 from ruamel.yaml import events as ev
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.representer import RoundTripRepresenter
 
 from gitorch.model.diagnostics import Diagnostic, escape_token, split_pointer
 from gitorch.model.documents import Position
@@ -73,14 +76,88 @@ _MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnN")
 _Where = tuple[int, int, Any]
 
 
-@dataclass
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError(
+        f"this {type(self).__name__} is read-only: parsed manifests are shared between loads "
+        "(the source cache); change a copy (copy.deepcopy gives plain values)"
+    )
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """A mapping composed from YAML and shared between loads: it reads as a dict, changing it
+    raises TypeError, and its copies (copy, deepcopy, pickle, dict(...), {**d}) are plain dicts."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v, memo) for k, v in self.items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+class ReadOnlyList(list[Any]):
+    """A sequence composed from YAML and shared between loads; see ReadOnlyDict."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(v, memo) for v in self]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+_dict_set = dict.__setitem__
+_list_append = list.append
+
+
+class _Positions:
+    """Where the parts of one file's documents are written, composed again on first use: a
+    position is asked only for a diagnostic, and the tree of them costs more than the values
+    (the cyclic GC scans every node of it). Composing the same text gives the same documents."""
+
+    __slots__ = ("_limits", "_lock", "_text", "_wheres")
+
+    def __init__(self, text: str, limits: Limits) -> None:
+        self._text: str | None = text
+        self._limits = limits
+        self._wheres: list[_Where] | None = None
+        self._lock = threading.Lock()
+
+    def of(self, index: int) -> _Where | None:
+        with self._lock:
+            if self._wheres is None:
+                wheres: list[_Where] = []
+                try:
+                    for _, where in _Composer(self._limits).documents(_events(self._text or "")):
+                        wheres.append(where)
+                except Exception:
+                    pass  # as in the first pass: the documents before the error are kept
+                self._wheres, self._text = wheres, None
+            return self._wheres[index] if index < len(self._wheres) else None
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
-    """One YAML document of a file: its plain value and where each of its parts is written."""
+    """One YAML document of a file: its plain value and where each of its parts is written
+    (`where`, or composed on demand by `positions`)."""
 
     path: str
     index: int
     body: Any
     where: _Where | None = field(default=None, repr=False, compare=False)
+    positions: _Positions | None = field(default=None, repr=False, compare=False)
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.
@@ -88,6 +165,8 @@ class Document:
         A pointer that does not exist (a missing field) resolves to its nearest ancestor.
         """
         here = self.where
+        if here is None and self.positions is not None:
+            here = self.positions.of(self.index)
         if here is None:
             return Position(0, 0)
         best = Position(here[0], here[1])
@@ -204,10 +283,15 @@ class _Frame:
 
     __slots__ = ("anchor", "children", "explicit", "height", "key", "key_at", "merge", "size", "value", "where")
 
-    def __init__(self, value: dict[str, Any] | list[Any], line: int, column: int, anchor: str | None) -> None:
+    def __init__(
+        self, value: dict[str, Any] | list[Any], line: int, column: int, anchor: str | None, positions: bool
+    ) -> None:
         self.value = value
-        self.children: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
-        self.where: _Where = (line, column, self.children)
+        self.children: dict[str, Any] | list[Any] | None = None
+        self.where: _Where = _NOWHERE
+        if positions:
+            self.children = {} if isinstance(value, dict) else []
+            self.where = (line, column, self.children)
         self.anchor = anchor
         self.size = 1
         self.height = 1
@@ -218,16 +302,22 @@ class _Frame:
 
 
 _NO_TAG = (None, "!")
+_NOWHERE: _Where = (0, 0, None)  # composed without positions
 
 
 class _Composer:
-    """Events of one YAML stream to (value, where) per document, within `limits`."""
+    """Events of one YAML stream to (value, where) per document, within `limits`; without
+    `positions`, every where is (0, 0, None) and composing costs a third less."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, positions: bool = True, read_only: bool = False) -> None:
         self.limits = limits
+        self.positions = positions
+        self.mapping: type[dict[str, Any]] = ReadOnlyDict if read_only else dict
+        self.sequence: type[list[Any]] = ReadOnlyList if read_only else list
 
     def documents(self, events: Iterator[Any]) -> Iterator[tuple[Any, _Where]]:
         limits = self.limits
+        positions = self.positions
         stack: list[_Frame] = []
         anchors: dict[str, _Anchored] = {}
         open_anchors: set[str] = set()
@@ -250,13 +340,13 @@ class _Composer:
                         key = e.value  # Kubernetes object keys are strings: `80: x` means "80"
                     self._key(stack, top, key, tag is None and e.value == _MERGE, line, column)
                     if e.anchor is not None:
-                        anchors[e.anchor] = _Anchored(key, (line, column, None), 1, 0, key)
+                        anchors[e.anchor] = _Anchored(key, (line, column, None) if positions else _NOWHERE, 1, 0, key)
                     continue
                 try:
                     value = _scalar(e.value, tag)
                 except _BadScalar as exc:
                     raise self._error(stack, line, column, str(exc), exc.hint) from exc
-                where: _Where = (line, column, None)
+                where: _Where = (line, column, None) if positions else _NOWHERE
                 if e.anchor is not None:
                     anchors[e.anchor] = _Anchored(value, where, 1, 0, e.value if value is None else str(value))
                 if top is None:
@@ -279,7 +369,8 @@ class _Composer:
                     )
                 if e.anchor is not None:
                     open_anchors.add(e.anchor)
-                stack.append(_Frame({} if cls is ev.MappingStartEvent else [], line, column, e.anchor))
+                value = self.mapping() if cls is ev.MappingStartEvent else self.sequence()
+                stack.append(_Frame(value, line, column, e.anchor, positions))
             elif cls is ev.MappingEndEvent or cls is ev.SequenceEndEvent:
                 done = stack.pop()
                 if done.anchor is not None:
@@ -363,17 +454,19 @@ class _Composer:
         if height >= top.height:
             top.height = height + 1
         if isinstance(top.value, list):
-            top.value.append(value)
-            top.children.append(where)  # type: ignore[union-attr]
+            _list_append(top.value, value)
+            if top.children is not None:
+                top.children.append(where)  # type: ignore[union-attr]
             return
         key = top.key
         assert key is not None
-        children: dict[str, Any] = top.children  # type: ignore[assignment]
+        children: dict[str, Any] | None = top.children  # type: ignore[assignment]
         if top.merge:
             if isinstance(value, dict):
                 sources = [(value, where)]
             elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
-                sources = list(zip(value, where[2], strict=True))
+                children_of = where[2] if where[2] is not None else [where] * len(value)  # no positions
+                sources = list(zip(value, children_of, strict=True))
             else:
                 raise self._error(stack, where[0], where[1], "a merge key (<<) needs a mapping or a list of them")
             merged: set[str] = set()
@@ -381,13 +474,15 @@ class _Composer:
                 for k, v in src.items():
                     # Keys written in this mapping win, then the first mapping merged.
                     if k not in top.explicit and k not in merged:
-                        top.value[k] = v
-                        children[k] = src_where[2][k]
+                        _dict_set(top.value, k, v)
+                        if children is not None:
+                            children[k] = src_where[2][k]
                         merged.add(k)
         else:
             top.explicit.add(key)
-            top.value[key] = value
-            children[key] = (top.key_at[0], top.key_at[1], where)
+            _dict_set(top.value, key, value)
+            if children is not None:
+                children[key] = (top.key_at[0], top.key_at[1], where)
         top.key = None
         top.merge = False
 
@@ -414,9 +509,14 @@ def _events(text: str) -> Iterator[Any]:
     yield from YAML(typ="safe", pure=True).parse(text)  # pragma: no cover
 
 
-def parse_documents(path: str, text: str | bytes, limits: Limits = LIMITS) -> tuple[list[Document], list[Diagnostic]]:
+def parse_documents(
+    path: str, text: str | bytes, limits: Limits = LIMITS, *, positions: bool = True, read_only: bool = False
+) -> tuple[list[Document], list[Diagnostic]]:
     """Parse every document of one file; a syntax error or a limit exceeded becomes a
-    diagnostic at its mark, and the documents before it are kept."""
+    diagnostic at its mark, and the documents before it are kept.
+
+    `positions=False` composes positions only when one is asked for (the documents keep the
+    text); `read_only=True` composes ReadOnlyDict and ReadOnlyList values, to be shared."""
     if len(text) > limits.file_bytes:
         return [], [
             Diagnostic(
@@ -434,9 +534,10 @@ def parse_documents(path: str, text: str | bytes, limits: Limits = LIMITS) -> tu
         except UnicodeDecodeError as exc:
             return [], [Diagnostic(path, 0, 0, "", f"not UTF-8 text ({exc.reason})")]
     docs: list[Document] = []
+    lazy = None if positions else _Positions(text, limits)
     try:
-        for body, where in _Composer(limits).documents(_events(text)):
-            docs.append(Document(path, len(docs), body, where))
+        for body, where in _Composer(limits, positions, read_only).documents(_events(text)):
+            docs.append(Document(path, len(docs), body, where if lazy is None else None, lazy))
     except _ComposeError as exc:
         return docs, [Diagnostic(path, exc.line, exc.column, exc.ptr, str(exc), exc.hint)]
     except MarkedYAMLError as exc:
@@ -489,6 +590,8 @@ def _line_column(text: str, position: int) -> tuple[int, int]:
 def dump_documents(bodies: list[Any], header: str = "") -> str:
     """Write plain values as a multi-document YAML file (block style, keys in given order)."""
     yaml = YAML(typ="rt")
+    yaml.representer.add_representer(ReadOnlyDict, RoundTripRepresenter.represent_dict)
+    yaml.representer.add_representer(ReadOnlyList, RoundTripRepresenter.represent_list)
     yaml.default_flow_style = False
     yaml.width = 4096  # keep long values (host keys) on one line
     yaml.indent(mapping=2, sequence=4, offset=2)

@@ -6,15 +6,12 @@ of the field, what is wrong and, where it helps, how to fix it. Secret values ne
 
 from __future__ import annotations
 
-import difflib
-import functools
 import hashlib
 import importlib.resources
-import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Set
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from typing import Any
 import jsonschema
 from referencing import Registry, Resource
 
-from gitorch.model import selectors
+from gitorch import __version__
 from gitorch.model.diagnostics import Diagnostic, Severity, escape_token, pointer
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import (
@@ -35,10 +32,11 @@ from gitorch.model.objects import (
     ObjectKey,
     is_sensitive,
 )
-from gitorch.model.quantities import QuantityError, parse_quantity
+from gitorch.source.blobcache import BlobCache
+from gitorch.source.crosschecks import Memo, cross_check, internal_error, suggest
 from gitorch.source.fastschema import Check, compile_schemas, pattern_matches
-from gitorch.source.git import Snapshot
-from gitorch.source.manifests import Document, parse_documents
+from gitorch.source.git import Snapshot, SourceFile
+from gitorch.source.manifests import Document, ReadOnlyDict, ReadOnlyList, parse_documents
 
 
 def _schema_dir() -> Path:
@@ -134,6 +132,8 @@ _TYPE_NAMES = {
     int: "an integer",
     float: "a number",
     type(None): "null",
+    ReadOnlyDict: "a mapping",
+    ReadOnlyList: "a list",
 }
 
 
@@ -152,11 +152,6 @@ def _show(value: Any, sensitive: bool) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
     text = _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _suggest(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else ""
 
 
 def _is_sensitive(kind: str, path: list[str | int]) -> bool:
@@ -204,7 +199,7 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
             if name == "status":
                 yield at(child, "`status` is owned by the cluster, not Git", "delete it", key=True)
                 continue
-            fix = _suggest(name, known) or (
+            fix = suggest(name, known) or (
                 f"supported fields here: {', '.join(sorted(known))}" if known else "delete it"
             )
             yield at(child, f"unknown field {name!r}: gitorch does not support it", fix, key=True)
@@ -225,7 +220,7 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
         return
     if keyword == "enum":
         options = [str(o) for o in error.validator_value]
-        fix = hint or (_suggest(str(instance), options) if isinstance(instance, str) else "")
+        fix = hint or (suggest(str(instance), options) if isinstance(instance, str) else "")
         yield at(ptr, f"{_show(instance, sensitive)} is not one of: {', '.join(options)}", fix)
         return
     if keyword == "const":
@@ -262,14 +257,6 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     yield at(ptr, message, hint)
 
 
-def _internal(
-    path: str, line: int, column: int, ptr: str, what: str, exc: BaseException, sensitive: bool
-) -> Diagnostic:
-    """An unexpected exception as a diagnostic: the input is reported, never a traceback."""
-    detail = type(exc).__name__ if sensitive else f"{type(exc).__name__}: {str(exc)[:200]}"
-    return Diagnostic(path, line, column, ptr, f"internal error checking {what}: {detail}; please report")
-
-
 def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
     try:
         return _check_document_body(doc)
@@ -279,7 +266,7 @@ def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
         name = meta.get("name") if isinstance(meta, dict) else None
         pos = doc.position("")
         sensitive = not isinstance(kind, str) or kind in SENSITIVE_FIELDS
-        return None, [_internal(doc.path, pos.line, pos.column, "", f"{kind}/{name}", exc, sensitive)]
+        return None, [internal_error(doc.path, pos.line, pos.column, "", f"{kind}/{name}", exc, sensitive)]
 
 
 def _fast_valid(check: Check | None, body: Any) -> bool:
@@ -297,8 +284,8 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
     body = doc.body
     if body is None:
         return None, []  # an empty document (a trailing `---`) is allowed
-    pos = doc.position("")
     if not isinstance(body, dict):
+        pos = doc.position("")
         return None, [
             Diagnostic(
                 doc.path, pos.line, pos.column, "", f"expected a Kubernetes-style object, got {_describe_type(body)}"
@@ -312,7 +299,7 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
     info = KINDS.get(kind)
     if info is None:
         p = doc.position("/kind")
-        fix = _suggest(kind, KINDS) or f"supported kinds: {', '.join(KINDS)}"
+        fix = suggest(kind, KINDS) or f"supported kinds: {', '.join(KINDS)}"
         return None, [Diagnostic(doc.path, p.line, p.column, "/kind", f"unknown kind {kind!r}", fix)]
     if api != info.api_version:
         p = doc.position("/apiVersion")
@@ -345,20 +332,36 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
 # One checked document: its object (None when it has none) and whether it passed its schema.
 _Checked = tuple[Object | None, Document, bool]
 
-# Parsing and per-document checks depend only on (path, content): cache them by blob.
-_CACHE: dict[tuple[str, str], tuple[list[_Checked], list[Diagnostic]]] = {}
-_CACHE_LIMIT = 200_000
+
+@dataclass(frozen=True)
+class FileResult:
+    """What one file parsed and validated to; immutable, as every load that hits shares it
+    (bodies are ReadOnlyDict/ReadOnlyList, documents frozen, diagnostics frozen). `memos`,
+    one per checked document, keep what its cross-object rules last found (crosschecks)."""
+
+    checked: tuple[_Checked, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    memos: tuple[Memo, ...] = field(default=(), compare=False, repr=False)
 
 
-def _check_file(path: str, blob: str, data: bytes) -> tuple[list[_Checked], list[Diagnostic]]:
-    key = (path, blob)
-    hit = _CACHE.get(key)
+# Parsing and per-document checks depend only on (path, content, schemas, gitorch's code).
+FILE_CACHE: BlobCache[FileResult] = BlobCache()
+# Estimated memory of a file's result per byte of YAML, measured on bench/plan.py's repository
+# (tracemalloc: about 9 bytes a byte, positions not composed); the text is kept besides.
+_BYTES_PER_BYTE = 12
+_BYTES_PER_FILE = 2_000
+
+
+def _check_file(f: SourceFile, cache: BlobCache[FileResult] | None) -> FileResult:
+    key = (f.path, f.blob, _validators().digest, __version__)
+    hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit
+    data = f.data
     try:
-        docs, diags = parse_documents(path, data)
+        docs, diags = parse_documents(f.path, data, positions=False, read_only=True)
     except Exception as exc:  # the parser's limits should make this unreachable; never crash on input
-        return [], [_internal(path, 0, 0, "", "this file", exc, True)]
+        return FileResult((), (internal_error(f.path, 0, 0, "", "this file", exc, True),))
     if diags:
         diags = _masked_parse_errors(data, diags)
     out: list[_Checked] = []
@@ -366,10 +369,10 @@ def _check_file(path: str, blob: str, data: bytes) -> tuple[list[_Checked], list
         obj, d = _check_document(doc)
         out.append((obj, doc, not any(x.severity is Severity.ERROR for x in d)))
         diags.extend(d)
-    if len(_CACHE) > _CACHE_LIMIT:
-        _CACHE.clear()
-    _CACHE[key] = (out, diags)
-    return out, diags
+    result = FileResult(tuple(out), tuple(diags), tuple({} for _ in out))
+    if cache is not None:
+        cache.put(key, result, _BYTES_PER_FILE + _BYTES_PER_BYTE * len(data))
+    return result
 
 
 # Read from the text, as the document did not parse: its own `kind: Secret` line.
@@ -404,22 +407,25 @@ def _document_text(lines: list[str], line: int) -> str:
     return "\n".join(lines[start:end])
 
 
-def load_desired(snapshot: Snapshot) -> DesiredState:
-    """Parse, schema-check and cross-check one commit's manifests. Changes no process-global
-    state: batch commands may pause the cyclic GC around it (cli.commands.batch_gc)."""
-    return _load_desired(snapshot)
+def load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None = FILE_CACHE) -> DesiredState:
+    """Parse, schema-check and cross-check one commit's manifests, reusing from `cache` what
+    each unchanged blob parsed to (None: parse everything). Batch commands may pause the
+    cyclic GC around it (cli.commands.batch_gc)."""
+    return _load_desired(snapshot, cache)
 
 
-def _load_desired(snapshot: Snapshot) -> DesiredState:
+def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None) -> DesiredState:
     diags: list[Diagnostic] = list(snapshot.diagnostics)
     objects: dict[ObjectKey, Object] = {}
     invalid: set[ObjectKey] = set()
+    memos: dict[ObjectKey, Memo] = {}
     for f in snapshot.files:
-        checked, d = _check_file(f.path, f.blob, f.data)
-        diags.extend(d)
-        for obj, doc, valid in checked:
-            if obj is None:
+        result = _check_file(f, cache)
+        diags.extend(result.diagnostics)
+        for i, (cached, doc, valid) in enumerate(result.checked):
+            if cached is None:
                 continue
+            obj = Object(cached.key, cached.body, doc)  # this load's own; the body is shared, read-only
             first = objects.get(obj.key)
             if first is not None:
                 p = doc.position("/metadata/name")
@@ -436,419 +442,10 @@ def _load_desired(snapshot: Snapshot) -> DesiredState:
                 )
                 continue
             objects[obj.key] = obj
+            if result.memos:
+                memos[obj.key] = result.memos[i]
             if not valid:
                 invalid.add(obj.key)
-    diags.extend(cross_check(objects, invalid))
+    diags.extend(cross_check(objects, invalid, memos))
     diags.sort(key=lambda d: (d.path, d.line, d.column, d.pointer, d.message))
     return DesiredState(snapshot.revision, objects, diags, files=len(snapshot.files))
-
-
-# --- cross-object rules ----------------------------------------------------------------
-
-
-def _diag(
-    obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False
-) -> Diagnostic:
-    pos = obj.document.position(ptr, key=key)
-    return Diagnostic(
-        obj.path,
-        pos.line,
-        pos.column,
-        ptr,
-        message,
-        hint,
-        Severity.WARNING if warning else Severity.ERROR,
-    )
-
-
-def _map(value: Any) -> dict[str, Any]:
-    """`value` when it is a mapping, else an empty one: cross checks read any shape safely."""
-    return value if isinstance(value, dict) else {}
-
-
-def _seq(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def pod_template(obj: Object) -> tuple[str, dict[str, Any]] | None:
-    """The pointer and body of a workload's pod template."""
-    spec = obj.spec
-    if obj.key.kind == "CronJob":
-        tmpl = _map(_map(spec.get("jobTemplate")).get("spec")).get("template")
-        return ("/spec/jobTemplate/spec/template", tmpl) if isinstance(tmpl, dict) else None
-    tmpl = spec.get("template")
-    return ("/spec/template", tmpl) if isinstance(tmpl, dict) else None
-
-
-def _containers(tmpl_ptr: str, tmpl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    pod = _map(tmpl.get("spec"))
-    for field in ("initContainers", "containers"):
-        for i, c in enumerate(_seq(pod.get(field))):
-            if isinstance(c, dict):
-                yield f"{tmpl_ptr}/spec/{field}/{i}", c
-
-
-def _guarded(obj: Object, check: Callable[[], list[Diagnostic]]) -> list[Diagnostic]:
-    """One object's checks; an unexpected exception is that object's error, never the commit's."""
-    try:
-        return check()
-    except Exception as exc:
-        pos = obj.document.position("/metadata/name")
-        what = f"{obj.key.kind}/{obj.key.name}"
-        sensitive = obj.key.kind in SENSITIVE_FIELDS
-        return [_internal(obj.path, pos.line, pos.column, "/metadata/name", what, exc, sensitive)]
-
-
-def cross_check(objects: dict[ObjectKey, Object], invalid: Set[ObjectKey] = frozenset()) -> list[Diagnostic]:
-    """Rules that need more than one object (and a few single-object rules schemas cannot say).
-
-    Objects in `invalid` failed their schema check: they still count as targets of references,
-    but their own rules are skipped, as their shapes may be anything."""
-    out: list[Diagnostic] = []
-    namespaces = {k.name for k in objects if k.kind == "Namespace"} | {DEFAULT_NAMESPACE}
-    ordered = sorted(objects.values(), key=lambda o: o.key)
-    nodes = [o for o in ordered if o.key.kind == "Node" and o.key not in invalid]
-    clusters = [o for o in ordered if o.key.kind == "Cluster"]
-    for extra in clusters[1:]:
-        out.append(
-            _diag(
-                extra,
-                "/metadata/name",
-                f"a second Cluster ({extra.key.name}); a repository describes one cluster",
-                f"keep only {clusters[0].key.name!r} (in {clusters[0].path})",
-            )
-        )
-    for c in clusters:
-        if c.key not in invalid:
-            out.extend(_guarded(c, functools.partial(_check_cluster, c)))
-    out.extend(_check_nodes(nodes))
-    # (namespace, label, value) -> labels of the pod templates carrying it, so a Service's
-    # selector is checked against a few candidates instead of every workload.
-    pod_labels: dict[tuple[str, str, str], list[dict[str, str]]] = {}
-    for obj in ordered:
-        if KINDS[obj.key.kind].workload and obj.key not in invalid:
-            found = pod_template(obj)
-            labels = _map(found[1].get("metadata")).get("labels") if found else None
-            if isinstance(labels, dict):
-                for k, v in labels.items():
-                    pod_labels.setdefault((obj.key.namespace, k, str(v)), []).append(labels)
-    for obj in ordered:
-        if obj.key.namespace and obj.key.namespace not in namespaces:
-            out.append(
-                _diag(
-                    obj,
-                    "/metadata/namespace",
-                    f"namespace {obj.key.namespace!r} does not exist",
-                    f"add a Namespace named {obj.key.namespace!r}, or fix the name",
-                )
-            )
-        if obj.key in invalid:
-            continue
-        if obj.key.kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"):
-            out.extend(_guarded(obj, functools.partial(_check_workload, obj, objects, nodes)))
-        elif obj.key.kind == "Service":
-            out.extend(_guarded(obj, functools.partial(_check_service, obj, pod_labels)))
-    return out
-
-
-def _check_cluster(c: Object) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    nets = {}
-    for field in ("podCIDR", "serviceCIDR"):
-        value = c.spec.get(field)
-        if isinstance(value, str):
-            try:
-                nets[field] = ipaddress.ip_network(value, strict=True)
-            except ValueError as exc:
-                out.append(
-                    _diag(
-                        c,
-                        f"/spec/{field}",
-                        f"{value!r} is not a valid CIDR: {exc}",
-                        "a network such as 10.244.0.0/16 (host bits zero)",
-                    )
-                )
-    if len(nets) == 2 and nets["podCIDR"].overlaps(nets["serviceCIDR"]):
-        out.append(
-            _diag(
-                c,
-                "/spec/serviceCIDR",
-                "serviceCIDR overlaps podCIDR",
-                "pick networks that do not overlap, e.g. 10.244.0.0/16 and 10.96.0.0/12",
-            )
-        )
-    return out
-
-
-def _check_nodes(nodes: list[Object]) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    seen: dict[tuple[str, int], Object] = {}
-    for n in nodes:
-        addr = n.spec.get("address")
-        port = n.spec.get("port", 22)
-        if not isinstance(addr, str) or not isinstance(port, int):
-            continue
-        first = seen.get((addr, port))
-        if first is not None:
-            out.append(
-                _diag(
-                    n,
-                    "/spec/address",
-                    f"address {addr}:{port} is already used by Node {first.key.name}",
-                    "each Node needs its own address (or port)",
-                )
-            )
-        else:
-            seen[(addr, port)] = n
-    return out
-
-
-def _check_selector(obj: Object, selector: dict[str, Any], labels: dict[str, str], ptr: str) -> list[Diagnostic]:
-    if selectors.matches(selector, labels):
-        return []
-    return [
-        _diag(
-            obj,
-            ptr,
-            f"selector {selectors.describe(selector)} does not match the template labels "
-            f"{', '.join(f'{k}={v}' for k, v in sorted(labels.items())) or '(none)'}",
-            "make spec.template.metadata.labels include every label the selector asks for",
-        )
-    ]
-
-
-def _check_workload(obj: Object, objects: dict[ObjectKey, Object], nodes: list[Object]) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    found = pod_template(obj)
-    if found is None:
-        return out
-    tptr, tmpl = found
-    labels = _map(tmpl.get("metadata")).get("labels") or {}
-    selector = obj.spec.get("selector")
-    if isinstance(selector, dict) and isinstance(labels, dict):
-        out.extend(_check_selector(obj, selector, labels, "/spec/selector"))
-        if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-            out.append(
-                _diag(
-                    obj,
-                    "/spec/selector",
-                    "an empty selector would select every pod in the namespace",
-                    "select on the template's labels, e.g. matchLabels: {app: NAME}",
-                )
-            )
-    pod = _map(tmpl.get("spec"))
-    ns = obj.key.namespace
-    # Volumes: every mount names a volume; every referenced object exists.
-    volume_names: set[str] = set()
-    for i, vol in enumerate(_seq(pod.get("volumes"))):
-        if not isinstance(vol, dict):
-            continue
-        vptr = f"{tptr}/spec/volumes/{i}"
-        if vol.get("name") in volume_names:
-            out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
-        volume_names.add(str(vol.get("name")))
-        if isinstance(vol.get("configMap"), dict):
-            out.extend(
-                _ref(
-                    obj,
-                    objects,
-                    "ConfigMap",
-                    ns,
-                    vol["configMap"].get("name"),
-                    f"{vptr}/configMap/name",
-                    optional=bool(vol["configMap"].get("optional")),
-                )
-            )
-        if isinstance(vol.get("secret"), dict):
-            out.extend(
-                _ref(
-                    obj,
-                    objects,
-                    "Secret",
-                    ns,
-                    vol["secret"].get("secretName"),
-                    f"{vptr}/secret/secretName",
-                    optional=bool(vol["secret"].get("optional")),
-                )
-            )
-        if isinstance(vol.get("persistentVolumeClaim"), dict):
-            out.extend(
-                _ref(
-                    obj,
-                    objects,
-                    "PersistentVolumeClaim",
-                    ns,
-                    vol["persistentVolumeClaim"].get("claimName"),
-                    f"{vptr}/persistentVolumeClaim/claimName",
-                )
-            )
-    if obj.key.kind == "StatefulSet":
-        for t in _seq(obj.spec.get("volumeClaimTemplates")):
-            if isinstance(t, dict):
-                volume_names.add(str(_map(t.get("metadata")).get("name")))
-        service = obj.spec.get("serviceName")
-        if isinstance(service, str) and ObjectKey("Service", ns, service) not in objects:
-            out.append(
-                _diag(
-                    obj,
-                    "/spec/serviceName",
-                    f"Service {ns}/{service} does not exist",
-                    "add a headless Service (clusterIP: None) with that name so pods get DNS names",
-                    warning=True,
-                )
-            )
-    container_names: set[str] = set()
-    for cptr, c in _containers(tptr, tmpl):
-        cname = c.get("name")
-        if cname in container_names:
-            out.append(_diag(obj, f"{cptr}/name", f"duplicate container name {cname!r}"))
-        container_names.add(str(cname))
-        for j, m in enumerate(_seq(c.get("volumeMounts"))):
-            if isinstance(m, dict) and m.get("name") not in volume_names:
-                out.append(
-                    _diag(
-                        obj,
-                        f"{cptr}/volumeMounts/{j}/name",
-                        f"volume {m.get('name')!r} is not defined",
-                        _suggest(str(m.get("name")), volume_names) or "add it under spec.volumes",
-                    )
-                )
-        for j, env in enumerate(_seq(c.get("env"))):
-            source = _map(_map(env).get("valueFrom"))
-            for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
-                ref = source.get(field)
-                if isinstance(ref, dict):
-                    out.extend(
-                        _ref(
-                            obj,
-                            objects,
-                            kind,
-                            ns,
-                            ref.get("name"),
-                            f"{cptr}/env/{j}/valueFrom/{field}/name",
-                            optional=bool(ref.get("optional")),
-                            key=ref.get("key"),
-                            key_ptr=f"{cptr}/env/{j}/valueFrom/{field}/key",
-                        )
-                    )
-        for j, src in enumerate(_seq(c.get("envFrom"))):
-            for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
-                ref = _map(src).get(field)
-                if isinstance(ref, dict):
-                    out.extend(
-                        _ref(
-                            obj,
-                            objects,
-                            kind,
-                            ns,
-                            ref.get("name"),
-                            f"{cptr}/envFrom/{j}/{field}/name",
-                            optional=bool(ref.get("optional")),
-                        )
-                    )
-        out.extend(_check_resources(obj, cptr, c))
-        ports = [str(p["name"]) for p in _seq(c.get("ports")) if isinstance(p, dict) and p.get("name")]
-        for dup in sorted({p for p in ports if ports.count(p) > 1}):
-            out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
-    node_selector = pod.get("nodeSelector")
-    if (
-        isinstance(node_selector, dict)
-        and node_selector
-        and nodes
-        and not any(selectors.map_matches(node_selector, n.labels) for n in nodes)
-    ):
-        out.append(
-            _diag(
-                obj,
-                f"{tptr}/spec/nodeSelector",
-                f"no Node has the labels {', '.join(f'{k}={v}' for k, v in sorted(node_selector.items()))}",
-                "its pods will stay Pending until a Node has them",
-                warning=True,
-            )
-        )
-    return out
-
-
-def _check_resources(obj: Object, cptr: str, c: dict[str, Any]) -> list[Diagnostic]:
-    res = _map(c.get("resources"))
-    requests, limits = _map(res.get("requests")), _map(res.get("limits"))
-    out: list[Diagnostic] = []
-    for name, limit in limits.items():
-        if name not in requests:
-            continue
-        try:
-            if parse_quantity(requests[name]) > parse_quantity(limit):
-                out.append(
-                    _diag(
-                        obj,
-                        f"{cptr}/resources/requests/{escape_token(name)}",
-                        f"request {requests[name]} is above the limit {limit}",
-                        "a request must be less than or equal to its limit",
-                    )
-                )
-        except QuantityError:
-            pass  # the schema already reported it
-    return out
-
-
-def _ref(
-    obj: Object,
-    objects: dict[ObjectKey, Object],
-    kind: str,
-    ns: str,
-    name: Any,
-    ptr: str,
-    *,
-    optional: bool = False,
-    key: Any = None,
-    key_ptr: str = "",
-) -> list[Diagnostic]:
-    if not isinstance(name, str) or optional:
-        return []
-    target = objects.get(ObjectKey(kind, ns, name))
-    if target is None:
-        others = [k.name for k in objects if k.kind == kind and k.namespace == ns]
-        fix = _suggest(name, others) or f"add a {kind} named {name!r} in namespace {ns!r}"
-        return [_diag(obj, ptr, f"{kind} {ns}/{name} does not exist", fix)]
-    if isinstance(key, str):
-        keys: set[str] = set()
-        for field in ("data", "stringData", "binaryData"):
-            value = target.body.get(field)
-            if isinstance(value, dict):
-                keys.update(value)
-        if key not in keys:
-            fix = _suggest(key, keys) or f"keys in {kind} {name}: {', '.join(sorted(keys)) or '(none)'}"
-            return [_diag(obj, key_ptr, f"{kind} {ns}/{name} has no key {key!r}", fix)]
-    return []
-
-
-def _check_service(svc: Object, pod_labels: dict[tuple[str, str, str], list[dict[str, str]]]) -> list[Diagnostic]:
-    spec = svc.spec
-    if spec.get("type") == "ExternalName":
-        return []
-    selector = spec.get("selector")
-    if not isinstance(selector, dict) or not selector:
-        return [
-            _diag(
-                svc,
-                "/spec",
-                "this Service has no selector, so it selects no pods",
-                "add spec.selector matching a workload's pod labels",
-                warning=True,
-                key=True,
-            )
-        ]
-    first_key, first_value = next(iter(selector.items()))
-    candidates = pod_labels.get((svc.key.namespace, first_key, str(first_value)), [])
-    if any(selectors.map_matches(selector, labels) for labels in candidates):
-        return []
-    return [
-        _diag(
-            svc,
-            "/spec/selector",
-            f"selector {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))} matches no workload's pods "
-            f"in namespace {svc.key.namespace!r}",
-            "check the labels in the workload's spec.template.metadata.labels",
-            warning=True,
-        )
-    ]

@@ -1,0 +1,566 @@
+"""Cross-object rules: what needs more than one object of a commit (references, selectors,
+namespaces, addresses), and a few single-object rules schemas cannot say.
+
+Purely computational, no side effects beyond the memos the caller hands in. A rule's result
+depends on its object and on what it reads of the others; each read goes through `_Reads`,
+which notes it, and the result is kept in the object's memo (kept with its file in the
+source cache) beside those notes. The next commit reuses it while every read gives the same
+answer -- the same body (parsed bodies are shared between loads while their blob is
+unchanged), the same names, the same Nodes -- so a commit that changes one file re-runs the
+rules of the objects that read it, and the rest cost a few lookups each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import ipaddress
+import operator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Set
+from typing import Any
+
+from gitorch.model import selectors
+from gitorch.model.diagnostics import Diagnostic, Severity, escape_token
+from gitorch.model.objects import DEFAULT_NAMESPACE, KINDS, SENSITIVE_FIELDS, Object, ObjectKey
+from gitorch.model.quantities import QuantityError, parse_quantity
+
+Memo = MutableMapping[str, Any]
+"""One object's memo: what its rules last found and read; it lives as long as its parsed file."""
+
+
+def suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def internal_error(
+    path: str, line: int, column: int, ptr: str, what: str, exc: BaseException, sensitive: bool
+) -> Diagnostic:
+    """An unexpected exception as a diagnostic: the input is reported, never a traceback."""
+    detail = type(exc).__name__ if sensitive else f"{type(exc).__name__}: {str(exc)[:200]}"
+    return Diagnostic(path, line, column, ptr, f"internal error checking {what}: {detail}; please report")
+
+
+def _diag(
+    obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False
+) -> Diagnostic:
+    pos = obj.document.position(ptr, key=key)
+    return Diagnostic(
+        obj.path,
+        pos.line,
+        pos.column,
+        ptr,
+        message,
+        hint,
+        Severity.WARNING if warning else Severity.ERROR,
+    )
+
+
+def _map(value: Any) -> dict[str, Any]:
+    """`value` when it is a mapping, else an empty one: cross checks read any shape safely."""
+    return value if isinstance(value, dict) else {}
+
+
+def _seq(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def pod_template(obj: Object) -> tuple[str, dict[str, Any]] | None:
+    """The pointer and body of a workload's pod template."""
+    spec = obj.spec
+    if obj.key.kind == "CronJob":
+        tmpl = _map(_map(spec.get("jobTemplate")).get("spec")).get("template")
+        return ("/spec/jobTemplate/spec/template", tmpl) if isinstance(tmpl, dict) else None
+    tmpl = spec.get("template")
+    return ("/spec/template", tmpl) if isinstance(tmpl, dict) else None
+
+
+def _containers(tmpl_ptr: str, tmpl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    pod = _map(tmpl.get("spec"))
+    for field in ("initContainers", "containers"):
+        for i, c in enumerate(_seq(pod.get(field))):
+            if isinstance(c, dict):
+                yield f"{tmpl_ptr}/spec/{field}/{i}", c
+
+
+def _guarded(obj: Object, check: Callable[[], list[Diagnostic]]) -> list[Diagnostic]:
+    """One object's checks; an unexpected exception is that object's error, never the commit's."""
+    try:
+        return check()
+    except Exception as exc:
+        pos = obj.document.position("/metadata/name")
+        what = f"{obj.key.kind}/{obj.key.name}"
+        sensitive = obj.key.kind in SENSITIVE_FIELDS
+        return [internal_error(obj.path, pos.line, pos.column, "/metadata/name", what, exc, sensitive)]
+
+
+_ORDER = operator.attrgetter("key.kind", "key.namespace", "key.name")  # ObjectKey's order, compared in C
+_WORKLOADS = frozenset(("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"))
+
+
+class _World:
+    """One commit's objects and the indexes rules look things up in."""
+
+    def __init__(self, objects: Mapping[ObjectKey, Object], invalid: Set[ObjectKey]) -> None:
+        self.objects = objects
+        self.ordered = sorted(objects.values(), key=_ORDER)
+        self.nodes = [o for o in self.ordered if o.key.kind == "Node" and o.key not in invalid]
+        self.nodes_seen = _same_nodes(tuple(n.body for n in self.nodes))
+        # (namespace, label, value) -> labels of the pod templates carrying it, so a Service's
+        # selector is checked against a few candidates instead of every workload.
+        labels_index: dict[tuple[str, str, str], list[Any]] = {}
+        for obj in self.ordered:
+            if KINDS[obj.key.kind].workload and obj.key not in invalid:
+                labels = _template_labels(obj)
+                if isinstance(labels, dict):
+                    for k, v in labels.items():
+                        labels_index.setdefault((obj.key.namespace, k, str(v)), []).append(labels)
+        self.pod_labels = {k: tuple(v) for k, v in labels_index.items()}
+        self._names: dict[tuple[str, str], tuple[str, ...]] | None = None
+
+    def names(self, kind: str, namespace: str) -> tuple[str, ...]:
+        """Names of the objects of a kind in a namespace, in the commit's order (for suggestions)."""
+        if self._names is None:
+            index: dict[tuple[str, str], list[str]] = {}
+            for k in self.objects:
+                index.setdefault((k.kind, k.namespace), []).append(k.name)
+            self._names = {k: tuple(v) for k, v in index.items()}
+        return self._names.get((kind, namespace), ())
+
+
+# The Nodes' bodies as last seen: an equal tuple is replaced by that very one, so a memo tells
+# "the same Nodes" by identity. It holds one commit's Nodes (its retention: the latest only).
+_NODES: list[tuple[Any, ...]] = [()]
+_NODES_LOCK = threading.Lock()
+
+
+def _same_nodes(bodies: tuple[Any, ...]) -> tuple[Any, ...]:
+    with _NODES_LOCK:
+        if bodies == _NODES[0]:
+            return _NODES[0]
+        _NODES[0] = bodies
+        return bodies
+
+
+_GET, _NAMES, _NODES_READ, _LABELS = "get", "names", "nodes", "labels"
+_Log = tuple[tuple[str, Any, Any], ...]
+
+
+class _Reads:
+    """A rule's view of the other objects, noting each read and its answer."""
+
+    __slots__ = ("log", "world")
+
+    def __init__(self, world: _World) -> None:
+        self.world = world
+        self.log: list[tuple[str, Any, Any]] = []
+
+    def get(self, key: ObjectKey) -> Object | None:
+        obj = self.world.objects.get(key)
+        self.log.append((_GET, key, None if obj is None else obj.body))
+        return obj
+
+    def names(self, kind: str, namespace: str) -> tuple[str, ...]:
+        found = self.world.names(kind, namespace)
+        self.log.append((_NAMES, (kind, namespace), found))
+        return found
+
+    def nodes(self) -> list[Object]:
+        self.log.append((_NODES_READ, None, self.world.nodes_seen))
+        return self.world.nodes
+
+    def pod_labels(self, namespace: str, label: str, value: str) -> tuple[Any, ...]:
+        found = self.world.pod_labels.get((namespace, label, value), ())
+        self.log.append((_LABELS, (namespace, label, value), found))
+        return found
+
+
+def _still_holds(world: _World, log: _Log) -> bool:
+    """Whether every read in `log` gives the same answer in `world`: the very same body
+    (parsed bodies are shared while their blob is unchanged), equal names, the same Nodes."""
+    for what, key, seen in log:
+        if what is _GET:
+            obj = world.objects.get(key)
+            if (None if obj is None else obj.body) is not seen:
+                return False
+        elif what is _NAMES:
+            if world.names(*key) != seen:
+                return False
+        elif what is _NODES_READ:
+            if world.nodes_seen is not seen:
+                return False
+        elif world.pod_labels.get(key, ()) != seen:
+            return False
+    return True
+
+
+def _run(
+    obj: Object, world: _World, rule: Callable[[Object, _Reads], list[Diagnostic]], memo: Memo | None
+) -> list[Diagnostic]:
+    """`rule` on `obj`, or its last result when everything it read is unchanged."""
+    name = rule.__name__
+    if memo is not None:
+        last = memo.get(name)
+        if last is not None and _still_holds(world, last[0]):
+            return list(last[1])
+    reads = _Reads(world)
+    out = _guarded(obj, functools.partial(rule, obj, reads))
+    if memo is not None:
+        memo[name] = (tuple(reads.log), tuple(out))
+    return out
+
+
+def _template_labels(obj: Object) -> Any:
+    found = pod_template(obj)
+    return _map(found[1].get("metadata")).get("labels") if found else None
+
+
+def cross_check(
+    objects: Mapping[ObjectKey, Object],
+    invalid: Set[ObjectKey] = frozenset(),
+    memos: Mapping[ObjectKey, Memo] | None = None,
+) -> list[Diagnostic]:
+    """Rules that need more than one object (and a few single-object rules schemas cannot say).
+
+    Objects in `invalid` failed their schema check: they still count as targets of references,
+    but their own rules are skipped, as their shapes may be anything. `memos` (per object, as
+    long-lived as its body) let an unchanged object whose reads are unchanged skip its rules."""
+    out: list[Diagnostic] = []
+    world = _World(objects, invalid)
+    namespaces = {k.name for k in objects if k.kind == "Namespace"} | {DEFAULT_NAMESPACE}
+    ordered = world.ordered
+    clusters = [o for o in ordered if o.key.kind == "Cluster"]
+    for extra in clusters[1:]:
+        out.append(
+            _diag(
+                extra,
+                "/metadata/name",
+                f"a second Cluster ({extra.key.name}); a repository describes one cluster",
+                f"keep only {clusters[0].key.name!r} (in {clusters[0].path})",
+            )
+        )
+    for c in clusters:
+        if c.key not in invalid:
+            out.extend(_guarded(c, functools.partial(_check_cluster, c)))
+    out.extend(_check_nodes(world.nodes))
+    for obj in ordered:
+        key = obj.key
+        if key.namespace and key.namespace not in namespaces:
+            out.append(
+                _diag(
+                    obj,
+                    "/metadata/namespace",
+                    f"namespace {key.namespace!r} does not exist",
+                    f"add a Namespace named {key.namespace!r}, or fix the name",
+                )
+            )
+        if key in invalid:
+            continue
+        if key.kind in _WORKLOADS:
+            out.extend(_run(obj, world, _check_workload, memos.get(key) if memos is not None else None))
+        elif key.kind == "Service":
+            out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
+    return out
+
+
+def _check_cluster(c: Object) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    nets = {}
+    for field in ("podCIDR", "serviceCIDR"):
+        value = c.spec.get(field)
+        if isinstance(value, str):
+            try:
+                nets[field] = ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                out.append(
+                    _diag(
+                        c,
+                        f"/spec/{field}",
+                        f"{value!r} is not a valid CIDR: {exc}",
+                        "a network such as 10.244.0.0/16 (host bits zero)",
+                    )
+                )
+    if len(nets) == 2 and nets["podCIDR"].overlaps(nets["serviceCIDR"]):
+        out.append(
+            _diag(
+                c,
+                "/spec/serviceCIDR",
+                "serviceCIDR overlaps podCIDR",
+                "pick networks that do not overlap, e.g. 10.244.0.0/16 and 10.96.0.0/12",
+            )
+        )
+    return out
+
+
+def _check_nodes(nodes: list[Object]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    seen: dict[tuple[str, int], Object] = {}
+    for n in nodes:
+        addr = n.spec.get("address")
+        port = n.spec.get("port", 22)
+        if not isinstance(addr, str) or not isinstance(port, int):
+            continue
+        first = seen.get((addr, port))
+        if first is not None:
+            out.append(
+                _diag(
+                    n,
+                    "/spec/address",
+                    f"address {addr}:{port} is already used by Node {first.key.name}",
+                    "each Node needs its own address (or port)",
+                )
+            )
+        else:
+            seen[(addr, port)] = n
+    return out
+
+
+def _check_selector(obj: Object, selector: dict[str, Any], labels: dict[str, str], ptr: str) -> list[Diagnostic]:
+    if selectors.matches(selector, labels):
+        return []
+    return [
+        _diag(
+            obj,
+            ptr,
+            f"selector {selectors.describe(selector)} does not match the template labels "
+            f"{', '.join(f'{k}={v}' for k, v in sorted(labels.items())) or '(none)'}",
+            "make spec.template.metadata.labels include every label the selector asks for",
+        )
+    ]
+
+
+def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    found = pod_template(obj)
+    if found is None:
+        return out
+    tptr, tmpl = found
+    labels = _map(tmpl.get("metadata")).get("labels") or {}
+    selector = obj.spec.get("selector")
+    if isinstance(selector, dict) and isinstance(labels, dict):
+        out.extend(_check_selector(obj, selector, labels, "/spec/selector"))
+        if not selector.get("matchLabels") and not selector.get("matchExpressions"):
+            out.append(
+                _diag(
+                    obj,
+                    "/spec/selector",
+                    "an empty selector would select every pod in the namespace",
+                    "select on the template's labels, e.g. matchLabels: {app: NAME}",
+                )
+            )
+    pod = _map(tmpl.get("spec"))
+    ns = obj.key.namespace
+    # Volumes: every mount names a volume; every referenced object exists.
+    volume_names: set[str] = set()
+    for i, vol in enumerate(_seq(pod.get("volumes"))):
+        if not isinstance(vol, dict):
+            continue
+        vptr = f"{tptr}/spec/volumes/{i}"
+        if vol.get("name") in volume_names:
+            out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
+        volume_names.add(str(vol.get("name")))
+        if isinstance(vol.get("configMap"), dict):
+            out.extend(
+                _ref(
+                    obj,
+                    reads,
+                    "ConfigMap",
+                    ns,
+                    vol["configMap"].get("name"),
+                    f"{vptr}/configMap/name",
+                    optional=bool(vol["configMap"].get("optional")),
+                )
+            )
+        if isinstance(vol.get("secret"), dict):
+            out.extend(
+                _ref(
+                    obj,
+                    reads,
+                    "Secret",
+                    ns,
+                    vol["secret"].get("secretName"),
+                    f"{vptr}/secret/secretName",
+                    optional=bool(vol["secret"].get("optional")),
+                )
+            )
+        if isinstance(vol.get("persistentVolumeClaim"), dict):
+            out.extend(
+                _ref(
+                    obj,
+                    reads,
+                    "PersistentVolumeClaim",
+                    ns,
+                    vol["persistentVolumeClaim"].get("claimName"),
+                    f"{vptr}/persistentVolumeClaim/claimName",
+                )
+            )
+    if obj.key.kind == "StatefulSet":
+        for t in _seq(obj.spec.get("volumeClaimTemplates")):
+            if isinstance(t, dict):
+                volume_names.add(str(_map(t.get("metadata")).get("name")))
+        service = obj.spec.get("serviceName")
+        if isinstance(service, str) and reads.get(ObjectKey("Service", ns, service)) is None:
+            out.append(
+                _diag(
+                    obj,
+                    "/spec/serviceName",
+                    f"Service {ns}/{service} does not exist",
+                    "add a headless Service (clusterIP: None) with that name so pods get DNS names",
+                    warning=True,
+                )
+            )
+    container_names: set[str] = set()
+    for cptr, c in _containers(tptr, tmpl):
+        cname = c.get("name")
+        if cname in container_names:
+            out.append(_diag(obj, f"{cptr}/name", f"duplicate container name {cname!r}"))
+        container_names.add(str(cname))
+        for j, m in enumerate(_seq(c.get("volumeMounts"))):
+            if isinstance(m, dict) and m.get("name") not in volume_names:
+                out.append(
+                    _diag(
+                        obj,
+                        f"{cptr}/volumeMounts/{j}/name",
+                        f"volume {m.get('name')!r} is not defined",
+                        suggest(str(m.get("name")), volume_names) or "add it under spec.volumes",
+                    )
+                )
+        for j, env in enumerate(_seq(c.get("env"))):
+            source = _map(_map(env).get("valueFrom"))
+            for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                ref = source.get(field)
+                if isinstance(ref, dict):
+                    out.extend(
+                        _ref(
+                            obj,
+                            reads,
+                            kind,
+                            ns,
+                            ref.get("name"),
+                            f"{cptr}/env/{j}/valueFrom/{field}/name",
+                            optional=bool(ref.get("optional")),
+                            key=ref.get("key"),
+                            key_ptr=f"{cptr}/env/{j}/valueFrom/{field}/key",
+                        )
+                    )
+        for j, src in enumerate(_seq(c.get("envFrom"))):
+            for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                ref = _map(src).get(field)
+                if isinstance(ref, dict):
+                    out.extend(
+                        _ref(
+                            obj,
+                            reads,
+                            kind,
+                            ns,
+                            ref.get("name"),
+                            f"{cptr}/envFrom/{j}/{field}/name",
+                            optional=bool(ref.get("optional")),
+                        )
+                    )
+        out.extend(_check_resources(obj, cptr, c))
+        ports = [str(p["name"]) for p in _seq(c.get("ports")) if isinstance(p, dict) and p.get("name")]
+        for dup in sorted({p for p in ports if ports.count(p) > 1}):
+            out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
+    node_selector = pod.get("nodeSelector")
+    if (
+        isinstance(node_selector, dict)
+        and node_selector
+        and (nodes := reads.nodes())
+        and not any(selectors.map_matches(node_selector, n.labels) for n in nodes)
+    ):
+        out.append(
+            _diag(
+                obj,
+                f"{tptr}/spec/nodeSelector",
+                f"no Node has the labels {', '.join(f'{k}={v}' for k, v in sorted(node_selector.items()))}",
+                "its pods will stay Pending until a Node has them",
+                warning=True,
+            )
+        )
+    return out
+
+
+def _check_resources(obj: Object, cptr: str, c: dict[str, Any]) -> list[Diagnostic]:
+    res = _map(c.get("resources"))
+    requests, limits = _map(res.get("requests")), _map(res.get("limits"))
+    out: list[Diagnostic] = []
+    for name, limit in limits.items():
+        if name not in requests:
+            continue
+        try:
+            if parse_quantity(requests[name]) > parse_quantity(limit):
+                out.append(
+                    _diag(
+                        obj,
+                        f"{cptr}/resources/requests/{escape_token(name)}",
+                        f"request {requests[name]} is above the limit {limit}",
+                        "a request must be less than or equal to its limit",
+                    )
+                )
+        except QuantityError:
+            pass  # the schema already reported it
+    return out
+
+
+def _ref(
+    obj: Object,
+    reads: _Reads,
+    kind: str,
+    ns: str,
+    name: Any,
+    ptr: str,
+    *,
+    optional: bool = False,
+    key: Any = None,
+    key_ptr: str = "",
+) -> list[Diagnostic]:
+    if not isinstance(name, str) or optional:
+        return []
+    target = reads.get(ObjectKey(kind, ns, name))
+    if target is None:
+        fix = suggest(name, reads.names(kind, ns)) or f"add a {kind} named {name!r} in namespace {ns!r}"
+        return [_diag(obj, ptr, f"{kind} {ns}/{name} does not exist", fix)]
+    if isinstance(key, str):
+        keys: set[str] = set()
+        for field in ("data", "stringData", "binaryData"):
+            value = target.body.get(field)
+            if isinstance(value, dict):
+                keys.update(value)
+        if key not in keys:
+            fix = suggest(key, keys) or f"keys in {kind} {name}: {', '.join(sorted(keys)) or '(none)'}"
+            return [_diag(obj, key_ptr, f"{kind} {ns}/{name} has no key {key!r}", fix)]
+    return []
+
+
+def _check_service(svc: Object, reads: _Reads) -> list[Diagnostic]:
+    spec = svc.spec
+    if spec.get("type") == "ExternalName":
+        return []
+    selector = spec.get("selector")
+    if not isinstance(selector, dict) or not selector:
+        return [
+            _diag(
+                svc,
+                "/spec",
+                "this Service has no selector, so it selects no pods",
+                "add spec.selector matching a workload's pod labels",
+                warning=True,
+                key=True,
+            )
+        ]
+    first_key, first_value = next(iter(selector.items()))
+    candidates = reads.pod_labels(svc.key.namespace, first_key, str(first_value))
+    if any(selectors.map_matches(selector, labels) for labels in candidates):
+        return []
+    return [
+        _diag(
+            svc,
+            "/spec/selector",
+            f"selector {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))} matches no workload's pods "
+            f"in namespace {svc.key.namespace!r}",
+            "check the labels in the workload's spec.template.metadata.labels",
+            warning=True,
+        )
+    ]

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from gitorch.nodes.lab import Lab
 from gitorch.nodes.ssh import HostKeyMismatch, check_remote_host
 from gitorch.source.git import RemoteAuth, is_remote, mirror
 from tests.gitrepo import GitRepo, git
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -175,15 +175,13 @@ def serve_follows(lab: Lab, tmp_path: Path, source: list[str], push: Callable[[s
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def count() -> int:
+            assert proc.poll() is None, "serve exited"
             return len([p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"])
 
-        deadline = time.monotonic() + 60
         for want, change in ((1, None), (2, ("two", _fix_port(web(replicas=2)))), (0, ("none", ""))):
             if change is not None:
                 push(change[0], {"apps.yaml": change[1]})
-            while count() != want:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.5)
+            wait_until(f"{want} pod(s) running", count, timeout=60, interval=0.5, accept=lambda n, want=want: n == want)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

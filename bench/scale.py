@@ -290,17 +290,34 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         commit(repo, apps(pods, None), f"{pods} pods")
         converge(controller, store, pods, 3600, fig)
         noop_passes(controller, passes, fig)
-        if profile is not None:
-            write_profile(controller, fleet, profile, profile_passes, fig)
         # The pass after one pod's readiness flips, then flips back.
         target = next(iter(sorted(agents)))
         namespace, name = agents[target].pods()[0]
         agents[target].set_ready(namespace, name, False)
+        before, cpu = FakeAgent.seconds, time.process_time()
         fig.flip_pass, _ = timed(controller.reconcile)
+        fig.notes.append(f"flip pass: CPU {1000 * (time.process_time() - cpu):.0f} ms, fake agents "
+                         f"{1000 * (FakeAgent.seconds - before):.0f} ms of it; sync calls so far "
+                         f"{sum(a.calls.get('sync', 0) for a in agents.values())}")
         if pod_ready(store, namespace, name) is not False:
             fig.notes.append("the flip pass did not record the pod unready")
         agents[target].set_ready(namespace, name, True)
         fig.flip_back_pass, _ = timed(controller.reconcile)
+        if profile is not None:
+            prof, took = profiled(fleet, lambda: [controller.reconcile() for _ in range(profile_passes)])
+            text = profile_text(prof, f"cProfile of {profile_passes} no-op pass(es), {nodes} simulated nodes, "
+                                f"{pods} pods (fake agents: bench/fakeagents.py); {1000 * took / profile_passes:.0f}"
+                                f" ms per pass under the profiler, {1000 * statistics.median(fig.noop):.0f} ms "
+                                "without. Node calls ran inline (one thread) so that cProfile sees them.")
+            agents[target].set_ready(namespace, name, False)
+            prof, took = profiled(fleet, controller.reconcile)
+            agents[target].set_ready(namespace, name, True)
+            controller.reconcile()
+            text += "\n\n" + profile_text(prof, f"cProfile of the pass after one pod's readiness flip: "
+                                          f"{1000 * took:.0f} ms under the profiler, {1000 * fig.flip_pass:.0f} ms "
+                                          "without.")
+            profile.write_text(text)
+            fig.notes.append(f"profiles of a no-op pass and of a flip pass written to {profile}")
         gc.collect()
         rss = rss_kib()
         fakes = fake_bytes(agents) // 1024
@@ -347,31 +364,29 @@ class InlineExecutor:
         pass
 
 
-def write_profile(controller: Controller, fleet: Fleet, path: Path, count: int, fig: Figures) -> None:
-    """cProfile of `count` no-op passes, the fan-out's node calls run inline so the
-    profile sees them (under the GIL they take the same CPU in threads)."""
+def profiled(fleet: Fleet, passes: Callable[[], None]) -> tuple[cProfile.Profile, float]:
+    """cProfile of `passes`, the fan-out's node calls run inline so that the profile sees
+    them (under the GIL they take the same CPU in threads); and the wall time it took."""
     threaded = fleet._executor
     fleet._executor = InlineExecutor()  # type: ignore[assignment]
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
-    for _ in range(count):
-        controller.reconcile()
-    prof.disable()
-    fleet._executor = threaded
-    took = (time.perf_counter() - t0) / count
+    try:
+        passes()
+    finally:
+        prof.disable()
+        fleet._executor = threaded
+    return prof, time.perf_counter() - t0
+
+
+def profile_text(prof: cProfile.Profile, header: str, top: int = 45) -> str:
     out = io.StringIO()
-    out.write(f"cProfile of {count} no-op pass(es), {fig.nodes} simulated nodes, {fig.pods} pods "
-              f"(fake agents in bench/fakeagents.py); {1000 * took:.0f} ms per pass under the profiler, "
-              f"{1000 * statistics.median(fig.noop):.0f} ms without.\n"
-              f"The fan-out's node calls ran inline (one thread) so that cProfile sees them.\n\n")
+    out.write(header + "\n\n")
     for key, title in (("cumulative", "by cumulative time"), ("tottime", "by own time")):
-        out.write(f"==== top 45 {title} ====\n")
-        stats = pstats.Stats(prof, stream=out)
-        stats.strip_dirs().sort_stats(key).print_stats(45)
-    text = re.sub(r"\n{3,}", "\n\n", out.getvalue())
-    path.write_text(text)
-    fig.notes.append(f"profile of a no-op pass written to {path}")
+        out.write(f"==== top {top} {title} ====\n")
+        pstats.Stats(prof, stream=out).strip_dirs().sort_stats(key).print_stats(top)
+    return re.sub(r"\n{3,}", "\n\n", out.getvalue())
 
 
 # -- real labs -----------------------------------------------------------------------------

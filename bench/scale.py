@@ -174,7 +174,7 @@ class Figures:
     def lines(self) -> list[str]:
         out = [f"{self.label}: {self.nodes} nodes, {self.pods} pods"]
         if self.converge_s:
-            out.append(f"  commit -> all Ready: {self.converge_s:.1f} s ({self.pods / self.converge_s:.0f} pods/s, "
+            out.append(f"  commit -> all Ready: {self.converge_s:.1f} s ({self.pods / self.converge_s:.1f} pods/s, "
                        f"{self.passes_to_converge} passes)")
         if self.start_p99 is not None:
             out.append(f"  pod start (scheduled -> Ready): p50 {self.start_p50:.2f} s, p99 {self.start_p99:.2f} s")
@@ -397,9 +397,8 @@ def real(nodes: int, pods: int, subnet: str, passes: int, idle_seconds: float, l
     labmod.preflight()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        os.chmod(root, 0o755)  # the flip file's folder must be readable from the pods
         state_dir = root / "lab"
-        flag = root / "unready"
+        flag = "/tmp/gitorch-scale-unready"  # on the flip pod's node (lab nodes have their own /tmp)
         nodes_file = root / "nodes.yaml"
         t0 = time.monotonic()
         labmod.up(nodes, state_dir=state_dir, subnet=subnet, nodes_file=nodes_file)
@@ -413,35 +412,51 @@ def real(nodes: int, pods: int, subnet: str, passes: int, idle_seconds: float, l
             store = Store.open(f"sqlite:///{tmp}/store.db")
             controller = Controller(open_repository(repo), store, root / "state")
             controller.reconcile()  # connect, ship the agent, learn the nodes: the cluster is up
-            commit(repo, apps(pods, ["test", "!", "-e", str(flag)]), f"{pods} pods")
+            controller.close()
+            # serve with the nodes and no pods: the baseline its per-pod memory is counted from.
+            serve = start_serve(root, repo)
+            empty = Figures("empty", nodes, 0)
+            idle(serve, min(idle_seconds, 10.0), empty)
+            stop(serve)
+            serve = None
+            commit(repo, apps(pods, ["test", "!", "-e", flag]), f"{pods} pods")
             converge(controller, store, pods + 1, limit, fig)
             noop_passes(controller, passes, fig)
-            fig.flip_pass = flip(controller, store, flag, unready=True)
-            fig.flip_back_pass = flip(controller, store, flag, unready=False)
+            lab = labmod.load(state_dir)
+            assert lab is not None
+            fig.flip_pass = flip(controller, store, lab, flag, unready=True)
+            fig.flip_back_pass = flip(controller, store, lab, flag, unready=False)
             controller.close()
             store.close()
             serve = start_serve(root, repo)
             idle(serve, idle_seconds, fig)
+            assert fig.rss_kib is not None and empty.rss_kib is not None
+            fig.per_pod_kib = (fig.rss_kib - empty.rss_kib) / (pods + 1)
+            fig.notes.append(f"serve with the nodes and no pods: RSS {empty.rss_kib / 1024:.0f} MiB (per-pod figure "
+                             f"counted from it), {100 * (empty.idle_cpu or 0):.1f}% of a core at idle")
         finally:
             if serve is not None:
-                serve.send_signal(signal.SIGTERM)
-                try:
-                    serve.wait(30)
-                except subprocess.TimeoutExpired:
-                    serve.kill()
-                    serve.wait()
+                stop(serve)
             labmod.down(state_dir)
     return fig
 
 
-def flip(controller: Controller, store: Store, flag: Path, unready: bool, limit: float = 60.0) -> float:
-    """Flip the flip pod's readiness (its probe tests for `flag`), wait until its agent
-    reports it, then time the pass that sees it."""
+def stop(serve: subprocess.Popen[bytes]) -> None:
+    serve.send_signal(signal.SIGTERM)
+    try:
+        serve.wait(30)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        serve.wait()
+
+
+def flip(controller: Controller, store: Store, lab: labmod.Lab, flag: str, unready: bool,
+         limit: float = 60.0) -> float:
+    """Flip the flip pod's readiness (its probe tests for `flag` on its node), wait until
+    its agent reports it, then time the pass that sees it."""
     pod = next(p for p in store.pods(namespace=NAMESPACE) if p.owner_name == FLIP)
-    if unready:
-        flag.write_text("")
-    else:
-        flag.unlink()
+    subprocess.run(labmod.ssh_command(lab, str(pod.node), ["touch" if unready else "rm", "-f", flag]),
+                   check=True, capture_output=True, timeout=30)
     state = desired_mod.load(controller.repo, None)
     client = controller.fleet(state).clients[str(pod.node)]
     deadline = time.monotonic() + limit
@@ -508,7 +523,6 @@ def idle(serve: subprocess.Popen[bytes], seconds: float, fig: Figures) -> None:
         total = m1["gitorch_reconcile_pass_duration_seconds_sum"] - m0["gitorch_reconcile_pass_duration_seconds_sum"]
         fig.idle_pass_mean = total / count
     fig.rss_kib = rss_kib(serve.pid)
-    fig.per_pod_kib = fig.rss_kib / fig.pods
 
 
 # -- main ----------------------------------------------------------------------------------

@@ -127,13 +127,13 @@ class _Positions:
     position is asked only for a diagnostic, and the tree of them costs more than the values
     (the cyclic GC scans every node of it). Composing the same text gives the same documents."""
 
-    __slots__ = ("_limits", "_lock", "_text", "_wheres")
+    __slots__ = ("_limits", "_text", "_wheres")
+    _lock = threading.Lock()  # one for all: composing positions is rare (a diagnostic's)
 
     def __init__(self, text: str, limits: Limits) -> None:
         self._text: str | None = text
         self._limits = limits
         self._wheres: list[_Where] | None = None
-        self._lock = threading.Lock()
 
     def of(self, index: int) -> _Where | None:
         with self._lock:

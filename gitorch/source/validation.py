@@ -329,8 +329,8 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
     return Object(ObjectKey(kind, namespace, name), body, doc), sorted(set(diags))
 
 
-# One checked document: its object (None when it has none) and whether it passed its schema.
-_Checked = tuple[Object | None, Document, bool]
+# One checked document: its object's key (None when it has none) and whether it passed its schema.
+_Checked = tuple[ObjectKey | None, Document, bool]
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def _check_file(f: SourceFile, cache: BlobCache[FileResult] | None) -> FileResul
     out: list[_Checked] = []
     for doc in docs:
         obj, d = _check_document(doc)
-        out.append((obj, doc, not any(x.severity is Severity.ERROR for x in d)))
+        out.append((obj.key if obj else None, doc, not any(x.severity is Severity.ERROR for x in d)))
         diags.extend(d)
     result = FileResult(tuple(out), tuple(diags), tuple({} for _ in out))
     if cache is not None:
@@ -422,10 +422,10 @@ def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None) -> De
     for f in snapshot.files:
         result = _check_file(f, cache)
         diags.extend(result.diagnostics)
-        for i, (cached, doc, valid) in enumerate(result.checked):
-            if cached is None:
+        for i, (key, doc, valid) in enumerate(result.checked):
+            if key is None:
                 continue
-            obj = Object(cached.key, cached.body, doc)  # this load's own; the body is shared, read-only
+            obj = Object(key, doc.body, doc)  # this load's own; the body is shared, read-only
             first = objects.get(obj.key)
             if first is not None:
                 p = doc.position("/metadata/name")

@@ -6,7 +6,7 @@ stream answers `status`, `facts` and `sync` as an agent whose pods all start at 
 would, so the real NodeClient (JSON encoding, decoding, pod report checks) and the real
 Fleet fan-out run unchanged. A fake agent does as little as it can: an unchanged sync is
 recognised by its bytes, and answers are serialised once per change, so nearly all the
-time a pass spends is the controller's. `FakeAgent.seconds` adds up what they did spend.
+time a pass spends is the controller's; `FakeAgent.seconds` adds up the CPU time they do spend.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FakeAgent:
     """One node's agent: the desired pod set from the last sync, every pod Running and
     Ready at once (unless made unready), a podIP from the node's pod CIDR."""
 
-    seconds = 0.0  # time spent answering, all agents together (approximate under threads)
+    seconds = 0.0  # CPU time spent answering (thread time), all agents together
     _total_lock = threading.Lock()
 
     def __init__(self, name: str, cpus: int = 8, memory: int = 32 << 30) -> None:
@@ -52,12 +52,12 @@ class FakeAgent:
     # -- the protocol ----------------------------------------------------------------------
 
     def answer(self, line: bytes) -> bytes:
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             with self._lock:
                 return self._answer(line)
         finally:
-            took = time.perf_counter() - started
+            took = time.thread_time() - started
             with FakeAgent._total_lock:
                 FakeAgent.seconds += took
 

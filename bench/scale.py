@@ -289,6 +289,7 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         controller.reconcile()  # learn the nodes (facts), as the first pass on a real lab does
         commit(repo, apps(pods, None), f"{pods} pods")
         converge(controller, store, pods, 3600, fig)
+        fig.start_p50 = fig.start_p99 = None  # fake pods start at once: no figure to give
         noop_passes(controller, passes, fig)
         # The pass after one pod's readiness flips, then flips back.
         target = next(iter(sorted(agents)))
@@ -424,8 +425,9 @@ def real(nodes: int, pods: int, subnet: str, passes: int, idle_seconds: float, l
             noop_passes(controller, passes, fig)
             lab = labmod.load(state_dir)
             assert lab is not None
-            fig.flip_pass = flip(controller, store, lab, flag, unready=True)
-            fig.flip_back_pass = flip(controller, store, lab, flag, unready=False)
+            fig.flip_pass, cpu = flip(controller, store, lab, flag, unready=True)
+            fig.flip_back_pass, _ = flip(controller, store, lab, flag, unready=False)
+            fig.notes.append(f"flip pass: controller CPU {1000 * cpu:.0f} ms (the rest: waiting on the nodes' syncs)")
             controller.close()
             store.close()
             serve = start_serve(root, repo)
@@ -451,9 +453,9 @@ def stop(serve: subprocess.Popen[bytes]) -> None:
 
 
 def flip(controller: Controller, store: Store, lab: labmod.Lab, flag: str, unready: bool,
-         limit: float = 60.0) -> float:
+         limit: float = 60.0) -> tuple[float, float]:
     """Flip the flip pod's readiness (its probe tests for `flag` on its node), wait until
-    its agent reports it, then time the pass that sees it."""
+    its agent reports it, then time the pass that sees it: (wall, CPU) seconds."""
     pod = next(p for p in store.pods(namespace=NAMESPACE) if p.owner_name == FLIP)
     subprocess.run(labmod.ssh_command(lab, str(pod.node), ["touch" if unready else "rm", "-f", flag]),
                    check=True, capture_output=True, timeout=30)
@@ -468,10 +470,12 @@ def flip(controller: Controller, store: Store, lab: labmod.Lab, flag: str, unrea
         if time.monotonic() > deadline:
             raise SystemExit(f"{pod.name}: readiness did not flip within {limit:g} s")
         time.sleep(0.1)
+    cpu = time.process_time()
     took, _ = timed(controller.reconcile)
+    cpu = time.process_time() - cpu
     if pod_ready(store, NAMESPACE, pod.name) is unready:
         raise SystemExit(f"{pod.name}: the pass after the flip did not record it")
-    return took
+    return took, cpu
 
 
 def start_serve(root: Path, repo: Path) -> subprocess.Popen[bytes]:
@@ -558,6 +562,8 @@ def main() -> None:
     sim = sizes(args.sim)
     subnets = args.subnets.split(",")
     results: list[Figures] = []
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start "
+          "(wall times include other processes' share; CPU times do not)", flush=True)
     if sim:
         fig = simulated(sim[0][0], sim[0][1], args.passes, args.profile, args.profile_passes)
         print("\n".join(fig.lines()), flush=True)

@@ -112,6 +112,26 @@ def test_the_installed_wheel_runs_outside_the_checkout(venv: Path, tmp_path: Pat
     assert run(venv, "migrate", cwd=tmp_path).returncode == 0  # migrations found in the wheel
 
 
+def test_pipx_installs_the_wheel_as_a_working_command(built: Built, tmp_path: Path) -> None:
+    """How people install Python tools: `pipx install` of the built wheel, in a home of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env |= {"PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin"),
+            "PIPX_MAN_DIR": str(tmp_path / "man"), "PIPX_DEFAULT_PYTHON": sys.executable}
+    proc = subprocess.run([sys.executable, "-m", "pipx", "install", str(built.wheel)], env=env, capture_output=True,
+                          text=True, timeout=BUILD_TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    command = tmp_path / "bin" / "gitorch"
+    version = subprocess.run([str(command), "--version"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert version.returncode == 0 and version.stdout.strip() == f"gitorch, version {VERSION}", version
+    repo = GitRepo(tmp_path / "repo")
+    repo.copy_tree(EXAMPLES)
+    repo.commit("examples", {})
+    valid = subprocess.run([str(command), "validate"], env={**env, "GITORCH_STATE_DIR": str(tmp_path / "state")},
+                           cwd=repo.path, capture_output=True, text=True, timeout=120, check=False)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+
+
 def _one_node(lab: Lab) -> str:
     """The first lab node's Node manifest (JSON is YAML): a one-node cluster."""
     return json.dumps(node_manifests(lab)[0], indent=2) + "\n"

@@ -320,7 +320,10 @@ class Controller:
                     facts = outcome.value["facts"]
                     fresh_facts = True
                 reports[name] = pod_reports(outcome.value["status"])
-                self._generations[name] = int(outcome.value["status"].get("generation") or 0)
+                status = outcome.value["status"]
+                # No supervisor running ("stale": killed, or the node rebooted): only a sync starts
+                # one, so such a node never counts as unchanged (see _unchanged).
+                self._generations[name] = -1 if status.get("stale") else int(status.get("generation") or 0)
                 last_seen: float | None = now
             else:
                 error = outcome.error if outcome is not None else f"{name}: not asked"

@@ -285,7 +285,7 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         fleet = fake_fleet(endpoints(state), agents)
         # The seam: the controller's fleet is a real Fleet of real NodeClients over fake
         # connections (see the report in bench/scale.py's commit for the hook asked for).
-        controller.fleet = lambda _state: fleet  # type: ignore[method-assign]
+        controller.fleet = lambda state: fleet  # type: ignore[method-assign]
         controller.reconcile()  # learn the nodes (facts), as the first pass on a real lab does
         commit(repo, apps(pods, None), f"{pods} pods")
         converge(controller, store, pods, 3600, fig)
@@ -365,7 +365,7 @@ class InlineExecutor:
         pass
 
 
-def profiled(fleet: Fleet, passes: Callable[[], None]) -> tuple[cProfile.Profile, float]:
+def profiled(fleet: Fleet, passes: Callable[[], object]) -> tuple[cProfile.Profile, float]:
     """cProfile of `passes`, the fan-out's node calls run inline so that the profile sees
     them (under the GIL they take the same CPU in threads); and the wall time it took."""
     threaded = fleet._executor

@@ -168,10 +168,10 @@ def cold_load(repo: Repository, rev: str) -> Timing:
 
 
 def spread(samples: list[Timing]) -> str:
-    walls = [w for w, _ in samples]
+    walls, cpus = [w for w, _ in samples], [c for _, c in samples]
     return (
         f"best {min(walls):.2f} s, median {statistics.median(walls):.2f} s of {len(samples)} "
-        f"(CPU best {min(c for _, c in samples):.2f} s)"
+        f"(CPU best {min(cpus):.2f} s, median {statistics.median(cpus):.2f} s)"
     )
 
 

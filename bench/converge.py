@@ -55,11 +55,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--pods", type=int, default=100)
+    parser.add_argument("--subnet", default="10.231.60.0/24",
+                        help="the lab's private /24 (another run's lab must not share it)")
     args = parser.parse_args()
     labmod.preflight()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "lab"
-        labmod.up(args.nodes, state_dir=state, subnet="10.231.60.0/24", nodes_file=Path(tmp) / "nodes.yaml")
+        labmod.up(args.nodes, state_dir=state, subnet=args.subnet, nodes_file=Path(tmp) / "nodes.yaml")
         try:
             repo = Path(tmp) / "repo"
             repo.mkdir()

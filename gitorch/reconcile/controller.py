@@ -32,7 +32,7 @@ from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
-from gitorch.store.database import Fence, NodeRecord, PodRecord, Store, StoreError, merge_conditions
+from gitorch.store.database import Fence, NodeRecord, ObjectRecord, PodRecord, Store, StoreError, merge_conditions
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class Controller:
         self._facts_at: dict[str, float] = {}
         self._pruned_at = float("-inf")
         self._pod_rows: list[PodRecord] = []
+        self._object_rows: list[ObjectRecord] = []
         self._states: dict[str, DesiredState] = {}
         self._networks: tuple[Any, dict[str, dict[str, Any]]] | None = None
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
@@ -367,7 +368,8 @@ class Controller:
             )
         started: dict[ObjectKey, tuple[str, float]] = {}
         last_schedule: dict[ObjectKey, float] = {}
-        for o in self.store.objects():
+        self._object_rows = self.store.objects()  # read once a pass: save compares with it too
+        for o in self._object_rows:
             key = ObjectKey(o.kind, o.namespace, o.name)
             rollout = (o.body or {}).get("rollout") or {}
             if rollout.get("revision"):
@@ -589,7 +591,7 @@ class Controller:
                 when=_dt(now),
                 revision=r.oid,
             )
-        stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in self.store.objects()}
+        stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in self._object_rows}
         for key, obj in state.objects.items():
             status = the_plan.statuses.get(key)
             previous = observed.rollout_started.get(key)
@@ -654,13 +656,13 @@ class Controller:
                     continue
                 report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
                 if report is not None:
-                    r = r.model_copy(
-                        update={
-                            "phase": str(report.get("phase") or r.phase),
-                            "ready": bool(report.get("ready")) and not report.get("terminating"),
-                            "ip": report.get("podIP") or r.ip,
-                        }
-                    )
+                    update = {
+                        "phase": str(report.get("phase") or r.phase),
+                        "ready": bool(report.get("ready")) and not report.get("terminating"),
+                        "ip": report.get("podIP") or r.ip,
+                    }
+                    if (r.phase, r.ready, r.ip) != (update["phase"], update["ready"], update["ip"]):
+                        r = r.model_copy(update=update)  # only pods whose report differs are copied
                 pods.append(r)
             return services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports)
         except StoreError as exc:

@@ -167,6 +167,7 @@ class _Pass:
         self.to_place: list[tuple[PodInfo, DesiredPod]] = []
         self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
+        self.started_at = 0  # where the running object controller's pods begin in plan.pods
 
     # Pods on a lost node are gone as far as replica counts go.
     def live(self, key: ObjectKey) -> tuple[list[PodState], list[PodState]]:
@@ -357,7 +358,8 @@ def _rollout_status(
     else:
         conditions.append({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"})
         health, message = "Progressing", f"{ready_new}/{replicas} new pods ready ({available} available)"
-    pending = [p for p in ps.plan.pods if p.owner == obj.key and p.node is None and p.message]
+    # Only this object's own pods (planned since its controller began): not a scan of every pod.
+    pending = [p for p in ps.plan.pods[ps.started_at:] if p.owner == obj.key and p.node is None and p.message]
     if pending and not complete:
         message += f"; {len(pending)} pending: {pending[0].message}"
     return Status(health, message, replicas, ready_new, updated, available, rev, tuple(conditions))
@@ -693,6 +695,7 @@ def _isolated(ps: _Pass, obj: Object, controller: Callable[[_Pass, Object], None
     """Run one object's controller; if it raises, undo what it planned and make the failure that
     object's status (Stalled), keeping its pods as they are: one object never stops a pass."""
     mark = (len(ps.plan.pods), len(ps.plan.removed), len(ps.plan.events), len(ps.to_place), set(ps.runs))
+    ps.started_at = mark[0]
     try:
         controller(ps, obj)
     except Exception as exc:  # one object's failure is that object's status, never the pass's

@@ -542,6 +542,9 @@ def test_init_containers_run_in_order_before_the_app(node: Node, tmp_path: Path)
     node.sync(pod("init-1", app, initContainers=inits))
     p = node.wait_pod("init-1", running, "running")
     assert [c["reason"] for c in p["initContainers"]] == ["Completed", "Completed"]
+    # Running means the app's process started, not that its first line is written yet.
+    wait_until("the app to write its line after the init containers'", lambda: out.read_text().split(),
+               accept=lambda lines: len(lines) >= 3, timeout=15, interval=0.05)
     assert out.read_text().split() == ["init-1", "init-2", "app"]
     bad = pod("init-2", sleeper(), restartPolicy="Never",
               initContainers=[ctr("fail", ["sh", "-c", "exit 7"])])

@@ -65,6 +65,34 @@ class StaleTerm(AgentError):
         self.holder = holder
 
 
+class Encoded:
+    """A payload value already encoded as JSON: a request that many nodes get alike (the service
+    table) is encoded once per pass, not once per node."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: Any) -> None:
+        self.text = json.dumps(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Encoded) and other.text == self.text
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def encode_request(verb: str, payload: dict[str, Any] | None) -> bytes:
+    """The request line: `Encoded` values are spliced in as they are."""
+    doc = {"verb": verb, **(payload or {})}
+    spliced = {k: v.text for k, v in doc.items() if isinstance(v, Encoded)}
+    if not spliced:
+        return json.dumps(doc).encode()
+    marks = {k: f"\x00gitorch-encoded-{k}\x00" for k in spliced}
+    text = json.dumps({k: (marks[k] if k in spliced else v) for k, v in doc.items()})
+    for k, mark in marks.items():
+        text = text.replace(json.dumps(mark), spliced[k], 1)
+    return text.encode()
+
+
 class NodeClient:
     """The agent on one node. What it answers is checked before anyone uses it (see
     checked_pods): a node is not trusted with other nodes' NAT rules or the cluster DNS."""
@@ -103,7 +131,7 @@ class NodeClient:
 
     def call(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """One request to the node's long-lived agent process (started on first use)."""
-        request = json.dumps({"verb": verb, **(payload or {})}).encode()
+        request = encode_request(verb, payload)
         self._learn(verb, payload)
         with self._lock:
             for attempt in range(3):

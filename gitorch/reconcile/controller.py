@@ -23,7 +23,7 @@ from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
-from gitorch.nodes.client import Fleet, NodeClient, PodKey, pod_reports
+from gitorch.nodes.client import Encoded, Fleet, NodeClient, PodKey, pod_reports
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import allocations, networking, podspecs, services
@@ -444,14 +444,16 @@ class Controller:
         shared = self._digest({"dns": dns, "services": table, "serviceCIDR": service_cidr, "clusterCIDR": cluster_cidr,
                                "fence": fence.token() if fence is not None else None})
 
+        encoded_table = Encoded(table) if table is not None else None  # encoded once for every node
+
         def sync_request(node: str) -> dict[str, Any]:
             request: dict[str, Any] = {"pods": sets[node]}
             if node in networks:
                 request["network"] = {**networks[node], "clusterCIDR": cluster_cidr}
             if dns is not None:
                 request["dns"] = dns
-            if table is not None:
-                request["services"] = table
+            if encoded_table is not None:
+                request["services"] = encoded_table
                 request["serviceCIDR"] = service_cidr
             if fence is not None:
                 request["fence"] = fence.token()

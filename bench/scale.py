@@ -50,7 +50,6 @@ from bench.fakeagents import FakeAgent, fake_fleet
 from bench.shared import GIT_ENV, free_port, git
 from gitorch.nodes import lab as labmod
 from gitorch.nodes.client import Fleet
-from gitorch.nodes.endpoints import endpoints
 from gitorch.reconcile.controller import Controller, PassResult
 from gitorch.source import desired as desired_mod
 from gitorch.source.git import open_repository
@@ -279,13 +278,10 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo(Path(tmp), sim_files(nodes, pods))
         store = Store.open(f"sqlite:///{tmp}/store.db")
-        controller = Controller(open_repository(repo), store, Path(tmp) / "state")
         agents: dict[str, FakeAgent] = {}
-        state = desired_mod.load(open_repository(repo), None)
-        fleet = fake_fleet(endpoints(state), agents)
-        # The seam: the controller's fleet is a real Fleet of real NodeClients over fake
-        # connections (see the report in bench/scale.py's commit for the hook asked for).
-        controller.fleet = lambda state: fleet  # type: ignore[method-assign]
+        # The seam: a real Fleet of real NodeClients over fake connections (Controller.fleet_factory).
+        controller = Controller(open_repository(repo), store, Path(tmp) / "state",
+                                fleet_factory=lambda eps, state: fake_fleet(eps, agents))
         controller.reconcile()  # learn the nodes (facts), as the first pass on a real lab does
         commit(repo, apps(pods, None), f"{pods} pods")
         converge(controller, store, pods, 3600, fig)
@@ -305,13 +301,13 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         agents[target].set_ready(namespace, name, True)
         fig.flip_back_pass, _ = timed(controller.reconcile)
         if profile is not None:
-            prof, took = profiled(fleet, lambda: [controller.reconcile() for _ in range(profile_passes)])
+            prof, took = profiled(controller.fleet(controller.load(None)[1]), lambda: [controller.reconcile() for _ in range(profile_passes)])
             text = profile_text(prof, f"cProfile of {profile_passes} no-op pass(es), {nodes} simulated nodes, "
                                 f"{pods} pods (fake agents: bench/fakeagents.py); {1000 * took / profile_passes:.0f}"
                                 f" ms per pass under the profiler, {1000 * statistics.median(fig.noop):.0f} ms "
                                 "without. Node calls ran inline (one thread) so that cProfile sees them.")
             agents[target].set_ready(namespace, name, False)
-            prof, took = profiled(fleet, controller.reconcile)
+            prof, took = profiled(controller.fleet(controller.load(None)[1]), controller.reconcile)
             agents[target].set_ready(namespace, name, True)
             controller.reconcile()
             text += "\n\n" + profile_text(prof, f"cProfile of the pass after one pod's readiness flip: "

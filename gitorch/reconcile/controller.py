@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,10 +142,19 @@ class Controller:
     """Reconciles one repository's desired state onto its nodes, through one store."""
 
     def __init__(
-        self, repo: Repository, store: Store, state_dir: Path, settings: ControllerSettings | None = None
+        self,
+        repo: Repository,
+        store: Store,
+        state_dir: Path,
+        settings: ControllerSettings | None = None,
+        *,
+        fleet_factory: Callable[[tuple[Endpoint, ...], DesiredState], Fleet] | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
+        self.fleet_factory = fleet_factory
+        """How the nodes are reached; default: SSH (a Pool). bench/scale.py measures the controller alone
+        with fake agents here; tests never do."""
         self.state_dir = state_dir
         self.settings = settings or ControllerSettings()
         self._fleet: Fleet | None = None
@@ -169,7 +178,7 @@ class Controller:
         eps = tuple(endpoints(state))
         if self._fleet is None or eps != self._endpoints:
             self.close()
-            self._fleet = Fleet(
+            self._fleet = self.fleet_factory(eps, state) if self.fleet_factory is not None else Fleet(
                 eps, Pool(ssh_options(state, self.state_dir / "known_hosts")), root=self.settings.agent_root
             )
             self._endpoints = eps

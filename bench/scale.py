@@ -301,13 +301,14 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         agents[target].set_ready(namespace, name, True)
         fig.flip_back_pass, _ = timed(controller.reconcile)
         if profile is not None:
-            prof, took = profiled(controller.fleet(controller.load(None)[1]), lambda: [controller.reconcile() for _ in range(profile_passes)])
+            fleet = controller.fleet(controller.load(None)[1])
+            prof, took = profiled(fleet, lambda: [controller.reconcile() for _ in range(profile_passes)])
             text = profile_text(prof, f"cProfile of {profile_passes} no-op pass(es), {nodes} simulated nodes, "
                                 f"{pods} pods (fake agents: bench/fakeagents.py); {1000 * took / profile_passes:.0f}"
                                 f" ms per pass under the profiler, {1000 * statistics.median(fig.noop):.0f} ms "
                                 "without. Node calls ran inline (one thread) so that cProfile sees them.")
             agents[target].set_ready(namespace, name, False)
-            prof, took = profiled(controller.fleet(controller.load(None)[1]), controller.reconcile)
+            prof, took = profiled(fleet, controller.reconcile)
             agents[target].set_ready(namespace, name, True)
             controller.reconcile()
             text += "\n\n" + profile_text(prof, f"cProfile of the pass after one pod's readiness flip: "

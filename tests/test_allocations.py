@@ -80,3 +80,24 @@ def test_pod_cidrs_pinned_kept_then_lowest_free(repo: GitRepo) -> None:
     # n2's old CIDR is outside the Cluster's /23: re-allocated; n3 pinned; n1 gets what is left.
     assert result.pod_cidrs == {"n3": "10.244.0.0/24", "n1": "10.244.1.0/24"}
     assert "no free /24" in result.problems[ObjectKey("Node", "", "n2")]
+
+
+def test_a_requested_node_port_held_by_another_service_is_that_services_problem(repo: GitRepo) -> None:
+    # Malformed and out-of-range requests never get here: validation refuses them (test_validation).
+    text = CLUSTER + service("np2", ", nodePort: 30080", "NodePort") + service("np3", ", nodePort: 30080", "NodePort")
+    result = allocate(load(repo, text), {}, {}, {})
+    assert result.node_ports == {("default", "np2", "http"): 30080}
+    problems = {k.name: v for k, v in result.problems.items()}
+    assert problems == {"np3": "node port 30080 is already allocated to default/np2 port 'http'"}
+    assert {k[1] for k in result.cluster_ips} == {"np2", "np3"}
+
+
+def test_a_released_address_is_given_again_and_a_new_service_keeps_clear_of_held_ones(repo: GitRepo) -> None:
+    state = load(repo, CLUSTER + "".join(service(f"s{i}") for i in range(5)))
+    first = allocate(state, {}, {}, {})
+    # s3 leaves Git: its address goes back to the range, and a new service may get it.
+    without = {k: v for k, v in first.cluster_ips.items() if k != ("default", "s3")}
+    state = load(repo, CLUSTER + "".join(service(f"s{i}") for i in (0, 1, 2, 4, 5)))
+    again = allocate(state, without, {}, {})
+    assert {k: v for k, v in again.cluster_ips.items() if k != ("default", "s5")} == without
+    assert again.cluster_ips[("default", "s5")] not in without.values()

@@ -20,7 +20,6 @@ from gitorch.model.errors import GitorchError
 from gitorch.store.database import (
     MIGRATIONS,
     SQLITE_BUSY_TIMEOUT_MS,
-    AllocationError,
     InventoryEntry,
     PodRecord,
     Store,
@@ -123,7 +122,7 @@ def test_a_newer_gitorch_upgrades_an_older_store_keeping_its_data(
 ) -> None:
     # The store as this gitorch writes it ...
     store.upsert_node("n1", address="10.0.0.1", labels={"zone": "a"})
-    store.allocate_pod_cidr("n1", "10.244.0.0/16")
+    store.save_allocations({}, {}, {"n1": "10.244.0.0/24"})
     store.record_revision(SHA_A, committed_at=T0)
     store.close()
     # ... opened by a "newer gitorch" whose tree has a second migration.
@@ -436,124 +435,6 @@ def test_nodes_and_heartbeat(store: Store) -> None:
     assert store.delete_node("n2") is True
     assert store.delete_node("n2") is False
     assert store.node("n2") is None
-
-
-def test_pod_cidrs_are_unique_stable_and_freed_with_the_node(store: Store) -> None:
-    for name in ("n1", "n2", "n3"):
-        store.upsert_node(name)
-    assert store.allocate_pod_cidr("n1", "10.244.0.0/16") == "10.244.0.0/24"
-    assert store.allocate_pod_cidr("n2", "10.244.0.0/16") == "10.244.1.0/24"
-    assert store.allocate_pod_cidr("n1", "10.244.0.0/16") == "10.244.0.0/24"  # stable
-    assert store.node("n2").pod_cidr == "10.244.1.0/24"  # type: ignore[union-attr]
-    store.delete_node("n1")
-    assert store.allocate_pod_cidr("n3", "10.244.0.0/16") == "10.244.0.0/24"  # freed, reused
-
-    with pytest.raises(AllocationError, match=r"not a /24 of 10\.245\.0\.0/16"):
-        store.allocate_pod_cidr("n2", "10.245.0.0/16")
-    store.upsert_node("n4")
-    store.upsert_node("n5")
-    assert store.allocate_pod_cidr("n4", "10.9.0.0/23", prefix=24) == "10.9.0.0/24"
-    assert store.allocate_pod_cidr("n5", "10.9.0.0/23", prefix=24) == "10.9.1.0/24"
-    store.upsert_node("n6")
-    with pytest.raises(AllocationError, match="no free /24"):
-        store.allocate_pod_cidr("n6", "10.9.0.0/23")
-    with pytest.raises(StoreError, match="not registered"):
-        store.allocate_pod_cidr("ghost", "10.244.0.0/16")
-    with pytest.raises(AllocationError):
-        store.allocate_pod_cidr("n6", "10.9.0.0/23", prefix=16)
-
-
-# ---- cluster IPs and node ports -------------------------------------------------------------
-
-
-def test_cluster_ips_are_stable_unique_and_released(store: Store) -> None:
-    cidr = "10.96.0.0/29"  # .0 network, .1 reserved, .7 broadcast: .2-.6 allocatable
-    ips = [store.allocate_cluster_ip("default", f"svc{i}", cidr) for i in range(5)]
-    assert sorted(ips) == [f"10.96.0.{i}" for i in range(2, 7)]
-    assert store.allocate_cluster_ip("default", "svc3", cidr) == ips[3]  # stable
-    with pytest.raises(AllocationError, match="no free cluster IP"):
-        store.allocate_cluster_ip("default", "svc5", cidr)  # never one already allocated
-
-    assert store.release_cluster_ip("default", "svc3") is True
-    assert store.release_cluster_ip("default", "svc3") is False
-    assert store.allocate_cluster_ip("other", "svc5", cidr) == ips[3]
-    assert {(a.namespace, a.service) for a in store.cluster_ips()} == {
-        ("default", "svc0"), ("default", "svc1"), ("default", "svc2"), ("default", "svc4"),
-        ("other", "svc5"),
-    }
-
-
-def test_cluster_ip_requests(store: Store) -> None:
-    cidr = "10.96.0.0/12"
-    assert store.allocate_cluster_ip("default", "web", cidr, requested="10.96.0.10") == "10.96.0.10"
-    with pytest.raises(AllocationError, match="already allocated to default/web"):
-        store.allocate_cluster_ip("default", "api", cidr, requested="10.96.0.10")
-    for bad in ("10.96.0.0", "10.96.0.1", "10.111.255.255", "10.200.0.5"):
-        with pytest.raises(AllocationError, match="outside the allocatable range"):
-            store.allocate_cluster_ip("default", "api", cidr, requested=bad)
-    with pytest.raises(AllocationError, match="invalid"):
-        store.allocate_cluster_ip("default", "api", cidr, requested="10.96.0.300")
-    # A service whose manifest now asks for another address moves to it.
-    assert store.allocate_cluster_ip("default", "web", cidr, requested="10.96.0.11") == "10.96.0.11"
-    assert store.allocate_cluster_ip("default", "web", cidr) == "10.96.0.11"
-    assert store.allocate_cluster_ip("default", "api", cidr, requested="10.96.0.10") == "10.96.0.10"
-    auto = store.allocate_cluster_ip("default", "dns", cidr)
-    assert auto not in ("10.96.0.10", "10.96.0.11", "10.96.0.0", "10.96.0.1")
-
-
-@pytest.mark.parametrize("lock", [True, False], ids=["locked", "constraints-only"])
-def test_concurrent_allocations_never_share_a_value(
-    store_url: str, lock: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not lock:
-        # Without the allocation lock, racing writers collide on the unique constraints and
-        # must retry: what stays unique is guaranteed by the database itself.
-        monkeypatch.setattr(store_module, "_serialize", lambda session, what: None)
-        monkeypatch.setattr(store_module, "_ALLOCATION_RETRIES", 16)
-    stores = [Store.open(store_url) for _ in range(8)]
-    try:
-        for i, s in enumerate(stores):
-            s.upsert_node(f"n{i}")
-        ips = run_threads(
-            8, lambda i: stores[i].allocate_cluster_ip("default", f"s{i}", "10.96.0.0/28")
-        )
-        ports = run_threads(
-            8, lambda i: stores[i].allocate_node_port("default", f"s{i}", port_range=(31000, 31009))
-        )
-        cidrs = run_threads(8, lambda i: stores[i].allocate_pod_cidr(f"n{i}", "10.244.0.0/16"))
-    finally:
-        for s in stores:
-            s.close()
-    assert len(set(ips)) == len(set(ports)) == len(set(cidrs)) == 8
-    assert sorted(cidrs) == sorted(f"10.244.{i}.0/24" for i in range(8))
-
-
-def test_node_ports(store: Store) -> None:
-    port = store.allocate_node_port("default", "web", "http")
-    assert 30000 <= port <= 32767
-    assert store.allocate_node_port("default", "web", "http") == port
-    assert store.allocate_node_port("default", "web", "https", requested=30443) == 30443
-    with pytest.raises(AllocationError, match="already allocated to default/web port 'https'"):
-        store.allocate_node_port("default", "api", "http", requested=30443)
-    with pytest.raises(AllocationError, match="outside the range"):
-        store.allocate_node_port("default", "api", "http", requested=8080)
-
-    small = (31000, 31001)
-    a = store.allocate_node_port("ns", "a", "", port_range=small)
-    b = store.allocate_node_port("ns", "b", "", port_range=small)
-    assert {a, b} == {31000, 31001}
-    with pytest.raises(AllocationError, match="no free node port"):
-        store.allocate_node_port("ns", "c", "", port_range=small)
-
-    assert store.release_node_ports("default", "web", keep=["http"]) == 1
-    assert [(p.service, p.port_name) for p in store.node_ports() if p.service == "web"] == [
-        ("web", "http")
-    ]
-    assert store.release_node_ports("ns", "a") == 1
-    assert store.allocate_node_port("ns", "c", "", port_range=small) == a
-
-
-# ---- events ---------------------------------------------------------------------------------
 
 
 def test_events_aggregate_repeats(store: Store) -> None:

@@ -8,7 +8,6 @@ detached, so callers never need a session. All times are timezone-aware UTC.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import threading
@@ -46,14 +45,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from gitorch.model.errors import GitorchError
-from gitorch.model.ranges import NODE_PORT_RANGE, RangeError, spread
-from gitorch.model.ranges import probe as _range_probe
-from gitorch.model.ranges import service_range as _range_of
 
 T = TypeVar("T")
 
@@ -62,7 +58,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Arbitrary constant: concurrent controllers starting at once migrate one after the other.
 _MIGRATION_LOCK_KEY = 0x6769746F7263
 # How often an allocation retries after a concurrent writer took the same value.
-_ALLOCATION_RETRIES = 5
 
 Outcome = Literal["applied", "failed", "invalid", "pending"]
 Sync = Literal["Synced", "OutOfSync"]
@@ -87,10 +82,6 @@ DRIFT_MODES: tuple[str, ...] = get_args(DriftMode)
 
 class StoreError(GitorchError):
     """The state store cannot be opened, reached or written as asked."""
-
-
-class AllocationError(StoreError, RangeError):
-    """An IP, CIDR or port cannot be allocated (range full, requested value taken or invalid)."""
 
 
 class StaleLeader(StoreError):
@@ -417,20 +408,6 @@ def _check(value: object, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} {value!r} is not one of {', '.join(allowed)}")
 
 
-def probe(first: int, last: int, used: set[int], key: str, what: str) -> int:
-    try:
-        return _range_probe(first, last, used, key, what)
-    except RangeError as exc:
-        raise AllocationError(str(exc)) from exc
-
-
-def service_range(cidr: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int, int]:
-    try:
-        return _range_of(cidr)
-    except RangeError as exc:
-        raise AllocationError(str(exc)) from exc
-
-
 # ---- opening -------------------------------------------------------------------------------
 
 
@@ -560,18 +537,6 @@ def _open_schema(
 
 def _table(model: type[SQLModel]) -> Table:
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
-
-
-def _serialize(session: Session, what: str) -> None:
-    """Make concurrent allocations of `what` take turns until commit.
-
-    SQLite writers already take turns (BEGIN IMMEDIATE). On PostgreSQL, without this, racing
-    controllers would all pick the same lowest free value and retry one another out; the
-    unique constraints remain the guarantee, this only spares the retries.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        key = spread(f"gitorch:{what}", 2**62)
-        session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -988,127 +953,7 @@ class Store:
             result = s.connection().execute(delete(table).where(table.c.name == name))
             return result.rowcount > 0
 
-    def allocate_pod_cidr(self, node: str, cluster_cidr: str, prefix: int = 24) -> str:
-        """The node's pod CIDR: kept once given, else the lowest free /prefix of cluster_cidr."""
-        try:
-            cluster = ipaddress.ip_network(cluster_cidr)
-        except ValueError as exc:
-            raise AllocationError(f"pod CIDR {cluster_cidr!r} is invalid: {exc}") from exc
-        if not cluster.prefixlen <= prefix <= cluster.max_prefixlen:
-            raise AllocationError(f"pod CIDR {cluster_cidr} has no /{prefix} subnets")
-        with self._session(write=True) as s:
-            _serialize(s, "pod_cidr")
-            for _ in range(_ALLOCATION_RETRIES):
-                row = s.get(NodeRecord, node)
-                if row is None:
-                    raise StoreError(f"node {node!r} is not registered")
-                if row.pod_cidr:
-                    current = ipaddress.ip_network(row.pod_cidr)
-                    if (
-                        current.version == cluster.version
-                        and current.subnet_of(cluster)  # type: ignore[arg-type]
-                        and current.prefixlen == prefix
-                    ):
-                        return row.pod_cidr
-                    raise AllocationError(
-                        f"node {node} has pod CIDR {row.pod_cidr}, not a /{prefix} of "
-                        f"{cluster_cidr}; delete the node from the store to re-allocate"
-                    )
-                used = [
-                    net
-                    for taken in s.exec(select(NodeRecord.pod_cidr)).all()
-                    if taken and (net := ipaddress.ip_network(taken)).version == cluster.version
-                ]
-                subnets = cluster.subnets(new_prefix=prefix)
-                free = next(
-                    (sub for sub in subnets if not any(sub.overlaps(u) for u in used)),
-                    None,
-                )
-                if free is None:
-                    raise AllocationError(f"no free /{prefix} left in pod CIDR {cluster_cidr}")
-                try:
-                    with s.begin_nested():
-                        row.pod_cidr = str(free)
-                except IntegrityError:
-                    s.expire_all()
-                    continue
-                return str(free)
-        raise AllocationError(f"pod CIDR for {node}: too many concurrent allocations, retry")
-
     # ---- service cluster IPs and node ports ----
-
-    def allocate_cluster_ip(
-        self,
-        namespace: str,
-        service: str,
-        cidr: str,
-        requested: str | None = None,
-        *,
-        now: datetime | None = None,
-    ) -> str:
-        """The service's cluster IP: kept once given; `requested` if free, else an error.
-
-        Without a request a new service gets the first free address from an offset hashed from
-        its name. An address stays with its service until `release_cluster_ip`.
-        """
-        network, first, last = service_range(cidr)
-        wanted: int | None = None
-        if requested is not None:
-            try:
-                wanted = int(ipaddress.ip_address(requested))
-            except ValueError as exc:
-                raise AllocationError(f"requested cluster IP {requested!r} is invalid") from exc
-            if not first <= wanted <= last or ipaddress.ip_address(requested) not in network:
-                raise AllocationError(
-                    f"requested cluster IP {requested} is outside the allocatable range of "
-                    f"{cidr} (its network, first and last addresses are reserved)"
-                )
-        stamp = _now(now)
-        with self._session(write=True) as s:
-            _serialize(s, "cluster_ip")
-            for _ in range(_ALLOCATION_RETRIES):
-                rows = list(s.exec(select(ClusterIPAllocation)).all())
-                mine = next(
-                    (r for r in rows if (r.namespace, r.service) == (namespace, service)), None
-                )
-                if mine is not None:
-                    ip = int(ipaddress.ip_address(mine.ip))
-                    if wanted == ip or (wanted is None and first <= ip <= last):
-                        return mine.ip
-                used = {
-                    int(address): r
-                    for r in rows
-                    if r is not mine and (address := ipaddress.ip_address(r.ip)) in network
-                }
-                if wanted is not None:
-                    if wanted in used:
-                        holder = used[wanted]
-                        raise AllocationError(
-                            f"cluster IP {requested} is already allocated to "
-                            f"{holder.namespace}/{holder.service}"
-                        )
-                    chosen = wanted
-                else:
-                    chosen = probe(
-                        first, last, set(used), f"{namespace}/{service}", f"cluster IP in {cidr}"
-                    )
-                chosen_ip = str(ipaddress.ip_address(chosen))
-                try:
-                    with s.begin_nested():
-                        if mine is not None:
-                            s.delete(mine)
-                            s.flush()
-                        s.add(
-                            ClusterIPAllocation(
-                                ip=chosen_ip, namespace=namespace, service=service,
-                                allocated_at=stamp,
-                            )
-                        )
-                except IntegrityError:
-                    s.expire_all()
-                    continue
-                return chosen_ip
-        raise AllocationError(f"cluster IP for {namespace}/{service}: too many concurrent writers")
 
     def save_allocations(
         self,
@@ -1150,15 +995,6 @@ class Store:
                     node.pod_cidr = wanted
             s.flush()
 
-    def release_cluster_ip(self, namespace: str, service: str) -> bool:
-        """Free the service's cluster IP; False if it had none."""
-        with self._session(write=True) as s:
-            table = _table(ClusterIPAllocation)
-            result = s.connection().execute(
-                delete(table).where(table.c.namespace == namespace, table.c.service == service)
-            )
-            return result.rowcount > 0
-
     def cluster_ips(self) -> list[ClusterIPAllocation]:
         """Every cluster IP allocation, by namespace and service."""
         with self._session(write=False) as s:
@@ -1166,80 +1002,6 @@ class Store:
                 col(ClusterIPAllocation.namespace), col(ClusterIPAllocation.service)
             )
             return list(s.exec(query).all())
-
-    def allocate_node_port(
-        self,
-        namespace: str,
-        service: str,
-        port_name: str = "",
-        requested: int | None = None,
-        *,
-        port_range: tuple[int, int] = NODE_PORT_RANGE,
-        now: datetime | None = None,
-    ) -> int:
-        """The NodePort of one named port of a service: kept once given; `requested` if free."""
-        first, last = port_range
-        if requested is not None and not first <= requested <= last:
-            raise AllocationError(
-                f"requested node port {requested} is outside the range {first}-{last}"
-            )
-        stamp = _now(now)
-        key = f"{namespace}/{service}/{port_name}"
-        with self._session(write=True) as s:
-            _serialize(s, "node_port")
-            for _ in range(_ALLOCATION_RETRIES):
-                rows = list(s.exec(select(NodePortAllocation)).all())
-                mine = next(
-                    (
-                        r
-                        for r in rows
-                        if (r.namespace, r.service, r.port_name) == (namespace, service, port_name)
-                    ),
-                    None,
-                )
-                if mine is not None and (
-                    requested == mine.port or (requested is None and first <= mine.port <= last)
-                ):
-                    return mine.port
-                used = {r.port: r for r in rows if r is not mine}
-                if requested is not None:
-                    if requested in used:
-                        holder = used[requested]
-                        raise AllocationError(
-                            f"node port {requested} is already allocated to "
-                            f"{holder.namespace}/{holder.service} port {holder.port_name!r}"
-                        )
-                    chosen = requested
-                else:
-                    chosen = probe(first, last, set(used), key, f"node port in {first}-{last}")
-                try:
-                    with s.begin_nested():
-                        if mine is not None:
-                            s.delete(mine)
-                            s.flush()
-                        s.add(
-                            NodePortAllocation(
-                                port=chosen, namespace=namespace, service=service,
-                                port_name=port_name, allocated_at=stamp,
-                            )
-                        )
-                except IntegrityError:
-                    s.expire_all()
-                    continue
-                return chosen
-        raise AllocationError(f"node port for {key}: too many concurrent writers")
-
-    def release_node_ports(
-        self, namespace: str, service: str, keep: Iterable[str] = ()
-    ) -> int:
-        """Free the service's node ports except those of the port names in `keep`."""
-        kept = list(keep)
-        with self._session(write=True) as s:
-            table = _table(NodePortAllocation)
-            query = delete(table).where(table.c.namespace == namespace, table.c.service == service)
-            if kept:
-                query = query.where(table.c.port_name.not_in(kept))
-            return s.connection().execute(query).rowcount
 
     def node_ports(self) -> list[NodePortAllocation]:
         """Every node port allocation, by port."""

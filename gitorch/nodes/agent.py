@@ -12,7 +12,7 @@ All state lives under ``--root`` (default /var/lib/gitorch). Python 3.9+, stdlib
 
 Verbs (request keys -> response keys besides ``ok``):
 
-- ``facts``  {"refresh": bool} -> hostname, os, kernel, arch, bootId, cpus (honours
+- ``facts``  {"refresh": bool} -> hostname, os, kernel, arch, goos, goarch, bootId, cpus (honours
   affinity and cgroup CPU quota; float if fractional), cpuMillis, cpusOnline,
   memory{totalBytes, availableBytes, limitBytes}, disk{path, totalBytes, freeBytes} of /,
   stateDisk{...} of the root, python, runtimes ["process", "podman"?, "docker"?],
@@ -759,6 +759,11 @@ def image_runtime(checks: Json) -> tuple[str, str] | None:
     return None
 
 
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "i386": "386", "armv7l": "arm",
+           "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+"""uname's machine names as Go's GOARCH names, which Kubernetes' kubernetes.io/arch label uses."""
+
+
 def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
     checks = node_checks(paths, refresh=bool(request.get("refresh")))
     mem = meminfo()
@@ -778,6 +783,8 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
         "os": os_pretty_name(),
         "kernel": uname.release,
         "arch": uname.machine,
+        "goos": sys.platform if sys.platform in ("linux", "darwin", "freebsd") else uname.sysname.lower(),
+        "goarch": _GOARCH.get(uname.machine, uname.machine),
         "bootId": (read_text("/proc/sys/kernel/random/boot_id") or "").strip() or None,
         "cpus": int(cpus) if cpus == int(cpus) else cpus,
         "cpuMillis": int(cpus * 1000),

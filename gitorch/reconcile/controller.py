@@ -109,6 +109,13 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, tz=UTC)
 
 
+_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i686": "386",
+           "i386": "386", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
+           "riscv64": "riscv64"}
+"""uname's machine names as Go's GOARCH, which Kubernetes' kubernetes.io/arch label uses
+(for agents older than the `goarch` fact)."""
+
+
 def node_info(manifest: Any, facts: dict[str, Any], reachable: bool) -> NodeInfo:
     """What the scheduler knows of a node: its manifest (labels, taints, capacity
     overrides) over what its agent reports (CPUs, memory, runtimes)."""
@@ -122,7 +129,11 @@ def node_info(manifest: Any, facts: dict[str, Any], reachable: bool) -> NodeInfo
         eph = to_bytes(capacity["ephemeral-storage"]) if "ephemeral-storage" in capacity else int(disk)
     except QuantityError:
         cpu, mem, eph = 0, 0, 0
-    labels = {"kubernetes.io/hostname": manifest.key.name, **manifest.labels}
+    labels = {"kubernetes.io/hostname": manifest.key.name, "kubernetes.io/os": str(facts.get("goos") or "linux")}
+    arch = facts.get("goarch") or _GOARCH.get(str(facts.get("arch")))
+    if arch:
+        labels["kubernetes.io/arch"] = str(arch)
+    labels.update(manifest.labels)
     return NodeInfo(
         name=manifest.key.name,
         labels=labels,
@@ -163,6 +174,10 @@ class Controller:
         self._pruned_at = float("-inf")
         self._pod_rows: list[PodRecord] = []
         self._object_rows: list[ObjectRecord] = []
+        self._written_objects: dict[ObjectKey, ObjectRecord | None] = {}
+        self._cached = False  # this pass uses the kept rows instead of reading them
+        self._cache_term: tuple[str, int] | None = None  # the term whose writes the kept rows hold
+        self._cache_at = float("-inf")
         self._states: dict[str, DesiredState] = {}
         self._networks: tuple[Any, dict[str, dict[str, Any]]] | None = None
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
@@ -235,6 +250,13 @@ class Controller:
                 self._record_revision(head, valid, now)
             return result  # nothing valid was ever applied: touch nothing
         fleet = self.fleet(state)
+        # The rows of pods and objects this controller wrote stand in for reading them back, while
+        # one fenced term lasts (no one else writes them) and until the resync re-reads them.
+        term = (fence.epoch, fence.term) if fence is not None else None
+        self._cached = term is not None and self._cache_term == term and now - self._cache_at < self.settings.resync
+        if not self._cached:
+            self._cache_at = now
+        self._cache_term = None  # until this pass's writes are committed
         observed, reports, nodes = self.observe(state, fleet, now)
         result.node_errors.update({n.name: n.error for n in nodes if n.error})
         allocs = allocations.allocate(
@@ -260,7 +282,30 @@ class Controller:
                 self.store.record_event(**event)
             self.save(state, the_plan, observed, now, valid, attempted=head.revision.oid)
             self._retain(state, now)
+        if term is not None:
+            self._remember(execution)
+            self._cache_term = term
         return result
+
+    def _remember(self, execution: Execution) -> None:
+        """Fold what the pass just committed into the rows kept for the next pass."""
+        pods = {(r.namespace, r.name): r for r in self._pod_rows}
+        for g in execution.gone:
+            pods.pop((g.namespace, g.name), None)
+        for r in execution.pods:
+            old = pods.get((r.namespace, r.name))
+            update: dict[str, Any] = {"spec": {}}
+            if old is not None:
+                update["created_at"] = old.created_at  # the store keeps a pod's first created_at
+            pods[(r.namespace, r.name)] = r.model_copy(update=update)
+        self._pod_rows = sorted(pods.values(), key=lambda r: (r.namespace, r.name))
+        objects = {ObjectKey(o.kind, o.namespace, o.name): o for o in self._object_rows}
+        for key, row in self._written_objects.items():
+            if row is None:
+                objects.pop(key, None)
+            else:
+                objects[key] = row
+        self._object_rows = sorted(objects.values(), key=lambda o: (o.kind, o.namespace, o.name))
 
     def _retain(self, state: DesiredState, now: float) -> None:
         """The store's retention rules, applied at most once a minute, within the pass."""
@@ -343,8 +388,10 @@ class Controller:
             lost = not reachable and (last_seen is None or now - last_seen > self.settings.node_timeout)
             nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=lost))
         pods: list[PodState] = []
-        # Read once a pass (execute and the service table use it too), without the specs it never reads.
-        self._pod_rows = self.store.pods(spec=False)
+        # Read once a pass (execute and the service table use it too), without the specs it never
+        # reads; while this controller's term lasts, what it wrote itself stands in for a read.
+        if not self._cached:
+            self._pod_rows = self.store.pods(spec=False)
         for r in self._pod_rows:
             report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
             phase, ready, restarts, reason, message = r.phase, r.ready, r.restarts, r.reason, r.message
@@ -377,7 +424,8 @@ class Controller:
             )
         started: dict[ObjectKey, tuple[str, float]] = {}
         last_schedule: dict[ObjectKey, float] = {}
-        self._object_rows = self.store.objects()  # read once a pass: save compares with it too
+        if not self._cached:
+            self._object_rows = self.store.objects()  # read once a pass: save compares with it too
         for o in self._object_rows:
             key = ObjectKey(o.kind, o.namespace, o.name)
             rollout = (o.body or {}).get("rollout") or {}
@@ -603,6 +651,8 @@ class Controller:
                 revision=r.oid,
             )
         stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in self._object_rows}
+        written: dict[ObjectKey, ObjectRecord | None] = {}  # what this pass wrote (None: deleted)
+        self._written_objects = written
         for key, obj in state.objects.items():
             status = the_plan.statuses.get(key)
             previous = observed.rollout_started.get(key)
@@ -631,11 +681,12 @@ class Controller:
                 merge_conditions(old.conditions or [], conditions, _dt(now)) == old.conditions
             ):
                 continue  # unchanged: not written
-            self.store.upsert_object_status(
+            written[key] = self.store.upsert_object_status(
                 key.kind, key.namespace, key.name, now=_dt(now), conditions=conditions, **fields
             )
         for key, rec in stored.items():
             if key not in state.objects:
+                written[key] = None
                 self.store.delete_object(rec.kind, rec.namespace, rec.name)
                 self.store.record_event(
                     rec.kind,

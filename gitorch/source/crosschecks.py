@@ -468,7 +468,7 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         isinstance(node_selector, dict)
         and node_selector
         and (nodes := reads.nodes())
-        and not any(selectors.map_matches(node_selector, n.labels) for n in nodes)
+        and not any(selectors.map_matches(node_selector, _node_labels(n, node_selector)) for n in nodes)
     ):
         out.append(
             _diag(
@@ -480,6 +480,22 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
             )
         )
     return out
+
+
+_WELL_KNOWN_OS = "kubernetes.io/os"
+_WELL_KNOWN_ARCH = "kubernetes.io/arch"
+_GOARCHES = frozenset({"amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le", "loong64"})
+
+
+def _node_labels(node: Object, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """A Node's labels as its agent will complete them: every Node carries kubernetes.io/hostname,
+    kubernetes.io/os (always linux) and kubernetes.io/arch, which only the agent's facts know, so
+    any real architecture asked for is taken as present."""
+    labels: dict[str, Any] = {"kubernetes.io/hostname": node.key.name, _WELL_KNOWN_OS: "linux"}
+    arch = wanted.get(_WELL_KNOWN_ARCH)
+    if isinstance(arch, str) and arch in _GOARCHES:
+        labels[_WELL_KNOWN_ARCH] = arch
+    return {**labels, **node.labels}
 
 
 def _check_resources(obj: Object, cptr: str, c: dict[str, Any]) -> list[Diagnostic]:

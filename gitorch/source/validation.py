@@ -37,6 +37,7 @@ from gitorch.source.crosschecks import Memo, cross_check, internal_error, sugges
 from gitorch.source.fastschema import Check, compile_schemas, pattern_matches
 from gitorch.source.git import Snapshot, SourceFile
 from gitorch.source.manifests import Document, ReadOnlyDict, ReadOnlyList, parse_documents
+from gitorch.source.no_effect import no_effect_fields
 
 
 def _schema_dir() -> Path:
@@ -318,6 +319,9 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
     if not _fast_valid(validators.fast.get(kind), body):
         for error in validators.by_kind[kind].iter_errors(body):
             diags.extend(_translate(doc, kind, error))
+    for ptr, reason in no_effect_fields(SCHEMA_DIR, info.schema, body):  # accepted, no effect
+        p = doc.position(ptr, key=True)
+        diags.append(Diagnostic(doc.path, p.line, p.column, ptr, "field has no effect", reason, Severity.WARNING))
     meta = body.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:

@@ -1,0 +1,175 @@
+"""Fields the schemas accept that gitorch gives no effect, each with the reason.
+
+Nothing is accepted and silently ignored: every property of every schema is either read by
+the code that gives it effect (tests/test_schema_coverage.py checks this) or listed in
+NO_EFFECT, and `gitorch validate` warns wherever a manifest sets one of these.
+
+A field is named by its *location*: the schema that declares it (a kind's file stem, or a
+name from defs.json's $defs) and the property path inside that schema, `[]` for a list's
+items and `*` for a map's values, e.g. `container.imagePullPolicy`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+_COMPAT = "accepted for compatibility; no effect: "
+_SERVE = "no effect: `gitorch serve --branch/--interval` decide this"
+
+NO_EFFECT: dict[str, str] = {
+    "cluster.spec.git.branch": _SERVE,
+    "cluster.spec.git.pollIntervalSeconds": _SERVE,
+    "cluster.spec.heartbeat.intervalSeconds": "no effect: the controller heartbeats reachable nodes on its passes",
+    "cluster.spec.heartbeat.nodeTimeoutSeconds": "no effect: GITORCH_NODE_TIMEOUT decides (default 40 s)",
+    "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
+    "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
+    "container.imagePullPolicy": _COMPAT + "gitorch runs images already on the node (podman --pull never)",
+    "volumeMount.subPath": _COMPAT + "gitorch mounts the whole volume",
+    "volume.configMap.defaultMode": _COMPAT + "gitorch writes projected files with its own fixed mode",
+    "volume.secret.defaultMode": _COMPAT + "gitorch writes projected files with its own fixed mode",
+    "keyToPath.mode": _COMPAT + "gitorch writes projected files with its own fixed mode",
+    "volume.emptyDir.medium": _COMPAT + "gitorch's emptyDir is always a directory on the node's disk",
+    "volume.emptyDir.sizeLimit": _COMPAT + "gitorch does not limit an emptyDir's size",
+    "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
+    "toleration.tolerationSeconds": _COMPAT + "gitorch does not evict pods for taints added later",
+    "jobSpec.ttlSecondsAfterFinished": _COMPAT + "gitorch keeps a finished Job and its pods until removed from Git",
+    "service.spec.sessionAffinity": _COMPAT + "gitorch balances every connection independently",
+    "deployment.spec.paused": _COMPAT + "gitorch rolls out every template change",
+    "statefulset.spec.updateStrategy.rollingUpdate.partition": _COMPAT + "gitorch updates every ordinal",
+    "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted": (
+        _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
+    ),
+    "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenScaled": (
+        _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
+    ),
+    "persistentVolumeClaimSpec.accessModes": (
+        _COMPAT + "gitorch volumes are node-local directories; ReadWriteOncePod is not enforced"
+    ),
+    "persistentVolumeClaimSpec.storageClassName": _COMPAT + "gitorch has one kind of volume, a node-local directory",
+    "persistentVolumeClaimSpec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
+    "persistentVolumeClaimSpec.resources.requests.storage": _COMPAT + "gitorch does not limit a volume's size",
+    "persistentVolumeClaimSpec.resources.limits.storage": _COMPAT + "gitorch does not limit a volume's size",
+}
+
+# Entries the schema requires (as Kubernetes does): a manifest cannot leave them out, so
+# `validate` does not warn about them; they stay in NO_EFFECT for the record.
+REQUIRED: frozenset[str] = frozenset(
+    {"persistentVolumeClaimSpec.accessModes", "persistentVolumeClaimSpec.resources.requests.storage"}
+)
+
+
+@dataclass(frozen=True)
+class Prop:
+    """One property declared by a schema, as reached from a kind's root."""
+
+    schema: str  # the kind's schema file, e.g. deployment.json
+    path: tuple[str, ...]  # keys from the document root; "[]" a list item, "*" a map value
+    location: str  # e.g. container.imagePullPolicy
+
+
+_SAME_LEVEL = ("allOf", "anyOf", "oneOf")
+
+
+def schema_properties(schema_dir: Path) -> Iterator[Prop]:
+    """Every property of every kind's schema, `$ref`s into defs.json resolved. Conditional
+    sub-schemas (if/then/else/not) only constrain properties declared elsewhere: skipped."""
+    files = {f.name: json.loads(f.read_bytes()) for f in sorted(schema_dir.glob("*.json"))}
+
+    def resolve(ref: str, current: str) -> tuple[str, str, Any]:
+        file, _, frag = ref.partition("#")
+        file = file or current
+        node: Any = files[file]
+        parts = [p for p in frag.split("/") if p]
+        for p in parts:
+            node = node[p]
+        owner = parts[-1] if len(parts) >= 2 and parts[0] == "$defs" else Path(file).stem
+        return file, owner, node
+
+    def walk(
+        node: Any, file: str, owner: str, inner: tuple[str, ...], path: tuple[str, ...], refs: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], str]]:
+        if not isinstance(node, dict):
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            key = ref if "#" in ref and ref.split("#")[0] else file + ref
+            if key not in refs:
+                rfile, rowner, target = resolve(ref, file)
+                yield from walk(target, rfile, rowner, (), path, (*refs, key))
+        for name, sub in (node.get("properties") or {}).items():
+            yield (*path, name), ".".join((owner, *inner, name))
+            yield from walk(sub, file, owner, (*inner, name), (*path, name), refs)
+        items = node.get("items")
+        if isinstance(items, dict):
+            yield from walk(items, file, owner, (*inner, "[]"), (*path, "[]"), refs)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            yield from walk(extra, file, owner, (*inner, "*"), (*path, "*"), refs)
+        for k in _SAME_LEVEL:
+            for sub in node.get(k) or ():
+                yield from walk(sub, file, owner, inner, path, refs)
+        for sub in (node.get("dependentSchemas") or {}).values():
+            yield from walk(sub, file, owner, inner, path, refs)
+
+    for name, contents in files.items():
+        if name == "defs.json":
+            continue
+        seen: set[tuple[tuple[str, ...], str]] = set()
+        for found in walk(contents, name, Path(name).stem, (), (), ()):
+            if found not in seen:
+                seen.add(found)
+                yield Prop(name, found[0], found[1])
+
+
+# A trie of document paths, per schema file: {key: (subtrie, reason or None)}.
+_Trie = dict[str, tuple["_Trie", str | None]]
+
+
+@cache
+def _tries(schema_dir: Path) -> Mapping[str, _Trie]:
+    out: dict[str, _Trie] = {}
+    for p in schema_properties(schema_dir):
+        reason = NO_EFFECT.get(p.location)
+        if reason is None or p.location in REQUIRED:
+            continue
+        node = out.setdefault(p.schema, {})
+        for i, key in enumerate(p.path):
+            last = i == len(p.path) - 1
+            sub, why = node.get(key, ({}, None))
+            node[key] = (sub, reason if last else why)
+            node = sub
+    return out
+
+
+def no_effect_fields(schema_dir: Path, schema: str, body: Any) -> Iterator[tuple[str, str]]:
+    """(JSON pointer, reason) for each no-effect field that `body`, a document of the kind
+    whose schema file is `schema`, sets."""
+    trie = _tries(schema_dir).get(schema)
+    if trie:
+        yield from _find(trie, body, "")
+
+
+def _find(trie: _Trie, value: Any, ptr: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        pairs: Iterator[tuple[Any, Any]] = iter(value.items())
+        for k, v in pairs:
+            here = f"{ptr}/{str(k).replace('~', '~0').replace('/', '~1')}"
+            for key in (k, "*"):
+                if key in trie:
+                    sub, reason = trie[key]
+                    if reason is not None:
+                        yield here, reason
+                    if sub:
+                        yield from _find(sub, v, here)
+    elif isinstance(value, list) and "[]" in trie:
+        sub, reason = trie["[]"]
+        for i, v in enumerate(value):
+            if reason is not None:
+                yield f"{ptr}/{i}", reason
+            if sub:
+                yield from _find(sub, v, f"{ptr}/{i}")

@@ -248,3 +248,50 @@ def test_daemonset_follows_nodes_and_taints(repo: GitRepo) -> None:
         NodeInfo("n3", {}, Resources(4000, 8 << 30, 110, 100 << 30), taints=(Taint("dedicated", "db", "NoSchedule"),))
     )
     assert sorted(d.node for d in plan(s, Observed(now, (), (*two, tainted))).pods) == ["n1", "n2"]
+
+
+def paused(text: str) -> str:
+    return text.replace("spec:\n  replicas:", "spec:\n  paused: true\n  replicas:", 1)
+
+
+def test_a_paused_deployment_stops_its_rollout_and_still_scales(repo: GitRepo) -> None:
+    now = 1000.0
+    v1 = plan(state(repo, {"web.yaml": deployment(3, "v1")}), Observed(now, (), NODES))
+    pods = as_observed(v1, now)
+    # A template change while paused: nothing is replaced, the status says Paused.
+    p = plan(state(repo, {"web.yaml": paused(deployment(3, "v2"))}), Observed(now, pods, NODES))
+    assert p.removed == [] and sorted(d.name for d in p.pods) == sorted(x.name for x in pods)
+    status = next(iter(p.statuses.values()))
+    assert status.health == "Suspended" and status.message.startswith("Paused: 0/3")
+    assert {"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused"} in status.conditions
+    assert p.converged
+    # Scaled up while paused: the missing pod comes from the current template; scaled down,
+    # the previous template's pods go first.
+    up = plan(state(repo, {"web.yaml": paused(deployment(4, "v2"))}), Observed(now, pods, NODES))
+    assert up.removed == [] and len(up.pods) == 4
+    assert len({d.revision for d in up.pods}) == 2
+    grown = as_observed(up, now)
+    down = plan(
+        state(repo, {"web.yaml": paused(deployment(2, "v2", surge=0, unavailable=1))}), Observed(now, grown, NODES)
+    )
+    new_rev = next(d.revision for d in up.pods if d.name not in {x.name for x in pods})
+    assert len(down.pods) == 2 and len(down.removed) == 2
+    assert new_rev in {d.revision for d in down.pods}
+    # Resumed: the rollout goes on.
+    resumed = plan(state(repo, {"web.yaml": deployment(3, "v2")}), Observed(now, pods, NODES))
+    assert next(iter(resumed.statuses.values())).health == "Progressing"
+    assert len(resumed.pods) == 4  # one surge pod of v2 started
+
+
+def test_a_rollout_paused_midway_keeps_both_revisions(repo: GitRepo) -> None:
+    now = 1000.0
+    v1 = plan(state(repo, {"web.yaml": deployment(3, "v1")}), Observed(now, (), NODES))
+    pods = as_observed(v1, now)
+    step = plan(state(repo, {"web.yaml": deployment(3, "v2")}), Observed(now, pods, NODES))
+    midway = as_observed(step, now)
+    assert len(midway) == 4 and len({x.revision for x in midway}) == 2
+    held = plan(state(repo, {"web.yaml": paused(deployment(3, "v2"))}), Observed(now, midway, NODES))
+    assert held.removed == [] and sorted(d.name for d in held.pods) == sorted(x.name for x in midway)
+    status = next(iter(held.statuses.values()))
+    assert status.message == "Paused: 1/3 pods of the current template ready, 3 of a previous one kept"
+    assert status.updated == 1 and status.available == 4

@@ -97,7 +97,7 @@ spec:
           volumeMounts:
             - name: scratch
               mountPath: /x
-              subPath: y
+              subPath: data
       volumes:
         - name: scratch
           emptyDir: {}

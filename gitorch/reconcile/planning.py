@@ -264,6 +264,9 @@ def _deployment(ps: _Pass, obj: Object) -> None:
         ps.remove(p)
     new = sorted((p for p in live if p.revision == rev), key=lambda p: _index(p.name))
     old = [p for p in live if p.revision != rev]
+    if spec.get("paused") is True:
+        _paused_deployment(ps, obj, template, rev, replicas, new, old, min_ready)
+        return
     strategy = spec.get("strategy") or {}
     recreate = strategy.get("type") == "Recreate"
     ru = strategy.get("rollingUpdate") or {}
@@ -320,6 +323,69 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     ready_all = ready_new + sum(1 for p in old if p not in removed_old and _ready(p, ps.now, min_ready))
     ps.plan.statuses[obj.key] = _rollout_status(
         ps, obj, rev, replicas, ready_new, len(keep_new), ready_all, bool(old), replicas - unavailable
+    )
+
+
+def _paused_deployment(
+    ps: _Pass,
+    obj: Object,
+    template: Mapping[str, Any],
+    rev: str,
+    replicas: int,
+    new: list[PodState],
+    old: list[PodState],
+    min_ready: float,
+) -> None:
+    """`spec.paused`, as `kubectl rollout pause`: the rollout stops where it is. Pods of every
+    revision keep running; no old pod is replaced for a template change. Scaling still
+    applies: extra pods go (old revisions first), and missing ones (scaled up, or lost with
+    a node) come from the current template, the only one gitorch still has."""
+    strategy = obj.spec.get("strategy") or {}
+    rolling = strategy.get("type") != "Recreate"
+    ru = strategy.get("rollingUpdate") or {}
+    surge = _scaled(ru.get("maxSurge", "25%"), replicas, round_up=True) if rolling else 0
+    unavailable = _scaled(ru.get("maxUnavailable", "25%"), replicas, round_up=False) if rolling else 0
+    if rolling and surge == 0 and unavailable == 0:
+        unavailable = 1
+    # A rollout paused midway keeps its surge; beyond it (scaled down), old revisions go first.
+    excess = max(0, len(new) + len(old) - replicas - (surge if old else 0))
+    gone = set((_removal_order(old) + _removal_order(new))[:excess])
+    for p in old:
+        if p in gone:
+            ps.remove(p)
+        else:
+            ps.keep(obj, p, _spec_for_record(ps, obj, p))
+    kept_new = [p for p in new if p not in gone]
+    for p in new:
+        if p in gone:
+            ps.remove(p)
+        else:
+            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+    used = {_index(p.name) for p in kept_new}
+    index = 0
+    for _ in range(max(0, replicas - (len(new) + len(old) - excess))):
+        while index in used:
+            index += 1
+        used.add(index)
+        name = f"{obj.key.name}-{rev[:10]}-{index}"
+        ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
+    ready_new = sum(1 for p in kept_new if _ready(p, ps.now, min_ready))
+    available = ready_new + sum(1 for p in old if p not in gone and _ready(p, ps.now, min_ready))
+    stale = sum(1 for p in old if p not in gone)
+    min_available = replicas - unavailable
+    message = f"Paused: {ready_new}/{replicas} pods of the current template ready"
+    if stale:
+        message += f", {stale} of a previous one kept"
+    conditions = (
+        {"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused"},
+        {
+            "type": "Available",
+            "status": "True" if available >= min_available else "False",
+            "reason": "MinimumReplicasAvailable" if available >= min_available else "MinimumReplicasUnavailable",
+        },
+    )
+    ps.plan.statuses[obj.key] = Status(
+        "Suspended", message, replicas, ready_new, len(kept_new), available, rev, conditions
     )
 
 

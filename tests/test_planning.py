@@ -295,3 +295,38 @@ def test_a_rollout_paused_midway_keeps_both_revisions(repo: GitRepo) -> None:
     status = next(iter(held.statuses.values()))
     assert status.message == "Paused: 1/3 pods of the current template ready, 3 of a previous one kept"
     assert status.updated == 1 and status.available == 4
+
+
+def sts(version: str, partition: int) -> str:
+    strategy = f"  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{partition: {partition}}}}}\n"
+    return STS.replace("  replicas: 3\n", "  replicas: 3\n" + strategy).replace(
+        "http.server]}", f'http.server], env: [{{name: V, value: "{version}"}}]}}'
+    )
+
+
+def test_statefulset_partition_updates_only_ordinals_at_or_above_it(repo: GitRepo) -> None:
+    now = 1000.0
+    s1 = state(repo, {"kv.yaml": sts("v1", 1)})
+    pods: tuple[PodState, ...] = ()
+    for _ in range(4):
+        pods = as_observed(plan(s1, Observed(now, pods, NODES)), now)
+    assert sorted(x.name for x in pods) == ["kv-0", "kv-1", "kv-2"]
+    v1 = pods[0].revision
+
+    def roll(s: desired.DesiredState, pods: tuple[PodState, ...]) -> tuple[Plan, tuple[PodState, ...]]:
+        for _ in range(5):
+            p = plan(s, Observed(now, pods, NODES))
+            pods = as_observed(p, now)
+        return p, pods
+
+    p, pods = roll(state(repo, {"kv.yaml": sts("v2", 1)}), pods)
+    revs = {x.name: x.revision for x in pods}
+    assert revs["kv-0"] == v1 and revs["kv-1"] != v1 and revs["kv-2"] == revs["kv-1"]
+    status = next(s for k, s in p.statuses.items() if k.kind == "StatefulSet")
+    assert status.health == "Healthy" and status.updated == 2
+    assert status.message == "3/3 ready; partition 1: 1 pods below it keep their previous revision"
+    # Lowering the partition to 0 finishes the rollout.
+    p, pods = roll(state(repo, {"kv.yaml": sts("v2", 0)}), pods)
+    assert len({x.revision for x in pods}) == 1 and pods[0].revision != v1
+    status = next(s for k, s in p.statuses.items() if k.kind == "StatefulSet")
+    assert status.health == "Healthy" and status.updated == 3 and status.message == "3/3 ready"

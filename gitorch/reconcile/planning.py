@@ -483,8 +483,10 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
             ps.keep(obj, pods[i], _spec(ps, obj, template, pods[i].name, pods[i].node, claims(i), pods[i].name))
         else:
             ps.remove(pods[i])
-    # Update in place from the highest ordinal, one at a time, when the others are ready.
-    stale = sorted((i for i in pods if i < replicas and pods[i].revision != rev), reverse=True)
+    # Update in place from the highest ordinal, one at a time, when the others are ready;
+    # ordinals below rollingUpdate.partition keep their revision (a staged or canary rollout).
+    partition = int(((spec.get("updateStrategy") or {}).get("rollingUpdate") or {}).get("partition", 0))
+    stale = sorted((i for i in pods if partition <= i < replicas and pods[i].revision != rev), reverse=True)
     all_ready = all(ready.get(i, False) for i in range(replicas) if i in pods)
     update_now = stale[:1] if (all_ready or not ordered) else []
     if spec.get("updateStrategy", {}).get("type") == "OnDelete":
@@ -522,13 +524,18 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
         ps.create(obj, template, pod_name, rev, _spec(ps, obj, template, pod_name, None, claims(i), pod_name), i)
         if ordered:
             blocked = True
-    n_ready = sum(1 for i in range(replicas) if ready.get(i, False) and pods[i].revision == rev)
+    # Below the partition a pod of the previous revision is where it should be.
+    n_ready = sum(
+        1 for i in range(replicas) if ready.get(i, False) and (pods[i].revision == rev or i < partition)
+    )
     updated = sum(1 for i in range(replicas) if i in pods and pods[i].revision == rev)
     complete = n_ready == replicas and not extra
     health = "Healthy" if complete else "Progressing"
-    ps.plan.statuses[obj.key] = Status(
-        health, f"{n_ready}/{replicas} ready", replicas, n_ready, updated, sum(ready.values()), rev
-    )
+    message = f"{n_ready}/{replicas} ready"
+    held = sum(1 for i in range(min(partition, replicas)) if i in pods and pods[i].revision != rev)
+    if held:
+        message += f"; partition {partition}: {held} pods below it keep their previous revision"
+    ps.plan.statuses[obj.key] = Status(health, message, replicas, n_ready, updated, sum(ready.values()), rev)
 
 
 def _daemonset(ps: _Pass, obj: Object) -> None:

@@ -39,7 +39,6 @@ NO_EFFECT: dict[str, str] = {
     "toleration.tolerationSeconds": _COMPAT + "gitorch does not evict pods for taints added later",
     "jobSpec.ttlSecondsAfterFinished": _COMPAT + "gitorch keeps a finished Job and its pods until removed from Git",
     "service.spec.sessionAffinity": _COMPAT + "gitorch balances every connection independently",
-    "statefulset.spec.updateStrategy.rollingUpdate.partition": _COMPAT + "gitorch updates every ordinal",
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),

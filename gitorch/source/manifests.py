@@ -28,7 +28,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from gitorch.model.diagnostics import Diagnostic, escape_token, split_pointer
+from gitorch.model.diagnostics import Diagnostic, Severity, escape_token, split_pointer
 from gitorch.model.documents import Position
 
 try:  # the C parser ships in ruamel.yaml.clib; fall back to the pure parser without it
@@ -69,7 +69,18 @@ _HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _INF = re.compile(r"[-+]?\.(inf|Inf|INF)\Z")
 _NAN = re.compile(r"\.(nan|NaN|NAN)\Z")
-_MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnN")
+_MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnNyYoO")
+
+# Kubernetes reads YAML with go-yaml v2 (through sigs.k8s.io/yaml), which resolves plain scalars
+# as YAML 1.1 does: these words are booleans, and integers are Go's (strconv.ParseInt base 0 once
+# underscores are removed): 0644 octal, 0b101 binary, 0X1F, -0x1f, 1_000. gitorch reads them as
+# Kubernetes does, with a warning (`_Yaml11`) that names the unambiguous form. Sexagesimal `1:30`
+# and timestamps stay strings there too, as in YAML 1.2.
+_TRUES_11 = frozenset(("y", "Y", "yes", "Yes", "YES", "on", "On", "ON"))
+_FALSES_11 = frozenset(("n", "N", "no", "No", "NO", "off", "Off", "OFF"))
+_GO_INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]+|[0-9]+)\Z")
+SCALARS_VERSION = 2
+"""Bumped when how scalars are read changes (2: YAML 1.1 as Kubernetes): part of the source cache's key."""
 
 # Where a value is written: (line, column, children), children being None for a scalar,
 # {key: (key line, key column, child)} for a mapping and [child, ...] for a sequence.
@@ -196,6 +207,72 @@ class _ComposeError(Exception):
         self.line, self.column, self.ptr, self.hint = line, column, ptr, hint
 
 
+class _Yaml11(Exception):
+    """A plain scalar that Kubernetes (YAML 1.1) reads differently from YAML 1.2: `value` is
+    Kubernetes' reading, which gitorch keeps, and the message says how to write it unambiguously."""
+
+    def __init__(self, value: Any, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.value, self.hint = value, hint
+
+
+def _yaml11(value: str) -> None:
+    """Raise _Yaml11 when Kubernetes reads the plain scalar `value` otherwise than YAML 1.2."""
+    if value in _TRUES_11 or value in _FALSES_11:
+        b = value in _TRUES_11
+        word = "true" if b else "false"
+        raise _Yaml11(
+            b,
+            f"{value!r} is read as the boolean {word!r}, as Kubernetes does (YAML 1.1)",
+            f"write {word}, or quote it if you mean a string",
+        )
+    if (value.isdigit() and (value[0] != "0" or len(value) == 1)) or len(value) > 80:
+        return  # the common case: a decimal number, read alike
+    plain = value.replace("_", "")
+    if not plain:
+        return
+    if _GO_INT.match(plain):
+        digits = plain.lstrip("+-")
+        sign = -1 if plain[0] == "-" else 1
+        if digits[:2] in ("0x", "0X"):
+            n, base = int(digits[2:], 16), "hexadecimal"
+        elif digits[:2] in ("0o", "0O"):
+            n, base = int(digits[2:], 8), "octal"
+        elif digits[:2] in ("0b", "0B"):
+            n, base = int(digits[2:], 2), "binary"
+        elif len(digits) > 1 and digits[0] == "0" and "8" not in digits and "9" not in digits:
+            n, base = int(digits[1:], 8), "octal"
+        else:
+            n, base = int(digits), "decimal"
+        n = _number(value, sign * n)
+        if "_" not in value and n == _yaml12_int(value):
+            return  # read alike: 1.2 reads 007 as 7 too
+        plain_form = f"{'-' if sign < 0 else ''}0o{abs(n):o}" if base == "octal" else ""
+        forms = " or ".join(repr(f) for f in (plain_form, str(n)) if f)
+        raise _Yaml11(
+            n,
+            f"{value!r} is read as the {base} number {str(n)!r}, as Kubernetes does (YAML 1.1)",
+            f"write {forms}, or quote it if you mean a string",
+        )
+    if "_" in value and _FLOAT.match(plain):
+        f = _finite(value, float(plain))
+        raise _Yaml11(
+            f,
+            f"{value!r} is read as the number {str(f)!r}, as Kubernetes does (YAML 1.1)",
+            f"write {str(f)!r}, or quote it if you mean a string",
+        )
+
+
+def _yaml12_int(value: str) -> int | None:
+    if _INT.match(value):
+        return int(value)
+    if _OCT.match(value):
+        return int(value[2:], 8)
+    if _HEX.match(value):
+        return int(value[2:], 16)
+    return None
+
+
 class _BadScalar(ValueError):
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -233,6 +310,7 @@ def _scalar(value: str, tag: str | None) -> Any:
             return False
         if len(value) > 40 and (_INT.match(value) or _HEX.match(value) or _OCT.match(value)):
             raise _BadScalar(f"{value[:40] + '...'!r} is out of range: Kubernetes numbers are 64-bit")
+        _yaml11(value)
         if _INT.match(value):
             return _number(value, int(value))
         if _FLOAT.match(value):
@@ -315,6 +393,7 @@ class _Composer:
         self.positions = positions
         self.mapping: type[dict[str, Any]] = ReadOnlyDict if read_only else dict
         self.sequence: type[list[Any]] = ReadOnlyList if read_only else list
+        self.warnings: list[_ComposeError] = []  # scalars read as Kubernetes reads YAML 1.1
 
     def documents(self, events: Iterator[Any]) -> Iterator[tuple[Any, _Where]]:
         limits = self.limits
@@ -340,6 +419,8 @@ class _Composer:
                         key = _scalar(e.value, tag)
                     except _BadScalar as exc:
                         raise self._error(stack, line, column, str(exc), exc.hint) from exc
+                    except _Yaml11:
+                        key = e.value  # kept as written, as `80: x` is
                     if not isinstance(key, str):
                         key = e.value  # Kubernetes object keys are strings: `80: x` means "80"
                     self._key(stack, top, key, tag is None and e.value == _MERGE, line, column)
@@ -350,6 +431,9 @@ class _Composer:
                     value = _scalar(e.value, tag)
                 except _BadScalar as exc:
                     raise self._error(stack, line, column, str(exc), exc.hint) from exc
+                except _Yaml11 as exc:
+                    value = exc.value
+                    self.warnings.append(self._error(stack, line, column, str(exc), exc.hint))
                 where: _Where = (line, column, None) if positions else _NOWHERE
                 if e.anchor is not None:
                     anchors[e.anchor] = _Anchored(value, where, 1, 0, e.value if value is None else str(value))
@@ -540,11 +624,12 @@ def parse_documents(
             return [], [Diagnostic(path, 0, 0, "", f"not UTF-8 text ({exc.reason})")]
     docs: list[Document] = []
     lazy = None if positions else _Positions(text, limits)
+    composer = _Composer(limits, positions, read_only)
     try:
-        for body, where in _Composer(limits, positions, read_only).documents(_events(text)):
+        for body, where in composer.documents(_events(text)):
             docs.append(Document(path, len(docs), body, where if lazy is None else None, lazy))
     except _ComposeError as exc:
-        return docs, [Diagnostic(path, exc.line, exc.column, exc.ptr, str(exc), exc.hint)]
+        return docs, [*_warnings(path, composer), Diagnostic(path, exc.line, exc.column, exc.ptr, str(exc), exc.hint)]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
@@ -575,7 +660,13 @@ def parse_documents(
         ]
     except YAMLError as exc:
         return docs, [Diagnostic(path, 0, 0, "", _one_line(f"YAML error: {exc}"))]
-    return docs, []
+    return docs, _warnings(path, composer)
+
+
+def _warnings(path: str, composer: _Composer) -> list[Diagnostic]:
+    return [
+        Diagnostic(path, w.line, w.column, w.ptr, str(w), w.hint, Severity.WARNING) for w in composer.warnings
+    ]
 
 
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -592,11 +683,24 @@ def _line_column(text: str, position: int) -> tuple[int, int]:
     return text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
 
 
+def _represent_str(representer: Any, data: str) -> Any:
+    """Strings that Kubernetes would read as something else (`y`, `0644`) are quoted; ruamel
+    quotes only what YAML 1.2 would."""
+    try:
+        plain_is_text = _scalar(data, None) == data if data else False
+    except (_Yaml11, _BadScalar):
+        plain_is_text = False
+    if not plain_is_text:
+        return representer.represent_scalar(_STR, data, style="'")
+    return RoundTripRepresenter.represent_str(representer, data)
+
+
 def dump_documents(bodies: list[Any], header: str = "") -> str:
     """Write plain values as a multi-document YAML file (block style, keys in given order)."""
     yaml = YAML(typ="rt")
     yaml.representer.add_representer(ReadOnlyDict, RoundTripRepresenter.represent_dict)
     yaml.representer.add_representer(ReadOnlyList, RoundTripRepresenter.represent_list)
+    yaml.representer.add_representer(str, _represent_str)
     yaml.default_flow_style = False
     yaml.width = 4096  # keep long values (host keys) on one line
     yaml.indent(mapping=2, sequence=4, offset=2)
@@ -612,6 +716,7 @@ def load_plain(text: str | bytes, path: str = "") -> Any:
 
     Raises ValueError naming `path:line:col` when it is not valid YAML or holds several documents."""
     docs, diags = parse_documents(path, text)
+    diags = [d for d in diags if d.severity is Severity.ERROR]
     if diags:
         d = diags[0]
         where = f"{path}:{d.line}:{d.column}" if d.line else path

@@ -36,7 +36,7 @@ from gitorch.source.blobcache import BlobCache
 from gitorch.source.crosschecks import Memo, cross_check, internal_error, suggest
 from gitorch.source.fastschema import Check, compile_schemas, pattern_matches
 from gitorch.source.git import Snapshot, SourceFile
-from gitorch.source.manifests import Document, ReadOnlyDict, ReadOnlyList, parse_documents
+from gitorch.source.manifests import SCALARS_VERSION, Document, ReadOnlyDict, ReadOnlyList, parse_documents
 from gitorch.source.no_effect import no_effect_fields
 
 
@@ -357,7 +357,7 @@ _BYTES_PER_FILE = 2_000
 
 
 def _check_file(f: SourceFile, cache: BlobCache[FileResult] | None) -> FileResult:
-    key = (f.path, f.blob, _validators().digest, __version__)
+    key = (f.path, f.blob, _validators().digest, __version__, SCALARS_VERSION)
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import gc
 import io
 import json
@@ -51,6 +52,7 @@ from bench.shared import GIT_ENV, free_port, git
 from gitorch.nodes import lab as labmod
 from gitorch.nodes.client import Fleet
 from gitorch.reconcile.controller import Controller, PassResult
+from gitorch.reconcile.leadership import LEASE
 from gitorch.source import desired as desired_mod
 from gitorch.source.git import open_repository
 from gitorch.store.database import Store
@@ -282,6 +284,9 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         # The seam: a real Fleet of real NodeClients over fake connections (Controller.fleet_factory).
         controller = Controller(open_repository(repo), store, Path(tmp) / "state",
                                 fleet_factory=lambda eps, state: fake_fleet(eps, agents))
+        # Passes as `serve` runs them: within a fenced leadership term.
+        term = store.acquire_lease(LEASE, "bench", 86400)
+        controller.reconcile = functools.partial(controller.reconcile, fence=term)  # type: ignore[method-assign]
         controller.reconcile()  # learn the nodes (facts), as the first pass on a real lab does
         commit(repo, apps(pods, None), f"{pods} pods")
         converge(controller, store, pods, 3600, fig)

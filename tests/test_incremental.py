@@ -88,3 +88,31 @@ def test_a_node_whose_agent_lost_its_state_is_synced_at_once(
         assert result is not None
 
 
+
+
+def test_within_a_term_the_kept_rows_are_what_the_store_holds(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    """serve's passes (fenced) fold their own writes into the rows they keep instead of reading
+    them back; after a rollout, a scale-down and a pod's readiness flip, both must agree."""
+    from gitorch.reconcile.leadership import LEASE
+
+    def rows(pods: list[Any]) -> list[tuple[Any, ...]]:
+        return [(p.namespace, p.name, p.node, p.template_hash, p.phase, p.ready, p.ip, p.restarts, p.ready_at)
+                for p in pods]
+
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        store = controller.store
+        term = store.acquire_lease(LEASE, "test", 600)
+        assert term is not None
+        repo.commit("echo and services", {"apps.yaml": apps(replicas=3)})
+        for step in ("rollout", "scale down"):
+            for _ in range(60):
+                result = controller.reconcile(fence=term)
+                if result.converged:
+                    break
+            assert result.converged, step
+            assert controller._cached or step == "rollout"
+            assert rows(controller._pod_rows) == rows(store.pods(spec=False)), step
+            objects = {(o.kind, o.name): (o.health, o.body, o.conditions) for o in controller._object_rows}
+            assert objects == {(o.kind, o.name): (o.health, o.body, o.conditions) for o in store.objects()}, step
+            repo.commit("scale down", {"apps.yaml": apps(replicas=2)})
+        store.release_lease(LEASE, "test")

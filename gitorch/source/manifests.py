@@ -621,7 +621,12 @@ def parse_documents(
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return [], [Diagnostic(path, 0, 0, "", f"not UTF-8 text ({exc.reason})")]
+            raw: bytes = exc.object
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - raw.rfind(b"\n", 0, exc.start)
+            return [], [
+                Diagnostic(path, line, column, "", f"not UTF-8 text ({exc.reason})", "save the file as UTF-8")
+            ]
     docs: list[Document] = []
     lazy = None if positions else _Positions(text, limits)
     composer = _Composer(limits, positions, read_only)

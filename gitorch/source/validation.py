@@ -161,6 +161,40 @@ def _is_sensitive(kind: str, path: list[str | int]) -> bool:
     return is_sensitive(kind, path)
 
 
+@dataclass(frozen=True)
+class _Kubernetes:
+    """What Kubernetes itself has, to tell what gitorch lacks from what is misspelt: its built-in
+    kinds, and the fields of its types (kubernetes_fields.json, hand-written from the API reference)."""
+
+    kinds: frozenset[str]
+    types: dict[str, dict[str, str]]
+
+    def fields(self, kind: str, path: list[str | int]) -> dict[str, str] | None:
+        """Kubernetes' fields of the object at `path` in a `kind`, or None when not known."""
+        name = kind
+        for token in path:
+            if isinstance(token, int):
+                continue  # a list's items have the list's type
+            child = self.types.get(name, {}).get(token)
+            if not child:
+                return None
+            name = child
+        return self.types.get(name)
+
+
+@cache
+def _kubernetes() -> _Kubernetes:
+    data = json.loads(importlib.resources.files("gitorch.source").joinpath("kubernetes_fields.json").read_text())
+    return _Kubernetes(frozenset(data["builtinKinds"]), data["types"])
+
+
+_KIND_HINTS = {
+    "Pod": "run it from a Deployment (or a Job, for a task that ends)",
+    "ReplicaSet": "use a Deployment, which manages its replicas",
+    "ReplicationController": "use a Deployment, which replaces it in Kubernetes too",
+}
+
+
 def _hint_of(error: jsonschema.ValidationError) -> str:
     schema = error.schema if isinstance(error.schema, dict) else {}
     return str(schema.get("x-hint", ""))
@@ -200,6 +234,12 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
             if name == "status":
                 yield at(child, "`status` is owned by the cluster, not Git", "delete it", key=True)
                 continue
+            real = _kubernetes().fields(kind, path)
+            if real is not None and name in real:
+                # A real Kubernetes field gitorch lacks: its nearest neighbour is not what was meant.
+                fix = "gitorch does not implement it yet; delete it"
+                yield at(child, f"field {name!r} is not supported by gitorch", fix, key=True)
+                continue
             fix = suggest(name, known) or (
                 f"supported fields here: {', '.join(sorted(known))}" if known else "delete it"
             )
@@ -227,6 +267,8 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     if keyword == "const":
         yield at(ptr, f"must be {_show(error.validator_value, False)}, not {_show(instance, sensitive)}")
         return
+    if keyword in ("oneOf", "anyOf") and _has_unsupported_field(kind, path, schema, instance):
+        return  # e.g. a gRPC probe: its `grpc` is reported, not a missing httpGet as well
     if keyword in ("oneOf", "anyOf") and error.context:
         best = jsonschema.exceptions.best_match(error.context)
         if best is not None and best.validator not in ("oneOf", "anyOf"):
@@ -256,6 +298,15 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     if sensitive:
         message = f"{HIDDEN} fails the `{keyword}` rule"
     yield at(ptr, message, hint)
+
+
+def _has_unsupported_field(kind: str, path: list[str | int], schema: dict[str, Any], instance: Any) -> bool:
+    """Whether `instance` holds a real Kubernetes field that gitorch's schema here lacks."""
+    if not isinstance(instance, dict):
+        return False
+    real = _kubernetes().fields(kind, path)
+    known = schema.get("properties", {})
+    return real is not None and any(n in real and n not in known for n in instance)
 
 
 def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
@@ -300,6 +351,9 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
     info = KINDS.get(kind)
     if info is None:
         p = doc.position("/kind")
+        if kind in _kubernetes().kinds:
+            fix = _KIND_HINTS.get(kind, f"supported kinds: {', '.join(KINDS)}")
+            return None, [Diagnostic(doc.path, p.line, p.column, "/kind", f"gitorch does not support {kind} yet", fix)]
         fix = suggest(kind, KINDS) or f"supported kinds: {', '.join(KINDS)}"
         return None, [Diagnostic(doc.path, p.line, p.column, "/kind", f"unknown kind {kind!r}", fix)]
     if api != info.api_version:

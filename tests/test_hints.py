@@ -1,0 +1,164 @@
+"""Hints suggest what the user meant: a Kubernetes kind or field gitorch lacks is named as such,
+never as a misspelling of a nearest neighbour; a typo of a supported field still gets one."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitorch.model.diagnostics import Severity
+from gitorch.source import desired
+from gitorch.source.git import open_repository
+from gitorch.source.manifests import parse_documents
+from gitorch.source.validation import _kubernetes
+from tests.gitrepo import GitRepo
+
+
+def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
+    repo.commit("case", files)
+    state = desired.load(open_repository(repo.path), None)
+    return [d.format() for d in state.diagnostics if d.severity is Severity.ERROR]
+
+
+KINDS = [
+    "ServiceAccount",
+    "Ingress",
+    "Pod",
+    "ReplicaSet",
+    "PersistentVolume",
+    "StorageClass",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ReplicationController",
+    "Role",
+    "ClusterRoleBinding",
+    "NetworkPolicy",
+    "Endpoints",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_kubernetes_kind_gitorch_lacks_is_named_not_guessed(repo: GitRepo, kind: str) -> None:
+    got = errors(repo, {"x.yaml": f"apiVersion: v1\nkind: {kind}\nmetadata: {{name: x}}\n"})
+    assert len(got) == 1 and got[0].startswith(f"x.yaml:2:7: /kind: gitorch does not support {kind} yet"), got
+    assert "did you mean" not in got[0]
+
+
+def test_a_misspelt_kind_still_gets_a_suggestion(repo: GitRepo) -> None:
+    got = errors(repo, {"x.yaml": "apiVersion: v1\nkind: Servce\nmetadata: {name: x}\n"})
+    assert got == ["x.yaml:2:7: /kind: unknown kind 'Servce' (hint: did you mean 'Service'?)"]
+
+
+def deployment(pod: str = "", container: str = "", volume: str = "") -> str:
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+{pod}      containers:
+        - name: web
+          command: [sleep, "600"]
+{container}      volumes:
+        - name: data
+          emptyDir: {{}}
+{volume}"""
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "field"),
+    [
+        (
+            {"d.yaml": deployment(pod="      serviceAccountName: app\n")},
+            "d.yaml:9:7: /spec/template/spec",
+            "serviceAccountName",
+        ),
+        (
+            {"d.yaml": deployment(pod="      securityContext: {runAsNonRoot: true}\n")},
+            "d.yaml:9:7: /spec/template/spec",
+            "securityContext",
+        ),
+        (
+            {"d.yaml": deployment(container="          lifecycle: {preStop: {exec: {command: [x]}}}\n")},
+            "d.yaml:12:11: /spec/template/spec/containers/0",
+            "lifecycle",
+        ),
+        (
+            {"d.yaml": deployment(container="          securityContext: {privileged: true}\n")},
+            "d.yaml:12:11: /spec/template/spec/containers/0",
+            "securityContext",
+        ),
+        (
+            {"d.yaml": deployment(volume="          nfs: {server: x, path: /}\n")},
+            "d.yaml:15:11: /spec/template/spec/volumes/0",
+            "nfs",
+        ),
+        (
+            {
+                "c.yaml": "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec:\n  volumeName: pv1\n"
+                "  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n"
+            },
+            "c.yaml:5:3: /spec",
+            "volumeName",
+        ),
+        (
+            {
+                "s.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  selector: {app: web}\n"
+                "  ports: [{port: 80}]\n  loadBalancerSourceRanges: [10.0.0.0/8]\n"
+            },
+            "s.yaml:7:3: /spec",
+            "loadBalancerSourceRanges",
+        ),
+    ],
+)
+def test_a_kubernetes_field_gitorch_lacks_is_not_supported_not_a_typo(
+    repo: GitRepo, files: dict[str, str], where: str, field: str
+) -> None:
+    got = errors(repo, files)
+    want = f"{where}/{field}: field {field!r} is not supported by gitorch (hint: gitorch does not implement it yet"
+    assert any(g.startswith(want) for g in got), got
+    assert not any("did you mean" in g for g in got), got
+
+
+def test_a_grpc_probe_is_not_also_missing_http_get(repo: GitRepo) -> None:
+    got = errors(repo, {"d.yaml": deployment(container="          readinessProbe: {grpc: {port: 8080}}\n")})
+    assert got == [
+        "d.yaml:12:28: /spec/template/spec/containers/0/readinessProbe/grpc: field 'grpc' is not supported by "
+        "gitorch (hint: gitorch does not implement it yet; delete it)"
+    ]
+
+
+def test_a_probe_without_a_handler_still_says_so(repo: GitRepo) -> None:
+    got = errors(repo, {"d.yaml": deployment(container="          readinessProbe: {periodSeconds: 3}\n")})
+    assert len(got) == 1 and "missing required field" in got[0], got
+
+
+def test_a_typo_of_a_supported_field_gets_did_you_mean(repo: GitRepo) -> None:
+    got = errors(repo, {"d.yaml": deployment(container="          imagePullPolice: Always\n")})
+    assert got == [
+        "d.yaml:12:11: /spec/template/spec/containers/0/imagePullPolice: unknown field 'imagePullPolice': "
+        "gitorch does not support it (hint: did you mean 'imagePullPolicy'?)"
+    ]
+
+
+def test_kubernetes_field_table_walks_kinds_and_lists() -> None:
+    k8s = _kubernetes()
+    container = k8s.fields("Deployment", ["spec", "template", "spec", "containers", 0])
+    assert container is not None and "securityContext" in container and "imagePullPolicy" in container
+    probe = k8s.fields(
+        "CronJob", ["spec", "jobTemplate", "spec", "template", "spec", "initContainers", 1, "startupProbe"]
+    )
+    assert probe is not None and "grpc" in probe
+    assert k8s.fields("Deployment", ["spec", "nosuch"]) is None
+    assert k8s.fields("Node", []) is None  # gitorch's own kinds have no Kubernetes fields here
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "column"),
+    [(b"\xff\xfe\x00a: 1", 1, 1), (b"a: 1\nb: 2\nc: caf\xe9\n", 3, 7)],
+)
+def test_not_utf8_is_reported_at_the_bytes_line(data: bytes, line: int, column: int) -> None:
+    _, diags = parse_documents("bin.yaml", data)
+    assert [(d.line, d.column) for d in diags] == [(line, column)] and "not UTF-8" in diags[0].message

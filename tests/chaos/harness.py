@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +191,9 @@ class ServeProcess:
                "127.0.0.1:0"]
         env = {**env, "GITORCH_STATE_DIR": str(state_dir), "GITORCH_LOG_FORMAT": "json"}
         self.state_dir = state_dir
-        self.started = time.time()
         self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.pid = self.proc.pid
-        self.killed_at: float | None = None
         self.lines: deque[str] = deque(maxlen=2000)
         self.records: list[LogRecord] = []
         self.file = state_dir.with_suffix(".log")  # kept with the test's tmp_path for a post-mortem
@@ -246,8 +244,7 @@ class ServeProcess:
         """SIGKILL (no lease release); returns when it died."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
-        self.killed_at = time.time()
-        return self.killed_at
+        return time.time()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -680,7 +677,3 @@ def store_problems(store: Store, head: str, views: dict[str, NodeView]) -> list[
             if (ns, name) not in view.pods:
                 out.append(f"{node}: process {pid} of {ns}/{name}, which its agent does not report")
     return out
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -116,3 +116,52 @@ def test_within_a_term_the_kept_rows_are_what_the_store_holds(lab: Lab, repo: Gi
             assert objects == {(o.kind, o.name): (o.health, o.body, o.conditions) for o in store.objects()}, step
             repo.commit("scale down", {"apps.yaml": apps(replicas=2)})
         store.release_lease(LEASE, "test")
+
+
+def test_a_node_that_never_answers_is_asked_again_only_after_a_back_off(
+    lab: Lab, repo: GitRepo, tmp_path: Path
+) -> None:
+    """A Node that accepts TCP and never speaks SSH would hold every pass for the call timeout."""
+    import socket
+
+    from gitorch.nodes.client import Fleet
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    node = f"""\
+---
+apiVersion: gitorch.dev/v1
+kind: Node
+metadata: {{name: silent}}
+spec: {{address: 127.0.0.1, port: {port}, user: root, identityFile: {lab.identity_file}}}
+"""
+    asked: list[list[str]] = []
+    real = Fleet.fan_out
+
+    def fan_out(self: Fleet, fn: Any, *, nodes: Any = None, **kw: Any) -> Any:
+        names = list(nodes) if nodes is not None else list(self.clients)
+        asked.append(names)
+        return real(self, fn, nodes=names, **kw)
+
+    try:
+        with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+            controller.settings = ControllerSettings(node_call_timeout=2)
+            repo.commit("a silent node", {"silent.yaml": node})
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(Fleet, "fan_out", fan_out)
+                t0 = time.time()
+                first = controller.reconcile(now=t0)
+                assert "silent" in first.node_errors and "silent" in asked[0]
+                asked.clear()
+                second = controller.reconcile(now=t0 + 1)
+                assert "silent" not in asked[0], asked  # in its back-off: the others are asked alone
+                assert "back-off" in second.node_errors["silent"]
+                assert {n.name for n in lab.nodes} <= set(asked[0])
+                asked.clear()
+                controller.reconcile(now=t0 + 3)
+                assert "silent" in asked[0]  # the back-off (2 s after one failure) has passed
+            repo.commit("silent gone", {"silent.yaml": ""})
+    finally:
+        silent.close()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gitorch.model.backoff import Backoff
 from gitorch.model.diagnostics import Diagnostic, errors
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FACTS_EVERY = 30.0  # seconds between fact refreshes of a reachable node
 PRUNE_EVERY = 60.0  # seconds between applications of the store's retention rules
+NODE_BACKOFF = Backoff(base=2.0, cap=10.0)  # seconds before asking a failing node again
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeat writes of a node that keeps answering
 STATES_KEPT = 3  # parsed commits kept in memory (the head, the last good one, one more)
 
@@ -178,6 +180,7 @@ class Controller:
         self._cached = False  # this pass uses the kept rows instead of reading them
         self._cache_term: tuple[str, int] | None = None  # the term whose writes the kept rows hold
         self._cache_at = float("-inf")
+        self._node_failures: dict[str, tuple[int, float, str]] = {}  # failures in a row, next ask, last error
         self._states: dict[str, DesiredState] = {}
         self._networks: tuple[Any, dict[str, dict[str, Any]]] | None = None
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
@@ -357,7 +360,16 @@ class Controller:
                 out["facts"] = client.call("facts", timeout=self.settings.node_call_timeout)
             return out
 
-        results = fleet.fan_out(ask, timeout=self.settings.node_call_timeout + 5)
+        # A node that keeps failing (down, or accepting TCP and never answering) is asked again
+        # only after a back-off, so it does not hold every pass for the call timeout.
+        due = [n for n in fleet.clients if now >= self._node_failures.get(n, (0, 0.0, ""))[1]]
+        results = fleet.fan_out(ask, timeout=self.settings.node_call_timeout + 5, nodes=due)
+        for name, answer in results.items():
+            if answer.ok:
+                self._node_failures.pop(name, None)
+            else:
+                count = self._node_failures.get(name, (0, 0.0, ""))[0] + 1
+                self._node_failures[name] = (count, now + NODE_BACKOFF.nominal(count), answer.error)
         records = {n.name: n for n in self.store.nodes()}
         nodes: list[NodeState] = []
         observations: list[NodeObservation] = []
@@ -381,7 +393,13 @@ class Controller:
                 self._generations[name] = -1 if status.get("stale") else int(status.get("generation") or 0)
                 last_seen: float | None = now
             else:
-                error = outcome.error if outcome is not None else f"{name}: not asked"
+                failing = self._node_failures.get(name)
+                if outcome is not None:
+                    error = outcome.error
+                elif failing is not None:
+                    error = f"{failing[2]} (not asked again until a back-off passes)"
+                else:
+                    error = f"{name}: not asked"
                 last_seen = _ts(record.last_heartbeat) if record is not None else None
             observations.append(NodeObservation(name, manifest.spec, dict(manifest.labels), reachable, facts,
                                                 fresh_facts, error, record))

@@ -174,6 +174,7 @@ class Server:
         self.controller = Controller(repo, store, state_dir, settings)
         self.holder = holder_name()
         self.leadership = Leadership(store, self.holder, self.lease_ttl)
+        self._role_lock = threading.Lock()
         self.timers = Timers()
         self.stopping = threading.Event()
         self._last: tuple[str, ...] = ()
@@ -292,6 +293,10 @@ class Server:
         return fence is not None
 
     def _note_role(self, fence: Fence | None) -> None:
+        with self._role_lock:  # the lease timer and the pass both call this: say a change once
+            self._note_role_locked(fence)
+
+    def _note_role_locked(self, fence: Fence | None) -> None:
         leader = fence is not None
         if leader != self._leader:
             term = f", term {fence.term}" if fence is not None else ""

@@ -125,9 +125,8 @@ The controller keeps running (pid $(cat "$pidfile"), log $log). Try:
   edit $work/apps/shop/web.yaml, then: git -C $work commit -am "..." && git -C $work push
   gitorch get pods -n shop                               # the rollout, as it happens
   gitorch lab ssh lab-2 -- nft delete table ip gitorch   # break a node's Service rules by hand ...
-  gitorch events | tail -2                               # ... the next pass rebuilt them
-  gitorch drift --run --repo $bare --dns $host:53
-                                                         # compare Git, store, nodes and DNS (--heal repairs)
+  gitorch drift --run --repo $bare --dns $host:53        # ... drift reports it (compares Git, store, nodes, DNS)
+  gitorch events | tail -2                               # serve rebuilds it at its resync (5 min, GITORCH_RESYNC)
   curl -s http://$listen/metrics | grep ^gitorch_        # Prometheus metrics
   kill \$(cat $pidfile); gitorch lab down
                                                          # stop the controller, remove the lab

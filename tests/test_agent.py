@@ -325,14 +325,41 @@ def test_restarted_supervisor_adopts_running_pods(node: Node) -> None:
     assert again["supervisor"]["pid"] != stopped["pid"]
     after = node.wait_pod("adopt-1", lambda p: p["ready"], "ready after adoption")
     assert after["containers"][0]["pid"] == pid and after["restarts"] == 0
-    # Exactly one server process: bind would fail for a duplicate, and it would show here.
-    servers = [d for d in os.listdir("/proc") if d.isdigit() and str(port).encode() in
-               _cmdline(int(d))]
-    assert servers == [str(pid)]
-    # The new supervisor watches the adopted process too.
-    os.kill(pid, signal.SIGKILL)
+    # Exactly one server process, under the container's exit recorder (the tracked pid):
+    # bind would fail for a duplicate, and it would show here.
+    servers = [int(d) for d in os.listdir("/proc") if d.isdigit()
+               and _cmdline(int(d)).startswith(PY.encode() + b"\0-m\0http.server\0")]
+    assert len(servers) == 1 and os.getpgid(servers[0]) == pid, servers
+    # The new supervisor watches the adopted process too, and learns how it ended although
+    # it is not its child.
+    os.kill(servers[0], signal.SIGKILL)
     p = node.wait_pod("adopt-1", lambda p: running(p) and p["restarts"] == 1, "restarted")
-    assert p["containers"][0]["lastState"]["reason"] == "Unknown"  # not our child: no code
+    last = p["containers"][0]["lastState"]
+    assert (last["reason"], last["exitCode"], last["signal"]) == ("Error", 137, 9), last
+
+
+@pytest.mark.parametrize(("code", "phase"), [(0, "Succeeded"), (3, "Failed")])
+def test_a_run_once_pod_adopted_by_a_new_supervisor_ends_by_its_exit_code(
+        node: Node, tmp_path: Path, code: int, phase: str) -> None:
+    """A Job's pod whose supervisor is replaced mid-run (killed, or an agent upgrade) still
+    ends by its own exit code: the new supervisor is not its parent (issue 19)."""
+    go = tmp_path / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exit {code}"
+    spec = pod("once-1", ctr("main", ["sh", "-c", script]), restartPolicy="Never")
+    node.sync(spec)
+    pid = node.wait_pod("once-1", running, "running")["containers"][0]["pid"]
+    sup = node.run("status")["supervisor"]["pid"]
+    os.kill(sup, signal.SIGKILL)  # as the chaos suite does: no handover at all
+    wait_until("supervisor gone", lambda: not node.run("status")["supervisor"]["running"], timeout=15,
+               interval=0.05)
+    go.touch()
+    wait_until("the container exited", lambda: not alive(pid), timeout=15, interval=0.05)
+    node.sync(spec)  # a new supervisor adopts the pod after it ended
+    p = node.wait_pod("once-1", lambda p: p["phase"] == phase, phase)
+    c = p["containers"][0]
+    assert (c["state"], c["exitCode"], c["reason"]) == (
+        "terminated", code, "Completed" if code == 0 else "Error"), c
+    assert p["restarts"] == 0
 
 
 def test_readiness_survives_a_supervisor_handover(node: Node, tmp_path: Path) -> None:

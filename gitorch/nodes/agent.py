@@ -413,6 +413,9 @@ class Paths:
     def volume_dir(self, key: str, volume: str) -> str:
         return os.path.join(self.pods, key, "volumes", volume)
 
+    def exit_file(self, key: str, container: str) -> str:
+        return os.path.join(self.pods, key, "logs", f"{container}.exit")
+
     def log_file(self, key: str, container: str, previous: bool = False) -> str:
         path = os.path.join(self.pods, key, "logs", f"{container}.log")
         return path + ".1" if previous else path
@@ -1555,7 +1558,7 @@ class Container:
               "term", "last_state", "restart_count", "backoff_count", "next_start", "cgroups",
               "oom_base", "limits", "runtime", "runtime_name", "mount_ns", "startup_done",
               "succeeded", "ever_started", "kill_reason", "kill_deadline", "kill_sent",
-              "draining", "ready")
+              "draining", "ready", "exit_file")
 
     def __init__(self, name: str, init: bool, spec: ContainerSpec | None = None) -> None:
         self.name = name
@@ -1585,6 +1588,7 @@ class Container:
         self.kill_deadline: float | None = None
         self.kill_sent = False
         self.draining = False  # main process gone, waiting for the rest of its group
+        self.exit_file: str | None = None  # where its exit_recorder leaves the exit status
         # Not persisted:
         self.popen: subprocess.Popen[bytes] | None = None
         self.probes: dict[str, ProbeWorker] = {}
@@ -1612,7 +1616,11 @@ class Container:
         return self.state == "running" or self.draining
 
     def poll_exit(self) -> tuple[bool, int | None]:
-        """(exited, returncode); returncode None when unknown (a re-adopted process)."""
+        """(exited, returncode); returncode None when unknown.
+
+        A process re-adopted from an earlier supervisor is not our child: its exit status
+        comes from the file its exit_recorder wrote (none when something SIGKILLed that sh,
+        or an older agent started it without one)."""
         if self.popen is not None:
             rc = self.popen.poll()
             return (rc is not None), rc
@@ -1620,7 +1628,7 @@ class Container:
             return True, None
         if process_alive(self.pid, self.proc_start):
             return False, None
-        return True, None
+        return True, read_exit_file(self.exit_file)
 
     def group_alive(self) -> bool:
         return self.pid is not None and bool(group_members(self.pid))
@@ -1809,14 +1817,14 @@ class StartError(Exception):
 
 
 def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str],
-                 cgroup_dirs: list[str], bind_mounts: bool,
+                 cgroup_dirs: list[str], bind_mounts: bool, exit_file: str,
                  resolv: str | None = None) -> tuple[list[str], str, bool]:
     """(argv, cwd, uses a mount namespace) for a container run directly on the node.
 
     When the process must join cgroups or see volumes at their mountPath (or the pod's own
     resolv.conf, a file at ``resolv``, at /etc/resolv.conf), a tiny sh preamble does that
-    and then ``exec``s the command, so the tracked pid (and process group) is the real
-    container process from its first instruction.
+    first. The same sh then stays as the container's parent (see ``exit_recorder``): the
+    tracked pid is its process group's leader, in the container's namespaces and cgroups.
     """
     from shlex import quote as q
 
@@ -1835,7 +1843,7 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
     if not mounts and not cgroup_dirs and resolv is None:
         if not os.path.isdir(cwd):
             raise StartError(f"workingDir {cwd}: no such directory")
-        return cmd, cwd, False
+        return recording_exit(cmd, exit_file), cwd, False
     lines = ["set -e"]
     lines += [f"echo $$ > {q(os.path.join(d, 'cgroup.procs'))}" for d in cgroup_dirs]
     # `--` everywhere a path follows; `exec "$@"` needs none: sh's exec takes no options.
@@ -1846,7 +1854,7 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
     if resolv is not None:
         # A file over a file (through a symlink too); a node without one keeps none.
         lines.append(f"if [ -e /etc/resolv.conf ]; then mount --bind -- {q(resolv)} /etc/resolv.conf; fi")
-    lines += [f"cd -- {q(cwd)}", 'exec "$@"']
+    lines += [f"cd -- {q(cwd)}", *exit_recorder(exit_file)]
     argv = ["/bin/sh", "-c", "\n".join(lines), "gitorch-init", *cmd]
     private = bool(mounts) or resolv is not None
     if private:
@@ -1854,6 +1862,40 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
         # No --fork: unshare execs sh in place, so the pid stays the container's pid.
         argv = [unshare, "--mount", "--propagation", "private", "--", *argv]
     return argv, "/", private
+
+
+def exit_recorder(exit_file: str) -> list[str]:
+    """sh lines that run "$@" as a child and write its exit status to ``exit_file``.
+
+    The supervisor is the parent of what it starts, so a process adopted by a new
+    supervisor (the old one killed, or replaced by an agent upgrade) ends with no exit
+    status anyone can read. This small sh (as conmon is for podman) outlives any
+    supervisor: it waits for the container and leaves the status in a file. It is the
+    process group's leader, so signals to the group still reach the container; it ignores
+    nothing itself (a trap, reset on exec, so the container gets every default) and waits
+    out a SIGTERM the container handles. A child killed by signal N reads as 128+N.
+    """
+    from shlex import quote as q
+
+    return ["set +e", "trap : TERM INT", '( exec "$@" )', "rc=$?",
+            f"echo \"$rc\" > {q(exit_file)}", 'exit "$rc"']
+
+
+def recording_exit(argv: list[str], exit_file: str) -> list[str]:
+    """argv run under ``exit_recorder``."""
+    return ["/bin/sh", "-c", "\n".join(exit_recorder(exit_file)), "gitorch-shim", *argv]
+
+
+def read_exit_file(path: str | None) -> int | None:
+    """The exit status an ``exit_recorder`` left, or None (none, or not readable)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read(16).strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() and int(text) < 256 else None
 
 
 def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, str],
@@ -3046,6 +3088,9 @@ class Supervisor:
         assert spec is not None and pod.spec is not None
         log_path = self.paths.log_file(pod.key, ctr.name)
         os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+        ctr.exit_file = self.paths.exit_file(pod.key, ctr.name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ctr.exit_file)  # the last instance's
         if ctr.ever_started and os.path.exists(log_path):
             # The previous instance's log becomes "previous" (kubectl logs --previous).
             os.replace(log_path, log_path + ".1")
@@ -3079,13 +3124,14 @@ class Supervisor:
                     run_quietly([runtime[1], "rm", "-f", "--", ctr.runtime_name], 10)
                 argv, client_env = image_argv(self.paths, pod, spec, runtime,
                                               ctr.runtime_name, ctr.env, self.pod_resolv_conf(pod))
+                argv = recording_exit(argv, ctr.exit_file)
                 cwd, ctr.mount_ns = "/", False
                 ctr.limits = "applied" if (spec.memory_bytes or spec.cpu_millis) else "none"
             else:
                 ctr.runtime, ctr.runtime_name = "process", None
                 bind = self.checks.get("volumeMounts") == "bind"
                 argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind,
-                                                       self.pod_resolv_conf(pod))
+                                                       ctr.exit_file, self.pod_resolv_conf(pod))
                 if pod.netns:
                     argv = in_pod_netns(argv, pod.key)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -3157,11 +3203,17 @@ class Supervisor:
         ctr.stop_probes()
         code: int | None
         sig: int | None = None
+        if rc is None and ctr.kill_sent:
+            rc = -signal.SIGKILL  # we SIGKILLed its group, exit_recorder included
         if rc is None:
             code, reason = None, "Unknown"
         elif rc < 0:
             sig, code = -rc, 128 - rc
             reason = "Error"
+        elif 128 < rc <= 128 + 64:
+            # What exit_recorder reports for a container a signal ended (as sh, and the
+            # kubelet, do): a container that exits 137 on its own reads the same.
+            sig, code, reason = rc - 128, rc, "Error"
         else:
             code, reason = rc, "Completed" if rc == 0 else "Error"
         if sig == signal.SIGKILL and Cgroups.oom_kills(ctr.cgroups) > ctr.oom_base:
@@ -3414,6 +3466,9 @@ def start_supervisor(paths: Paths) -> int:
             close_fds=True, cwd="/")
     finally:
         os.close(log_fd)
+    # Reap it when it exits: a long-lived `serve` agent would otherwise keep every
+    # supervisor it started (and that later stopped) as a zombie.
+    threading.Thread(target=proc.wait, name="reap-supervisor", daemon=True).start()
     return proc.pid
 
 

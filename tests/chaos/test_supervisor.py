@@ -52,8 +52,6 @@ def test_killed_supervisors_are_replaced_and_adopt_their_pods_without_a_restart(
     assert _running(c) == before  # the same processes: adopted, not restarted
 
 
-@pytest.mark.xfail(strict=True, reason="the process runtime loses a re-adopted container's exit code: a Job pod "
-                                       "that exits 0 after its supervisor was replaced ends Failed (reason Unknown)")
 def test_a_job_pod_adopted_by_a_new_supervisor_still_succeeds(chaos_cluster: ChaosCluster) -> None:
     c = chaos_cluster
     c.workload.job, c.workload.job_seconds = 1, 8.0

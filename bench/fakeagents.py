@@ -47,6 +47,8 @@ class FakeAgent:
         self._free: list[str] = []
         self._unready: set[tuple[str, str]] = set()
         self._status: bytes | None = None  # the serialised `status` answer, until a change
+        self._version = 0
+        self._etag = ""
         self._services_hash = ""
 
     # -- the protocol ----------------------------------------------------------------------
@@ -67,7 +69,10 @@ class FakeAgent:
         head = line[:40]
         if head.startswith(b'{"verb": "status"'):
             self._count("status")
-            return self._status_bytes()
+            body = self._status_bytes()
+            if self._etag and b'"since": "' + self._etag.encode() + b'"' in line:
+                return json.dumps({"ok": True, "unchanged": True, "etag": self._etag}).encode()
+            return body
         if head.startswith(b'{"verb": "facts"'):
             self._count("facts")
             return json.dumps(self._facts()).encode()
@@ -169,7 +174,9 @@ class FakeAgent:
 
     def _status_bytes(self) -> bytes:
         if self._status is None:
-            self._status = json.dumps(self._doc()).encode()
+            self._version += 1
+            self._etag = f"{self.name}-{self._version}"  # as the agent's: new whenever the document changes
+            self._status = json.dumps({**self._doc(), "etag": self._etag}).encode()
         return self._status
 
     def _sync_answer(self, changed: bool, services_changed: bool) -> bytes:

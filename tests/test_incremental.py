@@ -18,6 +18,7 @@ from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
 from tests.test_drift import _delete_rule
 from tests.test_services import apps
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -88,6 +89,40 @@ def test_a_node_whose_agent_lost_its_state_is_synced_at_once(
         assert result is not None
 
 
+def test_a_quiet_node_says_unchanged_and_a_change_on_it_is_still_seen(
+    lab: Lab, repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass asks every node for its status with the etag of its last answer: a node where
+    nothing changed answers only `unchanged`, and its kept reports stand in; a pod restarted on
+    it changes the etag, so the restart is recorded all the same."""
+    answers: list[tuple[str, bool]] = []
+    real = NodeClient.call
+
+    def call(self: NodeClient, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        out = real(self, verb, payload, timeout)
+        if verb == "status":
+            answers.append((self.name, bool(out.get("unchanged"))))
+        return out
+
+    monkeypatch.setattr(NodeClient, "call", call)
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        controller.settings = ControllerSettings(resync=3600)
+        repo.commit("echo and services", {"apps.yaml": apps(replicas=3)})
+        converge(controller)
+        for _ in range(3):
+            controller.reconcile()
+        answers.clear()
+        controller.reconcile()
+        assert len(answers) == len(lab.nodes) and all(unchanged for _, unchanged in answers), answers
+        pod = next(p for p in controller.store.pods(namespace="svc") if p.node and p.ready)
+        assert pod.node is not None and pod.restarts == 0
+        client = controller.fleet(controller.load(None)[1]).clients[pod.node]
+        running = {(p["namespace"], p["name"]): p for p in client.call("status")["pods"]}
+        pid = running[("svc", pod.name)]["containers"][0]["pid"]
+        assert ssh_run(lab, pod.node, f"kill -KILL {int(pid)}").returncode == 0
+        wait_until("the restart recorded", lambda: controller.reconcile() and next(
+            p.restarts for p in controller.store.pods(namespace="svc") if p.name == pod.name), timeout=60)
+        assert (pod.node, False) in answers  # the node's changed status was read in full
 
 
 def test_within_a_term_the_kept_rows_are_what_the_store_holds(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:

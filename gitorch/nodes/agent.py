@@ -45,9 +45,10 @@ Verbs (request keys -> response keys besides ``ok``):
   is accepted, a higher one (or one of another lease: a new store took the node over)
   remembered (fence.json, written before acting). A sync without a fence (a one-shot CLI
   run) is accepted.
-- ``status``  {"verify": bool} -> generation, observedGeneration, stale (no supervisor
+- ``status``  {"verify": bool, "since": etag} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
-  pods[PodStatus] (sorted by namespace, name).
+  pods[PodStatus] (sorted by namespace, name), etag. When ``since`` equals the etag of the
+  document now: only {unchanged: true, etag}.
   With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
   live nftables table against the one programmed last (rules as "chain: rule").
 - ``logs``  {"pod", "namespace" (optional if the name is unambiguous on the node),
@@ -3694,11 +3695,20 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
 
 
 def cmd_status(paths: Paths, request: Json, redact: Redactor) -> int:
+    """The node's status document. With ``since`` (the ``etag`` of an earlier answer) and
+    nothing changed since, only ``{"unchanged": true, "etag": ...}``: a controller asking every
+    node every pass then reads and parses a few bytes per quiet node instead of every pod."""
     doc = status_doc(paths, redact)
     doc["ok"] = True
     if request.get("verify"):
         # Drift checks: compare what runs with what was programmed, not just report it.
         doc["servicesDrift"] = services_drift(paths)
+    etag = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    since = request.get("since")
+    if isinstance(since, str) and since == etag:
+        emit({"ok": True, "unchanged": True, "etag": etag})
+        return 0
+    doc["etag"] = etag
     emit(doc, redact)
     return 0
 

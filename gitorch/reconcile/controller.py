@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,6 +186,15 @@ class Controller:
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
         self._sent: dict[str, tuple[str, int, float]] = {}
         self._generations: dict[str, int] = {}  # per node: the agent's desired generation, as last reported
+        # Per node: the etag of its last status answer, the pod CIDR its reports were checked against,
+        # the answer and its pod reports (read-only: never changed in place).
+        self._statuses: dict[str, tuple[str, Any, dict[str, Any], dict[PodKey, dict[str, Any]]]] = {}
+        # Per pod: the row and report its observed state was made from last pass, and that state.
+        self._pod_states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
+        self._node_rows: list[NodeRecord] = []
+        self._node_digests: dict[str, tuple[tuple[Mapping[str, Any], ...], Any, str]] = {}
+        # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
+        self._table: tuple[Any, ...] | None = None
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -262,12 +271,12 @@ class Controller:
         self._cache_term = None  # until this pass's writes are committed
         observed, reports, nodes = self.observe(state, fleet, now)
         result.node_errors.update({n.name: n.error for n in nodes if n.error})
-        allocs = allocations.allocate(
-            state,
+        held = (
             {(c.namespace, c.service): c.ip for c in self.store.cluster_ips()},
             {(n.namespace, n.service, n.port_name): n.port for n in self.store.node_ports()},
-            {n.name: n.pod_cidr for n in self.store.nodes() if n.pod_cidr},
+            {n.name: n.pod_cidr for n in self._node_rows if n.pod_cidr},
         )
+        allocs = allocations.allocate(state, *held)
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
         result.plan = the_plan
@@ -279,7 +288,8 @@ class Controller:
         with self.store.transaction(fence):
             self._record_revision(head, valid, now)
             self._record_nodes(nodes, now)
-            self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
+            if (allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs) != held:  # else nothing to write
+                self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
             self._record_pods(execution.pods, execution.gone)
             for event in execution.events:
                 self.store.record_event(**event)
@@ -355,7 +365,20 @@ class Controller:
         what the nodes said is recorded with the rest of the pass."""
 
         def ask(client: NodeClient) -> dict[str, Any]:
-            out = {"status": client.call("status", timeout=self.settings.node_call_timeout)}
+            # A node whose status did not change since the last pass says so in a few bytes; its
+            # parsed reports are reused (the same objects: what is derived from them is kept too).
+            kept = self._statuses.get(client.name)
+            if kept is not None and kept[1] == client.pod_cidr:
+                answer = client.call("status", {"since": kept[0]}, timeout=self.settings.node_call_timeout)
+                if answer.get("unchanged") and answer.get("etag") == kept[0]:
+                    answer = kept[2]
+            else:
+                answer = client.call("status", timeout=self.settings.node_call_timeout)
+            if isinstance(answer.get("etag"), str):
+                self._statuses[client.name] = (answer["etag"], client.pod_cidr, answer, pod_reports(answer))
+            else:
+                self._statuses.pop(client.name, None)  # an agent that does not know etags
+            out = {"status": answer}
             if now - self._facts_at.get(client.name, 0.0) > FACTS_EVERY:
                 out["facts"] = client.call("facts", timeout=self.settings.node_call_timeout)
             return out
@@ -370,7 +393,8 @@ class Controller:
             else:
                 count = self._node_failures.get(name, (0, 0.0, ""))[0] + 1
                 self._node_failures[name] = (count, now + NODE_BACKOFF.nominal(count), answer.error)
-        records = {n.name: n for n in self.store.nodes()}
+        self._node_rows = self.store.nodes()  # allocations read the pod CIDRs from these too
+        records = {n.name: n for n in self._node_rows}
         nodes: list[NodeState] = []
         observations: list[NodeObservation] = []
         reports: dict[str, dict[PodKey, dict[str, Any]]] = {}
@@ -386,8 +410,9 @@ class Controller:
                 if "facts" in outcome.value:
                     facts = outcome.value["facts"]
                     fresh_facts = True
-                reports[name] = pod_reports(outcome.value["status"])
                 status = outcome.value["status"]
+                kept = self._statuses.get(name)
+                reports[name] = kept[3] if kept is not None and kept[2] is status else pod_reports(status)
                 # No supervisor running ("stale": killed, or the node rebooted): only a sync starts
                 # one, so such a node never counts as unchanged (see _unchanged).
                 self._generations[name] = -1 if status.get("stale") else int(status.get("generation") or 0)
@@ -410,8 +435,16 @@ class Controller:
         # reads; while this controller's term lasts, what it wrote itself stands in for a read.
         if not self._cached:
             self._pod_rows = self.store.pods(spec=False)
+        states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
         for r in self._pod_rows:
             report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
+            # The same row and the same report (a kept row, an unchanged node) make the same state.
+            seen = self._pod_states.get((r.namespace, r.name))
+            listed = bool(r.node and r.node in reports)
+            if seen is not None and seen[0] is r and seen[1] is report and seen[2] == listed:
+                states[(r.namespace, r.name)] = seen
+                pods.append(seen[3])
+                continue
             phase, ready, restarts, reason, message = r.phase, r.ready, r.restarts, r.reason, r.message
             if report is not None:
                 phase = report.get("phase", phase)
@@ -422,24 +455,26 @@ class Controller:
             elif r.node and r.node in reports:
                 phase, ready = "Pending", False  # its node does not run it (yet): the next sync starts it
             ready_since = _ts(r.ready_at) if ready and r.ready_at else (now if ready else None)
-            pods.append(
-                PodState(
-                    r.name,
-                    r.namespace,
-                    r.owner_kind,
-                    r.owner_name,
-                    r.node,
-                    r.template_hash,
-                    phase,
-                    ready,
-                    restarts,
-                    reason,
-                    message,
-                    _ts(r.created_at) or now,
-                    ready_since,
-                    r.ordinal,
-                )
+            pod = PodState(
+                r.name,
+                r.namespace,
+                r.owner_kind,
+                r.owner_name,
+                r.node,
+                r.template_hash,
+                phase,
+                ready,
+                restarts,
+                reason,
+                message,
+                _ts(r.created_at) or now,
+                ready_since,
+                r.ordinal,
             )
+            pods.append(pod)
+            if r.created_at is not None and not (ready and not r.ready_at):  # not one that reads `now`
+                states[(r.namespace, r.name)] = (r, report, listed, pod)
+        self._pod_states = states
         started: dict[ObjectKey, tuple[str, float]] = {}
         last_schedule: dict[ObjectKey, float] = {}
         if not self._cached:
@@ -537,7 +572,7 @@ class Controller:
         def sync(client: NodeClient) -> dict[str, Any]:
             return client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
 
-        digests = {n: self._digest({"shared": shared, "pods": sets[n], "network": networks.get(n)}) for n in sets}
+        digests = {n: self._node_digest(n, shared, sets[n], networks.get(n)) for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
@@ -631,6 +666,24 @@ class Controller:
     @staticmethod
     def _digest(request: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _node_digest(self, node: str, shared: str, pods: Sequence[Mapping[str, Any]], network: Any) -> str:
+        """The digest of what `node` is sent. Pod specs are kept with the desired state and
+        never changed once built, so the very same spec objects as last time (held here, so
+        that identity stays meaningful) make the same digest without serialising them again."""
+        kept = self._node_digests.get(node)
+        if (
+            kept is not None
+            and kept[1] is network
+            and len(kept[0]) == len(pods)
+            and all(a is b for a, b in zip(kept[0], pods, strict=True))
+        ):
+            own = kept[2]
+        else:
+            own = self._digest({"pods": pods, "network": network})
+            self._node_digests[node] = (tuple(pods), network, own)
+        # A change every node shares (a Service's endpoints) costs one small hash per node.
+        return hashlib.sha256(f"{shared}:{own}".encode()).hexdigest()
 
     def _unchanged(self, node: str, digest: str, now: float) -> bool:
         """The node was sent exactly this, its agent still has what that produced (nobody else
@@ -744,7 +797,18 @@ class Controller:
                     if (r.phase, r.ready, r.ip) != (update["phase"], update["ready"], update["ip"]):
                         r = r.model_copy(update=update)  # only pods whose report differs are copied
                 pods.append(r)
-            return services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports)
+            inputs = (
+                state,
+                tuple(sorted(allocs.cluster_ips.items())),
+                tuple(sorted(allocs.node_ports.items())),
+                tuple((r.namespace, r.name, r.owner_kind, r.owner_name, r.template_hash, r.phase, r.ready, r.ip)
+                      for r in pods),
+            )
+            if self._table is not None and self._table[0] is state and self._table[1:] == inputs[1:]:
+                return self._table[-1]
+            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports)
+            self._table = (*inputs, table)
+            return table
         except StoreError as exc:
             log.warning("service table not computed: %s", exc)
             return None

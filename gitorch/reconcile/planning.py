@@ -257,7 +257,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
         return
     spec = obj.spec
     replicas = int(spec.get("replicas", 1))
-    rev = podspecs.revision(ps.desired, obj, template)
+    rev = _revision(ps, obj, template)
     min_ready = float(spec.get("minReadySeconds", 0))
     live, lost = ps.live(obj.key)
     for p in lost:
@@ -453,6 +453,17 @@ def _spec(
     return spec
 
 
+def _revision(ps: _Pass, obj: Object, template: Mapping[str, Any]) -> str:
+    """podspecs.revision, kept with the state like _spec (pure in the state and the template)."""
+    if ps.desired.objects.get(obj.key) is not obj:
+        return podspecs.revision(ps.desired, obj, template)
+    key = ("revision", obj.key, id(template))
+    rev = ps.desired.memo.get(key)
+    if rev is None:
+        rev = ps.desired.memo[key] = podspecs.revision(ps.desired, obj, template)
+    return str(rev)
+
+
 def _spec_for_record(ps: _Pass, obj: Object, p: PodState) -> dict[str, Any]:
     """An old-revision pod keeps running as it is: the node agent matches it by name and
     hash, so resend a spec with the hash it has (its body is no longer in Git)."""
@@ -466,7 +477,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     spec = obj.spec
     replicas = int(spec.get("replicas", 1))
     ordered = spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
-    rev = podspecs.revision(ps.desired, obj, template)
+    rev = _revision(ps, obj, template)
     pods = {p.ordinal if p.ordinal is not None else _index(p.name): p for p in ps.by_owner.get(obj.key, [])}
     name = obj.key.name
     ns = obj.key.namespace
@@ -542,7 +553,7 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
     template = _template(obj)
     if template is None:
         return
-    rev = podspecs.revision(ps.desired, obj, template)
+    rev = _revision(ps, obj, template)
     ru = (obj.spec.get("updateStrategy") or {}).get("rollingUpdate") or {}
     existing = {p.node: p for p in ps.by_owner.get(obj.key, []) if p.node}
     eligible: list[str] = []
@@ -589,7 +600,7 @@ def _job(ps: _Pass, obj: Object) -> None:
     parallelism = int(spec.get("parallelism", 1))
     backoff_limit = int(spec.get("backoffLimit", 6))
     deadline = spec.get("activeDeadlineSeconds")
-    rev = podspecs.revision(ps.desired, obj, template)
+    rev = _revision(ps, obj, template)
     live, lost = ps.live(obj.key)
     for p in lost:
         ps.remove(p)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gitorch.model.backoff import Backoff
 from gitorch.model.diagnostics import Diagnostic, errors
@@ -192,6 +192,8 @@ class Controller:
         # Per pod: the row and report its observed state was made from last pass, and that state.
         self._pod_states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
         self._node_rows: list[NodeRecord] = []
+        self._pod_views: list[RowView] = []  # self._pod_rows as plain tuples (see _row_views)
+        self._views: dict[int, tuple[PodRecord, RowView]] = {}
         self._node_digests: dict[str, tuple[tuple[Mapping[str, Any], ...], Any, str]] = {}
         # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
         self._table: tuple[Any, ...] | None = None
@@ -302,6 +304,8 @@ class Controller:
 
     def _remember(self, execution: Execution) -> None:
         """Fold what the pass just committed into the rows kept for the next pass."""
+        if not execution.pods and not execution.gone and not self._written_objects:
+            return  # the pass wrote no pod or object row
         pods = {(r.namespace, r.name): r for r in self._pod_rows}
         for g in execution.gone:
             pods.pop((g.namespace, g.name), None)
@@ -408,7 +412,8 @@ class Controller:
             fresh_facts = False
             if reachable and outcome is not None and outcome.value is not None:
                 if "facts" in outcome.value:
-                    facts = outcome.value["facts"]
+                    # Not its pods: they are in the status, and the store would rewrite them with every heartbeat.
+                    facts = {k: v for k, v in outcome.value["facts"].items() if k not in ("pods", "ok")}
                     fresh_facts = True
                 status = outcome.value["status"]
                 kept = self._statuses.get(name)
@@ -435,14 +440,16 @@ class Controller:
         # reads; while this controller's term lasts, what it wrote itself stands in for a read.
         if not self._cached:
             self._pod_rows = self.store.pods(spec=False)
+        self._pod_views = self._row_views(self._pod_rows)
         states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
-        for r in self._pod_rows:
-            report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
+        for r, v in zip(self._pod_rows, self._pod_views, strict=True):
+            key = (v.namespace, v.name)
+            report = reports.get(v.node or "", {}).get(key) if v.node else None
             # The same row and the same report (a kept row, an unchanged node) make the same state.
-            seen = self._pod_states.get((r.namespace, r.name))
-            listed = bool(r.node and r.node in reports)
+            seen = self._pod_states.get(key)
+            listed = bool(v.node and v.node in reports)
             if seen is not None and seen[0] is r and seen[1] is report and seen[2] == listed:
-                states[(r.namespace, r.name)] = seen
+                states[key] = seen
                 pods.append(seen[3])
                 continue
             phase, ready, restarts, reason, message = r.phase, r.ready, r.restarts, r.reason, r.message
@@ -480,12 +487,12 @@ class Controller:
         if not self._cached:
             self._object_rows = self.store.objects()  # read once a pass: save compares with it too
         for o in self._object_rows:
-            key = ObjectKey(o.kind, o.namespace, o.name)
+            okey = ObjectKey(o.kind, o.namespace, o.name)
             rollout = (o.body or {}).get("rollout") or {}
             if rollout.get("revision"):
-                started[key] = (str(rollout["revision"]), float(rollout["started"]))
+                started[okey] = (str(rollout["revision"]), float(rollout["started"]))
             if (o.body or {}).get("lastScheduleTime") is not None:
-                last_schedule[key] = float(o.body["lastScheduleTime"])
+                last_schedule[okey] = float(o.body["lastScheduleTime"])
         return Observed(now, tuple(pods), tuple(nodes), started, last_schedule), reports, observations
 
     def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
@@ -597,9 +604,8 @@ class Controller:
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
-        known_ips = {(r.namespace, r.name): r.ip for r in self._pod_rows}
         records: list[PodRecord] = []
-        rows = {(r.namespace, r.name): r for r in self._pod_rows}
+        rows = {(v.namespace, v.name): v for v in self._pod_views}
         for p in the_plan.pods:
             key = (p.owner.namespace, p.name)
             before = previous.get(key)
@@ -613,18 +619,15 @@ class Controller:
             ready_at = None
             if ready:
                 ready_at = _dt(before.ready_since) if before and before.ready and before.ready_since else _dt(now)
-            ip = known_ips.get(key)
+            row = rows.get(key)
+            ip = row.ip if row is not None else None
             if report and report.get("podIP"):
                 ip = str(report["podIP"])
             elif before is not None and before.node != p.node:
                 ip = None  # moved to another node: its old address is gone
-            row = rows.get(key)
             fields = (p.owner.kind, p.owner.name, p.node, p.revision, phase, restarts, ready, reason, message,
                       p.ordinal, ip, ready_at)
-            if row is not None and fields == (
-                row.owner_kind, row.owner_name, row.node, row.template_hash, row.phase, row.restarts, row.ready,
-                row.reason, row.message, row.ordinal, row.ip, row.ready_at,
-            ):
+            if row is not None and fields == row[2:]:
                 continue  # unchanged: not written (a pass writes only what changed)
             spec = podspecs.masked(p.spec) if not p.spec.get("keep") else {}
             records.append(
@@ -654,6 +657,22 @@ class Controller:
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
         return Execution(node_errors, records, gone, events)
+
+    def _row_views(self, rows: list[PodRecord]) -> list[RowView]:
+        """The rows' fields as plain tuples: a store row's attributes cost a descriptor call
+        each, and a pass reads a dozen of them for every pod. Kept per row object, so a row
+        kept from the last pass is not read again."""
+        old, views = self._views, {}
+        out: list[RowView] = []
+        for r in rows:
+            kept = old.get(id(r))
+            if kept is None or kept[0] is not r:
+                kept = (r, RowView(r.namespace, r.name, r.owner_kind, r.owner_name, r.node, r.template_hash, r.phase,
+                                   r.restarts, r.ready, r.reason, r.message, r.ordinal, r.ip, r.ready_at))
+            views[id(r)] = kept
+            out.append(kept[1])
+        self._views = views
+        return out
 
     def _network_blocks(self, cidrs: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """networking.network_blocks, kept while the Nodes' CIDRs and addresses stay the same
@@ -784,27 +803,29 @@ class Controller:
         try:
             removed = {(p.namespace, p.name) for p in the_plan.removed}
             pods: list[PodRecord] = []
-            for r in self._pod_rows:
-                if (r.namespace, r.name) in removed:
+            endpoints: list[tuple[Any, ...]] = []
+            for r, v in zip(self._pod_rows, self._pod_views, strict=True):
+                key = (v.namespace, v.name)
+                if key in removed:
                     continue
-                report = reports.get(r.node or "", {}).get((r.namespace, r.name)) if r.node else None
+                report = reports.get(v.node or "", {}).get(key) if v.node else None
+                phase, ready, ip = v.phase, v.ready, v.ip
                 if report is not None:
-                    update = {
-                        "phase": str(report.get("phase") or r.phase),
-                        "ready": bool(report.get("ready")) and not report.get("terminating"),
-                        "ip": report.get("podIP") or r.ip,
-                    }
-                    if (r.phase, r.ready, r.ip) != (update["phase"], update["ready"], update["ip"]):
-                        r = r.model_copy(update=update)  # only pods whose report differs are copied
+                    phase = str(report.get("phase") or v.phase)
+                    ready = bool(report.get("ready")) and not report.get("terminating")
+                    ip = report.get("podIP") or v.ip
+                    if (v.phase, v.ready, v.ip) != (phase, ready, ip):
+                        # only pods whose report differs are copied
+                        r = r.model_copy(update={"phase": phase, "ready": ready, "ip": ip})
                 pods.append(r)
+                endpoints.append((v.namespace, v.name, v.owner_kind, v.owner_name, v.template_hash, phase, ready, ip))
             inputs = (
                 state,
                 tuple(sorted(allocs.cluster_ips.items())),
                 tuple(sorted(allocs.node_ports.items())),
-                tuple((r.namespace, r.name, r.owner_kind, r.owner_name, r.template_hash, r.phase, r.ready, r.ip)
-                      for r in pods),
+                tuple(endpoints),
             )
-            if self._table is not None and self._table[0] is state and self._table[1:] == inputs[1:]:
+            if self._table is not None and self._table[0] is state and self._table[1:-1] == inputs[1:]:
                 return self._table[-1]
             table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports)
             self._table = (*inputs, table)
@@ -812,6 +833,25 @@ class Controller:
         except StoreError as exc:
             log.warning("service table not computed: %s", exc)
             return None
+
+
+class RowView(NamedTuple):
+    """A pod row's fields that a pass compares, in PodRecord's order after the key."""
+
+    namespace: str
+    name: str
+    owner_kind: str
+    owner_name: str
+    node: str | None
+    template_hash: str
+    phase: str
+    restarts: int
+    ready: bool
+    reason: str
+    message: str
+    ordinal: int | None
+    ip: str | None
+    ready_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -280,8 +280,9 @@ def _deployment(ps: _Pass, obj: Object) -> None:
         if len(new) <= replicas
         else sorted(_removal_order(new)[len(new) - replicas :], key=lambda p: _index(p.name))
     )
+    kept_ids = {id(p) for p in keep_new}  # identity: equal-looking PodStates are still two pods
     for p in new:
-        if p in keep_new:
+        if id(p) in kept_ids:
             ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
         else:
             ps.remove(p)
@@ -298,8 +299,9 @@ def _deployment(ps: _Pass, obj: Object) -> None:
             elif budget > 0:
                 removed_old.append(p)
                 budget -= 1
+    removed_ids = {id(p) for p in removed_old}
     for p in old:
-        if p in removed_old:
+        if id(p) in removed_ids:
             ps.remove(p)
         else:
             ps.keep(obj, p, _spec_for_record(ps, obj, p))
@@ -320,7 +322,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
         ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
 
     ready_new = sum(1 for p in keep_new if _ready(p, ps.now, min_ready))
-    ready_all = ready_new + sum(1 for p in old if p not in removed_old and _ready(p, ps.now, min_ready))
+    ready_all = ready_new + sum(1 for p in old if id(p) not in removed_ids and _ready(p, ps.now, min_ready))
     ps.plan.statuses[obj.key] = _rollout_status(
         ps, obj, rev, replicas, ready_new, len(keep_new), ready_all, bool(old), replicas - unavailable
     )

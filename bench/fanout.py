@@ -3,13 +3,17 @@
 Cold round: connect + authenticate + upload the agent + `facts` on every node.
 Warm round: `facts` on every node over the open connections (the controller's steady state).
 Anchor: `ansible all -m ping -f 50` against the same nodes. Target: warm round under 0.5 s,
-Ansible / gitorch-warm of 10 or more. Needs root (it builds a lab); installs ansible-core
-from PyPI when missing. Last line: the speed-up.
+Ansible / gitorch-warm of 10 or more. Then `gitorch nodes` as a user runs it, the whole
+process: with no serve (it connects to every node), and beside a running `gitorch serve`
+(it asks serve over the control socket; issue 17's target: 10x Ansible or more). Needs root
+(it builds a lab); installs ansible-core from PyPI when missing. Last line: the speed-up of
+`gitorch nodes` beside serve over Ansible.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -21,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.shared import git
 from gitorch.nodes import lab as labmod
 from gitorch.nodes.client import Fleet
 from gitorch.nodes.ssh import Endpoint, Pool, SSHOptions
@@ -79,6 +84,7 @@ def main() -> None:
             ansible_time = time.perf_counter() - t
             if res.returncode != 0 or res.stdout.count("SUCCESS") != args.nodes:
                 raise SystemExit(f"ansible failed ({res.returncode}): {res.stdout[-500:]} {res.stderr[-500:]}")
+            cli_cold, cli_serve = cli_rounds(lab, Path(tmp))
         finally:
             labmod.down(state)
     warm_median = statistics.median(warm)
@@ -87,6 +93,59 @@ def main() -> None:
           f"(best {min(warm):.3f}, worst {max(warm):.3f}; target under 0.5 s)")
     print(f"ansible all -m ping -f {args.nodes}: {ansible_time:.3f} s")
     print(f"speed-up, ansible / gitorch warm: {ansible_time / warm_median:.1f}x (target 10x or more)")
+    print(f"`gitorch nodes`, the whole process, no serve running (connects to every node): {cli_cold:.3f} s, "
+          f"{ansible_time / cli_cold:.1f}x faster than ansible")
+    print(f"`gitorch nodes`, the whole process, beside a running serve (asked over its control socket): "
+          f"{cli_serve:.3f} s")
+    print(f"speed-up, ansible / `gitorch nodes` beside serve: {ansible_time / cli_serve:.1f}x (target 10x or more)")
+
+
+def cli_rounds(lab: labmod.Lab, tmp: Path) -> tuple[float, float]:
+    """`gitorch nodes -o json` timed as a user runs it: first with no serve (a fresh state folder:
+    new host keys learned, new connections), then beside a `gitorch serve` of the same repository
+    after its first pass (median of 5)."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    (repo / "nodes.yaml").write_text((lab.state_dir / "nodes.yaml").read_text())
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "nodes", cwd=repo)
+    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp / "cli-state")}
+    gitorch = [sys.executable, "-m", "gitorch"]
+
+    def nodes_cmd() -> float:
+        t = time.perf_counter()
+        res = subprocess.run([*gitorch, "nodes", "-o", "json", "--repo", str(repo)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        took = time.perf_counter() - t
+        if res.returncode != 0:
+            raise SystemExit(f"gitorch nodes failed: {res.stderr[-500:]}")
+        return took
+
+    cold = nodes_cmd()
+    serve = subprocess.Popen([*gitorch, "serve", "--repo", str(repo), "--interval", "3600"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sock = tmp / "cli-state" / "control.sock"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sock.exists() and json_rows_via(gitorch, repo, env) == "serve":
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit("serve never answered `gitorch nodes` over its control socket")
+        with_serve = statistics.median(nodes_cmd() for _ in range(5))
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+    return cold, with_serve
+
+
+def json_rows_via(gitorch: list[str], repo: Path, env: dict[str, str]) -> str:
+    res = subprocess.run([*gitorch, "nodes", "-o", "json", "--repo", str(repo)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    vias = {r.get("via") for r in json.loads(res.stdout or "[]")}
+    return vias.pop() if len(vias) == 1 else ""
 
 
 if __name__ == "__main__":

@@ -514,3 +514,26 @@ def test_serve_waits_calmly_for_the_first_push(
                accept=lambda got: f"{first[:7]} valid" in got)
     out = server.output()
     assert "error" not in out.lower() and out.count("waiting for a commit") == 1, out
+
+
+@pytest.mark.lab
+def test_gitorch_nodes_asks_a_running_serve_over_its_connections(
+    lab: Lab, repo: GitRepo, serve_factory: Callable[[Path], Serve]
+) -> None:
+    """`gitorch nodes` beside a running serve (same state folder) gets every node's facts through
+    serve's control socket, over the connections serve holds; with serve gone it connects itself."""
+    repo.commit("nodes", {"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE})
+    server = serve_factory(repo.path)
+    wait_until("a pass connected to the nodes", revisions, timeout=60, interval=0.2)
+    sock = Settings.from_env().state_dir / "control.sock"
+    assert sock.exists() and sock.stat().st_mode & 0o777 == 0o600
+    res = gitorch("nodes", "-o", "json", cwd=repo.path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows] == [n.name for n in lab.nodes]
+    assert all(r["reachable"] and r["agentVersion"] and r["via"] == "serve" for r in rows), rows
+    server.stop()
+    assert not sock.exists()
+    res = gitorch("nodes", "-o", "json", cwd=repo.path)
+    assert res.returncode == 0, res.stderr
+    assert all(r["reachable"] and r["via"] == "ssh" for r in json.loads(res.stdout))

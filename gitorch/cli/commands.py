@@ -184,12 +184,27 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for each node.")
 def nodes(repo_path: str | None, rev: str | None, output: str, timeout: float) -> None:
-    """Ask every Node's agent for its facts, in parallel; exit 1 if any node is unreachable."""
+    """Ask every Node's agent for its facts, in parallel; exit 1 if any node is unreachable.
+
+    When `gitorch serve` runs on this machine (same state folder), it is asked first: it holds
+    a connection to every node already. Nodes it does not reach are connected to directly."""
     from gitorch.nodes import inspection
+    from gitorch.nodes.client import Outcome
+    from gitorch.nodes.endpoints import endpoints
+    from gitorch.server import control
 
     state = desired.load(open_repository(repo_path), rev)
-    rows = inspection.node_facts(state, _settings().state_dir / "known_hosts", timeout=timeout,
-                                 progress=console.progress)
+    state_dir = _settings().state_dir
+    answered: dict[str, Outcome[Any]] = {}
+    wanted = {e.name: e.where for e in endpoints(state)}
+    if wanted:
+        reply = control.ask(state_dir, {"verb": "facts", "endpoints": wanted, "timeout": timeout}, timeout + 5)
+        for name, got in ((reply or {}).get("nodes") or {}).items():
+            if name in wanted and isinstance(got, dict):
+                answered[name] = Outcome(name, got.get("value"), str(got.get("error") or ""),
+                                         float(got.get("seconds") or 0.0))
+    rows = inspection.node_facts(state, state_dir / "known_hosts", timeout=timeout,
+                                 progress=console.progress, answered=answered)
     if output == "json":
         console.write(json.dumps(rows, indent=2))
     else:

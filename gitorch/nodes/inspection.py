@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from gitorch.model.objects import DesiredState
 from gitorch.model.quantities import format_bytes
-from gitorch.nodes.client import Fleet, NodeClient
+from gitorch.nodes.client import Fleet, NodeClient, Outcome
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Pool
 
@@ -20,20 +20,35 @@ def _facts(client: NodeClient) -> dict[str, Any]:
     return client.call("facts", timeout=client.conn.options.command_timeout)
 
 
+def facts_of(client: NodeClient) -> dict[str, Any]:
+    """What `gitorch nodes` asks each agent (also through a running serve's connections)."""
+    return _facts(client)
+
+
 def node_facts(
-    state: DesiredState, known_hosts: Path, *, timeout: float, progress: Progress | None = None
+    state: DesiredState,
+    known_hosts: Path,
+    *,
+    timeout: float,
+    progress: Progress | None = None,
+    answered: Mapping[str, Outcome[Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per Node: reachable or the error naming it, and its facts (stable keys)."""
+    """One row per Node: reachable or the error naming it, and its facts (stable keys).
+    Nodes in `answered` (a running serve asked them over its own connections) are not
+    connected to again."""
     eps = endpoints(state)
     if not eps:
         return []
-    options = ssh_options(state, known_hosts)
-    with Fleet(eps, Pool(options)) as fleet:
-        if progress is not None:
-            with progress("asking nodes", len(eps)) as advance:
-                results = fleet.fan_out(_facts, timeout=timeout, progress=advance)
-        else:
-            results = fleet.fan_out(_facts, timeout=timeout)
+    results: dict[str, Outcome[Any]] = {e.name: answered[e.name] for e in eps if answered and e.name in answered}
+    rest = [e for e in eps if e.name not in results]
+    if rest:
+        options = ssh_options(state, known_hosts)
+        with Fleet(rest, Pool(options)) as fleet:
+            if progress is not None:
+                with progress("asking nodes", len(rest)) as advance:
+                    results.update(fleet.fan_out(_facts, timeout=timeout, progress=advance))
+            else:
+                results.update(fleet.fan_out(_facts, timeout=timeout))
     rows = []
     for ep in eps:
         outcome = results[ep.name]
@@ -56,6 +71,7 @@ def node_facts(
                 "runtimes": facts.get("runtimes") or [],
                 "cgroup": (facts.get("cgroup") or {}).get("version"),
                 "seconds": round(outcome.seconds, 3),
+                "via": "serve" if answered and ep.name in answered else "ssh",
             }
         )
     return rows

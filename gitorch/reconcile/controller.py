@@ -24,7 +24,7 @@ from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
-from gitorch.nodes.client import Encoded, Fleet, NodeClient, PodKey, pod_reports
+from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import allocations, networking, podspecs, services
@@ -212,6 +212,19 @@ class Controller:
             )
             self._endpoints = eps
         return self._fleet
+
+    def ask_nodes(
+        self, wanted: Mapping[str, str], fn: Callable[[NodeClient], Any], timeout: float
+    ) -> dict[str, Outcome[Any]]:
+        """`fn` on the nodes this controller is connected to, over its open connections, for
+        another command (`gitorch nodes` through serve's control socket): only nodes whose
+        name and `user@host:port` (`wanted`) are what this controller reaches. Empty when it has
+        no connections yet."""
+        fleet, eps = self._fleet, self._endpoints
+        if fleet is None:
+            return {}
+        names = [e.name for e in eps if wanted.get(e.name) == e.where and e.name in fleet.clients]
+        return fleet.fan_out(fn, timeout=timeout, nodes=names) if names else {}
 
     # -- one pass ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from gitorch.dns.cluster import ClusterDNS, settings_for
 from gitorch.model.backoff import Backoff
@@ -25,6 +26,7 @@ from gitorch.reconcile import drift
 from gitorch.reconcile.controller import Controller, ControllerSettings, PassResult
 from gitorch.reconcile.leadership import Leadership, holder_name
 from gitorch.server import systemd
+from gitorch.server.control import ControlSocket, socket_path
 from gitorch.server.http import Endpoint, HttpServer, Limits, Reply, Site
 from gitorch.server.metrics import Metrics
 from gitorch.server.notifications import Notifier
@@ -517,6 +519,28 @@ class Server:
         self.systemd.ready(self._status())
         self.wake("SIGHUP")
 
+    def _start_control(self) -> ControlSocket | None:
+        """The control socket other commands on this machine ask (see server/control.py)."""
+        try:
+            return ControlSocket(socket_path(self.state_dir), {"facts": self._control_facts}).start()
+        except OSError as exc:
+            log.warning(f"control socket not opened ({exc}); commands such as `gitorch nodes` connect themselves")
+            return None
+
+    def _control_facts(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`gitorch nodes` through the control socket: facts of the nodes it names, from those
+        this controller reaches the same way; the command asks the rest itself."""
+        from gitorch.nodes.inspection import facts_of
+
+        wanted = request.get("endpoints")
+        if not isinstance(wanted, dict) or len(wanted) > 100_000:
+            return {"ok": False, "error": "endpoints: a map of node name to user@host:port"}
+        timeout = request.get("timeout", 15.0)
+        timeout = float(timeout) if isinstance(timeout, (int, float)) and 0 < timeout <= 300 else 15.0
+        results = self.controller.ask_nodes({str(k): str(v) for k, v in wanted.items()}, facts_of, timeout)
+        return {"ok": True, "nodes": {n: {"value": o.value, "error": o.error, "seconds": o.seconds}
+                                      for n, o in results.items()}}
+
     def run(self, reload: Callable[[], str] | None = None) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP calls `reload` and runs a pass."""
 
@@ -530,6 +554,7 @@ class Server:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
         self._start_listener()
+        control = self._start_control()
         self.notifier.start()
         self.timers.every(self.interval, self.reconcile, "reconcile")
         self.timers.every(DIRTY_CHECK, self._if_dirty, "reconcile-pending")
@@ -555,6 +580,8 @@ class Server:
                 if self.listener is not None:
                     self.listener.close()
             self.timers.stop()
+            if control is not None:
+                control.close()
             self.watchers.stop()
             self.notifier.stop()
             self.leadership.release()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from gitorch.nodes.client import Fleet
+from gitorch.nodes.client import Fleet, table_digest
 from gitorch.nodes.ssh import Endpoint, NodeError, Result
 
 AGENT_VERSION = "fake-1"
@@ -50,6 +50,7 @@ class FakeAgent:
         self._version = 0
         self._etag = ""
         self._services_hash = ""
+        self._table_digest = ""  # the service table this agent holds
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -84,8 +85,18 @@ class FakeAgent:
             self._last_sync = digest
             # NodeClient writes the pods and network before the service table: when that part
             # is the one seen last, only the table changed, and nothing needs parsing.
-            cut = line.find(b', "services": ')
+            cut, whole = line.find(b', "services": '), True
+            if cut < 0:
+                cut, whole = line.find(b', "servicesDelta": '), False
             pods_part = hashlib.sha256(line[:cut]).digest() if cut > 0 else b""
+            if cut > 0:
+                start = line.index(b": ", cut) + 2
+                end = line.find(b', "serviceCIDR": ', start)
+                table = self._table_after(line[start:end], whole)
+                if table is None:
+                    self._last_sync = b""
+                    return self._sync_answer(changed=False, services_changed=False, mismatch=True)
+                self._table_digest = table
             if pods_part and pods_part == self._last_pods:
                 self._services_hash = digest.hex()[:16]
                 return self._sync_answer(changed=False, services_changed=True)
@@ -179,13 +190,45 @@ class FakeAgent:
             self._status = json.dumps({**self._doc(), "etag": self._etag}).encode()
         return self._status
 
-    def _sync_answer(self, changed: bool, services_changed: bool) -> bytes:
+    # Tables by digest, and what each whole table or delta (by its bytes) makes: every node
+    # is sent the same bytes, so only the first fake agent to get them parses them.
+    _tables: dict[str, dict[str, Any]] = {}
+    _made: dict[bytes, str | None] = {}
+
+    def _table_after(self, payload: bytes, whole: bool) -> str | None:
+        """The digest of the table a `services` or `servicesDelta` payload leaves this node
+        holding, as the agent computes it; None when a delta does not start from its table."""
+        key = hashlib.sha256(payload).digest() + (b"w" if whole else self._table_digest.encode())
+        with FakeAgent._total_lock:
+            if key in FakeAgent._made:
+                return FakeAgent._made[key]
+            value = json.loads(payload)
+            made: str | None
+            if whole:
+                made = table_digest(value)
+                FakeAgent._tables[made] = {str(e["name"]): e for e in value}
+            elif value.get("base") != self._table_digest or value["base"] not in FakeAgent._tables:
+                made = None
+            else:
+                table = dict(FakeAgent._tables[value["base"]])
+                for name in value.get("remove") or []:
+                    table.pop(name, None)
+                for e in value.get("set") or []:
+                    table[str(e["name"])] = e
+                made = table_digest([table[n] for n in sorted(table)])
+                made = made if made == value.get("digest") else None
+                if made is not None:
+                    FakeAgent._tables[made] = table
+            FakeAgent._made[key] = made
+            return made
+
+    def _sync_answer(self, changed: bool, services_changed: bool, mismatch: bool = False) -> bytes:
         # The status document plus the sync's own keys, spliced as bytes: no re-serialising.
-        extra = json.dumps({
-            "changed": changed, "acked": True,
-            "services": {"ok": True, "changed": services_changed, "message": "", "count": 0,
-                         "hash": self._services_hash, "repaired": ""},
-        }).encode()
+        proxy: dict[str, Any] = {"ok": True, "changed": services_changed, "message": "", "count": 0,
+                                 "hash": self._services_hash, "repaired": "", "tableDigest": self._table_digest}
+        if mismatch:
+            proxy.update(ok=False, reason="ServicesBaseMismatch", message="not the delta's base")
+        extra = json.dumps({"changed": changed, "acked": True, "services": proxy}).encode()
         return self._status_bytes()[:-1] + b", " + extra[1:]
 
     # -- what a bench changes ----------------------------------------------------------

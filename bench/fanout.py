@@ -59,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "lab"
         t = time.perf_counter()
-        lab = labmod.up(args.nodes, state_dir=state, subnet="10.231.50.0/24")
+        lab = labmod.up(args.nodes, state_dir=state, subnet="10.231.50.0/24", nodes_file=state / "nodes.yaml")
         print(f"lab: {args.nodes} nodes up in {time.perf_counter() - t:.2f} s")
         try:
             eps = [Endpoint(n.name, n.address, n.port, "root", str(lab.identity_file), n.host_key) for n in lab.nodes]

@@ -17,7 +17,7 @@ from gitorch.reconcile.controller import ControllerSettings
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
 from tests.test_drift import _delete_rule
-from tests.test_services import apps
+from tests.test_services import apps, endpoints_on
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
@@ -123,6 +123,50 @@ def test_a_quiet_node_says_unchanged_and_a_change_on_it_is_still_seen(
         wait_until("the restart recorded", lambda: controller.reconcile() and next(
             p.restarts for p in controller.store.pods(namespace="svc") if p.name == pod.name), timeout=60)
         assert (pod.node, False) in answers  # the node's changed status was read in full
+
+
+def test_an_endpoint_change_is_sent_as_a_delta_and_a_node_without_its_base_gets_the_whole_table(
+    lab: Lab, repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first whole table, a readiness flip reaches every node as a `servicesDelta` (the
+    changed entries only); a node that lost the table the delta starts from refuses it and is
+    sent the whole table on the next pass, and every node's NAT rules end up right."""
+    sent: list[tuple[str, str]] = []
+    real = NodeClient.call
+
+    def call(self: NodeClient, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        if verb == "sync" and payload is not None:
+            sent.append((self.name, "delta" if "servicesDelta" in payload else
+                         "whole" if "services" in payload else "none"))
+        return real(self, verb, payload, timeout)
+
+    monkeypatch.setattr(NodeClient, "call", call)
+    nodes = [n.name for n in lab.nodes]
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        controller.settings = ControllerSettings(resync=3600)
+        repo.commit("echo and services", {"apps.yaml": apps(replicas=3)})
+        converge(controller)
+        ready = wait_until("three ready endpoints in every table", lambda: controller.reconcile() and [
+            p for p in controller.store.pods(namespace="svc") if p.ready and p.ip], timeout=60,
+            accept=lambda pods: len(pods) == 3 and all(endpoints_on(lab, n) == {p.ip for p in pods} for n in nodes))
+        out = ready[0]
+        assert out.node is not None and out.ip is not None
+        sent.clear()
+        ssh_run(lab, out.node, f"rm -f /tmp/ready-{out.name}")
+        wait_until(f"{out.name} out of every table", lambda: controller.reconcile() and all(
+            out.ip not in endpoints_on(lab, n) for n in nodes), timeout=30)
+        assert sent and {kind for _, kind in sent} == {"delta"}, sent
+
+        # A node loses the table it holds (its state folder restored from an old backup, say).
+        ssh_run(lab, nodes[0], "rm -f /var/lib/gitorch/services-table.json")
+        sent.clear()
+        ssh_run(lab, out.node, f"touch /tmp/ready-{out.name}")
+        wait_until(f"{out.name} back in every table", lambda: controller.reconcile() and all(
+            out.ip in endpoints_on(lab, n) for n in nodes), timeout=30)
+        controller.reconcile()
+        mine = [kind for node, kind in sent if node == nodes[0]]
+        assert mine[:2] == ["delta", "whole"], sent  # refused, then sent whole
+        assert all(kind == "delta" for node, kind in sent if node != nodes[0]), sent
 
 
 def test_within_a_term_the_kept_rows_are_what_the_store_holds(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:

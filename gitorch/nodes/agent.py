@@ -44,7 +44,11 @@ Verbs (request keys -> response keys besides ``ok``):
   ``reason: "StaleTerm"``, term, seenTerm and holder in the answer; an equal or higher one
   is accepted, a higher one (or one of another lease: a new store took the node over)
   remembered (fence.json, written before acting). A sync without a fence (a one-shot CLI
-  run) is accepted.
+  run) is accepted. Instead of "services", "servicesDelta": {base, digest, set: [entry],
+  remove: [name]} changes the table this node holds (services-table.json) by entry name:
+  a node that does not hold ``base`` (or whose result is not ``digest``) answers
+  services{ok: false, reason: "ServicesBaseMismatch", tableDigest} and the controller sends
+  the whole table. services{} always carries the ``tableDigest`` the node now holds.
 - ``status``  {"verify": bool, "since": etag} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
   pods[PodStatus] (sorted by namespace, name), etag. When ``since`` equals the etag of the
@@ -403,6 +407,7 @@ class Paths:
         self.log = os.path.join(self.root, "supervisor.log")
         self.checks = os.path.join(self.root, "node-checks.json")
         self.services = os.path.join(self.root, "services.json")
+        self.services_table = os.path.join(self.root, "services-table.json")
         self.fence = os.path.join(self.root, "fence.json")
         self.pods = os.path.join(self.root, "pods")
 
@@ -2508,6 +2513,49 @@ def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
             "repaired": repaired if ok else ""}
 
 
+def table_digest(entries: list[Any]) -> str:
+    """The digest of a service table as the controller sends it (its raw entries, by name):
+    the controller computes the same one (gitorch.nodes.client.table_digest) to know which
+    table a node holds, and so what a delta must start from."""
+    ordered = sorted(entries, key=lambda e: str(e.get("name")) if isinstance(e, dict) else "")
+    return hashlib.sha256(json.dumps(ordered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def held_table(paths: Paths) -> tuple[list[Json], str | None]:
+    """The service table this node was last sent (raw entries) and its digest."""
+    held = read_json(paths.services_table, {})
+    if not isinstance(held, dict) or not isinstance(held.get("entries"), list):
+        return [], None
+    return held["entries"], str(held.get("digest") or "") or None
+
+
+def apply_services_delta(paths: Paths, delta: Any) -> tuple[list[Json] | None, str]:
+    """The table a ``servicesDelta`` {base, digest, set: [entry], remove: [name]} makes of the
+    one this node holds: (entries, "") or (None, why not) when the node does not hold ``base``
+    (it lost its state, or another controller sent it something else): the controller then
+    sends the whole table. The result must have ``digest``, or it is refused the same way."""
+    if not isinstance(delta, dict):
+        raise RequestError("sync: servicesDelta must be an object")
+    base, want = delta.get("base"), delta.get("digest")
+    put, drop = delta.get("set") or [], delta.get("remove") or []
+    if not isinstance(put, list) or not isinstance(drop, list) or not all(isinstance(n, str) for n in drop):
+        raise RequestError("sync: servicesDelta: set must be a list of entries, remove a list of names")
+    if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in put):
+        raise RequestError("sync: servicesDelta: every entry of set needs a name")
+    entries, digest = held_table(paths)
+    if digest is None or digest != base:
+        return None, f"this node holds service table {digest or '(none)'}, not the delta's base {base}"
+    table = {str(e.get("name")): e for e in entries if isinstance(e, dict)}
+    for name in drop:
+        table.pop(name, None)
+    for e in put:
+        table[e["name"]] = e
+    out = [table[n] for n in sorted(table)]
+    if table_digest(out) != want:
+        return None, f"the delta made service table {table_digest(out)}, not {want}"
+    return out, ""
+
+
 def services_fact(paths: Paths) -> str:
     """``nftables`` when the service table is (or can be) programmed, else why not."""
     if nft_binary() is None:
@@ -3630,7 +3678,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     dns = request.get("dns")
     if dns is not None:
         ClusterDNSSpec.parse(dns)
-    services = parse_services(request["services"]) if request.get("services") is not None else None
+    raw_services = request.get("services")
+    delta = request.get("servicesDelta") if raw_services is None else None
+    services = parse_services(raw_services) if raw_services is not None else None
     service_cidr = request.get("serviceCIDR")
     if service_cidr is not None:
         import ipaddress
@@ -3680,11 +3730,22 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGUSR1)  # re-read desired.json now, not at next poll
         proxy = None
-        if services is not None:
+        refused = ""
+        if delta is not None:
+            raw_services, refused = apply_services_delta(paths, delta)
+            services = parse_services(raw_services) if raw_services is not None else None
+        if refused:
+            proxy = {"ok": False, "changed": False, "message": refused, "reason": "ServicesBaseMismatch",
+                     "count": 0, "hash": None, "repaired": "", "tableDigest": held_table(paths)[1]}
+        if services is not None and raw_services is not None:
+            digest = table_digest(raw_services)
+            if held_table(paths)[1] != digest:
+                atomic_write(paths.services_table, json.dumps({"digest": digest, "entries": raw_services}))
             raw_net = network if network is not None else current.get("network")
             net = NetworkSpec.parse(raw_net)
             proxy = program_services(paths, services, net.cidr if net else None, service_cidr,
                                      cluster_pod_cidrs(raw_net, net))
+            proxy["tableDigest"] = digest
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})

@@ -9,6 +9,7 @@ Python start-up); `run_once` runs a single verb in its own process when that is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -78,6 +79,22 @@ class Encoded:
         return isinstance(other, Encoded) and other.text == self.text
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def table_digest(entries: list[Any]) -> str:
+    """The digest of a service table by which the agent knows it (the agent's own table_digest
+    computes the same from what it was sent): what a `servicesDelta` starts from."""
+    ordered = sorted(entries, key=lambda e: str(e.get("name")) if isinstance(e, dict) else "")
+    return hashlib.sha256(json.dumps(ordered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def table_delta(base: Mapping[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What turns the table `base` (entries by name) into `entries`: set and remove, by name."""
+    names = {str(e["name"]) for e in entries}
+    return {
+        "set": [e for e in entries if base.get(str(e["name"])) != e],
+        "remove": sorted(n for n in base if n not in names),
+    }
 
 
 def encode_request(verb: str, payload: dict[str, Any] | None) -> bytes:
@@ -241,6 +258,15 @@ _POD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
+@functools.lru_cache(maxsize=65536)
+def _inside(ip: str, cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether `ip` is an address of `cidr` (a pass checks every pod's address; most recur)."""
+    try:
+        return ipaddress.ip_address(ip) in cidr
+    except ValueError:
+        return False
+
+
 def checked_pods(
     node: str,
     pods: list[Any],
@@ -262,10 +288,7 @@ def checked_pods(
         assert isinstance(p, dict)
         ip = p.get("podIP")
         if ip is not None:
-            try:
-                inside = pod_cidr is not None and ipaddress.ip_address(str(ip)) in pod_cidr
-            except ValueError:
-                inside = False
+            inside = pod_cidr is not None and _inside(str(ip), pod_cidr)
             if not inside:
                 if pod_cidr is not None:  # unknown: this client has not synced the node yet
                     warn(

@@ -24,7 +24,7 @@ from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
-from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports
+from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import allocations, networking, podspecs, services
@@ -42,6 +42,7 @@ PRUNE_EVERY = 60.0  # seconds between applications of the store's retention rule
 NODE_BACKOFF = Backoff(base=2.0, cap=10.0)  # seconds before asking a failing node again
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeat writes of a node that keeps answering
 STATES_KEPT = 3  # parsed commits kept in memory (the head, the last good one, one more)
+TABLES_KEPT = 4  # service tables kept by digest: a node holding one of them is sent a delta
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,13 @@ class Controller:
         # Per pod: the row and report its observed state was made from last pass, and that state.
         self._pod_states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
         self._node_rows: list[NodeRecord] = []
+        # Service tables by digest (the last few sent), the one each node holds and when it was last sent whole.
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self._table_digest: tuple[list[dict[str, Any]], str] | None = None
+        self._held_tables: dict[str, tuple[str, float]] = {}
         self._pod_views: list[RowView] = []  # self._pod_rows as plain tuples (see _row_views)
         self._views: dict[int, tuple[PodRecord, RowView]] = {}
-        self._node_digests: dict[str, tuple[tuple[Mapping[str, Any], ...], Any, str]] = {}
+        self._node_digests: dict[str, tuple[tuple[Mapping[str, Any], ...], Any, str, Encoded]] = {}
         # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
         self._table: tuple[Any, ...] | None = None
 
@@ -575,15 +580,36 @@ class Controller:
                                "fence": fence.token() if fence is not None else None})
 
         encoded_table = Encoded(table) if table is not None else None  # encoded once for every node
+        current = self._remember_table(table)
+        deltas: dict[str, Encoded] = {}  # by the table a node holds: encoded once for all nodes holding it
+        whole: set[str] = set()  # nodes sent the whole table this pass
+
+        def services_payload(node: str) -> dict[str, Any]:
+            """The whole table, or only what changed since the table the node holds (one readiness
+            flip is one entry, not every Service of the cluster, for every node)."""
+            held = self._held_tables.get(node)
+            if (full or current is None or held is None or held[0] not in self._tables
+                    or now - held[1] >= self.settings.resync):
+                whole.add(node)
+                return {"services": encoded_table}
+            base = held[0]
+            if base not in deltas:
+                assert table is not None
+                deltas[base] = Encoded({"base": base, "digest": current, **table_delta(self._tables[base], table)})
+            return {"servicesDelta": deltas[base]}
 
         def sync_request(node: str) -> dict[str, Any]:
-            request: dict[str, Any] = {"pods": sets[node]}
+            kept = self._node_digests.get(node)
+            # The node's pod set encoded once while it stays the same (see _node_digest).
+            request: dict[str, Any] = {"pods": kept[3] if kept is not None and len(kept[0]) == len(sets[node])
+                                       and all(a is b for a, b in zip(kept[0], sets[node], strict=True))
+                                       else sets[node]}
             if node in networks:
                 request["network"] = {**networks[node], "clusterCIDR": cluster_cidr}
             if dns is not None:
                 request["dns"] = dns
             if encoded_table is not None:
-                request["services"] = encoded_table
+                request.update(services_payload(node))
                 request["serviceCIDR"] = service_cidr
             if fence is not None:
                 request["fence"] = fence.token()
@@ -597,15 +623,28 @@ class Controller:
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
         for n, o in results.items():
+            proxy = (o.value.get("services") or {}) if o.ok and o.value is not None else {}
+            if proxy.get("reason") == "ServicesBaseMismatch":
+                # It does not hold the table the delta started from: the next pass sends it whole.
+                log.debug("%s: %s", n, proxy.get("message"))
+                self._held_tables.pop(n, None)
+                self._sent.pop(n, None)
+                continue
             if o.ok and o.value is not None:
                 self._sent[n] = (digests[n], int(o.value.get("generation") or 0), now)
+                if proxy.get("tableDigest"):
+                    at = now if n in whole else self._held_tables.get(n, ("", now))[1]
+                    self._held_tables[n] = (str(proxy["tableDigest"]), at)
             else:
                 self._sent.pop(n, None)
+                self._held_tables.pop(n, None)
         events: list[dict[str, Any]] = []
         for n, o in results.items():
             if o.ok and o.value is not None:
                 reports[n] = pod_reports(o.value)
                 proxy = o.value.get("services") or {}
+                if proxy.get("reason") == "ServicesBaseMismatch":
+                    continue
                 if proxy and not proxy.get("ok"):
                     log.warning("%s: service table not programmed: %s", n, proxy.get("message"),
                                 extra={"event": "service-table-failed", "node": n})
@@ -687,6 +726,25 @@ class Controller:
         self._views = views
         return out
 
+    def _remember_table(self, table: list[dict[str, Any]] | None) -> str | None:
+        """The digest of this pass's service table, kept (with the last few) so that a node
+        holding one of them can be sent a delta; None when deltas cannot be used (no table,
+        or two entries with one name)."""
+        if table is None:
+            return None
+        if self._table_digest is not None and self._table_digest[0] is table:
+            return self._table_digest[1]
+        by_name = {str(e["name"]): e for e in table}
+        if len(by_name) != len(table):
+            return None
+        digest = table_digest(table)
+        self._table_digest = (table, digest)
+        self._tables.pop(digest, None)
+        self._tables[digest] = by_name
+        while len(self._tables) > TABLES_KEPT:
+            del self._tables[next(iter(self._tables))]
+        return digest
+
     def _network_blocks(self, cidrs: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """networking.network_blocks, kept while the Nodes' CIDRs and addresses stay the same
         (its output grows with the square of the nodes: every node routes to every other)."""
@@ -713,7 +771,7 @@ class Controller:
             own = kept[2]
         else:
             own = self._digest({"pods": pods, "network": network})
-            self._node_digests[node] = (tuple(pods), network, own)
+            self._node_digests[node] = (tuple(pods), network, own, Encoded(list(pods)))
         # A change every node shares (a Service's endpoints) costs one small hash per node.
         return hashlib.sha256(f"{shared}:{own}".encode()).hexdigest()
 

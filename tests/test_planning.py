@@ -330,3 +330,23 @@ def test_statefulset_partition_updates_only_ordinals_at_or_above_it(repo: GitRep
     assert len({x.revision for x in pods}) == 1 and pods[0].revision != v1
     status = next(s for k, s in p.statuses.items() if k.kind == "StatefulSet")
     assert status.health == "Healthy" and status.updated == 3 and status.message == "3/3 ready"
+
+
+def test_a_placed_pod_runs_the_spec_of_its_node_from_its_first_sync(repo: GitRepo) -> None:
+    """The downward API's spec.nodeName is part of a pod's spec: the pod a node is first sent must
+    already name that node, or the next pass's spec (which does) is a new hash and restarts it."""
+    text = deployment(2, "v1").replace(
+        'env: [{name: V, value: "v1"}]',
+        "env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]",
+    )
+    s = state(repo, {"web.yaml": text})
+    first = plan(s, Observed(1000.0, (), NODES))
+    assert len(first.pods) == 2 and all(d.node for d in first.pods)
+    for d in first.pods:
+        env = {e["name"]: e["value"] for e in d.spec["containers"][0]["env"]}
+        assert env["NODE"] == d.node, env
+    second = plan(s, Observed(1001.0, as_observed(first, 1000.0), NODES))
+    assert {d.name: d.spec["hash"] for d in second.pods} == {d.name: d.spec["hash"] for d in first.pods}
+    # Kept with the state: the same spec object each pass, so a node's digest needs no re-encoding.
+    third = plan(s, Observed(1002.0, as_observed(first, 1000.0), NODES))
+    assert all(a.spec is b.spec for a, b in zip(second.pods, third.pods, strict=True))

@@ -7,14 +7,39 @@ store's rows as arguments, so the caller decides when to read them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from gitorch.dns.zone import EndpointRecord, PortRecord, ServiceRecord, ZoneData
 from gitorch.model.objects import DesiredState, Object
-from gitorch.store.database import ClusterIPAllocation, PodRecord
+from gitorch.store.database import ClusterIPAllocation
 
 
-def pod_template(state: DesiredState, pod: PodRecord) -> Mapping[str, Any]:
+class PodRow(Protocol):
+    """What the zone and the service table read of a pod: a store row (PodRecord), or the
+    controller's plain copy of one."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def owner_kind(self) -> str: ...
+    @property
+    def owner_name(self) -> str: ...
+    @property
+    def node(self) -> str | None: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+P = TypeVar("P", bound=PodRow)
+
+
+def pod_template(state: DesiredState, pod: PodRow) -> Mapping[str, Any]:
     """The pod template (metadata + spec) the pod was made from, `{}` when its owner is gone."""
     return _template(state.get(pod.owner_kind, pod.namespace, pod.owner_name))
 
@@ -28,7 +53,7 @@ def _template(owner: Object | None) -> Mapping[str, Any]:
     return spec.get("template") or {}
 
 
-def pod_labels(state: DesiredState, pod: PodRecord) -> dict[str, str]:
+def pod_labels(state: DesiredState, pod: PodRow) -> dict[str, str]:
     """A pod's labels: its owner's pod template labels (pods are not stored with them)."""
     labels = (pod_template(state, pod).get("metadata") or {}).get("labels") or {}
     return {str(k): str(v) for k, v in labels.items()}
@@ -38,12 +63,12 @@ def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(str(k)) == str(v) for k, v in selector.items())
 
 
-def running_pods(pods: Iterable[PodRecord]) -> list[PodRecord]:
+def running_pods(pods: Iterable[P]) -> list[P]:
     """Pods that can be endpoints: running on a node, with an IP."""
     return [p for p in pods if p.ip and p.node and p.phase == "Running"]
 
 
-def selected_pods(state: DesiredState, service: Object, pods: Iterable[PodRecord]) -> list[PodRecord]:
+def selected_pods(state: DesiredState, service: Object, pods: Iterable[PodRow]) -> list[PodRow]:
     """The running pods with IPs a Service's selector picks in its namespace (ready or not:
     `PodRecord.ready` and `publishNotReadyAddresses` say which of them serve)."""
     return PodIndex(state, pods).selected(service)
@@ -53,16 +78,16 @@ class PodIndex:
     """Running pods by namespace and label: built once, asked per Service, so a table of S
     Services over P pods costs about O(P + the pods each selector picks), not O(S x P)."""
 
-    def __init__(self, state: DesiredState, pods: Iterable[PodRecord]) -> None:
+    def __init__(self, state: DesiredState, pods: Iterable[PodRow]) -> None:
         self._labels: dict[int, dict[str, str]] = {}
-        self._by_label: dict[tuple[str, str, str], list[PodRecord]] = {}
+        self._by_label: dict[tuple[str, str, str], list[PodRow]] = {}
         for p in running_pods(pods):
             labels = pod_labels(state, p)
             self._labels[id(p)] = labels
             for k, v in labels.items():
                 self._by_label.setdefault((p.namespace, k, v), []).append(p)
 
-    def selected(self, service: Object) -> list[PodRecord]:
+    def selected(self, service: Object) -> list[PodRow]:
         selector = service.spec.get("selector") or {}
         if not selector:
             return []
@@ -73,7 +98,7 @@ class PodIndex:
 
 
 def zone_data(
-    state: DesiredState, pods: Iterable[PodRecord], cluster_ips: Iterable[ClusterIPAllocation]
+    state: DesiredState, pods: Iterable[PodRow], cluster_ips: Iterable[ClusterIPAllocation]
 ) -> ZoneData:
     """Services (cluster IPs, ExternalName CNAMEs, headless endpoints with StatefulSet
     hostnames), pod A records and namespaces of one desired state."""

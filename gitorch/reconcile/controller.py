@@ -175,7 +175,7 @@ class Controller:
         self._endpoints: tuple[Endpoint, ...] = ()
         self._facts_at: dict[str, float] = {}
         self._pruned_at = float("-inf")
-        self._pod_rows: list[PodRecord] = []
+        self._pod_rows: list[RowView] = []  # the store's pod rows, as plain tuples (see RowView)
         self._object_rows: list[ObjectRecord] = []
         self._written_objects: dict[ObjectKey, ObjectRecord | None] = {}
         self._cached = False  # this pass uses the kept rows instead of reading them
@@ -191,14 +191,12 @@ class Controller:
         # the answer and its pod reports (read-only: never changed in place).
         self._statuses: dict[str, tuple[str, Any, dict[str, Any], dict[PodKey, dict[str, Any]]]] = {}
         # Per pod: the row and report its observed state was made from last pass, and that state.
-        self._pod_states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
+        self._pod_states: dict[PodKey, tuple[RowView, dict[str, Any] | None, bool, PodState]] = {}
         self._node_rows: list[NodeRecord] = []
         # Service tables by digest (the last few sent), the one each node holds and when it was last sent whole.
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._table_digest: tuple[list[dict[str, Any]], str] | None = None
         self._held_tables: dict[str, tuple[str, float]] = {}
-        self._pod_views: list[RowView] = []  # self._pod_rows as plain tuples (see _row_views)
-        self._views: dict[int, tuple[PodRecord, RowView]] = {}
         self._node_digests: dict[str, tuple[tuple[Mapping[str, Any], ...], Any, str, Encoded]] = {}
         # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
         self._table: tuple[Any, ...] | None = None
@@ -329,10 +327,9 @@ class Controller:
             pods.pop((g.namespace, g.name), None)
         for r in execution.pods:
             old = pods.get((r.namespace, r.name))
-            update: dict[str, Any] = {"spec": {}}
-            if old is not None:
-                update["created_at"] = old.created_at  # the store keeps a pod's first created_at
-            pods[(r.namespace, r.name)] = r.model_copy(update=update)
+            view = RowView.of(r)
+            # the store keeps a pod's first created_at
+            pods[(r.namespace, r.name)] = view._replace(created_at=old.created_at) if old is not None else view
         self._pod_rows = sorted(pods.values(), key=lambda r: (r.namespace, r.name))
         objects = {ObjectKey(o.kind, o.namespace, o.name): o for o in self._object_rows}
         for key, row in self._written_objects.items():
@@ -397,6 +394,8 @@ class Controller:
             else:
                 answer = client.call("status", timeout=self.settings.node_call_timeout)
             if isinstance(answer.get("etag"), str):
+                if kept is None or answer is not kept[2]:
+                    answer = _slim_status(answer)  # kept until it changes: only what a pass reads
                 self._statuses[client.name] = (answer["etag"], client.pod_cidr, answer, pod_reports(answer))
             else:
                 self._statuses.pop(client.name, None)  # an agent that does not know etags
@@ -457,15 +456,14 @@ class Controller:
         # Read once a pass (execute and the service table use it too), without the specs it never
         # reads; while this controller's term lasts, what it wrote itself stands in for a read.
         if not self._cached:
-            self._pod_rows = self.store.pods(spec=False)
-        self._pod_views = self._row_views(self._pod_rows)
-        states: dict[PodKey, tuple[PodRecord, dict[str, Any] | None, bool, PodState]] = {}
-        for r, v in zip(self._pod_rows, self._pod_views, strict=True):
-            key = (v.namespace, v.name)
-            report = reports.get(v.node or "", {}).get(key) if v.node else None
+            self._pod_rows = [RowView.of(r) for r in self.store.pods(spec=False)]
+        states: dict[PodKey, tuple[RowView, dict[str, Any] | None, bool, PodState]] = {}
+        for r in self._pod_rows:
+            key = (r.namespace, r.name)
+            report = reports.get(r.node or "", {}).get(key) if r.node else None
             # The same row and the same report (a kept row, an unchanged node) make the same state.
             seen = self._pod_states.get(key)
-            listed = bool(v.node and v.node in reports)
+            listed = bool(r.node and r.node in reports)
             if seen is not None and seen[0] is r and seen[1] is report and seen[2] == listed:
                 states[key] = seen
                 pods.append(seen[3])
@@ -657,7 +655,7 @@ class Controller:
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
         records: list[PodRecord] = []
-        rows = {(v.namespace, v.name): v for v in self._pod_views}
+        rows = {(r.namespace, r.name): r for r in self._pod_rows}
         for p in the_plan.pods:
             key = (p.owner.namespace, p.name)
             before = previous.get(key)
@@ -679,7 +677,7 @@ class Controller:
                 ip = None  # moved to another node: its old address is gone
             fields = (p.owner.kind, p.owner.name, p.node, p.revision, phase, restarts, ready, reason, message,
                       p.ordinal, ip, ready_at)
-            if row is not None and fields == row[2:]:
+            if row is not None and fields == row[2:14]:
                 continue  # unchanged: not written (a pass writes only what changed)
             spec = podspecs.masked(p.spec) if not p.spec.get("keep") else {}
             records.append(
@@ -709,22 +707,6 @@ class Controller:
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
         return Execution(node_errors, records, gone, events)
-
-    def _row_views(self, rows: list[PodRecord]) -> list[RowView]:
-        """The rows' fields as plain tuples: a store row's attributes cost a descriptor call
-        each, and a pass reads a dozen of them for every pod. Kept per row object, so a row
-        kept from the last pass is not read again."""
-        old, views = self._views, {}
-        out: list[RowView] = []
-        for r in rows:
-            kept = old.get(id(r))
-            if kept is None or kept[0] is not r:
-                kept = (r, RowView(r.namespace, r.name, r.owner_kind, r.owner_name, r.node, r.template_hash, r.phase,
-                                   r.restarts, r.ready, r.reason, r.message, r.ordinal, r.ip, r.ready_at))
-            views[id(r)] = kept
-            out.append(kept[1])
-        self._views = views
-        return out
 
     def _remember_table(self, table: list[dict[str, Any]] | None) -> str | None:
         """The digest of this pass's service table, kept (with the last few) so that a node
@@ -873,23 +855,22 @@ class Controller:
         left out. None (nodes keep their table) when the store cannot be read."""
         try:
             removed = {(p.namespace, p.name) for p in the_plan.removed}
-            pods: list[PodRecord] = []
+            pods: list[RowView] = []
             endpoints: list[tuple[Any, ...]] = []
-            for r, v in zip(self._pod_rows, self._pod_views, strict=True):
-                key = (v.namespace, v.name)
+            for r in self._pod_rows:
+                key = (r.namespace, r.name)
                 if key in removed:
                     continue
-                report = reports.get(v.node or "", {}).get(key) if v.node else None
-                phase, ready, ip = v.phase, v.ready, v.ip
+                report = reports.get(r.node or "", {}).get(key) if r.node else None
+                phase, ready, ip = r.phase, r.ready, r.ip
                 if report is not None:
-                    phase = str(report.get("phase") or v.phase)
+                    phase = str(report.get("phase") or r.phase)
                     ready = bool(report.get("ready")) and not report.get("terminating")
-                    ip = report.get("podIP") or v.ip
-                    if (v.phase, v.ready, v.ip) != (phase, ready, ip):
-                        # only pods whose report differs are copied
-                        r = r.model_copy(update={"phase": phase, "ready": ready, "ip": ip})
+                    ip = report.get("podIP") or r.ip
+                    if (r.phase, r.ready, r.ip) != (phase, ready, ip):
+                        r = r._replace(phase=phase, ready=ready, ip=ip)  # only pods whose report differs
                 pods.append(r)
-                endpoints.append((v.namespace, v.name, v.owner_kind, v.owner_name, v.template_hash, phase, ready, ip))
+                endpoints.append((r.namespace, r.name, r.owner_kind, r.owner_name, r.template_hash, phase, ready, ip))
             inputs = (
                 state,
                 tuple(sorted(allocs.cluster_ips.items())),
@@ -906,8 +887,22 @@ class Controller:
             return None
 
 
+# What a pass reads of a pod's report (the rest of an agent's status is for `describe` and drift).
+_REPORTED = ("name", "namespace", "phase", "ready", "restarts", "reason", "message", "podIP", "terminating")
+
+
+def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
+    """A status answer with only what a pass reads: kept for every node between passes, the
+    whole document (containers, probes, times) would cost kilobytes per pod."""
+    pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
+    return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
+            "pods": pods}
+
+
 class RowView(NamedTuple):
-    """A pod row's fields that a pass compares, in PodRecord's order after the key."""
+    """A pod's store row as the controller keeps it between passes: a plain tuple (an ORM row
+    costs a kilobyte or more, and a descriptor call per attribute read). Fields 2 to 13 are
+    what execute compares, in that order."""
 
     namespace: str
     name: str
@@ -923,6 +918,12 @@ class RowView(NamedTuple):
     ordinal: int | None
     ip: str | None
     ready_at: datetime | None
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, r: PodRecord) -> RowView:
+        return cls(r.namespace, r.name, r.owner_kind, r.owner_name, r.node, r.template_hash, r.phase, r.restarts,
+                   r.ready, r.reason, r.message, r.ordinal, r.ip, r.ready_at, r.created_at)
 
 
 @dataclass(frozen=True)

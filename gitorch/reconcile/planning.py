@@ -9,6 +9,7 @@ executor sends each node its complete pod set, so repeating a pass changes nothi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class _Pass:
         for p in observed.pods:
             self.by_owner.setdefault(p.owner, []).append(p)
         self.to_place: list[tuple[PodInfo, DesiredPod]] = []
+        self.respecs: dict[tuple[str, str], Callable[[str], Mapping[str, Any]]] = {}
         self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
         self.started_at = 0  # where the running object controller's pods begin in plan.pods
@@ -195,8 +197,13 @@ class _Pass:
         spec: Mapping[str, Any],
         ordinal: int | None = None,
         node: str | None = None,
+        respec: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
+        """A new pod; one to be placed is given `respec`, its spec for the node it is placed on
+        (the downward API's spec.nodeName is part of it: the spec a node runs names that node)."""
         pod = DesiredPod(name, obj.key, node, revision, spec, ordinal)
+        if respec is not None:
+            self.respecs[(obj.key.namespace, name)] = respec
         if node is not None:
             self.plan.pods.append(pod)
             return
@@ -231,7 +238,8 @@ class _Pass:
                     PlannedEvent(pod.owner, "Warning", "FailedScheduling", f"{pod.name}: {decision.message}")
                 )
             else:
-                spec = dict(pod.spec)
+                respec = self.respecs.get((pod.owner.namespace, pod.name))
+                spec = respec(decision.node) if respec is not None else dict(pod.spec)
                 self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
 
 
@@ -319,7 +327,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
             index += 1
         used.add(index)
         name = f"{obj.key.name}-{rev[:10]}-{index}"
-        ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
+        _create(ps, obj, template, name, rev)
 
     ready_new = sum(1 for p in keep_new if _ready(p, ps.now, min_ready))
     ready_all = ready_new + sum(1 for p in old if id(p) not in removed_ids and _ready(p, ps.now, min_ready))
@@ -370,7 +378,7 @@ def _paused_deployment(
             index += 1
         used.add(index)
         name = f"{obj.key.name}-{rev[:10]}-{index}"
-        ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
+        _create(ps, obj, template, name, rev)
     ready_new = sum(1 for p in kept_new if _ready(p, ps.now, min_ready))
     available = ready_new + sum(1 for p in old if p not in gone and _ready(p, ps.now, min_ready))
     stale = sum(1 for p in old if p not in gone)
@@ -444,7 +452,9 @@ def _spec(
 ) -> dict[str, Any]:
     # Pure in (desired state, arguments): kept with the state, so passes on an unchanged commit
     # do not rebuild every pod's spec. Specs are never changed after they are built.
-    if ps.desired.objects.get(obj.key) is not obj:  # made during this pass (a CronJob's Job): not kept
+    if ps.desired.objects.get(obj.key) is not obj or node is None:
+        # Made during this pass (a CronJob's Job), or a pod not placed yet (built once, at its
+        # creation; the spec it runs with names its node): not kept.
         return podspecs.pod_spec(ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname)
     key = ("pod_spec", obj.key, id(template), name, node or "", tuple(sorted((claims or {}).items())), hostname)
     spec = ps.desired.memo.get(key)
@@ -453,6 +463,21 @@ def _spec(
             ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname
         )
     return spec
+
+
+def _create(
+    ps: _Pass,
+    obj: Object,
+    template: Mapping[str, Any],
+    name: str,
+    rev: str,
+    ordinal: int | None = None,
+    claims: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+) -> None:
+    """A new pod to be placed, with how to build its spec once its node is known."""
+    build = functools.partial(_spec, ps, obj, template, name, claims=claims, hostname=hostname)
+    ps.create(obj, template, name, rev, build(None), ordinal, respec=build)
 
 
 def _revision(ps: _Pass, obj: Object, template: Mapping[str, Any]) -> str:
@@ -526,15 +551,13 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
                 )
                 if existing.node is None:
                     ps.plan.pods.pop()
-                    ps.create(
-                        obj, template, pod_name, rev, _spec(ps, obj, template, pod_name, None, claims(i), pod_name), i
-                    )
+                    _create(ps, obj, template, pod_name, rev, i, claims(i), pod_name)
             if ordered and not ready.get(i, False):
                 blocked = True
             continue
         if blocked:
             continue
-        ps.create(obj, template, pod_name, rev, _spec(ps, obj, template, pod_name, None, claims(i), pod_name), i)
+        _create(ps, obj, template, pod_name, rev, i, claims(i), pod_name)
         if ordered:
             blocked = True
     # Below the partition a pod of the previous revision is where it should be.
@@ -653,7 +676,7 @@ def _job(ps: _Pass, obj: Object) -> None:
             index += 1
         used.add(index)
         name = f"{obj.key.name}-{index}"
-        ps.create(obj, template, name, rev, _spec(ps, obj, template, name, None))
+        _create(ps, obj, template, name, rev)
     ps.plan.statuses[obj.key] = Status(
         "Progressing",
         f"{len(succeeded)}/{completions} succeeded, {len(active)} active",

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitorch.dns.records import PodIndex, pod_template
+from gitorch.dns.records import PodIndex, PodRow, pod_template
 from gitorch.model.objects import DesiredState, Object
-from gitorch.store.database import PodRecord
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 
@@ -52,7 +51,7 @@ def target_port(template: Mapping[str, Any], port: Mapping[str, Any]) -> int | N
 
 def service_table(
     state: DesiredState,
-    pods: Iterable[PodRecord],
+    pods: Iterable[PodRow],
     cluster_ips: Mapping[tuple[str, str], str],
     node_ports: Mapping[tuple[str, str, str], int],
 ) -> list[dict[str, Any]]:

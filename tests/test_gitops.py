@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from gitorch.model.settings import Settings
 from gitorch.nodes.lab import Lab
 from gitorch.store.database import Store
 from tests.gitrepo import GitRepo, git
+from tests.lab import ssh_run
 from tests.samples import gitorch
 from tests.test_reconcile import NAMESPACE, _fix_port, node_pods, web
 from tests.waiting import wait_until
@@ -69,7 +71,7 @@ def last_applied() -> str:
 class Serve:
     """`gitorch serve` as a subprocess, with its output in a file."""
 
-    def __init__(self, repo: Path, log: Path, *, interval: float = 3600) -> None:
+    def __init__(self, repo: Path, log: Path, *, interval: float = 3600, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -77,7 +79,7 @@ class Serve:
         self._out = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gitorch", "serve", "--repo", str(repo), "--branch", "main",
-             "--interval", str(interval), "--listen", f"127.0.0.1:{self.port}"],
+             "--interval", str(interval), "--listen", f"127.0.0.1:{self.port}", *extra],
             stdout=self._out, stderr=subprocess.STDOUT, env=env,
         )
         wait_until("the listener", self._up, timeout=30, interval=0.2)
@@ -115,11 +117,11 @@ class Serve:
 
 
 @pytest.fixture
-def serve_factory(tmp_path: Path) -> Iterator[Callable[[Path], Serve]]:
+def serve_factory(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     started: list[Serve] = []
 
-    def start(repo: Path) -> Serve:
-        s = Serve(repo, tmp_path / f"serve-{len(started)}.log")
+    def start(repo: Path, interval: float = 3600, extra: tuple[str, ...] = ()) -> Serve:
+        s = Serve(repo, tmp_path / f"serve-{len(started)}.log", interval=interval, extra=extra)
         started.append(s)
         return s
 
@@ -537,3 +539,40 @@ def test_gitorch_nodes_asks_a_running_serve_over_its_connections(
     res = gitorch("nodes", "-o", "json", cwd=repo.path)
     assert res.returncode == 0, res.stderr
     assert all(r["reachable"] and r["via"] == "ssh" for r in json.loads(res.stdout))
+
+
+def _passes(server: Serve) -> float:
+    return sum(s.value for s in server.metrics().get("gitorch_reconcile_passes", []) if s.name.endswith("_total"))
+
+
+@pytest.mark.lab
+def test_a_quiet_cluster_passes_only_when_woken_while_every_pod_watch_is_open(
+    lab: Lab, repo: GitRepo, serve_factory: Callable[..., Serve]
+) -> None:
+    """With every node's pod watch open and nothing left to do, the timer pass (every 0.2 s here)
+    stands aside: a change wakes a pass anyway. A node whose watch drops brings the timer back."""
+    repo.commit("nodes and web", {"nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE,
+                                  "apps.yaml": _fix_port(web(replicas=2))})
+    server = serve_factory(repo.path, 0.2, ("--idle-interval", "3600"))
+    wait_until("web Ready", lambda: len([p for p in _web_pods(lab) if p["ready"]]), timeout=90, interval=0.2,
+               accept=lambda got: got == 2)
+    def two_readings() -> tuple[float, float]:
+        first = _passes(server)
+        time.sleep(1.5)  # 7 timer ticks
+        return first, _passes(server)
+
+    # Settled: the count stops moving (a timer tick every 0.2 s would move it 5 times a second).
+    wait_until("the passes to stop", two_readings, timeout=60, interval=0.1,
+               accept=lambda seen: seen[0] == seen[1] > 0)
+    # A change still reaches the cluster at once: a pod's process killed on its node, and the
+    # store (written only by a pass) records the restart.
+    node, pods = next((n, ps) for n, ps in node_pods(lab, "web-").items() if ps)
+    victim = pods[0]
+    ssh_run(lab, node, f"kill -KILL {int(victim['containers'][0]['pid'])}")
+    wait_until("the restart recorded by a pass", lambda: [p for p in store().pods() if p.name == victim["name"]
+               and p.ready and p.restarts >= 1], timeout=60, interval=0.2)
+    # A node whose watch stream drops: timer passes resume until it is open again.
+    before = _passes(server)
+    ssh_run(lab, node, "pkill -f 'agent-.*[.]py watch' || true")
+    wait_until("timer passes while a watch is down", lambda: _passes(server) - before, timeout=30, interval=0.2,
+               accept=lambda moved: moved >= 1)

@@ -3921,19 +3921,22 @@ WATCH_HEARTBEAT_SECONDS = 10.0
 
 
 def endpoint_view(status: Any) -> list[Json]:
-    """What Services and the cluster DNS depend on in status.json, per pod, sorted."""
+    """What Services and the cluster DNS depend on in status.json, per pod, sorted; with the
+    restart count and reason too, which the controller records (a quiet controller passes
+    only when woken). Messages are left out: probes rewrite them all the time."""
     pods = status.get("pods") if isinstance(status, dict) else None
     if not isinstance(pods, list):  # edited by hand: no pods, rather than a dead stream
         pods = []
     rows = [{"name": p.get("name"), "namespace": p.get("namespace"), "phase": p.get("phase"),
              "ready": bool(p.get("ready")), "podIP": p.get("podIP"),
-             "terminating": bool(p.get("terminating"))}
+             "terminating": bool(p.get("terminating")), "restarts": p.get("restarts"),
+             "reason": p.get("reason")}
             for p in pods or [] if isinstance(p, dict)]
     return sorted(rows, key=lambda r: (str(r["namespace"]), str(r["name"])))
 
 
 def cmd_watch(paths: Paths, request: Json, redact: Redactor) -> int:
-    """Stream pod status changes that matter to endpoints, plus heartbeats, until stdin
+    """Stream pod status changes that matter to endpoints (and restarts), plus heartbeats, until stdin
     closes. The supervisor replaces status.json (rename) when its content changes, so a
     stat every WATCH_POLL_SECONDS finds a change cheaply; the digest skips rewrites that
     only touch other fields (messages, restart counts)."""

@@ -69,6 +69,7 @@ class PodWatchers:
         self._leading = leading
         self._lock = threading.Lock()
         self._watching: dict[str, tuple[NodeClient, threading.Event, threading.Thread]] = {}
+        self._live: set[str] = set()  # nodes whose stream is open now
         self._closed = False
 
     def follow(self, clients: dict[str, NodeClient]) -> None:
@@ -88,6 +89,11 @@ class PodWatchers:
                     )
                     self._watching[name] = (client, stop, thread)
                     thread.start()
+
+    def all_live(self) -> bool:
+        """Every node followed has its stream open: a change anywhere wakes a pass at once."""
+        with self._lock:
+            return bool(self._watching) and set(self._watching) <= self._live
 
     def stop(self, timeout: float = 3.0) -> None:
         with self._lock:
@@ -112,6 +118,8 @@ class PodWatchers:
                 stop.wait(WATCH_BACKOFF.delay(failures, _jitter))
                 continue
             opened = time.monotonic()
+            with self._lock:
+                self._live.add(client.name)
             try:
                 self._read(client.name, watch, stop)
             except Exception as exc:  # a dropped or silent stream: re-opened after a pause
@@ -121,6 +129,8 @@ class PodWatchers:
                 log.debug("%s: pod watch dropped: %s", client.name, exc)
                 stop.wait(WATCH_BACKOFF.delay(failures, _jitter))
             finally:
+                with self._lock:
+                    self._live.discard(client.name)
                 watch.close()
 
     def _read(self, node: str, watch: Watch, stop: threading.Event) -> None:
@@ -163,12 +173,23 @@ class Server:
         fetcher: Callable[[], None] | None = None,
         poll: float = 30.0,
         pod_watch: bool | None = None,
+        idle_interval: float | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
         self.state_dir = state_dir
         self.branch = branch
         self.interval = interval
+        # While every node's pod watch is open and the last pass left nothing to do, a change
+        # anywhere wakes a pass at once: the timer pass is then only a safety net, every
+        # `idle_interval` seconds (GITORCH_IDLE_INTERVAL, default 10; never below `interval`).
+        if idle_interval is None:
+            try:
+                idle_interval = float(os.environ.get("GITORCH_IDLE_INTERVAL", "10"))
+            except ValueError:
+                idle_interval = 10.0
+        self.idle_interval = max(interval, idle_interval)
+        self._settled_at: float | None = None  # when a pass last left everything converged
         settings = settings or ControllerSettings.from_env()
         if dns_listen and settings.cluster_dns is None and _reachable_from_pods(dns_listen):
             # The DNS this controller serves is the one pods should use (it must listen on port 53 for them).
@@ -242,9 +263,22 @@ class Server:
             self.timers.wake("reconcile")
 
     def reconcile(self) -> None:
-        """The timer job: passes until no wake is pending; concurrent callers return at once."""
+        """The timer job: passes until no wake is pending; concurrent callers return at once.
+        Skipped while the cluster is quiet (see idle_interval)."""
+        if self._quiet():
+            return
         self._dirty.set()
         self._drain()
+
+    def _quiet(self) -> bool:
+        settled = self._settled_at
+        return (
+            self.pod_watch
+            and settled is not None
+            and time.monotonic() - settled < self.idle_interval
+            and self._requeue_at is None
+            and self.watchers.all_live()
+        )
 
     def _if_dirty(self) -> None:
         due = self._requeue_at is not None and time.monotonic() >= self._requeue_at
@@ -351,9 +385,12 @@ class Server:
             log.error(f"reconcile pass failed: {exc}", extra={"event": "pass-failed"},
                       exc_info=not isinstance(exc, GitorchError))
             self.metrics.observe_failure(time.monotonic() - started)
+            self._settled_at = None
             self._schedule_requeue(None)
             return
         self.passes += 1
+        settled = result.converged and result.valid and not result.node_errors
+        self._settled_at = time.monotonic() if settled else None
         self._schedule_requeue(result)
         self._refresh_dns(result)
         self._schedule_drift(result)

@@ -551,6 +551,49 @@ def test_env_and_volumes_reach_the_process(node: Node, tmp_path: Path) -> None:
     assert (data / "out.json").exists()  # hostPath kept
 
 
+def test_subpaths_and_file_modes(node: Node, tmp_path: Path) -> None:
+    """A volumeMount's subPath binds one file or folder of a volume (a folder made in an
+    emptyDir when missing, as the kubelet does); defaultMode and an item's mode set the
+    projected files' permission bits (issue 10: both were accepted and ignored)."""
+    if node.run("facts")["volumeMounts"] != "bind":
+        pytest.skip("no mount namespaces here")
+    data = tmp_path / "data"
+    data.mkdir()
+    conf, logs = tmp_path / "etc" / "app.conf", tmp_path / "logs"
+    script = (
+        "import json, os, sys\n"
+        f"out = {{'conf': open({str(conf)!r}).read(), 'logs': os.listdir({str(logs)!r})}}\n"
+        f"open(os.path.join({str(logs)!r}, 'written'), 'w').write('x')\n"
+        "json.dump(out, open(sys.argv[1], 'w'))\n"
+    )
+    main = ctr("main", [PY, "-c", script, str(data / "out.json")], volumeMounts=[
+        {"name": "config", "mountPath": str(conf), "subPath": "app.conf", "readOnly": True},
+        {"name": "scratch", "mountPath": str(logs), "subPath": "logs/main"},
+    ])
+    spec = pod("sub-1", main, restartPolicy="Never", volumes=[
+        {"name": "config", "files": {"app.conf": "x=1", "run.sh": "echo hi"}, "secret": False,
+         "defaultMode": 0o440, "modes": {"run.sh": 0o750}},
+        {"name": "scratch", "emptyDir": True},
+    ])
+    node.sync(spec)
+    p = node.wait_pod("sub-1", lambda p: p["phase"] in ("Succeeded", "Failed"), "finished")
+    assert p["phase"] == "Succeeded", node.describe()
+    seen = json.loads((data / "out.json").read_text())
+    assert seen == {"conf": "x=1", "logs": []}
+    volumes = node.root / "pods" / "test_sub-1" / "volumes"
+    assert (volumes / "scratch" / "logs" / "main" / "written").read_text() == "x"  # inside the emptyDir
+    # Bound only in the pod's namespace: on the node, only the empty mount points are left (a file
+    # subPath needs a file to bind over, made empty when missing, as mkdir -p makes a folder's).
+    assert conf.read_text() == "" and not (logs / "written").exists()
+    assert (volumes / "config" / "app.conf").stat().st_mode & 0o777 == 0o440
+    assert (volumes / "config" / "run.sh").stat().st_mode & 0o777 == 0o750
+    # A subPath that is not in a ConfigMap volume is the container's StartError, with the reason.
+    bad = ctr("main", ["true"], volumeMounts=[{"name": "config", "mountPath": str(conf), "subPath": "nope.conf"}])
+    node.sync(pod("sub-2", bad, restartPolicy="Never", volumes=[{"name": "config", "files": {"a": "b"}}]))
+    p = node.wait_pod("sub-2", lambda p: p["containers"][0]["lastState"] or p["phase"] == "Failed", "start error")
+    assert "subPath nope.conf is not in volume config" in json.dumps(p), p
+
+
 def test_exec_probes_run_in_the_containers_mount_namespace(node: Node, tmp_path: Path) -> None:
     if node.run("facts")["volumeMounts"] != "bind":
         pytest.skip("no mount namespaces here")

@@ -1011,6 +1011,7 @@ class MountSpec:
     volume: str
     path: str
     read_only: bool
+    sub_path: str | None = None  # a path inside the volume, mounted instead of its root
 
 
 @dataclass(frozen=True)
@@ -1070,8 +1071,16 @@ class ContainerSpec:
             if os.path.normpath(path) == "/":
                 raise SpecError(f"{where}.volumeMounts[{i}].mountPath: must be an absolute "
                                 "path other than /")
+            sub = item.get("subPath")
+            if sub is not None:
+                parts = str(sub).split("/")
+                if not isinstance(sub, str) or not sub or sub.startswith("/") or ".." in parts \
+                        or _has_control(sub):
+                    raise SpecError(f"{where}.volumeMounts[{i}].subPath: must be a relative path inside "
+                                    "the volume, without '..'")
             mounts.append(MountSpec(safe_name(item.get("name"), f"{where}.volumeMounts[{i}]"),
-                                    os.path.normpath(path), bool(item.get("readOnly"))))
+                                    os.path.normpath(path), bool(item.get("readOnly")),
+                                    os.path.normpath(sub) if sub else None))
         return cls(
             name=name, init=init, image=image, command=command, args=args, env=tuple(env),
             working_dir=working_dir,
@@ -1085,6 +1094,14 @@ class ContainerSpec:
         )
 
 
+def _file_mode(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise SpecError(f"{where}: must be file permission bits, 0 to 0777")
+    return value
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     name: str
@@ -1092,6 +1109,8 @@ class VolumeSpec:
     files: tuple[tuple[str, str], ...]
     secret: bool
     host_path: str | None
+    default_mode: int | None = None  # a files volume's permission bits (else 0644, 0600 for a Secret)
+    modes: tuple[tuple[str, int], ...] = ()  # per file, over default_mode
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> VolumeSpec:
@@ -1109,7 +1128,12 @@ class VolumeSpec:
                         or _has_control(key):
                     raise SpecError(f"{where}.files: invalid file name {key!r}")
                 items.append((str(key), "" if value is None else str(value)))
-            return cls(name, "files", tuple(sorted(items)), bool(raw.get("secret")), None)
+            default_mode = _file_mode(raw.get("defaultMode"), f"{where}.defaultMode")
+            modes = raw.get("modes") or {}
+            if not isinstance(modes, dict):
+                raise SpecError(f"{where}.modes: must be an object of file name -> mode")
+            return cls(name, "files", tuple(sorted(items)), bool(raw.get("secret")), None, default_mode,
+                       tuple(sorted((str(k), _file_mode(v, f"{where}.modes.{k}") or 0) for k, v in modes.items())))
         if raw.get("emptyDir"):
             return cls(name, "emptyDir", (), False, None)
         host = raw.get("hostPath")
@@ -1774,13 +1798,36 @@ def volume_source(paths: Paths, pod: Pod, vol: VolumeSpec) -> str:
     return paths.volume_dir(pod.key, vol.name)
 
 
+def mount_source(paths: Paths, pod: Pod, vol: VolumeSpec, mount: MountSpec) -> str:
+    """What a volumeMount binds: the volume, or its subPath. A subPath that does not exist in
+    an emptyDir or hostPath volume is made a directory, as the kubelet does; in a ConfigMap or
+    Secret volume it must be one of its files or folders."""
+    root = volume_source(paths, pod, vol)
+    if mount.sub_path is None:
+        return root
+    src = os.path.join(root, mount.sub_path)
+    real_root = os.path.realpath(root)
+    if os.path.realpath(src) != real_root and not os.path.realpath(src).startswith(real_root + os.sep):
+        raise StartError(f"volumeMount {mount.path}: subPath {mount.sub_path} leaves volume {vol.name}")
+    if not os.path.lexists(src):
+        if vol.kind == "files":
+            raise StartError(f"volumeMount {mount.path}: subPath {mount.sub_path} is not in volume {vol.name}")
+        os.makedirs(src, exist_ok=True)
+    return src
+
+
 def write_files_volume(directory: str, vol: VolumeSpec) -> None:
     """Write a ConfigMap/Secret volume; rewritten in place when its content changes."""
     mode_dir, mode_file = (0o700, 0o600) if vol.secret else (0o755, 0o644)
+    if vol.default_mode is not None:
+        mode_file = vol.default_mode
+        mode_dir = 0o755 if mode_file & 0o044 else 0o711 if mode_file & 0o011 else 0o700
+    modes = dict(vol.modes)
     os.makedirs(directory, mode=mode_dir, exist_ok=True)
     os.chmod(directory, mode_dir)
     wanted = set()
     for rel, content in vol.files:
+        mode = modes.get(rel, mode_file)
         path = os.path.join(directory, rel)
         wanted.add(os.path.normpath(path))
         os.makedirs(os.path.dirname(path), mode=mode_dir, exist_ok=True)
@@ -1788,8 +1835,8 @@ def write_files_volume(directory: str, vol: VolumeSpec) -> None:
         with contextlib.suppress(OSError), open(path, encoding="utf-8") as fh:
             current = fh.read()
         if current != content:
-            atomic_write(path, content, mode=mode_file)
-        os.chmod(path, mode_file)
+            atomic_write(path, content, mode=mode)
+        os.chmod(path, mode)
     for dirpath, _dirs, files in os.walk(directory):
         for name in files:
             path = os.path.normpath(os.path.join(dirpath, name))
@@ -1839,7 +1886,7 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
     mounts = []
     if bind_mounts:
         for m in spec.mounts:
-            src = volume_source(paths, pod, pod.spec.volume(m.volume))
+            src = mount_source(paths, pod, pod.spec.volume(m.volume), m)
             mounts.append((src, m.path, m.read_only))
     cwd = spec.working_dir or "/"
     problem = find_executable(cmd[0], env, cwd, [m[1] for m in mounts])
@@ -1854,7 +1901,11 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
     lines += [f"echo $$ > {q(os.path.join(d, 'cgroup.procs'))}" for d in cgroup_dirs]
     # `--` everywhere a path follows; `exec "$@"` needs none: sh's exec takes no options.
     for src, dst, read_only in mounts:
-        lines += [f"mkdir -p -- {q(dst)}", f"mount --bind -- {q(src)} {q(dst)}"]
+        if os.path.isdir(src):
+            lines.append(f"mkdir -p -- {q(dst)}")
+        else:  # a subPath naming one file (a ConfigMap key, say): bound over a file
+            lines += [f"mkdir -p -- {q(os.path.dirname(dst))}", f"[ -e {q(dst)} ] || : > {q(dst)}"]
+        lines.append(f"mount --bind -- {q(src)} {q(dst)}")
         if read_only:
             lines.append(f"mount -o remount,bind,ro -- {q(dst)}")
     if resolv is not None:
@@ -1930,7 +1981,7 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
         else:
             client_env[key] = value
             argv += ["--env", key]
-    mounts = [(volume_source(paths, pod, pod.spec.volume(m.volume)), m.path, m.read_only)
+    mounts = [(mount_source(paths, pod, pod.spec.volume(m.volume), m), m.path, m.read_only)
               for m in spec.mounts]
     if resolv is not None and pod.netns and kind == "podman":
         mounts.append((resolv, "/etc/resolv.conf", True))  # docker runs on the host network

@@ -115,6 +115,13 @@ def _env(container: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, st
     return list(env.values())
 
 
+def _mount(m: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"name": m.get("name"), "mountPath": m.get("mountPath"), "readOnly": bool(m.get("readOnly"))}
+    if m.get("subPath"):  # only when set: pods without one keep their hash
+        out["subPath"] = str(m["subPath"])
+    return out
+
+
 def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]) -> dict[str, Any]:
     ports = {str(p["name"]): int(p["containerPort"]) for p in c.get("ports") or [] if p.get("name")}
     return {
@@ -128,10 +135,7 @@ def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]
         "livenessProbe": _probe(c.get("livenessProbe"), ports),
         "readinessProbe": _probe(c.get("readinessProbe"), ports),
         "startupProbe": _probe(c.get("startupProbe"), ports),
-        "volumeMounts": [
-            {"name": m.get("name"), "mountPath": m.get("mountPath"), "readOnly": bool(m.get("readOnly"))}
-            for m in c.get("volumeMounts") or []
-        ],
+        "volumeMounts": [_mount(m) for m in c.get("volumeMounts") or []],
         "ports": [
             {"name": p.get("name"), "containerPort": p.get("containerPort"), "protocol": p.get("protocol", "TCP")}
             for p in c.get("ports") or []
@@ -150,7 +154,15 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             values = _config_values(obj)
             items = src.get("items")
             files = {str(i.get("path")): values.get(str(i.get("key")), "") for i in items} if items else dict(values)
-            out.append({"name": name, "files": files, "secret": is_secret})
+            volume: dict[str, Any] = {"name": name, "files": files, "secret": is_secret}
+            # Permission bits, only when set (pods without them keep their hash): defaultMode, and
+            # an item's own mode.
+            if isinstance(src.get("defaultMode"), int):
+                volume["defaultMode"] = src["defaultMode"]
+            modes = {str(i.get("path")): i["mode"] for i in items or [] if isinstance(i.get("mode"), int)}
+            if modes:
+                volume["modes"] = modes
+            out.append(volume)
         elif isinstance(v.get("persistentVolumeClaim"), dict):
             claim = str(v["persistentVolumeClaim"].get("claimName"))
             out.append({"name": name, "hostPath": f"{VOLUME_ROOT}/{r.namespace}/{claim}"})

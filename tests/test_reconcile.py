@@ -258,6 +258,52 @@ def test_cronjob_runs_on_schedule(lab: Lab, cluster: tuple[GitRepo, Controller])
     assert any(e.reason == "SuccessfulCreate" for e in controller.store.events())
 
 
+ONCE = """\
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once, namespace: shop}
+spec:
+  ttlSecondsAfterFinished: 60
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - {name: once, command: [python3, -c, "print('done')"]}
+"""
+
+
+def test_a_finished_job_keeps_its_pods_until_its_ttl_and_never_runs_again(
+    lab: Lab, cluster: tuple[GitRepo, Controller]
+) -> None:
+    """ttlSecondsAfterFinished (issue 10): the Job's pods go that long after it finished, as
+    Kubernetes deletes the Job; its status stays Complete and it does not run a second time."""
+    repo, controller = cluster
+    repo.commit("once", {"apps.yaml": ONCE})
+
+    def job_pods(now: float | None = None) -> list[PodRecord]:
+        controller.reconcile(now=now)
+        return [p for p in controller.store.pods() if p.owner_name == "once"]
+
+    pods = wait_until("the Job to succeed", job_pods, timeout=60, interval=0.3,
+                      accept=lambda ps: ps and all(p.phase == "Succeeded" for p in ps))
+    status = controller.store.object_status("Job", "shop", "once")
+    assert status is not None and status.health == "Healthy"
+    finished = status.body["finished"]
+    assert finished["complete"] and finished["revision"]
+    # Before the TTL: kept. Past it (the controller's clock moved on): removed, from the nodes too.
+    assert [p.name for p in job_pods(finished["at"] + 30)] == [p.name for p in pods]
+    wait_until("the pods removed", lambda: job_pods(finished["at"] + 61), timeout=30, interval=0.3,
+               accept=lambda ps: ps == [])
+    wait_until("gone from the nodes", lambda: [p for ps in node_pods(lab, "once-").values() for p in ps],
+               timeout=30, interval=0.3, accept=lambda ps: ps == [])
+    for _ in range(3):  # and it never runs again
+        assert job_pods(finished["at"] + 70) == []
+    status = controller.store.object_status("Job", "shop", "once")
+    assert status is not None and status.health == "Healthy"
+    ready = next(c for c in status.conditions if c["type"] == "Ready")
+    assert ready["message"].startswith("Complete: 1/1 succeeded; pods removed 60 s after"), ready
+
+
 def test_serve_follows_commits_elects_one_leader_and_stops_on_sigterm(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
     repo.commit(
         "web",

@@ -28,7 +28,7 @@ from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, po
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import allocations, networking, podspecs, services
-from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, Status, plan
+from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
 from gitorch.source.diffs import masked_body
@@ -498,18 +498,10 @@ class Controller:
             if r.created_at is not None and not (ready and not r.ready_at):  # not one that reads `now`
                 states[(r.namespace, r.name)] = (r, report, listed, pod)
         self._pod_states = states
-        started: dict[ObjectKey, tuple[str, float]] = {}
-        last_schedule: dict[ObjectKey, float] = {}
         if not self._cached:
             self._object_rows = self.store.objects()  # read once a pass: save compares with it too
-        for o in self._object_rows:
-            okey = ObjectKey(o.kind, o.namespace, o.name)
-            rollout = (o.body or {}).get("rollout") or {}
-            if rollout.get("revision"):
-                started[okey] = (str(rollout["revision"]), float(rollout["started"]))
-            if (o.body or {}).get("lastScheduleTime") is not None:
-                last_schedule[okey] = float(o.body["lastScheduleTime"])
-        return Observed(now, tuple(pods), tuple(nodes), started, last_schedule), reports, observations
+        observed = Observed(now, tuple(pods), tuple(nodes), *remembered(self._object_rows, now))
+        return observed, reports, observations
 
     def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
         """Register Nodes, and record heartbeats (at most every HEARTBEAT_EVERY seconds while
@@ -806,6 +798,9 @@ class Controller:
                 body["history"] = _history(old.body.get("history", []) if old else [], status.revision, r, now, limit)
             if status is not None and status.last_schedule is not None:
                 body["lastScheduleTime"] = status.last_schedule
+            if status is not None and status.finished is not None:
+                f = status.finished
+                body["finished"] = {"revision": f.revision, "at": f.at, "complete": f.complete, "message": f.message}
             if status is not None and status.revision:
                 started = previous[1] if previous and previous[0] == status.revision else now
                 body["rollout"] = {"revision": status.revision, "started": started}
@@ -897,6 +892,29 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
     pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
     return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
             "pods": pods}
+
+
+def remembered(
+    rows: list[ObjectRecord], now: float
+) -> tuple[dict[ObjectKey, tuple[str, float]], dict[ObjectKey, float], dict[ObjectKey, Finished]]:
+    """What the objects' recorded statuses carry into the next plan: when each rollout began,
+    each CronJob's last schedule time, and how each Job's revision finished."""
+    started: dict[ObjectKey, tuple[str, float]] = {}
+    last_schedule: dict[ObjectKey, float] = {}
+    finished: dict[ObjectKey, Finished] = {}
+    for o in rows:
+        key = ObjectKey(o.kind, o.namespace, o.name)
+        body = o.body or {}
+        rollout = body.get("rollout") or {}
+        if rollout.get("revision"):
+            started[key] = (str(rollout["revision"]), float(rollout["started"]))
+        if body.get("lastScheduleTime") is not None:
+            last_schedule[key] = float(body["lastScheduleTime"])
+        ended = body.get("finished")
+        if isinstance(ended, dict) and ended.get("revision"):
+            finished[key] = Finished(str(ended["revision"]), float(ended.get("at") or now),
+                                     bool(ended.get("complete")), str(ended.get("message") or ""))
+    return started, last_schedule, finished
 
 
 class RowView(NamedTuple):

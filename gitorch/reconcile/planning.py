@@ -72,6 +72,18 @@ class Observed:
     """Per workload: the revision being rolled out and when that began (progress deadlines, Jobs)."""
     last_schedule: Mapping[ObjectKey, float] = field(default_factory=dict)
     """Per CronJob: the last schedule time it acted on (started, skipped or missed)."""
+    finished: Mapping[ObjectKey, Finished] = field(default_factory=dict)
+    """Per Job: how and when the revision it runs finished (ttlSecondsAfterFinished counts from it)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A Job revision's end, kept in its status: it outlives the pods ttlSecondsAfterFinished removes."""
+
+    revision: str
+    at: float
+    complete: bool  # Complete, else Failed
+    message: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,7 @@ class Status:
     revision: str = ""
     conditions: tuple[Mapping[str, str], ...] = ()
     last_schedule: float | None = None  # CronJobs
+    finished: Finished | None = None  # Jobs
 
 
 @dataclass(frozen=True)
@@ -635,6 +648,10 @@ def _job(ps: _Pass, obj: Object) -> None:
     started = ps.observed.rollout_started.get(obj.key)
     since = started[1] if started else ps.now
     restarts = sum(p.restarts for p in live)
+    ended = ps.observed.finished.get(obj.key)
+    if ended is not None and ended.revision == rev:
+        _finished_job(ps, obj, rev, completions, ended, live)  # it ran: never again, whatever its pods
+        return
     for p in succeeded + failed:
         ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
     if len(succeeded) >= completions:
@@ -647,6 +664,7 @@ def _job(ps: _Pass, obj: Object) -> None:
             len(succeeded),
             revision=rev,
             conditions=({"type": "Complete", "status": "True", "reason": ""},),
+            finished=Finished(rev, ps.now, True, f"Complete: {len(succeeded)}/{completions} succeeded"),
         )
         return
     reason = ""
@@ -664,6 +682,7 @@ def _job(ps: _Pass, obj: Object) -> None:
             len(succeeded),
             revision=rev,
             conditions=({"type": "Failed", "status": "True", "reason": reason.split(":")[0]},),
+            finished=Finished(rev, ps.now, False, f"Failed: {reason}"),
         )
         return
     for p in active:
@@ -683,6 +702,35 @@ def _job(ps: _Pass, obj: Object) -> None:
         completions,
         len(succeeded),
         revision=rev,
+    )
+
+
+def _finished_job(
+    ps: _Pass, obj: Object, rev: str, completions: int, ended: Finished, live: list[PodState]
+) -> None:
+    """A Job whose revision already finished keeps its status; its pods stay until
+    ttlSecondsAfterFinished has passed since it finished (then they are removed, as Kubernetes
+    deletes the Job), and it never runs again while its revision stays the same."""
+    ttl = obj.spec.get("ttlSecondsAfterFinished")
+    expired = isinstance(ttl, int) and not isinstance(ttl, bool) and ps.now - ended.at >= ttl
+    template = _template(obj)
+    for p in live:
+        if expired or not p.finished or template is None:
+            ps.remove(p)
+        else:
+            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+    message = ended.message + (f"; pods removed {ttl} s after it finished (ttlSecondsAfterFinished)"
+                               if expired else "")
+    condition = {"type": "Complete" if ended.complete else "Failed", "status": "True",
+                 "reason": "" if ended.complete else ended.message.removeprefix("Failed: ").split(":")[0]}
+    ps.plan.statuses[obj.key] = Status(
+        "Healthy" if ended.complete else "Degraded",
+        message,
+        completions,
+        sum(1 for p in live if p.phase == "Succeeded") if not expired else 0,
+        revision=rev,
+        conditions=(condition,),
+        finished=ended,
     )
 
 

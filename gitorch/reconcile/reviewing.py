@@ -18,7 +18,7 @@ from typing import Any
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import DesiredState
 from gitorch.reconcile.allocations import allocate
-from gitorch.reconcile.controller import node_info
+from gitorch.reconcile.controller import node_info, remembered
 from gitorch.reconcile.planning import NodeState, Observed, PodState, plan
 from gitorch.source.diffs import Action, ChangeSet
 from gitorch.store.database import Store
@@ -99,7 +99,7 @@ def observed_from_store(state: DesiredState, store: Store, now: float) -> Observ
         )
         for r in store.pods()
     )
-    return Observed(now, pods, tuple(nodes))
+    return Observed(now, pods, tuple(nodes), *remembered(store.objects(), now))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ NO_EFFECT: dict[str, str] = {
     "volume.emptyDir.sizeLimit": _COMPAT + "gitorch does not limit an emptyDir's size",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
     "toleration.tolerationSeconds": _COMPAT + "gitorch does not evict pods for taints added later",
-    "jobSpec.ttlSecondsAfterFinished": _COMPAT + "gitorch keeps a finished Job and its pods until removed from Git",
     "service.spec.sessionAffinity": _COMPAT + "gitorch balances every connection independently",
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"

@@ -23,7 +23,6 @@ KINDS = [
     "ServiceAccount",
     "Ingress",
     "Pod",
-    "ReplicaSet",
     "PersistentVolume",
     "StorageClass",
     "HorizontalPodAutoscaler",

@@ -350,3 +350,27 @@ def test_a_placed_pod_runs_the_spec_of_its_node_from_its_first_sync(repo: GitRep
     # Kept with the state: the same spec object each pass, so a node's digest needs no re-encoding.
     third = plan(s, Observed(1002.0, as_observed(first, 1000.0), NODES))
     assert all(a.spec is b.spec for a, b in zip(second.pods, third.pods, strict=True))
+
+
+def replicaset(replicas: int, version: str) -> str:
+    return deployment(replicas, version).replace("kind: Deployment", "kind: ReplicaSet").replace(
+        "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n", "")
+
+
+def test_a_replicaset_scales_and_leaves_running_pods_of_an_earlier_template_alone(repo: GitRepo) -> None:
+    """Kubernetes' ReplicaSet (issue 10): a changed template is for pods made after it, not a rollout."""
+    first = plan(state(repo, {"web.yaml": replicaset(2, "v1")}), Observed(1000.0, (), NODES))
+    assert sorted(d.name for d in first.pods) == ["web-0", "web-1"]
+    pods = as_observed(first, 1000.0)
+    assert first.statuses[next(iter(first.statuses))].health == "Progressing"
+    # A new template and one more replica: the two v1 pods stay, the third is v2.
+    s = state(repo, {"web.yaml": replicaset(3, "v2")})
+    second = plan(s, Observed(1001.0, pods, NODES))
+    assert not second.removed
+    revisions = {d.name: d.revision for d in second.pods}
+    assert revisions["web-0"] == revisions["web-1"] != revisions["web-2"]
+    status = next(v for k, v in second.statuses.items() if k.kind == "ReplicaSet")
+    assert status.health == "Progressing" and "2 of an earlier template" in status.message
+    # Down to one: the newest go first.
+    third = plan(state(repo, {"web.yaml": replicaset(1, "v2")}), Observed(1002.0, as_observed(second, 1001.0), NODES))
+    assert [p.name for p in third.removed] == ["web-1", "web-2"] and [d.name for d in third.pods] == ["web-0"]

@@ -258,6 +258,19 @@ def test_cronjob_runs_on_schedule(lab: Lab, cluster: tuple[GitRepo, Controller])
     assert any(e.reason == "SuccessfulCreate" for e in controller.store.events())
 
 
+def test_a_replicaset_runs_its_pods(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    rs = _fix_port(web(replicas=2)).replace("kind: Deployment", "kind: ReplicaSet")
+    rs = "\n".join(line for line in rs.splitlines()
+                   if not line.strip().startswith(("strategy:", "type: RollingUpdate", "rollingUpdate:"))) + "\n"
+    repo.commit("rs", {"apps.yaml": rs})
+    converge(controller)
+    running = [p for ps in node_pods(lab, "web-").values() for p in ps if p["phase"] == "Running"]
+    assert sorted(p["name"] for p in running) == ["web-0", "web-1"]
+    status = controller.store.object_status("ReplicaSet", "shop", "web")
+    assert status is not None and status.health == "Healthy"
+
+
 ONCE = """\
 apiVersion: batch/v1
 kind: Job

@@ -19,6 +19,7 @@ from gitorch.store.database import Store
 
 KIND_OF = {
     "deployments": "Deployment",
+    "replicasets": "ReplicaSet",
     "statefulsets": "StatefulSet",
     "daemonsets": "DaemonSet",
     "services": "Service",
@@ -230,6 +231,7 @@ def describe(store: Store, ref: str, namespace: str) -> None:
         k.lower(): k
         for k in (
             "Deployment",
+            "ReplicaSet",
             "StatefulSet",
             "DaemonSet",
             "Job",

@@ -37,6 +37,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("PersistentVolumeClaim", "v1", True, "persistentvolumeclaim.json", order=11),
         KindInfo("Service", "v1", True, "service.json", order=20),
         KindInfo("Deployment", "apps/v1", True, "deployment.json", workload=True, order=30),
+        KindInfo("ReplicaSet", "apps/v1", True, "replicaset.json", workload=True, order=30),
         KindInfo("StatefulSet", "apps/v1", True, "statefulset.json", workload=True, order=30),
         KindInfo("DaemonSet", "apps/v1", True, "daemonset.json", workload=True, order=30),
         KindInfo("Job", "batch/v1", True, "job.json", workload=True, order=31),

@@ -33,7 +33,7 @@ from gitorch.store.database import DriftReport, Fence, ObjectRecord, PodRecord, 
 
 ANNOTATION = "gitorch.dev/drift"
 MODES = ("report", "heal", "ignore")
-TEMPLATED = ("Deployment", "StatefulSet", "DaemonSet")
+TEMPLATED = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet")
 
 
 class FindingKind(StrEnum):

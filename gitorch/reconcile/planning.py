@@ -349,6 +349,44 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     )
 
 
+def _replicaset(ps: _Pass, obj: Object) -> None:
+    """Kubernetes' ReplicaSet: `replicas` pods, scaled up with the current template and down
+    by the removal order; a changed template applies only to pods made after it (no rollout:
+    that is a Deployment's job), so a pod of an earlier template keeps running as it is."""
+    template = _template(obj)
+    if template is None:
+        return
+    replicas = int(obj.spec.get("replicas", 1))
+    rev = _revision(ps, obj, template)
+    min_ready = float(obj.spec.get("minReadySeconds", 0))
+    live, lost = ps.live(obj.key)
+    for p in lost:
+        ps.remove(p)
+    keep = live if len(live) <= replicas else _removal_order(live)[len(live) - replicas :]
+    kept_ids = {id(p) for p in keep}
+    for p in live:
+        if id(p) not in kept_ids:
+            ps.remove(p)
+        elif p.revision == rev:
+            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+        else:
+            ps.keep(obj, p, _spec_for_record(ps, obj, p))
+    used = {_index(p.name) for p in keep}
+    index = 0
+    for _ in range(replicas - len(keep)):
+        while index in used:
+            index += 1
+        used.add(index)
+        _create(ps, obj, template, f"{obj.key.name}-{index}", rev)
+    ready = sum(1 for p in keep if _ready(p, ps.now, min_ready))
+    current = sum(1 for p in keep if p.revision == rev)
+    health = "Healthy" if ready >= replicas and len(keep) == replicas else "Progressing"
+    message = f"{ready}/{replicas} ready"
+    if current < len(keep):
+        message += f"; {len(keep) - current} of an earlier template"
+    ps.plan.statuses[obj.key] = Status(health, message, replicas, ready, current, ready, rev)
+
+
 def _paused_deployment(
     ps: _Pass,
     obj: Object,
@@ -822,6 +860,7 @@ def _cronjob(ps: _Pass, obj: Object) -> None:
 _CONTROLLERS = {
     "CronJob": _cronjob,
     "Deployment": _deployment,
+    "ReplicaSet": _replicaset,
     "StatefulSet": _statefulset,
     "DaemonSet": _daemonset,
     "Job": _job,

@@ -96,7 +96,7 @@ def _guarded(obj: Object, check: Callable[[], list[Diagnostic]]) -> list[Diagnos
 
 
 _ORDER = operator.attrgetter("key.kind", "key.namespace", "key.name")  # ObjectKey's order, compared in C
-_WORKLOADS = frozenset(("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"))
+_WORKLOADS = frozenset(("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"))
 
 
 class _World:

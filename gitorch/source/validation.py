@@ -190,7 +190,6 @@ def _kubernetes() -> _Kubernetes:
 
 _KIND_HINTS = {
     "Pod": "run it from a Deployment (or a Job, for a task that ends)",
-    "ReplicaSet": "use a Deployment, which manages its replicas",
     "ReplicationController": "use a Deployment, which replaces it in Kubernetes too",
 }
 

@@ -374,3 +374,34 @@ def test_a_replicaset_scales_and_leaves_running_pods_of_an_earlier_template_alon
     # Down to one: the newest go first.
     third = plan(state(repo, {"web.yaml": replicaset(1, "v2")}), Observed(1002.0, as_observed(second, 1001.0), NODES))
     assert [p.name for p in third.removed] == ["web-1", "web-2"] and [d.name for d in third.pods] == ["web-0"]
+
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: solo, namespace: shop, labels: {{app: solo}}}}
+spec:
+  containers:
+    - {{name: solo, command: [python3, -m, http.server], env: [{{name: V, value: "{version}"}}]}}
+"""
+
+
+def test_a_bare_pod_is_placed_once_replaced_in_place_and_never_moved(repo: GitRepo) -> None:
+    """Pod (issue 10): named as written, placed by the scheduler, updated where it runs, and left
+    on its node when that node is lost, as in Kubernetes."""
+    s1 = state(repo, {"solo.yaml": POD.format(version="v1")})
+    first = plan(s1, Observed(1000.0, (), NODES))
+    assert [(d.name, d.owner.kind) for d in first.pods] == [("solo", "Pod")] and first.pods[0].node
+    node = first.pods[0].node
+    running = as_observed(first, 1000.0)
+    assert plan(s1, Observed(1001.0, running, NODES)).statuses[first.pods[0].owner].health == "Healthy"
+    # A new spec: the same pod on the same node, with the new revision; nothing removed.
+    second = plan(state(repo, {"solo.yaml": POD.format(version="v2")}), Observed(1002.0, running, NODES))
+    assert [(d.name, d.node) for d in second.pods] == [("solo", node)] and not second.removed
+    assert second.pods[0].revision != first.pods[0].revision
+    # Its node lost: not moved, Degraded, saying why.
+    lost = tuple(NodeState(n.info, reachable=n.info.name != node, lost=n.info.name == node) for n in NODES)
+    third = plan(s1, Observed(1003.0, running, lost))
+    assert [(d.name, d.node) for d in third.pods] == [("solo", node)]
+    status = third.statuses[first.pods[0].owner]
+    assert status.health == "Degraded" and "not moved" in status.message

@@ -271,6 +271,38 @@ def test_a_replicaset_runs_its_pods(lab: Lab, cluster: tuple[GitRepo, Controller
     assert status is not None and status.health == "Healthy"
 
 
+SOLO = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: solo, namespace: shop}}
+spec:
+  containers:
+    - {{name: solo, command: [sh, -c, 'echo "$V"; exec sleep 300'], env: [{{name: V, value: "{version}"}}]}}
+"""
+
+
+def test_a_bare_pod_runs_and_a_change_replaces_it_on_its_node(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    repo.commit("solo", {"apps.yaml": SOLO.format(version="v1")})
+    converge(controller)
+    where = {n: ps for n, ps in node_pods(lab, "solo").items() if ps}
+    assert len(where) == 1 and [p["name"] for p in next(iter(where.values()))] == ["solo"]
+    node = next(iter(where))
+    repo.commit("solo v2", {"apps.yaml": SOLO.format(version="v2")})
+    converge(controller)
+    pods = node_pods(lab, "solo")
+    assert [p["name"] for p in pods[node] if p["phase"] == "Running"] == ["solo"]  # same node, replaced
+    assert wait_until("v2 in its log", lambda: gitorch_logs(lab, node), timeout=30, accept=lambda log: "v2" in log)
+    status = controller.store.object_status("Pod", "shop", "solo")
+    assert status is not None and status.health == "Healthy"
+
+
+def gitorch_logs(lab: Lab, node: str) -> str:
+    script = ('f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); '
+              'echo \'{"pod": "solo", "namespace": "shop"}\' | python3 "$f" logs')
+    return str(json.loads(ssh_run(lab, node, script).stdout).get("log", ""))
+
+
 ONCE = """\
 apiVersion: batch/v1
 kind: Job

@@ -47,6 +47,8 @@ def pod_template(state: DesiredState, pod: PodRow) -> Mapping[str, Any]:
 def _template(owner: Object | None) -> Mapping[str, Any]:
     if owner is None:
         return {}
+    if owner.key.kind == "Pod":
+        return owner.pod_as_template
     spec = owner.spec
     if owner.key.kind == "CronJob":
         spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}

@@ -38,6 +38,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Service", "v1", True, "service.json", order=20),
         KindInfo("Deployment", "apps/v1", True, "deployment.json", workload=True, order=30),
         KindInfo("ReplicaSet", "apps/v1", True, "replicaset.json", workload=True, order=30),
+        KindInfo("Pod", "v1", True, "pod.json", workload=True, order=30),
         KindInfo("StatefulSet", "apps/v1", True, "statefulset.json", workload=True, order=30),
         KindInfo("DaemonSet", "apps/v1", True, "daemonset.json", workload=True, order=30),
         KindInfo("Job", "batch/v1", True, "job.json", workload=True, order=31),
@@ -99,6 +100,16 @@ class Object:
     key: ObjectKey
     body: dict[str, Any]
     document: SourceDocument = field(repr=False)
+    _pod: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def pod_as_template(self) -> dict[str, Any]:
+        """A bare Pod as the pod template of the workloads (metadata and spec): built once, so
+        what is kept by its identity (pod specs, revisions) stays valid."""
+        if self._pod is None:
+            meta = self.body.get("metadata")
+            self._pod = {"metadata": meta if isinstance(meta, dict) else {}, "spec": self.spec}
+        return self._pod
 
     @property
     def path(self) -> str:

@@ -265,6 +265,8 @@ def _template(obj: Object | None) -> Mapping[str, Any] | None:
         return None
     if obj.key.kind == "CronJob":
         return None
+    if obj.key.kind == "Pod":
+        return obj.pod_as_template
     tmpl = obj.spec.get("template")
     return tmpl if isinstance(tmpl, dict) else None
 
@@ -347,6 +349,47 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     ps.plan.statuses[obj.key] = _rollout_status(
         ps, obj, rev, replicas, ready_new, len(keep_new), ready_all, bool(old), replicas - unavailable
     )
+
+
+def _pod(ps: _Pass, obj: Object) -> None:
+    """A bare Pod: placed once by the scheduler and never moved, as in Kubernetes: on a lost
+    node it waits for that node. A changed spec replaces it where it runs (Kubernetes refuses
+    most changes to a Pod; Git is the truth here)."""
+    template = _template(obj)
+    if template is None:
+        return
+    rev = _revision(ps, obj, template)
+    pods = ps.by_owner.get(obj.key, [])
+    mine = next((p for p in pods if p.name == obj.key.name), None)
+    for p in pods:
+        if p is not mine:
+            ps.remove(p)
+    if mine is None:
+        _create(ps, obj, template, obj.key.name, rev)
+        ps.plan.statuses[obj.key] = Status("Progressing", "being placed", 1, 0, revision=rev)
+        return
+    node = ps.nodes.get(mine.node) if mine.node else None
+    if mine.node is None:  # not placed yet: the scheduler tries again (its row is updated, not replaced)
+        _create(ps, obj, template, obj.key.name, rev)
+        ps.plan.statuses[obj.key] = Status("Progressing", mine.message or "being placed", 1, 0, revision=rev)
+        return
+    if mine.revision == rev:
+        ps.keep(obj, mine, _spec(ps, obj, template, mine.name, mine.node))
+    else:  # the agent replaces it in place: same name, new spec
+        spec = _spec(ps, obj, template, mine.name, mine.node)
+        ps.plan.pods.append(DesiredPod(mine.name, obj.key, mine.node, rev, spec, None))
+    if node is None or node.lost:
+        health, message = "Degraded", f"node {mine.node} is lost; a bare Pod is not moved to another node"
+    elif mine.phase == "Succeeded":
+        health, message = "Healthy", "Succeeded"
+    elif mine.phase == "Failed":
+        health, message = "Degraded", f"Failed: {mine.reason or mine.message}".rstrip(": ")
+    elif mine.revision == rev and _ready(mine, ps.now, 0):
+        health, message = "Healthy", f"Running on {mine.node}"
+    else:
+        health, message = "Progressing", f"{mine.phase} on {mine.node}" + (f": {mine.reason}" if mine.reason else "")
+    ready = 1 if health == "Healthy" and mine.phase == "Running" else 0
+    ps.plan.statuses[obj.key] = Status(health, message, 1, ready, 1 if mine.revision == rev else 0, ready, rev)
 
 
 def _replicaset(ps: _Pass, obj: Object) -> None:
@@ -858,6 +901,7 @@ def _cronjob(ps: _Pass, obj: Object) -> None:
 
 
 _CONTROLLERS = {
+    "Pod": _pod,
     "CronJob": _cronjob,
     "Deployment": _deployment,
     "ReplicaSet": _replicaset,

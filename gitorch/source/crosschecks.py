@@ -69,6 +69,8 @@ def _seq(value: Any) -> list[Any]:
 def pod_template(obj: Object) -> tuple[str, dict[str, Any]] | None:
     """The pointer and body of a workload's pod template."""
     spec = obj.spec
+    if obj.key.kind == "Pod":
+        return "", obj.pod_as_template
     if obj.key.kind == "CronJob":
         tmpl = _map(_map(spec.get("jobTemplate")).get("spec")).get("template")
         return ("/spec/jobTemplate/spec/template", tmpl) if isinstance(tmpl, dict) else None
@@ -96,7 +98,7 @@ def _guarded(obj: Object, check: Callable[[], list[Diagnostic]]) -> list[Diagnos
 
 
 _ORDER = operator.attrgetter("key.kind", "key.namespace", "key.name")  # ObjectKey's order, compared in C
-_WORKLOADS = frozenset(("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"))
+_WORKLOADS = frozenset(("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"))
 
 
 class _World:

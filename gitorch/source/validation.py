@@ -189,7 +189,6 @@ def _kubernetes() -> _Kubernetes:
 
 
 _KIND_HINTS = {
-    "Pod": "run it from a Deployment (or a Job, for a task that ends)",
     "ReplicationController": "use a Deployment, which replaces it in Kubernetes too",
 }
 

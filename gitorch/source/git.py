@@ -74,6 +74,9 @@ class Snapshot:
     root: str  # the folder of the repository that holds the desired state ("" = top)
     files: tuple[SourceFile, ...]
     diagnostics: tuple[Diagnostic, ...] = ()  # what the tree walk refused or skipped
+    others: tuple[SourceFile, ...] = ()
+    """The other files (not .yaml/.yml): read only when a kustomization names them (a
+    `Kustomization` file, a generator's files and env files)."""
 
 
 @dataclass
@@ -126,7 +129,7 @@ class Repository:
                 raise SourceError(f"{self.path}: {self.root!r} is not a folder")
             tree = sub
         includes = self._includes(tree)
-        found, diags = _walk(self._repo, tree, includes, self._display, TREE_LIMITS)
+        found, diags, others = _walk(self._repo, tree, includes, self._display, TREE_LIMITS)
         files: list[SourceFile] = []
         total = 0
         for path, oid, size in found:
@@ -152,7 +155,11 @@ class Repository:
                 )
                 break
             files.append(SourceFile(shown, str(oid), reader=functools.partial(_blob_data, self._repo, oid)))
-        return Snapshot(_revision(commit), self.root, tuple(files), tuple(diags))
+        extra = tuple(
+            SourceFile(self._display(path), str(oid), reader=functools.partial(_blob_data, self._repo, oid))
+            for path, oid, _ in others
+        )
+        return Snapshot(_revision(commit), self.root, tuple(files), tuple(diags), extra)
 
     def _display(self, path: str) -> str:
         return f"{self.root}/{path}" if self.root else path
@@ -247,10 +254,12 @@ def _walk(
     includes: list[str] | None,
     display: Callable[[str], str],
     limits: TreeLimits,
-) -> tuple[list[tuple[str, pygit2.Oid, int]], list[Diagnostic]]:
+) -> tuple[list[tuple[str, pygit2.Oid, int]], list[Diagnostic], list[tuple[str, pygit2.Oid, int]]]:
     """The manifest files of a tree as (path, blob id, size), depth first in Git's order,
-    without recursion and within `limits`; symlinks and submodules are skipped with a warning."""
+    without recursion and within `limits`; symlinks and submodules are skipped with a warning.
+    Third: the other files, the same way (kustomizations may name them)."""
     found: list[tuple[str, pygit2.Oid, int]] = []
+    others: list[tuple[str, pygit2.Oid, int]] = []
     diags: list[Diagnostic] = []
     entries = 0
     stack: list[tuple[str, Iterator[pygit2.Object]]] = [("", iter(tree))]
@@ -303,6 +312,9 @@ def _walk(
             and path != CONFIG_FILE
             and _included(path, includes)
         ):
+            if entry.type_str == "blob" and path != CONFIG_FILE and _included(path, includes) \
+                    and not _BAD_NAME.search(entry.name or ""):
+                others.append((path, entry.id, 0))  # its size is checked if it is ever read
             continue
         if _BAD_NAME.search(entry.name or ""):
             diags.append(
@@ -328,7 +340,7 @@ def _walk(
             sub = repo.get(entry.id)
             if isinstance(sub, pygit2.Tree):
                 stack.append((path + "/", iter(sub)))
-    return found, diags
+    return found, diags, others
 
 
 def _revision(commit: pygit2.Commit) -> Revision:

@@ -6,11 +6,12 @@ of the field, what is wrong and, where it helps, how to fix it. Secret values ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -32,11 +33,12 @@ from gitorch.model.objects import (
     ObjectKey,
     is_sensitive,
 )
+from gitorch.source import kustomize
 from gitorch.source.blobcache import BlobCache
 from gitorch.source.crosschecks import Memo, cross_check, internal_error, suggest
 from gitorch.source.fastschema import Check, compile_schemas, pattern_matches
 from gitorch.source.git import Snapshot, SourceFile
-from gitorch.source.manifests import SCALARS_VERSION, Document, ReadOnlyDict, ReadOnlyList, parse_documents
+from gitorch.source.manifests import LIMITS, SCALARS_VERSION, Document, ReadOnlyDict, ReadOnlyList, parse_documents
 from gitorch.source.no_effect import no_effect_fields
 
 
@@ -463,6 +465,13 @@ def _document_text(lines: list[str], line: int) -> str:
     return "\n".join(lines[start:end])
 
 
+def _data(f: SourceFile) -> bytes:
+    data = f.data
+    if len(data) > LIMITS.file_bytes:
+        raise ValueError(f"{f.path}: file is {len(data):,} bytes; the limit is {LIMITS.file_bytes:,}")
+    return data
+
+
 def load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None = FILE_CACHE) -> DesiredState:
     """Parse, schema-check and cross-check one commit's manifests, reusing from `cache` what
     each unchanged blob parsed to (None: parse everything). Batch commands may pause the
@@ -475,8 +484,28 @@ def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None) -> De
     objects: dict[ObjectKey, Object] = {}
     invalid: set[ObjectKey] = set()
     memos: dict[ObjectKey, Memo] = {}
+    results: list[FileResult] = []
+    # Folders with a kustomization are built as kustomize builds them; their files are read
+    # through it, not on their own.
+    names = [f.path for f in (*snapshot.files, *snapshot.others)]
+    consumed: set[str] = set()
+    if kustomize.kustomization_dirs(set(names)):
+        readers: dict[str, Callable[[], bytes]] = {
+            f.path: functools.partial(_data, f) for f in (*snapshot.files, *snapshot.others)
+        }
+        built = kustomize.build_all(readers)
+        diags.extend(built.diagnostics)
+        consumed = built.consumed
+        checked: list[_Checked] = []
+        for doc in built.documents:
+            obj, d = _check_document(doc)
+            checked.append((obj.key if obj else None, doc, not any(x.severity is Severity.ERROR for x in d)))
+            diags.extend(d)
+        results.append(FileResult(tuple(checked), ()))
     for f in snapshot.files:
-        result = _check_file(f, cache)
+        if f.path not in consumed:
+            results.append(_check_file(f, cache))
+    for result in results:
         diags.extend(result.diagnostics)
         for i, (key, doc, valid) in enumerate(result.checked):
             if key is None:

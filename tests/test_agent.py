@@ -594,6 +594,46 @@ def test_subpaths_and_file_modes(node: Node, tmp_path: Path) -> None:
     assert "subPath nope.conf is not in volume config" in json.dumps(p), p
 
 
+GRPC_SERVER = """\
+import sys, time
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+checker = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+checker.set("shop.Cart", health_pb2.HealthCheckResponse.SERVING)
+checker.set("", health_pb2.HealthCheckResponse.SERVING)
+flag = sys.argv[2]
+while True:  # NOT_SERVING while the flag file exists
+    import os
+    status = health_pb2.HealthCheckResponse.NOT_SERVING if os.path.exists(flag) else health_pb2.HealthCheckResponse.SERVING
+    checker.set("shop.Cart", status)
+    time.sleep(0.05)
+"""
+
+
+def test_grpc_probes_speak_the_grpc_health_checking_protocol(node: Node, tmp_path: Path) -> None:
+    """readiness with `grpc` (issue 10): the agent's stdlib client calls grpc.health.v1 Check on a
+    real grpcio server, for one service and for the server as a whole."""
+    pytest.importorskip("grpc_health.v1.health", reason="grpcio-health-checking is a test dependency")
+    port, flag = free_port(), tmp_path / "not-serving"
+    probe = {"grpc": {"port": port, "service": "shop.Cart"}, "periodSeconds": 0.1, "failureThreshold": 1}
+    whole = {"grpc": {"port": port}, "periodSeconds": 0.1}
+    server = ctr("main", [PY, "-c", GRPC_SERVER, str(port), str(flag)], readinessProbe=probe, livenessProbe=whole)
+    node.sync(pod("grpc-1", server))
+    node.wait_pod("grpc-1", lambda p: p["ready"], "ready: SERVING", timeout=30)
+    flag.touch()
+    p = node.wait_pod("grpc-1", lambda p: not p["ready"] and "NOT_SERVING" in p["containers"][0]["message"],
+                      "not ready: NOT_SERVING")
+    assert p["restarts"] == 0  # the liveness probe (the whole server) still passes
+    assert p["containers"][0]["message"] == 'Readiness probe failed: service unhealthy (responded with "NOT_SERVING")'
+    flag.unlink()
+    node.wait_pod("grpc-1", lambda p: p["ready"], "ready again")
+
+
 def test_exec_probes_run_in_the_containers_mount_namespace(node: Node, tmp_path: Path) -> None:
     if node.run("facts")["volumeMounts"] != "bind":
         pytest.skip("no mount namespaces here")

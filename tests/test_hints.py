@@ -120,12 +120,11 @@ def test_a_kubernetes_field_gitorch_lacks_is_not_supported_not_a_typo(
     assert not any("did you mean" in g for g in got), got
 
 
-def test_a_grpc_probe_is_not_also_missing_http_get(repo: GitRepo) -> None:
-    got = errors(repo, {"d.yaml": deployment(container="          readinessProbe: {grpc: {port: 8080}}\n")})
-    assert got == [
-        "d.yaml:12:28: /spec/template/spec/containers/0/readinessProbe/grpc: field 'grpc' is not supported by "
-        "gitorch (hint: gitorch does not implement it yet; delete it)"
-    ]
+def test_a_grpc_probe_is_accepted_and_a_second_handler_is_named(repo: GitRepo) -> None:
+    assert errors(repo, {"d.yaml": deployment(container="          readinessProbe: {grpc: {port: 8080}}\n")}) == []
+    got = errors(repo, {"d.yaml": deployment(
+        container="          readinessProbe: {grpc: {port: 8080}, tcpSocket: {port: 8080}}\n")})
+    assert len(got) == 1 and "exactly one handler: httpGet, tcpSocket, exec or grpc" in got[0], got
 
 
 def test_a_probe_without_a_handler_still_says_so(repo: GitRepo) -> None:

@@ -948,7 +948,7 @@ def _port(raw: Any, where: str) -> int:
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    kind: str  # httpGet | tcpSocket | exec
+    kind: str  # httpGet | tcpSocket | exec | grpc
     handler: Json
     initial_delay: float
     period: float
@@ -962,11 +962,9 @@ class ProbeSpec:
             return None
         if not isinstance(raw, dict):
             raise SpecError(f"{where}: must be an object")
-        if raw.get("grpc") is not None:
-            raise SpecError(f"{where}.grpc: not supported by the gitorch agent")
-        kinds = [k for k in ("httpGet", "tcpSocket", "exec") if raw.get(k) is not None]
+        kinds = [k for k in ("httpGet", "tcpSocket", "exec", "grpc") if raw.get(k) is not None]
         if len(kinds) != 1:
-            raise SpecError(f"{where}: needs exactly one of httpGet, tcpSocket, exec")
+            raise SpecError(f"{where}: needs exactly one of httpGet, tcpSocket, exec, grpc")
         kind = kinds[0]
         handler = raw[kind]
         if not isinstance(handler, dict):
@@ -982,6 +980,11 @@ class ProbeSpec:
                    for t in texts):
                 raise SpecError(f"{where}.{kind}: host, path, scheme and headers must be "
                                 "strings without control characters")
+        elif kind == "grpc":
+            _port(handler.get("port"), f"{where}.grpc.port")
+            service = handler.get("service", "")
+            if not isinstance(service, str) or len(service) > 253 or _has_control(service):
+                raise SpecError(f"{where}.grpc.service: must be a name without control characters")
         elif not _strings(handler.get("command"), f"{where}.exec.command"):
             raise SpecError(f"{where}.exec.command: must not be empty")
         return cls(
@@ -1473,6 +1476,78 @@ def probe_tcp(handler: Json, timeout: float) -> tuple[bool, str]:
             return True, ""
     except OSError as exc:
         return False, f"dial tcp {host}:{port}: {exc.strerror or exc}"
+
+
+GRPC_SERVING = {1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def probe_grpc(handler: Json, timeout: float) -> tuple[bool, str]:
+    """The gRPC Health Checking Protocol (grpc.health.v1.Health/Check), as the kubelet's grpc
+    probe calls it: one unary call over cleartext HTTP/2, stdlib only. Healthy when the answer's
+    status is SERVING; a call that ends without a message (an error status) is a failure."""
+    import socket
+    import struct
+
+    host = str(handler.get("host") or "127.0.0.1")
+    port = int(handler["port"])
+    service = str(handler.get("service") or "").encode()
+
+    def frame(kind: int, flags: int, payload: bytes) -> bytes:
+        stream = 1 if kind in (0, 1) else 0  # DATA and HEADERS on the call's stream
+        return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
+
+    def literal(name: bytes, value: bytes) -> bytes:  # HPACK: literal without indexing, new name, no Huffman
+        def string(b: bytes) -> bytes:
+            if len(b) < 127:
+                return bytes((len(b),)) + b
+            rest, out = len(b) - 127, bytearray((127,))
+            while rest >= 128:
+                out.append(rest % 128 + 128)
+                rest //= 128
+            return bytes(out) + bytes((rest,)) + b
+        return b"\x00" + string(name) + string(value)
+
+    message = (b"\x0a" + bytes((len(service),)) + service) if service and len(service) < 128 else b""
+    headers = b"".join(literal(n, v) for n, v in (
+        (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/grpc.health.v1.Health/Check"),
+        (b":authority", f"{host}:{port}".encode()), (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+    request = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, b"") + frame(1, 4, headers)
+               + frame(0, 1, b"\x00" + struct.pack(">I", len(message)) + message))
+    deadline = time.monotonic() + timeout
+    where = f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            buf, body = b"", b""
+            while True:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False, f"gRPC health check on {where}: connection closed without an answer"
+                buf += chunk
+                while len(buf) >= 9:
+                    size = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + size:
+                        break
+                    kind, flags, stream = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    payload, buf = buf[9:9 + size], buf[9 + size:]
+                    if kind == 4 and not flags & 1:
+                        sock.sendall(frame(4, 1, b""))  # acknowledge the server's SETTINGS
+                    elif kind == 0 and stream == 1:
+                        body += payload
+                        if len(body) >= 5 and len(body) >= 5 + int.from_bytes(body[1:5], "big"):
+                            msg = body[5:5 + int.from_bytes(body[1:5], "big")]
+                            status = msg[1] if len(msg) >= 2 and msg[0] == 0x08 else 0
+                            name = GRPC_SERVING.get(status, "UNKNOWN")
+                            if status == 1:
+                                return True, ""
+                            return False, f'service unhealthy (responded with "{name}")'
+                    elif (kind == 1 and stream == 1 and flags & 1) or kind in (3, 7):  # trailers only, RST, GOAWAY
+                        return False, f"gRPC health check on {where} failed: the server answered with an error status"
+    except TimeoutError:
+        return False, f"timeout: health rpc on {where} did not complete within {timeout:g}s"
+    except OSError as exc:
+        return False, f"timeout: failed to connect service {where} within {timeout:g}s: {exc.strerror or exc}"
 
 
 def probe_exec(argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> tuple[bool, str]:
@@ -3400,6 +3475,8 @@ class Supervisor:
             return lambda: probe_http(handler, timeout)
         if probe.kind == "tcpSocket":
             return lambda: probe_tcp(handler, timeout)
+        if probe.kind == "grpc":
+            return lambda: probe_grpc(handler, timeout)
         command = [str(c) for c in handler["command"]]
         cwd = "/"
         if ctr.runtime != "process" and ctr.runtime_name:

@@ -69,7 +69,7 @@ def _probe(probe: Any, container_ports: Mapping[str, int]) -> dict[str, Any] | N
     if not isinstance(probe, dict):
         return None
     out = copy.deepcopy(probe)
-    for handler in ("httpGet", "tcpSocket"):
+    for handler in ("httpGet", "tcpSocket", "grpc"):
         if isinstance(out.get(handler), dict) and "port" in out[handler]:
             out[handler]["port"] = _port_number(out[handler]["port"], container_ports)
     return out

@@ -607,10 +607,10 @@ server.start()
 checker.set("shop.Cart", health_pb2.HealthCheckResponse.SERVING)
 checker.set("", health_pb2.HealthCheckResponse.SERVING)
 flag = sys.argv[2]
+R = health_pb2.HealthCheckResponse
 while True:  # NOT_SERVING while the flag file exists
     import os
-    status = health_pb2.HealthCheckResponse.NOT_SERVING if os.path.exists(flag) else health_pb2.HealthCheckResponse.SERVING
-    checker.set("shop.Cart", status)
+    checker.set("shop.Cart", R.NOT_SERVING if os.path.exists(flag) else R.SERVING)
     time.sleep(0.05)
 """
 

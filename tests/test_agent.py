@@ -594,6 +594,37 @@ def test_subpaths_and_file_modes(node: Node, tmp_path: Path) -> None:
     assert "subPath nope.conf is not in volume config" in json.dumps(p), p
 
 
+def test_a_memory_emptydir_is_a_tmpfs_of_its_size_and_goes_with_the_pod(node: Node, tmp_path: Path) -> None:
+    """emptyDir medium Memory with sizeLimit (issue 10: accepted and ignored until now): a tmpfs
+    that refuses a write beyond its size, unmounted when the pod goes."""
+    out = tmp_path / "out.json"
+    script = (
+        "import json, os, sys\n"
+        "d = os.environ['GITORCH_VOLUME_CACHE']\n"
+        "res = {'fs': [l.split()[2] for l in open('/proc/mounts') if l.split()[1] == d]}\n"
+        "open(os.path.join(d, 'small'), 'wb').write(b'x' * 1000)\n"
+        "try:\n"
+        "    open(os.path.join(d, 'big'), 'wb').write(b'x' * 3 * 1024 * 1024)\n"
+        "    res['big'] = 'written'\n"
+        "except OSError as e:\n"
+        "    res['big'] = e.errno\n"
+        "json.dump(res, open(sys.argv[1], 'w'))\n"
+    )
+    spec = pod("mem-1", ctr("main", [PY, "-c", script, str(out)]), restartPolicy="Never",
+               volumes=[{"name": "cache", "emptyDir": True, "medium": "Memory", "sizeLimit": 2 * 1024 * 1024}])
+    node.sync(spec)
+    p = node.wait_pod("mem-1", lambda p: p["phase"] in ("Succeeded", "Failed"), "finished")
+    assert p["phase"] == "Succeeded", node.describe()
+    import errno
+
+    assert json.loads(out.read_text()) == {"fs": ["tmpfs"], "big": errno.ENOSPC}
+    folder = node.root / "pods" / "test_mem-1" / "volumes" / "cache"
+    assert os.path.ismount(folder)
+    node.sync()
+    wait_until("pod removed", lambda: not node.pods(), timeout=15, interval=0.05)
+    assert not os.path.ismount(folder) and not folder.exists()
+
+
 GRPC_SERVER = """\
 import sys, time
 from concurrent import futures

@@ -1114,6 +1114,8 @@ class VolumeSpec:
     host_path: str | None
     default_mode: int | None = None  # a files volume's permission bits (else 0644, 0600 for a Secret)
     modes: tuple[tuple[str, int], ...] = ()  # per file, over default_mode
+    memory: bool = False  # an emptyDir with medium Memory: a tmpfs
+    size_limit: int | None = None  # its size in bytes (else half the node's memory, tmpfs's default)
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> VolumeSpec:
@@ -1138,7 +1140,11 @@ class VolumeSpec:
             return cls(name, "files", tuple(sorted(items)), bool(raw.get("secret")), None, default_mode,
                        tuple(sorted((str(k), _file_mode(v, f"{where}.modes.{k}") or 0) for k, v in modes.items())))
         if raw.get("emptyDir"):
-            return cls(name, "emptyDir", (), False, None)
+            memory = raw.get("medium") == "Memory"
+            size = raw.get("sizeLimit")
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+                raise SpecError(f"{where}.sizeLimit: must be a number of bytes")
+            return cls(name, "emptyDir", (), False, None, memory=memory, size_limit=size if memory else None)
         host = raw.get("hostPath")
         if host is not None:
             return cls(name, "hostPath", (), False,
@@ -1871,6 +1877,16 @@ def volume_source(paths: Paths, pod: Pod, vol: VolumeSpec) -> str:
     if vol.kind == "hostPath" and vol.host_path is not None:
         return vol.host_path
     return paths.volume_dir(pod.key, vol.name)
+
+
+def mount_tmpfs(folder: str, size: int | None) -> None:
+    """An emptyDir with medium Memory, as the kubelet makes it: a tmpfs, `size` bytes at most
+    (a write beyond fails with ENOSPC). OSError when it cannot be mounted (not root)."""
+    options = "mode=0777" + (f",size={size}" if size else "")
+    proc = subprocess.run([shutil.which("mount") or "mount", "-t", "tmpfs", "-o", options, "tmpfs", "--", folder],
+                          capture_output=True, text=True, timeout=15, check=False)
+    if proc.returncode != 0:
+        raise OSError(f"tmpfs for {folder}: {one_line(proc.stderr) or 'mount failed'}")
 
 
 def mount_source(paths: Paths, pod: Pod, vol: VolumeSpec, mount: MountSpec) -> str:
@@ -3080,7 +3096,10 @@ class Supervisor:
             if vol.kind == "hostPath" and vol.host_path is not None:
                 os.makedirs(vol.host_path, exist_ok=True)
             elif vol.kind == "emptyDir":
-                os.makedirs(self.paths.volume_dir(pod.key, vol.name), exist_ok=True)
+                folder = self.paths.volume_dir(pod.key, vol.name)
+                os.makedirs(folder, exist_ok=True)
+                if vol.memory and not os.path.ismount(folder):
+                    mount_tmpfs(folder, vol.size_limit)
             else:
                 write_files_volume(self.paths.volume_dir(pod.key, vol.name), vol)
 
@@ -3205,6 +3224,13 @@ class Supervisor:
                 pod_network_down(pod.key, self.paths.instance_tag)
             except NetworkError as exc:
                 self.log(f"pod {pod.label}: removing its network: {exc}")
+        # A memory emptyDir is a tmpfs: unmounted first, or its folder could not go.
+        for key in dict.fromkeys((pod.key, pod_key(pod.namespace, pod.name))):
+            volumes = os.path.join(self.paths.pod_dir(key), "volumes")
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(volumes):
+                    if os.path.ismount(entry.path):
+                        run_quietly([shutil.which("umount") or "umount", "-l", "--", entry.path], 10)
         # emptyDir and files volumes and logs live in the pod dir; hostPath lives elsewhere.
         # Its secrets file belongs to sync, which removes it with the pod from the desired
         # set: a replacement (or the pod added back meanwhile) still needs it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import hashlib
 import json
@@ -169,7 +170,14 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
         elif isinstance(v.get("hostPath"), dict):
             out.append({"name": name, "hostPath": v["hostPath"].get("path")})
         else:
-            out.append({"name": name, "emptyDir": True})
+            empty: dict[str, Any] = {"name": name, "emptyDir": True}
+            source = v.get("emptyDir") if isinstance(v.get("emptyDir"), dict) else {}
+            if source.get("medium") == "Memory":  # only when set: other pods keep their hash
+                empty["medium"] = "Memory"
+                if source.get("sizeLimit") is not None:
+                    with contextlib.suppress(QuantityError):  # validation reported it
+                        empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+            out.append(empty)
     for name, path in claims.items():
         out.append({"name": name, "hostPath": path})
     return out

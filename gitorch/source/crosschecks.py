@@ -374,6 +374,10 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         if vol.get("name") in volume_names:
             out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
         volume_names.add(str(vol.get("name")))
+        empty = vol.get("emptyDir")
+        if isinstance(empty, dict) and empty.get("sizeLimit") is not None and empty.get("medium") != "Memory":
+            out.append(_diag(obj, f"{vptr}/emptyDir/sizeLimit", "field has no effect on an emptyDir on disk",
+                             "gitorch limits only a medium: Memory emptyDir (a tmpfs of that size)", warning=True))
         if isinstance(vol.get("configMap"), dict):
             out.extend(
                 _ref(

@@ -29,8 +29,6 @@ NO_EFFECT: dict[str, str] = {
     "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "container.imagePullPolicy": _COMPAT + "gitorch runs images already on the node (podman --pull never)",
-    "volume.emptyDir.medium": _COMPAT + "gitorch's emptyDir is always a directory on the node's disk",
-    "volume.emptyDir.sizeLimit": _COMPAT + "gitorch does not limit an emptyDir's size",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
     "toleration.tolerationSeconds": _COMPAT + "gitorch does not evict pods for taints added later",
     "service.spec.sessionAffinity": _COMPAT + "gitorch balances every connection independently",

@@ -159,3 +159,14 @@ def test_kubernetes_field_table_walks_kinds_and_lists() -> None:
 def test_not_utf8_is_reported_at_the_bytes_line(data: bytes, line: int, column: int) -> None:
     _, diags = parse_documents("bin.yaml", data)
     assert [(d.line, d.column) for d in diags] == [(line, column)] and "not UTF-8" in diags[0].message
+
+
+def test_generate_name_is_refused_once_with_what_to_do(repo: GitRepo) -> None:
+    job = ("apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: upgrade-\nspec:\n  template:\n    spec:\n"
+           "      restartPolicy: Never\n      containers:\n        - {name: a, command: [sleep, '1']}\n")
+    got = errors(repo, {"job.yaml": job})
+    assert got == [
+        "job.yaml:4:3: /metadata/generateName: generateName is not supported: an object in Git needs a name of "
+        "its own (hint: set metadata.name (a generated one would be a new object on every pass); for a task that "
+        "runs again on each change, use a Job)"
+    ]

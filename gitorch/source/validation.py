@@ -234,6 +234,11 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
             if name == "status":
                 yield at(child, "`status` is owned by the cluster, not Git", "delete it", key=True)
                 continue
+            if name == "generateName" and path == ["metadata"]:
+                yield at(child, "generateName is not supported: an object in Git needs a name of its own",
+                         "set metadata.name (a generated one would be a new object on every pass); for a "
+                         "task that runs again on each change, use a Job", key=True)
+                continue
             real = _kubernetes().fields(kind, path)
             if real is not None and name in real:
                 # A real Kubernetes field gitorch lacks: its nearest neighbour is not what was meant.
@@ -248,6 +253,8 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     if keyword == "required":
         missing = [r for r in error.validator_value if isinstance(instance, dict) and r not in instance]
         for name in missing:
+            if name == "name" and path == ["metadata"] and isinstance(instance, dict) and "generateName" in instance:
+                continue  # said once, at generateName
             yield at(ptr, f"missing required field {name!r}", hint, key=bool(path))
         return
     if keyword == "type":

@@ -2451,9 +2451,13 @@ def parse_services(raw: Any) -> list[Json]:
         endpoints = sorted({(_ip4(e.get("ip") if isinstance(e, dict) else None, f"{where}.endpoints[{j}].ip"),
                              _service_port(e.get("port"), f"{where}.endpoints[{j}].port"))
                             for j, e in enumerate(eps)})
+        affinity = s.get("affinitySeconds")
+        if affinity is not None and (isinstance(affinity, bool) or not isinstance(affinity, int)
+                                     or not 1 <= affinity <= 86400):
+            raise RequestError(f"sync: {where}.affinitySeconds must be 1 to 86400")
         out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip,
                     "port": _service_port(s.get("port"), f"{where}.port"), "nodePort": node_port,
-                    "endpoints": endpoints})
+                    "endpoints": endpoints, "affinity": affinity})
     return out
 
 
@@ -2481,14 +2485,23 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Itera
         if s["nodePort"]:
             # Node-port traffic may come back from a pod on another node: masquerade it.
             chains.append(f"chain np{i} {{\n meta mark set meta mark | {MASQ_MARK} goto svc{i} {comment}\n }}")
+        # sessionAffinity ClientIP, as kube-proxy's nftables mode does it: each endpoint keeps
+        # the clients it served in a set whose entries expire `affinity` seconds after their
+        # last connection, and a client in one of those sets goes back to that endpoint.
+        affinity = s.get("affinity")
+        sticky = "".join(f" ip saddr @aff{i}_{j} goto ep{i}_{j} {comment}\n" for j in range(len(eps))) \
+            if affinity else ""
         if len(eps) == 1:
-            chains.append(f"chain svc{i} {{\n goto ep{i}_0 {comment}\n }}")
+            chains.append(f"chain svc{i} {{\n{sticky} goto ep{i}_0 {comment}\n }}")
         else:
             arms = ", ".join(f"{j} : goto ep{i}_{j}" for j in range(len(eps)))
-            chains.append(f"chain svc{i} {{\n numgen random mod {len(eps)} vmap {{ {arms} }} {comment}\n }}")
+            chains.append(f"chain svc{i} {{\n{sticky} numgen random mod {len(eps)} vmap {{ {arms} }} {comment}\n }}")
         for j, (ip, port) in enumerate(eps):
             # Every rule names its Service: a hand edit anywhere is reported against it.
-            chains.append(f"chain ep{i}_{j} {{\n meta l4proto {proto} dnat to {ip}:{port} {comment}\n }}")
+            remember = f" update @aff{i}_{j} {{ ip saddr }} {comment}\n" if affinity else ""
+            if affinity:
+                chains.append(f"set aff{i}_{j} {{\n type ipv4_addr; flags dynamic,timeout; timeout {affinity}s;\n }}")
+            chains.append(f"chain ep{i}_{j} {{\n{remember} meta l4proto {proto} dnat to {ip}:{port} {comment}\n }}")
     # A pod reaching a service backed by a pod on this same bridge (itself included) would
     # get the reply straight over the bridge, never un-NATed: make it go through the node.
     local = f"ip saddr {pod_cidr} " if pod_cidr else ""
@@ -2558,7 +2571,8 @@ def nft_listing(nft: str | None = None) -> str | None:
     if nft is None:
         return None
     try:
-        proc = subprocess.run([nft, "list", "table", *NFT_TABLE.split()], capture_output=True,
+        # Terse: without the sets' elements (session affinity's clients come and go by themselves).
+        proc = subprocess.run([nft, "-t", "list", "table", *NFT_TABLE.split()], capture_output=True,
                               timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -79,14 +79,16 @@ def service_table(
                 if target is not None and p.ip:
                     endpoints.add((str(p.ip), target))
             node_port = allocated.get((ns, name, port_name)) if spec.get("type") == "NodePort" else None
-            table.append(
-                {
-                    "name": f"{ns}/{name}:{port_name or port.get('port')}",
-                    "protocol": str(port.get("protocol") or "TCP"),
-                    "clusterIP": vip,
-                    "port": int(port["port"]),
-                    "nodePort": node_port,
-                    "endpoints": [{"ip": ip, "port": tp} for ip, tp in sorted(endpoints)],
-                }
-            )
+            entry: dict[str, Any] = {
+                "name": f"{ns}/{name}:{port_name or port.get('port')}",
+                "protocol": str(port.get("protocol") or "TCP"),
+                "clusterIP": vip,
+                "port": int(port["port"]),
+                "nodePort": node_port,
+                "endpoints": [{"ip": ip, "port": tp} for ip, tp in sorted(endpoints)],
+            }
+            if spec.get("sessionAffinity") == "ClientIP":  # only then: other tables stay as they were
+                config = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+                entry["affinitySeconds"] = int(config.get("timeoutSeconds") or 10800)
+            table.append(entry)
     return sorted(table, key=lambda e: str(e["name"]))

@@ -31,7 +31,6 @@ NO_EFFECT: dict[str, str] = {
     "container.imagePullPolicy": _COMPAT + "gitorch runs images already on the node (podman --pull never)",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
     "toleration.tolerationSeconds": _COMPAT + "gitorch does not evict pods for taints added later",
-    "service.spec.sessionAffinity": _COMPAT + "gitorch balances every connection independently",
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),

@@ -201,7 +201,8 @@ class _Reader:
         options = k.get("generatorOptions") if isinstance(k.get("generatorOptions"), dict) else {}
         for field_name, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
             for i, gen in enumerate(k.get(field_name) or []):
-                resources.append(self._generate(folder, kind, gen, options, f"/{field_name}/{i}", kdoc, error))
+                made = self._generate(folder, kind, gen, options, f"/{field_name}/{i}", kdoc, error)
+                _place_generated(resources, made, gen, error, f"/{field_name}/{i}")
         for i, entry in enumerate(_strings(k.get("components"))):
             target = posixpath.normpath(posixpath.join(folder, entry))
             if target not in self.dirs:
@@ -243,10 +244,12 @@ class _Reader:
         for i, entry in enumerate(_strings(k.get("resources"))):
             extra.extend(self._resource(folder, entry, f"/resources/{i}", error, stack))
         options = k.get("generatorOptions") if isinstance(k.get("generatorOptions"), dict) else {}
+        combined = [*resources, *extra]
         for field_name, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
             for i, gen in enumerate(k.get(field_name) or []):
-                extra.append(self._generate(folder, kind, gen, options, f"/{field_name}/{i}", kdoc, error))
-        return self._transform(folder, k, kdoc, [*resources, *extra], error)
+                made = self._generate(folder, kind, gen, options, f"/{field_name}/{i}", kdoc, error)
+                _place_generated(combined, made, gen, error, f"/{field_name}/{i}")
+        return self._transform(folder, k, kdoc, combined, error)
 
     # -- generators -----------------------------------------------------------------------
 
@@ -254,8 +257,8 @@ class _Reader:
                   kdoc: Document, error: Callable[..., _Error]) -> _Res:
         if not isinstance(gen, dict) or not isinstance(gen.get("name"), str):
             raise error(ptr, f"a {kind} generator needs a name")
-        if gen.get("behavior", "create") != "create":
-            raise error(f"{ptr}/behavior", "generator behavior merge/replace is not supported by gitorch")
+        if gen.get("behavior", "create") not in ("create", "merge", "replace"):
+            raise error(f"{ptr}/behavior", "a generator's behavior is create, merge or replace")
         data: dict[str, str] = {}
         for i, literal in enumerate(gen.get("literals") or []):
             key, sep, value = str(literal).partition("=")
@@ -386,6 +389,28 @@ class _Reader:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _place_generated(resources: list[_Res], made: _Res, gen: Mapping[str, Any], error: Callable[..., _Error],
+                     ptr: str) -> None:
+    """A generator's object: a new one (`behavior: create`), or merged into (`merge`) or put in
+    place of (`replace`) the data of the one a base generated under that name."""
+    behavior = gen.get("behavior", "create")
+    if behavior == "create":
+        resources.append(made)
+        return
+    kind, name = made.original
+    target = next((r for r in resources if r.body.get("kind") == kind
+                   and (name == _name(r.body) or name in r.aliases or name == r.original[1])), None)
+    if target is None:
+        raise error(f"{ptr}/behavior", f"no {kind} named {name!r} in the resources to {behavior}")
+    data = made.body.get("data") or {}
+    target.body["data"] = {**(target.body.get("data") or {}), **data} if behavior == "merge" else data
+    meta = target.body.setdefault("metadata", {})
+    for field_name in ("labels", "annotations"):
+        extra = (made.body.get("metadata") or {}).get(field_name)
+        if extra:
+            meta.setdefault(field_name, {}).update(extra)
 
 
 def _plain(value: Any) -> Any:

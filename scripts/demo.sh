@@ -115,6 +115,21 @@ dig +short @"$host" kv.shop.svc.cluster.local A | sort
 gitorch lab ssh lab-1 -- python3 -c \
     'import urllib.request as u; print(u.urlopen("http://web.shop.svc.cluster.local/", timeout=5).read().decode())'
 
+echo; echo "== the shop from this machine, through its LoadBalancer address"
+lb=$(gitorch get services -n shop -o json | python3 -c 'import json, sys; print(next(s["status"]["loadBalancer"]["ingress"][0]["ip"] for s in json.load(sys.stdin) if s["name"] == "web-public"))')
+python3 - "$lb" <<'PY'
+import sys, time, urllib.request
+url = f"http://{sys.argv[1]}/"
+for _ in range(50):
+    try:
+        print(f"GET {url} -> {urllib.request.urlopen(url, timeout=2).read().decode().strip()[:80]}")
+        break
+    except OSError:
+        time.sleep(0.2)
+else:
+    sys.exit(f"{url} did not answer")
+PY
+
 echo; echo "== gitorch drift --run --repo $bare --dns $host:53   (Git, the store, the nodes and the DNS agree)"
 gitorch drift --run --repo "$bare" --dns "$host:53"
 

@@ -30,7 +30,7 @@ REASONS = [
     (r"'securityContext' is not supported", "securityContext (issue 12)"),
     (r"'serviceAccountName' is not supported", "serviceAccountName (issue 12)"),
     (r"does not support ServiceAccount", "ServiceAccount kind (issue 12)"),
-    (r"LoadBalancer", "type LoadBalancer (issue 11)"),
+    (r"no LoadBalancer address pool", "LoadBalancer: no address pool in the corpus's cluster"),
     (r"does not support Ingress", "Ingress kind (issue 11)"),
     (r"does not support ReplicationController", "ReplicationController: use a Deployment"),
     (r"does not support (\w+)", r"\1 kind not supported"),

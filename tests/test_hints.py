@@ -104,10 +104,10 @@ spec:
         (
             {
                 "s.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  selector: {app: web}\n"
-                "  ports: [{port: 80}]\n  loadBalancerSourceRanges: [10.0.0.0/8]\n"
+                "  ports: [{port: 80}]\n  externalIPs: [10.0.0.8]\n"
             },
             "s.yaml:7:3: /spec",
-            "loadBalancerSourceRanges",
+            "externalIPs",
         ),
     ],
 )

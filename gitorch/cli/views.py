@@ -180,6 +180,7 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
         kind = KIND_OF[what]
         objs = store.objects(kind=kind, namespace=namespace)
         ips = {(c.namespace, c.service): c.ip for c in store.cluster_ips()}
+        external = {(b.namespace, b.service): b for b in store.load_balancer_ips()} if kind == "Service" else {}
         data = []
         rows = []
         for o in objs:
@@ -190,12 +191,17 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                 ip = "None" if spec.get("clusterIP") == "None" else ips.get((o.namespace, o.name), "")
                 ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
                 item.update({"type": spec.get("type", "ClusterIP"), "clusterIP": ip, "ports": ports})
-                rows.append([o.namespace, o.name, item["type"], ip or spec.get("externalName", ""), ports])
+                lb = external.get((o.namespace, o.name))
+                if lb is not None:  # Kubernetes' status.loadBalancer.ingress, and who announces it
+                    item["status"] = {"loadBalancer": {"ingress": [{"ip": lb.ip}]}}
+                    item["announcedBy"] = lb.node
+                shown = lb.ip if lb is not None else ("<pending>" if item["type"] == "LoadBalancer" else "<none>")
+                rows.append([o.namespace, o.name, item["type"], ip or spec.get("externalName", ""), shown, ports])
             else:
                 rows.append([o.namespace, o.name, o.health, cond.get("message", ""), _age(o.updated_at)])
             data.append(item)
         columns = (
-            ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS"]
+            ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORTS"]
             if kind == "Service"
             else ["NAMESPACE", "NAME", "HEALTH", "STATUS", "UPDATED"]
         )

@@ -408,6 +408,7 @@ class Paths:
         self.checks = os.path.join(self.root, "node-checks.json")
         self.services = os.path.join(self.root, "services.json")
         self.services_table = os.path.join(self.root, "services-table.json")
+        self.announce = os.path.join(self.root, "announce.json")
         self.fence = os.path.join(self.root, "fence.json")
         self.pods = os.path.join(self.root, "pods")
 
@@ -2430,6 +2431,9 @@ def _service_port(raw: Any, where: str) -> int:
     return raw
 
 
+_CIDR = re.compile(r"(\d{1,3}\.){3}\d{1,3}/\d{1,2}")
+
+
 def parse_services(raw: Any) -> list[Json]:
     """The controller's service table, checked: [{name, protocol, clusterIP, port,
     nodePort, endpoints: [{ip, port}]}]. Raises RequestError naming what is wrong."""
@@ -2455,9 +2459,14 @@ def parse_services(raw: Any) -> list[Json]:
         if affinity is not None and (isinstance(affinity, bool) or not isinstance(affinity, int)
                                      or not 1 <= affinity <= 86400):
             raise RequestError(f"sync: {where}.affinitySeconds must be 1 to 86400")
+        lb = _ip4(s["loadBalancerIP"], f"{where}.loadBalancerIP") if s.get("loadBalancerIP") else None
+        ranges = s.get("sourceRanges") or []
+        if not isinstance(ranges, list) or not all(isinstance(r, str) and _CIDR.fullmatch(r) for r in ranges):
+            raise RequestError(f"sync: {where}.sourceRanges must be a list of IPv4 CIDRs")
         out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip,
                     "port": _service_port(s.get("port"), f"{where}.port"), "nodePort": node_port,
-                    "endpoints": endpoints, "affinity": affinity})
+                    "endpoints": endpoints, "affinity": affinity, "loadBalancerIP": lb,
+                    "sourceRanges": ranges, "local": bool(s.get("local"))})
     return out
 
 
@@ -2478,12 +2487,31 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Itera
             targets.append((f"ip daddr {s['clusterIP']} {match} {s['port']}", f"svc{i}"))
         if s["nodePort"]:
             targets.append((f"fib daddr type local ip daddr != 127.0.0.0/8 {match} {s['nodePort']}", f"np{i}"))
+        lb = s.get("loadBalancerIP")
+        if lb:
+            # loadBalancerSourceRanges: only those clients are sent on; the rest are refused.
+            ranges = s.get("sourceRanges") or []
+            only = f"ip saddr {{ {', '.join(ranges)} }} " if ranges else ""
+            targets.append((f"ip daddr {lb} {only}{match} {s['port']}", f"np{i}"))
+            if ranges:
+                rejects.append(f"ip daddr {lb} ip saddr != {{ {', '.join(ranges)} }} {match} {s['port']} reject "
+                               f"{comment}")
         if not eps:
             rejects.extend(f"{m} reject {comment}" for m, _ in targets)
             continue
         rules.extend(f"{m} goto {chain} {comment}" for m, chain in targets)
-        if s["nodePort"]:
-            # Node-port traffic may come back from a pod on another node: masquerade it.
+        mine = [j for j, (ip, _) in enumerate(eps) if s.get("local") and _in_cidr(ip, pod_cidr)]
+        if (s["nodePort"] or lb) and s.get("local"):
+            # externalTrafficPolicy Local: only this node's pods, and the client's own address kept.
+            if not mine:
+                chains.append(f"chain np{i} {{\n drop {comment}\n }}")
+            elif len(mine) == 1:
+                chains.append(f"chain np{i} {{\n goto ep{i}_{mine[0]} {comment}\n }}")
+            else:
+                arms = ", ".join(f"{k} : goto ep{i}_{j}" for k, j in enumerate(mine))
+                chains.append(f"chain np{i} {{\n numgen random mod {len(mine)} vmap {{ {arms} }} {comment}\n }}")
+        elif s["nodePort"] or lb:
+            # Node-port and LoadBalancer traffic may come back from a pod on another node: masquerade it.
             chains.append(f"chain np{i} {{\n meta mark set meta mark | {MASQ_MARK} goto svc{i} {comment}\n }}")
         # sessionAffinity ClientIP, as kube-proxy's nftables mode does it: each endpoint keeps
         # the clients it served in a set whose entries expire `affinity` seconds after their
@@ -2530,6 +2558,17 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Itera
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _in_cidr(address: str, cidr: str | None) -> bool:
+    import ipaddress
+
+    if not cidr:
+        return False
+    try:
+        return ipaddress.IPv4Address(address) in ipaddress.IPv4Network(cidr)
+    except ValueError:
+        return False
 
 
 def cluster_pod_cidrs(raw: Any, net: NetworkSpec | None) -> list[str]:
@@ -2667,6 +2706,79 @@ def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
                                              "listing": listing, "at": time.time()}))
     return {"ok": ok, "changed": ok, "message": message, "count": len(services), "hash": digest,
             "repaired": repaired if ok else ""}
+
+
+def ip_binary() -> str:
+    return shutil.which("ip", path=DEFAULT_PATH) or "ip"
+
+
+def parse_announce(raw: Any) -> tuple[list[str], str] | None:
+    """A sync's `announce`: {addresses: [IPv4], nodeAddress} -> (addresses, node address)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("addresses"), list):
+        raise RequestError("sync: announce must be {addresses: [IPv4 address], nodeAddress}")
+    addresses = [_ip4(a, "sync: announce.addresses") for a in raw["addresses"]]
+    node = str(raw.get("nodeAddress") or "")
+    if node:
+        _ip4(node, "sync: announce.nodeAddress")
+    return sorted(set(addresses)), node
+
+
+def _interface_with(address: str) -> str | None:
+    """The interface holding `address` (the node's own), or None."""
+    try:
+        proc = subprocess.run([ip_binary(), "-j", "-4", "addr", "show"], capture_output=True, timeout=10, check=False)
+        links = json.loads(proc.stdout or b"[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    for link in links if isinstance(links, list) else []:
+        for info in link.get("addr_info") or []:
+            if info.get("local") == address:
+                return str(link.get("ifname"))
+    return None
+
+
+def program_announce(paths: Paths, addresses: list[str], node_address: str) -> Json:
+    """Announce exactly `addresses` (LoadBalancer addresses this node holds, as MetalLB's
+    layer-2 mode does): each is added as a /32 to the interface holding the node's address, with
+    a gratuitous ARP so the neighbours' caches point at this node at once; an address this agent
+    added before and no longer holds is removed. Returns {ok, addresses, interface, message}."""
+    state = read_json(paths.announce, {})
+    before = set(state.get("addresses") or []) if isinstance(state, dict) else set()
+    iface = (state.get("interface") if isinstance(state, dict) else None) or None
+    if node_address:
+        iface = _interface_with(node_address) or iface
+    if iface is None:
+        if not addresses and not before:
+            return {"ok": True, "addresses": [], "interface": None, "message": ""}
+        return {"ok": False, "addresses": [], "interface": None,
+                "message": f"no interface holds the node address {node_address or '(none sent)'}"}
+    ip = ip_binary()
+    problems = []
+    for address in sorted(before - set(addresses)):
+        run_quietly([ip, "addr", "del", f"{address}/32", "dev", iface], 10)
+    try:
+        shown = subprocess.run([ip, "-j", "-4", "addr", "show", "dev", iface], capture_output=True, timeout=10,
+                               check=False)
+        live = {i.get("local") for link in json.loads(shown.stdout or b"[]") for i in link.get("addr_info") or []}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        live = set()
+    for address in addresses:
+        if address in live:
+            continue
+        proc = subprocess.run([ip, "addr", "add", f"{address}/32", "dev", iface], capture_output=True, timeout=10,
+                              check=False)
+        if proc.returncode != 0:
+            problems.append(f"{address}: {one_line(proc.stderr.decode(errors='replace'))}")
+            continue
+        arping = shutil.which("arping")
+        if arping:  # iputils-arping: unsolicited ARP, so the neighbours learn the move at once
+            in_background([arping, "-U", "-c", "1", "-I", iface, address], 5)
+        else:
+            problems.append("arping not found (apt-get install iputils-arping): neighbours learn the move late")
+    atomic_write(paths.announce, json.dumps({"addresses": addresses, "interface": iface}))
+    return {"ok": not problems, "addresses": addresses, "interface": iface, "message": "; ".join(problems)}
 
 
 def table_digest(entries: list[Any]) -> str:
@@ -3846,6 +3958,7 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     dns = request.get("dns")
     if dns is not None:
         ClusterDNSSpec.parse(dns)
+    announce = parse_announce(request.get("announce"))
     raw_services = request.get("services")
     delta = request.get("servicesDelta") if raw_services is None else None
     services = parse_services(raw_services) if raw_services is not None else None
@@ -3914,11 +4027,14 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             proxy = program_services(paths, services, net.cidr if net else None, service_cidr,
                                      cluster_pod_cidrs(raw_net, net))
             proxy["tableDigest"] = digest
+        announced = program_announce(paths, *announce) if announce is not None else None
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})
     if proxy is not None:
         doc["services"] = proxy
+    if announced is not None:
+        doc["announce"] = announced
     emit(doc, redact)
     return 0
 

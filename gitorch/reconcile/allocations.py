@@ -30,6 +30,8 @@ class Allocations:
     pod_cidrs: Mapping[str, str] = field(default_factory=dict)
     problems: Mapping[ObjectKey, str] = field(default_factory=dict)
     """Per Service or Node: why it got no address (range full, requested value taken)."""
+    lb_ips: Mapping[ServiceKey, str] = field(default_factory=dict)
+    """Per Service of type LoadBalancer: its address from the Cluster's pools."""
 
 
 def allocate(
@@ -37,13 +39,160 @@ def allocate(
     cluster_ips: Mapping[ServiceKey, str],
     node_ports: Mapping[PortKey, int],
     pod_cidrs: Mapping[str, str],
+    lb_ips: Mapping[ServiceKey, str] | None = None,
 ) -> Allocations:
     """The allocations after this pass, deterministic for the same inputs."""
     problems: dict[ObjectKey, str] = {}
     ips = _cluster_ips(state, cluster_ips, problems)
     ports = _node_ports(state, node_ports, problems)
     cidrs = _pod_cidrs(state, pod_cidrs, problems)
-    return Allocations(ips, ports, cidrs, problems)
+    balanced = _lb_ips(state, lb_ips or {}, problems)
+    return Allocations(ips, ports, cidrs, problems, balanced)
+
+
+POOL_ANNOTATIONS = ("gitorch.dev/address-pool", "metallb.universe.tf/address-pool")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A LoadBalancer address pool of the Cluster: its addresses as (first, last) integers."""
+
+    name: str
+    ranges: tuple[tuple[int, int], ...]
+    node_selector: Mapping[str, str]
+
+    def holds(self, address: int) -> bool:
+        return any(first <= address <= last for first, last in self.ranges)
+
+
+def pools(state: DesiredState) -> list[Pool]:
+    """The Cluster's `spec.loadBalancer.pools` (a malformed entry is skipped: validation said so)."""
+    clusters = state.of_kind("Cluster")
+    raw = ((clusters[0].spec.get("loadBalancer") or {}).get("pools") or []) if clusters else []
+    out = []
+    for p in raw:
+        if not isinstance(p, dict):
+            continue
+        ranges = []
+        for text in p.get("addresses") or []:
+            try:
+                ranges.append(address_range(str(text)))
+            except ValueError:
+                continue
+        out.append(Pool(str(p.get("name")), tuple(ranges), dict(p.get("nodeSelector") or {})))
+    return out
+
+
+def address_range(text: str) -> tuple[int, int]:
+    """`a.b.c.d/n` (without its network and broadcast addresses when it has them) or
+    `first-last`, as integers; ValueError when it is neither."""
+    if "-" in text:
+        first, last = (int(ipaddress.IPv4Address(t.strip())) for t in text.split("-", 1))
+        if first > last:
+            raise ValueError(f"{text}: the first address is after the last")
+        return first, last
+    net = ipaddress.IPv4Network(text, strict=False)
+    if net.prefixlen >= 31:
+        return int(net.network_address), int(net.broadcast_address)
+    return int(net.network_address) + 1, int(net.broadcast_address) - 1
+
+
+def announcers(
+    state: DesiredState,
+    lb_ips: Mapping[ServiceKey, str],
+    nodes: Mapping[str, Mapping[str, str]],
+    previous: Mapping[str, str | None],
+    local_ready: Mapping[ServiceKey, set[str]],
+) -> dict[str, str | None]:
+    """Which node announces each LoadBalancer address (None: no node can), as MetalLB's layer-2
+    speakers elect one: among `nodes` (those that answer, with their labels) that the address's
+    pool selects (and, with externalTrafficPolicy Local, that run a ready pod of the Service),
+    the one announcing it now keeps it; otherwise the first by a hash of address and node name,
+    so addresses spread over nodes and each moves only when its node cannot keep it."""
+    import hashlib
+
+    all_pools = pools(state)
+    out: dict[str, str | None] = {}
+    for svc in state.of_kind("Service"):
+        key = (svc.key.namespace, svc.key.name)
+        ip = lb_ips.get(key)
+        if ip is None:
+            continue
+        address = int(ipaddress.IPv4Address(ip))
+        pool = next((p for p in all_pools if p.holds(address)), None)
+        selector = pool.node_selector if pool is not None else {}
+        candidates = [n for n, labels in nodes.items() if all(labels.get(k) == v for k, v in selector.items())]
+        if svc.spec.get("externalTrafficPolicy") == "Local":
+            candidates = [n for n in candidates if n in local_ready.get(key, set())]
+        if previous.get(ip) in candidates:
+            out[ip] = previous[ip]
+        elif candidates:
+            out[ip] = min(candidates, key=lambda n: hashlib.sha256(f"{ip}/{n}".encode()).digest())
+        else:
+            out[ip] = None
+    return out
+
+
+def balanced(svc: Object) -> bool:
+    """A Service that gets a LoadBalancer address."""
+    return svc.spec.get("type") == "LoadBalancer" and services.proxied(svc)
+
+
+def _lb_ips(
+    state: DesiredState, have: Mapping[ServiceKey, str], problems: dict[ObjectKey, str]
+) -> dict[ServiceKey, str]:
+    wanted = sorted((svc for svc in state.of_kind("Service") if balanced(svc)), key=lambda s: s.key)
+    if not wanted:
+        return {}
+    all_pools = pools(state)
+    out: dict[ServiceKey, str] = {}
+    used: dict[int, ServiceKey] = {}
+    todo: list[tuple[Object, list[Pool], int | None]] = []
+    for svc in wanted:
+        key = (svc.key.namespace, svc.key.name)
+        named = next((svc.annotations[a] for a in POOL_ANNOTATIONS if svc.annotations.get(a)), None)
+        allowed = [p for p in all_pools if named is None or p.name == named]
+        if not allowed:
+            problems[svc.key] = (f"address pool {named!r} does not exist" if named else
+                                 "no LoadBalancer address pool: add spec.loadBalancer.pools to the Cluster")
+            continue
+        requested: int | None = None
+        raw = svc.spec.get("loadBalancerIP")
+        if raw:
+            try:
+                requested = int(ipaddress.IPv4Address(str(raw)))
+            except ValueError:
+                problems[svc.key] = f"loadBalancerIP {raw!r} is invalid"
+                continue
+            if not any(p.holds(requested) for p in allowed):
+                problems[svc.key] = f"loadBalancerIP {raw} is in no address pool{' ' + repr(named) if named else ''}"
+                continue
+        current = have.get(key)
+        held = int(ipaddress.IPv4Address(current)) if current else None
+        if held is not None and held not in used and any(p.holds(held) for p in allowed) and requested in (None, held):
+            out[key] = str(ipaddress.IPv4Address(held))
+            used[held] = key
+        else:
+            todo.append((svc, allowed, requested))
+    for svc, allowed, requested in todo:
+        key = (svc.key.namespace, svc.key.name)
+        if requested is not None:
+            if requested in used:
+                holder = used[requested]
+                address = ipaddress.IPv4Address(requested)
+                problems[svc.key] = f"loadBalancerIP {address} is already held by {holder[0]}/{holder[1]}"
+                continue
+            chosen: int | None = requested
+        else:
+            chosen = next((a for p in allowed for first, last in p.ranges for a in range(first, last + 1)
+                           if a not in used), None)
+            if chosen is None:
+                problems[svc.key] = f"no free address left in pool(s) {', '.join(p.name for p in allowed)}"
+                continue
+        assert chosen is not None
+        out[key] = str(ipaddress.IPv4Address(chosen))
+        used[chosen] = key
+    return out
 
 
 def _cluster_ips(
@@ -114,7 +263,7 @@ def _node_ports(
     used: dict[int, PortKey] = {}
     todo: list[tuple[Object, PortKey, int | None]] = []
     for svc in sorted(state.of_kind("Service"), key=lambda s: s.key):
-        if svc.spec.get("type") != "NodePort" or not services.proxied(svc):
+        if svc.spec.get("type") not in ("NodePort", "LoadBalancer") or not services.proxied(svc):
             continue
         for port in svc.spec.get("ports") or []:
             key = (svc.key.namespace, svc.key.name, str(port.get("name") or ""))

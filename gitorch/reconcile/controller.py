@@ -193,6 +193,9 @@ class Controller:
         # Per pod: the row and report its observed state was made from last pass, and that state.
         self._pod_states: dict[PodKey, tuple[RowView, dict[str, Any] | None, bool, PodState]] = {}
         self._node_rows: list[NodeRecord] = []
+        self._table_pods: list[RowView] = []  # the pods the last service table was made from
+        self._announcers: dict[str, str | None] = {}  # LoadBalancer address -> the node announcing it, as stored
+        self._announced: set[str] = set()  # nodes that announce an address (they are told when they stop)
         # Service tables by digest (the last few sent), the one each node holds and when it was last sent whole.
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._table_digest: tuple[list[dict[str, Any]], str] | None = None
@@ -294,7 +297,10 @@ class Controller:
             {(n.namespace, n.service, n.port_name): n.port for n in self.store.node_ports()},
             {n.name: n.pod_cidr for n in self._node_rows if n.pod_cidr},
         )
-        allocs = allocations.allocate(state, *held)
+        balanced_rows = self.store.load_balancer_ips()
+        held_lb = {(r.namespace, r.service): r.ip for r in balanced_rows}
+        self._announcers = {r.ip: r.node for r in balanced_rows}
+        allocs = allocations.allocate(state, *held, held_lb)
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
         result.plan = the_plan
@@ -308,6 +314,8 @@ class Controller:
             self._record_nodes(nodes, now)
             if (allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs) != held:  # else nothing to write
                 self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
+            if allocs.lb_ips != held_lb or execution.announcers != {r.ip: r.node for r in balanced_rows}:
+                self.store.save_load_balancer_ips(allocs.lb_ips, execution.announcers, now=_dt(now))
             self._record_pods(execution.pods, execution.gone)
             for event in execution.events:
                 self.store.record_event(**event)
@@ -562,6 +570,18 @@ class Controller:
         addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
         networks = self._network_blocks(allocs.pod_cidrs, addresses)
         table = self.service_table(state, the_plan, reports, allocs)
+        eligible = {n.name: dict(n.info.labels) for n in observed.nodes if n.reachable and not n.lost}
+        local = {(svc.key.namespace, svc.key.name): services.ready_nodes(state, self._table_pods, svc)
+                 for svc in state.of_kind("Service")
+                 if allocs.lb_ips.get((svc.key.namespace, svc.key.name))
+                 and svc.spec.get("externalTrafficPolicy") == "Local"}
+        chosen = allocations.announcers(state, allocs.lb_ips, eligible, self._announcers, local)
+        announcing = bool(allocations.pools(state)) or bool(self._announced)
+        addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
+
+        def announce(node: str) -> dict[str, Any]:
+            mine = sorted(ip for ip, n in chosen.items() if n == node)
+            return {"addresses": mine, "nodeAddress": addresses.get(node, "")}
         dns = podspecs.cluster_dns(state, self.settings.cluster_dns)
         cluster_cidr = networking.cluster_pod_cidr(state)
         service_cidr = services.service_cidr(state)
@@ -598,6 +618,8 @@ class Controller:
                 request["network"] = {**networks[node], "clusterCIDR": cluster_cidr}
             if dns is not None:
                 request["dns"] = dns
+            if announcing:
+                request["announce"] = announce(node)
             if encoded_table is not None:
                 request.update(services_payload(node))
                 request["serviceCIDR"] = service_cidr
@@ -608,7 +630,8 @@ class Controller:
         def sync(client: NodeClient) -> dict[str, Any]:
             return client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
 
-        digests = {n: self._node_digest(n, shared, sets[n], networks.get(n)) for n in sets}
+        digests = {n: self._node_digest(n, shared, sets[n], networks.get(n),
+                                        json.dumps(announce(n), sort_keys=True) if announcing else "") for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
@@ -698,7 +721,17 @@ class Controller:
             for p in the_plan.removed
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
-        return Execution(node_errors, records, gone, events)
+        for n, o in results.items():
+            if o.ok and o.value is not None and isinstance(o.value.get("announce"), dict):
+                said = o.value["announce"]
+                if said.get("addresses"):
+                    self._announced.add(n)
+                else:
+                    self._announced.discard(n)
+                if not said.get("ok", True):
+                    log.warning("%s: LoadBalancer addresses not announced: %s", n, said.get("message"),
+                                extra={"event": "announce-failed", "node": n})
+        return Execution(node_errors, records, gone, events, chosen)
 
     def _remember_table(self, table: list[dict[str, Any]] | None) -> str | None:
         """The digest of this pass's service table, kept (with the last few) so that a node
@@ -731,7 +764,9 @@ class Controller:
     def _digest(request: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
-    def _node_digest(self, node: str, shared: str, pods: Sequence[Mapping[str, Any]], network: Any) -> str:
+    def _node_digest(
+        self, node: str, shared: str, pods: Sequence[Mapping[str, Any]], network: Any, extra: str = ""
+    ) -> str:
         """The digest of what `node` is sent. Pod specs are kept with the desired state and
         never changed once built, so the very same spec objects as last time (held here, so
         that identity stays meaningful) make the same digest without serialising them again."""
@@ -747,7 +782,7 @@ class Controller:
             own = self._digest({"pods": pods, "network": network})
             self._node_digests[node] = (tuple(pods), network, own, Encoded(list(pods)))
         # A change every node shares (a Service's endpoints) costs one small hash per node.
-        return hashlib.sha256(f"{shared}:{own}".encode()).hexdigest()
+        return hashlib.sha256(f"{shared}:{own}:{extra}".encode()).hexdigest()
 
     def _unchanged(self, node: str, digest: str, now: float) -> bool:
         """The node was sent exactly this, its agent still has what that produced (nobody else
@@ -866,15 +901,17 @@ class Controller:
                         r = r._replace(phase=phase, ready=ready, ip=ip)  # only pods whose report differs
                 pods.append(r)
                 endpoints.append((r.namespace, r.name, r.owner_kind, r.owner_name, r.template_hash, phase, ready, ip))
+            self._table_pods = pods
             inputs = (
                 state,
                 tuple(sorted(allocs.cluster_ips.items())),
                 tuple(sorted(allocs.node_ports.items())),
+                tuple(sorted(allocs.lb_ips.items())),
                 tuple(endpoints),
             )
             if self._table is not None and self._table[0] is state and self._table[1:-1] == inputs[1:]:
                 return self._table[-1]
-            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports)
+            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports, allocs.lb_ips)
             self._table = (*inputs, table)
             return table
         except StoreError as exc:
@@ -967,6 +1004,8 @@ class Execution:
     pods: list[PodRecord]
     gone: list[PodState]
     events: list[dict[str, Any]]
+    announcers: dict[str, str | None] = field(default_factory=dict)
+    """Per LoadBalancer address: the node announcing it (None: none can)."""
 
 
 def _conditions(health: str, status: Status | None) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ class ClusterPreview:
     cluster_ips: dict[str, str] = field(default_factory=dict)  # every Service's address after the plan: name -> IP
     node_ports: dict[str, int] = field(default_factory=dict)  # "ns/service:port" -> node port
     pod_cidrs: dict[str, str] = field(default_factory=dict)  # node -> pod CIDR
+    lb_ips: dict[str, str] = field(default_factory=dict)  # namespace/service -> LoadBalancer address
     allocated: list[str] = field(default_factory=list)  # what this plan allocates that nothing held before
     problems: list[str] = field(default_factory=list)  # objects that get no address, and why
     observed_hash: str = ""
@@ -65,6 +66,7 @@ class ClusterPreview:
             "clusterIPs": self.cluster_ips,
             "nodePorts": self.node_ports,
             "podCIDRs": self.pod_cidrs,
+            "loadBalancerIPs": self.lb_ips,
             "allocated": self.allocated,
             "allocationProblems": self.problems,
             "observedHash": self.observed_hash,
@@ -109,6 +111,7 @@ class Holdings:
     cluster_ips: dict[tuple[str, str], str] = field(default_factory=dict)
     node_ports: dict[tuple[str, str, str], int] = field(default_factory=dict)
     pod_cidrs: dict[str, str] = field(default_factory=dict)
+    lb_ips: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def holdings_from_store(store: Store) -> Holdings:
@@ -116,6 +119,7 @@ def holdings_from_store(store: Store) -> Holdings:
         {(c.namespace, c.service): c.ip for c in store.cluster_ips()},
         {(n.namespace, n.service, n.port_name): n.port for n in store.node_ports()},
         {n.name: n.pod_cidr for n in store.nodes() if n.pod_cidr},
+        {(b.namespace, b.service): b.ip for b in store.load_balancer_ips()},
     )
 
 
@@ -127,7 +131,8 @@ def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
         "pods": sorted((p.namespace, p.name, p.node or "", p.revision, p.phase) for p in observed.pods),
         "nodes": sorted((n.name, n.reachable) for n in observed.nodes),
         "allocations": [sorted(map(list, held.cluster_ips.items())), sorted(map(list, held.node_ports.items())),
-                        sorted(held.pod_cidrs.items())],
+                        sorted(held.pod_cidrs.items()), *([sorted(map(list, held.lb_ips.items()))] if held.lb_ips
+                                                          else [])],
     }
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
@@ -143,7 +148,7 @@ def cluster_preview(
     """Simulate passes until the plan converges (pods start Ready, stopped pods vanish), with
     the addresses the first pass allocates: the same ones `apply --plan` then uses."""
     preview = ClusterPreview(observed_hash=observed_hash(observed, holdings))
-    allocs = allocate(state, holdings.cluster_ips, holdings.node_ports, holdings.pod_cidrs)
+    allocs = allocate(state, holdings.cluster_ips, holdings.node_ports, holdings.pod_cidrs, holdings.lb_ips)
     domain = _domain(state)
     for (ns, svc), ip in sorted(allocs.cluster_ips.items()):
         preview.cluster_ips[f"{svc}.{ns}.svc.{domain}"] = ip
@@ -153,6 +158,10 @@ def cluster_preview(
         preview.node_ports[f"{ns}/{svc}:{port}"] = number
         if holdings.node_ports.get((ns, svc, port)) != number:
             preview.allocated.append(f"node port {number} for Service {ns}/{svc} port {port or '(unnamed)'}")
+    for (ns, svc), ip in sorted(allocs.lb_ips.items()):
+        preview.lb_ips[f"{ns}/{svc}"] = ip
+        if holdings.lb_ips.get((ns, svc)) != ip:
+            preview.allocated.append(f"LoadBalancer address {ip} for Service {ns}/{svc}")
     for node, cidr in sorted(allocs.pod_cidrs.items()):
         preview.pod_cidrs[node] = cidr
         if holdings.pod_cidrs.get(node) != cidr:

@@ -28,7 +28,8 @@ def service_cidr(state: DesiredState) -> str:
 def proxied(svc: Object) -> bool:
     """Services that get a virtual IP (ClusterIP and NodePort, not headless or ExternalName)."""
     spec = svc.spec
-    return spec.get("type", "ClusterIP") in ("ClusterIP", "NodePort") and spec.get("clusterIP") != "None"
+    kind = spec.get("type", "ClusterIP")
+    return kind in ("ClusterIP", "NodePort", "LoadBalancer") and spec.get("clusterIP") != "None"
 
 
 def target_port(template: Mapping[str, Any], port: Mapping[str, Any]) -> int | None:
@@ -49,11 +50,17 @@ def target_port(template: Mapping[str, Any], port: Mapping[str, Any]) -> int | N
     return None
 
 
+def ready_nodes(state: DesiredState, pods: Iterable[PodRow], service: Object) -> set[str]:
+    """The nodes running a ready pod the Service selects (externalTrafficPolicy Local)."""
+    return {p.node for p in PodIndex(state, pods).selected(service) if p.ready and p.node}
+
+
 def service_table(
     state: DesiredState,
     pods: Iterable[PodRow],
     cluster_ips: Mapping[tuple[str, str], str],
     node_ports: Mapping[tuple[str, str, str], int],
+    lb_ips: Mapping[tuple[str, str], str] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per port of every ClusterIP/NodePort Service with a cluster IP:
     `{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}`, sorted; the
@@ -78,7 +85,8 @@ def service_table(
                 target = target_port(template, port)
                 if target is not None and p.ip:
                     endpoints.add((str(p.ip), target))
-            node_port = allocated.get((ns, name, port_name)) if spec.get("type") == "NodePort" else None
+            exposed = spec.get("type") in ("NodePort", "LoadBalancer")
+            node_port = allocated.get((ns, name, port_name)) if exposed else None
             entry: dict[str, Any] = {
                 "name": f"{ns}/{name}:{port_name or port.get('port')}",
                 "protocol": str(port.get("protocol") or "TCP"),
@@ -87,7 +95,14 @@ def service_table(
                 "nodePort": node_port,
                 "endpoints": [{"ip": ip, "port": tp} for ip, tp in sorted(endpoints)],
             }
-            if spec.get("sessionAffinity") == "ClientIP":  # only then: other tables stay as they were
+            lb = (lb_ips or {}).get((ns, name)) if spec.get("type") == "LoadBalancer" else None
+            if lb:  # only then: other tables stay as they were
+                entry["loadBalancerIP"] = lb
+                if spec.get("loadBalancerSourceRanges"):
+                    entry["sourceRanges"] = [str(r) for r in spec["loadBalancerSourceRanges"]]
+            if exposed and spec.get("externalTrafficPolicy") == "Local":
+                entry["local"] = True
+            if spec.get("sessionAffinity") == "ClientIP":
                 config = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
                 entry["affinitySeconds"] = int(config.get("timeoutSeconds") or 10800)
             table.append(entry)

@@ -246,6 +246,11 @@ def cross_check(
         if c.key not in invalid:
             out.extend(_guarded(c, functools.partial(_check_cluster, c)))
     out.extend(_check_nodes(world.nodes))
+    balanced = [o for o in ordered if o.key.kind == "Service" and o.key not in invalid
+                and o.spec.get("type") == "LoadBalancer"]
+    if balanced or clusters:
+        out.extend(_check_load_balancers(balanced, clusters[0] if clusters and clusters[0].key not in invalid
+                                         else None))
     for obj in ordered:
         key = obj.key
         if key.namespace and key.namespace not in namespaces:
@@ -304,6 +309,71 @@ def _check_cluster(c: Object) -> list[Diagnostic]:
                 "pick networks that do not overlap, e.g. 10.244.0.0/16 and 10.96.0.0/12",
             )
         )
+    return out
+
+
+_POOL_ANNOTATIONS = ("gitorch.dev/address-pool", "metallb.universe.tf/address-pool")
+
+
+def _check_load_balancers(services: list[Object], cluster: Object | None) -> list[Diagnostic]:
+    """LoadBalancer Services against the Cluster's address pools: a pool to take from, a
+    requested address inside it, no address asked for twice; pools well formed."""
+    out: list[Diagnostic] = []
+    pools: dict[str, list[tuple[int, int]]] = {}
+    raw = _seq(_map(cluster.spec.get("loadBalancer")).get("pools")) if cluster is not None else []
+    for i, pool in enumerate(raw):
+        if not isinstance(pool, dict):
+            continue
+        name = str(pool.get("name"))
+        if name in pools and cluster is not None:
+            out.append(_diag(cluster, f"/spec/loadBalancer/pools/{i}/name", f"pool {name!r} is declared twice"))
+        ranges = []
+        for j, text in enumerate(_seq(pool.get("addresses"))):
+            first, _, last = str(text).partition("-")
+            try:
+                if last:
+                    lo, hi = int(ipaddress.IPv4Address(first)), int(ipaddress.IPv4Address(last))
+                    if lo > hi:
+                        raise ValueError("the first address is after the last")
+                else:
+                    net = ipaddress.IPv4Network(first, strict=True)
+                    lo, hi = int(net.network_address), int(net.broadcast_address)
+                ranges.append((lo, hi))
+            except ValueError as exc:
+                assert cluster is not None
+                out.append(_diag(cluster, f"/spec/loadBalancer/pools/{i}/addresses/{j}", f"{text!r}: {exc}",
+                                 "a CIDR such as 10.0.0.200/29 (host bits zero) or a range like 10.0.0.200-10.0.0.210"))
+        pools[name] = ranges
+    held: dict[int, Object] = {}
+    for svc in services:
+        named = next((svc.annotations[a] for a in _POOL_ANNOTATIONS if svc.annotations.get(a)), None)
+        if not pools:
+            out.append(_diag(svc, "/spec/type", "no LoadBalancer address pool: this Service would never get an address",
+                             "add spec.loadBalancer.pools to the Cluster, e.g. "
+                             "[{name: default, addresses: [10.0.0.200-10.0.0.220]}]"))
+            continue
+        if named is not None and named not in pools:
+            out.append(_diag(svc, "/metadata/annotations", f"address pool {named!r} does not exist",
+                             suggest(named, pools) or f"pools: {', '.join(pools)}"))
+            continue
+        raw_ip = svc.spec.get("loadBalancerIP")
+        if not raw_ip:
+            continue
+        try:
+            address = int(ipaddress.IPv4Address(str(raw_ip)))
+        except ValueError:
+            continue  # the schema said so
+        allowed = [r for name, rs in pools.items() if named in (None, name) for r in rs]
+        if not any(lo <= address <= hi for lo, hi in allowed):
+            out.append(_diag(svc, "/spec/loadBalancerIP", f"{raw_ip} is in no address pool"
+                             + (f" {named!r}" if named else ""), "pick an address of a Cluster loadBalancer pool"))
+        elif address in held:
+            other = held[address]
+            where = other.document.position("/spec/loadBalancerIP")
+            out.append(_diag(svc, "/spec/loadBalancerIP", f"{raw_ip} is also asked for by {other.key}",
+                             f"see {other.path}:{where.line}:{where.column}; give each Service its own address"))
+        else:
+            held[address] = svc
     return out
 
 

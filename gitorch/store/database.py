@@ -269,6 +269,19 @@ class ClusterIPAllocation(SQLModel, table=True):
     allocated_at: datetime = _time()
 
 
+class LoadBalancerAllocation(SQLModel, table=True):
+    """A LoadBalancer Service's address, and the node announcing it (None: none can)."""
+
+    __tablename__ = "load_balancer_ips"
+    __table_args__ = (UniqueConstraint("namespace", "service", name="uq_load_balancer_ips_service"),)
+
+    ip: str = Field(primary_key=True, max_length=45)
+    namespace: str
+    service: str
+    node: str | None = None
+    allocated_at: datetime = _time()
+
+
 class NodePortAllocation(SQLModel, table=True):
     """A NodePort of one named port of a Service."""
 
@@ -993,6 +1006,36 @@ class Store:
                 wanted = pod_cidrs.get(node.name)
                 if wanted is not None and node.pod_cidr != wanted:
                     node.pod_cidr = wanted
+            s.flush()
+
+    def load_balancer_ips(self) -> list[LoadBalancerAllocation]:
+        """Every LoadBalancer address, by namespace and service."""
+        with self._session(write=False) as s:
+            query = select(LoadBalancerAllocation).order_by(
+                col(LoadBalancerAllocation.namespace), col(LoadBalancerAllocation.service)
+            )
+            return list(s.exec(query).all())
+
+    def save_load_balancer_ips(
+        self, ips: Mapping[tuple[str, str], str], announcers: Mapping[str, str | None], *, now: datetime | None = None
+    ) -> None:
+        """Make the stored LoadBalancer addresses exactly `ips`, each with the node announcing it
+        (`announcers`, by address); rows that stay the same are not written."""
+        stamp = _now(now)
+        with self._session(write=True) as s:
+            rows = {(r.namespace, r.service): r for r in s.exec(select(LoadBalancerAllocation)).all()}
+            for key, row in rows.items():
+                if ips.get(key) != row.ip:
+                    s.delete(row)
+            s.flush()
+            for key, ip in ips.items():
+                kept = rows.get(key)
+                node = announcers.get(ip)
+                if kept is None or kept.ip != ip:
+                    s.add(LoadBalancerAllocation(ip=ip, namespace=key[0], service=key[1], node=node,
+                                                 allocated_at=stamp))
+                elif kept.node != node:
+                    kept.node = node
             s.flush()
 
     def cluster_ips(self) -> list[ClusterIPAllocation]:

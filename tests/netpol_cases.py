@@ -6,6 +6,7 @@ to). A pod reaches itself through loopback, always allowed (the e2e's AllowLoopb
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -118,7 +119,7 @@ def pods_yaml(command: Callable[[str], list[str]] | None = None) -> str:
             out.append(
                 f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: \"{p}\"\n  namespace: {ns}\n"
                 f"  labels: {{pod: \"{p}\"}}\nspec:\n  containers:\n    - name: serve\n"
-                f"      command: {cmd!r}\n      ports:\n"
+                f"      command: {json.dumps(cmd)}\n      ports:\n"
                 "        - {name: serve-80-tcp, containerPort: 80, protocol: TCP}\n"
                 "        - {name: serve-80-udp, containerPort: 80, protocol: UDP}\n"
                 "        - {name: serve-81-tcp, containerPort: 81, protocol: TCP}\n"

@@ -26,9 +26,6 @@ NO_EFFECT: dict[str, str] = {
     "cluster.spec.git.pollIntervalSeconds": _SERVE,
     "cluster.spec.heartbeat.intervalSeconds": "no effect: the controller heartbeats reachable nodes on its passes",
     "cluster.spec.heartbeat.nodeTimeoutSeconds": "no effect: GITORCH_NODE_TIMEOUT decides (default 40 s)",
-    "networkpolicy.spec": (
-        "no effect yet: NetworkPolicy is validated but not enforced on the nodes (issue 12, part 3)"
-    ),
     "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "container.imagePullPolicy": _COMPAT + "gitorch runs images already on the node (podman --pull never)",

@@ -124,6 +124,55 @@ def test_truth_tables(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: x, namespace: a}
+spec:
+  selector: {pod: x}
+  ports: [{port: 8080, targetPort: 80}]
+"""
+TCP = ("import socket, sys\ntry: print(socket.create_connection((sys.argv[1], 8080), timeout=1.5).recv(64).decode())\n"
+       "except OSError as e: print('ERR', type(e).__name__)\n")
+
+
+@pytest.mark.lab
+def test_policy_sees_the_endpoint_behind_a_service(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """Through a cluster IP the policy of the pod behind it applies, to clients on its own node
+    (whose traffic the node masquerades) and on others alike, as Kubernetes does."""
+    repo, controller = cluster
+    only_b_y = next(c for c in CASES if c.name == "allow-from-pod-label-in-other-namespace")
+    repo.commit("pods, a Service for a/x, only b/y may reach a/x",
+                {"apps.yaml": pods_yaml(_server) + SERVICE, "policies.yaml": only_b_y.policies({})})
+    converge(controller)
+    rows = wait_until("9 pods with addresses", lambda: (controller.reconcile(), {
+        f"{p.namespace}/{p.name}": p for p in controller.store.pods() if p.ip and p.namespace in "abc"})[1],
+        timeout=60, interval=0.5, accept=lambda r: len(r) == 9)
+    vip = wait_until("a cluster IP", lambda: (controller.reconcile(), next(
+        (c.ip for c in controller.store.cluster_ips() if (c.namespace, c.service) == ("a", "x")), None))[1],
+        timeout=30, interval=0.5)
+
+    def via_service(pod: str) -> str:
+        row = rows[pod]
+        return ssh_run(lab, str(row.node), f"ip netns exec gitorch-{row.namespace}_{row.name} "
+                       f"python3 -c \"{TCP}\" {vip}", check=False).stdout.strip()
+
+    clients = ["b/y", "b/x", "c/x", "a/y", "a/z"]
+    # Same-node clients are masqueraded by their node on the way back to a/x: one must be among them.
+    assert {rows[c].node for c in clients} >= {rows["a/x"].node}, {c: r.node for c, r in rows.items()}
+    want = {c: "a/x" if c == "b/y" else "ERR" for c in clients}
+    seen: dict[str, str] = {}
+
+    def agrees() -> bool:
+        controller.reconcile()
+        seen.update({c: (via_service(c).split() or [""])[0] for c in clients})
+        return seen == want
+
+    wait_until("the cluster IP to follow a/x's policy", agrees, timeout=30, interval=0.5,
+               describe=lambda: f"want {want}, saw {seen}; a/x on {rows['a/x'].node}, "
+                                + ", ".join(f"{c} on {rows[c].node}" for c in clients))
+
+
 @pytest.mark.lab
 def test_hand_edit_of_policy_rules_is_drift_and_healed(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
     repo, controller = cluster

@@ -1,0 +1,115 @@
+"""Ingress routing: which backend of which Ingress answers a request, with Kubernetes' semantics.
+
+Purely computational, no side effects. This is the truth the HAProxy rendering (issue 11, part 2)
+must reproduce: exact hosts beat wildcard hosts (`*.example.com` covers one DNS label only), the
+longest matching path wins and an Exact path beats a Prefix path of the same length, Prefix
+matches by path element (`/foo` matches `/foo` and `/foo/bar`, not `/foobar`; a trailing slash
+on either side is ignored), ImplementationSpecific is treated as Prefix, and a request no path
+answers goes to the Ingress's defaultBackend (or none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+EXACT = "Exact"
+PREFIX = "Prefix"
+IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """A Service and its port (a name or a number) in the Ingress's namespace."""
+
+    namespace: str
+    service: str
+    port: str | int
+
+
+@dataclass(frozen=True)
+class Route:
+    """One path of one rule: `host` is "" for every host."""
+
+    host: str
+    path: str
+    path_type: str
+    backend: Backend
+    ingress: str  # namespace/name, for errors and tie-breaks
+
+
+def _elements(path: str) -> list[str]:
+    return [e for e in path.split("/") if e]
+
+
+def path_matches(path_type: str, path: str, request: str) -> bool:
+    """Whether a request path matches a rule's path (Kubernetes' table of examples)."""
+    if path_type == EXACT:
+        return request == path
+    want = _elements(path)
+    return _elements(request)[: len(want)] == want
+
+
+def host_matches(rule: str, request: str) -> bool:
+    """An empty rule host matches every host; `*.b.c` matches `a.b.c` but not `b.c` nor `x.a.b.c`."""
+    request = request.lower().rstrip(".")
+    if not rule:
+        return True
+    if rule.startswith("*."):
+        label, _, rest = request.partition(".")
+        return bool(label) and rest == rule[2:].lower()
+    return request == rule.lower()
+
+
+def _host_rank(rule: str) -> int:
+    """Higher is more specific: an exact host, then a wildcard, then no host."""
+    return 2 if rule and not rule.startswith("*.") else 1 if rule else 0
+
+
+def _backend(namespace: str, raw: Any) -> Backend | None:
+    service = raw.get("service") if isinstance(raw, Mapping) else None
+    if not isinstance(service, Mapping):
+        return None
+    raw_port = service.get("port")
+    port: Mapping[str, Any] = raw_port if isinstance(raw_port, Mapping) else {}
+    number = port.get("number")
+    return Backend(
+        namespace, str(service.get("name", "")), number if isinstance(number, int) else str(port.get("name", ""))
+    )
+
+
+def routes(namespace: str, name: str, spec: Mapping[str, Any]) -> list[Route]:
+    """Every path of an Ingress's rules (`spec.rules[].http.paths[]`) as routes."""
+    out = []
+    for rule in spec.get("rules") or ():
+        host = str(rule.get("host") or "")
+        for p in (rule.get("http") or {}).get("paths") or ():
+            backend = _backend(namespace, p.get("backend"))
+            if backend is not None:
+                path_type = str(p.get("pathType") or IMPLEMENTATION_SPECIFIC)
+                out.append(Route(host, str(p.get("path") or "/"), path_type, backend, f"{namespace}/{name}"))
+    return out
+
+
+def default_backend(namespace: str, spec: Mapping[str, Any]) -> Backend | None:
+    """The Ingress's `spec.defaultBackend`, if any."""
+    return _backend(namespace, spec.get("defaultBackend"))
+
+
+def choose(all_routes: Iterable[Route], host: str, path: str, default: Backend | None = None) -> Backend | None:
+    """The backend answering `host` and `path`: the most specific host that has rules decides,
+    then the longest matching path (Exact before Prefix at equal length), else `default`."""
+    candidates = [r for r in all_routes if host_matches(r.host, host)]
+    if not candidates:
+        return default
+    best_rank = max(_host_rank(r.host) for r in candidates)
+    matching = [r for r in candidates if _host_rank(r.host) == best_rank and path_matches(r.path_type, r.path, path)]
+    if not matching:
+        return default
+    # Deterministic among equals: the first Ingress by namespace/name (the older one in Kubernetes).
+    winner = min(
+        matching,
+        key=lambda r: (-len(_elements(r.path)), r.path_type != EXACT, -len(r.path), r.ingress),
+    )
+    return winner.backend

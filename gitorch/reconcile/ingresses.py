@@ -39,7 +39,7 @@ class Route:
     ingress: str  # namespace/name, for errors and tie-breaks
 
 
-def _elements(path: str) -> list[str]:
+def path_elements(path: str) -> list[str]:
     return [e for e in path.split("/") if e]
 
 
@@ -47,8 +47,8 @@ def path_matches(path_type: str, path: str, request: str) -> bool:
     """Whether a request path matches a rule's path (Kubernetes' table of examples)."""
     if path_type == EXACT:
         return request == path
-    want = _elements(path)
-    return _elements(request)[: len(want)] == want
+    want = path_elements(path)
+    return path_elements(request)[: len(want)] == want
 
 
 def host_matches(rule: str, request: str) -> bool:
@@ -62,7 +62,7 @@ def host_matches(rule: str, request: str) -> bool:
     return request == rule.lower()
 
 
-def _host_rank(rule: str) -> int:
+def host_rank(rule: str) -> int:
     """Higher is more specific: an exact host, then a wildcard, then no host."""
     return 2 if rule and not rule.startswith("*.") else 1 if rule else 0
 
@@ -103,13 +103,13 @@ def choose(all_routes: Iterable[Route], host: str, path: str, default: Backend |
     candidates = [r for r in all_routes if host_matches(r.host, host)]
     if not candidates:
         return default
-    best_rank = max(_host_rank(r.host) for r in candidates)
-    matching = [r for r in candidates if _host_rank(r.host) == best_rank and path_matches(r.path_type, r.path, path)]
+    best_rank = max(host_rank(r.host) for r in candidates)
+    matching = [r for r in candidates if host_rank(r.host) == best_rank and path_matches(r.path_type, r.path, path)]
     if not matching:
         return default
     # Deterministic among equals: the first Ingress by namespace/name (the older one in Kubernetes).
     winner = min(
         matching,
-        key=lambda r: (-len(_elements(r.path)), r.path_type != EXACT, -len(r.path), r.ingress),
+        key=lambda r: (-len(path_elements(r.path)), r.path_type != EXACT, -len(r.path), r.ingress),
     )
     return winner.backend

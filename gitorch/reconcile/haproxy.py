@@ -150,3 +150,37 @@ def render(
     if not default:
         lines += ["", "backend be_default_404", "    http-request return status 404"]
     return Rendered("\n".join(lines) + "\n", files)
+
+
+Slots = tuple[tuple[str, int] | None, ...]
+
+
+def initial_slots(endpoints: Sequence[tuple[str, int]]) -> Slots:
+    """The slot table `render` writes for these endpoints: sorted, then free slots."""
+    eps = sorted(endpoints)
+    return tuple(eps) + (None,) * (slots(len(eps)) - len(eps))
+
+
+def runtime_commands(
+    backend: Backend, current: Slots, wanted: Sequence[tuple[str, int]]
+) -> tuple[list[str], Slots] | None:
+    """Runtime API commands turning a backend's slots into `wanted` without a reload, and the new
+    slot table; None when the endpoints do not fit the slots (then render and reload hitlessly).
+    New endpoints are made ready before old ones go to maintenance, so a backend never empties;
+    an endpoint that stays keeps its slot and its connections."""
+    want = set(wanted)
+    added = sorted(want - {ep for ep in current if ep})
+    # New endpoints take slots free now: a slot being emptied still serves until its endpoint is out.
+    free = [i for i, ep in enumerate(current) if ep is None]
+    if len(added) > len(free):
+        return None
+    table = [ep if ep in want else None for ep in current]
+    name = backend_name(backend)
+    commands = []
+    for i, ep in zip(free, added, strict=False):
+        table[i] = ep
+        commands += [f"set server {name}/s{i + 1} addr {ep[0]} port {ep[1]}", f"set server {name}/s{i + 1} state ready"]
+    for i, old in enumerate(current):
+        if old is not None and old not in want:
+            commands.append(f"set server {name}/s{i + 1} state maint")
+    return commands, tuple(table)

@@ -103,7 +103,7 @@ def test_rolling_every_endpoint_without_a_failed_request(tmp_path: Path) -> None
             assert "No such" not in reply and "Require" not in reply, reply
             old.remove(srv)
             seen = len(results)
-            wait_until("more requests after the change", lambda: len(results) > seen + 20, timeout=20)
+            wait_until("more requests after the change", lambda seen=seen: len(results) > seen + 20, timeout=20)
             srv.shutdown()
             srv.server_close()
         seen = len(results)

@@ -4,7 +4,6 @@ SNI from a test CA's certificates, and redirects HTTP to HTTPS for hosts with TL
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import os
 import shutil
@@ -17,13 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gitorch.reconcile.haproxy import Certificate, render
 from gitorch.reconcile.ingresses import Backend, choose, default_backend, routes
+from tests.tls import certificate_pem, key_pem, make_ca, new_key
 from tests.waiting import wait_until
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
@@ -115,38 +111,11 @@ def _free_port() -> int:
 
 def _pem_pair(tmp: Path) -> tuple[Path, str]:
     """A test CA (its certificate's file) and the www.shop.test certificate+key it signed (PEM)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gitorch test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.shop.test")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.shop.test")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_pem, ca = make_ca()
     ca_file = tmp / "ca.pem"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca_file, pem.decode()
+    ca_file.write_bytes(ca_pem)
+    key = new_key()
+    return ca_file, (certificate_pem(key, ["www.shop.test"], ca) + key_pem(key)).decode()
 
 
 @pytest.fixture

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from gitorch.reconcile.ingresses import Backend, choose, default_backend, host_matches, path_matches, routes
+from gitorch.reconcile.ingresses import (
+    Backend,
+    choose,
+    conflicts,
+    default_backend,
+    host_matches,
+    path_matches,
+    routes,
+)
 
 # The examples table of https://kubernetes.io/docs/concepts/services-networking/ingress/#examples:
 # (pathType, rule paths, request path, the rule path that answers or None).
@@ -152,3 +160,13 @@ def test_default_backend_when_no_path_answers() -> None:
 def test_path_matches_is_case_sensitive() -> None:
     assert not path_matches("Prefix", "/Foo", "/foo")
     assert not path_matches("Exact", "/foo", "/FOO")
+
+
+def test_two_ingresses_claiming_the_same_host_and_path_conflict() -> None:
+    a = routes("shop", "a", _ingress([("/foo", "Prefix"), ("/bar", "Exact")], host="www.shop.test"))
+    b = routes("shop", "b", _ingress([("/foo/", "ImplementationSpecific"), ("/bar", "Prefix")], host="WWW.shop.test"))
+    c = routes("shop", "c", _ingress([("/foo", "Exact")], host="www.shop.test"))
+    found = conflicts(b + a + c)
+    assert [(x.ingress, y.ingress, y.path) for x, y in found] == [("shop/a", "shop/b", "/foo/")]
+    # The same Ingress listing a path twice is its own business (Kubernetes accepts it too).
+    assert conflicts(routes("shop", "a", _ingress([("/foo", "Prefix"), ("/foo", "Prefix")]))) == []

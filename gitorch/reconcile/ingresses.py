@@ -113,3 +113,23 @@ def choose(all_routes: Iterable[Route], host: str, path: str, default: Backend |
         key=lambda r: (-len(path_elements(r.path)), r.path_type != EXACT, -len(r.path), r.ingress),
     )
     return winner.backend
+
+
+def route_key(route: Route) -> tuple[str, str, str]:
+    """What two routes must not share: the host (case-folded), the path type (ImplementationSpecific
+    is Prefix) and the path as matched (Prefix by elements, so `/foo` and `/foo/` are the same)."""
+    path_type = EXACT if route.path_type == EXACT else PREFIX
+    path = route.path if path_type == EXACT else "/" + "/".join(path_elements(route.path))
+    return route.host.lower(), path_type, path
+
+
+def conflicts(all_routes: Iterable[Route]) -> list[tuple[Route, Route]]:
+    """Pairs (first claimant, later one) of routes of different Ingresses that claim the same host
+    and path: the later one could never answer, so validation names both."""
+    first: dict[tuple[str, str, str], Route] = {}
+    out = []
+    for r in sorted(all_routes, key=lambda r: r.ingress):
+        claimed = first.setdefault(route_key(r), r)
+        if claimed is not r and claimed.ingress != r.ingress:
+            out.append((claimed, r))
+    return out

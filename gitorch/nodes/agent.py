@@ -2765,13 +2765,15 @@ def program_announce(paths: Paths, addresses: list[str], node_address: str) -> J
     except (OSError, ValueError, subprocess.TimeoutExpired):
         live = set()
     for address in addresses:
-        if address in live:
-            continue
-        proc = subprocess.run([ip, "addr", "add", f"{address}/32", "dev", iface], capture_output=True, timeout=10,
-                              check=False)
-        if proc.returncode != 0:
-            problems.append(f"{address}: {one_line(proc.stderr.decode(errors='replace'))}")
-            continue
+        if address not in live:
+            proc = subprocess.run([ip, "addr", "add", f"{address}/32", "dev", iface], capture_output=True,
+                                  timeout=10, check=False)
+            if proc.returncode != 0:
+                problems.append(f"{address}: {one_line(proc.stderr.decode(errors='replace'))}")
+                continue
+        # On every sync that names it (a sync comes only with a change or the resync): the node
+        # may have kept a stale copy through a partition while another node announced it, and
+        # the neighbours still send to whichever node answered last.
         arping = shutil.which("arping")
         if arping:  # iputils-arping: unsolicited ARP, so the neighbours learn the move at once
             in_background([arping, "-U", "-c", "1", "-I", iface, address], 5)

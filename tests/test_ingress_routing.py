@@ -7,10 +7,12 @@ import pytest
 
 from gitorch.reconcile.ingresses import (
     Backend,
+    backend_endpoints,
     choose,
     conflicts,
     default_backend,
     host_matches,
+    missing_backends,
     path_matches,
     routes,
 )
@@ -170,3 +172,60 @@ def test_two_ingresses_claiming_the_same_host_and_path_conflict() -> None:
     assert [(x.ingress, y.ingress, y.path) for x, y in found] == [("shop/a", "shop/b", "/foo/")]
     # The same Ingress listing a path twice is its own business (Kubernetes accepts it too).
     assert conflicts(routes("shop", "a", _ingress([("/foo", "Prefix"), ("/foo", "Prefix")]))) == []
+
+
+TABLE_ENTRIES = [
+    {"name": "shop/web:http", "protocol": "TCP", "port": 80, "endpoints": [{"ip": "10.1.0.5", "port": 8080}]},
+    {"name": "shop/web:metrics", "protocol": "TCP", "port": 9090, "endpoints": []},
+    {"name": "shop/dns:53", "protocol": "UDP", "port": 53, "endpoints": [{"ip": "10.1.0.6", "port": 53}]},
+]
+
+
+def test_backend_endpoints_by_port_number_or_name() -> None:
+    by_number, by_name, gone = Backend("shop", "web", 80), Backend("shop", "web", "http"), Backend("shop", "x", 80)
+    got = backend_endpoints(TABLE_ENTRIES, [by_number, by_name, gone, Backend("shop", "dns", 53)])
+    assert got == {
+        by_number: [("10.1.0.5", 8080)],
+        by_name: [("10.1.0.5", 8080)],
+        gone: [],
+        Backend("shop", "dns", 53): [],
+    }
+
+
+def test_missing_backends_say_what_is_missing() -> None:
+    services = {("shop", "web"): [{"name": "http", "port": 80}, {"port": 9090}]}
+    spec = {
+        "rules": [
+            {
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/a",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "web", "port": {"name": "http"}}},
+                        },
+                        {
+                            "path": "/b",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "web", "port": {"number": 9090}}},
+                        },
+                        {
+                            "path": "/c",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "web", "port": {"number": 81}}},
+                        },
+                        {
+                            "path": "/d",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "api", "port": {"number": 80}}},
+                        },
+                    ]
+                }
+            }
+        ]
+    }
+    found = [(r.path, why) for r, why in missing_backends(services, routes("shop", "web", spec))]
+    assert found == [
+        ("/c", "Service shop/web has no port 81 (it has: http, 9090)"),
+        ("/d", "Service shop/api does not exist"),
+    ]

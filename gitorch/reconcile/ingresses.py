@@ -133,3 +133,41 @@ def conflicts(all_routes: Iterable[Route]) -> list[tuple[Route, Route]]:
         if claimed is not r and claimed.ingress != r.ingress:
             out.append((claimed, r))
     return out
+
+
+def backend_endpoints(
+    service_table: Iterable[Mapping[str, Any]], backends: Iterable[Backend]
+) -> dict[Backend, list[tuple[str, int]]]:
+    """Each backend's ready pod endpoints, from the service table sync already sends
+    (`gitorch.reconcile.services.service_table`): a port number is the Service's `port`, a port
+    name the Service port's name. A backend with no such Service port gets none (validation
+    says so; the proxy answers 503 for it)."""
+    by_port: dict[tuple[str, str, str | int], list[tuple[str, int]]] = {}
+    for entry in service_table:
+        if str(entry.get("protocol") or "TCP") != "TCP":
+            continue
+        ref, _, port_name = str(entry["name"]).rpartition(":")
+        namespace, _, service = ref.partition("/")
+        eps = sorted((str(e["ip"]), int(e["port"])) for e in entry.get("endpoints") or ())
+        by_port[(namespace, service, int(entry["port"]))] = eps
+        if port_name and not port_name.isdigit():
+            by_port[(namespace, service, port_name)] = eps
+    return {b: by_port.get((b.namespace, b.service, b.port), []) for b in backends}
+
+
+def missing_backends(
+    services: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+    all_routes: Iterable[Route],
+) -> list[tuple[Route, str]]:
+    """Routes whose backend Service or port does not exist, with what is missing; `services`
+    maps (namespace, name) to the Service's `spec.ports`."""
+    out = []
+    for r in all_routes:
+        b = r.backend
+        ports = services.get((b.namespace, b.service))
+        if ports is None:
+            out.append((r, f"Service {b.namespace}/{b.service} does not exist"))
+        elif not any(p.get("port") == b.port or (p.get("name") and p.get("name") == b.port) for p in ports):
+            known = ", ".join(str(p.get("name") or p.get("port")) for p in ports) or "none"
+            out.append((r, f"Service {b.namespace}/{b.service} has no port {b.port} (it has: {known})"))
+    return out

@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # podman + runc with busybox-static for the container image tests, and arping for LoadBalancer addresses).
 APT_PACKAGES=(python3 python3-venv python3-pip python3-dev git openssh-server openssh-client
               iproute2 nftables iptables dnsutils procps ca-certificates postgresql
-              podman runc busybox-static iputils-arping ${GITORCH_EXTRA_APT:-})
+              podman runc busybox-static iputils-arping haproxy ${GITORCH_EXTRA_APT:-})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

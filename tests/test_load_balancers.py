@@ -166,3 +166,68 @@ def test_a_load_balancer_address_answers_from_the_host_and_moves_when_its_node_i
         # Back: the old node is told it no longer holds the address, and drops it.
         wait_until("the old node to drop the address", lambda: controller.reconcile() and (
             f" {row.ip}/32 " not in addresses_on(lab, row.node)), timeout=60)
+
+
+@pytest.mark.lab
+def test_local_traffic_policy_keeps_the_client_address_and_source_ranges_refuse_others(
+    lab: Lab, repo: GitRepo, tmp_path: Path
+) -> None:
+    """externalTrafficPolicy Local: the address is announced only by a node running a ready pod of
+    the Service, which answers from its own pod and sees this machine's address; a Service whose
+    loadBalancerSourceRanges leave this machine out refuses it."""
+    net = ipaddress.ip_network(lab.subnet)
+    record = json.loads((lab.state_dir / "lab.json").read_text())
+    host = str(record["host_address"])
+    cluster = POOLS.replace("10.231.0.200-10.231.0.201], nodeSelector: {edge: \"true\"}", f"{net[240]}-{net[243]}]")
+    cluster = cluster.replace("      - {name: spare, addresses: [10.231.0.208/30]}\n", "")
+    echo = ("import http.server, os\\nclass H(http.server.BaseHTTPRequestHandler):\\n"
+            "    def do_GET(self):\\n        self.send_response(200); self.end_headers()\\n"
+            "        self.wfile.write((os.environ['POD_NAME'] + ' ' + self.client_address[0]).encode())\\n"
+            "    def log_message(self, *a): pass\\n"
+            "http.server.ThreadingHTTPServer(('0.0.0.0', 8080), H).serve_forever()\\n")
+    apps_yaml = f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: who, namespace: svc}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: who}}}}
+  template:
+    metadata: {{labels: {{app: who}}}}
+    spec:
+      containers:
+        - name: who
+          command: [python3, -c, "{echo}"]
+          ports: [{{name: http, containerPort: 8080}}]
+          readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: local, namespace: svc}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {{app: who}}
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: fenced, namespace: svc}}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [192.0.2.0/24]
+  selector: {{app: who}}
+  ports: [{{port: 80, targetPort: http}}]
+"""
+    with controlled(lab, repo, tmp_path, "svc") as (repo, controller):
+        controller.settings = ControllerSettings(node_call_timeout=3.0)
+        repo.commit("local and fenced", {"cluster.yaml": cluster, "apps.yaml": apps_yaml})
+        converge(controller)
+        rows = wait_until("both addresses announced", lambda: controller.reconcile() and {
+            r.service: r for r in controller.store.load_balancer_ips() if r.node}, timeout=60,
+            accept=lambda got: len(got) == 2)
+        pod = next(p for p in controller.store.pods(namespace="svc") if p.owner_name == "who")
+        assert rows["local"].node == pod.node  # announced where the pod runs
+        answer = wait_until("the Local address to answer", lambda: get(f"http://{rows['local'].ip}/"), timeout=30)
+        assert answer == f"{pod.name} {host}"  # this machine's own address, not a node's
+        assert get(f"http://{rows['fenced'].ip}/") == ""  # refused: this machine is not in its ranges

@@ -29,7 +29,6 @@ KINDS = [
     "ReplicationController",
     "Role",
     "ClusterRoleBinding",
-    "NetworkPolicy",
     "Endpoints",
 ]
 

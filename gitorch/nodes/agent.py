@@ -49,12 +49,16 @@ Verbs (request keys -> response keys besides ``ok``):
   a node that does not hold ``base`` (or whose result is not ``digest``) answers
   services{ok: false, reason: "ServicesBaseMismatch", tableDigest} and the controller sends
   the whole table. services{} always carries the ``tableDigest`` the node now holds.
+  With "policies" (gitorch.reconcile.policies' entries for this node's pods), the table
+  ``ip gitorch-policy`` enforces NetworkPolicy on the forward hook: policies{ok, changed,
+  message, count, hash, repaired}.
 - ``status``  {"verify": bool, "since": etag} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
   pods[PodStatus] (sorted by namespace, name), etag. When ``since`` equals the etag of the
   document now: only {unchanged: true, etag}.
   With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
-  live nftables table against the one programmed last (rules as "chain: rule").
+  live nftables table against the one programmed last (rules as "chain: rule"), and
+  policiesDrift{checked, missing, extra, message} likewise for the policy table.
 - ``logs``  {"pod", "namespace" (optional if the name is unambiguous on the node),
   "container" (optional if the pod has one), "tail" (lines, -1 = all), "previous",
   "follow"} -> pod, namespace, container, previous, log. ``previous`` is the log of the
@@ -408,6 +412,7 @@ class Paths:
         self.checks = os.path.join(self.root, "node-checks.json")
         self.services = os.path.join(self.root, "services.json")
         self.services_table = os.path.join(self.root, "services-table.json")
+        self.policies = os.path.join(self.root, "policies.json")
         self.announce = os.path.join(self.root, "announce.json")
         self.fence = os.path.join(self.root, "fence.json")
         self.pods = os.path.join(self.root, "pods")
@@ -2708,6 +2713,174 @@ def program_services(paths: Paths, services: list[Json], pod_cidr: str | None,
             "repaired": repaired if ok else ""}
 
 
+# NetworkPolicy enforcement (issue 12): one table of its own, so the Service table and
+# this one are rebuilt and drift-checked apart. Its base chain sits on the node's forward
+# hook, where every pod's traffic passes (bridged pod-to-pod traffic too, through
+# br_netfilter, on by default in each network namespace): after the Service DNAT of
+# prerouting, so a policy sees the endpoint pod's address as Kubernetes requires, and
+# before the masquerade of postrouting, so it sees the client pod's own address.
+POLICY_TABLE = "ip gitorch-policy"
+_PORT_PROTOCOLS = ("TCP", "UDP")
+
+
+def parse_policies(raw: Any) -> list[Json]:
+    """A sync's `policies`: [{pod, ip, ingress, egress}], a direction None (not isolated) or
+    [{peers: None | [CIDR], ports: None | [[protocol, first, last]]}] (gitorch.reconcile.policies)."""
+    if not isinstance(raw, list) or len(raw) > 10000:
+        raise RequestError("sync: policies must be a list of at most 10000 entries")
+    out: list[Json] = []
+    for i, e in enumerate(raw):
+        where = f"sync: policies[{i}]"
+        if not isinstance(e, dict):
+            raise RequestError(f"{where} must be an object")
+        entry: Json = {"pod": str(e.get("pod") or where)[:200], "ip": _ip4(e.get("ip"), f"{where}.ip")}
+        for direction in ("ingress", "egress"):
+            rules = e.get(direction)
+            if rules is not None and (not isinstance(rules, list) or len(rules) > 4096):
+                raise RequestError(f"{where}.{direction} must be null or a list of at most 4096 rules")
+            parsed = []
+            for j, r in enumerate(rules or []):
+                at = f"{where}.{direction}[{j}]"
+                peers, ports = (r.get("peers"), r.get("ports")) if isinstance(r, dict) else (0, 0)
+                if peers is not None and not (isinstance(peers, list) and len(peers) <= 65536
+                                              and all(isinstance(c, str) and _CIDR.fullmatch(c) for c in peers)):
+                    raise RequestError(f"{at}.peers must be null or a list of IPv4 CIDRs")
+                if ports is not None and not (isinstance(ports, list) and len(ports) <= 1024 and all(
+                        isinstance(p, list) and len(p) == 3 and p[0] in _PORT_PROTOCOLS
+                        and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 65535 for n in p[1:])
+                        and p[1] <= p[2] for p in ports)):
+                    raise RequestError(f"{at}.ports must be null or a list of [TCP|UDP, first, last]")
+                parsed.append({"peers": peers, "ports": ports})
+            entry[direction] = None if rules is None else parsed
+        out.append(entry)
+    return out
+
+
+def policy_ruleset(entries: list[Json]) -> str:
+    """The whole ``ip gitorch-policy`` table as one ``nft -f`` transaction (none at all when
+    no pod of this node is isolated): per isolated pod a chain per direction that returns
+    for what a rule allows and rejects the rest; replies of allowed connections pass."""
+    import ipaddress
+
+    lines = [f"table {POLICY_TABLE}", f"delete table {POLICY_TABLE}"]
+    if not entries:
+        return "\n".join(lines) + "\n"
+    maps: dict[str, list[str]] = {"egress": [], "ingress": []}
+    chains: list[str] = []
+    for i, e in enumerate(entries):
+        comment = f'comment "{re.sub(r"[^A-Za-z0-9._:/-]", "_", e["pod"])[:100]}"'
+        for direction, peer in (("egress", "daddr"), ("ingress", "saddr")):
+            rules = e.get(direction)
+            if rules is None:
+                continue
+            name = f"{direction[0]}{i}"
+            maps[direction].append(f"{e['ip']} : jump {name}")
+            body = []
+            for r in rules:
+                match = ""
+                if r["peers"] is not None:
+                    nets = list(ipaddress.collapse_addresses(ipaddress.IPv4Network(c, strict=False)
+                                                             for c in r["peers"]))
+                    if not nets:
+                        continue  # no peer: the rule allows nothing
+                    if nets != [ipaddress.IPv4Network("0.0.0.0/0")]:
+                        match = f"ip {peer} {{ {', '.join(str(n) for n in nets)} }} "
+                if r["ports"] is None:
+                    body.append(f"{match}return {comment}")
+                    continue
+                for proto in _PORT_PROTOCOLS:
+                    ranges = sorted({(lo, hi) for p, lo, hi in r["ports"] if p == proto})
+                    if ranges:
+                        items = ", ".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in ranges)
+                        body.append(f"{match}meta l4proto {proto.lower()} th dport {{ {items} }} return {comment}")
+            # Refused, not dropped: a client learns at once (and probes need no long timeouts).
+            body.append(f"reject with icmp type admin-prohibited {comment}")
+            chains.append(f" chain {name} {{\n" + "".join(f"  {b}\n" for b in body) + " }")
+    vmaps = "".join(f"  ip {'saddr' if d == 'egress' else 'daddr'} vmap {{ {', '.join(m)} }}\n"
+                    for d, m in maps.items() if m)
+    lines += [
+        f"table {POLICY_TABLE} {{",
+        " chain forward {\n  type filter hook forward priority filter - 5; policy accept;\n"
+        f"  ct state established,related accept\n{vmaps} }}",
+        *chains,
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def policy_listing(nft: str | None = None) -> str | None:
+    """The live ``ip gitorch-policy`` table as nft prints it, or None when there is none."""
+    nft = nft or nft_binary()
+    if nft is None:
+        return None
+    try:
+        proc = subprocess.run([nft, "list", "table", *POLICY_TABLE.split()], capture_output=True,
+                              timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
+
+
+def program_policies(paths: Paths, entries: list[Json]) -> Json:
+    """Make the node's policy table match ``entries`` in one transaction; a no-op when the
+    table built last (this boot) is the same and still lists as it did; one edited or
+    removed by hand is rebuilt ("repaired"). Returns {ok, changed, message, count, hash, repaired}."""
+    text = policy_ruleset(entries)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
+    state = read_json(paths.policies, {})
+    nft = nft_binary()
+    repaired = ""
+    if isinstance(state, dict) and state.get("ok") and state.get("hash") == digest and state.get("bootId") == boot:
+        if not entries:  # no isolated pod, as last time: no table to look at (the usual case)
+            return {"ok": True, "changed": False, "message": "", "count": 0, "hash": digest, "repaired": ""}
+        live = policy_listing(nft)
+        if live == state.get("listing"):
+            return {"ok": True, "changed": False, "message": "", "count": len(entries), "hash": digest,
+                    "repaired": ""}
+        repaired = f"table {POLICY_TABLE} was missing" if live is None else \
+            f"table {POLICY_TABLE} was edited by hand"
+    ok, message, listing = False, "", None
+    if nft is None:
+        message = "nft not found (apt-get install nftables)"
+    else:
+        try:
+            proc = subprocess.run([nft, "-f", "-"], input=text.encode(), capture_output=True, timeout=15, check=False)
+            ok = proc.returncode == 0
+            message = "" if ok else f"nft -f: {one_line(proc.stderr.decode(errors='replace'))[:500]}"
+            listing = policy_listing(nft) if ok else None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            ok, message = False, f"nft: {exc}"
+    atomic_write(paths.policies, json.dumps({"ok": ok, "hash": digest if ok else None, "bootId": boot,
+                                             "message": message, "count": len(entries), "listing": listing,
+                                             "at": time.time()}))
+    return {"ok": ok, "changed": ok, "message": message, "count": len(entries), "hash": digest,
+            "repaired": repaired if ok else ""}
+
+
+def policies_drift(paths: Paths) -> Json:
+    """The live policy table against the one programmed last: {checked, missing, extra, message}."""
+    state = read_json(paths.policies, {})
+    boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
+    if not isinstance(state, dict) or state.get("bootId") != boot:
+        return {"checked": False, "missing": [], "extra": [], "message": "no policy table programmed since boot"}
+    if not state.get("ok"):
+        return {"checked": True, "missing": [], "extra": [],
+                "message": f"table {POLICY_TABLE} not programmed: {state.get('message')}"}
+    recorded, live = state.get("listing"), policy_listing()
+    want, have = listing_rules(recorded or ""), listing_rules(live or "")
+    missing = list((Counter(want) - Counter(have)).elements())
+    extra = list((Counter(have) - Counter(want)).elements())
+    message = ""
+    if live is None and recorded is not None:
+        message = f"table {POLICY_TABLE} is missing"
+    elif missing or extra:
+        message = f"table {POLICY_TABLE}: {len(missing)} rule(s) missing, {len(extra)} not programmed by gitorch"
+    elif live != recorded:
+        message = f"table {POLICY_TABLE}: rules reordered by hand"
+    return {"checked": True, "missing": missing[:50], "extra": extra[:50], "message": message}
+
+
 def ip_binary() -> str:
     return shutil.which("ip", path=DEFAULT_PATH) or "ip"
 
@@ -3976,6 +4149,7 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise RequestError("sync: ackTimeoutSeconds must be a number")
     fence = parse_fence(request.get("fence"))
+    policies = parse_policies(request["policies"]) if request.get("policies") is not None else None
     with flocked(paths.agent_lock):
         check_fence(paths, fence)
         sup = supervisor_info(paths)
@@ -4030,6 +4204,7 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
                                      cluster_pod_cidrs(raw_net, net))
             proxy["tableDigest"] = digest
         announced = program_announce(paths, *announce) if announce is not None else None
+        policed = program_policies(paths, policies) if policies is not None else None
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})
@@ -4037,6 +4212,8 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         doc["services"] = proxy
     if announced is not None:
         doc["announce"] = announced
+    if policed is not None:
+        doc["policies"] = policed
     emit(doc, redact)
     return 0
 
@@ -4050,6 +4227,7 @@ def cmd_status(paths: Paths, request: Json, redact: Redactor) -> int:
     if request.get("verify"):
         # Drift checks: compare what runs with what was programmed, not just report it.
         doc["servicesDrift"] = services_drift(paths)
+        doc["policiesDrift"] = policies_drift(paths)
     etag = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
     since = request.get("since")
     if isinstance(since, str) and since == etag:

@@ -27,7 +27,7 @@ from gitorch.model.revisions import Revision
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import allocations, networking, podspecs, services
+from gitorch.reconcile import allocations, networking, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
@@ -203,6 +203,7 @@ class Controller:
         self._node_digests: dict[str, tuple[tuple[Mapping[str, Any], ...], Any, str, Encoded]] = {}
         # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
         self._table: tuple[Any, ...] | None = None
+        self._policies: tuple[Any, ...] | None = None  # (state, pods' addresses, per-node policy entries)
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -570,6 +571,8 @@ class Controller:
         addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
         networks = self._network_blocks(allocs.pod_cidrs, addresses)
         table = self.service_table(state, the_plan, reports, allocs)
+        policy = self.policy_table(state) if table is not None else None
+        policy_json = {n: json.dumps(policy.get(n, []), sort_keys=True) for n in sets} if policy is not None else {}
         eligible = {n.name: dict(n.info.labels) for n in observed.nodes if n.reachable and not n.lost}
         local = {(svc.key.namespace, svc.key.name): services.ready_nodes(state, self._table_pods, svc)
                  for svc in state.of_kind("Service")
@@ -623,6 +626,8 @@ class Controller:
             if encoded_table is not None:
                 request.update(services_payload(node))
                 request["serviceCIDR"] = service_cidr
+            if policy is not None:
+                request["policies"] = policy.get(node, [])
             if fence is not None:
                 request["fence"] = fence.token()
             return request
@@ -630,8 +635,10 @@ class Controller:
         def sync(client: NodeClient) -> dict[str, Any]:
             return client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
 
+        # A node's policy rules are part of its digest: a node whose rules did not change is not re-synced.
         digests = {n: self._node_digest(n, shared, sets[n], networks.get(n),
-                                        json.dumps(announce(n), sort_keys=True) if announcing else "") for n in sets}
+                                        (json.dumps(announce(n), sort_keys=True) if announcing else "")
+                                        + policy_json.get(n, "")) for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
@@ -872,6 +879,16 @@ class Controller:
                 )
         if valid:
             self.store.set_revision_outcome(r.oid, "applied", when=_dt(now))
+
+    def policy_table(self, state: DesiredState) -> dict[str, list[dict[str, Any]]]:
+        """Per node, the NetworkPolicy entries of its pods (reconcile/policies.py), from the pods
+        the service table was made from; kept while the state and the pods' addresses stay."""
+        addresses = tuple((r.namespace, r.name, r.node, r.ip) for r in self._table_pods)
+        if self._policies is not None and self._policies[0] is state and self._policies[1] == addresses:
+            return dict(self._policies[2])
+        table = policies.policy_table(state, self._table_pods)
+        self._policies = (state, addresses, table)
+        return table
 
     def service_table(
         self,

@@ -46,6 +46,7 @@ class FindingKind(StrEnum):
     NOT_APPLIED = "NotApplied"
     NOT_PRUNED = "NotPruned"
     NAT_RULES = "NatRulesDrift"
+    POLICY_RULES = "PolicyRulesDrift"
     DNS_RECORDS = "DnsRecordDrift"
     DNS_UNREACHABLE = "DnsUnreachable"
 
@@ -114,10 +115,12 @@ def detect(
     default_mode: str = "report",
     nat: Mapping[str, Mapping[str, Any]] | None = None,
     dns: DNSCheck | None = None,
+    policy: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Finding]:
     """Every difference between Git (`state`), the store (`objects`, `pods`) and the nodes
     (`reports`: node -> (namespace, pod name) -> the agent's pod status; `nat`: node -> the agent's
-    servicesDrift), and the cluster DNS (`dns`), in a stable order (pure)."""
+    servicesDrift; `policy`: node -> its policiesDrift), and the cluster DNS (`dns`), in a stable
+    order (pure)."""
     out: list[Finding] = []
     stored = {ObjectKey(o.kind, o.namespace, o.name): o for o in objects}
     modes: dict[ObjectKey, str] = {k: _mode_of(o.annotations, default_mode) for k, o in state.objects.items()}
@@ -199,6 +202,11 @@ def detect(
             continue
         for svc_key, what, detail in _nat_findings(state, (nat or {})[node]):
             add(FindingKind.NAT_RULES, svc_key, what, node, detail)
+    for node in sorted(policy or {}):
+        if node in node_errors:
+            continue
+        for what, detail in _policy_findings((policy or {})[node]):
+            add(FindingKind.POLICY_RULES, None, what, node, detail)
     if dns is not None:
         if dns.error:
             add(FindingKind.DNS_UNREACHABLE, None, "Cluster DNS", "", dns.error)
@@ -233,6 +241,27 @@ def _nat_findings(state: DesiredState, doc: Mapping[str, Any]) -> list[tuple[Obj
         shown = "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more" if len(lines) > 2 else "")
         out.append((key, str(key) if key is not None else "Service table", f"nftables rule {shown}"))
     return out
+
+
+_POD_COMMENT = re.compile(r'comment "([^"/]+)/([^"]+)"')
+
+
+def _policy_findings(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One finding per pod whose NetworkPolicy rules were removed or added by hand (each rule
+    names its pod in its comment); other rules make one finding for the table."""
+    if not doc.get("checked") or not doc.get("message"):
+        return []
+    groups: dict[str, list[str]] = {}
+    for label, rules in (("missing", doc.get("missing") or []), ("not programmed by gitorch", doc.get("extra") or [])):
+        for rule in rules:
+            m = _POD_COMMENT.search(str(rule))
+            groups.setdefault(f"Pod {m.group(1)}/{m.group(2)}" if m else "NetworkPolicy table", []).append(
+                f"{label}: {rule}")
+    if not groups:
+        return [("NetworkPolicy table", str(doc["message"]))]
+    return [(what, "nftables rule " + "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more" if len(lines) > 2
+                                                              else ""))
+            for what, lines in sorted(groups.items())]
 
 
 @dataclass(frozen=True)
@@ -318,6 +347,7 @@ class Observation:
     reports: dict[str, dict[PodKey, dict[str, Any]]]
     node_errors: dict[str, str]
     nat: dict[str, dict[str, Any]]
+    policy: dict[str, dict[str, Any]]
 
 
 def observe(controller: Controller, state: DesiredState) -> Observation:
@@ -326,7 +356,7 @@ def observe(controller: Controller, state: DesiredState) -> Observation:
     fleet = controller.fleet(state)
     timeout = controller.settings.node_call_timeout
     results = fleet.fan_out(lambda c: c.call("status", {"verify": True}, timeout=timeout), timeout=timeout + 5)
-    seen = Observation({}, {}, {})
+    seen = Observation({}, {}, {}, {})
     for manifest in state.of_kind("Node"):
         name = manifest.key.name
         outcome = results.get(name)
@@ -334,6 +364,8 @@ def observe(controller: Controller, state: DesiredState) -> Observation:
             seen.reports[name] = pod_reports(outcome.value)
             if isinstance(outcome.value.get("servicesDrift"), dict):
                 seen.nat[name] = outcome.value["servicesDrift"]
+            if isinstance(outcome.value.get("policiesDrift"), dict):
+                seen.policy[name] = outcome.value["policiesDrift"]
         else:
             seen.node_errors[name] = outcome.error if outcome is not None else f"{name}: not asked"
     return seen
@@ -356,7 +388,7 @@ def check(controller: Controller, state: DesiredState, default_mode: str, dns: s
     store = controller.store
     dns_check = check_dns(dns, _applied(controller, state), store) if dns else None
     return detect(state, store.objects(), store.pods(), seen.reports, seen.node_errors, default_mode,
-                  nat=seen.nat, dns=dns_check)
+                  nat=seen.nat, dns=dns_check, policy=seen.policy)
 
 
 def run(controller: Controller, *, rev: str | None = None, heal: bool = False,

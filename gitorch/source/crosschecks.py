@@ -280,6 +280,50 @@ def cross_check(
                 )
         elif key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
+        elif key.kind == "NetworkPolicy":
+            out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
+    return out
+
+
+def _check_network_policy(np: Object) -> list[Diagnostic]:
+    """What the schema cannot say: port ranges, CIDRs and their exceptions, rules a policyTypes hides."""
+    out: list[Diagnostic] = []
+    types = _seq(np.spec.get("policyTypes"))
+    for direction, peers_field, kind in (("ingress", "from", "Ingress"), ("egress", "to", "Egress")):
+        rules = _seq(np.spec.get(direction))
+        if rules and types and kind not in types:
+            out.append(_diag(np, f"/spec/{direction}",
+                             f"{direction} rules have no effect: policyTypes does not list {kind}",
+                             f"add {kind} to policyTypes, or remove the {direction} rules", warning=True))
+        for r, rule in enumerate(rules):
+            for i, port in enumerate(_seq(_map(rule).get("ports"))):
+                port = _map(port)
+                end, start = port.get("endPort"), port.get("port")
+                ptr = f"/spec/{direction}/{r}/ports/{i}/endPort"
+                if end is not None and not isinstance(start, int):
+                    out.append(_diag(np, ptr, "endPort needs a numeric port", "give port as a number, or drop endPort"))
+                elif isinstance(end, int) and isinstance(start, int) and end < start:
+                    out.append(_diag(np, ptr, f"endPort {end} is below port {start}", f"make endPort at least {start}"))
+            for i, peer in enumerate(_seq(_map(rule).get(peers_field))):
+                if "ipBlock" not in _map(peer):
+                    continue
+                block = _map(_map(peer).get("ipBlock"))
+                ptr = f"/spec/{direction}/{r}/{peers_field}/{i}/ipBlock"
+                try:
+                    net = ipaddress.IPv4Network(str(block.get("cidr")), strict=False)
+                except ValueError as exc:
+                    out.append(_diag(np, ptr + "/cidr", f"not an IPv4 CIDR: {exc}", "an IPv4 CIDR such as 10.0.0.0/8"))
+                    continue
+                for j, ex in enumerate(_seq(block.get("except"))):
+                    try:
+                        sub = ipaddress.IPv4Network(str(ex), strict=False)
+                    except ValueError as exc:
+                        out.append(_diag(np, f"{ptr}/except/{j}", f"not an IPv4 CIDR: {exc}",
+                                         "an IPv4 CIDR such as 10.1.0.0/16"))
+                        continue
+                    if not sub.subnet_of(net) or sub.prefixlen <= net.prefixlen:
+                        out.append(_diag(np, f"{ptr}/except/{j}", f"{ex} is not inside {block.get('cidr')}",
+                                         "each except must be a smaller CIDR inside cidr, as Kubernetes requires"))
     return out
 
 

@@ -1,0 +1,82 @@
+"""NetworkPolicy compilation (gitorch.reconcile.policies), pure: the e2e-style truth tables
+(tests/netpol_cases.py) evaluated on the compiled per-node rule sets as a node enforces them."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from gitorch.reconcile.policies import ip_block, policy_table
+from gitorch.source.desired import load
+from gitorch.source.git import open_repository
+from gitorch.store.database import PodRecord
+from tests.gitrepo import GitRepo
+from tests.netpol_cases import ALL, CASES, PROBES, Case, Matrix, compare, pods_yaml
+
+IPS = {pod: f"10.244.{i % 3}.{10 + i}" for i, pod in enumerate(ALL)}  # spread over three nodes
+NODES = {pod: f"n{i % 3}" for i, pod in enumerate(ALL)}
+
+
+def _pods() -> list[PodRecord]:
+    return [PodRecord(namespace=p.split("/")[0], name=p.split("/")[1], owner_kind="Pod", owner_name=p.split("/")[1],
+                      node=NODES[p], phase="Running", ip=IPS[p], ready=True) for p in ALL]
+
+
+def _allows(rules: list[dict[str, Any]] | None, peer: str, proto: str, port: int) -> bool:
+    if rules is None:
+        return True
+    addr = ipaddress.IPv4Address(peer)
+    return any(
+        (r["peers"] is None or any(addr in ipaddress.IPv4Network(c) for c in r["peers"]))
+        and (r["ports"] is None or any(p == proto and lo <= port <= hi for p, lo, hi in r["ports"]))
+        for r in rules
+    )
+
+
+def _observe(tables: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, int], Matrix]:
+    entries = {e["pod"]: e for node in tables.values() for e in node}
+    out = {}
+    for proto, port in PROBES:
+        m: Matrix = {}
+        for s in ALL:
+            for d in ALL:
+                src, dst = entries.get(s, {}), entries.get(d, {})
+                m[(s, d)] = s == d or (_allows(src.get("egress"), IPS[d], proto, port)
+                                       and _allows(dst.get("ingress"), IPS[s], proto, port))
+        out[(proto, port)] = m
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_truth_table(repo: GitRepo, case: Case) -> None:
+    repo.commit("case", {"pods.yaml": pods_yaml(), "policies.yaml": case.policies(IPS)})
+    state = load(open_repository(repo.path), None)
+    assert not [d.format() for d in state.diagnostics if d.severity.name == "ERROR"]
+    tables = policy_table(state, _pods())
+    for node, entries in tables.items():
+        assert all(NODES[e["pod"]] == node for e in entries)
+    mismatches = compare(case, _observe(tables))
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_no_policy_no_entries(repo: GitRepo) -> None:
+    repo.commit("case", {"pods.yaml": pods_yaml()})
+    assert policy_table(load(open_repository(repo.path), None), _pods()) == {}
+
+
+def test_default_policy_types_isolate_egress_only_with_egress_rules(repo: GitRepo) -> None:
+    policy = ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\n"
+              "spec:\n  podSelector: {matchLabels: {pod: x}}\n  egress:\n  - to:\n    - podSelector: {}\n")
+    repo.commit("case", {"pods.yaml": pods_yaml(), "p.yaml": policy})
+    entry = policy_table(load(open_repository(repo.path), None), _pods())["n0"][0]
+    assert entry["pod"] == "a/x" and entry["ingress"] == []  # Ingress always: deny all ingress
+    assert entry["egress"] == [{"peers": sorted(f"{IPS[p]}/32" for p in ("a/x", "a/y", "a/z")), "ports": None}]
+
+
+def test_ip_block_less_its_exceptions() -> None:
+    assert ip_block({"cidr": "10.0.0.0/8", "except": ["10.0.0.0/9"]}) == ["10.128.0.0/9"]
+    got = [ipaddress.IPv4Network(c) for c in ip_block({"cidr": "10.0.0.0/24", "except": ["10.0.0.7/32"]})]
+    assert sum(n.num_addresses for n in got) == 255
+    assert not any(ipaddress.IPv4Address("10.0.0.7") in n for n in got)

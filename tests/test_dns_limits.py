@@ -61,12 +61,22 @@ class BigUpstream:
 
     def __init__(self, count: int = 240) -> None:
         self.count = count
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((HOST, 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((HOST, self.port))
+        # One port number for UDP and TCP: the UDP one the kernel picks may be taken for TCP by
+        # another process of the machine, so pick again until both bind.
+        for _ in range(50):
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind((HOST, 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((HOST, self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+        else:
+            raise OSError("no port free for both UDP and TCP after 50 tries")
         self.tcp.listen(16)
         self.queries = 0
         for target in (self._serve_udp, self._serve_tcp):

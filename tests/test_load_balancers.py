@@ -18,7 +18,10 @@ from gitorch.model.diagnostics import Severity
 from gitorch.nodes.lab import Lab
 from gitorch.reconcile.allocations import EXCLUDE_LABEL, allocate, announcers, unhealthy_announcers
 from gitorch.reconcile.controller import ControllerSettings
+from gitorch.reconcile.planning import Observed
+from gitorch.reconcile.reviewing import Holdings, cluster_preview, observed_hash, preview_text
 from gitorch.source import desired
+from gitorch.source.diffs import ChangeSet
 from gitorch.source.git import open_repository
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
@@ -93,6 +96,19 @@ def test_validation_says_why_a_service_would_never_get_an_address(repo: GitRepo)
     assert any("/spec/loadBalancerIP: 10.9.9.9 is in no address pool" in e for e in errors), errors
     assert any("10.231.0.200 is also asked for by Service default/b (hint: see s.yaml:" in e for e in errors), errors
     assert any("address pool 'pubilc' does not exist (hint: did you mean 'public'?)" in e for e in errors), errors
+
+
+def test_the_reviewed_plan_shows_and_holds_the_address(repo: GitRepo) -> None:
+    state, errors = load(repo, {"c.yaml": POOLS, "s.yaml": lb("a") + lb("b")})
+    assert not errors, errors
+    held = Holdings(lb_ips={("default", "b"): "10.231.0.201"})
+    preview = cluster_preview(state, Observed(now=0.0), ChangeSet(()), held)
+    assert preview.to_json()["loadBalancerIPs"] == {"default/a": "10.231.0.200", "default/b": "10.231.0.201"}
+    text = preview_text(preview)
+    assert "+ LoadBalancer address 10.231.0.200 for Service default/a" in text
+    assert "10.231.0.201" not in text  # b already holds it: nothing new to review
+    # The address a Service holds is part of what a reviewed plan was made against.
+    assert observed_hash(Observed(now=0.0), held) != observed_hash(Observed(now=0.0), Holdings())
 
 
 def test_one_node_announces_each_address_and_keeps_it_while_it_can(repo: GitRepo) -> None:

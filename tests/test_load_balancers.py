@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import pytest
 
 from gitorch.model.diagnostics import Severity
 from gitorch.nodes.lab import Lab
-from gitorch.reconcile.allocations import allocate, announcers
+from gitorch.reconcile.allocations import EXCLUDE_LABEL, allocate, announcers, unhealthy_announcers
 from gitorch.reconcile.controller import ControllerSettings
+from gitorch.reconcile.planning import Observed
+from gitorch.reconcile.reviewing import Holdings, cluster_preview, observed_hash, preview_text
 from gitorch.source import desired
+from gitorch.source.diffs import ChangeSet
 from gitorch.source.git import open_repository
 from tests.gitrepo import GitRepo
 from tests.lab import controlled, converge, ssh_run
@@ -93,6 +98,19 @@ def test_validation_says_why_a_service_would_never_get_an_address(repo: GitRepo)
     assert any("address pool 'pubilc' does not exist (hint: did you mean 'public'?)" in e for e in errors), errors
 
 
+def test_the_reviewed_plan_shows_and_holds_the_address(repo: GitRepo) -> None:
+    state, errors = load(repo, {"c.yaml": POOLS, "s.yaml": lb("a") + lb("b")})
+    assert not errors, errors
+    held = Holdings(lb_ips={("default", "b"): "10.231.0.201"})
+    preview = cluster_preview(state, Observed(now=0.0), ChangeSet(()), held)
+    assert preview.to_json()["loadBalancerIPs"] == {"default/a": "10.231.0.200", "default/b": "10.231.0.201"}
+    text = preview_text(preview)
+    assert "+ LoadBalancer address 10.231.0.200 for Service default/a" in text
+    assert "10.231.0.201" not in text  # b already holds it: nothing new to review
+    # The address a Service holds is part of what a reviewed plan was made against.
+    assert observed_hash(Observed(now=0.0), held) != observed_hash(Observed(now=0.0), Holdings())
+
+
 def test_one_node_announces_each_address_and_keeps_it_while_it_can(repo: GitRepo) -> None:
     state, _ = load(repo, {"c.yaml": POOLS, "s.yaml": lb("a") + lb("b", "  externalTrafficPolicy: Local\n")
                            + lb("c")})
@@ -111,6 +129,33 @@ def test_one_node_announces_each_address_and_keeps_it_while_it_can(repo: GitRepo
     assert moved[a] not in (None, first[a]) and (moved[c] == first[c] or first[c] == first[a])
     # No edge node left: the address is announced by none (and shown pending).
     assert announcers(state, ips, {"n3": {}}, first, local)[a] is None
+
+
+def test_a_node_that_reports_itself_unfit_or_is_excluded_is_passed_over(repo: GitRepo) -> None:
+    state, _ = load(repo, {"c.yaml": POOLS, "s.yaml": lb("a") + lb("c", annotations="gitorch.dev/address-pool: spare")})
+    ips = allocate(state, {}, {}, {}).lb_ips
+    a, c = ips[("default", "a")], ips[("default", "c")]
+    nodes = {"n1": {"edge": "true"}, "n2": {"edge": "true"}}
+    first = announcers(state, ips, nodes, {}, {})
+    held, other = first[a], ({"n1", "n2"} - {first[a]}).pop()
+    # Its agent says it could not take the address: the next pass gives it to the other node.
+    unfit = unhealthy_announcers(set(), {held: {"announce": {"ok": False, "failed": [a], "addresses": [a]}},
+                                         other: {"announce": {"ok": True, "failed": [], "addresses": []}}})
+    assert unfit == {held}
+    moved = announcers(state, ips, nodes, first, {}, unfit)
+    assert moved[a] == other and moved[c] == other
+    # Told to drop it, it answers well again; the address stays where it went (no flapping back).
+    unfit = unhealthy_announcers(unfit, {held: {"announce": {"ok": True, "failed": [], "addresses": []}}})
+    assert unfit == set() and announcers(state, ips, nodes, moved, {}, unfit) == moved
+    # Service rules it cannot program make it unfit too; a delta on a table it lacks does not.
+    assert unhealthy_announcers(set(), {"n1": {"services": {"ok": False, "reason": "NftFailed"}}}) == {"n1"}
+    assert unhealthy_announcers({"n1"}, {"n1": {"services": {"ok": False, "reason": "ServicesBaseMismatch"}},
+                                         "n2": None}) == set()
+    # With no fit node left, a degraded one still announces rather than none.
+    assert announcers(state, ips, nodes, {}, {}, {"n1", "n2"})[a] in ("n1", "n2")
+    # Kubernetes' exclude-from-external-load-balancers label keeps a node out altogether.
+    excluded = {**nodes, other: {"edge": "true", EXCLUDE_LABEL: ""}}
+    assert announcers(state, ips, excluded, moved, {}, {held})[a] == held
 
 
 # ---- on lab nodes -------------------------------------------------------------------------
@@ -153,6 +198,20 @@ def test_a_load_balancer_address_answers_from_the_host_and_moves_when_its_node_i
                    accept=lambda name: name in pods)
         holders = [n.name for n in lab.nodes if f" {row.ip}/32 " in addresses_on(lab, n.name)]
         assert holders == [row.node]
+        # The CLI shows it as kubectl does: EXTERNAL-IP, status.loadBalancer.ingress, describe.
+        env = {**os.environ, "GITORCH_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+
+        def cli(*args: str) -> str:
+            return subprocess.run([sys.executable, "-m", "gitorch", *args], env=env, capture_output=True,
+                                  text=True, check=True, timeout=60).stdout
+
+        table = cli("get", "services", "-n", "svc")
+        assert "EXTERNAL-IP" in table and any(line.split()[1] == "shop" and row.ip in line.split()
+                                              for line in table.splitlines()[1:]), table
+        shown = {s["name"]: s for s in json.loads(cli("get", "services", "-n", "svc", "-o", "json"))}
+        assert shown["shop"]["status"] == {"loadBalancer": {"ingress": [{"ip": row.ip}]}}
+        assert f"LoadBalancer Ingress:  {row.ip} (announced by {row.node})" in cli("describe", "service/shop",
+                                                                                 "-n", "svc")
         # The announcing node's link goes down: another node takes the address and answers.
         subprocess.run(["ip", "link", "set", veth[row.node], "down"], check=True, timeout=10)
         try:

@@ -263,6 +263,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
         f"Name:       {obj.name}\nNamespace:  {obj.namespace}\nKind:       {obj.kind}\n"
         f"Sync:       {obj.sync}\nHealth:     {obj.health}\nRevision:   {obj.last_applied_revision}"
     )
+    if kind == "Service":
+        _describe_load_balancer(store, ns, name)
     console.write("Conditions:")
     for c in obj.conditions:
         console.write(f"  {c.get('type'):<12} {c.get('status'):<6} {c.get('reason', '')}  {c.get('message', '')}")
@@ -284,6 +286,13 @@ def describe(store: Store, ref: str, namespace: str) -> None:
                 f"{'  ' + p.message if p.message else ''}"
             )
     _events(store, (kind, ns, name))
+
+
+def _describe_load_balancer(store: Store, namespace: str, name: str) -> None:
+    """A LoadBalancer Service's address and the node announcing it, as kubectl's `LoadBalancer Ingress`."""
+    held = next((b for b in store.load_balancer_ips() if (b.namespace, b.service) == (namespace, name)), None)
+    if held is not None:
+        console.write(f"LoadBalancer Ingress:  {held.ip} (announced by {held.node or '<none: no eligible node>'})")
 
 
 def _events(store: Store, obj: tuple[str, str, str]) -> None:

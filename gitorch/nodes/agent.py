@@ -2916,7 +2916,8 @@ def program_announce(paths: Paths, addresses: list[str], node_address: str) -> J
     """Announce exactly `addresses` (LoadBalancer addresses this node holds, as MetalLB's
     layer-2 mode does): each is added as a /32 to the interface holding the node's address, with
     a gratuitous ARP so the neighbours' caches point at this node at once; an address this agent
-    added before and no longer holds is removed. Returns {ok, addresses, interface, message}."""
+    added before and no longer holds is removed. Returns {ok, addresses, interface, message,
+    failed}: `failed` lists the addresses this node could not take, so the controller moves them."""
     state = read_json(paths.announce, {})
     before = set(state.get("addresses") or []) if isinstance(state, dict) else set()
     iface = (state.get("interface") if isinstance(state, dict) else None) or None
@@ -2925,10 +2926,11 @@ def program_announce(paths: Paths, addresses: list[str], node_address: str) -> J
     if iface is None:
         if not addresses and not before:
             return {"ok": True, "addresses": [], "interface": None, "message": ""}
-        return {"ok": False, "addresses": [], "interface": None,
+        return {"ok": False, "addresses": [], "interface": None, "failed": sorted(addresses),
                 "message": f"no interface holds the node address {node_address or '(none sent)'}"}
     ip = ip_binary()
     problems = []
+    failed = []
     for address in sorted(before - set(addresses)):
         run_quietly([ip, "addr", "del", f"{address}/32", "dev", iface], 10)
     try:
@@ -2943,6 +2945,7 @@ def program_announce(paths: Paths, addresses: list[str], node_address: str) -> J
                                   timeout=10, check=False)
             if proc.returncode != 0:
                 problems.append(f"{address}: {one_line(proc.stderr.decode(errors='replace'))}")
+                failed.append(address)
                 continue
         # On every sync that names it (a sync comes only with a change or the resync): the node
         # may have kept a stale copy through a partition while another node announced it, and
@@ -2953,7 +2956,8 @@ def program_announce(paths: Paths, addresses: list[str], node_address: str) -> J
         else:
             problems.append("arping not found (apt-get install iputils-arping): neighbours learn the move late")
     atomic_write(paths.announce, json.dumps({"addresses": addresses, "interface": iface}))
-    return {"ok": not problems, "addresses": addresses, "interface": iface, "message": "; ".join(problems)}
+    return {"ok": not problems, "addresses": addresses, "interface": iface, "message": "; ".join(problems),
+            "failed": failed}
 
 
 def table_digest(entries: list[Any]) -> str:

@@ -10,8 +10,9 @@ given, stays while its owner wants it; allocation problems are that object's sta
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gitorch.model.objects import DesiredState, Object, ObjectKey
 from gitorch.model.ranges import NODE_PORT_RANGE, RangeError, probe, service_range
@@ -97,18 +98,25 @@ def address_range(text: str) -> tuple[int, int]:
     return int(net.network_address) + 1, int(net.broadcast_address) - 1
 
 
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+"""Kubernetes' well-known label: a node carrying it never announces a LoadBalancer address."""
+
+
 def announcers(
     state: DesiredState,
     lb_ips: Mapping[ServiceKey, str],
     nodes: Mapping[str, Mapping[str, str]],
     previous: Mapping[str, str | None],
     local_ready: Mapping[ServiceKey, set[str]],
+    unhealthy: Collection[str] = (),
 ) -> dict[str, str | None]:
     """Which node announces each LoadBalancer address (None: no node can), as MetalLB's layer-2
-    speakers elect one: among `nodes` (those that answer, with their labels) that the address's
-    pool selects (and, with externalTrafficPolicy Local, that run a ready pod of the Service),
-    the one announcing it now keeps it; otherwise the first by a hash of address and node name,
-    so addresses spread over nodes and each moves only when its node cannot keep it."""
+    speakers elect one: among `nodes` (those that answer, with their labels, less those labelled
+    EXCLUDE_LABEL) that the address's pool selects (and, with externalTrafficPolicy Local, that
+    run a ready pod of the Service), the one announcing it now keeps it; otherwise the first by a
+    hash of address and node name, so addresses spread over nodes and each moves only when its
+    node cannot keep it. A node in `unhealthy` (it said it could not announce or program its
+    rules) is passed over while a healthy candidate exists."""
     import hashlib
 
     all_pools = pools(state)
@@ -121,15 +129,39 @@ def announcers(
         address = int(ipaddress.IPv4Address(ip))
         pool = next((p for p in all_pools if p.holds(address)), None)
         selector = pool.node_selector if pool is not None else {}
-        candidates = [n for n, labels in nodes.items() if all(labels.get(k) == v for k, v in selector.items())]
+        candidates = [n for n, labels in nodes.items() if EXCLUDE_LABEL not in labels
+                      and all(labels.get(k) == v for k, v in selector.items())]
         if svc.spec.get("externalTrafficPolicy") == "Local":
             candidates = [n for n in candidates if n in local_ready.get(key, set())]
+        # With no healthy candidate left, a degraded one beats no announcement at all.
+        candidates = [n for n in candidates if n not in unhealthy] or candidates
         if previous.get(ip) in candidates:
             out[ip] = previous[ip]
         elif candidates:
             out[ip] = min(candidates, key=lambda n: hashlib.sha256(f"{ip}/{n}".encode()).digest())
         else:
             out[ip] = None
+    return out
+
+
+def unhealthy_announcers(previous: Collection[str], replies: Mapping[str, Mapping[str, Any] | None]) -> set[str]:
+    """The nodes that report themselves unfit to announce, from this pass's sync `replies` (None:
+    no answer, which says nothing new): an address they could not add, or service rules they could
+    not program (a delta on a table they do not hold is not that: the whole table follows). A node
+    not synced this pass keeps what it said last."""
+    out = set(previous)
+    for node, reply in replies.items():
+        if reply is None:
+            continue
+        said = reply.get("announce")
+        proxy = reply.get("services")
+        failed = isinstance(said, dict) and bool(said.get("failed"))
+        broken = (isinstance(proxy, dict) and proxy.get("ok") is False
+                  and proxy.get("reason") != "ServicesBaseMismatch")
+        if failed or broken:
+            out.add(node)
+        elif isinstance(said, dict) or isinstance(proxy, dict):
+            out.discard(node)
     return out
 
 

@@ -196,6 +196,7 @@ class Controller:
         self._table_pods: list[RowView] = []  # the pods the last service table was made from
         self._announcers: dict[str, str | None] = {}  # LoadBalancer address -> the node announcing it, as stored
         self._announced: set[str] = set()  # nodes that announce an address (they are told when they stop)
+        self._unfit: set[str] = set()  # nodes that said they cannot announce: passed over next pass
         # Service tables by digest (the last few sent), the one each node holds and when it was last sent whole.
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._table_digest: tuple[list[dict[str, Any]], str] | None = None
@@ -578,7 +579,7 @@ class Controller:
                  for svc in state.of_kind("Service")
                  if allocs.lb_ips.get((svc.key.namespace, svc.key.name))
                  and svc.spec.get("externalTrafficPolicy") == "Local"}
-        chosen = allocations.announcers(state, allocs.lb_ips, eligible, self._announcers, local)
+        chosen = allocations.announcers(state, allocs.lb_ips, eligible, self._announcers, local, self._unfit)
         announcing = bool(allocations.pools(state)) or bool(self._announced)
         addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
 
@@ -728,6 +729,8 @@ class Controller:
             for p in the_plan.removed
             if p.node is None or p.node in synced or p.node in lost or p.node not in {n.name for n in observed.nodes}
         ]
+        self._unfit = allocations.unhealthy_announcers(
+            self._unfit & set(sets), {n: o.value if o.ok else None for n, o in results.items()})
         for n, o in results.items():
             if o.ok and o.value is not None and isinstance(o.value.get("announce"), dict):
                 said = o.value["announce"]

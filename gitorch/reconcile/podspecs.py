@@ -183,6 +183,9 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
     return out
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
 def pod_spec(
     state: DesiredState,
     owner: Object,
@@ -192,9 +195,11 @@ def pod_spec(
     node: str = "",
     claims: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    index: int | None = None,
 ) -> dict[str, Any]:
     """The agent's PodSpec for one pod; `hash` covers the template and every resolved
-    value, so a changed ConfigMap or Secret restarts the pods that use it."""
+    value, so a changed ConfigMap or Secret restarts the pods that use it. `index` is an
+    Indexed Job pod's completion index, given to its containers as Kubernetes does."""
     ns = owner.key.namespace
     spec = template.get("spec") or {}
     r = _Resolver(state, ns)
@@ -204,6 +209,9 @@ def pod_spec(
         "spec.nodeName": node,
         "spec.serviceAccountName": "default",
     }
+    if index is not None:
+        for where in ("annotations", "labels"):
+            field_refs[f"metadata.{where}['{COMPLETION_INDEX}']"] = str(index)
     pod: dict[str, Any] = {
         "name": name,
         "namespace": ns,
@@ -215,6 +223,11 @@ def pod_spec(
         "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
         "volumes": _volumes(spec, r, claims or {}),
     }
+    if index is not None:
+        # First, so a container's own env of the same name wins, as the API server's defaulting.
+        for c in pod["containers"] + pod["initContainers"]:
+            if not any(e["name"] == "JOB_COMPLETION_INDEX" for e in c["env"]):
+                c["env"] = [{"name": "JOB_COMPLETION_INDEX", "value": str(index)}, *c["env"]]
     # Only when set, so pods that leave them out keep their hash (and are not restarted).
     if spec.get("dnsPolicy"):
         pod["dnsPolicy"] = str(spec["dnsPolicy"])

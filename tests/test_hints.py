@@ -169,3 +169,30 @@ def test_generate_name_is_refused_once_with_what_to_do(repo: GitRepo) -> None:
         "its own (hint: set metadata.name (a generated one would be a new object on every pass); for a task that "
         "runs again on each change, use a Job)"
     ]
+
+
+def test_a_lifecycle_hook_and_a_sidecar_init_container_say_what_to_do_instead(repo: GitRepo) -> None:
+    """Refused, as gitorch does not run them yet, with the way to get their effect."""
+    hook = "          lifecycle: {preStop: {exec: {command: [sleep, '5']}}}\n"
+    got = errors(repo, {"d.yaml": deployment(container=hook)})
+    assert len(got) == 1 and "/containers/0/lifecycle: field 'lifecycle' is not supported by gitorch" in got[0], got
+    assert "do preStop's work on SIGTERM" in got[0] and "terminationGracePeriodSeconds" in got[0]
+    sidecar = "      initContainers:\n        - {name: proxy, command: [sleep, '9'], restartPolicy: Always}\n"
+    got = errors(repo, {"d.yaml": deployment(pod=sidecar)})
+    assert len(got) == 1 and "/initContainers/0/restartPolicy: field 'restartPolicy' is not supported" in got[0], got
+    assert "sidecar init containers are not run. Move this container to containers" in got[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fix"),
+    [
+        ("PodDisruptionBudget", "gitorch evicts nothing on its own yet"),
+        ("ResourceQuota", "set resources on each container"),
+        ("LimitRange", "applies no namespace defaults yet"),
+        ("PersistentVolume", "use a PersistentVolumeClaim"),
+        ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
+    ],
+)
+def test_a_kind_gitorch_lacks_says_what_to_use_instead(repo: GitRepo, kind: str, fix: str) -> None:
+    got = errors(repo, {"x.yaml": f"apiVersion: v1\nkind: {kind}\nmetadata: {{name: x}}\n"})
+    assert len(got) == 1 and f"gitorch does not support {kind} yet (hint: " in got[0] and fix in got[0], got

@@ -78,9 +78,9 @@ spec:
             "securityContext",
         ),
         (
-            {"d.yaml": deployment(container="          lifecycle: {preStop: {exec: {command: [x]}}}\n")},
-            "d.yaml:12:11: /spec/template/spec/containers/0",
-            "lifecycle",
+            {"d.yaml": deployment(container="          lifecycle: {postStart: {exec: {command: [x]}}}\n")},
+            "d.yaml:12:23: /spec/template/spec/containers/0/lifecycle",
+            "postStart",
         ),
         (
             {"d.yaml": deployment(container="          securityContext: {privileged: true}\n")},
@@ -171,12 +171,17 @@ def test_generate_name_is_refused_once_with_what_to_do(repo: GitRepo) -> None:
     ]
 
 
-def test_a_lifecycle_hook_and_a_sidecar_init_container_say_what_to_do_instead(repo: GitRepo) -> None:
-    """Refused, as gitorch does not run them yet, with the way to get their effect."""
-    hook = "          lifecycle: {preStop: {exec: {command: [sleep, '5']}}}\n"
+def test_a_post_start_hook_and_a_sidecar_init_container_say_what_to_do_instead(repo: GitRepo) -> None:
+    """Refused, as gitorch does not run them yet, with the way to get their effect; preStop runs."""
+    pre_stop = "          lifecycle: {preStop: {sleep: {seconds: 5}}}\n"
+    assert errors(repo, {"d.yaml": deployment(container=pre_stop)}) == []
+    hook = "          lifecycle: {postStart: {exec: {command: [touch, /tmp/ready]}}}\n"
     got = errors(repo, {"d.yaml": deployment(container=hook)})
-    assert len(got) == 1 and "/containers/0/lifecycle: field 'lifecycle' is not supported by gitorch" in got[0], got
-    assert "do preStop's work on SIGTERM" in got[0] and "terminationGracePeriodSeconds" in got[0]
+    assert len(got) == 1 and "/lifecycle/postStart: field 'postStart' is not supported by gitorch" in got[0], got
+    assert "run its step at the start of command" in got[0]
+    two = "          lifecycle: {preStop: {sleep: {seconds: 5}, exec: {command: [x]}}}\n"
+    got = errors(repo, {"d.yaml": deployment(container=two)})
+    assert len(got) == 1 and "exactly one handler: exec, httpGet or sleep" in got[0], got
     sidecar = "      initContainers:\n        - {name: proxy, command: [sleep, '9'], restartPolicy: Always}\n"
     got = errors(repo, {"d.yaml": deployment(pod=sidecar)})
     assert len(got) == 1 and "/initContainers/0/restartPolicy: field 'restartPolicy' is not supported" in got[0], got

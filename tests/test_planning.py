@@ -470,3 +470,19 @@ def test_indexed_job_needs_completions(repo: GitRepo) -> None:
     assert any("/spec" in d.format() and "Indexed Job needs completions" in d.format() for d in s.diagnostics), [
         d.format() for d in s.diagnostics
     ]
+
+
+def test_a_pre_stop_hook_reaches_the_agent_with_named_ports_resolved(repo: GitRepo) -> None:
+    """lifecycle.preStop (issue 10) is in the agent's spec, its httpGet port by number; a
+    container without one keeps its spec (and hash) as before."""
+    plain = deployment(1, "v1")
+    hooked = plain.replace(
+        "env: [{name: V, value: \"v1\"}]}",
+        "env: [{name: V, value: \"v1\"}], ports: [{name: http, containerPort: 8000}],"
+        " lifecycle: {preStop: {httpGet: {path: /drain, port: http}}}}",
+    )
+    assert hooked != plain
+    [pod] = plan(state(repo, {"web.yaml": hooked}), Observed(1000.0, (), NODES)).pods
+    assert pod.spec["containers"][0]["preStop"] == {"httpGet": {"path": "/drain", "port": 8000}}
+    [before] = plan(state(repo, {"web.yaml": plain}), Observed(1000.0, (), NODES)).pods
+    assert "preStop" not in before.spec["containers"][0]

@@ -76,6 +76,12 @@ def _probe(probe: Any, container_ports: Mapping[str, int]) -> dict[str, Any] | N
     return out
 
 
+def _lifecycle(container: Mapping[str, Any], ports: Mapping[str, int]) -> dict[str, Any]:
+    """The preStop hook, only when set (containers without one keep their hash)."""
+    pre_stop = (container.get("lifecycle") or {}).get("preStop")
+    return {"preStop": _probe(pre_stop, ports)} if isinstance(pre_stop, dict) else {}
+
+
 def _resources(container: Mapping[str, Any]) -> dict[str, int]:
     limits = (container.get("resources") or {}).get("limits") or {}
     out: dict[str, int] = {}
@@ -137,6 +143,7 @@ def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]
         "readinessProbe": _probe(c.get("readinessProbe"), ports),
         "startupProbe": _probe(c.get("startupProbe"), ports),
         "volumeMounts": [_mount(m) for m in c.get("volumeMounts") or []],
+        **_lifecycle(c, ports),
         "ports": [
             {"name": p.get("name"), "containerPort": p.get("containerPort"), "protocol": p.get("protocol", "TCP")}
             for p in c.get("ports") or []

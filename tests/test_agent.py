@@ -997,3 +997,24 @@ def test_a_pre_stop_hook_runs_before_sigterm_and_within_the_grace_period(node: N
     node.sync()
     wait_until("pod removed", lambda: not node.pods(), timeout=20, interval=0.05)
     assert log.read_text().split() == ["up", "term"]
+
+
+def test_a_post_start_hook_holds_readiness_and_a_failed_one_restarts_the_container(
+    node: Node, tmp_path: Path
+) -> None:
+    """lifecycle.postStart (issue 10): the container is not ready until its hook ended; a hook
+    that fails restarts the container, as the kubelet does, saying FailedPostStartHook."""
+    flag = tmp_path / "hook-may-end"
+    hook = ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done"]
+    node.sync(pod("post-1", sleeper(postStart={"exec": {"command": hook}})))
+    p = node.wait_pod("post-1", running, "running")
+    time.sleep(0.5)  # the hook is still waiting: not ready (an absence, so a short look)
+    assert not node.pods()["post-1"]["ready"]
+    flag.touch()
+    node.wait_pod("post-1", lambda p: p["ready"], "ready once the hook ended")
+
+    failing = sleeper(postStart={"exec": {"command": ["sh", "-c", "echo no database; exit 3"]}})
+    node.sync(pod("post-2", failing))
+    p = node.wait_pod("post-2", lambda p: p["restarts"] >= 1, "restarted", timeout=20)
+    assert not p["ready"]
+    assert "FailedPostStartHook: no database" in (node.root / "supervisor.log").read_text()

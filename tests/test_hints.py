@@ -78,9 +78,9 @@ spec:
             "securityContext",
         ),
         (
-            {"d.yaml": deployment(container="          lifecycle: {postStart: {exec: {command: [x]}}}\n")},
+            {"d.yaml": deployment(container="          lifecycle: {stopSignal: SIGINT}\n")},
             "d.yaml:12:23: /spec/template/spec/containers/0/lifecycle",
-            "postStart",
+            "stopSignal",
         ),
         (
             {"d.yaml": deployment(container="          securityContext: {privileged: true}\n")},
@@ -171,14 +171,11 @@ def test_generate_name_is_refused_once_with_what_to_do(repo: GitRepo) -> None:
     ]
 
 
-def test_a_post_start_hook_and_a_sidecar_init_container_say_what_to_do_instead(repo: GitRepo) -> None:
-    """Refused, as gitorch does not run them yet, with the way to get their effect; preStop runs."""
-    pre_stop = "          lifecycle: {preStop: {sleep: {seconds: 5}}}\n"
-    assert errors(repo, {"d.yaml": deployment(container=pre_stop)}) == []
-    hook = "          lifecycle: {postStart: {exec: {command: [touch, /tmp/ready]}}}\n"
-    got = errors(repo, {"d.yaml": deployment(container=hook)})
-    assert len(got) == 1 and "/lifecycle/postStart: field 'postStart' is not supported by gitorch" in got[0], got
-    assert "run its step at the start of command" in got[0]
+def test_lifecycle_hooks_are_accepted_and_a_sidecar_init_container_says_what_to_do_instead(repo: GitRepo) -> None:
+    """Hooks run (tests/test_agent.py); sidecar init containers are refused, with the way to get
+    their effect."""
+    hooks = "          lifecycle: {postStart: {exec: {command: [x]}}, preStop: {sleep: {seconds: 5}}}\n"
+    assert errors(repo, {"d.yaml": deployment(container=hooks)}) == []
     two = "          lifecycle: {preStop: {sleep: {seconds: 5}, exec: {command: [x]}}}\n"
     got = errors(repo, {"d.yaml": deployment(container=two)})
     assert len(got) == 1 and "exactly one handler: exec, httpGet or sleep" in got[0], got

@@ -472,17 +472,18 @@ def test_indexed_job_needs_completions(repo: GitRepo) -> None:
     ]
 
 
-def test_a_pre_stop_hook_reaches_the_agent_with_named_ports_resolved(repo: GitRepo) -> None:
-    """lifecycle.preStop (issue 10) is in the agent's spec, its httpGet port by number; a
+def test_lifecycle_hooks_reach_the_agent_with_named_ports_resolved(repo: GitRepo) -> None:
+    """lifecycle hooks (issue 10) are in the agent's spec, its httpGet port by number; a
     container without one keeps its spec (and hash) as before."""
     plain = deployment(1, "v1")
     hooked = plain.replace(
         "env: [{name: V, value: \"v1\"}]}",
         "env: [{name: V, value: \"v1\"}], ports: [{name: http, containerPort: 8000}],"
-        " lifecycle: {preStop: {httpGet: {path: /drain, port: http}}}}",
+        " lifecycle: {postStart: {exec: {command: [warm]}}, preStop: {httpGet: {path: /drain, port: http}}}}",
     )
     assert hooked != plain
     [pod] = plan(state(repo, {"web.yaml": hooked}), Observed(1000.0, (), NODES)).pods
     assert pod.spec["containers"][0]["preStop"] == {"httpGet": {"path": "/drain", "port": 8000}}
+    assert pod.spec["containers"][0]["postStart"] == {"exec": {"command": ["warm"]}}
     [before] = plan(state(repo, {"web.yaml": plain}), Observed(1000.0, (), NODES)).pods
-    assert "preStop" not in before.spec["containers"][0]
+    assert not {"preStop", "postStart"} & set(before.spec["containers"][0])

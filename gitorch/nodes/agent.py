@@ -1039,7 +1039,8 @@ class ContainerSpec:
     readiness: ProbeSpec | None
     startup: ProbeSpec | None
     mounts: tuple[MountSpec, ...]
-    pre_stop: ProbeSpec | None = None  # lifecycle.preStop: kind exec, httpGet or sleep
+    pre_stop: ProbeSpec | None = None  # lifecycle hooks: kind exec, httpGet or sleep
+    post_start: ProbeSpec | None = None
 
     @classmethod
     def parse(cls, raw: Any, where: str, init: bool) -> ContainerSpec:
@@ -1102,12 +1103,17 @@ class ContainerSpec:
             readiness=ProbeSpec.parse(raw.get("readinessProbe"), f"{where}.readinessProbe"),
             startup=ProbeSpec.parse(raw.get("startupProbe"), f"{where}.startupProbe"),
             mounts=tuple(mounts),
-            pre_stop=_pre_stop(raw.get("preStop"), f"{where}.preStop"),
+            pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
+            post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
         )
 
 
-def _pre_stop(raw: Any, where: str) -> ProbeSpec | None:
-    """A preStop hook as a one-shot probe (its timeout is set to the grace period when it runs)."""
+# A postStart hook may run this long; then it has failed (the kubelet waits for ever).
+POST_START_TIMEOUT = 120.0
+
+
+def _hook(raw: Any, where: str) -> ProbeSpec | None:
+    """A lifecycle hook as a one-shot probe (its timeout is set when it runs)."""
     if raw is None:
         return None
     if isinstance(raw, dict) and set(raw) == {"sleep"}:
@@ -1724,6 +1730,8 @@ class Container:
         self.kill_sent = False
         self.term_pending = False  # SIGTERM waits for the preStop hook (or the grace period)
         self.hook: threading.Thread | None = None
+        self.post_start: threading.Thread | None = None  # running: not ready, not probed
+        self.post_start_error = ""
         self.draining = False  # main process gone, waiting for the rest of its group
         self.exit_file: str | None = None  # where its exit_recorder leaves the exit status
         # Not persisted:
@@ -3604,6 +3612,14 @@ class Supervisor:
                     self.send(ctr, signal.SIGKILL)
                     ctr.kill_sent = True
                 return
+            if ctr.post_start is not None:
+                if ctr.post_start.is_alive():
+                    return  # as the kubelet: not Running (nor probed, nor ready) until it ends
+                ctr.post_start = None
+                if ctr.post_start_error and not stopping:
+                    self.begin_kill(pod, ctr, now, "postStart",
+                                    f"FailedPostStartHook: {ctr.post_start_error}")
+                    return
             if not stopping:
                 self.ensure_probes(pod, ctr)
                 self.check_probes(pod, ctr, now)
@@ -3626,7 +3642,7 @@ class Supervisor:
             ctr.restart_count += 1
         ctr.ever_started = True
         ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
-        ctr.term_pending, ctr.hook = False, None
+        ctr.term_pending, ctr.hook, ctr.post_start = False, None, None
         ctr.startup_done = spec.startup is None
         ctr.ready = ctr.adopted_ready = False
         ctr.env = build_env(self.paths, pod, spec)
@@ -3689,6 +3705,12 @@ class Supervisor:
         ctr.message = limits_message if ctr.limits == "unsupported" else ""
         self.log(f"pod {pod.label} container {ctr.name}: started pid {proc.pid}"
                  f" (restart {ctr.restart_count})")
+        if spec.post_start is not None:
+            ctr.post_start_error = ""
+            ctr.post_start = threading.Thread(target=self.run_post_start,
+                                              args=(pod, ctr, spec.post_start),
+                                              name=f"poststart-{ctr.name}", daemon=True)
+            ctr.post_start.start()
 
     def begin_kill(self, pod: Pod, ctr: Container, now: float, reason: str,
                    message: str) -> None:
@@ -3711,20 +3733,28 @@ class Supervisor:
             return
         self.terminate(pod, ctr)
 
+    def run_post_start(self, pod: Pod, ctr: Container, hook: ProbeSpec) -> None:
+        ok, message = self.run_hook(pod, ctr, hook, POST_START_TIMEOUT)
+        ctr.post_start_error = "" if ok else (self.redact(one_line(message)) or "the hook failed")
+        self.wake()
+
     def run_pre_stop(self, pod: Pod, ctr: Container, hook: ProbeSpec) -> None:
-        timeout = max(pod.grace, 1.0)
+        ok, message = self.run_hook(pod, ctr, hook, max(pod.grace, 1.0))
+        if not ok:
+            self.log(f"pod {pod.label} container {ctr.name}: FailedPreStopHook: "
+                     f"{self.redact(one_line(message))}")
+        self.wake()
+
+    def run_hook(self, pod: Pod, ctr: Container, hook: ProbeSpec, timeout: float) -> tuple[bool, str]:
         try:
             if hook.kind == "sleep":
                 time.sleep(min(float(hook.handler["seconds"]), timeout))
                 ok, message = True, ""
             else:
                 ok, message = self.probe_action(pod, ctr, dataclasses.replace(hook, timeout=timeout))()
-        except Exception as exc:  # a hook bug must not keep the container from stopping
+        except Exception as exc:  # a hook bug must fail the hook, not the supervisor
             ok, message = False, f"{type(exc).__name__}: {exc}"
-        if not ok:
-            self.log(f"pod {pod.label} container {ctr.name}: FailedPreStopHook: "
-                     f"{self.redact(one_line(message))}")
-        self.wake()
+        return ok, message
 
     def terminate(self, pod: Pod, ctr: Container) -> None:
         ctr.term_pending = False
@@ -3799,7 +3829,7 @@ class Supervisor:
         """Decide what follows a termination: back-off and restart, or stay terminated."""
         ctr.draining = False
         ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
-        ctr.term_pending, ctr.hook = False, None
+        ctr.term_pending, ctr.hook, ctr.post_start = False, None, None
         term = ctr.term or {}
         code = term.get("exitCode")
         if stopping or pod.stopping or pod.spec is None:

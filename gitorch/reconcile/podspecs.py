@@ -77,9 +77,9 @@ def _probe(probe: Any, container_ports: Mapping[str, int]) -> dict[str, Any] | N
 
 
 def _lifecycle(container: Mapping[str, Any], ports: Mapping[str, int]) -> dict[str, Any]:
-    """The preStop hook, only when set (containers without one keep their hash)."""
-    pre_stop = (container.get("lifecycle") or {}).get("preStop")
-    return {"preStop": _probe(pre_stop, ports)} if isinstance(pre_stop, dict) else {}
+    """The postStart and preStop hooks, only when set (containers without keep their hash)."""
+    hooks = container.get("lifecycle") or {}
+    return {k: _probe(hooks[k], ports) for k in ("postStart", "preStop") if isinstance(hooks.get(k), dict)}
 
 
 def _resources(container: Mapping[str, Any]) -> dict[str, int]:

@@ -204,8 +204,6 @@ _KIND_HINTS = {
 
 # Real Kubernetes fields gitorch lacks whose work can be done another way: say how.
 _FIELD_HINTS = {
-    "postStart": "gitorch does not implement it yet: run its step at the start of command instead "
-    "(preStop hooks do run)",
     "initContainers.restartPolicy": "gitorch does not implement it yet: sidecar init containers are not "
     "run. Move this container to containers (it then starts beside the others rather than before them)",
 }

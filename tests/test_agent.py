@@ -969,3 +969,52 @@ def test_sync_from_a_new_agent_file_upgrades_the_supervisor(node: Node, tmp_path
     assert doc["supervisor"]["sha"] != old_sup["sha"]
     after = doc["pods"][0]["containers"][0]
     assert after["pid"] == before["containers"][0]["pid"] and after["restartCount"] == 0
+
+
+def test_a_pre_stop_hook_runs_before_sigterm_and_within_the_grace_period(node: Node, tmp_path: Path) -> None:
+    """lifecycle.preStop (issue 10): on stop, the exec hook runs to its end, then the container
+    gets SIGTERM; a hook that outlasts the grace period is cut short by SIGTERM and SIGKILL."""
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "order"
+    # The container records SIGTERM; the hook writes, waits a little, writes again.
+    script = (f"import signal, sys, time\nlog = {str(log)!r}\n"
+              "def term(*_):\n    open(log, 'a').write('term\\n'); sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, term)\nopen(log, 'a').write('up\\n')\ntime.sleep(300)\n")
+    hook = ["sh", "-c", f"echo hook-start >> {log}; sleep 0.5; echo hook-end >> {log}"]
+    main = ctr("main", [PY, "-c", script], preStop={"exec": {"command": hook}})
+    node.sync(pod("hook-1", main, terminationGracePeriodSeconds=10))
+    wait_until("the container up", lambda: log.exists() and log.read_text(), timeout=15, interval=0.05)
+    node.sync()
+    wait_until("pod removed", lambda: not node.pods(), timeout=20, interval=0.05)
+    assert log.read_text().split() == ["up", "hook-start", "hook-end", "term"]
+
+    # A hook longer than the grace period: SIGTERM and SIGKILL still come in time.
+    log.unlink()
+    slow = ctr("main", [PY, "-c", script], preStop={"sleep": {"seconds": 300}})
+    node.sync(pod("hook-2", slow, terminationGracePeriodSeconds=1))
+    wait_until("the container up", lambda: log.exists() and log.read_text(), timeout=15, interval=0.05)
+    node.sync()
+    wait_until("pod removed", lambda: not node.pods(), timeout=20, interval=0.05)
+    assert log.read_text().split() == ["up", "term"]
+
+
+def test_a_post_start_hook_holds_readiness_and_a_failed_one_restarts_the_container(
+    node: Node, tmp_path: Path
+) -> None:
+    """lifecycle.postStart (issue 10): the container is not ready until its hook ended; a hook
+    that fails restarts the container, as the kubelet does, saying FailedPostStartHook."""
+    flag = tmp_path / "hook-may-end"
+    hook = ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done"]
+    node.sync(pod("post-1", sleeper(postStart={"exec": {"command": hook}})))
+    p = node.wait_pod("post-1", running, "running")
+    time.sleep(0.5)  # the hook is still waiting: not ready (an absence, so a short look)
+    assert not node.pods()["post-1"]["ready"]
+    flag.touch()
+    node.wait_pod("post-1", lambda p: p["ready"], "ready once the hook ended")
+
+    failing = sleeper(postStart={"exec": {"command": ["sh", "-c", "echo no database; exit 3"]}})
+    node.sync(pod("post-2", failing))
+    p = node.wait_pod("post-2", lambda p: p["restarts"] >= 1, "restarted", timeout=20)
+    assert not p["ready"]
+    assert "FailedPostStartHook: no database" in (node.root / "supervisor.log").read_text()

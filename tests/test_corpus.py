@@ -33,6 +33,7 @@ REASONS = [
     (r"no LoadBalancer address pool", "LoadBalancer: no address pool in the corpus's cluster"),
     (r"does not support Ingress", "Ingress kind (issue 11)"),
     (r"does not support ReplicationController", "ReplicationController: use a Deployment"),
+    (r"does not support HorizontalPodAutoscaler", "HorizontalPodAutoscaler kind (issue 14)"),
     (r"does not support (\w+)", r"\1 kind not supported"),
 ]
 

@@ -78,9 +78,9 @@ spec:
             "securityContext",
         ),
         (
-            {"d.yaml": deployment(container="          lifecycle: {preStop: {exec: {command: [x]}}}\n")},
-            "d.yaml:12:11: /spec/template/spec/containers/0",
-            "lifecycle",
+            {"d.yaml": deployment(container="          lifecycle: {stopSignal: SIGINT}\n")},
+            "d.yaml:12:23: /spec/template/spec/containers/0/lifecycle",
+            "stopSignal",
         ),
         (
             {"d.yaml": deployment(container="          securityContext: {privileged: true}\n")},
@@ -169,3 +169,32 @@ def test_generate_name_is_refused_once_with_what_to_do(repo: GitRepo) -> None:
         "its own (hint: set metadata.name (a generated one would be a new object on every pass); for a task that "
         "runs again on each change, use a Job)"
     ]
+
+
+def test_lifecycle_hooks_are_accepted_and_a_sidecar_init_container_says_what_to_do_instead(repo: GitRepo) -> None:
+    """Hooks run (tests/test_agent.py); sidecar init containers are refused, with the way to get
+    their effect."""
+    hooks = "          lifecycle: {postStart: {exec: {command: [x]}}, preStop: {sleep: {seconds: 5}}}\n"
+    assert errors(repo, {"d.yaml": deployment(container=hooks)}) == []
+    two = "          lifecycle: {preStop: {sleep: {seconds: 5}, exec: {command: [x]}}}\n"
+    got = errors(repo, {"d.yaml": deployment(container=two)})
+    assert len(got) == 1 and "exactly one handler: exec, httpGet or sleep" in got[0], got
+    sidecar = "      initContainers:\n        - {name: proxy, command: [sleep, '9'], restartPolicy: Always}\n"
+    got = errors(repo, {"d.yaml": deployment(pod=sidecar)})
+    assert len(got) == 1 and "/initContainers/0/restartPolicy: field 'restartPolicy' is not supported" in got[0], got
+    assert "sidecar init containers are not run. Move this container to containers" in got[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fix"),
+    [
+        ("PodDisruptionBudget", "gitorch evicts nothing on its own yet"),
+        ("ResourceQuota", "set resources on each container"),
+        ("LimitRange", "applies no namespace defaults yet"),
+        ("PersistentVolume", "use a PersistentVolumeClaim"),
+        ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
+    ],
+)
+def test_a_kind_gitorch_lacks_says_what_to_use_instead(repo: GitRepo, kind: str, fix: str) -> None:
+    got = errors(repo, {"x.yaml": f"apiVersion: v1\nkind: {kind}\nmetadata: {{name: x}}\n"})
+    assert len(got) == 1 and f"gitorch does not support {kind} yet (hint: " in got[0] and fix in got[0], got

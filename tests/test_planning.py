@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
@@ -405,3 +406,84 @@ def test_a_bare_pod_is_placed_once_replaced_in_place_and_never_moved(repo: GitRe
     assert [(d.name, d.node) for d in third.pods] == [("solo", node)]
     status = third.statuses[first.pods[0].owner]
     assert status.health == "Degraded" and "not moved" in status.message
+
+
+INDEXED = """\
+apiVersion: batch/v1
+kind: Job
+metadata: {name: shard, namespace: shop}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: work
+          command: [sh, -c, "echo $JOB_COMPLETION_INDEX"]
+          env:
+            - name: SHARD
+              valueFrom: {fieldRef: {fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+"""
+
+
+def _env(d: object) -> dict[str, str]:
+    spec = d.spec  # type: ignore[attr-defined]
+    return {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+
+
+def test_indexed_job_runs_each_index_once_and_retries_a_failed_index_with_it(repo: GitRepo) -> None:
+    """completionMode Indexed (issue 10): pods for the lowest open indexes, up to parallelism,
+    each with JOB_COMPLETION_INDEX and its index's annotation; a failed index runs again with
+    the same index under a new name; Complete once every index succeeded once."""
+    s = state(repo, {"job.yaml": INDEXED})
+    now = 1000.0
+    first = plan(s, Observed(now, (), NODES))
+    assert [(d.name, _env(d)) for d in first.pods] == [
+        ("shard-0", {"JOB_COMPLETION_INDEX": "0", "SHARD": "0"}),
+        ("shard-1", {"JOB_COMPLETION_INDEX": "1", "SHARD": "1"}),
+    ]
+    assert len({d.revision for d in first.pods}) == 1  # one revision, whatever the index
+    pods = as_observed(first, now, ready=False)
+    failed = (pods[0], replace(pods[1], phase="Failed"))
+    second = plan(s, Observed(now, failed, NODES))
+    new = [d for d in second.pods if d.name not in {"shard-0", "shard-1"}]
+    assert [(d.name, _env(d)["JOB_COMPLETION_INDEX"]) for d in new] == [("shard-1-1", "1")]
+    running = {d.name: d for d in second.pods}
+    assert _env(running["shard-0"])["JOB_COMPLETION_INDEX"] == "0"  # kept with the same spec
+    done = tuple(replace(p, phase="Succeeded") for p in as_observed(second, now, ready=False)
+                 if p.name != "shard-1")
+    third = plan(s, Observed(now, (*done, failed[1]), NODES))
+    assert [d.name for d in third.pods if d.name not in {"shard-0", "shard-1", "shard-1-1"}] == ["shard-2"]
+    last = tuple(replace(p, phase="Succeeded") for p in as_observed(third, now, ready=False)
+                 if p.name != "shard-1")
+    key = next(k for k in third.statuses if k.kind == "Job")
+    end = plan(s, Observed(now, (*last, failed[1]), NODES))
+    assert end.statuses[key].message == "Complete: 3/3 succeeded"
+
+
+def test_indexed_job_needs_completions(repo: GitRepo) -> None:
+    repo.commit("x", {"ns.yaml": NS, "job.yaml": INDEXED.replace("  completions: 3\n", "")})
+    s = desired.load(open_repository(repo.path), None)
+    assert not s.ok
+    assert any("/spec" in d.format() and "Indexed Job needs completions" in d.format() for d in s.diagnostics), [
+        d.format() for d in s.diagnostics
+    ]
+
+
+def test_lifecycle_hooks_reach_the_agent_with_named_ports_resolved(repo: GitRepo) -> None:
+    """lifecycle hooks (issue 10) are in the agent's spec, its httpGet port by number; a
+    container without one keeps its spec (and hash) as before."""
+    plain = deployment(1, "v1")
+    hooked = plain.replace(
+        "env: [{name: V, value: \"v1\"}]}",
+        "env: [{name: V, value: \"v1\"}], ports: [{name: http, containerPort: 8000}],"
+        " lifecycle: {postStart: {exec: {command: [warm]}}, preStop: {httpGet: {path: /drain, port: http}}}}",
+    )
+    assert hooked != plain
+    [pod] = plan(state(repo, {"web.yaml": hooked}), Observed(1000.0, (), NODES)).pods
+    assert pod.spec["containers"][0]["preStop"] == {"httpGet": {"path": "/drain", "port": 8000}}
+    assert pod.spec["containers"][0]["postStart"] == {"exec": {"command": ["warm"]}}
+    [before] = plan(state(repo, {"web.yaml": plain}), Observed(1000.0, (), NODES)).pods
+    assert not {"preStop", "postStart"} & set(before.spec["containers"][0])

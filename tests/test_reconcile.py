@@ -349,6 +349,52 @@ def test_a_finished_job_keeps_its_pods_until_its_ttl_and_never_runs_again(
     assert ready["message"].startswith("Complete: 1/1 succeeded; pods removed 60 s after"), ready
 
 
+SHARDS = """\
+apiVersion: batch/v1
+kind: Job
+metadata: {name: shard, namespace: shop}
+spec:
+  completionMode: Indexed
+  completions: 2
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - {name: work, command: [sh, -c, "echo shard=$JOB_COMPLETION_INDEX"]}
+"""
+
+
+def test_an_indexed_job_gives_each_pod_its_completion_index(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """completionMode Indexed (issue 10): on real nodes, each pod's container reads its own
+    JOB_COMPLETION_INDEX, and the Job completes when every index succeeded."""
+    repo, controller = cluster
+    repo.commit("shards", {"apps.yaml": SHARDS})
+
+    def job_pods() -> list[PodRecord]:
+        controller.reconcile()
+        return [p for p in controller.store.pods() if p.owner_name == "shard"]
+
+    pods = wait_until("both indexes to succeed", job_pods, timeout=60, interval=0.3,
+                      accept=lambda ps: len(ps) == 2 and all(p.phase == "Succeeded" for p in ps))
+    logs = {p.name: pod_log(lab, p.node or "", p.name) for p in pods}
+    assert {name: log.strip() for name, log in logs.items()} == {"shard-0": "shard=0", "shard-1": "shard=1"}
+
+    def health() -> str:
+        controller.reconcile()
+        status = controller.store.object_status("Job", "shop", "shard")
+        return status.health if status is not None else ""
+
+    wait_until("the Job Complete", health, timeout=30, interval=0.3, accept=lambda h: h == "Healthy")
+    assert [p.name for p in job_pods()] == [p.name for p in pods]  # and no index runs twice
+
+
+def pod_log(lab: Lab, node: str, pod: str) -> str:
+    script = ('f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); '
+              f'echo \'{{"pod": "{pod}", "namespace": "shop"}}\' | python3 "$f" logs')
+    return str(json.loads(ssh_run(lab, node, script).stdout).get("log", ""))
+
+
 def test_serve_follows_commits_elects_one_leader_and_stops_on_sigterm(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
     repo.commit(
         "web",

@@ -114,6 +114,7 @@ from __future__ import annotations
 # Only what every verb needs is imported here; http.client, ssl, socket, shlex, platform
 # and traceback are imported where used, because every controller call pays start-up time.
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -1038,6 +1039,8 @@ class ContainerSpec:
     readiness: ProbeSpec | None
     startup: ProbeSpec | None
     mounts: tuple[MountSpec, ...]
+    pre_stop: ProbeSpec | None = None  # lifecycle hooks: kind exec, httpGet or sleep
+    post_start: ProbeSpec | None = None
 
     @classmethod
     def parse(cls, raw: Any, where: str, init: bool) -> ContainerSpec:
@@ -1100,7 +1103,28 @@ class ContainerSpec:
             readiness=ProbeSpec.parse(raw.get("readinessProbe"), f"{where}.readinessProbe"),
             startup=ProbeSpec.parse(raw.get("startupProbe"), f"{where}.startupProbe"),
             mounts=tuple(mounts),
+            pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
+            post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
         )
+
+
+# A postStart hook may run this long; then it has failed (the kubelet waits for ever).
+POST_START_TIMEOUT = 120.0
+
+
+def _hook(raw: Any, where: str) -> ProbeSpec | None:
+    """A lifecycle hook as a one-shot probe (its timeout is set when it runs)."""
+    if raw is None:
+        return None
+    if isinstance(raw, dict) and set(raw) == {"sleep"}:
+        seconds = (raw["sleep"] or {}).get("seconds") if isinstance(raw["sleep"], dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+            raise SpecError(f"{where}.sleep.seconds: must be a whole number of seconds")
+        return ProbeSpec("sleep", {"seconds": seconds}, 0.0, 1.0, 1.0, 1, 1)
+    spec = ProbeSpec.parse(raw, where)
+    if spec is not None and spec.kind not in ("exec", "httpGet"):
+        raise SpecError(f"{where}: needs exactly one of exec, httpGet, sleep")
+    return spec
 
 
 def _file_mode(value: Any, where: str) -> int | None:
@@ -1704,6 +1728,10 @@ class Container:
         self.kill_reason: str | None = None
         self.kill_deadline: float | None = None
         self.kill_sent = False
+        self.term_pending = False  # SIGTERM waits for the preStop hook (or the grace period)
+        self.hook: threading.Thread | None = None
+        self.post_start: threading.Thread | None = None  # running: not ready, not probed
+        self.post_start_error = ""
         self.draining = False  # main process gone, waiting for the rest of its group
         self.exit_file: str | None = None  # where its exit_recorder leaves the exit status
         # Not persisted:
@@ -3578,10 +3606,24 @@ class Supervisor:
                 self.on_exit(pod, ctr, rc, now, stopping)
                 return
             if ctr.kill_deadline is not None:
+                if ctr.term_pending and (ctr.hook is None or not ctr.hook.is_alive()
+                                         or now >= ctr.kill_deadline):
+                    # A hook that used the whole grace period leaves the container the
+                    # kubelet's minimum of 2 s between SIGTERM and SIGKILL.
+                    ctr.kill_deadline = max(ctr.kill_deadline, now + 2.0)
+                    self.terminate(pod, ctr)
                 if not ctr.kill_sent and now >= ctr.kill_deadline:
                     self.send(ctr, signal.SIGKILL)
                     ctr.kill_sent = True
                 return
+            if ctr.post_start is not None:
+                if ctr.post_start.is_alive():
+                    return  # as the kubelet: not Running (nor probed, nor ready) until it ends
+                ctr.post_start = None
+                if ctr.post_start_error and not stopping:
+                    self.begin_kill(pod, ctr, now, "postStart",
+                                    f"FailedPostStartHook: {ctr.post_start_error}")
+                    return
             if not stopping:
                 self.ensure_probes(pod, ctr)
                 self.check_probes(pod, ctr, now)
@@ -3604,6 +3646,7 @@ class Supervisor:
             ctr.restart_count += 1
         ctr.ever_started = True
         ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
+        ctr.term_pending, ctr.hook, ctr.post_start = False, None, None
         ctr.startup_done = spec.startup is None
         ctr.ready = ctr.adopted_ready = False
         ctr.env = build_env(self.paths, pod, spec)
@@ -3666,6 +3709,12 @@ class Supervisor:
         ctr.message = limits_message if ctr.limits == "unsupported" else ""
         self.log(f"pod {pod.label} container {ctr.name}: started pid {proc.pid}"
                  f" (restart {ctr.restart_count})")
+        if spec.post_start is not None:
+            ctr.post_start_error = ""
+            ctr.post_start = threading.Thread(target=self.run_post_start,
+                                              args=(pod, ctr, spec.post_start),
+                                              name=f"poststart-{ctr.name}", daemon=True)
+            ctr.post_start.start()
 
     def begin_kill(self, pod: Pod, ctr: Container, now: float, reason: str,
                    message: str) -> None:
@@ -3677,6 +3726,42 @@ class Supervisor:
             ctr.message = self.redact(message)
             self.log(f"pod {pod.label} container {ctr.name}: {ctr.message}; killing")
         ctr.stop_probes()
+        hook = ctr.spec.pre_stop if ctr.spec is not None else None
+        if hook is not None and ctr.hook is None:
+            # As the kubelet: the hook runs first, SIGTERM follows when it ends, and the grace
+            # period (then SIGKILL) counts from the hook's start.
+            ctr.term_pending = True
+            ctr.hook = threading.Thread(target=self.run_pre_stop, args=(pod, ctr, hook),
+                                        name=f"prestop-{ctr.name}", daemon=True)
+            ctr.hook.start()
+            return
+        self.terminate(pod, ctr)
+
+    def run_post_start(self, pod: Pod, ctr: Container, hook: ProbeSpec) -> None:
+        ok, message = self.run_hook(pod, ctr, hook, POST_START_TIMEOUT)
+        ctr.post_start_error = "" if ok else (self.redact(one_line(message)) or "the hook failed")
+        self.wake()
+
+    def run_pre_stop(self, pod: Pod, ctr: Container, hook: ProbeSpec) -> None:
+        ok, message = self.run_hook(pod, ctr, hook, max(pod.grace, 1.0))
+        if not ok:
+            self.log(f"pod {pod.label} container {ctr.name}: FailedPreStopHook: "
+                     f"{self.redact(one_line(message))}")
+        self.wake()
+
+    def run_hook(self, pod: Pod, ctr: Container, hook: ProbeSpec, timeout: float) -> tuple[bool, str]:
+        try:
+            if hook.kind == "sleep":
+                time.sleep(min(float(hook.handler["seconds"]), timeout))
+                ok, message = True, ""
+            else:
+                ok, message = self.probe_action(pod, ctr, dataclasses.replace(hook, timeout=timeout))()
+        except Exception as exc:  # a hook bug must fail the hook, not the supervisor
+            ok, message = False, f"{type(exc).__name__}: {exc}"
+        return ok, message
+
+    def terminate(self, pod: Pod, ctr: Container) -> None:
+        ctr.term_pending = False
         self.send(ctr, signal.SIGTERM)
         if ctr.runtime != "process" and ctr.runtime_name:
             binary = shutil.which(ctr.runtime) or ctr.runtime
@@ -3748,6 +3833,7 @@ class Supervisor:
         """Decide what follows a termination: back-off and restart, or stay terminated."""
         ctr.draining = False
         ctr.kill_reason, ctr.kill_deadline, ctr.kill_sent = None, None, False
+        ctr.term_pending, ctr.hook, ctr.post_start = False, None, None
         term = ctr.term or {}
         code = term.get("exitCode")
         if stopping or pod.stopping or pod.spec is None:

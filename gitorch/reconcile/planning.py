@@ -543,18 +543,21 @@ def _spec(
     node: str | None,
     claims: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    index: int | None = None,
 ) -> dict[str, Any]:
     # Pure in (desired state, arguments): kept with the state, so passes on an unchanged commit
     # do not rebuild every pod's spec. Specs are never changed after they are built.
     if ps.desired.objects.get(obj.key) is not obj or node is None:
         # Made during this pass (a CronJob's Job), or a pod not placed yet (built once, at its
         # creation; the spec it runs with names its node): not kept.
-        return podspecs.pod_spec(ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname)
-    key = ("pod_spec", obj.key, id(template), name, node or "", tuple(sorted((claims or {}).items())), hostname)
+        return podspecs.pod_spec(
+            ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname, index=index
+        )
+    key = ("pod_spec", obj.key, id(template), name, node or "", tuple(sorted((claims or {}).items())), hostname, index)
     spec = ps.desired.memo.get(key)
     if spec is None:
         spec = ps.desired.memo[key] = podspecs.pod_spec(
-            ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname
+            ps.desired, obj, template, name, node=node or "", claims=claims, hostname=hostname, index=index
         )
     return spec
 
@@ -568,9 +571,10 @@ def _create(
     ordinal: int | None = None,
     claims: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    index: int | None = None,
 ) -> None:
     """A new pod to be placed, with how to build its spec once its node is known."""
-    build = functools.partial(_spec, ps, obj, template, name, claims=claims, hostname=hostname)
+    build = functools.partial(_spec, ps, obj, template, name, claims=claims, hostname=hostname, index=index)
     ps.create(obj, template, name, rev, build(None), ordinal, respec=build)
 
 
@@ -719,6 +723,7 @@ def _job(ps: _Pass, obj: Object) -> None:
     parallelism = int(spec.get("parallelism", 1))
     backoff_limit = int(spec.get("backoffLimit", 6))
     deadline = spec.get("activeDeadlineSeconds")
+    indexed = spec.get("completionMode") == "Indexed"
     rev = _revision(ps, obj, template)
     live, lost = ps.live(obj.key)
     for p in lost:
@@ -734,7 +739,11 @@ def _job(ps: _Pass, obj: Object) -> None:
         _finished_job(ps, obj, rev, completions, ended, live)  # it ran: never again, whatever its pods
         return
     for p in succeeded + failed:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+    if indexed:
+        # Each index must succeed once: one succeeded pod per index counts.
+        by_index = {i: p for p in succeeded if (i := _completion_index(obj, p.name)) is not None and i < completions}
+        succeeded = list(by_index.values())
     if len(succeeded) >= completions:
         for p in active:
             ps.remove(p)
@@ -767,8 +776,11 @@ def _job(ps: _Pass, obj: Object) -> None:
         )
         return
     for p in active:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
     want = min(parallelism, completions - len(succeeded)) - len(active)
+    if indexed:
+        _indexed_pods(ps, obj, template, rev, completions, max(0, want), live)
+        want = 0
     used = {_index(p.name) for p in live}
     index = 0
     for _ in range(max(0, want)):
@@ -786,6 +798,36 @@ def _job(ps: _Pass, obj: Object) -> None:
     )
 
 
+def _completion_index(obj: Object, pod: str) -> int | None:
+    """An Indexed Job pod's completion index, from its name: `<job>-<index>` for the first
+    try, `<job>-<index>-<try>` for the next ones; None for a NonIndexed Job's pods."""
+    if obj.spec.get("completionMode") != "Indexed" or not pod.startswith(f"{obj.key.name}-"):
+        return None
+    head = pod[len(obj.key.name) + 1 :].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _indexed_pods(
+    ps: _Pass, obj: Object, template: Mapping[str, Any], rev: str, completions: int, want: int,
+    live: list[PodState],
+) -> None:
+    """Start up to `want` pods for the lowest indexes that neither succeeded nor run now, as
+    Kubernetes' completionMode Indexed: each pod gets JOB_COMPLETION_INDEX and its index's
+    annotation, and a failed index is retried under a new name with the same index."""
+    names = {p.name for p in live}
+    busy = {_completion_index(obj, p.name) for p in live if p.phase == "Succeeded" or not p.finished}
+    for index in range(completions):
+        if want <= 0:
+            break
+        if index in busy:
+            continue
+        name, tries = f"{obj.key.name}-{index}", 1
+        while name in names:
+            name, tries = f"{obj.key.name}-{index}-{tries}", tries + 1
+        _create(ps, obj, template, name, rev, index=index)
+        want -= 1
+
+
 def _finished_job(
     ps: _Pass, obj: Object, rev: str, completions: int, ended: Finished, live: list[PodState]
 ) -> None:
@@ -799,7 +841,7 @@ def _finished_job(
         if expired or not p.finished or template is None:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
     message = ended.message + (f"; pods removed {ttl} s after it finished (ttlSecondsAfterFinished)"
                                if expired else "")
     condition = {"type": "Complete" if ended.complete else "Failed", "status": "True",

@@ -76,6 +76,12 @@ def _probe(probe: Any, container_ports: Mapping[str, int]) -> dict[str, Any] | N
     return out
 
 
+def _lifecycle(container: Mapping[str, Any], ports: Mapping[str, int]) -> dict[str, Any]:
+    """The postStart and preStop hooks, only when set (containers without keep their hash)."""
+    hooks = container.get("lifecycle") or {}
+    return {k: _probe(hooks[k], ports) for k in ("postStart", "preStop") if isinstance(hooks.get(k), dict)}
+
+
 def _resources(container: Mapping[str, Any]) -> dict[str, int]:
     limits = (container.get("resources") or {}).get("limits") or {}
     out: dict[str, int] = {}
@@ -137,6 +143,7 @@ def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]
         "readinessProbe": _probe(c.get("readinessProbe"), ports),
         "startupProbe": _probe(c.get("startupProbe"), ports),
         "volumeMounts": [_mount(m) for m in c.get("volumeMounts") or []],
+        **_lifecycle(c, ports),
         "ports": [
             {"name": p.get("name"), "containerPort": p.get("containerPort"), "protocol": p.get("protocol", "TCP")}
             for p in c.get("ports") or []
@@ -183,6 +190,9 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
     return out
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
 def pod_spec(
     state: DesiredState,
     owner: Object,
@@ -192,9 +202,11 @@ def pod_spec(
     node: str = "",
     claims: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    index: int | None = None,
 ) -> dict[str, Any]:
     """The agent's PodSpec for one pod; `hash` covers the template and every resolved
-    value, so a changed ConfigMap or Secret restarts the pods that use it."""
+    value, so a changed ConfigMap or Secret restarts the pods that use it. `index` is an
+    Indexed Job pod's completion index, given to its containers as Kubernetes does."""
     ns = owner.key.namespace
     spec = template.get("spec") or {}
     r = _Resolver(state, ns)
@@ -204,6 +216,9 @@ def pod_spec(
         "spec.nodeName": node,
         "spec.serviceAccountName": "default",
     }
+    if index is not None:
+        for where in ("annotations", "labels"):
+            field_refs[f"metadata.{where}['{COMPLETION_INDEX}']"] = str(index)
     pod: dict[str, Any] = {
         "name": name,
         "namespace": ns,
@@ -215,6 +230,11 @@ def pod_spec(
         "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
         "volumes": _volumes(spec, r, claims or {}),
     }
+    if index is not None:
+        # First, so a container's own env of the same name wins, as the API server's defaulting.
+        for c in pod["containers"] + pod["initContainers"]:
+            if not any(e["name"] == "JOB_COMPLETION_INDEX" for e in c["env"]):
+                c["env"] = [{"name": "JOB_COMPLETION_INDEX", "value": str(index)}, *c["env"]]
     # Only when set, so pods that leave them out keep their hash (and are not restarted).
     if spec.get("dnsPolicy"):
         pod["dnsPolicy"] = str(spec["dnsPolicy"])

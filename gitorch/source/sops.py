@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyrage
@@ -331,3 +332,42 @@ def encrypt_document(
     out["sops"] = meta
     assert isinstance(out, dict)
     return out
+
+
+KEY_FILE_ENV = "GITORCH_AGE_KEY_FILE"
+
+
+def key_file_path(state_dir: Path) -> Path:
+    """The controller's age key: `$GITORCH_AGE_KEY_FILE`, else `age.key` in the state folder."""
+    env = os.environ.get(KEY_FILE_ENV)
+    return Path(env) if env else state_dir / "age.key"
+
+
+def load_key_file(path: Path) -> list[Any]:
+    """Identities from `path`, which only its owner may read (as ssh does with private keys)."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as exc:
+        raise SopsError(f"{path}: cannot read the age key ({exc.strerror}); make one with "
+                        f"`gitorch secret keygen` or set {KEY_FILE_ENV}") from exc
+    if mode & 0o077:
+        raise SopsError(f"{path}: the age key is readable by others (mode {mode & 0o777:o}); chmod 600 it")
+    try:
+        return parse_identities(text)
+    except SopsError as exc:
+        raise SopsError(f"{path}: {exc}") from exc
+
+
+def generate_key_file(path: Path) -> str:
+    """Write a new age identity to `path` (mode 0600, never overwriting); return its recipient."""
+    identity = pyrage.x25519.Identity.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise SopsError(f"{path}: already exists; gitorch never replaces a key") from exc
+    recipient = recipient_of(identity)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# public key: {recipient}\n{identity}\n")
+    return recipient

@@ -37,6 +37,17 @@ def _fail(message: str) -> NoReturn:
     raise GitorchError(message)
 
 
+def _keyring() -> Any:
+    """The age key of this machine's state folder, if any: validate and plan decrypt with it and
+    otherwise check SOPS-encrypted files for structure only."""
+    from gitorch.source import sops
+
+    try:
+        return sops.keyring_from_state(_settings().state_dir, required=False)
+    except sops.SopsError as exc:
+        _fail(str(exc))
+
+
 @contextlib.contextmanager
 def batch_gc() -> Iterator[None]:
     """For one-shot commands that load a whole commit: parsing keeps every node tree alive (for
@@ -75,8 +86,9 @@ def cli(log_level: str, log_format: str) -> None:
 def validate(repo_path: str | None, rev: str | None, output: str) -> None:
     """Check a commit's manifests against the schemas and cross-object rules; exit 1 on errors."""
     repo = open_repository(repo_path)
+    keyring = _keyring()
     with batch_gc():
-        state = desired.load(repo, rev)
+        state = desired.load(repo, rev, keyring)
     errs = errors(state.diagnostics)
     if output == "json":
         console.write(
@@ -122,9 +134,10 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
          against_cluster: bool, out: str | None) -> None:
     """Show what a change does to the cluster's desired state, ready to post on a pull request."""
     repo = open_repository(repo_path)
+    keyring = _keyring()
     with batch_gc():
-        head_state = desired.load(repo, head)
-        base_state = desired.load(repo, base if base is not None else "")
+        head_state = desired.load(repo, head, keyring)
+        base_state = desired.load(repo, base if base is not None else "", keyring)
     report = PlanReport(
         base=base_state.revision,
         head=head_state.revision,
@@ -755,7 +768,7 @@ def hook_run(name: str, branch: str, subdir: str) -> None:
             console.write(f"gitorch: refusing to delete {branch!r}: gitorch deploys from it", stderr=True)
             status = 1
             continue
-        state = desired.load(repo, update.new)
+        state = desired.load(repo, update.new, _keyring())
         errs = errors(state.diagnostics)
         if errs:
             console.write(

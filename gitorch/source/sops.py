@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,48 @@ def generate_key_file(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(f"# public key: {recipient}\n{identity}\n")
     return recipient
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The age identities a load may decrypt with. `required`: an encrypted document that cannot
+    be decrypted is an error (the controller) rather than checked for structure only (validate, plan)."""
+
+    identities: tuple[Any, ...] = ()
+    required: bool = False
+
+    @property
+    def digest(self) -> str:
+        """Names the keyring in cache keys (its public recipients, never the identities)."""
+        return ",".join(recipient_of(i) for i in self.identities) + ("!" if self.required else "")
+
+
+NO_KEYS = Keyring()
+
+
+def keyring_from_state(state_dir: Path, *, required: bool) -> Keyring:
+    """The controller's keyring: its key file when there is one (a bad one is an error), else none."""
+    path = key_file_path(state_dir)
+    if not path.exists() and KEY_FILE_ENV not in os.environ:
+        return Keyring((), required)
+    return Keyring(tuple(load_key_file(path)), required)
+
+
+def placeholder(value: str, base64_field: bool) -> str:
+    """What a keyless load puts where an encrypted value is: a digest of its ciphertext, so a
+    changed value still shows as changed and nothing of the plaintext is there."""
+    tag = hashlib.sha256(value.encode()).hexdigest()[:16]
+    text = f"sops-encrypted:{tag}"
+    return base64.b64encode(text.encode()).decode() if base64_field else text
+
+
+def keyless_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The document without `sops`, each ENC[...] value replaced by its `placeholder`."""
+    def leaf(value: Any, path: list[str]) -> Any:
+        if isinstance(value, str) and _ENC.match(value):
+            return placeholder(value, bool(path) and path[0] == "data")
+        return value
+
+    out = _walk({k: v for k, v in doc.items() if k != "sops"}, [], leaf)
+    assert isinstance(out, dict)
+    return out

@@ -340,14 +340,14 @@ def _open_sops(doc: Document, keyring: sops.Keyring) -> tuple[Document | None, l
         return problem("; ".join(found[:5]))
     if keyring.identities:
         try:
-            return replace(doc, body=_frozen(sops.decrypt_document(doc.body, keyring.identities))), []
+            return replace(doc, body=_frozen(sops.decrypt_document(doc.body, keyring.identities)), encrypted=True), []
         except sops.SopsError as exc:
             return problem(str(exc))
     if keyring.required:
         return problem("encrypted, and the controller has no age key to decrypt it",
                        "run `gitorch secret keygen` on the controller (or set GITORCH_AGE_KEY_FILE) and "
                        "encrypt for its public key")
-    return replace(doc, body=_frozen(sops.keyless_view(doc.body))), []
+    return replace(doc, body=_frozen(sops.keyless_view(doc.body)), encrypted=True), []
 
 
 def _check_document(doc: Document, keyring: sops.Keyring = sops.NO_KEYS) -> tuple[Object | None, list[Diagnostic]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,42 @@ def test_wake_token_from_the_environment_must_be_set_and_sound(tmp_path: Path, r
     monkeypatch.setenv("SHORT_TOKEN", "short")
     res = gitorch("hook", "install", str(remote), "--wake-token-env", "SHORT_TOKEN", cwd=tmp_path)
     assert res.returncode == 1 and "16 to 256 printable" in res.stderr and "short" not in res.stderr
+
+
+REQUIRE_ENCRYPTION = """apiVersion: gitorch.dev/v1
+kind: Cluster
+metadata:
+  name: sealed
+spec:
+  secrets:
+    requireEncryption: true
+"""
+PLAIN_SECRET = """apiVersion: v1
+kind: Secret
+metadata:
+  name: db
+stringData:
+  password: hook-canary-31337
+"""
+
+
+def test_a_plaintext_secret_is_refused_when_the_cluster_requires_encryption(
+        repo: GitRepo, remote: Path, tmp_path: Path) -> None:
+    repo.commit("sealed cluster", {"cluster.yaml": REQUIRE_ENCRYPTION, "ns.yaml": NAMESPACE})
+    assert _push(repo, remote)[0] == 0
+    repo.commit("plaintext", {"secret.yaml": PLAIN_SECRET})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert ("secret.yaml:4:9: /metadata/name: Secret default/db is not encrypted, and the Cluster sets "
+            "secrets.requireEncryption") in err
+    assert "gitorch secret encrypt -i secret.yaml" in err and "hook-canary-31337" not in err
+    # Encrypted for a key the hook does not have: its structure is checked, and it is accepted.
+    src = repo.path / "secret.yaml"
+    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "author-state")}
+    for args in (["keygen"], ["encrypt", "-i", str(src)]):
+        res = subprocess.run([sys.executable, "-m", "gitorch", "secret", *args], env=env, capture_output=True,
+                             text=True, check=False)
+        assert res.returncode == 0, res.stderr
+    repo.commit("encrypted", {"secret.yaml": src.read_text()})
+    code, err = _push(repo, remote)
+    assert code == 0, err

@@ -350,3 +350,87 @@ def test_no_channel_shows_a_secret(lab: Lab, repo: GitRepo, receiver: Receiver, 
     modes = {str(p.relative_to(_state_dir)): (p.is_dir(), p.stat().st_mode & 0o777)
              for p in [_state_dir, *_state_dir.rglob("*")]}
     assert all(m == (0o700 if is_dir else 0o600) for is_dir, m in modes.values()), modes
+
+
+# ---- SOPS-encrypted Secrets -------------------------------------------------------------------
+
+
+def _encrypted(state_dir: Path, body: str) -> str:
+    """`body` encrypted for the state folder's age key, as `gitorch secret encrypt` writes it."""
+    from gitorch.source import sops
+    from gitorch.source.manifests import dump_documents, load_plain
+
+    path = sops.key_file_path(state_dir)
+    if not path.exists():
+        sops.generate_key_file(path)
+    recipients = [sops.recipient_of(i) for i in sops.load_key_file(path)]
+    return dump_documents([sops.encrypt_document(load_plain(body), recipients)])
+
+
+def test_an_encrypted_secret_validates_and_plans_without_showing_a_value(repo: GitRepo, _state_dir: Path) -> None:
+    from gitorch.source import sops
+
+    r = open_repository(repo.path)
+    old = repo.commit("v1", {"secret.yaml": _encrypted(
+        _state_dir, secret("creds", f"stringData:\n  password: {CANARY}-1\n"))})
+    new = repo.commit("v2", {"secret.yaml": _encrypted(
+        _state_dir, secret("creds", f"stringData:\n  password: {CANARY}-2\n"))})
+    assert not leaks(subprocess.run(["git", "log", "-p", "--all"], cwd=repo.path, capture_output=True).stdout)
+    keyring = sops.keyring_from_state(_state_dir, required=True)
+    for keys in (keyring, sops.NO_KEYS):  # with the key it decrypts; without, structure only
+        a, b = desired.load(r, old, keys), desired.load(r, new, keys)
+        assert a.ok and b.ok, diagnostics_text(b.diagnostics)
+        (change,) = diff_states(a, b).changed()
+        assert [(f.op.value, f.path, f.old, f.new) for f in change.fields] == [
+            ("~", "stringData.password", HIDDEN, HIDDEN)]
+        report = PlanReport(a.revision, b.revision, diff_states(a, b), b.diagnostics)
+        for text in (plan_text(report), plan_json(report), plan_markdown(report)):
+            assert not leaks(text) and not leaks(text, f"{CANARY}-2")
+    (obj,) = desired.load(r, new, keyring).objects.values()
+    assert obj.body["stringData"]["password"] == f"{CANARY}-2" and "sops" not in obj.body
+    # The controller without a key: an error naming the file and what to do, never a value.
+    state = desired.load(r, new, sops.Keyring((), required=True))
+    (err,) = errors(state.diagnostics)
+    assert err.path == "secret.yaml" and err.pointer == "/sops" and "gitorch secret keygen" in err.hint
+    # Altered after encryption: refused by its MAC.
+    text = (repo.path / "secret.yaml").read_text().replace("name: creds", "name: creds2")
+    bad = repo.commit("v3", {"secret.yaml": text})
+    (err,) = errors(desired.load(r, bad, keyring).diagnostics)
+    assert "MAC mismatch" in err.message and not leaks(err.message)
+    # The CLI finds the key in the state folder.
+    proc = subprocess.run([sys.executable, "-m", "gitorch", "plan", "--base", old, "--head", new, "--repo",
+                           str(repo.path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "stringData.password" in proc.stdout and not leaks(proc.stdout + proc.stderr)
+
+
+@pytest.mark.lab
+def test_an_encrypted_secret_reaches_the_pod_and_not_the_repository_plan_or_store(
+        lab: Lab, repo: GitRepo, _state_dir: Path) -> None:
+    head = repo.commit("a quiet pod with an encrypted secret", {
+        "nodes.yaml": (lab.state_dir / "nodes.yaml").read_text(),
+        "ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: vault\n",
+        "secret.yaml": _encrypted(_state_dir, SECRET), "app.yaml": QUIET,
+    })
+    c = Channels(repo)
+    try:
+        c.seen["repository"] = subprocess.run(["git", "log", "-p", "--all"], cwd=repo.path, capture_output=True,
+                                              check=True).stdout
+        c.run("validate", "validate")
+        c.run("plan json", "plan", "--format", "json")
+        c.run("apply", "apply", "--wait", "--timeout", "180")
+        pods = json.loads(c.run("get pods json", "get", "pods", "-n", "vault", "-o", "json"))
+        (pod,) = [p["name"] for p in pods]
+        c.run("describe secret", "describe", "secret/creds", "-n", "vault")
+        wait_until("the pod's digests in its log", lambda: c.run("logs", "logs", pod, "-n", "vault"), timeout=30,
+                   interval=0.5, accept=lambda log: f"env-token={sha(DATA)}" in log)
+        assert f"env-password={sha(STRING)} file-token={sha(DATA)}" in c.seen["logs"].decode()
+        assert head[:7] in c.run("status", "status")
+    finally:
+        repo.remove("app.yaml", "secret.yaml")
+        repo.commit("empty")
+        c.run("cleanup", "apply", "--wait", "--timeout", "120", ok=False)
+    for f in (p for p in _state_dir.rglob("*") if p.is_file()):
+        c.seen[f"state file {f.relative_to(_state_dir)}"] = f.read_bytes()
+    leaked = {name: all_leaks(text) for name, text in c.seen.items() if all_leaks(text)}
+    assert not leaked, f"secret values seen in: {leaked}"

@@ -37,6 +37,17 @@ def _fail(message: str) -> NoReturn:
     raise GitorchError(message)
 
 
+def _keyring() -> Any:
+    """The age key of this machine's state folder, if any: validate and plan decrypt with it and
+    otherwise check SOPS-encrypted files for structure only."""
+    from gitorch.source import sops
+
+    try:
+        return sops.keyring_from_state(_settings().state_dir, required=False)
+    except sops.SopsError as exc:
+        _fail(str(exc))
+
+
 @contextlib.contextmanager
 def batch_gc() -> Iterator[None]:
     """For one-shot commands that load a whole commit: parsing keeps every node tree alive (for
@@ -75,8 +86,9 @@ def cli(log_level: str, log_format: str) -> None:
 def validate(repo_path: str | None, rev: str | None, output: str) -> None:
     """Check a commit's manifests against the schemas and cross-object rules; exit 1 on errors."""
     repo = open_repository(repo_path)
+    keyring = _keyring()
     with batch_gc():
-        state = desired.load(repo, rev)
+        state = desired.load(repo, rev, keyring)
     errs = errors(state.diagnostics)
     if output == "json":
         console.write(
@@ -122,9 +134,10 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
          against_cluster: bool, out: str | None) -> None:
     """Show what a change does to the cluster's desired state, ready to post on a pull request."""
     repo = open_repository(repo_path)
+    keyring = _keyring()
     with batch_gc():
-        head_state = desired.load(repo, head)
-        base_state = desired.load(repo, base if base is not None else "")
+        head_state = desired.load(repo, head, keyring)
+        base_state = desired.load(repo, base if base is not None else "", keyring)
     report = PlanReport(
         base=base_state.revision,
         head=head_state.revision,
@@ -580,6 +593,136 @@ def drift(repo_path: str | None, rev: str | None, run_now: bool, heal: bool, dns
         sys.exit(2)
 
 
+# --- encrypted Secrets (SOPS) -------------------------------------------------------------
+
+
+@cli.group()
+def secret() -> None:
+    """Secrets encrypted in Git in SOPS's format (age keys): sops users can read them, and gitorch reads theirs."""
+
+
+def _sops_identities() -> list[Any]:
+    from gitorch.source import sops
+
+    return sops.load_key_file(sops.key_file_path(_settings().state_dir))
+
+
+def _read_sops_file(path: Path) -> Any:
+    from gitorch.source.manifests import load_plain
+
+    try:
+        return load_plain(path.read_text(), str(path))
+    except (OSError, ValueError) as exc:
+        _fail(f"{path}: {exc}")
+
+
+def _write_result(path: Path, doc: Any, in_place: bool) -> None:
+    from gitorch.source.manifests import dump_documents
+
+    text = dump_documents([doc])
+    if in_place:
+        tmp = path.with_name(f".{path.name}.gitorch-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    else:
+        sys.stdout.write(text)
+
+
+@secret.command("keygen")
+def secret_keygen() -> None:
+    """Make the controller's age key (state folder, mode 0600, or $GITORCH_AGE_KEY_FILE); print its recipient."""
+    from gitorch.source import sops
+
+    path = sops.key_file_path(_settings().state_dir)
+    try:
+        recipient = sops.generate_key_file(path)
+    except sops.SopsError as exc:
+        _fail(str(exc))
+    console.write(f"wrote {path}")
+    console.write(recipient)
+
+
+@secret.command("encrypt")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--age", "recipients", multiple=True, metavar="RECIPIENT",
+              help="age public key (age1...) that may decrypt; repeat for several. Default: the controller's key.")
+@click.option("--encrypted-regex", default=None,
+              help="Encrypt only values under keys matching this. Default: ^(data|stringData)$ (a Secret's values).")
+@click.option("--unencrypted-suffix", default=None, help="Encrypt every value except under keys with this suffix.")
+@click.option("-i", "--in-place", is_flag=True, help="Replace FILE instead of writing to stdout.")
+def secret_encrypt(file: Path, recipients: tuple[str, ...], encrypted_regex: str | None,
+                   unencrypted_suffix: str | None, in_place: bool) -> None:
+    """Encrypt FILE (one YAML document, e.g. a Secret) in SOPS's format."""
+    from gitorch.source import sops
+
+    if encrypted_regex and unencrypted_suffix:
+        _fail("give --encrypted-regex or --unencrypted-suffix, not both")
+    try:
+        keys = list(recipients) or [sops.recipient_of(i) for i in _sops_identities()]
+        regex = None if unencrypted_suffix else (encrypted_regex or sops.DEFAULT_ENCRYPTED_REGEX)
+        doc = sops.encrypt_document(_read_sops_file(file), keys, encrypted_regex=regex,
+                                    unencrypted_suffix=unencrypted_suffix)
+    except sops.SopsError as exc:
+        _fail(f"{file}: {exc}")
+    _write_result(file, doc, in_place)
+
+
+@secret.command("decrypt")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-i", "--in-place", is_flag=True, help="Replace FILE instead of writing to stdout.")
+def secret_decrypt(file: Path, in_place: bool) -> None:
+    """Decrypt a SOPS FILE with the controller's age key (checks its MAC)."""
+    from gitorch.source import sops
+
+    try:
+        doc = sops.decrypt_document(_read_sops_file(file), _sops_identities())
+    except sops.SopsError as exc:
+        _fail(f"{file}: {exc}")
+    _write_result(file, doc, in_place)
+
+
+@secret.command("edit")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def secret_edit(file: Path) -> None:
+    """Decrypt FILE into $EDITOR (a 0600 temp file), then encrypt it again for the same recipients."""
+    import subprocess
+    import tempfile
+
+    from gitorch.source import sops
+    from gitorch.source.manifests import dump_documents, load_plain
+
+    enc = _read_sops_file(file)
+    try:
+        plain = sops.decrypt_document(enc, _sops_identities())
+        meta = enc["sops"]
+        recipients = [str(s["recipient"]) for s in meta.get("age") or []]
+    except sops.SopsError as exc:
+        _fail(f"{file}: {exc}")
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.TemporaryDirectory(prefix="gitorch-edit-") as tmp:
+        work = Path(tmp) / file.name
+        fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(dump_documents([plain]))
+        if subprocess.run([*editor.split(), str(work)], check=False).returncode != 0:
+            _fail(f"{editor} failed; {file} is unchanged")
+        try:
+            edited = load_plain(work.read_text(), file.name)
+        except ValueError as exc:
+            _fail(f"{exc} ({file} is unchanged)")
+    if edited == plain:
+        console.write(f"{file}: no changes", stderr=True)
+        return
+    try:
+        doc = sops.encrypt_document(edited, recipients, encrypted_regex=meta.get("encrypted_regex"),
+                                    unencrypted_suffix=meta.get("unencrypted_suffix"))
+    except sops.SopsError as exc:
+        _fail(f"{file}: {exc}")
+    _write_result(file, doc, True)
+
+
 # --- git hooks ---------------------------------------------------------------------------
 
 
@@ -625,7 +768,7 @@ def hook_run(name: str, branch: str, subdir: str) -> None:
             console.write(f"gitorch: refusing to delete {branch!r}: gitorch deploys from it", stderr=True)
             status = 1
             continue
-        state = desired.load(repo, update.new)
+        state = desired.load(repo, update.new, _keyring())
         errs = errors(state.diagnostics)
         if errs:
             console.write(

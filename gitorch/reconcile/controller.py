@@ -31,6 +31,7 @@ from gitorch.reconcile import allocations, networking, podspecs, policies, servi
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
+from gitorch.source import sops
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
 from gitorch.store.database import Fence, NodeRecord, ObjectRecord, PodRecord, Store, StoreError, merge_conditions
@@ -171,6 +172,10 @@ class Controller:
         with fake agents here; tests never do."""
         self.state_dir = state_dir
         self.settings = settings or ControllerSettings()
+        try:  # its age key decrypts SOPS-encrypted Secrets; without one they make a revision invalid
+            self.keyring = sops.keyring_from_state(state_dir, required=True)
+        except sops.SopsError as exc:
+            raise GitorchError(str(exc)) from exc
         self._fleet: Fleet | None = None
         self._endpoints: tuple[Endpoint, ...] = ()
         self._facts_at: dict[str, float] = {}
@@ -262,7 +267,7 @@ class Controller:
         oid = self.repo.resolve(rev).oid
         state = self._states.pop(oid, None)
         if state is None:
-            state = desired_mod.load(self.repo, oid)
+            state = desired_mod.load(self.repo, oid, self.keyring)
         self._states[oid] = state  # most recently used last
         while len(self._states) > STATES_KEPT:
             del self._states[next(iter(self._states))]

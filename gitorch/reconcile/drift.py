@@ -333,11 +333,11 @@ def counts(findings: Iterable[Finding | Mapping[str, Any]]) -> dict[str, int]:
 
 def _state(controller: Controller, rev: str | None) -> DesiredState:
     """The head's desired state, or the last applied one when the head does not validate."""
-    head = desired_mod.load(controller.repo, rev)
+    head = desired_mod.load(controller.repo, rev, controller.keyring)
     if not errors(head.diagnostics):
         return head
     last = controller.store.last_applied_revision()
-    return desired_mod.load(controller.repo, last.commit) if last is not None else head
+    return desired_mod.load(controller.repo, last.commit, controller.keyring) if last is not None else head
 
 
 @dataclass
@@ -378,7 +378,7 @@ def _applied(controller: Controller, state: DesiredState) -> DesiredState:
     if last is None or last.commit == state.revision.oid:
         return state
     try:
-        return desired_mod.load(controller.repo, last.commit)
+        return desired_mod.load(controller.repo, last.commit, controller.keyring)
     except Exception:  # the commit is gone from the repository (a force push): use the head
         return state
 

@@ -1,4 +1,5 @@
 """TLS Secrets (`kubernetes.io/tls`): is `tls.crt` a certificate chain and `tls.key` its private key?
+Also AES-256-GCM for SOPS values (`source/sops.py`).
 
 The only module that imports `cryptography`. Purely computational, no side effects. Messages
 name what is wrong and never quote the key or any part of it.
@@ -10,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAX_PEM_BYTES = 64 * 1024  # a chain of a few certificates; more is a mistake, not a certificate
 
@@ -52,3 +54,21 @@ def certificate_hosts(cert_pem: bytes) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return list(san.get_values_for_type(x509.DNSName))
+
+
+class AeadError(ValueError):
+    """An AES-GCM value failed authentication (wrong key, wrong additional data or altered bytes)."""
+
+
+def aes_gcm_seal(key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    """AES-256-GCM with `iv` of any length; returns (ciphertext, 16-byte tag) as SOPS stores them."""
+    out = AESGCM(key).encrypt(iv, plaintext, aad)
+    return out[:-16], out[-16:]
+
+
+def aes_gcm_open(key: bytes, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes) -> bytes:
+    """Inverse of `aes_gcm_seal`; raises AeadError (naming nothing secret) when authentication fails."""
+    try:
+        return AESGCM(key).decrypt(iv, ciphertext + tag, aad)
+    except Exception as exc:  # InvalidTag, or a bad key/iv length
+        raise AeadError("authentication failed") from exc

@@ -218,6 +218,22 @@ def _template_labels(obj: Object) -> Any:
     return _map(found[1].get("metadata")).get("labels") if found else None
 
 
+def _plaintext_secrets(objects: Mapping[ObjectKey, Object], clusters: list[Object],
+                       invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """With the Cluster's `secrets.requireEncryption`, a Secret not in SOPS's format is an error."""
+    valid = [c for c in clusters if c.key not in invalid]
+    secrets = valid[0].body.get("spec", {}).get("secrets") if valid else None
+    if not isinstance(secrets, dict) or secrets.get("requireEncryption") is not True:
+        return []
+    return [
+        _diag(obj, "/metadata/name",
+              f"Secret {key.namespace}/{key.name} is not encrypted, and the Cluster sets secrets.requireEncryption",
+              f"encrypt it: gitorch secret encrypt -i {obj.path}")
+        for key, obj in objects.items()
+        if key.kind == "Secret" and not getattr(obj.document, "encrypted", False)
+    ]
+
+
 def cross_check(
     objects: Mapping[ObjectKey, Object],
     invalid: Set[ObjectKey] = frozenset(),
@@ -245,6 +261,7 @@ def cross_check(
     for c in clusters:
         if c.key not in invalid:
             out.extend(_guarded(c, functools.partial(_check_cluster, c)))
+    out.extend(_plaintext_secrets(objects, clusters, invalid))
     out.extend(_check_nodes(world.nodes))
     balanced = [o for o in ordered if o.key.kind == "Service" and o.key not in invalid
                 and o.spec.get("type") == "LoadBalancer"]

@@ -169,6 +169,8 @@ class Document:
     body: Any
     where: _Where | None = field(default=None, repr=False, compare=False)
     positions: _Positions | None = field(default=None, repr=False, compare=False)
+    encrypted: bool = field(default=False, compare=False)
+    """Decrypted from SOPS's format (source/sops.py) on load."""
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.

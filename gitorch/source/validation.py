@@ -33,7 +33,7 @@ from gitorch.model.objects import (
     ObjectKey,
     is_sensitive,
 )
-from gitorch.source import kustomize
+from gitorch.source import kustomize, sops
 from gitorch.source.blobcache import BlobCache
 from gitorch.source.crosschecks import Memo, cross_check, internal_error, suggest
 from gitorch.source.fastschema import Check, compile_schemas, pattern_matches
@@ -333,8 +333,47 @@ def _has_unsupported_field(kind: str, path: list[str | int], schema: dict[str, A
     return real is not None and any(n in real and n not in known for n in instance)
 
 
-def _check_document(doc: Document) -> tuple[Object | None, list[Diagnostic]]:
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ReadOnlyDict((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return ReadOnlyList(_frozen(v) for v in value)
+    return value
+
+
+_SOPS_FIX = "encrypt it again with `gitorch secret encrypt` (or sops) for the controller's age key"
+
+
+def _open_sops(doc: Document, keyring: sops.Keyring) -> tuple[Document | None, list[Diagnostic]]:
+    """A SOPS-encrypted document as the rest of validation sees it: decrypted when `keyring` opens
+    it, else (without `required`) with a placeholder per encrypted value, structure checked."""
+    pos = doc.position("/sops", key=True)
+
+    def problem(message: str, fix: str = _SOPS_FIX) -> tuple[None, list[Diagnostic]]:
+        return None, [Diagnostic(doc.path, pos.line, pos.column, "/sops", message, fix)]
+
+    found = sops.check_structure(doc.body)
+    if found:
+        return problem("; ".join(found[:5]))
+    if keyring.identities:
+        try:
+            return replace(doc, body=_frozen(sops.decrypt_document(doc.body, keyring.identities)), encrypted=True), []
+        except sops.SopsError as exc:
+            return problem(str(exc))
+    if keyring.required:
+        return problem("encrypted, and the controller has no age key to decrypt it",
+                       "run `gitorch secret keygen` on the controller (or set GITORCH_AGE_KEY_FILE) and "
+                       "encrypt for its public key")
+    return replace(doc, body=_frozen(sops.keyless_view(doc.body)), encrypted=True), []
+
+
+def _check_document(doc: Document, keyring: sops.Keyring = sops.NO_KEYS) -> tuple[Object | None, list[Diagnostic]]:
     try:
+        if sops.is_encrypted(doc.body):
+            opened, diags = _open_sops(doc, keyring)
+            if opened is None:
+                return None, diags
+            doc = opened
         return _check_document_body(doc)
     except Exception as exc:  # validation never raises: the bug becomes this document's error
         body = doc.body if isinstance(doc.body, dict) else {}
@@ -434,8 +473,9 @@ _BYTES_PER_BYTE = 12
 _BYTES_PER_FILE = 2_000
 
 
-def _check_file(f: SourceFile, cache: BlobCache[FileResult] | None) -> FileResult:
-    key = (f.path, f.blob, _validators().digest, __version__, SCALARS_VERSION)
+def _check_file(f: SourceFile, cache: BlobCache[FileResult] | None,
+                keyring: sops.Keyring = sops.NO_KEYS) -> FileResult:
+    key = (f.path, f.blob, _validators().digest, __version__, SCALARS_VERSION, keyring.digest)
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit
@@ -448,7 +488,8 @@ def _check_file(f: SourceFile, cache: BlobCache[FileResult] | None) -> FileResul
         diags = _masked_parse_errors(data, diags)
     out: list[_Checked] = []
     for doc in docs:
-        obj, d = _check_document(doc)
+        obj, d = _check_document(doc, keyring)
+        doc = obj.document if obj is not None and isinstance(obj.document, Document) else doc  # decrypted
         out.append((obj.key if obj else None, doc, not any(x.severity is Severity.ERROR for x in d)))
         diags.extend(d)
     result = FileResult(tuple(out), tuple(diags), tuple({} for _ in out))
@@ -496,14 +537,15 @@ def _data(f: SourceFile) -> bytes:
     return data
 
 
-def load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None = FILE_CACHE) -> DesiredState:
+def load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None = FILE_CACHE,
+                 keyring: sops.Keyring = sops.NO_KEYS) -> DesiredState:
     """Parse, schema-check and cross-check one commit's manifests, reusing from `cache` what
     each unchanged blob parsed to (None: parse everything). Batch commands may pause the
     cyclic GC around it (cli.commands.batch_gc)."""
-    return _load_desired(snapshot, cache)
+    return _load_desired(snapshot, cache, keyring)
 
 
-def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None) -> DesiredState:
+def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None, keyring: sops.Keyring) -> DesiredState:
     diags: list[Diagnostic] = list(snapshot.diagnostics)
     objects: dict[ObjectKey, Object] = {}
     invalid: set[ObjectKey] = set()
@@ -522,13 +564,14 @@ def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None) -> De
         consumed = built.consumed
         checked: list[_Checked] = []
         for doc in built.documents:
-            obj, d = _check_document(doc)
+            obj, d = _check_document(doc, keyring)
+            doc = obj.document if obj is not None and isinstance(obj.document, Document) else doc
             checked.append((obj.key if obj else None, doc, not any(x.severity is Severity.ERROR for x in d)))
             diags.extend(d)
         results.append(FileResult(tuple(checked), ()))
     for f in snapshot.files:
         if f.path not in consumed:
-            results.append(_check_file(f, cache))
+            results.append(_check_file(f, cache, keyring))
     for result in results:
         diags.extend(result.diagnostics)
         for i, (key, doc, valid) in enumerate(result.checked):

@@ -1,0 +1,127 @@
+"""SOPS file format: our encryption round-trips, interoperates with the age CLI and SOPS's own fixtures,
+and never lets a plaintext value into an error message."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gitorch.source import sops
+from gitorch.source.manifests import dump_documents, load_plain
+
+DATA = Path(__file__).parent / "data" / "sops"
+# From getsops/sops age/keysource_test.go (MPL-2.0, see tests/data/sops/NOTICE).
+SOPS_IDENTITY = "AGE-SECRET-KEY-1G0Q5K9TV4REQ3ZSQRMTMG8NSWQGYT0T7TZ33RAZEE0GZYVZN0APSU24RK7"
+SOPS_RECIPIENT = "age1lzd99uklcjnc0e7d860axevet2cz99ce9pq6tzuzd05l5nr28ams36nvun"
+SOPS_ENCRYPTED_KEY = """-----BEGIN AGE ENCRYPTED FILE-----
+YWdlLWVuY3J5cHRpb24ub3JnL3YxCi0+IFgyNTUxOSBvY2t2NkdLUGRvY3l2OGNy
+MVJWcUhCOEZrUG8yeCtnRnhxL0I5NFk4YjJFCmE4SVQ3MEdyZkFqRWpSa2F0NVhF
+VDUybzBxdS9nSGpHSVRVMUI0UEVqZkkKLS0tIGJjeGhNQ0Y5L2VZRVVYSm90djFF
+bzdnQ3UwTGljMmtrbWNMV1MxYkFzUFUK4xjOZOTGdcbzuwUY/zeBXhcF+Md3e5PQ
+EylloI7MNGbadPGb
+-----END AGE ENCRYPTED FILE-----"""
+CANARY = "canary-s3cr3t-7f1c"
+
+SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "db", "namespace": "prod"},
+    "type": "Opaque",
+    "stringData": {"password": CANARY, "port": 5432, "tls": True, "empty": ""},
+    "data": {"token": base64.b64encode(CANARY.encode()).decode()},
+}
+
+
+def ident() -> list[object]:
+    return sops.parse_identities(SOPS_IDENTITY + "\n")
+
+
+def test_identity_from_sops_fixture_gives_its_recipient() -> None:
+    assert sops.recipient_of(ident()[0]) == SOPS_RECIPIENT
+
+
+def test_sops_fixture_age_stanza_opens_with_pyrage() -> None:
+    # SOPS's own age-encrypted payload ("data", not a 32-byte key) proves the stanza format is read.
+    with pytest.raises(sops.SopsError, match="not 32 bytes"):
+        sops.data_key({"age": [{"recipient": SOPS_RECIPIENT, "enc": SOPS_ENCRYPTED_KEY}]}, ident())
+
+
+def test_round_trip_through_yaml_hides_only_data_and_stringdata() -> None:
+    enc = sops.encrypt_document(SECRET, [SOPS_RECIPIENT],
+                                now=datetime(2026, 11, 24, 17, 0, 0, tzinfo=UTC))
+    text = dump_documents([enc])
+    assert CANARY not in text and base64.b64encode(CANARY.encode()).decode() not in text
+    assert "name: db" in text and "encrypted_regex: ^(data|stringData)$" in text
+    assert "lastmodified: '2026-11-24T17:00:00Z'" in text or 'lastmodified: "2026-11-24T17:00:00Z"' in text \
+        or "lastmodified: 2026-11-24T17:00:00Z" in text
+    loaded = load_plain(text, "secret.enc.yaml")
+    assert sops.check_structure(loaded) == []
+    assert sops.decrypt_document(loaded, ident()) == SECRET
+
+
+def test_altered_value_or_mac_is_refused_without_quoting_it() -> None:
+    enc = sops.encrypt_document(SECRET, [SOPS_RECIPIENT])
+    other = sops.encrypt_document({**SECRET, "stringData": {**SECRET["stringData"], "password": "x"}},
+                                  [SOPS_RECIPIENT])
+    # A value moved from another file under another data key fails authentication.
+    tampered = {**enc, "stringData": {**enc["stringData"], "password": other["stringData"]["password"]}}
+    with pytest.raises(sops.SopsError, match=r"stringData\.password: cannot decrypt") as e:
+        sops.decrypt_document(tampered, ident())
+    assert CANARY not in str(e.value)
+    # An unencrypted field changed after encryption breaks the MAC.
+    renamed = {**enc, "type": "kubernetes.io/basic-auth"}
+    with pytest.raises(sops.SopsError, match="MAC mismatch") as e:
+        sops.decrypt_document(renamed, ident())
+    assert CANARY not in str(e.value)
+
+
+def test_plaintext_where_encryption_is_due_is_a_structure_problem() -> None:
+    enc = sops.encrypt_document(SECRET, [SOPS_RECIPIENT])
+    enc["stringData"] = {**enc["stringData"], "password": CANARY}
+    problems = sops.check_structure(enc)
+    assert problems == ["stringData.password: should be encrypted but is plaintext"]
+
+
+def test_wrong_key_names_the_recipients() -> None:
+    enc = sops.encrypt_document(SECRET, [SOPS_RECIPIENT])
+    other = sops.parse_identities("AGE-SECRET-KEY-1432K5YRNSC44GC4986NXMX6GVZ52WTMT9C79CLUVWYY4DKDHD5JSNDP4MC")
+    with pytest.raises(sops.SopsError, match=f"file is for {SOPS_RECIPIENT}"):
+        sops.decrypt_document(enc, other)
+
+
+def test_sops_own_example_file_passes_the_keyless_check() -> None:
+    # example.yaml from SOPS (PGP recipients, unencrypted_suffix): values are where SOPS put them.
+    doc = load_plain((DATA / "sops-example.yaml").read_text(), "sops-example.yaml")
+    assert sops.is_encrypted(doc)
+    problems = sops.check_structure(doc)
+    assert problems == ["sops: no age recipients"]  # PGP only: the one thing gitorch cannot open
+
+
+def test_default_unencrypted_suffix_rule() -> None:
+    doc = {"a": "x", "b_unencrypted": {"c": "y"}}
+    enc = sops.encrypt_document(doc, [SOPS_RECIPIENT], encrypted_regex=None, unencrypted_suffix="_unencrypted")
+    assert enc["b_unencrypted"] == {"c": "y"} and enc["a"].startswith("ENC[AES256_GCM,")
+    assert sops.decrypt_document(enc, ident()) == doc
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="Debian package age not installed (scripts/bootstrap.sh)")
+def test_data_key_we_wrap_opens_with_the_age_cli_and_decrypts_values(tmp_path: Path) -> None:
+    enc = sops.encrypt_document(SECRET, [SOPS_RECIPIENT])
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text(SOPS_IDENTITY + "\n")
+    keyfile.chmod(0o600)
+    out = subprocess.run(["age", "--decrypt", "-i", str(keyfile)], input=enc["sops"]["age"][0]["enc"].encode(),
+                         capture_output=True, check=True).stdout
+    assert len(out) == 32
+    # With the data key the age CLI recovered, SOPS's documented value format opens the value.
+    from gitorch.source.certificates import aes_gcm_open
+    m = sops._ENC.match(enc["stringData"]["password"])
+    assert m is not None and m[4] == "str"
+    raw = aes_gcm_open(out, base64.b64decode(m[2]), base64.b64decode(m[1]), base64.b64decode(m[3]),
+                       b"stringData:password:")
+    assert raw.decode() == CANARY

@@ -27,7 +27,7 @@ def test_a_crash_in_validation_makes_the_commit_invalid_not_the_pass(
         bad = repo.commit("trips a bug", {"other.yaml": NS.replace("shop", "other")})
         real = validation.load_desired
 
-        def crashing(snapshot: validation.Snapshot) -> validation.DesiredState:
+        def crashing(snapshot: validation.Snapshot, **options: object) -> validation.DesiredState:
             if snapshot.revision.oid == bad:
                 raise AttributeError("'str' object has no attribute 'get'")
             return real(snapshot)

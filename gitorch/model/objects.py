@@ -35,6 +35,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("ConfigMap", "v1", True, "configmap.json", order=10),
         KindInfo("Secret", "v1", True, "secret.json", order=10),
         KindInfo("PersistentVolumeClaim", "v1", True, "persistentvolumeclaim.json", order=11),
+        KindInfo("ServiceAccount", "v1", True, "serviceaccount.json", order=12),
         KindInfo("Service", "v1", True, "service.json", order=20),
         KindInfo("NetworkPolicy", "networking.k8s.io/v1", True, "networkpolicy.json", order=21),
         KindInfo("Deployment", "apps/v1", True, "deployment.json", workload=True, order=30),

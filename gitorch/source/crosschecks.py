@@ -24,6 +24,7 @@ from gitorch.model import selectors
 from gitorch.model.diagnostics import Diagnostic, Severity, escape_token
 from gitorch.model.objects import DEFAULT_NAMESPACE, KINDS, SENSITIVE_FIELDS, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, parse_quantity
+from gitorch.source import podsecurity
 
 Memo = MutableMapping[str, Any]
 """One object's memo: what its rules last found and read; it lives as long as its parsed file."""
@@ -297,6 +298,11 @@ def cross_check(
                 )
         elif key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
+        elif key.kind == "Namespace":
+            level = obj.labels.get(podsecurity.ENFORCE_LABEL)
+            if level is not None and level not in podsecurity.LEVELS:
+                out.append(_diag(obj, "/metadata/labels", f"{podsecurity.ENFORCE_LABEL}: unknown level {level!r}",
+                                 f"one of: {', '.join(podsecurity.LEVELS)}"))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
     return out
@@ -612,6 +618,7 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         ports = [str(p["name"]) for p in _seq(c.get("ports")) if isinstance(p, dict) and p.get("name")]
         for dup in sorted({p for p in ports if ports.count(p) > 1}):
             out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
+    out.extend(_check_security(obj, reads, tptr, pod))
     node_selector = pod.get("nodeSelector")
     if (
         isinstance(node_selector, dict)
@@ -628,6 +635,35 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
                 warning=True,
             )
         )
+    return out
+
+
+def _check_security(obj: Object, reads: _Reads, tptr: str, pod: dict[str, Any]) -> list[Diagnostic]:
+    """The pod's ServiceAccount exists, its securityContext is coherent (the API server's own
+    rules), and it passes its Namespace's Pod Security Standard (podsecurity.py)."""
+    out: list[Diagnostic] = []
+    ns = obj.key.namespace
+    account = pod.get("serviceAccountName")
+    if isinstance(account, str) and account != "default":
+        out.extend(_ref(obj, reads, "ServiceAccount", ns, account, f"{tptr}/spec/serviceAccountName"))
+    for cptr, c in _containers(tptr, {"spec": pod}):
+        sc = _map(c.get("securityContext"))
+        if sc.get("allowPrivilegeEscalation") is not False:
+            continue
+        if sc.get("privileged") is True:
+            out.append(_diag(obj, f"{cptr}/securityContext",
+                             "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+                             "a privileged container can always escalate: drop one of the two"))
+        if "SYS_ADMIN" in (_map(sc.get("capabilities")).get("add") or []):
+            out.append(_diag(obj, f"{cptr}/securityContext",
+                             "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+                             "CAP_SYS_ADMIN allows escalation: drop one of the two"))
+    namespace = reads.get(ObjectKey("Namespace", "", ns))
+    level = podsecurity.namespace_level(namespace.labels if namespace is not None else {})
+    for v in podsecurity.check_pod(level, pod):
+        out.append(_diag(obj, f"{tptr}/spec" if tptr else "/spec", v.message(level),
+                         f"check {v.check} of the {level} Pod Security Standard, which namespace {ns!r} enforces "
+                         f"({podsecurity.ENFORCE_LABEL}={level})"))
     return out
 
 

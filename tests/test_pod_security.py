@@ -45,7 +45,8 @@ def test_microservices_demo_passes_baseline_and_fails_restricted_only_for_seccom
         "(hint: check seccompProfile_restricted of the restricted Pod Security Standard, which namespace 'default' "
         "enforces (pod-security.kubernetes.io/enforce=restricted))"
     )
-    fixed = DEMO.replace("        runAsUser: 1000\n", "        runAsUser: 1000\n        seccompProfile: {type: RuntimeDefault}\n")
+    seccomp = "        runAsUser: 1000\n        seccompProfile: {type: RuntimeDefault}\n"
+    fixed = DEMO.replace("        runAsUser: 1000\n", seccomp)
     assert pss(errors(repo, {"ns.yaml": namespace("restricted"), "demo.yaml": fixed})) == []
 
 

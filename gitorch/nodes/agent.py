@@ -2311,9 +2311,12 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
         # they are, as in a container), then the exit file's folder writable again for the
         # shim; volumes bound below inherit read-only and are made writable one by one.
         # Read here, not by the agent: `ip netns exec` gives the shim a mount namespace of its own.
+        # A mount point that does not resolve lies under another mount: nothing reaches it.
         lines += ["while read -r _ _ _ _ point _; do",
                   '  case "$point" in /proc|/proc/*|/dev|/dev/*) continue ;; esac',
-                  "  mount -o remount,bind,ro -- \"$(printf '%b' \"$point\")\"",
+                  "  point=$(printf '%b' \"$point\")",
+                  '  [ -e "$point" ] || continue',
+                  '  mount -o remount,bind,ro -- "$point"',
                   "done < /proc/self/mountinfo"]
         logs = os.path.dirname(exit_file)
         lines += [f"mount --bind -- {q(logs)} {q(logs)}", f"mount -o remount,bind,rw -- {q(logs)}"]
@@ -4343,6 +4346,9 @@ class Supervisor:
             reason, message = (pod.fatal or ["", ""])[:2]
             message = message or pod.message or (f"internal error: {pod.internal_error}"
                                                  if pod.internal_error else "")
+            refused = next((c for c in inits + containers if c["reason"] == "CreateContainerConfigError"), None)
+            if not reason and refused is not None:  # what `kubectl get pods` shows as the pod's status
+                reason, message = refused["reason"], refused["message"]
             pending = self.pending.get(ident)
             out.append({
                 "name": pod.name,

@@ -301,8 +301,8 @@ def cross_check(
         elif key.kind == "Namespace":
             level = obj.labels.get(podsecurity.ENFORCE_LABEL)
             if level is not None and level not in podsecurity.LEVELS:
-                out.append(_diag(obj, f"/metadata/labels/{escape_token(podsecurity.ENFORCE_LABEL)}", f"unknown level {level!r}",
-                                 f"one of: {', '.join(podsecurity.LEVELS)}"))
+                ptr = f"/metadata/labels/{escape_token(podsecurity.ENFORCE_LABEL)}"
+                out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
     return out

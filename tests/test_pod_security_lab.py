@@ -22,8 +22,10 @@ NS = "psec"
 
 
 def pod(name: str, script: str, *, pod_sc: str = "{}", sc: str = "{}", account: str = "default",
-        volume: bool = False) -> str:
+        volume: bool = False, probe: str = "") -> str:
     mounts = "\n      volumeMounts: [{name: data, mountPath: /data}]" if volume else ""
+    mounts += f"\n      readinessProbe: {{exec: {{command: [sh, -c, {json.dumps(probe)}]}}, periodSeconds: 1}}" \
+        if probe else ""
     volumes = "\n  volumes: [{name: data, emptyDir: {}}]" if volume else ""
     return f"""\
 ---
@@ -76,7 +78,8 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
     pods = [
         pod("ids", "sleep 3600", pod_sc="{runAsUser: 1234, runAsGroup: 2345, supplementalGroups: [3456], "
             "fsGroup: 4567}", sc="{allowPrivilegeEscalation: false, capabilities: {drop: [ALL], add: "
-            "[NET_BIND_SERVICE]}, seccompProfile: {type: RuntimeDefault}}"),
+            "[NET_BIND_SERVICE]}, seccompProfile: {type: RuntimeDefault}}",
+            probe='test "$(id -u):$(id -g)" = 1234:2345'),
         pod("rootcaps", "sleep 3600", pod_sc="{runAsUser: 0}",
             sc="{capabilities: {drop: [ALL], add: [NET_BIND_SERVICE, CHOWN]}}"),
         pod("ro", "touch /data/ok && echo volume-written; touch /tmp/x || echo tmp-refused; "
@@ -103,6 +106,9 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         assert ids["Groups"].split() == ["3456", "4567"]
         assert int(ids["CapEff"], 16) == 0 and int(ids["CapBnd"], 16) == 1 << 10  # NET_BIND_SERVICE only
         assert ids["NoNewPrivs"] == "1" and ids["Seccomp"] == "2"
+        # Its exec probe runs as it too (the probe passes only as 1234:2345).
+        wait_until("ids ready", lambda: controller.reconcile() and status(lab)["ids"]["ready"], timeout=60,
+                   describe=lambda: describe(lab))
 
         root = proc_status(lab, "rootcaps")
         assert root["Uid"].split() == ["0"] * 4

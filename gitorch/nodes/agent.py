@@ -4270,6 +4270,12 @@ class Supervisor:
             return lambda: probe_grpc(handler, timeout)
         command = [str(c) for c in handler["command"]]
         cwd = "/"
+        sec = ctr.spec.security if ctr.spec is not None else None
+        if sec is not None and ctr.runtime == "process":
+            # As the container's own processes: in Kubernetes an exec probe runs inside it.
+            with contextlib.suppress(StartError):
+                command = [*setpriv_argv(sec, resolve_identity(sec, pod.namespace, self.accounts), AGENT_FILE),
+                           *command]
         if ctr.runtime != "process" and ctr.runtime_name:
             argv = [shutil.which(ctr.runtime) or ctr.runtime, "exec", "--", ctr.runtime_name,
                     *command]

@@ -30,7 +30,6 @@ NO_EFFECT: dict[str, str] = {
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "container.imagePullPolicy": _COMPAT + "gitorch runs images already on the node (podman --pull never)",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
-    "toleration.tolerationSeconds": _COMPAT + "gitorch does not evict pods for taints added later",
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),

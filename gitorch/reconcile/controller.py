@@ -478,8 +478,8 @@ class Controller:
                                    noexecute_since=noexecute))
         # Retention: a taint gone from its Node's manifest (or the Node gone) is forgotten.
         current = {(n.name, t) for n in nodes for t, _ in n.noexecute_since}
-        for key in [k for k in self._noexecute_seen if k not in current]:
-            del self._noexecute_seen[key]
+        for forgotten in [k for k in self._noexecute_seen if k not in current]:
+            del self._noexecute_seen[forgotten]
         pods: list[PodState] = []
         # Read once a pass (execute and the service table use it too), without the specs it never
         # reads; while this controller's term lasts, what it wrote itself stands in for a read.

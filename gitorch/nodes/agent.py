@@ -1041,6 +1041,7 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...]
     pre_stop: ProbeSpec | None = None  # lifecycle hooks: kind exec, httpGet or sleep
     post_start: ProbeSpec | None = None
+    pull: str = "missing"  # imagePullPolicy as podman's --pull: always, missing or never
 
     @classmethod
     def parse(cls, raw: Any, where: str, init: bool) -> ContainerSpec:
@@ -1105,7 +1106,21 @@ class ContainerSpec:
             mounts=tuple(mounts),
             pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
             post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
+            pull=_pull_policy(raw.get("imagePullPolicy"), f"{where}.imagePullPolicy"),
         )
+
+
+PULL_POLICIES = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
+
+
+def _pull_policy(raw: Any, where: str) -> str:
+    """Kubernetes' imagePullPolicy as the runtime's --pull value. Unset is IfNotPresent for
+    every tag (Kubernetes pulls an untagged or :latest image on every start: set Always)."""
+    if raw is None:
+        return "missing"
+    if raw not in PULL_POLICIES:
+        raise SpecError(f"{where}: must be one of {', '.join(PULL_POLICIES)}")
+    return PULL_POLICIES[raw]
 
 
 # A postStart hook may run this long; then it has failed (the kubelet waits for ever).
@@ -2090,9 +2105,10 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     """
     assert pod.spec is not None
     kind, binary = runtime
-    # Images are never pulled: they must already be on the node (`podman import`/`load`),
-    # so a missing one fails at once instead of waiting on a registry.
-    argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", "never",
+    # imagePullPolicy: Always pulls on every start, IfNotPresent only a missing image, Never
+    # runs what the node has (a missing image fails at once instead of waiting on a registry).
+    # --quiet: a pull's progress stays out of the container's log (its errors do not).
+    argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", spec.pull, "--quiet",
             "--network", f"ns:{netns_path(pod.key)}" if pod.netns and kind == "podman" else "host",
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     if kind == "podman":
@@ -3809,7 +3825,12 @@ class Supervisor:
             code, reason = rc, "Completed" if rc == 0 else "Error"
         if sig == signal.SIGKILL and Cgroups.oom_kills(ctr.cgroups) > ctr.oom_base:
             reason = "OOMKilled"
-        if ctr.kill_reason == "liveness":
+        pull_error = self.pull_error(pod, ctr) if rc == 125 and ctr.runtime != "process" else None
+        if pull_error is not None:
+            reason = pull_error[0]
+        if pull_error is not None:
+            message = pull_error[1]
+        elif ctr.kill_reason == "liveness":
             message = f"Container {ctr.name} failed liveness probe, will be restarted"
         elif ctr.kill_reason == "startup":
             message = f"Container {ctr.name} failed startup probe, will be restarted"
@@ -3828,6 +3849,30 @@ class Supervisor:
         # Like a container whose PID 1 died: nothing of it may survive.
         self.send(ctr, signal.SIGKILL)
         self.finish_exit(pod, ctr, now, stopping)
+
+    def pull_error(self, pod: Pod, ctr: Container) -> tuple[str, str] | None:
+        """(reason, message) when the runtime's own exit (125) came from the image: it could
+        not be pulled (ErrImagePull), or is missing where imagePullPolicy is Never
+        (ErrImageNeverPull), read from the runtime's last words in the container's log."""
+        try:
+            with open(self.paths.log_file(pod.key, ctr.name), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 4096))
+                tail = fh.read().decode(errors="replace")
+        except OSError:
+            return None
+        lines = [line.strip() for line in tail.splitlines() if line.strip().startswith("Error")]
+        if not lines:
+            return None
+        last = self.redact(one_line(lines[-1]))[:400]
+        low = last.lower()
+        never = ctr.spec is not None and ctr.spec.pull == "never"
+        if never and ("image not known" in low or "no such image" in low):
+            return "ErrImageNeverPull", f"image is not present on the node and imagePullPolicy is Never: {last}"
+        if any(w in low for w in ("pull", "initializing source", "registry", "manifest unknown",
+                                  "image not known", "no such image", "unauthorized")):
+            return "ErrImagePull", last
+        return None
 
     def finish_exit(self, pod: Pod, ctr: Container, now: float, stopping: bool) -> None:
         """Decide what follows a termination: back-off and restart, or stay terminated."""

@@ -1042,6 +1042,7 @@ class ContainerSpec:
     pre_stop: ProbeSpec | None = None  # lifecycle hooks: kind exec, httpGet or sleep
     post_start: ProbeSpec | None = None
     pull: str = "missing"  # imagePullPolicy as podman's --pull: always, missing or never
+    sidecar: bool = False  # an init container with restartPolicy Always
 
     @classmethod
     def parse(cls, raw: Any, where: str, init: bool) -> ContainerSpec:
@@ -1107,7 +1108,16 @@ class ContainerSpec:
             pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
             post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
             pull=_pull_policy(raw.get("imagePullPolicy"), f"{where}.imagePullPolicy"),
+            sidecar=_sidecar(raw.get("restartPolicy"), f"{where}.restartPolicy", init),
         )
+
+
+def _sidecar(raw: Any, where: str, init: bool) -> bool:
+    if raw is None:
+        return False
+    if raw != "Always" or not init:
+        raise SpecError(f"{where}: only an init container takes one, and only Always (a sidecar)")
+    return True
 
 
 PULL_POLICIES = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
@@ -3424,8 +3434,23 @@ class Supervisor:
             for ctr in pod.all_containers():
                 if ctr.state == "running" and ctr.kill_deadline is None:
                     self.begin_kill(pod, ctr, now, "network", "pod network re-created")
+        # Init containers one by one. A sidecar (restartPolicy Always) lets the next one start
+        # once it has started (its startup probe and postStart hook done), then keeps running
+        # beside the containers; it is stepped on every tick, restarts included.
+        main_done = pod.spec.restart_policy != "Always" and bool(pod.containers) and all(
+            c.state == "terminated" and not c.draining for c in pod.containers)
         for ctr in pod.init_containers:
-            if not ctr.succeeded:
+            if ctr.spec is not None and ctr.spec.sidecar:
+                if main_done:  # the pod's work is over (a Job's pod): its sidecars stop, last
+                    self.stop_sidecar(pod, ctr, now)
+                    continue
+                self.step_container(pod, ctr, now)
+                if not ctr.succeeded and ctr.state == "running" and ctr.startup_done \
+                        and ctr.post_start is None:
+                    ctr.succeeded = True  # for a sidecar: it has started once
+                if not ctr.succeeded:
+                    return
+            elif not ctr.succeeded:
                 self.step_container(pod, ctr, now)
                 if not ctr.succeeded:
                     return
@@ -3433,6 +3458,19 @@ class Supervisor:
             if ctr.reason == "PodInitializing":
                 ctr.reason = "ContainerCreating"
             self.step_container(pod, ctr, now)
+
+    def stop_sidecar(self, pod: Pod, ctr: Container, now: float) -> None:
+        """Stop a sidecar whose pod's containers have all ended; it is not started again."""
+        if ctr.state == "running" and ctr.kill_deadline is None:
+            exited, rc = ctr.poll_exit()
+            if exited:
+                self.on_exit(pod, ctr, rc, now, stopping=True)
+            else:
+                self.begin_kill(pod, ctr, now, "stop", "the pod's containers have ended")
+        if ctr.busy:
+            self.step_container(pod, ctr, now, stopping=True)
+        elif ctr.state == "waiting":
+            ctr.state, ctr.reason, ctr.message = "terminated", "Completed", ""
 
     def prepare(self, pod: Pod) -> None:
         assert pod.spec is not None
@@ -3546,7 +3584,12 @@ class Supervisor:
         return True
 
     def step_stopping(self, pod: Pod, now: float) -> None:
+        # Sidecars get their SIGTERM once the containers they serve have gone, as the kubelet does.
+        serving = any(c.busy for c in pod.containers)
         for ctr in pod.all_containers():
+            sidecar = ctr.init and ctr.spec is not None and ctr.spec.sidecar
+            if serving and sidecar and ctr.kill_deadline is None and ctr.state == "running":
+                continue
             if ctr.state == "running" and ctr.kill_deadline is None:
                 exited, rc = ctr.poll_exit()
                 if exited:
@@ -3885,7 +3928,9 @@ class Supervisor:
             ctr.state = "terminated"
             return
         policy = pod.spec.restart_policy
-        if ctr.init:
+        if ctr.init and ctr.spec is not None and ctr.spec.sidecar:
+            restart = True  # a sidecar restarts whatever the pod's restartPolicy
+        elif ctr.init:
             if code == 0:
                 ctr.succeeded, ctr.state = True, "terminated"
                 ctr.reason, ctr.message = "", ""
@@ -4028,7 +4073,9 @@ class Supervisor:
                 "reason": reason,
                 "message": message,
                 "ready": phase == "Running" and bool(containers)
-                and all(c["ready"] for c in containers),
+                and all(c["ready"] for c in containers)
+                and all(c["ready"] for c, ctr in zip(inits, pod.init_containers, strict=True)
+                        if ctr.spec is not None and ctr.spec.sidecar),
                 "restarts": sum(c.restart_count for c in pod.all_containers()),
                 "startedAt": iso(pod.created_at),
                 "podIP": pod.ip if pod.netns else None,
@@ -4052,7 +4099,7 @@ class Supervisor:
             "state": ctr.state,
             "reason": reason,
             "message": message,
-            "ready": running and ctr.ready and not ctr.init,
+            "ready": running and ctr.ready and (not ctr.init or (ctr.spec is not None and ctr.spec.sidecar)),
             "started": running and ctr.startup_done,
             "restartCount": ctr.restart_count,
             "pid": ctr.pid if running else None,

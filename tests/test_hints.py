@@ -191,9 +191,7 @@ def test_lifecycle_hooks_and_sidecar_init_containers_are_accepted(repo: GitRepo)
 @pytest.mark.parametrize(
     ("kind", "fix"),
     [
-        ("PodDisruptionBudget", "gitorch evicts nothing on its own yet"),
-        ("ResourceQuota", "set resources on each container"),
-        ("LimitRange", "applies no namespace defaults yet"),
+        ("PodDisruptionBudget", "does not read PodDisruptionBudgets yet"),
         ("PersistentVolume", "use a PersistentVolumeClaim"),
         ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
     ],

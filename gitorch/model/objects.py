@@ -35,6 +35,8 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("ConfigMap", "v1", True, "configmap.json", order=10),
         KindInfo("Secret", "v1", True, "secret.json", order=10),
         KindInfo("PersistentVolumeClaim", "v1", True, "persistentvolumeclaim.json", order=11),
+        KindInfo("LimitRange", "v1", True, "limitrange.json", order=5),
+        KindInfo("ResourceQuota", "v1", True, "resourcequota.json", order=5),
         KindInfo("Service", "v1", True, "service.json", order=20),
         KindInfo("NetworkPolicy", "networking.k8s.io/v1", True, "networkpolicy.json", order=21),
         KindInfo("Deployment", "apps/v1", True, "deployment.json", workload=True, order=30),

@@ -13,8 +13,10 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
+from gitorch.model import admission
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.scheduler import (
@@ -235,7 +237,7 @@ class _Pass:
     # counts go, as the taint manager deletes them in Kubernetes.
     def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
         live, lost = [], []
-        template = _template(obj) or {}
+        template = self.template(obj) or {}
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
         for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
@@ -244,6 +246,77 @@ class _Pass:
             else:
                 live.append(p)
         return live, lost
+
+    def template(self, obj: Object | None) -> Mapping[str, Any] | None:
+        """The object's pod template as its pods get it: with its namespace's LimitRange
+        defaults (see model/admission.py), kept with the state like the specs built from it."""
+        template = _template(obj)
+        if template is None or obj is None:
+            return template
+        items = self.limit_items(obj.key.namespace)
+        if not items:
+            return template
+        if self.desired.objects.get(obj.key) is not obj:
+            return admission.defaulted_template(template, items)
+        key = ("defaulted", obj.key, id(template))
+        found = self.desired.memo.get(key)
+        if found is None:
+            found = self.desired.memo[key] = admission.defaulted_template(template, items)
+        return found
+
+    def limit_items(self, namespace: str) -> tuple[admission.LimitItem, ...]:
+        key = ("limit_items", namespace)
+        found = self.desired.memo.get(key)
+        if found is None:
+            ranges = [(o.key.name, o.spec) for o in self.desired.of_kind("LimitRange") if o.key.namespace == namespace]
+            found = self.desired.memo[key] = admission.limit_items(ranges)
+        return found
+
+    def quotas(self) -> dict[str, list[admission.Quota]]:
+        found = self.desired.memo.get("quotas")
+        if found is None:
+            found = {}
+            for o in self.desired.of_kind("ResourceQuota"):
+                found.setdefault(o.key.namespace, []).append(admission.quota(o.key.name, o.spec))
+            self.desired.memo["quotas"] = found
+        return found
+
+    def admit(self) -> None:
+        """ResourceQuota at pod creation, as Kubernetes' admission: the pods of this pass to be
+        placed, in order, while their namespace's use stays within its quotas; the others stay
+        Pending with Kubernetes' message (a rollout's surge waits, as its ReplicaSet would)."""
+        quotas = self.quotas()
+        if not quotas or not any(d.owner.namespace in quotas for _, d in self.to_place):
+            return
+        finished = {(p.namespace, p.name) for p in self.observed.pods if p.finished}
+        placing = {(d.owner.namespace, d.name) for _, d in self.to_place}
+        used: dict[str, dict[str, Any]] = {}
+        for p in self.plan.pods:
+            ns = p.owner.namespace
+            if ns in quotas and (ns, p.name) not in finished and (ns, p.name) not in placing:
+                owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
+                tmpl = self.template(owner)
+                if tmpl is not None:
+                    admission.add(used.setdefault(ns, {}), admission.pod_usage(tmpl))
+        admitted = []
+        for info, pod in self.to_place:
+            ns = pod.owner.namespace
+            if ns not in quotas:
+                admitted.append((info, pod))
+                continue
+            owner = self.desired.objects.get(pod.owner) or self.runs.get(pod.owner)
+            tmpl = self.template(owner)
+            usage = admission.pod_usage(tmpl) if tmpl is not None else {"pods": Fraction(1)}
+            mine = used.setdefault(ns, {})
+            refusal = next((m for q in quotas[ns] if (m := admission.exceeded(q, mine, usage))), None)
+            if refusal is None:
+                admission.add(mine, usage)
+                admitted.append((info, pod))
+                continue
+            message = f'pods "{pod.name}" is forbidden: {refusal}'
+            self.plan.pods.append(DesiredPod(pod.name, pod.owner, None, pod.revision, pod.spec, pod.ordinal, message))
+            self.plan.events.append(PlannedEvent(pod.owner, "Warning", "FailedCreate", message))
+        self.to_place = admitted
 
     def keep(self, obj: Object, p: PodState, spec: Mapping[str, Any]) -> None:
         self.plan.pods.append(DesiredPod(p.name, obj.key, p.node, p.revision, spec, p.ordinal, p.message))
@@ -276,7 +349,9 @@ class _Pass:
         self.to_place.append((info, pod))
 
     def place_all(self) -> None:
-        """Schedule every new or unplaced pod of this pass together."""
+        """Schedule every new or unplaced pod of this pass together (those its namespace's
+        quota admits)."""
+        self.admit()
         if not self.to_place:
             return
         pending_names = {(d.owner.namespace, d.name) for _, d in self.to_place}
@@ -284,7 +359,7 @@ class _Pass:
         for p in self.plan.pods:
             if p.node is not None and (p.owner.namespace, p.name) not in pending_names:
                 owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
-                found = _template(owner) if owner else None
+                found = self.template(owner) if owner else None
                 if found is not None:
                     bound.append(
                         (pod_info_from_template(p.name, p.owner.namespace, found, owner=_owner_id(p.owner)), p.node)
@@ -325,7 +400,7 @@ def _template(obj: Object | None) -> Mapping[str, Any] | None:
 
 
 def _deployment(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -405,7 +480,7 @@ def _pod(ps: _Pass, obj: Object) -> None:
     """A bare Pod: placed once by the scheduler and never moved, as in Kubernetes: on a lost
     node it waits for that node. A changed spec replaces it where it runs (Kubernetes refuses
     most changes to a Pod; Git is the truth here)."""
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
@@ -446,7 +521,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
     """Kubernetes' ReplicaSet: `replicas` pods, scaled up with the current template and down
     by the removal order; a changed template applies only to pods made after it (no rollout:
     that is a Deployment's job), so a pod of an earlier template keeps running as it is."""
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     replicas = int(obj.spec.get("replicas", 1))
@@ -646,7 +721,7 @@ def _spec_for_record(ps: _Pass, obj: Object, p: PodState) -> dict[str, Any]:
 
 
 def _statefulset(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -723,7 +798,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
 
 
 def _daemonset(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
@@ -766,7 +841,7 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
 
 
 def _job(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -887,7 +962,7 @@ def _finished_job(
     deletes the Job), and it never runs again while its revision stays the same."""
     ttl = obj.spec.get("ttlSecondsAfterFinished")
     expired = isinstance(ttl, int) and not isinstance(ttl, bool) and ps.now - ended.at >= ttl
-    template = _template(obj)
+    template = ps.template(obj)
     for p in live:
         if expired or not p.finished or template is None:
             ps.remove(p)

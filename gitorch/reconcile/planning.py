@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from gitorch.model import admission
+from gitorch.model import admission, selectors
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.scheduler import (
@@ -72,6 +72,7 @@ class NodeState:
     """When it was found lost: the node.kubernetes.io/unreachable NoExecute taint's timeAdded."""
     noexecute_since: tuple[tuple[Taint, float], ...] = ()
     """Its NoExecute taints from Git, each with when the controller first saw it."""
+    draining: bool = False  # spec.drain: its pods are evicted within their disruption budgets
 
     @property
     def name(self) -> str:
@@ -232,20 +233,54 @@ class _Pass:
         self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
         self.started_at = 0  # where the running object controller's pods begin in plan.pods
+        self._budgets: list[_Budget] | None = None
 
     # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
     # counts go, as the taint manager deletes them in Kubernetes.
     def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
-        live, lost = [], []
+        live: list[PodState] = []
+        lost: list[PodState] = []
         template = self.template(obj) or {}
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
         for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
-            if p.node is not None and evicted(node, tolerations, self.now):
-                lost.append(p)
-            else:
-                live.append(p)
+            gone = p.node is not None and evicted(node, tolerations, self.now)
+            drained = not gone and node is not None and node.draining and not p.finished
+            (lost if gone or (drained and self.may_evict(obj, template, p)) else live).append(p)
         return live, lost
+
+    def budgets(self) -> list[_Budget]:
+        """This pass's PodDisruptionBudgets, each with the pods it covers counted once."""
+        if self._budgets is None:
+            self._budgets = []
+            for pdb in self.desired.of_kind("PodDisruptionBudget"):
+                self._budgets.append(_budget(self, pdb))
+                self.plan.statuses[pdb.key] = self._budgets[-1].status()
+        return self._budgets
+
+    def may_evict(self, obj: Object, template: Mapping[str, Any], p: PodState) -> bool:
+        """Whether a pod on a draining node may go now, as the eviction API decides: every
+        budget selecting it allows a disruption (a pod that is not ready needs only the budget
+        to hold, or AlwaysAllow). An eviction uses up the disruption it was allowed."""
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        mine = [b for b in self.budgets() if b.namespace == p.namespace and b.covers(labels)]
+        healthy = _ready(p, self.now, 0)
+        for b in mine:
+            if healthy and b.allowed <= 0:
+                self.plan.events.append(PlannedEvent(
+                    obj.key, "Warning", "EvictionBlocked",
+                    f"{p.name} on draining node {p.node}: Cannot evict pod as it would violate the pod's "
+                    f"disruption budget {b.name} ({b.healthy} healthy, {b.desired} needed)"))
+                return False
+            if not healthy and not b.always_allow and b.healthy < b.desired:
+                return False
+        for b in mine:
+            if healthy:
+                b.allowed -= 1
+                b.healthy -= 1
+        self.plan.events.append(
+            PlannedEvent(obj.key, "Normal", "Evicted", f"{p.name}: evicted from draining node {p.node}"))
+        return True
 
     def template(self, obj: Object | None) -> Mapping[str, Any] | None:
         """The object's pod template as its pods get it: with its namespace's LimitRange
@@ -379,6 +414,60 @@ class _Pass:
                 respec = self.respecs.get((pod.owner.namespace, pod.name))
                 spec = respec(decision.node) if respec is not None else dict(pod.spec)
                 self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
+
+
+@dataclass
+class _Budget:
+    """A PodDisruptionBudget as the disruption controller computes it for this pass."""
+
+    name: str
+    namespace: str
+    selector: Mapping[str, Any] | None
+    expected: int
+    healthy: int
+    desired: int
+    allowed: int
+    always_allow: bool
+
+    def covers(self, labels: Mapping[str, str]) -> bool:
+        return self.selector is not None and selectors.matches(self.selector, labels)
+
+    def status(self) -> Status:
+        message = (f"{self.healthy}/{self.expected} pods healthy, {self.desired} needed: "
+                   f"{self.allowed} disruption(s) allowed")
+        health = "Healthy" if self.healthy >= self.desired else "Degraded"
+        return Status(health, message, self.expected, self.healthy, available=self.healthy, conditions=(
+            {"type": "DisruptionAllowed", "status": "True" if self.allowed > 0 else "False",
+             "reason": "SufficientPods" if self.allowed > 0 else "InsufficientPods"},))
+
+
+def _budget(ps: _Pass, pdb: Object) -> _Budget:
+    spec = pdb.spec
+    selector = spec.get("selector")
+    covered: list[PodState] = []
+    expected = 0
+    for key, pods in ps.by_owner.items():
+        owner = ps.desired.objects.get(key) or ps.runs.get(key)
+        template = _template(owner)
+        if key.namespace != pdb.key.namespace or template is None or selector is None:
+            continue
+        if not selectors.matches(selector, (template.get("metadata") or {}).get("labels") or {}):
+            continue
+        mine = [p for p in pods if not p.finished]
+        covered.extend(mine)
+        replicas = owner.spec.get("replicas") if owner is not None and key.kind in (
+            "Deployment", "ReplicaSet", "StatefulSet") else None
+        expected += int(replicas) if isinstance(replicas, int) and not isinstance(replicas, bool) else len(mine)
+    healthy = sum(1 for p in covered if _ready(p, ps.now, 0) and not (
+        p.node and (n := ps.nodes.get(p.node)) is not None and n.lost))
+    if "minAvailable" in spec:
+        desired = _scaled(spec["minAvailable"], expected, round_up=True)
+    elif "maxUnavailable" in spec:
+        desired = max(0, expected - _scaled(spec["maxUnavailable"], expected, round_up=True))
+    else:
+        desired = expected  # Kubernetes' default: maxUnavailable 0 (nothing is evicted)
+    return _Budget(pdb.key.name, pdb.key.namespace, selector, expected, healthy, desired,
+                   max(0, healthy - desired), spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow")
 
 
 def _owner_id(key: ObjectKey) -> str:
@@ -1087,6 +1176,7 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
         if controller is not None:
             _isolated(ps, obj, controller)
     ps.place_all()
+    ps.budgets()  # every PodDisruptionBudget's status, whether or not a node drains
     # Pods whose owner left Git are pruned.
     for key, pods in sorted(ps.by_owner.items()):
         if key in ps.runs or key in ps.protected:

@@ -192,8 +192,6 @@ def _kubernetes() -> _Kubernetes:
 
 _KIND_HINTS = {
     "ReplicationController": "use a Deployment, which replaces it in Kubernetes too",
-    "PodDisruptionBudget": "delete it: gitorch does not read PodDisruptionBudgets yet (a rollout keeps within "
-    "its maxUnavailable; a NoExecute taint or a lost node evicts at once)",
     "PersistentVolume": "use a PersistentVolumeClaim (a node-local directory kept across restarts) or a "
     "hostPath volume in the pod",
     "StorageClass": "delete it and storageClassName: a PersistentVolumeClaim is a node-local directory",

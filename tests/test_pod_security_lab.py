@@ -85,9 +85,11 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         pod("ro", "touch /data/ok && echo volume-written; touch /tmp/x || echo tmp-refused; "
             "touch /var/lib/gitorch/x || echo node-refused; sleep 3600", sc="{readOnlyRootFilesystem: true}",
             volume=True),
-        pod("alice", "echo secret-of-alice > /data/file && sleep 3600", account="alice", volume=True),
+        pod("alice", "export ALICE_KEY=secret-of-alice; echo $ALICE_KEY > /data/file && exec sleep 3600",
+            account="alice", volume=True),
         pod("bob", f"sleep 2; cat /var/lib/gitorch/pods/{NS}_alice/volumes/data/file || echo alice-refused; "
-            f"ls /var/lib/gitorch/pods || echo list-refused; sleep 3600", account="bob", volume=True),
+            "grep -l -s ALICE_KEY /proc/[0-9]*/environ || echo environ-refused; "
+            "ls /var/lib/gitorch/pods || echo list-refused; sleep 3600", account="bob", volume=True),
         pod("plain", "sleep 3600", pod_sc="{runAsNonRoot: true}"),
         pod("nonroot", "sleep 3600", pod_sc="{runAsNonRoot: true}", sc="{runAsUser: 0}"),
     ]
@@ -126,7 +128,9 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         assert alice["Uid"].split()[0] == alice["Gid"].split()[0] == str(uids[(NS, "alice")])
         assert bob["Uid"].split()[0] == str(uids[(NS, "bob")])
         wait_until("bob's reads tried", lambda: "list-refused" in log(lab, "bob"), timeout=30)
-        assert "secret-of-alice" not in log(lab, "bob") and "alice-refused" in log(lab, "bob"), log(lab, "bob")
+        out = log(lab, "bob")
+        assert "secret-of-alice" not in out and "alice-refused" in out and "environ-refused" in out, out
+        assert ssh_run(lab, "lab-1", "grep -l -s ALICE_KEY /proc/[0-9]*/environ", check=False).stdout  # root can
         assert "Permission denied" in log(lab, "bob")
 
         plain = proc_status(lab, "plain")  # the default account, asked not to be root: its uid

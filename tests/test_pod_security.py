@@ -134,3 +134,12 @@ def test_service_account_references_and_tokens(repo: GitRepo) -> None:
     found = errors(repo, {"sa.yaml": sa, "pod.yaml": POD % ("web", escalate)})
     assert len(found) == 1 and "cannot set `allowPrivilegeEscalation` to false and `privileged` to true" in found[0]
     assert "/spec/containers/0/securityContext" in found[0]
+
+
+def test_labelling_a_namespace_rechecks_its_unchanged_pods(repo: GitRepo) -> None:
+    """Rules' results are kept with unchanged files (the source cache); a pod's depend on its
+    Namespace's label, so labelling the Namespace alone must check the pod again."""
+    assert pss(errors(repo, {"ns.yaml": namespace(None), "pod.yaml": PRIVILEGED})) == []
+    found = pss(errors(repo, {"ns.yaml": namespace("baseline")}))
+    assert any("check privileged of the baseline" in e for e in found), found
+    assert pss(errors(repo, {"ns.yaml": namespace("privileged")})) == []

@@ -75,12 +75,16 @@ def log(lab: Lab, name: str) -> str:
 def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
     accounts = "".join(f"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {a}, namespace: {NS}}}\n"
                        for a in ("alice", "bob"))
+    # process_vm_readv on itself with nothing to read: 0, unless the seccomp filter refuses it (EPERM).
+    vm_read = ("python3 -c 'import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+               "print(\"process_vm_readv\", libc.syscall(310, os.getpid(), None, 0, None, 0, 0), ctypes.get_errno())'"
+               "; sleep 3600")
     pods = [
-        pod("ids", "sleep 3600", pod_sc="{runAsUser: 1234, runAsGroup: 2345, supplementalGroups: [3456], "
+        pod("ids", vm_read, pod_sc="{runAsUser: 1234, runAsGroup: 2345, supplementalGroups: [3456], "
             "fsGroup: 4567}", sc="{allowPrivilegeEscalation: false, capabilities: {drop: [ALL], add: "
             "[NET_BIND_SERVICE]}, seccompProfile: {type: RuntimeDefault}}",
             probe='test "$(id -u):$(id -g)" = 1234:2345'),
-        pod("rootcaps", "sleep 3600", pod_sc="{runAsUser: 0}",
+        pod("rootcaps", vm_read, pod_sc="{runAsUser: 0}",
             sc="{capabilities: {drop: [ALL], add: [NET_BIND_SERVICE, CHOWN]}}"),
         pod("ro", "touch /data/ok && echo volume-written; touch /tmp/x || echo tmp-refused; "
             "touch /var/lib/gitorch/x || echo node-refused; sleep 3600", sc="{readOnlyRootFilesystem: true}",
@@ -112,7 +116,12 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         wait_until("ids ready", lambda: controller.reconcile() and status(lab)["ids"]["ready"], timeout=60,
                    describe=lambda: describe(lab))
 
+        wait_until("ids' system call tried", lambda: "process_vm_readv" in log(lab, "ids"), timeout=30)
+        assert log(lab, "ids").split() == ["process_vm_readv", "-1", "1"], log(lab, "ids")  # EPERM
+
         root = proc_status(lab, "rootcaps")
+        wait_until("rootcaps' system call tried", lambda: "process_vm_readv" in log(lab, "rootcaps"), timeout=30)
+        assert log(lab, "rootcaps").split() == ["process_vm_readv", "0", "0"], log(lab, "rootcaps")  # no filter
         assert root["Uid"].split() == ["0"] * 4
         assert int(root["CapEff"], 16) == int(root["CapBnd"], 16) == (1 << 10) | (1 << 0)
         assert root["NoNewPrivs"] == "0" and root["Seccomp"] == "0"

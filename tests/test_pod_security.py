@@ -143,3 +143,13 @@ def test_labelling_a_namespace_rechecks_its_unchanged_pods(repo: GitRepo) -> Non
     found = pss(errors(repo, {"ns.yaml": namespace("baseline")}))
     assert any("check privileged of the baseline" in e for e in found), found
     assert pss(errors(repo, {"ns.yaml": namespace("privileged")})) == []
+
+
+def test_the_warn_label_gives_the_same_checks_as_warnings(repo: GitRepo) -> None:
+    ns = ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  labels:\n"
+          f"    {podsecurity.ENFORCE_LABEL}: baseline\n    {podsecurity.WARN_LABEL}: restricted\n")
+    repo.commit("case", {"ns.yaml": ns, "demo.yaml": DEMO})
+    state = desired.load(open_repository(repo.path), None)
+    assert not [d for d in state.diagnostics if d.severity is Severity.ERROR and "PodSecurity" in d.message]
+    warned = [d.format() for d in state.diagnostics if d.severity is Severity.WARNING and "PodSecurity" in d.message]
+    assert len(warned) == 12 and 'would violate PodSecurity "restricted:latest": seccompProfile' in warned[0], warned

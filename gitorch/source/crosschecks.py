@@ -301,10 +301,11 @@ def cross_check(
         elif key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
         elif key.kind == "Namespace":
-            level = obj.labels.get(podsecurity.ENFORCE_LABEL)
-            if level is not None and level not in podsecurity.LEVELS:
-                ptr = f"/metadata/labels/{escape_token(podsecurity.ENFORCE_LABEL)}"
-                out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
+            for label in (podsecurity.ENFORCE_LABEL, podsecurity.WARN_LABEL):
+                level = obj.labels.get(label)
+                if level is not None and level not in podsecurity.LEVELS:
+                    ptr = f"/metadata/labels/{escape_token(label)}"
+                    out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
     return out
@@ -785,11 +786,20 @@ def _check_security(obj: Object, reads: _Reads, tptr: str, pod: dict[str, Any]) 
                              "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
                              "CAP_SYS_ADMIN allows escalation: drop one of the two"))
     namespace = reads.get(ObjectKey("Namespace", "", ns))
-    level = podsecurity.namespace_level(namespace.labels if namespace is not None else {})
-    for v in podsecurity.check_pod(level, pod):
-        out.append(_diag(obj, f"{tptr}/spec" if tptr else "/spec", v.message(level),
+    labels = namespace.labels if namespace is not None else {}
+    level = podsecurity.namespace_level(labels)
+    enforced = podsecurity.check_pod(level, pod)
+    for v in enforced:
+        out.append(_diag(obj, f"{tptr}/spec", v.message(level),
                          f"check {v.check} of the {level} Pod Security Standard, which namespace {ns!r} enforces "
                          f"({podsecurity.ENFORCE_LABEL}={level})"))
+    warn = podsecurity.namespace_level(labels, podsecurity.WARN_LABEL)
+    seen = {v.check for v in enforced}
+    for v in podsecurity.check_pod(warn, pod):
+        if v.check not in seen:  # as Kubernetes: what is enforced is not warned about too
+            out.append(_diag(obj, f"{tptr}/spec", v.message(warn, warning=True),
+                             f"check {v.check} of the {warn} Pod Security Standard, which namespace {ns!r} warns about "
+                             f"({podsecurity.WARN_LABEL}={warn})", warning=True))
     return out
 
 

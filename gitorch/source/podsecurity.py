@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+WARN_LABEL = "pod-security.kubernetes.io/warn"  # the same checks, as warnings
 LEVELS = ("privileged", "baseline", "restricted")
 
 # The capabilities baseline allows a container to add (Kubernetes' capabilities_allowed_1_0).
@@ -32,8 +33,9 @@ class Violation:
     reason: str
     detail: str
 
-    def message(self, level: str) -> str:
-        return f'violates PodSecurity "{level}:latest": {self.reason} ({self.detail})'
+    def message(self, level: str, *, warning: bool = False) -> str:
+        verb = "would violate" if warning else "violates"  # Kubernetes' words for a warning and a denial
+        return f'{verb} PodSecurity "{level}:latest": {self.reason} ({self.detail})'
 
 
 def _map(value: Any) -> dict[str, Any]:
@@ -256,7 +258,7 @@ def check_pod(level: str, pod_spec: dict[str, Any]) -> list[Violation]:
     return [v for v in (check(pod_spec) for check in checks) if v is not None]
 
 
-def namespace_level(labels: dict[str, Any]) -> str:
-    """The level a Namespace's labels enforce; privileged when unlabelled."""
-    level = labels.get(ENFORCE_LABEL)
+def namespace_level(labels: dict[str, Any], label: str = ENFORCE_LABEL) -> str:
+    """The level a Namespace's labels enforce (or warn about, with WARN_LABEL); privileged when unlabelled."""
+    level = labels.get(label)
     return str(level) if level in LEVELS else "privileged"

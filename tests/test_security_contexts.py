@@ -6,7 +6,9 @@ same path on real nodes, read back from /proc: tests/test_pod_security_lab.py.""
 
 from __future__ import annotations
 
+import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +159,21 @@ def test_the_runtime_default_seccomp_program() -> None:
     for i, (op, jt, _, _) in enumerate(prog):  # every jump lands on the EPERM return
         if op in (0x15, 0x35) and i > 1:
             assert i + 1 + jt == len(prog) - 1
+
+
+def test_get_serviceaccounts_shows_the_recorded_uids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gitorch.cli import views
+    from gitorch.store.database import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        store.save_account_ids({("shop", "web"): 200001, ("shop", "default"): 200000})
+        store.save_account_ids({("shop", "web"): 200001, ("shop", "default"): 200000, ("ops", "default"): 200002})
+        views.get(store, "serviceaccounts", "shop", "json")
+        shown = json.loads(capsys.readouterr().out)
+        assert [(a["namespace"], a["name"], a["uid"], a["gid"]) for a in shown] == [
+            ("shop", "default", 200000, 200000), ("shop", "web", 200001, 200001)]
+        views.get(store, "serviceaccounts", None, "table")
+        assert "200002" in capsys.readouterr().out
+    finally:
+        store.close()

@@ -486,11 +486,12 @@ def status(output: str) -> None:
 
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
-                                           "daemonsets", "services", "jobs", "cronjobs", "revisions"]))
+                                           "daemonsets", "services", "jobs", "cronjobs", "serviceaccounts",
+                                           "revisions"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:
-    """List pods, nodes, workloads, services or revisions as the store knows them."""
+    """List pods, nodes, workloads, services, ServiceAccounts (their uids) or revisions as the store knows them."""
     from gitorch.cli import views
 
     with _store() as store:

@@ -23,7 +23,8 @@ NS = "psec"
 
 def pod(name: str, script: str, *, pod_sc: str = "{}", sc: str = "{}", account: str = "default",
         volume: bool = False, probe: str = "") -> str:
-    mounts = "\n      volumeMounts: [{name: data, mountPath: /data}]" if volume else ""
+    mounts = "\n      volumeMounts: [{name: data, mountPath: /data}, {name: data, mountPath: /inner, subPath: in}]" \
+        if volume else ""
     mounts += f"\n      readinessProbe: {{exec: {{command: [sh, -c, {json.dumps(probe)}]}}, periodSeconds: 1}}" \
         if probe else ""
     volumes = "\n  volumes: [{name: data, emptyDir: {}}]" if volume else ""
@@ -89,7 +90,8 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         pod("ro", "touch /data/ok && echo volume-written; touch /tmp/x || echo tmp-refused; "
             "touch /var/lib/gitorch/x || echo node-refused; sleep 3600", sc="{readOnlyRootFilesystem: true}",
             volume=True),
-        pod("alice", "export ALICE_KEY=secret-of-alice; echo $ALICE_KEY > /data/file && exec sleep 3600",
+        pod("alice", "export ALICE_KEY=secret-of-alice; echo $ALICE_KEY > /data/file && echo x > /inner/file && "
+            "echo subpath-written && exec sleep 3600",
             account="alice", volume=True),
         pod("bob", f"sleep 2; cat /var/lib/gitorch/pods/{NS}_alice/volumes/data/file || echo alice-refused; "
             "grep -l -s ALICE_KEY /proc/[0-9]*/environ || echo environ-refused; "
@@ -137,6 +139,8 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         assert alice["Uid"].split()[0] == alice["Gid"].split()[0] == str(uids[(NS, "alice")])
         assert bob["Uid"].split()[0] == str(uids[(NS, "bob")])
         wait_until("bob's reads tried", lambda: "list-refused" in log(lab, "bob"), timeout=30)
+        wait_until("alice wrote its subPath (made for it, its own)", lambda: "subpath-written" in log(lab, "alice"),
+                   timeout=30, describe=lambda: log(lab, "alice"))
         out = log(lab, "bob")
         assert "secret-of-alice" not in out and "alice-refused" in out and "environ-refused" in out, out
         assert ssh_run(lab, "lab-1", "grep -l -s ALICE_KEY /proc/[0-9]*/environ", check=False).stdout  # root can

@@ -3829,6 +3829,13 @@ class Supervisor:
                     mount_tmpfs(folder, vol.size_limit)
                 if owner is not None:
                     give_volume(folder, owner, recursive=False)
+                    # A subPath the kubelet would make is made here, the pod's too (not root's).
+                    for m in (m for c in pod.spec.init_containers + pod.spec.containers for m in c.mounts):
+                        sub = os.path.join(folder, m.sub_path or "")
+                        if m.volume == vol.name and m.sub_path and not os.path.lexists(sub) \
+                                and os.path.realpath(os.path.dirname(sub)).startswith(os.path.realpath(folder)):
+                            os.makedirs(sub)
+                            give_volume(sub, owner, recursive=False)
             else:
                 write_files_volume(self.paths.volume_dir(pod.key, vol.name), vol)
                 if owner is not None:

@@ -109,14 +109,15 @@ def test_setpriv_arguments() -> None:
     sec = security(runAsUser=1234, runAsGroup=2345, groups=[4567, 3456], noNewPrivs=True,
                    capabilities={"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})
     ident = agent.resolve_identity(sec, "ns", {})
-    assert agent.setpriv_argv(sec, ident, "/a.py")[1:] == [
+    assert agent.setpriv_argv(sec, ident)[1:] == [
         "--reuid=1234", "--regid=2345", "--groups=3456,4567", "--inh-caps=-all",
         "--bounding-set=-all,+net_bind_service", "--no-new-privs", "--"]
     # The account's uid is its gid too; the default set less what is dropped; RuntimeDefault first.
     sec = security(account="app", capabilities={"drop": ["NET_RAW", "MKNOD"]}, seccomp="RuntimeDefault")
-    argv = agent.setpriv_argv(sec, agent.resolve_identity(sec, "ns", {"ns/app": 200001}), "/a.py")
-    assert argv[1:4] == ["/a.py", "seccomp-exec", "--"]
-    assert argv[5:8] == ["--reuid=200001", "--regid=200001", "--clear-groups"]
+    argv = agent.setpriv_argv(sec, agent.resolve_identity(sec, "ns", {"ns/app": 200001}))
+    assert argv[1:4] == ["-S", "-c", agent.SECCOMP_EXEC] and argv[5] == "--"
+    assert bytes.fromhex(argv[4]) == agent.seccomp_filter(agent.SECCOMP_DENIED_X86_64)
+    assert argv[7:10] == ["--reuid=200001", "--regid=200001", "--clear-groups"]
     bounding = argv[argv.index("--inh-caps=-all") + 1]
     assert "+net_raw" not in bounding and "+mknod" not in bounding and "+chown" in bounding
     assert security(privileged=True, capabilities={"drop": ["ALL"]}).capabilities() is None

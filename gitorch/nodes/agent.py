@@ -143,7 +143,6 @@ IDLE_SECONDS = 1.0  # otherwise at most this long between passes (signals wake u
 CHECK_CACHE_SECONDS = 300.0
 RUNTIME_CHECK_TIMEOUT = 5.0
 MASK = "******"
-AGENT_FILE = os.path.abspath(__file__)
 CONFIG_RETRY_SECONDS = 10.0  # a container refused for its configuration is tried again after this
 
 Json = dict[str, Any]
@@ -371,9 +370,6 @@ def parse_argv(argv: list[str]) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["seccomp-exec"]:  # run by a container's shim, not by the controller
-        return seccomp_exec(args[1:])
     try:
         verb, root = parse_argv(sys.argv[1:] if argv is None else argv)
         request = read_request(verb)
@@ -2199,10 +2195,10 @@ def check_non_root(sec: SecuritySpec, ident: Identity, pod: str, container: str)
                           f"container: {container})")
 
 
-def setpriv_argv(sec: SecuritySpec, ident: Identity, agent: str) -> list[str]:
+def setpriv_argv(sec: SecuritySpec, ident: Identity) -> list[str]:
     """What runs the container's command with its identity: util-linux's setpriv (uid, gid,
-    groups, capability bounding set, no_new_privs), after this agent's `seccomp-exec` for
-    RuntimeDefault (the filter is installed while still root, as runc does)."""
+    groups, capability bounding set, no_new_privs), after SECCOMP_EXEC for RuntimeDefault (the
+    filter is installed while still root, as runc does)."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise StartError("securityContext needs setpriv (util-linux) on the node")
@@ -2220,7 +2216,7 @@ def setpriv_argv(sec: SecuritySpec, ident: Identity, agent: str) -> list[str]:
         argv.append("--no-new-privs")
     argv.append("--")
     if sec.seccomp == "RuntimeDefault":
-        argv = [sys.executable or "/usr/bin/python3", agent, "seccomp-exec", "--", *argv]
+        argv = [*seccomp_argv(), *argv]
     return argv
 
 
@@ -2251,38 +2247,33 @@ def seccomp_filter(denied: Iterable[int]) -> bytes:
     return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
 
 
-def seccomp_exec(argv: list[str]) -> int:
-    """`seccomp-exec -- CMD...`: install the RuntimeDefault filter, then exec CMD."""
-    import ctypes
-    import platform
+# Installs the filter given as hex (argv[1]), then execs what follows "--": run as `python3 -S -c`,
+# a few lines compiled at each start, not this whole file.
+SECCOMP_EXEC = r"""
+import ctypes, os, sys
+code, argv = bytes.fromhex(sys.argv[1]), sys.argv[3:]
+if os.uname().machine != "x86_64":
+    sys.exit(f"seccompProfile RuntimeDefault: not supported on {os.uname().machine} nodes")
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+buf = ctypes.create_string_buffer(code, len(code))
+prog = Prog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+libc = ctypes.CDLL(None, use_errno=True)
+if os.getuid() != 0 and libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: needed without CAP_SYS_ADMIN
+    sys.exit(f"seccomp: no_new_privs: {os.strerror(ctypes.get_errno())}")
+if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    sys.exit(f"seccomp: {os.strerror(ctypes.get_errno())}")
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.exit(f"seccomp: {argv[0]}: {exc}")
+"""
 
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
-    if not argv:
-        print("seccomp-exec: nothing to run", file=sys.stderr)
-        return 127
-    if platform.machine() != "x86_64":
-        print(f"seccompProfile RuntimeDefault: not supported on {platform.machine()} nodes", file=sys.stderr)
-        return 126
-    code = seccomp_filter(SECCOMP_DENIED_X86_64)
-    buf = ctypes.create_string_buffer(code, len(code))
 
-    class Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = Prog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if os.getuid() != 0 and libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, needed without CAP_SYS_ADMIN
-        print(f"seccomp-exec: no_new_privs: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
-        return 126
-    if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-        print(f"seccomp-exec: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
-        return 126
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        print(f"seccomp-exec: {argv[0]}: {exc}", file=sys.stderr)
-    return 127
+def seccomp_argv() -> list[str]:
+    """The command line that runs what follows under the RuntimeDefault filter."""
+    code = seccomp_filter(SECCOMP_DENIED_X86_64).hex()
+    return [sys.executable or "/usr/bin/python3", "-S", "-c", SECCOMP_EXEC, code, "--"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -4117,7 +4108,7 @@ class Supervisor:
             else:
                 ctr.runtime, ctr.runtime_name = "process", None
                 bind = self.checks.get("volumeMounts") == "bind"
-                prefix = setpriv_argv(spec.security, ident, AGENT_FILE) \
+                prefix = setpriv_argv(spec.security, ident) \
                     if spec.security is not None and ident is not None else []
                 argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind,
                                                        ctr.exit_file, self.pod_resolv_conf(pod), prefix)
@@ -4371,7 +4362,7 @@ class Supervisor:
         if sec is not None and ctr.runtime == "process":
             # As the container's own processes: in Kubernetes an exec probe runs inside it.
             with contextlib.suppress(StartError):
-                command = [*setpriv_argv(sec, resolve_identity(sec, pod.namespace, self.accounts), AGENT_FILE),
+                command = [*setpriv_argv(sec, resolve_identity(sec, pod.namespace, self.accounts)),
                            *command]
         if ctr.runtime != "process" and ctr.runtime_name:
             argv = [shutil.which(ctr.runtime) or ctr.runtime, "exec", "--", ctr.runtime_name,

@@ -27,7 +27,7 @@ from gitorch.model.revisions import Revision
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import allocations, networking, podspecs, policies, services
+from gitorch.reconcile import allocations, ingress, networking, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
@@ -201,6 +201,9 @@ class Controller:
         self._table_pods: list[RowView] = []  # the pods the last service table was made from
         self._announcers: dict[str, str | None] = {}  # LoadBalancer address -> the node announcing it, as stored
         self._announced: set[str] = set()  # nodes that announce an address (they are told when they stop)
+        self._proxied: set[str] = set()  # nodes running the ingress proxy (they are told when they stop)
+        self._ingress: tuple[DesiredState, Any, tuple[dict[str, Any], str]] | None = None
+        self._ingress_addresses: list[str] = []  # where the served Ingresses answer (their status)
         self._unfit: set[str] = set()  # nodes that said they cannot announce: passed over next pass
         # Service tables by digest (the last few sent), the one each node holds and when it was last sent whole.
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
@@ -310,6 +313,7 @@ class Controller:
         allocs = allocations.allocate(state, *held, held_lb)
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
+        self._ingress_addresses = ingress.addresses(state, allocs.lb_ips) if ingress.settings(state) else []
         result.plan = the_plan
         result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost)
         if fence is not None:
@@ -617,6 +621,16 @@ class Controller:
                 deltas[base] = Encoded({"base": base, "digest": current, **table_delta(self._tables[base], table)})
             return {"servicesDelta": deltas[base]}
 
+        proxies = set(ingress.ingress_nodes(state))
+        proxy_spec = self._ingress_payload(state, table) if proxies and table is not None else None
+        has_ingress = ingress.settings(state) is not None
+
+        def ingress_for(node: str) -> dict[str, Any] | None:
+            """The proxy's config for an ingress node, {} to stop one that is no longer, None: keep."""
+            if node in proxies:
+                return proxy_spec[0] if proxy_spec is not None else None
+            return {} if has_ingress or node in self._proxied else None
+
         def sync_request(node: str) -> dict[str, Any]:
             kept = self._node_digests.get(node)
             # The node's pod set encoded once while it stays the same (see _node_digest).
@@ -634,6 +648,9 @@ class Controller:
                 request["serviceCIDR"] = service_cidr
             if policy is not None:
                 request["policies"] = policy.get(node, [])
+            proxy = ingress_for(node)
+            if proxy is not None:
+                request["ingress"] = proxy
             if fence is not None:
                 request["fence"] = fence.token()
             return request
@@ -644,7 +661,9 @@ class Controller:
         # A node's policy rules are part of its digest: a node whose rules did not change is not re-synced.
         digests = {n: self._node_digest(n, shared, sets[n], networks.get(n),
                                         (json.dumps(announce(n), sort_keys=True) if announcing else "")
-                                        + policy_json.get(n, "")) for n in sets}
+                                        + policy_json.get(n, "")
+                                        + (("ingress:" + proxy_spec[1] if n in proxies and proxy_spec else "-")
+                                           if ingress_for(n) is not None else "")) for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
         results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
@@ -746,7 +765,26 @@ class Controller:
                 if not said.get("ok", True):
                     log.warning("%s: LoadBalancer addresses not announced: %s", n, said.get("message"),
                                 extra={"event": "announce-failed", "node": n})
+        for n, o in results.items():
+            said = o.value.get("ingressConfig") if o.ok and o.value is not None else None
+            if isinstance(said, dict):
+                if n in proxies:
+                    self._proxied.add(n)
+                else:
+                    self._proxied.discard(n)
+                if not said.get("ok", True):
+                    log.warning("%s: ingress proxy not configured: %s", n, said.get("message"),
+                                extra={"event": "ingress-failed", "node": n})
         return Execution(node_errors, records, gone, events, chosen)
+
+    def _ingress_payload(self, state: DesiredState, table: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """The ingress nodes' proxy config and its digest, kept while the state and table are the same."""
+        if self._ingress is not None and self._ingress[0] is state and self._ingress[1] is table:
+            return self._ingress[2]
+        spec = ingress.payload(state, table)
+        made = (spec, self._digest(spec))
+        self._ingress = (state, table, made)
+        return made
 
     def _remember_table(self, table: list[dict[str, Any]] | None) -> str | None:
         """The digest of this pass's service table, kept (with the last few) so that a node
@@ -851,6 +889,8 @@ class Controller:
             if status is not None and status.finished is not None:
                 f = status.finished
                 body["finished"] = {"revision": f.revision, "at": f.at, "complete": f.complete, "message": f.message}
+            if key.kind == "Ingress" and self._ingress_addresses:  # Kubernetes' status.loadBalancer.ingress
+                body["loadBalancer"] = {"ingress": [{"ip": a} for a in self._ingress_addresses]}
             if status is not None and status.revision:
                 started = previous[1] if previous and previous[0] == status.revision else now
                 body["rollout"] = {"revision": status.revision, "started": started}

@@ -1,7 +1,7 @@
 """HAProxy configuration for an ingress node, rendered from the routes of every Ingress of its class.
 
 Purely computational, no side effects. The `use_backend` lines are ordered so HAProxy's first
-match is the answer `gitorch.reconcile.ingresses.choose` gives: hosts from most to least
+match is the answer `gitorch.model.routes.choose` gives: hosts from most to least
 specific, each closed by its default backend so a request for a host with rules never falls to
 a wildcard; inside a host, paths by element count (longest first), Exact before Prefix. Backends
 list the ready pod endpoints themselves (as ingress-nginx does), in a fixed number of server
@@ -17,12 +17,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gitorch.reconcile.ingresses import EXACT, Backend, Route, host_rank, path_elements
+from gitorch.model.routes import EXACT, Backend, Route, host_rank, path_elements
 
 MIN_SLOTS = 8  # server slots per backend: room for endpoint changes without a reload
 MAX_CONNECTIONS = 4096
 RUNTIME_SOCKET = "admin.sock"  # in the proxy's directory on the node
-DIRECTORY = "/var/lib/gitorch/ingress"
+DIRECTORY = "."  # the proxy runs in its folder on the node (the agent's root/ingress)
 CRT_LIST = "crt-list.txt"
 
 
@@ -98,7 +98,7 @@ def render(
         "global",
         "    master-worker",
         f"    maxconn {MAX_CONNECTIONS}",
-        f"    stats socket {directory}/{RUNTIME_SOCKET} mode 600 level admin expose-fd listeners",
+        f"    stats socket unix@{directory}/{RUNTIME_SOCKET} mode 600 level admin expose-fd listeners",
         "    log stdout format raw local0",
         "",
         "defaults",

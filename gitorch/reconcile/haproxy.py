@@ -107,6 +107,9 @@ def render(
         "    option httplog",
         "    option redispatch",
         "    retries 3",
+        # A pod that stops between two syncs (its node is told first) costs a retry, not an error;
+        # only GET and HEAD are retried once sent, as a request of another method may have had effect.
+        "    retry-on conn-failure empty-response response-timeout",
         "    timeout connect 5s",
         "    timeout client 30s",
         "    timeout server 30s",
@@ -122,6 +125,7 @@ def render(
         files[CRT_LIST] = "".join(f"{directory}/{c.file} {' '.join(c.hosts)}".rstrip() + "\n" for c in certificates)
         for c in certificates:
             files[c.file] = c.pem
+    lines.append("    http-request disable-l7-retry unless METH_GET")
     lines.append("    http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
     tls_hosts = sorted({h for c in certificates for h in c.hosts})
     for host in tls_hosts:

@@ -622,7 +622,13 @@ class Controller:
             return {"servicesDelta": deltas[base]}
 
         proxies = set(ingress.ingress_nodes(state))
-        proxy_spec = self._ingress_payload(state, table) if proxies and table is not None else None
+        proxy_spec = None
+        if proxies and table is not None:
+            try:
+                proxy_spec = self._ingress_payload(state, table)
+            except Exception as exc:  # the ingress nodes keep their config; the rest of the pass goes on
+                log.error("ingress config not rendered: %s: %s", type(exc).__name__, exc,
+                          extra={"event": "ingress-failed"})
         has_ingress = ingress.settings(state) is not None
 
         def ingress_for(node: str) -> dict[str, Any] | None:

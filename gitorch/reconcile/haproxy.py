@@ -141,7 +141,9 @@ def render(
         if host:
             lines.append(f"    use_backend {default_name} if {_host_acl(host)}")
     lines.append(f"    default_backend {default_name}")
-    backends = sorted({r.backend for r in routes} | ({default} if default else set()))
+    # By name and port as text: a Service's port by name and by number are two backends.
+    backends = sorted({r.backend for r in routes} | ({default} if default else set()),
+                      key=lambda b: (b.namespace, b.service, str(b.port)))
     for b in backends:
         eps = sorted(endpoints.get(b, ()))
         lines += ["", f"backend {backend_name(b)}", "    balance roundrobin"]

@@ -3020,7 +3020,7 @@ def parse_ingress(raw: Any) -> Json | None:
         raise RequestError("sync: ingress must be an object: {config, files}")
     if not raw.get("config"):
         return {}
-    config, files = raw.get("config"), raw.get("files") or {}
+    config, files = raw.get("config"), raw.get("files", {})
     if not isinstance(config, str) or len(config) > INGRESS_MAX_CONFIG or "\0" in config:
         raise RequestError(f"sync: ingress.config must be text of at most {INGRESS_MAX_CONFIG} bytes")
     if not isinstance(files, dict) or len(files) > INGRESS_MAX_FILES:
@@ -3075,6 +3075,7 @@ def runtime_call(sock: str, commands: list[str], timeout: float = 5.0) -> str:
         s.settimeout(timeout)
         s.connect(sock)
         s.sendall((";".join(commands) + "\n").encode())
+        s.shutdown(socket.SHUT_WR)  # the master CLI answers, then waits for more unless told there is none
         out = b""
         while len(out) < 16 * 1024 * 1024:
             chunk = s.recv(65536)
@@ -3093,7 +3094,8 @@ def live_slots(sock: str, backend: str) -> list[tuple[str, int] | None]:
         if len(f) < 19 or f[0].startswith("#") or f[1] != backend or not f[3].startswith("s"):
             continue
         admin = int(f[6])
-        table[int(f[3][1:])] = None if admin & 0x25 else (f[4], int(f[18]))
+        # Forced, inherited or resolution maintenance; a `disabled` slot made ready keeps 0x04 (CMAINT) alone.
+        table[int(f[3][1:])] = None if admin & 0x23 else (f[4], int(f[18]))
     return [table.get(i) for i in range(1, max(table, default=0) + 1)]
 
 
@@ -3147,12 +3149,13 @@ def program_ingress(paths: Paths, spec: Json) -> Json:
         return {"ok": True, "mode": "unchanged", "commands": 0, "message": ""}
     candidate = cfg + ".new"
     atomic_write(candidate, new, mode=0o600)
-    check = subprocess.run([binary, "-c", "-q", "-f", candidate], cwd=where, capture_output=True, timeout=30,
+    check = subprocess.run([binary, "-c", "-f", os.path.basename(candidate)], cwd=where, capture_output=True, timeout=30,
                            check=False)
     if check.returncode != 0:
+        said = (check.stdout + check.stderr).decode(errors="replace").splitlines()
+        alerts = [line.split(":", 2)[-1].strip() for line in said if "ALERT" in line] or said
         return {"ok": False, "mode": "refused", "commands": 0,
-                "message": "haproxy -c refused the config: " + one_line(check.stdout.decode(errors="replace")
-                                                                       + check.stderr.decode(errors="replace"))[:500]}
+                "message": "haproxy -c refused the config: " + one_line("; ".join(alerts))[:500]}
     sock = os.path.join(where, "admin.sock")
     mode, count = "written", 0
     if before is not None and config_skeleton(before) == config_skeleton(new):

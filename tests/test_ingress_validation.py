@@ -173,15 +173,16 @@ def test_ingress_classes_decide_what_gitorch_serves(repo: GitRepo) -> None:
     state, errors, warnings = load(repo, files)
     assert errors == []
     assert [w.split(": ", 2)[2].split(" (hint")[0] for w in warnings if "Ingress" in w] == [
-        "warning: gitorch's proxy does not serve this Ingress: IngressClass 'nginx' is for controller 'k8s.io/ingress-nginx'",
+        "warning: gitorch's proxy does not serve this Ingress: IngressClass 'nginx' is for controller "
+        "'k8s.io/ingress-nginx'",
         "warning: gitorch's proxy does not serve this Ingress: IngressClass 'missing' does not exist",
     ]
     assert [o.key.name for o in ingress.served(state)] == ["a", "c"]
 
 
 def test_an_ingress_without_ingress_nodes_is_an_error(repo: GitRepo) -> None:
-    cluster = CLUSTER.replace('  ingress:\n    nodeSelector: {edge: "true"}\n    service: {namespace: shop, name: proxy}\n',
-                              "")
+    block = '  ingress:\n    nodeSelector: {edge: "true"}\n    service: {namespace: shop, name: proxy}\n'
+    cluster = CLUSTER.replace(block, "")
     _, errors, _ = load(repo, {"c.yaml": cluster, "a.yaml": ingress_doc("a", "a.test", "/")})
     assert errors == ["a.yaml:4:18: /metadata/name: no ingress nodes: this Ingress would never be served (hint: add "
                       "spec.ingress.nodeSelector to the Cluster (e.g. {gitorch.dev/ingress: \"true\"}) and that label "
@@ -197,7 +198,8 @@ def test_the_proxy_config_status_and_service_endpoints(repo: GitRepo) -> None:
     state, errors, _ = load(repo, files)
     assert errors == []
     assert ingress.ingress_nodes(state) == ["n1"]
-    table = [{"name": "shop/web:http", "protocol": "TCP", "port": 80, "endpoints": [{"ip": "10.244.1.5", "port": 8080}]}]
+    table = [{"name": "shop/web:http", "protocol": "TCP", "port": 80,
+              "endpoints": [{"ip": "10.244.1.5", "port": 8080}]}]
     sent = ingress.payload(state, table)
     config = sent["config"]
     assert "server s1 10.244.1.5:8080" in config and "backend be_shop_web_http" in config

@@ -3149,8 +3149,8 @@ def program_ingress(paths: Paths, spec: Json) -> Json:
         return {"ok": True, "mode": "unchanged", "commands": 0, "message": ""}
     candidate = cfg + ".new"
     atomic_write(candidate, new, mode=0o600)
-    check = subprocess.run([binary, "-c", "-f", os.path.basename(candidate)], cwd=where, capture_output=True, timeout=30,
-                           check=False)
+    check = subprocess.run([binary, "-c", "-f", os.path.basename(candidate)], cwd=where, capture_output=True,
+                           timeout=30, check=False)
     if check.returncode != 0:
         said = (check.stdout + check.stderr).decode(errors="replace").splitlines()
         alerts = [line.split(":", 2)[-1].strip() for line in said if "ALERT" in line] or said

@@ -216,3 +216,13 @@ def test_the_proxy_config_status_and_service_endpoints(repo: GitRepo) -> None:
                      "shop/proxy:https": [{"ip": "10.0.0.11", "port": 443}]}
     assert ingress.addresses(state, allocs.lb_ips) == [allocs.lb_ips[("shop", "proxy")]]
     assert ingress.addresses(state, {}) == ["10.0.0.11"]
+
+
+def test_the_clusters_ingress_service_exists_without_a_selector(repo: GitRepo) -> None:
+    _, errors, _ = load(repo, {"c.yaml": CLUSTER.replace("name: proxy}", "name: gone}")})
+    assert [e.split(" (hint")[0] for e in errors] == [
+        "c.yaml:9:14: /spec/ingress/service: Service shop/gone does not exist"]
+    _, errors, _ = load(repo, {"c.yaml": CLUSTER.replace("  type: LoadBalancer\n", "  type: LoadBalancer\n"
+                                                         "  selector: {app: web}\n")})
+    assert [e.split(" (hint")[0] for e in errors] == ["c.yaml:9:14: /spec/ingress/service: Service shop/proxy has "
+                                                      "a selector"]

@@ -281,6 +281,17 @@ def cross_check(
     if balanced or clusters:
         out.extend(_check_load_balancers(balanced, clusters[0] if clusters and clusters[0].key not in invalid
                                          else None))
+    proxy = _map(_map(clusters[0].spec.get("ingress")).get("service")) if clusters else {}
+    if proxy and clusters[0].key not in invalid:
+        named = ObjectKey("Service", str(proxy.get("namespace")), str(proxy.get("name")))
+        found = objects.get(named)
+        if found is None:
+            out.append(_diag(clusters[0], "/spec/ingress/service", f"{named} does not exist",
+                             "add a Service without a selector there (type LoadBalancer for an address of its own), "
+                             "with ports whose targetPort is 80 and 443"))
+        elif found.spec.get("selector"):
+            out.append(_diag(clusters[0], "/spec/ingress/service", f"{named} has a selector",
+                             "remove its selector: its endpoints are the ingress nodes"))
     ingresses = [o for o in ordered if o.key.kind == "Ingress" and o.key not in invalid]
     if ingresses:
         cluster = clusters[0] if clusters and clusters[0].key not in invalid else None
@@ -819,6 +830,11 @@ def _check_service(svc: Object, reads: _Reads) -> list[Diagnostic]:
         return []
     selector = spec.get("selector")
     if not isinstance(selector, dict) or not selector:
+        for name in reads.names("Cluster", ""):
+            cluster = reads.get(ObjectKey("Cluster", "", name))
+            named = _map(_map(cluster.spec.get("ingress") if cluster else None).get("service"))
+            if (named.get("namespace"), named.get("name")) == (svc.key.namespace, svc.key.name):
+                return []  # the Cluster's ingress Service: its endpoints are the ingress nodes
         return [
             _diag(
                 svc,

@@ -671,7 +671,11 @@ class Controller:
                                         + (("ingress:" + proxy_spec[1] if n in proxies and proxy_spec else "-")
                                            if ingress_for(n) is not None else "")) for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
-        results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
+        # Pods going away: the ingress nodes first, so the proxy has stopped sending to them before
+        # their nodes stop them (a connection to a pod address that is gone waits for its timeout).
+        first = due & proxies if proxy_spec is not None and the_plan.removed else set()
+        results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=first) if first else {}
+        results.update(fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due - first))
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
         for n, o in results.items():
             proxy = (o.value.get("services") or {}) if o.ok and o.value is not None else {}

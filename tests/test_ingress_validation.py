@@ -226,3 +226,17 @@ def test_the_clusters_ingress_service_exists_without_a_selector(repo: GitRepo) -
                                                          "  selector: {app: web}\n")})
     assert [e.split(" (hint")[0] for e in errors] == ["c.yaml:9:14: /spec/ingress/service: Service shop/proxy has "
                                                       "a selector"]
+
+
+def test_the_reviewed_plan_shows_the_routes_and_where_they_answer(repo: GitRepo) -> None:
+    from gitorch.reconcile.planning import Observed
+    from gitorch.reconcile.reviewing import Holdings, cluster_preview, preview_text
+    from gitorch.source.diffs import diff_states
+
+    state, errors, _ = load(repo, {"c.yaml": CLUSTER, "a.yaml": ingress_doc("a", "a.test", "/api")})
+    assert errors == []
+    changes = diff_states(desired.load(open_repository(repo.path), ""), state)
+    preview = cluster_preview(state, Observed(now=0.0), changes, Holdings())
+    route = "Ingress shop/a: http://a.test/api (Prefix) -> Service web:80, on 10.0.0.200"
+    assert preview.to_json()["ingressRoutes"] == [route]
+    assert f"  ~ {route}" in preview_text(preview)

@@ -22,7 +22,7 @@ import pytest
 from gitorch.nodes.lab import Lab
 from gitorch.reconcile.controller import ControllerSettings
 from tests.gitrepo import GitRepo
-from tests.lab import controlled, converge
+from tests.lab import controlled, converge, ssh_run
 from tests.tls import certificate_pem, key_pem, make_ca, new_key
 from tests.waiting import wait_until
 
@@ -229,6 +229,16 @@ def test_hosts_paths_and_tls_through_the_load_balancer_address(lab: Lab, repo: G
         log = cli(tmp_path, "logs", "ingress", "--node", lab.nodes[0].name, "--repo", str(repo.path))
         assert '"GET /api/orders HTTP/1.1"' in log and "be_web_beta_80" in log, log
         assert "PRIVATE KEY" not in log and "PRIVATE KEY" not in table
+        # On the node the certificate is root's alone; the proxy is supervised like a pod: killed, it comes back.
+        node = lab.nodes[0].name
+        assert ssh_run(lab, node, "stat -c %a /var/lib/gitorch/ingress/certs/web_a-tls.pem").stdout.strip() == "600"
+        master = ssh_run(lab, node, "pgrep -o -f 'haproxy -W -db'").stdout.strip()
+        ssh_run(lab, node, f"kill -KILL {int(master)}")
+        wait_until("the proxy to be restarted", lambda: ssh_run(lab, node, "pgrep -o -f 'haproxy -W -db'",
+                                                                 check=False).stdout.strip() not in ("", master),
+                   timeout=90)
+        wait_until("the proxy to answer again", lambda: answers(address, "b.shop.test", "/x"), timeout=60,
+                   accept=lambda body: body.startswith("beta "))
 
 
 @pytest.mark.lab

@@ -5,6 +5,7 @@ a route change is a graceful reload, a config HAProxy refuses is not applied; ce
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -114,3 +115,18 @@ def test_endpoint_changes_use_the_runtime_api_and_route_changes_reload(tmp_path:
             s.server_close()
     agent.stop_ingress(paths)
     assert not where.exists()
+
+
+def test_the_proxy_is_reported_apart_from_the_workload_pods(tmp_path: Path) -> None:
+    """Controllers and drift read `pods`: the system pod is not a workload's and must not show up
+    there as a pod gitorch does not know; its state is under `ingress`."""
+    paths = agent.Paths(str(tmp_path / "root"))
+    os.makedirs(paths.root)
+    pods = [{"name": "web-1", "namespace": "shop", "phase": "Running", "ready": True},
+            {"name": agent.INGRESS_POD, "namespace": agent.SYSTEM_NAMESPACE, "phase": "Running", "ready": True,
+             "restarts": 2, "reason": "", "message": ""}]
+    agent.atomic_write(paths.status, json.dumps({"pods": pods}))
+    doc = agent.status_doc(paths, agent.Redactor())
+    assert [p["name"] for p in doc["pods"]] == ["web-1"]
+    assert doc["ingress"] == {"phase": "Running", "ready": True, "restarts": 2, "reason": "", "message": ""}
+    assert [r["name"] for r in agent.endpoint_view({"pods": pods})] == ["web-1"]

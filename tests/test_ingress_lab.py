@@ -226,6 +226,8 @@ def test_hosts_paths_and_tls_through_the_load_balancer_address(lab: Lab, repo: G
         assert shown[0]["status"] == {"loadBalancer": {"ingress": [{"ip": address}]}}, shown
         table = cli(tmp_path, "get", "ingresses", "-n", "web")
         assert "a.shop.test,*.shop.test" in table and address in table, table
+        described = cli(tmp_path, "describe", "ingress/shop", "-n", "web")
+        assert f"Address:    {address}" in described and "a.shop.test  /api (Prefix)  beta:80" in described, described
         log = cli(tmp_path, "logs", "ingress", "--node", lab.nodes[0].name, "--repo", str(repo.path))
         assert '"GET /api/orders HTTP/1.1"' in log and "be_web_beta_80" in log, log
         assert "PRIVATE KEY" not in log and "PRIVATE KEY" not in table

@@ -240,3 +240,18 @@ def test_the_reviewed_plan_shows_the_routes_and_where_they_answer(repo: GitRepo)
     route = "Ingress shop/a: http://a.test/api (Prefix) -> Service web:80, on 10.0.0.200"
     assert preview.to_json()["ingressRoutes"] == [route]
     assert f"  ~ {route}" in preview_text(preview)
+
+
+def test_the_proxy_service_sends_only_to_ingress_nodes_that_answer(repo: GitRepo) -> None:
+    both = CLUSTER.replace("metadata: {name: n2}", 'metadata: {name: n2, labels: {edge: "true"}}')
+    state, errors, _ = load(repo, {"c.yaml": both})
+    assert errors == []
+    allocs = allocate(state, {}, {}, {})
+
+    def proxy(up: set[str]) -> list[dict]:
+        entries = services.service_table(state, [], allocs.cluster_ips, allocs.node_ports, allocs.lb_ips, up)
+        return next(e["endpoints"] for e in entries if e["name"] == "shop/proxy:http")
+
+    assert proxy({"n1", "n2"}) == [{"ip": "10.0.0.11", "port": 80}, {"ip": "10.0.0.12", "port": 80}]
+    assert proxy({"n2"}) == [{"ip": "10.0.0.12", "port": 80}]  # n1 is not answering: no traffic sent there
+    assert proxy(set()) == proxy({"n1", "n2"})  # none answering: better all than none

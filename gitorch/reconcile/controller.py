@@ -798,6 +798,9 @@ class Controller:
                 if not said.get("ok", True):
                     log.warning("%s: ingress proxy not configured: %s", n, said.get("message"),
                                 extra={"event": "ingress-failed", "node": n})
+                    events.append(dict(kind="Node", namespace="", name=n, reason="IngressConfigFailed",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=f"the ingress proxy keeps its last config: {said.get('message')}"))
         return Execution(node_errors, records, gone, events, chosen)
 
     def _ingress_payload(self, state: DesiredState, table: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
@@ -995,11 +998,13 @@ class Controller:
                 tuple(sorted(allocs.cluster_ips.items())),
                 tuple(sorted(allocs.node_ports.items())),
                 tuple(sorted(allocs.lb_ips.items())),
+                tuple(sorted(reports)),  # the nodes answering: the ingress proxy's endpoints
                 tuple(endpoints),
             )
             if self._table is not None and self._table[0] is state and self._table[1:-1] == inputs[1:]:
                 return self._table[-1]
-            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports, allocs.lb_ips)
+            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports, allocs.lb_ips,
+                                           set(reports))
             self._table = (*inputs, table)
             return table
         except StoreError as exc:

@@ -57,12 +57,19 @@ def proxy_service(state: DesiredState) -> tuple[str, str] | None:
     return str(svc.get("namespace")), str(svc.get("name"))
 
 
-def proxy_endpoints(state: DesiredState, port: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The proxy Service's endpoints for one of its ports: every ingress node's address at the
-    port's targetPort (a number; the port itself when it has none)."""
+def proxy_endpoints(
+    state: DesiredState, port: Mapping[str, Any], up: Iterable[str] | None = None
+) -> list[tuple[str, int]]:
+    """The proxy Service's endpoints for one of its ports: the address of every ingress node (of
+    those in `up`, the nodes answering now, when given) at the port's targetPort (a number; the
+    port itself when it has none)."""
     target = port.get("targetPort")
     number = target if isinstance(target, int) else int(port.get("port") or 0)
-    return [(ip, number) for ip in node_addresses(state, ingress_nodes(state)) if ip]
+    nodes = ingress_nodes(state)
+    if up is not None:
+        answering = set(up)
+        nodes = [n for n in nodes if n in answering] or nodes  # none answering: keep them all, not none
+    return [(ip, number) for ip in node_addresses(state, nodes) if ip]
 
 
 def served(state: DesiredState) -> list[Object]:

@@ -62,6 +62,7 @@ def service_table(
     cluster_ips: Mapping[tuple[str, str], str],
     node_ports: Mapping[tuple[str, str, str], int],
     lb_ips: Mapping[tuple[str, str], str] | None = None,
+    up: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per port of every ClusterIP/NodePort Service with a cluster IP:
     `{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}`, sorted; the
@@ -88,7 +89,7 @@ def service_table(
                 if target is not None and p.ip:
                     endpoints.add((str(p.ip), target))
             if (ns, name) == proxy:  # the Cluster's ingress Service: its endpoints are the proxies
-                endpoints.update(ingress.proxy_endpoints(state, port))
+                endpoints.update(ingress.proxy_endpoints(state, port, up))
             exposed = spec.get("type") in ("NodePort", "LoadBalancer")
             node_port = allocated.get((ns, name, port_name)) if exposed else None
             entry: dict[str, Any] = {

@@ -255,3 +255,9 @@ def test_the_proxy_service_sends_only_to_ingress_nodes_that_answer(repo: GitRepo
     assert proxy({"n1", "n2"}) == [{"ip": "10.0.0.11", "port": 80}, {"ip": "10.0.0.12", "port": 80}]
     assert proxy({"n2"}) == [{"ip": "10.0.0.12", "port": 80}]  # n1 is not answering: no traffic sent there
     assert proxy(set()) == proxy({"n1", "n2"})  # none answering: better all than none
+
+
+def test_the_system_namespace_is_gitorchs_own(repo: GitRepo) -> None:
+    _, errors, _ = load(repo, {"n.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: gitorch-system}\n"})
+    assert [e.split(" (hint")[0] for e in errors] == [
+        "n.yaml:3:18: /metadata/name: namespace 'gitorch-system' is gitorch's own (its nodes' ingress proxy runs there)"]

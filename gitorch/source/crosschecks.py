@@ -303,6 +303,11 @@ def cross_check(
     out.extend(_check_admission(world, invalid))
     for obj in ordered:
         key = obj.key
+        if key.namespace == SYSTEM_NAMESPACE or (key.kind == "Namespace" and key.name == SYSTEM_NAMESPACE):
+            out.append(_diag(obj, "/metadata/namespace" if key.namespace else "/metadata/name",
+                             f"namespace {SYSTEM_NAMESPACE!r} is gitorch's own (its nodes' ingress proxy runs there)",
+                             "use another namespace"))
+            continue
         if key.namespace and key.namespace not in namespaces:
             out.append(
                 _diag(
@@ -596,6 +601,7 @@ def _check_load_balancers(services: list[Object], cluster: Object | None) -> lis
 
 
 TLS_SECRET = "kubernetes.io/tls"
+SYSTEM_NAMESPACE = "gitorch-system"  # the agent's own pods (nodes/agent.py): the ingress proxy
 
 
 def secret_value(secret: Object, key: str) -> bytes | None:

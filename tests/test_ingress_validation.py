@@ -260,4 +260,5 @@ def test_the_proxy_service_sends_only_to_ingress_nodes_that_answer(repo: GitRepo
 def test_the_system_namespace_is_gitorchs_own(repo: GitRepo) -> None:
     _, errors, _ = load(repo, {"n.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: gitorch-system}\n"})
     assert [e.split(" (hint")[0] for e in errors] == [
-        "n.yaml:3:18: /metadata/name: namespace 'gitorch-system' is gitorch's own (its nodes' ingress proxy runs there)"]
+        "n.yaml:3:18: /metadata/name: namespace 'gitorch-system' is gitorch's own (its nodes' ingress proxy "
+        "runs there)"]

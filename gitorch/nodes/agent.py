@@ -4614,9 +4614,11 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             proxy["tableDigest"] = digest
         announced = program_announce(paths, *announce) if announce is not None else None
         policed = program_policies(paths, policies) if policies is not None else None
-        if ingress == {} and os.path.isdir(ingress_dir(paths)):
-            stop_ingress(paths)
-            proxied = {"ok": True, "mode": "stopped", "commands": 0, "message": ""}
+        if ingress == {}:
+            running = os.path.isdir(ingress_dir(paths))
+            if running:
+                stop_ingress(paths)
+            proxied = {"ok": True, "mode": "stopped" if running else "none", "commands": 0, "message": ""}
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})

@@ -455,6 +455,8 @@ class Controller:
                     facts = {k: v for k, v in outcome.value["facts"].items() if k not in ("pods", "ok")}
                     fresh_facts = True
                 status = outcome.value["status"]
+                if status.get("ingress"):  # it runs the proxy (told by an earlier controller, maybe): told to stop
+                    self._proxied.add(name)
                 kept = self._statuses.get(name)
                 reports[name] = kept[3] if kept is not None and kept[2] is status else pod_reports(status)
                 # No supervisor running ("stale": killed, or the node rebooted): only a sync starts
@@ -1021,7 +1023,7 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
     whole document (containers, probes, times) would cost kilobytes per pod."""
     pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
     return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
-            "pods": pods}
+            "pods": pods, "ingress": answer.get("ingress")}
 
 
 def remembered(

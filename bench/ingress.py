@@ -13,6 +13,7 @@ Last line: the ratio of gitorch's requests/s to the hand-written config's (issue
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 import signal
@@ -146,7 +147,7 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def wrk(url: str, seconds: float, connections: int) -> dict[str, float]:
-    argv = ["nice", "-n", "10", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+    argv = ["nice", "-n", "10", "wrk", "-t1", f"-c{connections}", f"-d{max(1, math.ceil(seconds))}s", "--latency",
             "-H", f"Host: {HOST}", url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     return parse_wrk(out)
@@ -205,10 +206,11 @@ def main() -> None:
                 time.sleep(0.2)
             wrk(ours, 2, args.connections)  # warm both up
             wrk(theirs, 2, args.connections)
-            # Two halves each, alternating, so neither side always runs on a warmer (or busier) machine.
+            # Four quarters each, alternating (ABBA twice), so neither side always runs on a warmer or
+            # busier machine: other jobs share these cores.
             runs: dict[str, list[dict[str, float]]] = {ours: [], theirs: []}
-            for url in (ours, theirs, theirs, ours):
-                runs[url].append(wrk(url, args.seconds / 2, args.connections))
+            for url in (ours, theirs, theirs, ours) * 2:
+                runs[url].append(wrk(url, args.seconds / 4, args.connections))
             mine, hand = combined(runs[ours]), combined(runs[theirs])
             print(f"gitorch Ingress:     {mine['rps']:8.1f} req/s, p99 {mine['p99']:.2f} ms, "
                   f"{mine['failed']:.0f} failed of {mine['requests']:.0f}")

@@ -652,7 +652,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     kept_ids = {id(p) for p in keep_new}  # identity: equal-looking PodStates are still two pods
     for p in new:
         if id(p) in kept_ids:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
         else:
             ps.remove(p)
 
@@ -757,7 +757,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
         if id(p) not in kept_ids:
             ps.remove(p)
         elif p.revision == rev:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
         else:
             ps.keep(obj, p, _spec_for_record(ps, obj, p))
     used = {_index(p.name) for p in keep}
@@ -810,7 +810,7 @@ def _paused_deployment(
         if p in gone:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
     used = {_index(p.name) for p in kept_new}
     index = 0
     for _ in range(max(0, replicas - (len(new) + len(old) - excess))):
@@ -924,6 +924,24 @@ def _create(
     ps.create(obj, template, name, rev, build(None), ordinal, respec=build)
 
 
+def _keep(
+    ps: _Pass,
+    obj: Object,
+    template: Mapping[str, Any],
+    p: PodState,
+    claims: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+    index: int | None = None,
+) -> None:
+    """Keep a pod as it is. One never placed goes back to the scheduler (its row is updated,
+    not replaced): a pod Pending for want of room, or of its claim's node, gets a node once
+    there is one."""
+    if p.node is None and not p.finished:
+        _create(ps, obj, template, p.name, p.revision, p.ordinal, claims, hostname, index)
+    else:
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, claims, hostname, index))
+
+
 def _revision(ps: _Pass, obj: Object, template: Mapping[str, Any]) -> str:
     """podspecs.revision, kept with the state like _spec (pure in the state and the template)."""
     if ps.desired.objects.get(obj.key) is not obj:
@@ -962,7 +980,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     extra = sorted((i for i in pods if i >= replicas), reverse=True)
     for n, i in enumerate(extra):
         if ordered and n > 0:
-            ps.keep(obj, pods[i], _spec(ps, obj, template, pods[i].name, pods[i].node, claims(i), pods[i].name))
+            _keep(ps, obj, template, pods[i], claims=claims(i), hostname=pods[i].name)
         else:
             ps.remove(pods[i])
     # Update in place from the highest ordinal, one at a time, when the others are ready;
@@ -1086,7 +1104,7 @@ def _job(ps: _Pass, obj: Object) -> None:
         _finished_job(ps, obj, rev, completions, ended, live)  # it ran: never again, whatever its pods
         return
     for p in succeeded + failed:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+        _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     if indexed:
         # Each index must succeed once: one succeeded pod per index counts.
         by_index = {i: p for p in succeeded if (i := _completion_index(obj, p.name)) is not None and i < completions}
@@ -1123,7 +1141,7 @@ def _job(ps: _Pass, obj: Object) -> None:
         )
         return
     for p in active:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+        _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     want = min(parallelism, completions - len(succeeded)) - len(active)
     if indexed:
         _indexed_pods(ps, obj, template, rev, completions, max(0, want), live)
@@ -1188,7 +1206,7 @@ def _finished_job(
         if expired or not p.finished or template is None:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+            _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     message = ended.message + (f"; pods removed {ttl} s after it finished (ttlSecondsAfterFinished)"
                                if expired else "")
     condition = {"type": "Complete" if ended.complete else "Failed", "status": "True",

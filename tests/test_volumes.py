@@ -180,3 +180,21 @@ def test_the_agent_reclaims_only_claim_directories_nobody_mounts(tmp_path: Path)
         shutil.rmtree(root, ignore_errors=True)
 
 
+
+
+def test_sub_path_expr_expands_the_containers_environment(repo: GitRepo) -> None:
+    from gitorch.reconcile.podspecs import expand
+
+    assert expand("$(POD_NAME)/logs", {"POD_NAME": "web-0"}) == "web-0/logs"
+    assert expand("$$(POD_NAME)-$(UNSET)", {"POD_NAME": "x"}) == "$(POD_NAME)-$(UNSET)"
+    per_pod = using("web", 1).replace(
+        "mountPath: /data}", "mountPath: /data, subPathExpr: 'pods/$(MY_POD)'}"
+    ).replace("command: [sleep, \"600\"],",
+              "command: [sleep, \"600\"], env: [{name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}],")
+    s = load(repo, {"pvc.yaml": claim(), "web.yaml": per_pod})
+    assert errors(s) == []
+    (pod,) = plan(s, Observed(1000.0, (), NODES)).pods
+    assert pod.spec["containers"][0]["volumeMounts"][0]["subPath"] == f"pods/{pod.name}"
+    both = per_pod.replace("subPathExpr:", "subPath: x, subPathExpr:")
+    got = errors(load(repo, {"web.yaml": both}))
+    assert len(got) == 1 and "subPath and subPathExpr are mutually exclusive" in got[0], got

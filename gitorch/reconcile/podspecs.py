@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,27 +134,40 @@ def _env(container: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, st
     return list(env.values())
 
 
-def _mount(m: Mapping[str, Any]) -> dict[str, Any]:
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, values: Mapping[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: a defined variable's value, `$$` a literal `$`, and an
+    undefined reference left as written."""
+    return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else values.get(m.group(1), m.group(0)), text)
+
+
+def _mount(m: Mapping[str, Any], env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out = {"name": m.get("name"), "mountPath": m.get("mountPath"), "readOnly": bool(m.get("readOnly"))}
     if m.get("subPath"):  # only when set: pods without one keep their hash
         out["subPath"] = str(m["subPath"])
+    elif m.get("subPathExpr"):  # expanded here; the node checks the result like any subPath
+        values = {str(e["name"]): str(e["value"]) for e in env or () if not e.get("secret")}
+        out["subPath"] = expand(str(m["subPathExpr"]), values)
     return out
 
 
 def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]) -> dict[str, Any]:
     ports = {str(p["name"]): int(p["containerPort"]) for p in c.get("ports") or [] if p.get("name")}
+    env = _env(c, r, field_refs)
     return {
         "name": c.get("name"),
         "image": c.get("image"),
         "command": list(c.get("command") or []),
         "args": list(c.get("args") or []),
-        "env": _env(c, r, field_refs),
+        "env": env,
         "workingDir": c.get("workingDir"),
         "resources": _resources(c),
         "livenessProbe": _probe(c.get("livenessProbe"), ports),
         "readinessProbe": _probe(c.get("readinessProbe"), ports),
         "startupProbe": _probe(c.get("startupProbe"), ports),
-        "volumeMounts": [_mount(m) for m in c.get("volumeMounts") or []],
+        "volumeMounts": [_mount(m, env) for m in c.get("volumeMounts") or []],
         **_lifecycle(c, ports),
         # Only when set: pods without one keep their hash.
         **({"imagePullPolicy": c["imagePullPolicy"]} if c.get("imagePullPolicy") else {}),

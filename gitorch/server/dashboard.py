@@ -377,8 +377,18 @@ class Dashboard:
         rev = revs[index]
         base = next((r.commit for r in revs[index + 1 :] if r.outcome == "applied"), "")
         plan, error = self._plan(base, rev.commit)
+        rollouts = []  # the workloads whose pod template this commit changed, and where they are now
+        for o in self.store.objects():
+            if o.kind not in summaries.WORKLOADS:
+                continue
+            current = str(((o.body or {}).get("rollout") or {}).get("revision") or "")
+            for h in summaries.history(o):
+                if h["commit"] == rev.commit:
+                    rollouts.append({"object": o, "revision": h["revision"], "since": h["since"],
+                                     "current": h["revision"] == current})
         return {
             "rev": rev,
+            "rollouts": rollouts,
             "base": base,
             "plan": plan,
             "plan_error": error,

@@ -102,7 +102,8 @@ def test_every_page_renders_what_the_store_knows_and_no_secret(store: Store, pag
     html = Dashboard(store).render(page)
     assert "<h1>" in html and "</html>" in html
     assert CANARY not in html
-    expected = {"/": "web v1", "/objects": "web-abc123-0", "/revisions": "web v1", f"/revisions/{C1}": "Deployment/shop/web</a>", "/drift": "PodMissing",
+    expected = {"/": "web v1", "/objects": "web-abc123-0", "/revisions": "web v1",
+                f"/revisions/{C1}": "Deployment/shop/web</a>", "/drift": "PodMissing",
                 "/events": "scaled up to 1", "/nodes": "MemoryPressure", "/nodes/node-1": "10.244.1.2"}
     assert expected.get(page, "") in html
 

@@ -18,9 +18,13 @@ from typing import Any
 import pytest
 
 from gitorch.nodes.lab import Lab
-from gitorch.store.database import Store
+from gitorch.server.dashboard import Dashboard, Limits
+from gitorch.server.http import HttpServer, Site
+from gitorch.store.database import PodRecord, Store
 from tests.gitrepo import GitRepo, git
 from tests.samples import gitorch
+from tests.test_dashboard import C1
+from tests.test_dashboard import store as filled  # noqa: F401 (a fixture)
 from tests.test_gitops import Serve, _push, bare, last_applied, serve_factory, store  # noqa: F401 (fixtures)
 from tests.test_reconcile import node_pods
 from tests.waiting import wait_until
@@ -267,3 +271,30 @@ def _log_in(page: Page, token: str) -> None:
 def _ticks(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"tick (\d+)", text)]
 
+
+
+def test_a_live_update_keeps_a_folded_workload_folded_and_copy_works(filled: Store, browser: Any) -> None:  # noqa: F811
+    site = Site()
+    site.add("dashboard", Dashboard(filled, limits=Limits(poll=0.2)).endpoints())
+    server = HttpServer("127.0.0.1", 0, site)
+    server.start()
+    try:
+        page = Page(browser, f"http://127.0.0.1:{server.address[1]}")
+        page.open("/objects")
+        page.live()
+        browser.find_element("css selector", "#deployment-shop-web > details > summary").click()
+        browser.execute_script("window.stillTheSamePage = true")
+        filled.upsert_pods([PodRecord(namespace="shop", name="web-abc123-1", owner_kind="Deployment",
+                                      owner_name="web", template_hash="abc123", phase="Pending")])
+        wait_until("the new pod on the page", lambda: "web-abc123-1" in page.text("#deployment-shop-web"),
+                   timeout=20)
+        assert browser.execute_script("return window.stillTheSamePage") is True
+        assert browser.execute_script(
+            "return document.querySelector('#deployment-shop-web > details').hasAttribute('open')") is False
+        page.open(f"/revisions/{C1}")
+        button = browser.find_element("css selector", "button.copy")
+        button.click()
+        wait_until("the copy button to answer", lambda: button.text, timeout=10, accept=lambda t: t != "Copy")
+        assert page.errors() == []
+    finally:
+        server.close()

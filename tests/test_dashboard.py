@@ -6,6 +6,7 @@ lab nodes are in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import time
 import urllib.parse
@@ -178,7 +179,10 @@ def _read_events(sock: socket.socket, until: str, timeout: float) -> str:
     data = b""
     deadline = time.monotonic() + timeout
     while until.encode() not in data and time.monotonic() < deadline:
-        chunk = sock.recv(4096)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            break
         if not chunk:
             break
         data += chunk
@@ -209,7 +213,7 @@ def test_the_live_stream_names_what_changed_and_is_bounded(store: Store, listen:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         second = _open_live(server.port, "pods")
-        head = _read_events(second, "retry:", 5)
+        head = _read_events(second, "\r\n\r\n", 5)  # the status line and headers
         second.close()
         if "200 OK" in head:
             break
@@ -265,3 +269,29 @@ def test_static_files_are_only_the_vendored_ones(store: Store, listen: type[List
     assert server.request("GET", "/static/LICENSE.htmx")[0] == 404
     status, headers, _ = server.request("GET", "/")
     assert "script-src 'self'" in headers["content-security-policy"]
+
+
+def test_the_tree_by_application_folder(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    commit = repo.commit("two apps", {
+        "base/ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n",
+        "apps/cart/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cart, namespace: shop}\n",
+        "apps/web/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web, namespace: shop}\n",
+    })
+    s = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        s.record_revision(commit, message="two apps", committed_at=datetime.now(UTC))
+        s.set_revision_outcome(commit, "applied")
+        for kind, ns, name in (("Namespace", "", "shop"), ("ConfigMap", "shop", "cart"), ("ConfigMap", "shop", "web")):
+            s.upsert_object_status(kind, ns, name, sync="Synced", health="Healthy", last_applied_revision=commit)
+        dashboard = Dashboard(s, repo=open_repository(repo.path))
+        by_folder = dashboard.render("/objects", {"by": "folder"})
+        by_namespace = dashboard.render("/objects")
+    finally:
+        s.close()
+    sections = re.findall(r'<section class="namespace" id="([^"]+)">(.*?)</section>', by_folder, re.S)
+    found = {name: re.findall(r"<b>(\w+/\w+)</b>", body) for name, body in sections}
+    assert found == {"folder-apps/cart": ["ConfigMap/cart"], "folder-apps/web": ["ConfigMap/web"],
+                     "folder-base": ["Namespace/shop"]}
+    assert [name for name, _ in re.findall(r'<section class="namespace" id="([^"]+)">(.*?)</section>',
+                                           by_namespace, re.S)] == ["ns-_cluster", "ns-shop"]

@@ -20,6 +20,7 @@ import html
 import ipaddress
 import json
 import logging
+import posixpath
 import re
 import threading
 import time
@@ -44,7 +45,7 @@ from gitorch.source.diffs import diff_states
 from gitorch.source.git import Repository
 from gitorch.source.rendering import PlanReport, plan_markdown
 from gitorch.store import summaries
-from gitorch.store.database import Store
+from gitorch.store.database import ObjectRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class Dashboard:
         self._failures_lock = threading.Lock()
         self._plans: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._plans_lock = threading.Lock()
+        self._folder_map: tuple[str, dict[tuple[str, str, str], str]] | None = None
         self._marks: dict[str, tuple[Any, ...]] = {}
         self._marks_at = float("-inf")
         self._marks_lock: asyncio.Lock | None = None
@@ -362,7 +364,31 @@ class Dashboard:
 
     def _objects(self, req: Incoming) -> dict[str, Any]:
         namespace = req.query.get("namespace") or None
-        return {"spaces": summaries.tree(self.store, namespace), "namespace": namespace or ""}
+        folders = self._folders() if req.query.get("by") == "folder" else None
+        group = None
+        if folders is not None:
+            def group(o: ObjectRecord) -> str:
+                return folders.get((o.kind, o.namespace, o.name), "(not in the applied revision)")
+        return {"spaces": summaries.tree(self.store, namespace, group), "namespace": namespace or "",
+                "by": "folder" if folders is not None else "namespace", "can_fold": self.repo is not None}
+
+    def _folders(self) -> dict[tuple[str, str, str], str] | None:
+        """Each object's folder in the applied revision (None: no repository, or not readable);
+        kept for the revision it was read from."""
+        applied = self.store.last_applied_revision()
+        if self.repo is None or applied is None:
+            return None
+        with self._plans_lock:
+            if self._folder_map is not None and self._folder_map[0] == applied.commit:
+                return self._folder_map[1]
+        try:
+            state = desired.load(self.repo, applied.commit)
+        except GitorchError:
+            return None
+        folders = {(k.kind, k.namespace, k.name): posixpath.dirname(o.path) or "/" for k, o in state.objects.items()}
+        with self._plans_lock:
+            self._folder_map = (applied.commit, folders)
+        return folders
 
     def _revisions(self, req: Incoming) -> dict[str, Any]:
         applied = self.store.last_applied_revision()

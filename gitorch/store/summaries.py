@@ -8,6 +8,7 @@ objects' bodies are looked at only for their revision history and rollout."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -162,6 +163,8 @@ class Workload:
 
 @dataclass
 class Namespace:
+    """A branch of the tree: a namespace, or an application folder of the repository."""
+
     name: str
     workloads: list[Workload] = field(default_factory=list)
     others: list[ObjectRecord] = field(default_factory=list)
@@ -169,10 +172,13 @@ class Namespace:
     """Pods whose owner is not in the store (being pruned)."""
 
 
-def tree(store: Store, namespace: str | None = None) -> list[Namespace]:
-    """Per namespace, each workload down to its pods (by revision), then the other objects:
-    what `describe` shows for one workload, for all of them. Cluster-scoped objects come under
-    the namespace ""."""
+def tree(
+    store: Store, namespace: str | None = None, group: Callable[[ObjectRecord], str] | None = None
+) -> list[Namespace]:
+    """Per namespace (or per `group(object)`, say its folder in the repository), each workload
+    down to its pods (by revision), then the other objects: what `describe` shows for one
+    workload, for all of them. Cluster-scoped objects come under the namespace ""."""
+    branch = group or (lambda o: o.namespace)
     objects = store.objects(namespace=namespace)
     pods = store.pods(namespace=namespace, spec=False)
     owned: dict[tuple[str, str, str], list[PodRecord]] = defaultdict(list)
@@ -181,7 +187,8 @@ def tree(store: Store, namespace: str | None = None) -> list[Namespace]:
     spaces: dict[str, Namespace] = {}
     seen: set[tuple[str, str, str]] = set()
     for o in objects:
-        space = spaces.setdefault(o.namespace, Namespace(o.namespace))
+        name = branch(o)
+        space = spaces.setdefault(name, Namespace(name))
         if o.kind not in WORKLOADS:
             space.others.append(o)
             continue

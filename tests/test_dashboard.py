@@ -224,7 +224,7 @@ def test_the_live_stream_names_what_changed_and_is_bounded(store: Store, listen:
 def test_a_live_stream_ends_after_its_lifetime(store: Store, listen: type[Listener]) -> None:
     server = listen(Dashboard(store, limits=Limits(live_lifetime=0.5, poll=0.1)))
     status, _, body = server.request("GET", "/live", timeout=20)  # returns only once the stream ended
-    assert status == 200 and body.startswith("retry:")
+    assert status == 200 and body.startswith("retry:") and body.endswith("event: renew\ndata: renew\n\n")
 
 
 def test_a_revision_shows_its_plan_and_the_rollback_command(tmp_path: Path, listen: type[Listener]) -> None:

@@ -65,7 +65,8 @@ spec:
             - {{name: VERSION, value: "{version}"}}
             - name: PASSWORD
               valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
-          readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+          # Each new pod is Ready only after 3 s: every step of a rollout stays on the page a while.
+          readinessProbe: {{exec: {{command: ["true"]}}, initialDelaySeconds: 3, periodSeconds: 1}}
 """
 
 
@@ -295,6 +296,34 @@ def test_a_live_update_keeps_a_folded_workload_folded_and_copy_works(filled: Sto
         button = browser.find_element("css selector", "button.copy")
         button.click()
         wait_until("the copy button to answer", lambda: button.text, timeout=10, accept=lambda t: t != "Copy")
+        assert page.errors() == []
+    finally:
+        server.close()
+
+
+def test_a_renewed_live_stream_refreshes_the_page_without_errors(filled: Store, browser: Any) -> None:  # noqa: F811
+    """A stream ends after its lifetime with a "renew" event and the page opens a new one at once,
+    without a console error; a change between the two would never be announced, so the page
+    fetches its live part again on each renewal."""
+
+    class Counted(Dashboard):
+        refreshed = 0
+
+        def _objects(self, req: Any) -> dict[str, Any]:
+            if req.query.get("part") == "live":
+                Counted.refreshed += 1
+            return super()._objects(req)
+
+    site = Site()
+    site.add("dashboard", Counted(filled, limits=Limits(live_lifetime=0.5, poll=0.2)).endpoints())
+    server = HttpServer("127.0.0.1", 0, site)
+    server.start()
+    try:
+        page = Page(browser, f"http://127.0.0.1:{server.address[1]}")
+        page.open("/objects")
+        page.live()
+        # Nothing changes in the store: only renewals can ask for the live part.
+        wait_until("a refresh after a renewal", lambda: Counted.refreshed, timeout=30, accept=lambda n: n >= 2)
         assert page.errors() == []
     finally:
         server.close()

@@ -527,6 +527,9 @@ class Dashboard:
                 if quiet >= 15:
                     quiet = 0.0
                     yield b": keep-alive\n\n"
+            # The page opens a new stream at once (static/dashboard.js), without the error an
+            # EventSource reports for a stream that just ends.
+            yield _sse("renew", "renew")
         finally:
             slot.release()
 

@@ -26,9 +26,45 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     return d.parentElement.id;
   });
 });
+// The live stream ends after a while with a "renew" event: a new one is opened at once and the
+// old one closed before it could report the end as an error. htmx's SSE extension creates its
+// streams through htmx.createEventSource, so this wrapper stands in for an EventSource.
+function RenewingSource(url) {
+  var self = this;
+  self.url = url;
+  self.listeners = [];
+  self.onopen = null;
+  self.onerror = null;
+  self.open = function () {
+    var real = new EventSource(url);
+    self.real = real;
+    self.readyState = real.readyState;
+    real.onopen = function (event) { self.readyState = real.readyState; if (self.onopen) self.onopen(event); };
+    real.onerror = function (event) { self.readyState = real.readyState; if (self.onerror) self.onerror(event); };
+    real.addEventListener("renew", function () { real.close(); self.open(); });
+    self.listeners.forEach(function (l) { real.addEventListener(l[0], l[1]); });
+  };
+  self.addEventListener = function (type, fn) { self.listeners.push([type, fn]); self.real.addEventListener(type, fn); };
+  self.removeEventListener = function (type, fn) {
+    self.listeners = self.listeners.filter(function (l) { return l[0] !== type || l[1] !== fn; });
+    self.real.removeEventListener(type, fn);
+  };
+  self.close = function () { self.real.close(); self.readyState = EventSource.CLOSED; };
+  self.open();
+}
+RenewingSource.CLOSED = EventSource.CLOSED;
+if (window.htmx) {
+  htmx.createEventSource = function (url) { return new RenewingSource(url); };
+}
+// A live stream that reconnects (after its lifetime, or a lost connection) missed what changed
+// meanwhile: the page's live part is fetched again once it is back.
+var opened = false;
 document.addEventListener("htmx:sseOpen", function (event) {
+  if (event.target !== document.body) return;
   var live = document.getElementById("live");
-  if (live && event.target === document.body) live.classList.add("on");
+  if (live) live.classList.add("on");
+  if (opened) htmx.trigger(document.body, "reconnected");
+  opened = true;
 });
 document.addEventListener("htmx:sseError", function (event) {
   var live = document.getElementById("live");

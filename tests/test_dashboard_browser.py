@@ -94,8 +94,6 @@ def browser() -> Iterator[Any]:
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
     try:
         yield driver
     finally:
@@ -212,6 +210,7 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
         before = tree_state(page)
         assert len(before) == 1 and before[0][1:] == (True, 2, 2), before
         seen = [before]
+        (ARTIFACTS / "objects-rollout.png").unlink(missing_ok=True)
         v2 = repo.commit("ticker v2", {"apps.yaml": ticker("v2")})
         _push(repo, bare)
 

@@ -549,6 +549,10 @@ class Server:
         log.info(f"listening on http://{bound[0]}:{bound[1]} ({', '.join(listener.site.paths)})")
         if not self.webhook_secret:
             log.warning("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
+        if self.ui_token is None:
+            log.info(f"dashboard at http://{bound[0]}:{bound[1]}/ for loopback clients only (no --ui-token-env)")
+        else:
+            log.info(f"dashboard at http://{bound[0]}:{bound[1]}/ (log in with the --ui-token-env token)")
 
     def _reload(self, reload: Callable[[], str] | None) -> None:
         """SIGHUP: re-read what can change without a restart (`reload`: the CLI's log settings),

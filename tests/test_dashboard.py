@@ -295,3 +295,14 @@ def test_the_tree_by_application_folder(tmp_path: Path) -> None:
                      "folder-base": ["Namespace/shop"]}
     assert [name for name, _ in re.findall(r'<section class="namespace" id="([^"]+)">(.*?)</section>',
                                            by_namespace, re.S)] == ["ns-_cluster", "ns-shop"]
+
+
+def test_a_huge_or_plain_http_session_is_refused_cleanly(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, token=TOKEN))
+    status, _, _ = server.request("GET", "/", cookie=f"{COOKIE}={'9' * 5000}.00")
+    assert status == 303  # not a 500 from parsing a 5,000-digit number
+    probe = _Probe("/login", {}, {})
+    probe.client = "192.0.2.10"
+    page = Dashboard(store, token=TOKEN)._login_page(probe)  # type: ignore[arg-type]
+    assert "plain HTTP" in str(page.body)
+    assert "plain HTTP" not in server.request("GET", "/login")[2]  # loopback keeps a Secure cookie

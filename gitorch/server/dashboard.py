@@ -264,7 +264,7 @@ class Dashboard:
 
     def _session_ok(self, value: str) -> bool:
         expires, _, _ = value.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        if not expires.isdigit() or len(expires) > 12 or int(expires) < time.time():
             return False
         return hmac.compare_digest(self._signed(int(expires)), value)
 
@@ -283,18 +283,21 @@ class Dashboard:
     def _login_page(self, req: Incoming) -> Reply:
         if self._key is None:
             return Reply(303, "", headers=(("Location", "/"),))
-        return self._login_form(req.query.get("next", "/"), "", 200)
+        return self._login_form(req, req.query.get("next", "/"), "", 200)
 
-    def _login_form(self, next_path: str, error: str, status: int) -> Reply:
+    def _login_form(self, req: Incoming, next_path: str, error: str, status: int) -> Reply:
+        # Browsers keep a Secure cookie only over HTTPS or from loopback: say so before a login
+        # that would seem to work and lead back here.
+        plain = not _is_loopback(req.client) and req.headers.get("x-forwarded-proto", "") != "https"
         page = self._env.get_template("login.html")
         return Reply(status, page.render(next=_safe_next(next_path), error=error, path="/login", topics="",
-                                         token_set=True, now=datetime.now(UTC)), HTML, HEADERS)
+                                         token_set=True, plain_http=plain, now=datetime.now(UTC)), HTML, HEADERS)
 
     async def _login(self, req: Incoming) -> Reply:
         if self._key is None or self._token is None:
             return Reply(303, "", headers=(("Location", "/"),))
         if self._too_many(req.client, count=False):
-            return self._login_form("/", "Too many failed logins from this address; wait a minute.", 429)
+            return self._login_form(req, "/", "Too many failed logins from this address; wait a minute.", 429)
         form = parse_qs((await req.body()).decode("utf-8", "replace"), max_num_fields=4)
         given = (form.get("token") or [""])[0]
         next_path = _safe_next((form.get("next") or ["/"])[0])
@@ -303,7 +306,7 @@ class Dashboard:
             self._too_many(req.client, count=True)
             log.warning(f"dashboard: a failed login from {req.client or 'an unknown address'}",
                         extra={"event": "ui-login-failed"})
-            return self._login_form(next_path, "That token is not the dashboard's token.", 401)
+            return self._login_form(req, next_path, "That token is not the dashboard's token.", 401)
         expires = int(time.time()) + self.limits.session_seconds
         cookie = (f"{COOKIE}={self._signed(expires)}; Path=/; Max-Age={self.limits.session_seconds}; "
                   "HttpOnly; Secure; SameSite=Strict")

@@ -180,6 +180,15 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
         assert browser.current_url == server.url + "/objects"
         assert [c["name"] for c in browser.get_cookies()] == ["gitorch_ui"]
 
+        # A drift check (it only reports while serve leads) reaches the open overview by itself.
+        page.open("/")
+        page.live()
+        assert "none yet" in page.text("#drift-latest")
+        res = gitorch("drift", "--run", "--repo", str(bare), "--rev", "main", cwd=bare)
+        assert res.returncode == 0, res.stderr
+        wait_until("the drift report on the overview", lambda: page.text("#drift-latest"), timeout=30,
+                   accept=lambda text: "#1" in text)
+
         # Every page, a screenshot each; no console errors, no Secret value.
         with store() as s:
             pod = next(p for p in s.pods() if p.owner_name == "ticker")

@@ -38,6 +38,7 @@ from markdown_it import MarkdownIt
 
 from gitorch.model.errors import GitorchError
 from gitorch.nodes.client import NodeClient
+from gitorch.nodes.ssh import Stream
 from gitorch.reconcile import drift
 from gitorch.server.http import Endpoint, Incoming, Reply
 from gitorch.source import desired
@@ -566,16 +567,25 @@ class Dashboard:
     async def _log_events(self, client: NodeClient, namespace: str, name: str, slot: _Slot) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-        stream = None
+        # The stream is opened in a worker thread: one the client left before it was open is
+        # closed by whichever of the two sides comes last, so no agent is left following.
+        ended = threading.Event()
+        streams: list[Stream] = []
+
+        def open_stream() -> Stream:
+            opened = client.follow_logs({"pod": name, "namespace": namespace, "tail": self.limits.log_tail})
+            streams.append(opened)
+            if ended.is_set():
+                opened.close()
+            return opened
+
         try:
             yield b"retry: 3600000\n\n"  # a follow that ended is not restarted by the browser
             try:
-                stream = await asyncio.to_thread(
-                    client.follow_logs, {"pod": name, "namespace": namespace, "tail": self.limits.log_tail})
+                opened = await asyncio.to_thread(open_stream)
             except GitorchError as exc:
                 yield _sse("done", html.escape(str(exc)))
                 return
-            opened = stream
 
             def pump() -> None:
                 try:
@@ -610,7 +620,8 @@ class Dashboard:
                     yield _sse("done", f"stopped after {self.limits.log_bytes} bytes: reload to follow again")
                     return
         finally:
-            if stream is not None:
+            ended.set()
+            for stream in streams:
                 stream.close()  # the pump's read returns and its thread ends
             slot.release()
 

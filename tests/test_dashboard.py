@@ -306,3 +306,14 @@ def test_a_huge_or_plain_http_session_is_refused_cleanly(store: Store, listen: t
     page = Dashboard(store, token=TOKEN)._login_page(probe)  # type: ignore[arg-type]
     assert "plain HTTP" in str(page.body)
     assert "plain HTTP" not in server.request("GET", "/login")[2]  # loopback keeps a Secure cookie
+
+
+def test_a_namespace_filter_keeps_to_its_namespace(store: Store) -> None:
+    store.upsert_object_status("ConfigMap", "other", "settings", sync="Synced", health="Healthy")
+    store.record_event("ConfigMap", "other", "settings", reason="Created", message="in other")
+    dashboard = Dashboard(store)
+    assert "ConfigMap/settings" in dashboard.render("/objects")
+    only_shop = dashboard.render("/objects", {"namespace": "shop"})
+    assert "Deployment/web" in only_shop and "ConfigMap/settings" not in only_shop
+    events = dashboard.render("/events", {"namespace": "other"})
+    assert "in other" in events and "scaled up to 1" not in events

@@ -25,7 +25,6 @@ KINDS = [
     "PersistentVolume",
     "StorageClass",
     "HorizontalPodAutoscaler",
-    "PodDisruptionBudget",
     "ReplicationController",
     "Role",
     "ClusterRoleBinding",
@@ -191,9 +190,6 @@ def test_lifecycle_hooks_and_sidecar_init_containers_are_accepted(repo: GitRepo)
 @pytest.mark.parametrize(
     ("kind", "fix"),
     [
-        ("PodDisruptionBudget", "gitorch evicts nothing on its own yet"),
-        ("ResourceQuota", "set resources on each container"),
-        ("LimitRange", "applies no namespace defaults yet"),
         ("PersistentVolume", "use a PersistentVolumeClaim"),
         ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
     ],

@@ -148,7 +148,7 @@ def node_info(manifest: Any, facts: dict[str, Any], reachable: bool) -> NodeInfo
             Taint(str(t.get("key")), str(t.get("value", "")), str(t.get("effect"))) for t in spec.get("taints") or []
         ),
         ready=reachable,
-        unschedulable=bool(spec.get("unschedulable")),
+        unschedulable=bool(spec.get("unschedulable") or spec.get("drain")),
         runtimes=frozenset(facts.get("runtimes") or ["process"]),
     )
 
@@ -481,7 +481,7 @@ class Controller:
             )
             lost_since = (0.0 if last_seen is None else last_seen + self.settings.node_timeout) if lost else None
             nodes.append(NodeState(info, reachable=reachable, lost=lost, lost_since=lost_since,
-                                   noexecute_since=noexecute))
+                                   noexecute_since=noexecute, draining=bool(manifest.spec.get("drain"))))
         # Retention: a taint gone from its Node's manifest (or the Node gone) is forgotten.
         current = {(n.name, t) for n in nodes for t, _ in n.noexecute_since}
         for forgotten in [k for k in self._noexecute_seen if k not in current]:

@@ -311,6 +311,12 @@ def test_a_live_update_keeps_a_folded_workload_folded_and_copy_works(filled: Sto
         button = browser.find_element("css selector", "button.copy")
         button.click()
         wait_until("the copy button to answer", lambda: button.text, timeout=10, accept=lambda t: t != "Copy")
+        # On paper: no navigation, no buttons; the content is all there.
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        assert not browser.find_element("css selector", "header nav").is_displayed()
+        assert not button.is_displayed()
+        assert browser.find_element("id", "rollback-command").is_displayed()
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
         assert page.errors() == []
     finally:
         server.close()

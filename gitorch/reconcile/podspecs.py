@@ -16,10 +16,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from gitorch.model import volumes
 from gitorch.model.objects import HIDDEN, DesiredState, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 
-VOLUME_ROOT = "/var/lib/gitorch/volumes"
+VOLUME_ROOT = volumes.VOLUME_ROOT
 
 
 def short_hash(value: Any, n: int = 10) -> str:
@@ -49,6 +50,16 @@ def _config_values(obj: Object | None) -> dict[str, str]:
     for k, v in (obj.body.get("stringData") or {}).items():
         out[k] = str(v)
     return out
+
+
+def static_bindings(state: DesiredState) -> Mapping[ObjectKey, volumes.Binding]:
+    """Claims bound to the repository's PersistentVolumes (model/volumes.py), once per state."""
+    found = state.memo.get("static_bindings")
+    if found is None:
+        kinds = ("PersistentVolume", "PersistentVolumeClaim", "StorageClass")
+        found = state.memo["static_bindings"] = volumes.static_bindings(
+            o for k in kinds for o in state.of_kind(k))
+    return found
 
 
 class _Resolver:
@@ -176,7 +187,9 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             out.append(volume)
         elif isinstance(v.get("persistentVolumeClaim"), dict):
             claim = str(v["persistentVolumeClaim"].get("claimName"))
-            out.append({"name": name, "hostPath": f"{VOLUME_ROOT}/{r.namespace}/{claim}"})
+            bound = static_bindings(r.state).get(ObjectKey("PersistentVolumeClaim", r.namespace, claim))
+            path = bound.path if bound else volumes.provisioned_path(r.namespace, claim)
+            out.append({"name": name, "hostPath": path})
         elif isinstance(v.get("hostPath"), dict):
             out.append({"name": name, "hostPath": v["hostPath"].get("path")})
         else:

@@ -28,6 +28,7 @@ CONSUMERS = (
     "gitorch/model/selectors.py",
     "gitorch/model/routes.py",
     "gitorch/model/admission.py",
+    "gitorch/model/volumes.py",
     "gitorch/source/crosschecks.py",
 )
 

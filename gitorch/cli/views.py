@@ -306,7 +306,8 @@ def logs(
     else:
         record = next((p for p in store.pods(namespace=namespace) if p.name == pod), None)
         if record is None:
-            raise GitorchError(f"pod {namespace}/{pod} not found (see `gitorch get pods -n {namespace}`)")
+            proxy = f"; the ingress proxy's log: `gitorch logs {PROXY_POD} --node NODE`" if pod == PROXY_POD else ""
+            raise GitorchError(f"pod {namespace}/{pod} not found (see `gitorch get pods -n {namespace}`){proxy}")
         if not record.node:
             raise GitorchError(f"pod {namespace}/{pod} is not running on any node: {record.message or record.phase}")
         if node is not None and node != record.node:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import stat
 import subprocess
 from pathlib import Path
@@ -94,6 +95,17 @@ def test_endpoint_changes_use_the_runtime_api_and_route_changes_reload(tmp_path:
         assert _workers(where) == workers
         assert agent.program_ingress(paths, agent.parse_ingress(
             _spec(port, [("127.0.0.1", v2.server_address[1])], pem=pem)) or {})["mode"] == "unchanged"
+        # A renewed certificate (the same config): a reload, as HAProxy reads certificates only then.
+        key2 = new_key()
+        cert2 = certificate_pem(key2, ["www.shop.test"])
+        pem = (cert2 + key_pem(key2)).decode()
+        renewed = agent.program_ingress(paths, agent.parse_ingress(
+            _spec(port, [("127.0.0.1", v2.server_address[1])], pem=pem)) or {})
+        assert renewed["mode"] == "reload", renewed
+        served = lambda: ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(  # noqa: E731
+            ssl.get_server_certificate(("127.0.0.1", HTTPS_PORT)))).encode()
+        normal = ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(cert2.decode())).encode()
+        wait_until("the renewed certificate served", served, timeout=20, accept=lambda got: got == normal)
         # A new route: a graceful reload, a new worker, the route served.
         routed = agent.program_ingress(paths, agent.parse_ingress(
             _spec(port, [("127.0.0.1", v2.server_address[1])], path="/api", pem=pem)) or {})

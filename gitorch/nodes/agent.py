@@ -3160,18 +3160,21 @@ def program_ingress(paths: Paths, spec: Json) -> Json:
     if binary is None:
         return {"ok": False, "mode": "none", "commands": 0,
                 "message": "haproxy is not installed on this node (apt-get install haproxy)"}
+    files_changed = False  # certificates are read at start and reload only: a new one needs a reload
     for name, text in spec["files"].items():
         target = os.path.join(where, name)
         if read_text(target) != text:
             atomic_write(target, text, mode=0o600)
+            files_changed = True
     for old in os.listdir(os.path.join(where, "certs")):
         if f"certs/{old}" not in spec["files"] and not old.startswith("."):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(where, "certs", old))
+                files_changed = True
     cfg = os.path.join(where, "haproxy.cfg")
     before = read_text(cfg)
     new = spec["config"]
-    if before == new:
+    if before == new and not files_changed:
         return {"ok": True, "mode": "unchanged", "commands": 0, "message": ""}
     candidate = cfg + ".new"
     atomic_write(candidate, new, mode=0o600)
@@ -3184,7 +3187,7 @@ def program_ingress(paths: Paths, spec: Json) -> Json:
                 "message": "haproxy -c refused the config: " + one_line("; ".join(alerts))[:500]}
     sock = os.path.join(where, "admin.sock")
     mode, count = "written", 0
-    if before is not None and config_skeleton(before) == config_skeleton(new):
+    if before is not None and not files_changed and config_skeleton(before) == config_skeleton(new):
         try:
             commands: list[str] | None = []
             for backend, wanted in config_endpoints(new).items():

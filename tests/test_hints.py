@@ -21,7 +21,7 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 
 KINDS = [
     "ServiceAccount",
-    "Ingress",
+    "PriorityClass",
     "HorizontalPodAutoscaler",
     "ReplicationController",
     "Role",

@@ -496,7 +496,8 @@ def status(output: str) -> None:
 
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
-                                           "daemonsets", "services", "jobs", "cronjobs", "revisions"]))
+                                           "daemonsets", "services", "ingresses", "jobs", "cronjobs",
+                                           "revisions"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:
@@ -538,14 +539,16 @@ def events(namespace: str | None, limit: int, output: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-p", "--previous", is_flag=True, help="The previous container instance's log.")
 @click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--node", default=None, help="Ask this node (for the ingress proxy: `gitorch logs ingress --node N`).")
 def logs(pod: str, namespace: str, container: str | None, tail: int, follow: bool, previous: bool,
-         repo_path: str | None) -> None:
-    """Print a pod's container log, from the node that runs it."""
+         repo_path: str | None, node: str | None) -> None:
+    """Print a pod's container log, from the node that runs it; `ingress --node N`: that node's
+    ingress proxy (HAProxy's access log)."""
     from gitorch.cli import views
 
     repo = open_repository(repo_path)
     with _store() as store:
-        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous)
+        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous, node)
 
 
 @cli.command()

@@ -42,6 +42,8 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Service", "v1", True, "service.json", order=20),
         KindInfo("NetworkPolicy", "networking.k8s.io/v1", True, "networkpolicy.json", order=21),
         KindInfo("PodDisruptionBudget", "policy/v1", True, "poddisruptionbudget.json", order=21),
+        KindInfo("IngressClass", "networking.k8s.io/v1", False, "ingressclass.json", order=22),
+        KindInfo("Ingress", "networking.k8s.io/v1", True, "ingress.json", order=22),
         KindInfo("Deployment", "apps/v1", True, "deployment.json", workload=True, order=30),
         KindInfo("ReplicaSet", "apps/v1", True, "replicaset.json", workload=True, order=30),
         KindInfo("Pod", "v1", True, "pod.json", workload=True, order=30),

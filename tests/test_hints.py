@@ -27,8 +27,8 @@ KINDS = [
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "ReplicationController",
-    "Role",
-    "ClusterRoleBinding",
+    "ResourceQuota",
+    "LimitRange",
     "Endpoints",
 ]
 

@@ -27,6 +27,7 @@ CONSUMERS = (
     "gitorch/server/*.py",
     "gitorch/model/selectors.py",
     "gitorch/source/crosschecks.py",
+    "gitorch/source/grants.py",
 )
 
 

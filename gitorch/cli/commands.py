@@ -786,7 +786,8 @@ def hook_run(name: str, branch: str, subdir: str, trust_key: tuple[str, ...]) ->
     repo.root = subdir.strip("/")
     status = 0
     keyring = _keyring()
-    check = signatures.RangeCheck(repo, lambda oid: desired.load(repo, oid, keyring), signatures.trust_keys(trust_key))
+    check = signatures.RangeCheck(repo, lambda oid: desired.load(repo, oid, keyring), signatures.trust_keys(trust_key),
+                                  trusted_as=f"the tip of {branch!r}")
     for update in hooks.parse_updates(sys.stdin.read()):
         if update.ref != f"refs/heads/{branch}":
             continue

@@ -154,7 +154,7 @@ def grants(state: DesiredState) -> Grants:
     found: dict[str, list[Rule]] = {}
     for binding in [*state.of_kind("RoleBinding"), *state.of_kind("ClusterRoleBinding")]:
         ref = binding.body.get("roleRef")
-        if not isinstance(ref, dict):
+        if not isinstance(ref, dict) or ref.get("apiGroup", RBAC_GROUP) != RBAC_GROUP:
             continue
         cluster_wide = binding.key.kind == "ClusterRoleBinding"
         ns = ALL_NAMESPACES if cluster_wide else binding.key.namespace
@@ -165,7 +165,8 @@ def grants(state: DesiredState) -> Grants:
         via = f"{binding.key.kind} {binding.key.namespace + '/' if binding.key.namespace else ''}{binding.key.name}"
         rules = _rules(role, ns, via)
         for subject in binding.body.get("subjects") or []:
-            if not isinstance(subject, dict) or subject.get("kind") != "User":
+            if not isinstance(subject, dict) or subject.get("kind") != "User" \
+                    or subject.get("apiGroup", RBAC_GROUP) != RBAC_GROUP:
                 continue
             ident = signer_id(str(subject.get("name", "")))
             if ident is not None:

@@ -256,7 +256,7 @@ def trust_keys(values: Sequence[str]) -> TrustKeys:
     for value in values:
         text = value
         path = Path(value).expanduser()
-        if "/" in value or path.is_file():
+        if signer_id(value) is None and ("/" in value or path.is_file()):
             try:
                 text = path.read_text()
             except OSError as exc:
@@ -320,6 +320,8 @@ class RangeCheck:
     repo: git.Repository
     load: Loader
     keys: TrustKeys = field(default_factory=TrustKeys)
+    trusted_as: str = "the last applied revision"
+    """What the trusted revision is, in messages (the pre-receive hook trusts the branch's tip)."""
 
     def check(self, trusted_state: DesiredState | None, head: DesiredState) -> list[Refusal]:
         """The refusals of the commits after `trusted_state` (the last applied revision; None when
@@ -337,20 +339,23 @@ class RangeCheck:
         base = trusted_state.revision.oid
         if not verifies_commits(trusted_state) or base == head_oid:
             return []
-        if not git.is_ancestor(self.repo, base, head_oid):
-            return [Refusal(head_oid, f"commit {head_oid[:7]} does not descend from the last applied revision "
-                            f"{base[:7]}, and the Cluster sets git.verifyCommits: only fast-forwards are applied",
-                            "add commits on top of it (git revert makes a commit that undoes another)")]
-        oids = git.commits_between(self.repo, base, head_oid, MAX_COMMITS)
-        if oids is None:
-            return [Refusal(head_oid, f"more than {MAX_COMMITS} commits after the last applied revision {base[:7]}",
-                            "push them in parts")]
         with Verifier(grants(trusted_state), openpgp_keys(trusted_state)) as verifier:
+            if not git.is_ancestor(self.repo, base, head_oid):
+                # A head that replaces the history (a force push, say to drop a refused commit): its
+                # signer answers for everything it changes from the trusted revision.
+                return self._commits([head_oid], verifier, check_changes=True, base=base, before=trusted_state)
+            oids = git.commits_between(self.repo, base, head_oid, MAX_COMMITS)
+            if oids is None:
+                return [Refusal(head_oid, f"more than {MAX_COMMITS} commits after {self.trusted_as} {base[:7]}",
+                                "push them in parts")]
             return self._commits(oids, verifier, check_changes=True, base=base)
 
-    def _commits(self, oids: list[str], verifier: Verifier, *, check_changes: bool, base: str) -> list[Refusal]:
+    def _commits(self, oids: list[str], verifier: Verifier, *, check_changes: bool, base: str,
+                 before: DesiredState | None = None) -> list[Refusal]:
+        """Each commit's signature, and (`check_changes`) whether its signer may make its changes,
+        from its first parent or from `before` when given."""
         out: list[Refusal] = []
-        where = f"the last applied revision {base[:7]}" if base else "--trust-key"
+        where = f"{self.trusted_as} {base[:7]}" if base else "--trust-key"
         for oid in oids:
             if len(out) >= MAX_REFUSALS:
                 break
@@ -364,11 +369,11 @@ class RangeCheck:
                 continue
             if not check_changes:
                 continue
-            before = self.load(commit.parent) if commit.parent else DesiredState(EMPTY_REVISION, {}, [])
+            parent = before or (self.load(commit.parent) if commit.parent else DesiredState(EMPTY_REVISION, {}, []))
             after = self.load(oid)
-            for change in changes(before, after):
+            for change in changes(parent, after):
                 if not verifier.grants.allows(sig.ids, change):
-                    out.append(_refused(oid, sig, change, before if change.verb.value == "delete" else after, where))
+                    out.append(_refused(oid, sig, change, parent if change.verb.value == "delete" else after, where))
         return out
 
 

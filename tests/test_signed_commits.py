@@ -1,0 +1,352 @@
+"""Signed commits and grants (issue 13, part 2): under the Cluster's git.verifyCommits, real
+commits signed with ssh-keygen and gpg keys are pushed to a bare repository with gitorch's
+pre-receive hook; the controller checks the same range again before applying."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gitorch.reconcile.controller import Controller, ControllerSettings
+from gitorch.source.git import open_repository
+from gitorch.store.database import Store
+from tests.gitrepo import GitRepo, git
+from tests.samples import gitorch
+from tests.signers import GpgHome, Signer, ssh_signer
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Signer]]:
+    """admin (SSH, cluster-wide), dev (SSH, named by fingerprint, staging only), ops (OpenPGP,
+    create and update of Deployments in prod), stranger (SSH, no binding)."""
+    folder = tmp_path_factory.mktemp("keys")
+    home = GpgHome()
+    try:
+        yield {
+            "admin": ssh_signer(folder, "admin"),
+            "dev": ssh_signer(folder, "dev"),
+            "stranger": ssh_signer(folder, "stranger"),
+            "ops": home.signer("ops"),
+        }
+    finally:
+        home.close()
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.strip().splitlines())
+
+
+def base_files(keys: dict[str, Signer]) -> dict[str, str]:
+    return {
+        "cluster.yaml": f"""\
+apiVersion: gitorch.dev/v1
+kind: Cluster
+metadata:
+  name: signed
+spec:
+  git:
+    verifyCommits: true
+    openpgpKeys:
+      - |
+{_indent(keys["ops"].public, 8)}
+""",
+        "namespaces.yaml": """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: staging}
+""",
+        "rbac.yaml": f"""\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: admin}}
+rules:
+  - apiGroups: ["*"]
+    resources: ["*"]
+    verbs: ["*"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: admins}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}}
+subjects:
+  - kind: User
+    name: {keys["admin"].public}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: editor}}
+rules:
+  - apiGroups: ["apps"]
+    resources: ["deployments"]
+    verbs: ["create", "update", "delete"]
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["*"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editors, namespace: staging}}
+roleRef: {{kind: ClusterRole, name: editor}}
+subjects:
+  - kind: User
+    name: "{keys["dev"].fingerprint}"
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: deployer, namespace: prod}}
+rules:
+  - apiGroups: ["apps"]
+    resources: ["deployments"]
+    verbs: ["create", "update"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: deployers, namespace: prod}}
+roleRef: {{kind: Role, name: deployer}}
+subjects:
+  - kind: User
+    name: "{keys["ops"].fingerprint}"
+""",
+    }
+
+
+def deployment(namespace: str, name: str = "web", replicas: int = 1) -> str:
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: {name}
+          command: ["sleep", "3600"]
+"""
+
+
+@pytest.fixture
+def remote(tmp_path: Path, keys: dict[str, Signer]) -> Path:
+    bare = tmp_path / "cluster.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    pub = tmp_path / "admin.pub"
+    pub.write_text(keys["admin"].public + "\n")
+    res = gitorch("hook", "install", str(bare), "--branch", "main", "--trust-key", str(pub), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    return bare
+
+
+def _push(repo: GitRepo, remote: Path) -> tuple[int, str]:
+    res = git("push", str(remote), "HEAD:refs/heads/main", cwd=repo.path, check=False)
+    return res.returncode, res.stderr
+
+
+def _tip(remote: Path) -> str:
+    return git("rev-parse", "main", cwd=remote).stdout.strip()
+
+
+@pytest.fixture
+def pushed(repo: GitRepo, remote: Path, keys: dict[str, Signer]) -> str:
+    """The first revision, signed by the key the hook trusts, pushed."""
+    first = keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+    code, err = _push(repo, remote)
+    assert code == 0, err
+    assert _tip(remote) == first
+    return first
+
+
+def test_the_first_revision_must_be_signed_by_a_trusted_key(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer]) -> None:
+    keys["dev"].commit(repo, "cluster with grants", base_files(keys))
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert f"is signed by SSH key {keys['dev'].fingerprint}, which no binding names in --trust-key" in err
+    assert "Traceback" not in err
+    git("commit", "-q", "--amend", "--no-edit", "--no-gpg-sign", cwd=repo.path)
+    code, err = _push(repo, remote)
+    assert code != 0 and "is not signed" in err
+
+
+def test_an_unsigned_push_is_refused(repo: GitRepo, remote: Path, pushed: str) -> None:
+    unsigned = repo.commit("unsigned", {"web.yaml": deployment("staging")})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert f"commit {unsigned[:7]} is not signed" in err
+    assert "git commit -S" in err and "Traceback" not in err
+    assert _tip(remote) == pushed
+
+
+def test_a_key_without_a_grant_for_prod_is_refused_naming_commit_signer_object_and_verb(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
+    dev = keys["dev"]
+    oid = dev.commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert (f"prod/web.yaml:4:9: /metadata/name: commit {oid[:7]} signed by ssh {dev.fingerprint} may not create "
+            f"Deployment prod/web: no role bound to the signer in the tip of 'main' {pushed[:7]} grants "
+            "'create' on deployments (apps API group) in namespace prod") in err, err
+    assert _tip(remote) == pushed
+
+
+def test_a_key_not_named_by_any_binding_is_refused(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
+    oid = keys["stranger"].commit(repo, "web", {"web.yaml": deployment("staging")})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert f"commit {oid[:7]} is signed by SSH key {keys['stranger'].fingerprint}, which no binding names" in err
+
+
+def test_allowed_changes_are_accepted_ssh_and_openpgp(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
+    keys["dev"].commit(repo, "web in staging", {"staging/web.yaml": deployment("staging")})
+    keys["ops"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+    head = keys["ops"].commit(repo, "scale prod", {"prod/web.yaml": deployment("prod", replicas=2)})
+    code, err = _push(repo, remote)
+    assert code == 0, err
+    assert _tip(remote) == head
+    # ops may create and update Deployments in prod, not delete them.
+    repo.remove("prod/web.yaml")
+    gone = keys["ops"].commit(repo, "drop prod web")
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert (f"commit {gone[:7]} signed by openpgp {keys['ops'].fingerprint} may not delete Deployment prod/web"
+            in err), err
+
+
+def test_a_commit_adding_its_own_signer_to_a_role_binding_is_refused(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
+    dev = keys["dev"]
+    rbac = (repo.path / "rbac.yaml").read_text()
+    widened = rbac.replace(f'    name: "{keys["ops"].fingerprint}"\n',
+                           f'    name: "{keys["ops"].fingerprint}"\n  - kind: User\n    name: "{dev.fingerprint}"\n')
+    assert widened != rbac
+    oid = dev.commit(repo, "let me deploy to prod", {"rbac.yaml": widened})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert f"commit {oid[:7]} signed by ssh {dev.fingerprint} may not update RoleBinding prod/deployers" in err
+    assert "'update' on rolebindings (rbac.authorization.k8s.io API group) in namespace prod" in err
+    # Nor does a later commit of the same push, granted by the binding it adds, get through.
+    keys["dev"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+    code, err = _push(repo, remote)
+    assert code != 0 and "may not create Deployment prod/web" in err
+    assert _tip(remote) == pushed
+
+
+def test_a_tampered_signature_does_not_verify(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
+    keys["dev"].commit(repo, "web in staging", {"staging/web.yaml": deployment("staging")})
+    # Same signature header, other content: git's commit object rewritten by hand.
+    raw = git("cat-file", "commit", "HEAD", cwd=repo.path).stdout
+    forged = raw.replace("web in staging", "web in staging!")
+    oid = git("hash-object", "-t", "commit", "-w", "--stdin", cwd=repo.path, input=forged).stdout.strip()
+    git("reset", "-q", "--soft", oid, cwd=repo.path)
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert f"commit {oid[:7]} has an SSH signature by {keys['dev'].fingerprint} that does not verify" in err
+
+
+# --- the controller checks again ---------------------------------------------------------------
+
+
+def test_the_controller_refuses_a_range_pushed_around_the_hook(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    admin = tmp_path / "admin.pub"
+    admin.write_text(keys["admin"].public + "\n")
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    settings = ControllerSettings(trust_keys=(str(admin),))
+    controller = Controller(open_repository(repo.path), store, tmp_path / "state", settings)
+    try:
+        first = keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+        assert controller.reconcile().valid
+        last = store.last_applied_revision()
+        assert last is not None and last.commit == first
+        # Committed straight into the repository the controller reads: no hook ran.
+        bad = keys["dev"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        result = controller.reconcile()
+        assert not result.valid
+        assert f"commit {bad[:7]} signed by ssh {keys['dev'].fingerprint} may not create Deployment prod/web" \
+            in result.diagnostics[0]
+        stored = store.revision(bad)
+        assert stored is not None and stored.outcome == "invalid"
+        event = next(e for e in store.events() if e.reason == "InvalidRevision" and e.revision == bad)
+        for part in (bad[:7], keys["dev"].fingerprint, "Deployment prod/web", "'create'"):
+            assert part in event.message
+        last = store.last_applied_revision()
+        assert last is not None and last.commit == first
+        assert result.state is not None and result.state.revision.oid == first  # the last good one runs on
+        # A commit on top, even one reverting it and signed by the admin, does not launder it: every
+        # commit of the range is checked.
+        repo.remove("prod/web.yaml")
+        keys["admin"].commit(repo, "revert web in prod")
+        assert not controller.reconcile().valid
+        # A history that drops it (reset to the applied revision, force-pushed) is checked as one change
+        # from the applied revision, signed by its head's signer.
+        git("reset", "-q", "--hard", first, cwd=repo.path)
+        staged = keys["dev"].commit(repo, "web in staging", {"staging/web.yaml": deployment("staging")})
+        result = controller.reconcile()
+        assert result.valid, result.diagnostics
+        last = store.last_applied_revision()
+        assert last is not None and last.commit == staged
+        git("reset", "-q", "--hard", first, cwd=repo.path)
+        replaced = keys["dev"].commit(repo, "web in prod again", {"prod/web.yaml": deployment("prod")})
+        result = controller.reconcile()
+        assert not result.valid
+        # Relative to the applied revision it deletes staging/web and creates prod/web: both refused.
+        assert any(f"commit {replaced[:7]} signed by ssh {keys['dev'].fingerprint} may not create Deployment "
+                   "prod/web" in d for d in result.diagnostics), result.diagnostics
+    finally:
+        controller.close()
+        store.close()
+
+
+def test_the_controller_applies_an_allowed_range_and_needs_a_trusted_first_revision(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    untrusting = Controller(open_repository(repo.path), store, tmp_path / "state")
+    try:
+        first = keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+        result = untrusting.reconcile()
+        assert not result.valid
+        assert "the Cluster sets git.verifyCommits and nothing was applied yet" in result.diagnostics[0]
+        assert "--trust-key" in result.diagnostics[0]
+    finally:
+        untrusting.close()
+    settings = ControllerSettings(trust_keys=(keys["admin"].fingerprint,))
+    controller = Controller(open_repository(repo.path), store, tmp_path / "state", settings)
+    try:
+        assert controller.reconcile().valid
+        keys["dev"].commit(repo, "web in staging", {"staging/web.yaml": deployment("staging")})
+        head = keys["ops"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        result = controller.reconcile()
+        assert result.valid, result.diagnostics
+        last = store.last_applied_revision()
+        assert last is not None and last.commit == head and last.commit != first
+        assert result.state is not None and result.state.get("Deployment", "prod", "web") is not None
+    finally:
+        controller.close()
+        store.close()
+
+
+def test_apply_refuses_an_unsigned_head_with_one_clear_line(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+    res = gitorch("apply", "--repo", str(repo.path), "--trust-key", keys["admin"].fingerprint, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    unsigned = repo.commit("unsigned", {"staging/web.yaml": deployment("staging")})
+    res = gitorch("apply", "--repo", str(repo.path), cwd=tmp_path)
+    assert res.returncode == 1
+    assert f"commit {unsigned[:7]} is not signed" in res.stderr and "Traceback" not in res.stderr
+    res = gitorch("apply", "--repo", str(repo.path), "--trust-key", "not-a-key", cwd=tmp_path)
+    assert res.returncode == 1 and "--trust-key not-a-key: expected an SSH public key" in res.stderr

@@ -350,3 +350,57 @@ def test_apply_refuses_an_unsigned_head_with_one_clear_line(
     assert f"commit {unsigned[:7]} is not signed" in res.stderr and "Traceback" not in res.stderr
     res = gitorch("apply", "--repo", str(repo.path), "--trust-key", "not-a-key", cwd=tmp_path)
     assert res.returncode == 1 and "--trust-key not-a-key: expected an SSH public key" in res.stderr
+
+
+# --- gitorch audit -------------------------------------------------------------------------------
+
+
+def test_audit_says_who_changed_what_with_which_signature_and_what_the_controller_did(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    import json
+
+    from gitorch.model.settings import Settings
+
+    settings = Settings.from_env()
+    store = Store.open(settings.database_url)
+    controller = Controller(open_repository(repo.path), store, settings.state_dir,
+                            ControllerSettings(trust_keys=(keys["admin"].fingerprint,)))
+    try:
+        keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+        assert controller.reconcile().valid
+        created = keys["ops"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        assert controller.reconcile().valid
+        scaled = keys["dev"].commit(repo, "scale prod", {"prod/web.yaml": deployment("prod", replicas=3)})
+        assert not controller.reconcile().valid
+    finally:
+        controller.close()
+        store.close()
+    res = gitorch("audit", "--repo", str(repo.path), "--object", "deployment/prod/web", "-o", "json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    entries = json.loads(res.stdout)
+    assert [(e["commit"], e["verb"]) for e in entries] == [(scaled, "update"), (created, "create")]
+    refused, applied = entries
+    assert refused["signature"] == {"method": "ssh", "signer": keys["dev"].fingerprint, "verified": True,
+                                    "problem": ""}
+    assert not refused["granted"] and refused["outcome"] == "invalid"
+    assert refused["summary"] == "spec.replicas: 1 -> 3"
+    assert any(e["reason"] == "InvalidRevision" and "may not update Deployment prod/web" in e["message"]
+               for e in refused["events"])
+    assert applied["signature"]["method"] == "openpgp" and applied["signature"]["signer"] == keys["ops"].fingerprint
+    assert applied["signature"]["verified"] and applied["granted"]
+    assert applied["outcome"] == "applied" and applied["appliedIn"] == created and applied["appliedAt"]
+    # The table for people: every object of every commit, newest first.
+    res = gitorch("audit", "--repo", str(repo.path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["TIME", "COMMIT", "SIGNER", "SIGNATURE", "CHANGE", "OBJECT", "SUMMARY", "CONTROLLER"]
+    assert scaled[:7] in lines[1] and "verified, not granted" in lines[1] and "invalid in" in lines[1]
+    assert any("ClusterRoleBinding/admins" in line and keys["admin"].fingerprint in line and "applied" in line
+               for line in lines)
+    res = gitorch("audit", "--repo", str(repo.path), "--since", "1d", "--object", "role/prod/deployer",
+                  "-o", "json", cwd=tmp_path)
+    assert res.returncode == 0 and [e["verb"] for e in json.loads(res.stdout)] == ["create"]
+    res = gitorch("audit", "--repo", str(repo.path), "--object", "deployment", cwd=tmp_path)
+    assert res.returncode == 1 and "expected KIND/NAMESPACE/NAME" in res.stderr and "Traceback" not in res.stderr
+    res = gitorch("audit", "--repo", str(repo.path), "--since", "yesterday", cwd=tmp_path)
+    assert res.returncode == 1 and "--since 'yesterday'" in res.stderr

@@ -535,6 +535,34 @@ def events(namespace: str | None, limit: int, output: str) -> None:
 
 
 @cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Branch or commit whose history to read. Default: HEAD.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only commits since then: an ISO date or time (2026-05-01, 2026-05-01T12:00Z) or an age "
+                   "(30m, 12h, 7d).")
+@click.option("--object", "object_ref", default=None, metavar="KIND/NS/NAME",
+              help="Only changes to this object (KIND/NAME for a cluster-scoped kind), e.g. deployment/prod/web.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Commits read at most, newest first.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def audit(repo_path: str | None, rev: str | None, since: str | None, object_ref: str | None, limit: int,
+          output: str) -> None:
+    """Who changed which object, when, with which signature, and what the controller did about it."""
+    from gitorch.cli import views
+    from gitorch.reconcile import auditing
+
+    try:
+        key = auditing.parse_object(object_ref) if object_ref else None
+        when = views.parse_since(since) if since else None
+    except ValueError as exc:
+        _fail(str(exc))
+    repo = open_repository(repo_path)
+    with _store() as store, batch_gc():
+        entries = auditing.audit(repo, store, rev=rev, since=when, key=key, limit=limit, keyring=_keyring())
+    views.audit(entries, output)
+
+
+@cli.command()
 @click.argument("pod")
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-c", "--container", default=None)

@@ -116,6 +116,17 @@ subjects:
     }
 
 
+SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db
+  namespace: prod
+stringData:
+  password: CANARY
+"""
+
+
 def deployment(namespace: str, name: str = "web", replicas: int = 1) -> str:
     return f"""\
 apiVersion: apps/v1
@@ -370,6 +381,10 @@ def test_audit_says_who_changed_what_with_which_signature_and_what_the_controlle
         assert controller.reconcile().valid
         created = keys["ops"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
         assert controller.reconcile().valid
+        keys["admin"].commit(repo, "db password", {"prod/db.yaml": SECRET.replace("CANARY", "first-canary-5151")})
+        keys["admin"].commit(repo, "new db password",
+                             {"prod/db.yaml": SECRET.replace("CANARY", "second-canary-6262")})
+        assert controller.reconcile().valid
         scaled = keys["dev"].commit(repo, "scale prod", {"prod/web.yaml": deployment("prod", replicas=3)})
         assert not controller.reconcile().valid
     finally:
@@ -397,6 +412,13 @@ def test_audit_says_who_changed_what_with_which_signature_and_what_the_controlle
     assert scaled[:7] in lines[1] and "verified, not granted" in lines[1] and "invalid in" in lines[1]
     assert any("ClusterRoleBinding/admins" in line and keys["admin"].fingerprint in line and "applied" in line
                for line in lines)
+    res = gitorch("audit", "--repo", str(repo.path), "--object", "secret/prod/db", "-o", "json", cwd=tmp_path)
+    assert [e["verb"] for e in json.loads(res.stdout)] == ["update", "create"]
+    for output in ("table", "json"):
+        res = gitorch("audit", "--repo", str(repo.path), "-o", output, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert ("Secret/prod/db" if output == "table" else '"name": "db"') in res.stdout
+        assert "canary" not in res.stdout  # secret values are masked where the diff is made
     res = gitorch("audit", "--repo", str(repo.path), "--since", "1d", "--object", "role/prod/deployer",
                   "-o", "json", cwd=tmp_path)
     assert res.returncode == 0 and [e["verb"] for e in json.loads(res.stdout)] == ["create"]

@@ -163,8 +163,9 @@ class Verifier:
         if self._gnupg is None:
             home = self._tmp() / "gnupg"
             home.mkdir(mode=0o700)
-            for key in self.openpgp:
-                _run(["gpg", "--batch", "--no-tty", "--quiet", "--import"], stdin=key.encode(), env=_gpg_env(home))
+            if self.openpgp:  # one gpg run for them all; a key it cannot read is skipped (it verifies nothing)
+                _run(["gpg", "--batch", "--no-tty", "--quiet", "--import"],
+                     stdin="\n".join(self.openpgp).encode(), env=_gpg_env(home))
             self._gnupg = home
         return self._gnupg
 

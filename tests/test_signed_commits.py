@@ -426,3 +426,46 @@ def test_audit_says_who_changed_what_with_which_signature_and_what_the_controlle
     assert res.returncode == 1 and "expected KIND/NAMESPACE/NAME" in res.stderr and "Traceback" not in res.stderr
     res = gitorch("audit", "--repo", str(repo.path), "--since", "yesterday", cwd=tmp_path)
     assert res.returncode == 1 and "--since 'yesterday'" in res.stderr
+
+
+def test_a_force_push_is_checked_as_one_change_from_the_tip(
+        repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
+    dev = keys["dev"]
+    dev.commit(repo, "web in staging", {"staging/web.yaml": deployment("staging")})
+    assert _push(repo, remote)[0] == 0
+    git("reset", "-q", "--hard", pushed, cwd=repo.path)
+    replaced = dev.commit(repo, "web in prod instead", {"prod/web.yaml": deployment("prod")})
+    res = git("push", "--force", str(remote), "HEAD:refs/heads/main", cwd=repo.path, check=False)
+    assert res.returncode != 0
+    # From the tip it replaces, it deletes staging/web (allowed) and creates prod/web (not).
+    assert f"commit {replaced[:7]} signed by ssh {dev.fingerprint} may not create Deployment prod/web" in res.stderr
+    assert "may not delete" not in res.stderr
+    git("reset", "-q", "--hard", pushed, cwd=repo.path)
+    again = dev.commit(repo, "web in staging, scaled", {"staging/web.yaml": deployment("staging", replicas=2)})
+    res = git("push", "--force", str(remote), "HEAD:refs/heads/main", cwd=repo.path, check=False)
+    assert res.returncode == 0, res.stderr
+    assert _tip(remote) == again
+
+
+def test_openpgp_signatures_need_the_armored_key_and_ssh_subjects_match_by_fingerprint(
+        repo: GitRepo, keys: dict[str, Signer]) -> None:
+    from gitorch.source.git import signed_commit
+    from gitorch.source.grants import trusted
+    from gitorch.source.signatures import Verifier
+
+    ops, dev = keys["ops"], keys["dev"]
+    r = open_repository(repo.path)
+    by_ops = signed_commit(r, ops.commit(repo, "by ops"))
+    by_dev = signed_commit(r, dev.commit(repo, "by dev"))
+    with Verifier(trusted([ops.fingerprint]), []) as v:
+        sig = v.check(by_ops.signature, by_ops.signed_data)
+        assert not sig.verified and "not among the Cluster's git.openpgpKeys" in sig.problem
+    with Verifier(trusted([ops.fingerprint]), [ops.public]) as v:
+        assert v.check(by_ops.signature, by_ops.signed_data).verified
+        # The right key, other bytes: refused.
+        assert not v.check(by_ops.signature, by_ops.signed_data + b"\n").verified
+    with Verifier(trusted([dev.fingerprint]), []) as v:
+        sig = v.check(by_dev.signature, by_dev.signed_data)
+        assert sig.verified and sig.signer == dev.fingerprint and sig.method == "ssh"
+        assert not v.check(by_dev.signature, by_dev.signed_data.replace(b"by dev", b"by eve")).verified
+        assert v.check(b"", b"").problem == "is not signed"

@@ -17,7 +17,16 @@ from typing import Any
 
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
-from gitorch.reconcile.scheduler import Decision, NodeInfo, PodInfo, pod_info_from_template, schedule
+from gitorch.reconcile.scheduler import (
+    UNREACHABLE,
+    Decision,
+    NodeInfo,
+    PodInfo,
+    Taint,
+    pod_info_from_template,
+    schedule,
+    tolerates,
+)
 
 RUNNING_PHASES = ("Pending", "Running", "Unknown")
 
@@ -57,6 +66,10 @@ class NodeState:
     info: NodeInfo
     reachable: bool = True
     lost: bool = False  # NotReady past the node timeout: its pods are replaced elsewhere
+    lost_since: float | None = None
+    """When it was found lost: the node.kubernetes.io/unreachable NoExecute taint's timeAdded."""
+    noexecute_since: tuple[tuple[Taint, float], ...] = ()
+    """Its NoExecute taints from Git, each with when the controller first saw it."""
 
     @property
     def name(self) -> str:
@@ -144,6 +157,40 @@ class Plan:
 # --- helpers ---------------------------------------------------------------------------
 
 
+def toleration_seconds(tolerations: Iterable[Mapping[str, Any]], taint: Taint) -> float | None:
+    """How long a pod with `tolerations` stays on a node once `taint` (NoExecute) is on it, as
+    Kubernetes' taint manager decides: 0 when no toleration matches, the least tolerationSeconds
+    of those that match, None (forever) when one that matches gives none."""
+    seconds: list[float] = []
+    for t in tolerations:
+        if not tolerates([t], taint):
+            continue
+        value = t.get("tolerationSeconds")
+        if value is None:
+            return None
+        seconds.append(max(0.0, float(value)))
+    return min(seconds) if seconds else 0.0
+
+
+def evicted(node: NodeState | None, tolerations: Iterable[Mapping[str, Any]], now: float) -> bool:
+    """Whether a pod on `node` is evicted: the node is gone from Git, or a NoExecute taint on
+    it (node.kubernetes.io/unreachable once it is lost, or one from its manifest) is not
+    tolerated, or was tolerated for tolerationSeconds that have passed. gitorch adds no
+    default tolerations: where Kubernetes' admission gives every pod 300 s for an unreachable
+    node, a gitorch pod without one is replaced once its node is lost (GITORCH_NODE_TIMEOUT)."""
+    if node is None:
+        return True
+    tolerations = list(tolerations)
+    taints = list(node.noexecute_since)
+    if node.lost:
+        taints.append((Taint(UNREACHABLE, "", "NoExecute"), node.lost_since if node.lost_since is not None else now))
+    for taint, since in taints:
+        seconds = toleration_seconds(tolerations, taint)
+        if seconds is not None and now - since >= seconds:
+            return True
+    return False
+
+
 def _scaled(value: Any, total: int, *, round_up: bool) -> int:
     if isinstance(value, str) and value.endswith("%"):
         frac = int(value[:-1]) * total / 100
@@ -184,12 +231,15 @@ class _Pass:
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
         self.started_at = 0  # where the running object controller's pods begin in plan.pods
 
-    # Pods on a lost node are gone as far as replica counts go.
-    def live(self, key: ObjectKey) -> tuple[list[PodState], list[PodState]]:
+    # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
+    # counts go, as the taint manager deletes them in Kubernetes.
+    def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
         live, lost = [], []
-        for p in self.by_owner.get(key, []):
+        template = _template(obj) or {}
+        tolerations = (template.get("spec") or {}).get("tolerations") or ()
+        for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
-            if p.node is not None and (node is None or node.lost):
+            if p.node is not None and evicted(node, tolerations, self.now):
                 lost.append(p)
             else:
                 live.append(p)
@@ -282,7 +332,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     replicas = int(spec.get("replicas", 1))
     rev = _revision(ps, obj, template)
     min_ready = float(spec.get("minReadySeconds", 0))
-    live, lost = ps.live(obj.key)
+    live, lost = ps.live(obj)
     for p in lost:
         ps.remove(p)
     new = sorted((p for p in live if p.revision == rev), key=lambda p: _index(p.name))
@@ -402,7 +452,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
     replicas = int(obj.spec.get("replicas", 1))
     rev = _revision(ps, obj, template)
     min_ready = float(obj.spec.get("minReadySeconds", 0))
-    live, lost = ps.live(obj.key)
+    live, lost = ps.live(obj)
     for p in lost:
         ps.remove(p)
     keep = live if len(live) <= replicas else _removal_order(live)[len(live) - replicas :]
@@ -686,7 +736,8 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
         info = pod_info_from_template(f"{obj.key.name}-probe", obj.key.namespace, template)
         # Like the DaemonSet controller: only the node's own filters matter, not the others' pods.
         decision = schedule([info], [node.info])[0]
-        if decision.node == node.name or node.name in existing:
+        tolerations = (template.get("spec") or {}).get("tolerations") or ()
+        if decision.node == node.name or (node.name in existing and not evicted(node, tolerations, ps.now)):
             eligible.append(node.name)
     unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=False) or 1
     not_ready = sum(1 for n in eligible if n in existing and not _ready(existing[n], ps.now, 0))
@@ -725,7 +776,7 @@ def _job(ps: _Pass, obj: Object) -> None:
     deadline = spec.get("activeDeadlineSeconds")
     indexed = spec.get("completionMode") == "Indexed"
     rev = _revision(ps, obj, template)
-    live, lost = ps.live(obj.key)
+    live, lost = ps.live(obj)
     for p in lost:
         ps.remove(p)
     succeeded = [p for p in live if p.phase == "Succeeded"]

@@ -203,10 +203,7 @@ _KIND_HINTS = {
 }
 
 # Real Kubernetes fields gitorch lacks whose work can be done another way: say how.
-_FIELD_HINTS = {
-    "initContainers.restartPolicy": "gitorch does not implement it yet: sidecar init containers are not "
-    "run. Move this container to containers (it then starts beside the others rather than before them)",
-}
+_FIELD_HINTS: dict[str, str] = {}
 
 
 def _hint_of(error: jsonschema.ValidationError) -> str:

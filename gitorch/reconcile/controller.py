@@ -280,10 +280,16 @@ class Controller:
         pair = (last, head.revision.oid)
         if self._verified is not None and self._verified[0] == pair:
             return self._verified[1]
+        trusted = None
+        if last:
+            try:
+                trusted = self._load(last)
+            except GitorchError as exc:  # gone from the repository: only --trust-key can vouch for the head
+                log.warning("the last applied revision %s cannot be read (%s); signatures are checked as for a "
+                            "first revision", last[:7], exc)
         try:
-            trusted = self._load(last) if last else None
             found = [r.diagnostic() for r in self.signatures.check(trusted, head)]
-        except GitorchError as exc:  # the last applied revision is gone from the repository, gpg is missing...
+        except GitorchError as exc:  # gpg or ssh-keygen missing or stuck, a commit unreadable
             found = [Diagnostic("", 0, 0, "", f"cannot check the signatures of {head.revision.short}: {exc}")]
         self._verified = (pair, found)
         return found

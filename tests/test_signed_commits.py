@@ -183,7 +183,8 @@ def test_the_first_revision_must_be_signed_by_a_trusted_key(
     keys["dev"].commit(repo, "cluster with grants", base_files(keys))
     code, err = _push(repo, remote)
     assert code != 0
-    assert f"is signed by SSH key {keys['dev'].fingerprint}, which no binding names in --trust-key" in err
+    assert (f"is signed by SSH key {keys['dev'].fingerprint}, which no --trust-key names, nor is any commit "
+            "before it signed by a --trust-key key") in err
     assert "Traceback" not in err
     git("commit", "-q", "--amend", "--no-edit", "--no-gpg-sign", cwd=repo.path)
     code, err = _push(repo, remote)
@@ -345,6 +346,31 @@ def test_the_controller_applies_an_allowed_range_and_needs_a_trusted_first_revis
         last = store.last_applied_revision()
         assert last is not None and last.commit == head and last.commit != first
         assert result.state is not None and result.state.get("Deployment", "prod", "web") is not None
+    finally:
+        controller.close()
+        store.close()
+
+
+def test_a_controller_started_after_some_pushes_trusts_the_newest_commit_its_key_signed(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+    keys["dev"].commit(repo, "web in staging", {"staging/web.yaml": deployment("staging")})
+    bad = keys["dev"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    settings = ControllerSettings(trust_keys=(keys["admin"].public,))
+    controller = Controller(open_repository(repo.path), store, tmp_path / "state", settings)
+    try:
+        # The commits after the admin's are checked against its grants: dev's second one is refused.
+        result = controller.reconcile()
+        assert not result.valid
+        assert (f"commit {bad[:7]} signed by ssh {keys['dev'].fingerprint} may not create Deployment prod/web: no "
+                "role bound to the signer in the newest revision signed by a --trust-key key") in result.diagnostics[0]
+        git("reset", "-q", "--hard", "HEAD~1", cwd=repo.path)  # dropped: nothing was applied, so nothing to replace
+        head = keys["ops"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        result = controller.reconcile()
+        assert result.valid, result.diagnostics
+        last = store.last_applied_revision()
+        assert last is not None and last.commit == head
     finally:
         controller.close()
         store.close()

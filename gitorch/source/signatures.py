@@ -324,9 +324,10 @@ class RangeCheck:
     trusted_as: str = "the last applied revision"
     """What the trusted revision is, in messages (the pre-receive hook trusts the branch's tip)."""
 
-    def check(self, trusted_state: DesiredState | None, head: DesiredState) -> list[Refusal]:
+    def check(self, trusted_state: DesiredState | None, head: DesiredState, *, label: str = "") -> list[Refusal]:
         """The refusals of the commits after `trusted_state` (the last applied revision; None when
-        nothing was applied) up to `head`; [] when they may be applied."""
+        nothing was applied) up to `head`; [] when they may be applied. `label` names the trusted
+        revision in messages (default `trusted_as`)."""
         head_oid = head.revision.oid
         if trusted_state is None or not trusted_state.revision.oid:
             if not self.keys:
@@ -335,40 +336,58 @@ class RangeCheck:
                                     "nothing was applied yet, so no key is trusted",
                                     "give the key that signed this commit with --trust-key")]
                 return []
-            with Verifier(trusted(self.keys.ids), self.keys.openpgp) as verifier:
-                return self._commits([head_oid], verifier, check_changes=False, base="")
+            found = self._first_trusted(head_oid)
+            if isinstance(found, Refusal):
+                return [found]
+            if found == head_oid:
+                return []
+            return self.check(self.load(found), head, label="the newest revision signed by a --trust-key key")
         base = trusted_state.revision.oid
+        where = f"{label or self.trusted_as} {base[:7]}"
         if not verifies_commits(trusted_state) or base == head_oid:
             return []
         with Verifier(grants(trusted_state), openpgp_keys(trusted_state)) as verifier:
             if not git.is_ancestor(self.repo, base, head_oid):
                 # A head that replaces the history (a force push, say to drop a refused commit): its
                 # signer answers for everything it changes from the trusted revision.
-                return self._commits([head_oid], verifier, check_changes=True, base=base, before=trusted_state)
+                return self._commits([head_oid], verifier, where, before=trusted_state)
             oids = git.commits_between(self.repo, base, head_oid, MAX_COMMITS)
             if oids is None:
-                return [Refusal(head_oid, f"more than {MAX_COMMITS} commits after {self.trusted_as} {base[:7]}",
+                return [Refusal(head_oid, f"more than {MAX_COMMITS} commits after {where}",
                                 "push them in parts")]
-            return self._commits(oids, verifier, check_changes=True, base=base)
+            return self._commits(oids, verifier, where)
 
-    def _commits(self, oids: list[str], verifier: Verifier, *, check_changes: bool, base: str,
+    def _first_trusted(self, head: str) -> str | Refusal:
+        """With nothing applied yet: the newest commit of `head`'s first-parent line signed by a
+        `--trust-key` key; it is the trusted revision, and the commits after it are checked
+        against its grants (so the controller may start after a few pushes)."""
+        problem = ""
+        with Verifier(trusted(self.keys.ids), self.keys.openpgp) as verifier:
+            for oid in git.first_parent_log(self.repo, head, MAX_COMMITS):
+                commit = git.signed_commit(self.repo, oid)
+                sig = verifier.check(commit.signature, commit.signed_data)
+                if sig.verified:
+                    return oid
+                problem = problem or sig.problem.replace("no binding names", "no --trust-key names")
+        return Refusal(head, f"commit {head[:7]} {problem}, nor is any commit before it signed by a --trust-key key "
+                       "(the Cluster sets git.verifyCommits and nothing was applied yet)",
+                       "sign the first revision with a key given with --trust-key")
+
+    def _commits(self, oids: list[str], verifier: Verifier, where: str,
                  before: DesiredState | None = None) -> list[Refusal]:
-        """Each commit's signature, and (`check_changes`) whether its signer may make its changes,
-        from its first parent or from `before` when given."""
+        """Each commit's signature, and whether its signer may make its changes, from its first
+        parent or from `before` when given; `where` names the trusted revision."""
         out: list[Refusal] = []
-        where = f"{self.trusted_as} {base[:7]}" if base else "--trust-key"
         for oid in oids:
             if len(out) >= MAX_REFUSALS:
                 break
             commit = git.signed_commit(self.repo, oid)
             sig = verifier.check(commit.signature, commit.signed_data)
             if not sig.verified:
-                hint = "sign it (git commit -S; git config gpg.format ssh for an SSH key) with a key " + (
-                    f"a RoleBinding or ClusterRoleBinding of {where} names" if base else "given with --trust-key")
+                hint = ("sign it (git commit -S; git config gpg.format ssh for an SSH key) with a key a RoleBinding "
+                        f"or ClusterRoleBinding of {where} names")
                 out.append(Refusal(oid, f"commit {oid[:7]} {sig.problem}" + (
                     f" in {where}" if sig.problem.endswith("no binding names") else ""), hint, sig.signer))
-                continue
-            if not check_changes:
                 continue
             parent = before or (self.load(commit.parent) if commit.parent else DesiredState(EMPTY_REVISION, {}, []))
             after = self.load(oid)

@@ -495,3 +495,43 @@ def test_openpgp_signatures_need_the_armored_key_and_ssh_subjects_match_by_finge
         assert sig.verified and sig.signer == dev.fingerprint and sig.method == "ssh"
         assert not v.check(by_dev.signature, by_dev.signed_data.replace(b"by dev", b"by eve")).verified
         assert v.check(b"", b"").problem == "is not signed"
+
+
+def test_serve_applies_what_the_hook_accepts_and_refuses_a_push_around_the_hook(
+        repo: GitRepo, remote: Path, tmp_path: Path, keys: dict[str, Signer], pushed: str) -> None:
+    from gitorch.model.settings import Settings
+    from tests.test_gitops import Serve, last_applied
+    from tests.waiting import wait_until
+
+    pub = tmp_path / "admin.pub"  # written by the `remote` fixture
+    server = Serve(remote, tmp_path / "serve.log", interval=0.5, extra=("--trust-key", str(pub)))
+    try:
+        wait_until("the first revision applied", last_applied, timeout=60, interval=0.2,
+                   accept=lambda got: got == pushed)
+        allowed = keys["ops"].commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        code, err = _push(repo, remote)
+        assert code == 0, err
+        wait_until("the allowed push applied", last_applied, timeout=60, interval=0.2,
+                   accept=lambda got: got == allowed)
+        # Someone with the server's disk pushes with the hook set aside: the controller checks again.
+        hook = remote / "hooks" / "pre-receive"
+        hook.rename(hook.with_suffix(".off"))
+        bad = keys["dev"].commit(repo, "web in prod, scaled", {"prod/web.yaml": deployment("prod", replicas=5)})
+        code, err = _push(repo, remote)
+        hook.with_suffix(".off").rename(hook)
+        assert code == 0, err
+
+        def refused() -> str:
+            with Store.open(Settings.from_env().database_url) as s:
+                row = s.revision(bad)
+                return row.error if row is not None and row.outcome == "invalid" else ""
+
+        error = wait_until("the controller refusing the range", refused, timeout=60, interval=0.2,
+                           accept=lambda got: bool(got))
+        assert f"commit {bad[:7]} signed by ssh {keys['dev'].fingerprint} may not update Deployment prod/web" in error
+        assert last_applied() == allowed
+        res = gitorch("events", "-o", "json", cwd=tmp_path)
+        assert "InvalidRevision" in res.stdout and "'update' on deployments" in res.stdout
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()

@@ -394,7 +394,7 @@ class RangeCheck:
             for change in changes(parent, after):
                 if not verifier.grants.allows(sig.ids, change):
                     out.append(_refused(oid, sig, change, parent if change.verb.value == "delete" else after, where))
-        return out
+        return out[:MAX_REFUSALS]
 
 
 def _refused(oid: str, sig: Signature, change: Change, state: DesiredState, where: str) -> Refusal:

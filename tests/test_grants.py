@@ -160,3 +160,31 @@ def test_gpg_status() -> None:
     assert parse_gpg_status(BAD).bad.startswith("is bad")
     expired = parse_gpg_status(EXPIRED)
     assert not expired.good and expired.bad == "was made by an expired key"
+
+
+def test_validate_warns_about_grants_that_do_nothing(repo: GitRepo) -> None:
+    from gitorch.model.diagnostics import warnings
+
+    repo.commit("lockout", {"cluster.yaml": """\
+apiVersion: gitorch.dev/v1
+kind: Cluster
+metadata: {name: c}
+spec:
+  git: {verifyCommits: true}
+""", "rbac.yaml": """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: admins}
+roleRef: {kind: ClusterRole, name: admin}
+subjects: []
+"""})
+    state = desired.load(open_repository(repo.path), None)
+    got = [d.format() for d in warnings(state.diagnostics)]
+    assert got == [
+        "cluster.yaml:5:24: /spec/git/verifyCommits: warning: no RoleBinding or ClusterRoleBinding names a signer: "
+        "once this revision is applied, every later commit is refused "
+        "(hint: bind a role to the keys that sign commits)",
+        "rbac.yaml:4:36: /roleRef/name: warning: ClusterRole 'admin' does not exist: this binding grants nothing "
+        "(hint: add the ClusterRole, or fix the name)",
+    ], got
+    assert state.ok

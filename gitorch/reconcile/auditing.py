@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gitorch.model.objects import DesiredState, ObjectKey
-from gitorch.model.revisions import EMPTY_REVISION
+from gitorch.model.objects import KINDS, DesiredState, ObjectKey
+from gitorch.model.revisions import EMPTY_REVISION, Revision
 from gitorch.source import desired, git, signatures
 from gitorch.source.diffs import Action, FieldDiff, diff_states
 from gitorch.source.grants import Change, Verb, grants, openpgp_keys
@@ -47,7 +47,7 @@ class AuditEvent:
 class AuditEntry:
     """One object one commit changed."""
 
-    revision: Any  # model Revision: oid, author, message, time
+    revision: Revision
     signature: signatures.Signature
     key: ObjectKey
     verb: Verb
@@ -167,8 +167,6 @@ def audit(repo: git.Repository, store: Store | None, *, rev: str | None, since: 
 
 def parse_object(text: str) -> ObjectKey:
     """KIND/NAMESPACE/NAME, or KIND/NAME for a cluster-scoped kind (`deployment/prod/web`)."""
-    from gitorch.model.objects import KINDS
-
     parts = text.split("/")
     kinds = {k.lower(): k for k in KINDS}
     kind = kinds.get(parts[0].lower()) if parts else None

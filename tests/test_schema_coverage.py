@@ -26,6 +26,8 @@ CONSUMERS = (
     "gitorch/dns/*.py",
     "gitorch/server/*.py",
     "gitorch/model/selectors.py",
+    "gitorch/model/admission.py",
+    "gitorch/model/volumes.py",
     "gitorch/source/crosschecks.py",
     "gitorch/source/grants.py",
 )

@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
+from gitorch.model import admission, selectors, volumes
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.reconcile import podspecs
 from gitorch.reconcile.scheduler import (
@@ -70,6 +72,7 @@ class NodeState:
     """When it was found lost: the node.kubernetes.io/unreachable NoExecute taint's timeAdded."""
     noexecute_since: tuple[tuple[Taint, float], ...] = ()
     """Its NoExecute taints from Git, each with when the controller first saw it."""
+    draining: bool = False  # spec.drain: its pods are evicted within their disruption budgets
 
     @property
     def name(self) -> str:
@@ -87,6 +90,8 @@ class Observed:
     """Per CronJob: the last schedule time it acted on (started, skipped or missed)."""
     finished: Mapping[ObjectKey, Finished] = field(default_factory=dict)
     """Per Job: how and when the revision it runs finished (ttlSecondsAfterFinished counts from it)."""
+    claims: Mapping[ObjectKey, volumes.Binding] = field(default_factory=dict)
+    """Per PersistentVolumeClaim provisioned on a node: where its directory is (kept with its status)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class Status:
     conditions: tuple[Mapping[str, str], ...] = ()
     last_schedule: float | None = None  # CronJobs
     finished: Finished | None = None  # Jobs
+    binding: volumes.Binding | None = None  # PersistentVolumeClaims
 
 
 @dataclass(frozen=True)
@@ -230,20 +236,127 @@ class _Pass:
         self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
         self.started_at = 0  # where the running object controller's pods begin in plan.pods
+        self._budgets: list[_Budget] | None = None
+        self.claimed: dict[tuple[str, str], tuple[str, ...]] = {}  # pods to place -> the claims they use
+        self.volumes = _Volumes(self)
 
     # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
     # counts go, as the taint manager deletes them in Kubernetes.
     def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
-        live, lost = [], []
-        template = _template(obj) or {}
+        live: list[PodState] = []
+        lost: list[PodState] = []
+        template = self.template(obj) or {}
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
         for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
-            if p.node is not None and evicted(node, tolerations, self.now):
-                lost.append(p)
-            else:
-                live.append(p)
+            gone = p.node is not None and evicted(node, tolerations, self.now)
+            drained = not gone and node is not None and node.draining and not p.finished
+            (lost if gone or (drained and self.may_evict(obj, template, p)) else live).append(p)
         return live, lost
+
+    def budgets(self) -> list[_Budget]:
+        """This pass's PodDisruptionBudgets, each with the pods it covers counted once."""
+        if self._budgets is None:
+            self._budgets = []
+            for pdb in self.desired.of_kind("PodDisruptionBudget"):
+                self._budgets.append(_budget(self, pdb))
+                self.plan.statuses[pdb.key] = self._budgets[-1].status()
+        return self._budgets
+
+    def may_evict(self, obj: Object, template: Mapping[str, Any], p: PodState) -> bool:
+        """Whether a pod on a draining node may go now, as the eviction API decides: every
+        budget selecting it allows a disruption (a pod that is not ready needs only the budget
+        to hold, or AlwaysAllow). An eviction uses up the disruption it was allowed."""
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        mine = [b for b in self.budgets() if b.namespace == p.namespace and b.covers(labels)]
+        healthy = _ready(p, self.now, 0)
+        for b in mine:
+            if healthy and b.allowed <= 0:
+                self.plan.events.append(PlannedEvent(
+                    obj.key, "Warning", "EvictionBlocked",
+                    f"{p.name} on draining node {p.node}: Cannot evict pod as it would violate the pod's "
+                    f"disruption budget {b.name} ({b.healthy} healthy, {b.desired} needed)"))
+                return False
+            if not healthy and not b.always_allow and b.healthy < b.desired:
+                return False
+        for b in mine:
+            if healthy:
+                b.allowed -= 1
+                b.healthy -= 1
+        self.plan.events.append(
+            PlannedEvent(obj.key, "Normal", "Evicted", f"{p.name}: evicted from draining node {p.node}"))
+        return True
+
+    def template(self, obj: Object | None) -> Mapping[str, Any] | None:
+        """The object's pod template as its pods get it: with its namespace's LimitRange
+        defaults (see model/admission.py), kept with the state like the specs built from it."""
+        template = _template(obj)
+        if template is None or obj is None:
+            return template
+        items = self.limit_items(obj.key.namespace)
+        if not items:
+            return template
+        if self.desired.objects.get(obj.key) is not obj:
+            return admission.defaulted_template(template, items)
+        key = ("defaulted", obj.key, id(template))
+        found = self.desired.memo.get(key)
+        if found is None:
+            found = self.desired.memo[key] = admission.defaulted_template(template, items)
+        return found
+
+    def limit_items(self, namespace: str) -> tuple[admission.LimitItem, ...]:
+        key = ("limit_items", namespace)
+        found = self.desired.memo.get(key)
+        if found is None:
+            ranges = [(o.key.name, o.spec) for o in self.desired.of_kind("LimitRange") if o.key.namespace == namespace]
+            found = self.desired.memo[key] = admission.limit_items(ranges)
+        return found
+
+    def quotas(self) -> dict[str, list[admission.Quota]]:
+        found = self.desired.memo.get("quotas")
+        if found is None:
+            found = {}
+            for o in self.desired.of_kind("ResourceQuota"):
+                found.setdefault(o.key.namespace, []).append(admission.quota(o.key.name, o.spec))
+            self.desired.memo["quotas"] = found
+        return found
+
+    def admit(self) -> None:
+        """ResourceQuota at pod creation, as Kubernetes' admission: the pods of this pass to be
+        placed, in order, while their namespace's use stays within its quotas; the others stay
+        Pending with Kubernetes' message (a rollout's surge waits, as its ReplicaSet would)."""
+        quotas = self.quotas()
+        if not quotas or not any(d.owner.namespace in quotas for _, d in self.to_place):
+            return
+        finished = {(p.namespace, p.name) for p in self.observed.pods if p.finished}
+        placing = {(d.owner.namespace, d.name) for _, d in self.to_place}
+        used: dict[str, dict[str, Any]] = {}
+        for p in self.plan.pods:
+            ns = p.owner.namespace
+            if ns in quotas and (ns, p.name) not in finished and (ns, p.name) not in placing:
+                owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
+                tmpl = self.template(owner)
+                if tmpl is not None:
+                    admission.add(used.setdefault(ns, {}), admission.pod_usage(tmpl))
+        admitted = []
+        for info, pod in self.to_place:
+            ns = pod.owner.namespace
+            if ns not in quotas:
+                admitted.append((info, pod))
+                continue
+            owner = self.desired.objects.get(pod.owner) or self.runs.get(pod.owner)
+            tmpl = self.template(owner)
+            usage = admission.pod_usage(tmpl) if tmpl is not None else {"pods": Fraction(1)}
+            mine = used.setdefault(ns, {})
+            refusal = next((m for q in quotas[ns] if (m := admission.exceeded(q, mine, usage))), None)
+            if refusal is None:
+                admission.add(mine, usage)
+                admitted.append((info, pod))
+                continue
+            message = f'pods "{pod.name}" is forbidden: {refusal}'
+            self.plan.pods.append(DesiredPod(pod.name, pod.owner, None, pod.revision, pod.spec, pod.ordinal, message))
+            self.plan.events.append(PlannedEvent(pod.owner, "Warning", "FailedCreate", message))
+        self.to_place = admitted
 
     def keep(self, obj: Object, p: PodState, spec: Mapping[str, Any]) -> None:
         self.plan.pods.append(DesiredPod(p.name, obj.key, p.node, p.revision, spec, p.ordinal, p.message))
@@ -273,10 +386,24 @@ class _Pass:
         info = pod_info_from_template(
             name, obj.key.namespace, template, owner=f"{obj.key.kind}/{obj.key.namespace}/{obj.key.name}"
         )
+        claims = _claim_names(template)
+        if claims:
+            # The volume binder: a bound claim pins its pods to its node; an unbound one waits
+            # for the first pod's node (WaitForFirstConsumer), or for a volume that fits.
+            problem, pinned = self.volumes.pin(obj.key.namespace, claims, name)
+            if problem:
+                self.plan.pods.append(DesiredPod(name, obj.key, None, revision, spec, ordinal, problem))
+                self.plan.events.append(PlannedEvent(obj.key, "Warning", "FailedScheduling", f"{name}: {problem}"))
+                return
+            if pinned is not None:
+                info = replace(info, node_selector={**info.node_selector, "kubernetes.io/hostname": pinned})
+            self.claimed[(obj.key.namespace, name)] = claims
         self.to_place.append((info, pod))
 
     def place_all(self) -> None:
-        """Schedule every new or unplaced pod of this pass together."""
+        """Schedule every new or unplaced pod of this pass together (those its namespace's
+        quota admits)."""
+        self.admit()
         if not self.to_place:
             return
         pending_names = {(d.owner.namespace, d.name) for _, d in self.to_place}
@@ -284,7 +411,7 @@ class _Pass:
         for p in self.plan.pods:
             if p.node is not None and (p.owner.namespace, p.name) not in pending_names:
                 owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
-                found = _template(owner) if owner else None
+                found = self.template(owner) if owner else None
                 if found is not None:
                     bound.append(
                         (pod_info_from_template(p.name, p.owner.namespace, found, owner=_owner_id(p.owner)), p.node)
@@ -301,9 +428,178 @@ class _Pass:
                     PlannedEvent(pod.owner, "Warning", "FailedScheduling", f"{pod.name}: {decision.message}")
                 )
             else:
+                clash = self.volumes.bind(pod.owner.namespace, self.claimed.get((pod.owner.namespace, pod.name), ()),
+                                          decision.node, pod.name)
+                if clash:  # a claim this pass bound to another node first: next pass pins it
+                    self.plan.pods.append(
+                        DesiredPod(pod.name, pod.owner, None, pod.revision, pod.spec, pod.ordinal, clash))
+                    continue
                 respec = self.respecs.get((pod.owner.namespace, pod.name))
                 spec = respec(decision.node) if respec is not None else dict(pod.spec)
                 self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
+
+
+@dataclass
+class _Budget:
+    """A PodDisruptionBudget as the disruption controller computes it for this pass."""
+
+    name: str
+    namespace: str
+    selector: Mapping[str, Any] | None
+    expected: int
+    healthy: int
+    desired: int
+    allowed: int
+    always_allow: bool
+
+    def covers(self, labels: Mapping[str, str]) -> bool:
+        return self.selector is not None and selectors.matches(self.selector, labels)
+
+    def status(self) -> Status:
+        message = (f"{self.healthy}/{self.expected} pods healthy, {self.desired} needed: "
+                   f"{self.allowed} disruption(s) allowed")
+        health = "Healthy" if self.healthy >= self.desired else "Degraded"
+        return Status(health, message, self.expected, self.healthy, available=self.healthy, conditions=(
+            {"type": "DisruptionAllowed", "status": "True" if self.allowed > 0 else "False",
+             "reason": "SufficientPods" if self.allowed > 0 else "InsufficientPods"},))
+
+
+def _budget(ps: _Pass, pdb: Object) -> _Budget:
+    spec = pdb.spec
+    selector = spec.get("selector")
+    covered: list[PodState] = []
+    expected = 0
+    for key, pods in ps.by_owner.items():
+        owner = ps.desired.objects.get(key) or ps.runs.get(key)
+        template = _template(owner)
+        if key.namespace != pdb.key.namespace or template is None or selector is None:
+            continue
+        if not selectors.matches(selector, (template.get("metadata") or {}).get("labels") or {}):
+            continue
+        mine = [p for p in pods if not p.finished]
+        covered.extend(mine)
+        replicas = owner.spec.get("replicas") if owner is not None and key.kind in (
+            "Deployment", "ReplicaSet", "StatefulSet") else None
+        expected += int(replicas) if isinstance(replicas, int) and not isinstance(replicas, bool) else len(mine)
+    healthy = sum(1 for p in covered if _ready(p, ps.now, 0) and not (
+        p.node and (n := ps.nodes.get(p.node)) is not None and n.lost))
+    if "minAvailable" in spec:
+        desired = _scaled(spec["minAvailable"], expected, round_up=True)
+    elif "maxUnavailable" in spec:
+        desired = max(0, expected - _scaled(spec["maxUnavailable"], expected, round_up=True))
+    else:
+        desired = expected  # Kubernetes' default: maxUnavailable 0 (nothing is evicted)
+    return _Budget(pdb.key.name, pdb.key.namespace, selector, expected, healthy, desired,
+                   max(0, healthy - desired), spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow")
+
+
+def _claim_names(template: Mapping[str, Any]) -> tuple[str, ...]:
+    out = []
+    for v in (template.get("spec") or {}).get("volumes") or []:
+        pvc = v.get("persistentVolumeClaim") if isinstance(v, dict) else None
+        if isinstance(pvc, dict) and pvc.get("claimName"):
+            out.append(str(pvc["claimName"]))
+    return tuple(out)
+
+
+class _Volumes:
+    """The pass's claim bindings: static ones (PersistentVolumes in Git), those recorded, and
+    those made now for a claim's first pod; with who uses each claim (ReadWriteOncePod)."""
+
+    def __init__(self, ps: _Pass) -> None:
+        self.ps = ps
+        desired = ps.desired
+        self.classes = {o.key.name: o for o in desired.of_kind("StorageClass")}
+        self.static = podspecs.static_bindings(desired)
+        self.bound: dict[ObjectKey, volumes.Binding] = dict(self.static)
+        self.users: dict[ObjectKey, list[str]] = {}
+        for key, binding in ps.observed.claims.items():
+            claim = desired.objects.get(key)
+            if claim is not None and key not in self.bound and volumes.provisioned(claim, self.classes)[0]:
+                self.bound[key] = binding
+        # Claims in use by pods already placed: counted, and adopted where not bound yet (a
+        # claim from before bindings were recorded stays on the node its pods run on).
+        for owner_key, pods in sorted(ps.by_owner.items()):
+            template = _template(desired.objects.get(owner_key))
+            names = _claim_names(template) if template is not None else ()
+            for name in names:
+                key = ObjectKey("PersistentVolumeClaim", owner_key.namespace, name)
+                for p in sorted(pods, key=lambda p: p.name):
+                    if p.node is None or p.finished:
+                        continue
+                    self.users.setdefault(key, []).append(p.name)
+                    claim = desired.objects.get(key)
+                    if key not in self.bound and claim is not None:
+                        provisioned, reclaim = volumes.provisioned(claim, self.classes)
+                        if provisioned:
+                            self.bound[key] = volumes.Binding(
+                                p.node, volumes.provisioned_path(key.namespace, name), reclaim)
+
+    def pin(self, namespace: str, claims: tuple[str, ...], pod: str) -> tuple[str, str | None]:
+        """(why the pod cannot be placed, "" if it can; the node its bound claims pin it to)."""
+        node: str | None = None
+        for name in claims:
+            key = ObjectKey("PersistentVolumeClaim", namespace, name)
+            claim = self.ps.desired.objects.get(key)
+            if claim is None:
+                return f'persistentvolumeclaim "{name}" not found', None
+            modes = claim.spec.get("accessModes") or []
+            others = [u for u in self.users.get(key, []) if u != pod]
+            if "ReadWriteOncePod" in modes and others:
+                return (f'persistentvolumeclaim "{name}" is ReadWriteOncePod and used by pod "{others[0]}"', None)
+            binding = self.bound.get(key)
+            if binding is None:
+                if not volumes.provisioned(claim, self.classes)[0]:
+                    return (f'persistentvolumeclaim "{name}" is not bound: no PersistentVolume of its class '
+                            "with enough capacity and its access modes is available"), None
+                continue
+            if node is not None and binding.node != node:
+                return f"its claims are on different nodes ({node}, {binding.node}): volume node affinity " \
+                    "conflict", None
+            node = binding.node
+        return "", node
+
+    def bind(self, namespace: str, claims: tuple[str, ...], node: str, pod: str) -> str:
+        """Bind the still unbound claims of a pod placed on `node`; a claim bound elsewhere in
+        this very pass makes it wait ("" when it may go)."""
+        for name in claims:
+            key = ObjectKey("PersistentVolumeClaim", namespace, name)
+            binding = self.bound.get(key)
+            if binding is not None and binding.node != node:
+                return f'waiting for persistentvolumeclaim "{name}", just bound to node {binding.node}'
+        for name in claims:
+            key = ObjectKey("PersistentVolumeClaim", namespace, name)
+            claim = self.ps.desired.objects.get(key)
+            if key not in self.bound and claim is not None:
+                reclaim = volumes.provisioned(claim, self.classes)[1]
+                self.bound[key] = volumes.Binding(node, volumes.provisioned_path(namespace, name), reclaim)
+            self.users.setdefault(key, []).append(pod)
+        return ""
+
+    def statuses(self) -> None:
+        """Each claim's and volume's status: where it is bound, or why it waits."""
+        ps = self.ps
+        for claim in ps.desired.of_kind("PersistentVolumeClaim"):
+            binding = self.bound.get(claim.key)
+            if binding is not None:
+                where = f"volume {binding.volume}" if binding.volume else binding.path
+                ps.plan.statuses[claim.key] = Status(
+                    "Healthy", f"Bound on node {binding.node} ({where}; reclaim {binding.reclaim})", binding=binding)
+            elif volumes.provisioned(claim, self.classes)[0]:
+                cls = self.classes.get(volumes.claim_class(claim, self.classes) or "")
+                mode = str((cls.body if cls else {}).get("volumeBindingMode") or "WaitForFirstConsumer")
+                ps.plan.statuses[claim.key] = Status(
+                    "Healthy", f"Pending: {mode} (bound where its first pod is placed)")
+            else:
+                ps.plan.statuses[claim.key] = Status(
+                    "Degraded", "Pending: no PersistentVolume of its class with enough capacity and its access modes")
+        bound_to = {b.volume: key for key, b in self.static.items()}
+        for pv in ps.desired.of_kind("PersistentVolume"):
+            owner = bound_to.get(pv.key.name)
+            if owner is not None:
+                ps.plan.statuses[pv.key] = Status("Healthy", f"Bound to {owner.namespace}/{owner.name}")
+            else:
+                ps.plan.statuses[pv.key] = Status("Healthy", "Available")
 
 
 def _owner_id(key: ObjectKey) -> str:
@@ -325,7 +621,7 @@ def _template(obj: Object | None) -> Mapping[str, Any] | None:
 
 
 def _deployment(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -356,7 +652,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     kept_ids = {id(p) for p in keep_new}  # identity: equal-looking PodStates are still two pods
     for p in new:
         if id(p) in kept_ids:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
         else:
             ps.remove(p)
 
@@ -405,7 +701,7 @@ def _pod(ps: _Pass, obj: Object) -> None:
     """A bare Pod: placed once by the scheduler and never moved, as in Kubernetes: on a lost
     node it waits for that node. A changed spec replaces it where it runs (Kubernetes refuses
     most changes to a Pod; Git is the truth here)."""
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
@@ -446,7 +742,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
     """Kubernetes' ReplicaSet: `replicas` pods, scaled up with the current template and down
     by the removal order; a changed template applies only to pods made after it (no rollout:
     that is a Deployment's job), so a pod of an earlier template keeps running as it is."""
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     replicas = int(obj.spec.get("replicas", 1))
@@ -461,7 +757,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
         if id(p) not in kept_ids:
             ps.remove(p)
         elif p.revision == rev:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
         else:
             ps.keep(obj, p, _spec_for_record(ps, obj, p))
     used = {_index(p.name) for p in keep}
@@ -514,7 +810,7 @@ def _paused_deployment(
         if p in gone:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
     used = {_index(p.name) for p in kept_new}
     index = 0
     for _ in range(max(0, replicas - (len(new) + len(old) - excess))):
@@ -628,6 +924,24 @@ def _create(
     ps.create(obj, template, name, rev, build(None), ordinal, respec=build)
 
 
+def _keep(
+    ps: _Pass,
+    obj: Object,
+    template: Mapping[str, Any],
+    p: PodState,
+    claims: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+    index: int | None = None,
+) -> None:
+    """Keep a pod as it is. One never placed goes back to the scheduler (its row is updated,
+    not replaced): a pod Pending for want of room, or of its claim's node, gets a node once
+    there is one."""
+    if p.node is None and not p.finished:
+        _create(ps, obj, template, p.name, p.revision, p.ordinal, claims, hostname, index)
+    else:
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, claims, hostname, index))
+
+
 def _revision(ps: _Pass, obj: Object, template: Mapping[str, Any]) -> str:
     """podspecs.revision, kept with the state like _spec (pure in the state and the template)."""
     if ps.desired.objects.get(obj.key) is not obj:
@@ -646,7 +960,7 @@ def _spec_for_record(ps: _Pass, obj: Object, p: PodState) -> dict[str, Any]:
 
 
 def _statefulset(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -666,7 +980,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     extra = sorted((i for i in pods if i >= replicas), reverse=True)
     for n, i in enumerate(extra):
         if ordered and n > 0:
-            ps.keep(obj, pods[i], _spec(ps, obj, template, pods[i].name, pods[i].node, claims(i), pods[i].name))
+            _keep(ps, obj, template, pods[i], claims=claims(i), hostname=pods[i].name)
         else:
             ps.remove(pods[i])
     # Update in place from the highest ordinal, one at a time, when the others are ready;
@@ -723,7 +1037,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
 
 
 def _daemonset(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
@@ -766,7 +1080,7 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
 
 
 def _job(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -790,7 +1104,7 @@ def _job(ps: _Pass, obj: Object) -> None:
         _finished_job(ps, obj, rev, completions, ended, live)  # it ran: never again, whatever its pods
         return
     for p in succeeded + failed:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+        _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     if indexed:
         # Each index must succeed once: one succeeded pod per index counts.
         by_index = {i: p for p in succeeded if (i := _completion_index(obj, p.name)) is not None and i < completions}
@@ -827,7 +1141,7 @@ def _job(ps: _Pass, obj: Object) -> None:
         )
         return
     for p in active:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+        _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     want = min(parallelism, completions - len(succeeded)) - len(active)
     if indexed:
         _indexed_pods(ps, obj, template, rev, completions, max(0, want), live)
@@ -887,12 +1201,12 @@ def _finished_job(
     deletes the Job), and it never runs again while its revision stays the same."""
     ttl = obj.spec.get("ttlSecondsAfterFinished")
     expired = isinstance(ttl, int) and not isinstance(ttl, bool) and ps.now - ended.at >= ttl
-    template = _template(obj)
+    template = ps.template(obj)
     for p in live:
         if expired or not p.finished or template is None:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+            _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     message = ended.message + (f"; pods removed {ttl} s after it finished (ttlSecondsAfterFinished)"
                                if expired else "")
     condition = {"type": "Complete" if ended.complete else "Failed", "status": "True",
@@ -1012,6 +1326,8 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
         if controller is not None:
             _isolated(ps, obj, controller)
     ps.place_all()
+    ps.budgets()  # every PodDisruptionBudget's status, whether or not a node drains
+    ps.volumes.statuses()
     # Pods whose owner left Git are pruned.
     for key, pods in sorted(ps.by_owner.items()):
         if key in ps.runs or key in ps.protected:

@@ -116,7 +116,9 @@ def test_changes_are_object_level(repo: GitRepo) -> None:
                                                 ("NetworkPolicy", ("networking.k8s.io", "networkpolicies")),
                                                 ("ClusterRoleBinding", ("rbac.authorization.k8s.io",
                                                                         "clusterrolebindings")),
-                                                ("Cluster", ("gitorch.dev", "clusters"))])
+                                                ("Cluster", ("gitorch.dev", "clusters")),
+                                                ("StorageClass", ("storage.k8s.io", "storageclasses")),
+                                                ("PodDisruptionBudget", ("policy", "poddisruptionbudgets"))])
 def test_resource_names(kind: str, expected: tuple[str, str]) -> None:
     assert resource(kind) == expected
 

@@ -24,8 +24,6 @@ KINDS = [
     "Ingress",
     "HorizontalPodAutoscaler",
     "ReplicationController",
-    "ResourceQuota",
-    "LimitRange",
     "Endpoints",
 ]
 

@@ -60,7 +60,10 @@ def resource(kind: str) -> tuple[str, str]:
     api = info.api_version if info else "v1"
     group = api.rpartition("/")[0]
     plural = kind.lower()
-    plural = plural[:-1] + "ies" if plural.endswith("y") else plural + "s"
+    if plural.endswith("y"):
+        plural = plural[:-1] + "ies"
+    else:
+        plural += "es" if plural.endswith("s") else "s"
     return group, plural
 
 

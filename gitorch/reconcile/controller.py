@@ -241,6 +241,12 @@ class Controller:
             self._endpoints = eps
         return self._fleet
 
+    def client(self, node: str) -> NodeClient | None:
+        """The open client of `node` (for the dashboard's pod logs); None before the first pass
+        reached it or when the node is not in the applied revision."""
+        fleet = self._fleet
+        return fleet.clients.get(node) if fleet is not None else None
+
     def ask_nodes(
         self, wanted: Mapping[str, str], fn: Callable[[NodeClient], Any], timeout: float
     ) -> dict[str, Outcome[Any]]:

@@ -24,8 +24,6 @@ KINDS = [
     "PriorityClass",
     "HorizontalPodAutoscaler",
     "ReplicationController",
-    "Role",
-    "ClusterRoleBinding",
     "Endpoints",
 ]
 

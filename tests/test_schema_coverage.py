@@ -30,6 +30,7 @@ CONSUMERS = (
     "gitorch/model/admission.py",
     "gitorch/model/volumes.py",
     "gitorch/source/crosschecks.py",
+    "gitorch/source/grants.py",
 )
 
 

@@ -331,3 +331,34 @@ def logs(
             return
         answer = client.run_once("logs", request)
         sys.stdout.write(str(answer.get("log", "")))
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO date or time (UTC unless it says otherwise), or an age such as 30m, 12h or 7d."""
+    import re
+    from datetime import timedelta
+
+    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if m:
+        size = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=int(m.group(1)) * size)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: expected an ISO date or time (2026-05-01, 2026-05-01T12:00Z) "
+                         "or an age (30m, 12h, 7d)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def audit(entries: list[Any], output: str) -> None:
+    """`gitorch audit`: one row per object a commit changed, newest first."""
+    from gitorch.reconcile.auditing import rows
+
+    if output == "json":
+        console.write(json.dumps([e.to_json() for e in entries], indent=2))
+        return
+    if not entries:
+        console.write("no changes in the commits read (see --since, --object, --limit)")
+        return
+    console.table(["TIME", "COMMIT", "SIGNER", "SIGNATURE", "CHANGE", "OBJECT", "SUMMARY", "CONTROLLER"],
+                  rows(entries))

@@ -32,6 +32,11 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Cluster", "gitorch.dev/v1", False, "cluster.json", order=0),
         KindInfo("Node", "gitorch.dev/v1", False, "node.json", order=1),
         KindInfo("Namespace", "v1", False, "namespace.json", order=2),
+        # Grants to Git signers (source/grants.py): read from Git, nothing to run on nodes.
+        KindInfo("ClusterRole", "rbac.authorization.k8s.io/v1", False, "clusterrole.json", order=3),
+        KindInfo("ClusterRoleBinding", "rbac.authorization.k8s.io/v1", False, "clusterrolebinding.json", order=3),
+        KindInfo("Role", "rbac.authorization.k8s.io/v1", True, "role.json", order=3),
+        KindInfo("RoleBinding", "rbac.authorization.k8s.io/v1", True, "rolebinding.json", order=3),
         KindInfo("ConfigMap", "v1", True, "configmap.json", order=10),
         KindInfo("Secret", "v1", True, "secret.json", order=10),
         KindInfo("StorageClass", "storage.k8s.io/v1", False, "storageclass.json", order=3),

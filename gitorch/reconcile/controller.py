@@ -32,7 +32,7 @@ from gitorch.reconcile import allocations, ingress, networking, podspecs, polici
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
-from gitorch.source import sops
+from gitorch.source import signatures, sops
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
 from gitorch.store.database import Fence, NodeRecord, ObjectRecord, PodRecord, Store, StoreError, merge_conditions
@@ -69,6 +69,9 @@ class ControllerSettings:
     resync: float = 300.0
     """Seconds after which a node is sent its whole state even when nothing changed for it
     (controller-runtime's periodic resync: repairs anything a missed change left behind)."""
+    trust_keys: tuple[str, ...] = ()
+    """Keys trusted to sign the first revision under the Cluster's git.verifyCommits (`--trust-key`,
+    see signatures.trust_keys); later ones are checked against the last applied revision's bindings."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
@@ -178,6 +181,10 @@ class Controller:
             self.keyring = sops.keyring_from_state(state_dir, required=True)
         except sops.SopsError as exc:
             raise GitorchError(str(exc)) from exc
+        # The commits of a range are parsed once each, outside the cache of recent states.
+        self.signatures = signatures.RangeCheck(repo, lambda oid: desired_mod.load(repo, oid, self.keyring),
+                                                signatures.trust_keys(self.settings.trust_keys))
+        self._verified: tuple[tuple[str, str], list[Diagnostic]] | None = None  # (last applied, head) -> refusals
         self._fleet: Fleet | None = None
         self._endpoints: tuple[Endpoint, ...] = ()
         self._facts_at: dict[str, float] = {}
@@ -271,12 +278,35 @@ class Controller:
             problem = Diagnostic("", 0, 0, "", f"internal error validating this commit: {type(exc).__name__}: {exc}",
                                  hint="please report it; the last applied revision keeps running")
             head = DesiredState(revision, {}, [problem])
-        if not errors(head.diagnostics):
-            return head, head, True
         last = self.store.last_applied_revision()
+        if not errors(head.diagnostics):
+            refusals = self._verify(last.commit if last is not None else "", head)
+            if not refusals:
+                return head, head, True
+            head = DesiredState(head.revision, head.objects, [*head.diagnostics, *refusals], head.files)
         if last is None:
             return head, head, False
         return head, self._load(last.commit), False
+
+    def _verify(self, last: str, head: DesiredState) -> list[Diagnostic]:
+        """Why the commits after the last applied revision up to `head` may not be applied, under
+        that revision's git.verifyCommits and grants (signatures.RangeCheck); once per pair."""
+        pair = (last, head.revision.oid)
+        if self._verified is not None and self._verified[0] == pair:
+            return self._verified[1]
+        trusted = None
+        if last:
+            try:
+                trusted = self._load(last)
+            except GitorchError as exc:  # gone from the repository: only --trust-key can vouch for the head
+                log.warning("the last applied revision %s cannot be read (%s); signatures are checked as for a "
+                            "first revision", last[:7], exc)
+        try:
+            found = [r.diagnostic() for r in self.signatures.check(trusted, head)]
+        except GitorchError as exc:  # gpg or ssh-keygen missing or stuck, a commit unreadable
+            found = [Diagnostic("", 0, 0, "", f"cannot check the signatures of {head.revision.short}: {exc}")]
+        self._verified = (pair, found)
+        return found
 
     def _load(self, rev: str | None) -> DesiredState:
         """A commit's desired state, parsed and validated once: commits are immutable, so a pass

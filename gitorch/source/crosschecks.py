@@ -248,6 +248,29 @@ def _plaintext_secrets(objects: Mapping[ObjectKey, Object], clusters: list[Objec
     ]
 
 
+def _check_grants(objects: Mapping[ObjectKey, Object], clusters: list[Object],
+                  invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """Warnings for grants that do nothing: a binding to a role that does not exist, and a
+    Cluster that sets git.verifyCommits while no binding names a signer (every later push would
+    be refused)."""
+    out = []
+    bindings = [o for k, o in objects.items() if k.kind in ("RoleBinding", "ClusterRoleBinding") and k not in invalid]
+    for b in bindings:
+        ref = b.body.get("roleRef") or {}
+        kind, name = str(ref.get("kind")), str(ref.get("name"))
+        if ObjectKey(kind, "" if kind == "ClusterRole" else b.key.namespace, name) not in objects:
+            where = f" in namespace {b.key.namespace}" if kind == "Role" else ""
+            out.append(_diag(b, "/roleRef/name", f"{kind} {name!r} does not exist{where}: this binding grants nothing",
+                             f"add the {kind}, or fix the name", warning=True))
+    valid = [c for c in clusters if c.key not in invalid]
+    git = valid[0].body.get("spec", {}).get("git") if valid else None
+    if isinstance(git, dict) and git.get("verifyCommits") is True and not any(b.body.get("subjects") for b in bindings):
+        out.append(_diag(valid[0], "/spec/git/verifyCommits",
+                         "no RoleBinding or ClusterRoleBinding names a signer: once this revision is applied, "
+                         "every later commit is refused", "bind a role to the keys that sign commits", warning=True))
+    return out
+
+
 def cross_check(
     objects: Mapping[ObjectKey, Object],
     invalid: Set[ObjectKey] = frozenset(),
@@ -276,6 +299,7 @@ def cross_check(
         if c.key not in invalid:
             out.extend(_guarded(c, functools.partial(_check_cluster, c)))
     out.extend(_plaintext_secrets(objects, clusters, invalid))
+    out.extend(_check_grants(objects, clusters, invalid))
     out.extend(_check_nodes(world.nodes))
     balanced = [o for o in ordered if o.key.kind == "Service" and o.key not in invalid
                 and o.spec.get("type") == "LoadBalancer"]

@@ -20,13 +20,9 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 
 
 KINDS = [
-    "Ingress",
-    "PersistentVolume",
-    "StorageClass",
+    "PriorityClass",
     "HorizontalPodAutoscaler",
     "ReplicationController",
-    "Role",
-    "ClusterRoleBinding",
     "Endpoints",
 ]
 
@@ -84,14 +80,6 @@ spec:
             {"d.yaml": deployment(volume="          nfs: {server: x, path: /}\n")},
             "d.yaml:15:11: /spec/template/spec/volumes/0",
             "nfs",
-        ),
-        (
-            {
-                "c.yaml": "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec:\n  volumeName: pv1\n"
-                "  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n"
-            },
-            "c.yaml:5:3: /spec",
-            "volumeName",
         ),
         (
             {
@@ -184,8 +172,7 @@ def test_lifecycle_hooks_and_sidecar_init_containers_are_accepted(repo: GitRepo)
 @pytest.mark.parametrize(
     ("kind", "fix"),
     [
-        ("PersistentVolume", "use a PersistentVolumeClaim"),
-        ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
+        ("ReplicationController", "use a Deployment"),
     ],
 )
 def test_a_kind_gitorch_lacks_says_what_to_use_instead(repo: GitRepo, kind: str, fix: str) -> None:

@@ -77,9 +77,10 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
     accounts = "".join(f"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {a}, namespace: {NS}}}\n"
                        for a in ("alice", "bob"))
     # process_vm_readv on itself with nothing to read: 0, unless the seccomp filter refuses it (EPERM).
-    vm_read = ("python3 -c 'import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
-               "print(\"process_vm_readv\", libc.syscall(310, os.getpid(), None, 0, None, 0, 0), ctypes.get_errno())'"
-               "; sleep 3600")
+    # (Every argument a C long: syscall(2) is variadic, and a 32-bit int leaves the register's top half as it was.)
+    vm_read = ("python3 -c 'import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); L = ctypes.c_long; "
+               "print(\"process_vm_readv\", libc.syscall(L(310), L(os.getpid()), L(0), L(0), L(0), L(0), L(0)), "
+               "ctypes.get_errno())'; sleep 3600")
     pods = [
         pod("ids", vm_read, pod_sc="{runAsUser: 1234, runAsGroup: 2345, supplementalGroups: [3456], "
             "fsGroup: 4567}", sc="{allowPrivilegeEscalation: false, capabilities: {drop: [ALL], add: "

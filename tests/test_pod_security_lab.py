@@ -95,7 +95,6 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
             "echo subpath-written && exec sleep 3600",
             account="alice", volume=True),
         pod("bob", f"sleep 2; cat /var/lib/gitorch/pods/{NS}_alice/volumes/data/file || echo alice-refused; "
-            "grep -l -s ALICE_KEY /proc/[0-9]*/environ || echo environ-refused; "
             "ls /var/lib/gitorch/pods || echo list-refused; sleep 3600", account="bob", volume=True),
         pod("plain", "sleep 3600", pod_sc="{runAsNonRoot: true}"),
         pod("nonroot", "sleep 3600", pod_sc="{runAsNonRoot: true}", sc="{runAsUser: 0}"),
@@ -143,9 +142,15 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
         wait_until("alice wrote its subPath (made for it, its own)", lambda: "subpath-written" in log(lab, "alice"),
                    timeout=30, describe=lambda: log(lab, "alice"))
         out = log(lab, "bob")
-        assert "secret-of-alice" not in out and "alice-refused" in out and "environ-refused" in out, out
-        assert ssh_run(lab, "lab-1", "grep -l -s ALICE_KEY /proc/[0-9]*/environ", check=False).stdout  # root can
-        assert "Permission denied" in log(lab, "bob")
+        assert "secret-of-alice" not in out and "alice-refused" in out and "Permission denied" in out, out
+        # Its processes' environment too: root finds alice's key there, bob's uid does not.
+        grep = "grep -l -s ALICE_KEY /proc/[0-9]*/environ"
+        wait_until("alice's key in its environment", lambda: ssh_run(lab, "lab-1", grep, check=False).stdout,
+                   timeout=30)
+        bob_uid = uids[(NS, "bob")]
+        as_bob = ssh_run(lab, "lab-1", f"setpriv --reuid={bob_uid} --regid={bob_uid} --clear-groups -- sh -c '{grep}'",
+                         check=False)
+        assert as_bob.stdout == "" and as_bob.returncode != 0, as_bob
 
         plain = proc_status(lab, "plain")  # the default account, asked not to be root: its uid
         assert plain["Uid"].split()[0] == str(uids[(NS, "default")])

@@ -164,7 +164,7 @@ The controller keeps running (pid $(cat "$pidfile"), log $log). Try:
   gitorch drift --run --repo $bare --dns $host:53        # ... drift reports it (compares Git, store, nodes, DNS)
   gitorch events | tail -2                               # serve rebuilds it at its resync (5 min, GITORCH_RESYNC)
   curl -s http://$listen/metrics | grep ^gitorch_        # Prometheus metrics
-  xdg-open http://$listen/                             # the dashboard (loopback: no token needed)
+  open http://$listen/ in a browser on this machine     # the dashboard (loopback needs no token)
   kill \$(cat $pidfile); gitorch lab down
                                                          # stop the controller, remove the lab
 MSG

@@ -14,15 +14,16 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -62,6 +63,9 @@ class Reply:
     body: bytes | str = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+    stream: AsyncIterator[bytes] | Iterator[bytes] | None = None
+    """Sent after `body`, chunk by chunk, until it ends (a watch, a followed log): a plain
+    iterator runs in the bounded worker pool, so long streams should be async."""
 
 
 class Refused(Exception):
@@ -94,6 +98,16 @@ class Incoming:
     def headers(self) -> Mapping[str, str]:
         """Case-insensitive."""
         return self._request.headers
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The parts of the path its endpoint's pattern names (`/api/{rest:path}`)."""
+        return self._request.path_params
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """The query string's parameters (the last value of a repeated one)."""
+        return self._request.query_params
 
     async def body(self) -> bytes:
         """The whole body; `Refused` with 413 past the cap, 408 past the deadline."""
@@ -174,10 +188,27 @@ def _route(endpoint: Endpoint, limits: Limits) -> Route:
             except Refused as exc:
                 reply = exc.reply
         assert isinstance(reply, Reply)
+        if reply.stream is not None:
+            return StreamingResponse(_chained(reply.body, reply.stream), status_code=reply.status,
+                                     media_type=reply.content_type, headers=dict(reply.headers))
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
                         headers=dict(reply.headers))
 
     return Route(endpoint.path, run, methods=list(endpoint.methods))
+
+
+async def _chained(first: bytes | str, rest: AsyncIterator[bytes] | Iterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first.encode() if isinstance(first, str) else first
+    if isinstance(rest, Iterator):
+        while True:
+            chunk = await run_in_threadpool(next, rest, None)
+            if chunk is None:
+                return
+            yield chunk
+    else:
+        async for chunk in rest:
+            yield chunk
 
 
 class _CloseUnread:
@@ -262,7 +293,9 @@ class HttpServer:
     """A listener serving a `Site` from its own thread. The port is bound here, so a port in use
     is an OSError from the constructor; `start()` serves, `close()` stops."""
 
-    def __init__(self, host: str, port: int, site: Site, limits: Limits | None = None) -> None:
+    def __init__(self, host: str, port: int, site: Site, limits: Limits | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate chain file, private key file) to serve HTTPS."""
         self.limits = limits or Limits()
         self.site = site
         self._socket = _bind(host, port)
@@ -281,6 +314,8 @@ class HttpServer:
             timeout_keep_alive=self.limits.keep_alive,
             timeout_graceful_shutdown=self.limits.shutdown_timeout,
             h11_max_incomplete_event_size=self.limits.max_header_bytes,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -38,6 +38,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     literal,
     or_,
@@ -903,6 +904,36 @@ class Store:
         query = query.order_by(table.c.namespace, table.c.name)
         with self._session(write=False) as s:
             return [PodRecord.model_construct(**row._mapping, spec={}) for row in s.connection().execute(query)]
+
+    def change_marks(self) -> tuple[Any, ...]:
+        """A cheap summary that changes whenever what the read-only API serves may have changed:
+        counts and latest timestamps of pods, objects, events, nodes and allocations, and the
+        last applied revision (read by `server/kubeapi.py` many times a second)."""
+        tables = [
+            (_table(PodRecord), "updated_at"),
+            (_table(ObjectRecord), "updated_at"),
+            (_table(Event), "last_time"),
+            (_table(NodeRecord), "last_heartbeat"),
+            (_table(ClusterIPAllocation), "allocated_at"),
+            (_table(NodePortAllocation), "allocated_at"),
+            (_table(LoadBalancerAllocation), "allocated_at"),
+        ]
+        marks: list[Any] = []
+        with self._session(write=False) as s:
+            conn = s.connection()
+            for table, stamp in tables:
+                marks.extend(conn.execute(select(func.count(), func.max(table.c[stamp]))).one())
+            ev = _table(Event)
+            marks.extend(conn.execute(select(func.max(ev.c.id), func.sum(ev.c.count))).one())
+            nodes = _table(NodeRecord)
+            marks.extend(conn.execute(select(nodes.c.name, nodes.c.ready, nodes.c.address, nodes.c.agent_version)
+                                      .order_by(nodes.c.name)).all())
+            lb = _table(LoadBalancerAllocation)
+            marks.extend(conn.execute(select(lb.c.ip, lb.c.node).order_by(lb.c.ip)).all())
+            rev = _table(Revision)
+            marks.append(conn.execute(select(rev.c.commit).where(rev.c.outcome == "applied")
+                                      .order_by(rev.c.applied_at.desc()).limit(1)).scalar())
+        return tuple(marks)
 
     # ---- nodes ----
 

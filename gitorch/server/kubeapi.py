@@ -431,6 +431,9 @@ class KubeApi:
                 return self.discovery(path, request)
             if target is None:
                 return status(404, "NotFound", f"the server could not find the requested resource ({path})")
+            if target.resource.plural == "pods" and target.sub in ("exec", "attach", "portforward", "proxy"):
+                return status(403, "Forbidden", f"gitorch: pods/{target.sub} is not offered by the read-only API; "
+                                                "reach the node over SSH (`gitorch nodes` names them)")
             if request.method != "GET":
                 return self.refuse_write(target, request.method)
             if target.sub is not None:
@@ -635,9 +638,6 @@ class KubeApi:
     def subresource(self, target: Target, request: Incoming) -> Reply:
         if target.resource.plural == "pods" and target.sub == "log":
             return self.logs(target, request)
-        if target.resource.plural == "pods" and target.sub in ("exec", "attach", "portforward", "proxy"):
-            return status(403, "Forbidden", f"gitorch: pods/{target.sub} is not offered by the read-only API; "
-                                            "reach the node over SSH (`gitorch nodes` names them)")
         obj = self._object(target)
         if obj is None:
             return self._not_found(target)

@@ -249,9 +249,14 @@ def _conditions(rows: Iterable[Mapping[str, Any]], *, heartbeat: bool = False) -
     out = []
     for c in rows:
         item = {"type": str(c.get("type", "")), "status": str(c.get("status", "Unknown"))}
-        when = c.get("lastTransitionTime")
-        if when is not None:
-            item["lastTransitionTime"] = when if isinstance(when, str) else (_ts(when) or "")
+        when = c.get("last_transition_time", c.get("lastTransitionTime"))
+        if isinstance(when, str) and when:
+            try:
+                when = datetime.fromisoformat(when)
+            except ValueError:
+                when = None
+        if isinstance(when, datetime | int | float):
+            item["lastTransitionTime"] = _ts(when) or ""
             if heartbeat:
                 item["lastHeartbeatTime"] = item["lastTransitionTime"]
         for k in ("reason", "message"):
@@ -318,8 +323,9 @@ def _workload(resource: Resource, record: Any, sources: Sources, pods: list[Any]
             if current:
                 status["currentRevision"] = status["updateRevision"] = f"{record.name}-{current}"
         healthy = record.health == "Healthy"
-        conditions.append({"type": "Available", "status": "True" if healthy else "False",
-                           "reason": "MinimumReplicasAvailable" if healthy else "MinimumReplicasUnavailable"})
+        if not any(c["type"] == "Available" for c in conditions):
+                conditions.append({"type": "Available", "status": "True" if healthy else "False",
+                               "reason": "MinimumReplicasAvailable" if healthy else "MinimumReplicasUnavailable"})
     elif kind == "DaemonSet":
         status.update({"desiredNumberScheduled": len(mine), "currentNumberScheduled": len(mine),
                        "numberReady": ready, "numberAvailable": ready, "updatedNumberScheduled": updated,

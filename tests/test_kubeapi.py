@@ -1,0 +1,330 @@
+"""The read-only Kubernetes API of `gitorch serve`, read by clients nobody here wrote: kubectl
+and the official `kubernetes` Python client. One serve (no nodes: pods stay Pending) for the
+module; a commit it picks up shows in watches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitorch.server import kubeapi, kubeobjects
+from gitorch.server.kubeapi import Gone, KubeApiServer, KubeApiSettings
+from gitorch.source.git import open_repository
+from gitorch.store.database import PodRecord, Store
+from tests.conftest import EXAMPLES
+from tests.gitrepo import GitRepo
+from tests.waiting import wait_until
+
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None and not os.environ.get("CI"), reason="kubectl is not installed")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """`gitorch serve --kube-api-listen` on the example repository without its nodes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.repo = GitRepo(root / "repo")
+        shutil.copytree(EXAMPLES, self.repo.path, dirs_exist_ok=True)
+        (self.repo.path / "nodes.yaml").unlink()
+        self.repo.commit("the example, without nodes")
+        self.env = {**os.environ, "GITORCH_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
+        self.log = root / "serve.log"
+        self._out = self.log.open("w")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gitorch", "serve", "--repo", str(self.repo.path), "--branch", "main",
+             "--interval", "1", "--listen", "off", "--kube-api-listen", f"127.0.0.1:{self.port}"],
+            stdout=self._out, stderr=subprocess.STDOUT, env=self.env)
+        wait_until("the API's server file", lambda: (self.state / "kubeapi" / "server").exists(), timeout=60)
+        self.kubeconfig = root / "kubeconfig"
+        out = subprocess.run([sys.executable, "-m", "gitorch", "kubeconfig"], env=self.env, capture_output=True,
+                             text=True, check=True)
+        self.kubeconfig.write_text(out.stdout)
+        config = json.loads(out.stdout)
+        self.token = config["users"][0]["user"]["token"]
+        self.server = config["clusters"][0]["cluster"]["server"]
+        self.tls = ssl.create_default_context(cadata=(self.state / "kubeapi" / "ca.crt").read_text())
+        wait_until("pods in the API", lambda: len(self.get("/api/v1/pods")["items"]) >= 4, timeout=60)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def request(self, path: str, method: str = "GET", token: str | None = "", accept: str = "application/json",
+                ) -> tuple[int, dict[str, Any]]:
+        headers = {"Accept": accept}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token or self.token}"
+        req = urllib.request.Request(self.server + path, method=method, headers=headers,
+                                     data=b"{}" if method in ("POST", "PUT", "PATCH") else None)
+        try:
+            with urllib.request.urlopen(req, context=self.tls, timeout=20) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def get(self, path: str, **kw: Any) -> dict[str, Any]:
+        code, body = self.request(path, **kw)
+        assert code == 200, body
+        return body
+
+    def kubectl(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+        assert KUBECTL is not None, "kubectl is not installed (Debian: kubernetes-client)"
+        proc = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, **(env or {})})
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("kubeapi"))
+    try:
+        yield c
+    finally:
+        c.stop()
+        assert c.token not in c.output()
+
+
+@needs_kubectl
+def test_kubectl_reads_the_cluster(cluster: Cluster) -> None:
+    version = cluster.kubectl("version").stdout
+    assert "Server Version: v1.31.0+gitorch" in version
+    resources = cluster.kubectl("api-resources").stdout
+    assert any(line.split()[:2] == ["deployments", "deploy"] for line in resources.splitlines()), resources
+    assert any(line.split()[:2] == ["pods", "po"] for line in resources.splitlines())
+    pods = cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout.splitlines()
+    assert pods[0].split()[:5] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS"] and "NODE" in pods[0]
+    assert any(line.split()[:2] == ["shop", "kv-0"] for line in pods), pods
+    listed = cluster.kubectl("get", "deploy,sts,ds,svc,cm", "-A").stdout
+    for name in ("deployment.apps/web", "statefulset.apps/kv", "daemonset.apps/node-exporter", "service/web",
+                 "configmap/web-config"):
+        assert name in listed, listed
+    described = cluster.kubectl("describe", "pod", "-n", "shop", "kv-0").stdout
+    assert "Controlled By:  StatefulSet/kv" in described
+    assert "gitorch.dev/path: apps/shop/kv.yaml" in described
+    secret = cluster.kubectl("get", "secret", "-n", "shop", "web-secrets", "-o", "yaml").stdout
+    assert "gitorch.dev/data-keys: api-token" in secret
+    assert not any(line.startswith(("data:", "stringData:")) for line in secret.splitlines()), secret
+    assert "not-a-real-token" not in secret
+
+
+@needs_kubectl
+def test_kubectl_writes_are_refused_with_the_git_file_and_line(cluster: Cluster) -> None:
+    repo = cluster.repo.path
+    applied = cluster.kubectl("apply", "-f", str(repo / "apps/shop/web.yaml"), check=False)
+    assert applied.returncode != 0
+    assert f"edit apps/shop/web.yaml:3 in {repo} and push" in applied.stderr, applied.stderr
+    deleted = cluster.kubectl("delete", "deploy", "-n", "shop", "web", check=False)
+    assert "MethodNotAllowed" in deleted.stderr and "edit apps/shop/web.yaml:3" in deleted.stderr
+    replicas = 1 + next(i for i, line in enumerate((repo / "apps/shop/web.yaml").read_text().splitlines())
+                        if "replicas:" in line)
+    scaled = cluster.kubectl("scale", "deploy", "-n", "shop", "web", "--replicas=5", check=False)
+    assert f"edit apps/shop/web.yaml:{replicas} in" in scaled.stderr, scaled.stderr
+    edited = cluster.kubectl("edit", "cm", "-n", "shop", "web-config", check=False,
+                             env={"KUBE_EDITOR": "sed -i s/info/debug/"})
+    assert "edit apps/shop/config.yaml:1 in" in edited.stderr, edited.stderr
+    created = cluster.kubectl("create", "configmap", "new", "-n", "shop", "--from-literal=a=b", check=False)
+    assert "add the ConfigMap to a file under apps/shop/" in created.stderr, created.stderr
+    assert "edit apps/shop/kv.yaml:7" in cluster.kubectl("delete", "pod", "-n", "shop", "kv-0", check=False).stderr
+
+
+def test_errors_are_kubernetes_status_objects(cluster: Cluster) -> None:
+    code, body = cluster.request("/api/v1/pods", token=None)
+    assert (code, body["kind"], body["reason"]) == (401, "Status", "Unauthorized")
+    assert cluster.request("/api/v1/pods", token="x" * 40)[0] == 401
+    code, body = cluster.request("/apis/apps/v1/namespaces/shop/deployments/nope")
+    assert (code, body["reason"], body["details"]) == (404, "NotFound", {"name": "nope", "group": "apps",
+                                                                        "kind": "deployments"})
+    code, body = cluster.request("/api/v1/namespaces/shop/pods/kv-0/exec?command=sh", method="POST")
+    assert (code, body["reason"]) == (403, "Forbidden")
+    code, body = cluster.request("/api/v1/namespaces/shop/pods/kv-0/portforward")
+    assert (code, body["reason"]) == (403, "Forbidden") and "not offered" in body["message"]
+    code, body = cluster.request("/api/v1/pods?watch=true&resourceVersion=1")
+    assert (code, body["reason"]) == (410, "Expired")
+    code, body = cluster.request("/api/v1/pods?labelSelector=a%20in%20b")
+    assert (code, body["reason"]) == (400, "BadRequest")
+
+
+def test_lists_select_page_and_print_tables(cluster: Cluster) -> None:
+    pods = cluster.get("/api/v1/namespaces/shop/pods?labelSelector=app%3Dweb")["items"]
+    assert len(pods) == 3 and all(p["metadata"]["name"].startswith("web-") for p in pods)
+    assert all(p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet" for p in pods)
+    assert cluster.get("/api/v1/pods?fieldSelector=metadata.name%3Dkv-0,metadata.namespace%3Dshop")["items"][0][
+        "status"]["phase"] == "Pending"
+    assert cluster.get("/api/v1/pods?fieldSelector=status.phase%3DRunning")["items"] == []
+    first = cluster.get("/api/v1/pods?limit=2")
+    rest = cluster.get(f"/api/v1/pods?limit=100&continue={first['metadata']['continue']}")
+    names = [p["metadata"]["name"] for p in first["items"] + rest["items"]]
+    assert names == [p["metadata"]["name"] for p in cluster.get("/api/v1/pods")["items"]] and len(names) >= 4
+    table = cluster.get("/api/v1/namespaces/shop/pods", accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    assert table["kind"] == "Table" and [c["name"] for c in table["columnDefinitions"]][:3] == ["Name", "Ready",
+                                                                                                "Status"]
+    assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    node = cluster.get("/apis/gitorch.dev/v1/clusters/demo")
+    assert node["metadata"]["annotations"]["gitorch.dev/path"] == "cluster.yaml"
+    rs = cluster.get("/apis/apps/v1/namespaces/shop/replicasets")["items"]
+    assert rs and rs[0]["metadata"]["ownerReferences"][0]["name"] == "web"
+
+
+def test_a_second_instance_answers_from_the_store_with_plain_discovery(cluster: Cluster, tmp_path: Path) -> None:
+    """Another API server on the same store (as a standby serve's): plain discovery lists only."""
+    with Store.open(f"sqlite:///{cluster.state / 'gitorch.db'}") as store:
+        settings = KubeApiSettings(tls_dir=tmp_path / "tls", token_file=cluster.state / "kubeapi" / "tokens",
+                                   aggregated_discovery=False)
+        server = KubeApiServer(store, open_repository(str(cluster.repo.path)), "127.0.0.1", 0, settings).start()
+        try:
+            ca = (tmp_path / "tls" / "ca.crt").read_bytes()
+            config = tmp_path / "kubeconfig"
+            config.write_text(kubeapi.kubeconfig(server.url, ca, cluster.token))
+            context = ssl.create_default_context(cadata=ca.decode())
+            req = urllib.request.Request(server.url + "/apis", headers={
+                "Authorization": f"Bearer {cluster.token}",
+                "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"})
+            with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+                assert json.loads(resp.read())["kind"] == "APIGroupList"
+            if KUBECTL is not None:
+                out = subprocess.run([KUBECTL, "--kubeconfig", str(config), "get", "sts", "-A"], capture_output=True,
+                                     text=True, timeout=60)
+                assert out.returncode == 0 and "kv" in out.stdout, out.stderr
+                resources = subprocess.run([KUBECTL, "--kubeconfig", str(config), "api-resources"],
+                                           capture_output=True, text=True, timeout=60).stdout
+                assert "cronjobs" in resources and "gitorch.dev/v1" in resources
+        finally:
+            server.close()
+
+
+def _scale_web(cluster: Cluster, replicas: int) -> None:
+    path = cluster.repo.path / "apps/shop/web.yaml"
+    text = path.read_text()
+    before = next(line for line in text.splitlines() if line.strip().startswith("replicas:"))
+    path.write_text(text.replace(before, before.split(":")[0] + f": {replicas}", 1))
+    cluster.repo.commit(f"web: {replicas} replicas")
+
+
+def test_python_client_lists_and_watches_a_push(cluster: Cluster) -> None:
+    from kubernetes import client, config, watch
+
+    api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+    listed = api.list_namespaced_pod("shop")
+    assert {"kv-0"} <= {p.metadata.name for p in listed.items}
+    web = [p for p in listed.items if p.metadata.labels.get("app") == "web"]
+    assert web and web[0].status.container_statuses[0].restart_count == 0
+    seen: list[tuple[str, str]] = []
+    w = watch.Watch()
+
+    def follow() -> None:
+        for event in w.stream(api.list_namespaced_pod, "shop", resource_version=listed.metadata.resource_version,
+                              timeout_seconds=60):
+            seen.append((event["type"], event["object"].metadata.name))
+            if event["type"] == "ADDED":
+                w.stop()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    _scale_web(cluster, 4)
+    thread.join(90)
+    assert any(t == "ADDED" and n.startswith("web-") for t, n in seen), (seen, cluster.output()[-2000:])
+
+
+@needs_kubectl
+def test_kubectl_get_watch_sees_a_push(cluster: Cluster) -> None:
+    assert KUBECTL is not None
+    proc = subprocess.Popen([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "get", "pods", "-n", "shop", "-w",
+                             "--output-watch-events"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_until("the first list", lambda: any("kv-0" in line for line in lines), timeout=30)
+        before = len(lines)
+        _scale_web(cluster, 2)
+        wait_until("a change", lambda: any(line.split()[:1] in (["DELETED"], ["MODIFIED"])
+                                           for line in lines[before:]), timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---- the change feed on a store filled directly --------------------------------------------------
+
+
+def _pods(n: int, phase: str = "Pending") -> list[PodRecord]:
+    return [PodRecord(namespace="default", name=f"p-{i}", owner_kind="Pod", owner_name=f"p-{i}", phase=phase)
+            for i in range(n)]
+
+
+def test_feed_orders_changes_resumes_and_expires(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        store.upsert_pods(_pods(3))
+        feed = kubeapi.Feed(store, None, KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t", ring=4))
+        feed.refresh(force=True)
+        start = feed.rv
+        pods = next(r for r in kubeobjects.RESOURCES if r.plural == "pods")
+        assert len(feed.objects[pods]) == 3 and feed.since(start) == []
+        store.upsert_pods(_pods(1, "Running"))
+        assert feed.refresh()
+        assert not feed.refresh()  # nothing moved: nothing rebuilt
+        changes = feed.since(start)
+        assert [(c.type, c.obj["metadata"]["name"]) for c in changes] == [("MODIFIED", "p-0")]
+        assert changes[0].obj["status"]["phase"] == "Running" and changes[0].old is not None
+        store.delete_pods("default", ["p-2"])
+        feed.refresh()
+        assert [(c.type, c.obj["metadata"]["name"]) for c in feed.since(changes[0].rv)] == [("DELETED", "p-2")]
+        store.upsert_pods(_pods(8)[3:])  # five more: the ring keeps four changes
+        feed.refresh()
+        with pytest.raises(Gone):
+            feed.since(start)
+        assert len(feed.ring) == 4 and feed.since(feed.floor) == []  # the floor: the batch partly dropped
+
+
+@pytest.mark.parametrize("text, labels, expected", [
+    ("app=web", {"app": "web"}, True),
+    ("app==web,tier!=db", {"app": "web", "tier": "db"}, False),
+    ("env in (a, b)", {"env": "b"}, True),
+    ("env notin (a,b)", {"env": "a"}, False),
+    ("!legacy", {"app": "x"}, True),
+    ("legacy", {"app": "x"}, False),
+], ids=["equal", "not-equal", "in", "notin", "absent", "exists"])
+def test_label_selector_strings(text: str, labels: dict[str, str], expected: bool) -> None:
+    from gitorch.model.selectors import matches, parse
+
+    assert matches(parse(text), labels) is expected

@@ -25,9 +25,10 @@ import secrets
 import socket
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from gitorch.server import kubeobjects as ko
 from gitorch.server.http import Endpoint, HttpServer, Incoming, Limits, Reply, Site
 from gitorch.source import certificates, desired
 from gitorch.source.git import Repository
-from gitorch.store.database import Store
+from gitorch.store.database import PodRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ JSON = "application/json"
 TABLE_KINDS = ("as=Table",)
 EVENTS_SERVED = 1000  # the newest events only: the store keeps more, a list need not
 MAX_LIMIT = 100_000
+# Pods written this long before the latest one read are read again: a pass stamps its pods
+# with its start time, and may commit after a reader saw a later stamp (passes take < 10 s).
+PODS_REREAD = timedelta(seconds=10)
+POD_FIELDS = tuple(f for f in PodRecord.model_fields if f != "spec")
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,10 @@ class Feed:
         self.error: str = ""
         self.commit = ""
         """The applied commit the objects were last built from."""
+        self._pod_cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        self._pod_rows: dict[tuple[str, str], Any] = {}
+        self._encoded: dict[tuple[int, str], tuple[dict[str, Any], bytes]] = {}
+        self._pods_read: datetime | None = None  # the latest `updated_at` read
 
     def start(self) -> Feed:
         self.refresh(force=True)
@@ -234,13 +243,30 @@ class Feed:
             for key, obj in state.objects.items():
                 origins[(key.kind, key.namespace, key.name)] = ko.Origin(obj.path, _line(obj))
         return ko.Sources(
-            objects=store.objects(), pods=store.pods(), nodes=store.nodes(),
+            objects=store.objects(), pods=self._pods(), nodes=store.nodes(),
             events=store.events(limit=EVENTS_SERVED),
             cluster_ips={(c.namespace, c.service): c.ip for c in store.cluster_ips()},
             node_ports={(p.namespace, p.service, p.port_name): p.port for p in store.node_ports()},
             load_balancers={(b.namespace, b.service): b.ip for b in store.load_balancer_ips()},
-            commit=commit, origins=origins,
+            commit=commit, origins=origins, pod_cache=self._pod_cache,
         )
+
+    def _pods(self) -> list[Any]:
+        """Every pod, reading again only those written lately (and the keys, for deletions)."""
+        rows = self._pod_rows
+        if self._pods_read is None:
+            changed = self.store.pods(spec=False)
+        else:
+            changed = self.store.pods_updated_since(self._pods_read - PODS_REREAD)
+        keys = self.store.pod_keys()
+        for gone in set(rows) - keys:
+            del rows[gone]
+        for p in changed:  # plain values: a row's attributes are read many times per build
+            rows[(p.namespace, p.name)] = types.SimpleNamespace(**{k: getattr(p, k) for k in POD_FIELDS})
+        if changed:
+            latest = max(p.updated_at for p in changed)
+            self._pods_read = latest if self._pods_read is None else max(self._pods_read, latest)
+        return list(rows.values())
 
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild if the store moved since the last look; True when it did."""
@@ -258,6 +284,8 @@ class Feed:
                 before = self.objects.get(resource, {})
                 for key, obj in objects.items():
                     old = before.get(key)
+                    if old is obj:  # reused as it was (a pod whose inputs did not change)
+                        continue
                     if old is not None:
                         version = old["metadata"].pop("resourceVersion")
                         same = old == obj
@@ -273,6 +301,9 @@ class Feed:
                 if objects.keys() != before.keys():
                     self.ordered[resource] = sorted(objects)
             self.objects = built
+            if changes:  # forget the encodings of objects no longer served (they hold the objects)
+                live = {id(o) for objects in built.values() for o in objects.values()}
+                self._encoded = {k: v for k, v in self._encoded.items() if k[0] in live}
             if not changes and not first:
                 return False
             self.rv = rv
@@ -283,6 +314,25 @@ class Feed:
             while len(self.ring) > self.settings.ring:
                 self.floor = self.ring.popleft().rv
             return True
+
+    def encoded(self, obj: dict[str, Any], form: str, resource: ko.Resource | None = None) -> bytes:
+        """An object as JSON (`form` ""), as PartialObjectMetadata ("meta") or its table cells
+        ("cells", ages marked), encoded once per version of it: a list of 10,000 pods joins
+        bytes instead of encoding them."""
+        key = (id(obj), form)
+        kept = self._encoded.get(key)
+        if kept is not None and kept[0] is obj:
+            return kept[1]
+        shown: Any = obj
+        if form == "meta":
+            shown = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                     "metadata": obj.get("metadata", {})}
+        elif form == "cells":
+            assert resource is not None
+            shown = ko.table_cells(resource, obj, None)
+        data = json.dumps(shown, separators=(",", ":")).encode()
+        self._encoded[key] = (obj, data)
+        return data
 
     def fresh(self) -> None:
         """Look at the store now if the feed has not in the last poll interval (a list right
@@ -551,15 +601,26 @@ class KubeApi:
         if _wants_table(request):
             return self._table(r, items, request, meta)
         head = json.dumps({"kind": f"{r.kind}List", "apiVersion": r.group_version, "metadata": meta},
-                          separators=(",", ":"))
-        body = head[:-1] + ',"items":[' + ",".join(json.dumps(o, separators=(",", ":")) for o in items) + "]}"
+                          separators=(",", ":")).encode()
+        encoded = self.feed.encoded
+        body = head[:-1] + b',"items":[' + b",".join(encoded(o, "") for o in items) + b"]}"
         return Reply(200, body, JSON)
 
     def _table(self, resource: ko.Resource, items: builtins.list[dict[str, Any]], request: Incoming,
                meta: dict[str, Any]) -> Reply:
         include = request.query.get("includeObject", "Metadata")
-        data = ko.table(resource, items, include, datetime.now(UTC), meta)
-        return _json(data, "application/json;as=Table;v=v1;g=meta.k8s.io")
+        data = ko.table(resource, [], include, datetime.now(UTC), meta)
+        now = datetime.now(UTC)
+        encoded = self.feed.encoded
+        rows = []
+        form = "" if include == "Object" else "meta"
+        for obj in items:  # each object's row encoded once; the ages in it on every request
+            shown = b"" if include == "None" else b',"object":' + encoded(obj, form)
+            rows.append(b'{"cells":' + encoded(obj, "cells", resource) + shown + b"}")
+        head = json.dumps(data, separators=(",", ":")).encode()
+        assert head.endswith(b'"rows":[]}')
+        body = head[: -len(b"]}")] + ko.ages(b",".join(rows), now) + b"]}"
+        return Reply(200, body, "application/json;as=Table;v=v1;g=meta.k8s.io")
 
     # ---- watch ----
 

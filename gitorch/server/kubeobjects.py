@@ -7,6 +7,8 @@ Purely computational, no side effects. Secret values never enter an object built
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -191,6 +193,26 @@ class Sources:
     commit: str = ""
     origins: dict[tuple[str, str, str], Origin] = field(default_factory=dict)
     """(kind, namespace, name) -> where it is written, for the applied commit."""
+    pod_cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    """Pods built before, with what they were built from: a pod whose inputs did not change is
+    not built again (10,000 pods cost seconds to build, one changed pod should not)."""
+    _by_owner: dict[tuple[str, str, str], list[Any]] | None = None
+    _by_namespace: dict[str, list[Any]] | None = None
+
+    def in_namespace(self, namespace: str) -> list[Any]:
+        if self._by_namespace is None:
+            self._by_namespace = {}
+            for p in self.pods:
+                self._by_namespace.setdefault(p.namespace, []).append(p)
+        return self._by_namespace.get(namespace, [])
+
+    def owned(self, kind: str, namespace: str, name: str) -> list[Any]:
+        """The pods of an owner (indexed once per build)."""
+        if self._by_owner is None:
+            self._by_owner = {}
+            for p in self.pods:
+                self._by_owner.setdefault((p.owner_kind, p.namespace, p.owner_name), []).append(p)
+        return self._by_owner.get((kind, namespace, name), [])
 
 
 Key = tuple[str, str]  # namespace, name
@@ -211,6 +233,7 @@ def _ts(when: datetime | float | None) -> str | None:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=200_000)
 def uid(kind: str, namespace: str, name: str) -> str:
     """A stable UID: the same object has the same one on every serve instance."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gitorch:{kind}/{namespace}/{name}"))
@@ -301,14 +324,10 @@ def _secret(resource: Resource, record: Any, sources: Sources) -> dict[str, Any]
     return obj
 
 
-def _owned(pods: list[Any], kind: str, namespace: str, name: str) -> list[Any]:
-    return [p for p in pods if p.owner_kind == kind and p.owner_name == name and p.namespace == namespace]
-
-
 def _workload(resource: Resource, record: Any, sources: Sources, pods: list[Any]) -> dict[str, Any]:
     obj = _from_manifest(resource, record, sources)
     spec = _d(obj.get("spec"))
-    mine = _owned(pods, record.kind, record.namespace, record.name)
+    mine = sources.owned(record.kind, record.namespace, record.name)
     current = str(((record.body or {}).get("rollout") or {}).get("revision") or "")
     ready = sum(1 for p in mine if p.ready)
     updated = sum(1 for p in mine if current and p.template_hash == current) if current else len(mine)
@@ -362,7 +381,7 @@ def _replica_sets(record: Any, sources: Sources, pods: list[Any]) -> dict[Key, d
     template = _d(spec.get("template"))
     history = [h for h in (record.body or {}).get("history") or [] if isinstance(h, dict) and h.get("revision")]
     current = str(((record.body or {}).get("rollout") or {}).get("revision") or "")
-    mine = _owned(pods, "Deployment", record.namespace, record.name)
+    mine = sources.owned("Deployment", record.namespace, record.name)
     seen = [str(h["revision"]) for h in history]
     seen += sorted({p.template_hash for p in mine if p.template_hash and p.template_hash not in seen})
     for number, revision in enumerate(seen, start=1):
@@ -565,8 +584,8 @@ def _endpoints(service: dict[str, Any], pods: list[Any], built_pods: Mapping[Key
         return None
     ready: list[dict[str, Any]] = []
     not_ready: list[dict[str, Any]] = []
-    for p in pods:
-        if p.namespace != ns or not p.ip:
+    for p in sources.in_namespace(ns):
+        if not p.ip:
             continue
         built = built_pods.get((p.namespace, p.name))
         labels = (built or {}).get("metadata", {}).get("labels", {})
@@ -638,8 +657,25 @@ def build(sources: Sources) -> Built:
     for n in sources.nodes:
         out[by[("", "Node")]][("", n.name)] = node(n, sources)
     pods_res = by[("", "Pod")]
+    owners = {(o.kind, o.namespace, o.name): (o.spec_hash, o.last_applied_revision) for o in sources.objects}
+    cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+    addresses = {n.name: n.address for n in sources.nodes}
+    pod_out = out[pods_res]
+    previous = sources.pod_cache
     for p in sources.pods:
-        out[pods_res][(p.namespace, p.name)] = pod(p, sources, _pod_template(manifests, p), nodes)
+        key = (p.namespace, p.name)
+        owner = (p.owner_kind, p.namespace, p.owner_name)
+        # The row itself (a new object whenever the pod was read again), and what else it is built from.
+        marker = (p, owners.get(owner), addresses.get(p.node or ""), sources.commit, sources.origins.get(owner))
+        kept = previous.get(key)
+        if kept is not None and kept[0] == marker:
+            built = kept[1]
+        else:
+            built = pod(p, sources, _pod_template(manifests, p), nodes)
+        cache[key] = (marker, built)
+        pod_out[key] = built
+    sources.pod_cache.clear()
+    sources.pod_cache.update(cache)
     for o in sources.objects:
         if o.kind in ("Cluster", "Node"):
             res = by[("gitorch.dev", o.kind)]
@@ -671,7 +707,7 @@ def build(sources: Sources) -> Built:
         cron = _cron_of(manifests, p.namespace, p.owner_name) if p.owner_kind == "Job" else None
         if cron is None or (p.namespace, p.owner_name) in out[jobs]:
             continue
-        mine = _owned(sources.pods, "Job", p.namespace, p.owner_name)
+        mine = sources.owned("Job", p.namespace, p.owner_name)
         template = _d(_d(manifests[("CronJob", p.namespace, cron)].get("spec")).get("jobTemplate"))
         meta = _meta("Job", p.namespace, p.owner_name, sources, created=min(q.created_at for q in mine),
                      origin_of=("CronJob", p.namespace, cron))
@@ -745,9 +781,16 @@ def selected(obj: Mapping[str, Any], labels: Mapping[str, Any] | None,
 Column = tuple[str, str, int, str]  # name, type, priority, description
 
 
-def _age(when: str | None, now: datetime) -> str:
+AGE_MARK = "\x00"
+"""`table_cells(..., now=None)` writes each age as MARK + timestamp + MARK, for `ages()` to fill in
+later: the cells of an unchanged object are encoded once, their ages on every request."""
+
+
+def _age(when: str | None, now: datetime | None) -> str:
     if not when:
         return "<unknown>"
+    if now is None:
+        return f"{AGE_MARK}{when}{AGE_MARK}"
     try:
         then = datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
@@ -829,7 +872,7 @@ def table_columns(resource: Resource) -> list[Column]:
     }.get(kind, [name, age])
 
 
-def table_cells(resource: Resource, obj: Mapping[str, Any], now: datetime) -> list[Any]:
+def table_cells(resource: Resource, obj: Mapping[str, Any], now: datetime | None) -> list[Any]:
     meta = obj.get("metadata") or {}
     name = meta.get("name", "")
     age = _age(meta.get("creationTimestamp"), now)
@@ -909,6 +952,23 @@ def table_cells(resource: Resource, obj: Mapping[str, Any], now: datetime) -> li
         sel = (spec.get("podSelector") or {}).get("matchLabels") or {}
         return [name, ",".join(f"{k}={v}" for k, v in sel.items()) or "<none>", age]
     return [name, age]
+
+
+_MARKED = re.compile(rb"\\u0000([0-9TZ:-]{1,32})\\u0000")
+
+
+def ages(encoded: bytes, now: datetime) -> bytes:
+    """JSON of cells made with `now=None`, with each age computed for `now`."""
+    known: dict[bytes, bytes] = {}  # many objects share a timestamp: each is parsed once
+
+    def age(m: re.Match[bytes]) -> bytes:
+        stamp = m.group(1)
+        found = known.get(stamp)
+        if found is None:
+            found = known[stamp] = _age(stamp.decode(), now).encode()
+        return found
+
+    return _MARKED.sub(age, encoded)
 
 
 def table(resource: Resource, objects: Iterable[Mapping[str, Any]], include: str, now: datetime,

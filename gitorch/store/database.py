@@ -888,8 +888,20 @@ class Store:
             query = query.order_by(col(PodRecord.namespace), col(PodRecord.name))
             return list(s.exec(query).all())
 
+    def pods_updated_since(self, since: datetime) -> list[PodRecord]:
+        """Pods (without their specs) written at or after `since`: what a reader that keeps
+        every pod reads again after a change (`server/kubeapi.py`)."""
+        return self._pod_rows(None, None, None, since=since)
+
+    def pod_keys(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every pod."""
+        table = _table(PodRecord)
+        with self._session(write=False) as s:
+            return {(r[0], r[1]) for r in s.connection().execute(select(table.c.namespace, table.c.name))}
+
     def _pod_rows(
-        self, namespace: str | None, owner: tuple[str, str] | None, node: str | None
+        self, namespace: str | None, owner: tuple[str, str] | None, node: str | None, *,
+        since: datetime | None = None,
     ) -> list[PodRecord]:
         """Pods without their specs, read as plain rows (no ORM identity map or validation): a
         pass reads every pod, and 10,000 ORM objects cost most of a no-op pass."""
@@ -901,6 +913,8 @@ class Store:
             query = query.where(table.c.owner_kind == owner[0], table.c.owner_name == owner[1])
         if node is not None:
             query = query.where(table.c.node == node)
+        if since is not None:
+            query = query.where(table.c.updated_at >= _utc(since))
         query = query.order_by(table.c.namespace, table.c.name)
         with self._session(write=False) as s:
             return [PodRecord.model_construct(**row._mapping, spec={}) for row in s.connection().execute(query)]

@@ -43,13 +43,16 @@ def free_port() -> int:
 class Cluster:
     """`gitorch serve --kube-api-listen` on the example repository without its nodes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, files: dict[str, str] | None = None, pods: int = 4) -> None:
         self.root = root
         self.state = root / "state"
         self.repo = GitRepo(root / "repo")
-        shutil.copytree(EXAMPLES, self.repo.path, dirs_exist_ok=True)
-        (self.repo.path / "nodes.yaml").unlink()
-        self.repo.commit("the example, without nodes")
+        if files is None:
+            shutil.copytree(EXAMPLES, self.repo.path, dirs_exist_ok=True)
+            (self.repo.path / "nodes.yaml").unlink()
+            self.repo.commit("the example, without nodes")
+        else:
+            self.repo.commit("the lab", files)
         self.env = {**os.environ, "GITORCH_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
         self.log = root / "serve.log"
         self._out = self.log.open("w")
@@ -67,7 +70,7 @@ class Cluster:
         self.token = config["users"][0]["user"]["token"]
         self.server = config["clusters"][0]["cluster"]["server"]
         self.tls = ssl.create_default_context(cadata=(self.state / "kubeapi" / "ca.crt").read_text())
-        wait_until("pods in the API", lambda: len(self.get("/api/v1/pods")["items"]) >= 4, timeout=60)
+        wait_until("pods in the API", lambda: len(self.get("/api/v1/pods")["items"]) >= pods, timeout=60)
 
     def output(self) -> str:
         return self.log.read_text()
@@ -328,3 +331,63 @@ def test_label_selector_strings(text: str, labels: dict[str, str], expected: boo
     from gitorch.model.selectors import matches, parse
 
     assert matches(parse(text), labels) is expected
+
+
+# ---- on lab nodes: node facts and pod logs streamed from the node --------------------------------
+
+TALKER = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: talker, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: talker}}
+  template:
+    metadata: {labels: {app: talker}}
+    spec:
+      containers:
+        - name: main
+          command: [/usr/bin/python3, -u, -c, "import time\\nfor i in range(10**6): print('line', i); time.sleep(0.2)"]
+"""
+
+
+@pytest.mark.lab
+@needs_kubectl
+def test_nodes_and_logs_from_lab_nodes(lab: Any, tmp_path: Path) -> None:
+    nodes = (lab.state_dir / "nodes.yaml").read_text()
+    c = Cluster(tmp_path, {"nodes.yaml": nodes, "apps/talker.yaml": TALKER}, pods=1)
+    try:
+        wait_until("the talker Running", lambda: c.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dtalker")[
+            "items"][0]["status"]["phase"], timeout=120, accept=lambda phase: phase == "Running")
+        shown = c.kubectl("get", "nodes", "-o", "wide").stdout
+        for n in lab.nodes:
+            assert any(line.split()[:2] == [n.name, "Ready"] for line in shown.splitlines()), shown
+        node = c.get(f"/api/v1/nodes/{lab.nodes[0].name}")
+        assert node["status"]["nodeInfo"]["kernelVersion"] and node["status"]["capacity"]["cpu"]
+        pod = c.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dtalker")["items"][0]
+        name = pod["metadata"]["name"]
+        assert pod["status"]["podIP"] and pod["status"]["hostIP"] and pod["spec"]["nodeName"]
+        wait_until("some lines", lambda: c.kubectl("logs", name, "--tail=3").stdout.splitlines(), timeout=30,
+                   accept=lambda lines: len(lines) == 3 and all(line.startswith("line ") for line in lines))
+        stamped = c.kubectl("logs", name, "--tail=1", "--timestamps").stdout.split()
+        assert stamped[0].endswith("Z") and stamped[1] == "line", stamped
+        assert KUBECTL is not None
+        follow = subprocess.Popen([KUBECTL, "--kubeconfig", str(c.kubeconfig), "logs", "-f", "--tail=1", name],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert follow.stdout is not None
+            numbers = [int(follow.stdout.readline().split()[1]) for _ in range(4)]
+            assert numbers == sorted(numbers) and numbers[-1] > numbers[0], numbers  # lines as they are written
+        finally:
+            follow.terminate()
+            follow.wait(10)
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(str(c.kubeconfig)))
+        text = api.read_namespaced_pod_log(name, "default", tail_lines=2, container="main")
+        assert len(text.splitlines()) == 2
+    finally:
+        c.repo.commit("empty", {"apps/talker.yaml": ""})
+        wait_until("the talker gone", lambda: c.get("/api/v1/namespaces/default/pods")["items"], timeout=60,
+                   accept=lambda items: items == [])
+        c.stop()

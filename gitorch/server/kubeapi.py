@@ -53,6 +53,7 @@ MAX_LIMIT = 100_000
 # Pods written this long before the latest one read are read again: a pass stamps its pods
 # with its start time, and may commit after a reader saw a later stamp (passes take < 10 s).
 PODS_REREAD = timedelta(seconds=10)
+POD_MARKS = 2  # the store's change marks start with the pods' (count, latest write)
 POD_FIELDS = tuple(f for f in PodRecord.model_fields if f != "spec")
 
 
@@ -195,6 +196,7 @@ class Feed:
         """The applied commit the objects were last built from."""
         self._pod_cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         self._pod_rows: dict[tuple[str, str], Any] = {}
+        self._touched: set[tuple[str, str]] = set()
         self._encoded: dict[tuple[int, str], tuple[dict[str, Any], bytes]] = {}
         self._pods_read: datetime | None = None  # the latest `updated_at` read
 
@@ -235,6 +237,7 @@ class Feed:
 
     def sources(self) -> ko.Sources:
         store = self.store
+        pods, self._touched = self._pods()
         last = store.last_applied_revision()
         commit = self.commit = last.commit if last else ""
         origins: dict[tuple[str, str, str], ko.Origin] = {}
@@ -243,7 +246,7 @@ class Feed:
             for key, obj in state.objects.items():
                 origins[(key.kind, key.namespace, key.name)] = ko.Origin(obj.path, _line(obj))
         return ko.Sources(
-            objects=store.objects(), pods=self._pods(), nodes=store.nodes(),
+            objects=store.objects(), pods=pods, nodes=store.nodes(),
             events=store.events(limit=EVENTS_SERVED),
             cluster_ips={(c.namespace, c.service): c.ip for c in store.cluster_ips()},
             node_ports={(p.namespace, p.service, p.port_name): p.port for p in store.node_ports()},
@@ -251,22 +254,29 @@ class Feed:
             commit=commit, origins=origins, pod_cache=self._pod_cache,
         )
 
-    def _pods(self) -> list[Any]:
-        """Every pod, reading again only those written lately (and the keys, for deletions)."""
+    def _pods(self) -> tuple[list[Any], set[tuple[str, str]]]:
+        """Every pod, reading again only those written lately (and the keys, for deletions);
+        and the keys of the pods that changed or went."""
         rows = self._pod_rows
         if self._pods_read is None:
             changed = self.store.pods(spec=False)
         else:
             changed = self.store.pods_updated_since(self._pods_read - PODS_REREAD)
         keys = self.store.pod_keys()
-        for gone in set(rows) - keys:
+        touched = set(rows) - keys
+        for gone in touched:
             del rows[gone]
         for p in changed:  # plain values: a row's attributes are read many times per build
-            rows[(p.namespace, p.name)] = types.SimpleNamespace(**{k: getattr(p, k) for k in POD_FIELDS})
+            values = vars(p)  # model_construct rows: their fields, without the ORM's descriptors
+            new = types.SimpleNamespace(**{k: values.get(k) for k in POD_FIELDS})
+            key = (new.namespace, new.name)
+            if rows.get(key) != new:
+                rows[key] = new
+                touched.add(key)
         if changed:
-            latest = max(p.updated_at for p in changed)
+            latest = max(vars(p)["updated_at"] for p in changed)
             self._pods_read = latest if self._pods_read is None else max(self._pods_read, latest)
-        return list(rows.values())
+        return list(rows.values()), touched
 
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild if the store moved since the last look; True when it did."""
@@ -275,14 +285,24 @@ class Feed:
             self._checked = time.monotonic()
             if not force and marks == self._marks:
                 return False
-            built = ko.build(self.sources())
-            rv = self._next_rv()
             first = self._marks is None
+            sources = self.sources()
+            # Only pods moved (a status change: the common case): the other pods stay as built.
+            only_pods = not force and not first and marks[POD_MARKS:] == self._marks[POD_MARKS:]  # type: ignore[index]
+            pods_res = ko.BY_PATH[("", "v1", "pods")]
+            if only_pods:
+                sources.touched_pods = self._touched
+                sources.previous_pods = self.objects[pods_res]
+            built = ko.build(sources)
+            rv = self._next_rv()
             self._marks = marks
             changes: list[Change] = []
             for resource, objects in built.items():
                 before = self.objects.get(resource, {})
-                for key, obj in objects.items():
+                keys = objects.keys() if not (only_pods and resource is pods_res) else [
+                    k for k in self._touched if k in objects]
+                for key in keys:
+                    obj = objects[key]
                     old = before.get(key)
                     if old is obj:  # reused as it was (a pod whose inputs did not change)
                         continue
@@ -295,15 +315,18 @@ class Feed:
                             continue
                     obj["metadata"]["resourceVersion"] = str(rv)
                     changes.append(Change(rv, resource, "ADDED" if old is None else "MODIFIED", obj, old))
-                for key, old in before.items():
-                    if key not in objects:
-                        changes.append(Change(rv, resource, "DELETED", old))
-                if objects.keys() != before.keys():
+                gone = [k for k in self._touched if k not in objects and k in before] if (
+                    only_pods and resource is pods_res) else [k for k in before if k not in objects]
+                for key in gone:
+                    changes.append(Change(rv, resource, "DELETED", before[key]))
+                if len(objects) != len(before) or gone:
                     self.ordered[resource] = sorted(objects)
             self.objects = built
-            if changes:  # forget the encodings of objects no longer served (they hold the objects)
-                live = {id(o) for objects in built.values() for o in objects.values()}
-                self._encoded = {k: v for k, v in self._encoded.items() if k[0] in live}
+            for c in changes:  # forget the encodings of objects no longer served (they hold the objects)
+                dropped = c.old if c.type == "MODIFIED" else c.obj if c.type == "DELETED" else None
+                if dropped is not None:
+                    for form in ("", "meta", "cells"):
+                        self._encoded.pop((id(dropped), form), None)
             if not changes and not first:
                 return False
             self.rv = rv

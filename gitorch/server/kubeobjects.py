@@ -196,7 +196,17 @@ class Sources:
     pod_cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     """Pods built before, with what they were built from: a pod whose inputs did not change is
     not built again (10,000 pods cost seconds to build, one changed pod should not)."""
+    touched_pods: set[tuple[str, str]] | None = None
+    """The pods written or deleted since the build of `previous_pods` (None: build all)."""
+    previous_pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _by_key: dict[tuple[str, str], Any] | None = None
     _by_owner: dict[tuple[str, str, str], list[Any]] | None = None
+
+    def pod_index(self) -> dict[tuple[str, str], Any]:
+        if self._by_key is None:
+            self._by_key = {(p.namespace, p.name): p for p in self.pods}
+        return self._by_key
+
     _by_namespace: dict[str, list[Any]] | None = None
 
     def in_namespace(self, namespace: str) -> list[Any]:
@@ -658,24 +668,37 @@ def build(sources: Sources) -> Built:
         out[by[("", "Node")]][("", n.name)] = node(n, sources)
     pods_res = by[("", "Pod")]
     owners = {(o.kind, o.namespace, o.name): (o.spec_hash, o.last_applied_revision) for o in sources.objects}
-    cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
     addresses = {n.name: n.address for n in sources.nodes}
-    pod_out = out[pods_res]
     previous = sources.pod_cache
-    for p in sources.pods:
-        key = (p.namespace, p.name)
+
+    def one(p: Any) -> dict[str, Any]:
         owner = (p.owner_kind, p.namespace, p.owner_name)
         # The row itself (a new object whenever the pod was read again), and what else it is built from.
         marker = (p, owners.get(owner), addresses.get(p.node or ""), sources.commit, sources.origins.get(owner))
+        key = (p.namespace, p.name)
         kept = previous.get(key)
-        if kept is not None and kept[0] == marker:
-            built = kept[1]
-        else:
-            built = pod(p, sources, _pod_template(manifests, p), nodes)
-        cache[key] = (marker, built)
-        pod_out[key] = built
-    sources.pod_cache.clear()
-    sources.pod_cache.update(cache)
+        built = kept[1] if kept is not None and kept[0] == marker else pod(p, sources, _pod_template(manifests, p),
+                                                                           nodes)
+        previous[key] = (marker, built)
+        return built
+
+    if sources.touched_pods is not None:
+        # Only pods moved since the last build: the others are the objects built then.
+        pod_out = out[pods_res] = dict(sources.previous_pods)
+        rows = sources.pod_index()
+        for key in sources.touched_pods:
+            row = rows.get(key)
+            if row is None:
+                pod_out.pop(key, None)
+                previous.pop(key, None)
+            else:
+                pod_out[key] = one(row)
+    else:
+        pod_out = out[pods_res]
+        for p in sources.pods:
+            pod_out[(p.namespace, p.name)] = one(p)
+        for key in set(previous) - set(pod_out):
+            del previous[key]
     for o in sources.objects:
         if o.kind in ("Cluster", "Node"):
             res = by[("gitorch.dev", o.kind)]

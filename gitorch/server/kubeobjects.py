@@ -54,6 +54,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "secrets", "Secret", True, (), "Secret"),
     Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), "PersistentVolumeClaim"),
     Resource("", "v1", "events", "Event", True, ("ev",)),
+    Resource("", "v1", "limitranges", "LimitRange", True, ("limits",), "LimitRange"),
+    Resource("", "v1", "resourcequotas", "ResourceQuota", True, ("quota",), "ResourceQuota"),
     Resource("apps", "v1", "deployments", "Deployment", True, ("deploy",), "Deployment"),
     Resource("apps", "v1", "replicasets", "ReplicaSet", True, ("rs",), "ReplicaSet"),
     Resource("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), "StatefulSet"),
@@ -61,6 +63,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("batch", "v1", "jobs", "Job", True, (), "Job"),
     Resource("batch", "v1", "cronjobs", "CronJob", True, ("cj",), "CronJob"),
     Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",), "NetworkPolicy"),
+    Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
     Resource("gitorch.dev", "v1", "clusters", "Cluster", False, (), "Cluster"),
     Resource("gitorch.dev", "v1", "nodes", "Node", False, ("gnode",), "Node"),
 )

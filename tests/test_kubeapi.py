@@ -4,6 +4,7 @@ module; a commit it picks up shows in watches."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -391,3 +392,63 @@ def test_nodes_and_logs_from_lab_nodes(lab: Any, tmp_path: Path) -> None:
         wait_until("the talker gone", lambda: c.get("/api/v1/namespaces/default/pods")["items"], timeout=60,
                    accept=lambda items: items == [])
         c.stop()
+
+
+# ---- an API server in this process, on a store filled directly ------------------------------------
+
+
+def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:
+    """Watches and followed logs are capped, bodies are never read, a short token is no token,
+    and the certificate made on first start names the listen address and is kept."""
+    token = "t" * 32
+    (tmp_path / "tokens").write_text(f"# comment\nshort,nobody\n{token},me\n")
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        store.upsert_pods(_pods(2))
+        settings = KubeApiSettings(tls_dir=tmp_path / "tls", token_file=tmp_path / "tokens", max_watches=1,
+                                   hosts=("api.example.test",))
+        server = KubeApiServer(store, None, "127.0.0.1", 0, settings).start()
+        try:
+            from gitorch.source.certificates import certificate_hosts
+
+            names = certificate_hosts((tmp_path / "tls/server.crt").read_bytes())
+            assert {"api.example.test", "localhost"} <= set(names)
+            assert all((tmp_path / "tls" / f).stat().st_mode & 0o077 == 0 for f in ("ca.key", "server.key"))
+            context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
+            host, port = server.http.address
+
+            def ask(path: str, method: str = "GET", who: str = token, body: bytes | None = None,
+                    ) -> tuple[int, dict[str, Any]]:
+                conn = http.client.HTTPSConnection(host, port, context=context, timeout=20)
+                headers = {"Authorization": f"Bearer {who}"}
+                if body is not None:
+                    headers["Content-Length"] = str(len(body))
+                conn.request(method, path, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                return resp.status, json.loads(data) if data.startswith(b"{") else {}
+
+            assert ask("/api/v1/pods", who="short")[0] == 401
+            code, listed = ask("/api/v1/pods")
+            assert code == 200 and len(listed["items"]) == 2
+            rv = listed["metadata"]["resourceVersion"]
+            watch = http.client.HTTPSConnection(host, port, context=context, timeout=20)
+            watch.request("GET", f"/api/v1/pods?watch=true&resourceVersion={rv}",
+                          headers={"Authorization": f"Bearer {token}"})
+            stream = watch.getresponse()
+            assert stream.status == 200
+            code, body = ask("/api/v1/pods?watch=true")
+            assert (code, body["reason"]) == (429, "TooManyRequests")  # the one watch allowed is open
+            store.upsert_pods(_pods(1, "Running"))
+            event = json.loads(stream.readline())
+            assert (event["type"], event["object"]["metadata"]["name"]) == ("MODIFIED", "p-0")
+            watch.close()
+            code, body = ask("/api/v1/namespaces/default/pods/p-0", "PUT", body=b"x" * (4 * 1024 * 1024))
+            assert code == 413  # refused before a byte of the body is read
+            code, body = ask("/api/v1/namespaces/default/pods", "DELETE")
+            assert code == 405 and "remove the pods from the files under" in body["message"]
+        finally:
+            server.close()
+        made = (tmp_path / "tls" / "server.crt").read_bytes()
+        KubeApiServer(store, None, "127.0.0.1", 0, settings).close()  # a second start keeps the certificate
+        assert (tmp_path / "tls" / "server.crt").read_bytes() == made

@@ -784,6 +784,10 @@ class KubeApi:
         elif r.kind in ("Event", "Endpoints") or (r.kind == "Node" and not r.group):
             message = f"gitorch: {r.plural} are made by gitorch from the desired state in Git ({repo}); they " \
                       "cannot be written"
+        elif target.name is None and method == "DELETE":
+            folder = self._folder(target.namespace or "")
+            message = (f"gitorch: the desired state lives in Git: remove the {r.plural} from the files under "
+                       f"{folder} in {repo} and push")
         else:
             folder = self._folder(target.namespace or "")
             message = (f"gitorch: the desired state lives in Git: add the {r.kind} to a file under {folder} in "

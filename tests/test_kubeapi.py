@@ -200,6 +200,9 @@ def test_lists_select_page_and_print_tables(cluster: Cluster) -> None:
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
     node = cluster.get("/apis/gitorch.dev/v1/clusters/demo")
     assert node["metadata"]["annotations"]["gitorch.dev/path"] == "cluster.yaml"
+    slices = cluster.get("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?labelSelector="
+                         "kubernetes.io%2Fservice-name%3Dweb")["items"]
+    assert [s["metadata"]["name"] for s in slices] == ["web-gitorch"] and slices[0]["addressType"] == "IPv4"
     rs = cluster.get("/apis/apps/v1/namespaces/shop/replicasets")["items"]
     assert rs and rs[0]["metadata"]["ownerReferences"][0]["name"] == "web"
 
@@ -368,6 +371,7 @@ def test_nodes_and_logs_from_lab_nodes(lab: Any, tmp_path: Path) -> None:
         pod = c.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dtalker")["items"][0]
         name = pod["metadata"]["name"]
         assert pod["status"]["podIP"] and pod["status"]["hostIP"] and pod["spec"]["nodeName"]
+        assert pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
         wait_until("some lines", lambda: c.kubectl("logs", name, "--tail=3").stdout.splitlines(), timeout=30,
                    accept=lambda lines: len(lines) == 3 and all(line.startswith("line ") for line in lines))
         stamped = c.kubectl("logs", name, "--tail=1", "--timestamps").stdout.split()

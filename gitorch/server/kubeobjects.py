@@ -62,6 +62,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("apps", "v1", "daemonsets", "DaemonSet", True, ("ds",), "DaemonSet"),
     Resource("batch", "v1", "jobs", "Job", True, (), "Job"),
     Resource("batch", "v1", "cronjobs", "CronJob", True, ("cj",), "CronJob"),
+    Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, ()),
     Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",), "NetworkPolicy"),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
     Resource("gitorch.dev", "v1", "clusters", "Cluster", False, (), "Cluster"),
@@ -625,6 +626,31 @@ def _endpoints(service: dict[str, Any], pods: list[Any], built_pods: Mapping[Key
             "subsets": [subset] if ready or not_ready else []}
 
 
+def endpoint_slice(endpoints: dict[str, Any]) -> dict[str, Any]:
+    """The EndpointSlice of a Service's Endpoints (one per Service: gitorch's are small)."""
+    meta = endpoints["metadata"]
+    name = meta["name"]
+    slice_meta = {**meta, "name": f"{name}-gitorch", "uid": uid("EndpointSlice", meta["namespace"], name),
+                  "labels": {**meta.get("labels", {}), "kubernetes.io/service-name": name,
+                             "endpointslice.kubernetes.io/managed-by": "gitorch.dev"},
+                  "ownerReferences": [_owner_ref("v1", "Service", meta["namespace"], name)]}
+    slice_meta.pop("resourceVersion", None)
+    found: list[dict[str, Any]] = []
+    ports: list[dict[str, Any]] = []
+    for subset in endpoints.get("subsets") or []:
+        ports = subset.get("ports") or ports
+        for ready, group in ((True, "addresses"), (False, "notReadyAddresses")):
+            for a in subset.get(group) or []:
+                entry: dict[str, Any] = {"addresses": [a["ip"]], "conditions": {
+                    "ready": ready, "serving": ready, "terminating": False}, "targetRef": a.get("targetRef")}
+                if a.get("nodeName"):
+                    entry["nodeName"] = a["nodeName"]
+                found.append(entry)
+    family = "IPv6" if any(":" in e["addresses"][0] for e in found) else "IPv4"
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": slice_meta,
+            "addressType": family, "endpoints": found, "ports": ports}
+
+
 _EVENT_API = {r.kind: r.group_version for r in RESOURCES if r.group != "gitorch.dev"}
 
 
@@ -719,6 +745,8 @@ def build(sources: Sources) -> Built:
             ep = _endpoints(svc, sources.pods, out[pods_res], sources)
             if ep is not None:
                 out[by[("", "Endpoints")]][key] = ep
+                eps = endpoint_slice(ep)
+                out[by[("discovery.k8s.io", "EndpointSlice")]][(o.namespace, eps["metadata"]["name"])] = eps
         elif o.kind in _OWNER_API:
             out[res][key] = _workload(res, o, sources, sources.pods)
             if o.kind == "Deployment":
@@ -895,6 +923,8 @@ def table_columns(resource: Resource) -> list[Column]:
                     ("Active", "integer", 0, ""), ("Last Schedule", "string", 0, ""), age,
                     ("Containers", "string", 1, ""), ("Images", "string", 1, "")],
         "NetworkPolicy": [name, ("Pod-Selector", "string", 0, ""), age],
+        "EndpointSlice": [name, ("AddressType", "string", 0, ""), ("Ports", "string", 0, ""),
+                          ("Endpoints", "string", 0, ""), age],
     }.get(kind, [name, age])
 
 
@@ -974,6 +1004,11 @@ def table_cells(resource: Resource, obj: Mapping[str, Any], now: datetime | None
         return [name, spec.get("schedule", ""), bool(spec.get("suspend", False)), 0,
                 _age(status.get("lastScheduleTime"), now) if status.get("lastScheduleTime") else "<none>", age,
                 containers, images]
+    if kind == "EndpointSlice":
+        addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
+        return [name, obj.get("addressType", ""), ",".join(str(p.get("port")) for p in obj.get("ports") or [])
+                or "<unset>", ",".join(addresses[:3]) + (f" + {len(addresses) - 3} more..." if len(addresses) > 3
+                                                         else "") or "<unset>", age]
     if kind == "NetworkPolicy":
         sel = (spec.get("podSelector") or {}).get("matchLabels") or {}
         return [name, ",".join(f"{k}={v}" for k, v in sel.items()) or "<none>", age]

@@ -70,6 +70,8 @@ RESOURCES: tuple[Resource, ...] = (
 )
 BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.plural): r for r in RESOURCES}
 VERBS = ["get", "list", "watch"]
+ALL = frozenset({"pods", "services", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs"})
+"""What `kubectl get all` lists (the `all` category)."""
 
 
 def group_versions() -> dict[str, list[str]]:
@@ -91,7 +93,8 @@ def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
     for r in found:
         resources.append({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
                           "kind": r.kind, "verbs": VERBS, **({"shortNames": list(r.short_names)}
-                                                             if r.short_names else {})})
+                                                             if r.short_names else {}),
+                          **({"categories": ["all"]} if r.plural in ALL and r.group != "gitorch.dev" else {})})
         if r.plural == "pods":
             resources.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
                               "verbs": ["get"]})
@@ -130,6 +133,8 @@ def aggregated_discovery(core: bool) -> dict[str, Any]:
                 }
                 if r.short_names:
                     entry["shortNames"] = list(r.short_names)
+                if r.plural in ALL and group != "gitorch.dev":
+                    entry["categories"] = ["all"]
                 if r.plural == "pods":
                     entry["subresources"] = [{"subresource": "log", "responseKind": {"group": "", "version": "v1",
                                                                                       "kind": "Pod"},
@@ -205,6 +210,17 @@ class Sources:
     previous_pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _by_key: dict[tuple[str, str], Any] | None = None
     _by_owner: dict[tuple[str, str, str], list[Any]] | None = None
+
+    _first_events: dict[tuple[str, str, str], datetime] | None = None
+
+    def first_event(self, kind: str, namespace: str, name: str) -> datetime | None:
+        if self._first_events is None:
+            self._first_events = {}
+            for e in self.events:
+                key = (e.kind, e.namespace, e.name)
+                if key not in self._first_events or e.first_time < self._first_events[key]:
+                    self._first_events[key] = e.first_time
+        return self._first_events.get((kind, namespace, name))
 
     def pod_index(self) -> dict[tuple[str, str], Any]:
         if self._by_key is None:
@@ -309,7 +325,7 @@ def _from_manifest(resource: Resource, record: Any, sources: Sources) -> dict[st
     obj: dict[str, Any] = {
         "apiVersion": resource.group_version, "kind": resource.kind,
         "metadata": _meta(resource.kind if resource.group != "gitorch.dev" else "gitorch." + resource.kind,
-                          record.namespace, record.name, sources, created=_created(record),
+                          record.namespace, record.name, sources, created=_created(record, sources),
                           labels=meta.get("labels"), annotations=meta.get("annotations"),
                           origin_of=(record.kind, record.namespace, record.name), generation=record.generation),
     }
@@ -319,11 +335,14 @@ def _from_manifest(resource: Resource, record: Any, sources: Sources) -> dict[st
     return obj
 
 
-def _created(record: Any) -> datetime | None:
+def _created(record: Any, sources: Sources) -> datetime | None:
+    """The store keeps no creation time: the first revision's, else the object's first event,
+    else its last change."""
     history = (record.body or {}).get("history") or []
     if history and isinstance(history[0], dict) and history[0].get("since"):
         return datetime.fromtimestamp(float(history[0]["since"]), tz=UTC)
-    return record.updated_at
+    first = sources.first_event(record.kind, record.namespace, record.name)
+    return min(first, record.updated_at) if first is not None and record.updated_at is not None else record.updated_at
 
 
 def _secret(resource: Resource, record: Any, sources: Sources) -> dict[str, Any]:
@@ -341,6 +360,11 @@ def _secret(resource: Resource, record: Any, sources: Sources) -> dict[str, Any]
 def _workload(resource: Resource, record: Any, sources: Sources, pods: list[Any]) -> dict[str, Any]:
     obj = _from_manifest(resource, record, sources)
     spec = _d(obj.get("spec"))
+    template = _d(spec.get("template"))
+    if isinstance(template.get("spec"), dict):  # a copy: the stored manifest stays as it was
+        pod_spec = dict(template["spec"])
+        pod_spec["containers"] = [_container(c) for c in pod_spec.get("containers") or [] if isinstance(c, dict)]
+        spec = obj["spec"] = {**spec, "template": {**template, "spec": pod_spec}}
     mine = sources.owned(record.kind, record.namespace, record.name)
     current = str(((record.body or {}).get("rollout") or {}).get("revision") or "")
     ready = sum(1 for p in mine if p.ready)
@@ -620,8 +644,10 @@ def _endpoints(service: dict[str, Any], pods: list[Any], built_pods: Mapping[Key
         subset["addresses"] = ready
     if not_ready:
         subset["notReadyAddresses"] = not_ready
-    meta = _meta("Endpoints", ns, name, sources, created=None, labels=service["metadata"].get("labels"),
+    meta = _meta("Endpoints", ns, name, sources, labels=service["metadata"].get("labels"),
                  origin_of=("Service", ns, name))
+    if service["metadata"].get("creationTimestamp"):
+        meta["creationTimestamp"] = service["metadata"]["creationTimestamp"]
     return {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta,
             "subsets": [subset] if ready or not_ready else []}
 

@@ -17,6 +17,7 @@ import binascii
 import builtins
 import collections
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -197,6 +198,7 @@ class Feed:
         self._pod_cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         self._pod_rows: dict[tuple[str, str], Any] = {}
         self._touched: set[tuple[str, str]] = set()
+        self._sources: ko.Sources | None = None  # what the last build read
         self._encoded: dict[tuple[int, str], tuple[dict[str, Any], bytes]] = {}
         self._pods_read: datetime | None = None  # the latest `updated_at` read
 
@@ -254,18 +256,16 @@ class Feed:
             commit=commit, origins=origins, pod_cache=self._pod_cache,
         )
 
-    def _pods(self) -> tuple[list[Any], set[tuple[str, str]]]:
-        """Every pod, reading again only those written lately (and the keys, for deletions);
-        and the keys of the pods that changed or went."""
+    def _pods(self, count: int | None = None) -> tuple[list[Any], set[tuple[str, str]]]:
+        """Every pod, reading again only those written lately, and the keys of the pods that
+        changed or went. `count`: how many pods the store holds now; when it is what was read
+        and no pod is new, none went either, and the keys are not read."""
         rows = self._pod_rows
         if self._pods_read is None:
             changed = self.store.pods(spec=False)
         else:
             changed = self.store.pods_updated_since(self._pods_read - PODS_REREAD)
-        keys = self.store.pod_keys()
-        touched = set(rows) - keys
-        for gone in touched:
-            del rows[gone]
+        touched: set[tuple[str, str]] = set()
         for p in changed:  # plain values: a row's attributes are read many times per build
             values = vars(p)  # model_construct rows: their fields, without the ORM's descriptors
             new = types.SimpleNamespace(**{k: values.get(k) for k in POD_FIELDS})
@@ -273,6 +273,11 @@ class Feed:
             if rows.get(key) != new:
                 rows[key] = new
                 touched.add(key)
+        if count is None or count != len(rows):
+            keys = self.store.pod_keys()
+            for gone in set(rows) - keys:
+                del rows[gone]
+                touched.add(gone)
         if changed:
             latest = max(vars(p)["updated_at"] for p in changed)
             self._pods_read = latest if self._pods_read is None else max(self._pods_read, latest)
@@ -286,14 +291,23 @@ class Feed:
             if not force and marks == self._marks:
                 return False
             first = self._marks is None
-            sources = self.sources()
-            # Only pods moved (a status change: the common case): the other pods stay as built.
+            # Only pods moved (a status change: the common case): the rest of the store is not
+            # read again, and the other pods and the events stay as built.
             only_pods = not force and not first and marks[POD_MARKS:] == self._marks[POD_MARKS:]  # type: ignore[index]
             pods_res = ko.BY_PATH[("", "v1", "pods")]
-            if only_pods:
-                sources.touched_pods = self._touched
-                sources.previous_pods = self.objects[pods_res]
+            events_res = ko.BY_PATH[("", "v1", "events")]
+            if only_pods and self._sources is not None:
+                pods, self._touched = self._pods(int(marks[0]))
+                sources = dataclasses.replace(self._sources, pods=pods, touched_pods=self._touched,
+                                              previous_pods=self.objects[pods_res])
+                sources.reset()
+            else:
+                only_pods = False
+                sources = self.sources()
             built = ko.build(sources)
+            if only_pods:
+                built[events_res] = self.objects[events_res]
+            self._sources = dataclasses.replace(sources, touched_pods=None, previous_pods={})
             rv = self._next_rv()
             self._marks = marks
             changes: list[Change] = []

@@ -222,6 +222,10 @@ class Sources:
                     self._first_events[key] = e.first_time
         return self._first_events.get((kind, namespace, name))
 
+    def reset(self) -> None:
+        """Forget the indexes built from the pods and events (after they were replaced)."""
+        self._by_key = self._by_owner = self._by_namespace = self._first_events = None
+
     def pod_index(self) -> dict[tuple[str, str], Any]:
         if self._by_key is None:
             self._by_key = {(p.namespace, p.name): p for p in self.pods}
@@ -803,7 +807,7 @@ def build(sources: Sources) -> Built:
         out[jobs][(p.namespace, p.owner_name)] = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
                                                   "spec": _d(template.get("spec")), "status": status}
     ev_res = by[("", "Event")]
-    for e in sources.events:
+    for e in sources.events if sources.touched_pods is None else ():  # only pods moved: events did not
         built = event(e, sources)
         out[ev_res][(built["metadata"]["namespace"], built["metadata"]["name"])] = built
     return out

@@ -9,6 +9,7 @@ The only module that imports uvicorn and starlette."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
@@ -198,17 +199,25 @@ def _route(endpoint: Endpoint, limits: Limits) -> Route:
 
 
 async def _chained(first: bytes | str, rest: AsyncIterator[bytes] | Iterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first.encode() if isinstance(first, str) else first
-    if isinstance(rest, Iterator):
-        while True:
-            chunk = await run_in_threadpool(next, rest, None)
-            if chunk is None:
-                return
-            yield chunk
-    else:
-        async for chunk in rest:
-            yield chunk
+    try:
+        if first:
+            yield first.encode() if isinstance(first, str) else first
+        if isinstance(rest, Iterator):
+            while True:
+                chunk = await run_in_threadpool(next, rest, None)
+                if chunk is None:
+                    return
+                yield chunk
+        else:
+            async for chunk in rest:
+                yield chunk
+    finally:  # the client went, or the stream ended: let it free what it holds
+        close = getattr(rest, "aclose", None) or getattr(rest, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                done = close()
+                if inspect.isawaitable(done):
+                    await done
 
 
 class _CloseUnread:

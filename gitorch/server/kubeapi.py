@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import types
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -199,6 +200,8 @@ class Feed:
         self._pod_rows: dict[tuple[str, str], Any] = {}
         self._touched: set[tuple[str, str]] = set()
         self._sources: ko.Sources | None = None  # what the last build read
+        self.listeners: set[Callable[[], None]] = set()
+        """Called after each change (the open watches)."""
         self._encoded: dict[tuple[int, str], tuple[dict[str, Any], bytes]] = {}
         self._pods_read: datetime | None = None  # the latest `updated_at` read
 
@@ -350,7 +353,10 @@ class Feed:
             self.ring.extend(changes)
             while len(self.ring) > self.settings.ring:
                 self.floor = self.ring.popleft().rv
-            return True
+        for listener in list(self.listeners):  # the watches: outside the lock, they only schedule
+            with contextlib.suppress(RuntimeError):  # a loop that closed meanwhile
+                listener()
+        return True
 
     def encoded(self, obj: dict[str, Any], form: str, resource: ko.Resource | None = None) -> bytes:
         """An object as JSON (`form` ""), as PartialObjectMetadata ("meta") or its table cells
@@ -377,7 +383,7 @@ class Feed:
         if time.monotonic() - self._checked > self.settings.poll:
             self.refresh()
 
-    def since(self, rv: int, limit: int = 10_000) -> list[Change]:
+    def since(self, rv: int, limit: int | None = None) -> list[Change]:
         """The changes after `rv` (oldest first); raises Gone when they are no longer kept."""
         with self._lock:
             if rv < self.floor:
@@ -694,6 +700,13 @@ class KubeApi:
 
         async def events() -> AsyncIterator[bytes]:
             nonlocal cursor
+            loop = asyncio.get_running_loop()
+            woken = asyncio.Event()
+
+            def wake() -> None:  # from the feed's thread, after each change
+                loop.call_soon_threadsafe(woken.set)
+
+            self.feed.listeners.add(wake)
             try:
                 for c in initial:
                     yield frame("ADDED", c.obj)
@@ -724,12 +737,24 @@ class KubeApi:
                         cursor = max(cursor, self.feed.rv)
                         yield frame("BOOKMARK", {"kind": resource.kind, "apiVersion": resource.group_version,
                                                  "metadata": {"resourceVersion": str(cursor)}})
-                    await asyncio.sleep(min(self.settings.poll / 2, 0.05))
+                    woken.clear()
+                    if self.feed.rv <= cursor:  # nothing new since the loop looked: wait for the feed
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woken.wait(), 1.0)
             finally:
+                self.feed.listeners.discard(wake)
+                release()
+
+        released = threading.Lock()
+
+        def release() -> None:  # once: from the stream's end, or when a stream never started is collected
+            if released.acquire(blocking=False):
                 self._streams.release()
 
+        stream = events()
+        weakref.finalize(stream, release)
         content = "application/json;as=Table;v=v1;g=meta.k8s.io" if as_table else JSON
-        return Reply(200, b"", content, stream=events())
+        return Reply(200, b"", content, stream=stream)
 
     # ---- subresources: logs, and what gitorch does not offer ----
 
@@ -885,13 +910,18 @@ class LogFollow(Iterator[bytes]):
 
     def __init__(self, state: DesiredState, settings: KubeApiSettings, node: str, payload: dict[str, Any],
                  stamps: bool, done: Callable[[], None]) -> None:
+        self._done: Callable[[], None] | None = None
         self._fleet = _client(state, settings, node)
-        client = self._fleet.clients[node]
-        self._stream = client.conn.open_stream(client._launcher("logs"))
-        self._stream.write(json.dumps({**payload, "follow": True}).encode() + b"\n")
+        try:
+            client = self._fleet.clients[node]
+            self._stream = client.conn.open_stream(client._launcher("logs"))
+            self._stream.write(json.dumps({**payload, "follow": True}).encode() + b"\n")
+        except BaseException:
+            self._fleet.close()
+            raise
         self._deadline = time.monotonic() + settings.max_watch_seconds
         self._stamps = stamps
-        self._done: Callable[[], None] | None = done
+        self._done = done
         self._closed = False
 
     def __next__(self) -> bytes:
@@ -908,10 +938,14 @@ class LogFollow(Iterator[bytes]):
         self.close()
         raise StopIteration
 
+    def __del__(self) -> None:  # a stream never started: its slot and SSH connection are freed
+        self.close()
+
     def close(self) -> None:
         self._closed = True
-        if self._done is not None:
-            done, self._done = self._done, None
+        done: Callable[[], None] | None = getattr(self, "_done", None)  # None: __init__ failed before
+        if done is not None:
+            self._done = None
             done()
             with contextlib.suppress(Exception):
                 self._fleet.close()

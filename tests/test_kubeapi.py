@@ -446,7 +446,17 @@ def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:
             store.upsert_pods(_pods(1, "Running"))
             event = json.loads(stream.readline())
             assert (event["type"], event["object"]["metadata"]["name"]) == ("MODIFIED", "p-0")
-            watch.close()
+            watch.close()  # the client goes: its slot is free again
+
+            def another() -> int:
+                again = http.client.HTTPSConnection(host, port, context=context, timeout=20)
+                again.request("GET", "/api/v1/pods?watch=true&timeoutSeconds=1",
+                              headers={"Authorization": f"Bearer {token}"})
+                code = again.getresponse().status
+                again.close()
+                return code
+
+            wait_until("the watch's slot freed", another, timeout=30, accept=lambda code: code == 200)
             code, body = ask("/api/v1/namespaces/default/pods/p-0", "PUT", body=b"x" * (4 * 1024 * 1024))
             assert code == 413  # refused before a byte of the body is read
             code, body = ask("/api/v1/namespaces/default/pods", "DELETE")

@@ -466,3 +466,15 @@ def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:
         made = (tmp_path / "tls" / "server.crt").read_bytes()
         KubeApiServer(store, None, "127.0.0.1", 0, settings).close()  # a second start keeps the certificate
         assert (tmp_path / "tls" / "server.crt").read_bytes() == made
+
+
+def test_cli_errors_name_the_fix(tmp_path: Path) -> None:
+    env = {**os.environ, "GITORCH_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run([sys.executable, "-m", "gitorch", "kubeconfig"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "gitorch serve --kube-api-listen HOST:PORT" in out.stderr
+    assert "Traceback" not in out.stderr
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("empty", {"README.md": "nothing\n"})
+    out = subprocess.run([sys.executable, "-m", "gitorch", "serve", "--repo", str(repo.path), "--kube-api-listen",
+                          "6443"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--kube-api-listen '6443': expected HOST:PORT" in out.stderr, out.stderr

@@ -140,6 +140,7 @@ def test_kubectl_reads_the_cluster(cluster: Cluster) -> None:
     described = cluster.kubectl("describe", "pod", "-n", "shop", "kv-0").stdout
     assert "Controlled By:  StatefulSet/kv" in described
     assert "gitorch.dev/path: apps/shop/kv.yaml" in described
+    assert "FailedScheduling" in described.split("Events:")[1], described  # recorded on the StatefulSet
     secret = cluster.kubectl("get", "secret", "-n", "shop", "web-secrets", "-o", "yaml").stdout
     assert "gitorch.dev/data-keys: api-token" in secret
     assert not any(line.startswith(("data:", "stringData:")) for line in secret.splitlines()), secret

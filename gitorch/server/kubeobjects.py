@@ -688,11 +688,16 @@ def event(record: Any, sources: Sources) -> dict[str, Any]:
     ns = record.namespace or "default"
     name = f"{record.name}.{record.id:x}"
     meta = _meta("Event", ns, name, sources, created=record.first_time)
-    kind = record.kind
+    kind, about = record.kind, record.name
+    # gitorch records a pod's events on its owner, the message starting with the pod's name;
+    # Kubernetes records them on the pod, where `kubectl describe pod` looks for them.
+    pod_name, sep, _ = str(record.message).partition(": ")
+    if sep and record.namespace and (record.namespace, pod_name) in sources.pod_index():
+        kind, about = "Pod", pod_name
     return {
         "apiVersion": "v1", "kind": "Event", "metadata": meta,
-        "involvedObject": {"kind": kind, "namespace": record.namespace, "name": record.name,
-                           "uid": uid(kind, record.namespace, record.name),
+        "involvedObject": {"kind": kind, "namespace": record.namespace, "name": about,
+                           "uid": uid(kind, record.namespace, about),
                            "apiVersion": _EVENT_API.get(kind, "gitorch.dev/v1")},
         "reason": record.reason, "message": record.message, "type": record.type, "count": record.count,
         "firstTimestamp": _ts(record.first_time), "lastTimestamp": _ts(record.last_time),

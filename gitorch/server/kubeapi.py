@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 KUBE_VERSION = (1, 31)  # the API version the objects follow (kubectl warns past one minor of skew)
 JSON = "application/json"
-TABLE_KINDS = ("as=Table",)
 EVENTS_SERVED = 1000  # the newest events only: the store keeps more, a list need not
 MAX_LIMIT = 100_000
 # Pods written this long before the latest one read are read again: a pass stamps its pods

@@ -65,8 +65,9 @@ class Reply:
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
     stream: AsyncIterator[bytes] | Iterator[bytes] | None = None
-    """Sent after `body`, chunk by chunk, until it ends (a watch, a followed log): a plain
-    iterator runs in the bounded worker pool, so long streams should be async."""
+    """Sent after `body`, chunk by chunk as it yields (a watch, Server-Sent Events, logs that
+    follow); cancelled (and closed) when the client goes away, so it must bound its own
+    lifetime. A plain iterator runs in the bounded worker pool: long streams should be async."""
 
 
 class Refused(Exception):
@@ -101,14 +102,23 @@ class Incoming:
         return self._request.headers
 
     @property
-    def params(self) -> Mapping[str, str]:
-        """The parts of the path its endpoint's pattern names (`/api/{rest:path}`)."""
-        return self._request.path_params
-
-    @property
     def query(self) -> Mapping[str, str]:
         """The query string's parameters (the last value of a repeated one)."""
         return self._request.query_params
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The path's parameters (`/pods/{name}`)."""
+        return self._request.path_params
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        return self._request.cookies
+
+    @property
+    def client(self) -> str:
+        """The peer's address (empty when unknown)."""
+        return self._request.client.host if self._request.client else ""
 
     async def body(self) -> bytes:
         """The whole body; `Refused` with 413 past the cap, 408 past the deadline."""

@@ -54,7 +54,6 @@ MAX_LIMIT = 100_000
 # Pods written this long before the latest one read are read again: a pass stamps its pods
 # with its start time, and may commit after a reader saw a later stamp (passes take < 10 s).
 PODS_REREAD = timedelta(seconds=10)
-POD_MARKS = 2  # the store's change marks start with the pods' (count, latest write)
 POD_FIELDS = tuple(f for f in PodRecord.model_fields if f != "spec")
 
 
@@ -182,7 +181,7 @@ class Feed:
         self.repo = repo
         self.settings = settings
         self._lock = threading.Lock()
-        self._marks: tuple[Any, ...] | None = None
+        self._marks: dict[str, tuple[Any, ...]] | None = None
         self._checked = 0.0
         self.rv = 0
         self.objects: ko.Built = {r: {} for r in ko.RESOURCES}
@@ -288,18 +287,19 @@ class Feed:
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild if the store moved since the last look; True when it did."""
         with self._lock:
-            marks = self.store.change_marks()
+            marks = self.store.marks()
             self._checked = time.monotonic()
             if not force and marks == self._marks:
                 return False
             first = self._marks is None
             # Only pods moved (a status change: the common case): the rest of the store is not
             # read again, and the other pods and the events stay as built.
-            only_pods = not force and not first and marks[POD_MARKS:] == self._marks[POD_MARKS:]  # type: ignore[index]
+            only_pods = not force and self._marks is not None and all(
+                marks[k] == self._marks.get(k) for k in marks if k not in ("pods", "drift"))
             pods_res = ko.BY_PATH[("", "v1", "pods")]
             events_res = ko.BY_PATH[("", "v1", "events")]
             if only_pods and self._sources is not None:
-                pods, self._touched = self._pods(int(marks[0]))
+                pods, self._touched = self._pods(int(marks["pods"][0]))
                 sources = dataclasses.replace(self._sources, pods=pods, touched_pods=self._touched,
                                               previous_pods=self.objects[pods_res])
                 sources.reset()

@@ -44,6 +44,7 @@ from sqlalchemy import (
     or_,
     update,
 )
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -64,7 +65,8 @@ Outcome = Literal["applied", "failed", "invalid", "pending"]
 Sync = Literal["Synced", "OutOfSync"]
 Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"]
 ConditionType = Literal[
-    "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed"
+    "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed",
+    "DisruptionAllowed",
 ]
 ConditionStatus = Literal["True", "False", "Unknown"]
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
@@ -919,36 +921,6 @@ class Store:
         with self._session(write=False) as s:
             return [PodRecord.model_construct(**row._mapping, spec={}) for row in s.connection().execute(query)]
 
-    def change_marks(self) -> tuple[Any, ...]:
-        """A cheap summary that changes whenever what the read-only API serves may have changed:
-        counts and latest timestamps of pods, objects, events, nodes and allocations, and the
-        last applied revision (read by `server/kubeapi.py` many times a second)."""
-        tables = [
-            (_table(PodRecord), "updated_at"),
-            (_table(ObjectRecord), "updated_at"),
-            (_table(Event), "last_time"),
-            (_table(NodeRecord), "last_heartbeat"),
-            (_table(ClusterIPAllocation), "allocated_at"),
-            (_table(NodePortAllocation), "allocated_at"),
-            (_table(LoadBalancerAllocation), "allocated_at"),
-        ]
-        marks: list[Any] = []
-        with self._session(write=False) as s:
-            conn = s.connection()
-            for table, stamp in tables:
-                marks.extend(conn.execute(select(func.count(), func.max(table.c[stamp]))).one())
-            ev = _table(Event)
-            marks.extend(conn.execute(select(func.max(ev.c.id), func.sum(ev.c.count))).one())
-            nodes = _table(NodeRecord)
-            marks.extend(conn.execute(select(nodes.c.name, nodes.c.ready, nodes.c.address, nodes.c.agent_version)
-                                      .order_by(nodes.c.name)).all())
-            lb = _table(LoadBalancerAllocation)
-            marks.extend(conn.execute(select(lb.c.ip, lb.c.node).order_by(lb.c.ip)).all())
-            rev = _table(Revision)
-            marks.append(conn.execute(select(rev.c.commit).where(rev.c.outcome == "applied")
-                                      .order_by(rev.c.applied_at.desc()).limit(1)).scalar())
-        return tuple(marks)
-
     # ---- nodes ----
 
     def upsert_node(self, name: str, *, now: datetime | None = None, **fields: Any) -> NodeRecord:
@@ -1146,10 +1118,18 @@ class Store:
         object: tuple[str, str, str] | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        *,
+        revision: str | None = None,
+        namespace: str | None = None,
     ) -> list[Event]:
-        """Events oldest first (the newest `limit` of them), of an object (kind, ns, name)."""
+        """Events oldest first (the newest `limit` of them), of an object (kind, ns, name), of
+        the pass that applied `revision`, of a namespace."""
         with self._session(write=False) as s:
             query = select(Event)
+            if revision is not None:
+                query = query.where(Event.revision == revision)
+            if namespace is not None:
+                query = query.where(Event.namespace == namespace)
             if object is not None:
                 kind, namespace, name = object
                 query = query.where(
@@ -1393,6 +1373,34 @@ class Store:
                 query = query.where(col(DriftReport.started_at) >= _utc(since))
             query = query.order_by(col(DriftReport.started_at).desc(), col(DriftReport.id).desc())
             return list(s.exec(query.limit(limit)).all())
+
+    # ---- change marks ----
+
+    def marks(self) -> dict[str, tuple[Any, ...]]:
+        """A cheap fingerprint per kind of record (pods, objects, nodes, events, revisions, drift,
+        allocations): it changes when a row of that kind is added, removed or updated, so a
+        watcher (the dashboard's live updates, the Kubernetes API's feed) polls with a few
+        aggregate queries instead of reading rows."""
+        columns: dict[str, tuple[Any, ...]] = {
+            "pods": (func.count(), func.max(PodRecord.updated_at)),
+            "objects": (func.count(), func.max(ObjectRecord.updated_at)),
+            "nodes": (func.count(), func.max(NodeRecord.last_heartbeat),
+                      func.sum(case((col(NodeRecord.ready), 1), else_=0))),
+            "events": (func.count(), func.max(Event.id), func.max(Event.last_time)),
+            "revisions": (func.count(), func.max(Revision.first_seen_at), func.max(Revision.applied_at),
+                          func.count(func.nullif(Revision.outcome, "pending"))),
+            "drift": (func.count(), func.max(DriftReport.id), func.max(DriftReport.finished_at)),
+            # Cluster IPs, node ports and load-balancer addresses (and which node announces one).
+            "allocations": tuple(sa_select(f).scalar_subquery() for f in (
+                func.count(col(ClusterIPAllocation.ip)), func.max(ClusterIPAllocation.allocated_at),
+                func.count(col(NodePortAllocation.port)), func.max(NodePortAllocation.allocated_at),
+                func.count(col(LoadBalancerAllocation.ip)), func.max(LoadBalancerAllocation.allocated_at),
+                func.min(LoadBalancerAllocation.node), func.max(LoadBalancerAllocation.node),
+            )),
+        }
+        with self._session(write=False) as s:
+            conn = s.connection()
+            return {name: tuple(conn.execute(sa_select(*cols)).one()) for name, cols in columns.items()}
 
     # ---- notification state ----
 

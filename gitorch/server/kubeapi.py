@@ -539,6 +539,9 @@ class KubeApi:
             return status(400, "BadRequest", str(exc))
         except Gone as exc:
             return status(410, "Expired", str(exc))
+        except Exception as exc:  # a bug or the store gone: a Status clients understand, the trace in the log
+            log.error(f"Kubernetes API: {request.method} {path} failed: {exc}", exc_info=True)
+            return status(500, "InternalError", f"gitorch: {type(exc).__name__} while answering {path}")
 
     # ---- discovery ----
 

@@ -137,6 +137,8 @@ def test_kubectl_reads_the_cluster(cluster: Cluster) -> None:
     for name in ("deployment.apps/web", "statefulset.apps/kv", "daemonset.apps/node-exporter", "service/web",
                  "configmap/web-config"):
         assert name in listed, listed
+    explained = cluster.kubectl("explain", "deployment.spec.replicas").stdout  # gitorch's own schemas
+    assert "How many pods to run." in explained, explained
     described = cluster.kubectl("describe", "pod", "-n", "shop", "kv-0").stdout
     assert "Controlled By:  StatefulSet/kv" in described
     assert "gitorch.dev/path: apps/shop/kv.yaml" in described

@@ -18,6 +18,7 @@ import builtins
 import collections
 import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -510,7 +511,7 @@ class KubeApi:
         if path.startswith("/openapi/v3"):
             # Schemas that accept any object: kubectl's client-side validation passes, so a write
             # reaches refuse_write and its message names the Git file.
-            found = ko.openapi_v3(path.removeprefix("/openapi/v3").strip("/"))
+            found = ko.openapi_v3(path.removeprefix("/openapi/v3").strip("/"), _schemas())
             if found is not None:
                 return _json(found)
         if path.startswith("/openapi"):
@@ -863,6 +864,20 @@ class KubeApi:
             if paths:
                 return paths[0].rpartition("/")[0] + "/" if "/" in paths[0] else "./"
         return f"apps/{namespace or 'default'}/"
+
+
+@functools.cache
+def _schemas() -> dict[str, Any]:
+    """Each kind's JSON Schema (the ones validation uses), and "defs" the shared definitions."""
+    from gitorch.model.objects import KINDS
+    from gitorch.source.validation import SCHEMA_DIR
+
+    out: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        out["defs"] = json.loads((SCHEMA_DIR / "defs.json").read_text()).get("$defs", {})
+        for kind, info in KINDS.items():
+            out[kind] = json.loads((SCHEMA_DIR / info.schema).read_text())
+    return out
 
 
 class _BadRequest(Exception):

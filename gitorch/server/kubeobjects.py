@@ -145,22 +145,55 @@ def aggregated_discovery(core: bool) -> dict[str, Any]:
     return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}
 
 
-def openapi_v3(group_version_path: str) -> dict[str, Any] | None:
-    """`/openapi/v3` (its index) and `/openapi/v3/api/v1`, `/openapi/v3/apis/G/V`: a schema per kind
-    that accepts any object (for clients that validate before they write)."""
+DEFS = "dev.gitorch.defs."  # the shared definitions (schemas/defs.json) as OpenAPI components
+
+
+def _openapi_schema(node: Any) -> Any:
+    """A JSON Schema (2020-12, as gitorch validates with) as an OpenAPI 3.0 schema for
+    `kubectl explain`: references to defs.json's definitions made component references,
+    `const` an enum of one, keywords OpenAPI 3.0 lacks dropped."""
+    if isinstance(node, list):
+        return [_openapi_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("$schema", "$id", "$defs", "if", "then", "else", "not", "title"):
+            continue
+        if key == "$ref" and isinstance(value, str):
+            out[key] = "#/components/schemas/" + DEFS + value.rpartition("/")[2]
+        elif key == "const":
+            out["enum"] = [value]
+        elif key == "properties" and isinstance(value, dict):
+            out[key] = {k: _openapi_schema(v) for k, v in value.items()}
+        else:
+            out[key] = _openapi_schema(value)
+    return out
+
+
+def openapi_v3(group_version_path: str, schemas: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """`/openapi/v3` (its index) and `/openapi/v3/api/v1`, `/openapi/v3/apis/G/V`: each kind's
+    schema from `schemas` (kind -> JSON Schema, with "defs" the shared definitions), enough for
+    `kubectl explain`; a kind without one accepts any object (for clients that validate first)."""
     paths = {("api/" + v if not g else f"apis/{g}/{v}"): (g, v) for g, vs in group_versions().items() for v in vs}
     if not group_version_path:
         return {"paths": {p: {"serverRelativeURL": f"/openapi/v3/{p}"} for p in paths}}
     if group_version_path not in paths:
         return None
     group, version = paths[group_version_path]
-    schemas = {
-        f"dev.gitorch.{group or 'core'}.{version}.{r.kind}": {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-            "x-kubernetes-group-version-kind": [{"group": group, "version": version, "kind": r.kind}],
-        }
-        for r in RESOURCES if (r.group, r.version) == (group, version)
-    }
+    given = schemas or {}
+    components: dict[str, Any] = {DEFS + k: _openapi_schema(v) for k, v in _d(given.get("defs")).items()}
+    for r in RESOURCES:
+        if (r.group, r.version) != (group, version):
+            continue
+        kind_of: dict[str, Any] = {
+            "x-kubernetes-group-version-kind": [{"group": group, "version": version, "kind": r.kind}]}
+        known = given.get(r.store_kind or ("Pod" if r.kind == "Pod" else ""))  # built kinds (Event...): none
+        name = f"dev.gitorch.{group or 'core'}.{version}.{r.kind}"
+        if known:
+            components[name] = {**_openapi_schema(known), **kind_of}
+        else:
+            components[name] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True, **kind_of}
     operations: dict[str, Any] = {}
     for r in RESOURCES:
         if (r.group, r.version) != (group, version):
@@ -174,7 +207,7 @@ def openapi_v3(group_version_path: str) -> dict[str, Any] | None:
         operations[base + "/{name}"] = {m: {**op, "x-kubernetes-action": a} for m, a in
                                         (("get", "get"), ("put", "put"), ("patch", "patch"), ("delete", "delete"))}
     return {"openapi": "3.0.0", "info": {"title": "gitorch", "version": version}, "paths": operations,
-            "components": {"schemas": schemas}}
+            "components": {"schemas": components}}
 
 
 # ---- building objects from the store ----------------------------------------------------------

@@ -137,6 +137,9 @@ def test_kubectl_reads_the_cluster(cluster: Cluster) -> None:
     for name in ("deployment.apps/web", "statefulset.apps/kv", "daemonset.apps/node-exporter", "service/web",
                  "configmap/web-config"):
         assert name in listed, listed
+    assert cluster.kubectl("auth", "can-i", "list", "pods", "-A").stdout.strip() == "yes"
+    denied = cluster.kubectl("auth", "can-i", "delete", "deployments", "-n", "shop", check=False)
+    assert denied.stdout.strip() == "no - gitorch's API is read-only" and denied.returncode == 1
     explained = cluster.kubectl("explain", "deployment.spec.replicas").stdout  # gitorch's own schemas
     assert "How many pods to run." in explained, explained
     described = cluster.kubectl("describe", "pod", "-n", "shop", "kv-0").stdout

@@ -468,7 +468,9 @@ class KubeApi:
     def endpoints(self) -> list[Endpoint]:
         methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
         handler = self.handle
-        return [Endpoint(p, handler, methods, max_body=3 * 1024 * 1024) for p in (
+        review = Endpoint("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self.review, ("POST",),
+                          max_body=64 * 1024)
+        return [review] + [Endpoint(p, handler, methods, max_body=3 * 1024 * 1024) for p in (
             "/version", "/api", "/apis", "/api/{rest:path}", "/apis/{rest:path}", "/openapi/{rest:path}",
             "/livez", "/readyz")]
 
@@ -543,6 +545,24 @@ class KubeApi:
         except Exception as exc:  # a bug or the store gone: a Status clients understand, the trace in the log
             log.error(f"Kubernetes API: {request.method} {path} failed: {exc}", exc_info=True)
             return status(500, "InternalError", f"gitorch: {type(exc).__name__} while answering {path}")
+
+    async def review(self, request: Incoming) -> Reply:
+        """`kubectl auth can-i` and cluster viewers ask what they may do: read, never write."""
+        if self._user(request) is None:
+            return status(401, "Unauthorized", "Unauthorized: a bearer token from the token file is needed")
+        try:
+            asked = json.loads(await request.body())
+            attrs = asked.get("spec", {}).get("resourceAttributes") or asked.get("spec", {}).get(
+                "nonResourceAttributes") or {}
+            verb = str(attrs.get("verb", ""))
+        except (ValueError, AttributeError):
+            return status(400, "BadRequest", "expected a SelfSubjectAccessReview")
+        sub = str(attrs.get("subresource", ""))
+        allowed = verb in ("get", "list", "watch") and sub in ("", "log", "status", "scale")
+        reason = "gitorch's API is read-only" if not allowed else "every token reads everything"
+        return _json({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                      "metadata": {}, "spec": asked.get("spec", {}),
+                      "status": {"allowed": allowed, "denied": not allowed, "reason": reason}})
 
     # ---- discovery ----
 

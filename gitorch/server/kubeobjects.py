@@ -34,6 +34,7 @@ class Resource:
     short_names: tuple[str, ...] = ()
     store_kind: str = ""
     """The gitorch kind its objects come from (when it is a stored desired object)."""
+    verbs: tuple[str, ...] = ("get", "list", "watch")
 
     @property
     def group_version(self) -> str:
@@ -65,6 +66,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, ()),
     Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",), "NetworkPolicy"),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
+    Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
+             verbs=("create",)),
     Resource("gitorch.dev", "v1", "clusters", "Cluster", False, (), "Cluster"),
     Resource("gitorch.dev", "v1", "nodes", "Node", False, ("gnode",), "Node"),
 )
@@ -92,7 +95,7 @@ def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
     resources: list[dict[str, Any]] = []
     for r in found:
         resources.append({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-                          "kind": r.kind, "verbs": VERBS, **({"shortNames": list(r.short_names)}
+                          "kind": r.kind, "verbs": list(r.verbs), **({"shortNames": list(r.short_names)}
                                                              if r.short_names else {}),
                           **({"categories": ["all"]} if r.plural in ALL and r.group != "gitorch.dev" else {})})
         if r.plural == "pods":
@@ -129,7 +132,7 @@ def aggregated_discovery(core: bool) -> dict[str, Any]:
                 entry: dict[str, Any] = {
                     "resource": r.plural, "singularResource": r.singular,
                     "responseKind": {"group": group, "version": v, "kind": r.kind},
-                    "scope": "Namespaced" if r.namespaced else "Cluster", "verbs": VERBS,
+                    "scope": "Namespaced" if r.namespaced else "Cluster", "verbs": list(r.verbs),
                 }
                 if r.short_names:
                     entry["shortNames"] = list(r.short_names)

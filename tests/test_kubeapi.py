@@ -414,6 +414,8 @@ def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:
     (tmp_path / "tokens").write_text(f"# comment\nshort,nobody\n{token},me\n")
     with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
         store.upsert_pods(_pods(2))
+        # "default-x/..." sorts before "default/..." as text, after it as (namespace, name): pages follow the latter
+        store.upsert_pods([PodRecord(namespace="default-x", name="q", owner_kind="Pod", owner_name="q")])
         settings = KubeApiSettings(tls_dir=tmp_path / "tls", token_file=tmp_path / "tokens", max_watches=1,
                                    hosts=("api.example.test",))
         server = KubeApiServer(store, None, "127.0.0.1", 0, settings).start()
@@ -440,7 +442,15 @@ def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:
 
             assert ask("/api/v1/pods", who="short")[0] == 401
             code, listed = ask("/api/v1/pods")
-            assert code == 200 and len(listed["items"]) == 2
+            assert code == 200 and len(listed["items"]) == 3
+            paged, token_ = [], ""
+            while True:
+                page = ask(f"/api/v1/pods?limit=1&continue={token_}")[1]
+                paged += [p["metadata"]["name"] for p in page["items"]]
+                token_ = page["metadata"].get("continue", "")
+                if not token_:
+                    break
+            assert paged == ["p-0", "p-1", "q"]
             rv = listed["metadata"]["resourceVersion"]
             watch = http.client.HTTPSConnection(host, port, context=context, timeout=20)
             watch.request("GET", f"/api/v1/pods?watch=true&resourceVersion={rv}",

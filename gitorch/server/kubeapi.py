@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import builtins
 import collections
 import contextlib
 import dataclasses
 import functools
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -636,11 +638,12 @@ class KubeApi:
         self.feed.fresh()
         keep = self._selection(target, request)
         limit = _int(request.query.get("limit"), 0)
-        start = ""
+        start: tuple[str, str] | None = None
         token = request.query.get("continue", "")
         if token:
             try:
-                start = str(json.loads(base64.urlsafe_b64decode(token.encode()))["after"])
+                ns, name = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+                start = (str(ns), str(name))
             except (ValueError, KeyError, TypeError, binascii.Error):
                 raise _BadRequest("continue: not a token this server gave") from None
         with self.feed._lock:
@@ -649,15 +652,13 @@ class KubeApi:
             order = self.feed.ordered.get(target.resource, [])
             items: list[dict[str, Any]] = []
             more = ""
-            for key in order:
-                if start and "/".join(key) <= start:
-                    continue
+            first = bisect.bisect_right(order, start) if start is not None else 0
+            for key in itertools.islice(order, first, None):
                 obj = objects.get(key)
                 if obj is None or not keep(obj):
                     continue
                 if limit and len(items) >= min(limit, MAX_LIMIT):
-                    after = "/".join(_key(items[-1]))
-                    more = base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+                    more = base64.urlsafe_b64encode(json.dumps({"after": _key(items[-1])}).encode()).decode()
                     break
                 items.append(obj)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}

@@ -240,6 +240,29 @@ def test_a_second_instance_answers_from_the_store_with_plain_discovery(cluster: 
             server.close()
 
 
+@needs_kubectl
+def test_a_standby_serve_answers_too(cluster: Cluster) -> None:
+    """A second `serve` on the same store stands by (the first one leads), and its API answers."""
+    assert KUBECTL is not None
+    port = free_port()
+    log = cluster.root / "standby.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gitorch", "serve", "--repo", str(cluster.repo.path), "--branch", "main",
+             "--interval", "1", "--listen", "off", "--kube-api-listen", f"127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT, env=cluster.env)
+        try:
+            wait_until("the standby", lambda: "standing by" in log.read_text(), timeout=60)
+            got = subprocess.run([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "--server",
+                                  f"https://127.0.0.1:{port}", "get", "pods", "-n", "shop", "kv-0"],
+                                 capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0 and "kv-0" in got.stdout, (got.stderr, log.read_text())
+            assert "leading" not in log.read_text().replace("standing by", "")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
 def _scale_web(cluster: Cluster, replicas: int) -> None:
     path = cluster.repo.path / "apps/shop/web.yaml"
     text = path.read_text()

@@ -21,11 +21,9 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 
 KINDS = [
     "ServiceAccount",
-    "Ingress",
+    "PriorityClass",
     "HorizontalPodAutoscaler",
     "ReplicationController",
-    "Role",
-    "ClusterRoleBinding",
     "Endpoints",
 ]
 

@@ -54,6 +54,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "configmaps", "ConfigMap", True, ("cm",), "ConfigMap"),
     Resource("", "v1", "secrets", "Secret", True, (), "Secret"),
     Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), "PersistentVolumeClaim"),
+    Resource("", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), "PersistentVolume"),
     Resource("", "v1", "events", "Event", True, ("ev",)),
     Resource("", "v1", "limitranges", "LimitRange", True, ("limits",), "LimitRange"),
     Resource("", "v1", "resourcequotas", "ResourceQuota", True, ("quota",), "ResourceQuota"),
@@ -65,6 +66,14 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("batch", "v1", "cronjobs", "CronJob", True, ("cj",), "CronJob"),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, ()),
     Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",), "NetworkPolicy"),
+    Resource("networking.k8s.io", "v1", "ingresses", "Ingress", True, ("ing",), "Ingress"),
+    Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False, (), "IngressClass"),
+    Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, ("sc",), "StorageClass"),
+    Resource("rbac.authorization.k8s.io", "v1", "roles", "Role", True, (), "Role"),
+    Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True, (), "RoleBinding"),
+    Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False, (), "ClusterRole"),
+    Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False, (),
+             "ClusterRoleBinding"),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
              verbs=("create",)),
@@ -994,6 +1003,8 @@ def table_columns(resource: Resource) -> list[Column]:
                     ("Active", "integer", 0, ""), ("Last Schedule", "string", 0, ""), age,
                     ("Containers", "string", 1, ""), ("Images", "string", 1, "")],
         "NetworkPolicy": [name, ("Pod-Selector", "string", 0, ""), age],
+        "Ingress": [name, ("Class", "string", 0, ""), ("Hosts", "string", 0, ""), ("Address", "string", 0, ""),
+                    ("Ports", "string", 0, ""), age],
         "EndpointSlice": [name, ("AddressType", "string", 0, ""), ("Ports", "string", 0, ""),
                           ("Endpoints", "string", 0, ""), age],
     }.get(kind, [name, age])
@@ -1075,6 +1086,11 @@ def table_cells(resource: Resource, obj: Mapping[str, Any], now: datetime | None
         return [name, spec.get("schedule", ""), bool(spec.get("suspend", False)), 0,
                 _age(status.get("lastScheduleTime"), now) if status.get("lastScheduleTime") else "<none>", age,
                 containers, images]
+    if kind == "Ingress":
+        hosts = [str(r.get("host")) for r in spec.get("rules") or [] if isinstance(r, dict) and r.get("host")]
+        lb = [str(i.get("ip") or i.get("hostname")) for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+        return [name, spec.get("ingressClassName", "<none>"), ",".join(hosts) or "*", ",".join(lb),
+                "80, 443" if spec.get("tls") else "80", age]
     if kind == "EndpointSlice":
         addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
         return [name, obj.get("addressType", ""), ",".join(str(p.get("port")) for p in obj.get("ports") or [])

@@ -133,9 +133,9 @@ def test_kubectl_reads_the_cluster(cluster: Cluster) -> None:
     pods = cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout.splitlines()
     assert pods[0].split()[:5] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS"] and "NODE" in pods[0]
     assert any(line.split()[:2] == ["shop", "kv-0"] for line in pods), pods
-    listed = cluster.kubectl("get", "deploy,sts,ds,svc,cm", "-A").stdout
+    listed = cluster.kubectl("get", "deploy,sts,ds,svc,cm,ing", "-A").stdout
     for name in ("deployment.apps/web", "statefulset.apps/kv", "daemonset.apps/node-exporter", "service/web",
-                 "configmap/web-config"):
+                 "configmap/web-config", "ingress.networking.k8s.io/web"):
         assert name in listed, listed
     assert cluster.kubectl("auth", "can-i", "list", "pods", "-A").stdout.strip() == "yes"
     denied = cluster.kubectl("auth", "can-i", "delete", "deployments", "-n", "shop", check=False)

@@ -464,6 +464,11 @@ def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:
                 return resp.status, json.loads(data) if data.startswith(b"{") else {}
 
             assert ask("/api/v1/pods", who="short")[0] == 401
+            later = "n" * 32
+            assert ask("/api/v1/pods", who=later)[0] == 401
+            with (tmp_path / "tokens").open("a") as f:
+                f.write(f"{later}\n")
+            assert ask("/api/v1/pods", who=later)[0] == 200  # the file is read again when it changes
             code, listed = ask("/api/v1/pods")
             assert code == 200 and len(listed["items"]) == 3
             paged, token_ = [], ""

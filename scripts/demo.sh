@@ -43,8 +43,10 @@ import re, sys
 path = sys.argv[1]
 text = open(path).read()
 for node in ("lab-1", "lab-2"):
-    text = re.sub(rf"^(\s*)(kubernetes.io/hostname: {node})$", r'\1\2\n\1gitorch.dev/ingress: "true"', text,
-                  flags=re.M)
+    text, found = re.subn(rf'^(\s*)(kubernetes.io/hostname: "?{node}"?)$', r'\1\2\n\1gitorch.dev/ingress: "true"',
+                          text, flags=re.M)
+    if found != 1:
+        sys.exit(f"{path}: no hostname label for {node} to add the ingress label next to")
 open(path, "w").write(text)
 PY
 host=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["host_address"])' \
@@ -162,6 +164,7 @@ The controller keeps running (pid $(cat "$pidfile"), log $log). Try:
   gitorch drift --run --repo $bare --dns $host:53        # ... drift reports it (compares Git, store, nodes, DNS)
   gitorch events | tail -2                               # serve rebuilds it at its resync (5 min, GITORCH_RESYNC)
   curl -s http://$listen/metrics | grep ^gitorch_        # Prometheus metrics
+  open http://$listen/ in a browser on this machine     # the dashboard (loopback needs no token)
   kill \$(cat $pidfile); gitorch lab down
                                                          # stop the controller, remove the lab
 MSG

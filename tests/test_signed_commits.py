@@ -535,3 +535,30 @@ def test_serve_applies_what_the_hook_accepts_and_refuses_a_push_around_the_hook(
     finally:
         server.stop()
     assert "Traceback" not in server.output()
+
+
+def test_a_rewritten_history_that_drops_verify_commits_is_not_applied_without_a_trust_key(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    """The last applied revision, which required signatures, is gone from the repository the
+    controller reads, and the new head drops git.verifyCommits: without --trust-key nobody vouches
+    for it, so it is refused (checking it as a first revision would let it through)."""
+    admin = tmp_path / "admin.pub"
+    admin.write_text(keys["admin"].public + "\n")
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    first_controller = Controller(open_repository(repo.path), store, tmp_path / "state",
+                                  ControllerSettings(trust_keys=(str(admin),)))
+    keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+    assert first_controller.reconcile().valid
+    first_controller.close()
+    # Another repository with none of that history, unsigned, without verifyCommits.
+    other = GitRepo(tmp_path / "other")
+    files = {k: v.replace("verifyCommits: true", "verifyCommits: false") for k, v in base_files(keys).items()}
+    other.commit("unsigned, verifyCommits off", files)
+    controller = Controller(open_repository(other.path), store, tmp_path / "state2")
+    try:
+        result = controller.reconcile()
+        assert not result.valid
+        assert "is gone from the repository, and it required signed commits" in result.diagnostics[0]
+    finally:
+        controller.close()
+        store.close()

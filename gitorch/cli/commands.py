@@ -333,12 +333,21 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
 @click.option("--env-file", default=None, metavar="FILE", envvar="GITORCH_ENV_FILE",
               help="KEY=VALUE settings (systemd's EnvironmentFile=), read at start (the environment wins) and "
                    "again on SIGHUP, when its GITORCH_LOG_LEVEL and GITORCH_LOG_FORMAT take effect.")
+@click.option("--kube-api-listen", default="off", show_default=True, metavar="HOST:PORT",
+              help="Serve a read-only Kubernetes API over HTTPS here (kubectl, client libraries); every serve "
+                   "instance answers. Its CA and certificate are made in STATE_DIR/kubeapi on first start.")
+@click.option("--kube-api-token-file", default=None, metavar="FILE",
+              help="Bearer tokens the API accepts, one `TOKEN[,USER]` a line. Default: STATE_DIR/kubeapi/tokens, "
+                   "made with one token on first start.")
+@click.option("--kube-api-host", "kube_api_hosts", multiple=True, metavar="NAME",
+              help="Another DNS name or address for the API's certificate (a load balancer's). Repeatable.")
 @click.option("--trust-key", "trust_key", multiple=True, metavar="KEY", help=TRUST_KEY_HELP)
 def serve(repo_path: str | None, branch: str | None, interval: float, idle_interval: float | None, listen: str,
           webhook_secret_env: str,
           wake_token_env: str | None, dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
           token_env: str | None, ca_file: str | None, pod_watch: bool | None, migrate_store: bool,
-          env_file: str | None, ui_token_env: str | None, trust_key: tuple[str, ...]) -> None:
+          env_file: str | None, ui_token_env: str | None, trust_key: tuple[str, ...], kube_api_listen: str,
+          kube_api_token_file: str | None, kube_api_hosts: tuple[str, ...]) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     reload = _serve_env(env_file)
     from gitorch.server.http import parse_listen
@@ -348,6 +357,10 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
         address = parse_listen(listen)
     except ValueError as exc:
         _fail(str(exc))
+    try:
+        kube_address = parse_listen(kube_api_listen)
+    except ValueError as exc:
+        _fail(str(exc).replace("--listen", "--kube-api-listen").replace("8090", "6443"))
     secret = os.environ.get(webhook_secret_env) or None
     ui_token = None
     if ui_token_env:
@@ -377,13 +390,45 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
     import dataclasses
 
     from gitorch.reconcile.controller import ControllerSettings
+    from gitorch.server.kubeapi import KubeApiSettings
 
     controller_settings = dataclasses.replace(ControllerSettings.from_env(), trust_keys=trust_key)
+    state_dir = _settings().state_dir
+    kube_settings = KubeApiSettings(
+        tls_dir=state_dir / "kubeapi",
+        token_file=Path(kube_api_token_file) if kube_api_token_file else state_dir / "kubeapi" / "tokens",
+        repo=repo_path if repo_path and is_remote(repo_path) else str(repo.path), hosts=kube_api_hosts)
     with _store(upgrade=migrate_store) as store:
-        Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
+        Server(repo, store, state_dir, branch=branch, interval=interval, listen=address,
                settings=controller_settings,
                webhook_secret=secret, wake_token=token, dns_listen=dns_listen, fetcher=fetcher, poll=poll,
-               pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token).run(reload=reload)
+               pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token, kube_api=kube_address,
+               kube_api_settings=kube_settings).run(reload=reload)
+
+
+@cli.command()
+@click.option("--token-file", default=None, metavar="FILE",
+              help="The API's token file (its first token is used). Default: STATE_DIR/kubeapi/tokens.")
+@click.option("--server", default=None, metavar="URL",
+              help="The API's address, e.g. https://gitorch.example:6443. Default: where serve last served it.")
+def kubeconfig(token_file: str | None, server: str | None) -> None:
+    """Print a kubeconfig for the read-only Kubernetes API of `serve --kube-api-listen`."""
+    from gitorch.server.kubeapi import kubeconfig as make
+    from gitorch.server.kubeapi import read_tokens
+
+    folder = _settings().state_dir / "kubeapi"
+    ca = folder / "ca.crt"
+    if not ca.exists():
+        _fail(f"{ca}: no CA yet; start `gitorch serve --kube-api-listen HOST:PORT` once to make it")
+    if server is None:
+        try:
+            server = (folder / "server").read_text().strip()
+        except OSError:
+            _fail(f"{folder / 'server'}: not served yet; give --server https://HOST:PORT")
+    tokens = read_tokens(Path(token_file) if token_file else folder / "tokens")
+    if not tokens:
+        _fail(f"{token_file or folder / 'tokens'}: no token (one `TOKEN[,USER]` a line, 16 characters or more)")
+    console.write(make(server, ca.read_bytes(), next(iter(tokens))).rstrip("\n"))
 
 
 def _serve_env(env_file: str | None) -> Callable[[], str]:

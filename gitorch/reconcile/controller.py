@@ -286,7 +286,10 @@ class Controller:
             head = DesiredState(head.revision, head.objects, [*head.diagnostics, *refusals], head.files)
         if last is None:
             return head, head, False
-        return head, self._load(last.commit), False
+        try:
+            return head, self._load(last.commit), False
+        except GitorchError:  # the last applied revision is gone from the repository: touch nothing
+            return head, head, False
 
     def _verify(self, last: str, head: DesiredState) -> list[Diagnostic]:
         """Why the commits after the last applied revision up to `head` may not be applied, under
@@ -301,12 +304,28 @@ class Controller:
             except GitorchError as exc:  # gone from the repository: only --trust-key can vouch for the head
                 log.warning("the last applied revision %s cannot be read (%s); signatures are checked as for a "
                             "first revision", last[:7], exc)
+                if not self.settings.trust_keys and self._applied_verify_commits():
+                    # History rewritten under a cluster that required signatures: never fail open.
+                    found = [Diagnostic("", 0, 0, "", f"the last applied revision {last[:7]} is gone from the "
+                                        "repository, and it required signed commits (git.verifyCommits)",
+                                        hint="restore it, or vouch for the head with serve --trust-key")]
+                    self._verified = (pair, found)
+                    return found
         try:
             found = [r.diagnostic() for r in self.signatures.check(trusted, head)]
         except GitorchError as exc:  # gpg or ssh-keygen missing or stuck, a commit unreadable
             found = [Diagnostic("", 0, 0, "", f"cannot check the signatures of {head.revision.short}: {exc}")]
         self._verified = (pair, found)
         return found
+
+    def _applied_verify_commits(self) -> bool:
+        """Whether the Cluster as last applied (its manifest, kept in the store) set git.verifyCommits."""
+        for row in self.store.objects():
+            if row.kind == "Cluster":
+                spec = ((row.body or {}).get("manifest") or {}).get("spec") or {}
+                if (spec.get("git") or {}).get("verifyCommits") is True:
+                    return True
+        return False
 
     def _load(self, rev: str | None) -> DesiredState:
         """A commit's desired state, parsed and validated once: commits are immutable, so a pass

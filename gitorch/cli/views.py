@@ -356,3 +356,37 @@ def logs(
             return
         answer = client.run_once("logs", request)
         sys.stdout.write(str(answer.get("log", "")))
+
+
+def _cpu(millis: Any) -> str:
+    return f"{millis}m" if isinstance(millis, int) else "<unknown>"
+
+
+def _mem(size: Any) -> str:
+    return f"{size // (1024 * 1024)}Mi" if isinstance(size, int) else "<unknown>"
+
+
+def top(reply: dict[str, Any], what: str, namespace: str | None, output: str, containers: bool) -> None:
+    """`gitorch top pods|nodes`, from serve's answer over the control socket (kubectl top's columns)."""
+    if what == "nodes":
+        nodes = [n for n in reply.get("nodes") or [] if isinstance(n, dict)]
+        rows = [[n.get("name"), _cpu(n.get("cpuMillis")),
+                 f"{n['cpuPercent']}%" if n.get("cpuPercent") is not None else "<unknown>",
+                 _mem(n.get("memoryBytes")),
+                 f"{n['memoryPercent']}%" if n.get("memoryPercent") is not None else "<unknown>"] for n in nodes]
+        if output != "json" and not rows:
+            console.warn("no node metrics yet: agents report every "
+                         f"{reply.get('intervalSeconds', 15):g} s once serve has synced them")
+        _emit(output, ["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%"], rows, nodes)
+        return
+    pods = [p for p in reply.get("pods") or [] if isinstance(p, dict)
+            and (namespace is None or p.get("namespace") == namespace)]
+    if output != "json" and not pods:
+        console.warn("no pod metrics yet (only containers run by the process runtime in a cgroup are measured)")
+    if containers:
+        rows = [[p.get("namespace"), p.get("name"), c.get("name"), _cpu(c.get("cpuMillis")), _mem(c.get("memoryBytes"))]
+                for p in pods for c in p.get("containers") or []]
+        _emit(output, ["NAMESPACE", "POD", "NAME", "CPU(cores)", "MEMORY(bytes)"], rows, pods)
+        return
+    rows = [[p.get("namespace"), p.get("name"), _cpu(p.get("cpuMillis")), _mem(p.get("memoryBytes"))] for p in pods]
+    _emit(output, ["NAMESPACE", "NAME", "CPU(cores)", "MEMORY(bytes)"], rows, pods)

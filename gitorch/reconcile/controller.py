@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gitorch.model import usage as usage_mod
 from gitorch.model.backoff import Backoff
 from gitorch.model.diagnostics import Diagnostic, errors
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
+from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
@@ -67,17 +69,24 @@ class ControllerSettings:
     resync: float = 300.0
     """Seconds after which a node is sent its whole state even when nothing changed for it
     (controller-runtime's periodic resync: repairs anything a missed change left behind)."""
+    metrics_interval: float = 15.0
+    """Seconds between the agents' resource samples (metrics-server's resolution)."""
+    metrics_window: float = 600.0
+    """Seconds of resource samples kept in memory per pod (`top`, autoscalers)."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
         """Defaults, overridden by `GITORCH_NODE_TIMEOUT` (seconds), `GITORCH_CLUSTER_DNS`
         (ADDR[:PORT] of the cluster DNS for pods), `GITORCH_EVENT_TTL` (seconds),
-        `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY` and `GITORCH_DRIFT_HISTORY`."""
+        `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY`, `GITORCH_DRIFT_HISTORY`,
+        `GITORCH_METRICS_INTERVAL` and `GITORCH_METRICS_WINDOW` (seconds)."""
         env = os.environ
         out = cls(cluster_dns=env.get("GITORCH_CLUSTER_DNS") or None)
         numbers = {"node_timeout": ("GITORCH_NODE_TIMEOUT", float), "event_ttl": ("GITORCH_EVENT_TTL", float),
                    "max_events": ("GITORCH_MAX_EVENTS", int), "revision_history": ("GITORCH_REVISION_HISTORY", int),
-                   "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float)}
+                   "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float),
+                   "metrics_interval": ("GITORCH_METRICS_INTERVAL", float),
+                   "metrics_window": ("GITORCH_METRICS_WINDOW", float)}
         for name, (var, kind) in numbers.items():
             if env.get(var):
                 try:
@@ -210,6 +219,8 @@ class Controller:
         # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
         self._table: tuple[Any, ...] | None = None
         self._policies: tuple[Any, ...] | None = None  # (state, pods' addresses, per-node policy entries)
+        self.usage = UsageWindow(max_age=self.settings.metrics_window)
+        """The agents' resource samples (see model/usage.py for its retention)."""
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -448,6 +459,7 @@ class Controller:
                     facts = {k: v for k, v in outcome.value["facts"].items() if k not in ("pods", "ok")}
                     fresh_facts = True
                 status = outcome.value["status"]
+                self.usage.add(*usage_mod.parse_report(name, status.get("metrics")), now=now)
                 kept = self._statuses.get(name)
                 reports[name] = kept[3] if kept is not None and kept[2] is status else pod_reports(status)
                 # No supervisor running ("stale": killed, or the node rebooted): only a sync starts
@@ -634,6 +646,7 @@ class Controller:
                 request["serviceCIDR"] = service_cidr
             if policy is not None:
                 request["policies"] = policy.get(node, [])
+            request["metrics"] = {"intervalSeconds": self.settings.metrics_interval}
             if fence is not None:
                 request["fence"] = fence.token()
             return request
@@ -953,7 +966,7 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
     whole document (containers, probes, times) would cost kilobytes per pod."""
     pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
     return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
-            "pods": pods}
+            "pods": pods, "metrics": answer.get("metrics")}
 
 
 def remembered(

@@ -221,6 +221,7 @@ class Server:
         self._listen_lock = threading.Lock()
         self.metrics = Metrics()
         self.metrics.dns_source(lambda: self.dns.server.stats() if self.dns is not None else None)
+        self.metrics.usage_source(lambda: self.controller.usage)
         self.notifier = Notifier(repo, store)
         self.dns_listen = dns_listen
         self.dns: ClusterDNS | None = None
@@ -559,7 +560,8 @@ class Server:
     def _start_control(self) -> ControlSocket | None:
         """The control socket other commands on this machine ask (see server/control.py)."""
         try:
-            return ControlSocket(socket_path(self.state_dir), {"facts": self._control_facts}).start()
+            return ControlSocket(socket_path(self.state_dir),
+                                 {"facts": self._control_facts, "top": self._control_top}).start()
         except OSError as exc:
             log.warning(f"control socket not opened ({exc}); commands such as `gitorch nodes` connect themselves")
             return None
@@ -577,6 +579,24 @@ class Server:
         results = self.controller.ask_nodes({str(k): str(v) for k, v in wanted.items()}, facts_of, timeout)
         return {"ok": True, "nodes": {n: {"value": o.value, "error": o.error, "seconds": o.seconds}
                                       for n, o in results.items()}}
+
+    def _control_top(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`gitorch top` through the control socket: the newest resource sample of every pod and
+        node this controller keeps (only serve keeps them: they live in its memory)."""
+        from gitorch.model.usage import node_row, pod_row
+
+        usage = self.controller.usage
+        capacity: dict[str, dict[str, Any]] = {}
+        for n in self.store.nodes():
+            facts = n.facts or {}
+            memory: dict[str, Any] = facts["memory"] if isinstance(facts.get("memory"), dict) else {}
+            capacity[n.name] = {"cpuMillis": facts.get("cpuMillis"),
+                                "memoryBytes": memory.get("limitBytes") or memory.get("totalBytes")}
+        pods = sorted(usage.latest().values(), key=lambda u: (u.namespace, u.name))
+        nodes = sorted(usage.nodes().values(), key=lambda u: u.node)
+        return {"ok": True, "leading": self._leader is True,
+                "intervalSeconds": self.controller.settings.metrics_interval,
+                "pods": [pod_row(u) for u in pods], "nodes": [node_row(u, capacity.get(u.node)) for u in nodes]}
 
     def run(self, reload: Callable[[], str] | None = None) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP calls `reload` and runs a pass."""

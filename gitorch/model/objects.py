@@ -44,6 +44,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("DaemonSet", "apps/v1", True, "daemonset.json", workload=True, order=30),
         KindInfo("Job", "batch/v1", True, "job.json", workload=True, order=31),
         KindInfo("CronJob", "batch/v1", True, "cronjob.json", workload=True, order=32),
+        KindInfo("HorizontalPodAutoscaler", "autoscaling/v2", True, "horizontalpodautoscaler.json", order=35),
     )
 }
 

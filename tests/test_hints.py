@@ -24,7 +24,7 @@ KINDS = [
     "Ingress",
     "PersistentVolume",
     "StorageClass",
-    "HorizontalPodAutoscaler",
+    "LimitRange",
     "PodDisruptionBudget",
     "ReplicationController",
     "Role",

@@ -504,7 +504,8 @@ def status(output: str) -> None:
 
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
-                                           "daemonsets", "services", "jobs", "cronjobs", "revisions"]))
+                                           "daemonsets", "services", "jobs", "cronjobs", "revisions", "hpa",
+                                           "horizontalpodautoscalers"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:

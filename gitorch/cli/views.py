@@ -25,6 +25,8 @@ KIND_OF = {
     "services": "Service",
     "jobs": "Job",
     "cronjobs": "CronJob",
+    "hpa": "HorizontalPodAutoscaler",
+    "horizontalpodautoscalers": "HorizontalPodAutoscaler",
 }
 
 
@@ -197,12 +199,19 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                     item["announcedBy"] = lb.node
                 shown = lb.ip if lb is not None else ("<pending>" if item["type"] == "LoadBalancer" else "<none>")
                 rows.append([o.namespace, o.name, item["type"], ip or spec.get("externalName", ""), shown, ports])
+            elif kind == "HorizontalPodAutoscaler":
+                hpa = _hpa_view(o.body or {})
+                item.update(hpa)
+                rows.append([o.namespace, o.name, hpa["reference"], hpa["targets"], hpa["minReplicas"],
+                             hpa["maxReplicas"], hpa["replicas"], _age(o.updated_at)])
             else:
                 rows.append([o.namespace, o.name, o.health, cond.get("message", ""), _age(o.updated_at)])
             data.append(item)
         columns = (
             ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORTS"]
             if kind == "Service"
+            else ["NAMESPACE", "NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "UPDATED"]
+            if kind == "HorizontalPodAutoscaler"
             else ["NAMESPACE", "NAME", "HEALTH", "STATUS", "UPDATED"]
         )
         _emit(output, columns, rows, data)
@@ -249,8 +258,10 @@ def describe(store: Store, ref: str, namespace: str) -> None:
             "Node",
             "Cluster",
             "PersistentVolumeClaim",
+            "HorizontalPodAutoscaler",
         )
     }
+    kinds["hpa"] = "HorizontalPodAutoscaler"
     kinds.update({k + "s": v for k, v in list(kinds.items())})
     kind = kinds.get(kind_text)
     if kind is None:
@@ -265,6 +276,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
     )
     if kind == "Service":
         _describe_load_balancer(store, ns, name)
+    if kind == "HorizontalPodAutoscaler":
+        _describe_hpa(obj.body or {})
     console.write("Conditions:")
     for c in obj.conditions:
         console.write(f"  {c.get('type'):<12} {c.get('status'):<6} {c.get('reason', '')}  {c.get('message', '')}")
@@ -286,6 +299,54 @@ def describe(store: Store, ref: str, namespace: str) -> None:
                 f"{'  ' + p.message if p.message else ''}"
             )
     _events(store, (kind, ns, name))
+
+
+def _hpa_view(body: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaler's row, as `kubectl get hpa` shows it: targets as current/target per metric."""
+    from gitorch.reconcile import autoscaling
+
+    manifest = body.get("manifest") or {}
+    status = body.get("autoscaling") or {}
+    try:
+        spec = autoscaling.parse_spec(manifest.get("spec") or {})
+    except (autoscaling.MetricError, KeyError, TypeError, ValueError):
+        return {"reference": "", "targets": "", "minReplicas": None, "maxReplicas": None, "replicas": None,
+                "metrics": []}
+    current = status.get("currentMetrics") or []
+    metrics = [{"resource": m.resource, "container": m.container, "target": autoscaling.target_text(m),
+                "current": autoscaling.current_text(m, _hpa_current(current, m))} for m in spec.metrics]
+    return {
+        "reference": f"{spec.target_kind}/{spec.target_name}",
+        "targets": ", ".join(f"{m['resource']}: {m['current']}/{m['target']}" for m in metrics),
+        "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas,
+        "replicas": status.get("currentReplicas"), "desiredReplicas": status.get("desiredReplicas"),
+        "lastScaleTime": status.get("lastScaleTime"), "metrics": metrics,
+    }
+
+
+def _hpa_current(current: list[Any], m: Any) -> dict[str, Any] | None:
+    for got in current:
+        src = (got or {}).get("containerResource" if m.container else "resource") or {}
+        if src.get("name") == m.resource and src.get("container") == m.container:
+            value = src.get("current")
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def _describe_hpa(body: dict[str, Any]) -> None:
+    """kubectl describe hpa's middle part: the target, each metric current/target, the bounds."""
+    hpa = _hpa_view(body)
+    console.write(f"Reference:  {hpa['reference']}")
+    console.write("Metrics:    ( current / target )")
+    for m in hpa["metrics"]:
+        of = f" of container {m['container']}" if m["container"] else ""
+        what = "(as a percentage of request)" if m["target"].endswith("%") else "(average per pod)"
+        console.write(f"  resource {m['resource']}{of} on pods {what}:  {m['current']} / {m['target']}")
+    console.write(f"Min replicas:  {hpa['minReplicas']}\nMax replicas:  {hpa['maxReplicas']}")
+    console.write(f"{hpa['reference']} pods:  {hpa['replicas']} current / {hpa['desiredReplicas']} desired")
+    if hpa.get("lastScaleTime"):
+        when = datetime.fromtimestamp(float(hpa["lastScaleTime"]), tz=UTC)
+        console.write(f"Last scale:  {_age(when)} ago")
 
 
 def _describe_load_balancer(store: Store, namespace: str, name: str) -> None:

@@ -159,3 +159,18 @@ class DesiredState:
 
     def sorted(self) -> list[Object]:
         return [self.objects[k] for k in sorted(self.objects, key=ObjectKey.sort_key)]
+
+
+def autoscaled(state: DesiredState) -> dict[ObjectKey, str]:
+    """Workloads a HorizontalPodAutoscaler of `state` scales -> that autoscaler's name (the first
+    by name; validation refuses a second). Their `replicas` in Git is only where they start."""
+    found = state.memo.get("autoscaled")
+    if found is None:
+        found = {}
+        for key in sorted(k for k in state.objects if k.kind == "HorizontalPodAutoscaler"):
+            spec = state.objects[key].spec
+            ref: dict[str, Any] = spec["scaleTargetRef"] if isinstance(spec.get("scaleTargetRef"), dict) else {}
+            if ref.get("kind") in ("Deployment", "StatefulSet") and isinstance(ref.get("name"), str):
+                found.setdefault(ObjectKey(str(ref["kind"]), key.namespace, ref["name"]), key.name)
+        state.memo["autoscaled"] = found
+    return dict(found)

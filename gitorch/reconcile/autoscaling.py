@@ -27,7 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gitorch.model.objects import DesiredState, Object, autoscaled
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
+from gitorch.reconcile.podspecs import short_hash
 
 TOLERANCE = 0.1
 CPU_INITIALIZATION_PERIOD = 300.0  # --horizontal-pod-autoscaler-cpu-initialization-period
@@ -458,3 +460,11 @@ def current_text(m: Metric, current: Mapping[str, Any] | None) -> str:
         return f"{current['averageUtilization']}%"
     value = current.get("averageValue")
     return _amount(m.resource, int(value)) if isinstance(value, (int, float)) else "<unknown>"
+
+
+def applied_hash(state: DesiredState, obj: Object) -> str:
+    """The hash of what applying `obj` means: an autoscaled workload's `replicas` is left out, as
+    a change of it in Git changes nothing while its autoscaler decides (drift does not report it)."""
+    if obj.key not in autoscaled(state) or "replicas" not in obj.spec:
+        return short_hash(obj.body)
+    return short_hash({**obj.body, "spec": {k: v for k, v in obj.spec.items() if k != "replicas"}})

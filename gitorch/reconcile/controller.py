@@ -29,7 +29,7 @@ from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import allocations, networking, podspecs, policies, services
+from gitorch.reconcile import allocations, autoscaling, networking, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
@@ -73,20 +73,23 @@ class ControllerSettings:
     """Seconds between the agents' resource samples (metrics-server's resolution)."""
     metrics_window: float = 600.0
     """Seconds of resource samples kept in memory per pod (`top`, autoscalers)."""
+    autoscaler_sync: float = 15.0
+    """Seconds between two syncs of a HorizontalPodAutoscaler (Kubernetes' default: 15)."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
         """Defaults, overridden by `GITORCH_NODE_TIMEOUT` (seconds), `GITORCH_CLUSTER_DNS`
         (ADDR[:PORT] of the cluster DNS for pods), `GITORCH_EVENT_TTL` (seconds),
         `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY`, `GITORCH_DRIFT_HISTORY`,
-        `GITORCH_METRICS_INTERVAL` and `GITORCH_METRICS_WINDOW` (seconds)."""
+        `GITORCH_METRICS_INTERVAL`, `GITORCH_METRICS_WINDOW` and `GITORCH_HPA_SYNC_PERIOD` (seconds)."""
         env = os.environ
         out = cls(cluster_dns=env.get("GITORCH_CLUSTER_DNS") or None)
         numbers = {"node_timeout": ("GITORCH_NODE_TIMEOUT", float), "event_ttl": ("GITORCH_EVENT_TTL", float),
                    "max_events": ("GITORCH_MAX_EVENTS", int), "revision_history": ("GITORCH_REVISION_HISTORY", int),
                    "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float),
                    "metrics_interval": ("GITORCH_METRICS_INTERVAL", float),
-                   "metrics_window": ("GITORCH_METRICS_WINDOW", float)}
+                   "metrics_window": ("GITORCH_METRICS_WINDOW", float),
+                   "autoscaler_sync": ("GITORCH_HPA_SYNC_PERIOD", float)}
         for name, (var, kind) in numbers.items():
             if env.get(var):
                 try:
@@ -527,7 +530,10 @@ class Controller:
         self._pod_states = states
         if not self._cached:
             self._object_rows = self.store.objects()  # read once a pass: save compares with it too
-        observed = Observed(now, tuple(pods), tuple(nodes), *remembered(self._object_rows, now))
+        # Samples older than a few intervals are of pods that stopped reporting: missing, as Kubernetes has it.
+        usage = self.usage.latest(fresh_after=now - 4 * self.settings.metrics_interval)
+        observed = Observed(now, tuple(pods), tuple(nodes), *remembered(self._object_rows, now), usage=usage,
+                            autoscaler_sync=self.settings.autoscaler_sync)
         return observed, reports, observations
 
     def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
@@ -867,10 +873,12 @@ class Controller:
             if status is not None and status.revision:
                 started = previous[1] if previous and previous[0] == status.revision else now
                 body["rollout"] = {"revision": status.revision, "started": started}
+            if status is not None and status.autoscaling is not None:
+                body["autoscaling"] = dict(status.autoscaling)
             health = status.health if status else "Healthy"
             conditions = _conditions(health, status)
             fields: dict[str, Any] = dict(
-                spec_hash=podspecs.short_hash(obj.body),
+                spec_hash=autoscaling.applied_hash(state, obj),
                 last_applied_revision=r.oid,
                 last_attempted_revision=attempted or r.oid,
                 sync="Synced" if valid else "OutOfSync",
@@ -971,12 +979,15 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
 
 def remembered(
     rows: list[ObjectRecord], now: float
-) -> tuple[dict[ObjectKey, tuple[str, float]], dict[ObjectKey, float], dict[ObjectKey, Finished]]:
+) -> tuple[dict[ObjectKey, tuple[str, float]], dict[ObjectKey, float], dict[ObjectKey, Finished],
+           dict[ObjectKey, dict[str, Any]]]:
     """What the objects' recorded statuses carry into the next plan: when each rollout began,
-    each CronJob's last schedule time, and how each Job's revision finished."""
+    each CronJob's last schedule time, how each Job's revision finished, and each autoscaler's
+    status (its replica count and history)."""
     started: dict[ObjectKey, tuple[str, float]] = {}
     last_schedule: dict[ObjectKey, float] = {}
     finished: dict[ObjectKey, Finished] = {}
+    autoscalers: dict[ObjectKey, dict[str, Any]] = {}
     for o in rows:
         key = ObjectKey(o.kind, o.namespace, o.name)
         body = o.body or {}
@@ -989,7 +1000,9 @@ def remembered(
         if isinstance(ended, dict) and ended.get("revision"):
             finished[key] = Finished(str(ended["revision"]), float(ended.get("at") or now),
                                      bool(ended.get("complete")), str(ended.get("message") or ""))
-    return started, last_schedule, finished
+        if isinstance(body.get("autoscaling"), dict):
+            autoscalers[key] = body["autoscaling"]
+    return started, last_schedule, finished, autoscalers
 
 
 class RowView(NamedTuple):

@@ -290,6 +290,13 @@ class Server:
             self._drain()
 
     def _schedule_requeue(self, result: PassResult | None) -> None:
+        self._schedule_requeue_for(result)
+        due = result.plan.requeue_after if result is not None and result.plan is not None else None
+        if due is not None:  # an autoscaler's next sync: a pass then, even in a quiet cluster
+            at = time.monotonic() + max(due, DIRTY_CHECK)
+            self._requeue_at = at if self._requeue_at is None else min(self._requeue_at, at)
+
+    def _schedule_requeue_for(self, result: PassResult | None) -> None:
         if result is not None and result.converged:
             self._failures = 0
             self._requeue_at = None

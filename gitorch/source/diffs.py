@@ -19,6 +19,7 @@ from gitorch.model.objects import (
     DesiredState,
     Object,
     ObjectKey,
+    autoscaled,
 )
 
 
@@ -307,5 +308,11 @@ def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
                 changes[k] = ObjectChange(k, c.action, c.fields, c.path, f"renamed from {twin.name}")
                 d = changes[twin]
                 changes[twin] = ObjectChange(twin, d.action, d.fields, d.path, f"renamed to {k.name}")
+    for key, hpa in autoscaled(head).items():
+        c = changes.get(key)
+        if c is not None and (c.action is Action.CREATE or any(f.path == "spec.replicas" for f in c.fields)):
+            # Git's replicas is only where the workload starts: the autoscaler decides the count.
+            note = f"replicas managed by HorizontalPodAutoscaler {hpa}"
+            changes[key] = ObjectChange(key, c.action, c.fields, c.path, f"{c.note}; {note}" if c.note else note)
     ordered = sorted(changes.values(), key=lambda c: c.key.sort_key())
     return ChangeSet(tuple(ordered))

@@ -309,10 +309,12 @@ def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
                 d = changes[twin]
                 changes[twin] = ObjectChange(twin, d.action, d.fields, d.path, f"renamed to {k.name}")
     for key, hpa in autoscaled(head).items():
-        c = changes.get(key)
-        if c is not None and (c.action is Action.CREATE or any(f.path == "spec.replicas" for f in c.fields)):
+        scaled = changes.get(key)
+        if scaled is not None and (scaled.action is Action.CREATE
+                                   or any(f.path == "spec.replicas" for f in scaled.fields)):
             # Git's replicas is only where the workload starts: the autoscaler decides the count.
             note = f"replicas managed by HorizontalPodAutoscaler {hpa}"
-            changes[key] = ObjectChange(key, c.action, c.fields, c.path, f"{c.note}; {note}" if c.note else note)
+            changes[key] = ObjectChange(key, scaled.action, scaled.fields, scaled.path,
+                                        f"{scaled.note}; {note}" if scaled.note else note)
     ordered = sorted(changes.values(), key=lambda c: c.key.sort_key())
     return ChangeSet(tuple(ordered))

@@ -19,6 +19,7 @@ from gitorch.source.git import open_repository
 from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
 from tests.lab import LAB_SUBNET, converge, require_lab, ssh_run
+from tests.test_gitops import free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
@@ -130,3 +131,110 @@ def top(state_dir: Path, what: str) -> list[dict[str, object]]:
     assert proc.returncode == 0, proc.stderr
     rows: list[dict[str, object]] = json.loads(proc.stdout)
     return rows
+
+
+def hpa_manifest(down_window: int) -> str:
+    return f"""---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: burn, namespace: shop}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burn}}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+    - type: Resource
+      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 60}}}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: {down_window}}}
+"""
+
+
+def gitorch_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gitorch", *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "GITORCH_STATE_DIR": str(state_dir)}, timeout=60)
+
+
+def test_a_cpu_burning_deployment_scales_up_and_back_down(small_lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    from gitorch.store.database import Store
+
+    state_dir = tmp_path / "state"
+    stop = f"/tmp/stop-{tmp_path.name}"
+    repo.commit("burn with an autoscaler", {
+        "nodes.yaml": (small_lab.state_dir / "nodes.yaml").read_text(), "ns.yaml": NAMESPACE,
+        "apps.yaml": burner(stop, replicas=1, hpa=hpa_manifest(down_window=5)),
+    })
+    env = {**os.environ, "GITORCH_STATE_DIR": str(state_dir), "GITORCH_METRICS_INTERVAL": "2",
+           "GITORCH_HPA_SYNC_PERIOD": "2", "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "serve.log").open("w")
+    argv = [sys.executable, "-m", "gitorch", "serve", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}"]
+    serve = subprocess.Popen(argv, cwd=repo.path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    store: Store | None = None
+
+    def burners() -> list[object]:
+        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        nonlocal store
+        if store is None:
+            if not (state_dir / "gitorch.db").exists():
+                return []
+            store = Store.open(f"sqlite:///{state_dir / 'gitorch.db'}")
+        return [p for p in store.pods(namespace="shop") if p.owner_name == "burn" and p.ready]
+
+    def describe() -> str:
+        return (tmp_path / "serve.log").read_text()[-3000:]
+
+    try:
+        # ~100% of a 100m request against a 60% target: 2 pods (ceil(1 x 100/60); with 50% a sample of
+        # 101m would ask for ceil(2.02) = 3 at once), then, still burning, 4: capped at 3, the maximum.
+        wait_until("3 ready burning pods", burners, timeout=120, interval=0.5, accept=lambda ps: len(ps) == 3,
+                   show=lambda ps: str(len(ps)), describe=describe)
+        assert store is not None
+        events = [e for e in store.events() if e.reason == "SuccessfulRescale"]
+        shown = [(e.first_time, e.kind, e.name, e.reason, e.message) for e in store.events()]
+        assert [e.message.split(";")[0] for e in events][:2] == ["New size: 2", "New size: 3"], (shown, describe())
+        hpa = store.object_status("HorizontalPodAutoscaler", "shop", "burn")
+        assert hpa is not None and hpa.body["autoscaling"]["desiredReplicas"] == 3
+        assert {c["type"] for c in hpa.conditions} >= {"AbleToScale", "ScalingActive", "ScalingLimited"}
+
+        # `top` asks the running serve; `get hpa` and `describe hpa` read the store.
+        pods = top(state_dir, "pods")
+        assert {p["name"] for p in pods} >= {p.name for p in burners()}  # type: ignore[attr-defined]
+        assert all(isinstance(p["cpuMillis"], int) for p in pods)
+        assert {n["name"] for n in top(state_dir, "nodes")} == {n.name for n in small_lab.nodes}
+        got = gitorch_cli(state_dir, "get", "hpa", "-o", "json")
+        assert got.returncode == 0, got.stderr
+        row = json.loads(got.stdout)[0]
+        assert (row["reference"], row["minReplicas"], row["maxReplicas"]) == ("Deployment/burn", 1, 3)
+        assert row["targets"].startswith("cpu: ") and row["targets"].endswith("/60%")
+        text = gitorch_cli(state_dir, "describe", "hpa/burn", "-n", "shop").stdout
+        assert "Deployment/burn pods:" in text and "SuccessfulRescale" in text
+
+        # A rollout (new template, Git still says 1) keeps the autoscaler's count.
+        repo.commit("burn v2", {"apps.yaml": burner(stop, replicas=1, hpa=hpa_manifest(down_window=5))
+                                .replace("periodSeconds: 1", "periodSeconds: 2")})
+        hashes = {p.template_hash for p in burners()}  # type: ignore[attr-defined]
+
+        def rolled() -> list[object]:
+            ps = burners()
+            return ps if hashes.isdisjoint({p.template_hash for p in ps}) else []  # type: ignore[attr-defined]
+
+        wait_until("the rollout to finish", rolled, timeout=120, interval=0.5, accept=lambda ps: len(ps) == 3,
+                   show=lambda ps: str(len(ps)), describe=describe)
+
+        # The load ends: after the (shortened) 5 s window, back to 1.
+        stop_load(small_lab, stop)
+        wait_until("a scale-down to 1", burners, timeout=120, interval=0.5, accept=lambda ps: len(ps) == 1,
+                   show=lambda ps: str(len(ps)), describe=describe)
+        assert any(e.message.startswith("New size: 1; reason: All metrics below target")
+                   for e in store.events() if e.reason == "SuccessfulRescale")
+    finally:
+        repo.commit("empty", {"apps.yaml": ""})
+        try:
+            wait_until("the pods to go", lambda: [p for p in (store.pods() if store else []) if p.namespace == "shop"],
+                       timeout=60, interval=0.5, accept=lambda ps: not ps)
+        finally:
+            serve.terminate()
+            serve.wait(timeout=60)
+            log.close()
+            if store is not None:
+                store.close()

@@ -4139,8 +4139,13 @@ class Supervisor:
                 usage = cgroup_cpu_usec(ctr.cgroups)
                 memory = cgroup_working_set(ctr.cgroups)
                 cpu = None
+                base = ctr.cpu_sample
+                # A window much shorter than the interval is noise (a first CFS period may run
+                # past the quota): such a figure waits for the next sample.
+                if usage is not None and base is not None and now - base[0] < self.metrics_every / 2:
+                    usage = None
                 if usage is not None:
-                    cpu = rate_millis(ctr.cpu_sample, (now, usage), 1e6)
+                    cpu = rate_millis(base, (now, usage), 1e6)
                     ctr.cpu_sample = (now, usage)
                 if cpu is None and memory is None:
                     continue

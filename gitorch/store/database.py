@@ -63,7 +63,8 @@ Outcome = Literal["applied", "failed", "invalid", "pending"]
 Sync = Literal["Synced", "OutOfSync"]
 Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"]
 ConditionType = Literal[
-    "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed"
+    "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed",
+    "AbleToScale", "ScalingActive", "ScalingLimited",  # a HorizontalPodAutoscaler's
 ]
 ConditionStatus = Literal["True", "False", "Unknown"]
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]

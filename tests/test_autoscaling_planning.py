@@ -4,6 +4,8 @@ replicas, drift leaves the difference alone, and validation catches what the sch
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gitorch.model.diagnostics import Severity
@@ -80,7 +82,7 @@ def recorded(p: Plan) -> dict[ObjectKey, dict[str, object]]:
 def test_the_autoscaler_sets_the_count_and_a_rollout_keeps_it(repo: GitRepo) -> None:
     s = state(repo, {"web.yaml": web(replicas=1), "hpa.yaml": hpa()})
     first = plan(s, Observed(1000.0, (), NODES))
-    assert len(first.pods) == 1 and first.requeue_after == 15.0
+    assert len(first.pods) == 1 and first.requeue_after == 14.0  # a period, less the slack
     # The pod burns 100% of its 100m request (target 50%): 2 pods, then 4 (the max).
     pods, usage = running(first, 1000.0, 100, since=0.0)
     second = plan(s, Observed(1020.0, pods, NODES, autoscalers=recorded(first), usage=usage))
@@ -93,7 +95,11 @@ def test_the_autoscaler_sets_the_count_and_a_rollout_keeps_it(repo: GitRepo) -> 
     # Between two syncs the count stands, whatever the metrics say.
     between = plan(s, Observed(1025.0, pods, NODES, autoscalers=recorded(second), usage={}))
     assert len([d for d in between.pods if d.owner == WEB]) == 2 and not between.events
-    assert between.requeue_after == pytest.approx(10.0)
+    assert between.requeue_after == pytest.approx(9.0)
+    # With samples: the next sync comes just after the next one is due (sampled at 1024, every 15 s).
+    fresh = {k: replace(u, timestamp=1024.0) for k, u in usage.items()}
+    aligned = plan(s, Observed(1025.0, pods, NODES, autoscalers=recorded(second), usage=fresh))
+    assert aligned.requeue_after == pytest.approx(1024.0 + 15.0 + 0.25 - 1025.0)
 
     # A new template (and a replicas change in Git): the rollout keeps the autoscaler's count.
     s2 = state(repo, {"web.yaml": web(replicas=7, version="v2"), "hpa.yaml": hpa()})

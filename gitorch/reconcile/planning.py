@@ -976,12 +976,13 @@ def _autoscaler(ps: _Pass, obj: Object) -> None:
     kept = stored.get("desiredReplicas")
     current = int(kept) if same_target and isinstance(kept, int) else int(target.spec.get("replicas", 1))
     last = stored.get("lastSync")
-    if same_target and isinstance(last, (int, float)) and ps.now - last < ps.observed.autoscaler_sync:
+    live, _ = ps.live(key)
+    period = ps.observed.autoscaler_sync
+    if same_target and isinstance(last, (int, float)) and ps.now - last < period - SYNC_SLACK:
         ps.scales[key] = current  # between syncs: the count it set last
         ps.plan.statuses[obj.key] = _autoscaler_status(dict(stored), spec)
-        _requeue(ps, last + ps.observed.autoscaler_sync - ps.now)
+        _requeue(ps, _next_sync(ps, live, float(last)) - ps.now)
         return
-    live, _ = ps.live(key)
     template = _template(target) or {}
     samples = []
     for p in live:
@@ -1008,7 +1009,28 @@ def _autoscaler(ps: _Pass, obj: Object) -> None:
         "lastScaleTime": decision.history.last_scale,
     }
     ps.plan.statuses[obj.key] = _autoscaler_status(body, spec)
-    _requeue(ps, ps.observed.autoscaler_sync)
+    _requeue(ps, _next_sync(ps, live, ps.now) - ps.now)
+
+
+SYNC_SLACK = 1.0
+"""Seconds a sync may come early, so the one due with a sample does not wait a whole period."""
+SAMPLE_LAG = 0.25
+"""Seconds after a pod's next sample is due that its node has written it."""
+
+
+def _next_sync(ps: _Pass, pods: Sequence[PodState], last: float) -> float:
+    """When the next sync is due: a period after the last one, and just after the target's pods'
+    next sample (each sample carries its time and interval), so a sync reads fresh metrics
+    instead of ones up to a period old."""
+    due = last + ps.observed.autoscaler_sync - SYNC_SLACK
+    samples = [u for p in pods if (u := ps.observed.usage.get((p.namespace, p.name))) is not None]
+    if samples:
+        newest = max(samples, key=lambda u: u.timestamp)
+        upcoming = newest.timestamp + newest.window + SAMPLE_LAG
+        while upcoming < due:
+            upcoming += newest.window
+        due = upcoming
+    return due
 
 
 def _requeue(ps: _Pass, after: float) -> None:

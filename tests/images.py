@@ -58,7 +58,7 @@ def _is_static(path: Path) -> bool:
     return 3 not in types  # PT_INTERP
 
 
-def busybox_rootfs() -> bytes:
+def busybox_rootfs(index_html: str = INDEX_HTML) -> bytes:
     """A root filesystem tarball: /bin/busybox, applet symlinks, /www/index.html, /tmp."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
@@ -76,7 +76,7 @@ def busybox_rootfs() -> bytes:
             info = tarfile.TarInfo(f"bin/{applet}")
             info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
             tar.addfile(info)
-        add("www/index.html", kind=tarfile.REGTYPE, mode=0o644, data=INDEX_HTML.encode())
+        add("www/index.html", kind=tarfile.REGTYPE, mode=0o644, data=index_html.encode())
         add("etc/passwd", kind=tarfile.REGTYPE, mode=0o644, data=b"root:x:0:0:root:/:/bin/sh\n")
     return out.getvalue()
 
@@ -94,9 +94,9 @@ def podman(lab: Lab, node: str, *args: str, stdin: bytes = b"", check: bool = Tr
     return result
 
 
-def import_image(lab: Lab, node: str, ref: str = IMAGE) -> str:
+def import_image(lab: Lab, node: str, ref: str = IMAGE, index_html: str = INDEX_HTML) -> str:
     """`podman import` the busybox rootfs as `ref` on `node`; returns the image id."""
-    return podman(lab, node, "import", "--quiet", "-", ref, stdin=busybox_rootfs()).stdout.strip()
+    return podman(lab, node, "import", "--quiet", "-", ref, stdin=busybox_rootfs(index_html)).stdout.strip()
 
 
 def remove_image(lab: Lab, node: str, ref: str = IMAGE) -> None:

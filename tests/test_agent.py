@@ -695,6 +695,50 @@ def test_init_containers_run_in_order_before_the_app(node: Node, tmp_path: Path)
     assert p["containers"][0]["state"] == "waiting"  # the app never started
 
 
+def test_a_sidecar_init_container_starts_first_keeps_running_and_restarts(node: Node, tmp_path: Path) -> None:
+    out = tmp_path / "order.txt"
+    ready_file = tmp_path / "sidecar-ready"
+    # The sidecar is started once its startup probe passes: only then may init-2 run.
+    sidecar = ctr("proxy", ["sh", "-c", f"echo proxy >> {out}; sleep 0.5; touch {ready_file}; exec sleep 300"],
+                  restartPolicy="Always",
+                  startupProbe={"exec": {"command": ["test", "-e", str(ready_file)]}, "periodSeconds": 0.1,
+                                "failureThreshold": 100})
+    inits = [sidecar, ctr("init-2", ["sh", "-c", f"echo init-2 >> {out}"])]
+    app = ctr("app", ["sh", "-c", f"echo app >> {out}; exec sleep 300"])
+    node.sync(pod("side", app, initContainers=inits))
+    p = node.wait_pod("side", lambda p: p["ready"], "ready")
+    wait_until("the app's line", lambda: out.read_text().split(), accept=lambda lines: len(lines) >= 3,
+               timeout=15, interval=0.05)
+    assert out.read_text().split() == ["proxy", "init-2", "app"]
+    proxy = p["initContainers"][0]
+    assert (proxy["state"], proxy["ready"]) == ("running", True)
+    # Killed, it is restarted (a sidecar restarts whatever the pod's restartPolicy); the app is left alone.
+    app_pid = p["containers"][0]["pid"]
+    os.kill(proxy["pid"], signal.SIGKILL)
+    p = node.wait_pod("side", lambda p: p["initContainers"][0]["restartCount"] == 1
+                      and p["initContainers"][0]["state"] == "running", "the sidecar restarted")
+    assert p["containers"][0]["pid"] == app_pid and p["containers"][0]["restartCount"] == 0
+    # Removed: the app is stopped first, the sidecar after it.
+    node.sync()
+    wait_until("the pod gone", lambda: node.pods(), accept=lambda pods: "side" not in pods, timeout=15,
+               interval=0.05)
+    log = (node.root / "supervisor.log").read_text()
+    app_exit = log.rindex("container app: exited")
+    proxy_exit = log.rindex("container proxy: exited")
+    assert app_exit < proxy_exit, log[-2000:]
+
+
+def test_a_jobs_pod_with_a_sidecar_succeeds_when_its_containers_end(node: Node) -> None:
+    sidecar = ctr("logger", ["sleep", "300"], restartPolicy="Always")
+    work = ctr("work", ["sh", "-c", "sleep 0.3; exit 0"])
+    node.sync(pod("job", work, restartPolicy="Never", initContainers=[sidecar]))
+    p = node.wait_pod("job", lambda p: p["phase"] == "Succeeded", "Succeeded")
+    logger = p["initContainers"][0]
+    # The sidecar was stopped once the work ended, and not started again.
+    p = node.wait_pod("job", lambda p: p["initContainers"][0]["state"] == "terminated", "the sidecar stopped")
+    assert p["phase"] == "Succeeded" and p["initContainers"][0]["restartCount"] == logger["restartCount"]
+
+
 def test_a_bad_pod_does_not_disturb_the_others(node: Node) -> None:
     broken = pod("bad-1", {"name": "main", "command": None})
     missing = pod("bad-2", ctr("main", ["/nonexistent/binary"]), restartPolicy="Never")

@@ -24,8 +24,7 @@ KINDS = [
     "Ingress",
     "PersistentVolume",
     "StorageClass",
-    "LimitRange",
-    "PodDisruptionBudget",
+    "PriorityClass",
     "ReplicationController",
     "Role",
     "ClusterRoleBinding",
@@ -171,26 +170,26 @@ def test_generate_name_is_refused_once_with_what_to_do(repo: GitRepo) -> None:
     ]
 
 
-def test_lifecycle_hooks_are_accepted_and_a_sidecar_init_container_says_what_to_do_instead(repo: GitRepo) -> None:
-    """Hooks run (tests/test_agent.py); sidecar init containers are refused, with the way to get
-    their effect."""
+def test_lifecycle_hooks_and_sidecar_init_containers_are_accepted(repo: GitRepo) -> None:
+    """Hooks and sidecars run (tests/test_agent.py); restartPolicy on a container that is not
+    an init container is refused, saying where it belongs."""
     hooks = "          lifecycle: {postStart: {exec: {command: [x]}}, preStop: {sleep: {seconds: 5}}}\n"
     assert errors(repo, {"d.yaml": deployment(container=hooks)}) == []
     two = "          lifecycle: {preStop: {sleep: {seconds: 5}, exec: {command: [x]}}}\n"
     got = errors(repo, {"d.yaml": deployment(container=two)})
     assert len(got) == 1 and "exactly one handler: exec, httpGet or sleep" in got[0], got
     sidecar = "      initContainers:\n        - {name: proxy, command: [sleep, '9'], restartPolicy: Always}\n"
-    got = errors(repo, {"d.yaml": deployment(pod=sidecar)})
-    assert len(got) == 1 and "/initContainers/0/restartPolicy: field 'restartPolicy' is not supported" in got[0], got
-    assert "sidecar init containers are not run. Move this container to containers" in got[0]
+    assert errors(repo, {"d.yaml": deployment(pod=sidecar)}) == []
+    got = errors(repo, {"d.yaml": deployment(container="          restartPolicy: Always\n")})
+    assert len(got) == 1 and "/containers/0/restartPolicy" in got[0], got
+    assert "restartPolicy is for initContainers" in got[0]
+    never = "      initContainers:\n        - {name: proxy, command: [sleep, '9'], restartPolicy: Never}\n"
+    assert len(errors(repo, {"d.yaml": deployment(pod=never)})) == 1
 
 
 @pytest.mark.parametrize(
     ("kind", "fix"),
     [
-        ("PodDisruptionBudget", "gitorch evicts nothing on its own yet"),
-        ("ResourceQuota", "set resources on each container"),
-        ("LimitRange", "applies no namespace defaults yet"),
         ("PersistentVolume", "use a PersistentVolumeClaim"),
         ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
     ],

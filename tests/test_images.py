@@ -3,9 +3,14 @@ reported unplaceable (NoContainerRuntime) where it has no container runtime."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shutil
+import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,14 +18,14 @@ import pytest
 from gitorch.nodes.client import Fleet, NodeClient
 from gitorch.nodes.lab import Lab, down, up
 from gitorch.nodes.ssh import Endpoint, Pool, SSHOptions
-from tests.images import IMAGE, INDEX_HTML, containers, import_image, remove_image, require_podman
+from tests.images import IMAGE, INDEX_HTML, containers, import_image, podman, remove_image, require_podman
 from tests.lab import require_lab, ssh_run
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
 # Its own small lab, away from the session lab's subnet: only lab-1 gets a container runtime.
-IMAGES_SUBNET = os.environ.get("GITORCH_TEST_IMAGES_SUBNET", "10.231.41.0/24")
+IMAGES_SUBNET = os.environ.get("GITORCH_TEST_IMAGES_SUBNET", "10.231.40.0/24")
 WITH_RUNTIME, WITHOUT_RUNTIME = "lab-1", "lab-2"
 
 
@@ -114,16 +119,17 @@ def test_image_pod_runs_through_podman_and_is_removed_again(images_lab: Lab, fle
         client.call("sync", {"pods": []})
 
 
-def test_image_that_is_not_on_the_node_is_not_pulled(images_lab: Lab, fleet: Fleet, image: str) -> None:
+def test_an_image_that_cannot_be_pulled_fails_with_err_image_pull(images_lab: Lab, fleet: Fleet, image: str) -> None:
+    # No imagePullPolicy: IfNotPresent. The image is not on the node and no registry serves it.
     client = fleet.clients[WITH_RUNTIME]
     missing = "localhost/gitorch-not-imported:1"
     try:
         client.call("sync", {"pods": [_pod("nopull", missing, ["true"], restartPolicy="Never")]})
-        pod = wait_until("pod nopull Failed", lambda: _pod_status(client, "nopull"), timeout=20, interval=0.1,
+        pod = wait_until("pod nopull Failed", lambda: _pod_status(client, "nopull"), timeout=30, interval=0.1,
                          accept=lambda p: p is not None and p["phase"] == "Failed")
-        assert pod["containers"][0]["exitCode"] == 125  # podman's own error, not the container's
-        log = client.call("logs", {"pod": "nopull", "tail": -1})["log"]
-        assert missing in log and "image not known" in log, log
+        ctr = pod["containers"][0]
+        assert ctr["exitCode"] == 125  # podman's own error, not the container's
+        assert ctr["reason"] == "ErrImagePull" and missing in ctr["message"], ctr
     finally:
         client.call("sync", {"pods": []})
     assert missing not in ssh_run(images_lab, WITH_RUNTIME, "podman images --format '{{.Repository}}'").stdout
@@ -146,3 +152,95 @@ def test_image_pod_on_a_node_without_a_runtime_is_unplaceable(images_lab: Lab, f
         assert "podman: podman not installed" in message, message
     finally:
         client.call("sync", {"pods": []})
+
+
+# --- imagePullPolicy against a real registry (Debian's docker-registry, the CNCF distribution) ----
+
+
+@pytest.fixture(scope="module")
+def registry(images_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registry on the lab's host address, plain HTTP, marked insecure for podman (in /etc,
+    which the lab's nodes share with the host); yields its host:port."""
+    require_podman()
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        reason = "docker-registry is not installed (apt-get install -y docker-registry)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must not skip image tests)", pytrace=False)
+        pytest.skip(reason)
+    host = str(ipaddress.ip_network(images_lab.subnet).network_address + 1)
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    where = f"{host}:{port}"
+    root = tmp_path_factory.mktemp("registry")
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+        f"http: {{addr: '{where}'}}\n"
+    )
+    conf_dir = Path("/etc/containers/registries.conf.d")
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    insecure = conf_dir / f"50-gitorch-test-{port}.conf"
+    insecure.write_text(f'[[registry]]\nlocation = "{where}"\ninsecure = true\n')
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until("the registry answering", lambda: _get(f"http://{where}/v2/"), timeout=20, interval=0.1,
+                   accept=lambda body: body is not None)
+        yield where
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        insecure.unlink(missing_ok=True)
+
+
+def _push(lab: Lab, ref: str, index_html: str) -> None:
+    """Build the busybox image with `index_html` on the node, push it as `ref`, and remove it
+    from the node again, so the node has it only by pulling."""
+    local = "localhost/gitorch-push:tmp"
+    import_image(lab, WITH_RUNTIME, local, index_html)
+    podman(lab, WITH_RUNTIME, "push", "--quiet", local, ref)
+    podman(lab, WITH_RUNTIME, "rmi", "--force", local)
+
+
+def _run_once(client: NodeClient, name: str, image: str, policy: str) -> dict[str, Any]:
+    client.call("sync", {"pods": [_pod(name, image, ["cat", "/www/index.html"], restartPolicy="Never",
+                                       imagePullPolicy=policy)]})
+    return wait_until(f"pod {name} finished", lambda: _pod_status(client, name), timeout=60, interval=0.2,
+                      accept=lambda p: p is not None and p["phase"] in ("Succeeded", "Failed"))
+
+
+def test_image_pull_policy_always_pulls_ifnotpresent_keeps_and_never_refuses(
+    images_lab: Lab, fleet: Fleet, image: str, registry: str
+) -> None:
+    client = fleet.clients[WITH_RUNTIME]
+    ref = f"{registry}/gitorch/pulled:1"
+    images = lambda: ssh_run(images_lab, WITH_RUNTIME, "podman images --format '{{.Repository}}:{{.Tag}}'").stdout  # noqa: E731
+    try:
+        # Never, and the image is not on the node: it fails at once, without asking the registry.
+        _push(images_lab, ref, "first\n")
+        never = _run_once(client, "never", ref, "Never")
+        assert (never["phase"], never["containers"][0]["reason"]) == ("Failed", "ErrImageNeverPull"), never
+        assert ref not in images()
+        # IfNotPresent pulls what is missing.
+        first = _run_once(client, "ifnp", ref, "IfNotPresent")
+        assert first["phase"] == "Succeeded", first
+        assert client.call("logs", {"pod": "ifnp", "tail": -1})["log"] == "first\n"
+        assert ref in images()
+        # The tag moves in the registry: IfNotPresent runs what the node has, Always pulls again.
+        _push(images_lab, ref, "second\n")
+        client.call("sync", {"pods": []})
+        wait_until("pods gone", lambda: client.call("status")["pods"], timeout=20, interval=0.1,
+                   accept=lambda pods: pods == [])
+        _run_once(client, "ifnp2", ref, "IfNotPresent")
+        assert client.call("logs", {"pod": "ifnp2", "tail": -1})["log"] == "first\n"
+        _run_once(client, "always", ref, "Always")
+        assert client.call("logs", {"pod": "always", "tail": -1})["log"].endswith("second\n")
+        # Always, and the registry has no such image: ErrImagePull with the registry's words.
+        missing = _run_once(client, "absent", f"{registry}/gitorch/absent:1", "Always")
+        ctr = missing["containers"][0]
+        assert (missing["phase"], ctr["reason"]) == ("Failed", "ErrImagePull"), missing
+        assert "absent" in ctr["message"], ctr
+    finally:
+        client.call("sync", {"pods": []})
+        podman(images_lab, WITH_RUNTIME, "rmi", "--force", "--ignore", ref, check=False)

@@ -125,6 +125,65 @@ def test_pods_of_a_lost_node_are_replaced_elsewhere(repo: GitRepo) -> None:
     assert len(p.pods) == 3 and "n1" not in {d.node for d in p.pods}
 
 
+def tolerating(text: str, toleration: str) -> str:
+    spec = "    spec:\n      containers:"
+    return text.replace(spec, f"    spec:\n      tolerations: [{toleration}]\n      containers:", 1)
+
+
+def test_toleration_seconds_keep_pods_on_a_lost_node_until_they_pass(repo: GitRepo) -> None:
+    now = 1000.0
+    unreachable = "{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 60}"
+    s = state(repo, {"web.yaml": tolerating(deployment(3, "v1"), unreachable)})
+    pods = as_observed(plan(s, Observed(now, (), NODES)), now)
+    on_n1 = {p.name for p in pods if p.node == "n1"}
+    assert on_n1
+    lost = (NodeState(NODES[0].info, reachable=False, lost=True, lost_since=now), *NODES[1:])
+    # 30 s after the node was found lost: the pods stay bound to it, nothing replaces them.
+    kept = plan(s, Observed(now + 30, pods, lost))
+    assert kept.removed == [] and {d.name for d in kept.pods if d.node == "n1"} == on_n1
+    # Once the 60 s have passed they are evicted and replaced elsewhere.
+    gone = plan(s, Observed(now + 61, pods, lost))
+    assert {r.name for r in gone.removed} == on_n1
+    assert len(gone.pods) == 3 and "n1" not in {d.node for d in gone.pods}
+    # A toleration without seconds tolerates forever (as DaemonSet pods do in Kubernetes).
+    always = unreachable.replace(", tolerationSeconds: 60", "")
+    forever = state(repo, {"web.yaml": tolerating(deployment(3, "v1"), always)})
+    assert plan(forever, Observed(now + 10_000, pods, lost)).removed == []
+
+
+def test_a_noexecute_taint_in_git_evicts_pods_that_do_not_tolerate_it(repo: GitRepo) -> None:
+    from gitorch.reconcile.scheduler import Taint
+
+    now = 1000.0
+    maintenance = Taint("maintenance", "", "NoExecute")
+    s = state(repo, {"web.yaml": deployment(3, "v1")})
+    pods = as_observed(plan(s, Observed(now, (), NODES)), now)
+    on_n1 = {p.name for p in pods if p.node == "n1"}
+    tainted_info = replace(NODES[0].info, taints=(maintenance,))
+    tainted = (NodeState(tainted_info, noexecute_since=((maintenance, now),)), *NODES[1:])
+    p = plan(s, Observed(now, pods, tainted))
+    assert {r.name for r in p.removed} == on_n1 and "n1" not in {d.node for d in p.pods}
+    # Tolerated for 120 s: kept until then, counted from when the taint was first seen.
+    tol = "{key: maintenance, operator: Exists, effect: NoExecute, tolerationSeconds: 120}"
+    s2 = state(repo, {"web.yaml": tolerating(deployment(3, "v1"), tol)})
+    assert plan(s2, Observed(now + 100, pods, tainted)).removed == []
+    assert {r.name for r in plan(s2, Observed(now + 121, pods, tainted)).removed} == on_n1
+
+
+def test_toleration_seconds_is_the_least_of_the_matching_tolerations() -> None:
+    from gitorch.reconcile.planning import toleration_seconds
+    from gitorch.reconcile.scheduler import Taint
+
+    taint = Taint("k", "v", "NoExecute")
+    assert toleration_seconds([], taint) == 0.0
+    assert toleration_seconds([{"key": "other", "operator": "Exists"}], taint) == 0.0
+    both = [{"key": "k", "operator": "Exists", "tolerationSeconds": 90},
+            {"operator": "Exists", "tolerationSeconds": 30}]
+    assert toleration_seconds(both, taint) == 30
+    assert toleration_seconds([{"key": "k", "value": "v", "effect": "NoExecute"}], taint) is None
+    assert toleration_seconds([{"key": "k", "operator": "Exists", "tolerationSeconds": -5}], taint) == 0.0
+
+
 def test_cronjob_runs_on_schedule_and_forbids_overlap(repo: GitRepo) -> None:
     s = state(repo, {"cron.yaml": CRON})
     t0 = datetime(2026, 11, 22, 4, 1, tzinfo=UTC).timestamp()
@@ -249,6 +308,13 @@ def test_daemonset_follows_nodes_and_taints(repo: GitRepo) -> None:
         NodeInfo("n3", {}, Resources(4000, 8 << 30, 110, 100 << 30), taints=(Taint("dedicated", "db", "NoSchedule"),))
     )
     assert sorted(d.node for d in plan(s, Observed(now, (), (*two, tainted))).pods) == ["n1", "n2"]
+    # A NoSchedule taint added later keeps the pod already there; a NoExecute one evicts it.
+    running = as_observed(plan(s, Observed(now, (), NODES)), now)
+    assert sorted(d.node for d in plan(s, Observed(now, running, (*two, tainted))).pods) == ["n1", "n2", "n3"]
+    evicting = Taint("dedicated", "db", "NoExecute")
+    noexec = NodeState(replace(tainted.info, taints=(evicting,)), noexecute_since=((evicting, now),))
+    p = plan(s, Observed(now, running, (*two, noexec)))
+    assert sorted(d.node for d in p.pods) == ["n1", "n2"] and [r.node for r in p.removed] == ["n3"]
 
 
 def paused(text: str) -> str:

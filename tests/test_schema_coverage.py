@@ -26,6 +26,7 @@ CONSUMERS = (
     "gitorch/dns/*.py",
     "gitorch/server/*.py",
     "gitorch/model/selectors.py",
+    "gitorch/model/admission.py",
     "gitorch/source/crosschecks.py",
 )
 
@@ -87,6 +88,7 @@ spec:
   template:
     spec:
       restartPolicy: Never
+      subdomain: workers
       containers:
         - name: a
           image: busybox
@@ -110,13 +112,11 @@ def test_validate_warns_once_per_no_effect_field_with_line_and_reason() -> None:
     errors = [d for d in result.diagnostics if d.severity is Severity.ERROR]
     assert not errors, [d.format() for d in errors]
     got = sorted((d.line, d.pointer) for d in warnings)
-    assert got == [  # ttlSecondsAfterFinished has an effect on a Job: no warning
-        (13, "/spec/template/spec/containers/0/imagePullPolicy"),
-        (16, "/spec/template/spec/containers/1/imagePullPolicy"),
-    ]  # subPath has an effect: no warning
-    pull = next(d for d in warnings if d.line == 13)
-    assert pull.hint == NO_EFFECT["container.imagePullPolicy"]
-    assert pull.format().startswith("jobs/once.yaml:13:")
+    # ttlSecondsAfterFinished, imagePullPolicy and subPath have an effect: no warning for them.
+    assert got == [(10, "/spec/template/spec/subdomain")]
+    pull = warnings[0]
+    assert pull.hint == NO_EFFECT["podSpec.subdomain"]
+    assert pull.format().startswith("jobs/once.yaml:10:")
     assert "warning: field has no effect" in pull.format()
 
 

@@ -1049,6 +1049,8 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...]
     pre_stop: ProbeSpec | None = None  # lifecycle hooks: kind exec, httpGet or sleep
     post_start: ProbeSpec | None = None
+    pull: str = "missing"  # imagePullPolicy as podman's --pull: always, missing or never
+    sidecar: bool = False  # an init container with restartPolicy Always
 
     @classmethod
     def parse(cls, raw: Any, where: str, init: bool) -> ContainerSpec:
@@ -1113,7 +1115,30 @@ class ContainerSpec:
             mounts=tuple(mounts),
             pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
             post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
+            pull=_pull_policy(raw.get("imagePullPolicy"), f"{where}.imagePullPolicy"),
+            sidecar=_sidecar(raw.get("restartPolicy"), f"{where}.restartPolicy", init),
         )
+
+
+def _sidecar(raw: Any, where: str, init: bool) -> bool:
+    if raw is None:
+        return False
+    if raw != "Always" or not init:
+        raise SpecError(f"{where}: only an init container takes one, and only Always (a sidecar)")
+    return True
+
+
+PULL_POLICIES = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
+
+
+def _pull_policy(raw: Any, where: str) -> str:
+    """Kubernetes' imagePullPolicy as the runtime's --pull value. Unset is IfNotPresent for
+    every tag (Kubernetes pulls an untagged or :latest image on every start: set Always)."""
+    if raw is None:
+        return "missing"
+    if raw not in PULL_POLICIES:
+        raise SpecError(f"{where}: must be one of {', '.join(PULL_POLICIES)}")
+    return PULL_POLICIES[raw]
 
 
 # A postStart hook may run this long; then it has failed (the kubelet waits for ever).
@@ -2176,9 +2201,10 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
     """
     assert pod.spec is not None
     kind, binary = runtime
-    # Images are never pulled: they must already be on the node (`podman import`/`load`),
-    # so a missing one fails at once instead of waiting on a registry.
-    argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", "never",
+    # imagePullPolicy: Always pulls on every start, IfNotPresent only a missing image, Never
+    # runs what the node has (a missing image fails at once instead of waiting on a registry).
+    # --quiet: a pull's progress stays out of the container's log (its errors do not).
+    argv = [binary, "run", *runtime_flags(kind), "--rm", "--name", name, "--pull", spec.pull, "--quiet",
             "--network", f"ns:{netns_path(pod.key)}" if pod.netns and kind == "podman" else "host",
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     if kind == "podman":
@@ -3507,8 +3533,23 @@ class Supervisor:
             for ctr in pod.all_containers():
                 if ctr.state == "running" and ctr.kill_deadline is None:
                     self.begin_kill(pod, ctr, now, "network", "pod network re-created")
+        # Init containers one by one. A sidecar (restartPolicy Always) lets the next one start
+        # once it has started (its startup probe and postStart hook done), then keeps running
+        # beside the containers; it is stepped on every tick, restarts included.
+        main_done = pod.spec.restart_policy != "Always" and bool(pod.containers) and all(
+            c.state == "terminated" and not c.draining for c in pod.containers)
         for ctr in pod.init_containers:
-            if not ctr.succeeded:
+            if ctr.spec is not None and ctr.spec.sidecar:
+                if main_done:  # the pod's work is over (a Job's pod): its sidecars stop, last
+                    self.stop_sidecar(pod, ctr, now)
+                    continue
+                self.step_container(pod, ctr, now)
+                if not ctr.succeeded and ctr.state == "running" and ctr.startup_done \
+                        and ctr.post_start is None:
+                    ctr.succeeded = True  # for a sidecar: it has started once
+                if not ctr.succeeded:
+                    return
+            elif not ctr.succeeded:
                 self.step_container(pod, ctr, now)
                 if not ctr.succeeded:
                     return
@@ -3516,6 +3557,19 @@ class Supervisor:
             if ctr.reason == "PodInitializing":
                 ctr.reason = "ContainerCreating"
             self.step_container(pod, ctr, now)
+
+    def stop_sidecar(self, pod: Pod, ctr: Container, now: float) -> None:
+        """Stop a sidecar whose pod's containers have all ended; it is not started again."""
+        if ctr.state == "running" and ctr.kill_deadline is None:
+            exited, rc = ctr.poll_exit()
+            if exited:
+                self.on_exit(pod, ctr, rc, now, stopping=True)
+            else:
+                self.begin_kill(pod, ctr, now, "stop", "the pod's containers have ended")
+        if ctr.busy:
+            self.step_container(pod, ctr, now, stopping=True)
+        elif ctr.state == "waiting":
+            ctr.state, ctr.reason, ctr.message = "terminated", "Completed", ""
 
     def prepare(self, pod: Pod) -> None:
         assert pod.spec is not None
@@ -3629,7 +3683,12 @@ class Supervisor:
         return True
 
     def step_stopping(self, pod: Pod, now: float) -> None:
+        # Sidecars get their SIGTERM once the containers they serve have gone, as the kubelet does.
+        serving = any(c.busy for c in pod.containers)
         for ctr in pod.all_containers():
+            sidecar = ctr.init and ctr.spec is not None and ctr.spec.sidecar
+            if serving and sidecar and ctr.kill_deadline is None and ctr.state == "running":
+                continue
             if ctr.state == "running" and ctr.kill_deadline is None:
                 exited, rc = ctr.poll_exit()
                 if exited:
@@ -3911,7 +3970,12 @@ class Supervisor:
             code, reason = rc, "Completed" if rc == 0 else "Error"
         if sig == signal.SIGKILL and Cgroups.oom_kills(ctr.cgroups) > ctr.oom_base:
             reason = "OOMKilled"
-        if ctr.kill_reason == "liveness":
+        pull_error = self.pull_error(pod, ctr) if rc == 125 and ctr.runtime != "process" else None
+        if pull_error is not None:
+            reason = pull_error[0]
+        if pull_error is not None:
+            message = pull_error[1]
+        elif ctr.kill_reason == "liveness":
             message = f"Container {ctr.name} failed liveness probe, will be restarted"
         elif ctr.kill_reason == "startup":
             message = f"Container {ctr.name} failed startup probe, will be restarted"
@@ -3931,6 +3995,30 @@ class Supervisor:
         self.send(ctr, signal.SIGKILL)
         self.finish_exit(pod, ctr, now, stopping)
 
+    def pull_error(self, pod: Pod, ctr: Container) -> tuple[str, str] | None:
+        """(reason, message) when the runtime's own exit (125) came from the image: it could
+        not be pulled (ErrImagePull), or is missing where imagePullPolicy is Never
+        (ErrImageNeverPull), read from the runtime's last words in the container's log."""
+        try:
+            with open(self.paths.log_file(pod.key, ctr.name), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 4096))
+                tail = fh.read().decode(errors="replace")
+        except OSError:
+            return None
+        lines = [line.strip() for line in tail.splitlines() if line.strip().startswith("Error")]
+        if not lines:
+            return None
+        last = self.redact(one_line(lines[-1]))[:400]
+        low = last.lower()
+        never = ctr.spec is not None and ctr.spec.pull == "never"
+        if never and ("image not known" in low or "no such image" in low):
+            return "ErrImageNeverPull", f"image is not present on the node and imagePullPolicy is Never: {last}"
+        if any(w in low for w in ("pull", "initializing source", "registry", "manifest unknown",
+                                  "image not known", "no such image", "unauthorized")):
+            return "ErrImagePull", last
+        return None
+
     def finish_exit(self, pod: Pod, ctr: Container, now: float, stopping: bool) -> None:
         """Decide what follows a termination: back-off and restart, or stay terminated."""
         ctr.draining = False
@@ -3942,7 +4030,9 @@ class Supervisor:
             ctr.state = "terminated"
             return
         policy = pod.spec.restart_policy
-        if ctr.init:
+        if ctr.init and ctr.spec is not None and ctr.spec.sidecar:
+            restart = True  # a sidecar restarts whatever the pod's restartPolicy
+        elif ctr.init:
             if code == 0:
                 ctr.succeeded, ctr.state = True, "terminated"
                 ctr.reason, ctr.message = "", ""
@@ -4085,7 +4175,9 @@ class Supervisor:
                 "reason": reason,
                 "message": message,
                 "ready": phase == "Running" and bool(containers)
-                and all(c["ready"] for c in containers),
+                and all(c["ready"] for c in containers)
+                and all(c["ready"] for c, ctr in zip(inits, pod.init_containers, strict=True)
+                        if ctr.spec is not None and ctr.spec.sidecar),
                 "restarts": sum(c.restart_count for c in pod.all_containers()),
                 "startedAt": iso(pod.created_at),
                 "podIP": pod.ip if pod.netns else None,
@@ -4109,7 +4201,7 @@ class Supervisor:
             "state": ctr.state,
             "reason": reason,
             "message": message,
-            "ready": running and ctr.ready and not ctr.init,
+            "ready": running and ctr.ready and (not ctr.init or (ctr.spec is not None and ctr.spec.sidecar)),
             "started": running and ctr.startup_done,
             "restartCount": ctr.restart_count,
             "pid": ctr.pid if running else None,

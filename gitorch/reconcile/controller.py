@@ -160,7 +160,7 @@ def node_info(manifest: Any, facts: dict[str, Any], reachable: bool) -> NodeInfo
             Taint(str(t.get("key")), str(t.get("value", "")), str(t.get("effect"))) for t in spec.get("taints") or []
         ),
         ready=reachable,
-        unschedulable=bool(spec.get("unschedulable")),
+        unschedulable=bool(spec.get("unschedulable") or spec.get("drain")),
         runtimes=frozenset(facts.get("runtimes") or ["process"]),
     )
 
@@ -199,6 +199,9 @@ class Controller:
         self._cache_term: tuple[str, int] | None = None  # the term whose writes the kept rows hold
         self._cache_at = float("-inf")
         self._node_failures: dict[str, tuple[int, float, str]] = {}  # failures in a row, next ask, last error
+        # When each NoExecute taint of a Node's manifest was first seen (tolerationSeconds count
+        # from it). Kept in memory: a restarted controller starts the count again, later, never sooner.
+        self._noexecute_seen: dict[tuple[str, Taint], float] = {}
         self._states: dict[str, DesiredState] = {}
         self._networks: tuple[Any, dict[str, dict[str, Any]]] | None = None
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
@@ -481,7 +484,17 @@ class Controller:
             observations.append(NodeObservation(name, manifest.spec, dict(manifest.labels), reachable, facts,
                                                 fresh_facts, error, record))
             lost = not reachable and (last_seen is None or now - last_seen > self.settings.node_timeout)
-            nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=lost))
+            info = node_info(manifest, facts, reachable)
+            noexecute = tuple(
+                (t, self._noexecute_seen.setdefault((name, t), now)) for t in info.taints if t.effect == "NoExecute"
+            )
+            lost_since = (0.0 if last_seen is None else last_seen + self.settings.node_timeout) if lost else None
+            nodes.append(NodeState(info, reachable=reachable, lost=lost, lost_since=lost_since,
+                                   noexecute_since=noexecute, draining=bool(manifest.spec.get("drain"))))
+        # Retention: a taint gone from its Node's manifest (or the Node gone) is forgotten.
+        current = {(n.name, t) for n in nodes for t, _ in n.noexecute_since}
+        for forgotten in [k for k in self._noexecute_seen if k not in current]:
+            del self._noexecute_seen[forgotten]
         pods: list[PodState] = []
         # Read once a pass (execute and the service table use it too), without the specs it never
         # reads; while this controller's term lasts, what it wrote itself stands in for a read.

@@ -13,13 +13,24 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
+from gitorch.model import admission, selectors
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.usage import PodUsage
 from gitorch.reconcile import autoscaling, podspecs
-from gitorch.reconcile.scheduler import Decision, NodeInfo, PodInfo, pod_info_from_template, schedule
+from gitorch.reconcile.scheduler import (
+    UNREACHABLE,
+    Decision,
+    NodeInfo,
+    PodInfo,
+    Taint,
+    pod_info_from_template,
+    schedule,
+    tolerates,
+)
 
 RUNNING_PHASES = ("Pending", "Running", "Unknown")
 
@@ -59,6 +70,11 @@ class NodeState:
     info: NodeInfo
     reachable: bool = True
     lost: bool = False  # NotReady past the node timeout: its pods are replaced elsewhere
+    lost_since: float | None = None
+    """When it was found lost: the node.kubernetes.io/unreachable NoExecute taint's timeAdded."""
+    noexecute_since: tuple[tuple[Taint, float], ...] = ()
+    """Its NoExecute taints from Git, each with when the controller first saw it."""
+    draining: bool = False  # spec.drain: its pods are evicted within their disruption budgets
 
     @property
     def name(self) -> str:
@@ -155,6 +171,40 @@ class Plan:
 # --- helpers ---------------------------------------------------------------------------
 
 
+def toleration_seconds(tolerations: Iterable[Mapping[str, Any]], taint: Taint) -> float | None:
+    """How long a pod with `tolerations` stays on a node once `taint` (NoExecute) is on it, as
+    Kubernetes' taint manager decides: 0 when no toleration matches, the least tolerationSeconds
+    of those that match, None (forever) when one that matches gives none."""
+    seconds: list[float] = []
+    for t in tolerations:
+        if not tolerates([t], taint):
+            continue
+        value = t.get("tolerationSeconds")
+        if value is None:
+            return None
+        seconds.append(max(0.0, float(value)))
+    return min(seconds) if seconds else 0.0
+
+
+def evicted(node: NodeState | None, tolerations: Iterable[Mapping[str, Any]], now: float) -> bool:
+    """Whether a pod on `node` is evicted: the node is gone from Git, or a NoExecute taint on
+    it (node.kubernetes.io/unreachable once it is lost, or one from its manifest) is not
+    tolerated, or was tolerated for tolerationSeconds that have passed. gitorch adds no
+    default tolerations: where Kubernetes' admission gives every pod 300 s for an unreachable
+    node, a gitorch pod without one is replaced once its node is lost (GITORCH_NODE_TIMEOUT)."""
+    if node is None:
+        return True
+    tolerations = list(tolerations)
+    taints = list(node.noexecute_since)
+    if node.lost:
+        taints.append((Taint(UNREACHABLE, "", "NoExecute"), node.lost_since if node.lost_since is not None else now))
+    for taint, since in taints:
+        seconds = toleration_seconds(tolerations, taint)
+        if seconds is not None and now - since >= seconds:
+            return True
+    return False
+
+
 def _scaled(value: Any, total: int, *, round_up: bool) -> int:
     if isinstance(value, str) and value.endswith("%"):
         frac = int(value[:-1]) * total / 100
@@ -194,6 +244,7 @@ class _Pass:
         self.runs: dict[ObjectKey, Object] = {}  # Jobs a CronJob started: owners that are not in Git
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
         self.started_at = 0  # where the running object controller's pods begin in plan.pods
+        self._budgets: list[_Budget] | None = None
         self.scales: dict[ObjectKey, int] = {}  # workloads' replica counts set by their autoscaler
 
     def replicas(self, obj: Object) -> int:
@@ -201,16 +252,123 @@ class _Pass:
         is only the count it starts from)."""
         return self.scales.get(obj.key, int(obj.spec.get("replicas", 1)))
 
-    # Pods on a lost node are gone as far as replica counts go.
-    def live(self, key: ObjectKey) -> tuple[list[PodState], list[PodState]]:
-        live, lost = [], []
-        for p in self.by_owner.get(key, []):
+    # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
+    # counts go, as the taint manager deletes them in Kubernetes.
+    def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
+        live: list[PodState] = []
+        lost: list[PodState] = []
+        template = self.template(obj) or {}
+        tolerations = (template.get("spec") or {}).get("tolerations") or ()
+        for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
-            if p.node is not None and (node is None or node.lost):
-                lost.append(p)
-            else:
-                live.append(p)
+            gone = p.node is not None and evicted(node, tolerations, self.now)
+            drained = not gone and node is not None and node.draining and not p.finished
+            (lost if gone or (drained and self.may_evict(obj, template, p)) else live).append(p)
         return live, lost
+
+    def budgets(self) -> list[_Budget]:
+        """This pass's PodDisruptionBudgets, each with the pods it covers counted once."""
+        if self._budgets is None:
+            self._budgets = []
+            for pdb in self.desired.of_kind("PodDisruptionBudget"):
+                self._budgets.append(_budget(self, pdb))
+                self.plan.statuses[pdb.key] = self._budgets[-1].status()
+        return self._budgets
+
+    def may_evict(self, obj: Object, template: Mapping[str, Any], p: PodState) -> bool:
+        """Whether a pod on a draining node may go now, as the eviction API decides: every
+        budget selecting it allows a disruption (a pod that is not ready needs only the budget
+        to hold, or AlwaysAllow). An eviction uses up the disruption it was allowed."""
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        mine = [b for b in self.budgets() if b.namespace == p.namespace and b.covers(labels)]
+        healthy = _ready(p, self.now, 0)
+        for b in mine:
+            if healthy and b.allowed <= 0:
+                self.plan.events.append(PlannedEvent(
+                    obj.key, "Warning", "EvictionBlocked",
+                    f"{p.name} on draining node {p.node}: Cannot evict pod as it would violate the pod's "
+                    f"disruption budget {b.name} ({b.healthy} healthy, {b.desired} needed)"))
+                return False
+            if not healthy and not b.always_allow and b.healthy < b.desired:
+                return False
+        for b in mine:
+            if healthy:
+                b.allowed -= 1
+                b.healthy -= 1
+        self.plan.events.append(
+            PlannedEvent(obj.key, "Normal", "Evicted", f"{p.name}: evicted from draining node {p.node}"))
+        return True
+
+    def template(self, obj: Object | None) -> Mapping[str, Any] | None:
+        """The object's pod template as its pods get it: with its namespace's LimitRange
+        defaults (see model/admission.py), kept with the state like the specs built from it."""
+        template = _template(obj)
+        if template is None or obj is None:
+            return template
+        items = self.limit_items(obj.key.namespace)
+        if not items:
+            return template
+        if self.desired.objects.get(obj.key) is not obj:
+            return admission.defaulted_template(template, items)
+        key = ("defaulted", obj.key, id(template))
+        found = self.desired.memo.get(key)
+        if found is None:
+            found = self.desired.memo[key] = admission.defaulted_template(template, items)
+        return found
+
+    def limit_items(self, namespace: str) -> tuple[admission.LimitItem, ...]:
+        key = ("limit_items", namespace)
+        found = self.desired.memo.get(key)
+        if found is None:
+            ranges = [(o.key.name, o.spec) for o in self.desired.of_kind("LimitRange") if o.key.namespace == namespace]
+            found = self.desired.memo[key] = admission.limit_items(ranges)
+        return found
+
+    def quotas(self) -> dict[str, list[admission.Quota]]:
+        found = self.desired.memo.get("quotas")
+        if found is None:
+            found = {}
+            for o in self.desired.of_kind("ResourceQuota"):
+                found.setdefault(o.key.namespace, []).append(admission.quota(o.key.name, o.spec))
+            self.desired.memo["quotas"] = found
+        return found
+
+    def admit(self) -> None:
+        """ResourceQuota at pod creation, as Kubernetes' admission: the pods of this pass to be
+        placed, in order, while their namespace's use stays within its quotas; the others stay
+        Pending with Kubernetes' message (a rollout's surge waits, as its ReplicaSet would)."""
+        quotas = self.quotas()
+        if not quotas or not any(d.owner.namespace in quotas for _, d in self.to_place):
+            return
+        finished = {(p.namespace, p.name) for p in self.observed.pods if p.finished}
+        placing = {(d.owner.namespace, d.name) for _, d in self.to_place}
+        used: dict[str, dict[str, Any]] = {}
+        for p in self.plan.pods:
+            ns = p.owner.namespace
+            if ns in quotas and (ns, p.name) not in finished and (ns, p.name) not in placing:
+                owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
+                tmpl = self.template(owner)
+                if tmpl is not None:
+                    admission.add(used.setdefault(ns, {}), admission.pod_usage(tmpl))
+        admitted = []
+        for info, pod in self.to_place:
+            ns = pod.owner.namespace
+            if ns not in quotas:
+                admitted.append((info, pod))
+                continue
+            owner = self.desired.objects.get(pod.owner) or self.runs.get(pod.owner)
+            tmpl = self.template(owner)
+            usage = admission.pod_usage(tmpl) if tmpl is not None else {"pods": Fraction(1)}
+            mine = used.setdefault(ns, {})
+            refusal = next((m for q in quotas[ns] if (m := admission.exceeded(q, mine, usage))), None)
+            if refusal is None:
+                admission.add(mine, usage)
+                admitted.append((info, pod))
+                continue
+            message = f'pods "{pod.name}" is forbidden: {refusal}'
+            self.plan.pods.append(DesiredPod(pod.name, pod.owner, None, pod.revision, pod.spec, pod.ordinal, message))
+            self.plan.events.append(PlannedEvent(pod.owner, "Warning", "FailedCreate", message))
+        self.to_place = admitted
 
     def keep(self, obj: Object, p: PodState, spec: Mapping[str, Any]) -> None:
         self.plan.pods.append(DesiredPod(p.name, obj.key, p.node, p.revision, spec, p.ordinal, p.message))
@@ -243,7 +401,9 @@ class _Pass:
         self.to_place.append((info, pod))
 
     def place_all(self) -> None:
-        """Schedule every new or unplaced pod of this pass together."""
+        """Schedule every new or unplaced pod of this pass together (those its namespace's
+        quota admits)."""
+        self.admit()
         if not self.to_place:
             return
         pending_names = {(d.owner.namespace, d.name) for _, d in self.to_place}
@@ -251,7 +411,7 @@ class _Pass:
         for p in self.plan.pods:
             if p.node is not None and (p.owner.namespace, p.name) not in pending_names:
                 owner = self.desired.objects.get(p.owner) or self.runs.get(p.owner)
-                found = _template(owner) if owner else None
+                found = self.template(owner) if owner else None
                 if found is not None:
                     bound.append(
                         (pod_info_from_template(p.name, p.owner.namespace, found, owner=_owner_id(p.owner)), p.node)
@@ -273,6 +433,60 @@ class _Pass:
                 self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
 
 
+@dataclass
+class _Budget:
+    """A PodDisruptionBudget as the disruption controller computes it for this pass."""
+
+    name: str
+    namespace: str
+    selector: Mapping[str, Any] | None
+    expected: int
+    healthy: int
+    desired: int
+    allowed: int
+    always_allow: bool
+
+    def covers(self, labels: Mapping[str, str]) -> bool:
+        return self.selector is not None and selectors.matches(self.selector, labels)
+
+    def status(self) -> Status:
+        message = (f"{self.healthy}/{self.expected} pods healthy, {self.desired} needed: "
+                   f"{self.allowed} disruption(s) allowed")
+        health = "Healthy" if self.healthy >= self.desired else "Degraded"
+        return Status(health, message, self.expected, self.healthy, available=self.healthy, conditions=(
+            {"type": "DisruptionAllowed", "status": "True" if self.allowed > 0 else "False",
+             "reason": "SufficientPods" if self.allowed > 0 else "InsufficientPods"},))
+
+
+def _budget(ps: _Pass, pdb: Object) -> _Budget:
+    spec = pdb.spec
+    selector = spec.get("selector")
+    covered: list[PodState] = []
+    expected = 0
+    for key, pods in ps.by_owner.items():
+        owner = ps.desired.objects.get(key) or ps.runs.get(key)
+        template = _template(owner)
+        if key.namespace != pdb.key.namespace or template is None or selector is None:
+            continue
+        if not selectors.matches(selector, (template.get("metadata") or {}).get("labels") or {}):
+            continue
+        mine = [p for p in pods if not p.finished]
+        covered.extend(mine)
+        replicas = ps.scales.get(key, owner.spec.get("replicas")) if owner is not None and key.kind in (
+            "Deployment", "ReplicaSet", "StatefulSet") else None  # an autoscaler's count is the scale
+        expected += int(replicas) if isinstance(replicas, int) and not isinstance(replicas, bool) else len(mine)
+    healthy = sum(1 for p in covered if _ready(p, ps.now, 0) and not (
+        p.node and (n := ps.nodes.get(p.node)) is not None and n.lost))
+    if "minAvailable" in spec:
+        desired = _scaled(spec["minAvailable"], expected, round_up=True)
+    elif "maxUnavailable" in spec:
+        desired = max(0, expected - _scaled(spec["maxUnavailable"], expected, round_up=True))
+    else:
+        desired = expected  # Kubernetes' default: maxUnavailable 0 (nothing is evicted)
+    return _Budget(pdb.key.name, pdb.key.namespace, selector, expected, healthy, desired,
+                   max(0, healthy - desired), spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow")
+
+
 def _owner_id(key: ObjectKey) -> str:
     return f"{key.kind}/{key.namespace}/{key.name}"
 
@@ -292,14 +506,14 @@ def _template(obj: Object | None) -> Mapping[str, Any] | None:
 
 
 def _deployment(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
     replicas = ps.replicas(obj)
     rev = _revision(ps, obj, template)
     min_ready = float(spec.get("minReadySeconds", 0))
-    live, lost = ps.live(obj.key)
+    live, lost = ps.live(obj)
     for p in lost:
         ps.remove(p)
     new = sorted((p for p in live if p.revision == rev), key=lambda p: _index(p.name))
@@ -372,7 +586,7 @@ def _pod(ps: _Pass, obj: Object) -> None:
     """A bare Pod: placed once by the scheduler and never moved, as in Kubernetes: on a lost
     node it waits for that node. A changed spec replaces it where it runs (Kubernetes refuses
     most changes to a Pod; Git is the truth here)."""
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
@@ -413,13 +627,13 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
     """Kubernetes' ReplicaSet: `replicas` pods, scaled up with the current template and down
     by the removal order; a changed template applies only to pods made after it (no rollout:
     that is a Deployment's job), so a pod of an earlier template keeps running as it is."""
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     replicas = int(obj.spec.get("replicas", 1))
     rev = _revision(ps, obj, template)
     min_ready = float(obj.spec.get("minReadySeconds", 0))
-    live, lost = ps.live(obj.key)
+    live, lost = ps.live(obj)
     for p in lost:
         ps.remove(p)
     keep = live if len(live) <= replicas else _removal_order(live)[len(live) - replicas :]
@@ -613,7 +827,7 @@ def _spec_for_record(ps: _Pass, obj: Object, p: PodState) -> dict[str, Any]:
 
 
 def _statefulset(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -690,7 +904,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
 
 
 def _daemonset(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
@@ -703,7 +917,8 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
         info = pod_info_from_template(f"{obj.key.name}-probe", obj.key.namespace, template)
         # Like the DaemonSet controller: only the node's own filters matter, not the others' pods.
         decision = schedule([info], [node.info])[0]
-        if decision.node == node.name or node.name in existing:
+        tolerations = (template.get("spec") or {}).get("tolerations") or ()
+        if decision.node == node.name or (node.name in existing and not evicted(node, tolerations, ps.now)):
             eligible.append(node.name)
     unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=False) or 1
     not_ready = sum(1 for n in eligible if n in existing and not _ready(existing[n], ps.now, 0))
@@ -732,7 +947,7 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
 
 
 def _job(ps: _Pass, obj: Object) -> None:
-    template = _template(obj)
+    template = ps.template(obj)
     if template is None:
         return
     spec = obj.spec
@@ -742,7 +957,7 @@ def _job(ps: _Pass, obj: Object) -> None:
     deadline = spec.get("activeDeadlineSeconds")
     indexed = spec.get("completionMode") == "Indexed"
     rev = _revision(ps, obj, template)
-    live, lost = ps.live(obj.key)
+    live, lost = ps.live(obj)
     for p in lost:
         ps.remove(p)
     succeeded = [p for p in live if p.phase == "Succeeded"]
@@ -853,7 +1068,7 @@ def _finished_job(
     deletes the Job), and it never runs again while its revision stays the same."""
     ttl = obj.spec.get("ttlSecondsAfterFinished")
     expired = isinstance(ttl, int) and not isinstance(ttl, bool) and ps.now - ended.at >= ttl
-    template = _template(obj)
+    template = ps.template(obj)
     for p in live:
         if expired or not p.finished or template is None:
             ps.remove(p)
@@ -976,7 +1191,7 @@ def _autoscaler(ps: _Pass, obj: Object) -> None:
     kept = stored.get("desiredReplicas")
     current = int(kept) if same_target and isinstance(kept, int) else int(target.spec.get("replicas", 1))
     last = stored.get("lastSync")
-    live, _ = ps.live(key)
+    live, _ = ps.live(target)
     period = ps.observed.autoscaler_sync
     if same_target and isinstance(last, (int, float)) and ps.now - last < period - SYNC_SLACK:
         ps.scales[key] = current  # between syncs: the count it set last
@@ -1109,6 +1324,7 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
         if controller is not None:
             _isolated(ps, obj, controller)
     ps.place_all()
+    ps.budgets()  # every PodDisruptionBudget's status, whether or not a node drains
     # Pods whose owner left Git are pruned.
     for key, pods in sorted(ps.by_owner.items()):
         if key in ps.runs or key in ps.protected:

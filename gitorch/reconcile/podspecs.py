@@ -144,6 +144,9 @@ def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]
         "startupProbe": _probe(c.get("startupProbe"), ports),
         "volumeMounts": [_mount(m) for m in c.get("volumeMounts") or []],
         **_lifecycle(c, ports),
+        # Only when set: pods without one keep their hash.
+        **({"imagePullPolicy": c["imagePullPolicy"]} if c.get("imagePullPolicy") else {}),
+        **({"restartPolicy": c["restartPolicy"]} if c.get("restartPolicy") else {}),  # a sidecar
         "ports": [
             {"name": p.get("name"), "containerPort": p.get("containerPort"), "protocol": p.get("protocol", "TCP")}
             for p in c.get("ports") or []

@@ -81,7 +81,8 @@ def observed_from_store(state: DesiredState, store: Store, now: float) -> Observ
         rec = records.get(manifest.key.name)
         facts = dict(rec.facts) if rec is not None else {}
         reachable = bool(rec.ready) if rec is not None else False
-        nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=not reachable))
+        nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=not reachable,
+                               draining=bool(manifest.spec.get("drain"))))
     pods = tuple(
         PodState(
             r.name,

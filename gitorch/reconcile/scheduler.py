@@ -278,7 +278,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Taint) -> bool:
+def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Taint) -> bool:
     for t in tolerations:
         effect = t.get("effect") or ""
         if effect and effect != taint.effect:
@@ -633,9 +633,9 @@ class _Cluster:
                 ("disk_pressure", DISK_PRESSURE, R_DISK_PRESSURE),
                 ("pid_pressure", PID_PRESSURE, R_PID_PRESSURE),
             )
-            if not _tolerates(tolerations, Taint(taint_key, "", "NoSchedule"))
+            if not tolerates(tolerations, Taint(taint_key, "", "NoSchedule"))
         ]
-        unschedulable_ok = _tolerates(tolerations, Taint(UNSCHEDULABLE, "", "NoSchedule"))
+        unschedulable_ok = tolerates(tolerations, Taint(UNSCHEDULABLE, "", "NoSchedule"))
         tol_key = self._fz(tolerations)
         selector = pod.node_selector
 
@@ -1154,11 +1154,11 @@ def _taint_verdict(tolerations: Sequence[Mapping[str, Any]], taints: tuple[Taint
     """The first untolerated NoSchedule/NoExecute taint, and how many PreferNoSchedule
     taints are not tolerated (by tolerations with that effect or none)."""
     untolerated = next(
-        (t for t in taints if t.effect in ("NoSchedule", "NoExecute") and not _tolerates(tolerations, t)),
+        (t for t in taints if t.effect in ("NoSchedule", "NoExecute") and not tolerates(tolerations, t)),
         None,
     )
     prefer = [t for t in tolerations if (t.get("effect") or "") in ("", "PreferNoSchedule")]
-    count = sum(1 for t in taints if t.effect == "PreferNoSchedule" and not _tolerates(prefer, t))
+    count = sum(1 for t in taints if t.effect == "PreferNoSchedule" and not tolerates(prefer, t))
     return untolerated, count
 
 

@@ -18,9 +18,10 @@ import ipaddress
 import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Set
+from fractions import Fraction
 from typing import Any
 
-from gitorch.model import selectors
+from gitorch.model import admission, selectors
 from gitorch.model.diagnostics import Diagnostic, Severity, escape_token
 from gitorch.model.objects import DEFAULT_NAMESPACE, KINDS, SENSITIVE_FIELDS, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, parse_quantity
@@ -268,6 +269,7 @@ def cross_check(
     if balanced or clusters:
         out.extend(_check_load_balancers(balanced, clusters[0] if clusters and clusters[0].key not in invalid
                                          else None))
+    out.extend(_check_admission(world, invalid))
     for obj in ordered:
         key = obj.key
         if key.namespace and key.namespace not in namespaces:
@@ -370,6 +372,130 @@ def _check_autoscaler(hpa: Object, world: _World, invalid: Set[ObjectKey]) -> li
                                  f"{', '.join(lacking)} of {target_key} request no {resource}",
                                  f"set resources.requests.{resource} on every container, "
                                  "or use an AverageValue target"))
+    return out
+
+
+# count/<resource>.<group> names of a quota, for the kinds gitorch has.
+_COUNTED = {
+    "count/pods": None, "count/services": "Service", "count/configmaps": "ConfigMap", "count/secrets": "Secret",
+    "count/persistentvolumeclaims": "PersistentVolumeClaim", "count/deployments.apps": "Deployment",
+    "count/replicasets.apps": "ReplicaSet", "count/statefulsets.apps": "StatefulSet",
+    "count/daemonsets.apps": "DaemonSet", "count/jobs.batch": "Job", "count/cronjobs.batch": "CronJob",
+    "count/networkpolicies.networking.k8s.io": "NetworkPolicy",
+}
+
+
+def _steady_pods(obj: Object, nodes: int) -> int:
+    """How many pods a workload keeps running once rolled out (Jobs and CronJobs: none steady;
+    their pods are admitted, or kept Pending, when they start)."""
+    kind = obj.key.kind
+    if kind == "Pod":
+        return 1
+    if kind in ("Deployment", "ReplicaSet", "StatefulSet"):
+        replicas = obj.spec.get("replicas", 1)
+        return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else 1
+    if kind == "DaemonSet":
+        return nodes
+    return 0
+
+
+def _check_admission(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """LimitRange bounds on every pod template of their namespace (after its defaults), and
+    ResourceQuota caps against what the namespace's desired state keeps running, in Kubernetes'
+    words. Only namespaces that have either are looked at."""
+    ranges: dict[str, list[Object]] = {}
+    quotas: dict[str, list[Object]] = {}
+    for obj in world.ordered:
+        if obj.key in invalid:
+            continue
+        if obj.key.kind == "LimitRange":
+            ranges.setdefault(obj.key.namespace, []).append(obj)
+        elif obj.key.kind == "ResourceQuota":
+            quotas.setdefault(obj.key.namespace, []).append(obj)
+    if not ranges and not quotas:
+        return []
+    out: list[Diagnostic] = []
+    for ns in sorted(set(ranges) | set(quotas)):
+        items = admission.limit_items((o.key.name, o.spec) for o in ranges.get(ns, []))
+        caps = [(o, admission.quota(o.key.name, o.spec)) for o in quotas.get(ns, [])]
+        used: dict[str, Any] = {}
+        for obj in world.ordered:
+            if obj.key.namespace != ns or obj.key in invalid:
+                continue
+            kind = obj.key.kind
+            counted = [r for r, k in _COUNTED.items() if k == kind]
+            if kind in admission.OBJECT_COUNTS.values():
+                counted.append(next(r for r, k in admission.OBJECT_COUNTS.items() if k == kind))
+            if kind == "Service" and obj.spec.get("type") in ("NodePort", "LoadBalancer"):
+                counted.append("services.nodeports")
+            if kind == "Service" and obj.spec.get("type") == "LoadBalancer":
+                counted.append("services.loadbalancers")
+            for r in counted:
+                admission.add(used, {r: Fraction(1)})
+            if kind == "PersistentVolumeClaim":
+                out.extend(_claim_bounds(obj, "/spec", obj.spec, items, used))
+            if not KINDS[kind].workload:
+                continue
+            found = pod_template(obj)
+            if found is None:
+                continue
+            ptr, tmpl = found
+            defaulted = admission.defaulted_template(tmpl, items)
+            what = f"pods of {kind} {obj.key.name}"
+            for v in admission.limit_violations(defaulted, items):
+                out.append(_diag(obj, f"{ptr}/spec{v.pointer}", f"{what} are forbidden: {v.message}",
+                                 f"keep within LimitRange {v.range_name} of namespace {ns}, or change it"))
+            for q_obj, q in caps:
+                for container, resource in admission.must_specify(q, defaulted):
+                    where, _, res = resource.partition(".")
+                    out.append(_diag(obj, f"{ptr}/spec", f"{what} are forbidden: failed quota: {q.name}: "
+                                     f"must specify {resource} for: {container}",
+                                     f"set resources.{where}.{res} on container {container}, or give the "
+                                     f"namespace a LimitRange default ({q_obj.path})"))
+            steady = _steady_pods(obj, len(world.nodes))
+            if steady:
+                usage = admission.pod_usage(defaulted)
+                admission.add(used, usage, steady)
+                admission.add(used, {"count/pods": usage["pods"]}, steady)
+            if kind == "StatefulSet":
+                for i, t in enumerate(_seq(obj.spec.get("volumeClaimTemplates"))):
+                    claim = _map(_map(t).get("spec"))
+                    for _ in range(steady):
+                        out.extend(_claim_bounds(obj, f"/spec/volumeClaimTemplates/{i}/spec", claim, items, used))
+        for q_obj, q in caps:
+            for r in sorted(q.hard):
+                full = admission.ALIASES.get(r, r)
+                have = used.get(full, Fraction(0))
+                if have > q.hard[r]:
+                    out.append(_diag(q_obj, f"/spec/hard/{escape_token(r)}",
+                                     f"namespace {ns} needs {r}={admission.show(full, have)} once rolled out, over "
+                                     f"this quota's {admission.show(full, q.hard[r])}",
+                                     f"raise spec.hard[{r!r}], or lower the replicas or requests of namespace {ns}"))
+    return out
+
+
+def _claim_bounds(obj: Object, ptr: str, claim: Mapping[str, Any], items: tuple[admission.LimitItem, ...],
+                  used: dict[str, Any]) -> list[Diagnostic]:
+    """A claim's size against the LimitRange items for claims, and its count and size in the quota."""
+    size = admission.amount(_map(_map(claim.get("resources")).get("requests")).get("storage"))
+    admission.add(used, {"persistentvolumeclaims": Fraction(1),
+                         "count/persistentvolumeclaims": Fraction(1)})
+    if size is None:
+        return []
+    admission.add(used, {"requests.storage": size})
+    out = []
+    for item in items:
+        if item.type != "PersistentVolumeClaim":
+            continue
+        low, high = admission.amount(item.min.get("storage")), admission.amount(item.max.get("storage"))
+        if low is not None and size < low:
+            out.append(_diag(obj, f"{ptr}/resources/requests/storage", f"minimum storage usage per "
+                             f"PersistentVolumeClaim is {admission.show('storage', low)}, but request is "
+                             f"{admission.show('storage', size)}", f"keep within LimitRange {item.range_name}"))
+        if high is not None and size > high:
+            out.append(_diag(obj, f"{ptr}/resources/requests/storage", f"maximum storage usage per "
+                             f"PersistentVolumeClaim is {admission.show('storage', high)}, but request is "
+                             f"{admission.show('storage', size)}", f"keep within LimitRange {item.range_name}"))
     return out
 
 

@@ -629,15 +629,25 @@ def _apply_json6902(resources: list[_Res], ops: list[Any], target: Mapping[str, 
 
 
 def content_hash(body: Mapping[str, Any]) -> str:
-    """kustomize's name suffix for a generated ConfigMap or Secret (api/hasher): SHA-256 of a
-    JSON encoding of kind, name, type and data, as Go's encoding/json writes it, in 10
-    characters with the vowel-like ones swapped."""
+    """kustomize's name suffix for a generated ConfigMap or Secret (api/hasher HashRNode):
+    SHA-256 of a JSON encoding, as Go's encoding/json writes it, of the kind, the data (and
+    binaryData, or a Secret's type and stringData), in 10 characters with the vowel-like ones
+    swapped. The name it encodes is always "": kustomize looks `metadata/name` up as one
+    field name, which no object has, so the suffix depends on the content only."""
+
+    def value(key: str) -> Any:
+        found = body.get(key)
+        if isinstance(found, dict):
+            return found
+        return "" if found is None or isinstance(found, list) else str(found)
+
     kind = body.get("kind")
-    doc: dict[str, Any] = {"kind": kind, "name": _name(body), "data": body.get("data") or {}}
+    doc: dict[str, Any] = {"kind": kind, "name": "", "data": value("data")}
+    extra = "stringData" if kind == "Secret" else "binaryData"
     if kind == "Secret":
-        doc["type"] = body.get("type", "Opaque")
-    if body.get("binaryData"):
-        doc["binaryData"] = body["binaryData"]
+        doc["type"] = value("type")
+    if isinstance(body.get(extra), dict):
+        doc[extra] = body[extra]
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

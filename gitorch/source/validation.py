@@ -192,21 +192,13 @@ def _kubernetes() -> _Kubernetes:
 
 _KIND_HINTS = {
     "ReplicationController": "use a Deployment, which replaces it in Kubernetes too",
-    "PodDisruptionBudget": "delete it: gitorch evicts nothing on its own yet (a rollout keeps within its "
-    "maxUnavailable; a lost node's pods move)",
-    "ResourceQuota": "delete it and set resources on each container: gitorch does not sum a namespace's "
-    "requests yet (the scheduler still keeps each node within its capacity)",
-    "LimitRange": "delete it and set resources on each container: gitorch applies no namespace defaults yet",
     "PersistentVolume": "use a PersistentVolumeClaim (a node-local directory kept across restarts) or a "
     "hostPath volume in the pod",
     "StorageClass": "delete it and storageClassName: a PersistentVolumeClaim is a node-local directory",
 }
 
 # Real Kubernetes fields gitorch lacks whose work can be done another way: say how.
-_FIELD_HINTS = {
-    "initContainers.restartPolicy": "gitorch does not implement it yet: sidecar init containers are not "
-    "run. Move this container to containers (it then starts beside the others rather than before them)",
-}
+_FIELD_HINTS: dict[str, str] = {}
 
 
 def _hint_of(error: jsonschema.ValidationError) -> str:

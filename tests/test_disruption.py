@@ -1,0 +1,81 @@
+"""Draining a node (a Node's spec.drain) evicts its pods within their PodDisruptionBudgets, as
+the eviction API does for kubectl drain; their controllers place replacements elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gitorch.model.diagnostics import Severity
+from gitorch.reconcile.planning import NodeState, Observed, plan
+from gitorch.source import desired
+from gitorch.source.git import open_repository
+from tests.gitrepo import GitRepo
+from tests.test_planning import NODES, NS, as_observed, deployment
+
+PDB = """\
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+"""
+
+
+def load(repo: GitRepo, files: dict[str, str]) -> desired.DesiredState:
+    repo.commit("x", {"ns.yaml": NS, **files})
+    state = desired.load(open_repository(repo.path), None)
+    assert not [d for d in state.diagnostics if d.severity is Severity.ERROR], [d.format() for d in state.diagnostics]
+    return state
+
+
+def drained(name: str) -> tuple[NodeState, ...]:
+    return tuple(
+        NodeState(replace(n.info, unschedulable=True), draining=True) if n.name == name else n for n in NODES
+    )
+
+
+def test_a_drain_without_a_budget_evicts_every_pod_of_the_node_at_once(repo: GitRepo) -> None:
+    now = 1000.0
+    s = load(repo, {"web.yaml": deployment(6, "v1")})
+    pods = as_observed(plan(s, Observed(now, (), NODES)), now)
+    on_n1 = {p.name for p in pods if p.node == "n1"}
+    assert len(on_n1) >= 2
+    p = plan(s, Observed(now, pods, drained("n1")))
+    assert {r.name for r in p.removed} == on_n1
+    assert len(p.pods) == 6 and "n1" not in {d.node for d in p.pods}
+    assert sum(1 for e in p.events if e.reason == "Evicted") == len(on_n1)
+
+
+def test_a_budget_lets_a_drain_evict_one_pod_at_a_time_as_replacements_get_ready(repo: GitRepo) -> None:
+    now = 1000.0
+    s = load(repo, {"web.yaml": deployment(6, "v1"), "pdb.yaml": PDB + "  minAvailable: 5\n"})
+    pods = as_observed(plan(s, Observed(now, (), NODES)), now)
+    on_n1 = {p.name for p in pods if p.node == "n1"}
+    assert len(on_n1) >= 2
+    first = plan(s, Observed(now, pods, drained("n1")))
+    # 6 healthy, 5 needed: one disruption allowed, so one pod goes; the others wait, reported.
+    assert len(first.removed) == 1 and first.removed[0].name in on_n1
+    assert any(e.reason == "EvictionBlocked" and "disruption budget web" in e.message for e in first.events)
+    key = next(k for k in first.statuses if k.kind == "PodDisruptionBudget")
+    assert first.statuses[key].message == "6/6 pods healthy, 5 needed: 1 disruption(s) allowed"
+    # The replacement is placed elsewhere but not ready yet: nothing more may go.
+    gone = first.removed[0].name
+    replacement = [d for d in first.pods if (d.name, d.node) not in {(p.name, p.node) for p in pods}]
+    assert len(replacement) == 1 and replacement[0].node not in (None, "n1")
+    waiting = tuple(p for p in pods if p.name != gone) + as_observed(
+        replace(first, pods=replacement), now, ready=False)
+    assert plan(s, Observed(now, waiting, drained("n1"))).removed == []
+    # Ready now: the next pod of n1 goes.
+    ready = tuple(p for p in pods if p.name != gone) + as_observed(replace(first, pods=replacement), now)
+    second = plan(s, Observed(now, ready, drained("n1")))
+    assert len(second.removed) == 1 and second.removed[0].name in on_n1 - {gone}
+
+
+def test_max_unavailable_zero_blocks_a_drain_and_says_so(repo: GitRepo) -> None:
+    now = 1000.0
+    s = load(repo, {"web.yaml": deployment(3, "v1"), "pdb.yaml": PDB + "  maxUnavailable: 0\n"})
+    pods = as_observed(plan(s, Observed(now, (), NODES)), now)
+    p = plan(s, Observed(now, pods, drained("n1")))
+    assert p.removed == []
+    key = next(k for k in p.statuses if k.kind == "PodDisruptionBudget")
+    assert p.statuses[key].conditions[0]["status"] == "False"

@@ -190,3 +190,52 @@ def test_the_schema_refuses_metrics_gitorch_lacks(repo: GitRepo) -> None:
                       "hpa.yaml": bad})
     s = desired.load(open_repository(repo.path), None)
     assert not s.ok and any("/spec/metrics/0/type" in d.format() for d in s.diagnostics)
+
+
+DB = """\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: shop}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+        - {name: db, command: [sleep, "1000"], resources: {requests: {memory: 100Mi}}}
+"""
+
+DB_HPA = """\
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: db, namespace: shop}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: StatefulSet, name: db}
+  maxReplicas: 5
+  metrics:
+    - type: ContainerResource
+      containerResource: {name: memory, container: db, target: {type: AverageValue, averageValue: 100Mi}}
+"""
+
+
+def test_a_statefulset_scales_on_a_containers_memory(repo: GitRepo) -> None:
+    s = state(repo, {"db.yaml": DB, "hpa.yaml": DB_HPA})
+    first = plan(s, Observed(1000.0, (), NODES))
+    assert [d.name for d in first.pods if d.owner.kind == "StatefulSet"] == ["db-0"]  # ordered: one at a time
+    pods = tuple(PodState(d.name, "shop", "StatefulSet", "db", d.node, d.revision, "Running", True, created=0.0,
+                          ready_since=0.0, ordinal=d.ordinal) for d in first.pods)
+    pods = (*pods, replace(pods[0], name="db-1", ordinal=1))
+    mib = 2**20
+    usage = {("shop", p.name): PodUsage("shop", p.name, "n1", 1000.0, 15.0, (ContainerUsage("db", 0, 250 * mib),))
+             for p in pods}
+    key = ObjectKey("HorizontalPodAutoscaler", "shop", "db")
+    second = plan(s, Observed(1015.0, pods, NODES, usage=usage))
+    status = second.statuses[key]
+    assert status.autoscaling["desiredReplicas"] == 5  # type: ignore[index]  # ceil(2 x 250/100) = 5
+    assert status.autoscaling["currentMetrics"] == [{"type": "ContainerResource", "containerResource": {  # type: ignore[index]
+        "name": "memory", "container": "db", "current": {"averageValue": 250 * mib}}}]
+    assert "250Mi/100Mi" in status.message
+    assert second.statuses[ObjectKey("StatefulSet", "shop", "db")].desired == 5
+    assert [d.name for d in second.pods if d.owner.kind == "StatefulSet"] == ["db-0", "db-1", "db-2"]

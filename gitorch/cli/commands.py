@@ -241,7 +241,10 @@ def top(what: str, namespace: str | None, output: str, containers: bool) -> None
     from gitorch.cli import views
     from gitorch.server import control
 
-    reply = control.ask(_settings().state_dir, {"verb": "top"}, 10.0)
+    request: dict[str, Any] = {"verb": "top"}
+    if namespace is not None:
+        request["namespace"] = namespace
+    reply = control.ask(_settings().state_dir, request, 10.0)
     if reply is None:
         _fail("no `gitorch serve` answers on this state folder's control socket: resource metrics live in "
               "its memory; start `gitorch serve` (same GITORCH_STATE_DIR) and wait one metrics interval (15 s)")

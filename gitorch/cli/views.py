@@ -429,6 +429,8 @@ def _mem(size: Any) -> str:
 
 def top(reply: dict[str, Any], what: str, namespace: str | None, output: str, containers: bool) -> None:
     """`gitorch top pods|nodes`, from serve's answer over the control socket (kubectl top's columns)."""
+    if reply.get("leftOut") and output != "json":
+        console.warn(f"{reply['leftOut']} row(s) left out: narrow with -n NAMESPACE")
     if what == "nodes":
         nodes = [n for n in reply.get("nodes") or [] if isinstance(n, dict)]
         rows = [[n.get("name"), _cpu(n.get("cpuMillis")),

@@ -36,6 +36,7 @@ from gitorch.source.git import Repository
 from gitorch.source.hooks import wake_token as load_wake_token
 from gitorch.store.database import Fence, StaleLeader, Store
 
+TOP_ROWS = 20_000  # rows of `gitorch top` one answer carries (about 300 bytes each: within MAX_ANSWER)
 DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
 REQUEUE_BACKOFF = Backoff(base=2.0, cap=30.0)  # between passes while nodes fail (never past the interval)
 WATCH_SILENCE = 35.0  # seconds without a line (agents send a heartbeat every 10 s) before a pod watch is re-opened
@@ -599,11 +600,17 @@ class Server:
             memory: dict[str, Any] = facts["memory"] if isinstance(facts.get("memory"), dict) else {}
             capacity[n.name] = {"cpuMillis": facts.get("cpuMillis"),
                                 "memoryBytes": memory.get("limitBytes") or memory.get("totalBytes")}
-        pods = sorted(usage.latest().values(), key=lambda u: (u.namespace, u.name))
+        namespace = request.get("namespace")
+        pods = sorted((u for u in usage.latest().values()
+                       if not isinstance(namespace, str) or u.namespace == namespace),
+                      key=lambda u: (u.namespace, u.name))
         nodes = sorted(usage.nodes().values(), key=lambda u: u.node)
+        # Bounded like the socket's answer (MAX_ANSWER): the first rows, and how many were left out.
         return {"ok": True, "leading": self._leader is True,
                 "intervalSeconds": self.controller.settings.metrics_interval,
-                "pods": [pod_row(u) for u in pods], "nodes": [node_row(u, capacity.get(u.node)) for u in nodes]}
+                "pods": [pod_row(u) for u in pods[:TOP_ROWS]], "nodes": [node_row(u, capacity.get(u.node))
+                                                                        for u in nodes[:TOP_ROWS]],
+                "leftOut": max(0, len(pods) - TOP_ROWS) + max(0, len(nodes) - TOP_ROWS)}
 
     def run(self, reload: Callable[[], str] | None = None) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP calls `reload` and runs a pass."""

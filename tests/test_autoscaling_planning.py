@@ -239,3 +239,13 @@ def test_a_statefulset_scales_on_a_containers_memory(repo: GitRepo) -> None:
     assert "250Mi/100Mi" in status.message
     assert second.statuses[ObjectKey("StatefulSet", "shop", "db")].desired == 5
     assert [d.name for d in second.pods if d.owner.kind == "StatefulSet"] == ["db-0", "db-1", "db-2"]
+
+
+def test_a_reviewed_plan_depends_on_the_autoscalers_counts() -> None:
+    from gitorch.reconcile.reviewing import observed_hash
+
+    plain = Observed(1.0, (), NODES)
+    three = Observed(1.0, (), NODES, autoscalers={HPA_KEY: {"desiredReplicas": 3}})
+    four = Observed(1.0, (), NODES, autoscalers={HPA_KEY: {"desiredReplicas": 4}})
+    assert len({observed_hash(plain), observed_hash(three), observed_hash(four)}) == 3
+    assert observed_hash(three) == observed_hash(replace(three, now=99.0))

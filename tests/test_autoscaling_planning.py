@@ -249,3 +249,21 @@ def test_a_reviewed_plan_depends_on_the_autoscalers_counts() -> None:
     four = Observed(1.0, (), NODES, autoscalers={HPA_KEY: {"desiredReplicas": 4}})
     assert len({observed_hash(plain), observed_hash(three), observed_hash(four)}) == 3
     assert observed_hash(three) == observed_hash(replace(three, now=99.0))
+
+
+def test_a_due_sync_waits_briefly_for_the_sample_it_is_due_for(repo: GitRepo) -> None:
+    s = state(repo, {"web.yaml": web(replicas=1), "hpa.yaml": hpa()})
+    first = plan(s, Observed(1000.0, (), NODES))
+    pods, usage = running(first, 1014.0, 20, since=0.0)  # idle: 40% of the target, nothing to do
+    synced = plan(s, Observed(1015.0, pods, NODES, autoscalers=recorded(first), usage=usage))
+    assert synced.statuses[HPA_KEY].autoscaling["sampleTime"] == 1014.0  # type: ignore[index]
+    hot = {k: replace(u, timestamp=1029.5, containers=(ContainerUsage("web", 100, 1),)) for k, u in usage.items()}
+    # Due (a period on, less the slack) but no newer sample yet: wait for it, a pass in half a second.
+    waiting = plan(s, Observed(1029.5, pods, NODES, autoscalers=recorded(synced), usage=usage))
+    assert waiting.requeue_after == 0.5 and not waiting.events
+    # It came: the sync reads it and scales at once.
+    got = plan(s, Observed(1030.0, pods, NODES, autoscalers=recorded(synced), usage=hot))
+    assert [e.reason for e in got.events] == ["SuccessfulRescale"]
+    # A node that stays silent does not hold the autoscaler up more than a few seconds.
+    late = plan(s, Observed(1034.0, pods, NODES, autoscalers=recorded(synced), usage=usage))
+    assert late.statuses[HPA_KEY].autoscaling["lastSync"] == 1034.0  # type: ignore[index]

@@ -1193,11 +1193,18 @@ def _autoscaler(ps: _Pass, obj: Object) -> None:
     last = stored.get("lastSync")
     live, _ = ps.live(target)
     period = ps.observed.autoscaler_sync
-    if same_target and isinstance(last, (int, float)) and ps.now - last < period - SYNC_SLACK:
-        ps.scales[key] = current  # between syncs: the count it set last
-        ps.plan.statuses[obj.key] = _autoscaler_status(dict(stored), spec)
-        _requeue(ps, _next_sync(ps, live, float(last)) - ps.now)
-        return
+    newest = max((u.timestamp for p in live if (u := ps.observed.usage.get((p.namespace, p.name))) is not None),
+                 default=None)
+    if same_target and isinstance(last, (int, float)):
+        early = ps.now - last < period - SYNC_SLACK
+        # Due, but the sample it is due for is not in yet (a node a moment late): wait a little for it
+        # rather than sync on what the last sync saw and wait a whole period.
+        stale = newest is not None and newest == stored.get("sampleTime") and ps.now - last < period + SAMPLE_WAIT
+        if early or stale:
+            ps.scales[key] = current  # between syncs: the count it set last
+            ps.plan.statuses[obj.key] = _autoscaler_status(dict(stored), spec)
+            _requeue(ps, 0.5 if stale and not early else _next_sync(ps, live, float(last)) - ps.now)
+            return
     template = _template(target) or {}
     samples = []
     for p in live:
@@ -1220,7 +1227,7 @@ def _autoscaler(ps: _Pass, obj: Object) -> None:
     body: dict[str, Any] = {
         "target": [key.kind, key.name], "currentReplicas": len(live), "desiredReplicas": decision.desired,
         "currentMetrics": list(decision.metrics), "conditions": list(decision.conditions),
-        "history": decision.history.to_json(), "lastSync": ps.now,
+        "history": decision.history.to_json(), "lastSync": ps.now, "sampleTime": newest,
         "lastScaleTime": decision.history.last_scale,
     }
     ps.plan.statuses[obj.key] = _autoscaler_status(body, spec)
@@ -1231,6 +1238,8 @@ SYNC_SLACK = 1.0
 """Seconds a sync may come early, so the one due with a sample does not wait a whole period."""
 SAMPLE_LAG = 0.25
 """Seconds after a pod's next sample is due that its node has written it."""
+SAMPLE_WAIT = 3.0
+"""Seconds past its period a sync waits for a sample newer than the one the last sync read."""
 
 
 def _next_sync(ps: _Pass, pods: Sequence[PodState], last: float) -> float:

@@ -22,8 +22,6 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 KINDS = [
     "ServiceAccount",
     "Ingress",
-    "PersistentVolume",
-    "StorageClass",
     "PriorityClass",
     "ReplicationController",
     "Role",
@@ -90,14 +88,6 @@ spec:
             {"d.yaml": deployment(volume="          nfs: {server: x, path: /}\n")},
             "d.yaml:15:11: /spec/template/spec/volumes/0",
             "nfs",
-        ),
-        (
-            {
-                "c.yaml": "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec:\n  volumeName: pv1\n"
-                "  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n"
-            },
-            "c.yaml:5:3: /spec",
-            "volumeName",
         ),
         (
             {
@@ -190,8 +180,7 @@ def test_lifecycle_hooks_and_sidecar_init_containers_are_accepted(repo: GitRepo)
 @pytest.mark.parametrize(
     ("kind", "fix"),
     [
-        ("PersistentVolume", "use a PersistentVolumeClaim"),
-        ("StorageClass", "a PersistentVolumeClaim is a node-local directory"),
+        ("ReplicationController", "use a Deployment"),
     ],
 )
 def test_a_kind_gitorch_lacks_says_what_to_use_instead(repo: GitRepo, kind: str, fix: str) -> None:

@@ -93,6 +93,9 @@ def test_the_wheel_carries_every_file_read_at_run_time(built: Built) -> None:
     assert {f"{migrations}alembic.ini", f"{migrations}script.py.mako", f"{migrations}env.py",
             f"{migrations}versions/0001_initial_schema.py"} <= names
     assert {"gitorch/nodes/agent.py", "gitorch/py.typed"} <= names
+    dashboard = ROOT / "gitorch" / "server"  # the dashboard's templates and vendored scripts
+    assert {f"gitorch/server/{p.relative_to(dashboard)}" for p in (dashboard / "templates").glob("*.html")} <= names
+    assert {f"gitorch/server/static/{p.name}" for p in (dashboard / "static").iterdir()} <= names
     assert not [n for n in names if "__pycache__" in n or n.startswith(("tests/", "schemas/"))]
     with tarfile.open(built.sdist) as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}

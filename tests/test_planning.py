@@ -125,6 +125,25 @@ def test_pods_of_a_lost_node_are_replaced_elsewhere(repo: GitRepo) -> None:
     assert len(p.pods) == 3 and "n1" not in {d.node for d in p.pods}
 
 
+def test_a_pod_pending_for_want_of_room_is_placed_once_there_is_room(repo: GitRepo) -> None:
+    """It stays the same pod (its row is updated), and gets a node on the pass that has one."""
+    now = 1000.0
+    s = state(repo, {"web.yaml": deployment(3, "v1")})
+    tiny = tuple(NodeState(NodeInfo(f"n{i}", {}, Resources(4000, 8 << 30, 1, 100 << 30))) for i in (1, 2))
+    first = plan(s, Observed(now, (), tiny))
+    pending = [d for d in first.pods if d.node is None]
+    assert len(pending) == 1 and "Too many pods" in pending[0].message
+    pods = tuple(
+        PodState(d.name, d.owner.namespace, d.owner.kind, d.owner.name, d.node, d.revision,
+                 phase="Running" if d.node else "Pending", ready=d.node is not None, created=now, message=d.message)
+        for d in first.pods
+    )
+    assert [d for d in plan(s, Observed(now, pods, tiny)).pods if d.node is None]  # still no room
+    roomy = plan(s, Observed(now, pods, NODES))
+    assert all(d.node for d in roomy.pods) and {d.name for d in roomy.pods} == {d.name for d in first.pods}
+    assert roomy.removed == []
+
+
 def tolerating(text: str, toleration: str) -> str:
     spec = "    spec:\n      containers:"
     return text.replace(spec, f"    spec:\n      tolerations: [{toleration}]\n      containers:", 1)

@@ -525,3 +525,84 @@ def test_example_repo_reaches_all_ready_on_the_lab(lab: Lab, repo: GitRepo, tmp_
         repo.remove("apps")
         repo.commit("remove the apps")
         assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0
+
+
+def _writer(replicas: int, claim: str = "data") -> str:
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: writer, namespace: shop}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: writer}}}}
+  template:
+    metadata: {{labels: {{app: writer}}}}
+    spec:
+      containers:
+        - name: w
+          command: [sh, -c, 'echo "$POD_NAME" >> /data/who; exec sleep 600']
+          volumeMounts: [{{name: d, mountPath: /data}}]
+      volumes: [{{name: d, persistentVolumeClaim: {{claimName: {claim}}}}}]
+"""
+
+
+CLAIM = """\
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: local}
+provisioner: gitorch.dev/local
+reclaimPolicy: Delete
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: shop}
+spec:
+  storageClassName: local
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"""
+
+
+def test_a_claims_pods_share_its_node_and_a_gone_claim_is_reclaimed(
+    lab: Lab, cluster: tuple[GitRepo, Controller]
+) -> None:
+    repo, controller = cluster
+    repo.commit("writer", {"apps.yaml": CLAIM + "---\n" + _writer(3)})
+    converge(controller)
+    nodes = {n for n, pods in node_pods(lab, "writer-").items() if pods}
+    assert len(nodes) == 1, nodes  # all three on the claim's node, one directory
+    (node,) = nodes
+    who = ssh_run(lab, node, "cat /var/lib/gitorch/volumes/shop/data/who").stdout.split()
+    assert len(who) == 3
+    record = controller.store.object_status("PersistentVolumeClaim", "shop", "data")
+    assert record is not None and record.body["binding"]["node"] == node
+    # The claim and its pods leave Git: with reclaimPolicy Delete the node removes the directory.
+    repo.commit("no writer", {"apps.yaml": ""})
+    converge(controller)
+    wait_until("the claim's directory removed", lambda: (controller.reconcile(), ssh_run(
+        lab, node, "test -e /var/lib/gitorch/volumes/shop/data && echo here || echo gone").stdout.strip())[1],
+        timeout=30, interval=0.5, accept=lambda out: out == "gone")
+
+
+def test_draining_a_node_moves_its_pods_within_the_budget(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    repo, controller = cluster
+    pdb = ("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: shop}\n"
+           "spec: {selector: {matchLabels: {app: web}}, maxUnavailable: 1}\n")
+    repo.commit("web", {"apps.yaml": _fix_port(web(replicas=4)) + "---\n" + pdb})
+    converge(controller)
+    busy = max(node_pods(lab, "web-").items(), key=lambda kv: len(kv[1]))[0]
+    nodes_yaml = (lab.state_dir / "nodes.yaml").read_text()
+    docs = nodes_yaml.split("\n---")
+    docs = [d.replace("\nspec:\n", "\nspec:\n  drain: true\n", 1) if f'name: "{busy}"' in d else d for d in docs]
+    assert sum("drain: true" in d for d in docs) == 1, nodes_yaml
+    repo.commit("drain", {"nodes.yaml": "\n---".join(docs)})
+    ready_counts = []
+
+    def check(_: PassResult) -> None:
+        ready_counts.append(sum(1 for pods in node_pods(lab, "web-").values() for p in pods if p["ready"]))
+
+    converge(controller, each=check)
+    assert node_pods(lab, "web-")[busy] == []
+    assert min(ready_counts) >= 3, ready_counts  # never below the budget's 4 - 1
+    assert any(e.reason == "Evicted" for e in controller.store.events())
+    repo.commit("undrain", {"nodes.yaml": nodes_yaml})

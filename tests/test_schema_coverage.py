@@ -27,6 +27,7 @@ CONSUMERS = (
     "gitorch/server/*.py",
     "gitorch/model/selectors.py",
     "gitorch/model/admission.py",
+    "gitorch/model/volumes.py",
     "gitorch/source/crosschecks.py",
 )
 

@@ -1,6 +1,6 @@
 """A Secret's values appear in no output of gitorch: a unique canary value is looked for in every
 channel (validate, plan in all formats, apply, status, describe, get, events, logs, notifications,
-serve's own log, the store's file and the state directory), well-formed and malformed alike.
+serve's own log, the dashboard's pages, the store's file and the state directory), well-formed and malformed alike.
 
 The lab test runs the whole path on real SSH nodes; the pod proves it got the values by printing
 only their SHA-256, so a test that delivered no secret would fail too.
@@ -13,9 +13,11 @@ import hashlib
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -276,6 +278,9 @@ def test_no_channel_shows_a_secret(lab: Lab, repo: GitRepo, receiver: Receiver, 
     c = Channels(repo)
     serve_log = tmp_path / "serve.log"
     serve: subprocess.Popen[bytes] | None = None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     try:
         c.run("validate", "validate")
         c.run("validate json", "validate", "-o", "json")
@@ -307,12 +312,18 @@ def test_no_channel_shows_a_secret(lab: Lab, repo: GitRepo, receiver: Receiver, 
         with serve_log.open("wb") as log:
             serve = subprocess.Popen(
                 [sys.executable, "-m", "gitorch", "--log-level", "debug", "serve", "--repo", str(repo.path),
-                 "--branch", "main", "--poll", "1", "--interval", "1", "--listen", "off"],
+                 "--branch", "main", "--poll", "1", "--interval", "1", "--listen", f"127.0.0.1:{port}"],
                 stdout=log, stderr=subprocess.STDOUT)
         receiver.wait_for("deployed", good)
         bad = repo.commit("a malformed secret", {"a-bad.yaml": secret(
             "broken", f'stringData: "password={BAD}"\n', namespace="vault")})
         receiver.wait_for("syncFailed", bad)
+        # The dashboard (loopback, no token): every page, and the plans of both revisions.
+        for path in ("/", "/objects", "/revisions", f"/revisions/{good}", f"/revisions/{bad}", "/drift", "/events",
+                     "/nodes", f"/pods/vault/{pod}/logs"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
+                c.seen[f"dashboard {path}"] = resp.read()
+        assert b"Secret vault/broken" in c.seen[f"dashboard /revisions/{bad}"]  # its plan was rendered
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, serve_log.read_text()[-3000:]
         c.seen["serve log"] = serve_log.read_bytes()

@@ -319,7 +319,11 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
               help="Seconds between passes while every node's pod watch is open and nothing is left to do (any "
                    "change then wakes a pass at once). Default 10.")
 @click.option("--listen", default="127.0.0.1:8090", show_default=True,
-              help="HOST:PORT for /hooks/git (push webhooks), /hooks/wake and /metrics; 'off' disables it.")
+              help="HOST:PORT for the dashboard (/), /hooks/git (push webhooks), /hooks/wake and /metrics; "
+                   "'off' disables it.")
+@click.option("--ui-token-env", default=None, metavar="NAME",
+              help="Environment variable holding the dashboard's login token (16 characters or more). Without "
+                   "it the dashboard answers only clients on loopback.")
 @click.option("--webhook-secret-env", default="GITORCH_WEBHOOK_SECRET", show_default=True,
               help="Environment variable holding the webhook secret (GitHub/Gitea HMAC, GitLab token).")
 @click.option("--wake-token-env", default=None, metavar="NAME",
@@ -347,7 +351,7 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
           webhook_secret_env: str,
           wake_token_env: str | None, dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
           token_env: str | None, ca_file: str | None, pod_watch: bool | None, migrate_store: bool,
-          env_file: str | None) -> None:
+          env_file: str | None, ui_token_env: str | None) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     reload = _serve_env(env_file)
     from gitorch.server.http import parse_listen
@@ -358,6 +362,12 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
     except ValueError as exc:
         _fail(str(exc))
     secret = os.environ.get(webhook_secret_env) or None
+    ui_token = None
+    if ui_token_env:
+        ui_token = os.environ.get(ui_token_env, "")
+        if len(ui_token) < 16:
+            _fail(f"--ui-token-env {ui_token_env}: the variable is {'unset' if not ui_token else 'too short'}; "
+                  f"set it to 16 characters or more (e.g. `export {ui_token_env}=$(openssl rand -hex 16)`)")
     token = hooks.wake_token(_settings().state_dir, wake_token_env) if address is not None else None
     fetcher = None
     if repo_path and is_remote(repo_path):
@@ -380,7 +390,7 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
     with _store(upgrade=migrate_store) as store:
         Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
                webhook_secret=secret, wake_token=token, dns_listen=dns_listen, fetcher=fetcher, poll=poll,
-               pod_watch=pod_watch, idle_interval=idle_interval).run(reload=reload)
+               pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token).run(reload=reload)
 
 
 def _serve_env(env_file: str | None) -> Callable[[], str]:

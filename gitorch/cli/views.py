@@ -15,6 +15,7 @@ from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Pool
 from gitorch.source import desired
 from gitorch.source.git import Repository
+from gitorch.store import summaries
 from gitorch.store.database import Store
 
 KIND_OF = {
@@ -30,14 +31,7 @@ KIND_OF = {
 }
 
 
-def _age(when: datetime | None) -> str:
-    if when is None:
-        return ""
-    secs = int((datetime.now(UTC) - when).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
+_age = summaries.age
 
 
 def _emit(output: str, columns: list[str], rows: list[list[Any]], data: list[dict[str, Any]]) -> None:
@@ -47,35 +41,14 @@ def _emit(output: str, columns: list[str], rows: list[list[Any]], data: list[dic
         console.table(columns, rows)
 
 
-def _ready_condition(conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    return next((c for c in conditions if c.get("type") == "Ready"), {})
+_ready_condition = summaries.ready_condition
 
 
 def status(store: Store, output: str) -> None:
+    data = summaries.status(store)
     last = store.last_applied_revision()
     latest = store.revisions(limit=1)
     objs = store.objects()
-    data: dict[str, Any] = {
-        "appliedRevision": last.commit if last else None,
-        "latestRevision": latest[0].commit if latest else None,
-        "latestOutcome": latest[0].outcome if latest else None,
-        "latestError": latest[0].error if latest else None,
-        "objects": [
-            {
-                "kind": o.kind,
-                "namespace": o.namespace,
-                "name": o.name,
-                "sync": o.sync,
-                "health": o.health,
-                "message": _ready_condition(o.conditions).get("message", ""),
-                "revision": o.last_applied_revision,
-                "lastAppliedRevision": o.last_applied_revision,
-                "lastAttemptedRevision": o.last_attempted_revision,
-                "conditions": o.conditions,
-            }
-            for o in objs
-        ],
-    }
     if output == "json":
         console.write(json.dumps(data, indent=2))
         return
@@ -97,29 +70,13 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
     data: list[dict[str, Any]]
     if what == "pods":
         pods = store.pods(namespace=namespace)
-        data = [
-            {
-                "namespace": p.namespace,
-                "name": p.name,
-                "ready": p.ready,
-                "phase": p.phase,
-                "restarts": p.restarts,
-                "node": p.node,
-                "ip": p.ip,
-                "owner": f"{p.owner_kind}/{p.owner_name}",
-                "revision": p.template_hash,
-                "reason": p.reason,
-                "message": p.message,
-                "created": p.created_at,
-            }
-            for p in pods
-        ]
+        data = [summaries.pod_summary(p) for p in pods]
         rows = [
             [
                 p.namespace,
                 p.name,
                 "1/1" if p.ready else "0/1",
-                p.reason or p.phase,
+                summaries.pod_status(p),
                 p.restarts,
                 p.ip or "<none>",
                 p.node or "<none>",
@@ -131,17 +88,7 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
         _emit(output, ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "AGE", "MESSAGE"], rows, data)
     elif what == "nodes":
         nodes = store.nodes()
-        data = [
-            {
-                "name": n.name,
-                "ready": n.ready,
-                "agentVersion": n.agent_version,
-                "lastHeartbeat": n.last_heartbeat,
-                "podCIDR": n.pod_cidr,
-                "facts": n.facts,
-            }
-            for n in nodes
-        ]
+        data = [summaries.node_summary(n) for n in nodes]
         rows = [
             [
                 n.name,
@@ -155,17 +102,7 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
         _emit(output, ["NAME", "STATUS", "AGENT", "HEARTBEAT", "PODS"], rows, data)
     elif what == "revisions":
         revs = store.revisions(limit=50)
-        data = [
-            {
-                "commit": r.commit,
-                "outcome": r.outcome,
-                "author": r.author,
-                "message": r.message,
-                "appliedAt": r.applied_at,
-                "error": r.error,
-            }
-            for r in revs
-        ]
+        data = [summaries.revision_summary(r) for r in revs]
         rows = [
             [
                 r.commit[:7],
@@ -366,18 +303,7 @@ def _events(store: Store, obj: tuple[str, str, str]) -> None:
 
 def events(store: Store, namespace: str | None, limit: int, output: str) -> None:
     evs = [e for e in store.events(limit=limit) if namespace is None or e.namespace == namespace]
-    data = [
-        {
-            "time": e.last_time,
-            "type": e.type,
-            "reason": e.reason,
-            "object": f"{e.kind}/{e.name}",
-            "namespace": e.namespace,
-            "message": e.message,
-            "count": e.count,
-        }
-        for e in evs
-    ]
+    data = [summaries.event_summary(e) for e in evs]
     rows = [[_age(e.last_time), e.type, e.reason, f"{e.kind.lower()}/{e.name}", e.message, e.count] for e in evs]
     _emit(output, ["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE", "COUNT"], rows, data)
 
@@ -409,8 +335,7 @@ def logs(
         if container:
             request["container"] = container
         if follow:
-            stream = client.conn.open_stream(client._launcher("logs"))
-            stream.write(json.dumps({**request, "follow": True}).encode() + b"\n")
+            stream = client.follow_logs(request)
             for chunk in stream.chunks():
                 sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()

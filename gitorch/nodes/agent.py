@@ -4794,7 +4794,42 @@ def cmd_serve(paths: Paths, request: Json, redact: Redactor) -> int:
     return 0
 
 
+# Where the controller provisions PersistentVolumeClaims' directories; only these are reclaimed.
+CLAIMS_ROOT = "/var/lib/gitorch/volumes"
+
+
+def cmd_reclaim(paths: Paths, request: Json, redact: Redactor) -> int:
+    """Remove the directories of claims gone from Git with reclaimPolicy Delete. Only paths
+    below CLAIMS_ROOT, never through a symlink; a path a desired pod still mounts, or any
+    while a pod is still stopping, is left for the next call ("busy")."""
+    wanted = request.get("paths")
+    if not isinstance(wanted, list) or len(wanted) > 1000:
+        emit({"ok": False, "error": "reclaim: paths must be a list of at most 1000 paths"})
+        return 0
+    desired = read_json(paths.desired, {})
+    mounted = {str(v.get("hostPath")) for p in (desired.get("pods") or []) if isinstance(p, dict)
+               for v in (p.get("volumes") or []) if isinstance(v, dict) and v.get("hostPath")}
+    state = read_json(paths.state, {})
+    stopping = any(isinstance(p, dict) and p.get("stopping") for p in state.get("pods") or [])
+    removed: list[str] = []
+    busy: list[str] = []
+    refused: list[str] = []
+    for raw in wanted:
+        path = os.path.normpath(str(raw))
+        inside = path.startswith(CLAIMS_ROOT + "/") and "\0" not in path
+        if not inside or os.path.realpath(path) != path:
+            refused.append(str(raw)[:200])
+        elif path in mounted or stopping:
+            busy.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            (busy if os.path.lexists(path) else removed).append(path)
+    emit({"ok": True, "removed": removed, "busy": busy, "refused": refused}, redact)
+    return 0
+
+
 VERBS: dict[str, Callable[[Paths, Json, Redactor], int]] = {
+    "reclaim": cmd_reclaim,
     "serve": cmd_serve,
     "facts": cmd_facts,
     "sync": cmd_sync,

@@ -190,6 +190,13 @@ class NodeClient:
                 self.upload_agent()
         raise AssertionError("unreachable")
 
+    def follow_logs(self, request: Mapping[str, Any]) -> Stream:
+        """Open the agent's `logs` verb in follow mode (`request`: pod, namespace, tail, and an
+        optional container); read it with `chunks()`, stop it with `close()`."""
+        stream = self.conn.open_stream(self._launcher("logs"))
+        stream.write(json.dumps({**request, "follow": True}).encode() + b"\n")
+        return stream
+
     def _drop_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()

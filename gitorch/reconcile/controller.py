@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gitorch.model import usage as usage_mod
+from gitorch.model import volumes
 from gitorch.model.backoff import Backoff
 from gitorch.model.diagnostics import Diagnostic, errors
 from gitorch.model.errors import GitorchError
@@ -39,6 +40,7 @@ from gitorch.source.git import Repository
 from gitorch.store.database import Fence, NodeRecord, ObjectRecord, PodRecord, Store, StoreError, merge_conditions
 
 log = logging.getLogger(__name__)
+RECLAIM_FOR = 3600  # seconds a gone claim's directory is asked after, then left on its node
 
 FACTS_EVERY = 30.0  # seconds between fact refreshes of a reachable node
 PRUNE_EVERY = 60.0  # seconds between applications of the store's retention rules
@@ -202,6 +204,9 @@ class Controller:
         # When each NoExecute taint of a Node's manifest was first seen (tolerationSeconds count
         # from it). Kept in memory: a restarted controller starts the count again, later, never sooner.
         self._noexecute_seen: dict[tuple[str, Taint], float] = {}
+        # Directories of claims gone from Git with reclaimPolicy Delete, still to remove on their
+        # node: (node, path) -> since. Kept until done, at most RECLAIM_FOR (then left, logged).
+        self._reclaims: dict[tuple[str, str], float] = {}
         self._states: dict[str, DesiredState] = {}
         self._networks: tuple[Any, dict[str, dict[str, Any]]] | None = None
         # Per node: what it was last sent (a digest), the agent generation that produced, and when.
@@ -242,6 +247,12 @@ class Controller:
             )
             self._endpoints = eps
         return self._fleet
+
+    def client(self, node: str) -> NodeClient | None:
+        """The open client of `node` (for the dashboard's pod logs); None before the first pass
+        reached it or when the node is not in the applied revision."""
+        fleet = self._fleet
+        return fleet.clients.get(node) if fleet is not None else None
 
     def ask_nodes(
         self, wanted: Mapping[str, str], fn: Callable[[NodeClient], Any], timeout: float
@@ -348,7 +359,37 @@ class Controller:
         if term is not None:
             self._remember(execution)
             self._cache_term = term
+        if self._reclaims:
+            self._reclaim(fleet, now)
         return result
+
+    def _reclaim(self, fleet: Fleet, now: float) -> None:
+        """Ask nodes to remove the directories of claims gone from Git with reclaimPolicy Delete.
+        A node says which it removed; one still mounted is asked again next pass, for at most
+        RECLAIM_FOR, then left on the node (logged)."""
+        by_node: dict[str, list[str]] = {}
+        for (node, path), since in list(self._reclaims.items()):
+            if now - since > RECLAIM_FOR:
+                del self._reclaims[(node, path)]
+                log.warning("claim directory %s on node %s not reclaimed within %ds: left in place",
+                            path, node, RECLAIM_FOR)
+            elif node in fleet.clients:
+                by_node.setdefault(node, []).append(path)
+        if not by_node:
+            return
+
+        def reclaim(client: NodeClient) -> dict[str, Any]:
+            return client.call("reclaim", {"paths": by_node[client.name]}, timeout=self.settings.node_call_timeout)
+
+        for node, outcome in fleet.fan_out(reclaim, timeout=self.settings.node_call_timeout + 5,
+                                           nodes=list(by_node)).items():
+            answer = outcome.value if outcome.ok else None
+            if not isinstance(answer, dict):
+                continue
+            for path in [*(answer.get("removed") or []), *(answer.get("refused") or [])]:
+                self._reclaims.pop((node, str(path)), None)
+            for path in answer.get("removed") or []:
+                log.info("reclaimed claim directory %s on node %s", path, node)
 
     def _remember(self, execution: Execution) -> None:
         """Fold what the pass just committed into the rows kept for the next pass."""
@@ -883,6 +924,8 @@ class Controller:
             if status is not None and status.finished is not None:
                 f = status.finished
                 body["finished"] = {"revision": f.revision, "at": f.at, "complete": f.complete, "message": f.message}
+            if status is not None and status.binding is not None:
+                body["binding"] = status.binding.record()
             if status is not None and status.revision:
                 started = previous[1] if previous and previous[0] == status.revision else now
                 body["rollout"] = {"revision": status.revision, "started": started}
@@ -909,6 +952,10 @@ class Controller:
         for key, rec in stored.items():
             if key not in state.objects:
                 written[key] = None
+                gone = volumes.Binding.from_record((rec.body or {}).get("binding")) if rec.kind == \
+                    "PersistentVolumeClaim" else None
+                if gone is not None and gone.reclaim == "Delete" and valid:
+                    self._reclaims[(gone.node, gone.path)] = now  # its directory goes once no pod uses it
                 self.store.delete_object(rec.kind, rec.namespace, rec.name)
                 self.store.record_event(
                     rec.kind,
@@ -993,13 +1040,14 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
 def remembered(
     rows: list[ObjectRecord], now: float
 ) -> tuple[dict[ObjectKey, tuple[str, float]], dict[ObjectKey, float], dict[ObjectKey, Finished],
-           dict[ObjectKey, dict[str, Any]]]:
+           dict[ObjectKey, volumes.Binding], dict[ObjectKey, dict[str, Any]]]:
     """What the objects' recorded statuses carry into the next plan: when each rollout began,
-    each CronJob's last schedule time, how each Job's revision finished, and each autoscaler's
-    status (its replica count and history)."""
+    each CronJob's last schedule time, how each Job's revision finished, where each
+    provisioned claim is, and each autoscaler's status (its replica count and history)."""
     started: dict[ObjectKey, tuple[str, float]] = {}
     last_schedule: dict[ObjectKey, float] = {}
     finished: dict[ObjectKey, Finished] = {}
+    claims: dict[ObjectKey, volumes.Binding] = {}
     autoscalers: dict[ObjectKey, dict[str, Any]] = {}
     for o in rows:
         key = ObjectKey(o.kind, o.namespace, o.name)
@@ -1013,9 +1061,12 @@ def remembered(
         if isinstance(ended, dict) and ended.get("revision"):
             finished[key] = Finished(str(ended["revision"]), float(ended.get("at") or now),
                                      bool(ended.get("complete")), str(ended.get("message") or ""))
+        binding = volumes.Binding.from_record(body.get("binding")) if o.kind == "PersistentVolumeClaim" else None
+        if binding is not None:
+            claims[key] = binding
         if isinstance(body.get("autoscaling"), dict):
             autoscalers[key] = body["autoscaling"]
-    return started, last_schedule, finished, autoscalers
+    return started, last_schedule, finished, claims, autoscalers
 
 
 class RowView(NamedTuple):

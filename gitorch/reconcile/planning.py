@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from gitorch.model import admission, selectors
+from gitorch.model import admission, selectors, volumes
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.usage import PodUsage
@@ -92,6 +92,8 @@ class Observed:
     """Per CronJob: the last schedule time it acted on (started, skipped or missed)."""
     finished: Mapping[ObjectKey, Finished] = field(default_factory=dict)
     """Per Job: how and when the revision it runs finished (ttlSecondsAfterFinished counts from it)."""
+    claims: Mapping[ObjectKey, volumes.Binding] = field(default_factory=dict)
+    """Per PersistentVolumeClaim provisioned on a node: where its directory is (kept with its status)."""
     autoscalers: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
     """Per HorizontalPodAutoscaler: its recorded status (replica count, history, last sync)."""
     usage: Mapping[tuple[str, str], PodUsage] = field(default_factory=dict)
@@ -135,6 +137,7 @@ class Status:
     conditions: tuple[Mapping[str, str], ...] = ()
     last_schedule: float | None = None  # CronJobs
     finished: Finished | None = None  # Jobs
+    binding: volumes.Binding | None = None  # PersistentVolumeClaims
     autoscaling: Mapping[str, Any] | None = None  # HorizontalPodAutoscalers: their status, kept in the store
 
 
@@ -245,6 +248,8 @@ class _Pass:
         self.protected: set[ObjectKey] = set()  # owners whose controller failed: their pods stay as they are
         self.started_at = 0  # where the running object controller's pods begin in plan.pods
         self._budgets: list[_Budget] | None = None
+        self.claimed: dict[tuple[str, str], tuple[str, ...]] = {}  # pods to place -> the claims they use
+        self.volumes = _Volumes(self)
         self.scales: dict[ObjectKey, int] = {}  # workloads' replica counts set by their autoscaler
 
     def replicas(self, obj: Object) -> int:
@@ -398,6 +403,18 @@ class _Pass:
         info = pod_info_from_template(
             name, obj.key.namespace, template, owner=f"{obj.key.kind}/{obj.key.namespace}/{obj.key.name}"
         )
+        claims = _claim_names(template)
+        if claims:
+            # The volume binder: a bound claim pins its pods to its node; an unbound one waits
+            # for the first pod's node (WaitForFirstConsumer), or for a volume that fits.
+            problem, pinned = self.volumes.pin(obj.key.namespace, claims, name)
+            if problem:
+                self.plan.pods.append(DesiredPod(name, obj.key, None, revision, spec, ordinal, problem))
+                self.plan.events.append(PlannedEvent(obj.key, "Warning", "FailedScheduling", f"{name}: {problem}"))
+                return
+            if pinned is not None:
+                info = replace(info, node_selector={**info.node_selector, "kubernetes.io/hostname": pinned})
+            self.claimed[(obj.key.namespace, name)] = claims
         self.to_place.append((info, pod))
 
     def place_all(self) -> None:
@@ -428,6 +445,12 @@ class _Pass:
                     PlannedEvent(pod.owner, "Warning", "FailedScheduling", f"{pod.name}: {decision.message}")
                 )
             else:
+                clash = self.volumes.bind(pod.owner.namespace, self.claimed.get((pod.owner.namespace, pod.name), ()),
+                                          decision.node, pod.name)
+                if clash:  # a claim this pass bound to another node first: next pass pins it
+                    self.plan.pods.append(
+                        DesiredPod(pod.name, pod.owner, None, pod.revision, pod.spec, pod.ordinal, clash))
+                    continue
                 respec = self.respecs.get((pod.owner.namespace, pod.name))
                 spec = respec(decision.node) if respec is not None else dict(pod.spec)
                 self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
@@ -487,6 +510,115 @@ def _budget(ps: _Pass, pdb: Object) -> _Budget:
                    max(0, healthy - desired), spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow")
 
 
+def _claim_names(template: Mapping[str, Any]) -> tuple[str, ...]:
+    out = []
+    for v in (template.get("spec") or {}).get("volumes") or []:
+        pvc = v.get("persistentVolumeClaim") if isinstance(v, dict) else None
+        if isinstance(pvc, dict) and pvc.get("claimName"):
+            out.append(str(pvc["claimName"]))
+    return tuple(out)
+
+
+class _Volumes:
+    """The pass's claim bindings: static ones (PersistentVolumes in Git), those recorded, and
+    those made now for a claim's first pod; with who uses each claim (ReadWriteOncePod)."""
+
+    def __init__(self, ps: _Pass) -> None:
+        self.ps = ps
+        desired = ps.desired
+        self.classes = {o.key.name: o for o in desired.of_kind("StorageClass")}
+        self.static = podspecs.static_bindings(desired)
+        self.bound: dict[ObjectKey, volumes.Binding] = dict(self.static)
+        self.users: dict[ObjectKey, list[str]] = {}
+        for key, binding in ps.observed.claims.items():
+            claim = desired.objects.get(key)
+            if claim is not None and key not in self.bound and volumes.provisioned(claim, self.classes)[0]:
+                self.bound[key] = binding
+        # Claims in use by pods already placed: counted, and adopted where not bound yet (a
+        # claim from before bindings were recorded stays on the node its pods run on).
+        for owner_key, pods in sorted(ps.by_owner.items()):
+            template = _template(desired.objects.get(owner_key))
+            names = _claim_names(template) if template is not None else ()
+            for name in names:
+                key = ObjectKey("PersistentVolumeClaim", owner_key.namespace, name)
+                for p in sorted(pods, key=lambda p: p.name):
+                    if p.node is None or p.finished:
+                        continue
+                    self.users.setdefault(key, []).append(p.name)
+                    claim = desired.objects.get(key)
+                    if key not in self.bound and claim is not None:
+                        provisioned, reclaim = volumes.provisioned(claim, self.classes)
+                        if provisioned:
+                            self.bound[key] = volumes.Binding(
+                                p.node, volumes.provisioned_path(key.namespace, name), reclaim)
+
+    def pin(self, namespace: str, claims: tuple[str, ...], pod: str) -> tuple[str, str | None]:
+        """(why the pod cannot be placed, "" if it can; the node its bound claims pin it to)."""
+        node: str | None = None
+        for name in claims:
+            key = ObjectKey("PersistentVolumeClaim", namespace, name)
+            claim = self.ps.desired.objects.get(key)
+            if claim is None:
+                return f'persistentvolumeclaim "{name}" not found', None
+            modes = claim.spec.get("accessModes") or []
+            others = [u for u in self.users.get(key, []) if u != pod]
+            if "ReadWriteOncePod" in modes and others:
+                return (f'persistentvolumeclaim "{name}" is ReadWriteOncePod and used by pod "{others[0]}"', None)
+            binding = self.bound.get(key)
+            if binding is None:
+                if not volumes.provisioned(claim, self.classes)[0]:
+                    return (f'persistentvolumeclaim "{name}" is not bound: no PersistentVolume of its class '
+                            "with enough capacity and its access modes is available"), None
+                continue
+            if node is not None and binding.node != node:
+                return f"its claims are on different nodes ({node}, {binding.node}): volume node affinity " \
+                    "conflict", None
+            node = binding.node
+        return "", node
+
+    def bind(self, namespace: str, claims: tuple[str, ...], node: str, pod: str) -> str:
+        """Bind the still unbound claims of a pod placed on `node`; a claim bound elsewhere in
+        this very pass makes it wait ("" when it may go)."""
+        for name in claims:
+            key = ObjectKey("PersistentVolumeClaim", namespace, name)
+            binding = self.bound.get(key)
+            if binding is not None and binding.node != node:
+                return f'waiting for persistentvolumeclaim "{name}", just bound to node {binding.node}'
+        for name in claims:
+            key = ObjectKey("PersistentVolumeClaim", namespace, name)
+            claim = self.ps.desired.objects.get(key)
+            if key not in self.bound and claim is not None:
+                reclaim = volumes.provisioned(claim, self.classes)[1]
+                self.bound[key] = volumes.Binding(node, volumes.provisioned_path(namespace, name), reclaim)
+            self.users.setdefault(key, []).append(pod)
+        return ""
+
+    def statuses(self) -> None:
+        """Each claim's and volume's status: where it is bound, or why it waits."""
+        ps = self.ps
+        for claim in ps.desired.of_kind("PersistentVolumeClaim"):
+            binding = self.bound.get(claim.key)
+            if binding is not None:
+                where = f"volume {binding.volume}" if binding.volume else binding.path
+                ps.plan.statuses[claim.key] = Status(
+                    "Healthy", f"Bound on node {binding.node} ({where}; reclaim {binding.reclaim})", binding=binding)
+            elif volumes.provisioned(claim, self.classes)[0]:
+                cls = self.classes.get(volumes.claim_class(claim, self.classes) or "")
+                mode = str((cls.body if cls else {}).get("volumeBindingMode") or "WaitForFirstConsumer")
+                ps.plan.statuses[claim.key] = Status(
+                    "Healthy", f"Pending: {mode} (bound where its first pod is placed)")
+            else:
+                ps.plan.statuses[claim.key] = Status(
+                    "Degraded", "Pending: no PersistentVolume of its class with enough capacity and its access modes")
+        bound_to = {b.volume: key for key, b in self.static.items()}
+        for pv in ps.desired.of_kind("PersistentVolume"):
+            owner = bound_to.get(pv.key.name)
+            if owner is not None:
+                ps.plan.statuses[pv.key] = Status("Healthy", f"Bound to {owner.namespace}/{owner.name}")
+            else:
+                ps.plan.statuses[pv.key] = Status("Healthy", "Available")
+
+
 def _owner_id(key: ObjectKey) -> str:
     return f"{key.kind}/{key.namespace}/{key.name}"
 
@@ -537,7 +669,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     kept_ids = {id(p) for p in keep_new}  # identity: equal-looking PodStates are still two pods
     for p in new:
         if id(p) in kept_ids:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
         else:
             ps.remove(p)
 
@@ -642,7 +774,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
         if id(p) not in kept_ids:
             ps.remove(p)
         elif p.revision == rev:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
         else:
             ps.keep(obj, p, _spec_for_record(ps, obj, p))
     used = {_index(p.name) for p in keep}
@@ -695,7 +827,7 @@ def _paused_deployment(
         if p in gone:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node))
+            _keep(ps, obj, template, p)
     used = {_index(p.name) for p in kept_new}
     index = 0
     for _ in range(max(0, replicas - (len(new) + len(old) - excess))):
@@ -809,6 +941,24 @@ def _create(
     ps.create(obj, template, name, rev, build(None), ordinal, respec=build)
 
 
+def _keep(
+    ps: _Pass,
+    obj: Object,
+    template: Mapping[str, Any],
+    p: PodState,
+    claims: Mapping[str, str] | None = None,
+    hostname: str | None = None,
+    index: int | None = None,
+) -> None:
+    """Keep a pod as it is. One never placed goes back to the scheduler (its row is updated,
+    not replaced): a pod Pending for want of room, or of its claim's node, gets a node once
+    there is one."""
+    if p.node is None and not p.finished:
+        _create(ps, obj, template, p.name, p.revision, p.ordinal, claims, hostname, index)
+    else:
+        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, claims, hostname, index))
+
+
 def _revision(ps: _Pass, obj: Object, template: Mapping[str, Any]) -> str:
     """podspecs.revision, kept with the state like _spec (pure in the state and the template)."""
     if ps.desired.objects.get(obj.key) is not obj:
@@ -847,7 +997,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     extra = sorted((i for i in pods if i >= replicas), reverse=True)
     for n, i in enumerate(extra):
         if ordered and n > 0:
-            ps.keep(obj, pods[i], _spec(ps, obj, template, pods[i].name, pods[i].node, claims(i), pods[i].name))
+            _keep(ps, obj, template, pods[i], claims=claims(i), hostname=pods[i].name)
         else:
             ps.remove(pods[i])
     # Update in place from the highest ordinal, one at a time, when the others are ready;
@@ -971,7 +1121,7 @@ def _job(ps: _Pass, obj: Object) -> None:
         _finished_job(ps, obj, rev, completions, ended, live)  # it ran: never again, whatever its pods
         return
     for p in succeeded + failed:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+        _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     if indexed:
         # Each index must succeed once: one succeeded pod per index counts.
         by_index = {i: p for p in succeeded if (i := _completion_index(obj, p.name)) is not None and i < completions}
@@ -1008,7 +1158,7 @@ def _job(ps: _Pass, obj: Object) -> None:
         )
         return
     for p in active:
-        ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+        _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     want = min(parallelism, completions - len(succeeded)) - len(active)
     if indexed:
         _indexed_pods(ps, obj, template, rev, completions, max(0, want), live)
@@ -1073,7 +1223,7 @@ def _finished_job(
         if expired or not p.finished or template is None:
             ps.remove(p)
         else:
-            ps.keep(obj, p, _spec(ps, obj, template, p.name, p.node, index=_completion_index(obj, p.name)))
+            _keep(ps, obj, template, p, index=_completion_index(obj, p.name))
     message = ended.message + (f"; pods removed {ttl} s after it finished (ttlSecondsAfterFinished)"
                                if expired else "")
     condition = {"type": "Complete" if ended.complete else "Failed", "status": "True",
@@ -1334,6 +1484,7 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
             _isolated(ps, obj, controller)
     ps.place_all()
     ps.budgets()  # every PodDisruptionBudget's status, whether or not a node drains
+    ps.volumes.statuses()
     # Pods whose owner left Git are pruned.
     for key, pods in sorted(ps.by_owner.items()):
         if key in ps.runs or key in ps.protected:

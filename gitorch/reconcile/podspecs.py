@@ -13,13 +13,15 @@ import contextlib
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from gitorch.model import volumes
 from gitorch.model.objects import HIDDEN, DesiredState, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 
-VOLUME_ROOT = "/var/lib/gitorch/volumes"
+VOLUME_ROOT = volumes.VOLUME_ROOT
 
 
 def short_hash(value: Any, n: int = 10) -> str:
@@ -49,6 +51,16 @@ def _config_values(obj: Object | None) -> dict[str, str]:
     for k, v in (obj.body.get("stringData") or {}).items():
         out[k] = str(v)
     return out
+
+
+def static_bindings(state: DesiredState) -> Mapping[ObjectKey, volumes.Binding]:
+    """Claims bound to the repository's PersistentVolumes (model/volumes.py), once per state."""
+    found = state.memo.get("static_bindings")
+    if found is None:
+        kinds = ("PersistentVolume", "PersistentVolumeClaim", "StorageClass")
+        found = state.memo["static_bindings"] = volumes.static_bindings(
+            o for k in kinds for o in state.of_kind(k))
+    return found
 
 
 class _Resolver:
@@ -122,27 +134,40 @@ def _env(container: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, st
     return list(env.values())
 
 
-def _mount(m: Mapping[str, Any]) -> dict[str, Any]:
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, values: Mapping[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: a defined variable's value, `$$` a literal `$`, and an
+    undefined reference left as written."""
+    return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else values.get(m.group(1), m.group(0)), text)
+
+
+def _mount(m: Mapping[str, Any], env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out = {"name": m.get("name"), "mountPath": m.get("mountPath"), "readOnly": bool(m.get("readOnly"))}
     if m.get("subPath"):  # only when set: pods without one keep their hash
         out["subPath"] = str(m["subPath"])
+    elif m.get("subPathExpr"):  # expanded here; the node checks the result like any subPath
+        values = {str(e["name"]): str(e["value"]) for e in env or () if not e.get("secret")}
+        out["subPath"] = expand(str(m["subPathExpr"]), values)
     return out
 
 
 def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]) -> dict[str, Any]:
     ports = {str(p["name"]): int(p["containerPort"]) for p in c.get("ports") or [] if p.get("name")}
+    env = _env(c, r, field_refs)
     return {
         "name": c.get("name"),
         "image": c.get("image"),
         "command": list(c.get("command") or []),
         "args": list(c.get("args") or []),
-        "env": _env(c, r, field_refs),
+        "env": env,
         "workingDir": c.get("workingDir"),
         "resources": _resources(c),
         "livenessProbe": _probe(c.get("livenessProbe"), ports),
         "readinessProbe": _probe(c.get("readinessProbe"), ports),
         "startupProbe": _probe(c.get("startupProbe"), ports),
-        "volumeMounts": [_mount(m) for m in c.get("volumeMounts") or []],
+        "volumeMounts": [_mount(m, env) for m in c.get("volumeMounts") or []],
         **_lifecycle(c, ports),
         # Only when set: pods without one keep their hash.
         **({"imagePullPolicy": c["imagePullPolicy"]} if c.get("imagePullPolicy") else {}),
@@ -176,7 +201,9 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             out.append(volume)
         elif isinstance(v.get("persistentVolumeClaim"), dict):
             claim = str(v["persistentVolumeClaim"].get("claimName"))
-            out.append({"name": name, "hostPath": f"{VOLUME_ROOT}/{r.namespace}/{claim}"})
+            bound = static_bindings(r.state).get(ObjectKey("PersistentVolumeClaim", r.namespace, claim))
+            path = bound.path if bound else volumes.provisioned_path(r.namespace, claim)
+            out.append({"name": name, "hostPath": path})
         elif isinstance(v.get("hostPath"), dict):
             out.append({"name": name, "hostPath": v["hostPath"].get("path")})
         else:

@@ -14,7 +14,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import uvicorn
@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -62,6 +62,9 @@ class Reply:
     body: bytes | str = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+    stream: AsyncIterator[bytes] | None = None
+    """Sent after `body`, chunk by chunk as it yields (Server-Sent Events, logs that follow); it
+    is cancelled when the client goes away, so it must bound its own lifetime."""
 
 
 class Refused(Exception):
@@ -94,6 +97,25 @@ class Incoming:
     def headers(self) -> Mapping[str, str]:
         """Case-insensitive."""
         return self._request.headers
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """The query string's parameters (the last value of a repeated one)."""
+        return self._request.query_params
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The path's parameters (`/pods/{name}`)."""
+        return self._request.path_params
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        return self._request.cookies
+
+    @property
+    def client(self) -> str:
+        """The peer's address (empty when unknown)."""
+        return self._request.client.host if self._request.client else ""
 
     async def body(self) -> bytes:
         """The whole body; `Refused` with 413 past the cap, 408 past the deadline."""
@@ -174,10 +196,20 @@ def _route(endpoint: Endpoint, limits: Limits) -> Route:
             except Refused as exc:
                 reply = exc.reply
         assert isinstance(reply, Reply)
+        if reply.stream is not None:
+            return StreamingResponse(_chained(reply.body, reply.stream), status_code=reply.status,
+                                     media_type=reply.content_type, headers=dict(reply.headers))
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
                         headers=dict(reply.headers))
 
     return Route(endpoint.path, run, methods=list(endpoint.methods))
+
+
+async def _chained(first: bytes | str, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first.encode() if isinstance(first, str) else first
+    async for chunk in rest:
+        yield chunk
 
 
 class _CloseUnread:

@@ -27,6 +27,7 @@ from gitorch.reconcile.controller import Controller, ControllerSettings, PassRes
 from gitorch.reconcile.leadership import Leadership, holder_name
 from gitorch.server import systemd
 from gitorch.server.control import ControlSocket, socket_path
+from gitorch.server.dashboard import Dashboard
 from gitorch.server.http import Endpoint, HttpServer, Limits, Reply, Site
 from gitorch.server.metrics import Metrics
 from gitorch.server.notifications import Notifier
@@ -175,6 +176,7 @@ class Server:
         poll: float = 30.0,
         pod_watch: bool | None = None,
         idle_interval: float | None = None,
+        ui_token: str | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -217,6 +219,9 @@ class Server:
         self.wake_token = wake_token
         """What /hooks/wake asks for; None: the state dir's token (`hooks.wake_token`)."""
         self.http_limits = http_limits
+        self.ui_token = ui_token
+        """What the dashboard's login asks for; None: the dashboard answers loopback clients only."""
+        self.dashboard: Dashboard | None = None
         self.listener: HttpServer | None = None
         self._listen_warned = False
         self._listen_lock = threading.Lock()
@@ -535,6 +540,8 @@ class Server:
         site.add("webhooks", endpoints(handlers, secret=self.webhook_secret, branch=self.branch,
                                        wake_token=self.wake_token))
         site.add("metrics", [Endpoint("/metrics", lambda _: Reply(200, *self.metrics.render()))])
+        self.dashboard = Dashboard(self.store, token=self.ui_token, repo=self.repo, client=self.controller.client)
+        site.add("dashboard", self.dashboard.endpoints())
         return site
 
     def _bind(self, host: str, port: int) -> None:
@@ -551,6 +558,10 @@ class Server:
         log.info(f"listening on http://{bound[0]}:{bound[1]} ({', '.join(listener.site.paths)})")
         if not self.webhook_secret:
             log.warning("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")
+        if self.ui_token is None:
+            log.info(f"dashboard at http://{bound[0]}:{bound[1]}/ for loopback clients only (no --ui-token-env)")
+        else:
+            log.info(f"dashboard at http://{bound[0]}:{bound[1]}/ (log in with the --ui-token-env token)")
 
     def _reload(self, reload: Callable[[], str] | None) -> None:
         """SIGHUP: re-read what can change without a restart (`reload`: the CLI's log settings),
@@ -648,6 +659,8 @@ class Server:
             self.systemd.stopping("stopping: finishing the current pass")
             log.info("stopping: finishing the current pass", extra={"event": "stopping"})
             with self._listen_lock:
+                if self.dashboard is not None:
+                    self.dashboard.close()
                 if self.listener is not None:
                     self.listener.close()
             self.timers.stop()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from fractions import Fraction
 from typing import Any
 
-from gitorch.model import admission, selectors
+from gitorch.model import admission, selectors, volumes
 from gitorch.model.diagnostics import Diagnostic, Severity, escape_token
 from gitorch.model.objects import DEFAULT_NAMESPACE, KINDS, SENSITIVE_FIELDS, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, parse_quantity
@@ -270,6 +270,7 @@ def cross_check(
         out.extend(_check_load_balancers(balanced, clusters[0] if clusters and clusters[0].key not in invalid
                                          else None))
     out.extend(_check_admission(world, invalid))
+    out.extend(_check_volumes(world, invalid))
     for obj in ordered:
         key = obj.key
         if key.namespace and key.namespace not in namespaces:
@@ -471,6 +472,58 @@ def _check_admission(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]
                                      f"namespace {ns} needs {r}={admission.show(full, have)} once rolled out, over "
                                      f"this quota's {admission.show(full, q.hard[r])}",
                                      f"raise spec.hard[{r!r}], or lower the replicas or requests of namespace {ns}"))
+    return out
+
+
+def _check_volumes(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """PersistentVolumes name a node of the repository; claims name a StorageClass and a
+    volume that exist, and no volume is asked for by two claims."""
+    valid = [o for o in world.ordered if o.key not in invalid]
+    pvs = {o.key.name: o for o in valid if o.key.kind == "PersistentVolume"}
+    classes = {o.key.name: o for o in valid if o.key.kind == "StorageClass"}
+    claims = [o for o in valid if o.key.kind == "PersistentVolumeClaim"]
+    if not pvs and not classes and not any("volumeName" in c.spec or "storageClassName" in c.spec for c in claims):
+        return []
+    out: list[Diagnostic] = []
+    nodes = {n.key.name for n in world.nodes}
+    for pv in pvs.values():
+        node = volumes.volume_node(pv.body)
+        if node is None:
+            out.append(_diag(pv, "/spec/nodeAffinity/required", "a local volume needs the one node its directory is on",
+                             "one term: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: "
+                             "[NODE]}]}"))
+        elif node not in nodes:
+            out.append(_diag(pv, "/spec/nodeAffinity/required", f"node {node!r} is not a Node of this repository",
+                             suggest(node, nodes) or "add the Node, or fix the name"))
+    defaults = [n for n, c in classes.items()
+                if str(_map(_map(c.body.get("metadata")).get("annotations")).get(volumes.DEFAULT_CLASS)) == "true"]
+    for cls in classes.values():
+        provisioner = str(cls.body.get("provisioner"))
+        if provisioner not in volumes.LOCAL_PROVISIONERS and provisioner != volumes.NO_PROVISIONER:
+            out.append(_diag(cls, "/provisioner", f"provisioner {provisioner!r} does not exist in gitorch: its claims "
+                             "get a directory on the node of their first pod, as with gitorch.dev/local",
+                             "say provisioner: gitorch.dev/local (or kubernetes.io/no-provisioner for "
+                             "PersistentVolumes in Git)", warning=True))
+    for extra in defaults[1:]:
+        out.append(_diag(classes[extra], "/metadata/annotations",
+                         f"a second default StorageClass (also {defaults[0]!r})", "keep one default class"))
+    asked: dict[str, Object] = {}
+    for claim in claims:
+        name = claim.spec.get("storageClassName")
+        if isinstance(name, str) and name and name not in classes:
+            out.append(_diag(claim, "/spec/storageClassName", f"StorageClass {name!r} does not exist",
+                             suggest(name, classes) or f"add a StorageClass named {name!r}, or remove the field"))
+        volume = claim.spec.get("volumeName")
+        if isinstance(volume, str):
+            if volume not in pvs:
+                out.append(_diag(claim, "/spec/volumeName", f"PersistentVolume {volume!r} does not exist",
+                                 suggest(volume, pvs) or "add it, or remove volumeName"))
+            elif volume in asked:
+                out.append(_diag(claim, "/spec/volumeName", f"PersistentVolume {volume!r} is already claimed by "
+                                 f"{asked[volume].key.namespace}/{asked[volume].key.name} ({asked[volume].path})",
+                                 "a volume binds one claim"))
+            else:
+                asked[volume] = claim
     return out
 
 

@@ -26,6 +26,10 @@ NO_EFFECT: dict[str, str] = {
     "cluster.spec.git.pollIntervalSeconds": _SERVE,
     "cluster.spec.heartbeat.intervalSeconds": "no effect: the controller heartbeats reachable nodes on its passes",
     "cluster.spec.heartbeat.nodeTimeoutSeconds": "no effect: GITORCH_NODE_TIMEOUT decides (default 40 s)",
+    "storageclass.parameters": _COMPAT + "gitorch's local provisioner takes no parameters",
+    "storageclass.allowVolumeExpansion": _COMPAT + "gitorch does not limit a volume's size, so it can always grow",
+    "persistentvolume.spec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
+    "persistentvolume.spec.hostPath.type": _COMPAT + "a missing directory is always made (DirectoryOrCreate)",
     "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
@@ -35,20 +39,16 @@ NO_EFFECT: dict[str, str] = {
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenScaled": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),
-    "persistentVolumeClaimSpec.accessModes": (
-        _COMPAT + "gitorch volumes are node-local directories; ReadWriteOncePod is not enforced"
-    ),
-    "persistentVolumeClaimSpec.storageClassName": _COMPAT + "gitorch has one kind of volume, a node-local directory",
     "persistentVolumeClaimSpec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
-    "persistentVolumeClaimSpec.resources.requests.storage": _COMPAT + "gitorch does not limit a volume's size",
+    "persistentVolumeClaimSpec.resources.requests.storage": (
+        _COMPAT + "gitorch does not limit a volume's size (a claim binds only to a PersistentVolume that large)"
+    ),
     "persistentVolumeClaimSpec.resources.limits.storage": _COMPAT + "gitorch does not limit a volume's size",
 }
 
 # Entries the schema requires (as Kubernetes does): a manifest cannot leave them out, so
 # `validate` does not warn about them; they stay in NO_EFFECT for the record.
-REQUIRED: frozenset[str] = frozenset(
-    {"persistentVolumeClaimSpec.accessModes", "persistentVolumeClaimSpec.resources.requests.storage"}
-)
+REQUIRED: frozenset[str] = frozenset({"persistentVolumeClaimSpec.resources.requests.storage"})
 
 
 @dataclass(frozen=True)

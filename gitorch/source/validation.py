@@ -192,9 +192,6 @@ def _kubernetes() -> _Kubernetes:
 
 _KIND_HINTS = {
     "ReplicationController": "use a Deployment, which replaces it in Kubernetes too",
-    "PersistentVolume": "use a PersistentVolumeClaim (a node-local directory kept across restarts) or a "
-    "hostPath volume in the pod",
-    "StorageClass": "delete it and storageClassName: a PersistentVolumeClaim is a node-local directory",
 }
 
 # Real Kubernetes fields gitorch lacks whose work can be done another way: say how.

@@ -38,11 +38,13 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     literal,
     or_,
     update,
 )
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -64,6 +66,7 @@ Sync = Literal["Synced", "OutOfSync"]
 Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"]
 ConditionType = Literal[
     "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed",
+    "DisruptionAllowed",
     "AbleToScale", "ScalingActive", "ScalingLimited",  # a HorizontalPodAutoscaler's
 ]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -1102,10 +1105,18 @@ class Store:
         object: tuple[str, str, str] | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        *,
+        revision: str | None = None,
+        namespace: str | None = None,
     ) -> list[Event]:
-        """Events oldest first (the newest `limit` of them), of an object (kind, ns, name)."""
+        """Events oldest first (the newest `limit` of them), of an object (kind, ns, name), of
+        the pass that applied `revision`, of a namespace."""
         with self._session(write=False) as s:
             query = select(Event)
+            if revision is not None:
+                query = query.where(Event.revision == revision)
+            if namespace is not None:
+                query = query.where(Event.namespace == namespace)
             if object is not None:
                 kind, namespace, name = object
                 query = query.where(
@@ -1349,6 +1360,26 @@ class Store:
                 query = query.where(col(DriftReport.started_at) >= _utc(since))
             query = query.order_by(col(DriftReport.started_at).desc(), col(DriftReport.id).desc())
             return list(s.exec(query.limit(limit)).all())
+
+    # ---- change marks ----
+
+    def marks(self) -> dict[str, tuple[Any, ...]]:
+        """A cheap fingerprint per kind of record (pods, objects, nodes, events, revisions, drift):
+        it changes when a row of that kind is added, removed or updated, so a watcher (the
+        dashboard's live updates) polls with a few aggregate queries instead of reading rows."""
+        columns: dict[str, tuple[Any, ...]] = {
+            "pods": (func.count(), func.max(PodRecord.updated_at)),
+            "objects": (func.count(), func.max(ObjectRecord.updated_at)),
+            "nodes": (func.count(), func.max(NodeRecord.last_heartbeat),
+                      func.sum(case((col(NodeRecord.ready), 1), else_=0))),
+            "events": (func.count(), func.max(Event.id), func.max(Event.last_time)),
+            "revisions": (func.count(), func.max(Revision.first_seen_at), func.max(Revision.applied_at),
+                          func.count(func.nullif(Revision.outcome, "pending"))),
+            "drift": (func.count(), func.max(DriftReport.id), func.max(DriftReport.finished_at)),
+        }
+        with self._session(write=False) as s:
+            conn = s.connection()
+            return {name: tuple(conn.execute(sa_select(*cols)).one()) for name, cols in columns.items()}
 
     # ---- notification state ----
 

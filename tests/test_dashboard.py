@@ -1,0 +1,319 @@
+"""The dashboard over HTTP, without a browser: access (token login, loopback only without a
+token, failed-login limit), every page from a real store, the live stream's events and bounds,
+plans rendered from a real repository, and no Secret value on any page. The browser tests on
+lab nodes are in test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gitorch.server.dashboard import COOKIE, Dashboard, Limits, _Probe
+from gitorch.server.http import HttpServer, Site
+from gitorch.source.git import open_repository
+from gitorch.store.database import PodRecord, Store
+from tests.gitrepo import GitRepo
+from tests.samples import gitorch
+
+TOKEN = "a-dashboard-token-0123456789"
+CANARY = "canary-s3cret-value-7f1d"
+C1, C2 = "1" * 40, "2" * 40
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    now = datetime.now(UTC)
+    s.record_revision(C1, author="Ada <ada@example.org>", message="web v1", committed_at=now)
+    s.set_revision_outcome(C1, "applied")
+    s.upsert_node("node-1", address="10.0.0.1", pod_cidr="10.244.1.0/24")
+    s.heartbeat("node-1", now, {"cpus": 2, "memory": {"totalBytes": 8 << 30, "availableBytes": 50 << 20}},
+                conditions=[{"type": "Ready", "status": "True", "reason": "AgentAnswered"}])
+    s.upsert_object_status("Deployment", "shop", "web", sync="Synced", health="Healthy", last_applied_revision=C1,
+                           body={"history": [{"revision": "abc123", "commit": C1, "subject": "web v1", "since": 1}],
+                                 "rollout": {"revision": "abc123", "started": 1}})
+    # A Secret whose body holds its value (the controller stores it masked; this is the worst case).
+    s.upsert_object_status("Secret", "shop", "db", sync="Synced", health="Healthy", last_applied_revision=C1,
+                           body={"manifest": {"stringData": {"password": CANARY}}})
+    s.upsert_pods([PodRecord(namespace="shop", name="web-abc123-0", owner_kind="Deployment", owner_name="web",
+                             node="node-1", template_hash="abc123", phase="Running", ready=True, ip="10.244.1.2",
+                             spec={"containers": [{"env": [{"name": "PASSWORD", "value": CANARY}]}]})])
+    s.record_event("Deployment", "shop", "web", reason="ScalingReplicaSet", message="scaled up to 1", revision=C1)
+    s.save_drift_report(started_at=now, finished_at=now, mode="report", revision=C1,
+                        findings=[{"kind": "PodMissing", "object": "Deployment/shop/web", "node": "node-1",
+                                   "detail": "not running", "mode": "report"}])
+    yield s
+    s.close()
+
+
+class Listener:
+    """A real HTTP listener serving one dashboard, and a client that keeps cookies by hand."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        site = Site()
+        site.add("dashboard", dashboard.endpoints())
+        self.server = HttpServer("127.0.0.1", 0, site)
+        self.server.start()
+        self.port = self.server.address[1]
+
+    def request(self, method: str, path: str, body: str = "", cookie: str = "",
+                timeout: float = 10) -> tuple[int, dict[str, str], str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+        if cookie:
+            headers["Cookie"] = cookie
+        conn.request(method, path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, text
+
+    def login(self, token: str) -> tuple[int, dict[str, str], str]:
+        return self.request("POST", "/login/session", urllib.parse.urlencode({"token": token, "next": "/objects"}))
+
+
+@pytest.fixture
+def listen() -> Iterator[type[Listener]]:
+    made: list[Listener] = []
+
+    class Made(Listener):
+        def __init__(self, dashboard: Dashboard) -> None:
+            super().__init__(dashboard)
+            made.append(self)
+
+    yield Made
+    for m in made:
+        m.server.close()
+
+
+PAGES = ["/", "/objects", "/revisions", f"/revisions/{C1}", "/drift", "/events", "/nodes", "/nodes/node-1",
+         "/pods/shop/web-abc123-0/logs"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_what_the_store_knows_and_no_secret(store: Store, page: str) -> None:
+    html = Dashboard(store).render(page)
+    assert "<h1>" in html and "</html>" in html
+    assert CANARY not in html
+    expected = {"/": "web v1", "/objects": "web-abc123-0", "/revisions": "web v1",
+                f"/revisions/{C1}": "Deployment/shop/web</a>", "/drift": "PodMissing",
+                "/events": "scaled up to 1", "/nodes": "MemoryPressure", "/nodes/node-1": "10.244.1.2"}
+    assert expected.get(page, "") in html
+
+
+def test_the_object_tree_goes_from_workload_to_pods_by_revision(store: Store) -> None:
+    html = Dashboard(store).render("/objects")
+    tree = html[html.index('id="deployment-shop-web"'):]
+    assert tree.index("revision <code>abc123") < tree.index("web-abc123-0") < tree.index("10.244.1.2")
+    assert 'class="revision current"' in tree
+    assert "Secret/db" in html  # other objects are leaves, their data never read
+
+
+def test_unknown_revision_or_node_is_a_404(store: Store) -> None:
+    with pytest.raises(LookupError, match="404"):
+        Dashboard(store).render("/revisions/" + "9" * 40)
+    with pytest.raises(LookupError, match="404"):
+        Dashboard(store).render("/nodes/nowhere")
+
+
+def test_without_a_token_only_loopback_clients_are_answered(store: Store, listen: type[Listener]) -> None:
+    dashboard = Dashboard(store)
+    status, _, html = listen(dashboard).request("GET", "/")
+    assert status == 200 and "Overview" in html
+    # A client elsewhere (no other address reaches this machine's listener in a test).
+    probe = _Probe("/", {}, {})
+    probe.client = "192.0.2.10"
+    refused = dashboard._refused(probe)  # type: ignore[arg-type]
+    assert refused is not None and refused.status == 403 and "--ui-token-env" in str(refused.body)
+
+
+def test_a_token_login_sets_a_strict_cookie_and_refuses_a_bad_token(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, token=TOKEN))
+    status, headers, _ = server.request("GET", "/objects")
+    assert status == 303 and headers["location"] == "/login?next=/objects"
+    status, _, html = server.request("GET", "/login")
+    assert status == 200 and 'name="token"' in html
+
+    status, headers, html = server.login("not-the-token")
+    assert status == 401 and "set-cookie" not in headers and "not the dashboard" in html
+    status, headers, _ = server.login(TOKEN)
+    assert status == 303 and headers["location"] == "/objects"
+    cookie = headers["set-cookie"]
+    for attribute in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/"):
+        assert attribute in cookie
+    assert TOKEN not in cookie
+    session = cookie.split(";", 1)[0]
+    status, _, html = server.request("GET", "/objects", cookie=session)
+    assert status == 200 and "web-abc123-0" in html
+    # A forged or altered session is refused; so is a live part or a stream without one.
+    forged = session[:-4] + ("0000" if not session.endswith("0000") else "1111")
+    assert server.request("GET", "/objects", cookie=forged)[0] == 303
+    assert server.request("GET", f"/?part=live&x={COOKIE}")[0] == 401
+    assert server.request("GET", "/live")[0] == 401
+    assert server.request("GET", "/static/dashboard.css")[0] == 200  # the login page's style
+
+
+def test_failed_logins_are_limited_per_address(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, token=TOKEN, limits=Limits(login_failures=3)))
+    assert [server.login("wrong")[0] for _ in range(3)] == [401, 401, 401]
+    assert server.login(TOKEN)[0] == 429  # even the right token waits out the minute
+
+
+def test_a_next_path_off_the_site_is_not_followed(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, token=TOKEN))
+    body = urllib.parse.urlencode({"token": TOKEN, "next": "//evil.example/"})
+    status, headers, _ = server.request("POST", "/login/session", body)
+    assert status == 303 and headers["location"] == "/"
+
+
+def _read_events(sock: socket.socket, until: str, timeout: float) -> str:
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while until.encode() not in data and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def _open_live(port: int, topics: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET /live?topics={topics} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock
+
+
+def test_the_live_stream_names_what_changed_and_is_bounded(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, limits=Limits(live_clients=1, poll=0.2)))
+    first = _open_live(server.port, "pods,nodes")
+    head = _read_events(first, "retry:", 10)
+    assert "200 OK" in head and "text/event-stream" in head
+    # A second stream is refused while the first holds the only place.
+    status, headers, _ = server.request("GET", "/live")
+    assert status == 503 and headers.get("retry-after")
+
+    store.upsert_pods([PodRecord(namespace="shop", name="web-abc123-1", owner_kind="Deployment", owner_name="web",
+                                 template_hash="abc123")])
+    got = _read_events(first, "event: pods", 10)
+    assert "event: pods" in got and "event: nodes" not in got
+    first.close()
+    # The place is given back when the client goes away.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        second = _open_live(server.port, "pods")
+        head = _read_events(second, "\r\n\r\n", 5)  # the status line and headers
+        second.close()
+        if "200 OK" in head:
+            break
+        time.sleep(0.2)
+    assert "200 OK" in head
+
+
+def test_a_live_stream_ends_after_its_lifetime(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, limits=Limits(live_lifetime=0.5, poll=0.1)))
+    status, _, body = server.request("GET", "/live", timeout=20)  # returns only once the stream ended
+    assert status == 200 and body.startswith("retry:") and body.endswith("event: renew\ndata: renew\n\n")
+
+
+def test_a_revision_shows_its_plan_and_the_rollback_command(tmp_path: Path, listen: type[Listener]) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"
+    secret = ("apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: shop}\n"
+              f"stringData: {{password: {CANARY}}}\n")
+    first = repo.commit("namespace", {"ns.yaml": ns})
+    second = repo.commit("config <b>and</b> a secret", {
+        "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: shop}\ndata: {a: b}\n",
+        "secret.yaml": secret})
+    s = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        for commit, message in ((first, "namespace"), (second, "config <b>and</b> a secret")):
+            s.record_revision(commit, message=message, committed_at=datetime.now(UTC))
+            s.set_revision_outcome(commit, "applied")
+        html = Dashboard(s, repo=open_repository(repo.path)).render(f"/revisions/{second}")
+    finally:
+        s.close()
+    assert f"gitorch plan: <code>{first[:7]}</code>" in html  # the markdown, rendered
+    assert "ConfigMap shop/settings" in html and "Secret shop/db" in html and "(sensitive value)" in html
+    assert CANARY not in html
+    assert f"gitorch rollback {second[:12]}" in html
+    assert "<b>and</b>" not in html  # a commit message is text, never markup
+
+
+def test_serve_refuses_a_short_dashboard_token(repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo.commit("ns", {"ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"})
+    monkeypatch.setenv("GITORCH_UI_TOKEN", "short")
+    res = gitorch("serve", "--repo", str(repo.path), "--ui-token-env", "GITORCH_UI_TOKEN", "--listen", "off",
+                  cwd=repo.path)
+    assert res.returncode == 1
+    assert "--ui-token-env GITORCH_UI_TOKEN" in res.stderr and "16 characters" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_static_files_are_only_the_vendored_ones(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store))
+    status, headers, body = server.request("GET", "/static/htmx-2.0.11.min.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript") and "htmx" in body
+    assert server.request("GET", "/static/..%2Fdashboard.py")[0] == 404
+    assert server.request("GET", "/static/LICENSE.htmx")[0] == 404
+    status, headers, _ = server.request("GET", "/")
+    assert "script-src 'self'" in headers["content-security-policy"]
+
+
+def test_the_tree_by_application_folder(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    commit = repo.commit("two apps", {
+        "base/ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n",
+        "apps/cart/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cart, namespace: shop}\n",
+        "apps/web/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web, namespace: shop}\n",
+    })
+    s = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        s.record_revision(commit, message="two apps", committed_at=datetime.now(UTC))
+        s.set_revision_outcome(commit, "applied")
+        for kind, ns, name in (("Namespace", "", "shop"), ("ConfigMap", "shop", "cart"), ("ConfigMap", "shop", "web")):
+            s.upsert_object_status(kind, ns, name, sync="Synced", health="Healthy", last_applied_revision=commit)
+        dashboard = Dashboard(s, repo=open_repository(repo.path))
+        by_folder = dashboard.render("/objects", {"by": "folder"})
+        by_namespace = dashboard.render("/objects")
+    finally:
+        s.close()
+    sections = re.findall(r'<section class="namespace" id="([^"]+)">(.*?)</section>', by_folder, re.S)
+    found = {name: re.findall(r"<b>(\w+/\w+)</b>", body) for name, body in sections}
+    assert found == {"folder-apps/cart": ["ConfigMap/cart"], "folder-apps/web": ["ConfigMap/web"],
+                     "folder-base": ["Namespace/shop"]}
+    assert [name for name, _ in re.findall(r'<section class="namespace" id="([^"]+)">(.*?)</section>',
+                                           by_namespace, re.S)] == ["ns-_cluster", "ns-shop"]
+
+
+def test_a_huge_or_plain_http_session_is_refused_cleanly(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, token=TOKEN))
+    status, _, _ = server.request("GET", "/", cookie=f"{COOKIE}={'9' * 5000}.00")
+    assert status == 303  # not a 500 from parsing a 5,000-digit number
+    probe = _Probe("/login", {}, {})
+    probe.client = "192.0.2.10"
+    page = Dashboard(store, token=TOKEN)._login_page(probe)  # type: ignore[arg-type]
+    assert "plain HTTP" in str(page.body)
+    assert "plain HTTP" not in server.request("GET", "/login")[2]  # loopback keeps a Secure cookie
+
+
+def test_a_namespace_filter_keeps_to_its_namespace(store: Store) -> None:
+    store.upsert_object_status("ConfigMap", "other", "settings", sync="Synced", health="Healthy")
+    store.record_event("ConfigMap", "other", "settings", reason="Created", message="in other")
+    dashboard = Dashboard(store)
+    assert "ConfigMap/settings" in dashboard.render("/objects")
+    only_shop = dashboard.render("/objects", {"namespace": "shop"})
+    assert "Deployment/web" in only_shop and "ConfigMap/settings" not in only_shop
+    events = dashboard.render("/events", {"namespace": "other"})
+    assert "in other" in events and "scaled up to 1" not in events

@@ -6,12 +6,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages: Python, Git, and what real lab nodes need (sshd, iproute2, nftables, dig,
 # podman + runc with busybox-static for the container image tests, arping for LoadBalancer addresses,
-# age for the SOPS interoperability test, docker-registry, the CNCF registry, for image pulls, and
-# chromium + chromium-driver for the dashboard's browser tests).
+# age for the SOPS interoperability test, docker-registry, the CNCF registry, for image pulls,
+# haproxy for Ingress with wrk to load it in bench/ingress.py, chromium + chromium-driver for the
+# dashboard's browser tests, and gnupg for OpenPGP-signed commits).
 APT_PACKAGES=(python3 python3-venv python3-pip python3-dev git openssh-server openssh-client
               iproute2 nftables iptables dnsutils procps ca-certificates postgresql
-              podman runc busybox-static iputils-arping haproxy age docker-registry
-              chromium chromium-driver ${GITORCH_EXTRA_APT:-})
+              podman runc busybox-static iputils-arping haproxy wrk age docker-registry
+              chromium chromium-driver gnupg ${GITORCH_EXTRA_APT:-})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

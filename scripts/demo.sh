@@ -37,6 +37,18 @@ rm -rf "$work" "$bare" "$GITORCH_STATE_DIR/gitorch.db"*
 mkdir -p "$work"
 cp -r examples/repo/. "$work/"
 gitorch lab up 3 --nodes-file "$work/nodes.yaml"
+# lab-1 and lab-2 run the ingress proxy, as node-1 and node-2 do in examples/repo/nodes.yaml.
+python3 - "$work/nodes.yaml" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+for node in ("lab-1", "lab-2"):
+    text, found = re.subn(rf'^(\s*)(kubernetes.io/hostname: "?{node}"?)$', r'\1\2\n\1gitorch.dev/ingress: "true"',
+                          text, flags=re.M)
+    if found != 1:
+        sys.exit(f"{path}: no hostname label for {node} to add the ingress label next to")
+open(path, "w").write(text)
+PY
 host=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["host_address"])' \
     "$GITORCH_STATE_DIR/lab/lab.json")
 
@@ -130,6 +142,15 @@ else:
     sys.exit(f"{url} did not answer")
 PY
 
+echo; echo "== the shop on HTTPS through its Ingress (HAProxy on lab-1 and lab-2, behind the proxy's LoadBalancer address)"
+gitorch get ingresses -n shop
+addr=$(gitorch get ingresses -n shop -o json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["status"]["loadBalancer"]["ingress"][0]["ip"])')
+for _ in $(seq 50); do
+    curl -sf --cacert examples/repo/ca.crt --resolve "shop.example:443:$addr" https://shop.example/ && break
+    sleep 0.2
+done
+curl -s -o /dev/null -w 'http://shop.example/ -> %{http_code} %{redirect_url}\n' --resolve "shop.example:80:$addr" http://shop.example/
+
 echo; echo "== gitorch drift --run --repo $bare --dns $host:53   (Git, the store, the nodes and the DNS agree)"
 gitorch drift --run --repo "$bare" --dns "$host:53"
 
@@ -143,6 +164,7 @@ The controller keeps running (pid $(cat "$pidfile"), log $log). Try:
   gitorch drift --run --repo $bare --dns $host:53        # ... drift reports it (compares Git, store, nodes, DNS)
   gitorch events | tail -2                               # serve rebuilds it at its resync (5 min, GITORCH_RESYNC)
   curl -s http://$listen/metrics | grep ^gitorch_        # Prometheus metrics
+  open http://$listen/ in a browser on this machine     # the dashboard (loopback needs no token)
   kill \$(cat $pidfile); gitorch lab down
                                                          # stop the controller, remove the lab
 MSG

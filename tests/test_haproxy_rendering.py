@@ -1,5 +1,5 @@
 """The rendered HAProxy config, run by a real HAProxy in front of real HTTP backends, answers
-every request as gitorch.reconcile.ingresses.choose says (Kubernetes' semantics), serves TLS by
+every request as gitorch.model.routes.choose says (Kubernetes' semantics), serves TLS by
 SNI from a test CA's certificates, and redirects HTTP to HTTPS for hosts with TLS."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from gitorch.model.routes import Backend, choose, default_backend, routes
 from gitorch.reconcile.haproxy import Certificate, render
-from gitorch.reconcile.ingresses import Backend, choose, default_backend, routes
 from tests.tls import certificate_pem, key_pem, make_ca, new_key
 from tests.waiting import wait_until
 

@@ -10,8 +10,8 @@ import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from gitorch.model.routes import Backend, routes
 from gitorch.reconcile.haproxy import RUNTIME_SOCKET, initial_slots, render, runtime_commands
-from gitorch.reconcile.ingresses import Backend, routes
 from tests.test_haproxy_rendering import HAPROXY, _free_port, _get, _Named, pytestmark  # noqa: F401
 from tests.waiting import wait_until
 

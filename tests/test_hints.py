@@ -21,11 +21,8 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 
 KINDS = [
     "ServiceAccount",
-    "Ingress",
     "PriorityClass",
     "ReplicationController",
-    "Role",
-    "ClusterRoleBinding",
     "Endpoints",
 ]
 

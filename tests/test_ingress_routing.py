@@ -1,11 +1,11 @@
 """Ingress routing semantics: Kubernetes' path-matching table of examples, host precedence,
-longest match, and the default backend (gitorch.reconcile.ingresses, pure)."""
+longest match, and the default backend (gitorch.model.routes, pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gitorch.reconcile.ingresses import (
+from gitorch.model.routes import (
     Backend,
     backend_endpoints,
     choose,

@@ -26,9 +26,11 @@ CONSUMERS = (
     "gitorch/dns/*.py",
     "gitorch/server/*.py",
     "gitorch/model/selectors.py",
+    "gitorch/model/routes.py",
     "gitorch/model/admission.py",
     "gitorch/model/volumes.py",
     "gitorch/source/crosschecks.py",
+    "gitorch/source/grants.py",
 )
 
 

@@ -4,6 +4,7 @@ and never lets a plaintext value into an error message."""
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -125,3 +126,29 @@ def test_data_key_we_wrap_opens_with_the_age_cli_and_decrypts_values(tmp_path: P
     raw = aes_gcm_open(out, base64.b64decode(m[2]), base64.b64decode(m[1]), base64.b64decode(m[3]),
                        b"stringData:password:")
     assert raw.decode() == CANARY
+
+
+@pytest.mark.parametrize("name", ["sops-age-example.json", "sops-age-example.yaml"])
+def test_a_file_sops_encrypted_with_age_decrypts_in_gitorch(name: str) -> None:
+    # SOPS's examples as sops 3.7.1 encrypted them for its two age test keys (see tests/data/sops/NOTICE):
+    # each key alone opens its stanza, and the values decrypt with the MAC checked.
+    text = (DATA / name).read_text()
+    doc = json.loads(text) if name.endswith(".json") else load_plain(text, name)
+    keys = sops.parse_identities((DATA / "sops-age-keys.txt").read_text())
+    assert len(keys) == 2
+    for key in keys:
+        plain = sops.decrypt_document(doc, [key])
+        if name.endswith(".json"):
+            assert plain["firstName"] == "John" and plain["age"] == 25.4
+            assert plain["address"]["postalCode"] == "10021-3100"
+        else:
+            assert plain["myapp1"] == "t00m4nys3cr3tzupdated"
+            assert plain["app2"]["db"] == {"user": "eve", "password": "c4r1b0u"}
+            assert plain["somelist_unencrypted"][0] == "all elements of this list"
+    # One value changed after SOPS encrypted the file: refused.
+    tampered = json.loads(json.dumps(doc, default=str))
+    first = "firstName" if name.endswith(".json") else "myapp1"
+    other = "lastName" if name.endswith(".json") else "app2"
+    tampered[first], tampered[other] = tampered[other], tampered[first]
+    with pytest.raises(sops.SopsError):
+        sops.decrypt_document(tampered, keys)

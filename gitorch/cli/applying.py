@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -26,10 +27,11 @@ def _summary(result: PassResult) -> list[str]:
 
 
 def apply(repo: Repository, store: Store, state_dir: Path, *, rev: str | None, wait: bool, timeout: float,
-          leadership: Leadership | None = None) -> bool:
+          leadership: Leadership | None = None, trust_keys: tuple[str, ...] = ()) -> bool:
     """True when the commit was valid and (with `wait`) every workload became Healthy; each pass
     is fenced by `leadership`'s term when given."""
-    controller = Controller(repo, store, state_dir, ControllerSettings.from_env())
+    settings = dataclasses.replace(ControllerSettings.from_env(), trust_keys=trust_keys)
+    controller = Controller(repo, store, state_dir, settings)
     deadline = time.monotonic() + timeout
     last: list[str] = []
     try:

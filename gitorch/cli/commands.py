@@ -26,6 +26,11 @@ from gitorch.source.diffs import diff_states
 from gitorch.source.git import is_remote, open_repository
 from gitorch.source.rendering import PlanReport, diagnostics_text, plan_markdown, plan_text
 
+TRUST_KEY_HELP = (
+    "A key trusted to sign the first revision under the Cluster's git.verifyCommits (repeatable): an SSH "
+    "public key or .pub file, SHA256:<fingerprint>, an OpenPGP fingerprint, or a file with an armored "
+    "OpenPGP public key. Later revisions are checked against the last applied one's bindings."
+)
 REPO_HELP = "Git repository (a work tree, a folder inside one, or a bare repo). Default: the current directory."
 
 
@@ -286,7 +291,9 @@ def migrate() -> None:
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds --wait may take.")
 @click.option("--plan", "plan_file", default=None, metavar="FILE",
               help="Apply a saved plan (from `gitorch plan --out`), refusing if the head or the cluster moved since.")
-def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, plan_file: str | None) -> None:
+@click.option("--trust-key", "trust_key", multiple=True, metavar="KEY", help=TRUST_KEY_HELP)
+def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, plan_file: str | None,
+          trust_key: tuple[str, ...]) -> None:
     """Reconcile the cluster to a commit: one pass, or with --wait until it has converged."""
     import time
 
@@ -306,7 +313,7 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
             rev, wait = head, True
         with leadership.exclusive(store, "apply") as lead:
             ok = applying.apply(repo, store, _settings().state_dir, rev=rev, wait=wait, timeout=timeout,
-                                leadership=lead)
+                                leadership=lead, trust_keys=trust_key)
     sys.exit(0 if ok else 1)
 
 
@@ -347,11 +354,21 @@ def apply(repo_path: str | None, rev: str | None, wait: bool, timeout: float, pl
 @click.option("--env-file", default=None, metavar="FILE", envvar="GITORCH_ENV_FILE",
               help="KEY=VALUE settings (systemd's EnvironmentFile=), read at start (the environment wins) and "
                    "again on SIGHUP, when its GITORCH_LOG_LEVEL and GITORCH_LOG_FORMAT take effect.")
+@click.option("--kube-api-listen", default="off", show_default=True, metavar="HOST:PORT",
+              help="Serve a read-only Kubernetes API over HTTPS here (kubectl, client libraries); every serve "
+                   "instance answers. Its CA and certificate are made in STATE_DIR/kubeapi on first start.")
+@click.option("--kube-api-token-file", default=None, metavar="FILE",
+              help="Bearer tokens the API accepts, one `TOKEN[,USER]` a line. Default: STATE_DIR/kubeapi/tokens, "
+                   "made with one token on first start.")
+@click.option("--kube-api-host", "kube_api_hosts", multiple=True, metavar="NAME",
+              help="Another DNS name or address for the API's certificate (a load balancer's). Repeatable.")
+@click.option("--trust-key", "trust_key", multiple=True, metavar="KEY", help=TRUST_KEY_HELP)
 def serve(repo_path: str | None, branch: str | None, interval: float, idle_interval: float | None, listen: str,
           webhook_secret_env: str,
           wake_token_env: str | None, dns_listen: str | None, poll: float, ssh_key: str | None, host_key: str | None,
           token_env: str | None, ca_file: str | None, pod_watch: bool | None, migrate_store: bool,
-          env_file: str | None, ui_token_env: str | None) -> None:
+          env_file: str | None, ui_token_env: str | None, trust_key: tuple[str, ...], kube_api_listen: str,
+          kube_api_token_file: str | None, kube_api_hosts: tuple[str, ...]) -> None:
     """Run the controller: reconcile the branch's head on every push and every INTERVAL seconds until SIGTERM."""
     reload = _serve_env(env_file)
     from gitorch.server.http import parse_listen
@@ -361,6 +378,10 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
         address = parse_listen(listen)
     except ValueError as exc:
         _fail(str(exc))
+    try:
+        kube_address = parse_listen(kube_api_listen)
+    except ValueError as exc:
+        _fail(str(exc).replace("--listen", "--kube-api-listen").replace("8090", "6443"))
     secret = os.environ.get(webhook_secret_env) or None
     ui_token = None
     if ui_token_env:
@@ -387,10 +408,48 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
             fetch(repo, auth, url)
     else:
         repo = open_repository(repo_path)
+    import dataclasses
+
+    from gitorch.reconcile.controller import ControllerSettings
+    from gitorch.server.kubeapi import KubeApiSettings
+
+    controller_settings = dataclasses.replace(ControllerSettings.from_env(), trust_keys=trust_key)
+    state_dir = _settings().state_dir
+    kube_settings = KubeApiSettings(
+        tls_dir=state_dir / "kubeapi",
+        token_file=Path(kube_api_token_file) if kube_api_token_file else state_dir / "kubeapi" / "tokens",
+        repo=repo_path if repo_path and is_remote(repo_path) else str(repo.path), hosts=kube_api_hosts)
     with _store(upgrade=migrate_store) as store:
-        Server(repo, store, _settings().state_dir, branch=branch, interval=interval, listen=address,
+        Server(repo, store, state_dir, branch=branch, interval=interval, listen=address,
+               settings=controller_settings,
                webhook_secret=secret, wake_token=token, dns_listen=dns_listen, fetcher=fetcher, poll=poll,
-               pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token).run(reload=reload)
+               pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token, kube_api=kube_address,
+               kube_api_settings=kube_settings).run(reload=reload)
+
+
+@cli.command()
+@click.option("--token-file", default=None, metavar="FILE",
+              help="The API's token file (its first token is used). Default: STATE_DIR/kubeapi/tokens.")
+@click.option("--server", default=None, metavar="URL",
+              help="The API's address, e.g. https://gitorch.example:6443. Default: where serve last served it.")
+def kubeconfig(token_file: str | None, server: str | None) -> None:
+    """Print a kubeconfig for the read-only Kubernetes API of `serve --kube-api-listen`."""
+    from gitorch.server.kubeapi import kubeconfig as make
+    from gitorch.server.kubeapi import read_tokens
+
+    folder = _settings().state_dir / "kubeapi"
+    ca = folder / "ca.crt"
+    if not ca.exists():
+        _fail(f"{ca}: no CA yet; start `gitorch serve --kube-api-listen HOST:PORT` once to make it")
+    if server is None:
+        try:
+            server = (folder / "server").read_text().strip()
+        except OSError:
+            _fail(f"{folder / 'server'}: not served yet; give --server https://HOST:PORT")
+    tokens = read_tokens(Path(token_file) if token_file else folder / "tokens")
+    if not tokens:
+        _fail(f"{token_file or folder / 'tokens'}: no token (one `TOKEN[,USER]` a line, 16 characters or more)")
+    console.write(make(server, ca.read_bytes(), next(iter(tokens))).rstrip("\n"))
 
 
 def _serve_env(env_file: str | None) -> Callable[[], str]:
@@ -517,8 +576,8 @@ def status(output: str) -> None:
 
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
-                                           "daemonsets", "services", "jobs", "cronjobs", "revisions", "hpa",
-                                           "horizontalpodautoscalers"]))
+                                           "daemonsets", "services", "ingresses", "jobs", "cronjobs",
+                                           "revisions", "hpa", "horizontalpodautoscalers"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:
@@ -553,6 +612,34 @@ def events(namespace: str | None, limit: int, output: str) -> None:
 
 
 @cli.command()
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Branch or commit whose history to read. Default: HEAD.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only commits since then: an ISO date or time (2026-05-01, 2026-05-01T12:00Z) or an age "
+                   "(30m, 12h, 7d).")
+@click.option("--object", "object_ref", default=None, metavar="KIND/NS/NAME",
+              help="Only changes to this object (KIND/NAME for a cluster-scoped kind), e.g. deployment/prod/web.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Commits read at most, newest first.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def audit(repo_path: str | None, rev: str | None, since: str | None, object_ref: str | None, limit: int,
+          output: str) -> None:
+    """Who changed which object, when, with which signature, and what the controller did about it."""
+    from gitorch.cli import views
+    from gitorch.reconcile import auditing
+
+    try:
+        key = auditing.parse_object(object_ref) if object_ref else None
+        when = views.parse_since(since) if since else None
+    except ValueError as exc:
+        _fail(str(exc))
+    repo = open_repository(repo_path)
+    with _store() as store, batch_gc():
+        entries = auditing.audit(repo, store, rev=rev, since=when, key=key, limit=limit, keyring=_keyring())
+    views.audit(entries, output)
+
+
+@cli.command()
 @click.argument("pod")
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-c", "--container", default=None)
@@ -560,14 +647,16 @@ def events(namespace: str | None, limit: int, output: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-p", "--previous", is_flag=True, help="The previous container instance's log.")
 @click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--node", default=None, help="Ask this node (for the ingress proxy: `gitorch logs ingress --node N`).")
 def logs(pod: str, namespace: str, container: str | None, tail: int, follow: bool, previous: bool,
-         repo_path: str | None) -> None:
-    """Print a pod's container log, from the node that runs it."""
+         repo_path: str | None, node: str | None) -> None:
+    """Print a pod's container log, from the node that runs it; `ingress --node N`: that node's
+    ingress proxy (HAProxy's access log)."""
     from gitorch.cli import views
 
     repo = open_repository(repo_path)
     with _store() as store:
-        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous)
+        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous, node)
 
 
 @cli.command()
@@ -773,11 +862,19 @@ def hook() -> None:
 @click.option("--wake-token-env", default=None, metavar="NAME",
               help="Environment variable holding the controller's wake token (as given to `serve`). Default: "
                    "$GITORCH_WAKE_TOKEN when set, else the state dir's wake-token file (made if missing).")
-def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str, wake_token_env: str | None) -> None:
-    """Install hooks: pre-receive refuses invalid manifests, post-receive wakes the controller
-    (it holds the wake token, so it is readable by its owner only)."""
+@click.option("--trust-key", "trust_key", multiple=True, metavar="KEY", help=TRUST_KEY_HELP)
+def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str, wake_token_env: str | None,
+                 trust_key: tuple[str, ...]) -> None:
+    """Install hooks: pre-receive refuses invalid manifests (and, under the Cluster's git.verifyCommits,
+    commits not signed or not granted), post-receive wakes the controller (it holds the wake token, so
+    it is readable by its owner only)."""
+    from gitorch.source import signatures
+
+    keys = [str(Path(k).expanduser().resolve()) if Path(k).expanduser().is_file() else k for k in trust_key]
+    signatures.trust_keys(keys)  # refuse a bad key now, not at the first push
     token = hooks.wake_token(_settings().state_dir, wake_token_env)
-    for path in hooks.install(repo, branch=branch, token=token, path=subdir, force=force, notify=notify):
+    for path in hooks.install(repo, branch=branch, token=token, path=subdir, force=force, notify=notify,
+                              trust_keys=keys):
         console.write(f"installed {path}")
 
 
@@ -785,14 +882,19 @@ def hook_install(repo: Path, branch: str, subdir: str, force: bool, notify: str,
 @click.argument("name", type=click.Choice(["pre-receive"]))
 @click.option("--branch", default="main")
 @click.option("--path", "subdir", default="")
-def hook_run(name: str, branch: str, subdir: str) -> None:
+@click.option("--trust-key", "trust_key", multiple=True)
+def hook_run(name: str, branch: str, subdir: str, trust_key: tuple[str, ...]) -> None:
     """Run inside git: check the pushed commit of the watched branch."""
+    from gitorch.source import signatures
     from gitorch.source.git import is_zero_oid
 
     git_dir = Path(os.environ.get("GIT_DIR", ".")).resolve()
     repo = open_repository(git_dir)
     repo.root = subdir.strip("/")
     status = 0
+    keyring = _keyring()
+    check = signatures.RangeCheck(repo, lambda oid: desired.load(repo, oid, keyring), signatures.trust_keys(trust_key),
+                                  trusted_as=f"the tip of {branch!r}")
     for update in hooks.parse_updates(sys.stdin.read()):
         if update.ref != f"refs/heads/{branch}":
             continue
@@ -800,8 +902,17 @@ def hook_run(name: str, branch: str, subdir: str) -> None:
             console.write(f"gitorch: refusing to delete {branch!r}: gitorch deploys from it", stderr=True)
             status = 1
             continue
-        state = desired.load(repo, update.new, _keyring())
+        state = desired.load(repo, update.new, keyring)
         errs = errors(state.diagnostics)
+        if not errs:  # the branch's tip before the push is the trusted revision (its keys and grants)
+            trusted = None if is_zero_oid(update.old) else desired.load(repo, update.old, keyring)
+            refusals = check.check(trusted, state)
+            if refusals:
+                console.write(f"gitorch: push to {branch!r} refused: {len(refusals)} change(s) not allowed "
+                              "(the Cluster sets git.verifyCommits):", stderr=True)
+                console.write(diagnostics_text([r.diagnostic() for r in refusals]), stderr=True)
+                status = 1
+                continue
         if errs:
             console.write(
                 f"gitorch: push to {branch!r} refused: {update.new[:7]} has {len(errs)} error(s) in its desired state:",

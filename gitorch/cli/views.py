@@ -24,6 +24,7 @@ KIND_OF = {
     "statefulsets": "StatefulSet",
     "daemonsets": "DaemonSet",
     "services": "Service",
+    "ingresses": "Ingress",
     "jobs": "Job",
     "cronjobs": "CronJob",
     "hpa": "HorizontalPodAutoscaler",
@@ -141,6 +142,17 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                 item.update(hpa)
                 rows.append([o.namespace, o.name, hpa["reference"], hpa["targets"], hpa["minReplicas"],
                              hpa["maxReplicas"], hpa["replicas"], _age(o.updated_at)])
+            elif kind == "Ingress":
+                spec = (o.body.get("manifest") or {}).get("spec") or {}
+                hosts = ",".join(str(r.get("host") or "*") for r in spec.get("rules") or []) or "*"
+                status = o.body.get("loadBalancer")
+                shown = ",".join(str(a.get("ip")) for a in (status or {}).get("ingress") or [])
+                tls = any(spec.get("tls") or [])
+                item.update({"class": spec.get("ingressClassName") or "", "hosts": hosts})
+                if status:  # Kubernetes' status.loadBalancer.ingress: where it answers
+                    item["status"] = {"loadBalancer": status}
+                rows.append([o.namespace, o.name, item["class"] or "<default>", hosts, shown or "<pending>",
+                             "80, 443" if tls else "80"])
             else:
                 rows.append([o.namespace, o.name, o.health, cond.get("message", ""), _age(o.updated_at)])
             data.append(item)
@@ -149,6 +161,8 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
             if kind == "Service"
             else ["NAMESPACE", "NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "UPDATED"]
             if kind == "HorizontalPodAutoscaler"
+            else ["NAMESPACE", "NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS"]
+            if kind == "Ingress"
             else ["NAMESPACE", "NAME", "HEALTH", "STATUS", "UPDATED"]
         )
         _emit(output, columns, rows, data)
@@ -189,6 +203,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
             "Job",
             "CronJob",
             "Service",
+            "Ingress",
+            "IngressClass",
             "ConfigMap",
             "Secret",
             "Namespace",
@@ -203,7 +219,7 @@ def describe(store: Store, ref: str, namespace: str) -> None:
     kind = kinds.get(kind_text)
     if kind is None:
         raise GitorchError(f"unknown kind {kind_text!r} (one of: {', '.join(sorted(set(kinds.values())))})")
-    ns = "" if kind in ("Namespace", "Node", "Cluster") else namespace
+    ns = "" if kind in ("Namespace", "Node", "Cluster", "IngressClass") else namespace
     obj = store.object_status(kind, ns, name)
     if obj is None:
         raise GitorchError(f"{kind} {ns + '/' if ns else ''}{name} not found in the store (applied yet?)")
@@ -215,6 +231,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
         _describe_load_balancer(store, ns, name)
     if kind == "HorizontalPodAutoscaler":
         _describe_hpa(obj.body or {})
+    if kind == "Ingress":
+        _describe_ingress(obj.body or {})
     console.write("Conditions:")
     for c in obj.conditions:
         console.write(f"  {c.get('type'):<12} {c.get('status'):<6} {c.get('reason', '')}  {c.get('message', '')}")
@@ -293,6 +311,26 @@ def _describe_load_balancer(store: Store, namespace: str, name: str) -> None:
         console.write(f"LoadBalancer Ingress:  {held.ip} (announced by {held.node or '<none: no eligible node>'})")
 
 
+def _describe_ingress(body: dict[str, Any]) -> None:
+    """An Ingress's addresses, TLS and rules, as kubectl describe shows them."""
+    spec = (body.get("manifest") or {}).get("spec") or {}
+    shown = ",".join(str(a.get("ip")) for a in (body.get("loadBalancer") or {}).get("ingress") or [])
+    console.write(f"Address:    {shown or '<pending>'}")
+    default = ((spec.get("defaultBackend") or {}).get("service") or {})
+    if default:
+        port = default.get("port") or {}
+        console.write(f"Default backend:  {default.get('name')}:{port.get('number') or port.get('name')}")
+    for t in spec.get("tls") or []:
+        console.write(f"TLS:        {t.get('secretName')} terminates {', '.join(t.get('hosts') or ['(its hosts)'])}")
+    console.write("Rules:\n  Host  Path  Backends")
+    for r in spec.get("rules") or []:
+        for p in (r.get("http") or {}).get("paths") or []:
+            svc = (p.get("backend") or {}).get("service") or {}
+            port = svc.get("port") or {}
+            console.write(f"  {r.get('host') or '*'}  {p.get('path') or '/'} ({p.get('pathType')})  "
+                          f"{svc.get('name')}:{port.get('number') or port.get('name')}")
+
+
 def _events(store: Store, obj: tuple[str, str, str]) -> None:
     evs = store.events(object=obj, limit=20)
     console.write("Events:" if evs else "Events:  <none>")
@@ -308,6 +346,10 @@ def events(store: Store, namespace: str | None, limit: int, output: str) -> None
     _emit(output, ["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE", "COUNT"], rows, data)
 
 
+PROXY_POD = "ingress"  # the agent's system pod running HAProxy (nodes/agent.py INGRESS_POD)
+SYSTEM_NAMESPACE = "gitorch-system"
+
+
 def logs(
     store: Store,
     repo: Repository,
@@ -318,19 +360,27 @@ def logs(
     tail: int,
     follow: bool,
     previous: bool,
+    node: str | None = None,
 ) -> None:
-    record = next((p for p in store.pods(namespace=namespace) if p.name == pod), None)
-    if record is None:
-        raise GitorchError(f"pod {namespace}/{pod} not found (see `gitorch get pods -n {namespace}`)")
-    if not record.node:
-        raise GitorchError(f"pod {namespace}/{pod} is not running on any node: {record.message or record.phase}")
+    if node is not None and pod == PROXY_POD:  # the ingress proxy: a system pod, not in the store
+        namespace = SYSTEM_NAMESPACE
+    else:
+        record = next((p for p in store.pods(namespace=namespace) if p.name == pod), None)
+        if record is None:
+            proxy = f"; the ingress proxy's log: `gitorch logs {PROXY_POD} --node NODE`" if pod == PROXY_POD else ""
+            raise GitorchError(f"pod {namespace}/{pod} not found (see `gitorch get pods -n {namespace}`){proxy}")
+        if not record.node:
+            raise GitorchError(f"pod {namespace}/{pod} is not running on any node: {record.message or record.phase}")
+        if node is not None and node != record.node:
+            raise GitorchError(f"pod {namespace}/{pod} runs on {record.node}, not {node}")
+        node = record.node
     last = store.last_applied_revision()
     state = desired.load(repo, last.commit if last else None)
-    eps = [e for e in endpoints(state) if e.name == record.node]
+    eps = [e for e in endpoints(state) if e.name == node]
     if not eps:
-        raise GitorchError(f"node {record.node} is not in the applied revision's Node manifests")
+        raise GitorchError(f"node {node} is not in the applied revision's Node manifests")
     with Fleet(eps, Pool(ssh_options(state, state_dir / "known_hosts"))) as fleet:
-        client = fleet.clients[record.node]
+        client = fleet.clients[node]
         request: dict[str, Any] = {"pod": pod, "namespace": namespace, "tail": tail, "previous": previous}
         if container:
             request["container"] = container
@@ -378,3 +428,34 @@ def top(reply: dict[str, Any], what: str, namespace: str | None, output: str, co
         return
     rows = [[p.get("namespace"), p.get("name"), _cpu(p.get("cpuMillis")), _mem(p.get("memoryBytes"))] for p in pods]
     _emit(output, ["NAMESPACE", "NAME", "CPU(cores)", "MEMORY(bytes)"], rows, pods)
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO date or time (UTC unless it says otherwise), or an age such as 30m, 12h or 7d."""
+    import re
+    from datetime import timedelta
+
+    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if m:
+        size = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=int(m.group(1)) * size)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: expected an ISO date or time (2026-05-01, 2026-05-01T12:00Z) "
+                         "or an age (30m, 12h, 7d)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def audit(entries: list[Any], output: str) -> None:
+    """`gitorch audit`: one row per object a commit changed, newest first."""
+    from gitorch.reconcile.auditing import rows
+
+    if output == "json":
+        console.write(json.dumps([e.to_json() for e in entries], indent=2))
+        return
+    if not entries:
+        console.write("no changes in the commits read (see --since, --object, --limit)")
+        return
+    console.table(["TIME", "COMMIT", "SIGNER", "SIGNATURE", "CHANGE", "OBJECT", "SUMMARY", "CONTROLLER"],
+                  rows(entries))

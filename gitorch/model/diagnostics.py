@@ -32,7 +32,10 @@ class Diagnostic:
         """`path:line:col: /json/pointer: message (hint)`, one printable line; warnings say so."""
         where = f"{self.path}:{self.line}:{self.column}" if self.line else self.path
         prefix = "warning: " if self.severity is Severity.WARNING else ""
-        text = f"{where}: {self.pointer or '/'}: {prefix}{self.message}"
+        if where or self.pointer:
+            text = f"{where}: {self.pointer or '/'}: {prefix}{self.message}"
+        else:  # about the commit as a whole (its signature, say), not a place in a file
+            text = f"{prefix}{self.message}"
         if self.hint:
             text += f" (hint: {self.hint})"
         return _UNPRINTABLE.sub(_escape, text)

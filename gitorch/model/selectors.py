@@ -61,3 +61,51 @@ def describe(selector: Mapping[str, Any] | None) -> str:
         else:
             parts.append(f"{e.get('key', '')} {op.lower()} ({vals})")
     return ",".join(parts)
+
+
+class SelectorSyntaxError(ValueError):
+    """A `labelSelector` query string that does not parse."""
+
+
+def parse(text: str) -> dict[str, Any]:
+    """A label selector in Kubernetes' string form (`app=web,tier!=db,env in (a,b),!legacy`)
+    as a LabelSelector (matchExpressions only); raises SelectorSyntaxError."""
+    expressions: list[dict[str, Any]] = []
+    parts: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):  # split on commas outside parentheses
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    for raw in parts:
+        part = raw.strip()
+        if not part:
+            continue
+        lowered = part.replace("\t", " ")
+        for word, op in ((" notin ", "NotIn"), (" in ", "In")):
+            if word in lowered:
+                key, _, rest = lowered.partition(word)
+                rest = rest.strip()
+                if not (rest.startswith("(") and rest.endswith(")")):
+                    raise SelectorSyntaxError(f"{part!r}: expected KEY {op.lower()} (V1,V2)")
+                values = [v.strip() for v in rest[1:-1].split(",") if v.strip()]
+                expressions.append({"key": key.strip(), "operator": op, "values": values})
+                break
+        else:
+            if "!=" in part:
+                key, _, value = part.partition("!=")
+                expressions.append({"key": key.strip(), "operator": "NotIn", "values": [value.strip()]})
+            elif "=" in part:
+                key, _, value = part.partition("==" if "==" in part else "=")
+                expressions.append({"key": key.strip(), "operator": "In", "values": [value.strip()]})
+            elif part.startswith("!"):
+                expressions.append({"key": part[1:].strip(), "operator": "DoesNotExist"})
+            else:
+                expressions.append({"key": part, "operator": "Exists"})
+        last = expressions[-1]
+        if not last["key"] or any(c in last["key"] for c in " ()!=<>"):
+            raise SelectorSyntaxError(f"{part!r}: not a label selector term (KEY=VALUE, KEY!=VALUE, KEY in (A,B))")
+    return {"matchExpressions": expressions}

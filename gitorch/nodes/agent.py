@@ -3100,6 +3100,224 @@ def program_announce(paths: Paths, addresses: list[str], node_address: str) -> J
             "failed": failed}
 
 
+# ---------------------------------------------------------------------------------------
+# The ingress proxy: HAProxy, run by the supervisor as a system pod, from the controller's
+# rendered config (gitorch.reconcile.haproxy). Endpoint changes go through its runtime API
+# (no reload, no dropped request); other changes are a graceful master-worker reload.
+# ---------------------------------------------------------------------------------------
+
+SYSTEM_NAMESPACE = "gitorch-system"
+INGRESS_POD = "ingress"
+INGRESS_MAX_CONFIG = 4 * 1024 * 1024
+INGRESS_MAX_FILES = 512
+INGRESS_MAX_FILE = 256 * 1024
+_INGRESS_FILE = re.compile(r"^(crt-list\.txt|certs/[A-Za-z0-9_.-]{1,200}\.pem)$")
+_SERVER = re.compile(r"^(\s+server s\d+) (\S+)( disabled)?$")
+
+
+def ingress_dir(paths: Paths) -> str:
+    return os.path.join(paths.root, "ingress")
+
+
+def haproxy_binary() -> str | None:
+    return shutil.which("haproxy", path=DEFAULT_PATH)
+
+
+def parse_ingress(raw: Any) -> Json | None:
+    """A sync's `ingress`: absent (keep what runs), {} (no proxy on this node) or
+    {config, files: {name: text}}; bounded. The files hold private keys: never echoed."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RequestError("sync: ingress must be an object: {config, files}")
+    if not raw.get("config"):
+        return {}
+    config, files = raw.get("config"), raw.get("files", {})
+    if not isinstance(config, str) or len(config) > INGRESS_MAX_CONFIG or "\0" in config:
+        raise RequestError(f"sync: ingress.config must be text of at most {INGRESS_MAX_CONFIG} bytes")
+    if not isinstance(files, dict) or len(files) > INGRESS_MAX_FILES:
+        raise RequestError(f"sync: ingress.files must map at most {INGRESS_MAX_FILES} names to text")
+    for name, text in files.items():
+        if not isinstance(name, str) or not _INGRESS_FILE.match(name) or ".." in name:
+            raise RequestError("sync: ingress.files: names are crt-list.txt or certs/NAME.pem")
+        if not isinstance(text, str) or len(text) > INGRESS_MAX_FILE:
+            raise RequestError(f"sync: ingress.files[{name}] must be text of at most {INGRESS_MAX_FILE} bytes")
+    return {"config": config, "files": dict(files)}
+
+
+def proxy_pod(paths: Paths) -> Json:
+    """The system pod the supervisor runs HAProxy as (restarts with back-off, logs like any
+    pod's: `gitorch logs ingress --node N`). Its hash changes only with the binary, so a new
+    config never restarts it: the agent reloads it gracefully instead."""
+    binary = haproxy_binary() or "haproxy"
+    where = ingress_dir(paths)
+    return {"name": INGRESS_POD, "namespace": SYSTEM_NAMESPACE, "hostNetwork": True, "restartPolicy": "Always",
+            "hash": hashlib.sha256(f"{binary}:{where}".encode()).hexdigest()[:10],
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{"name": "haproxy", "workingDir": where,
+                            "command": [binary, "-W", "-db", "-S", "unix@master.sock", "-f", "haproxy.cfg"]}]}
+
+
+def config_skeleton(config: str) -> str:
+    """The config without its server addresses: equal skeletons differ only in endpoints."""
+    return "\n".join(_SERVER.sub(r"\1", line) for line in config.splitlines())
+
+
+def config_endpoints(config: str) -> dict[str, list[tuple[str, int]]]:
+    """Per backend, the endpoints its enabled server lines name."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    current = None
+    for line in config.splitlines():
+        if line.startswith("backend "):
+            current = line.split()[1]
+            out[current] = []
+            continue
+        m = _SERVER.match(line)
+        if m and current is not None and not m.group(3):
+            host, _, port = m.group(2).rpartition(":")
+            out[current].append((host, int(port)))
+    return out
+
+
+def runtime_call(sock: str, commands: list[str], timeout: float = 5.0) -> str:
+    """One runtime API exchange over HAProxy's admin socket (commands joined with ';')."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(sock)
+        s.sendall((";".join(commands) + "\n").encode())
+        s.shutdown(socket.SHUT_WR)  # the master CLI answers, then waits for more unless told there is none
+        out = b""
+        while len(out) < 16 * 1024 * 1024:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    return out.decode(errors="replace")
+
+
+def live_slots(sock: str, backend: str) -> list[tuple[str, int] | None]:
+    """A backend's server slots as the running HAProxy has them: (addr, port), or None for
+    a slot in maintenance (configured `disabled` or set so)."""
+    table: dict[int, tuple[str, int] | None] = {}
+    for line in runtime_call(sock, [f"show servers state {backend}"]).splitlines():
+        f = line.split()
+        if len(f) < 19 or f[0].startswith("#") or f[1] != backend or not f[3].startswith("s"):
+            continue
+        admin = int(f[6])
+        # Forced, inherited or resolution maintenance; a `disabled` slot made ready keeps 0x04 (CMAINT) alone.
+        table[int(f[3][1:])] = None if admin & 0x23 else (f[4], int(f[18]))
+    return [table.get(i) for i in range(1, max(table, default=0) + 1)]
+
+
+def slot_commands(backend: str, current: list[tuple[str, int] | None],
+                  wanted: list[tuple[str, int]]) -> list[str] | None:
+    """Runtime commands turning slots into `wanted` (as gitorch.reconcile.haproxy.runtime_commands):
+    new endpoints take free slots and are made ready before old ones go to maintenance, so a
+    backend never empties; None when they do not fit (then reload)."""
+    want = set(wanted)
+    added = sorted(want - {ep for ep in current if ep})
+    free = [i for i, ep in enumerate(current) if ep is None]
+    if len(added) > len(free):
+        return None
+    commands = []
+    for i, ep in zip(free, added, strict=False):
+        commands += [f"set server {backend}/s{i + 1} addr {ep[0]} port {ep[1]}",
+                     f"set server {backend}/s{i + 1} state ready"]
+    for i, old in enumerate(current):
+        if old is not None and old not in want:
+            commands.append(f"set server {backend}/s{i + 1} state maint")
+    return commands
+
+
+_RUNTIME_ERRORS = ("No such", "Require", "nvalid", "nknown", "not found", "failed", "error")
+
+
+def program_ingress(paths: Paths, spec: Json) -> Json:
+    """Write the proxy's files (certificates 0600 in a 0700 folder) and bring the running
+    HAProxy to `spec`: endpoint changes by runtime API, anything else by a graceful reload
+    checked with `haproxy -c` first. Returns {ok, mode, commands, message}; never a file's content."""
+    where = ingress_dir(paths)
+    os.makedirs(os.path.join(where, "certs"), mode=0o700, exist_ok=True)
+    os.chmod(where, 0o700)
+    os.chmod(os.path.join(where, "certs"), 0o700)
+    binary = haproxy_binary()
+    if binary is None:
+        return {"ok": False, "mode": "none", "commands": 0,
+                "message": "haproxy is not installed on this node (apt-get install haproxy)"}
+    files_changed = False  # certificates are read at start and reload only: a new one needs a reload
+    for name, text in spec["files"].items():
+        target = os.path.join(where, name)
+        if read_text(target) != text:
+            atomic_write(target, text, mode=0o600)
+            files_changed = True
+    for old in os.listdir(os.path.join(where, "certs")):
+        if f"certs/{old}" not in spec["files"] and not old.startswith("."):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(where, "certs", old))
+                files_changed = True
+    cfg = os.path.join(where, "haproxy.cfg")
+    before = read_text(cfg)
+    new = spec["config"]
+    if before == new and not files_changed:
+        return {"ok": True, "mode": "unchanged", "commands": 0, "message": ""}
+    candidate = cfg + ".new"
+    atomic_write(candidate, new, mode=0o600)
+    check = subprocess.run([binary, "-c", "-f", os.path.basename(candidate)], cwd=where, capture_output=True,
+                           timeout=30, check=False)
+    if check.returncode != 0:
+        said = (check.stdout + check.stderr).decode(errors="replace").splitlines()
+        alerts = [line.split(":", 2)[-1].strip() for line in said if "ALERT" in line] or said
+        return {"ok": False, "mode": "refused", "commands": 0,
+                "message": "haproxy -c refused the config: " + one_line("; ".join(alerts))[:500]}
+    sock = os.path.join(where, "admin.sock")
+    mode, count = "written", 0
+    if before is not None and not files_changed and config_skeleton(before) == config_skeleton(new):
+        try:
+            commands: list[str] | None = []
+            for backend, wanted in config_endpoints(new).items():
+                change = slot_commands(backend, live_slots(sock, backend), wanted)
+                if change is None:
+                    commands = None
+                    break
+                assert commands is not None
+                commands += change
+            if commands is not None:
+                reply = runtime_call(sock, commands) if commands else ""
+                if not any(e in reply for e in _RUNTIME_ERRORS):
+                    mode, count = "runtime", len(commands)
+        except OSError:
+            pass  # not running (starting, crashed): it reads the file when it starts
+    os.replace(candidate, cfg)
+    if mode == "written" and before is not None:
+        try:
+            runtime_call(os.path.join(where, "master.sock"), ["reload"])
+            mode = "reload"
+        except OSError:
+            pass  # not running: the supervisor starts it with this config
+    return {"ok": True, "mode": mode, "commands": count, "message": ""}
+
+
+def stop_ingress(paths: Paths) -> None:
+    """No proxy on this node any more: its files go (the pod is stopped by the supervisor)."""
+    shutil.rmtree(ingress_dir(paths), ignore_errors=True)
+
+
+def public_pods(pods: Any) -> list[Any]:
+    """A status's pods without the system pods (the proxy), which are no workload's."""
+    return [p for p in pods or [] if not (isinstance(p, dict) and p.get("namespace") == SYSTEM_NAMESPACE)]
+
+
+def proxy_status(pods: Any) -> Json | None:
+    p = next((p for p in pods or [] if isinstance(p, dict) and p.get("namespace") == SYSTEM_NAMESPACE
+              and p.get("name") == INGRESS_POD), None)
+    if p is None:
+        return None
+    return {"phase": p.get("phase"), "ready": p.get("ready"), "restarts": p.get("restarts"),
+            "reason": p.get("reason"), "message": p.get("message")}
+
+
 def table_digest(entries: list[Any]) -> str:
     """The digest of a service table as the controller sends it (its raw entries, by name):
     the controller computes the same one (gitorch.nodes.client.table_digest) to know which
@@ -4404,7 +4622,8 @@ def status_doc(paths: Paths, redact: Redactor) -> Json:
         "stale": not sup["running"],
         "supervisor": sup,
         "fence": {"term": fence[0], "holder": fence[1], "lease": fence[2]} if fence else None,
-        "pods": status.get("pods", []),
+        "pods": public_pods(status.get("pods")),
+        "ingress": proxy_status(status.get("pods")),
         # The latest sample of the supervisor's metrics (None before its first one).
         "metrics": read_json(paths.metrics, None) if sup["running"] else None,
     }
@@ -4461,6 +4680,7 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     if dns is not None:
         ClusterDNSSpec.parse(dns)
     announce = parse_announce(request.get("announce"))
+    ingress = parse_ingress(request.get("ingress"))
     raw_services = request.get("services")
     delta = request.get("servicesDelta") if raw_services is None else None
     services = parse_services(raw_services) if raw_services is not None else None
@@ -4496,6 +4716,16 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         have = {pod_id(p): p for p in current.get("pods") or [] if isinstance(p, dict)}
         pods = [have[pod_id(p)] if p.get("keep") else p for p in pods
                 if not p.get("keep") or pod_id(p) in have]
+        pods = [p for p in pods if pod_id(p)[0] != SYSTEM_NAMESPACE]  # only the agent makes those
+        proxied = None
+        if ingress:  # the proxy's files first: the supervisor starts it with them
+            try:
+                proxied = program_ingress(paths, ingress)
+            except (OSError, subprocess.SubprocessError) as exc:
+                proxied = {"ok": False, "mode": "failed", "commands": 0, "message": one_line(str(exc))[:300]}
+            pods.append(proxy_pod(paths))
+        elif ingress is None and (SYSTEM_NAMESPACE, INGRESS_POD) in have:
+            pods.append(have[(SYSTEM_NAMESPACE, INGRESS_POD)])  # not said: it keeps running
         pods = sorted(pods, key=lambda p: pod_id(p)[::-1])
         secrets_changed = store_secrets(paths, pods, set(have) - {pod_id(p) for p in pods})
         pods = [split_secrets(p)[0] for p in pods]
@@ -4538,6 +4768,11 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             proxy["tableDigest"] = digest
         announced = program_announce(paths, *announce) if announce is not None else None
         policed = program_policies(paths, policies) if policies is not None else None
+        if ingress == {}:
+            running = os.path.isdir(ingress_dir(paths))
+            if running:
+                stop_ingress(paths)
+            proxied = {"ok": True, "mode": "stopped" if running else "none", "commands": 0, "message": ""}
     acked = wait_ack(paths, generation, pid if isinstance(pid, int) else None, float(timeout))
     doc = status_doc(paths, redact)
     doc.update({"ok": True, "generation": generation, "changed": changed, "acked": acked})
@@ -4547,6 +4782,8 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         doc["announce"] = announced
     if policed is not None:
         doc["policies"] = policed
+    if proxied is not None:
+        doc["ingressConfig"] = proxied
     emit(doc, redact)
     return 0
 
@@ -4724,6 +4961,7 @@ def endpoint_view(status: Any) -> list[Json]:
     pods = status.get("pods") if isinstance(status, dict) else None
     if not isinstance(pods, list):  # edited by hand: no pods, rather than a dead stream
         pods = []
+    pods = public_pods(pods)
     rows = [{"name": p.get("name"), "namespace": p.get("namespace"), "phase": p.get("phase"),
              "ready": bool(p.get("ready")), "podIP": p.get("podIP"),
              "terminating": bool(p.get("terminating")), "restarts": p.get("restarts"),

@@ -30,11 +30,11 @@ from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import allocations, autoscaling, networking, podspecs, policies, services
+from gitorch.reconcile import allocations, autoscaling, ingress, networking, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
-from gitorch.source import sops
+from gitorch.source import signatures, sops
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
 from gitorch.store.database import Fence, NodeRecord, ObjectRecord, PodRecord, Store, StoreError, merge_conditions
@@ -77,6 +77,9 @@ class ControllerSettings:
     """Seconds of resource samples kept in memory per pod (`top`, autoscalers)."""
     autoscaler_sync: float = 15.0
     """Seconds between two syncs of a HorizontalPodAutoscaler (Kubernetes' default: 15)."""
+    trust_keys: tuple[str, ...] = ()
+    """Keys trusted to sign the first revision under the Cluster's git.verifyCommits (`--trust-key`,
+    see signatures.trust_keys); later ones are checked against the last applied revision's bindings."""
 
     @classmethod
     def from_env(cls) -> ControllerSettings:
@@ -190,6 +193,10 @@ class Controller:
             self.keyring = sops.keyring_from_state(state_dir, required=True)
         except sops.SopsError as exc:
             raise GitorchError(str(exc)) from exc
+        # The commits of a range are parsed once each, outside the cache of recent states.
+        self.signatures = signatures.RangeCheck(repo, lambda oid: desired_mod.load(repo, oid, self.keyring),
+                                                signatures.trust_keys(self.settings.trust_keys))
+        self._verified: tuple[tuple[str, str], list[Diagnostic]] | None = None  # (last applied, head) -> refusals
         self._fleet: Fleet | None = None
         self._endpoints: tuple[Endpoint, ...] = ()
         self._facts_at: dict[str, float] = {}
@@ -221,6 +228,9 @@ class Controller:
         self._table_pods: list[RowView] = []  # the pods the last service table was made from
         self._announcers: dict[str, str | None] = {}  # LoadBalancer address -> the node announcing it, as stored
         self._announced: set[str] = set()  # nodes that announce an address (they are told when they stop)
+        self._proxied: set[str] = set()  # nodes running the ingress proxy (they are told when they stop)
+        self._ingress: tuple[DesiredState, Any, tuple[dict[str, Any], str]] | None = None
+        self._ingress_addresses: list[str] = []  # where the served Ingresses answer (their status)
         self._unfit: set[str] = set()  # nodes that said they cannot announce: passed over next pass
         # Service tables by digest (the last few sent), the one each node holds and when it was last sent whole.
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
@@ -282,12 +292,54 @@ class Controller:
             problem = Diagnostic("", 0, 0, "", f"internal error validating this commit: {type(exc).__name__}: {exc}",
                                  hint="please report it; the last applied revision keeps running")
             head = DesiredState(revision, {}, [problem])
-        if not errors(head.diagnostics):
-            return head, head, True
         last = self.store.last_applied_revision()
+        if not errors(head.diagnostics):
+            refusals = self._verify(last.commit if last is not None else "", head)
+            if not refusals:
+                return head, head, True
+            head = DesiredState(head.revision, head.objects, [*head.diagnostics, *refusals], head.files)
         if last is None:
             return head, head, False
-        return head, self._load(last.commit), False
+        try:
+            return head, self._load(last.commit), False
+        except GitorchError:  # the last applied revision is gone from the repository: touch nothing
+            return head, head, False
+
+    def _verify(self, last: str, head: DesiredState) -> list[Diagnostic]:
+        """Why the commits after the last applied revision up to `head` may not be applied, under
+        that revision's git.verifyCommits and grants (signatures.RangeCheck); once per pair."""
+        pair = (last, head.revision.oid)
+        if self._verified is not None and self._verified[0] == pair:
+            return self._verified[1]
+        trusted = None
+        if last:
+            try:
+                trusted = self._load(last)
+            except GitorchError as exc:  # gone from the repository: only --trust-key can vouch for the head
+                log.warning("the last applied revision %s cannot be read (%s); signatures are checked as for a "
+                            "first revision", last[:7], exc)
+                if not self.settings.trust_keys and self._applied_verify_commits():
+                    # History rewritten under a cluster that required signatures: never fail open.
+                    found = [Diagnostic("", 0, 0, "", f"the last applied revision {last[:7]} is gone from the "
+                                        "repository, and it required signed commits (git.verifyCommits)",
+                                        hint="restore it, or vouch for the head with serve --trust-key")]
+                    self._verified = (pair, found)
+                    return found
+        try:
+            found = [r.diagnostic() for r in self.signatures.check(trusted, head)]
+        except GitorchError as exc:  # gpg or ssh-keygen missing or stuck, a commit unreadable
+            found = [Diagnostic("", 0, 0, "", f"cannot check the signatures of {head.revision.short}: {exc}")]
+        self._verified = (pair, found)
+        return found
+
+    def _applied_verify_commits(self) -> bool:
+        """Whether the Cluster as last applied (its manifest, kept in the store) set git.verifyCommits."""
+        for row in self.store.objects():
+            if row.kind == "Cluster":
+                spec = ((row.body or {}).get("manifest") or {}).get("spec") or {}
+                if (spec.get("git") or {}).get("verifyCommits") is True:
+                    return True
+        return False
 
     def _load(self, rev: str | None) -> DesiredState:
         """A commit's desired state, parsed and validated once: commits are immutable, so a pass
@@ -338,6 +390,7 @@ class Controller:
         allocs = allocations.allocate(state, *held, held_lb)
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
+        self._ingress_addresses = ingress.addresses(state, allocs.lb_ips) if ingress.settings(state) else []
         result.plan = the_plan
         result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost)
         if fence is not None:
@@ -507,6 +560,8 @@ class Controller:
                     fresh_facts = True
                 status = outcome.value["status"]
                 self.usage.add(*usage_mod.parse_report(name, status.get("metrics")), now=now)
+                if status.get("ingress"):  # it runs the proxy (told by an earlier controller, maybe): told to stop
+                    self._proxied.add(name)
                 kept = self._statuses.get(name)
                 reports[name] = kept[3] if kept is not None and kept[2] is status else pod_reports(status)
                 # No supervisor running ("stale": killed, or the node rebooted): only a sync starts
@@ -689,6 +744,22 @@ class Controller:
                 deltas[base] = Encoded({"base": base, "digest": current, **table_delta(self._tables[base], table)})
             return {"servicesDelta": deltas[base]}
 
+        proxies = set(ingress.ingress_nodes(state))
+        proxy_spec = None
+        if proxies and table is not None:
+            try:
+                proxy_spec = self._ingress_payload(state, table)
+            except Exception as exc:  # the ingress nodes keep their config; the rest of the pass goes on
+                log.error("ingress config not rendered: %s: %s", type(exc).__name__, exc,
+                          extra={"event": "ingress-failed"})
+        has_ingress = ingress.settings(state) is not None
+
+        def ingress_for(node: str) -> dict[str, Any] | None:
+            """The proxy's config for an ingress node, {} to stop one that is no longer, None: keep."""
+            if node in proxies:
+                return proxy_spec[0] if proxy_spec is not None else None
+            return {} if has_ingress or node in self._proxied else None
+
         def sync_request(node: str) -> dict[str, Any]:
             kept = self._node_digests.get(node)
             # The node's pod set encoded once while it stays the same (see _node_digest).
@@ -707,6 +778,9 @@ class Controller:
             if policy is not None:
                 request["policies"] = policy.get(node, [])
             request["metrics"] = {"intervalSeconds": self.settings.metrics_interval}
+            proxy = ingress_for(node)
+            if proxy is not None:
+                request["ingress"] = proxy
             if fence is not None:
                 request["fence"] = fence.token()
             return request
@@ -717,9 +791,15 @@ class Controller:
         # A node's policy rules are part of its digest: a node whose rules did not change is not re-synced.
         digests = {n: self._node_digest(n, shared, sets[n], networks.get(n),
                                         (json.dumps(announce(n), sort_keys=True) if announcing else "")
-                                        + policy_json.get(n, "")) for n in sets}
+                                        + policy_json.get(n, "")
+                                        + (("ingress:" + proxy_spec[1] if n in proxies and proxy_spec else "-")
+                                           if ingress_for(n) is not None else "")) for n in sets}
         due = {n for n in sets if full or not self._unchanged(n, digests[n], now)}
-        results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due)
+        # Pods going away: the ingress nodes first, so the proxy has stopped sending to them before
+        # their nodes stop them (a connection to a pod address that is gone waits for its timeout).
+        first = due & proxies if proxy_spec is not None and the_plan.removed else set()
+        results = fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=first) if first else {}
+        results.update(fleet.fan_out(sync, timeout=self.settings.node_call_timeout + 5, nodes=due - first))
         synced = {n for n, o in results.items() if o.ok} | (set(sets) - due)
         for n, o in results.items():
             proxy = (o.value.get("services") or {}) if o.ok and o.value is not None else {}
@@ -819,7 +899,29 @@ class Controller:
                 if not said.get("ok", True):
                     log.warning("%s: LoadBalancer addresses not announced: %s", n, said.get("message"),
                                 extra={"event": "announce-failed", "node": n})
+        for n, o in results.items():
+            said = o.value.get("ingressConfig") if o.ok and o.value is not None else None
+            if isinstance(said, dict):
+                if n in proxies:
+                    self._proxied.add(n)
+                else:
+                    self._proxied.discard(n)
+                if not said.get("ok", True):
+                    log.warning("%s: ingress proxy not configured: %s", n, said.get("message"),
+                                extra={"event": "ingress-failed", "node": n})
+                    events.append(dict(kind="Node", namespace="", name=n, reason="IngressConfigFailed",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=f"the ingress proxy keeps its last config: {said.get('message')}"))
         return Execution(node_errors, records, gone, events, chosen)
+
+    def _ingress_payload(self, state: DesiredState, table: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """The ingress nodes' proxy config and its digest, kept while the state and table are the same."""
+        if self._ingress is not None and self._ingress[0] is state and self._ingress[1] is table:
+            return self._ingress[2]
+        spec = ingress.payload(state, table)
+        made = (spec, self._digest(spec))
+        self._ingress = (state, table, made)
+        return made
 
     def _remember_table(self, table: list[dict[str, Any]] | None) -> str | None:
         """The digest of this pass's service table, kept (with the last few) so that a node
@@ -924,6 +1026,8 @@ class Controller:
             if status is not None and status.finished is not None:
                 f = status.finished
                 body["finished"] = {"revision": f.revision, "at": f.at, "complete": f.complete, "message": f.message}
+            if key.kind == "Ingress" and self._ingress_addresses:  # Kubernetes' status.loadBalancer.ingress
+                body["loadBalancer"] = {"ingress": [{"ip": a} for a in self._ingress_addresses]}
             if status is not None and status.binding is not None:
                 body["binding"] = status.binding.record()
             if status is not None and status.revision:
@@ -1013,11 +1117,13 @@ class Controller:
                 tuple(sorted(allocs.cluster_ips.items())),
                 tuple(sorted(allocs.node_ports.items())),
                 tuple(sorted(allocs.lb_ips.items())),
+                tuple(sorted(reports)),  # the nodes answering: the ingress proxy's endpoints
                 tuple(endpoints),
             )
             if self._table is not None and self._table[0] is state and self._table[1:-1] == inputs[1:]:
                 return self._table[-1]
-            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports, allocs.lb_ips)
+            table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports, allocs.lb_ips,
+                                           set(reports))
             self._table = (*inputs, table)
             return table
         except StoreError as exc:
@@ -1034,7 +1140,7 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
     whole document (containers, probes, times) would cost kilobytes per pod."""
     pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
     return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
-            "pods": pods, "metrics": answer.get("metrics")}
+            "pods": pods, "ingress": answer.get("ingress"), "metrics": answer.get("metrics")}
 
 
 def remembered(

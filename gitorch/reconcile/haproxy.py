@@ -1,7 +1,7 @@
 """HAProxy configuration for an ingress node, rendered from the routes of every Ingress of its class.
 
 Purely computational, no side effects. The `use_backend` lines are ordered so HAProxy's first
-match is the answer `gitorch.reconcile.ingresses.choose` gives: hosts from most to least
+match is the answer `gitorch.model.routes.choose` gives: hosts from most to least
 specific, each closed by its default backend so a request for a host with rules never falls to
 a wildcard; inside a host, paths by element count (longest first), Exact before Prefix. Backends
 list the ready pod endpoints themselves (as ingress-nginx does), in a fixed number of server
@@ -17,12 +17,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gitorch.reconcile.ingresses import EXACT, Backend, Route, host_rank, path_elements
+from gitorch.model.routes import EXACT, Backend, Route, host_rank, path_elements
 
 MIN_SLOTS = 8  # server slots per backend: room for endpoint changes without a reload
 MAX_CONNECTIONS = 4096
 RUNTIME_SOCKET = "admin.sock"  # in the proxy's directory on the node
-DIRECTORY = "/var/lib/gitorch/ingress"
+DIRECTORY = "."  # the proxy runs in its folder on the node (the agent's root/ingress)
 CRT_LIST = "crt-list.txt"
 
 
@@ -98,7 +98,7 @@ def render(
         "global",
         "    master-worker",
         f"    maxconn {MAX_CONNECTIONS}",
-        f"    stats socket {directory}/{RUNTIME_SOCKET} mode 600 level admin expose-fd listeners",
+        f"    stats socket unix@{directory}/{RUNTIME_SOCKET} mode 600 level admin expose-fd listeners",
         "    log stdout format raw local0",
         "",
         "defaults",
@@ -107,6 +107,9 @@ def render(
         "    option httplog",
         "    option redispatch",
         "    retries 3",
+        # A pod that stops between two syncs (its node is told first) costs a retry, not an error;
+        # only GET and HEAD are retried once sent, as a request of another method may have had effect.
+        "    retry-on conn-failure empty-response response-timeout",
         "    timeout connect 5s",
         "    timeout client 30s",
         "    timeout server 30s",
@@ -122,6 +125,7 @@ def render(
         files[CRT_LIST] = "".join(f"{directory}/{c.file} {' '.join(c.hosts)}".rstrip() + "\n" for c in certificates)
         for c in certificates:
             files[c.file] = c.pem
+    lines.append("    http-request disable-l7-retry unless METH_GET")
     lines.append("    http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
     tls_hosts = sorted({h for c in certificates for h in c.hosts})
     for host in tls_hosts:
@@ -137,7 +141,9 @@ def render(
         if host:
             lines.append(f"    use_backend {default_name} if {_host_acl(host)}")
     lines.append(f"    default_backend {default_name}")
-    backends = sorted({r.backend for r in routes} | ({default} if default else set()))
+    # By name and port as text: a Service's port by name and by number are two backends.
+    backends = sorted({r.backend for r in routes} | ({default} if default else set()),
+                      key=lambda b: (b.namespace, b.service, str(b.port)))
     for b in backends:
         eps = sorted(endpoints.get(b, ()))
         lines += ["", f"backend {backend_name(b)}", "    balance roundrobin"]

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import DesiredState
+from gitorch.model.routes import routes
+from gitorch.reconcile import ingress
 from gitorch.reconcile.allocations import allocate
 from gitorch.reconcile.controller import node_info, remembered
 from gitorch.reconcile.planning import NodeState, Observed, PodState, plan
@@ -48,6 +51,7 @@ class ClusterPreview:
     lb_ips: dict[str, str] = field(default_factory=dict)  # namespace/service -> LoadBalancer address
     allocated: list[str] = field(default_factory=list)  # what this plan allocates that nothing held before
     problems: list[str] = field(default_factory=list)  # objects that get no address, and why
+    ingress: list[str] = field(default_factory=list)  # routes of the Ingresses this plan creates or changes
     observed_hash: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +73,7 @@ class ClusterPreview:
             "loadBalancerIPs": self.lb_ips,
             "allocated": self.allocated,
             "allocationProblems": self.problems,
+            "ingressRoutes": self.ingress,
             "observedHash": self.observed_hash,
         }
 
@@ -170,6 +175,7 @@ def cluster_preview(
         if holdings.pod_cidrs.get(node) != cidr:
             preview.allocated.append(f"pod CIDR {cidr} for Node {node}")
     preview.problems = [f"{key}: {why}" for key, why in sorted(allocs.problems.items())]
+    preview.ingress = _ingress_routes(state, changes, allocs.lb_ips)
     current = observed
     for _ in range(MAX_STEPS):
         p = plan(state, current)
@@ -230,6 +236,23 @@ def cluster_preview(
     return preview
 
 
+def _ingress_routes(state: DesiredState, changes: ChangeSet, lb_ips: Mapping[tuple[str, str], str]) -> list[str]:
+    """What the Ingresses this plan creates or configures route, and where they answer."""
+    touched = {c.key for c in changes.changes if c.key.kind == "Ingress" and c.action in (Action.CREATE, Action.UPDATE)}
+    served = [o for o in ingress.served(state) if o.key in touched]
+    if not served or ingress.settings(state) is None:
+        return []
+    where = ", ".join(ingress.addresses(state, lb_ips)) or "no ingress node yet"
+    out = []
+    for o in served:
+        tls = {h for t in o.spec.get("tls") or () for h in t.get("hosts") or ()}
+        for r in routes(o.key.namespace, o.key.name, o.spec):
+            scheme = "https" if r.host in tls else "http"
+            out.append(f"Ingress {o.key.namespace}/{o.key.name}: {scheme}://{r.host or '*'}{r.path} ({r.path_type}) "
+                       f"-> Service {r.backend.service}:{r.backend.port}, on {where}")
+    return out
+
+
 def preview_text(preview: ClusterPreview) -> str:
     lines = ["", "What the cluster would do (from the state the store last observed):"]
     if not preview.steps:
@@ -246,6 +269,7 @@ def preview_text(preview: ClusterPreview) -> str:
     lines += [f"  - DNS {n}" for n in preview.services_removed]
     lines += [f"  + {what}" for what in preview.allocated]
     lines += [f"  ! {why}" for why in preview.problems]
+    lines += [f"  ~ {route}" for route in preview.ingress]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from gitorch.dns.records import PodIndex, PodRow, pod_template
 from gitorch.model.objects import DesiredState, Object
+from gitorch.reconcile import ingress
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 
@@ -61,6 +62,7 @@ def service_table(
     cluster_ips: Mapping[tuple[str, str], str],
     node_ports: Mapping[tuple[str, str, str], int],
     lb_ips: Mapping[tuple[str, str], str] | None = None,
+    up: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per port of every ClusterIP/NodePort Service with a cluster IP:
     `{name, protocol, clusterIP, port, nodePort, endpoints: [{ip, port}]}`, sorted; the
@@ -71,6 +73,7 @@ def service_table(
     allocated = node_ports
     table: list[dict[str, Any]] = []
     index = PodIndex(state, pods)
+    proxy = ingress.proxy_service(state)
     for svc in state.of_kind("Service"):
         ns, name, spec = svc.key.namespace, svc.key.name, svc.spec
         vip = ips.get((ns, name))
@@ -85,6 +88,8 @@ def service_table(
                 target = target_port(template, port)
                 if target is not None and p.ip:
                     endpoints.add((str(p.ip), target))
+            if (ns, name) == proxy:  # the Cluster's ingress Service: its endpoints are the proxies
+                endpoints.update(ingress.proxy_endpoints(state, port, up))
             exposed = spec.get("type") in ("NodePort", "LoadBalancer")
             node_port = allocated.get((ns, name, port_name)) if exposed else None
             entry: dict[str, Any] = {

@@ -9,13 +9,15 @@ The only module that imports uvicorn and starlette."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -62,9 +64,10 @@ class Reply:
     body: bytes | str = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
-    stream: AsyncIterator[bytes] | None = None
-    """Sent after `body`, chunk by chunk as it yields (Server-Sent Events, logs that follow); it
-    is cancelled when the client goes away, so it must bound its own lifetime."""
+    stream: AsyncIterator[bytes] | Iterator[bytes] | None = None
+    """Sent after `body`, chunk by chunk as it yields (a watch, Server-Sent Events, logs that
+    follow); cancelled (and closed) when the client goes away, so it must bound its own
+    lifetime. A plain iterator runs in the bounded worker pool: long streams should be async."""
 
 
 class Refused(Exception):
@@ -205,11 +208,26 @@ def _route(endpoint: Endpoint, limits: Limits) -> Route:
     return Route(endpoint.path, run, methods=list(endpoint.methods))
 
 
-async def _chained(first: bytes | str, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first.encode() if isinstance(first, str) else first
-    async for chunk in rest:
-        yield chunk
+async def _chained(first: bytes | str, rest: AsyncIterator[bytes] | Iterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        if first:
+            yield first.encode() if isinstance(first, str) else first
+        if isinstance(rest, Iterator):
+            while True:
+                chunk = await run_in_threadpool(next, rest, None)
+                if chunk is None:
+                    return
+                yield chunk
+        else:
+            async for chunk in rest:
+                yield chunk
+    finally:  # the client went, or the stream ended: let it free what it holds
+        close = getattr(rest, "aclose", None) or getattr(rest, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                done = close()
+                if inspect.isawaitable(done):
+                    await done
 
 
 class _CloseUnread:
@@ -294,7 +312,9 @@ class HttpServer:
     """A listener serving a `Site` from its own thread. The port is bound here, so a port in use
     is an OSError from the constructor; `start()` serves, `close()` stops."""
 
-    def __init__(self, host: str, port: int, site: Site, limits: Limits | None = None) -> None:
+    def __init__(self, host: str, port: int, site: Site, limits: Limits | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate chain file, private key file) to serve HTTPS."""
         self.limits = limits or Limits()
         self.site = site
         self._socket = _bind(host, port)
@@ -313,6 +333,8 @@ class HttpServer:
             timeout_keep_alive=self.limits.keep_alive,
             timeout_graceful_shutdown=self.limits.shutdown_timeout,
             h11_max_incomplete_event_size=self.limits.max_header_bytes,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -29,6 +29,7 @@ from gitorch.server import systemd
 from gitorch.server.control import ControlSocket, socket_path
 from gitorch.server.dashboard import Dashboard
 from gitorch.server.http import Endpoint, HttpServer, Limits, Reply, Site
+from gitorch.server.kubeapi import KubeApiServer, KubeApiSettings
 from gitorch.server.metrics import Metrics
 from gitorch.server.notifications import Notifier
 from gitorch.server.webhooks import Handlers, endpoints
@@ -176,6 +177,8 @@ class Server:
         poll: float = 30.0,
         pod_watch: bool | None = None,
         idle_interval: float | None = None,
+        kube_api: tuple[str, int] | None = None,
+        kube_api_settings: KubeApiSettings | None = None,
         ui_token: str | None = None,
     ) -> None:
         self.repo = repo
@@ -223,6 +226,12 @@ class Server:
         """What the dashboard's login asks for; None: the dashboard answers loopback clients only."""
         self.dashboard: Dashboard | None = None
         self.listener: HttpServer | None = None
+        # The read-only Kubernetes API: served by every instance, leader or standby.
+        self.kube_api = kube_api
+        self.kube_api_settings = kube_api_settings or KubeApiSettings(
+            tls_dir=state_dir / "kubeapi", token_file=state_dir / "kubeapi" / "tokens", repo=str(repo.path))
+        self.kube_server: KubeApiServer | None = None
+        self._kube_warned = False
         self._listen_warned = False
         self._listen_lock = threading.Lock()
         self.metrics = Metrics()
@@ -530,6 +539,20 @@ class Server:
         with self._listen_lock:
             if self.listen is not None and self.listener is None and not self.stopping.is_set():
                 self._bind(*self.listen)
+            if self.kube_api is not None and self.kube_server is None and not self.stopping.is_set():
+                self._bind_kube_api(*self.kube_api)
+
+    def _bind_kube_api(self, host: str, port: int) -> None:
+        try:
+            server = KubeApiServer(self.store, self.repo, host, port, self.kube_api_settings).start()
+        except (OSError, GitorchError) as exc:
+            if not self._kube_warned:
+                log.warning(f"cannot serve the Kubernetes API on {host}:{port} ({exc}); retrying on each pass")
+                self._kube_warned = True
+            return
+        self.kube_server = server
+        (self.kube_api_settings.tls_dir / "server").write_text(server.url + "\n")
+        log.info(f"Kubernetes API (read-only) on {server.url}; `gitorch kubeconfig` prints a kubeconfig for it")
 
     def site(self) -> Site:
         """What the listener serves, feature by feature."""
@@ -663,6 +686,8 @@ class Server:
                     self.dashboard.close()
                 if self.listener is not None:
                     self.listener.close()
+                if self.kube_server is not None:
+                    self.kube_server.close()
             self.timers.stop()
             if control is not None:
                 control.close()

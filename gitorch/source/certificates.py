@@ -72,3 +72,67 @@ def aes_gcm_open(key: bytes, iv: bytes, ciphertext: bytes, tag: bytes, aad: byte
         return AESGCM(key).decrypt(iv, ciphertext + tag, aad)
     except Exception as exc:  # InvalidTag, or a bad key/iv length
         raise AeadError("authentication failed") from exc
+
+
+def new_serving_pair(
+    hosts: list[str], *, ca: tuple[bytes, bytes] | None = None, days: int = 3650
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """A CA (made here unless `ca` = (cert PEM, key PEM) is given) and a server certificate it
+    signs for `hosts` (DNS names or IP addresses): (ca cert, ca key, server cert, server key), PEM.
+    EC P-256 keys, unencrypted (the files are written mode 0600)."""
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+    if ca is None:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = (
+            x509.CertificateBuilder().subject_name(name("gitorch API CA")).issuer_name(name("gitorch API CA"))
+            .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+    else:
+        ca_cert = x509.load_pem_x509_certificates(ca[0])[0]
+        loaded = serialization.load_pem_private_key(ca[1], password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise ValueError("the CA key is not an EC or RSA private key")
+        ca_key = loaded  # type: ignore[assignment]
+    alt: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alt.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(name(hosts[0] if hosts else "gitorch")).issuer_name(ca_cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    ca_pem = ca_cert.public_bytes(pem)
+    ca_key_pem = ca[1] if ca is not None else pem_key(ca_key)
+    return ca_pem, ca_key_pem, cert.public_bytes(pem), pem_key(key)

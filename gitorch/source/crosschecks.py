@@ -12,6 +12,8 @@ rules of the objects that read it, and the rest cost a few lookups each.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import functools
 import ipaddress
@@ -25,6 +27,17 @@ from gitorch.model import admission, selectors, volumes
 from gitorch.model.diagnostics import Diagnostic, Severity, escape_token
 from gitorch.model.objects import DEFAULT_NAMESPACE, KINDS, SENSITIVE_FIELDS, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, parse_quantity
+from gitorch.model.routes import (
+    CONTROLLER,
+    Route,
+    conflicts,
+    default_backend,
+    ingress_classes,
+    missing_backends,
+    routes,
+    serving_problem,
+)
+from gitorch.source.certificates import tls_pair_problem
 
 Memo = MutableMapping[str, Any]
 """One object's memo: what its rules last found and read; it lives as long as its parsed file."""
@@ -235,6 +248,29 @@ def _plaintext_secrets(objects: Mapping[ObjectKey, Object], clusters: list[Objec
     ]
 
 
+def _check_grants(objects: Mapping[ObjectKey, Object], clusters: list[Object],
+                  invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """Warnings for grants that do nothing: a binding to a role that does not exist, and a
+    Cluster that sets git.verifyCommits while no binding names a signer (every later push would
+    be refused)."""
+    out = []
+    bindings = [o for k, o in objects.items() if k.kind in ("RoleBinding", "ClusterRoleBinding") and k not in invalid]
+    for b in bindings:
+        ref = b.body.get("roleRef") or {}
+        kind, name = str(ref.get("kind")), str(ref.get("name"))
+        if ObjectKey(kind, "" if kind == "ClusterRole" else b.key.namespace, name) not in objects:
+            where = f" in namespace {b.key.namespace}" if kind == "Role" else ""
+            out.append(_diag(b, "/roleRef/name", f"{kind} {name!r} does not exist{where}: this binding grants nothing",
+                             f"add the {kind}, or fix the name", warning=True))
+    valid = [c for c in clusters if c.key not in invalid]
+    git = valid[0].body.get("spec", {}).get("git") if valid else None
+    if isinstance(git, dict) and git.get("verifyCommits") is True and not any(b.body.get("subjects") for b in bindings):
+        out.append(_diag(valid[0], "/spec/git/verifyCommits",
+                         "no RoleBinding or ClusterRoleBinding names a signer: once this revision is applied, "
+                         "every later commit is refused", "bind a role to the keys that sign commits", warning=True))
+    return out
+
+
 def cross_check(
     objects: Mapping[ObjectKey, Object],
     invalid: Set[ObjectKey] = frozenset(),
@@ -263,16 +299,40 @@ def cross_check(
         if c.key not in invalid:
             out.extend(_guarded(c, functools.partial(_check_cluster, c)))
     out.extend(_plaintext_secrets(objects, clusters, invalid))
+    out.extend(_check_grants(objects, clusters, invalid))
     out.extend(_check_nodes(world.nodes))
     balanced = [o for o in ordered if o.key.kind == "Service" and o.key not in invalid
                 and o.spec.get("type") == "LoadBalancer"]
     if balanced or clusters:
         out.extend(_check_load_balancers(balanced, clusters[0] if clusters and clusters[0].key not in invalid
                                          else None))
+    proxy = _map(_map(clusters[0].spec.get("ingress")).get("service")) if clusters else {}
+    if proxy and clusters[0].key not in invalid:
+        named = ObjectKey("Service", str(proxy.get("namespace")), str(proxy.get("name")))
+        found = objects.get(named)
+        if found is None:
+            out.append(_diag(clusters[0], "/spec/ingress/service", f"{named} does not exist",
+                             "add a Service without a selector there (type LoadBalancer for an address of its own), "
+                             "with ports whose targetPort is 80 and 443"))
+        elif found.spec.get("selector"):
+            out.append(_diag(clusters[0], "/spec/ingress/service", f"{named} has a selector",
+                             "remove its selector: its endpoints are the ingress nodes"))
+    ingresses = [o for o in ordered if o.key.kind == "Ingress" and o.key not in invalid]
+    if ingresses:
+        cluster = clusters[0] if clusters and clusters[0].key not in invalid else None
+        out.extend(_check_ingresses(ingresses, objects, invalid, cluster))
+    for obj in ordered:
+        if obj.key.kind == "Secret" and obj.key not in invalid and obj.body.get("type") == TLS_SECRET:
+            out.extend(_guarded(obj, functools.partial(_check_tls_secret, obj)))
     out.extend(_check_admission(world, invalid))
     out.extend(_check_volumes(world, invalid))
     for obj in ordered:
         key = obj.key
+        if key.namespace == SYSTEM_NAMESPACE or (key.kind == "Namespace" and key.name == SYSTEM_NAMESPACE):
+            out.append(_diag(obj, "/metadata/namespace" if key.namespace else "/metadata/name",
+                             f"namespace {SYSTEM_NAMESPACE!r} is gitorch's own (its nodes' ingress proxy runs there)",
+                             "use another namespace"))
+            continue
         if key.namespace and key.namespace not in namespaces:
             out.append(
                 _diag(
@@ -688,6 +748,101 @@ def _check_load_balancers(services: list[Object], cluster: Object | None) -> lis
     return out
 
 
+TLS_SECRET = "kubernetes.io/tls"
+SYSTEM_NAMESPACE = "gitorch-system"  # the agent's own pods (nodes/agent.py): the ingress proxy
+
+
+def secret_value(secret: Object, key: str) -> bytes | None:
+    """A Secret's value (from data, base64, or stringData), or None when it has none."""
+    raw = _map(secret.body.get("stringData")).get(key)
+    if raw is not None:
+        return str(raw).encode()
+    raw = _map(secret.body.get("data")).get(key)
+    if raw is None:
+        return None
+    try:
+        return base64.b64decode(str(raw), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _check_tls_secret(secret: Object) -> list[Diagnostic]:
+    """A kubernetes.io/tls Secret holds a certificate chain and its private key; the message
+    never holds the key (certificates.tls_pair_problem quotes none of it)."""
+    cert, key = secret_value(secret, "tls.crt"), secret_value(secret, "tls.key")
+    where = "/stringData" if "stringData" in secret.body else "/data"
+    if cert is None or key is None:
+        missing = " and ".join(k for k, v in (("tls.crt", cert), ("tls.key", key)) if v is None)
+        return [_diag(secret, where if where[1:] in secret.body else "/type", f"a {TLS_SECRET} Secret needs {missing}",
+                      "add tls.crt (PEM certificates) and tls.key (its PEM private key)")]
+    if getattr(secret.document, "encrypted", False) and b"-----BEGIN" not in cert:
+        return []  # SOPS-encrypted and not opened here (no key): checked where it is decrypted
+    problem = tls_pair_problem(cert, key)
+    if problem is None:
+        return []
+    return [_diag(secret, where, f"Secret {secret.key.namespace}/{secret.key.name}: {problem}",
+                  "put a PEM certificate chain in tls.crt and its unencrypted private key in tls.key "
+                  "(e.g. kubectl create secret tls NAME --cert=FILE --key=FILE --dry-run=client -o yaml)")]
+
+
+def _check_ingresses(
+    ingresses: list[Object], objects: Mapping[ObjectKey, Object], invalid: Set[ObjectKey], cluster: Object | None
+) -> list[Diagnostic]:
+    """Ingresses: served by gitorch's proxy (a class, ingress nodes), backends that exist, TLS
+    Secrets of the right type, and no host and path claimed by two Ingresses."""
+    out: list[Diagnostic] = []
+    classes = ingress_classes(
+        (k.name, o.body) for k, o in objects.items() if k.kind == "IngressClass" and k not in invalid
+    )
+    services = {(k.namespace, k.name): _seq(o.spec.get("ports")) for k, o in objects.items() if k.kind == "Service"}
+    served: list[Object] = []
+    for ing in ingresses:
+        ns, name = ing.key.namespace, ing.key.name
+        problem = serving_problem(ing.spec, ing.annotations, classes)
+        if problem is not None:
+            ptr = "/spec/ingressClassName" if ing.spec.get("ingressClassName") else "/metadata/name"
+            out.append(_diag(ing, ptr, f"gitorch's proxy does not serve this Ingress: {problem}",
+                             f"name an IngressClass whose controller is {CONTROLLER!r}", warning=True))
+            continue
+        served.append(ing)
+        if cluster is None or not isinstance(cluster.spec.get("ingress"), dict):
+            out.append(_diag(ing, "/metadata/name", "no ingress nodes: this Ingress would never be served",
+                             "add spec.ingress.nodeSelector to the Cluster (e.g. {gitorch.dev/ingress: \"true\"}) "
+                             "and that label to the Nodes that should run the proxy"))
+        mine = routes(ns, name, ing.spec)
+        for r, why in missing_backends(services, mine):
+            out.append(_diag(ing, f"{r.where}/backend/service", why, "name an existing Service of this namespace "
+                             "and one of its ports (by name or by number)"))
+        fallback = default_backend(ns, ing.spec)
+        if fallback is not None:
+            probe = Route("", "/", "Prefix", fallback, f"{ns}/{name}", "/spec/defaultBackend")
+            for _, why in missing_backends(services, [probe]):
+                out.append(_diag(ing, "/spec/defaultBackend/service", why, "name an existing Service of this "
+                                 "namespace and one of its ports (by name or by number)"))
+        for i, tls in enumerate(_seq(ing.spec.get("tls"))):
+            secret_name = _map(tls).get("secretName")
+            if not isinstance(secret_name, str):
+                continue
+            secret = objects.get(ObjectKey("Secret", ns, secret_name))
+            ptr = f"/spec/tls/{i}/secretName"
+            if secret is None:
+                out.append(_diag(ing, ptr, f"Secret {ns}/{secret_name} does not exist",
+                                 f"add a {TLS_SECRET} Secret with tls.crt and tls.key"))
+            elif secret.body.get("type") != TLS_SECRET:
+                out.append(_diag(ing, ptr, f"Secret {ns}/{secret_name} is of type "
+                                 f"{secret.body.get('type') or 'Opaque'!r}, not {TLS_SECRET!r}",
+                                 f"give it type: {TLS_SECRET} with tls.crt and tls.key"))
+    by_name = {f"{o.key.namespace}/{o.key.name}": o for o in served}
+    every = [r for o in served for r in routes(o.key.namespace, o.key.name, o.spec)]
+    for first, later in conflicts(every):
+        a, b = by_name[first.ingress], by_name[later.ingress]
+        pos = a.document.position(first.where)
+        out.append(_diag(b, later.where, f"host {later.host or '*'} path {later.path} ({later.path_type}) is also "
+                         f"claimed by Ingress {first.ingress} ({a.path}:{pos.line}:{pos.column})",
+                         "give each host and path one Ingress: remove or change one of the two"))
+    return out
+
+
 def _check_nodes(nodes: list[Object]) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     seen: dict[tuple[str, int], Object] = {}
@@ -955,6 +1110,11 @@ def _check_service(svc: Object, reads: _Reads) -> list[Diagnostic]:
         return []
     selector = spec.get("selector")
     if not isinstance(selector, dict) or not selector:
+        for name in reads.names("Cluster", ""):
+            cluster = reads.get(ObjectKey("Cluster", "", name))
+            named = _map(_map(cluster.spec.get("ingress") if cluster else None).get("service"))
+            if (named.get("namespace"), named.get("name")) == (svc.key.namespace, svc.key.name):
+                return []  # the Cluster's ingress Service: its endpoints are the ingress nodes
         return [
             _diag(
                 svc,

@@ -414,6 +414,54 @@ def parent_revision(repo: Repository, rev: str) -> Revision | None:
     return _revision(commit.parents[0]) if commit.parents else None
 
 
+@dataclass(frozen=True)
+class SignedCommit:
+    """One commit as signature checks see it: its signature and the bytes it signs (both
+    empty when unsigned), and its first parent ("" for a root commit)."""
+
+    revision: Revision
+    parent: str
+    signature: bytes = field(repr=False)
+    signed_data: bytes = field(repr=False)
+
+
+def signed_commit(repo: Repository, rev: str) -> SignedCommit:
+    commit = repo._commit(rev)
+    signature, data = commit.gpg_signature  # the `gpgsig` header: OpenPGP or SSH alike
+    parent = str(commit.parent_ids[0]) if commit.parent_ids else ""
+    return SignedCommit(_revision(commit), parent, bytes(signature or b""), bytes(data or b""))
+
+
+def commits_between(repo: Repository, base: str, head: str, limit: int) -> list[str] | None:
+    """The commits reachable from `head` but not from `base` ("" for none), oldest first;
+    None when there are more than `limit` of them."""
+    walker = repo._repo.walk(repo._commit(head).id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)
+    if base:
+        walker.hide(repo._commit(base).id)
+    out: list[str] = []
+    for commit in walker:
+        out.append(str(commit.id))
+        if len(out) > limit:
+            return None
+    return out
+
+
+def is_ancestor(repo: Repository, ancestor: str, rev: str) -> bool:
+    """Whether `ancestor` is `rev` or one of its ancestors."""
+    a, r = repo._commit(ancestor).id, repo._commit(rev).id
+    return a == r or bool(repo._repo.descendant_of(r, a))
+
+
+def first_parent_log(repo: Repository, rev: str | None, limit: int) -> list[str]:
+    """The commits of a branch's first-parent line, newest first, at most `limit`."""
+    out: list[str] = []
+    commit: pygit2.Commit | None = repo._commit(rev)
+    while commit is not None and len(out) < limit:
+        out.append(str(commit.id))
+        commit = commit.parents[0] if commit.parent_ids else None
+    return out
+
+
 def _signature(repo: pygit2.Repository) -> pygit2.Signature:
     try:
         config = repo.config

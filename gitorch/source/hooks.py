@@ -8,6 +8,7 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +61,12 @@ def parse_updates(text: str) -> list[RefUpdate]:
     return out
 
 
-def _script(hook: str, branch: str, path: str) -> str:
+def _script(hook: str, branch: str, path: str, trust_keys: Sequence[str] = ()) -> str:
     args = ["-m", "gitorch", "hook", "run", hook, "--branch", branch]
     if path:
         args += ["--path", path]
+    for key in trust_keys:
+        args += ["--trust-key", key]
     return (
         "#!/bin/sh\n"
         f"{MARKER}: `gitorch hook install` wrote this; it checks pushes to {branch!r}.\n"
@@ -116,10 +119,12 @@ def wake_token(state_dir: Path, env: str | None = None) -> str:
 
 
 def install(
-    repo: Path, *, branch: str, token: str, path: str = "", force: bool = False, notify: str = DEFAULT_NOTIFY
+    repo: Path, *, branch: str, token: str, path: str = "", force: bool = False, notify: str = DEFAULT_NOTIFY,
+    trust_keys: Sequence[str] = (),
 ) -> list[Path]:
     """Write the pre-receive and post-receive hooks into a (bare) repository; return the files written.
-    The post-receive hook holds `token` (see `wake_token`), so it is readable by its owner only."""
+    The post-receive hook holds `token` (see `wake_token`), so it is readable by its owner only.
+    `trust_keys` (see signatures.trust_keys) must sign the branch's first commit under git.verifyCommits."""
     repo = repo.resolve()
     git_dir = repo if (repo / "HEAD").is_file() and (repo / "objects").is_dir() else repo / ".git"
     if not (git_dir / "HEAD").is_file():
@@ -128,7 +133,7 @@ def install(
     hooks.mkdir(exist_ok=True)
     written = []
     scripts = {
-        "pre-receive": _script("pre-receive", branch, path),
+        "pre-receive": _script("pre-receive", branch, path, trust_keys),
         "post-receive": _post_receive(branch, notify, token),
     }
     modes = {"pre-receive": 0o755, "post-receive": 0o700}

@@ -891,8 +891,20 @@ class Store:
             query = query.order_by(col(PodRecord.namespace), col(PodRecord.name))
             return list(s.exec(query).all())
 
+    def pods_updated_since(self, since: datetime) -> list[PodRecord]:
+        """Pods (without their specs) written at or after `since`: what a reader that keeps
+        every pod reads again after a change (`server/kubeapi.py`)."""
+        return self._pod_rows(None, None, None, since=since)
+
+    def pod_keys(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every pod."""
+        table = _table(PodRecord)
+        with self._session(write=False) as s:
+            return {(r[0], r[1]) for r in s.connection().execute(select(table.c.namespace, table.c.name))}
+
     def _pod_rows(
-        self, namespace: str | None, owner: tuple[str, str] | None, node: str | None
+        self, namespace: str | None, owner: tuple[str, str] | None, node: str | None, *,
+        since: datetime | None = None,
     ) -> list[PodRecord]:
         """Pods without their specs, read as plain rows (no ORM identity map or validation): a
         pass reads every pod, and 10,000 ORM objects cost most of a no-op pass."""
@@ -904,6 +916,8 @@ class Store:
             query = query.where(table.c.owner_kind == owner[0], table.c.owner_name == owner[1])
         if node is not None:
             query = query.where(table.c.node == node)
+        if since is not None:
+            query = query.where(table.c.updated_at >= _utc(since))
         query = query.order_by(table.c.namespace, table.c.name)
         with self._session(write=False) as s:
             return [PodRecord.model_construct(**row._mapping, spec={}) for row in s.connection().execute(query)]
@@ -1364,9 +1378,10 @@ class Store:
     # ---- change marks ----
 
     def marks(self) -> dict[str, tuple[Any, ...]]:
-        """A cheap fingerprint per kind of record (pods, objects, nodes, events, revisions, drift):
-        it changes when a row of that kind is added, removed or updated, so a watcher (the
-        dashboard's live updates) polls with a few aggregate queries instead of reading rows."""
+        """A cheap fingerprint per kind of record (pods, objects, nodes, events, revisions, drift,
+        allocations): it changes when a row of that kind is added, removed or updated, so a
+        watcher (the dashboard's live updates, the Kubernetes API's feed) polls with a few
+        aggregate queries instead of reading rows."""
         columns: dict[str, tuple[Any, ...]] = {
             "pods": (func.count(), func.max(PodRecord.updated_at)),
             "objects": (func.count(), func.max(ObjectRecord.updated_at)),
@@ -1376,6 +1391,13 @@ class Store:
             "revisions": (func.count(), func.max(Revision.first_seen_at), func.max(Revision.applied_at),
                           func.count(func.nullif(Revision.outcome, "pending"))),
             "drift": (func.count(), func.max(DriftReport.id), func.max(DriftReport.finished_at)),
+            # Cluster IPs, node ports and load-balancer addresses (and which node announces one).
+            "allocations": tuple(sa_select(f).scalar_subquery() for f in (
+                func.count(col(ClusterIPAllocation.ip)), func.max(ClusterIPAllocation.allocated_at),
+                func.count(col(NodePortAllocation.port)), func.max(NodePortAllocation.allocated_at),
+                func.count(col(LoadBalancerAllocation.ip)), func.max(LoadBalancerAllocation.allocated_at),
+                func.min(LoadBalancerAllocation.node), func.max(LoadBalancerAllocation.node),
+            )),
         }
         with self._session(write=False) as s:
             conn = s.connection()

@@ -11,7 +11,7 @@ answers goes to the Ingress's defaultBackend (or none).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 EXACT = "Exact"
@@ -37,6 +37,7 @@ class Route:
     path_type: str
     backend: Backend
     ingress: str  # namespace/name, for errors and tie-breaks
+    where: str = field(default="", compare=False)  # the path's JSON pointer in its Ingress, for errors
 
 
 def path_elements(path: str) -> list[str]:
@@ -82,13 +83,14 @@ def _backend(namespace: str, raw: Any) -> Backend | None:
 def routes(namespace: str, name: str, spec: Mapping[str, Any]) -> list[Route]:
     """Every path of an Ingress's rules (`spec.rules[].http.paths[]`) as routes."""
     out = []
-    for rule in spec.get("rules") or ():
+    for i, rule in enumerate(spec.get("rules") or ()):
         host = str(rule.get("host") or "")
-        for p in (rule.get("http") or {}).get("paths") or ():
+        for j, p in enumerate((rule.get("http") or {}).get("paths") or ()):
             backend = _backend(namespace, p.get("backend"))
             if backend is not None:
                 path_type = str(p.get("pathType") or IMPLEMENTATION_SPECIFIC)
-                out.append(Route(host, str(p.get("path") or "/"), path_type, backend, f"{namespace}/{name}"))
+                out.append(Route(host, str(p.get("path") or "/"), path_type, backend, f"{namespace}/{name}",
+                                 f"/spec/rules/{i}/http/paths/{j}"))
     return out
 
 
@@ -170,4 +172,44 @@ def missing_backends(
         elif not any(p.get("port") == b.port or (p.get("name") and p.get("name") == b.port) for p in ports):
             known = ", ".join(str(p.get("name") or p.get("port")) for p in ports) or "none"
             out.append((r, f"Service {b.namespace}/{b.service} has no port {b.port} (it has: {known})"))
+    return out
+
+
+CONTROLLER = "gitorch.dev/ingress-haproxy"
+"""The `spec.controller` of the IngressClasses gitorch's proxy serves."""
+DEFAULT_CLASS = "ingressclass.kubernetes.io/is-default-class"
+LEGACY_CLASS = "kubernetes.io/ingress.class"
+
+
+def serving_problem(
+    spec: Mapping[str, Any], annotations: Mapping[str, Any], classes: Mapping[str, tuple[str, bool]]
+) -> str | None:
+    """None when gitorch's proxy serves an Ingress, else why not. `classes` maps each
+    IngressClass's name to (its controller, whether it is marked default). As in Kubernetes, an
+    Ingress names its class (or the older annotation does) or takes the default class; with no
+    IngressClass at all, gitorch's proxy serves every Ingress."""
+    name = spec.get("ingressClassName") or annotations.get(LEGACY_CLASS)
+    if name:
+        if name not in classes:
+            return f"IngressClass {name!r} does not exist"
+        controller = classes[name][0]
+        return None if controller == CONTROLLER else f"IngressClass {name!r} is for controller {controller!r}"
+    if not classes:
+        return None
+    defaults = sorted(n for n, (_, default) in classes.items() if default)
+    if not defaults:
+        return "it names no IngressClass and none is marked default"
+    if len(defaults) > 1:
+        return f"it names no IngressClass and several are marked default ({', '.join(defaults)})"
+    controller = classes[defaults[0]][0]
+    return None if controller == CONTROLLER else f"the default IngressClass is for controller {controller!r}"
+
+
+def ingress_classes(bodies: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, tuple[str, bool]]:
+    """(name, IngressClass body) pairs as `serving_problem` reads them."""
+    out = {}
+    for name, body in bodies:
+        meta = body.get("metadata") or {}
+        default = str((meta.get("annotations") or {}).get(DEFAULT_CLASS, "")).lower() == "true"
+        out[name] = (str((body.get("spec") or {}).get("controller") or ""), default)
     return out

@@ -292,7 +292,8 @@ class Server:
             self.pod_watch
             and settled is not None
             and time.monotonic() - settled < self.idle_interval
-            and self._requeue_at is None
+            # A requeue not yet due (an autoscaler's next sync) leaves the cluster quiet: _if_dirty runs it.
+            and (self._requeue_at is None or time.monotonic() < self._requeue_at)
             and self.watchers.all_live()
         )
 

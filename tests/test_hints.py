@@ -22,7 +22,6 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 KINDS = [
     "ServiceAccount",
     "PriorityClass",
-    "HorizontalPodAutoscaler",
     "ReplicationController",
     "Endpoints",
 ]

@@ -21,7 +21,6 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 
 KINDS = [
     "PriorityClass",
-    "HorizontalPodAutoscaler",
     "ReplicationController",
     "Endpoints",
 ]

@@ -235,6 +235,27 @@ def nodes(repo_path: str | None, rev: str | None, output: str, timeout: float) -
     sys.exit(0 if all(r["reachable"] for r in rows) else 1)
 
 
+@cli.command()
+@click.argument("what", type=click.Choice(["pods", "nodes"]))
+@click.option("-n", "--namespace", default=None, help="Only this namespace (pods).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--containers", is_flag=True, help="One row per container (pods).")
+def top(what: str, namespace: str | None, output: str, containers: bool) -> None:
+    """CPU and memory use of pods or nodes, as `kubectl top`: the newest samples the agents
+    reported to the running `gitorch serve` (asked over its control socket)."""
+    from gitorch.cli import views
+    from gitorch.server import control
+
+    request: dict[str, Any] = {"verb": "top"}
+    if namespace is not None:
+        request["namespace"] = namespace
+    reply = control.ask(_settings().state_dir, request, 10.0)
+    if reply is None:
+        _fail("no `gitorch serve` answers on this state folder's control socket: resource metrics live in "
+              "its memory; start `gitorch serve` (same GITORCH_STATE_DIR) and wait one metrics interval (15 s)")
+    views.top(reply, what, namespace, output, containers)
+
+
 # --- reconcile ---------------------------------------------------------------------------------
 
 
@@ -556,7 +577,7 @@ def status(output: str) -> None:
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
                                            "daemonsets", "services", "ingresses", "jobs", "cronjobs",
-                                           "serviceaccounts", "revisions"]))
+                                           "serviceaccounts", "revisions", "hpa", "horizontalpodautoscalers"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:

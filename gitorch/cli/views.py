@@ -27,6 +27,8 @@ KIND_OF = {
     "ingresses": "Ingress",
     "jobs": "Job",
     "cronjobs": "CronJob",
+    "hpa": "HorizontalPodAutoscaler",
+    "horizontalpodautoscalers": "HorizontalPodAutoscaler",
 }
 
 
@@ -143,6 +145,11 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                     item["announcedBy"] = lb.node
                 shown = lb.ip if lb is not None else ("<pending>" if item["type"] == "LoadBalancer" else "<none>")
                 rows.append([o.namespace, o.name, item["type"], ip or spec.get("externalName", ""), shown, ports])
+            elif kind == "HorizontalPodAutoscaler":
+                hpa = _hpa_view(o.body or {})
+                item.update(hpa)
+                rows.append([o.namespace, o.name, hpa["reference"], hpa["targets"], hpa["minReplicas"],
+                             hpa["maxReplicas"], hpa["replicas"], _age(o.updated_at)])
             elif kind == "Ingress":
                 spec = (o.body.get("manifest") or {}).get("spec") or {}
                 hosts = ",".join(str(r.get("host") or "*") for r in spec.get("rules") or []) or "*"
@@ -160,6 +167,8 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
         columns = (
             ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORTS"]
             if kind == "Service"
+            else ["NAMESPACE", "NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "UPDATED"]
+            if kind == "HorizontalPodAutoscaler"
             else ["NAMESPACE", "NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS"]
             if kind == "Ingress"
             else ["NAMESPACE", "NAME", "HEALTH", "STATUS", "UPDATED"]
@@ -210,8 +219,10 @@ def describe(store: Store, ref: str, namespace: str) -> None:
             "Node",
             "Cluster",
             "PersistentVolumeClaim",
+            "HorizontalPodAutoscaler",
         )
     }
+    kinds["hpa"] = "HorizontalPodAutoscaler"
     kinds.update({k + "s": v for k, v in list(kinds.items())})
     kind = kinds.get(kind_text)
     if kind is None:
@@ -226,6 +237,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
     )
     if kind == "Service":
         _describe_load_balancer(store, ns, name)
+    if kind == "HorizontalPodAutoscaler":
+        _describe_hpa(obj.body or {})
     if kind == "Ingress":
         _describe_ingress(obj.body or {})
     console.write("Conditions:")
@@ -249,6 +262,54 @@ def describe(store: Store, ref: str, namespace: str) -> None:
                 f"{'  ' + p.message if p.message else ''}"
             )
     _events(store, (kind, ns, name))
+
+
+def _hpa_view(body: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaler's row, as `kubectl get hpa` shows it: targets as current/target per metric."""
+    from gitorch.reconcile import autoscaling
+
+    manifest = body.get("manifest") or {}
+    status = body.get("autoscaling") or {}
+    try:
+        spec = autoscaling.parse_spec(manifest.get("spec") or {})
+    except (autoscaling.MetricError, KeyError, TypeError, ValueError):
+        return {"reference": "", "targets": "", "minReplicas": None, "maxReplicas": None, "replicas": None,
+                "metrics": []}
+    current = status.get("currentMetrics") or []
+    metrics = [{"resource": m.resource, "container": m.container, "target": autoscaling.target_text(m),
+                "current": autoscaling.current_text(m, _hpa_current(current, m))} for m in spec.metrics]
+    return {
+        "reference": f"{spec.target_kind}/{spec.target_name}",
+        "targets": ", ".join(f"{m['resource']}: {m['current']}/{m['target']}" for m in metrics),
+        "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas,
+        "replicas": status.get("currentReplicas"), "desiredReplicas": status.get("desiredReplicas"),
+        "lastScaleTime": status.get("lastScaleTime"), "metrics": metrics,
+    }
+
+
+def _hpa_current(current: list[Any], m: Any) -> dict[str, Any] | None:
+    for got in current:
+        src = (got or {}).get("containerResource" if m.container else "resource") or {}
+        if src.get("name") == m.resource and src.get("container") == m.container:
+            value = src.get("current")
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def _describe_hpa(body: dict[str, Any]) -> None:
+    """kubectl describe hpa's middle part: the target, each metric current/target, the bounds."""
+    hpa = _hpa_view(body)
+    console.write(f"Reference:  {hpa['reference']}")
+    console.write("Metrics:    ( current / target )")
+    for m in hpa["metrics"]:
+        of = f" of container {m['container']}" if m["container"] else ""
+        what = "(as a percentage of request)" if m["target"].endswith("%") else "(average per pod)"
+        console.write(f"  resource {m['resource']}{of} on pods {what}:  {m['current']} / {m['target']}")
+    console.write(f"Min replicas:  {hpa['minReplicas']}\nMax replicas:  {hpa['maxReplicas']}")
+    console.write(f"{hpa['reference']} pods:  {hpa['replicas']} current / {hpa['desiredReplicas']} desired")
+    if hpa.get("lastScaleTime"):
+        when = datetime.fromtimestamp(float(hpa["lastScaleTime"]), tz=UTC)
+        console.write(f"Last scale:  {_age(when)} ago")
 
 
 def _describe_load_balancer(store: Store, namespace: str, name: str) -> None:
@@ -339,6 +400,42 @@ def logs(
             return
         answer = client.run_once("logs", request)
         sys.stdout.write(str(answer.get("log", "")))
+
+
+def _cpu(millis: Any) -> str:
+    return f"{millis}m" if isinstance(millis, int) else "<unknown>"
+
+
+def _mem(size: Any) -> str:
+    return f"{size // (1024 * 1024)}Mi" if isinstance(size, int) else "<unknown>"
+
+
+def top(reply: dict[str, Any], what: str, namespace: str | None, output: str, containers: bool) -> None:
+    """`gitorch top pods|nodes`, from serve's answer over the control socket (kubectl top's columns)."""
+    if reply.get("leftOut") and output != "json":
+        console.warn(f"{reply['leftOut']} row(s) left out: narrow with -n NAMESPACE")
+    if what == "nodes":
+        nodes = [n for n in reply.get("nodes") or [] if isinstance(n, dict)]
+        rows = [[n.get("name"), _cpu(n.get("cpuMillis")),
+                 f"{n['cpuPercent']}%" if n.get("cpuPercent") is not None else "<unknown>",
+                 _mem(n.get("memoryBytes")),
+                 f"{n['memoryPercent']}%" if n.get("memoryPercent") is not None else "<unknown>"] for n in nodes]
+        if output != "json" and not rows:
+            console.warn("no node metrics yet: agents report every "
+                         f"{reply.get('intervalSeconds', 15):g} s once serve has synced them")
+        _emit(output, ["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%"], rows, nodes)
+        return
+    pods = [p for p in reply.get("pods") or [] if isinstance(p, dict)
+            and (namespace is None or p.get("namespace") == namespace)]
+    if output != "json" and not pods:
+        console.warn("no pod metrics yet (only containers run by the process runtime in a cgroup are measured)")
+    if containers:
+        rows = [[p.get("namespace"), p.get("name"), c.get("name"), _cpu(c.get("cpuMillis")), _mem(c.get("memoryBytes"))]
+                for p in pods for c in p.get("containers") or []]
+        _emit(output, ["NAMESPACE", "POD", "NAME", "CPU(cores)", "MEMORY(bytes)"], rows, pods)
+        return
+    rows = [[p.get("namespace"), p.get("name"), _cpu(p.get("cpuMillis")), _mem(p.get("memoryBytes"))] for p in pods]
+    _emit(output, ["NAMESPACE", "NAME", "CPU(cores)", "MEMORY(bytes)"], rows, pods)
 
 
 def parse_since(text: str) -> datetime:

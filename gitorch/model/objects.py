@@ -57,6 +57,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("DaemonSet", "apps/v1", True, "daemonset.json", workload=True, order=30),
         KindInfo("Job", "batch/v1", True, "job.json", workload=True, order=31),
         KindInfo("CronJob", "batch/v1", True, "cronjob.json", workload=True, order=32),
+        KindInfo("HorizontalPodAutoscaler", "autoscaling/v2", True, "horizontalpodautoscaler.json", order=35),
     )
 }
 
@@ -171,3 +172,18 @@ class DesiredState:
 
     def sorted(self) -> list[Object]:
         return [self.objects[k] for k in sorted(self.objects, key=ObjectKey.sort_key)]
+
+
+def autoscaled(state: DesiredState) -> dict[ObjectKey, str]:
+    """Workloads a HorizontalPodAutoscaler of `state` scales -> that autoscaler's name (the first
+    by name; validation refuses a second). Their `replicas` in Git is only where they start."""
+    found = state.memo.get("autoscaled")
+    if found is None:
+        found = {}
+        for key in sorted(k for k in state.objects if k.kind == "HorizontalPodAutoscaler"):
+            spec = state.objects[key].spec
+            ref: dict[str, Any] = spec["scaleTargetRef"] if isinstance(spec.get("scaleTargetRef"), dict) else {}
+            if ref.get("kind") in ("Deployment", "StatefulSet") and isinstance(ref.get("name"), str):
+                found.setdefault(ObjectKey(str(ref["kind"]), key.namespace, ref["name"]), key.name)
+        state.memo["autoscaled"] = found
+    return dict(found)

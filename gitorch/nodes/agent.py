@@ -54,7 +54,14 @@ Verbs (request keys -> response keys besides ``ok``):
   message, count, hash, repaired}.
 - ``status``  {"verify": bool, "since": etag} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
-  pods[PodStatus] (sorted by namespace, name), etag. When ``since`` equals the etag of the
+  pods[PodStatus] (sorted by namespace, name), metrics (the supervisor's latest sample, every
+  "metrics": {"intervalSeconds"} of the last sync, default 15: {timestamp, intervalSeconds,
+  cgroup (v1|v2|none), node{cpuMillis, memoryBytes} from /proc/stat and /proc/meminfo,
+  pods[{namespace, name, containers[{name, cpuMillis, memoryBytes}]}]}: CPU in millicores over
+  the last interval (or since the container started) from cpu.stat usage_usec (v2) or
+  cpuacct.usage (v1), memory as the kubelet's working set (usage minus inactive_file); only
+  containers with a cgroup of their own, i.e. process-runtime ones; null before the first
+  sample or with no supervisor running), etag. When ``since`` equals the etag of the
   document now: only {unchanged: true, etag}.
   With ``verify``, also servicesDrift{checked, missing, extra, message, tableMissing}: the
   live nftables table against the one programmed last (rules as "chain: rule"), and
@@ -92,7 +99,7 @@ lastState{exitCode, signal, reason, message, startedAt, finishedAt}, limits
 Root layout: desired.json (the pods' specs with their secret values taken out: each pod's
 are in its own pods/<key>/secrets.json, 0600 in a 0700 folder, written by sync and removed
 with the pod from the desired set), state.json (pids for re-adoption),
-status.json, ack.json, fence.json, supervisor.{pid,lock,log}, node-checks.json, and
+status.json, metrics.json, ack.json, fence.json, supervisor.{pid,lock,log}, node-checks.json, and
 pods/<key>/{volumes/<volume>/, logs/<container>.log[.1]}. A pod's key names its folder,
 network namespace, veth and cgroup: "<namespace>_<name>", hashed past 100 characters (see
 pod_key). Pods adopted from an agent that keyed them by bare name keep that key (state.json
@@ -417,6 +424,7 @@ class Paths:
         self.policies = os.path.join(self.root, "policies.json")
         self.announce = os.path.join(self.root, "announce.json")
         self.fence = os.path.join(self.root, "fence.json")
+        self.metrics = os.path.join(self.root, "metrics.json")
         self.pods = os.path.join(self.root, "pods")
 
     # ``key`` is a pod's pod_key (or, for a pod adopted from an agent before namespaces
@@ -1455,6 +1463,13 @@ class Cgroups:
             writable[ctrl] = _probe_dir(base)
             if writable[ctrl]:
                 bases[ctrl] = base
+        # CPU usage (cpuacct.usage) lives in the cpuacct hierarchy: the cpu one's where both are
+        # mounted together (cpu,cpuacct), else a hierarchy of its own, used for accounting only.
+        acct = next((m for m in mounts if m[1] == "cgroup" and "cpuacct" in m[2]), None)
+        if acct is not None and "cpu" not in acct[2]:
+            base = os.path.join(acct[0], own.get("cpuacct", "/").lstrip("/"), leaf)
+            if _probe_dir(base):
+                bases["cpuacct"] = base
         if not any(m[1] == "cgroup" for m in mounts):
             return cls("none", {}, {"memory": False, "cpu": False}, "no cgroup hierarchy mounted")
         missing = [c for c in ("memory", "cpu") if not writable.get(c)]
@@ -1503,6 +1518,10 @@ class Cgroups:
                         problems.append("cpu.cfs_quota_us")
                 elif cpu_millis is not None:
                     problems.append("cpu cgroup")
+                if "cpuacct" in self.bases:
+                    d = os.path.join(self.bases["cpuacct"], pod, container)
+                    os.makedirs(d, exist_ok=True)
+                    dirs.append(d)
         except OSError as exc:
             problems.append(one_line(str(exc)))
         if not wants:
@@ -1592,6 +1611,72 @@ def _prepare_v2(mount: str, base: str) -> bool:
         if not existed:
             with contextlib.suppress(OSError):
                 os.rmdir(base)
+
+
+# ---------------------------------------------------------------------------------------
+# Resource metrics: what metrics-server gets from the kubelet, sampled from cgroups and /proc
+# ---------------------------------------------------------------------------------------
+
+DEFAULT_METRICS_INTERVAL = 15.0  # seconds between samples (metrics-server's resolution)
+
+
+def cgroup_cpu_usec(dirs: list[str]) -> int | None:
+    """Cumulative CPU time of a container's cgroups in microseconds: v2 cpu.stat usage_usec,
+    v1 cpuacct.usage (nanoseconds). None where no cgroup accounts for it."""
+    for d in dirs:
+        for line in (read_text(os.path.join(d, "cpu.stat")) or "").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "usage_usec" and parts[1].isdigit():
+                return int(parts[1])
+        value = (read_text(os.path.join(d, "cpuacct.usage")) or "").strip()
+        if value.isdigit():
+            return int(value) // 1000
+    return None
+
+
+def cgroup_working_set(dirs: list[str]) -> int | None:
+    """The kubelet's working set: memory in use (v2 memory.current, v1 memory.usage_in_bytes)
+    minus the inactive page cache (inactive_file; v1's total_inactive_file), which the
+    kernel can reclaim before an OOM kill."""
+    for d in dirs:
+        used = (read_text(os.path.join(d, "memory.current")) or "").strip()
+        inactive_key = "inactive_file"
+        if not used.isdigit():
+            used = (read_text(os.path.join(d, "memory.usage_in_bytes")) or "").strip()
+            inactive_key = "total_inactive_file"
+        if not used.isdigit():
+            continue
+        inactive = 0
+        for line in (read_text(os.path.join(d, "memory.stat")) or "").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == inactive_key and parts[1].isdigit():
+                inactive = int(parts[1])
+        return max(0, int(used) - inactive)
+    return None
+
+
+def node_cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat's first line."""
+    first = (read_text("/proc/stat") or "").split("\n", 1)[0].split()
+    if len(first) < 5 or first[0] != "cpu" or not all(v.isdigit() for v in first[1:]):
+        return None
+    values = [int(v) for v in first[1:9]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def rate_millis(before: tuple[float, int] | None, after: tuple[float, int], per_second: float) -> int | None:
+    """Millicores used between two (time, cumulative usage) samples; usage counts per_second
+    units per CPU second. None without an earlier sample, or when the counter went back."""
+    if before is None or after[0] <= before[0] or after[1] < before[1]:
+        return None
+    return round((after[1] - before[1]) / per_second / (after[0] - before[0]) * 1000)
+
+
+def metrics_interval(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 1 <= raw <= 3600:
+        return DEFAULT_METRICS_INTERVAL
+    return float(raw)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1869,6 +1954,7 @@ class Container:
         self.draining = False  # main process gone, waiting for the rest of its group
         self.exit_file: str | None = None  # where its exit_recorder leaves the exit status
         # Not persisted:
+        self.cpu_sample: tuple[float, int] | None = None  # (time, CPU usec) of the last sample
         self.popen: subprocess.Popen[bytes] | None = None
         self.probes: dict[str, ProbeWorker] = {}
         self.env: dict[str, str] = {}
@@ -3629,6 +3715,9 @@ class Supervisor:
         self._wake_r = -1
         self._wake_w = -1
         self._error_times: dict[str, float] = {}
+        self.metrics_every = DEFAULT_METRICS_INTERVAL
+        self.next_metrics = 0.0
+        self.node_cpu: tuple[float, int] | None = None  # (time, busy ticks) of the last sample
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -3698,7 +3787,7 @@ class Supervisor:
         from the agent) wake the loop at once; the idle pass re-checks desired.json and
         processes adopted from an earlier supervisor, which send us no SIGCHLD.
         """
-        wait = IDLE_SECONDS
+        wait = min(IDLE_SECONDS, max(0.0, self.next_metrics - now))
         for pod in self.pods.values():
             if pod.stopping:
                 return TICK_SECONDS
@@ -3799,6 +3888,10 @@ class Supervisor:
             self.accounts = parse_accounts(doc.get("accounts"))
         except RequestError as exc:
             self.log_error("accounts", f"desired.json: {exc}")
+        every = metrics_interval((doc.get("metrics") or {}).get("intervalSeconds"))
+        if every != self.metrics_every:
+            self.metrics_every = every
+            self.next_metrics = 0.0  # sample at once, then at the new interval
         self.apply(raw_pods)
         if generation != self.generation:
             self.log(f"applied generation {generation}: {len(raw_pods)} pod(s)")
@@ -3932,6 +4025,12 @@ class Supervisor:
                     self.pods[ident] = self.new_pod(self.pending.pop(ident))
                     self.pods[ident].ip = pod.ip  # a pod keeps its IP across replacements
         self.retry_cgroup_trash()
+        if now >= self.next_metrics:
+            self.next_metrics = now + self.metrics_every
+            try:
+                self.sample_metrics(now)
+            except Exception as exc:  # metrics must never stop supervising
+                self.log_error("metrics", f"sampling metrics failed: {type(exc).__name__}: {exc}")
         if now - self._last_rotate > 2.0:
             self._last_rotate = now
             self.rotate_logs()
@@ -4309,6 +4408,9 @@ class Supervisor:
                 limits_message = f"limits not applied: {self.cgroups.message}"
             ctr.cgroups, ctr.limits = dirs, limits
             ctr.oom_base = Cgroups.oom_kills(dirs)
+            # A restart reuses the cgroup: its CPU counter goes on from here.
+            usage = cgroup_cpu_usec(dirs)
+            ctr.cpu_sample = (now, usage) if usage is not None else None
             client_env = ctr.env
             if spec.image is not None:
                 runtime = image_runtime(self.checks)
@@ -4713,6 +4815,47 @@ class Supervisor:
             "image": spec.image if spec else None,
         }
 
+    def sample_metrics(self, now: float) -> None:
+        """metrics.json: each running container's CPU (millicores over the last interval, or
+        since it started) and working set from its cgroups, and the node's from /proc."""
+        pods = []
+        for ident in sorted(self.pods):
+            pod = self.pods[ident]
+            if pod.stopping:
+                continue
+            containers = []
+            for ctr in pod.containers:
+                if ctr.state != "running" or not ctr.cgroups:
+                    continue
+                usage = cgroup_cpu_usec(ctr.cgroups)
+                memory = cgroup_working_set(ctr.cgroups)
+                cpu = None
+                base = ctr.cpu_sample
+                # A window much shorter than the interval is noise (a first CFS period may run
+                # past the quota): such a figure waits for the next sample.
+                if usage is not None and base is not None and now - base[0] < self.metrics_every / 2:
+                    usage = None
+                if usage is not None:
+                    cpu = rate_millis(base, (now, usage), 1e6)
+                    ctr.cpu_sample = (now, usage)
+                if cpu is None and memory is None:
+                    continue
+                containers.append({"name": ctr.name, "cpuMillis": cpu, "memoryBytes": memory})
+            if containers:
+                pods.append({"namespace": pod.namespace, "name": pod.name, "containers": containers})
+        node: Json = {}
+        ticks = node_cpu_ticks()
+        if ticks is not None:
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            node["cpuMillis"] = rate_millis(self.node_cpu, (now, ticks[0]), float(hz))
+            self.node_cpu = (now, ticks[0])
+        mem = meminfo()
+        if "MemTotal" in mem and "MemAvailable" in mem:
+            node["memoryBytes"] = mem["MemTotal"] - mem["MemAvailable"]
+        atomic_write(self.paths.metrics, json.dumps({
+            "timestamp": round(now, 3), "intervalSeconds": self.metrics_every,
+            "cgroup": self.cgroups.version, "node": node, "pods": pods}, sort_keys=True))
+
     def rotate_logs(self) -> None:
         copytruncate(self.paths.log, LOG_MAX_BYTES)
         for pod in self.pods.values():
@@ -4862,6 +5005,8 @@ def status_doc(paths: Paths, redact: Redactor) -> Json:
         "fence": {"term": fence[0], "holder": fence[1], "lease": fence[2]} if fence else None,
         "pods": public_pods(status.get("pods")),
         "ingress": proxy_status(status.get("pods")),
+        # The latest sample of the supervisor's metrics (None before its first one).
+        "metrics": read_json(paths.metrics, None) if sup["running"] else None,
     }
 
 
@@ -4952,6 +5097,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     timeout = request.get("ackTimeoutSeconds", 2.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise RequestError("sync: ackTimeoutSeconds must be a number")
+    metrics_conf = request.get("metrics")
+    if metrics_conf is not None and (not isinstance(metrics_conf, dict) or set(metrics_conf) - {"intervalSeconds"}):
+        raise RequestError("sync: metrics must be {\"intervalSeconds\": N}")
     fence = parse_fence(request.get("fence"))
     policies = parse_policies(request["policies"]) if request.get("policies") is not None else None
     with flocked(paths.agent_lock):
@@ -4986,8 +5134,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         generation = int(current.get("generation", 0))
         if accounts is None:
             accounts = current.get("accounts")
-        changed = secrets_changed or json.dumps([pods, network, dns, accounts], sort_keys=True) != json.dumps(
-            [current.get("pods"), current.get("network"), current.get("dns"), current.get("accounts")],
+        changed = secrets_changed or json.dumps([pods, network, dns, metrics_conf, accounts], sort_keys=True) != \
+            json.dumps([current.get("pods"), current.get("network"), current.get("dns"), current.get("metrics"),
+                        current.get("accounts")],
             sort_keys=True)
         if changed or not os.path.exists(paths.desired):
             generation += 1
@@ -4998,6 +5147,8 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
                 wanted["dns"] = dns
             if accounts is not None:
                 wanted["accounts"] = accounts
+            if metrics_conf is not None:
+                wanted["metrics"] = metrics_conf
             atomic_write(paths.desired, json.dumps(wanted, sort_keys=True), sync=True)
         pid = sup.get("pid") if sup["running"] else None
         if not sup["running"]:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gitorch.model import usage as usage_mod
 from gitorch.model import volumes
 from gitorch.model.backoff import Backoff
 from gitorch.model.diagnostics import Diagnostic, errors
@@ -25,10 +26,11 @@ from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.revisions import Revision
+from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import allocations, ingress, networking, podspecs, policies, services
+from gitorch.reconcile import allocations, autoscaling, ingress, networking, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
@@ -69,6 +71,12 @@ class ControllerSettings:
     resync: float = 300.0
     """Seconds after which a node is sent its whole state even when nothing changed for it
     (controller-runtime's periodic resync: repairs anything a missed change left behind)."""
+    metrics_interval: float = 15.0
+    """Seconds between the agents' resource samples (metrics-server's resolution)."""
+    metrics_window: float = 600.0
+    """Seconds of resource samples kept in memory per pod (`top`, autoscalers)."""
+    autoscaler_sync: float = 15.0
+    """Seconds between two syncs of a HorizontalPodAutoscaler (Kubernetes' default: 15)."""
     trust_keys: tuple[str, ...] = ()
     """Keys trusted to sign the first revision under the Cluster's git.verifyCommits (`--trust-key`,
     see signatures.trust_keys); later ones are checked against the last applied revision's bindings."""
@@ -77,12 +85,16 @@ class ControllerSettings:
     def from_env(cls) -> ControllerSettings:
         """Defaults, overridden by `GITORCH_NODE_TIMEOUT` (seconds), `GITORCH_CLUSTER_DNS`
         (ADDR[:PORT] of the cluster DNS for pods), `GITORCH_EVENT_TTL` (seconds),
-        `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY` and `GITORCH_DRIFT_HISTORY`."""
+        `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY`, `GITORCH_DRIFT_HISTORY`,
+        `GITORCH_METRICS_INTERVAL`, `GITORCH_METRICS_WINDOW` and `GITORCH_HPA_SYNC_PERIOD` (seconds)."""
         env = os.environ
         out = cls(cluster_dns=env.get("GITORCH_CLUSTER_DNS") or None)
         numbers = {"node_timeout": ("GITORCH_NODE_TIMEOUT", float), "event_ttl": ("GITORCH_EVENT_TTL", float),
                    "max_events": ("GITORCH_MAX_EVENTS", int), "revision_history": ("GITORCH_REVISION_HISTORY", int),
-                   "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float)}
+                   "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float),
+                   "metrics_interval": ("GITORCH_METRICS_INTERVAL", float),
+                   "metrics_window": ("GITORCH_METRICS_WINDOW", float),
+                   "autoscaler_sync": ("GITORCH_HPA_SYNC_PERIOD", float)}
         for name, (var, kind) in numbers.items():
             if env.get(var):
                 try:
@@ -228,6 +240,8 @@ class Controller:
         # The service table with what it was computed from: the state, allocations and pods' endpoint fields.
         self._table: tuple[Any, ...] | None = None
         self._policies: tuple[Any, ...] | None = None  # (state, pods' addresses, per-node policy entries)
+        self.usage = UsageWindow(max_age=self.settings.metrics_window)
+        """The agents' resource samples (see model/usage.py for its retention)."""
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -551,6 +565,7 @@ class Controller:
                     facts = {k: v for k, v in outcome.value["facts"].items() if k not in ("pods", "ok")}
                     fresh_facts = True
                 status = outcome.value["status"]
+                self.usage.add(*usage_mod.parse_report(name, status.get("metrics")), now=now)
                 if status.get("ingress"):  # it runs the proxy (told by an earlier controller, maybe): told to stop
                     self._proxied.add(name)
                 kept = self._statuses.get(name)
@@ -630,7 +645,10 @@ class Controller:
         self._pod_states = states
         if not self._cached:
             self._object_rows = self.store.objects()  # read once a pass: save compares with it too
-        observed = Observed(now, tuple(pods), tuple(nodes), *remembered(self._object_rows, now))
+        # Samples older than a few intervals are of pods that stopped reporting: missing, as Kubernetes has it.
+        usage = self.usage.latest(fresh_after=now - 4 * self.settings.metrics_interval)
+        observed = Observed(now, tuple(pods), tuple(nodes), *remembered(self._object_rows, now), usage=usage,
+                            autoscaler_sync=self.settings.autoscaler_sync)
         return observed, reports, observations
 
     def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
@@ -767,6 +785,7 @@ class Controller:
                 request["serviceCIDR"] = service_cidr
             if policy is not None:
                 request["policies"] = policy.get(node, [])
+            request["metrics"] = {"intervalSeconds": self.settings.metrics_interval}
             proxy = ingress_for(node)
             if proxy is not None:
                 request["ingress"] = proxy
@@ -1022,10 +1041,12 @@ class Controller:
             if status is not None and status.revision:
                 started = previous[1] if previous and previous[0] == status.revision else now
                 body["rollout"] = {"revision": status.revision, "started": started}
+            if status is not None and status.autoscaling is not None:
+                body["autoscaling"] = dict(status.autoscaling)
             health = status.health if status else "Healthy"
             conditions = _conditions(health, status)
             fields: dict[str, Any] = dict(
-                spec_hash=podspecs.short_hash(obj.body),
+                spec_hash=autoscaling.applied_hash(state, obj),
                 last_applied_revision=r.oid,
                 last_attempted_revision=attempted or r.oid,
                 sync="Synced" if valid else "OutOfSync",
@@ -1127,20 +1148,21 @@ def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
     whole document (containers, probes, times) would cost kilobytes per pod."""
     pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
     return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
-            "pods": pods, "ingress": answer.get("ingress")}
+            "pods": pods, "ingress": answer.get("ingress"), "metrics": answer.get("metrics")}
 
 
 def remembered(
     rows: list[ObjectRecord], now: float
 ) -> tuple[dict[ObjectKey, tuple[str, float]], dict[ObjectKey, float], dict[ObjectKey, Finished],
-           dict[ObjectKey, volumes.Binding]]:
+           dict[ObjectKey, volumes.Binding], dict[ObjectKey, dict[str, Any]]]:
     """What the objects' recorded statuses carry into the next plan: when each rollout began,
-    each CronJob's last schedule time, how each Job's revision finished, and where each
-    provisioned claim is."""
+    each CronJob's last schedule time, how each Job's revision finished, where each
+    provisioned claim is, and each autoscaler's status (its replica count and history)."""
     started: dict[ObjectKey, tuple[str, float]] = {}
     last_schedule: dict[ObjectKey, float] = {}
     finished: dict[ObjectKey, Finished] = {}
     claims: dict[ObjectKey, volumes.Binding] = {}
+    autoscalers: dict[ObjectKey, dict[str, Any]] = {}
     for o in rows:
         key = ObjectKey(o.kind, o.namespace, o.name)
         body = o.body or {}
@@ -1156,7 +1178,9 @@ def remembered(
         binding = volumes.Binding.from_record(body.get("binding")) if o.kind == "PersistentVolumeClaim" else None
         if binding is not None:
             claims[key] = binding
-    return started, last_schedule, finished, claims
+        if isinstance(body.get("autoscaling"), dict):
+            autoscalers[key] = body["autoscaling"]
+    return started, last_schedule, finished, claims, autoscalers
 
 
 class RowView(NamedTuple):

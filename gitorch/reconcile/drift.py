@@ -26,7 +26,7 @@ from gitorch.model.addresses import format_hostport, parse_hostport
 from gitorch.model.diagnostics import errors
 from gitorch.model.objects import DesiredState, Object, ObjectKey
 from gitorch.nodes.client import PodKey, pod_reports
-from gitorch.reconcile import podspecs
+from gitorch.reconcile import autoscaling, podspecs
 from gitorch.reconcile.controller import Controller
 from gitorch.source import desired as desired_mod
 from gitorch.store.database import DriftReport, Fence, ObjectRecord, PodRecord, Store
@@ -137,7 +137,7 @@ def detect(
     for key in state.objects:
         if key not in stored:
             add(FindingKind.NOT_APPLIED, key, str(key), "", "in Git, never applied (not in the store)")
-        elif stored[key].spec_hash and stored[key].spec_hash != podspecs.short_hash(state.objects[key].body):
+        elif stored[key].spec_hash and stored[key].spec_hash != autoscaling.applied_hash(state, state.objects[key]):
             add(FindingKind.NOT_APPLIED, key, str(key), "", "changed in Git since it was applied")
     for key in stored:
         if key not in state.objects:

@@ -18,7 +18,9 @@ from typing import Any
 
 from gitorch.model import admission, selectors, volumes
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
-from gitorch.reconcile import podspecs
+from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
+from gitorch.model.usage import PodUsage
+from gitorch.reconcile import autoscaling, podspecs
 from gitorch.reconcile.scheduler import (
     UNREACHABLE,
     Decision,
@@ -92,6 +94,12 @@ class Observed:
     """Per Job: how and when the revision it runs finished (ttlSecondsAfterFinished counts from it)."""
     claims: Mapping[ObjectKey, volumes.Binding] = field(default_factory=dict)
     """Per PersistentVolumeClaim provisioned on a node: where its directory is (kept with its status)."""
+    autoscalers: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
+    """Per HorizontalPodAutoscaler: its recorded status (replica count, history, last sync)."""
+    usage: Mapping[tuple[str, str], PodUsage] = field(default_factory=dict)
+    """Per pod (namespace, name): its newest resource sample."""
+    autoscaler_sync: float = 15.0
+    """Seconds between two syncs of an autoscaler (--horizontal-pod-autoscaler-sync-period)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class Status:
     last_schedule: float | None = None  # CronJobs
     finished: Finished | None = None  # Jobs
     binding: volumes.Binding | None = None  # PersistentVolumeClaims
+    autoscaling: Mapping[str, Any] | None = None  # HorizontalPodAutoscalers: their status, kept in the store
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,8 @@ class Plan:
     removed: list[PodState] = field(default_factory=list)
     statuses: dict[ObjectKey, Status] = field(default_factory=dict)
     events: list[PlannedEvent] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Seconds until a pass is due whatever else happens (an autoscaler's next sync)."""
 
     def node_sets(self, nodes: Iterable[str]) -> dict[str, list[Mapping[str, Any]]]:
         """Each node's complete pod set (an empty set stops whatever it still runs)."""
@@ -239,6 +250,12 @@ class _Pass:
         self._budgets: list[_Budget] | None = None
         self.claimed: dict[tuple[str, str], tuple[str, ...]] = {}  # pods to place -> the claims they use
         self.volumes = _Volumes(self)
+        self.scales: dict[ObjectKey, int] = {}  # workloads' replica counts set by their autoscaler
+
+    def replicas(self, obj: Object) -> int:
+        """A workload's replicas: its autoscaler's count, else Git's (with an autoscaler, Git's
+        is only the count it starts from)."""
+        return self.scales.get(obj.key, int(obj.spec.get("replicas", 1)))
 
     # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
     # counts go, as the taint manager deletes them in Kubernetes.
@@ -478,8 +495,8 @@ def _budget(ps: _Pass, pdb: Object) -> _Budget:
             continue
         mine = [p for p in pods if not p.finished]
         covered.extend(mine)
-        replicas = owner.spec.get("replicas") if owner is not None and key.kind in (
-            "Deployment", "ReplicaSet", "StatefulSet") else None
+        replicas = ps.scales.get(key, owner.spec.get("replicas")) if owner is not None and key.kind in (
+            "Deployment", "ReplicaSet", "StatefulSet") else None  # an autoscaler's count is the scale
         expected += int(replicas) if isinstance(replicas, int) and not isinstance(replicas, bool) else len(mine)
     healthy = sum(1 for p in covered if _ready(p, ps.now, 0) and not (
         p.node and (n := ps.nodes.get(p.node)) is not None and n.lost))
@@ -625,7 +642,7 @@ def _deployment(ps: _Pass, obj: Object) -> None:
     if template is None:
         return
     spec = obj.spec
-    replicas = int(spec.get("replicas", 1))
+    replicas = ps.replicas(obj)
     rev = _revision(ps, obj, template)
     min_ready = float(spec.get("minReadySeconds", 0))
     live, lost = ps.live(obj)
@@ -964,7 +981,7 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     if template is None:
         return
     spec = obj.spec
-    replicas = int(spec.get("replicas", 1))
+    replicas = ps.replicas(obj)
     ordered = spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
     rev = _revision(ps, obj, template)
     pods = {p.ordinal if p.ordinal is not None else _index(p.name): p for p in ps.by_owner.get(obj.key, [])}
@@ -1307,6 +1324,144 @@ def _cronjob(ps: _Pass, obj: Object) -> None:
     ps.plan.statuses[obj.key] = Status(health, message, last_schedule=new_last)
 
 
+def _autoscaler(ps: _Pass, obj: Object) -> None:
+    """A HorizontalPodAutoscaler's sync (every `autoscaler_sync` seconds; in between, the count
+    it set last): the count its target runs, its status and a SuccessfulRescale event."""
+    spec = autoscaling.parse_spec(obj.spec)
+    key = ObjectKey(spec.target_kind, obj.key.namespace, spec.target_name)
+    target = ps.desired.objects.get(key)
+    stored = ps.observed.autoscalers.get(obj.key) or {}
+    if target is None:
+        message = (f"the HPA controller was unable to get the target's current scale: {key.kind.lower()}s "
+                   f"{key.name!r} not found")
+        ps.plan.statuses[obj.key] = Status("Degraded", message, conditions=(
+            {"type": "AbleToScale", "status": "False", "reason": "FailedGetScale", "message": message},))
+        return
+    same_target = stored.get("target") == [key.kind, key.name]
+    kept = stored.get("desiredReplicas")
+    current = int(kept) if same_target and isinstance(kept, int) else int(target.spec.get("replicas", 1))
+    last = stored.get("lastSync")
+    live, _ = ps.live(target)
+    period = ps.observed.autoscaler_sync
+    newest = max((u.timestamp for p in live if (u := ps.observed.usage.get((p.namespace, p.name))) is not None),
+                 default=None)
+    if same_target and isinstance(last, (int, float)):
+        early = ps.now - last < period - SYNC_SLACK
+        # Due, but the sample it is due for is not in yet (a node a moment late): wait a little for it
+        # rather than sync on what the last sync saw and wait a whole period.
+        stale = newest is not None and newest == stored.get("sampleTime") and ps.now - last < period + SAMPLE_WAIT
+        if early or stale:
+            ps.scales[key] = current  # between syncs: the count it set last
+            ps.plan.statuses[obj.key] = _autoscaler_status(dict(stored), spec)
+            _requeue(ps, 0.5 if stale and not early else _next_sync(ps, live, float(last)) - ps.now)
+            return
+    template = _template(target) or {}
+    samples = []
+    for p in live:
+        u = ps.observed.usage.get((p.namespace, p.name))
+        values: dict[str, int] = {}
+        if u is not None:
+            for m in spec.metrics:
+                got = _usage_of(u, m)
+                if got is not None:
+                    values[m.id] = got
+        samples.append(autoscaling.PodSample(p.name, p.phase, p.ready, p.created, p.ready_since, values,
+                                             u.timestamp if u else 0.0, u.window if u else 0.0))
+    requests = {m.id: _request_of(template, m) for m in spec.metrics}
+    history = autoscaling.History.from_json(stored.get("history") if same_target else None)
+    decision = autoscaling.evaluate(spec, current, samples, requests, history, ps.now)
+    ps.scales[key] = decision.desired
+    if decision.rescaled:
+        ps.plan.events.append(PlannedEvent(obj.key, "Normal", "SuccessfulRescale",
+                                           f"New size: {decision.desired}; reason: {decision.rescale_reason}"))
+    body: dict[str, Any] = {
+        "target": [key.kind, key.name], "currentReplicas": len(live), "desiredReplicas": decision.desired,
+        "currentMetrics": list(decision.metrics), "conditions": list(decision.conditions),
+        "history": decision.history.to_json(), "lastSync": ps.now, "sampleTime": newest,
+        "lastScaleTime": decision.history.last_scale,
+    }
+    ps.plan.statuses[obj.key] = _autoscaler_status(body, spec)
+    _requeue(ps, _next_sync(ps, live, ps.now) - ps.now)
+
+
+SYNC_SLACK = 1.0
+"""Seconds a sync may come early, so the one due with a sample does not wait a whole period."""
+SAMPLE_LAG = 0.25
+"""Seconds after a pod's next sample is due that its node has written it."""
+SAMPLE_WAIT = 3.0
+"""Seconds past its period a sync waits for a sample newer than the one the last sync read."""
+
+
+def _next_sync(ps: _Pass, pods: Sequence[PodState], last: float) -> float:
+    """When the next sync is due: a period after the last one, and just after the target's pods'
+    next sample (each sample carries its time and interval), so a sync reads fresh metrics
+    instead of ones up to a period old."""
+    due = last + ps.observed.autoscaler_sync - SYNC_SLACK
+    samples = [u for p in pods if (u := ps.observed.usage.get((p.namespace, p.name))) is not None]
+    if samples:
+        newest = max(samples, key=lambda u: u.timestamp)
+        upcoming = newest.timestamp + newest.window + SAMPLE_LAG
+        while upcoming < due:
+            upcoming += newest.window
+        due = upcoming
+    return due
+
+
+def _requeue(ps: _Pass, after: float) -> None:
+    after = max(0.0, after)
+    ps.plan.requeue_after = after if ps.plan.requeue_after is None else min(ps.plan.requeue_after, after)
+
+
+def _autoscaler_status(body: dict[str, Any], spec: autoscaling.Spec) -> Status:
+    conditions = tuple(c for c in body.get("conditions") or [] if isinstance(c, dict))
+    active = next((c for c in conditions if c.get("type") == "ScalingActive"), {})
+    metrics = body.get("currentMetrics") or []
+    shown = ", ".join(
+        f"{autoscaling.current_text(m, _current_of(metrics, m))}/{autoscaling.target_text(m)}" for m in spec.metrics)
+    message = f"{body.get('desiredReplicas')} replicas (min {spec.min_replicas}, max {spec.max_replicas}); {shown}"
+    if active.get("status") == "False":
+        message += f"; {active.get('message')}"
+    desired = int(body.get("desiredReplicas") or 0)
+    return Status("Healthy", message, desired, int(body.get("currentReplicas") or 0), conditions=conditions,
+                  autoscaling=body)
+
+
+def _current_of(metrics: Sequence[Any], m: autoscaling.Metric) -> Mapping[str, Any] | None:
+    for got in metrics:
+        src = (got or {}).get("containerResource" if m.container else "resource") or {}
+        if src.get("name") == m.resource and src.get("container") == m.container:
+            current = src.get("current")
+            return current if isinstance(current, Mapping) else None
+    return None
+
+
+def _usage_of(u: PodUsage, m: autoscaling.Metric) -> int | None:
+    if m.container is None:
+        return u.value(m.resource)
+    c = next((c for c in u.containers if c.name == m.container), None)
+    if c is None:
+        return None
+    return c.cpu_millis if m.resource == "cpu" else c.memory_bytes
+
+
+def _request_of(template: Mapping[str, Any], m: autoscaling.Metric) -> int | None:
+    """A pod's request of the metric's resource (a container's, for ContainerResource); None when
+    a container has none (the API server defaults a request to the limit, so that counts)."""
+    total = 0
+    for c in (template.get("spec") or {}).get("containers") or []:
+        if m.container is not None and c.get("name") != m.container:
+            continue
+        res = c.get("resources") or {}
+        raw = (res.get("requests") or {}).get(m.resource, (res.get("limits") or {}).get(m.resource))
+        if raw is None:
+            return None
+        try:
+            total += cpu_millis(raw) if m.resource == "cpu" else to_bytes(raw)
+        except QuantityError:
+            return None
+    return total or None
+
+
 _CONTROLLERS = {
     "Pod": _pod,
     "CronJob": _cronjob,
@@ -1321,6 +1476,8 @@ _CONTROLLERS = {
 def plan(desired: DesiredState, observed: Observed) -> Plan:
     """The pods every node should run after this pass, what stops, and each workload's status."""
     ps = _Pass(desired, observed)
+    for hpa in desired.of_kind("HorizontalPodAutoscaler"):  # before the workloads they scale
+        _isolated(ps, hpa, _autoscaler)
     for obj in desired.sorted():
         controller = _CONTROLLERS.get(obj.key.kind)
         if controller is not None:

@@ -130,8 +130,8 @@ def holdings_from_store(store: Store) -> Holdings:
 
 
 def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
-    """A fingerprint of what the plan depends on: pods (node, revision, phase), nodes, and the
-    allocations held (a plan's new addresses follow from them)."""
+    """A fingerprint of what the plan depends on: pods (node, revision, phase), nodes, the
+    allocations held (a plan's new addresses follow from them) and autoscalers' counts."""
     held = holdings or Holdings()
     data = {
         "pods": sorted((p.namespace, p.name, p.node or "", p.revision, p.phase) for p in observed.pods),
@@ -140,6 +140,8 @@ def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
                         sorted(held.pod_cidrs.items()), *([sorted(map(list, held.lb_ips.items()))] if held.lb_ips
                                                           else [])],
     }
+    if observed.autoscalers:  # the counts autoscalers set are part of what a plan starts from
+        data["scales"] = sorted((str(k), str(v.get("desiredReplicas"))) for k, v in observed.autoscalers.items())
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 

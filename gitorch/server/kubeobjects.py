@@ -76,6 +76,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False, (),
              "ClusterRoleBinding"),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
+    Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",),
+             "HorizontalPodAutoscaler"),
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
              verbs=("create",)),
     Resource("gitorch.dev", "v1", "clusters", "Cluster", False, (), "Cluster"),
@@ -493,6 +495,21 @@ def _replica_sets(record: Any, sources: Sources, pods: list[Any]) -> dict[Key, d
     return out
 
 
+def _autoscaler_status(record: Any) -> dict[str, Any]:
+    """autoscaling/v2's status from what the controller keeps (reconcile/planning.py)."""
+    kept = _d((record.body or {}).get("autoscaling"))
+    status: dict[str, Any] = {"currentReplicas": kept.get("currentReplicas", 0),
+                              "desiredReplicas": kept.get("desiredReplicas", 0),
+                              "currentMetrics": kept.get("currentMetrics") or []}
+    if kept.get("lastScaleTime") is not None:
+        status["lastScaleTime"] = _ts(kept["lastScaleTime"])
+    conditions = [c for c in _conditions(record.conditions or [])
+                  if c.get("type") in ("AbleToScale", "ScalingActive", "ScalingLimited")]
+    if conditions:
+        status["conditions"] = conditions
+    return status
+
+
 def _owner_ref(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
     return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid(kind, namespace, name),
             "controller": True, "blockOwnerDeletion": True}
@@ -809,6 +826,12 @@ def build(sources: Sources) -> Built:
             pod_out[(p.namespace, p.name)] = one(p)
         for key in set(previous) - set(pod_out):
             del previous[key]
+    # The counts autoscalers set: a workload's spec.replicas in the API, as its scale is in Kubernetes.
+    scales = {(str(a["target"][0]), o.namespace, str(a["target"][1])): a["desiredReplicas"]
+              for o in sources.objects if o.kind == "HorizontalPodAutoscaler"
+              and isinstance(a := (o.body or {}).get("autoscaling"), dict)
+              and isinstance(a.get("target"), list) and len(a["target"]) == 2
+              and isinstance(a.get("desiredReplicas"), int)}
     for o in sources.objects:
         if o.kind in ("Cluster", "Node"):
             res = by[("gitorch.dev", o.kind)]
@@ -830,12 +853,17 @@ def build(sources: Sources) -> Built:
                 out[by[("discovery.k8s.io", "EndpointSlice")]][(o.namespace, eps["metadata"]["name"])] = eps
         elif o.kind in _OWNER_API:
             out[res][key] = _workload(res, o, sources, sources.pods)
+            scaled = scales.get((o.kind, o.namespace, o.name))
+            if scaled is not None and isinstance(out[res][key].get("spec"), dict):
+                out[res][key]["spec"] = {**out[res][key]["spec"], "replicas": scaled}
             if o.kind == "Deployment":
                 out[by[("apps", "ReplicaSet")]].update(_replica_sets(o, sources, sources.pods))
         else:
             obj = _from_manifest(res, o, sources)
             if o.kind == "PersistentVolumeClaim":
                 obj["status"] = {"phase": "Bound"}
+            elif o.kind == "HorizontalPodAutoscaler":
+                obj["status"] = _autoscaler_status(o)
             out[res][key] = obj
     jobs = by[("batch", "Job")]
     for p in sources.pods:  # the runs of a CronJob, as the Jobs Kubernetes would have made

@@ -7,10 +7,11 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from gitorch.model.usage import UsageWindow
 from gitorch.reconcile.controller import PassResult
 from gitorch.reconcile.drift import remaining
 from gitorch.store.database import Store
@@ -64,6 +65,8 @@ class Metrics:
         )
         self._dns = _DNSCollector()
         r.register(self._dns)
+        self._usage = _UsageCollector()
+        r.register(self._usage)
         self._lock = threading.Lock()
         for outcome in ("converged", "progressing", "invalid", "node_errors", "error"):
             self.passes.labels(outcome)
@@ -106,6 +109,10 @@ class Metrics:
         """Where DNS query counts come from (read at scrape time): transport -> count."""
         self._dns.stats = stats
 
+    def usage_source(self, usage: Callable[[], UsageWindow | None]) -> None:
+        """Where the per-pod and per-node resource gauges come from (read at scrape time)."""
+        self._usage.usage = usage
+
     def webhook(self, provider: str, result: str) -> None:
         self.webhooks.labels(provider, result).inc()
 
@@ -130,3 +137,40 @@ class _DNSCollector(Collector):
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily("gitorch_dns_queries", "DNS queries received, by transport.", labels=["transport"])
+
+
+_USAGE_FAMILIES = (
+    ("gitorch_pod_cpu_usage_millicores", "CPU used by a pod over the last metrics interval (millicores).",
+     ["namespace", "pod", "node"]),
+    ("gitorch_pod_memory_working_set_bytes", "A pod's working set (memory in use minus inactive file cache).",
+     ["namespace", "pod", "node"]),
+    ("gitorch_node_cpu_usage_millicores", "CPU used on a node over the last metrics interval (millicores).", ["node"]),
+    ("gitorch_node_memory_working_set_bytes", "Memory in use on a node (MemTotal - MemAvailable).", ["node"]),
+)
+
+
+class _UsageCollector(Collector):
+    """Resource gauges from the controller's usage window, read when scraped: a pod that is gone
+    (or not reported for the window's age) has no series left."""
+
+    def __init__(self) -> None:
+        self.usage: Callable[[], UsageWindow | None] = lambda: None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pod_cpu, pod_mem, node_cpu, node_mem = (GaugeMetricFamily(n, h, labels=lbl) for n, h, lbl in _USAGE_FAMILIES)
+        window = self.usage()
+        if window is not None:
+            for (ns, name), u in sorted(window.latest().items()):
+                if u.cpu_millis is not None:
+                    pod_cpu.add_metric([ns, name, u.node], u.cpu_millis, timestamp=u.timestamp)
+                if u.memory_bytes is not None:
+                    pod_mem.add_metric([ns, name, u.node], u.memory_bytes, timestamp=u.timestamp)
+            for node, n in sorted(window.nodes().items()):
+                if n.cpu_millis is not None:
+                    node_cpu.add_metric([node], n.cpu_millis, timestamp=n.timestamp)
+                if n.memory_bytes is not None:
+                    node_mem.add_metric([node], n.memory_bytes, timestamp=n.timestamp)
+        yield from (pod_cpu, pod_mem, node_cpu, node_mem)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from (GaugeMetricFamily(n, h, labels=lbl) for n, h, lbl in _USAGE_FAMILIES)

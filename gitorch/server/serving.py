@@ -38,6 +38,7 @@ from gitorch.source.git import Repository
 from gitorch.source.hooks import wake_token as load_wake_token
 from gitorch.store.database import Fence, StaleLeader, Store
 
+TOP_ROWS = 20_000  # rows of `gitorch top` one answer carries (about 300 bytes each: within MAX_ANSWER)
 DIRTY_CHECK = 1.0  # seconds: how soon a wake that apscheduler skipped, or a requeue, is picked up
 REQUEUE_BACKOFF = Backoff(base=2.0, cap=30.0)  # between passes while nodes fail (never past the interval)
 WATCH_SILENCE = 35.0  # seconds without a line (agents send a heartbeat every 10 s) before a pod watch is re-opened
@@ -235,6 +236,7 @@ class Server:
         self._listen_lock = threading.Lock()
         self.metrics = Metrics()
         self.metrics.dns_source(lambda: self.dns.server.stats() if self.dns is not None else None)
+        self.metrics.usage_source(lambda: self.controller.usage)
         self.notifier = Notifier(repo, store)
         self.dns_listen = dns_listen
         self.dns: ClusterDNS | None = None
@@ -290,7 +292,8 @@ class Server:
             self.pod_watch
             and settled is not None
             and time.monotonic() - settled < self.idle_interval
-            and self._requeue_at is None
+            # A requeue not yet due (an autoscaler's next sync) leaves the cluster quiet: _if_dirty runs it.
+            and (self._requeue_at is None or time.monotonic() < self._requeue_at)
             and self.watchers.all_live()
         )
 
@@ -303,6 +306,13 @@ class Server:
             self._drain()
 
     def _schedule_requeue(self, result: PassResult | None) -> None:
+        self._schedule_requeue_for(result)
+        due = result.plan.requeue_after if result is not None and result.plan is not None else None
+        if due is not None:  # an autoscaler's next sync: a pass then, even in a quiet cluster
+            at = time.monotonic() + max(due, DIRTY_CHECK)
+            self._requeue_at = at if self._requeue_at is None else min(self._requeue_at, at)
+
+    def _schedule_requeue_for(self, result: PassResult | None) -> None:
         if result is not None and result.converged:
             self._failures = 0
             self._requeue_at = None
@@ -593,7 +603,8 @@ class Server:
     def _start_control(self) -> ControlSocket | None:
         """The control socket other commands on this machine ask (see server/control.py)."""
         try:
-            return ControlSocket(socket_path(self.state_dir), {"facts": self._control_facts}).start()
+            return ControlSocket(socket_path(self.state_dir),
+                                 {"facts": self._control_facts, "top": self._control_top}).start()
         except OSError as exc:
             log.warning(f"control socket not opened ({exc}); commands such as `gitorch nodes` connect themselves")
             return None
@@ -611,6 +622,30 @@ class Server:
         results = self.controller.ask_nodes({str(k): str(v) for k, v in wanted.items()}, facts_of, timeout)
         return {"ok": True, "nodes": {n: {"value": o.value, "error": o.error, "seconds": o.seconds}
                                       for n, o in results.items()}}
+
+    def _control_top(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`gitorch top` through the control socket: the newest resource sample of every pod and
+        node this controller keeps (only serve keeps them: they live in its memory)."""
+        from gitorch.model.usage import node_row, pod_row
+
+        usage = self.controller.usage
+        capacity: dict[str, dict[str, Any]] = {}
+        for n in self.store.nodes():
+            facts = n.facts or {}
+            memory: dict[str, Any] = facts["memory"] if isinstance(facts.get("memory"), dict) else {}
+            capacity[n.name] = {"cpuMillis": facts.get("cpuMillis"),
+                                "memoryBytes": memory.get("limitBytes") or memory.get("totalBytes")}
+        namespace = request.get("namespace")
+        pods = sorted((u for u in usage.latest().values()
+                       if not isinstance(namespace, str) or u.namespace == namespace),
+                      key=lambda u: (u.namespace, u.name))
+        nodes = sorted(usage.nodes().values(), key=lambda u: u.node)
+        # Bounded like the socket's answer (MAX_ANSWER): the first rows, and how many were left out.
+        return {"ok": True, "leading": self._leader is True,
+                "intervalSeconds": self.controller.settings.metrics_interval,
+                "pods": [pod_row(u) for u in pods[:TOP_ROWS]], "nodes": [node_row(u, capacity.get(u.node))
+                                                                        for u in nodes[:TOP_ROWS]],
+                "leftOut": max(0, len(pods) - TOP_ROWS) + max(0, len(nodes) - TOP_ROWS)}
 
     def run(self, reload: Callable[[], str] | None = None) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP calls `reload` and runs a pass."""

@@ -369,6 +369,77 @@ def cross_check(
                     out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
+        elif key.kind == "HorizontalPodAutoscaler":
+            out.extend(_guarded(obj, functools.partial(_check_autoscaler, obj, world, invalid)))
+    return out
+
+
+def _check_autoscaler(hpa: Object, world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """What the schema cannot say: the target exists and has one autoscaler, the bounds are in
+    order, each metric has its source and target value, and Utilization has requests to divide by."""
+    out: list[Diagnostic] = []
+    spec = hpa.spec
+    low, high = spec.get("minReplicas", 1), spec.get("maxReplicas")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        out.append(_diag(hpa, "/spec/minReplicas", f"minReplicas {low} is above maxReplicas {high}",
+                         f"make minReplicas at most {high}"))
+    ref = _map(spec.get("scaleTargetRef"))
+    target_key = ObjectKey(str(ref.get("kind")), hpa.key.namespace, str(ref.get("name")))
+    target = world.objects.get(target_key)
+    if target is None:
+        hint = suggest(target_key.name, world.names(target_key.kind, hpa.key.namespace))
+        out.append(_diag(hpa, "/spec/scaleTargetRef/name",
+                         f"{target_key} is not in this revision: the autoscaler has nothing to scale",
+                         hint or f"add the {target_key.kind}, or fix scaleTargetRef", warning=True))
+    others = sorted(k.name for k, o in world.objects.items() if k.kind == "HorizontalPodAutoscaler"
+                    and k != hpa.key and k.namespace == hpa.key.namespace
+                    and _map(o.spec.get("scaleTargetRef")).get("kind") == ref.get("kind")
+                    and _map(o.spec.get("scaleTargetRef")).get("name") == ref.get("name"))
+    if others:
+        out.append(_diag(hpa, "/spec/scaleTargetRef",
+                         f"{target_key} is also scaled by HorizontalPodAutoscaler {', '.join(others)}",
+                         "one autoscaler per workload (Kubernetes refuses both: AmbiguousSelector)"))
+    containers: dict[str, Any] = {}
+    if target is not None and target_key not in invalid:
+        tmpl = _map(target.spec.get("template"))
+        containers = {str(c.get("name")): c for c in _seq(_map(tmpl.get("spec")).get("containers"))
+                      if isinstance(c, dict)}
+    for i, metric in enumerate(_seq(spec.get("metrics"))):
+        metric = _map(metric)
+        field = "resource" if metric.get("type") == "Resource" else "containerResource"
+        src = metric.get(field)
+        ptr = f"/spec/metrics/{i}"
+        if not isinstance(src, dict):
+            out.append(_diag(hpa, ptr, f"a {metric.get('type')} metric needs `{field}`",
+                             f"add {field}: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}"))
+            continue
+        target_spec = _map(src.get("target"))
+        wanted = "averageUtilization" if target_spec.get("type") == "Utilization" else "averageValue"
+        if target_spec.get(wanted) is None:
+            out.append(_diag(hpa, f"{ptr}/{field}/target", f"a {target_spec.get('type')} target needs `{wanted}`",
+                             "e.g. averageUtilization: 80" if wanted == "averageUtilization"
+                             else "e.g. averageValue: 500m (cpu) or 256Mi (memory)"))
+        if not containers:
+            continue
+        resource = str(src.get("name"))
+        chosen = containers
+        if field == "containerResource":
+            name = str(src.get("container"))
+            if name not in containers:
+                out.append(_diag(hpa, f"{ptr}/{field}/container", f"{target_key} has no container {name!r}",
+                                 suggest(name, containers) or f"one of: {', '.join(containers)}"))
+                continue
+            chosen = {name: containers[name]}
+        if target_spec.get("type") == "Utilization":
+            lacking = [n for n, c in chosen.items()
+                       if resource not in _map(_map(c.get("resources")).get("requests"))
+                       and resource not in _map(_map(c.get("resources")).get("limits"))]
+            if lacking:
+                out.append(_diag(hpa, f"{ptr}/{field}/target",
+                                 f"Utilization of {resource} is a percentage of requests, and container(s) "
+                                 f"{', '.join(lacking)} of {target_key} request no {resource}",
+                                 f"set resources.requests.{resource} on every container, "
+                                 "or use an AverageValue target"))
     return out
 
 

@@ -19,6 +19,7 @@ from gitorch.model.objects import (
     DesiredState,
     Object,
     ObjectKey,
+    autoscaled,
 )
 
 
@@ -307,5 +308,13 @@ def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
                 changes[k] = ObjectChange(k, c.action, c.fields, c.path, f"renamed from {twin.name}")
                 d = changes[twin]
                 changes[twin] = ObjectChange(twin, d.action, d.fields, d.path, f"renamed to {k.name}")
+    for key, hpa in autoscaled(head).items():
+        scaled = changes.get(key)
+        if scaled is not None and (scaled.action is Action.CREATE
+                                   or any(f.path == "spec.replicas" for f in scaled.fields)):
+            # Git's replicas is only where the workload starts: the autoscaler decides the count.
+            note = f"replicas managed by HorizontalPodAutoscaler {hpa}"
+            changes[key] = ObjectChange(key, scaled.action, scaled.fields, scaled.path,
+                                        f"{scaled.note}; {note}" if scaled.note else note)
     ordered = sorted(changes.values(), key=lambda c: c.key.sort_key())
     return ChangeSet(tuple(ordered))

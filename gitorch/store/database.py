@@ -67,6 +67,7 @@ Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "
 ConditionType = Literal[
     "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed",
     "DisruptionAllowed",
+    "AbleToScale", "ScalingActive", "ScalingLimited",  # a HorizontalPodAutoscaler's
 ]
 ConditionStatus = Literal["True", "False", "Unknown"]
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]

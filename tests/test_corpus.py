@@ -27,9 +27,6 @@ EXPECTED = CORPUS / "expected.json"
 
 # First matching pattern of a document's first error -> the reason shown (and the issue owning it).
 REASONS = [
-    (r"'securityContext' is not supported", "securityContext (issue 12)"),
-    (r"'serviceAccountName' is not supported", "serviceAccountName (issue 12)"),
-    (r"does not support ServiceAccount", "ServiceAccount kind (issue 12)"),
     (r"no LoadBalancer address pool", "LoadBalancer: no address pool in the corpus's cluster"),
     (r"does not support Ingress", "Ingress kind (issue 11)"),
     (r"does not support ReplicationController", "ReplicationController: use a Deployment"),

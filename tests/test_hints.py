@@ -20,7 +20,6 @@ def errors(repo: GitRepo, files: dict[str, str]) -> list[str]:
 
 
 KINDS = [
-    "ServiceAccount",
     "PriorityClass",
     "ReplicationController",
     "Endpoints",
@@ -62,14 +61,9 @@ spec:
     ("files", "where", "field"),
     [
         (
-            {"d.yaml": deployment(pod="      serviceAccountName: app\n")},
-            "d.yaml:9:7: /spec/template/spec",
-            "serviceAccountName",
-        ),
-        (
-            {"d.yaml": deployment(pod="      securityContext: {runAsNonRoot: true}\n")},
-            "d.yaml:9:7: /spec/template/spec",
-            "securityContext",
+            {"d.yaml": deployment(pod="      securityContext: {sysctls: []}\n")},
+            "d.yaml:9:25: /spec/template/spec/securityContext",
+            "sysctls",
         ),
         (
             {"d.yaml": deployment(container="          lifecycle: {stopSignal: SIGINT}\n")},
@@ -77,9 +71,9 @@ spec:
             "stopSignal",
         ),
         (
-            {"d.yaml": deployment(container="          securityContext: {privileged: true}\n")},
-            "d.yaml:12:11: /spec/template/spec/containers/0",
-            "securityContext",
+            {"d.yaml": deployment(container="          securityContext: {procMount: Unmasked}\n")},
+            "d.yaml:12:29: /spec/template/spec/containers/0/securityContext",
+            "procMount",
         ),
         (
             {"d.yaml": deployment(volume="          nfs: {server: x, path: /}\n")},

@@ -244,3 +244,26 @@ def test_image_pull_policy_always_pulls_ifnotpresent_keeps_and_never_refuses(
     finally:
         client.call("sync", {"pods": []})
         podman(images_lab, WITH_RUNTIME, "rmi", "--force", "--ignore", ref, check=False)
+
+
+def test_an_image_pod_gets_its_security_context_as_podman_flags(images_lab: Lab, fleet: Fleet, image: str) -> None:
+    """securityContext through podman's own flags (issue 12): --user, --group-add, --read-only,
+    --cap-drop/--cap-add, --security-opt no-new-privileges, read back from the container's
+    /proc/self/status; a ServiceAccount's uid comes with the sync, as the controller sends it."""
+    client = fleet.clients[WITH_RUNTIME]
+    security = {"account": "app", "groups": [3456], "readOnlyRootFilesystem": True, "noNewPrivs": True,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}
+    pod = _pod("sec", image, ["sh", "-c", "cat /proc/self/status; (echo x > /probe) 2>/dev/null || echo "
+                              "root-read-only; exec sleep 600"], security=security)
+    try:
+        assert client.call("sync", {"pods": [pod], "accounts": {"default/app": 200123}})["ok"]
+        log = wait_until("the container's status", lambda: client.call("logs", {"pod": "sec", "tail": -1})["log"],
+                         timeout=30, interval=0.2, accept=lambda text: "root-read-only" in text)
+        fields = {k: v.split() for k, v in (line.split(":", 1) for line in log.splitlines() if ":" in line)}
+        assert fields["Uid"] == ["200123"] * 4 and fields["Gid"] == ["200123"] * 4
+        assert "3456" in fields["Groups"], fields["Groups"]
+        # podman makes an added capability ambient for a non-root user: effective, unlike the CRI runtimes.
+        assert int(fields["CapBnd"][0], 16) == int(fields["CapEff"][0], 16) == 1 << 10
+        assert fields["NoNewPrivs"] == ["1"]
+    finally:
+        client.call("sync", {"pods": []})

@@ -149,3 +149,26 @@ def test_kustomizes_own_examples_build_as_kubectl_kustomize_builds_them(folder: 
     assert [(b["kind"], b["metadata"]["name"]) for b in got] == [(b["kind"], b["metadata"]["name"]) for b in expected]
     for g, w in zip(got, expected, strict=True):
         assert g == w, (g["kind"], g["metadata"]["name"])
+
+
+def test_a_renamed_service_account_is_followed_by_its_pods(repo: GitRepo, tmp_path: Path) -> None:
+    """namePrefix renames a ServiceAccount, and the serviceAccountName of pod templates follows it,
+    as kustomize's name reference transformer does (microservices-demo's kustomize base needs it)."""
+    files = {
+        "app/kustomization.yaml": "namePrefix: shop-\nresources: [sa.yaml, web.yaml]\n",
+        "app/sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web}\n",
+        "app/web.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n"
+                        "  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n"
+                        "    spec:\n      serviceAccountName: web\n      containers:\n"
+                        "        - {name: web, command: [sleep, '600']}\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    want = {b["kind"]: b for b in kubectl_kustomize(tmp_path / "app")}
+    repo.commit("app", files)
+    objects, errors, _ = built(repo)
+    assert errors == []
+    got = objects[("Deployment", "default", "shop-web")]["spec"]["template"]["spec"]["serviceAccountName"]
+    assert got == want["Deployment"]["spec"]["template"]["spec"]["serviceAccountName"] == "shop-web"
+    assert ("ServiceAccount", "default", "shop-web") in objects

@@ -577,11 +577,11 @@ def status(output: str) -> None:
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
                                            "daemonsets", "services", "ingresses", "jobs", "cronjobs",
-                                           "revisions", "hpa", "horizontalpodautoscalers"]))
+                                           "serviceaccounts", "revisions", "hpa", "horizontalpodautoscalers"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:
-    """List pods, nodes, workloads, services or revisions as the store knows them."""
+    """List pods, nodes, workloads, services, ServiceAccounts (their uids) or revisions as the store knows them."""
     from gitorch.cli import views
 
     with _store() as store:

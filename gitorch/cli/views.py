@@ -101,6 +101,14 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
             for n in nodes
         ]
         _emit(output, ["NAME", "STATUS", "AGENT", "HEARTBEAT", "PODS"], rows, data)
+    elif what == "serviceaccounts":
+        # Every account holding a uid: those in Git, each namespace's `default`, and released ones
+        # kept while a pod may still run as them.
+        accounts = [a for a in store.account_ids() if namespace is None or a.namespace == namespace]
+        data = [{"namespace": a.namespace, "name": a.name, "uid": a.uid, "gid": a.uid, "allocated": a.allocated_at}
+                for a in accounts]
+        rows = [[a.namespace, a.name, a.uid, a.uid, _age(a.allocated_at)] for a in accounts]
+        _emit(output, ["NAMESPACE", "NAME", "UID", "GID", "AGE"], rows, data)
     elif what == "revisions":
         revs = store.revisions(limit=50)
         data = [summaries.revision_summary(r) for r in revs]

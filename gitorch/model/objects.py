@@ -42,6 +42,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("StorageClass", "storage.k8s.io/v1", False, "storageclass.json", order=3),
         KindInfo("PersistentVolume", "v1", False, "persistentvolume.json", order=11),
         KindInfo("PersistentVolumeClaim", "v1", True, "persistentvolumeclaim.json", order=11),
+        KindInfo("ServiceAccount", "v1", True, "serviceaccount.json", order=12),
         KindInfo("LimitRange", "v1", True, "limitrange.json", order=5),
         KindInfo("ResourceQuota", "v1", True, "resourcequota.json", order=5),
         KindInfo("Service", "v1", True, "service.json", order=20),

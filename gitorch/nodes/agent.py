@@ -150,6 +150,7 @@ IDLE_SECONDS = 1.0  # otherwise at most this long between passes (signals wake u
 CHECK_CACHE_SECONDS = 300.0
 RUNTIME_CHECK_TIMEOUT = 5.0
 MASK = "******"
+CONFIG_RETRY_SECONDS = 10.0  # a container refused for its configuration is tried again after this
 
 Json = dict[str, Any]
 
@@ -1032,6 +1033,99 @@ class MountSpec:
     sub_path: str | None = None  # a path inside the volume, mounted instead of its root
 
 
+# Linux capabilities by number (linux/capability.h), as Kubernetes names them (without CAP_).
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE",
+)
+# What containerd and CRI-O give a container that is not privileged (Kubernetes' default set).
+DEFAULT_CAPABILITIES = frozenset({
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+})
+MAX_ID = 2**31 - 1
+
+
+def _capability_names(raw: Any, where: str) -> tuple[str, ...]:
+    out = []
+    for name in _strings(raw, where):
+        name = name.upper().removeprefix("CAP_")
+        if name != "ALL" and name not in CAPABILITIES:
+            raise SpecError(f"{where}: unknown capability {name!r}")
+        out.append(name)
+    return tuple(out)
+
+
+def _id(raw: Any, where: str) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_ID:
+        raise SpecError(f"{where}: must be a uid or gid, 0 to {MAX_ID}")
+    return raw
+
+
+@dataclass(frozen=True)
+class SecuritySpec:
+    """A container's effective securityContext, as the controller resolved it (pod and container
+    levels merged). Without one, a container runs as the agent's own user, as before."""
+
+    run_as_user: int | None
+    run_as_group: int | None
+    account: str | None  # the ServiceAccount whose uid (and gid) it runs as without run_as_user
+    run_as_non_root: bool
+    groups: tuple[int, ...]
+    read_only_root: bool
+    privileged: bool
+    no_new_privs: bool
+    cap_add: tuple[str, ...]
+    cap_drop: tuple[str, ...]
+    seccomp: str | None  # RuntimeDefault | Unconfined | None (unset: unconfined, as the kubelet)
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> SecuritySpec | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: must be an object")
+        account = raw.get("account")
+        if account is not None:
+            account = safe_name(account, f"{where}.account")
+        caps = raw.get("capabilities") or {}
+        if not isinstance(caps, dict):
+            raise SpecError(f"{where}.capabilities: must be an object")
+        groups = raw.get("groups") or []
+        if not isinstance(groups, list):
+            raise SpecError(f"{where}.groups: must be a list of gids")
+        seccomp = raw.get("seccomp")
+        if seccomp not in (None, "RuntimeDefault", "Unconfined"):
+            raise SpecError(f"{where}.seccomp: must be RuntimeDefault or Unconfined")
+        return cls(
+            run_as_user=_id(raw.get("runAsUser"), f"{where}.runAsUser"),
+            run_as_group=_id(raw.get("runAsGroup"), f"{where}.runAsGroup"),
+            account=account,
+            run_as_non_root=bool(raw.get("runAsNonRoot")),
+            groups=tuple(sorted({g for i, g in enumerate(groups) if _id(g, f"{where}.groups[{i}]") is not None})),
+            read_only_root=bool(raw.get("readOnlyRootFilesystem")),
+            privileged=bool(raw.get("privileged")),
+            no_new_privs=bool(raw.get("noNewPrivs")),
+            cap_add=_capability_names(caps.get("add"), f"{where}.capabilities.add"),
+            cap_drop=_capability_names(caps.get("drop"), f"{where}.capabilities.drop"),
+            seccomp=seccomp,
+        )
+
+    def capabilities(self) -> frozenset[str] | None:
+        """The bounding set (None: every capability, as privileged): the default set, less
+        what is dropped (ALL: everything), plus what is added, as the CRI runtimes compute it."""
+        if self.privileged or "ALL" in self.cap_add:
+            return None
+        kept = set() if "ALL" in self.cap_drop else set(DEFAULT_CAPABILITIES) - set(self.cap_drop)
+        return frozenset(kept | set(self.cap_add))
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     name: str
@@ -1049,6 +1143,7 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...]
     pre_stop: ProbeSpec | None = None  # lifecycle hooks: kind exec, httpGet or sleep
     post_start: ProbeSpec | None = None
+    security: SecuritySpec | None = None
     pull: str = "missing"  # imagePullPolicy as podman's --pull: always, missing or never
     sidecar: bool = False  # an init container with restartPolicy Always
 
@@ -1115,6 +1210,7 @@ class ContainerSpec:
             mounts=tuple(mounts),
             pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
             post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
+            security=SecuritySpec.parse(raw.get("security"), f"{where}.security"),
             pull=_pull_policy(raw.get("imagePullPolicy"), f"{where}.imagePullPolicy"),
             sidecar=_sidecar(raw.get("restartPolicy"), f"{where}.restartPolicy", init),
         )
@@ -1229,6 +1325,8 @@ class PodSpec:
     dns_policy: str = "ClusterFirst"
     dns_config: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
     """(nameservers, searches, options) of the pod's dnsConfig."""
+    volume_owner: SecuritySpec | None = None
+    """Who owns the pod's volumes (run_as_user/account, run_as_group, groups = (fsGroup,))."""
 
     @classmethod
     def parse(cls, raw: Json) -> PodSpec:
@@ -1294,10 +1392,21 @@ class PodSpec:
             volumes=volumes,
             dns_policy=dns_policy,
             dns_config=config,
+            volume_owner=_volume_owner(raw.get("volumeOwner")),
         )
 
     def volume(self, name: str) -> VolumeSpec:
         return next(v for v in self.volumes if v.name == name)
+
+
+def _volume_owner(raw: Any) -> SecuritySpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError("volumeOwner: must be an object")
+    fs_group = raw.get("fsGroup")
+    body = {k: raw[k] for k in ("runAsUser", "runAsGroup", "account") if k in raw}
+    return SecuritySpec.parse({**body, "groups": [fs_group] if fs_group is not None else []}, "volumeOwner")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1999,10 +2108,11 @@ class Pod:
         return "Pending"
 
 
-def build_env(paths: Paths, pod: Pod, spec: ContainerSpec) -> dict[str, str]:
-    """A clean environment: PATH, HOME, the pod identity, volume dirs, then the pod's env."""
+def build_env(paths: Paths, pod: Pod, spec: ContainerSpec, uid: int | None = None) -> dict[str, str]:
+    """A clean environment: PATH, HOME (of `uid`, else of the agent's user), the pod identity,
+    volume dirs, then the pod's env."""
     try:
-        home = pwd.getpwuid(os.getuid()).pw_dir or "/"
+        home = pwd.getpwuid(os.getuid() if uid is None else uid).pw_dir or "/"
     except KeyError:
         home = "/"
     env = {"PATH": DEFAULT_PATH, "HOME": home, "HOSTNAME": pod.name, "POD_NAME": pod.name,
@@ -2081,6 +2191,31 @@ def write_files_volume(directory: str, vol: VolumeSpec) -> None:
                     os.unlink(path)
 
 
+CLAIM_ROOT = "/var/lib/gitorch/volumes"  # where PersistentVolumeClaims live (reconcile/podspecs.py)
+
+
+def give_volume(folder: str, owner: tuple[int, int, bool], recursive: bool) -> None:
+    """Make `folder` (and with `recursive`, what it holds) the pod user's: owned by its uid and
+    group; a folder is 0770 (2770 with fsGroup: new files get the group), a file keeps its
+    permission bits, group-readable with fsGroup (as the kubelet does for fsGroup volumes)."""
+    uid, gid, setgid = owner
+    paths = [folder]
+    if recursive:
+        for dirpath, dirs, files in os.walk(folder):
+            paths += [os.path.join(dirpath, n) for n in dirs + files]
+    for path in paths:
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.lchown(path, uid, gid)
+        if os.path.isdir(path) and not os.path.islink(path):
+            if path == folder and not recursive:
+                os.chmod(path, 0o2770 if setgid else 0o770)
+            elif setgid:
+                os.chmod(path, (st.st_mode & 0o7777) | 0o2050)
+        elif setgid and not os.path.islink(path):
+            os.chmod(path, (st.st_mode & 0o777) | 0o040)
+
+
 def find_executable(cmd0: str, env: dict[str, str], cwd: str,
                     mounts: Iterable[str]) -> str | None:
     """An error message if the command cannot be found, checked before starting it."""
@@ -2100,6 +2235,133 @@ class StartError(Exception):
     """A container could not be started (reported as terminated, reason StartError)."""
 
 
+class ConfigError(Exception):
+    """A container must not start as configured (reported as waiting, reason
+    CreateContainerConfigError, and tried again later, as the kubelet does)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a container's processes are: None keeps the agent's own uid or gid."""
+
+    uid: int | None
+    gid: int | None
+    groups: tuple[int, ...]
+
+
+def resolve_identity(sec: SecuritySpec, namespace: str, accounts: dict[str, int]) -> Identity:
+    """runAsUser, else the ServiceAccount's uid (its gid too); the gid is runAsGroup, else the
+    account's, else the user's group on the node, else 0 (as runc does for a uid the image's
+    /etc/passwd lacks)."""
+    uid, gid = sec.run_as_user, sec.run_as_group
+    if uid is None and sec.account is not None:
+        account = accounts.get(f"{namespace}/{sec.account}")
+        if account is None:
+            raise StartError(f"ServiceAccount {namespace}/{sec.account} has no uid on this node yet")
+        uid = account
+        gid = account if gid is None else gid
+    if uid is not None and gid is None:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = 0
+    return Identity(uid, gid, sec.groups)
+
+
+def check_non_root(sec: SecuritySpec, ident: Identity, pod: str, container: str) -> None:
+    """The kubelet's verifyRunAsNonRoot, with its messages (`pod` as its format.Pod names it)."""
+    if not sec.run_as_non_root:
+        return
+    if sec.run_as_user is not None:
+        if sec.run_as_user == 0:
+            raise ConfigError(f'container\'s runAsUser breaks non-root policy (pod: "{pod}", container: {container})')
+        return
+    if (ident.uid if ident.uid is not None else os.getuid()) == 0:
+        raise ConfigError(f'container has runAsNonRoot and image will run as root (pod: "{pod}", '
+                          f"container: {container})")
+
+
+def setpriv_argv(sec: SecuritySpec, ident: Identity) -> list[str]:
+    """What runs the container's command with its identity: util-linux's setpriv (uid, gid,
+    groups, capability bounding set, no_new_privs), after SECCOMP_EXEC for RuntimeDefault (the
+    filter is installed while still root, as runc does)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise StartError("securityContext needs setpriv (util-linux) on the node")
+    argv = [setpriv]
+    if ident.uid is not None:
+        argv.append(f"--reuid={ident.uid}")
+    if ident.gid is not None:
+        argv.append(f"--regid={ident.gid}")
+    if ident.uid is not None or ident.gid is not None or ident.groups:
+        argv.append(f"--groups={','.join(map(str, ident.groups))}" if ident.groups else "--clear-groups")
+    caps = sec.capabilities()
+    if caps is not None:
+        argv += ["--inh-caps=-all", "--bounding-set=" + ",".join(["-all", *(f"+{c.lower()}" for c in sorted(caps))])]
+    if sec.no_new_privs:
+        argv.append("--no-new-privs")
+    argv.append("--")
+    if sec.seccomp == "RuntimeDefault":
+        argv = [*seccomp_argv(), *argv]
+    return argv
+
+
+# System calls the RuntimeDefault filter refuses with EPERM: those Docker's default profile
+# leaves out (module and kexec loading, mounts and namespaces, clocks, keyrings, BPF, perf,
+# swap, reboot, other processes' memory), as x86_64 numbers.
+SECCOMP_DENIED_X86_64 = (
+    101, 134, 135, 136, 139, 153, 154, 155, 156, 163, 164, 165, 166, 167, 168, 169, 172, 173, 174, 175, 176, 177,
+    178, 179, 180, 212, 227, 237, 238, 239, 246, 248, 249, 250, 272, 279, 298, 303, 304, 305, 308, 310, 311, 312,
+    313, 320, 321, 323, 428, 429, 430, 431, 432, 433, 442,
+)
+
+
+def seccomp_filter(denied: Iterable[int]) -> bytes:
+    """A classic BPF program for seccomp: other architectures (and x32 calls) killed, the
+    `denied` numbers answered EPERM, everything else allowed."""
+    import struct
+
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, eperm, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000
+    numbers = sorted(set(denied))
+    prog = [(ld_abs, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, kill), (ld_abs, 0, 0, 0)]
+    last = len(numbers) + 1  # index of `ret eperm`, counted from after the x32 check
+    prog.append((jge, last, 0, 0x40000000))
+    for i, nr in enumerate(numbers):
+        prog.append((jeq, last - 1 - i, 0, nr))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
+
+
+# Installs the filter given as hex (argv[1]), then execs what follows "--": run as `python3 -S -c`,
+# a few lines compiled at each start, not this whole file.
+SECCOMP_EXEC = r"""
+import ctypes, os, sys
+code, argv = bytes.fromhex(sys.argv[1]), sys.argv[3:]
+if os.uname().machine != "x86_64":
+    sys.exit(f"seccompProfile RuntimeDefault: not supported on {os.uname().machine} nodes")
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+buf = ctypes.create_string_buffer(code, len(code))
+prog = Prog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+libc = ctypes.CDLL(None, use_errno=True)
+if os.getuid() != 0 and libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: needed without CAP_SYS_ADMIN
+    sys.exit(f"seccomp: no_new_privs: {os.strerror(ctypes.get_errno())}")
+if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    sys.exit(f"seccomp: {os.strerror(ctypes.get_errno())}")
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.exit(f"seccomp: {argv[0]}: {exc}")
+"""
+
+
+def seccomp_argv() -> list[str]:
+    """The command line that runs what follows under the RuntimeDefault filter."""
+    code = seccomp_filter(SECCOMP_DENIED_X86_64).hex()
+    return [sys.executable or "/usr/bin/python3", "-S", "-c", SECCOMP_EXEC, code, "--"]
+
+
 # ---------------------------------------------------------------------------------------
 # Runtimes: how a container's argv is built (process, or podman/docker for images)
 # ---------------------------------------------------------------------------------------
@@ -2107,7 +2369,7 @@ class StartError(Exception):
 
 def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str],
                  cgroup_dirs: list[str], bind_mounts: bool, exit_file: str,
-                 resolv: str | None = None) -> tuple[list[str], str, bool]:
+                 resolv: str | None = None, prefix: Iterable[str] = ()) -> tuple[list[str], str, bool]:
     """(argv, cwd, uses a mount namespace) for a container run directly on the node.
 
     When the process must join cgroups or see volumes at their mountPath (or the pod's own
@@ -2129,27 +2391,49 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
     if problem:
         raise StartError(problem)
     resolv = resolv if bind_mounts else None
-    if not mounts and not cgroup_dirs and resolv is None:
+    read_only_root = spec.security is not None and spec.security.read_only_root
+    if read_only_root and not bind_mounts:
+        raise StartError("readOnlyRootFilesystem needs a private mount namespace, which this node cannot make "
+                         f"({paths.root}: see the node's volumeMounts check)")
+    cmd = [*prefix, *cmd]
+    if not mounts and not cgroup_dirs and resolv is None and not read_only_root:
         if not os.path.isdir(cwd):
             raise StartError(f"workingDir {cwd}: no such directory")
         return recording_exit(cmd, exit_file), cwd, False
     lines = ["set -e"]
     lines += [f"echo $$ > {q(os.path.join(d, 'cgroup.procs'))}" for d in cgroup_dirs]
     # `--` everywhere a path follows; `exec "$@"` needs none: sh's exec takes no options.
-    for src, dst, read_only in mounts:
+    for src, dst, _ in mounts:  # the mount points first: the node may be read-only below
         if os.path.isdir(src):
             lines.append(f"mkdir -p -- {q(dst)}")
         else:  # a subPath naming one file (a ConfigMap key, say): bound over a file
             lines += [f"mkdir -p -- {q(os.path.dirname(dst))}", f"[ -e {q(dst)} ] || : > {q(dst)}"]
+    if read_only_root:
+        # Every mount of the node read-only in this mount namespace (/proc and /dev stay as
+        # they are, as in a container), then the exit file's folder writable again for the
+        # shim; volumes bound below inherit read-only and are made writable one by one.
+        # Read here, not by the agent: `ip netns exec` gives the shim a mount namespace of its own.
+        # A mount point that does not resolve lies under another mount: nothing reaches it.
+        lines += ["while read -r _ _ _ _ point _; do",
+                  '  case "$point" in /proc|/proc/*|/dev|/dev/*) continue ;; esac',
+                  "  point=$(printf '%b' \"$point\")",
+                  '  [ -e "$point" ] || continue',
+                  '  mount -o remount,bind,ro -- "$point"',
+                  "done < /proc/self/mountinfo"]
+        logs = os.path.dirname(exit_file)
+        lines += [f"mount --bind -- {q(logs)} {q(logs)}", f"mount -o remount,bind,rw -- {q(logs)}"]
+    for src, dst, read_only in mounts:
         lines.append(f"mount --bind -- {q(src)} {q(dst)}")
         if read_only:
             lines.append(f"mount -o remount,bind,ro -- {q(dst)}")
+        elif read_only_root:
+            lines.append(f"mount -o remount,bind,rw -- {q(dst)}")
     if resolv is not None:
         # A file over a file (through a symlink too); a node without one keeps none.
         lines.append(f"if [ -e /etc/resolv.conf ]; then mount --bind -- {q(resolv)} /etc/resolv.conf; fi")
     lines += [f"cd -- {q(cwd)}", *exit_recorder(exit_file)]
     argv = ["/bin/sh", "-c", "\n".join(lines), "gitorch-init", *cmd]
-    private = bool(mounts) or resolv is not None
+    private = bool(mounts) or resolv is not None or read_only_root
     if private:
         unshare = shutil.which("unshare") or "unshare"
         # No --fork: unshare execs sh in place, so the pid stays the container's pid.
@@ -2193,7 +2477,7 @@ def read_exit_file(path: str | None) -> int | None:
 
 def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, str],
                name: str, env: dict[str, str],
-               resolv: str | None = None) -> tuple[list[str], dict[str, str]]:
+               resolv: str | None = None, ident: Identity | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, environment of the runtime client) for an image container.
 
     Env values travel through the client's environment (``--env NAME``), never its argv, so
@@ -2234,12 +2518,38 @@ def image_argv(paths: Paths, pod: Pod, spec: ContainerSpec, runtime: tuple[str, 
         argv += ["--cpus", f"{spec.cpu_millis / 1000:.3f}"]
     if spec.working_dir:
         argv += ["-w", spec.working_dir]
+    argv += security_flags(spec.security, ident)
     if spec.command:
         argv += ["--entrypoint", json.dumps(list(spec.command))]
     assert spec.image is not None
     # `--`: whatever the image and args are, nothing after it is read as an option.
     argv += ["--", spec.image, *spec.args]
     return argv, client_env
+
+
+def security_flags(sec: SecuritySpec | None, ident: Identity | None) -> list[str]:
+    """A securityContext as podman's (and docker's) own flags; without one, the runtime's defaults."""
+    if sec is None:
+        return []
+    out: list[str] = []
+    if ident is not None and ident.uid is not None:
+        out += ["--user", f"{ident.uid}:{ident.gid if ident.gid is not None else 0}"]
+    elif ident is not None and ident.gid is not None:
+        out += ["--group-add", str(ident.gid)]
+    for g in ident.groups if ident is not None else ():
+        out += ["--group-add", str(g)]
+    if sec.read_only_root:
+        out.append("--read-only")
+    if sec.privileged:
+        out.append("--privileged")
+    else:
+        out += [f"--cap-drop={c}" for c in sec.cap_drop]
+        out += [f"--cap-add={c}" for c in sec.cap_add]
+    if sec.no_new_privs:
+        out += ["--security-opt", "no-new-privileges"]
+    if sec.seccomp == "Unconfined":
+        out += ["--security-opt", "seccomp=unconfined"]
+    return out
 
 
 def run_quietly(argv: list[str], timeout: float) -> None:
@@ -3396,6 +3706,7 @@ class Supervisor:
         self.network_applied: NetworkSpec | None = None
         self.networked: dict[str, str] = {}  # pod key -> IP set up by this tick's batch
         self.dns: ClusterDNSSpec | None = None
+        self.accounts: dict[str, int] = {}  # namespace/ServiceAccount -> its uid (and gid)
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
@@ -3573,6 +3884,10 @@ class Supervisor:
         except RequestError as exc:
             self.log_error("dns", f"desired.json: {exc}; pods keep the node's resolv.conf")
             self.dns = None
+        try:
+            self.accounts = parse_accounts(doc.get("accounts"))
+        except RequestError as exc:
+            self.log_error("accounts", f"desired.json: {exc}")
         every = metrics_interval((doc.get("metrics") or {}).get("intervalSeconds"))
         if every != self.metrics_every:
             self.metrics_every = every
@@ -3660,6 +3975,9 @@ class Supervisor:
                     if vol.kind == "files":
                         try:
                             write_files_volume(self.paths.volume_dir(pod.key, vol.name), vol)
+                            owner = self.volume_owner(pod)
+                            if owner is not None:
+                                give_volume(self.paths.volume_dir(pod.key, vol.name), owner, recursive=True)
                         except OSError as exc:
                             pod.message = self.redact(f"updating volume {vol.name}: {exc}")
 
@@ -3792,20 +4110,60 @@ class Supervisor:
     def prepare(self, pod: Pod) -> None:
         assert pod.spec is not None
         pod_dir = self.paths.pod_dir(pod.key)
-        os.makedirs(self.paths.pods, mode=0o700, exist_ok=True)
+        owner = self.volume_owner(pod)
+        os.makedirs(self.paths.pods, mode=0o711, exist_ok=True)
+        if owner is not None:
+            # Its user must reach its volumes: through the agent's folder and the pod's (0711:
+            # passed through, never listed); the volumes folder is its group's alone.
+            for folder in (self.paths.root, self.paths.pods):
+                os.chmod(folder, os.stat(folder).st_mode | 0o011)
         os.makedirs(pod_dir, mode=0o700, exist_ok=True)
-        os.chmod(pod_dir, 0o700)
+        os.chmod(pod_dir, 0o711 if owner is not None else 0o700)
         os.makedirs(os.path.join(pod_dir, "logs"), mode=0o700, exist_ok=True)
+        if owner is not None:
+            volumes = os.path.join(pod_dir, "volumes")
+            os.makedirs(volumes, mode=0o750, exist_ok=True)
+            os.chown(volumes, 0, owner[1])
+            os.chmod(volumes, 0o750)
         for vol in pod.spec.volumes:
             if vol.kind == "hostPath" and vol.host_path is not None:
                 os.makedirs(vol.host_path, exist_ok=True)
+                if owner is not None and vol.host_path.startswith(CLAIM_ROOT + "/"):
+                    give_volume(vol.host_path, owner, recursive=False)
             elif vol.kind == "emptyDir":
                 folder = self.paths.volume_dir(pod.key, vol.name)
                 os.makedirs(folder, exist_ok=True)
                 if vol.memory and not os.path.ismount(folder):
                     mount_tmpfs(folder, vol.size_limit)
+                if owner is not None:
+                    give_volume(folder, owner, recursive=False)
+                    # A subPath the kubelet would make is made here, the pod's too (not root's).
+                    for m in (m for c in pod.spec.init_containers + pod.spec.containers for m in c.mounts):
+                        sub = os.path.join(folder, m.sub_path or "")
+                        if m.volume == vol.name and m.sub_path and not os.path.lexists(sub) \
+                                and os.path.realpath(os.path.dirname(sub)).startswith(os.path.realpath(folder)):
+                            os.makedirs(sub)
+                            give_volume(sub, owner, recursive=False)
             else:
                 write_files_volume(self.paths.volume_dir(pod.key, vol.name), vol)
+                if owner is not None:
+                    give_volume(self.paths.volume_dir(pod.key, vol.name), owner, recursive=True)
+
+    def volume_owner(self, pod: Pod) -> tuple[int, int, bool] | None:
+        """(uid, gid, setgid) owning the pod's volumes: the pod's identity, its fsGroup as the
+        group (with setgid folders, as the kubelet does); None when it runs as the agent's user."""
+        assert pod.spec is not None
+        owner = pod.spec.volume_owner
+        if owner is None:
+            return None
+        try:
+            ident = resolve_identity(owner, pod.namespace, self.accounts)
+        except StartError:
+            ident = Identity(None, None, ())
+        uid = ident.uid if ident.uid is not None else os.getuid()
+        if owner.groups:
+            return uid, owner.groups[0], True
+        return uid, ident.gid if ident.gid is not None else os.getgid(), False
 
     def pod_resolv_conf(self, pod: Pod) -> str | None:
         """Write the pod's resolv.conf (see resolv_conf) and return its path, or None."""
@@ -4010,6 +4368,18 @@ class Supervisor:
     def start(self, pod: Pod, ctr: Container, now: float) -> None:
         spec = ctr.spec
         assert spec is not None and pod.spec is not None
+        ident: Identity | None = None
+        if spec.security is not None:
+            try:
+                ident = resolve_identity(spec.security, pod.namespace, self.accounts)
+                check_non_root(spec.security, ident, f"{pod.name}_{pod.namespace}({pod.hash})", ctr.name)
+            except (ConfigError, StartError) as exc:
+                # As the kubelet: the container waits, and the next sync tries again.
+                if (ctr.reason, ctr.message) != ("CreateContainerConfigError", str(exc)):
+                    self.log(f"pod {pod.label} container {ctr.name}: {exc}")
+                ctr.reason, ctr.message = "CreateContainerConfigError", str(exc)
+                ctr.next_start = now + CONFIG_RETRY_SECONDS
+                return
         log_path = self.paths.log_file(pod.key, ctr.name)
         os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
         ctr.exit_file = self.paths.exit_file(pod.key, ctr.name)
@@ -4025,7 +4395,7 @@ class Supervisor:
         ctr.term_pending, ctr.hook, ctr.post_start = False, None, None
         ctr.startup_done = spec.startup is None
         ctr.ready = ctr.adopted_ready = False
-        ctr.env = build_env(self.paths, pod, spec)
+        ctr.env = build_env(self.paths, pod, spec, ident.uid if ident is not None else None)
         ctr.started_at = now
         try:
             dirs: list[str] = []
@@ -4051,15 +4421,17 @@ class Supervisor:
                 if runtime[0] == "docker":
                     run_quietly([runtime[1], "rm", "-f", "--", ctr.runtime_name], 10)
                 argv, client_env = image_argv(self.paths, pod, spec, runtime,
-                                              ctr.runtime_name, ctr.env, self.pod_resolv_conf(pod))
+                                              ctr.runtime_name, ctr.env, self.pod_resolv_conf(pod), ident)
                 argv = recording_exit(argv, ctr.exit_file)
                 cwd, ctr.mount_ns = "/", False
                 ctr.limits = "applied" if (spec.memory_bytes or spec.cpu_millis) else "none"
             else:
                 ctr.runtime, ctr.runtime_name = "process", None
                 bind = self.checks.get("volumeMounts") == "bind"
+                prefix = setpriv_argv(spec.security, ident) \
+                    if spec.security is not None and ident is not None else []
                 argv, cwd, ctr.mount_ns = process_argv(self.paths, pod, spec, ctr.env, dirs, bind,
-                                                       ctr.exit_file, self.pod_resolv_conf(pod))
+                                                       ctr.exit_file, self.pod_resolv_conf(pod), prefix)
                 if pod.netns:
                     argv = in_pod_netns(argv, pod.key)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -4306,6 +4678,12 @@ class Supervisor:
             return lambda: probe_grpc(handler, timeout)
         command = [str(c) for c in handler["command"]]
         cwd = "/"
+        sec = ctr.spec.security if ctr.spec is not None else None
+        if sec is not None and ctr.runtime == "process":
+            # As the container's own processes: in Kubernetes an exec probe runs inside it.
+            with contextlib.suppress(StartError):
+                command = [*setpriv_argv(sec, resolve_identity(sec, pod.namespace, self.accounts)),
+                           *command]
         if ctr.runtime != "process" and ctr.runtime_name:
             argv = [shutil.which(ctr.runtime) or ctr.runtime, "exec", "--", ctr.runtime_name,
                     *command]
@@ -4382,6 +4760,9 @@ class Supervisor:
             reason, message = (pod.fatal or ["", ""])[:2]
             message = message or pod.message or (f"internal error: {pod.internal_error}"
                                                  if pod.internal_error else "")
+            refused = next((c for c in inits + containers if c["reason"] == "CreateContainerConfigError"), None)
+            if not reason and refused is not None:  # what `kubectl get pods` shows as the pod's status
+                reason, message = refused["reason"], refused["message"]
             pending = self.pending.get(ident)
             out.append({
                 "name": pod.name,
@@ -4633,16 +5014,18 @@ def store_secrets(paths: Paths, pods: list[Json], gone: Iterable[PodId]) -> bool
     """Write each pod's secret values into its own folder (sync holds the agent lock), and
     remove those of pods that left the desired set; True if any file changed."""
     changed = False
-    os.makedirs(paths.pods, mode=0o700, exist_ok=True)
-    os.chmod(paths.pods, 0o700)
+    # 0711: pods running as other users reach their own folders through it, never list it.
+    os.makedirs(paths.pods, mode=0o711, exist_ok=True)
+    os.chmod(paths.pods, 0o711)
     for pod in pods:
         _, values, places = split_secrets(pod)
         path = secrets_path(paths, pod)
         if values:
             text = json.dumps({"hash": str(pod.get("hash") or ""), "values": values}, sort_keys=True)
             if read_text(path) != text:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                os.chmod(os.path.dirname(path), 0o700)
+                folder = os.path.dirname(path)
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                os.chmod(folder, os.stat(folder).st_mode & 0o711)  # 0711 for a pod with its own user
                 atomic_write(path, text, mode=0o600, sync=True)
                 changed = True
         elif not places and os.path.exists(path):  # no secret any more (a kept pod has places)
@@ -4656,6 +5039,22 @@ def store_secrets(paths: Paths, pods: list[Json], gone: Iterable[PodId]) -> bool
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(path))  # only if the supervisor has cleaned up already
     return changed
+
+
+def parse_accounts(raw: Any) -> dict[str, int]:
+    """`accounts` of sync: namespace/name -> the ServiceAccount's uid."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > 100_000:
+        raise RequestError("sync: accounts must be an object of namespace/name -> uid")
+    out = {}
+    for key, uid in raw.items():
+        ns, _, name = str(key).partition("/")
+        if not NAMESPACE.match(ns) or not SAFE_NAME.match(name) or isinstance(uid, bool) \
+                or not isinstance(uid, int) or not 1 <= uid <= MAX_ID:
+            raise RequestError(f"sync: accounts: {str(key)[:80]!r} needs a namespace/name and a uid above 0")
+        out[str(key)] = uid
+    return out
 
 
 def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
@@ -4679,6 +5078,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
     dns = request.get("dns")
     if dns is not None:
         ClusterDNSSpec.parse(dns)
+    accounts = request.get("accounts")
+    if accounts is not None:
+        parse_accounts(accounts)
     announce = parse_announce(request.get("announce"))
     ingress = parse_ingress(request.get("ingress"))
     raw_services = request.get("services")
@@ -4730,8 +5132,11 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
         secrets_changed = store_secrets(paths, pods, set(have) - {pod_id(p) for p in pods})
         pods = [split_secrets(p)[0] for p in pods]
         generation = int(current.get("generation", 0))
-        changed = secrets_changed or json.dumps([pods, network, dns, metrics_conf], sort_keys=True) != json.dumps(
-            [current.get("pods"), current.get("network"), current.get("dns"), current.get("metrics")],
+        if accounts is None:
+            accounts = current.get("accounts")
+        changed = secrets_changed or json.dumps([pods, network, dns, metrics_conf, accounts], sort_keys=True) != \
+            json.dumps([current.get("pods"), current.get("network"), current.get("dns"), current.get("metrics"),
+                        current.get("accounts")],
             sort_keys=True)
         if changed or not os.path.exists(paths.desired):
             generation += 1
@@ -4740,6 +5145,8 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
                 wanted["network"] = network
             if dns is not None:
                 wanted["dns"] = dns
+            if accounts is not None:
+                wanted["accounts"] = accounts
             if metrics_conf is not None:
                 wanted["metrics"] = metrics_conf
             atomic_write(paths.desired, json.dumps(wanted, sort_keys=True), sync=True)

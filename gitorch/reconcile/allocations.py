@@ -1,4 +1,4 @@
-"""Allocations a pass plans: Service cluster IPs, node ports and node pod CIDRs.
+"""Allocations a pass plans: Service cluster IPs, node ports, node pod CIDRs and ServiceAccount uids.
 
 Purely computational, no side effects: from the desired state and what is allocated now
 (the store's rows) it returns what every Service and Node holds after this pass. The pass
@@ -20,6 +20,11 @@ from gitorch.reconcile import networking, services
 
 ServiceKey = tuple[str, str]  # namespace, name
 PortKey = tuple[str, str, str]  # namespace, service, port name
+AccountKey = tuple[str, str]  # namespace, ServiceAccount name
+
+# ServiceAccount uids (and gids): above the ranges Debian gives system and login users (below
+# 60000) and rootless podman's subordinate ids (100000 + 65536 per user), below 2^31.
+ACCOUNT_IDS = range(200_000, 2_000_000_000)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class Allocations:
     """Per Service or Node: why it got no address (range full, requested value taken)."""
     lb_ips: Mapping[ServiceKey, str] = field(default_factory=dict)
     """Per Service of type LoadBalancer: its address from the Cluster's pools."""
+    account_ids: Mapping[AccountKey, int] = field(default_factory=dict)
+    """Per ServiceAccount (and each namespace's implicit `default`): its uid, also its gid."""
 
 
 def allocate(
@@ -41,14 +48,38 @@ def allocate(
     node_ports: Mapping[PortKey, int],
     pod_cidrs: Mapping[str, str],
     lb_ips: Mapping[ServiceKey, str] | None = None,
+    account_ids: Mapping[AccountKey, int] | None = None,
+    accounts_in_use: Collection[AccountKey] = (),
 ) -> Allocations:
-    """The allocations after this pass, deterministic for the same inputs."""
+    """The allocations after this pass, deterministic for the same inputs. `accounts_in_use`:
+    the accounts recorded pods run as (a uid stays while such a pod may still run)."""
     problems: dict[ObjectKey, str] = {}
     ips = _cluster_ips(state, cluster_ips, problems)
     ports = _node_ports(state, node_ports, problems)
     cidrs = _pod_cidrs(state, pod_cidrs, problems)
     balanced = _lb_ips(state, lb_ips or {}, problems)
-    return Allocations(ips, ports, cidrs, problems, balanced)
+    accounts = _account_ids(state, account_ids or {}, accounts_in_use)
+    return Allocations(ips, ports, cidrs, problems, balanced, accounts)
+
+
+def _account_ids(
+    state: DesiredState, have: Mapping[AccountKey, int], in_use: Collection[AccountKey]
+) -> dict[AccountKey, int]:
+    """Every ServiceAccount in Git and the `default` account of every namespace holds a uid: the
+    one it has, else the lowest free one. A uid is released once its account is gone from Git
+    and no recorded pod runs as it, and is then free for another account."""
+    wanted = {(k.namespace, k.name) for k in state.objects if k.kind == "ServiceAccount"}
+    namespaces = {k.name for k in state.objects if k.kind == "Namespace"} | {"default"}
+    wanted |= {(ns, "default") for ns in namespaces}
+    out = {k: uid for k, uid in have.items() if (k in wanted or k in in_use) and uid in ACCOUNT_IDS}
+    taken = set(out.values())
+    candidate = ACCOUNT_IDS.start
+    for key in sorted(wanted - out.keys()):
+        while candidate in taken:
+            candidate += 1
+        out[key] = candidate
+        taken.add(candidate)
+    return out
 
 
 POOL_ANNOTATIONS = ("gitorch.dev/address-pool", "metallb.universe.tf/address-pool")

@@ -387,7 +387,11 @@ class Controller:
         balanced_rows = self.store.load_balancer_ips()
         held_lb = {(r.namespace, r.service): r.ip for r in balanced_rows}
         self._announcers = {r.ip: r.node for r in balanced_rows}
-        allocs = allocations.allocate(state, *held, held_lb)
+        held_accounts = {(r.namespace, r.name): r.uid for r in self.store.account_ids()}
+        # A released account's uid stays while its namespace has recorded pods (one may run as it).
+        occupied = {r.namespace for r in self._pod_rows}
+        allocs = allocations.allocate(state, *held, held_lb, held_accounts,
+                                      [k for k in held_accounts if k[0] in occupied])
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
         self._ingress_addresses = ingress.addresses(state, allocs.lb_ips) if ingress.settings(state) else []
@@ -402,6 +406,8 @@ class Controller:
             self._record_nodes(nodes, now)
             if (allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs) != held:  # else nothing to write
                 self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
+            if allocs.account_ids != held_accounts:
+                self.store.save_account_ids(allocs.account_ids, now=_dt(now))
             if allocs.lb_ips != held_lb or execution.announcers != {r.ip: r.node for r in balanced_rows}:
                 self.store.save_load_balancer_ips(allocs.lb_ips, execution.announcers, now=_dt(now))
             self._record_pods(execution.pods, execution.gone)
@@ -722,8 +728,9 @@ class Controller:
         cluster_cidr = networking.cluster_pod_cidr(state)
         service_cidr = services.service_cidr(state)
         # What every node gets alike is hashed once; each node's digest adds only its own parts.
+        accounts = {f"{ns}/{name}": uid for (ns, name), uid in sorted(allocs.account_ids.items())}
         shared = self._digest({"dns": dns, "services": table, "serviceCIDR": service_cidr, "clusterCIDR": cluster_cidr,
-                               "fence": fence.token() if fence is not None else None})
+                               "fence": fence.token() if fence is not None else None, "accounts": accounts})
 
         encoded_table = Encoded(table) if table is not None else None  # encoded once for every node
         current = self._remember_table(table)
@@ -770,6 +777,7 @@ class Controller:
                 request["network"] = {**networks[node], "clusterCIDR": cluster_cidr}
             if dns is not None:
                 request["dns"] = dns
+            request["accounts"] = accounts
             if announcing:
                 request["announce"] = announce(node)
             if encoded_table is not None:

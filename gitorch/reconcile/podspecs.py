@@ -179,6 +179,60 @@ def _container(c: Mapping[str, Any], r: _Resolver, field_refs: Mapping[str, str]
     }
 
 
+DEFAULT_ACCOUNT = "default"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _security(pod: Mapping[str, Any], c: Mapping[str, Any], account: str) -> dict[str, Any] | None:
+    """One container's effective securityContext (its own over the pod's), None when neither
+    has one and the pod runs as the default account (it runs as before: the node's user).
+    `account` names the ServiceAccount whose uid and gid the agent uses when no runAsUser is
+    given: always for a non-default account, for `default` only with runAsNonRoot."""
+    psc = _dict(pod.get("securityContext"))
+    csc = _dict(c.get("securityContext"))
+    if not psc and not csc and account == DEFAULT_ACCOUNT:
+        return None
+    out: dict[str, Any] = {}
+    for field in ("runAsUser", "runAsGroup", "runAsNonRoot"):
+        value = csc.get(field, psc.get(field))
+        if value is not None:
+            out[field] = value
+    if "runAsUser" not in out and (account != DEFAULT_ACCOUNT or out.get("runAsNonRoot")):
+        out["account"] = account
+    groups = {int(g) for g in psc.get("supplementalGroups") or []}
+    if psc.get("fsGroup") is not None:
+        groups.add(int(psc["fsGroup"]))
+    out["groups"] = sorted(groups)
+    out["readOnlyRootFilesystem"] = bool(csc.get("readOnlyRootFilesystem"))
+    out["privileged"] = bool(csc.get("privileged"))
+    # allowPrivilegeEscalation false is the kernel's no_new_privs (as runc sets it).
+    out["noNewPrivs"] = csc.get("allowPrivilegeEscalation") is False
+    caps = _dict(csc.get("capabilities"))
+    out["capabilities"] = {"add": [str(a) for a in caps.get("add") or []],
+                           "drop": [str(d) for d in caps.get("drop") or []]}
+    profile = csc.get("seccompProfile", psc.get("seccompProfile"))
+    if isinstance(profile, dict) and profile.get("type"):
+        out["seccomp"] = str(profile["type"])
+    return out
+
+
+def _volume_owner(pod: Mapping[str, Any], account: str, containers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Who owns the pod's emptyDir, ConfigMap, Secret and claim volumes: the pod's fsGroup (with
+    setgid folders, as the kubelet does), else the identity of its first container that has
+    one; None when every container runs as the node's user (the volumes stay as they were)."""
+    psc = _dict(pod.get("securityContext"))
+    first = next((c["security"] for c in containers if c.get("security")), None)
+    if first is None:
+        return None
+    owner = {k: first[k] for k in ("runAsUser", "runAsGroup", "account") if k in first}
+    if psc.get("fsGroup") is not None:
+        owner["fsGroup"] = int(psc["fsGroup"])
+    return owner
+
+
 def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for v in spec.get("volumes") or []:
@@ -244,8 +298,9 @@ def pod_spec(
         "metadata.name": name,
         "metadata.namespace": ns,
         "spec.nodeName": node,
-        "spec.serviceAccountName": "default",
+        "spec.serviceAccountName": str(spec.get("serviceAccountName") or DEFAULT_ACCOUNT),
     }
+    account = field_refs["spec.serviceAccountName"]
     if index is not None:
         for where in ("annotations", "labels"):
             field_refs[f"metadata.{where}['{COMPLETION_INDEX}']"] = str(index)
@@ -270,6 +325,14 @@ def pod_spec(
         pod["dnsPolicy"] = str(spec["dnsPolicy"])
     if spec.get("dnsConfig"):
         pod["dnsConfig"] = copy.deepcopy(spec["dnsConfig"])
+    for group, raw in (("containers", spec.get("containers")), ("initContainers", spec.get("initContainers"))):
+        for c, source in zip(pod[group], raw or [], strict=False):
+            security = _security(spec, source, account)
+            if security is not None:
+                c["security"] = security
+    volume_owner = _volume_owner(spec, account, pod["initContainers"] + pod["containers"])
+    if volume_owner is not None:
+        pod["volumeOwner"] = volume_owner
     pod["hash"] = short_hash({k: v for k, v in pod.items() if k not in ("name", "hostname")})
     return pod
 

@@ -55,6 +55,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "secrets", "Secret", True, (), "Secret"),
     Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), "PersistentVolumeClaim"),
     Resource("", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), "PersistentVolume"),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",), "ServiceAccount"),
     Resource("", "v1", "events", "Event", True, ("ev",)),
     Resource("", "v1", "limitranges", "LimitRange", True, ("limits",), "LimitRange"),
     Resource("", "v1", "resourcequotas", "ResourceQuota", True, ("quota",), "ResourceQuota"),

@@ -37,6 +37,7 @@ from gitorch.model.routes import (
     routes,
     serving_problem,
 )
+from gitorch.source import podsecurity
 from gitorch.source.certificates import tls_pair_problem
 
 Memo = MutableMapping[str, Any]
@@ -360,6 +361,12 @@ def cross_check(
                 )
         elif key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
+        elif key.kind == "Namespace":
+            for label in (podsecurity.ENFORCE_LABEL, podsecurity.WARN_LABEL):
+                level = obj.labels.get(label)
+                if level is not None and level not in podsecurity.LEVELS:
+                    ptr = f"/metadata/labels/{escape_token(label)}"
+                    out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
         elif key.kind == "HorizontalPodAutoscaler":
@@ -1017,6 +1024,7 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         ports = [str(p["name"]) for p in _seq(c.get("ports")) if isinstance(p, dict) and p.get("name")]
         for dup in sorted({p for p in ports if ports.count(p) > 1}):
             out.append(_diag(obj, f"{cptr}/ports", f"duplicate port name {dup!r} in container {cname!r}"))
+    out.extend(_check_security(obj, reads, tptr, pod))
     node_selector = pod.get("nodeSelector")
     if (
         isinstance(node_selector, dict)
@@ -1033,6 +1041,44 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
                 warning=True,
             )
         )
+    return out
+
+
+def _check_security(obj: Object, reads: _Reads, tptr: str, pod: dict[str, Any]) -> list[Diagnostic]:
+    """The pod's ServiceAccount exists, its securityContext is coherent (the API server's own
+    rules), and it passes its Namespace's Pod Security Standard (podsecurity.py)."""
+    out: list[Diagnostic] = []
+    ns = obj.key.namespace
+    account = pod.get("serviceAccountName")
+    if isinstance(account, str) and account != "default":
+        out.extend(_ref(obj, reads, "ServiceAccount", ns, account, f"{tptr}/spec/serviceAccountName"))
+    for cptr, c in _containers(tptr, {"spec": pod}):
+        sc = _map(c.get("securityContext"))
+        if sc.get("allowPrivilegeEscalation") is not False:
+            continue
+        if sc.get("privileged") is True:
+            out.append(_diag(obj, f"{cptr}/securityContext",
+                             "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+                             "a privileged container can always escalate: drop one of the two"))
+        if "SYS_ADMIN" in (_map(sc.get("capabilities")).get("add") or []):
+            out.append(_diag(obj, f"{cptr}/securityContext",
+                             "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+                             "CAP_SYS_ADMIN allows escalation: drop one of the two"))
+    namespace = reads.get(ObjectKey("Namespace", "", ns))
+    labels = namespace.labels if namespace is not None else {}
+    level = podsecurity.namespace_level(labels)
+    enforced = podsecurity.check_pod(level, pod)
+    for v in enforced:
+        out.append(_diag(obj, f"{tptr}/spec", v.message(level),
+                         f"check {v.check} of the {level} Pod Security Standard, which namespace {ns!r} enforces "
+                         f"({podsecurity.ENFORCE_LABEL}={level})"))
+    warn = podsecurity.namespace_level(labels, podsecurity.WARN_LABEL)
+    seen = {v.check for v in enforced}
+    for v in podsecurity.check_pod(warn, pod):
+        if v.check not in seen:  # as Kubernetes: what is enforced is not warned about too
+            out.append(_diag(obj, f"{tptr}/spec", v.message(warn, warning=True),
+                             f"check {v.check} of the {warn} Pod Security Standard, which namespace {ns!r} warns about "
+                             f"({podsecurity.WARN_LABEL}={warn})", warning=True))
     return out
 
 

@@ -688,6 +688,9 @@ def _hash_and_rename(resources: list[_Res], *, final: bool) -> None:
                         for item in holder:
                             if isinstance(item, dict) and (kind, str(item.get(key))) in renamed:
                                 item[key] = renamed[(kind, str(item[key]))]
+        for holder in _find(r.body, "spec"):  # a pod spec's ServiceAccount (at any template depth)
+            if isinstance(holder, dict) and ("ServiceAccount", str(holder.get("serviceAccountName"))) in renamed:
+                holder["serviceAccountName"] = renamed[("ServiceAccount", str(holder["serviceAccountName"]))]
         spec = r.body.get("spec")
         service = ("Service", str(spec.get("serviceName"))) if isinstance(spec, dict) else None
         if r.body.get("kind") == "StatefulSet" and isinstance(spec, dict) and service in renamed:

@@ -33,6 +33,10 @@ NO_EFFECT: dict[str, str] = {
     "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
+    "podSpec.automountServiceAccountToken": _COMPAT + "gitorch never mounts a token (there is no API to use it "
+    "against), so false is what always happens and true is refused",
+    "serviceaccount.automountServiceAccountToken": _COMPAT + "gitorch never mounts a token (there is no API to use "
+    "it against), so false is what always happens and true is refused",
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenDeleted": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),

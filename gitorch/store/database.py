@@ -286,6 +286,18 @@ class LoadBalancerAllocation(SQLModel, table=True):
     allocated_at: datetime = _time()
 
 
+class ServiceAccountId(SQLModel, table=True):
+    """A ServiceAccount's Unix identity on the nodes: its uid, also its gid."""
+
+    __tablename__ = "service_account_ids"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_service_account_ids_account"),)
+
+    uid: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    namespace: str
+    name: str
+    allocated_at: datetime = _time()
+
+
 class NodePortAllocation(SQLModel, table=True):
     """A NodePort of one named port of a Service."""
 
@@ -1054,6 +1066,27 @@ class Store:
                                                  allocated_at=stamp))
                 elif kept.node != node:
                     kept.node = node
+            s.flush()
+
+    def account_ids(self) -> list[ServiceAccountId]:
+        """Every ServiceAccount's uid, by namespace and name."""
+        with self._session(write=False) as s:
+            query = select(ServiceAccountId).order_by(col(ServiceAccountId.namespace), col(ServiceAccountId.name))
+            return list(s.exec(query).all())
+
+    def save_account_ids(self, ids: Mapping[tuple[str, str], int], *, now: datetime | None = None) -> None:
+        """Make the stored ServiceAccount uids exactly `ids`; rows that stay the same are not written."""
+        stamp = _now(now)
+        with self._session(write=True) as s:
+            rows = {(r.namespace, r.name): r for r in s.exec(select(ServiceAccountId)).all()}
+            for key, row in rows.items():
+                if ids.get(key) != row.uid:
+                    s.delete(row)
+            s.flush()
+            for key, uid in ids.items():
+                kept = rows.get(key)
+                if kept is None or kept.uid != uid:
+                    s.add(ServiceAccountId(uid=uid, namespace=key[0], name=key[1], allocated_at=stamp))
             s.flush()
 
     def cluster_ips(self) -> list[ClusterIPAllocation]:

@@ -523,6 +523,7 @@ def test_example_repo_reaches_all_ready_on_the_lab(lab: Lab, repo: GitRepo, tmp_
         assert logs.returncode == 0 and "/healthz" in logs.stdout, logs.stdout + logs.stderr
     finally:
         repo.remove("apps")
+        repo.remove("cluster.yaml")  # it names the ingress proxy's Service, which left with apps/
         repo.commit("remove the apps")
         assert gitorch("apply", "--wait", "--timeout", "60", cwd=repo.path).returncode == 0
 

@@ -12,7 +12,7 @@ from gitorch.reconcile.planning import Observed, plan
 from gitorch.source import desired
 from gitorch.source.git import open_repository
 from tests.gitrepo import GitRepo
-from tests.test_planning import NODES, NS, as_observed
+from tests.test_planning import NODES, NS, as_observed, deployment
 
 LIMITS = """\
 apiVersion: v1
@@ -36,22 +36,8 @@ spec:
 
 
 def web(replicas: int, version: str = "v1", resources: str = "", surge: int = 1, unavailable: int = 0) -> str:
-    return f"""\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: shop}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: web}}}}
-  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          command: [sleep, "600"]
-          env: [{{name: V, value: "{version}"}}]
-{resources}"""
+    """test_planning's Deployment (flow style), with `resources` given as a flow mapping."""
+    return deployment(replicas, version, surge, unavailable, resources)
 
 
 def load(repo: GitRepo, files: dict[str, str]) -> desired.DesiredState:
@@ -126,10 +112,10 @@ def test_quota_usage_and_the_exceeded_message() -> None:
 
 
 def test_a_container_beyond_a_limitrange_is_an_error_at_its_line(repo: GitRepo) -> None:
-    big = web(1, resources="          resources: {limits: {cpu: '2'}}\n")
+    big = web(1, resources="{limits: {cpu: '2'}}")
     got = errors(load(repo, {"limits.yaml": LIMITS, "web.yaml": big}))
     assert got == [
-        "web.yaml:15:37: /spec/template/spec/containers/0/resources/limits/cpu: pods of Deployment web are "
+        "web.yaml:12:117: /spec/template/spec/containers/0/resources/limits/cpu: pods of Deployment web are "
         "forbidden: maximum cpu usage per Container is 1, but limit is 2 (hint: keep within LimitRange defaults "
         "of namespace shop, or change it)"
     ]
@@ -161,7 +147,7 @@ def test_limitrange_defaults_reach_the_pod_spec_the_node_runs(repo: GitRepo) -> 
 
 def test_a_surge_pod_beyond_the_quota_stays_pending_with_kubernetes_message(repo: GitRepo) -> None:
     now = 1000.0
-    res = "          resources: {requests: {cpu: 500m}}\n"
+    res = "{requests: {cpu: 500m}}"
     quota = QUOTA.replace('pods: "4"', 'pods: "10"')
     v1 = load(repo, {"q.yaml": quota, "web.yaml": web(2, "v1", res)})
     assert errors(v1) == []

@@ -14,7 +14,8 @@ from tests.gitrepo import GitRepo
 NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
 
 
-def deployment(replicas: int, version: str, surge: int = 1, unavailable: int = 0) -> str:
+def deployment(replicas: int, version: str, surge: int = 1, unavailable: int = 0, resources: str = "") -> str:
+    extra = f", resources: {resources}" if resources else ""
     return f"""\
 apiVersion: apps/v1
 kind: Deployment
@@ -27,7 +28,7 @@ spec:
     metadata: {{labels: {{app: web}}}}
     spec:
       containers:
-        - {{name: web, command: [python3, -m, http.server], env: [{{name: V, value: "{version}"}}]}}
+        - {{name: web, command: [python3, -m, http.server], env: [{{name: V, value: "{version}"}}]{extra}}}
 """
 
 

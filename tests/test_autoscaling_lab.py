@@ -18,7 +18,7 @@ from gitorch.reconcile.controller import Controller, ControllerSettings
 from gitorch.source.git import open_repository
 from gitorch.store.database import Store
 from tests.gitrepo import GitRepo
-from tests.lab import LAB_SUBNET, converge, require_lab, ssh_run
+from tests.lab import converge, require_lab, ssh_run
 from tests.test_gitops import free_port
 from tests.waiting import wait_until
 
@@ -57,13 +57,17 @@ def stop_load(lab: Lab, stop: str) -> None:
         ssh_run(lab, n.name, f"touch {stop}")
 
 
+# Its own subnet: the session's lab (tests/conftest.py) holds GITORCH_TEST_SUBNET while it is up.
+AUTOSCALE_SUBNET = os.environ.get("GITORCH_TEST_AUTOSCALE_SUBNET", "10.231.38.0/24")
+
+
 @pytest.fixture(scope="module")
 def small_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Two nodes: enough to spread a scaled-up Deployment, light on this machine."""
     require_lab()
     state_dir = tmp_path_factory.mktemp("lab")
     try:
-        yield up(2, state_dir=state_dir, subnet=LAB_SUBNET, nodes_file=state_dir / "nodes.yaml")
+        yield up(2, state_dir=state_dir, subnet=AUTOSCALE_SUBNET, nodes_file=state_dir / "nodes.yaml")
     finally:
         down(state_dir)
 

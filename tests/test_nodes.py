@@ -279,8 +279,9 @@ def test_a_pods_secrets_live_only_in_its_own_folder(fleet: Fleet, lab: Lab) -> N
         assert f"{folder}/secrets.json" in found and f"{folder}/volumes/creds/key.pem" in found
         modes = ssh_run(lab, node, f"stat -c '%a %U %n' /var/lib/gitorch/pods {folder} {folder}/secrets.json "
                         f"{folder}/volumes/creds {folder}/volumes/creds/key.pem").stdout.splitlines()
-        assert [m.split()[:2] for m in modes] == [["700", "root"]] * 2 + [["600", "root"], ["700", "root"],
-                                                                          ["600", "root"]]
+        # pods/ is 0711 so that a pod with a user of its own reaches its folder; a root pod's stays 0700.
+        assert [m.split()[:2] for m in modes] == [["711", "root"], ["700", "root"], ["600", "root"],
+                                                  ["700", "root"], ["600", "root"]]
         # What the neighbour found (outside the owner's folder there is nothing to find).
         seen = client.call("logs", {"pod": "snoop", "namespace": "default"})["log"].split()
         assert seen and all(f.startswith(f"{folder}/") for f in seen), seen

@@ -113,10 +113,14 @@ def _inline_refs(node: Any, resolver: Any, stack: tuple[str, ...]) -> Any:
         if isinstance(target, dict) and not (set(siblings) & set(target)) and "$id" not in target:
             return {**target, **siblings}
         return {"allOf": [target], **siblings}
-    return {
-        k: (v if k in ("const", "enum", "default", "examples") else _inline_refs(v, resolver, stack))
-        for k, v in node.items()
-    }
+    out = {}
+    for k, v in node.items():
+        if k in ("properties", "patternProperties", "dependentSchemas", "$defs") and isinstance(v, dict):
+            # Every value is a schema, whatever its name: a property may be called `default`.
+            out[k] = {name: _inline_refs(sub, resolver, stack) for name, sub in v.items()}
+        else:
+            out[k] = v if k in ("const", "enum", "default", "examples") else _inline_refs(v, resolver, stack)
+    return out
 
 
 def schema_for(kind: str) -> dict[str, Any]:

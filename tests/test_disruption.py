@@ -79,3 +79,17 @@ def test_max_unavailable_zero_blocks_a_drain_and_says_so(repo: GitRepo) -> None:
     assert p.removed == []
     key = next(k for k in p.statuses if k.kind == "PodDisruptionBudget")
     assert p.statuses[key].conditions[0]["status"] == "False"
+
+
+def test_a_budget_that_cannot_be_computed_is_its_own_status_not_the_passs(repo: GitRepo, monkeypatch) -> None:
+    from gitorch.reconcile import planning
+
+    def broken(ps: object, pdb: object) -> None:
+        raise ValueError("odd budget")
+
+    monkeypatch.setattr(planning, "_budget", broken)
+    s = load(repo, {"web.yaml": deployment(3, "v1"), "pdb.yaml": PDB + "  minAvailable: 1\n"})
+    p = plan(s, Observed(1000.0, (), NODES))
+    key = next(k for k in p.statuses if k.kind == "PodDisruptionBudget")
+    assert p.statuses[key].health == "Degraded" and "odd budget" in p.statuses[key].message
+    assert len([d for d in p.pods if d.node]) == 3

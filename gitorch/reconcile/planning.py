@@ -276,7 +276,12 @@ class _Pass:
         if self._budgets is None:
             self._budgets = []
             for pdb in self.desired.of_kind("PodDisruptionBudget"):
-                self._budgets.append(_budget(self, pdb))
+                try:
+                    self._budgets.append(_budget(self, pdb))
+                except Exception as exc:  # one budget's failure is its status, never the pass's
+                    message = f"cannot compute {pdb.key}: {type(exc).__name__}: {exc}"[:1000]
+                    self.plan.statuses[pdb.key] = Status("Degraded", message)
+                    continue
                 self.plan.statuses[pdb.key] = self._budgets[-1].status()
         return self._budgets
 

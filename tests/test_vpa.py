@@ -92,7 +92,7 @@ def load(repo: GitRepo, files: dict[str, str]) -> desired.DesiredState:
                      Severity.ERROR, id="min-above-max"),
         pytest.param({"vpa.yaml": vpa(), "vpa2.yaml": vpa().replace("name: web, namespace", "name: two, namespace")},
                      "/spec/targetRef", "also has VerticalPodAutoscaler", Severity.ERROR, id="two"),
-        pytest.param({"vpa.yaml": vpa("  recommenders: [{name: custom}]\n")}, "/spec/recommenders/0/name",
+        pytest.param({"vpa.yaml": vpa("  recommenders: [{name: custom}]\n")}, "/spec/recommenders",
                      "no effect", Severity.WARNING, id="recommenders"),
     ],
 )

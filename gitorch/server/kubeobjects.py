@@ -78,6 +78,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
     Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",),
              "HorizontalPodAutoscaler"),
+    Resource("autoscaling.k8s.io", "v1", "verticalpodautoscalers", "VerticalPodAutoscaler", True, ("vpa",),
+             "VerticalPodAutoscaler"),
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
              verbs=("create",)),
     Resource("gitorch.dev", "v1", "clusters", "Cluster", False, (), "Cluster"),
@@ -510,6 +512,19 @@ def _autoscaler_status(record: Any) -> dict[str, Any]:
     return status
 
 
+def _recommender_status(record: Any) -> dict[str, Any]:
+    """autoscaling.k8s.io/v1's status from what the recommender keeps (reconcile/recommending.py)."""
+    kept = _d((record.body or {}).get("recommendation"))
+    status: dict[str, Any] = {}
+    if isinstance(kept.get("recommendation"), dict):
+        status["recommendation"] = kept["recommendation"]
+    conditions = [c for c in _conditions(record.conditions or [])
+                  if c.get("type") in ("RecommendationProvided", "LowConfidence", "NoPodsMatched")]
+    if conditions:
+        status["conditions"] = conditions
+    return status
+
+
 def _owner_ref(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
     return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid(kind, namespace, name),
             "controller": True, "blockOwnerDeletion": True}
@@ -864,6 +879,8 @@ def build(sources: Sources) -> Built:
                 obj["status"] = {"phase": "Bound"}
             elif o.kind == "HorizontalPodAutoscaler":
                 obj["status"] = _autoscaler_status(o)
+            elif o.kind == "VerticalPodAutoscaler":
+                obj["status"] = _recommender_status(o)
             out[res][key] = obj
     jobs = by[("batch", "Job")]
     for p in sources.pods:  # the runs of a CronJob, as the Jobs Kubernetes would have made

@@ -43,7 +43,7 @@ NO_EFFECT: dict[str, str] = {
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenScaled": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),
-    "verticalpodautoscaler.spec.recommenders.[].name": (
+    "verticalpodautoscaler.spec.recommenders": (
         _COMPAT + "gitorch has one recommender (VPA's default); its settings are serve's GITORCH_VPA_* variables"
     ),
     "persistentVolumeClaimSpec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",

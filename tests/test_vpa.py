@@ -157,7 +157,7 @@ def test_checkpoints_survive_a_restart_and_follow_retention(repo: GitRepo, tmp_p
     rows = store.checkpoints()
     assert [k for k, _ in rows] == [("shop", "web", "log"), ("shop", "web", "web")]
     again = Recommender()
-    assert again.restore(rows + [(("shop", "web", "x"), {"version": "v0"})]) == 2  # a bad one is dropped
+    assert again.restore([*rows, (("shop", "web", "x"), {"version": "v0"})]) == 2  # a bad one is dropped
     assert again.statuses(state, _pods(1)) == r.statuses(state, _pods(1))
     # The container leaves Git: its history goes; the autoscaler leaves: all of it goes.
     one = load(repo, {"vpa.yaml": vpa(), "web.yaml": WEB.split("        - name: log")[0]})

@@ -588,6 +588,11 @@ def recommend(store: Store, repo: Any, state: Any, names: tuple[str, ...], names
                 lines.append(f"| {name} | {resource} | {now_raw if now_raw is not None else '—'} | {wanted} | "
                              f"{(c.get('lowerBound') or {}).get(resource, '')} | "
                              f"{(c.get('upperBound') or {}).get(resource, '')} |")
+                if limit is not None and policy.controlled_values == "RequestsOnly" and new > limit:
+                    new, wanted = limit, text(resource, limit)  # a request above its limit is invalid
+                    console.warn(f"{r.namespace}/{r.name}: {name}'s {resource} target {c['target'][resource]} is "
+                                 f"above its limit {limit_raw} (RequestsOnly): the request is the limit; raise "
+                                 "the limit in the same commit to give it more")
                 if old == new:
                     continue
                 requests.setdefault(name, {})[resource] = wanted

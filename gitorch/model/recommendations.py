@@ -12,6 +12,7 @@ logic/estimator.go, logic/recommender.go); the constants are VPA's defaults.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class Buckets:
     ratio: float
     epsilon: float = EPSILON
 
-    @property
+    @functools.cached_property
     def count(self) -> int:
         return math.ceil(math.log(self.max_value * (self.ratio - 1) / self.first + 1) / math.log(self.ratio)) + 1
 

@@ -267,6 +267,7 @@ class Controller:
         self.recommender = Recommender(self.settings.recommender, self.settings.checkpoint_interval)
         """The VerticalPodAutoscalers' usage histories (see reconcile/recommending.py for their retention)."""
         self._checkpoints_stored = False
+        self._recommender_term: tuple[Any, ...] | None = None  # the leadership term it was restored in
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -404,6 +405,9 @@ class Controller:
         self._cache_term = None  # until this pass's writes are committed
         observed, reports, nodes = self.observe(state, fleet, now)
         result.node_errors.update({n.name: n.error for n in nodes if n.error})
+        if term != self._recommender_term:  # another leader may have fed and checkpointed meanwhile
+            self.recommender = Recommender(self.settings.recommender, self.settings.checkpoint_interval)
+            self._recommender_term = term
         observed = self._recommend(state, observed, now)
         held = (
             {(c.namespace, c.service): c.ip for c in self.store.cluster_ips()},

@@ -42,6 +42,14 @@ def _map(value: Any) -> dict[str, Any]:
 
 
 def target_of(state: DesiredState, vpa: Object) -> Target | None:
+    """The autoscaler's target as `state` has it (computed once per state)."""
+    memo: dict[ObjectKey, Target | None] = state.memo.setdefault("vpa_targets", {})
+    if vpa.key not in memo:
+        memo[vpa.key] = _target_of(state, vpa)
+    return memo[vpa.key]
+
+
+def _target_of(state: DesiredState, vpa: Object) -> Target | None:
     ref = _map(vpa.spec.get("targetRef"))
     key = ObjectKey(str(ref.get("kind")), vpa.key.namespace, str(ref.get("name")))
     obj = state.objects.get(key)
@@ -122,6 +130,7 @@ class Recommender:
         self.aggregates: dict[CheckpointKey, rec.Aggregate] = {}
         self.targets: dict[CheckpointKey, tuple[str, str]] = {}  # the workload each history is of
         self.windows: dict[tuple[str, str, str], rec.ContainerWindow] = {}  # (namespace, pod, container)
+        self.fed: dict[tuple[str, str], float] = {}  # (namespace, pod) -> the newest sample taken in
         self.restored = False
         self.saved_at: float | None = None
 
@@ -152,6 +161,7 @@ class Recommender:
             by_owner.setdefault(ObjectKey(p.owner_kind, p.namespace, p.owner_name), []).append(p)
         interval = self.settings.memory_interval
         live_windows: set[tuple[str, str, str]] = set()
+        live_pods: set[tuple[str, str]] = set()
         for vpa in state.of_kind("VerticalPodAutoscaler"):
             target = target_of(state, vpa)
             if target is None:
@@ -160,7 +170,14 @@ class Recommender:
             found = policies(vpa.spec)
             for pod in by_owner.get(ObjectKey(target.kind, ns, target.name), []):
                 samples = history((ns, pod.name))
-                for u in samples:
+                fed = self.fed.get((ns, pod.name))
+                new = len(samples)
+                while new > 0 and (fed is None or samples[new - 1].timestamp > fed):
+                    new -= 1  # the window is in time order: only the samples after the last fed one
+                if new < len(samples):
+                    self.fed[(ns, pod.name)] = samples[-1].timestamp
+                live_pods.add((ns, pod.name))
+                for u in samples[new:]:
                     for c in u.containers:
                         if c.name not in target.containers or policy_for(found, c.name).mode == "Off":
                             continue
@@ -179,6 +196,8 @@ class Recommender:
                 live_windows.update((ns, pod.name, c) for c in target.containers)
         for gone in set(self.windows) - live_windows:
             del self.windows[gone]
+        for gone_pod in set(self.fed) - live_pods:
+            del self.fed[gone_pod]
         if len(self.windows) > MAX_WINDOWS:
             for key in sorted(self.windows, key=lambda k: self.windows[k].last_memory or 0.0)[:len(self.windows)
                                                                                            - MAX_WINDOWS]:

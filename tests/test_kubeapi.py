@@ -352,6 +352,74 @@ def test_feed_orders_changes_resumes_and_expires(tmp_path: Path) -> None:
         assert len(feed.ring) == 4 and feed.since(feed.floor) == []  # the floor: the batch partly dropped
 
 
+def _deployment(name: str) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "main", "image": "busybox"}]}}}}
+
+
+def test_a_build_after_pod_changes_is_the_full_build(tmp_path: Path) -> None:
+    """After each random pod change the feed rebuilds only what the pod feeds into (its owner, the
+    Services selecting it, a CronJob's run): what it serves must equal a build of everything."""
+    import random
+
+    rng = random.Random(7)
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        for name in ("web", "api"):
+            store.upsert_object_status("Deployment", "shop", name, body={
+                "manifest": _deployment(name), "rollout": {"revision": "r1"}}, health="Healthy", sync="Synced")
+            store.upsert_object_status("Service", "shop", name, body={"manifest": {
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}}, health="Healthy", sync="Synced")
+        store.upsert_object_status("CronJob", "shop", "tick", body={"manifest": {
+            "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick", "namespace": "shop"},
+            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                "containers": [{"name": "t", "image": "busybox"}], "restartPolicy": "Never"}}}}}}})
+        owners = [("Deployment", "web"), ("Deployment", "api"), ("Job", "tick-29000000"), ("Job", "tick-29000001"),
+                  ("Pod", "")]
+        feed = kubeapi.Feed(store, None, KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t"))
+        feed.refresh(force=True)
+        names = [f"pod-{i}" for i in range(12)]
+        for step in range(60):
+            name = rng.choice(names)
+            if rng.random() < 0.2:
+                store.delete_pods("shop", [name])
+            else:
+                kind, owner = rng.choice(owners)
+                store.upsert_pods([PodRecord(
+                    namespace="shop", name=name, owner_kind=kind, owner_name=owner or name, template_hash="r1",
+                    phase=rng.choice(["Pending", "Running", "Succeeded"]), ready=rng.random() < 0.5,
+                    node="n1", ip=f"10.244.0.{names.index(name) + 2}")])
+            feed.refresh()
+            full = kubeapi.Feed(store, None, KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t"))
+            full.refresh(force=True)
+            for resource, objects in full.objects.items():
+                got = {k: {**o, "metadata": {**o["metadata"], "resourceVersion": None}}
+                       for k, o in feed.objects[resource].items()}
+                want = {k: {**o, "metadata": {**o["metadata"], "resourceVersion": None}} for k, o in objects.items()}
+                assert got == want, (step, resource.plural)
+        jobs = next(r for r in kubeobjects.RESOURCES if r.plural == "jobs")
+        assert feed.objects[jobs], "no CronJob run was ever built: the test exercised nothing"
+
+
+def test_a_write_in_this_process_wakes_the_feed(tmp_path: Path) -> None:
+    """The leader's own writes reach watches without waiting for a poll (here an hour away)."""
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        store.upsert_pods(_pods(2))
+        settings = KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t", poll=3600)
+        feed = kubeapi.Feed(store, None, settings).start()
+        try:
+            start = feed.rv
+            store.upsert_pods(_pods(1, "Running"))
+            changes = wait_until("the feed to see the write", lambda: feed.since(start), timeout=60)
+            assert [(c.type, c.obj["metadata"]["name"]) for c in changes] == [("MODIFIED", "p-0")]
+        finally:
+            feed.stop()
+        assert feed._wake.set not in store.written
+
+
 @pytest.mark.parametrize("text, labels, expected", [
     ("app=web", {"app": "web"}, True),
     ("app==web,tier!=db", {"app": "web", "tier": "db"}, False),

@@ -32,7 +32,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,6 +77,8 @@ class KubeApiSettings:
     """Extra names and addresses for the server certificate (besides the listen address and this host's)."""
     poll: float = 0.1
     """Seconds between looks at the store's change marks: the longest delay of a watch event."""
+    first_build_wait: float = 30.0
+    """The longest a request waits for the first build of the objects after start (then 503)."""
     ring: int = 50_000
     """Changes kept for watches to resume from; an older resourceVersion gets 410 Gone."""
     max_watches: int = 64
@@ -179,8 +181,8 @@ class Gone(Exception):
 
 class Feed:
     """What the store holds as Kubernetes objects, rebuilt when the store's change marks move,
-    and the changes between builds in a bounded ring. Resource versions are microseconds of
-    the build that saw a change (increasing on every instance, though not shared by them)."""
+    and the changes between builds in a bounded ring. Resource versions are the microsecond of
+    the latest store write a build saw (`_next_rv`): shared by every instance."""
 
     def __init__(self, store: Store, repo: Repository | None, settings: KubeApiSettings) -> None:
         self.store = store
@@ -197,6 +199,8 @@ class Feed:
         self._state: tuple[str, DesiredState | None] = ("", None)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.ready = threading.Event()
+        """Set once the first build is done."""
         self._thread: threading.Thread | None = None
         self.error: str = ""
         self.commit = ""
@@ -216,7 +220,8 @@ class Feed:
         self._pods_read: datetime | None = None  # the latest `updated_at` read
 
     def start(self) -> Feed:
-        self.refresh(force=True)
+        """Build in the feed's own thread: serve goes on at once, and a request waits for the
+        first build (10,000 pods take seconds) up to `first_build_wait`, then gets a 503."""
         self.store.written.append(self._wake.set)
         self._thread = threading.Thread(target=self._run, name="gitorch-kubeapi-feed", daemon=True)
         self._thread.start()
@@ -233,6 +238,15 @@ class Feed:
     def _run(self) -> None:
         # A write this process commits wakes the feed at once (the leader's own writes: watches
         # see them within a build's time); another instance's writes are seen at the next poll.
+        while not self.ready.is_set() and not self._stop.is_set():
+            try:
+                self.refresh(force=True)
+                self.ready.set()
+            except Exception as exc:  # a store not reachable yet: tried again after a poll
+                if str(exc) != self.error:
+                    log.warning(f"Kubernetes API: cannot read the store: {exc}")
+                self.error = str(exc)
+                self._stop.wait(max(self.settings.poll, 1.0))
         while not self._stop.is_set():
             if self._wake.wait(self.settings.poll):
                 self._stop.wait(WAKE_COALESCE)  # the rest of a burst of transactions joins this look
@@ -246,8 +260,19 @@ class Feed:
                     log.warning(f"Kubernetes API: cannot read the store: {exc}")
                 self.error = str(exc)
 
-    def _next_rv(self) -> int:
-        return max(self.rv + 1, time.time_ns() // 1000)
+    def _next_rv(self, marks: Mapping[str, tuple[Any, ...]]) -> int:
+        """The microsecond of the latest write the store's marks show: every instance that sees
+        the same store gives the same change the same version, so a client may list on one and
+        watch on another behind a load balancer. A change no timestamp shows (a deletion) takes
+        the next number."""
+        latest = 0
+        for values in marks.values():
+            for v in values:
+                if isinstance(v, datetime):
+                    when = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+                    latest = max(latest, int(when.timestamp() * 1_000_000))
+        # An empty store: now, so a made-up old version (resourceVersion=1) is still too old.
+        return max(self.rv + 1, latest or time.time_ns() // 1000)
 
     def state(self, commit: str) -> DesiredState | None:
         """The desired state of the applied commit (kept while it stays the applied one)."""
@@ -364,7 +389,7 @@ class Feed:
                 built[events_res] = self.objects[events_res]
             self._sources = dataclasses.replace(sources, touched_pods=None, previous_pods={}, previous=None,
                                                 touched_owners=set(), touched_namespaces=set())
-            rv = self._next_rv()
+            rv = self._next_rv(marks)
             self._marks = marks
             changes: list[Change] = []
             for resource, objects in built.items():
@@ -433,6 +458,9 @@ class Feed:
     def fresh(self) -> None:
         """Look at the store now if the feed has not in the last poll interval (a list right
         after a change sees it, whatever the poll thread is doing)."""
+        if (not self.ready.is_set() and self._thread is not None
+                and not self.ready.wait(self.settings.first_build_wait)):
+            raise Starting("gitorch: the Kubernetes API is still reading the store; try again shortly")
         if time.monotonic() - self._checked > self.settings.poll:
             self.refresh()
 
@@ -595,6 +623,8 @@ class KubeApi:
             return status(400, "BadRequest", str(exc))
         except Gone as exc:
             return status(410, "Expired", str(exc))
+        except Starting as exc:
+            return status(503, "ServiceUnavailable", str(exc), headers=(("Retry-After", "5"),))
         except Exception as exc:  # a bug or the store gone: a Status clients understand, the trace in the log
             log.error(f"Kubernetes API: {request.method} {path} failed: {exc}", exc_info=True)
             return status(500, "InternalError", f"gitorch: {type(exc).__name__} while answering {path}")
@@ -954,6 +984,10 @@ def _schemas() -> dict[str, Any]:
 
 class _BadRequest(Exception):
     pass
+
+
+class Starting(Exception):
+    """The feed has not finished its first build yet."""
 
 
 def _int(value: str | None, default: int) -> int:

@@ -606,6 +606,9 @@ class Store:
         self._local = threading.local()
         self.url = display_url
         """The store's URL with any password hidden."""
+        self.written: list[Callable[[], None]] = []
+        """Called after each write transaction this object commits: a reader in the same process
+        (the Kubernetes API's feed) looks at once instead of at its next poll."""
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = False) -> Store:
@@ -661,6 +664,9 @@ class Store:
                 yield session
         except SQLAlchemyError as exc:
             raise StoreError(f"state store {self.url}: {_one_line(exc)}") from exc
+        if write:
+            for hook in list(self.written):
+                hook()
 
     @contextmanager
     def transaction(self, fence: Fence | None = None) -> Iterator[Store]:

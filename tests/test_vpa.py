@@ -58,6 +58,18 @@ spec:
 {extra}"""
 
 
+HPA = """\
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web, namespace: shop}
+spec:
+  scaleTargetRef: {kind: Deployment, name: web}
+  maxReplicas: 3
+  metrics:
+    - type: Resource
+      resource: {name: cpu, target: {type: Utilization, averageUtilization: 60}}
+"""
+
 POLICY = """\
   resourcePolicy:
     containerPolicies:
@@ -92,6 +104,8 @@ def load(repo: GitRepo, files: dict[str, str]) -> desired.DesiredState:
                      Severity.ERROR, id="min-above-max"),
         pytest.param({"vpa.yaml": vpa(), "vpa2.yaml": vpa().replace("name: web, namespace", "name: two, namespace")},
                      "/spec/targetRef", "also has VerticalPodAutoscaler", Severity.ERROR, id="two"),
+        pytest.param({"vpa.yaml": vpa(), "hpa.yaml": HPA}, "/spec/targetRef",
+                     "is also scaled by HorizontalPodAutoscaler web", Severity.WARNING, id="with-an-hpa"),
         pytest.param({"vpa.yaml": vpa("  recommenders: [{name: custom}]\n")}, "/spec/recommenders",
                      "no effect", Severity.WARNING, id="recommenders"),
     ],

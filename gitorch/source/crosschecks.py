@@ -406,6 +406,16 @@ def _check_vertical(vpa: Object, world: _World, invalid: Set[ObjectKey]) -> list
         out.append(_diag(vpa, "/spec/targetRef",
                          f"{target_key} also has VerticalPodAutoscaler {', '.join(others)}",
                          "one VerticalPodAutoscaler per workload (VPA's choice between several is undefined)"))
+    scalers = sorted(k.name for k, o in world.objects.items() if k.kind == "HorizontalPodAutoscaler"
+                     and k.namespace == vpa.key.namespace
+                     and _map(o.spec.get("scaleTargetRef")).get("kind") == ref.get("kind")
+                     and _map(o.spec.get("scaleTargetRef")).get("name") == ref.get("name"))
+    if scalers:
+        out.append(_diag(vpa, "/spec/targetRef",
+                         f"{target_key} is also scaled by HorizontalPodAutoscaler {', '.join(scalers)} on CPU or "
+                         "memory: its utilization is a share of the requests these recommendations change",
+                         "review a resize with the autoscaler's targets in mind (Kubernetes advises against "
+                         "VPA and HPA on the same resource)", warning=True))
     containers: set[str] = set()
     if target is not None and target_key not in invalid:
         tmpl = _map(target.spec.get("template"))

@@ -916,7 +916,7 @@ class KubeApi:
             return status(500, "InternalError", f"gitorch: logs from node {node}: {exc}")
         text = str(answer.get("log", ""))
         if stamps and not answer.get("timestamps"):  # an agent from before line times: the time read
-            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")  # as the kubelet: 9 digits
             text = "".join(f"{when} {line}\n" for line in text.splitlines())
         return Reply(200, text, "text/plain")
 

@@ -5042,7 +5042,11 @@ class Supervisor:
                 if ctr.busy:
                     log = self.paths.log_file(pod.key, ctr.name)
                     seen.add(log)
-                    self.log_index.note(log)
+                    try:
+                        self.log_index.note(log)
+                    except OSError as exc:  # a full disk, a pod folder being removed: times wait
+                        self.log_error("log-index", f"noting log times of {log}: {exc}")
+                        self.log_index.forget(log)
         self.log_index.keep_only(seen)
 
 

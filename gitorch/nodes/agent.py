@@ -521,6 +521,7 @@ def copytruncate(path: str, max_bytes: int) -> None:
 LOG_INDEX_SUFFIX = ".times"
 LOG_INDEX_ENTRIES = 4096  # per log (64 KiB): when full, the older half is thinned to half
 LOG_INDEX_ENTRY = 16
+LOG_INDEX_SECONDS = 0.25  # at most this often (passes come every 0.1 s while a pod stops)
 STAMPED_REPLY_MAX_BYTES = 2 * LOG_MAX_BYTES  # a stamped log answer; the oldest lines beyond are left out
 
 
@@ -3879,6 +3880,7 @@ class Supervisor:
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
+        self._last_index = 0.0
         self._log_fd = -1
         self._lock_fd = -1
         self._wake_r = -1
@@ -4195,7 +4197,9 @@ class Supervisor:
                     self.pods[ident] = self.new_pod(self.pending.pop(ident))
                     self.pods[ident].ip = pod.ip  # a pod keeps its IP across replacements
         self.retry_cgroup_trash()
-        self.index_logs()
+        if now - self._last_index >= LOG_INDEX_SECONDS:
+            self._last_index = now
+            self.index_logs()
         if now >= self.next_metrics:
             self.next_metrics = now + self.metrics_every
             try:

@@ -61,7 +61,7 @@ def proxy_endpoints(
     state: DesiredState, port: Mapping[str, Any], up: Iterable[str] | None = None
 ) -> list[tuple[str, int]]:
     """The proxy Service's endpoints for one of its ports: the address of every ingress node (of
-    those in `up`, the nodes answering now, when given) at the port's targetPort (a number; the
+    those in `up`, the nodes whose proxy is running and ready, when given) at the port's targetPort (a number; the
     port itself when it has none)."""
     target = port.get("targetPort")
     number = target if isinstance(target, int) else int(port.get("port") or 0)

@@ -1019,6 +1019,29 @@ def test_log_timestamps_of_the_previous_instance(node: Node, tmp_path: Path) -> 
     assert node.run("logs", {"pod": "stamp-3", "timestamps": True})["log"] == ""
 
 
+def test_log_timestamps_go_on_across_a_supervisor_restart(node: Node, tmp_path: Path) -> None:
+    """Lines written while no supervisor runs get the first note of the next one (an upper
+    bound); the lines noted before keep their times (the new supervisor appends to the index)."""
+    go = tmp_path / "go"
+    script = (f"say('a')\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)\n"
+              "say('b'); time.sleep(1.5); say('c'); time.sleep(300)\n")
+    began = time.time_ns()
+    node.sync(pod("stamp-4", printer(script)))
+    index = node.root / "pods" / "test_stamp-4" / "logs" / "main.log.times"
+    wait_until("a's note", lambda: index.exists() and index.stat().st_size == 16, timeout=15, interval=0.05)
+    assert node.run("stop-supervisor")["stopped"]
+    go.touch()
+    wait_until("c written", lambda: node.run("logs", {"pod": "stamp-4"})["log"], timeout=15, interval=0.05,
+               accept=lambda text: "c " in text)
+    node.sync(pod("stamp-4", printer(script)))
+    wait_until("the new supervisor's note", lambda: index.stat().st_size, timeout=15, interval=0.05,
+               accept=lambda size: size == 32)
+    lines = stamped(node.run("logs", {"pod": "stamp-4", "timestamps": True})["log"])
+    check_stamps(lines, began, time.time_ns())
+    (a, _), (b, _), (c, _) = lines
+    assert a < b == c
+
+
 def test_log_index_stays_bounded_and_an_upper_bound(tmp_path: Path) -> None:
     """A full index thins its older half: entries stay ordered, every line still gets a time at
     or after the one it was written at, and the newest keep their own."""

@@ -945,6 +945,21 @@ def test_log_timestamps_are_when_lines_were_written(node: Node) -> None:
     proc.stdin.close()
     assert proc.wait(15) == 0
     assert "".join(got) == doc["log"]
+    # `since` (kubectl logs --since/--since-time): the lines stamped at or after it, by those stamps.
+    for i, (ns, _) in enumerate(lines):
+        # (a microsecond earlier: a float of seconds carries nanoseconds to ~0.2 us)
+        since = node.run("logs", {"pod": "stamp-1", "timestamps": True, "since": (ns - 1000) / 1e9})
+        assert since["since"] is True
+        assert stamped(since["log"]) == [line for line in lines if line[0] >= lines[i][0]], i
+    assert node.run("logs", {"pod": "stamp-1", "since": time.time() + 60})["log"] == ""
+    last = node.run("logs", {"pod": "stamp-1", "since": (three - 2000) / 1e9, "tail": 1})["log"]
+    assert last == text.splitlines(keepends=True)[-1] and "four" in last
+    followed = subprocess.run([AGENT_PY, str(AGENT), "logs", "--root", str(node.root)], env=node.env,
+                              input=b'{"pod": "stamp-1", "follow": true, "since": %f}\n' % ((three - 2000) / 1e9),
+                              capture_output=True, timeout=15)
+    assert followed.stdout.decode().splitlines()[:2] == [rest for ns, rest in lines if ns >= three]
+    with pytest.raises(AssertionError, match="since must be a number"):
+        node.run("logs", {"pod": "stamp-1", "since": "yesterday"})
 
 
 def test_log_timestamps_streamed_and_kept_by_previous_and_rotation(node: Node, tmp_path: Path) -> None:

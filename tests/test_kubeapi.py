@@ -504,9 +504,33 @@ def test_nodes_and_logs_from_lab_nodes(lab: Any, tmp_path: Path) -> None:
         times = [datetime.fromisoformat(stamp) for stamp, _ in stamped]
         assert times == sorted(times) and len(set(times)) > 1 and times[-1] <= read, stamped
         assert times[0] < asked, stamped  # written seconds before it was asked for
+        # --since-time and --since select by those times (kubectl sends whole seconds); --limit-bytes cuts.
+        middle = next(stamp for stamp, _ in reversed(stamped) if datetime.fromisoformat(stamp) > times[0])
+        second = datetime.fromisoformat(middle).replace(microsecond=0)
+        later = [line.split(" ", 1) for line in c.kubectl(
+            "logs", name, f"--since-time={second.strftime('%Y-%m-%dT%H:%M:%SZ')}", "--timestamps").stdout.splitlines()]
+        assert later and all(datetime.fromisoformat(stamp) >= second for stamp, _ in later), later
+        # (a line read before the supervisor indexed it had the log's time then: later, as late or later)
+        assert {rest for stamp, rest in stamped if stamp >= middle} <= {rest for _, rest in later}, (later, middle)
+        assert not any(datetime.fromisoformat(stamp) < second for stamp, _ in later)
+        assert c.kubectl("logs", name, "--since-time=2099-01-01T00:00:00Z").stdout == ""
+        assert len(c.kubectl("logs", name, "--since=1h").stdout.splitlines()) >= 15
+        assert c.kubectl("logs", name, "--limit-bytes=5").stdout == "line "
+        refused = c.kubectl("logs", name, "--since=1s", "--since-time=2026-01-01T00:00:00Z", check=False)
+        assert refused.returncode != 0
+        code, body = c.request(f"/api/v1/namespaces/default/pods/{name}/log?sinceSeconds=0")
+        assert (code, body["reason"]) == (400, "BadRequest"), body
         cli = subprocess.run([sys.executable, "-m", "gitorch", "logs", name, "--tail", "3", "--timestamps", "--repo",
                               str(c.repo.path)], env=c.env, capture_output=True, text=True, timeout=60, check=False)
         assert cli.returncode == 0, cli.stderr
+        for since, lines in (("1h", 15), ("2099-01-01T00:00Z", 0)):  # `gitorch logs --since` alike
+            got = subprocess.run([sys.executable, "-m", "gitorch", "logs", name, "--since", since, "--repo",
+                                  str(c.repo.path)], env=c.env, capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0 and (len(got.stdout.splitlines()) >= lines if lines else got.stdout == ""), \
+                got.stderr
+        bad = subprocess.run([sys.executable, "-m", "gitorch", "logs", name, "--since", "lately", "--repo",
+                              str(c.repo.path)], env=c.env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "expected an ISO date or time" in bad.stderr and "Traceback" not in bad.stderr
         ours = [line.split(" ", 1) for line in cli.stdout.splitlines()]  # `gitorch logs --timestamps` alike
         assert len(ours) == 3 and all(len(stamp) == 30 and rest.startswith("line ") for stamp, rest in ours), ours
         when = [datetime.fromisoformat(stamp) for stamp, _ in ours]

@@ -671,18 +671,24 @@ def audit(repo_path: str | None, rev: str | None, since: str | None, object_ref:
 @click.option("-p", "--previous", is_flag=True, help="The previous container instance's log.")
 @click.option("--timestamps", is_flag=True,
               help="Start each line with the time it was written (RFC 3339, UTC; within the node's 1 s pass).")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only lines written since then: an age (30s, 5m, 1h) or an ISO time (2026-05-01T12:00Z).")
 @click.option("--repo", "repo_path", default=None, help=REPO_HELP)
 @click.option("--node", default=None, help="Ask this node (for the ingress proxy: `gitorch logs ingress --node N`).")
 def logs(pod: str, namespace: str, container: str | None, tail: int, follow: bool, previous: bool,
-         timestamps: bool, repo_path: str | None, node: str | None) -> None:
+         timestamps: bool, since: str | None, repo_path: str | None, node: str | None) -> None:
     """Print a pod's container log, from the node that runs it; `ingress --node N`: that node's
     ingress proxy (HAProxy's access log)."""
     from gitorch.cli import views
 
+    try:
+        when = views.parse_since(since).timestamp() if since else None
+    except ValueError as exc:
+        _fail(str(exc))
     repo = open_repository(repo_path)
     with _store() as store:
         views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous, node,
-                   timestamps)
+                   timestamps, when)
 
 
 @cli.command()

@@ -418,6 +418,7 @@ def logs(
     previous: bool,
     node: str | None = None,
     timestamps: bool = False,
+    since: float | None = None,
 ) -> None:
     if node is not None and pod == PROXY_POD:  # the ingress proxy: a system pod, not in the store
         namespace = SYSTEM_NAMESPACE
@@ -443,6 +444,8 @@ def logs(
             request["container"] = container
         if timestamps:
             request["timestamps"] = True
+        if since is not None:
+            request["since"] = since
         if follow:
             stream = client.follow_logs(request)
             for chunk in stream.chunks():
@@ -450,6 +453,9 @@ def logs(
                 sys.stdout.flush()
             return
         answer = client.run_once("logs", request)
+        if since is not None and not answer.get("since"):
+            raise GitorchError(f"the agent on node {node} is too old to select lines by time; its next sync "
+                               "updates it")
         sys.stdout.write(str(answer.get("log", "")))
 
 

@@ -669,6 +669,37 @@ def stamp_lines(data: bytes, start: int, entries: list[tuple[int, int]], bound_n
     return b"".join(pieces), left_out
 
 
+def since_cut(data: bytes, start: int, entries: list[tuple[int, int]], bound_ns: int, since_ns: int) -> int:
+    """Where in ``data`` (read from offset ``start`` of its log) the first line stamped at or
+    after ``since_ns`` begins (stamps as `stamp_lines` gives them: they only grow with the
+    offset); ``len(data)`` when there is none."""
+    import bisect
+
+    i = bisect.bisect_left([t for _, t in entries], since_ns)  # the first entry at or after it
+    if i == len(entries) and bound_ns < since_ns:
+        return len(data)  # even the lines no entry covers yet are older
+    boundary = entries[i - 1][0] - start if i > 0 else 0  # lines ending at or before it are older
+    if boundary <= 0:
+        return 0
+    if boundary >= len(data):
+        return len(data)
+    return data.rfind(b"\n", 0, boundary) + 1 if data[boundary - 1:boundary] != b"\n" else boundary
+
+
+def select_lines(data: bytes, start: int, tail: int, since_ns: int | None, entries: list[tuple[int, int]],
+                 bound_ns: int) -> tuple[int, bytes]:
+    """The lines of ``data`` written at or after ``since_ns`` (all when None), then the last
+    ``tail`` of them (all when < 0), with their new offset in the log."""
+    if since_ns is not None:
+        cut = since_cut(data, start, entries, bound_ns, since_ns)
+        start, data = start + cut, data[cut:]
+    if tail >= 0:
+        lines = data.splitlines(keepends=True)
+        kept = b"".join(lines[-tail:]) if tail else b""
+        start, data = start + len(data) - len(kept), kept
+    return start, data
+
+
 @contextlib.contextmanager
 def flocked(path: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -5475,6 +5506,10 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
         raise RequestError("logs: tail must be an integer")
     previous, follow = bool(request.get("previous")), bool(request.get("follow"))
     stamps = bool(request.get("timestamps"))
+    since = request.get("since")  # unix seconds: only the lines written then or later
+    if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+        raise RequestError("logs: since must be a number of seconds since the epoch")
+    since_ns = int(since * 1e9) if since is not None else None
     namespace, key = log_key(paths, pod, namespace)
     log_dir = os.path.join(paths.pod_dir(key), "logs")
     if not os.path.isdir(log_dir):
@@ -5492,15 +5527,20 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
         what = "previous terminated container" if previous else "container"
         raise AgentError(f"{what} {container} in pod {pod} has no log on this node")
     if not follow:
-        start, data, mtime = read_tail(path, tail)
+        start, data, mtime = read_tail(path, tail if since_ns is None else -1)
+        index = read_log_index(path) if stamps or since_ns is not None else []
+        if since_ns is not None:
+            start, data = select_lines(data, start, tail, since_ns, index, mtime)
         answer: Json = {"ok": True, "pod": pod, "namespace": namespace, "container": container,
                         "previous": previous}
+        if since_ns is not None:
+            answer["since"] = True
         if stamps:
-            data, left_out = stamp_lines(data, start, read_log_index(path), mtime)
+            data, left_out = stamp_lines(data, start, index, mtime)
             answer.update(timestamps=True, leftOut=left_out)
         emit({**answer, "log": data.decode(errors="replace")})
         return 0
-    follow_log(path, tail, stamps)
+    follow_log(path, tail, stamps, since_ns)
     return 0
 
 
@@ -5520,7 +5560,7 @@ def stdin_closed() -> threading.Event:
     return closed
 
 
-def follow_log(path: str, tail: int, stamps: bool = False) -> None:
+def follow_log(path: str, tail: int, stamps: bool = False, since_ns: int | None = None) -> None:
     """Stream a log as raw text until stdin closes or the log (its pod) disappears. With
     ``stamps`` each line is prefixed with its time: from the log's index for the lines already
     there, the time they were read for the lines that follow (within the 0.2 s poll)."""
@@ -5542,15 +5582,19 @@ def follow_log(path: str, tail: int, stamps: bool = False) -> None:
         out.flush()
 
     try:
-        start, data, mtime = read_tail(path, tail)
+        start, data, mtime = read_tail(path, tail if since_ns is None else -1)
+        end = start + len(data)
+        index = read_log_index(path) if stamps or since_ns is not None else []
+        if since_ns is not None:
+            start, data = select_lines(data, start, tail, since_ns, index, mtime)
         if stamps:
             cut = data.rfind(b"\n") + 1  # a partial last line waits for its end, as any other
-            out.write(stamp_lines(data[:cut], start, read_log_index(path), mtime)[0])
+            out.write(stamp_lines(data[:cut], start, index, mtime)[0])
             pending = data[cut:]
         else:
             out.write(data)
         out.flush()
-        fh.seek(start + len(data))
+        fh.seek(end)
         ino = os.fstat(fh.fileno()).st_ino
         while not closed.is_set():
             chunk = fh.read(65536)

@@ -896,6 +896,12 @@ class KubeApi:
         stamps = q.get("timestamps") == "true"
         if stamps:  # the agent stamps each line with when it was written (an older one ignores it)
             payload["timestamps"] = True
+        since = _log_since(q.get("sinceSeconds"), q.get("sinceTime"))
+        if since is not None:
+            payload["since"] = since
+        limit = _int(q.get("limitBytes"), 0)
+        if q.get("limitBytes") is not None and limit <= 0:
+            raise _BadRequest("limitBytes: a positive number of bytes")
         follow = q.get("follow") == "true"
         state = self.feed.state(self.feed.commit)
         if state is None:
@@ -905,7 +911,7 @@ class KubeApi:
                 return status(429, "TooManyRequests", "too many watches and followed logs open",
                               headers=(("Retry-After", "1"),))
             try:
-                stream = LogFollow(state, self.settings, node, payload, self._streams.release)
+                stream = LogFollow(state, self.settings, node, payload, self._streams.release, limit)
             except Exception as exc:
                 self._streams.release()
                 return status(500, "InternalError", f"gitorch: logs from node {node}: {exc}")
@@ -915,10 +921,14 @@ class KubeApi:
         except Exception as exc:
             return status(500, "InternalError", f"gitorch: logs from node {node}: {exc}")
         text = str(answer.get("log", ""))
+        if since is not None and not answer.get("since"):
+            return status(400, "BadRequest", f"gitorch: the agent on node {node} is too old to select lines by "
+                                             "time; its next sync updates it")
         if stamps and not answer.get("timestamps"):  # an agent from before line times: the time read
             when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")  # as the kubelet: 9 digits
             text = "".join(f"{when} {line}\n" for line in text.splitlines())
-        return Reply(200, text, "text/plain")
+        data = text.encode()
+        return Reply(200, data[:limit] if limit else data, "text/plain")
 
     # ---- writes ----
 
@@ -989,6 +999,24 @@ class _BadRequest(Exception):
     pass
 
 
+def _log_since(seconds: str | None, when: str | None) -> float | None:
+    """sinceSeconds or sinceTime (RFC 3339) as unix seconds; raises _BadRequest."""
+    if seconds is not None and when is not None:
+        raise _BadRequest("at most one of sinceTime or sinceSeconds may be specified")
+    if seconds is not None:
+        n = _int(seconds, 0)
+        if n <= 0:
+            raise _BadRequest("sinceSeconds: a positive number of seconds")
+        return time.time() - n
+    if when is not None:
+        try:
+            parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            raise _BadRequest(f"sinceTime {when!r}: not an RFC 3339 time") from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
 class Starting(Exception):
     """The feed has not finished its first build yet."""
 
@@ -1035,8 +1063,9 @@ class LogFollow(Iterator[bytes]):
     asks for `timestamps`), until the client goes, the deadline passes or the container's log ends."""
 
     def __init__(self, state: DesiredState, settings: KubeApiSettings, node: str, payload: dict[str, Any],
-                 done: Callable[[], None]) -> None:
+                 done: Callable[[], None], limit: int = 0) -> None:
         self._done: Callable[[], None] | None = None
+        self._left = limit or -1  # limitBytes: the bytes still to send (-1: no limit)
         self._fleet = _client(state, settings, node)
         try:
             client = self._fleet.clients[node]
@@ -1057,7 +1086,13 @@ class LogFollow(Iterator[bytes]):
                 break
             if line is None:
                 continue
-            return line + b"\n"
+            out = line + b"\n"
+            if self._left >= 0:
+                if self._left == 0:
+                    break
+                out = out[:self._left]
+                self._left -= len(out)
+            return out
         self.close()
         raise StopIteration
 

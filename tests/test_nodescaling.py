@@ -84,7 +84,7 @@ def test_a_pod_no_standby_node_would_take_triggers_nothing(pending: list[PodInfo
 
 
 def web(replicas: int, cpu: str = "800m", extra: str = "", selector: str = "", kind: str = "Deployment") -> str:
-    more = f"\n  serviceName: web" if kind == "StatefulSet" else ""
+    more = "\n  serviceName: web" if kind == "StatefulSet" else ""
     return f"""\
 apiVersion: apps/v1
 kind: {kind}

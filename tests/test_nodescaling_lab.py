@@ -44,38 +44,44 @@ def nodes_yaml(lab: Lab) -> str:
     return "".join(docs)
 
 
-def apps(replicas: int) -> str:
+def deployment(name: str, replicas: int, cpu: str) -> str:
     return f"""\
-apiVersion: v1
-kind: Namespace
-metadata: {{name: scale}}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: web, namespace: scale}}
+metadata: {{name: {name}, namespace: scale}}
 spec:
   replicas: {replicas}
-  selector: {{matchLabels: {{app: web}}}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: web}}}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       containers:
-        - name: web
+        - name: main
           command: [sleep, "100000"]
-          resources: {{requests: {{cpu: 400m, memory: 16Mi}}}}
+          resources: {{requests: {{cpu: {cpu}, memory: 16Mi}}}}
           readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+"""
+
+
+def apps(web: int, batch: int) -> str:
+    """web's 400m pods and batch's 300m ones, and a DaemonSet's 10m pod on every active node."""
+    return """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: scale}
 ---
 apiVersion: apps/v1
 kind: DaemonSet
-metadata: {{name: agent, namespace: scale}}
+metadata: {name: agent, namespace: scale}
 spec:
-  selector: {{matchLabels: {{app: agent}}}}
+  selector: {matchLabels: {app: agent}}
   template:
-    metadata: {{labels: {{app: agent}}}}
+    metadata: {labels: {app: agent}}
     spec:
       containers:
-        - {{name: agent, command: [sleep, "100000"], resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}}}
-"""
+        - {name: agent, command: [sleep, "100000"], resources: {requests: {cpu: 10m, memory: 8Mi}}}
+""" + deployment("web", web, "400m") + deployment("batch", batch, "300m")
 
 
 def scaling(store: Store, node: str) -> dict[str, Any]:
@@ -110,7 +116,7 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
     controller = Controller(open_repository(repo.path), store, state_dir)
     try:
         repo.commit("a small node and a standby one", {"cluster.yaml": CLUSTER, "nodes.yaml": nodes_yaml(lab),
-                                                        "apps.yaml": apps(2)})
+                                                        "apps.yaml": apps(2, 0)})
         converge(controller)
         # Two 400m pods fit on lab-1: lab-2 stays on standby, running nothing, not even the DaemonSet's pod.
         assert {p.node for p in store.pods(namespace="scale")} == {"lab-1"}
@@ -118,14 +124,15 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
         shown = get_nodes(state_dir)
         assert shown["lab-2"]["status"] == "Ready,Standby" and shown["lab-1"]["status"] == "Ready"
 
-        # A third pod fits on no active node: lab-2 is activated and runs it, and then its DaemonSet pod.
-        repo.commit("scale web to 3", {"apps.yaml": apps(3)})
+        # batch's pod fits on no active node (lab-1: 810m of 1000m asked): lab-2 is activated and runs
+        # it, then its DaemonSet pod.
+        repo.commit("scale batch to 1", {"apps.yaml": apps(2, 1)})
         converge(controller)
-        wait_until("web's third pod Running on lab-2", lambda: passing(controller, store, "lab-2", "web"),
+        wait_until("batch's pod Running on lab-2", lambda: passing(controller, store, "lab-2", "batch"),
                    timeout=60, interval=0.3,
                    accept=lambda ps: len(ps) == 1 and ps[0].phase == "Running" and ps[0].ready)
         state = scaling(store, "lab-2")
-        assert state["state"] == "Active" and state["reason"].startswith("scaled up for pod scale/web-")
+        assert state["state"] == "Active" and state["reason"].startswith("scaled up for pod scale/batch-")
         assert any(e.reason == "TriggeredScaleUp" and e.kind == "Node" and e.name == "lab-2" for e in store.events())
         wait_until("the DaemonSet's pod on lab-2", lambda: passing(controller, store, "lab-2", "agent"),
                    timeout=60, interval=0.3, accept=lambda ps: len(ps) == 1 and ps[0].phase == "Running")
@@ -137,9 +144,9 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
         controller.reconcile()
         assert scaling(store, "lab-2") == state
 
-        # Scaled back down in Git: what is left fits on lab-1, lab-2 is unneeded for 3 s, drains, and
-        # goes back to standby; the web pod that was there (if any) is Running on lab-1.
-        last = repo.commit("scale web to 1", {"apps.yaml": apps(1)})
+        # web scaled down in Git: batch's pod fits on lab-1 now, lab-2 (31% asked) is unneeded for 3 s,
+        # drains (batch's pod evicted, replaced on lab-1) and goes back to standby.
+        last = repo.commit("scale web to 1", {"apps.yaml": apps(1, 1)})
         def after_a_pass() -> dict[str, Any]:
             controller.reconcile()
             return scaling(store, "lab-2")
@@ -151,10 +158,11 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
         wait_until("lab-2 running nothing", lambda: passing(controller, store, "lab-2", "agent"),
                    timeout=60, interval=0.3, accept=lambda ps: not ps)
         assert not [p for p in store.pods(namespace="scale") if p.node == "lab-2"]
-        web = [p for p in store.pods(namespace="scale") if p.owner_name == "web"]
-        assert len(web) == 1 and web[0].node == "lab-1" and web[0].ready
-        reasons = [e.reason for e in store.events() if e.kind == "Node" and e.name == "lab-2"]
-        assert "ScaleDown" in reasons, reasons
+        running = sorted((p.owner_name, p.node, p.ready) for p in store.pods(namespace="scale"))
+        assert running == [("agent", "lab-1", True), ("batch", "lab-1", True), ("web", "lab-1", True)]
+        said = [e.message for e in store.events() if e.kind == "Node" and e.name == "lab-2" and e.reason == "ScaleDown"]
+        assert any("toBeDeleted" in m for m in said) and any("back to standby" in m for m in said), said
+        assert any(e.reason == "Evicted" and e.name == "batch" for e in store.events())
         assert get_nodes(state_dir)["lab-2"]["status"] == "Ready,Standby"
         # Git is never rewritten: the branch is still this test's last commit.
         assert subprocess.run(["git", "-C", str(repo.path), "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -333,3 +333,48 @@ def test_the_kept_state_reads_back_and_refuses_garbage() -> None:
     assert NodeScaling.from_json(rec.to_json()) == rec
     assert NodeScaling.from_json({"state": "Sleeping"}) is None
     assert NodeScaling.from_json("Active") is None
+
+
+# --- how the state shows: get nodes, the Kubernetes API ------------------------------------
+
+
+def rows(state: str | None, **spec: object) -> tuple[object, object]:
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(name="s1", facts={}, labels={}, capacity={}, allocatable={}, address="10.0.0.2",
+                             conditions=[], ready=True, last_heartbeat=None, pod_cidr=None, taints=[],
+                             agent_version="1")
+    body: dict[str, object] = {"manifest": {"spec": spec}}
+    if state is not None:
+        body["scaling"] = {"state": state, "since": 1000.0, "reason": "scaled up for pod shop/web-1",
+                           **({"unneededSince": 1500.0} if state == ACTIVE else {})}
+    return record, SimpleNamespace(kind="Node", name="s1", body=body)
+
+
+@pytest.mark.parametrize(
+    ("state", "spec", "status", "taints"),
+    [
+        pytest.param(STANDBY, {}, "Ready,Standby", ["node.kubernetes.io/unschedulable"], id="standby"),
+        pytest.param(SCALING_DOWN, {}, "Ready,SchedulingDisabled",
+                     ["node.kubernetes.io/unschedulable", "ToBeDeletedByClusterAutoscaler"], id="scaling-down"),
+        pytest.param(ACTIVE, {}, "Ready", ["DeletionCandidateOfClusterAutoscaler"], id="active-unneeded"),
+        pytest.param(None, {"drain": True}, "Ready,SchedulingDisabled", ["node.kubernetes.io/unschedulable"],
+                     id="drained-in-git"),
+        pytest.param(None, {}, "Ready", [], id="plain"),
+    ],
+)
+def test_nodes_show_the_autoscaler_in_get_nodes_and_the_kubernetes_api(
+        state: str | None, spec: dict[str, object], status: str, taints: list[str]) -> None:
+    from gitorch.server import kubeobjects
+    from gitorch.store import summaries
+
+    record, row = rows(state, **spec)
+    assert summaries.node_status(record, row) == status  # type: ignore[arg-type]
+    obj = kubeobjects.node(record, kubeobjects.Sources(), row)
+    assert [t["key"] for t in obj["spec"].get("taints", [])] == taints
+    assert obj["spec"].get("unschedulable", False) is ("SchedulingDisabled" in status or "Standby" in status)
+    res = next(r for r in kubeobjects.RESOURCES if r.kind == "Node" and r.group == "")
+    assert kubeobjects.table_cells(res, obj, None)[1] == status
+    if state == ACTIVE:
+        assert summaries.node_autoscaling_text(row).startswith(  # type: ignore[arg-type]
+            "Active (scaled up for pod shop/web-1), unneeded for ")

@@ -135,7 +135,8 @@ def holdings_from_store(store: Store) -> Holdings:
 
 def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
     """A fingerprint of what the plan depends on: pods (node, revision, phase), nodes, the
-    allocations held (a plan's new addresses follow from them) and autoscalers' counts."""
+    allocations held (a plan's new addresses follow from them), autoscalers' counts and standby
+    nodes' states."""
     held = holdings or Holdings()
     data = {
         "pods": sorted((p.namespace, p.name, p.node or "", p.revision, p.phase) for p in observed.pods),
@@ -146,6 +147,8 @@ def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
     }
     if observed.autoscalers:  # the counts autoscalers set are part of what a plan starts from
         data["scales"] = sorted((str(k), str(v.get("desiredReplicas"))) for k, v in observed.autoscalers.items())
+    if observed.node_scaling:  # which standby nodes are in use is too
+        data["standby"] = sorted((k, str(v.get("state"))) for k, v in observed.node_scaling.items())
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 

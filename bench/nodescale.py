@@ -16,6 +16,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,7 @@ def main() -> None:
         controller.close()
         store.close()
         labmod.down(work / "lab")
+        shutil.rmtree(work, ignore_errors=True)
     woken, ready = statistics.median(times[True]), statistics.median(times[False])
     print(f"median over {args.rounds} rounds: activated standby node {woken:.3f} s "
           f"(min {min(times[True]):.3f}, max {max(times[True]):.3f}); already active node {ready:.3f} s "

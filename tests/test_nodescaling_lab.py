@@ -164,6 +164,11 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
         assert any("toBeDeleted" in m for m in said) and any("back to standby" in m for m in said), said
         assert any(e.reason == "Evicted" and e.name == "batch" for e in store.events())
         assert get_nodes(state_dir)["lab-2"]["status"] == "Ready,Standby"
+        described = subprocess.run([sys.executable, "-m", "gitorch", "describe", "node/lab-2"], capture_output=True,
+                                   text=True, check=False, timeout=60,
+                                   env={**os.environ, "GITORCH_STATE_DIR": str(state_dir)})
+        assert "Autoscaling: Standby (scaled down: drained)" in described.stdout, described.stdout + described.stderr
+        assert "ScaleDown" in described.stdout and "TriggeredScaleUp" in described.stdout
         # Git is never rewritten: the branch is still this test's last commit.
         assert subprocess.run(["git", "-C", str(repo.path), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip() == last

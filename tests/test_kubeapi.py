@@ -352,6 +352,93 @@ def test_feed_orders_changes_resumes_and_expires(tmp_path: Path) -> None:
         assert len(feed.ring) == 4 and feed.since(feed.floor) == []  # the floor: the batch partly dropped
 
 
+def _deployment(name: str) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "main", "image": "busybox"}]}}}}
+
+
+def test_a_build_after_pod_changes_is_the_full_build(tmp_path: Path) -> None:
+    """After each random pod change the feed rebuilds only what the pod feeds into (its owner, the
+    Services selecting it, a CronJob's run): what it serves must equal a build of everything."""
+    import random
+
+    rng = random.Random(7)
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        for name in ("web", "api"):
+            store.upsert_object_status("Deployment", "shop", name, body={
+                "manifest": _deployment(name), "rollout": {"revision": "r1"}}, health="Healthy", sync="Synced")
+            store.upsert_object_status("Service", "shop", name, body={"manifest": {
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}}, health="Healthy", sync="Synced")
+        store.upsert_object_status("CronJob", "shop", "tick", body={"manifest": {
+            "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick", "namespace": "shop"},
+            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                "containers": [{"name": "t", "image": "busybox"}], "restartPolicy": "Never"}}}}}}})
+        owners = [("Deployment", "web"), ("Deployment", "api"), ("Job", "tick-29000000"), ("Job", "tick-29000001"),
+                  ("Pod", "")]
+        feed = kubeapi.Feed(store, None, KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t"))
+        feed.refresh(force=True)
+        names = [f"pod-{i}" for i in range(12)]
+        for step in range(60):
+            name = rng.choice(names)
+            if rng.random() < 0.2:
+                store.delete_pods("shop", [name])
+            else:
+                kind, owner = rng.choice(owners)
+                store.upsert_pods([PodRecord(
+                    namespace="shop", name=name, owner_kind=kind, owner_name=owner or name, template_hash="r1",
+                    phase=rng.choice(["Pending", "Running", "Succeeded"]), ready=rng.random() < 0.5,
+                    node="n1", ip=f"10.244.0.{names.index(name) + 2}")])
+            feed.refresh()
+            full = kubeapi.Feed(store, None, KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t"))
+            full.refresh(force=True)
+            for resource, objects in full.objects.items():
+                got = {k: {**o, "metadata": {**o["metadata"], "resourceVersion": None}}
+                       for k, o in feed.objects[resource].items()}
+                want = {k: {**o, "metadata": {**o["metadata"], "resourceVersion": None}} for k, o in objects.items()}
+                assert got == want, (step, resource.plural)
+        jobs = next(r for r in kubeobjects.RESOURCES if r.plural == "jobs")
+        assert feed.objects[jobs], "no CronJob run was ever built: the test exercised nothing"
+
+
+def test_instances_give_a_change_the_same_resource_version(tmp_path: Path) -> None:
+    """Behind a load balancer a client lists on one instance and watches on another: the version
+    is the store's, not the instance's."""
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        store.upsert_pods(_pods(3))
+        feeds = [kubeapi.Feed(store, None, KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t"))
+                 for _ in range(2)]
+        feeds[0].refresh(force=True)
+        store.upsert_pods(_pods(1, "Running"))
+        feeds[0].refresh()
+        feeds[1].refresh(force=True)  # started later: sees both writes at once
+        assert feeds[0].rv == feeds[1].rv
+        store.upsert_pods(_pods(2, "Running"))
+        assert all(f.refresh() for f in feeds)
+        assert feeds[0].rv == feeds[1].rv
+        assert [c.obj["metadata"]["name"] for c in feeds[0].since(feeds[1].rv - 1)] == ["p-1"]
+
+
+def test_a_write_in_this_process_wakes_the_feed(tmp_path: Path) -> None:
+    """The leader's own writes reach watches without waiting for a poll (here an hour away)."""
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        store.upsert_pods(_pods(2))
+        settings = KubeApiSettings(tls_dir=tmp_path, token_file=tmp_path / "t", poll=3600)
+        feed = kubeapi.Feed(store, None, settings).start()
+        assert feed.ready.wait(60)
+        try:
+            start = feed.rv
+            store.upsert_pods(_pods(1, "Running"))
+            changes = wait_until("the feed to see the write", lambda: feed.since(start), timeout=60)
+            assert [(c.type, c.obj["metadata"]["name"]) for c in changes] == [("MODIFIED", "p-0")]
+        finally:
+            feed.stop()
+        assert feed._wake.set not in store.written
+
+
 @pytest.mark.parametrize("text, labels, expected", [
     ("app=web", {"app": "web"}, True),
     ("app==web,tier!=db", {"app": "web", "tier": "db"}, False),
@@ -428,6 +515,46 @@ def test_nodes_and_logs_from_lab_nodes(lab: Any, tmp_path: Path) -> None:
 
 
 # ---- an API server in this process, on a store filled directly ------------------------------------
+
+
+def test_requests_wait_for_the_first_build_then_get_a_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first build runs in the feed's thread (serve is not held up by it); a request waits for
+    it, and past `first_build_wait` gets a Status it can retry on."""
+    token = "t" * 32
+    (tmp_path / "tokens").write_text(f"{token},me\n")
+    release = threading.Event()
+    real = kubeapi.Feed.refresh
+
+    def slow(self: kubeapi.Feed, *, force: bool = False) -> bool:
+        release.wait(60)
+        return real(self, force=force)
+
+    monkeypatch.setattr(kubeapi.Feed, "refresh", slow)
+    with Store.open(f"sqlite:///{tmp_path / 'db'}") as store:
+        store.upsert_pods(_pods(2))
+        settings = KubeApiSettings(tls_dir=tmp_path / "tls", token_file=tmp_path / "tokens", first_build_wait=0.5)
+        server = KubeApiServer(store, None, "127.0.0.1", 0, settings).start()  # returns while the build waits
+        try:
+            context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
+            host, port = server.http.address
+
+            def ask() -> tuple[int, dict[str, Any], str | None]:
+                conn = http.client.HTTPSConnection(host, port, context=context, timeout=20)
+                conn.request("GET", "/api/v1/pods", headers={"Authorization": f"Bearer {token}"})
+                resp = conn.getresponse()
+                body = json.loads(resp.read())
+                conn.close()
+                return resp.status, body, resp.getheader("Retry-After")
+
+            code, body, retry = ask()
+            assert (code, body["reason"], retry) == (503, "ServiceUnavailable", "5"), body
+            release.set()
+            assert server.feed.ready.wait(60)
+            code, body, _ = ask()
+            assert code == 200 and len(body["items"]) == 2
+        finally:
+            release.set()
+            server.close()
 
 
 def test_bounds_tokens_and_certificates(tmp_path: Path) -> None:

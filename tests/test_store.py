@@ -34,7 +34,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SHA_A = "a" * 40
 SHA_B = "b" * 40
 SHA_C = "c" * 40
-HEAD = "0005"  # the newest migration in gitorch/migrations/versions
+HEAD = "0006"  # the newest migration in gitorch/migrations/versions
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -578,7 +578,8 @@ def status(output: str) -> None:
 @cli.command()
 @click.argument("what", type=click.Choice(["pods", "nodes", "deployments", "replicasets", "statefulsets",
                                            "daemonsets", "services", "ingresses", "jobs", "cronjobs",
-                                           "serviceaccounts", "revisions", "hpa", "horizontalpodautoscalers"]))
+                                           "serviceaccounts", "revisions", "hpa", "horizontalpodautoscalers",
+                                           "vpa", "verticalpodautoscalers"]))
 @click.option("-n", "--namespace", default=None, help="Only this namespace.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def get(what: str, namespace: str | None, output: str) -> None:
@@ -587,6 +588,28 @@ def get(what: str, namespace: str | None, output: str) -> None:
 
     with _store() as store:
         views.get(store, what, namespace, output)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--repo", "repo_path", default=None, help=REPO_HELP)
+@click.option("--rev", default=None, help="Revision whose files the patch applies to. Default: HEAD.")
+@click.option("-n", "--namespace", default=None, help="Only this namespace.")
+@click.option("--format", "fmt", type=click.Choice(["patch", "markdown"]), default="patch", show_default=True,
+              help="A unified diff for `git apply`, or markdown for a pull-request comment.")
+def recommend(names: tuple[str, ...], repo_path: str | None, rev: str | None, namespace: str | None,
+              fmt: str) -> None:
+    """The VerticalPodAutoscalers' recommendations (NAME...: only those) as a ready-to-commit
+    patch of their workloads' requests: resizing goes through review like any other change."""
+    from gitorch.cli import views
+
+    repo = open_repository(repo_path)
+    with batch_gc():
+        state = desired.load(repo, rev, _keyring())
+    if not state.ok:
+        _fail(f"revision {state.revision.short} is not valid (`gitorch validate`): no patch is made against it")
+    with _store() as store:
+        sys.exit(views.recommend(store, repo, state, names, namespace, fmt))
 
 
 @cli.command()

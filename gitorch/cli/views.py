@@ -29,6 +29,8 @@ KIND_OF = {
     "cronjobs": "CronJob",
     "hpa": "HorizontalPodAutoscaler",
     "horizontalpodautoscalers": "HorizontalPodAutoscaler",
+    "vpa": "VerticalPodAutoscaler",
+    "verticalpodautoscalers": "VerticalPodAutoscaler",
 }
 
 
@@ -147,6 +149,11 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
                     item["announcedBy"] = lb.node
                 shown = lb.ip if lb is not None else ("<pending>" if item["type"] == "LoadBalancer" else "<none>")
                 rows.append([o.namespace, o.name, item["type"], ip or spec.get("externalName", ""), shown, ports])
+            elif kind == "VerticalPodAutoscaler":
+                vpa = _vpa_view(o.body or {})
+                item.update(vpa)
+                rows.append([o.namespace, o.name, vpa["mode"], vpa["cpu"], vpa["memory"], vpa["provided"],
+                             _age(o.updated_at)])
             elif kind == "HorizontalPodAutoscaler":
                 hpa = _hpa_view(o.body or {})
                 item.update(hpa)
@@ -171,6 +178,8 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
             if kind == "Service"
             else ["NAMESPACE", "NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "UPDATED"]
             if kind == "HorizontalPodAutoscaler"
+            else ["NAMESPACE", "NAME", "MODE", "CPU", "MEM", "PROVIDED", "UPDATED"]
+            if kind == "VerticalPodAutoscaler"
             else ["NAMESPACE", "NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS"]
             if kind == "Ingress"
             else ["NAMESPACE", "NAME", "HEALTH", "STATUS", "UPDATED"]
@@ -222,9 +231,11 @@ def describe(store: Store, ref: str, namespace: str) -> None:
             "Cluster",
             "PersistentVolumeClaim",
             "HorizontalPodAutoscaler",
+            "VerticalPodAutoscaler",
         )
     }
     kinds["hpa"] = "HorizontalPodAutoscaler"
+    kinds["vpa"] = "VerticalPodAutoscaler"
     kinds.update({k + "s": v for k, v in list(kinds.items())})
     kind = kinds.get(kind_text)
     if kind is None:
@@ -241,6 +252,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
         _describe_load_balancer(store, ns, name)
     if kind == "HorizontalPodAutoscaler":
         _describe_hpa(obj.body or {})
+    if kind == "VerticalPodAutoscaler":
+        _describe_vpa(obj.body or {})
     if kind == "Ingress":
         _describe_ingress(obj.body or {})
     if kind == "Node" and summaries.node_scaling(obj) is not None:
@@ -314,6 +327,41 @@ def _describe_hpa(body: dict[str, Any]) -> None:
     if hpa.get("lastScaleTime"):
         when = datetime.fromtimestamp(float(hpa["lastScaleTime"]), tz=UTC)
         console.write(f"Last scale:  {_age(when)} ago")
+
+
+def _vpa_view(body: dict[str, Any]) -> dict[str, Any]:
+    """A VerticalPodAutoscaler's row, as `kubectl get vpa` shows it (one container's target: the
+    first; all of them with -o json)."""
+    spec = (body.get("manifest") or {}).get("spec") or {}
+    kept = body.get("recommendation") or {}
+    containers = (kept.get("recommendation") or {}).get("containerRecommendations") or []
+    first = (containers[0].get("target") or {}) if containers else {}
+    provided = next((c.get("status") for c in kept.get("conditions") or []
+                     if c.get("type") == "RecommendationProvided"), "False")
+    ref = spec.get("targetRef") or {}
+    return {"mode": (spec.get("updatePolicy") or {}).get("updateMode", ""),
+            "reference": f"{ref.get('kind')}/{ref.get('name')}", "cpu": first.get("cpu", ""),
+            "memory": first.get("memory", ""), "provided": provided, "containerRecommendations": containers,
+            "conditions": kept.get("conditions") or [], "history": kept.get("history") or {}}
+
+
+def _describe_vpa(body: dict[str, Any]) -> None:
+    """kubectl describe vpa's status part: each container's target, bounds and uncapped target."""
+    vpa = _vpa_view(body)
+    console.write(f"Target:       {vpa['reference']}\nUpdate mode:  {vpa['mode']}")
+    if not vpa["containerRecommendations"]:
+        console.write("Recommendation:  none yet")
+    else:
+        console.write("Recommendation:")
+    for c in vpa["containerRecommendations"]:
+        console.write(f"  Container Name:  {c.get('containerName')}")
+        for label, field in (("Target", "target"), ("Lower Bound", "lowerBound"), ("Upper Bound", "upperBound"),
+                             ("Uncapped Target", "uncappedTarget")):
+            values = ", ".join(f"{k} {v}" for k, v in sorted((c.get(field) or {}).items()))
+            console.write(f"    {label + ':':<17}{values}")
+        h = vpa["history"].get(c.get("containerName")) or {}
+        if h:
+            console.write(f"    {'History:':<17}{h.get('samples')} samples, confidence {h.get('confidence')}")
 
 
 def _describe_load_balancer(store: Store, namespace: str, name: str) -> None:
@@ -471,3 +519,117 @@ def audit(entries: list[Any], output: str) -> None:
         return
     console.table(["TIME", "COMMIT", "SIGNER", "SIGNATURE", "CHANGE", "OBJECT", "SUMMARY", "CONTROLLER"],
                   rows(entries))
+
+
+def recommend(store: Store, repo: Any, state: Any, names: tuple[str, ...], namespace: str | None, fmt: str) -> int:
+    """`gitorch recommend`: the VerticalPodAutoscalers' targets as a patch of the workloads'
+    requests in their Git files at the loaded revision (a round-trip YAML edit, so `git apply`
+    takes it), or as markdown for a pull-request comment. Returns the exit code."""
+    import difflib
+
+    from gitorch.model.objects import ObjectKey
+    from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
+    from gitorch.reconcile import recommending
+    from gitorch.source.manifests import edit_requests
+
+    rows = [r for r in store.objects(kind="VerticalPodAutoscaler", namespace=namespace)
+            if not names or r.name in names]
+    missing = sorted(set(names) - {r.name for r in rows})
+    if missing:
+        raise GitorchError(f"no VerticalPodAutoscaler {', '.join(missing)} in the store"
+                           f"{' in namespace ' + namespace if namespace else ''} (applied yet?)")
+    if not rows:
+        raise GitorchError("no VerticalPodAutoscaler in the store: add one with updateMode \"Off\" and apply it")
+
+    def amount(resource: str, raw: Any) -> int:
+        return cpu_millis(raw) if resource == "cpu" else to_bytes(raw)
+
+    def text(resource: str, value: int) -> str:
+        return recommending.cpu_text(value) if resource == "cpu" else recommending.memory_text(value)
+
+    edits: dict[str, list[tuple[int, dict[str, dict[str, str]], dict[str, dict[str, str]]]]] = {}
+    tables: list[str] = []
+    provided = 0
+    for r in sorted(rows, key=lambda r: (r.namespace, r.name)):
+        view = _vpa_view(r.body or {})
+        vpa = state.objects.get(ObjectKey("VerticalPodAutoscaler", r.namespace, r.name))
+        if not view["containerRecommendations"] or vpa is None:
+            why = next((c.get("message") for c in view["conditions"] if c.get("type") == "RecommendationProvided"),
+                       "" if vpa is not None else f"not in revision {state.revision.short}")
+            console.warn(f"VerticalPodAutoscaler {r.namespace}/{r.name}: no recommendation yet"
+                         f"{': ' + why if why else ''} (serve computes one once its pods' usage is sampled)")
+            continue
+        provided += 1
+        target = recommending.target_of(state, vpa)
+        if target is None:
+            console.warn(f"VerticalPodAutoscaler {r.namespace}/{r.name}: its target {view['reference']} is not in "
+                         f"revision {state.revision.short}")
+            continue
+        workload = state.objects[ObjectKey(target.kind, r.namespace, target.name)]
+        found = recommending.policies(vpa.spec)
+        template = ((workload.spec.get("template") or {}).get("spec") or {}).get("containers") or []
+        current = {c.get("name"): c.get("resources") or {} for c in template if isinstance(c, dict)}
+        requests: dict[str, dict[str, str]] = {}
+        limits: dict[str, dict[str, str]] = {}
+        lines = [f"**VerticalPodAutoscaler {r.namespace}/{r.name}** → {target.kind} {target.name} "
+                 f"(`{workload.path}`)", "", "| container | resource | request now | target | lower bound | "
+                 "upper bound |", "| --- | --- | --- | --- | --- | --- |"]
+        for c in view["containerRecommendations"]:
+            name = str(c.get("containerName"))
+            res = current.get(name)
+            if res is None:
+                continue
+            policy = recommending.policy_for(found, name)
+            for resource, wanted in sorted((c.get("target") or {}).items()):
+                now_raw = (res.get("requests") or {}).get(resource, (res.get("limits") or {}).get(resource))
+                try:
+                    new = amount(resource, wanted)
+                    old = amount(resource, now_raw) if now_raw is not None else None
+                    limit_raw = (res.get("limits") or {}).get(resource)
+                    limit = amount(resource, limit_raw) if limit_raw is not None else None
+                except QuantityError:
+                    continue
+                lines.append(f"| {name} | {resource} | {now_raw if now_raw is not None else '—'} | {wanted} | "
+                             f"{(c.get('lowerBound') or {}).get(resource, '')} | "
+                             f"{(c.get('upperBound') or {}).get(resource, '')} |")
+                if limit is not None and policy.controlled_values == "RequestsOnly" and new > limit:
+                    new, wanted = limit, text(resource, limit)  # a request above its limit is invalid
+                    console.warn(f"{r.namespace}/{r.name}: {name}'s {resource} target {c['target'][resource]} is "
+                                 f"above its limit {limit_raw} (RequestsOnly): the request is the limit; raise "
+                                 "the limit in the same commit to give it more")
+                if old == new:
+                    continue
+                requests.setdefault(name, {})[resource] = wanted
+                if limit is not None and policy.controlled_values == "RequestsAndLimits":
+                    # VPA keeps the limit's proportion to the request.
+                    scaled = -(-limit * new // old) if old else new
+                    limits.setdefault(name, {})[resource] = text(resource, scaled)
+        tables.append("\n".join(lines))
+        if requests:
+            edits.setdefault(workload.path, []).append((workload.document.index, requests, limits))
+    patches: list[str] = []
+    if edits:
+        files = {f.path: f for f in repo.snapshot(state.revision.oid).files}
+        for path, changes in sorted(edits.items()):
+            before = files[path].data.decode()
+            after = before
+            for index, requests, limits in changes:
+                try:
+                    after = edit_requests(after, index, requests, limits)
+                except ValueError as exc:
+                    raise GitorchError(f"{path}: {exc}") from exc
+            patches.append("".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+                                                        f"a/{path}", f"b/{path}")))
+    patch = "".join(patches)
+    if fmt == "markdown":
+        body = "\n\n".join(tables) if tables else "No recommendation yet."
+        if patch:
+            body += f"\n\nTo apply (`git apply`):\n\n```diff\n{patch}```"
+        elif tables:
+            body += "\n\nThe requests in Git already match the recommendations."
+        console.write(body)
+    elif patch:
+        sys.stdout.write(patch)
+    elif provided:
+        console.warn("the requests in Git already match the recommendations: nothing to change")
+    return 0 if provided else 1

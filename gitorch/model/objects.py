@@ -58,6 +58,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Job", "batch/v1", True, "job.json", workload=True, order=31),
         KindInfo("CronJob", "batch/v1", True, "cronjob.json", workload=True, order=32),
         KindInfo("HorizontalPodAutoscaler", "autoscaling/v2", True, "horizontalpodautoscaler.json", order=35),
+        KindInfo("VerticalPodAutoscaler", "autoscaling.k8s.io/v1", True, "verticalpodautoscaler.json", order=36),
     )
 }
 

@@ -25,6 +25,7 @@ from gitorch.model.diagnostics import Diagnostic, errors
 from gitorch.model.errors import GitorchError
 from gitorch.model.objects import KINDS, DesiredState, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
+from gitorch.model.recommendations import RecommenderSettings
 from gitorch.model.revisions import Revision
 from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
@@ -32,6 +33,7 @@ from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import allocations, autoscaling, ingress, networking, nodescaling, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
+from gitorch.reconcile.recommending import Recommender
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
 from gitorch.source import desired as desired_mod
 from gitorch.source import signatures, sops
@@ -77,6 +79,11 @@ class ControllerSettings:
     """Seconds of resource samples kept in memory per pod (`top`, autoscalers)."""
     autoscaler_sync: float = 15.0
     """Seconds between two syncs of a HorizontalPodAutoscaler (Kubernetes' default: 15)."""
+    checkpoint_interval: float = 60.0
+    """Seconds between two writes of the VerticalPodAutoscalers' histories to the store (VPA
+    writes its checkpoints once per recommender loop: 1 min)."""
+    recommender: RecommenderSettings = field(default_factory=RecommenderSettings)
+    """The VerticalPodAutoscaler recommender's parameters (VPA's defaults)."""
     trust_keys: tuple[str, ...] = ()
     """Keys trusted to sign the first revision under the Cluster's git.verifyCommits (`--trust-key`,
     see signatures.trust_keys); later ones are checked against the last applied revision's bindings."""
@@ -86,7 +93,9 @@ class ControllerSettings:
         """Defaults, overridden by `GITORCH_NODE_TIMEOUT` (seconds), `GITORCH_CLUSTER_DNS`
         (ADDR[:PORT] of the cluster DNS for pods), `GITORCH_EVENT_TTL` (seconds),
         `GITORCH_MAX_EVENTS`, `GITORCH_REVISION_HISTORY`, `GITORCH_DRIFT_HISTORY`,
-        `GITORCH_METRICS_INTERVAL`, `GITORCH_METRICS_WINDOW` and `GITORCH_HPA_SYNC_PERIOD` (seconds)."""
+        `GITORCH_METRICS_INTERVAL`, `GITORCH_METRICS_WINDOW`, `GITORCH_HPA_SYNC_PERIOD`,
+        `GITORCH_VPA_CHECKPOINT_INTERVAL` (seconds), and the recommender's `GITORCH_VPA_MARGIN`
+        (fraction), `GITORCH_VPA_MIN_CPU` (millicores per pod) and `GITORCH_VPA_MIN_MEMORY` (MiB per pod)."""
         env = os.environ
         out = cls(cluster_dns=env.get("GITORCH_CLUSTER_DNS") or None)
         numbers = {"node_timeout": ("GITORCH_NODE_TIMEOUT", float), "event_ttl": ("GITORCH_EVENT_TTL", float),
@@ -94,14 +103,27 @@ class ControllerSettings:
                    "drift_history": ("GITORCH_DRIFT_HISTORY", int), "resync": ("GITORCH_RESYNC", float),
                    "metrics_interval": ("GITORCH_METRICS_INTERVAL", float),
                    "metrics_window": ("GITORCH_METRICS_WINDOW", float),
-                   "autoscaler_sync": ("GITORCH_HPA_SYNC_PERIOD", float)}
+                   "autoscaler_sync": ("GITORCH_HPA_SYNC_PERIOD", float),
+                   "checkpoint_interval": ("GITORCH_VPA_CHECKPOINT_INTERVAL", float)}
         for name, (var, kind) in numbers.items():
             if env.get(var):
                 try:
                     out = dataclasses.replace(out, **{name: kind(env[var])})
                 except ValueError as exc:
                     raise GitorchError(f"{var}={env[var]!r}: expected a number") from exc
-        return out
+        recommender = out.recommender
+        for name, var, scale in (("margin", "GITORCH_VPA_MARGIN", 1.0),
+                                 ("pod_min_cpu_millis", "GITORCH_VPA_MIN_CPU", 1.0),
+                                 ("pod_min_memory_bytes", "GITORCH_VPA_MIN_MEMORY", float(2**20))):
+            if env.get(var):
+                try:
+                    value = float(env[var]) * scale
+                except ValueError as exc:
+                    raise GitorchError(f"{var}={env[var]!r}: expected a number") from exc
+                if value < 0:
+                    raise GitorchError(f"{var}={env[var]!r}: expected a number of at least 0")
+                recommender = dataclasses.replace(recommender, **{name: value})  # type: ignore[arg-type]
+        return dataclasses.replace(out, recommender=recommender)
 
 
 @dataclass
@@ -242,6 +264,10 @@ class Controller:
         self._policies: tuple[Any, ...] | None = None  # (state, pods' addresses, per-node policy entries)
         self.usage = UsageWindow(max_age=self.settings.metrics_window)
         """The agents' resource samples (see model/usage.py for its retention)."""
+        self.recommender = Recommender(self.settings.recommender, self.settings.checkpoint_interval)
+        """The VerticalPodAutoscalers' usage histories (see reconcile/recommending.py for their retention)."""
+        self._checkpoints_stored = False
+        self._recommender_term: tuple[Any, ...] | None = None  # the leadership term it was restored in
 
     def close(self) -> None:
         if self._fleet is not None:
@@ -379,6 +405,10 @@ class Controller:
         self._cache_term = None  # until this pass's writes are committed
         observed, reports, nodes = self.observe(state, fleet, now)
         result.node_errors.update({n.name: n.error for n in nodes if n.error})
+        if term != self._recommender_term:  # another leader may have fed and checkpointed meanwhile
+            self.recommender = Recommender(self.settings.recommender, self.settings.checkpoint_interval)
+            self._recommender_term = term
+        observed = self._recommend(state, observed, now)
         held = (
             {(c.namespace, c.service): c.ip for c in self.store.cluster_ips()},
             {(n.namespace, n.service, n.port_name): n.port for n in self.store.node_ports()},
@@ -415,12 +445,31 @@ class Controller:
                 self.store.record_event(**event)
             self.save(state, the_plan, observed, now, valid, attempted=head.revision.oid)
             self._retain(state, now)
+            if self.recommender.checkpoint_due(now) and (self.recommender.aggregates or self._checkpoints_stored):
+                kept = self.recommender.checkpoints()
+                self.store.save_checkpoints(kept, now=_dt(now))
+                self.recommender.saved_at = now
+                self._checkpoints_stored = bool(kept)
         if term is not None:
             self._remember(execution)
             self._cache_term = term
         if self._reclaims:
             self._reclaim(fleet, now)
         return result
+
+    def _recommend(self, state: DesiredState, observed: Observed, now: float) -> Observed:
+        """The VerticalPodAutoscalers' histories take in the samples not yet counted (restored from
+        the store's checkpoints on the first pass), and their statuses go into the plan."""
+        if not self.recommender.restored:
+            rows = self.store.checkpoints()
+            self._checkpoints_stored = bool(rows)
+            if self.recommender.restore(rows):
+                log.info("recommender: %d container histories restored", len(self.recommender.aggregates))
+        if not state.of_kind("VerticalPodAutoscaler") and not self.recommender.aggregates:
+            return observed
+        self.recommender.feed(state, observed.pods, self.usage.history, now)
+        return dataclasses.replace(observed, recommendations=self.recommender.statuses(state, observed.pods),
+                                   recommender_sync=self.settings.checkpoint_interval)
 
     def _reclaim(self, fleet: Fleet, now: float) -> None:
         """Ask nodes to remove the directories of claims gone from Git with reclaimPolicy Delete.
@@ -1050,6 +1099,8 @@ class Controller:
                 body["autoscaling"] = dict(status.autoscaling)
             if status is not None and status.scaling is not None:
                 body["scaling"] = dict(status.scaling)
+            if status is not None and status.recommendation is not None:
+                body["recommendation"] = dict(status.recommendation)
             health = status.health if status else "Healthy"
             conditions = _conditions(health, status)
             fields: dict[str, Any] = dict(

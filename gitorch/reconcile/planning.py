@@ -105,6 +105,10 @@ class Observed:
     """Seconds between two syncs of an autoscaler (--horizontal-pod-autoscaler-sync-period)."""
     node_scaling: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per standby Node: its recorded activation state (nodescaling.NodeScaling, kept in its status)."""
+    recommendations: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
+    """Per VerticalPodAutoscaler: its status as the recommender computed it (reconcile/recommending.py)."""
+    recommender_sync: float = 60.0
+    """Seconds between two passes while a VerticalPodAutoscaler exists (VPA's recommender loop: 1 min)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class Status:
     binding: volumes.Binding | None = None  # PersistentVolumeClaims
     autoscaling: Mapping[str, Any] | None = None  # HorizontalPodAutoscalers: their status, kept in the store
     scaling: Mapping[str, Any] | None = None  # standby Nodes: their activation state, kept in the store
+    recommendation: Mapping[str, Any] | None = None  # VerticalPodAutoscalers: their status, kept in the store
 
 
 @dataclass(frozen=True)
@@ -1657,7 +1662,24 @@ def _request_of(template: Mapping[str, Any], m: autoscaling.Metric) -> int | Non
     return total or None
 
 
+def _vertical(ps: _Pass, obj: Object) -> None:
+    """A VerticalPodAutoscaler (updateMode "Off"): the status the recommender computed; it changes
+    nothing that runs. A pass comes every `recommender_sync` seconds to take in new samples."""
+    body = dict(ps.observed.recommendations.get(obj.key) or {})
+    conditions = tuple(c for c in body.get("conditions") or [] if isinstance(c, Mapping))
+    containers = (body.get("recommendation") or {}).get("containerRecommendations") or []
+    if containers:
+        message = "; ".join(f"{c.get('containerName')}: " + ", ".join(
+            f"{k} {v}" for k, v in sorted((c.get("target") or {}).items())) for c in containers)
+    else:
+        message = next((str(c.get("message")) for c in conditions if c.get("type") == "RecommendationProvided"),
+                       "no recommendation yet")
+    ps.plan.statuses[obj.key] = Status("Healthy", message, conditions=conditions, recommendation=body or None)
+    _requeue(ps, ps.observed.recommender_sync)
+
+
 _CONTROLLERS = {
+    "VerticalPodAutoscaler": _vertical,
     "Pod": _pod,
     "CronJob": _cronjob,
     "Deployment": _deployment,

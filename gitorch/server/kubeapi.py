@@ -5,8 +5,9 @@ Git to change instead.
 Served over HTTPS (a CA and server certificate made in the state folder on first start) on
 its own listener (server/http.py), with bearer tokens from a token file. Every serve instance
 answers, leader or standby, from the shared store: a `Feed` polls the store's change marks
-every `poll` seconds, rebuilds the objects when they moved, and keeps the changes in a bounded
-ring for watches.
+every `poll` seconds (and at once after a write this process commits), rebuilds what moved
+(after a pod change only what that pod feeds into: the pod, its owner, its Services' Endpoints),
+and keeps the changes in a bounded ring for watches.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,8 @@ MAX_LIMIT = 100_000
 # Pods written this long before the latest one read are read again: a pass stamps its pods
 # with its start time, and may commit after a reader saw a later stamp (passes take < 10 s).
 PODS_REREAD = timedelta(seconds=10)
+WAKE_COALESCE = 0.005
+"""Seconds a feed woken by a write waits for the rest of a burst before it looks."""
 POD_FIELDS = tuple(f for f in PodRecord.model_fields if f != "spec")
 
 
@@ -74,6 +77,8 @@ class KubeApiSettings:
     """Extra names and addresses for the server certificate (besides the listen address and this host's)."""
     poll: float = 0.1
     """Seconds between looks at the store's change marks: the longest delay of a watch event."""
+    first_build_wait: float = 30.0
+    """The longest a request waits for the first build of the objects after start (then 503)."""
     ring: int = 50_000
     """Changes kept for watches to resume from; an older resourceVersion gets 410 Gone."""
     max_watches: int = 64
@@ -176,8 +181,8 @@ class Gone(Exception):
 
 class Feed:
     """What the store holds as Kubernetes objects, rebuilt when the store's change marks move,
-    and the changes between builds in a bounded ring. Resource versions are microseconds of
-    the build that saw a change (increasing on every instance, though not shared by them)."""
+    and the changes between builds in a bounded ring. Resource versions are the microsecond of
+    the latest store write a build saw (`_next_rv`): shared by every instance."""
 
     def __init__(self, store: Store, repo: Repository | None, settings: KubeApiSettings) -> None:
         self.store = store
@@ -193,13 +198,21 @@ class Feed:
         self.floor = 0  # every change after this resourceVersion is in the ring
         self._state: tuple[str, DesiredState | None] = ("", None)
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.ready = threading.Event()
+        """Set once the first build is done."""
         self._thread: threading.Thread | None = None
         self.error: str = ""
         self.commit = ""
         """The applied commit the objects were last built from."""
         self._pod_cache: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         self._pod_rows: dict[tuple[str, str], Any] = {}
+        # Indexes of _pod_rows, kept as pods change (a build reads them instead of indexing 10,000 pods).
+        self._by_owner: dict[tuple[str, str, str], dict[tuple[str, str], Any]] = {}
+        self._by_namespace: dict[str, dict[tuple[str, str], Any]] = {}
         self._touched: set[tuple[str, str]] = set()
+        self._touched_owners: set[tuple[str, str, str]] = set()
+        self._touched_namespaces: set[str] = set()
         self._sources: ko.Sources | None = None  # what the last build read
         self.listeners: set[Callable[[], None]] = set()
         """Called after each change (the open watches)."""
@@ -207,18 +220,39 @@ class Feed:
         self._pods_read: datetime | None = None  # the latest `updated_at` read
 
     def start(self) -> Feed:
-        self.refresh(force=True)
+        """Build in the feed's own thread: serve goes on at once, and a request waits for the
+        first build (10,000 pods take seconds) up to `first_build_wait`, then gets a 503."""
+        self.store.written.append(self._wake.set)
         self._thread = threading.Thread(target=self._run, name="gitorch-kubeapi-feed", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        with contextlib.suppress(ValueError):
+            self.store.written.remove(self._wake.set)
         if self._thread is not None:
             self._thread.join(5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.poll):
+        # A write this process commits wakes the feed at once (the leader's own writes: watches
+        # see them within a build's time); another instance's writes are seen at the next poll.
+        while not self.ready.is_set() and not self._stop.is_set():
+            try:
+                self.refresh(force=True)
+                self.ready.set()
+            except Exception as exc:  # a store not reachable yet: tried again after a poll
+                if str(exc) != self.error:
+                    log.warning(f"Kubernetes API: cannot read the store: {exc}")
+                self.error = str(exc)
+                self._stop.wait(max(self.settings.poll, 1.0))
+        while not self._stop.is_set():
+            if self._wake.wait(self.settings.poll):
+                self._stop.wait(WAKE_COALESCE)  # the rest of a burst of transactions joins this look
+                self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
             except Exception as exc:  # a store hiccup: the next look retries
@@ -226,8 +260,19 @@ class Feed:
                     log.warning(f"Kubernetes API: cannot read the store: {exc}")
                 self.error = str(exc)
 
-    def _next_rv(self) -> int:
-        return max(self.rv + 1, time.time_ns() // 1000)
+    def _next_rv(self, marks: Mapping[str, tuple[Any, ...]]) -> int:
+        """The microsecond of the latest write the store's marks show: every instance that sees
+        the same store gives the same change the same version, so a client may list on one and
+        watch on another behind a load balancer. A change no timestamp shows (a deletion) takes
+        the next number."""
+        latest = 0
+        for values in marks.values():
+            for v in values:
+                if isinstance(v, datetime):
+                    when = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+                    latest = max(latest, int(when.timestamp() * 1_000_000))
+        # An empty store: now, so a made-up old version (resourceVersion=1) is still too old.
+        return max(self.rv + 1, latest or time.time_ns() // 1000)
 
     def state(self, commit: str) -> DesiredState | None:
         """The desired state of the applied commit (kept while it stays the applied one)."""
@@ -252,7 +297,8 @@ class Feed:
             for key, obj in state.objects.items():
                 origins[(key.kind, key.namespace, key.name)] = ko.Origin(obj.path, _line(obj))
         return ko.Sources(
-            objects=store.objects(), pods=pods, nodes=store.nodes(),
+            objects=store.objects(), pods=pods, nodes=store.nodes(), pod_rows=self._pod_rows,
+            pods_by_owner=self._by_owner, pods_by_namespace=self._by_namespace,
             events=store.events(limit=EVENTS_SERVED),
             cluster_ips={(c.namespace, c.service): c.ip for c in store.cluster_ips()},
             node_ports={(p.namespace, p.service, p.port_name): p.port for p in store.node_ports()},
@@ -270,22 +316,49 @@ class Feed:
         else:
             changed = self.store.pods_updated_since(self._pods_read - PODS_REREAD)
         touched: set[tuple[str, str]] = set()
+        self._touched_owners, self._touched_namespaces = set(), set()
         for p in changed:  # plain values: a row's attributes are read many times per build
             values = vars(p)  # model_construct rows: their fields, without the ORM's descriptors
             new = types.SimpleNamespace(**{k: values.get(k) for k in POD_FIELDS})
             key = (new.namespace, new.name)
-            if rows.get(key) != new:
+            old = rows.get(key)
+            if old != new:
+                if old is not None:
+                    self._unindex(key, old)
                 rows[key] = new
+                self._index(key, new)
                 touched.add(key)
         if count is None or count != len(rows):
             keys = self.store.pod_keys()
             for gone in set(rows) - keys:
-                del rows[gone]
+                self._unindex(gone, rows.pop(gone))
                 touched.add(gone)
         if changed:
             latest = max(vars(p)["updated_at"] for p in changed)
             self._pods_read = latest if self._pods_read is None else max(self._pods_read, latest)
         return list(rows.values()), touched
+
+    def _index(self, key: tuple[str, str], row: Any) -> None:
+        owner = (row.owner_kind, row.namespace, row.owner_name)
+        self._by_owner.setdefault(owner, {})[key] = row
+        self._by_namespace.setdefault(row.namespace, {})[key] = row
+        self._touched_owners.add(owner)
+        self._touched_namespaces.add(row.namespace)
+
+    def _unindex(self, key: tuple[str, str], row: Any) -> None:
+        owner = (row.owner_kind, row.namespace, row.owner_name)
+        mine = self._by_owner.get(owner)
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self._by_owner[owner]
+        here = self._by_namespace.get(row.namespace)
+        if here is not None:
+            here.pop(key, None)
+            if not here:
+                del self._by_namespace[row.namespace]
+        self._touched_owners.add(owner)
+        self._touched_namespaces.add(row.namespace)
 
     def refresh(self, *, force: bool = False) -> bool:
         """Rebuild if the store moved since the last look; True when it did."""
@@ -304,7 +377,9 @@ class Feed:
             if only_pods and self._sources is not None:
                 pods, self._touched = self._pods(int(marks["pods"][0]))
                 sources = dataclasses.replace(self._sources, pods=pods, touched_pods=self._touched,
-                                              previous_pods=self.objects[pods_res])
+                                              previous_pods=self.objects[pods_res], previous=self.objects,
+                                              touched_owners=self._touched_owners,
+                                              touched_namespaces=self._touched_namespaces)
                 sources.reset()
             else:
                 only_pods = False
@@ -312,8 +387,9 @@ class Feed:
             built = ko.build(sources)
             if only_pods:
                 built[events_res] = self.objects[events_res]
-            self._sources = dataclasses.replace(sources, touched_pods=None, previous_pods={})
-            rv = self._next_rv()
+            self._sources = dataclasses.replace(sources, touched_pods=None, previous_pods={}, previous=None,
+                                                touched_owners=set(), touched_namespaces=set())
+            rv = self._next_rv(marks)
             self._marks = marks
             changes: list[Change] = []
             for resource, objects in built.items():
@@ -382,6 +458,9 @@ class Feed:
     def fresh(self) -> None:
         """Look at the store now if the feed has not in the last poll interval (a list right
         after a change sees it, whatever the poll thread is doing)."""
+        if (not self.ready.is_set() and self._thread is not None
+                and not self.ready.wait(self.settings.first_build_wait)):
+            raise Starting("gitorch: the Kubernetes API is still reading the store; try again shortly")
         if time.monotonic() - self._checked > self.settings.poll:
             self.refresh()
 
@@ -544,6 +623,8 @@ class KubeApi:
             return status(400, "BadRequest", str(exc))
         except Gone as exc:
             return status(410, "Expired", str(exc))
+        except Starting as exc:
+            return status(503, "ServiceUnavailable", str(exc), headers=(("Retry-After", "5"),))
         except Exception as exc:  # a bug or the store gone: a Status clients understand, the trace in the log
             log.error(f"Kubernetes API: {request.method} {path} failed: {exc}", exc_info=True)
             return status(500, "InternalError", f"gitorch: {type(exc).__name__} while answering {path}")
@@ -903,6 +984,10 @@ def _schemas() -> dict[str, Any]:
 
 class _BadRequest(Exception):
     pass
+
+
+class Starting(Exception):
+    """The feed has not finished its first build yet."""
 
 
 def _int(value: str | None, default: int) -> int:

@@ -78,6 +78,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), "PodDisruptionBudget"),
     Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",),
              "HorizontalPodAutoscaler"),
+    Resource("autoscaling.k8s.io", "v1", "verticalpodautoscalers", "VerticalPodAutoscaler", True, ("vpa",),
+             "VerticalPodAutoscaler"),
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
              verbs=("create",)),
     Resource("gitorch.dev", "v1", "clusters", "Cluster", False, (), "Cluster"),
@@ -256,7 +258,16 @@ class Sources:
     touched_pods: set[tuple[str, str]] | None = None
     """The pods written or deleted since the build of `previous_pods` (None: build all)."""
     previous_pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    _by_key: dict[tuple[str, str], Any] | None = None
+    previous: Built | None = None
+    """The last build, with `touched_pods`: what is not built from a touched pod is taken from it."""
+    touched_owners: set[tuple[str, str, str]] = field(default_factory=set)
+    """(owner kind, namespace, owner name) of the touched pods, before and after the change."""
+    touched_namespaces: set[str] = field(default_factory=set)
+    pod_rows: Mapping[tuple[str, str], Any] | None = None
+    """Indexes of `pods` kept by the reader as pods change (None: built here, once per build)."""
+    pods_by_owner: Mapping[tuple[str, str, str], Mapping[tuple[str, str], Any]] | None = None
+    pods_by_namespace: Mapping[str, Mapping[tuple[str, str], Any]] | None = None
+    _by_key: Mapping[tuple[str, str], Any] | None = None
     _by_owner: dict[tuple[str, str, str], list[Any]] | None = None
 
     _first_events: dict[tuple[str, str, str], datetime] | None = None
@@ -274,14 +285,29 @@ class Sources:
         """Forget the indexes built from the pods and events (after they were replaced)."""
         self._by_key = self._by_owner = self._by_namespace = self._first_events = None
 
-    def pod_index(self) -> dict[tuple[str, str], Any]:
+    def pod_index(self) -> Mapping[tuple[str, str], Any]:
+        if self.pod_rows is not None:
+            return self.pod_rows
         if self._by_key is None:
             self._by_key = {(p.namespace, p.name): p for p in self.pods}
         return self._by_key
 
+    def namespaces_with_pods(self) -> Iterable[str]:
+        if self.pods_by_namespace is not None:
+            return self.pods_by_namespace.keys()
+        return {p.namespace for p in self.pods}
+
+    def job_owners(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every Job that owns pods."""
+        if self.pods_by_owner is not None:
+            return [(ns, name) for kind, ns, name in self.pods_by_owner if kind == "Job"]
+        return list(dict.fromkeys((p.namespace, p.owner_name) for p in self.pods if p.owner_kind == "Job"))
+
     _by_namespace: dict[str, list[Any]] | None = None
 
     def in_namespace(self, namespace: str) -> list[Any]:
+        if self.pods_by_namespace is not None:
+            return list(self.pods_by_namespace.get(namespace, {}).values())
         if self._by_namespace is None:
             self._by_namespace = {}
             for p in self.pods:
@@ -290,6 +316,8 @@ class Sources:
 
     def owned(self, kind: str, namespace: str, name: str) -> list[Any]:
         """The pods of an owner (indexed once per build)."""
+        if self.pods_by_owner is not None:
+            return list(self.pods_by_owner.get((kind, namespace, name), {}).values())
         if self._by_owner is None:
             self._by_owner = {}
             for p in self.pods:
@@ -505,6 +533,19 @@ def _autoscaler_status(record: Any) -> dict[str, Any]:
         status["lastScaleTime"] = _ts(kept["lastScaleTime"])
     conditions = [c for c in _conditions(record.conditions or [])
                   if c.get("type") in ("AbleToScale", "ScalingActive", "ScalingLimited")]
+    if conditions:
+        status["conditions"] = conditions
+    return status
+
+
+def _recommender_status(record: Any) -> dict[str, Any]:
+    """autoscaling.k8s.io/v1's status from what the recommender keeps (reconcile/recommending.py)."""
+    kept = _d((record.body or {}).get("recommendation"))
+    status: dict[str, Any] = {}
+    if isinstance(kept.get("recommendation"), dict):
+        status["recommendation"] = kept["recommendation"]
+    conditions = [c for c in _conditions(record.conditions or [])
+                  if c.get("type") in ("RecommendationProvided", "LowConfidence", "NoPodsMatched")]
     if conditions:
         status["conditions"] = conditions
     return status
@@ -727,6 +768,8 @@ def _endpoints(service: dict[str, Any], pods: list[Any], built_pods: Mapping[Key
         ports.append({"name": port.get("name", ""), "port": target if isinstance(target, int) else port.get("port"),
                       "protocol": port.get("protocol", "TCP")})
     subset: dict[str, Any] = {"ports": ports}
+    ready.sort(key=lambda a: (a["ip"], a["targetRef"]["name"]))  # whatever order the pods were read in
+    not_ready.sort(key=lambda a: (a["ip"], a["targetRef"]["name"]))
     if ready:
         subset["addresses"] = ready
     if not_ready:
@@ -737,6 +780,24 @@ def _endpoints(service: dict[str, Any], pods: list[Any], built_pods: Mapping[Key
         meta["creationTimestamp"] = service["metadata"]["creationTimestamp"]
     return {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta,
             "subsets": [subset] if ready or not_ready else []}
+
+
+def _endpoints_stay(service: dict[str, Any], sources: Sources, built: Mapping[Key, dict[str, Any]]) -> bool:
+    """Whether none of the touched pods was or is selected by a Service (its Endpoints as built)."""
+    ns = service["metadata"]["namespace"]
+    if ns not in sources.touched_namespaces:
+        return True
+    selector = (service.get("spec") or {}).get("selector")
+    if not isinstance(selector, dict) or not selector:
+        return True
+    for key in sources.touched_pods or ():
+        if key[0] != ns:
+            continue
+        for pod_obj in (sources.previous_pods.get(key), built.get(key)):
+            labels = (pod_obj or {}).get("metadata", {}).get("labels", {})
+            if pod_obj is not None and all(labels.get(k) == v for k, v in selector.items()):
+                return False
+    return True
 
 
 def endpoint_slice(endpoints: dict[str, Any]) -> dict[str, Any]:
@@ -800,10 +861,15 @@ def build(sources: Sources) -> Built:
             namespaces[o.name] = o
         elif o.namespace:
             namespaces.setdefault(o.namespace, None)
-    for p in sources.pods:
-        namespaces.setdefault(p.namespace, None)
+    for ns in sources.namespaces_with_pods():
+        namespaces.setdefault(ns, None)
+    # Only pods moved since `prev` was built: what no touched pod feeds into is taken from it.
+    prev = sources.previous if sources.touched_pods is not None else None
     ns_res = by[("", "Namespace")]
     for name, record in sorted(namespaces.items()):
+        if prev is not None and ("", name) in prev[ns_res]:
+            out[ns_res][("", name)] = prev[ns_res][("", name)]
+            continue
         if record is not None:
             obj = _from_manifest(ns_res, record, sources)
         else:
@@ -811,9 +877,11 @@ def build(sources: Sources) -> Built:
         obj["spec"] = {"finalizers": ["kubernetes"]}
         obj["status"] = {"phase": "Active"}
         out[ns_res][("", name)] = obj
-    node_rows = {o.name: o for o in sources.objects if o.kind == "Node"}
+    node_res = by[("", "Node")]
+    node_rows = {o.name: o for o in sources.objects if o.kind == "Node"}  # their status: standby, cordons
     for n in sources.nodes:
-        out[by[("", "Node")]][("", n.name)] = node(n, sources, node_rows.get(n.name))
+        kept = prev[node_res].get(("", n.name)) if prev is not None else None
+        out[node_res][("", n.name)] = kept if kept is not None else node(n, sources, node_rows.get(n.name))
     pods_res = by[("", "Pod")]
     owners = {(o.kind, o.namespace, o.name): (o.spec_hash, o.last_applied_revision) for o in sources.objects}
     addresses = {n.name: n.address for n in sources.nodes}
@@ -853,49 +921,83 @@ def build(sources: Sources) -> Built:
               and isinstance(a := (o.body or {}).get("autoscaling"), dict)
               and isinstance(a.get("target"), list) and len(a["target"]) == 2
               and isinstance(a.get("desiredReplicas"), int)}
+    ep_res, eps_res = by[("", "Endpoints")], by[("discovery.k8s.io", "EndpointSlice")]
+    rs_res = by[("apps", "ReplicaSet")]
+    rs_of: dict[tuple[str, str], list[Key]] = {}  # the ReplicaSets `prev` built for each Deployment
+    if prev is not None:
+        for rs_key, rs in prev[rs_res].items():
+            refs = rs["metadata"].get("ownerReferences") or []
+            if refs and refs[0].get("kind") == "Deployment":
+                rs_of.setdefault((rs_key[0], refs[0]["name"]), []).append(rs_key)
     for o in sources.objects:
         if o.kind in ("Cluster", "Node"):
             res = by[("gitorch.dev", o.kind)]
-            out[res][("", o.name)] = _from_manifest(res, o, sources)
+            kept = prev[res].get(("", o.name)) if prev is not None else None
+            out[res][("", o.name)] = kept if kept is not None else _from_manifest(res, o, sources)
             continue
         found = next((r for r in RESOURCES if r.store_kind == o.kind and r.group != "gitorch.dev"), None)
         if found is None:
             continue
         res = found
         key = (o.namespace, o.name)
+        if prev is not None and key in prev[res] and (o.kind, o.namespace, o.name) not in sources.touched_owners:
+            # Built from this record and, for a workload, its pods: neither moved.
+            out[res][key] = prev[res][key]
+            if o.kind == "Service":
+                eps_key = (o.namespace, f"{o.name}-gitorch")
+                ep = prev[ep_res].get(key)
+                if ep is not None and _endpoints_stay(out[res][key], sources, out[pods_res]):
+                    out[ep_res][key] = ep
+                    out[eps_res][eps_key] = prev[eps_res][eps_key]
+                    continue
+            elif o.kind == "Deployment":
+                for rs_key in rs_of.get(key, ()):
+                    out[rs_res][rs_key] = prev[rs_res][rs_key]
+                continue
+            else:
+                continue
         if o.kind == "Secret":
             out[res][key] = _secret(res, o, sources)
         elif o.kind == "Service":
-            svc = out[res][key] = _service(res, o, sources)
+            svc = out[res].get(key) or _service(res, o, sources)
+            out[res][key] = svc
             ep = _endpoints(svc, sources.pods, out[pods_res], sources)
             if ep is not None:
-                out[by[("", "Endpoints")]][key] = ep
+                out[ep_res][key] = ep
                 eps = endpoint_slice(ep)
-                out[by[("discovery.k8s.io", "EndpointSlice")]][(o.namespace, eps["metadata"]["name"])] = eps
+                out[eps_res][(o.namespace, eps["metadata"]["name"])] = eps
         elif o.kind in _OWNER_API:
             out[res][key] = _workload(res, o, sources, sources.pods)
             scaled = scales.get((o.kind, o.namespace, o.name))
             if scaled is not None and isinstance(out[res][key].get("spec"), dict):
                 out[res][key]["spec"] = {**out[res][key]["spec"], "replicas": scaled}
             if o.kind == "Deployment":
-                out[by[("apps", "ReplicaSet")]].update(_replica_sets(o, sources, sources.pods))
+                out[rs_res].update(_replica_sets(o, sources, sources.pods))
         else:
             obj = _from_manifest(res, o, sources)
             if o.kind == "PersistentVolumeClaim":
                 obj["status"] = {"phase": "Bound"}
             elif o.kind == "HorizontalPodAutoscaler":
                 obj["status"] = _autoscaler_status(o)
+            elif o.kind == "VerticalPodAutoscaler":
+                obj["status"] = _recommender_status(o)
             out[res][key] = obj
     jobs = by[("batch", "Job")]
-    for p in sources.pods:  # the runs of a CronJob, as the Jobs Kubernetes would have made
-        cron = _cron_of(manifests, p.namespace, p.owner_name) if p.owner_kind == "Job" else None
-        if cron is None or (p.namespace, p.owner_name) in out[jobs]:
+    runs = sources.job_owners()
+    if prev is not None:  # the runs no touched pod belongs to are as they were built
+        for job_key, job in prev[jobs].items():
+            if job_key not in out[jobs] and ("Job", *job_key) not in sources.touched_owners:
+                out[jobs][job_key] = job
+        runs = [(ns, name) for kind, ns, name in sources.touched_owners if kind == "Job"]
+    for ns, job_name in runs:  # the runs of a CronJob, as the Jobs Kubernetes would have made
+        cron = _cron_of(manifests, ns, job_name)
+        mine = sources.owned("Job", ns, job_name)
+        if cron is None or (ns, job_name) in out[jobs] or not mine:
             continue
-        mine = sources.owned("Job", p.namespace, p.owner_name)
-        template = _d(_d(manifests[("CronJob", p.namespace, cron)].get("spec")).get("jobTemplate"))
-        meta = _meta("Job", p.namespace, p.owner_name, sources, created=min(q.created_at for q in mine),
-                     origin_of=("CronJob", p.namespace, cron))
-        meta["ownerReferences"] = [_owner_ref("batch/v1", "CronJob", p.namespace, cron)]
+        template = _d(_d(manifests[("CronJob", ns, cron)].get("spec")).get("jobTemplate"))
+        meta = _meta("Job", ns, job_name, sources, created=min(q.created_at for q in mine),
+                     origin_of=("CronJob", ns, cron))
+        meta["ownerReferences"] = [_owner_ref("batch/v1", "CronJob", ns, cron)]
         succeeded = sum(1 for q in mine if q.phase == "Succeeded")
         failed = sum(1 for q in mine if q.phase == "Failed")
         status: dict[str, Any] = {"active": len(mine) - succeeded - failed, "succeeded": succeeded,
@@ -904,7 +1006,7 @@ def build(sources: Sources) -> Built:
             status["conditions"] = [{"type": "Complete", "status": "True"}]
         elif failed and not status["active"]:
             status["conditions"] = [{"type": "Failed", "status": "True"}]
-        out[jobs][(p.namespace, p.owner_name)] = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        out[jobs][(ns, job_name)] = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
                                                   "spec": _d(template.get("spec")), "status": status}
     ev_res = by[("", "Event")]
     for e in sources.events if sources.touched_pods is None else ():  # only pods moved: events did not

@@ -371,6 +371,78 @@ def cross_check(
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
         elif key.kind == "HorizontalPodAutoscaler":
             out.extend(_guarded(obj, functools.partial(_check_autoscaler, obj, world, invalid)))
+        elif key.kind == "VerticalPodAutoscaler":
+            out.extend(_guarded(obj, functools.partial(_check_vertical, obj, world, invalid)))
+    return out
+
+
+def _check_vertical(vpa: Object, world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
+    """What the schema cannot say: updateMode "Off" (gitorch recommends, Git decides), the target
+    exists and has one VerticalPodAutoscaler, container policies name its containers once each,
+    and minAllowed is at most maxAllowed."""
+    out: list[Diagnostic] = []
+    spec = vpa.spec
+    mode = _map(spec.get("updatePolicy")).get("updateMode")
+    if mode != "Off":
+        ptr = "/spec/updatePolicy/updateMode" if mode is not None else (
+            "/spec/updatePolicy" if "updatePolicy" in spec else "/spec")
+        said = f"updateMode {mode!r}" if mode is not None else "no updateMode (Kubernetes' default is \"Auto\")"
+        out.append(_diag(vpa, ptr, f"{said}: gitorch only recommends; requests change through a commit, "
+                                   "since Git is the source of truth (a controller rewriting them would drift from it)",
+                         'set updatePolicy: {updateMode: "Off"} and commit what `gitorch recommend` prints'))
+    ref = _map(spec.get("targetRef"))
+    target_key = ObjectKey(str(ref.get("kind")), vpa.key.namespace, str(ref.get("name")))
+    target = world.objects.get(target_key)
+    if target is None:
+        hint = suggest(target_key.name, world.names(target_key.kind, vpa.key.namespace))
+        out.append(_diag(vpa, "/spec/targetRef/name",
+                         f"{target_key} is not in this revision: the autoscaler has nothing to recommend for",
+                         hint or f"add the {target_key.kind}, or fix targetRef", warning=True))
+    others = sorted(k.name for k, o in world.objects.items() if k.kind == "VerticalPodAutoscaler"
+                    and k != vpa.key and k.namespace == vpa.key.namespace
+                    and _map(o.spec.get("targetRef")).get("kind") == ref.get("kind")
+                    and _map(o.spec.get("targetRef")).get("name") == ref.get("name"))
+    if others:
+        out.append(_diag(vpa, "/spec/targetRef",
+                         f"{target_key} also has VerticalPodAutoscaler {', '.join(others)}",
+                         "one VerticalPodAutoscaler per workload (VPA's choice between several is undefined)"))
+    scalers = sorted(k.name for k, o in world.objects.items() if k.kind == "HorizontalPodAutoscaler"
+                     and k.namespace == vpa.key.namespace
+                     and _map(o.spec.get("scaleTargetRef")).get("kind") == ref.get("kind")
+                     and _map(o.spec.get("scaleTargetRef")).get("name") == ref.get("name"))
+    if scalers:
+        out.append(_diag(vpa, "/spec/targetRef",
+                         f"{target_key} is also scaled by HorizontalPodAutoscaler {', '.join(scalers)} on CPU or "
+                         "memory: its utilization is a share of the requests these recommendations change",
+                         "review a resize with the autoscaler's targets in mind (Kubernetes advises against "
+                         "VPA and HPA on the same resource)", warning=True))
+    containers: set[str] = set()
+    if target is not None and target_key not in invalid:
+        tmpl = _map(target.spec.get("template"))
+        containers = {str(c.get("name")) for c in _seq(_map(tmpl.get("spec")).get("containers")) if isinstance(c, dict)}
+    seen: set[str] = set()
+    for i, policy in enumerate(_seq(_map(spec.get("resourcePolicy")).get("containerPolicies"))):
+        policy = _map(policy)
+        ptr = f"/spec/resourcePolicy/containerPolicies/{i}"
+        name = str(policy.get("containerName"))
+        if name in seen:
+            out.append(_diag(vpa, f"{ptr}/containerName", f"a second policy for container {name!r}",
+                             "one policy per container name"))
+        seen.add(name)
+        if containers and name != "*" and name not in containers:
+            out.append(_diag(vpa, f"{ptr}/containerName", f"{target_key} has no container {name!r}",
+                             suggest(name, containers) or f"one of: {', '.join(sorted(containers))}, or \"*\""))
+        low, high = _map(policy.get("minAllowed")), _map(policy.get("maxAllowed"))
+        for resource in ("cpu", "memory"):
+            try:
+                lo = parse_quantity(low[resource]) if resource in low else None
+                hi = parse_quantity(high[resource]) if resource in high else None
+            except QuantityError:
+                continue  # the schema's quantity check says it
+            if lo is not None and hi is not None and lo > hi:
+                out.append(_diag(vpa, f"{ptr}/minAllowed/{resource}",
+                                 f"minAllowed {resource} {low[resource]} is above maxAllowed {high[resource]}",
+                                 f"make minAllowed.{resource} at most {high[resource]}"))
     return out
 
 

@@ -731,3 +731,60 @@ def load_plain(text: str | bytes, path: str = "") -> Any:
     if len(docs) > 1:
         raise ValueError(f"{path}: expected one YAML document, found {len(docs)}")
     return docs[0].body if docs else None
+
+
+_DOCUMENT_START = re.compile(r"^---(?:[ \t].*)?$", re.MULTILINE)
+
+
+def edit_requests(text: str, index: int, requests: dict[str, dict[str, str]],
+                  limits: dict[str, dict[str, str]]) -> str:
+    """`text` (a manifest file) with document `index`'s pod template containers' requests (and
+    limits) set: {container: {resource: quantity}}. A round-trip edit of that document alone,
+    so comments, key order and the other documents stay as they were. ValueError when the
+    document is not a workload with those containers."""
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    bounds = sorted({0, *(m.start() for m in _DOCUMENT_START.finditer(text))})
+    # Documents of only comments or nothing are not documents (the parser skips them too).
+    chunks = [c for c in (text[a:b] for a, b in zip(bounds, [*bounds[1:], len(text)], strict=True))
+              if any(ln.strip() and not ln.lstrip().startswith("#") and not _DOCUMENT_START.match(ln)
+                     for ln in c.splitlines())]
+    if index >= len(chunks):
+        raise ValueError(f"the file has no document {index + 1}")
+    chunk = chunks[index]
+    head = ""
+    if chunk.startswith("---"):
+        head, _, chunk = chunk.partition("\n")
+        head += "\n"
+    _, indent, offset = load_yaml_guess_indent(chunk)
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    offset = offset or 0
+    sequence = indent or 2  # ruamel guesses the sequence indent (dash included) and the dash's offset
+    yaml.indent(mapping=max(sequence - offset, 2), sequence=sequence, offset=offset)
+    doc = yaml.load(chunk)
+    try:
+        containers = doc["spec"]["template"]["spec"]["containers"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError("the document has no spec.template.spec.containers") from exc
+    for c in containers:
+        name = c.get("name")
+        if name not in requests and name not in limits:
+            continue
+        if "resources" not in c or c["resources"] is None:
+            c["resources"] = CommentedMap()
+        res = c["resources"]
+        for field_name, values in (("requests", requests.get(name) or {}), ("limits", limits.get(name) or {})):
+            if not values:
+                continue
+            if field_name not in res or res[field_name] is None:
+                res[field_name] = CommentedMap()
+            for resource, quantity in values.items():
+                res[field_name][resource] = quantity
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    edited = out.getvalue()
+    where = text.index(chunks[index])
+    return text[:where] + head + edited + text[where + len(chunks[index]):]

@@ -43,6 +43,9 @@ NO_EFFECT: dict[str, str] = {
     "statefulset.spec.persistentVolumeClaimRetentionPolicy.whenScaled": (
         _COMPAT + "gitorch always keeps per-pod claims' directories (Retain)"
     ),
+    "verticalpodautoscaler.spec.recommenders": (
+        _COMPAT + "gitorch has one recommender (VPA's default); its settings are serve's GITORCH_VPA_* variables"
+    ),
     "persistentVolumeClaimSpec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
     "persistentVolumeClaimSpec.resources.requests.storage": (
         _COMPAT + "gitorch does not limit a volume's size (a claim binds only to a PersistentVolume that large)"

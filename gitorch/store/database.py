@@ -68,6 +68,7 @@ ConditionType = Literal[
     "Ready", "Progressing", "Degraded", "Reconciling", "Stalled", "Available", "Complete", "Failed",
     "DisruptionAllowed",
     "AbleToScale", "ScalingActive", "ScalingLimited",  # a HorizontalPodAutoscaler's
+    "RecommendationProvided", "LowConfidence", "NoPodsMatched",  # a VerticalPodAutoscaler's
 ]
 ConditionStatus = Literal["True", "False", "Unknown"]
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
@@ -388,6 +389,19 @@ class NotificationState(SQLModel, table=True):
     updated_at: datetime = _time()
 
 
+class RecommenderCheckpoint(SQLModel, table=True):
+    """One VerticalPodAutoscaler container's usage history (VPA's VerticalPodAutoscalerCheckpoint):
+    its histograms as JSON. Retention: the recommender makes the table exactly what it keeps."""
+
+    __tablename__ = "recommender_checkpoints"
+
+    namespace: str = Field(primary_key=True)
+    autoscaler: str = Field(primary_key=True)
+    container: str = Field(primary_key=True)
+    value: Any = Field(default=None, sa_type=JSON, sa_column_kwargs={"nullable": False})
+    saved_at: datetime = _time()
+
+
 metadata = SQLModel.metadata
 
 
@@ -592,6 +606,9 @@ class Store:
         self._local = threading.local()
         self.url = display_url
         """The store's URL with any password hidden."""
+        self.written: list[Callable[[], None]] = []
+        """Called after each write transaction this object commits: a reader in the same process
+        (the Kubernetes API's feed) looks at once instead of at its next poll."""
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = False) -> Store:
@@ -647,6 +664,9 @@ class Store:
                 yield session
         except SQLAlchemyError as exc:
             raise StoreError(f"state store {self.url}: {_one_line(exc)}") from exc
+        if write:
+            for hook in list(self.written):
+                hook()
 
     @contextmanager
     def transaction(self, fence: Fence | None = None) -> Iterator[Store]:
@@ -1435,6 +1455,29 @@ class Store:
         with self._session(write=False) as s:
             conn = s.connection()
             return {name: tuple(conn.execute(sa_select(*cols)).one()) for name, cols in columns.items()}
+
+    # ---- recommender checkpoints ----
+
+    def checkpoints(self) -> list[tuple[tuple[str, str, str], Any]]:
+        """Every stored checkpoint: ((namespace, autoscaler, container), value)."""
+        table = _table(RecommenderCheckpoint)
+        with self._session(write=False) as s:
+            rows = s.connection().execute(select(table.c.namespace, table.c.autoscaler, table.c.container,
+                                                 table.c.value.cast(Text)).order_by(
+                table.c.namespace, table.c.autoscaler, table.c.container))
+            return [((r[0], r[1], r[2]), json.loads(r[3])) for r in rows]
+
+    def save_checkpoints(self, values: Mapping[tuple[str, str, str], Any], *, now: datetime | None = None) -> None:
+        """Make the stored checkpoints exactly `values` (the ones not given are deleted)."""
+        stamp = _now(now)
+        table = _table(RecommenderCheckpoint)
+        with self._session(write=True) as s:
+            conn = s.connection()
+            conn.execute(delete(table))
+            if values:
+                conn.execute(table.insert(), [
+                    {"namespace": k[0], "autoscaler": k[1], "container": k[2], "value": v, "saved_at": stamp}
+                    for k, v in values.items()])
 
     # ---- notification state ----
 

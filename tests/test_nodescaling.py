@@ -378,3 +378,42 @@ def test_nodes_show_the_autoscaler_in_get_nodes_and_the_kubernetes_api(
     if state == ACTIVE:
         assert summaries.node_autoscaling_text(row).startswith(  # type: ignore[arg-type]
             "Active (scaled up for pod shop/web-1), unneeded for ")
+
+
+# --- what plan says ----------------------------------------------------------------------------
+
+NODE_YAML = """\
+apiVersion: gitorch.dev/v1
+kind: Node
+metadata: {{name: {name}}}
+spec: {{address: 10.0.0.{n}, capacity: {{cpu: "1"}}{extra}}}
+"""
+
+
+def test_plan_lists_the_standby_nodes_and_marks_the_change(repo: GitRepo) -> None:
+    from gitorch.source.diffs import diff_states
+    from gitorch.source.rendering import PlanReport, plan_markdown, plan_text
+
+    base = state(repo, {"n1.yaml": NODE_YAML.format(name="n1", n=1, extra=""),
+                        "s1.yaml": NODE_YAML.format(name="s1", n=2, extra="")})
+    head = state(repo, {"s1.yaml": NODE_YAML.format(name="s1", n=2, extra=", standby: true")})
+    changes = diff_states(base, head)
+    s1 = next(c for c in changes.changes if c.key.name == "s1")
+    assert "standby: runs no pods until the cluster autoscaler activates it" in s1.note
+    report = PlanReport(base.revision, head.revision, changes, standby=("s1",))
+    assert "Standby nodes: s1 (run no pods until pods fit on no active node" in plan_text(report)
+    assert "Standby nodes: s1" in plan_markdown(report) and report.to_json()["standbyNodes"] == ["s1"]
+
+
+def test_plan_against_the_cluster_shows_the_node_a_change_activates(repo: GitRepo) -> None:
+    from gitorch.reconcile import reviewing
+    from gitorch.source.diffs import diff_states
+
+    s = state(repo, {"web.yaml": web(3)})
+    preview = reviewing.cluster_preview(s, observed(1000.0, (), NODES, None), diff_states(None, s),
+                                        reviewing.Holdings())
+    first = preview.steps[0]
+    assert [n for n, _ in first.nodes] == ["s2"] and first.nodes[0][1].startswith("TriggeredScaleUp: activated")
+    assert sorted(node for _, node in first.started) == ["n1", "s2", "s2"]
+    assert "    ^ node s2: TriggeredScaleUp: activated from standby" in reviewing.preview_text(preview)
+    assert preview.converges

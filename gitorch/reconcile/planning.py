@@ -581,16 +581,16 @@ class _Pass:
                     self.scaling[name] = replace(self.scaling[name], unneeded_since=None)
             return
         busy = any(rec.state == SCALING_DOWN for rec in self.scaling.values())
-        infos: dict[tuple[ObjectKey, int], PodInfo] = {}
+        memo = self.desired.memo
 
         def info(d: DesiredPod) -> tuple[PodInfo, Mapping[str, Any]]:
             owner = self.desired.objects.get(d.owner) or self.runs.get(d.owner)
             template = self.template(owner) or {}
-            found = infos.get((d.owner, id(template)))
-            if found is None:
-                found = infos[(d.owner, id(template))] = pod_info_from_template(
-                    d.name, d.owner.namespace, template, owner=_owner_id(d.owner))
-            return replace(found, name=d.name), template
+            kept = memo.get(("scaling-info", d.owner))  # kept with the state, like the pods' specs
+            if kept is None or kept[0] is not template:
+                kept = memo[("scaling-info", d.owner)] = (template, pod_info_from_template(
+                    d.name, d.owner.namespace, template, owner=_owner_id(d.owner)))
+            return replace(kept[1], name=d.name), template
 
         gone: set[str] = set()
         for name in active:
@@ -646,8 +646,19 @@ class _Pass:
         # The other active nodes, as they are after this pass (not those scaling down or chosen now).
         others = [n for n in self.usable if n.name != name and n.name not in gone
                   and ((rec := self.scaling.get(n.name)) is None or rec.state == ACTIVE)]
-        placed = [(info(d)[0], n.name) for n in others for d in on.get(n.name, [])]
-        why = nodescaling.fit_elsewhere([i for _, i, _ in movable], others, placed)
+        # The simulation is kept with the state while its inputs stay the same (the pods on every node,
+        # the nodes as the scheduler sees them): an unneeded node costs a pass no scheduler run.
+        inputs = (tuple(d.name for d, _, _ in movable),  # in plan order: the same for the same inputs
+                  tuple((d.owner.namespace, d.name, n.name) for n in others for d in on.get(n.name, [])),
+                  tuple((n.name, n.allocatable, n.taints, n.unschedulable, n.ready, tuple(sorted(n.labels.items())))
+                        for n in others))
+        kept = self.desired.memo.get(("fit-elsewhere", name))
+        if kept is not None and kept[0] == inputs:
+            why = str(kept[1])
+        else:
+            placed = [(info(d)[0], n.name) for n in others for d in on.get(n.name, [])]
+            why = nodescaling.fit_elsewhere([i for _, i, _ in movable], others, placed)
+            self.desired.memo[("fit-elsewhere", name)] = (inputs, why)
         return why, [d.name for d, _, _ in movable]
 
 

@@ -417,3 +417,35 @@ def test_plan_against_the_cluster_shows_the_node_a_change_activates(repo: GitRep
     assert sorted(node for _, node in first.started) == ["n1", "s2", "s2"]
     assert "    ^ node s2: TriggeredScaleUp: activated from standby" in reviewing.preview_text(preview)
     assert preview.converges
+
+
+PDB_NONE = """\
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, maxUnavailable: 0}
+"""
+
+
+def test_a_drain_a_budget_blocks_fails_after_the_drain_timeout_and_the_node_stays_active(repo: GitRepo) -> None:
+    s = state(repo, {"cluster.yaml": CLUSTER, "web.yaml": web(3), "pdb.yaml": PDB_NONE})
+    p = plan(s, observed(1000.0, (), NODES, None))
+    pods = as_observed(p, 1000.0)
+    draining = {"s2": NodeScaling(SCALING_DOWN, 2000.0).to_json()}
+    held = plan(s, Observed(2000.0 + nodescaling.DRAIN_TIMEOUT - 1, pods, NODES, node_scaling=draining))
+    assert held.removed == [] and scaling(held)["s2"].state == SCALING_DOWN
+    assert any(e.reason == "EvictionBlocked" for e in held.events)
+    failed = plan(s, Observed(2000.0 + nodescaling.DRAIN_TIMEOUT, pods, NODES, node_scaling=draining))
+    assert scaling(failed)["s2"].state == ACTIVE
+    assert any(e.reason == "ScaleDownFailed" and e.type == "Warning" and "stays active" in e.message
+               for e in failed.events)
+
+
+def test_pods_that_need_a_node_being_scaled_down_cancel_its_scale_down(repo: GitRepo) -> None:
+    s = state(repo, {"web.yaml": web(1)})
+    p = plan(s, Observed(1000.0, (), NODES))
+    draining = {"s1": NodeScaling(SCALING_DOWN, 1000.0).to_json(), "s2": NodeScaling(STANDBY, 900.0).to_json()}
+    more = state(repo, {"web.yaml": web(2)})
+    got = plan(more, Observed(1001.0, as_observed(p, 1001.0), NODES, node_scaling=draining))
+    assert scaling(got)["s1"].state == ACTIVE and scaling(got)["s2"].state == STANDBY
+    assert any(e.reason == "TriggeredScaleUp" and "its scale-down cancelled" in e.message for e in got.events)

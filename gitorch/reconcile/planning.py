@@ -515,7 +515,8 @@ class _Pass:
             return decisions
         placed = [*bound, *((d.pod, d.node) for d in decisions if d.node is not None)]
         preferred = [n for n in waking if self.scaling[n].state == SCALING_DOWN]
-        up = nodescaling.choose(unplaced, self.usable, candidates, placed, preferred=preferred)
+        active = [n for n in self.usable if n.name not in waking]  # a node scaling down is a candidate instead
+        up = nodescaling.choose(unplaced, active, candidates, placed, preferred=preferred)
         owners: dict[ObjectKey, list[str]] = {}
         if up is None:
             for pod in unplaced:

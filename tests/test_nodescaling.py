@@ -449,3 +449,15 @@ def test_pods_that_need_a_node_being_scaled_down_cancel_its_scale_down(repo: Git
     got = plan(more, Observed(1001.0, as_observed(p, 1001.0), NODES, node_scaling=draining))
     assert scaling(got)["s1"].state == ACTIVE and scaling(got)["s2"].state == STANDBY
     assert any(e.reason == "TriggeredScaleUp" and "its scale-down cancelled" in e.message for e in got.events)
+
+
+def test_a_node_manifest_says_standby_and_scale_down_disabled(repo: GitRepo) -> None:
+    from gitorch.reconcile.controller import standby_fields
+
+    extra = ", standby: true"
+    s = state(repo, {"s1.yaml": NODE_YAML.format(name="s1", n=2, extra=extra).replace(
+        "metadata: {name: s1}",
+        'metadata: {name: s1, annotations: {cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"}}'),
+        "s2.yaml": NODE_YAML.format(name="s2", n=3, extra="")})
+    assert standby_fields(s.get("Node", "", "s1")) == (True, True)
+    assert standby_fields(s.get("Node", "", "s2")) == (False, False)

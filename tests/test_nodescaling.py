@@ -461,3 +461,13 @@ def test_a_node_manifest_says_standby_and_scale_down_disabled(repo: GitRepo) -> 
         "s2.yaml": NODE_YAML.format(name="s2", n=3, extra="")})
     assert standby_fields(s.get("Node", "", "s1")) == (True, True)
     assert standby_fields(s.get("Node", "", "s2")) == (False, False)
+
+
+def test_a_bad_unneeded_time_is_a_validation_error_with_the_fix(repo: GitRepo) -> None:
+    from gitorch.source.git import open_repository
+
+    repo.commit("x", {"cluster.yaml": CLUSTER.replace("scaleDownUnneededTime: 2m", "scaleDownUnneededTime: 2 min")})
+    s = desired.load(open_repository(repo.path), None)
+    shown = [d.format() for d in s.diagnostics]
+    assert any(d.startswith("cluster.yaml:5:") and "/spec/autoscaling/scaleDownUnneededTime" in d
+               and "10m, 90s or 1m30s" in d for d in shown), shown

@@ -169,6 +169,10 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
                                    env={**os.environ, "GITORCH_STATE_DIR": str(state_dir)})
         assert "Autoscaling: Standby (scaled down: drained)" in described.stdout, described.stdout + described.stderr
         assert "ScaleDown" in described.stdout and "TriggeredScaleUp" in described.stdout
+        from gitorch.server.dashboard import Dashboard
+
+        for page in ("/nodes", "/nodes/lab-2"):
+            assert "Standby (scaled down: drained)" in Dashboard(store).render(page), page
         # Git is never rewritten: the branch is still this test's last commit.
         assert subprocess.run(["git", "-C", str(repo.path), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip() == last

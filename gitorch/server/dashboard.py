@@ -455,7 +455,9 @@ class Dashboard:
         if node is None:
             raise LookupError(f"node {name[:253]} is not in the store")
         facts = {k: v for k, v in sorted((node.facts or {}).items()) if k != "pods"}
-        return {"node": node, "facts": facts, "pressure": summaries.node_pressure(node.facts or {}),
+        row = self.store.object_status("Node", "", name)
+        scaling = summaries.node_autoscaling_text(row) if summaries.node_scaling(row) is not None else ""
+        return {"node": node, "facts": facts, "pressure": summaries.node_pressure(node.facts or {}), "scaling": scaling,
                 "pods": self.store.pods(node=name, spec=False)}
 
     def _pod_logs(self, req: Incoming) -> dict[str, Any]:

@@ -66,6 +66,20 @@ def test_past_the_simulation_budget_nodes_are_added_greedily() -> None:
     assert up is not None and up.nodes == ("big",)
 
 
+def test_pods_on_active_nodes_still_constrain_where_pending_pods_may_go() -> None:
+    zone = "topology.kubernetes.io/zone"
+    active = [node("n1", 1000, labels={zone: "a"}).info]
+    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": zone}]}}
+    pending = [replace(pod("web-1", 500), affinity=anti)]
+    bound = [(pod("web-0", 900), "n1"), *((replace(pod(f"other-{i}", 1), labels={"app": "x"}), "n1")
+                                          for i in range(50))]
+    candidates = [node("s1", 1000, labels={zone: "a"}).info, node("s2", 4000, labels={zone: "b"}).info]
+    up = nodescaling.choose(pending, active, candidates, bound)
+    assert up is not None and up.nodes == ("s2",)  # s1 would waste less, but zone a already has a web pod
+    assert nodescaling._constraining(pending, bound, set()) == [bound[0]]  # the 50 others take no part
+
+
 @pytest.mark.parametrize(
     ("pending", "why"),
     [

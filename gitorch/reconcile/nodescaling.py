@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gitorch.model.selectors import matches
 from gitorch.reconcile.scheduler import Decision, NodeInfo, PodInfo, Resources, schedule
 
 STANDBY = "Standby"
@@ -170,6 +171,13 @@ def choose(
     favoured = set(preferred)
     ordered = sorted(candidates, key=lambda n: (n.name not in favoured, n.name))
     runs = 0
+    # The pending pods fit on no active node, and adding nodes makes no room there: the active nodes
+    # take part with no room at all, and only with the pods that can constrain the pending ones
+    # (those their affinity or spread selects, those with anti-affinity of their own). A simulation
+    # then costs the pending pods, not the cluster's every pod.
+    full = {n.name for n in ordered}
+    active = [replace(n, allocatable=Resources()) for n in active]
+    bound = _constraining(pending, bound, full)
 
     def simulate(chosen: Sequence[NodeInfo]) -> tuple[int, tuple[Decision, ...]]:
         nonlocal runs
@@ -219,6 +227,28 @@ def choose(
         chosen.append(step[1])
         placed, made_last = step[2], step[3]
     return ScaleUp(tuple(n.name for n in chosen), made_last) if chosen else None
+
+
+def _constraining(pending: Sequence[PodInfo], bound: Sequence[tuple[PodInfo, str]],
+                  keep_on: set[str]) -> list[tuple[PodInfo, str]]:
+    """The placed pods that can decide where `pending` pods may go: all on the nodes `keep_on`, and
+    elsewhere those a pending pod's pod (anti-)affinity or topology spread selects (by labels: a
+    superset of what namespaces narrow) and those carrying a required anti-affinity."""
+    selectors: list[Mapping[str, Any]] = []
+    for p in pending:
+        for section in ("podAffinity", "podAntiAffinity"):
+            terms = p.affinity.get(section) or {}
+            for term in terms.get("requiredDuringSchedulingIgnoredDuringExecution") or []:
+                selectors.append(term.get("labelSelector") or {})
+            for weighted in terms.get("preferredDuringSchedulingIgnoredDuringExecution") or []:
+                selectors.append((weighted.get("podAffinityTerm") or {}).get("labelSelector") or {})
+        selectors.extend(c.get("labelSelector") or {} for c in p.topology_spread)
+    out = []
+    for pod, node in bound:
+        anti = (pod.affinity.get("podAntiAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+        if node in keep_on or anti or any(matches(sel, pod.labels) for sel in selectors if sel):
+            out.append((pod, node))
+    return out
 
 
 def _waste(chosen: Sequence[NodeInfo], decisions: Sequence[Decision], bound: Sequence[tuple[PodInfo, str]]) -> float:

@@ -485,3 +485,12 @@ def test_a_bad_unneeded_time_is_a_validation_error_with_the_fix(repo: GitRepo) -
     shown = [d.format() for d in s.diagnostics]
     assert any(d.startswith("cluster.yaml:5:") and "/spec/autoscaling/scaleDownUnneededTime" in d
                and "10m, 90s or 1m30s" in d for d in shown), shown
+
+
+def test_a_lost_active_node_s_pods_bring_a_standby_node_into_use(repo: GitRepo) -> None:
+    s = state(repo, {"web.yaml": web(1)})
+    p = plan(s, observed(1000.0, (), NODES, None))
+    assert [d.node for d in p.pods] == ["n1"]
+    gone = (replace(NODES[0], reachable=False, lost=True, lost_since=1000.0), *NODES[1:])
+    after = plan(s, observed(2000.0, as_observed(p, 1000.0), gone, p))
+    assert [d.node for d in after.pods] == ["s1"] and scaling(after)["s1"].state == ACTIVE

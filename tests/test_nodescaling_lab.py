@@ -183,3 +183,65 @@ def test_a_standby_node_is_activated_for_pending_pods_and_returns_to_standby_whe
                 break
         controller.close()
         store.close()
+
+
+def test_through_serve_the_unneeded_time_outlives_a_restart(lab: Lab, repo: GitRepo, tmp_path: Path) -> None:
+    """`gitorch serve` as users run it: the node goes unneeded, serve is stopped and another one started,
+    and the new one carries on from the unneeded time the first one recorded (not from its own start)."""
+    from tests.test_gitops import free_port
+
+    state_dir = tmp_path / "served"
+    env = {**os.environ, "GITORCH_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
+    logs: list[Any] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"serve-{len(logs)}.log").open("w")
+        logs.append(log)
+        argv = [sys.executable, "-m", "gitorch", "serve", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}"]
+        return subprocess.Popen(argv, cwd=repo.path, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    cluster = CLUSTER.replace("scaleDownUnneededTime: 3s", "scaleDownUnneededTime: 8s")
+    repo.commit("a small node and a standby one", {"cluster.yaml": cluster, "nodes.yaml": nodes_yaml(lab),
+                                                    "apps.yaml": apps(2, 1)})
+    serve = start()
+    store: Store | None = None
+
+    def lab2() -> dict[str, Any]:
+        nonlocal store
+        assert serve.poll() is None, (tmp_path / f"serve-{len(logs) - 1}.log").read_text()[-3000:]
+        if store is None:
+            if not (state_dir / "gitorch.db").exists():
+                return {}
+            store = Store.open(f"sqlite:///{state_dir / 'gitorch.db'}")
+        try:
+            return scaling(store, "lab-2")
+        except AssertionError:  # the Node's row is not written yet
+            return {}
+
+    try:
+        wait_until("lab-2 activated", lab2, timeout=90, interval=0.3, accept=lambda s: s.get("state") == "Active")
+        repo.commit("scale web to 1", {"apps.yaml": apps(1, 1)})
+        unneeded = wait_until("lab-2 unneeded", lab2, timeout=60, interval=0.2,
+                              accept=lambda s: s.get("unneededSince") is not None)
+        serve.terminate()
+        serve.wait(timeout=60)
+        serve = start()
+        # The new serve keeps the recorded start of the unneeded time, then drains lab-2 back to standby.
+        since = unneeded["unneededSince"]
+        done = wait_until("lab-2 to move on", lab2, timeout=90, interval=0.2,
+                          accept=lambda s: s.get("state") != "Active" or s.get("unneededSince") != since)
+        assert done.get("state") in ("ScalingDown", "Standby"), (done, unneeded)  # not counting anew
+        wait_until("lab-2 back on standby", lab2, timeout=90, interval=0.3,
+                   accept=lambda s: s.get("state") == "Standby")
+    finally:
+        repo.commit("empty", {"apps.yaml": ""})
+        try:
+            wait_until("the pods to go", lambda: [p for p in (store.pods() if store else []) if p.namespace == "scale"],
+                       timeout=60, interval=0.5, accept=lambda ps: not ps)
+        finally:
+            serve.terminate()
+            serve.wait(timeout=60)
+            for log in logs:
+                log.close()
+            if store is not None:
+                store.close()

@@ -17,6 +17,7 @@ import math
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,8 +162,9 @@ def combined(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10.0, help="each load phase")
+    parser.add_argument("--seconds", type=float, default=24.0, help="load on each side, in all")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--blocks", type=int, default=6, help="ABBA blocks of runs (each run seconds/(2 x blocks))")
     parser.add_argument("--rate", type=int, default=200, help="requests/s during the rolling update")
     parser.add_argument("--subnet", default="10.231.52.0/24")
     args = parser.parse_args()
@@ -206,11 +208,17 @@ def main() -> None:
                 time.sleep(0.2)
             wrk(ours, 2, args.connections)  # warm both up
             wrk(theirs, 2, args.connections)
-            # Four quarters each, alternating (ABBA twice), so neither side always runs on a warmer or
-            # busier machine: other jobs share these cores.
+            # Short runs alternating in ABBA blocks, so neither side always runs on a warmer or busier
+            # machine (other jobs share these cores); each block gives a ratio, and the figure is their
+            # median: one block disturbed by another process moves it little.
             runs: dict[str, list[dict[str, float]]] = {ours: [], theirs: []}
-            for url in (ours, theirs, theirs, ours) * 2:
-                runs[url].append(wrk(url, args.seconds / 4, args.connections))
+            ratios = []
+            for _ in range(args.blocks):
+                block: dict[str, list[dict[str, float]]] = {ours: [], theirs: []}
+                for url in (ours, theirs, theirs, ours):
+                    block[url].append(wrk(url, args.seconds / (2 * args.blocks), args.connections))
+                    runs[url].append(block[url][-1])
+                ratios.append(combined(block[ours])["rps"] / combined(block[theirs])["rps"])
             mine, hand = combined(runs[ours]), combined(runs[theirs])
             print(f"gitorch Ingress:     {mine['rps']:8.1f} req/s, p99 {mine['p99']:.2f} ms, "
                   f"{mine['failed']:.0f} failed of {mine['requests']:.0f}")
@@ -254,7 +262,9 @@ def main() -> None:
             store.close()
         finally:
             labmod.down(state)
-    print(f"ratio gitorch/hand-written req/s: {mine['rps'] / hand['rps']:.3f}")
+    print(f"ratio gitorch/hand-written req/s per ABBA block: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"over all runs {mine['rps'] / hand['rps']:.3f}")
+    print(f"ratio gitorch/hand-written req/s (median of {len(ratios)} blocks): {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

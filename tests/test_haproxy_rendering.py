@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gitorch.model.routes import Backend, choose, default_backend, routes
+from gitorch.model.routes import Backend, choose, default_backend, defaults, routes
 from gitorch.reconcile.haproxy import Certificate, render
 from tests.tls import certificate_pem, key_pem, make_ca, new_key
 from tests.waiting import wait_until
@@ -69,7 +69,18 @@ SPEC = {
     ],
 }
 
+# A second Ingress with a host of its own and a defaultBackend: that host's unmatched paths go there
+# (ingress-nginx's behaviour); every other unmatched request still goes to web's, the catch-all.
+ADMIN = {
+    "defaultBackend": _backend("api"),
+    "rules": [{"host": "admin.shop.test",
+               "http": {"paths": [{"path": "/login", "pathType": "Exact", "backend": _backend("exact")}]}}],
+}
+INGRESSES = [("shop", "web", SPEC), ("shop", "zz-admin", ADMIN)]
+
 REQUESTS = [
+    ("admin.shop.test", "/login"),
+    ("admin.shop.test", "/other"),
     ("www.shop.test", "/"),
     ("www.shop.test", "/api"),
     ("www.shop.test", "/api/"),
@@ -131,14 +142,16 @@ def proxy(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
             endpoints[Backend("shop", name, port)] = [("127.0.0.1", srv.server_address[1])]
     ca_file, pem = _pem_pair(tmp_path)
     http_port, https_port = _free_port(), _free_port()
+    chosen = defaults(INGRESSES)
     rendered = render(
-        routes("shop", "web", SPEC),
+        [r for ns, name, spec in INGRESSES for r in routes(ns, name, spec)],
         endpoints,
-        default_backend("shop", SPEC),
+        chosen.catch_all,
         [Certificate("shop", "www-tls", pem, ("www.shop.test",))],
         http_port=http_port,
         https_port=https_port,
         directory=str(tmp_path),
+        host_defaults=chosen.by_host,
     )
     assert "PRIVATE KEY" not in rendered.config and "PRIVATE" not in repr(rendered)
     (tmp_path / "certs").mkdir()
@@ -182,18 +195,20 @@ def _get(port: int, host: str, path: str) -> tuple[int, str, str]:
 
 def test_routes_as_kubernetes_says(proxy: tuple[int, int, Path]) -> None:
     http_port, _, _ = proxy
-    rs = routes("shop", "web", SPEC)
-    fallback = default_backend("shop", SPEC)
+    rs = [r for ns, name, spec in INGRESSES for r in routes(ns, name, spec)]
+    chosen = defaults(INGRESSES)
+    assert chosen.catch_all == default_backend("shop", SPEC) and chosen.unused == ()
     got, want = {}, {}
     for host, path in REQUESTS:
         if host.lower().startswith("www.shop.test"):
             continue  # has TLS: checked over HTTPS below
         status, body, _ = _get(http_port, host, path)
         got[(host, path)] = body if status == 200 else status
-        answer = choose(rs, host.split(":")[0], path, fallback)
+        answer = choose(rs, host.split(":")[0], path, chosen.catch_all, chosen.by_host)
         want[(host, path)] = answer.service if answer else 404
     assert got == want
-    assert set(want.values()) >= {"wild", "prefix", "exact", "fallback"}
+    assert set(want.values()) >= {"wild", "prefix", "exact", "fallback", "api"}
+    assert want[("admin.shop.test", "/other")] == "api"
 
 
 def test_tls_by_sni_and_redirect(proxy: tuple[int, int, Path]) -> None:

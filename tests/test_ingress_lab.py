@@ -241,6 +241,10 @@ def test_hosts_paths_and_tls_through_the_load_balancer_address(lab: Lab, repo: G
                    timeout=90)
         wait_until("the proxy to answer again", lambda: answers(address, "b.shop.test", "/x"), timeout=60,
                    accept=lambda body: body.startswith("beta "))
+        # The proxy Service sends to ingress nodes whose proxy runs and is ready, as their status says.
+        wait_until("the restarted proxy's readiness in its node's status",
+                   lambda: controller.reconcile() and controller._proxy_ready(node), timeout=60)
+        assert not controller._proxy_ready(lab.nodes[1].name)  # no proxy there
 
 
 @pytest.mark.lab

@@ -11,6 +11,7 @@ from gitorch.model.routes import (
     choose,
     conflicts,
     default_backend,
+    defaults,
     host_matches,
     missing_backends,
     path_matches,
@@ -157,6 +158,33 @@ def test_default_backend_when_no_path_answers() -> None:
     assert choose(rs, "h", "/api/v1", fallback) == Backend("shop", "svc-api", 80)
     assert choose(rs, "h", "/apiv1", fallback) == fallback
     assert choose([], "h", "/", fallback) == fallback
+
+
+def test_defaults_per_host_and_the_catch_all() -> None:
+    """As ingress-nginx: an Ingress's defaultBackend answers its own hosts' unmatched paths; the
+    catch-all is the first Ingress without rules that has one (else the first with one)."""
+    def spec(host: str | None, service: str) -> dict:
+        out: dict = {"defaultBackend": {"service": {"name": service, "port": {"number": 80}}}}
+        if host is not None:
+            out["rules"] = [{"host": host, "http": {"paths": [
+                {"path": "/x", "pathType": "Prefix", "backend": {"service": {"name": "x", "port": {"number": 80}}}}]}}]
+        return out
+
+    got = defaults([("shop", "b", spec("b.test", "bdef")), ("shop", "a", spec("a.test", "adef"))])
+    assert (got.catch_all, got.catch_all_ingress) == (Backend("shop", "adef", 80), "shop/a")
+    assert got.by_host == {"a.test": Backend("shop", "adef", 80), "b.test": Backend("shop", "bdef", 80)}
+    assert got.unused == ()
+    rs = routes("shop", "a", spec("a.test", "adef")) + routes("shop", "b", spec("b.test", "bdef"))
+    assert choose(rs, "b.test", "/nothing", got.catch_all, got.by_host) == Backend("shop", "bdef", 80)
+    assert choose(rs, "b.test", "/x", got.catch_all, got.by_host) == Backend("shop", "x", 80)
+    assert choose(rs, "c.test", "/", got.catch_all, got.by_host) == Backend("shop", "adef", 80)
+    # A rule-less Ingress is the catch-all; a second one, and one whose host an earlier one took, do nothing.
+    got = defaults([("shop", "a", spec("a.test", "adef")), ("shop", "z", spec(None, "zdef")),
+                    ("shop", "y", spec(None, "ydef")), ("shop", "a2", spec("a.test", "a2def"))])
+    assert (got.catch_all, got.catch_all_ingress) == (Backend("shop", "ydef", 80), "shop/y")
+    assert [u[0] for u in got.unused] == ["shop/a2", "shop/z"]
+    assert "Ingress shop/a" in got.unused[0][1] and "Ingress shop/y's" in got.unused[1][1]
+    assert defaults([("shop", "n", {"rules": []})]) == defaults([])
 
 
 def test_path_matches_is_case_sensitive() -> None:

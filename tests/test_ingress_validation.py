@@ -180,6 +180,18 @@ def test_ingress_classes_decide_what_gitorch_serves(repo: GitRepo) -> None:
     assert [o.key.name for o in ingress.served(state)] == ["a", "c"]
 
 
+def test_a_default_backend_without_effect_is_a_warning(repo: GitRepo) -> None:
+    default = "  defaultBackend: {service: {name: web, port: {number: 80}}}\n"
+    files = {"c.yaml": CLUSTER, "a.yaml": ingress_doc("a", "a.test", "/", extra=default)
+             + ingress_doc("b", "b.test", "/", extra=default) + ingress_doc("c", "a.test", "/other", extra=default)}
+    _, errors, warnings = load(repo, files)
+    assert errors == []
+    shown = [w for w in warnings if "defaultBackend" in w]
+    assert len(shown) == 1 and "/spec/defaultBackend: warning: this defaultBackend has no effect: its hosts " \
+        "(a.test) take their default from Ingress shop/a, and the catch-all is Ingress shop/a's" in shown[0], shown
+    assert shown[0].startswith("a.yaml:")
+
+
 def test_an_ingress_without_ingress_nodes_is_an_error(repo: GitRepo) -> None:
     block = '  ingress:\n    nodeSelector: {edge: "true"}\n    service: {namespace: shop, name: proxy}\n'
     cluster = CLUSTER.replace(block, "")

@@ -93,6 +93,17 @@ class ObjectKey:
     kind: str
     namespace: str
     name: str
+    # Keys are looked up by the hundred thousand in a plan of 10,000 objects: hashed once.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.kind, self.namespace, self.name)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[ObjectKey], tuple[str, str, str]]:  # hashed again where it is loaded
+        return (ObjectKey, (self.kind, self.namespace, self.name))
 
     def __str__(self) -> str:
         if self.namespace:

@@ -99,16 +99,61 @@ def default_backend(namespace: str, spec: Mapping[str, Any]) -> Backend | None:
     return _backend(namespace, spec.get("defaultBackend"))
 
 
-def choose(all_routes: Iterable[Route], host: str, path: str, default: Backend | None = None) -> Backend | None:
+@dataclass(frozen=True)
+class Defaults:
+    """Where requests no path answers go, as ingress-nginx does it: on a host that has rules, to
+    the defaultBackend of the (first, by namespace/name) Ingress with rules for that host and a
+    defaultBackend; elsewhere to the catch-all, the first Ingress without rules that has one (else
+    the first Ingress with one). `unused`: (Ingress, why) for each defaultBackend with no effect."""
+
+    catch_all: Backend | None = None
+    catch_all_ingress: str = ""
+    by_host: Mapping[str, Backend] = field(default_factory=dict)
+    unused: tuple[tuple[str, str], ...] = ()
+
+
+def defaults(ingresses: Iterable[tuple[str, str, Mapping[str, Any]]]) -> Defaults:
+    """The defaults of these Ingresses ((namespace, name, spec), any order)."""
+    ordered = sorted(ingresses, key=lambda i: (i[0], i[1]))
+    having = [(f"{ns}/{name}", b, {r.host for r in routes(ns, name, spec)})
+              for ns, name, spec in ordered if (b := default_backend(ns, spec)) is not None]
+    if not having:
+        return Defaults()
+    catch_all = next((h for h in having if not h[2]), having[0])
+    by_host: dict[str, Backend] = {}
+    owner: dict[str, str] = {}
+    unused = []
+    for ingress, backend, hosts in having:
+        won = False
+        for host in sorted(h for h in hosts if h):
+            if host not in by_host:
+                by_host[host], owner[host] = backend, ingress
+                won = True
+        if ingress == catch_all[0] or won:
+            continue
+        named = sorted(h for h in hosts if h)
+        if named:
+            why = (f"its hosts ({', '.join(named)}) take their default from Ingress "
+                   f"{', '.join(sorted({owner[h] for h in named}))}, and the catch-all is Ingress {catch_all[0]}'s")
+        else:
+            why = f"the catch-all default (for requests no rule answers) is Ingress {catch_all[0]}'s"
+        unused.append((ingress, why))
+    return Defaults(catch_all[1], catch_all[0], by_host, tuple(unused))
+
+
+def choose(all_routes: Iterable[Route], host: str, path: str, default: Backend | None = None,
+           by_host: Mapping[str, Backend] | None = None) -> Backend | None:
     """The backend answering `host` and `path`: the most specific host that has rules decides,
-    then the longest matching path (Exact before Prefix at equal length), else `default`."""
+    then the longest matching path (Exact before Prefix at equal length), else that host's
+    default in `by_host`, else `default`."""
     candidates = [r for r in all_routes if host_matches(r.host, host)]
     if not candidates:
         return default
     best_rank = max(host_rank(r.host) for r in candidates)
     matching = [r for r in candidates if host_rank(r.host) == best_rank and path_matches(r.path_type, r.path, path)]
     if not matching:
-        return default
+        best_host = next(r.host for r in candidates if host_rank(r.host) == best_rank)
+        return (by_host or {}).get(best_host, default)
     # Deterministic among equals: the first Ingress by namespace/name (the older one in Kubernetes).
     winner = min(
         matching,

@@ -1149,6 +1149,11 @@ class Controller:
         self._policies = (state, addresses, table)
         return table
 
+    def _proxy_ready(self, node: str) -> bool:
+        kept = self._statuses.get(node)
+        proxy = kept[2].get("ingress") if kept is not None else None
+        return isinstance(proxy, dict) and proxy.get("phase") == "Running" and bool(proxy.get("ready"))
+
     def service_table(
         self,
         state: DesiredState,
@@ -1178,18 +1183,21 @@ class Controller:
                 pods.append(r)
                 endpoints.append((r.namespace, r.name, r.owner_kind, r.owner_name, r.template_hash, phase, ready, ip))
             self._table_pods = pods
+            # The ingress nodes whose proxy runs and is ready (not merely answering): a proxy
+            # that crashes or cannot load its config stops taking the proxy Service's traffic.
+            proxies_up = {n for n in reports if self._proxy_ready(n)}
             inputs = (
                 state,
                 tuple(sorted(allocs.cluster_ips.items())),
                 tuple(sorted(allocs.node_ports.items())),
                 tuple(sorted(allocs.lb_ips.items())),
-                tuple(sorted(reports)),  # the nodes answering: the ingress proxy's endpoints
+                tuple(sorted(proxies_up)),  # the ingress proxy's endpoints
                 tuple(endpoints),
             )
             if self._table is not None and self._table[0] is state and self._table[1:-1] == inputs[1:]:
                 return self._table[-1]
             table = services.service_table(state, pods, allocs.cluster_ips, allocs.node_ports, allocs.lb_ips,
-                                           set(reports))
+                                           proxies_up)
             self._table = (*inputs, table)
             return table
         except StoreError as exc:

@@ -91,6 +91,7 @@ def render(
     http_port: int = 80,
     https_port: int = 443,
     directory: str = DIRECTORY,
+    host_defaults: Mapping[str, Backend] | None = None,
 ) -> Rendered:
     """The haproxy.cfg for these routes, sending each backend to its (ready) endpoints; the
     returned files' names are relative to `directory`, where the config expects them."""
@@ -139,10 +140,13 @@ def render(
                 terms = " ".join(t for t in (_host_acl(host), cond) if t)
                 lines.append(f"    use_backend {backend_name(r.backend)}" + (f" if {terms}" if terms else ""))
         if host:
-            lines.append(f"    use_backend {default_name} if {_host_acl(host)}")
+            mine_default = (host_defaults or {}).get(host)
+            fallback = backend_name(mine_default) if mine_default else default_name
+            lines.append(f"    use_backend {fallback} if {_host_acl(host)}")
     lines.append(f"    default_backend {default_name}")
     # By name and port as text: a Service's port by name and by number are two backends.
-    backends = sorted({r.backend for r in routes} | ({default} if default else set()),
+    backends = sorted({r.backend for r in routes} | ({default} if default else set())
+                      | set((host_defaults or {}).values()),
                       key=lambda b: (b.namespace, b.service, str(b.port)))
     for b in backends:
         eps = sorted(endpoints.get(b, ()))

@@ -16,7 +16,7 @@ from gitorch.model.routes import (
     Backend,
     Route,
     backend_endpoints,
-    default_backend,
+    defaults,
     ingress_classes,
     routes,
     serving_problem,
@@ -61,7 +61,7 @@ def proxy_endpoints(
     state: DesiredState, port: Mapping[str, Any], up: Iterable[str] | None = None
 ) -> list[tuple[str, int]]:
     """The proxy Service's endpoints for one of its ports: the address of every ingress node (of
-    those in `up`, the nodes answering now, when given) at the port's targetPort (a number; the
+    those in `up`, the nodes whose proxy is running and ready, when given) at the port's targetPort (a number; the
     port itself when it has none)."""
     target = port.get("targetPort")
     number = target if isinstance(target, int) else int(port.get("port") or 0)
@@ -107,11 +107,13 @@ def payload(state: DesiredState, table: list[dict[str, Any]]) -> dict[str, Any]:
     {} when no Ingress is served (the proxy still runs and answers 404, so the address does)."""
     ingresses = served(state)
     all_routes: list[Route] = [r for o in ingresses for r in routes(o.key.namespace, o.key.name, o.spec)]
-    # One proxy, one default: the first Ingress (by namespace/name) with a defaultBackend.
-    fallback = next((b for o in ingresses if (b := default_backend(o.key.namespace, o.spec)) is not None), None)
-    backends: set[Backend] = {r.backend for r in all_routes} | ({fallback} if fallback else set())
+    chosen = defaults((o.key.namespace, o.key.name, o.spec) for o in ingresses)
+    fallback = chosen.catch_all
+    backends: set[Backend] = ({r.backend for r in all_routes} | ({fallback} if fallback else set())
+                              | set(chosen.by_host.values()))
     endpoints = backend_endpoints(table, backends)
-    rendered = haproxy.render(all_routes, endpoints, fallback, _certificates(state, ingresses))
+    rendered = haproxy.render(all_routes, endpoints, fallback, _certificates(state, ingresses),
+                              host_defaults=chosen.by_host)
     return {"config": rendered.config, "files": rendered.files}
 
 

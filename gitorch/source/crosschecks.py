@@ -32,6 +32,7 @@ from gitorch.model.routes import (
     Route,
     conflicts,
     default_backend,
+    defaults,
     ingress_classes,
     missing_backends,
     routes,
@@ -912,6 +913,10 @@ def _check_ingresses(
                                  f"{secret.body.get('type') or 'Opaque'!r}, not {TLS_SECRET!r}",
                                  f"give it type: {TLS_SECRET} with tls.crt and tls.key"))
     by_name = {f"{o.key.namespace}/{o.key.name}": o for o in served}
+    for ingress, why in defaults((o.key.namespace, o.key.name, o.spec) for o in served).unused:
+        out.append(_diag(by_name[ingress], "/spec/defaultBackend", f"this defaultBackend has no effect: {why}",
+                         "remove it, or give this Ingress a host of its own in its rules (it then answers that "
+                         "host's unmatched paths)", warning=True))
     every = [r for o in served for r in routes(o.key.namespace, o.key.name, o.spec)]
     for first, later in conflicts(every):
         a, b = by_name[first.ingress], by_name[later.ingress]

@@ -640,10 +640,11 @@ class Controller:
                 (t, self._noexecute_seen.setdefault((name, t), now)) for t in info.taints if t.effect == "NoExecute"
             )
             lost_since = (0.0 if last_seen is None else last_seen + self.settings.node_timeout) if lost else None
+            standby, scale_down_disabled = standby_fields(manifest)
             nodes.append(NodeState(info, reachable=reachable, lost=lost, lost_since=lost_since,
                                    noexecute_since=noexecute, draining=bool(manifest.spec.get("drain")),
-                                   standby=standby_fields(manifest)[0],
-                                   scale_down_disabled=standby_fields(manifest)[1]))
+                                   standby=standby,
+                                   scale_down_disabled=scale_down_disabled))
         # Retention: a taint gone from its Node's manifest (or the Node gone) is forgotten.
         current = {(n.name, t) for n in nodes for t, _ in n.noexecute_since}
         for forgotten in [k for k in self._noexecute_seen if k not in current]:

@@ -88,9 +88,10 @@ def observed_from_store(state: DesiredState, store: Store, now: float) -> Observ
         rec = records.get(manifest.key.name)
         facts = dict(rec.facts) if rec is not None else {}
         reachable = bool(rec.ready) if rec is not None else False
+        standby, scale_down_disabled = standby_fields(manifest)
         nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=not reachable,
-                               draining=bool(manifest.spec.get("drain")), standby=standby_fields(manifest)[0],
-                               scale_down_disabled=standby_fields(manifest)[1]))
+                               draining=bool(manifest.spec.get("drain")), standby=standby,
+                               scale_down_disabled=scale_down_disabled))
     pods = tuple(
         PodState(
             r.name,

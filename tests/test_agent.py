@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -882,6 +884,193 @@ def test_logs_tail_and_follow(node: Node) -> None:
     assert len(lines) == 5 and all(line.startswith(b"tick") for line in lines)
     numbers = [int(line.split()[1]) for line in lines]
     assert numbers == sorted(numbers) and len(set(numbers)) == 5  # new lines streamed
+
+
+# Lines a container prints, each with the time it printed it (ns): "<word> <ns>".
+# A stamp is the supervisor's upper bound of when the line was written: never before the
+# process printed it (less a coarse-clock tick: file times come from the kernel's coarse clock).
+COARSE_NS = 50_000_000
+
+
+def stamped(text: str) -> list[tuple[int, str]]:
+    """(stamp in ns, rest) of each line of `kubectl logs --timestamps`-style text."""
+    out = []
+    for line in text.splitlines():
+        stamp, _, rest = line.partition(" ")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", stamp), line
+        when = datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        out.append((int(when.timestamp()) * 10**9 + int(stamp[20:29]), rest))
+    return out
+
+
+def check_stamps(lines: list[tuple[int, str]], after: int, before: int) -> None:
+    stamps = [ns for ns, _ in lines]
+    assert stamps == sorted(stamps), lines
+    for ns, rest in lines:
+        printed = int(rest.split()[1])
+        assert after <= printed - COARSE_NS <= ns <= before, (ns, rest, after, before)
+
+
+def printer(script: str) -> Json:
+    return ctr("main", [PY, "-u", "-c", "import os, sys, time\n"
+                        "def say(word): print(word, time.time_ns(), flush=True)\n" + script])
+
+
+def test_log_timestamps_are_when_lines_were_written(node: Node) -> None:
+    began = time.time_ns()
+    node.sync(pod("stamp-1", printer("say('one'); say('two'); time.sleep(2.5); say('three')\n"
+                                     "time.sleep(2.5); say('four'); time.sleep(300)\n")))
+    node.wait_pod("stamp-1", running, "running")
+    text = wait_until("four lines", lambda: node.run("logs", {"pod": "stamp-1"})["log"], timeout=30,
+                      accept=lambda got: "four" in got)
+    # once the supervisor's next pass has indexed the last line, nothing changes any more
+    time.sleep(2.5)
+    doc = node.run("logs", {"pod": "stamp-1", "timestamps": True})
+    ended = time.time_ns()
+    assert doc["timestamps"] is True and doc["leftOut"] == 0
+    lines = stamped(doc["log"])
+    assert [rest for _, rest in lines] == text.splitlines()
+    check_stamps(lines, began, ended)
+    one, two, three, four = (ns for ns, _ in lines)
+    assert one <= two < three < four  # printed 2.5 s apart: different passes
+    assert node.run("logs", {"pod": "stamp-1", "timestamps": True, "tail": 2})["log"] == \
+        "".join(line + "\n" for line in doc["log"].splitlines()[-2:])
+    # followed: the lines there from the index, new ones stamped as they are read
+    proc = subprocess.Popen([AGENT_PY, str(AGENT), "logs", "--root", str(node.root)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=node.env)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b'{"pod": "stamp-1", "tail": 4, "follow": true, "timestamps": true}\n')
+    proc.stdin.flush()
+    got = [proc.stdout.readline().decode() for _ in range(4)]
+    proc.stdin.close()
+    assert proc.wait(15) == 0
+    assert "".join(got) == doc["log"]
+
+
+def test_log_timestamps_streamed_and_kept_by_previous_and_rotation(node: Node, tmp_path: Path) -> None:
+    """A followed log stamps lines as they come; a restart's .log.1 and a size rotation's keep
+    their lines' times, and the new log's index starts over (its offsets from 0)."""
+    marker = tmp_path / "second-run"
+    script = (f"if os.path.exists({str(marker)!r}):\n"
+              "    say('first'); time.sleep(2.5); say('second')\n"
+              "    filler = ('x' * 1023 + '\\n') * 1024\n"
+              "    for _ in range(11): sys.stdout.write(filler)\n"
+              "    sys.stdout.flush()\n"
+              "    while os.fstat(1).st_size > 1 << 20: time.sleep(0.1)  # the supervisor rotated it\n"
+              "    say('after'); time.sleep(300)\n"
+              f"open({str(marker)!r}, 'w').close()\n"
+              "say('early')\n"
+              "for _ in range(3): time.sleep(0.7); say('tick')\n"
+              "time.sleep(2.5); say('late'); sys.exit(3)\n")
+    began = time.time_ns()
+    proc = None
+    node.sync(pod("stamp-2", printer(script)))
+    try:
+        proc = subprocess.Popen([AGENT_PY, str(AGENT), "logs", "--root", str(node.root)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=node.env)
+        assert proc.stdin is not None and proc.stdout is not None
+        wait_until("the first log", lambda: (node.root / "pods" / "test_stamp-2" / "logs" / "main.log").exists(),
+                   timeout=15, interval=0.05)
+        proc.stdin.write(b'{"pod": "stamp-2", "tail": -1, "follow": true, "timestamps": true}\n')
+        proc.stdin.flush()
+        followed = [(proc.stdout.readline().decode(), time.time_ns()) for _ in range(5)]
+        for line, read in followed:
+            ((ns, rest),) = stamped(line)
+            assert rest.split()[0] in ("early", "tick", "late") and ns <= read
+            check_stamps([(ns, rest)], began, read)
+    finally:
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()
+            proc.wait(15)
+    node.wait_pod("stamp-2", lambda p: p["containers"][0]["restartCount"] >= 1, "restarted")
+    text = wait_until("the rotation", lambda: node.run("logs", {"pod": "stamp-2"})["log"], timeout=60,
+                      accept=lambda got: "after" in got)
+    time.sleep(2.5)  # the pass after the last line
+    ended = time.time_ns()
+    (rotated_ns, after_line), = stamped(node.run("logs", {"pod": "stamp-2", "timestamps": True})["log"])
+    assert text == after_line + "\n"
+    check_stamps([(rotated_ns, after_line)], began, ended)
+    rotated = node.run("logs", {"pod": "stamp-2", "previous": True, "timestamps": True})
+    assert rotated["leftOut"] == 0
+    lines = stamped(rotated["log"])
+    first, second = lines[:2]
+    assert [first[1].split()[0], second[1].split()[0]] == ["first", "second"]
+    check_stamps([first, second], began, rotated_ns)
+    assert first[0] < second[0]  # 2.5 s apart: the index went to .log.1 with the log
+    assert all(ns <= rotated_ns for ns, _ in lines)
+    assert all(os.path.getsize(p) % 16 == 0 and os.path.getsize(p) <= 4096 * 16
+               for p in (node.root / "pods" / "test_stamp-2" / "logs").glob("*.times"))
+
+
+def test_log_timestamps_of_the_previous_instance(node: Node, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    script = (f"if os.path.exists({str(marker)!r}): time.sleep(300)\n"
+              f"open({str(marker)!r}, 'w').close()\n"
+              "say('early'); time.sleep(2.5); say('late'); time.sleep(1.5); sys.exit(3)\n")
+    began = time.time_ns()
+    node.sync(pod("stamp-3", printer(script)))
+    node.wait_pod("stamp-3", lambda p: p["containers"][0]["restartCount"] >= 1 and running(p), "restarted",
+                  timeout=30)
+    doc = node.run("logs", {"pod": "stamp-3", "previous": True, "timestamps": True})
+    lines = stamped(doc["log"])
+    check_stamps(lines, began, time.time_ns())
+    assert [rest.split()[0] for _, rest in lines] == ["early", "late"]
+    assert lines[0][0] < lines[1][0]  # each kept its own time, not the file's
+    assert node.run("logs", {"pod": "stamp-3", "timestamps": True})["log"] == ""
+
+
+def test_log_timestamps_go_on_across_a_supervisor_restart(node: Node, tmp_path: Path) -> None:
+    """Lines written while no supervisor runs get the first note of the next one (an upper
+    bound); the lines noted before keep their times (the new supervisor appends to the index)."""
+    go = tmp_path / "go"
+    script = (f"say('a')\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)\n"
+              "say('b'); time.sleep(1.5); say('c'); time.sleep(300)\n")
+    began = time.time_ns()
+    node.sync(pod("stamp-4", printer(script)))
+    index = node.root / "pods" / "test_stamp-4" / "logs" / "main.log.times"
+    wait_until("a's note", lambda: index.exists() and index.stat().st_size == 16, timeout=15, interval=0.05)
+    assert node.run("stop-supervisor")["stopped"]
+    go.touch()
+    wait_until("c written", lambda: node.run("logs", {"pod": "stamp-4"})["log"], timeout=15, interval=0.05,
+               accept=lambda text: "c " in text)
+    node.sync(pod("stamp-4", printer(script)))
+    wait_until("the new supervisor's note", lambda: index.stat().st_size, timeout=15, interval=0.05,
+               accept=lambda size: size == 32)
+    lines = stamped(node.run("logs", {"pod": "stamp-4", "timestamps": True})["log"])
+    check_stamps(lines, began, time.time_ns())
+    (a, _), (b, _), (c, _) = lines
+    assert a < b == c
+
+
+def test_log_index_stays_bounded_and_an_upper_bound(tmp_path: Path) -> None:
+    """A full index thins its older half: entries stay ordered, every line still gets a time at
+    or after the one it was written at, and the newest keep their own."""
+    from gitorch.nodes import agent
+
+    log = str(tmp_path / "main.log")
+    indexer = agent.LogIndexer()
+    written: list[int] = []
+    with open(log, "ab") as fh:
+        for i in range(agent.LOG_INDEX_ENTRIES + 10):
+            fh.write(b"line %d\n" % i)
+            fh.flush()
+            os.utime(log, ns=(10**18 + i, 10**18 + i))  # mtimes we know
+            written.append(10**18 + i)
+            indexer.note(log)
+    entries = agent.read_log_index(log)
+    assert len(entries) <= agent.LOG_INDEX_ENTRIES
+    assert entries == sorted(entries) and entries[-1][1] == written[-1]
+    data = Path(log).read_bytes()
+    text, left_out = agent.stamp_lines(data, 0, entries, written[-1])
+    assert left_out == 0
+    stamps = [int(datetime.strptime(t[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()) * 10**9
+              + int(t[20:29]) for t in (line.split()[0] for line in text.decode().splitlines())]
+    assert all(s >= w for s, w in zip(stamps, written, strict=True))
+    assert stamps[-10:] == written[-10:]
+    # a bounded answer: the newest lines that fit, and how many were left out
+    text, left_out = agent.stamp_lines(data, 0, entries, written[-1], budget=1000)
+    assert 0 < len(text) <= 1000 and left_out + len(text.splitlines()) == len(written)
+    assert text.endswith(b" line %d\n" % (len(written) - 1))
 
 
 # ---- secrets ----------------------------------------------------------------------------

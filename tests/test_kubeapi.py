@@ -16,6 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -490,8 +491,35 @@ def test_nodes_and_logs_from_lab_nodes(lab: Any, tmp_path: Path) -> None:
         assert pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
         wait_until("some lines", lambda: c.kubectl("logs", name, "--tail=3").stdout.splitlines(), timeout=30,
                    accept=lambda lines: len(lines) == 3 and all(line.startswith("line ") for line in lines))
-        stamped = c.kubectl("logs", name, "--tail=1", "--timestamps").stdout.split()
-        assert stamped[0].endswith("Z") and stamped[1] == "line", stamped
+        # Each line carries the time the node saw it written (one line each 0.2 s; the node's
+        # supervisor notes them each 1 s pass), not the time the API read it.
+        wait_until("15 lines", lambda: c.kubectl("logs", name, "--tail=15").stdout.splitlines(), timeout=30,
+                   accept=lambda lines: len(lines) == 15)
+        asked = datetime.now(UTC)
+        text = c.kubectl("logs", name, "--tail=15", "--timestamps").stdout
+        stamped = [line.split(" ", 1) for line in text.splitlines()]
+        read = datetime.now(UTC)
+        assert len(stamped) == 15 and all(rest.startswith("line ") for _, rest in stamped), stamped
+        assert all(len(stamp) == 30 and stamp.endswith("Z") for stamp, _ in stamped), stamped  # RFC3339Nano, fixed
+        times = [datetime.fromisoformat(stamp) for stamp, _ in stamped]
+        assert times == sorted(times) and len(set(times)) > 1 and times[-1] <= read, stamped
+        assert times[0] < asked, stamped  # written seconds before it was asked for
+        cli = subprocess.run([sys.executable, "-m", "gitorch", "logs", name, "--tail", "3", "--timestamps", "--repo",
+                              str(c.repo.path)], env=c.env, capture_output=True, text=True, timeout=60, check=False)
+        assert cli.returncode == 0, cli.stderr
+        ours = [line.split(" ", 1) for line in cli.stdout.splitlines()]  # `gitorch logs --timestamps` alike
+        assert len(ours) == 3 and all(len(stamp) == 30 and rest.startswith("line ") for stamp, rest in ours), ours
+        when = [datetime.fromisoformat(stamp) for stamp, _ in ours]
+        assert when == sorted(when) and when[-1] <= datetime.now(UTC), ours
+        with subprocess.Popen([KUBECTL or "kubectl", "--kubeconfig", str(c.kubeconfig), "logs", "-f", "--tail=1",
+                               "--timestamps", name], stdout=subprocess.PIPE, text=True) as follow:
+            try:
+                assert follow.stdout is not None
+                lines = [follow.stdout.readline().split(" ", 1) for _ in range(3)]
+                assert all(datetime.fromisoformat(stamp) <= datetime.now(UTC) and rest.startswith("line ")
+                           for stamp, rest in lines), lines
+            finally:
+                follow.terminate()
         assert KUBECTL is not None
         follow = subprocess.Popen([KUBECTL, "--kubeconfig", str(c.kubeconfig), "logs", "-f", "--tail=1", name],
                                   stdout=subprocess.PIPE, text=True)

@@ -670,17 +670,20 @@ def audit(repo_path: str | None, rev: str | None, since: str | None, object_ref:
 @click.option("--tail", type=int, default=-1, help="Lines from the end (-1: all).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-p", "--previous", is_flag=True, help="The previous container instance's log.")
+@click.option("--timestamps", is_flag=True,
+              help="Start each line with the time it was written (RFC 3339, UTC; within the node's 1 s pass).")
 @click.option("--repo", "repo_path", default=None, help=REPO_HELP)
 @click.option("--node", default=None, help="Ask this node (for the ingress proxy: `gitorch logs ingress --node N`).")
 def logs(pod: str, namespace: str, container: str | None, tail: int, follow: bool, previous: bool,
-         repo_path: str | None, node: str | None) -> None:
+         timestamps: bool, repo_path: str | None, node: str | None) -> None:
     """Print a pod's container log, from the node that runs it; `ingress --node N`: that node's
     ingress proxy (HAProxy's access log)."""
     from gitorch.cli import views
 
     repo = open_repository(repo_path)
     with _store() as store:
-        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous, node)
+        views.logs(store, repo, _settings().state_dir, pod, namespace, container, tail, follow, previous, node,
+                   timestamps)
 
 
 @cli.command()

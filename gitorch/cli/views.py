@@ -421,6 +421,7 @@ def logs(
     follow: bool,
     previous: bool,
     node: str | None = None,
+    timestamps: bool = False,
 ) -> None:
     if node is not None and pod == PROXY_POD:  # the ingress proxy: a system pod, not in the store
         namespace = SYSTEM_NAMESPACE
@@ -444,6 +445,8 @@ def logs(
         request: dict[str, Any] = {"pod": pod, "namespace": namespace, "tail": tail, "previous": previous}
         if container:
             request["container"] = container
+        if timestamps:
+            request["timestamps"] = True
         if follow:
             stream = client.follow_logs(request)
             for chunk in stream.chunks():

@@ -68,10 +68,15 @@ Verbs (request keys -> response keys besides ``ok``):
   policiesDrift{checked, missing, extra, message} likewise for the policy table.
 - ``logs``  {"pod", "namespace" (optional if the name is unambiguous on the node),
   "container" (optional if the pod has one), "tail" (lines, -1 = all), "previous",
-  "follow"} -> pod, namespace, container, previous, log. ``previous`` is the log of the
+  "follow", "timestamps"} -> pod, namespace, container, previous, log. ``previous`` is the log of the
   container's previous instance, or the part rotated out at 10 MiB. With ``follow`` the
   request must be one line and the output is raw log text, not JSON, streamed until stdin
   closes or the pod's logs disappear; errors found before streaming are one JSON document.
+  With ``timestamps`` each line starts with its time as the kubelet prints it
+  (``2026-12-07T20:00:01.123456789Z line``): the time the supervisor saw it written, from the
+  log's side index (see LogIndexer: at most one supervisor pass late), for followed lines
+  the time they were read; the answer also has timestamps: true and leftOut (oldest lines
+  left out to keep the answer within 20 MiB).
 - ``stop-supervisor``  {} -> stopped, pid. Pods keep running.
 - ``watch``  no request; streams one JSON line per event until stdin closes (the SSH
   channel goes away): ``{"ok": true, "event": "status", "digest", "writtenAt", "pods":
@@ -100,7 +105,8 @@ Root layout: desired.json (the pods' specs with their secret values taken out: e
 are in its own pods/<key>/secrets.json, 0600 in a 0700 folder, written by sync and removed
 with the pod from the desired set), state.json (pids for re-adoption),
 status.json, metrics.json, ack.json, fence.json, supervisor.{pid,lock,log}, node-checks.json, and
-pods/<key>/{volumes/<volume>/, logs/<container>.log[.1]}. A pod's key names its folder,
+pods/<key>/{volumes/<volume>/, logs/<container>.log[.1][.times]} (.times: the log's
+side index of (offset, time) entries, at most 4096 a log). A pod's key names its folder,
 network namespace, veth and cgroup: "<namespace>_<name>", hashed past 100 characters (see
 pod_key). Pods adopted from an agent that keyed them by bare name keep that key (state.json
 says so) until they are replaced: an upgrade restarts nothing.
@@ -497,6 +503,170 @@ def copytruncate(path: str, max_bytes: int) -> None:
         os.truncate(path, 0)
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------
+# Log times: a side index of (offset, time) beside each container log
+# ---------------------------------------------------------------------------------------
+#
+# Containers write straight into their log file (no pipe between them and it, so they survive
+# the supervisor), so no line carries the time it was written. The supervisor notes, on each
+# pass where a running container's log grew, the log's size and mtime (the time of its latest
+# write) in <log>.times: 16 bytes an entry, little-endian offset and nanoseconds since the
+# epoch. A line's time is that of the first entry whose offset covers the line's end, an
+# upper bound off by at most one pass (IDLE_SECONDS); bytes no entry covers yet get the log's
+# mtime. The index moves with its log (restart: .log.1.times; size rotation: likewise, the
+# new log starting a new index) and goes with the pod's folder.
+
+LOG_INDEX_SUFFIX = ".times"
+LOG_INDEX_ENTRIES = 4096  # per log (64 KiB): when full, the older half is thinned to half
+LOG_INDEX_ENTRY = 16
+LOG_INDEX_SECONDS = 0.25  # at most this often (passes come every 0.1 s while a pod stops)
+STAMPED_REPLY_MAX_BYTES = 2 * LOG_MAX_BYTES  # a stamped log answer; the oldest lines beyond are left out
+
+
+def read_log_index(path: str) -> list[tuple[int, int]]:
+    """The (offset, ns) entries of a log's index (path: the log), in order; [] if none."""
+    import struct
+
+    try:
+        with open(path + LOG_INDEX_SUFFIX, "rb") as fh:
+            data = fh.read(2 * LOG_INDEX_ENTRIES * LOG_INDEX_ENTRY)
+    except OSError:
+        return []
+    usable = len(data) - len(data) % LOG_INDEX_ENTRY  # an append being written: left for next time
+    return [(int(o), int(t)) for o, t in struct.iter_unpack("<QQ", data[:usable])]
+
+
+def write_log_index(path: str, entries: list[tuple[int, int]]) -> None:
+    import struct
+
+    atomic_write_bytes(path + LOG_INDEX_SUFFIX, b"".join(struct.pack("<QQ", o, t) for o, t in entries))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class LogIndexer:
+    """The supervisor's side of the log times: one entry per log per pass where it grew."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, tuple[int, int, int]] = {}  # log -> (last offset, its ns, entries)
+
+    def note(self, log: str) -> None:
+        import struct
+
+        try:
+            st = os.stat(log)
+        except OSError:
+            return
+        mark = self.marks.get(log)
+        if mark is None:  # first look (or after a supervisor restart): the index on disk goes on
+            entries = read_log_index(log)
+            mark = (entries[-1][0], entries[-1][1], len(entries)) if entries else (0, 0, 0)
+        offset, ns, count = mark
+        if st.st_size < offset:  # cut short by someone else: the index no longer fits the log
+            self.forget(log, drop=True)
+            offset, ns, count = 0, 0, 0
+        if st.st_size == offset:
+            self.marks[log] = (offset, ns, count)
+            return
+        ns = max(ns, st.st_mtime_ns)  # the latest write: an upper bound of every byte's time
+        if count >= LOG_INDEX_ENTRIES:
+            entries = read_log_index(log)
+            half = len(entries) // 2
+            # The later entry of each older pair stays: still an upper bound, only coarser.
+            entries = entries[1:half:2] + entries[half:] + [(st.st_size, ns)]
+            write_log_index(log, entries)
+            count = len(entries)
+        else:
+            fd = os.open(log + LOG_INDEX_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, struct.pack("<QQ", st.st_size, ns))
+            finally:
+                os.close(fd)
+            count += 1
+        self.marks[log] = (st.st_size, ns, count)
+
+    def forget(self, log: str, drop: bool = False) -> None:
+        self.marks.pop(log, None)
+        if drop:
+            with contextlib.suppress(OSError):
+                os.unlink(log + LOG_INDEX_SUFFIX)
+
+    def keep_only(self, logs: set[str]) -> None:
+        """Drop what is remembered of logs no longer noted (their pods went)."""
+        for log in [k for k in self.marks if k not in logs]:
+            del self.marks[log]
+
+    def previous(self, log: str) -> None:
+        """A container restarts: its log (and index) become .1, the next instance's start empty.
+        Orders matter to a reader: a .1 never has another log's index."""
+        with contextlib.suppress(OSError):
+            os.unlink(log + ".1" + LOG_INDEX_SUFFIX)
+        os.replace(log, log + ".1")
+        with contextlib.suppress(OSError):
+            os.replace(log + LOG_INDEX_SUFFIX, log + ".1" + LOG_INDEX_SUFFIX)
+        self.forget(log)
+
+    def rotate(self, log: str, max_bytes: int) -> None:
+        """copytruncate with the index: entries for everything before the copy, moved to .1's."""
+        try:
+            if os.path.getsize(log) <= max_bytes:
+                return
+            self.note(log)
+            with contextlib.suppress(OSError):
+                os.unlink(log + ".1" + LOG_INDEX_SUFFIX)
+            shutil.copyfile(log, log + ".1")
+            with contextlib.suppress(OSError):
+                os.replace(log + LOG_INDEX_SUFFIX, log + ".1" + LOG_INDEX_SUFFIX)
+            os.truncate(log, 0)  # after the index went: a reader never sees the old one on the new log
+        except OSError:
+            pass
+        self.forget(log)
+
+
+def rfc3339nano(ns: int) -> bytes:
+    """As the kubelet prints a log line's time: UTC, nine fraction digits."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z").encode()
+
+
+def stamp_lines(data: bytes, start: int, entries: list[tuple[int, int]], bound_ns: int,
+                budget: int = STAMPED_REPLY_MAX_BYTES) -> tuple[bytes, int]:
+    """Each line of ``data`` (read from offset ``start`` of its log) prefixed with its time: the
+    first index entry's at or past the line's end, at most ``bound_ns`` (the log's mtime after
+    the read). The newest lines that fit in ``budget`` bytes; also how many were left out."""
+    import bisect
+
+    offsets = [o for o, _ in entries]
+    pieces: list[bytes] = []
+    size = 0
+    left_out = 0
+    end = len(data)
+    last_ns, last_prefix = -1, b""
+    while end > 0:
+        cut = data.rfind(b"\n", 0, end - 1) + 1  # this line's first byte
+        line = data[cut:end]
+        if size + len(line) + 31 > budget:  # 31: a stamp and its space
+            left_out = data.count(b"\n", 0, end) + (not data.endswith(b"\n", 0, end))
+            break
+        i = bisect.bisect_left(offsets, start + end)
+        ns = min(entries[i][1], bound_ns) if i < len(entries) else bound_ns
+        if ns != last_ns:
+            last_ns, last_prefix = ns, rfc3339nano(ns) + b" "
+        pieces.append(last_prefix + line)
+        size += len(line) + len(last_prefix)
+        end = cut
+    pieces.reverse()
+    return b"".join(pieces), left_out
 
 
 @contextlib.contextmanager
@@ -3710,6 +3880,7 @@ class Supervisor:
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
+        self._last_index = 0.0
         self._log_fd = -1
         self._lock_fd = -1
         self._wake_r = -1
@@ -3718,6 +3889,7 @@ class Supervisor:
         self.metrics_every = DEFAULT_METRICS_INTERVAL
         self.next_metrics = 0.0
         self.node_cpu: tuple[float, int] | None = None  # (time, busy ticks) of the last sample
+        self.log_index = LogIndexer()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -4025,6 +4197,9 @@ class Supervisor:
                     self.pods[ident] = self.new_pod(self.pending.pop(ident))
                     self.pods[ident].ip = pod.ip  # a pod keeps its IP across replacements
         self.retry_cgroup_trash()
+        if now - self._last_index >= LOG_INDEX_SECONDS:
+            self._last_index = now
+            self.index_logs()
         if now >= self.next_metrics:
             self.next_metrics = now + self.metrics_every
             try:
@@ -4387,7 +4562,7 @@ class Supervisor:
             os.unlink(ctr.exit_file)  # the last instance's
         if ctr.ever_started and os.path.exists(log_path):
             # The previous instance's log becomes "previous" (kubectl logs --previous).
-            os.replace(log_path, log_path + ".1")
+            self.log_index.previous(log_path)
         if ctr.ever_started:
             ctr.restart_count += 1
         ctr.ever_started = True
@@ -4861,7 +5036,22 @@ class Supervisor:
         for pod in self.pods.values():
             for ctr in pod.all_containers():
                 if ctr.state == "running":
-                    copytruncate(self.paths.log_file(pod.key, ctr.name), LOG_MAX_BYTES)
+                    self.log_index.rotate(self.paths.log_file(pod.key, ctr.name), LOG_MAX_BYTES)
+
+    def index_logs(self) -> None:
+        """Note the size and time of each live container's log that grew (see LogIndexer)."""
+        seen: set[str] = set()
+        for pod in self.pods.values():
+            for ctr in pod.all_containers():
+                if ctr.busy:
+                    log = self.paths.log_file(pod.key, ctr.name)
+                    seen.add(log)
+                    try:
+                        self.log_index.note(log)
+                    except OSError as exc:  # a full disk, a pod folder being removed: times wait
+                        self.log_error("log-index", f"noting log times of {log}: {exc}")
+                        self.log_index.forget(log)
+        self.log_index.keep_only(seen)
 
 
 def cmd_supervise(paths: Paths, request: Json, redact: Redactor) -> int:
@@ -5222,27 +5412,31 @@ def cmd_stop_supervisor(paths: Paths, request: Json, redact: Redactor) -> int:
     return 0
 
 
-def tail_bytes(path: str, lines: int) -> bytes:
-    """The last ``lines`` lines of a file (all of it when lines < 0), read from the end."""
+def read_tail(path: str, lines: int) -> tuple[int, bytes, int]:
+    """(offset, bytes, mtime): the last ``lines`` lines of a file (all when lines < 0), where
+    they start in it, and its mtime in ns after they were read (a bound on their times)."""
     with open(path, "rb") as fh:
         if lines < 0:
-            return fh.read()
+            data = fh.read()
+            return 0, data, os.fstat(fh.fileno()).st_mtime_ns
         fh.seek(0, os.SEEK_END)
-        pos = fh.tell()
+        pos = end = fh.tell()
         data = b""
         while pos > 0 and data.count(b"\n") <= lines:
             step = min(65536, pos)
             pos -= step
             fh.seek(pos)
             data = fh.read(step) + data
+        mtime = os.fstat(fh.fileno()).st_mtime_ns
         if lines == 0:
-            return b""
+            return end, b"", mtime
         parts = data.split(b"\n")
         trailing = data.endswith(b"\n")
         if trailing:
             parts = parts[:-1]
         kept = b"\n".join(parts[-lines:])
-        return kept + (b"\n" if trailing and kept else b"")
+        kept += b"\n" if trailing and kept else b""
+        return end - len(kept), kept, mtime
 
 
 def log_key(paths: Paths, name: str, namespace: str | None) -> tuple[str, str]:
@@ -5280,6 +5474,7 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
     if isinstance(tail, bool) or not isinstance(tail, int):
         raise RequestError("logs: tail must be an integer")
     previous, follow = bool(request.get("previous")), bool(request.get("follow"))
+    stamps = bool(request.get("timestamps"))
     namespace, key = log_key(paths, pod, namespace)
     log_dir = os.path.join(paths.pod_dir(key), "logs")
     if not os.path.isdir(log_dir):
@@ -5297,11 +5492,15 @@ def cmd_logs(paths: Paths, request: Json, redact: Redactor) -> int:
         what = "previous terminated container" if previous else "container"
         raise AgentError(f"{what} {container} in pod {pod} has no log on this node")
     if not follow:
-        text = tail_bytes(path, tail).decode(errors="replace")
-        emit({"ok": True, "pod": pod, "namespace": namespace, "container": container,
-              "previous": previous, "log": text})
+        start, data, mtime = read_tail(path, tail)
+        answer: Json = {"ok": True, "pod": pod, "namespace": namespace, "container": container,
+                        "previous": previous}
+        if stamps:
+            data, left_out = stamp_lines(data, start, read_log_index(path), mtime)
+            answer.update(timestamps=True, leftOut=left_out)
+        emit({**answer, "log": data.decode(errors="replace")})
         return 0
-    follow_log(path, tail)
+    follow_log(path, tail, stamps)
     return 0
 
 
@@ -5321,21 +5520,42 @@ def stdin_closed() -> threading.Event:
     return closed
 
 
-def follow_log(path: str, tail: int) -> None:
-    """Stream a log as raw text until stdin closes or the log (its pod) disappears."""
+def follow_log(path: str, tail: int, stamps: bool = False) -> None:
+    """Stream a log as raw text until stdin closes or the log (its pod) disappears. With
+    ``stamps`` each line is prefixed with its time: from the log's index for the lines already
+    there, the time they were read for the lines that follow (within the 0.2 s poll)."""
     out: IO[bytes] = sys.stdout.buffer
     closed = stdin_closed()
     fh = open(path, "rb")  # noqa: SIM115 - reopened on rotation below
-    try:
-        out.write(tail_bytes(path, tail))
+    pending = b""  # with stamps: a line whose end has not been written yet
+
+    def send(chunk: bytes, flush_partial: bool = False) -> None:
+        nonlocal pending
+        if not stamps:
+            out.write(chunk)
+        else:
+            pending += chunk
+            cut = len(pending) if flush_partial or len(pending) > 65536 else pending.rfind(b"\n") + 1
+            if cut:
+                out.write(stamp_lines(pending[:cut], 0, [], time.time_ns(), budget=1 << 62)[0])
+                pending = pending[cut:]
         out.flush()
-        fh.seek(0, os.SEEK_END)
+
+    try:
+        start, data, mtime = read_tail(path, tail)
+        if stamps:
+            cut = data.rfind(b"\n") + 1  # a partial last line waits for its end, as any other
+            out.write(stamp_lines(data[:cut], start, read_log_index(path), mtime)[0])
+            pending = data[cut:]
+        else:
+            out.write(data)
+        out.flush()
+        fh.seek(start + len(data))
         ino = os.fstat(fh.fileno()).st_ino
         while not closed.is_set():
             chunk = fh.read(65536)
             if chunk:
-                out.write(chunk)
-                out.flush()
+                send(chunk)
                 continue
             try:
                 st = os.stat(path)
@@ -5345,10 +5565,12 @@ def follow_log(path: str, tail: int) -> None:
                 closed.wait(0.2)  # between a restart's rename and the new file
                 continue
             if st.st_ino != ino:  # the container restarted: follow its new log
+                send(b"", flush_partial=True)
                 fh.close()
                 fh = open(path, "rb")  # noqa: SIM115
                 ino = st.st_ino
             elif st.st_size < fh.tell():  # truncated by size rotation
+                send(b"", flush_partial=True)
                 fh.seek(0)
             closed.wait(0.2)
     except BrokenPipeError:

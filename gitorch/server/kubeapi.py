@@ -894,6 +894,8 @@ class KubeApi:
         if q.get("container"):
             payload["container"] = q["container"]
         stamps = q.get("timestamps") == "true"
+        if stamps:  # the agent stamps each line with when it was written (an older one ignores it)
+            payload["timestamps"] = True
         follow = q.get("follow") == "true"
         state = self.feed.state(self.feed.commit)
         if state is None:
@@ -903,17 +905,18 @@ class KubeApi:
                 return status(429, "TooManyRequests", "too many watches and followed logs open",
                               headers=(("Retry-After", "1"),))
             try:
-                stream = LogFollow(state, self.settings, node, payload, stamps, self._streams.release)
+                stream = LogFollow(state, self.settings, node, payload, self._streams.release)
             except Exception as exc:
                 self._streams.release()
                 return status(500, "InternalError", f"gitorch: logs from node {node}: {exc}")
             return Reply(200, b"", "text/plain", stream=stream)
         try:
-            text = node_logs(state, self.settings, node, payload)
+            answer = node_logs(state, self.settings, node, payload)
         except Exception as exc:
             return status(500, "InternalError", f"gitorch: logs from node {node}: {exc}")
-        if stamps:
-            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = str(answer.get("log", ""))
+        if stamps and not answer.get("timestamps"):  # an agent from before line times: the time read
+            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")  # as the kubelet: 9 digits
             text = "".join(f"{when} {line}\n" for line in text.splitlines())
         return Reply(200, text, "text/plain")
 
@@ -1021,18 +1024,18 @@ def _client(state: DesiredState, settings: KubeApiSettings, node: str) -> Any:
     return Fleet(eps, Pool(ssh_options(state, settings.tls_dir.parent / "known_hosts")))
 
 
-def node_logs(state: DesiredState, settings: KubeApiSettings, node: str, payload: dict[str, Any]) -> str:
+def node_logs(state: DesiredState, settings: KubeApiSettings, node: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The agent's `logs` answer: `log`, and `timestamps: true` when it stamped the lines."""
     with _client(state, settings, node) as fleet:
-        answer = fleet.clients[node].run_once("logs", payload)
-    return str(answer.get("log", ""))
+        return fleet.clients[node].run_once("logs", payload)
 
 
 class LogFollow(Iterator[bytes]):
-    """A followed log: lines as the node's agent writes them, until the client goes, the
-    deadline passes or the container's log ends."""
+    """A followed log: lines as the node's agent writes them (stamped by it when the payload
+    asks for `timestamps`), until the client goes, the deadline passes or the container's log ends."""
 
     def __init__(self, state: DesiredState, settings: KubeApiSettings, node: str, payload: dict[str, Any],
-                 stamps: bool, done: Callable[[], None]) -> None:
+                 done: Callable[[], None]) -> None:
         self._done: Callable[[], None] | None = None
         self._fleet = _client(state, settings, node)
         try:
@@ -1043,7 +1046,6 @@ class LogFollow(Iterator[bytes]):
             self._fleet.close()
             raise
         self._deadline = time.monotonic() + settings.max_watch_seconds
-        self._stamps = stamps
         self._done = done
         self._closed = False
 
@@ -1055,8 +1057,6 @@ class LogFollow(Iterator[bytes]):
                 break
             if line is None:
                 continue
-            if self._stamps:
-                line = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ").encode() + line
             return line + b"\n"
         self.close()
         raise StopIteration

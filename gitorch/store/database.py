@@ -578,6 +578,15 @@ def _open_schema(
     )
 
 
+def _comparable(stored: Any, given: Any) -> Any:
+    """A stored value as the given one is compared with it: a naive timestamp read back from
+    SQLite is UTC."""
+    if isinstance(stored, datetime) and isinstance(given, datetime) and stored.tzinfo is None \
+            and given.tzinfo is not None:
+        return stored.replace(tzinfo=UTC)
+    return stored
+
+
 def _table(model: type[SQLModel]) -> Table:
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
 
@@ -854,36 +863,40 @@ class Store:
         wanted = list(records)
         if not wanted:
             return 0
-        written = 0
+        # Plain rows, not ORM objects: a pass that starts thousands of pods would otherwise hold
+        # two model instances per pod (the one given and the one added) at its peak.
+        table = _table(PodRecord)
+        fields = [c.name for c in table.columns if c.name not in ("namespace", "name", "updated_at")]
+        inserts: list[dict[str, Any]] = []
+        updates: list[tuple[str, str, dict[str, Any]]] = []
         with self._session(write=True) as s:
-            keys = {(r.namespace, r.name) for r in wanted}
+            conn = s.connection()
             by_ns: dict[str, list[str]] = {}
-            for ns, name in keys:
+            for ns, name in {(r.namespace, r.name) for r in wanted}:
                 by_ns.setdefault(ns, []).append(name)
-            existing: dict[tuple[str, str], PodRecord] = {}
+            existing: dict[tuple[str, str], Any] = {}
             for ns, names in by_ns.items():
                 for i in range(0, len(names), 500):  # bounded IN lists
-                    query = select(PodRecord).where(PodRecord.namespace == ns,
-                                                    col(PodRecord.name).in_(names[i:i + 500]))
-                    existing.update({(row.namespace, row.name): row for row in s.exec(query).all()})
+                    query = sa_select(table).where(table.c.namespace == ns, table.c.name.in_(names[i:i + 500]))
+                    existing.update({(row.namespace, row.name): row for row in conn.execute(query)})
             for record in wanted:
                 _check(record.phase, POD_PHASES, f"pod {record.namespace}/{record.name} phase")
-                data = record.model_dump(exclude={"updated_at"})
                 row = existing.get((record.namespace, record.name))
                 if row is None:
-                    s.add(PodRecord(**data, updated_at=stamp))
-                    written += 1
+                    values = {f: getattr(record, f) for f in fields}
+                    inserts.append({**values, "namespace": record.namespace, "name": record.name,
+                                    "updated_at": stamp})
                     continue
-                data.pop("created_at")
-                changed = {k: v for k, v in data.items() if getattr(row, k) != v}
-                if not changed:
-                    continue
-                for key, value in changed.items():
-                    setattr(row, key, value)
-                row.updated_at = stamp
-                written += 1
-            s.flush()  # before any later statement of the same transaction (a delete) sees the table
-        return written
+                changed = {f: v for f in fields if f != "created_at"
+                           and (v := getattr(record, f)) != _comparable(getattr(row, f), v)}
+                if changed:
+                    updates.append((record.namespace, record.name, changed))
+            if inserts:
+                conn.execute(insert(table), inserts)
+            for ns, name, changed in updates:
+                conn.execute(update(table).where(table.c.namespace == ns, table.c.name == name)
+                             .values(**changed, updated_at=stamp))
+        return len(inserts) + len(updates)
 
     def delete_pods(self, namespace: str, names: Iterable[str]) -> int:
         """Forget pods of `namespace`; returns how many there were."""

@@ -149,6 +149,7 @@ def plan(repo_path: str | None, base: str | None, head: str | None, fmt: str, de
         changes=diff_states(base_state, head_state),
         diagnostics=head_state.diagnostics,
         source=str(repo.path),
+        standby=tuple(sorted(o.key.name for o in head_state.of_kind("Node") if o.spec.get("standby") is True)),
     )
     preview = None
     if (against_cluster or out) and not errors(head_state.diagnostics):

@@ -91,18 +91,20 @@ def get(store: Store, what: str, namespace: str | None, output: str) -> None:
         _emit(output, ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "AGE", "MESSAGE"], rows, data)
     elif what == "nodes":
         nodes = store.nodes()
-        data = [summaries.node_summary(n) for n in nodes]
+        rows_of = {o.name: o for o in store.objects(kind="Node")}
+        data = [summaries.node_summary(n, rows_of.get(n.name)) for n in nodes]
         rows = [
             [
                 n.name,
-                "Ready" if n.ready else "NotReady",
+                summaries.node_status(n, rows_of.get(n.name)),
                 n.agent_version,
                 _age(n.last_heartbeat),
                 len(store.pods(node=n.name)),
+                summaries.node_autoscaling_text(rows_of.get(n.name)),
             ]
             for n in nodes
         ]
-        _emit(output, ["NAME", "STATUS", "AGENT", "HEARTBEAT", "PODS"], rows, data)
+        _emit(output, ["NAME", "STATUS", "AGENT", "HEARTBEAT", "PODS", "AUTOSCALING"], rows, data)
     elif what == "serviceaccounts":
         # Every account holding a uid: those in Git, each namespace's `default`, and released ones
         # kept while a pod may still run as them.
@@ -254,6 +256,8 @@ def describe(store: Store, ref: str, namespace: str) -> None:
         _describe_vpa(obj.body or {})
     if kind == "Ingress":
         _describe_ingress(obj.body or {})
+    if kind == "Node" and summaries.node_scaling(obj) is not None:
+        console.write(f"Autoscaling: {summaries.node_autoscaling_text(obj)}")
     console.write("Conditions:")
     for c in obj.conditions:
         console.write(f"  {c.get('type'):<12} {c.get('status'):<6} {c.get('reason', '')}  {c.get('message', '')}")

@@ -31,7 +31,7 @@ from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
 from gitorch.nodes.endpoints import endpoints, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
-from gitorch.reconcile import allocations, autoscaling, ingress, networking, podspecs, policies, services
+from gitorch.reconcile import allocations, autoscaling, ingress, networking, nodescaling, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
 from gitorch.reconcile.recommending import Recommender
 from gitorch.reconcile.scheduler import NodeInfo, Resources, Taint
@@ -640,8 +640,11 @@ class Controller:
                 (t, self._noexecute_seen.setdefault((name, t), now)) for t in info.taints if t.effect == "NoExecute"
             )
             lost_since = (0.0 if last_seen is None else last_seen + self.settings.node_timeout) if lost else None
+            standby, scale_down_disabled = standby_fields(manifest)
             nodes.append(NodeState(info, reachable=reachable, lost=lost, lost_since=lost_since,
-                                   noexecute_since=noexecute, draining=bool(manifest.spec.get("drain"))))
+                                   noexecute_since=noexecute, draining=bool(manifest.spec.get("drain")),
+                                   standby=standby,
+                                   scale_down_disabled=scale_down_disabled))
         # Retention: a taint gone from its Node's manifest (or the Node gone) is forgotten.
         current = {(n.name, t) for n in nodes for t, _ in n.noexecute_since}
         for forgotten in [k for k in self._noexecute_seen if k not in current]:
@@ -697,7 +700,8 @@ class Controller:
         # Samples older than a few intervals are of pods that stopped reporting: missing, as Kubernetes has it.
         usage = self.usage.latest(fresh_after=now - 4 * self.settings.metrics_interval)
         observed = Observed(now, tuple(pods), tuple(nodes), *remembered(self._object_rows, now), usage=usage,
-                            autoscaler_sync=self.settings.autoscaler_sync)
+                            autoscaler_sync=self.settings.autoscaler_sync,
+                            node_scaling=node_scaling(self._object_rows))
         return observed, reports, observations
 
     def _record_nodes(self, nodes: list[NodeObservation], now: float) -> None:
@@ -761,7 +765,9 @@ class Controller:
         table = self.service_table(state, the_plan, reports, allocs)
         policy = self.policy_table(state) if table is not None else None
         policy_json = {n: json.dumps(policy.get(n, []), sort_keys=True) for n in sets} if policy is not None else {}
-        eligible = {n.name: dict(n.info.labels) for n in observed.nodes if n.reachable and not n.lost}
+        # A node on standby announces no LoadBalancer address and proxies no Ingress: it is not in use.
+        eligible = {n.name: dict(n.info.labels) for n in observed.nodes
+                    if n.reachable and not n.lost and n.name not in the_plan.standby}
         local = {(svc.key.namespace, svc.key.name): services.ready_nodes(state, self._table_pods, svc)
                  for svc in state.of_kind("Service")
                  if allocs.lb_ips.get((svc.key.namespace, svc.key.name))
@@ -800,7 +806,7 @@ class Controller:
                 deltas[base] = Encoded({"base": base, "digest": current, **table_delta(self._tables[base], table)})
             return {"servicesDelta": deltas[base]}
 
-        proxies = set(ingress.ingress_nodes(state))
+        proxies = set(ingress.ingress_nodes(state)) - the_plan.standby
         proxy_spec = None
         if proxies and table is not None:
             try:
@@ -1092,6 +1098,8 @@ class Controller:
                 body["rollout"] = {"revision": status.revision, "started": started}
             if status is not None and status.autoscaling is not None:
                 body["autoscaling"] = dict(status.autoscaling)
+            if status is not None and status.scaling is not None:
+                body["scaling"] = dict(status.scaling)
             if status is not None and status.recommendation is not None:
                 body["recommendation"] = dict(status.recommendation)
             health = status.health if status else "Healthy"
@@ -1240,6 +1248,19 @@ def remembered(
         if isinstance(body.get("autoscaling"), dict):
             autoscalers[key] = body["autoscaling"]
     return started, last_schedule, finished, claims, autoscalers
+
+
+def node_scaling(rows: list[ObjectRecord]) -> dict[str, dict[str, Any]]:
+    """Each standby Node's activation state as its status keeps it (see nodescaling.py)."""
+    return {o.name: o.body["scaling"] for o in rows
+            if o.kind == "Node" and isinstance((o.body or {}).get("scaling"), dict)}
+
+
+def standby_fields(manifest: Any) -> tuple[bool, bool]:
+    """A Node manifest's part in the cluster autoscaler: spec.standby, and whether it is annotated
+    scale-down-disabled."""
+    disabled = str(manifest.annotations.get(nodescaling.SCALE_DOWN_DISABLED, "")).lower() == "true"
+    return manifest.spec.get("standby") is True, disabled
 
 
 class RowView(NamedTuple):

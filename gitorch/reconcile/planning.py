@@ -20,7 +20,8 @@ from gitorch.model import admission, selectors, volumes
 from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.usage import PodUsage
-from gitorch.reconcile import autoscaling, podspecs
+from gitorch.reconcile import autoscaling, nodescaling, podspecs
+from gitorch.reconcile.nodescaling import ACTIVE, SCALING_DOWN, STANDBY, NodeScaling
 from gitorch.reconcile.scheduler import (
     UNREACHABLE,
     Decision,
@@ -75,6 +76,8 @@ class NodeState:
     noexecute_since: tuple[tuple[Taint, float], ...] = ()
     """Its NoExecute taints from Git, each with when the controller first saw it."""
     draining: bool = False  # spec.drain: its pods are evicted within their disruption budgets
+    standby: bool = False  # spec.standby: the cluster autoscaler activates it (see nodescaling.py)
+    scale_down_disabled: bool = False  # annotated cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"
 
     @property
     def name(self) -> str:
@@ -100,6 +103,8 @@ class Observed:
     """Per pod (namespace, name): its newest resource sample."""
     autoscaler_sync: float = 15.0
     """Seconds between two syncs of an autoscaler (--horizontal-pod-autoscaler-sync-period)."""
+    node_scaling: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per standby Node: its recorded activation state (nodescaling.NodeScaling, kept in its status)."""
     recommendations: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
     """Per VerticalPodAutoscaler: its status as the recommender computed it (reconcile/recommending.py)."""
     recommender_sync: float = 60.0
@@ -143,6 +148,7 @@ class Status:
     finished: Finished | None = None  # Jobs
     binding: volumes.Binding | None = None  # PersistentVolumeClaims
     autoscaling: Mapping[str, Any] | None = None  # HorizontalPodAutoscalers: their status, kept in the store
+    scaling: Mapping[str, Any] | None = None  # standby Nodes: their activation state, kept in the store
     recommendation: Mapping[str, Any] | None = None  # VerticalPodAutoscalers: their status, kept in the store
 
 
@@ -162,6 +168,8 @@ class Plan:
     events: list[PlannedEvent] = field(default_factory=list)
     requeue_after: float | None = None
     """Seconds until a pass is due whatever else happens (an autoscaler's next sync)."""
+    standby: frozenset[str] = frozenset()
+    """Nodes on standby after this pass: they run no pods, announce no address, proxy no Ingress."""
 
     def node_sets(self, nodes: Iterable[str]) -> dict[str, list[Mapping[str, Any]]]:
         """Each node's complete pod set (an empty set stops whatever it still runs)."""
@@ -242,8 +250,19 @@ class _Pass:
         self.observed = observed
         self.now = observed.now
         self.plan = Plan()
-        self.nodes = {n.name: n for n in observed.nodes}
-        self.usable = [n.info for n in observed.nodes if not n.lost]
+        self.observed_nodes = {n.name: n for n in observed.nodes}
+        self.autoscaling = nodescaling.settings(_cluster_spec(desired))
+        occupied = {p.node for p in observed.pods if p.node and not p.finished and p.owner_kind != "DaemonSet"}
+        self.scaling: dict[str, NodeScaling] = {}  # standby Nodes' activation states (the cluster autoscaler)
+        for n in observed.nodes:
+            if n.standby:
+                kept = NodeScaling.from_json(observed.node_scaling.get(n.name))
+                self.scaling[n.name] = kept if kept is not None else nodescaling.initial(n.name in occupied, self.now)
+        self.scaled_up = False
+        self.nodes: dict[str, NodeState] = {}
+        self.node_list: list[NodeState] = []  # the nodes that may run pods (not on standby)
+        self.usable: list[NodeInfo] = []
+        self._node_views()
         self.by_owner: dict[ObjectKey, list[PodState]] = {}
         for p in observed.pods:
             self.by_owner.setdefault(p.owner, []).append(p)
@@ -256,6 +275,22 @@ class _Pass:
         self.claimed: dict[tuple[str, str], tuple[str, ...]] = {}  # pods to place -> the claims they use
         self.volumes = _Volumes(self)
         self.scales: dict[ObjectKey, int] = {}  # workloads' replica counts set by their autoscaler
+
+    def _node_views(self) -> None:
+        """The nodes as this pass plans with them: one on standby or scaling down is unschedulable
+        and drains (the Node drain path); one scaling down carries CA's ToBeDeleted taint."""
+        self.nodes = {}
+        for n in self.observed.nodes:
+            rec = self.scaling.get(n.name)
+            if rec is not None and rec.state != ACTIVE:
+                taints = n.info.taints
+                if rec.state == SCALING_DOWN:
+                    taints = (*taints, Taint(nodescaling.TO_BE_DELETED, str(int(rec.since)), "NoSchedule"))
+                n = replace(n, info=replace(n.info, unschedulable=True, taints=taints), draining=True)
+            self.nodes[n.name] = n
+        self.node_list = [n for n in self.nodes.values()
+                          if (rec := self.scaling.get(n.name)) is None or rec.state != STANDBY]
+        self.usable = [n.info for n in self.node_list if not n.lost]
 
     def replicas(self, obj: Object) -> int:
         """A workload's replicas: its autoscaler's count, else Git's (with an autoscaler, Git's
@@ -445,6 +480,7 @@ class _Pass:
                     )
         by_name = {(i.namespace, i.name): (i, d) for i, d in self.to_place}
         decisions: list[Decision] = schedule([i for i, _ in self.to_place], self.usable, bound)
+        decisions = self.scale_up(decisions, bound, by_name)
         for decision in decisions:
             _, pod = by_name[(decision.pod.namespace, decision.pod.name)]
             if decision.node is None:
@@ -464,6 +500,167 @@ class _Pass:
                 respec = self.respecs.get((pod.owner.namespace, pod.name))
                 spec = respec(decision.node) if respec is not None else dict(pod.spec)
                 self.plan.pods.append(DesiredPod(pod.name, pod.owner, decision.node, pod.revision, spec, pod.ordinal))
+
+    def scale_up(self, decisions: list[Decision], bound: list[tuple[PodInfo, str]],
+                 by_name: Mapping[tuple[str, str], tuple[PodInfo, DesiredPod]]) -> list[Decision]:
+        """The cluster autoscaler's scale-up: when pods fit on no active node, activate the fewest
+        standby nodes (or cancel a scale-down) that let them run, and place them there now."""
+        unplaced = [d.pod for d in decisions if d.node is None]
+        if not unplaced or not self.scaling:
+            return decisions
+        waking = {n for n, rec in self.scaling.items() if rec.state != ACTIVE}
+        candidates = [n.info for name in sorted(waking)
+                      if (n := self.observed_nodes[name]).reachable and not n.lost]
+        if not candidates:
+            return decisions
+        placed = [*bound, *((d.pod, d.node) for d in decisions if d.node is not None)]
+        preferred = [n for n in waking if self.scaling[n].state == SCALING_DOWN]
+        active = [n for n in self.usable if n.name not in waking]  # a node scaling down is a candidate instead
+        up = nodescaling.choose(unplaced, active, candidates, placed, preferred=preferred)
+        owners: dict[ObjectKey, list[str]] = {}
+        if up is None:
+            for pod in unplaced:
+                owners.setdefault(by_name[(pod.namespace, pod.name)][1].owner, []).append(pod.name)
+            for owner, names in sorted(owners.items()):
+                self.plan.events.append(PlannedEvent(
+                    owner, "Normal", "NotTriggerScaleUp",
+                    f"{', '.join(sorted(names))}: pod didn't trigger scale-up: it wouldn't fit on any of the "
+                    f"{len(candidates)} standby node(s)"))
+            return decisions
+        for name in up.nodes:
+            mine = sorted(f"{d.pod.namespace}/{d.pod.name}" for d in up.decisions if d.node == name)
+            was = self.scaling[name]
+            reason = f"scaled up for pod {mine[0]}" + (f" and {len(mine) - 1} more" if len(mine) > 1 else "") \
+                if mine else "scaled up for pending pods"
+            self.scaling[name] = NodeScaling(ACTIVE, self.now, reason)
+            cancelled = " (its scale-down cancelled)" if was.state == SCALING_DOWN else ""
+            self.plan.events.append(PlannedEvent(
+                ObjectKey("Node", "", name), "Normal", "TriggeredScaleUp",
+                f"activated from standby{cancelled} for {len(mine)} pending pod(s): {', '.join(mine[:10])}"))
+        for pod in up.helped:
+            owners.setdefault(by_name[(pod.namespace, pod.name)][1].owner, []).append(pod.name)
+        for owner, names in sorted(owners.items()):
+            self.plan.events.append(PlannedEvent(
+                owner, "Normal", "TriggeredScaleUp",
+                f"{', '.join(sorted(names))}: pod triggered scale-up: standby node(s) {', '.join(up.nodes)} activated"))
+        self.scaled_up = True
+        self._node_views()
+        again = schedule(unplaced, self.usable, placed)
+        return [d for d in decisions if d.node is not None] + again
+
+    def scale_down(self) -> None:
+        """The cluster autoscaler's scale-down, after this pass's placements: a draining node
+        with only DaemonSet pods left goes back to standby; an active standby node unneeded for
+        the unneeded time starts draining (one at a time)."""
+        if not self.scaling:
+            return
+        now, cfg = self.now, self.autoscaling
+        finished = {(p.namespace, p.name) for p in self.observed.pods if p.finished}
+        on: dict[str, list[DesiredPod]] = {}
+        for d in self.plan.pods:
+            if d.node is not None and (d.owner.namespace, d.name) not in finished:
+                on.setdefault(d.node, []).append(d)
+        for name in sorted(n for n, rec in self.scaling.items() if rec.state == SCALING_DOWN):
+            rec = self.scaling[name]
+            left = sorted(d.name for d in on.get(name, []) if d.owner.kind != "DaemonSet")
+            key = ObjectKey("Node", "", name)
+            if not left:
+                self.scaling[name] = NodeScaling(STANDBY, now, "scaled down: drained")
+                self.plan.events.append(PlannedEvent(key, "Normal", "ScaleDown", "node drained: back to standby"))
+            elif now - rec.since >= nodescaling.DRAIN_TIMEOUT:
+                self.scaling[name] = NodeScaling(ACTIVE, now, "scale-down failed: pods would not leave")
+                self.plan.events.append(PlannedEvent(
+                    key, "Warning", "ScaleDownFailed",
+                    f"pods still on the node after {nodescaling.DRAIN_TIMEOUT:g} s: {', '.join(left[:10])}; "
+                    "it stays active"))
+            else:
+                _requeue(self, rec.since + nodescaling.DRAIN_TIMEOUT - now)
+        active = sorted(n for n, rec in self.scaling.items() if rec.state == ACTIVE)
+        if self.scaled_up or not cfg.scale_down_enabled:  # CA: no scale-down in a loop that scaled up
+            if not cfg.scale_down_enabled:
+                for name in active:
+                    self.scaling[name] = replace(self.scaling[name], unneeded_since=None)
+            return
+        busy = any(rec.state == SCALING_DOWN for rec in self.scaling.values())
+        memo = self.desired.memo
+
+        def info(d: DesiredPod) -> tuple[PodInfo, Mapping[str, Any]]:
+            owner = self.desired.objects.get(d.owner) or self.runs.get(d.owner)
+            template = self.template(owner) or {}
+            kept = memo.get(("scaling-info", d.owner))  # kept with the state, like the pods' specs
+            if kept is None or kept[0] is not template:
+                kept = memo[("scaling-info", d.owner)] = (template, pod_info_from_template(
+                    d.name, d.owner.namespace, template, owner=_owner_id(d.owner)))
+            return replace(kept[1], name=d.name), template
+
+        gone: set[str] = set()
+        for name in active:
+            rec = self.scaling[name]
+            why, movable = self._needed(name, on, info, gone)
+            if why:
+                if rec.unneeded_since is not None:
+                    self.scaling[name] = replace(rec, unneeded_since=None)
+                continue
+            since = rec.unneeded_since if rec.unneeded_since is not None else now
+            if now - since < cfg.unneeded_time or (busy and movable):
+                self.scaling[name] = replace(rec, unneeded_since=since)
+                if not busy:
+                    _requeue(self, since + cfg.unneeded_time - now)
+                continue
+            key = ObjectKey("Node", "", name)
+            gone.add(name)
+            if movable:
+                busy = True
+                self.scaling[name] = NodeScaling(SCALING_DOWN, now, f"unneeded for {now - since:.0f} s")
+                self.plan.events.append(PlannedEvent(
+                    key, "Normal", "ScaleDown",
+                    f"marked the node as toBeDeleted/unschedulable: evicting pods {', '.join(sorted(movable)[:10])}"))
+                _requeue(self, 0.0)
+            else:
+                self.scaling[name] = NodeScaling(STANDBY, now, "scaled down: empty")
+                self.plan.events.append(PlannedEvent(key, "Normal", "ScaleDown", "empty node back to standby"))
+
+    def _needed(self, name: str, on: Mapping[str, list[DesiredPod]],
+                info: Callable[[DesiredPod], tuple[PodInfo, Mapping[str, Any]]],
+                gone: set[str]) -> tuple[str, list[str]]:
+        """Why an active standby node is still needed ("" when it is unneeded), and the pods a
+        scale-down would move (not its DaemonSet pods, nor expendable ones)."""
+        node = self.observed_nodes[name]
+        if not node.reachable or node.lost:
+            return "not ready", []
+        if node.scale_down_disabled:
+            return f"annotated {nodescaling.SCALE_DOWN_DISABLED}", []
+        if node.draining:
+            return "drained in Git", []
+        pods = [(d, *info(d)) for d in on.get(name, [])]
+        movable = [(d, i, t) for d, i, t in pods
+                   if d.owner.kind != "DaemonSet" and i.priority >= nodescaling.EXPENDABLE_PRIORITY_CUTOFF]
+        used = nodescaling.utilization((i.requests for _, i, _ in pods), node.info)
+        if movable and used >= self.autoscaling.utilization_threshold:
+            return f"{used:.0%} of its allocatable requested", []
+        for d, _, template in movable:
+            why = nodescaling.blocker(d.name, d.owner.kind, template)
+            if why:
+                return why, []
+        if not movable:
+            return "", []
+        # The other active nodes, as they are after this pass (not those scaling down or chosen now).
+        others = [n for n in self.usable if n.name != name and n.name not in gone
+                  and ((rec := self.scaling.get(n.name)) is None or rec.state == ACTIVE)]
+        # The simulation is kept with the state while its inputs stay the same (the pods on every node,
+        # the nodes as the scheduler sees them): an unneeded node costs a pass no scheduler run.
+        inputs = (tuple(d.name for d, _, _ in movable),  # in plan order: the same for the same inputs
+                  tuple((d.owner.namespace, d.name, n.name) for n in others for d in on.get(n.name, [])),
+                  tuple((n.name, n.allocatable, n.taints, n.unschedulable, n.ready, tuple(sorted(n.labels.items())))
+                        for n in others))
+        kept = self.desired.memo.get(("fit-elsewhere", name))
+        if kept is not None and kept[0] == inputs:
+            why = str(kept[1])
+        else:
+            placed = [(info(d)[0], n.name) for n in others for d in on.get(n.name, [])]
+            why = nodescaling.fit_elsewhere([i for _, i, _ in movable], others, placed)
+            self.desired.memo[("fit-elsewhere", name)] = (inputs, why)
+        return why, [d.name for d, _, _ in movable]
 
 
 @dataclass
@@ -627,6 +824,11 @@ class _Volumes:
                 ps.plan.statuses[pv.key] = Status("Healthy", f"Bound to {owner.namespace}/{owner.name}")
             else:
                 ps.plan.statuses[pv.key] = Status("Healthy", "Available")
+
+
+def _cluster_spec(desired: DesiredState) -> Mapping[str, Any] | None:
+    clusters = desired.of_kind("Cluster")
+    return clusters[0].spec if clusters else None
 
 
 def _owner_id(key: ObjectKey) -> str:
@@ -1071,7 +1273,7 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
     ru = (obj.spec.get("updateStrategy") or {}).get("rollingUpdate") or {}
     existing = {p.node: p for p in ps.by_owner.get(obj.key, []) if p.node}
     eligible: list[str] = []
-    for node in ps.observed.nodes:
+    for node in ps.node_list:  # a node on standby runs no pods, DaemonSet pods included
         if node.lost:
             continue
         info = pod_info_from_template(f"{obj.key.name}-probe", obj.key.namespace, template)
@@ -1510,6 +1712,10 @@ def plan(desired: DesiredState, observed: Observed) -> Plan:
         if controller is not None:
             _isolated(ps, obj, controller)
     ps.place_all()
+    ps.scale_down()
+    for name, rec in sorted(ps.scaling.items()):
+        ps.plan.statuses[ObjectKey("Node", "", name)] = Status("Healthy", rec.describe(), scaling=rec.to_json())
+    ps.plan.standby = frozenset(n for n, rec in ps.scaling.items() if rec.state == STANDBY)
     ps.budgets()  # every PodDisruptionBudget's status, whether or not a node drains
     ps.volumes.statuses()
     # Pods whose owner left Git are pruned.

@@ -21,7 +21,7 @@ from gitorch.model.objects import DesiredState
 from gitorch.model.routes import routes
 from gitorch.reconcile import ingress
 from gitorch.reconcile.allocations import allocate
-from gitorch.reconcile.controller import node_info, remembered
+from gitorch.reconcile.controller import node_info, node_scaling, remembered, standby_fields
 from gitorch.reconcile.planning import NodeState, Observed, PodState, plan
 from gitorch.source.diffs import Action, ChangeSet
 from gitorch.store.database import Store
@@ -37,6 +37,7 @@ class Step:
     started: tuple[tuple[str, str], ...] = ()  # (namespace/name, node)
     stopped: tuple[tuple[str, str], ...] = ()
     pending: tuple[tuple[str, str], ...] = ()  # (namespace/name, scheduler message)
+    nodes: tuple[tuple[str, str], ...] = ()  # (standby node, what the cluster autoscaler does with it)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ClusterPreview:
                     "started": [{"pod": p, "node": n} for p, n in s.started],
                     "stopped": [{"pod": p, "node": n} for p, n in s.stopped],
                     "pending": [{"pod": p, "reason": m} for p, m in s.pending],
+                    "nodes": [{"node": n, "action": a} for n, a in s.nodes],
                 }
                 for s in self.steps
             ],
@@ -86,8 +88,10 @@ def observed_from_store(state: DesiredState, store: Store, now: float) -> Observ
         rec = records.get(manifest.key.name)
         facts = dict(rec.facts) if rec is not None else {}
         reachable = bool(rec.ready) if rec is not None else False
+        standby, scale_down_disabled = standby_fields(manifest)
         nodes.append(NodeState(node_info(manifest, facts, reachable), reachable=reachable, lost=not reachable,
-                               draining=bool(manifest.spec.get("drain"))))
+                               draining=bool(manifest.spec.get("drain")), standby=standby,
+                               scale_down_disabled=scale_down_disabled))
     pods = tuple(
         PodState(
             r.name,
@@ -107,7 +111,8 @@ def observed_from_store(state: DesiredState, store: Store, now: float) -> Observ
         )
         for r in store.pods()
     )
-    return Observed(now, pods, tuple(nodes), *remembered(store.objects(), now))
+    objects = store.objects()
+    return Observed(now, pods, tuple(nodes), *remembered(objects, now), node_scaling=node_scaling(objects))
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,8 @@ def holdings_from_store(store: Store) -> Holdings:
 
 def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
     """A fingerprint of what the plan depends on: pods (node, revision, phase), nodes, the
-    allocations held (a plan's new addresses follow from them) and autoscalers' counts."""
+    allocations held (a plan's new addresses follow from them), autoscalers' counts and standby
+    nodes' states."""
     held = holdings or Holdings()
     data = {
         "pods": sorted((p.namespace, p.name, p.node or "", p.revision, p.phase) for p in observed.pods),
@@ -142,6 +148,8 @@ def observed_hash(observed: Observed, holdings: Holdings | None = None) -> str:
     }
     if observed.autoscalers:  # the counts autoscalers set are part of what a plan starts from
         data["scales"] = sorted((str(k), str(v.get("desiredReplicas"))) for k, v in observed.autoscalers.items())
+    if observed.node_scaling:  # which standby nodes are in use is too
+        data["standby"] = sorted((k, str(v.get("state"))) for k, v in observed.node_scaling.items())
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
@@ -190,12 +198,14 @@ def cluster_preview(
         )
         stopped = tuple(sorted((f"{x.namespace}/{x.name}", x.node or "-") for x in p.removed))
         pending = tuple(sorted((f"{d.owner.namespace}/{d.name}", d.message) for d in p.pods if d.node is None))
-        if not started and not stopped:
+        scaled = tuple((e.key.name, f"{e.reason}: {e.message}") for e in p.events
+                       if e.key.kind == "Node" and e.reason in ("TriggeredScaleUp", "ScaleDown"))
+        if not started and not stopped and not scaled:
             if pending:
                 preview.steps.append(Step(pending=pending))
                 preview.converges = False
             break
-        preview.steps.append(Step(started, stopped, pending))
+        preview.steps.append(Step(started, stopped, pending, scaled))
         # The next observation: what this pass asked for, every pod Running and Ready.
         pods = []
         for d in p.pods:
@@ -222,7 +232,8 @@ def cluster_preview(
                     message=d.message,
                 )
             )
-        current = replace(current, pods=tuple(pods), now=current.now + 1)
+        scaling = {k.name: dict(st.scaling) for k, st in p.statuses.items() if k.kind == "Node" and st.scaling}
+        current = replace(current, pods=tuple(pods), now=current.now + 1, node_scaling=scaling)
     else:
         preview.converges = False
     for c in changes.changes:
@@ -262,6 +273,7 @@ def preview_text(preview: ClusterPreview) -> str:
         lines += [f"    + pod {pod} -> {node}" for pod, node in s.started]
         lines += [f"    - pod {pod} on {node}" for pod, node in s.stopped]
         lines += [f"    ! pod {pod} stays Pending: {why}" for pod, why in s.pending]
+        lines += [f"    ^ node {node}: {what}" for node, what in s.nodes]
     if not preview.converges:
         lines.append("  does not converge: some pods cannot be placed")
     lines += [f"  + DNS {n}" + (f" -> {preview.cluster_ips[n]}" if n in preview.cluster_ips else "")

@@ -443,7 +443,10 @@ class Dashboard:
             if p.node:
                 per_node[p.node] = per_node.get(p.node, 0) + 1
         nodes = self.store.nodes()
-        return {"nodes": nodes, "pods": per_node,
+        rows = {o.name: o for o in self.store.objects(kind="Node")}
+        scaling = {n.name: summaries.node_autoscaling_text(rows.get(n.name), now=None) for n in nodes
+                   if summaries.node_scaling(rows.get(n.name)) is not None}
+        return {"nodes": nodes, "pods": per_node, "scaling": scaling,
                 "pressure": {n.name: summaries.node_pressure(n.facts or {}) for n in nodes}}
 
     def _node(self, req: Incoming) -> dict[str, Any]:
@@ -452,7 +455,9 @@ class Dashboard:
         if node is None:
             raise LookupError(f"node {name[:253]} is not in the store")
         facts = {k: v for k, v in sorted((node.facts or {}).items()) if k != "pods"}
-        return {"node": node, "facts": facts, "pressure": summaries.node_pressure(node.facts or {}),
+        row = self.store.object_status("Node", "", name)
+        scaling = summaries.node_autoscaling_text(row) if summaries.node_scaling(row) is not None else ""
+        return {"node": node, "facts": facts, "pressure": summaries.node_pressure(node.facts or {}), "scaling": scaling,
                 "pods": self.store.pods(node=name, spec=False)}
 
     def _pod_logs(self, req: Incoming) -> dict[str, Any]:

@@ -653,8 +653,11 @@ def pod(record: Any, sources: Sources, template: Mapping[str, Any], nodes: Mappi
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
 
 
-def node(record: Any, sources: Sources) -> dict[str, Any]:
-    """A NodeRecord as a v1 Node: conditions, capacity, addresses and nodeInfo from the agent's facts."""
+def node(record: Any, sources: Sources, status_row: Any = None) -> dict[str, Any]:
+    """A NodeRecord as a v1 Node: conditions, capacity, addresses and nodeInfo from the agent's facts;
+    with its Node object's status row, cordons and the cluster autoscaler's state as Kubernetes shows
+    them: spec.unschedulable (cordoned, drained, on standby or being scaled down), the taint
+    ToBeDeletedByClusterAutoscaler while it drains, DeletionCandidateOfClusterAutoscaler while unneeded."""
     facts = record.facts or {}
     labels = {"kubernetes.io/hostname": record.name, "kubernetes.io/os": "linux", **(record.labels or {})}
     if facts.get("goarch"):
@@ -681,8 +684,25 @@ def node(record: Any, sources: Sources) -> dict[str, Any]:
     if record.pod_cidr:
         spec["podCIDR"] = record.pod_cidr
         spec["podCIDRs"] = [record.pod_cidr]
-    if record.taints:
-        spec["taints"] = record.taints
+    taints = list(record.taints or [])
+    body = (status_row.body or {}) if status_row is not None else {}
+    manifest_spec = _d(_d(body.get("manifest")).get("spec"))
+    scaling = _d(body.get("scaling"))
+    state = scaling.get("state")
+    if manifest_spec.get("unschedulable") or manifest_spec.get("drain") or state in ("Standby", "ScalingDown"):
+        spec["unschedulable"] = True
+        taints.append({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule", "timeAdded": None})
+    if state == "ScalingDown":
+        taints.append({"key": "ToBeDeletedByClusterAutoscaler", "value": str(int(scaling.get("since") or 0)),
+                       "effect": "NoSchedule"})
+    elif isinstance(scaling.get("unneededSince"), int | float):
+        taints.append({"key": "DeletionCandidateOfClusterAutoscaler", "value": str(int(scaling["unneededSince"])),
+                       "effect": "PreferNoSchedule"})
+    if state:
+        meta.setdefault("annotations", {})[ORIGIN + "autoscaling"] = state + (
+            f": {scaling['reason']}" if scaling.get("reason") else "")
+    if taints:
+        spec["taints"] = [{k: v for k, v in t.items() if v is not None} for t in taints]
     info = {
         "machineID": "", "systemUUID": "", "bootID": str(facts.get("bootId") or ""),
         "kernelVersion": str(facts.get("kernel") or ""), "osImage": str(facts.get("os") or ""),
@@ -858,9 +878,10 @@ def build(sources: Sources) -> Built:
         obj["status"] = {"phase": "Active"}
         out[ns_res][("", name)] = obj
     node_res = by[("", "Node")]
+    node_rows = {o.name: o for o in sources.objects if o.kind == "Node"}  # their status: standby, cordons
     for n in sources.nodes:
         kept = prev[node_res].get(("", n.name)) if prev is not None else None
-        out[node_res][("", n.name)] = kept if kept is not None else node(n, sources)
+        out[node_res][("", n.name)] = kept if kept is not None else node(n, sources, node_rows.get(n.name))
     pods_res = by[("", "Pod")]
     owners = {(o.kind, o.namespace, o.name): (o.spec_hash, o.last_applied_revision) for o in sources.objects}
     addresses = {n.name: n.address for n in sources.nodes}
@@ -1168,7 +1189,12 @@ def table_cells(resource: Resource, obj: Mapping[str, Any], now: datetime | None
         info = status.get("nodeInfo") or {}
         internal = next((a["address"] for a in status.get("addresses") or [] if a.get("type") == "InternalIP"),
                         "<none>")
-        return [name, "Ready" if ready.get("status") == "True" else "NotReady", "<none>", age,
+        shown = "Ready" if ready.get("status") == "True" else "NotReady"
+        if str((meta.get("annotations") or {}).get(ORIGIN + "autoscaling", "")).startswith("Standby"):
+            shown += ",Standby"
+        elif spec.get("unschedulable"):
+            shown += ",SchedulingDisabled"
+        return [name, shown, "<none>", age,
                 info.get("kubeletVersion", ""), internal, "<none>", info.get("osImage", ""),
                 info.get("kernelVersion", ""), info.get("containerRuntimeVersion", "")]
     if kind == "Namespace":

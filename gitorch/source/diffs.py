@@ -316,5 +316,12 @@ def diff_states(base: DesiredState | None, head: DesiredState) -> ChangeSet:
             note = f"replicas managed by HorizontalPodAutoscaler {hpa}"
             changes[key] = ObjectChange(key, scaled.action, scaled.fields, scaled.path,
                                         f"{scaled.note}; {note}" if scaled.note else note)
+    for key, changed in list(changes.items()):
+        if key.kind == "Node" and any(f.path == "spec.standby" for f in changed.fields):
+            standby = after.get(key) is not None and after[key].spec.get("standby") is True
+            note = ("standby: runs no pods until the cluster autoscaler activates it" if standby
+                    else "no longer standby: takes pods like any node")
+            changes[key] = ObjectChange(key, changed.action, changed.fields, changed.path,
+                                        f"{changed.note}; {note}" if changed.note else note)
     ordered = sorted(changes.values(), key=lambda c: c.key.sort_key())
     return ChangeSet(tuple(ordered))

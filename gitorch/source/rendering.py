@@ -27,6 +27,7 @@ class PlanReport:
     changes: ChangeSet
     diagnostics: Sequence[Diagnostic] = ()
     source: str = ""  # the repository (and folder) it was computed from
+    standby: tuple[str, ...] = ()  # the head's standby Nodes (spec.standby): the cluster autoscaler's spares
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class PlanReport:
             },
             "changes": [c.to_json() for c in self.changes.changed()],
             "diagnostics": [d.to_json() for d in self.diagnostics],
+            "standbyNodes": list(self.standby),
         }
 
 
@@ -100,8 +102,16 @@ def plan_text(report: PlanReport, *, show_fields: bool = True) -> str:
     if report.diagnostics:
         out.append(diagnostics_text(report.diagnostics))
         out.append("")
+    if report.standby:
+        out.append(_standby_line(report.standby))
+        out.append("")
     out.append(report.changes.summary)
     return "\n".join(out) + "\n"
+
+
+def _standby_line(nodes: Sequence[str]) -> str:
+    return (f"Standby nodes: {', '.join(nodes)} (run no pods until pods fit on no active node; "
+            "the cluster autoscaler activates and returns them, Git keeps saying standby)")
 
 
 def _md_escape(text: str) -> str:
@@ -136,6 +146,8 @@ def plan_markdown(report: PlanReport, *, limit: int = MARKDOWN_LIMIT) -> str:
         f"**{ch.summary}**",
         "",
     ]
+    if report.standby:
+        head += [_md_escape(_standby_line(report.standby)), ""]
     errs, warns = errors(report.diagnostics), warnings(report.diagnostics)
     if errs or warns:
         head.append(f"**{len(errs)} error(s), {len(warns)} warning(s)** in `{report.head.short}`:")

@@ -84,15 +84,55 @@ def pod_status(p: PodRecord) -> str:
     return p.reason or p.phase
 
 
-def node_summary(n: NodeRecord) -> dict[str, Any]:
-    return {
+def node_summary(n: NodeRecord, obj: ObjectRecord | None = None) -> dict[str, Any]:
+    """A node's row; `obj` is its Node object's status row (its cluster autoscaler state, if standby)."""
+    out = {
         "name": n.name,
         "ready": n.ready,
+        "status": node_status(n, obj),
         "agentVersion": n.agent_version,
         "lastHeartbeat": n.last_heartbeat,
         "podCIDR": n.pod_cidr,
         "facts": n.facts,
     }
+    scaling = node_scaling(obj)
+    if scaling is not None:
+        out["autoscaling"] = scaling
+    return out
+
+
+def node_scaling(obj: ObjectRecord | None) -> dict[str, Any] | None:
+    """A standby Node's state as the cluster autoscaler keeps it in its status (state, since, reason,
+    unneededSince); None for a node that is not a standby node."""
+    raw = (obj.body or {}).get("scaling") if obj is not None else None
+    return dict(raw) if isinstance(raw, dict) else None
+
+
+def node_status(n: NodeRecord, obj: ObjectRecord | None) -> str:
+    """kubectl's STATUS of a node: Ready or NotReady, then Standby (a standby node not in use) or
+    SchedulingDisabled (cordoned, drained, or being scaled down to standby)."""
+    parts = ["Ready" if n.ready else "NotReady"]
+    spec = ((obj.body or {}).get("manifest") or {}).get("spec") or {} if obj is not None else {}
+    state = (node_scaling(obj) or {}).get("state")
+    if state == "Standby":
+        parts.append("Standby")
+    elif state == "ScalingDown" or spec.get("unschedulable") or spec.get("drain"):
+        parts.append("SchedulingDisabled")
+    return ",".join(parts)
+
+
+def node_autoscaling_text(obj: ObjectRecord | None, now: datetime | None = None) -> str:
+    """The cluster autoscaler's word on a node: `Active (scaled up for pod shop/web-1)`, `Standby`."""
+    scaling = node_scaling(obj)
+    if scaling is None:
+        return "<none>"
+    text = str(scaling.get("state") or "")
+    if scaling.get("reason"):
+        text += f" ({scaling['reason']})"
+    unneeded = scaling.get("unneededSince")
+    if isinstance(unneeded, int | float):
+        text += f", unneeded for {age(datetime.fromtimestamp(unneeded, tz=UTC), now)}"
+    return text
 
 
 def revision_summary(r: Revision) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def test_image_pod_runs_through_podman_and_is_removed_again(images_lab: Lab, fle
         env=[{"name": "GREETING", "value": "hello-from-the-pod-spec"}],
     )
     try:
-        assert client.call("sync", {"pods": [web]})["ok"]
+        assert client.call("sync", {"pods": [web], "metrics": {"intervalSeconds": 1}})["ok"]
         pod = wait_until("pod web Running", lambda: _pod_status(client, "web"), timeout=20, interval=0.1,
                          accept=lambda p: p is not None and p["phase"] == "Running")
         ctr = pod["containers"][0]
@@ -107,6 +107,14 @@ def test_image_pod_runs_through_podman_and_is_removed_again(images_lab: Lab, fle
         log = wait_until("the container's output", lambda: client.call("logs", {"pod": "web", "tail": -1})["log"],
                          timeout=20, interval=0.1)
         assert "started with GREETING=hello-from-the-pod-spec" in log
+        # Resource metrics (`gitorch top`, the autoscalers) read podman's own cgroup for the container.
+        def sampled() -> list[dict[str, Any]]:
+            doc = client.call("status").get("metrics") or {}
+            return [c for p in doc.get("pods") or [] if p.get("name") == "web" for c in p.get("containers") or []]
+
+        (usage,) = wait_until("the container's CPU and memory", sampled, timeout=30, interval=0.5,
+                              accept=lambda got: len(got) == 1 and isinstance(got[0]["cpuMillis"], int))
+        assert isinstance(usage["memoryBytes"], int) and usage["memoryBytes"] > 0, usage
         assert containers(images_lab, WITH_RUNTIME) == ["gitorch-default_web-main"]
 
         client.call("sync", {"pods": []})

@@ -845,6 +845,30 @@ def cgroup_mounts() -> list[tuple[str, str, list[str]]]:
     return found
 
 
+def runtime_cgroup_dirs(runtime: str, name: str) -> list[str]:
+    """The cgroup directories podman put a running container in (memory and CPU accounting,
+    each hierarchy's), found with `podman inspect`; [] for docker or while it is not there."""
+    binary = shutil.which(runtime, path=DEFAULT_PATH)
+    if runtime != "podman" or binary is None:
+        return []
+    try:
+        proc = subprocess.run([binary, "inspect", *runtime_flags(runtime), "--format", "{{.State.CgroupPath}}",
+                               "--", name], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    path = proc.stdout.decode(errors="replace").strip() if proc.returncode == 0 else ""
+    if not path.startswith("/") or ".." in path.split("/"):
+        return []
+    dirs = []
+    for mount, fstype, options in cgroup_mounts():
+        if (fstype == "cgroup2" and mount == "/sys/fs/cgroup") or (
+                fstype == "cgroup" and ("memory" in options or "cpuacct" in options)):
+            d = os.path.join(mount, path.lstrip("/"))
+            if os.path.isdir(d):
+                dirs.append(d)
+    return dirs
+
+
 def _ancestors(mount: str, path: str) -> list[str]:
     """The cgroup dir of path and each ancestor up to the mount point, innermost first."""
     dirs = []
@@ -2137,6 +2161,7 @@ class Container:
         self.backoff_count = 0
         self.next_start = 0.0
         self.cgroups: list[str] = []
+        self.runtime_cgroups: list[str] = []  # where podman put an image container: read for its metrics
         self.oom_base = 0
         self.limits = "none"
         self.runtime = "process"
@@ -4613,6 +4638,7 @@ class Supervisor:
                 limits = "unsupported"
                 limits_message = f"limits not applied: {self.cgroups.message}"
             ctr.cgroups, ctr.limits = dirs, limits
+            ctr.runtime_cgroups = []  # a new instance: podman makes it a new cgroup
             ctr.oom_base = Cgroups.oom_kills(dirs)
             # A restart reuses the cgroup: its CPU counter goes on from here.
             usage = cgroup_cpu_usec(dirs)
@@ -5031,10 +5057,19 @@ class Supervisor:
                 continue
             containers = []
             for ctr in pod.containers:
-                if ctr.state != "running" or not ctr.cgroups:
+                if ctr.state != "running":
                     continue
-                usage = cgroup_cpu_usec(ctr.cgroups)
-                memory = cgroup_working_set(ctr.cgroups)
+                dirs = ctr.cgroups
+                if not dirs and ctr.runtime == "podman" and ctr.runtime_name:
+                    # An image container's cgroup is podman's: looked up once it runs (each
+                    # interval until found), then read like the agent's own.
+                    if not ctr.runtime_cgroups:
+                        ctr.runtime_cgroups = runtime_cgroup_dirs(ctr.runtime, ctr.runtime_name)
+                    dirs = ctr.runtime_cgroups
+                if not dirs:
+                    continue
+                usage = cgroup_cpu_usec(dirs)
+                memory = cgroup_working_set(dirs)
                 cpu = None
                 base = ctr.cpu_sample
                 # A window much shorter than the interval is noise (a first CFS period may run

@@ -1148,6 +1148,30 @@ def test_cgroup_limits_and_oom_kill(node: Node) -> None:
     assert p["containers"][0]["exitCode"] == 137
 
 
+def test_metrics_say_when_the_previous_instance_was_oom_killed(node: Node, tmp_path: Path) -> None:
+    """The VPA recommender bumps memory after an OOM kill (VPA's RecordOOM): the samples of a
+    restarted container carry when its previous instance was OOM-killed."""
+    if not _limits_supported(node):
+        pytest.skip("no writable memory+cpu cgroups here")
+    marker = tmp_path / "ran-once"
+    script = (f"import os, time\nif not os.path.exists({str(marker)!r}):\n"
+              f"    open({str(marker)!r}, 'w').close()\n    x = b'x' * (512 * 1024 * 1024)\n"
+              "time.sleep(300)\n")
+    hog = ctr("main", [PY, "-c", script], resources={"memoryBytes": 64 * 1024 * 1024})
+    assert node.run("sync", {"pods": [pod("oom-2", hog)], "metrics": {"intervalSeconds": 1}})["acked"]
+    p = node.wait_pod("oom-2", lambda p: p["containers"][0].get("restartCount", 0) >= 1
+                      and p["containers"][0]["state"] == "running", "restarted after its OOM kill")
+    assert p["containers"][0]["lastState"]["reason"] == "OOMKilled", p
+
+    def sampled() -> list[Json]:
+        doc = node.run("status").get("metrics") or {}
+        return [c for q in doc.get("pods") or [] if q.get("name") == "oom-2" for c in q.get("containers") or []]
+
+    (usage,) = wait_until("a sample of the restarted container", sampled, timeout=30, interval=0.5,
+                          accept=lambda got: len(got) == 1 and "lastOOMKilledAt" in got[0])
+    assert usage["lastOOMKilledAt"] == p["containers"][0]["lastState"]["finishedAt"], usage
+
+
 # ---- image containers and upgrades ------------------------------------------------------
 
 FAKE_PODMAN = """#!/bin/sh

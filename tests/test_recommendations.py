@@ -167,7 +167,30 @@ def test_one_memory_peak_per_interval() -> None:
     assert not w.add_memory(agg, 10e6, T0, DAY)  # out of order
 
 
-def test_duplicate_cpu_sample_is_not_counted_twice() -> None:
+def test_an_oom_kill_is_a_bumped_memory_peak_as_vpa_record_oom() -> None:
+    """VPA's RecordOOM: max(request, this interval's peak), bumped by 20% or 100Mi, whichever is
+    more, as this interval's peak; once per kill; a kill before the current interval is dropped."""
+    agg, w = Aggregate.new(S), ContainerWindow()
+    w.add_memory(agg, 150 * MI, T0, DAY)
+    assert w.record_oom(agg, T0 + 60, 200 * MI, DAY, S)  # max(200Mi, 150Mi) + 100Mi > 1.2 x 200Mi
+    assert agg.memory.total == pytest.approx(1.0)  # it replaced the interval's peak
+    assert agg.memory.percentile(0.01) == MEMORY_BUCKETS.start(MEMORY_BUCKETS.find(300 * MI) + 1)
+    assert not w.record_oom(agg, T0 + 60, 200 * MI, DAY, S)  # the same kill, seen in the next sample
+    big = ContainerWindow()
+    big_agg = Aggregate.new(S)
+    big.add_memory(big_agg, 1000 * MI, T0, DAY)
+    assert big.record_oom(big_agg, T0 + 60, 0, DAY, S)  # 1.2 x 1000Mi > 1000Mi + 100Mi
+    assert big_agg.memory.percentile(0.01) == MEMORY_BUCKETS.start(MEMORY_BUCKETS.find(1200 * MI) + 1)
+    late = ContainerWindow()
+    late_agg = Aggregate.new(S)
+    late.add_memory(late_agg, 100 * MI, T0 + 3 * DAY, DAY)
+    assert not late.record_oom(late_agg, T0, 100 * MI, DAY, S)  # long before this interval
+    assert late_agg.memory.percentile(0.01) == MEMORY_BUCKETS.start(MEMORY_BUCKETS.find(100 * MI) + 1)
+    est = estimate(agg, S)
+    assert est.target.memory_bytes >= 300 * MI * (1 + S.margin)
+
+
+
     agg, w = Aggregate.new(S), ContainerWindow()
     assert w.add_cpu(agg, 0.5, 0.1, T0)
     assert not w.add_cpu(agg, 0.5, 0.1, T0)

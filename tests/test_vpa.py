@@ -11,6 +11,7 @@ import pytest
 
 from gitorch.model.diagnostics import Severity
 from gitorch.model.objects import ObjectKey
+from gitorch.model.quantities import to_bytes
 from gitorch.model.recommendations import DAY
 from gitorch.model.usage import ContainerUsage, PodUsage
 from gitorch.reconcile.planning import Observed, PodState, plan
@@ -152,7 +153,26 @@ def test_recommender_feeds_statuses_into_the_plan(repo: GitRepo) -> None:
     assert p.requeue_after is not None
 
 
-def test_no_pods_and_no_samples_say_so(repo: GitRepo) -> None:
+def test_an_oom_kill_raises_the_memory_recommendation(repo: GitRepo) -> None:
+    """A sample that says the container's previous instance was OOM-killed adds VPA's bumped peak:
+    the request (64Mi) or the interval's peak, whichever is more, plus 100Mi."""
+    state = load(repo, {"vpa.yaml": vpa(POLICY)})
+    quiet = {("shop", "web-0"): _samples("web-0", 30, memory=50 * 2**20)}
+    r = Recommender()
+    r.feed(state, _pods(1), lambda k: quiet.get(k, []), T0 + 1800)
+    before = r.statuses(state, _pods(1))[VPA_KEY]["recommendation"]["containerRecommendations"][0]["target"]
+    killed = PodUsage("shop", "web-0", "n1", T0 + 1860, 60.0,
+                      (ContainerUsage("web", 500, 50 * 2**20, last_oom=T0 + 1830), ContainerUsage("log", 1, 1)))
+    again = {("shop", "web-0"): [*quiet[("shop", "web-0")], killed]}
+    r.feed(state, _pods(1), lambda k: again.get(k, []), T0 + 1860)
+    r.feed(state, _pods(1), lambda k: again.get(k, []), T0 + 1860)  # the same kill is counted once
+    after = r.statuses(state, _pods(1))[VPA_KEY]["recommendation"]["containerRecommendations"][0]["target"]
+    # max(64Mi, 50Mi) + 100Mi = 164Mi, plus the 15% margin
+    assert to_bytes(after["memory"]) >= int(164 * 2**20 * 1.15) > to_bytes(before["memory"]), (before, after)
+    assert after["cpu"] == before["cpu"]
+
+
+
     state = load(repo, {"vpa.yaml": vpa()})
     statuses = Recommender().statuses(state, [])
     conditions = {c["type"]: c for c in statuses[VPA_KEY]["conditions"]}

@@ -208,6 +208,10 @@ class RecommenderSettings:
     memory_interval_count: int = 8
     """Intervals of history kept: a container with no sample for that long is forgotten
     (--memory-aggregation-interval-count)."""
+    oom_bump_ratio: float = 1.2
+    """After an OOM kill, memory needed is at least this times what the container had (--oom-bump-up-ratio)."""
+    oom_min_bump_bytes: float = 100 * 2**20
+    """... and at least this much more (--oom-min-bump-up-bytes)."""
     round_cpu_millis: int = 1
     """CPU recommendations are rounded up to a multiple of this (--round-cpu-millicores)."""
     round_memory_bytes: int = 2**20
@@ -279,6 +283,7 @@ class ContainerWindow:
     last_memory: float | None = None
     window_end: float | None = None
     peak: float = 0.0
+    last_oom: float | None = None  # the OOM kill last recorded
 
     def add_cpu(self, agg: Aggregate, cores: float, request_cores: float, t: float) -> bool:
         if cores < 0 or (self.last_cpu is not None and t <= self.last_cpu):
@@ -286,6 +291,20 @@ class ContainerWindow:
         agg.add_cpu(cores, request_cores, t)
         self.last_cpu = t
         return True
+
+    def record_oom(self, agg: Aggregate, t: float, requested: float, interval: float,
+                   s: RecommenderSettings) -> bool:
+        """An OOM kill at `t` as an artificial memory peak, as VPA's RecordOOM: the larger of
+        the request and this interval's peak, bumped by `oom_bump_ratio` or `oom_min_bump_bytes`,
+        whichever is more. Each kill counts once; one older than the current interval, not at all."""
+        if self.last_oom is not None and t <= self.last_oom:
+            return False
+        self.last_oom = t
+        if self.window_end is not None and t < self.window_end - interval:
+            return False
+        used = max(requested, self.peak)
+        needed = max(used + s.oom_min_bump_bytes, used * s.oom_bump_ratio)
+        return self.add_memory(agg, needed, max(t, self.last_memory or t), interval)
 
     def add_memory(self, agg: Aggregate, used: float, t: float, interval: float) -> bool:
         if used < 0 or (self.last_memory is not None and t < self.last_memory):

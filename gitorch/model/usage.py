@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 PodKey = tuple[str, str]  # (namespace, name)
@@ -21,6 +22,7 @@ class ContainerUsage:
     name: str
     cpu_millis: int | None
     memory_bytes: int | None
+    last_oom: float | None = None  # when the container's previous instance was OOM-killed (unix time)
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,24 @@ def parse_report(node: str, raw: Any) -> tuple[NodeUsage | None, list[PodUsage]]
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
             continue
         containers = tuple(
-            ContainerUsage(str(c.get("name")), _int(c.get("cpuMillis")), _int(c.get("memoryBytes")))
+            ContainerUsage(str(c.get("name")), _int(c.get("cpuMillis")), _int(c.get("memoryBytes")),
+                           _when(c.get("lastOOMKilledAt")))
             for c in p.get("containers") or [] if isinstance(c, dict)
         )
         if containers:
             pods.append(PodUsage(str(p.get("namespace") or "default"), p["name"], node, ts, window, containers))
     return node_usage, pods
+
+
+def _when(value: Any) -> float | None:
+    """An agent's ISO time (UTC) as unix seconds; None when absent or not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _int(value: Any) -> int | None:

@@ -57,7 +57,7 @@ Verbs (request keys -> response keys besides ``ok``):
   pods[PodStatus] (sorted by namespace, name), metrics (the supervisor's latest sample, every
   "metrics": {"intervalSeconds"} of the last sync, default 15: {timestamp, intervalSeconds,
   cgroup (v1|v2|none), node{cpuMillis, memoryBytes} from /proc/stat and /proc/meminfo,
-  pods[{namespace, name, containers[{name, cpuMillis, memoryBytes}]}]}: CPU in millicores over
+  pods[{namespace, name, containers[{name, cpuMillis, memoryBytes, lastOOMKilledAt?}]}]}: CPU in millicores over
   the last interval (or since the container started) from cpu.stat usage_usec (v2) or
   cpuacct.usage (v1), memory as the kubelet's working set (usage minus inactive_file); only
   containers with a cgroup of their own, i.e. process-runtime ones; null before the first
@@ -5081,7 +5081,11 @@ class Supervisor:
                     ctr.cpu_sample = (now, usage)
                 if cpu is None and memory is None:
                     continue
-                containers.append({"name": ctr.name, "cpuMillis": cpu, "memoryBytes": memory})
+                entry: Json = {"name": ctr.name, "cpuMillis": cpu, "memoryBytes": memory}
+                last = ctr.last_state or {}
+                if last.get("reason") == "OOMKilled" and last.get("finishedAt"):
+                    entry["lastOOMKilledAt"] = last["finishedAt"]  # for the VPA recommender's bump-up
+                containers.append(entry)
             if containers:
                 pods.append({"namespace": pod.namespace, "name": pod.name, "containers": containers})
         node: Json = {}

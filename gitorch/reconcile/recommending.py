@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gitorch.model import recommendations as rec
@@ -35,6 +35,7 @@ class Target:
     name: str
     containers: tuple[str, ...]
     requests: Mapping[str, int]  # container -> CPU request in millicores (0: none)
+    memory_requests: Mapping[str, int] = field(default_factory=dict)  # container -> bytes (0: none)
 
 
 def _map(value: Any) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def _target_of(state: DesiredState, vpa: Object) -> Target | None:
     spec = _map(_map(obj.spec.get("template")).get("spec"))
     names: list[str] = []
     requests: dict[str, int] = {}
+    memory: dict[str, int] = {}
     for c in spec.get("containers") or []:
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):
             continue
@@ -68,7 +70,12 @@ def _target_of(state: DesiredState, vpa: Object) -> Target | None:
             requests[c["name"]] = cpu_millis(raw) if raw is not None else 0
         except QuantityError:
             requests[c["name"]] = 0
-    return Target(key.kind, key.name, tuple(names), requests)
+        raw = (res.get("requests") or {}).get("memory", (res.get("limits") or {}).get("memory"))
+        try:
+            memory[c["name"]] = to_bytes(raw) if raw is not None else 0
+        except QuantityError:
+            memory[c["name"]] = 0
+    return Target(key.kind, key.name, tuple(names), requests, memory)
 
 
 def policies(spec: Mapping[str, Any]) -> dict[str, rec.ContainerPolicy]:
@@ -193,6 +200,9 @@ class Recommender:
                                            u.timestamp - u.window)
                         if c.memory_bytes is not None:
                             window.add_memory(agg, float(c.memory_bytes), u.timestamp, interval)
+                        if c.last_oom is not None:  # the instance before this one ran out of memory
+                            window.record_oom(agg, c.last_oom, float(target.memory_requests.get(c.name, 0)),
+                                              interval, self.settings)
                 live_windows.update((ns, pod.name, c) for c in target.containers)
         for gone in set(self.windows) - live_windows:
             del self.windows[gone]

@@ -377,6 +377,28 @@ def cross_check(
     return out
 
 
+def _autoscaler_target(world: _World, obj: Object, field: str, out: list[Diagnostic], does: str, also: str,
+                       fix: str) -> tuple[dict[str, Any], ObjectKey, Object | None]:
+    """An autoscaler's target reference (`spec.<field>`), the target's key and the target: a
+    target missing from the revision is a warning, another autoscaler of the same kind on it an
+    error (both added to `out`)."""
+    ref = _map(obj.spec.get(field))
+    target_key = ObjectKey(str(ref.get("kind")), obj.key.namespace, str(ref.get("name")))
+    target = world.objects.get(target_key)
+    if target is None:
+        hint = suggest(target_key.name, world.names(target_key.kind, obj.key.namespace))
+        out.append(_diag(obj, f"/spec/{field}/name",
+                         f"{target_key} is not in this revision: the autoscaler has nothing to {does}",
+                         hint or f"add the {target_key.kind}, or fix {field}", warning=True))
+    others = sorted(k.name for k, o in world.objects.items() if k.kind == obj.key.kind
+                    and k != obj.key and k.namespace == obj.key.namespace
+                    and _map(o.spec.get(field)).get("kind") == ref.get("kind")
+                    and _map(o.spec.get(field)).get("name") == ref.get("name"))
+    if others:
+        out.append(_diag(obj, f"/spec/{field}", f"{target_key} {also} {obj.key.kind} {', '.join(others)}", fix))
+    return ref, target_key, target
+
+
 def _check_vertical(vpa: Object, world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
     """What the schema cannot say: updateMode "Off" (gitorch recommends, Git decides), the target
     exists and has one VerticalPodAutoscaler, container policies name its containers once each,
@@ -391,22 +413,9 @@ def _check_vertical(vpa: Object, world: _World, invalid: Set[ObjectKey]) -> list
         out.append(_diag(vpa, ptr, f"{said}: gitorch only recommends; requests change through a commit, "
                                    "since Git is the source of truth (a controller rewriting them would drift from it)",
                          'set updatePolicy: {updateMode: "Off"} and commit what `gitorch recommend` prints'))
-    ref = _map(spec.get("targetRef"))
-    target_key = ObjectKey(str(ref.get("kind")), vpa.key.namespace, str(ref.get("name")))
-    target = world.objects.get(target_key)
-    if target is None:
-        hint = suggest(target_key.name, world.names(target_key.kind, vpa.key.namespace))
-        out.append(_diag(vpa, "/spec/targetRef/name",
-                         f"{target_key} is not in this revision: the autoscaler has nothing to recommend for",
-                         hint or f"add the {target_key.kind}, or fix targetRef", warning=True))
-    others = sorted(k.name for k, o in world.objects.items() if k.kind == "VerticalPodAutoscaler"
-                    and k != vpa.key and k.namespace == vpa.key.namespace
-                    and _map(o.spec.get("targetRef")).get("kind") == ref.get("kind")
-                    and _map(o.spec.get("targetRef")).get("name") == ref.get("name"))
-    if others:
-        out.append(_diag(vpa, "/spec/targetRef",
-                         f"{target_key} also has VerticalPodAutoscaler {', '.join(others)}",
-                         "one VerticalPodAutoscaler per workload (VPA's choice between several is undefined)"))
+    ref, target_key, target = _autoscaler_target(
+        world, vpa, "targetRef", out, "recommend for", "also has",
+        "one VerticalPodAutoscaler per workload (VPA's choice between several is undefined)")
     scalers = sorted(k.name for k, o in world.objects.items() if k.kind == "HorizontalPodAutoscaler"
                      and k.namespace == vpa.key.namespace
                      and _map(o.spec.get("scaleTargetRef")).get("kind") == ref.get("kind")
@@ -456,22 +465,9 @@ def _check_autoscaler(hpa: Object, world: _World, invalid: Set[ObjectKey]) -> li
     if isinstance(low, int) and isinstance(high, int) and low > high:
         out.append(_diag(hpa, "/spec/minReplicas", f"minReplicas {low} is above maxReplicas {high}",
                          f"make minReplicas at most {high}"))
-    ref = _map(spec.get("scaleTargetRef"))
-    target_key = ObjectKey(str(ref.get("kind")), hpa.key.namespace, str(ref.get("name")))
-    target = world.objects.get(target_key)
-    if target is None:
-        hint = suggest(target_key.name, world.names(target_key.kind, hpa.key.namespace))
-        out.append(_diag(hpa, "/spec/scaleTargetRef/name",
-                         f"{target_key} is not in this revision: the autoscaler has nothing to scale",
-                         hint or f"add the {target_key.kind}, or fix scaleTargetRef", warning=True))
-    others = sorted(k.name for k, o in world.objects.items() if k.kind == "HorizontalPodAutoscaler"
-                    and k != hpa.key and k.namespace == hpa.key.namespace
-                    and _map(o.spec.get("scaleTargetRef")).get("kind") == ref.get("kind")
-                    and _map(o.spec.get("scaleTargetRef")).get("name") == ref.get("name"))
-    if others:
-        out.append(_diag(hpa, "/spec/scaleTargetRef",
-                         f"{target_key} is also scaled by HorizontalPodAutoscaler {', '.join(others)}",
-                         "one autoscaler per workload (Kubernetes refuses both: AmbiguousSelector)"))
+    _, target_key, target = _autoscaler_target(
+        world, hpa, "scaleTargetRef", out, "scale", "is also scaled by",
+        "one autoscaler per workload (Kubernetes refuses both: AmbiguousSelector)")
     containers: dict[str, Any] = {}
     if target is not None and target_key not in invalid:
         tmpl = _map(target.spec.get("template"))

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -1127,6 +1129,46 @@ def test_secrets_never_appear_in_logs_status_or_errors(node: Node) -> None:
 def _limits_supported(node: Node) -> bool:
     facts = node.run("facts")
     return bool(os.geteuid() == 0 and facts["cgroup"]["memory"] and facts["cgroup"]["cpu"])
+
+
+class CoveredMountNode(Node):
+    """The agent in a mount namespace of its own whose mount table lists a mount that a later
+    one covers, as a lab node's own /var/lib/containers covers the host's podman storage."""
+
+    def __init__(self, root: Path, covered: Path) -> None:
+        super().__init__(root)
+        self.covered = covered
+
+    def call(self, verb: str, request: Json | None = None) -> tuple[int, Json]:
+        inner = self.covered / "storage"
+        setup = (f"mkdir -p {shlex.quote(str(inner))} && mount -t tmpfs under {shlex.quote(str(inner))} && "
+                 f"mount -t tmpfs over {shlex.quote(str(self.covered))} && mkdir -p {shlex.quote(str(inner))} && "
+                 "exec \"$@\"")  # the path is there again, in the mount over it: no mount point now
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "sh",
+                               AGENT_PY, str(AGENT), verb, "--root", str(self.root)],
+                              input=json.dumps(request or {}), capture_output=True, text=True,
+                              env=self.env, timeout=60, check=False)
+        self.outputs.append(proc.stdout + proc.stderr)
+        assert proc.stdout.count("\n") == 1, f"not one JSON document: {proc.stdout!r} {proc.stderr!r}"
+        return proc.returncode, json.loads(proc.stdout)
+
+
+def test_a_read_only_root_passes_over_mounts_that_another_covers(tmp_path: Path) -> None:
+    """readOnlyRootFilesystem remounts every mount of the node read-only; one that a later mount
+    covers cannot be remounted (nothing reaches it either) and must not stop the container."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make the mounts")
+    n = CoveredMountNode(tmp_path / "root", tmp_path / "containers")
+    try:
+        script = "(echo x > /tmp/gitorch-ro-probe) 2>/dev/null || echo root-read-only; echo ran; exec sleep 300"
+        n.sync(pod("ro-1", ctr("main", ["sh", "-c", script], security={"readOnlyRootFilesystem": True})))
+        n.wait_pod("ro-1", running, "running")
+        log = wait_until("the container's output", lambda: n.run("logs", {"pod": "ro-1"})["log"], timeout=20,
+                         accept=lambda text: "ran" in text)
+        assert "root-read-only" in log and not Path("/tmp/gitorch-ro-probe").exists()
+        assert n.pods()["ro-1"]["containers"][0].get("restartCount", 0) == 0
+    finally:
+        n.teardown()
 
 
 def test_cgroup_limits_and_oom_kill(node: Node) -> None:

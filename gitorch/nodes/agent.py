@@ -2639,12 +2639,20 @@ def process_argv(paths: Paths, pod: Pod, spec: ContainerSpec, env: dict[str, str
         # they are, as in a container), then the exit file's folder writable again for the
         # shim; volumes bound below inherit read-only and are made writable one by one.
         # Read here, not by the agent: `ip netns exec` gives the shim a mount namespace of its own.
-        # A mount point that does not resolve lies under another mount: nothing reaches it.
-        lines += ["while read -r _ _ _ _ point _; do",
-                  '  case "$point" in /proc|/proc/*|/dev|/dev/*) continue ;; esac',
-                  "  point=$(printf '%b' \"$point\")",
+        # A mount point that does not resolve, or that a later mount covers (podman's storage
+        # under a node's own /var/lib/containers, say), lies under another mount: nothing reaches
+        # it. Any other mount point that refuses is tried again to say why, and that ends it.
+        lines += ["covered() {",
+                  "  awk -v id=\"$1\" -v p=\"$2\" '$1 == id { after = 1; next }",
+                  "    after && ($5 == p || $5 == \"/\" || index(p, $5 \"/\") == 1) { hit = 1 }",
+                  "    END { exit !hit }' /proc/self/mountinfo",
+                  "}",
+                  "while read -r id _ _ _ raw _; do",
+                  '  case "$raw" in /proc|/proc/*|/dev|/dev/*) continue ;; esac',
+                  "  point=$(printf '%b' \"$raw\")",
                   '  [ -e "$point" ] || continue',
-                  '  mount -o remount,bind,ro -- "$point"',
+                  '  mount -o remount,bind,ro -- "$point" 2>/dev/null || covered "$id" "$raw" '
+                  '|| mount -o remount,bind,ro -- "$point"',
                   "done < /proc/self/mountinfo"]
         logs = os.path.dirname(exit_file)
         lines += [f"mount --bind -- {q(logs)} {q(logs)}", f"mount -o remount,bind,rw -- {q(logs)}"]

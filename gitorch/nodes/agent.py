@@ -683,7 +683,7 @@ def since_cut(data: bytes, start: int, entries: list[tuple[int, int]], bound_ns:
         return 0
     if boundary >= len(data):
         return len(data)
-    return data.rfind(b"\n", 0, boundary) + 1 if data[boundary - 1:boundary] != b"\n" else boundary
+    return data.rfind(b"\n", 0, boundary) + 1  # the line holding byte `boundary` starts there
 
 
 def select_lines(data: bytes, start: int, tail: int, since_ns: int | None, entries: list[tuple[int, int]],

@@ -105,7 +105,7 @@ def test_sops_own_example_file_passes_the_keyless_check() -> None:
 
 def test_default_unencrypted_suffix_rule() -> None:
     doc = {"a": "x", "b_unencrypted": {"c": "y"}}
-    enc = sops.encrypt_document(doc, [SOPS_RECIPIENT], encrypted_regex=None, unencrypted_suffix="_unencrypted")
+    enc = sops.encrypt_document(doc, [SOPS_RECIPIENT], rules=sops.Rules("unencrypted_suffix", "_unencrypted"))
     assert enc["b_unencrypted"] == {"c": "y"} and enc["a"].startswith("ENC[AES256_GCM,")
     assert sops.decrypt_document(enc, ident()) == doc
 

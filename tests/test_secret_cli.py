@@ -181,8 +181,9 @@ def test_edit_keeps_shamir_key_groups(state: Path, tmp_path: Path) -> None:
 
 def test_edit_refuses_a_file_also_encrypted_for_keys_gitorch_cannot_write(state: Path, tmp_path: Path) -> None:
     src = _sops_file(state, tmp_path, [[(state / "age.key").read_text().split()[3]]])
-    src.write_text(src.read_text().replace("sops:\n", "sops:\n  pgp:\n  - fp: FBC7B9E2A4F9289AC0C1D4843D16CEE4A27381B4\n"
-                                           "    enc: x\n    created_at: '2026-01-01T00:00:00Z'\n", 1))
+    pgp = ("  pgp:\n  - fp: FBC7B9E2A4F9289AC0C1D4843D16CEE4A27381B4\n"
+           "    enc: x\n    created_at: '2026-01-01T00:00:00Z'\n")
+    src.write_text(src.read_text().replace("sops:\n", "sops:\n" + pgp, 1))
     before = src.read_text()
     r = gitorch(state, "secret", "edit", str(src), env={"EDITOR": "false", "VISUAL": ""})
     assert r.returncode == 1 and "also encrypted for pgp keys" in r.stderr and "edit it with sops" in r.stderr

@@ -818,7 +818,7 @@ def _exposed_secret_values(doc: Any, rules: Any) -> str:
 @click.option("--encrypted-suffix", default=None, help="Encrypt only values under keys with this suffix.")
 @click.option("--unencrypted-suffix", default=None, help="Encrypt every value except under keys with this suffix.")
 @click.option("--mac-only-encrypted", is_flag=True,
-              help="The MAC covers only encrypted values, so the plaintext ones may change (SOPS's mac_only_encrypted).")
+              help="The MAC covers only encrypted values: plaintext ones may change (SOPS's mac_only_encrypted).")
 @click.option("-i", "--in-place", is_flag=True, help="Replace FILE instead of writing to stdout.")
 def secret_encrypt(file: Path, recipients: tuple[str, ...], encrypted_regex: str | None,
                    unencrypted_regex: str | None, encrypted_suffix: str | None, unencrypted_suffix: str | None,

@@ -249,7 +249,8 @@ def _plaintext_secrets(objects: Mapping[ObjectKey, Object], clusters: list[Objec
             continue
         if not getattr(obj.document, "encrypted", False):
             out.append(_diag(obj, "/metadata/name", f"Secret {key.namespace}/{key.name} is not encrypted, and the "
-                             "Cluster sets secrets.requireEncryption", f"encrypt it: gitorch secret encrypt -i {obj.path}"))
+                             "Cluster sets secrets.requireEncryption",
+                             f"encrypt it: gitorch secret encrypt -i {obj.path}"))
             continue
         out.extend(
             _diag(obj, ptr, f"Secret {key.namespace}/{key.name}: this value is in plaintext (the file's SOPS rules "

@@ -466,8 +466,8 @@ def test_audit_checks_each_commit_against_the_last_applied_grants_not_a_refused_
         first = keys["admin"].commit(repo, "cluster with grants", base_files(keys))
         assert controller.reconcile().valid
         rbac = (repo.path / "rbac.yaml").read_text()
-        widened = rbac.replace(f'    name: "{keys["ops"].fingerprint}"\n',
-                               f'    name: "{keys["ops"].fingerprint}"\n  - kind: User\n    name: "{dev.fingerprint}"\n')
+        ops = f'    name: "{keys["ops"].fingerprint}"\n'
+        widened = rbac.replace(ops, f'{ops}  - kind: User\n    name: "{dev.fingerprint}"\n')
         widen = dev.commit(repo, "let me deploy to prod", {"rbac.yaml": widened})
         assert not controller.reconcile().valid
         deploy = dev.commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})

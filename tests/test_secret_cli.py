@@ -188,3 +188,20 @@ def test_edit_refuses_a_file_also_encrypted_for_keys_gitorch_cannot_write(state:
     r = gitorch(state, "secret", "edit", str(src), env={"EDITOR": "false", "VISUAL": ""})
     assert r.returncode == 1 and "also encrypted for pgp keys" in r.stderr and "edit it with sops" in r.stderr
     assert src.read_text() == before
+
+
+def test_edit_warns_when_the_files_rules_leave_a_secret_value_in_plaintext(state: Path, tmp_path: Path) -> None:
+    from gitorch.source import sops
+    from gitorch.source.manifests import dump_documents, load_plain
+
+    mine = (state / "age.key").read_text().split()[3]
+    src = tmp_path / "db.enc.yaml"
+    body = load_plain(SECRET_YAML + "data:\n  token: dG9rZW4=\n")
+    src.write_text(dump_documents([sops.encrypt_document(body, [mine], rules=sops.Rules("encrypted_regex", "^data$"))]))
+    editor = tmp_path / "editor.sh"
+    editor.write_text(f"#!/bin/sh\nsed -i 's/{CANARY}/rotated-7781/' \"$1\"\n")
+    editor.chmod(0o755)
+    r = gitorch(state, "secret", "edit", str(src), env={"EDITOR": str(editor), "VISUAL": ""})
+    assert r.returncode == 0, r.stderr
+    assert "warning: the file's sops.encrypted_regex '^data$' leaves stringData.password in plaintext" in r.stderr
+    assert "rotated-7781" not in r.stderr and "encrypted_regex: ^data$" in src.read_text()

@@ -5,7 +5,9 @@ loaded YAML values (dicts in file order, lists, scalars), so `manifests.py` stay
 Follows SOPS's sops.go and aes/cipher.go: each encrypted leaf is AES-256-GCM with a 32-byte IV and
 the leaf's key path joined by ":" (plus a trailing ":") as additional data; the MAC is SHA-512 over
 the plaintext leaves in tree order, upper-case hex, itself encrypted with `lastmodified` (RFC 3339)
-as additional data. Error messages name paths and never a plaintext value.
+as additional data. Which values are encrypted, and what the MAC covers, follow the file's rules
+(`Rules`: SOPS's four selectors and mac_only_encrypted); several key groups share the data key by
+Shamir's scheme (SOPS's shamir package). Error messages name paths and never a plaintext value.
 """
 
 from __future__ import annotations

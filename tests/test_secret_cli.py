@@ -205,3 +205,11 @@ def test_edit_warns_when_the_files_rules_leave_a_secret_value_in_plaintext(state
     assert r.returncode == 0, r.stderr
     assert "warning: the file's sops.encrypted_regex '^data$' leaves stringData.password in plaintext" in r.stderr
     assert "rotated-7781" not in r.stderr and "encrypted_regex: ^data$" in src.read_text()
+
+
+def test_encrypt_refuses_a_document_that_is_not_a_mapping(state: Path, tmp_path: Path) -> None:
+    src = tmp_path / "list.yaml"
+    src.write_text(f"- {CANARY}\n- b\n")
+    r = gitorch(state, "secret", "encrypt", str(src))
+    assert r.returncode == 1 and "expected one YAML mapping" in r.stderr
+    assert "Traceback" not in r.stderr and CANARY not in r.stderr

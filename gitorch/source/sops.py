@@ -490,6 +490,8 @@ def encrypt_document(
     groups = [list(g) for g in groups] if groups else [list(recipients)]
     if not all(groups):
         raise SopsError("encrypt: each key group needs at least one age recipient")
+    if not isinstance(doc, Mapping):
+        raise SopsError("encrypt: expected one YAML mapping (a Kubernetes object)")
     if is_encrypted(doc):
         raise SopsError("encrypt: the document is already encrypted")
     should = rules.matcher()

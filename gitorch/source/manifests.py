@@ -281,6 +281,9 @@ class Document:
     positions: _Positions | None = field(default=None, repr=False, compare=False)
     encrypted: bool = field(default=False, compare=False)
     """Decrypted from SOPS's format (source/sops.py) on load."""
+    exposed: tuple[str, ...] = field(default=(), compare=False)
+    """Of an encrypted document: pointers to the values under data and stringData that the file's
+    SOPS rules left in plaintext (a Secret under secrets.requireEncryption may have none)."""
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.

@@ -5,6 +5,7 @@ lab nodes are in test_dashboard_browser.py."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import re
 import socket
@@ -13,6 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from gitorch.source.git import open_repository
 from gitorch.store.database import PodRecord, Store
 from tests.gitrepo import GitRepo
 from tests.samples import gitorch
+from tests.waiting import wait_until
 
 TOKEN = "a-dashboard-token-0123456789"
 CANARY = "canary-s3cret-value-7f1d"
@@ -189,9 +192,10 @@ def _read_events(sock: socket.socket, until: str, timeout: float) -> str:
     return data.decode(errors="replace")
 
 
-def _open_live(port: int, topics: str) -> socket.socket:
+def _open_live(port: int, topics: str, since: str = "") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(f"GET /live?topics={topics} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    sock.sendall(f"GET /live?topics={topics}&since={since} HTTP/1.1\r\nHost: x\r\n"
+                 "Accept: text/event-stream\r\n\r\n".encode())
     return sock
 
 
@@ -221,10 +225,84 @@ def test_the_live_stream_names_what_changed_and_is_bounded(store: Store, listen:
     assert "200 OK" in head
 
 
-def test_a_live_stream_ends_after_its_lifetime(store: Store, listen: type[Listener]) -> None:
+def test_a_live_stream_ends_after_its_lifetime_naming_where_the_next_starts(store: Store,
+                                                                            listen: type[Listener]) -> None:
     server = listen(Dashboard(store, limits=Limits(live_lifetime=0.5, poll=0.1)))
-    status, _, body = server.request("GET", "/live", timeout=20)  # returns only once the stream ended
-    assert status == 200 and body.startswith("retry:") and body.endswith("event: renew\ndata: renew\n\n")
+    status, _, body = server.request("GET", "/live?topics=pods,nodes", timeout=20)  # returns once the stream ended
+    assert status == 200 and body.startswith("retry:")
+    renew = re.fullmatch(r"retry: 2000\n\nevent: renew\ndata: (pods:[0-9a-f]{12},nodes:[0-9a-f]{12})\n\n", body)
+    assert renew, body
+    # A change between one stream's end and the next one's start is announced by the next.
+    store.upsert_pods([PodRecord(namespace="shop", name="web-abc123-1", owner_kind="Deployment", owner_name="web",
+                                 template_hash="abc123")])
+    sock = _open_live(server.port, "pods,nodes", since=renew.group(1))
+    got = _read_events(sock, "event: pods", 10)
+    sock.close()
+    assert "event: pods" in got and "event: nodes" not in got
+
+
+def _since(html: str) -> str:
+    found = re.search(r'sse-connect="/live\?topics=([\w,]+)&amp;since=([\w:,]+)"', html)
+    assert found, html[:2000]
+    return found.group(2)
+
+
+def test_a_change_between_a_page_and_its_stream_is_announced(store: Store, listen: type[Listener]) -> None:
+    server = listen(Dashboard(store, limits=Limits(poll=0.1)))
+    status, _, html = server.request("GET", "/objects")
+    assert status == 200
+    since = _since(html)
+    assert [t.split(":")[0] for t in since.split(",")] == ["pods", "objects"]
+    # The pod comes after the page was rendered and before its stream opens.
+    store.upsert_pods([PodRecord(namespace="shop", name="web-abc123-1", owner_kind="Deployment", owner_name="web",
+                                 template_hash="abc123")])
+    sock = _open_live(server.port, "pods,objects", since=since)
+    got = _read_events(sock, "event: pods", 10)
+    sock.close()
+    assert "event: pods" in got and "event: objects" not in got
+    # Nothing changed since a page rendered now (its marks were read after the stream above saw
+    # the pod): its stream says nothing.
+    since = _since(server.request("GET", "/objects")[2])
+    sock = _open_live(server.port, "pods,objects", since=since)
+    got = _read_events(sock, "event:", 1)
+    sock.close()
+    assert "event:" not in got, got
+
+
+def test_viewers_share_one_render_of_a_live_part(store: Store, listen: type[Listener]) -> None:
+    class Counted(Dashboard):
+        renders = 0
+
+        def _objects(self, req: Any) -> dict[str, Any]:
+            if req.query.get("part") == "live":
+                Counted.renders += 1
+            return super()._objects(req)
+
+    dashboard = Counted(store, limits=Limits(poll=0.2))
+    server = listen(dashboard)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: server.request("GET", "/objects?part=live"), range(8)))
+    assert {status for status, _, _ in got} == {200} and len({body for _, _, body in got}) == 1
+    assert Counted.renders == 1
+    # Another query is another render; a change in the store makes the next fetch render anew.
+    assert "ConfigMap" not in server.request("GET", "/objects?part=live&namespace=shop")[2]
+    assert Counted.renders == 2
+    store.upsert_pods([PodRecord(namespace="shop", name="web-abc123-1", owner_kind="Deployment", owner_name="web",
+                                 template_hash="abc123")])
+    wait_until("the new pod in the live part", lambda: server.request("GET", "/objects?part=live")[2],
+               timeout=10, interval=0.1, accept=lambda body: "web-abc123-1" in body)
+    assert Counted.renders == 3
+    assert "<html" not in server.request("GET", "/objects?part=live")[2]  # the part, not the page
+
+
+def test_the_kept_live_parts_are_bounded(store: Store) -> None:
+    dashboard = Dashboard(store, limits=Limits(live_parts_cached=2))
+    for namespace in ("a", "b", "c", "shop"):
+        dashboard.render("/objects", {"part": "live", "namespace": namespace})
+    assert len(dashboard._live_parts) == 2
+    small = Dashboard(store, limits=Limits(live_parts_chars=1000))
+    part = small.render("/objects", {"part": "live"})
+    assert len(part) > 1000 and len(small._live_parts) == 0  # a part larger than the bound is not kept
 
 
 def test_a_revision_shows_its_plan_and_the_rollback_command(tmp_path: Path, listen: type[Listener]) -> None:

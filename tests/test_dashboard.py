@@ -113,11 +113,51 @@ def test_every_page_renders_what_the_store_knows_and_no_secret(store: Store, pag
 
 
 def test_the_object_tree_goes_from_workload_to_pods_by_revision(store: Store) -> None:
+    store.upsert_object_status("Deployment", "shop", "web", sync="Synced", health="Progressing",
+                               last_applied_revision=C1,
+                               conditions=[{"type": "Ready", "status": "False", "reason": "Progressing",
+                                            "message": "1 of 2 updated"}],
+                               body={"history": [{"revision": "abc123", "commit": C1, "subject": "web v1",
+                                                  "since": 1}], "rollout": {"revision": "abc123", "started": 1}})
     html = Dashboard(store).render("/objects")
     tree = html[html.index('id="deployment-shop-web"'):]
     assert tree.index("revision <code>abc123") < tree.index("web-abc123-0") < tree.index("10.244.1.2")
     assert 'class="revision current"' in tree
+    conditions = re.search(r'<ul class="conditions">(.*?)</ul>', tree, re.S)
+    assert conditions and "Ready=False <i>Progressing</i> 1 of 2 updated" in conditions.group(1)
     assert "Secret/db" in html  # other objects are leaves, their data never read
+
+
+def test_a_cronjobs_runs_are_under_it_in_the_tree(store: Store) -> None:
+    """Pods of Job/<cronjob>-<minute> belong to the CronJob (as planning relates them), one group
+    per run, newest first; a Job Git declares keeps its own pods, and a pod whose Job matches no
+    CronJob is still shown as without an object."""
+    store.upsert_object_status("CronJob", "shop", "report", sync="Synced", health="Healthy", last_applied_revision=C1,
+                               conditions=[{"type": "Ready", "status": "True", "reason": "Scheduled",
+                                            "message": "1 active, 2 run(s) kept"}])
+    store.upsert_object_status("Job", "shop", "report-29000003", sync="Synced", health="Healthy",
+                               last_applied_revision=C1)
+
+    def pod(name: str, job: str, phase: str) -> PodRecord:
+        return PodRecord(namespace="shop", name=name, owner_kind="Job", owner_name=job, template_hash="feed01",
+                         phase=phase, node="node-1")
+
+    store.upsert_pods([pod("report-29000001-0", "report-29000001", "Succeeded"),
+                       pod("report-29000002-0", "report-29000002", "Running"),
+                       pod("report-29000003-0", "report-29000003", "Running"),
+                       pod("reports-29000001-0", "reports-29000001", "Running"),
+                       pod("report-x-0", "report-x", "Running")])
+    html = Dashboard(store).render("/objects")
+    cron = re.search(r'<li class="workload" id="cronjob-shop-report".*?</details>', html, re.S)
+    assert cron, html
+    runs = re.findall(r'data-run="([^"]+)">\s*<span>run <b>Job/\1</b>.*? · (\d/\d) succeeded', cron.group(0), re.S)
+    assert runs == [("report-29000002", "0/1"), ("report-29000001", "1/1")]
+    assert "report-29000002-0" in cron.group(0) and "report-29000003-0" not in cron.group(0)
+    assert "Ready=True <i>Scheduled</i> 1 active, 2 run(s) kept" in cron.group(0)
+    declared = re.search(r'id="job-shop-report-29000003".*?</details>', html, re.S)
+    assert declared and "report-29000003-0" in declared.group(0)
+    orphans = html[html.index("pods without an object"):]
+    assert "reports-29000001-0" in orphans and "report-x-0" in orphans and "report-29000001-0" not in orphans
 
 
 def test_unknown_revision_or_node_is_a_404(store: Store) -> None:

@@ -160,6 +160,31 @@ def test_a_cronjobs_runs_are_under_it_in_the_tree(store: Store) -> None:
     assert "reports-29000001-0" in orphans and "report-x-0" in orphans and "report-29000001-0" not in orphans
 
 
+def test_the_drift_page_says_which_findings_a_heal_fixed(store: Store) -> None:
+    now = datetime.now(UTC)
+    missing = {"kind": "PodMissing", "object": "Deployment/shop/web", "node": "node-1", "detail": "not running",
+               "mode": "heal"}
+    extra = {"kind": "ExtraPod", "object": "Pod/shop/stray", "node": "node-1", "detail": "not in the plan",
+             "mode": "heal"}
+    unreachable = {"kind": "NodeUnreachable", "object": "Node/node-2", "node": "node-2", "detail": "timed out",
+                   "mode": "heal"}
+    store.save_drift_report(started_at=now, finished_at=now, mode="heal", revision=C1,
+                            findings=[missing, extra, unreachable],
+                            healed=[{"action": "reconcile", "revision": C1, "nodeErrors": {},
+                                     "after": [dict(unreachable, detail="still timed out")]}])
+    html = Dashboard(store).render("/drift")
+    report = html[html.index('<section class="report"'):html.index("</section>")]  # the newest: the heal
+    rows = re.findall(r"<tr><td>(\w+)</td>.*?<td>(?:<span[^>]*>)?(healed|remains)(?:</span>)?</td></tr>", report)
+    assert rows == [("PodMissing", "healed"), ("ExtraPod", "healed"), ("NodeUnreachable", "remains")]
+    assert "2 of 3 finding(s) healed, 1 remain" in report
+    healed = re.search(r'<ul class="healed">(.*?)</ul>', report, re.S)
+    assert healed and re.findall(r"<li>healed: (.*?)</li>", healed.group(1)) == [
+        "PodMissing Deployment/shop/web on node-1", "ExtraPod Pod/shop/stray on node-1"]
+    assert "still there: NodeUnreachable Node/node-2 on node-2: still timed out" in report
+    older = html[html.index("</section>"):]  # the report-only one: no heal column
+    assert "PodMissing" in older and "After the heal" not in older
+
+
 def test_unknown_revision_or_node_is_a_404(store: Store) -> None:
     with pytest.raises(LookupError, match="404"):
         Dashboard(store).render("/revisions/" + "9" * 40)

@@ -524,7 +524,7 @@ class Dashboard:
         reports = self.store.drift_reports(limit=31)
         docs = [drift.report_json(r, reports[i + 1] if i + 1 < len(reports) else None)
                 for i, r in enumerate(reports[:30])]
-        return {"reports": docs}
+        return {"reports": docs, "fixed": {r.id: drift.healed_mask(r) for r in reports[:30]}}
 
     def _events(self, req: Incoming) -> dict[str, Any]:
         namespace = req.query.get("namespace") or None

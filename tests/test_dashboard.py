@@ -6,24 +6,30 @@ lab nodes are in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import concurrent.futures
+import html as html_lib
 import http.client
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gitorch.server.dashboard import COOKIE, Dashboard, Limits, _Probe
+from gitorch.server.dashboard import COOKIE, Dashboard, Limits, RollbackSettings, _Probe
 from gitorch.server.http import HttpServer, Site
 from gitorch.source.git import open_repository
 from gitorch.store.database import PodRecord, Store
-from tests.gitrepo import GitRepo
+from tests.gitrepo import GitRepo, git
 from tests.samples import gitorch
+from tests.test_gitops import Serve, last_applied, serve_factory  # noqa: F401 (a fixture)
 from tests.waiting import wait_until
 
 TOKEN = "a-dashboard-token-0123456789"
@@ -390,8 +396,71 @@ def test_a_revision_shows_its_plan_and_the_rollback_command(tmp_path: Path, list
     assert f"gitorch plan: <code>{first[:7]}</code>" in html  # the markdown, rendered
     assert "ConfigMap shop/settings" in html and "Secret shop/db" in html and "(sensitive value)" in html
     assert CANARY not in html
-    assert f"gitorch rollback {second[:12]}" in html
+    assert f"gitorch rollback {second[:12]} --reason &#34;...&#34; --repo {repo.path} --branch main</code>" in html
     assert "<b>and</b>" not in html  # a commit message is text, never markup
+
+
+def test_the_rollback_command_of_a_revision_page_works_as_copied(repo: GitRepo, tmp_path: Path,
+                                                                 serve_factory: Callable[..., Serve]) -> None:  # noqa: F811
+    """Copied from a serve's page and run as it is (the reason filled in), the command commits the
+    revision's tree on serve's branch and wakes serve, which applies it."""
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n"
+    first = repo.commit("shop", {"ns.yaml": ns.format("shop")})
+    server = serve_factory(repo.path)
+    wait_until("the first applied", last_applied, timeout=60, interval=0.2, accept=lambda c: c == first)
+    second = repo.commit("shop2", {"ns2.yaml": ns.format("shop2")})
+    assert server.wake() == 202
+    wait_until("the second applied", last_applied, timeout=60, interval=0.2, accept=lambda c: c == second)
+    status, page = _get(f"{server.url}/revisions/{first}")
+    assert status == 200
+    found = re.search(r'<code id="rollback-command">(.*?)</code>', page)
+    assert found, page
+    command = html_lib.unescape(found.group(1))
+    assert f"--repo {repo.path} --branch main --notify {server.url}/hooks/wake" in command
+    assert command.startswith("GITORCH_STATE_DIR=")  # serve's, where --notify finds the wake token
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("GITORCH_STATE_DIR")  # a shell of its own: the command says where the state is
+    res = subprocess.run(["bash", "-c", command.replace('"..."', '"back to one namespace"')], cwd=elsewhere,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "could not notify" not in res.stderr
+    head = git("rev-parse", "main", cwd=repo.path).stdout.strip()
+    assert head not in (first, second)
+    assert (git("rev-parse", "main^{tree}", cwd=repo.path).stdout
+            == git("rev-parse", f"{first}^{{tree}}", cwd=repo.path).stdout)
+    wait_until("the rollback applied", last_applied, timeout=60, interval=0.2, accept=lambda c: c == head)
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.read().decode()
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    pytest.param(RollbackSettings("/srv/git/cluster.git", branch="prod", wake_url="http://127.0.0.1:8090/hooks/wake"),
+                 'gitorch rollback 111111111111 --reason "..." --repo /srv/git/cluster.git --branch prod '
+                 "--notify http://127.0.0.1:8090/hooks/wake", id="local"),
+    pytest.param(RollbackSettings("/srv/my repo", wake_url="http://127.0.0.1:8090/hooks/wake",
+                                  state_dir="/var/lib/gitorch", wake_token_env="WAKE"),
+                 'GITORCH_STATE_DIR=/var/lib/gitorch GITORCH_WAKE_TOKEN="$WAKE" gitorch rollback 111111111111 '
+                 "--reason \"...\" --repo '/srv/my repo' --branch main --notify http://127.0.0.1:8090/hooks/wake",
+                 id="state-dir-and-token-variable"),
+    pytest.param(RollbackSettings("/srv/git/cluster.git"),
+                 'gitorch rollback 111111111111 --reason "..." --repo /srv/git/cluster.git --branch main',
+                 id="no-listener"),
+    pytest.param(RollbackSettings("https://x-access:t0ken@git.example/org/cluster.git", remote=True, branch="prod"),
+                 "git clone --branch prod https://git.example/org/cluster.git gitorch-rollback && "
+                 'gitorch rollback 111111111111 --reason "..." --repo gitorch-rollback --branch prod && '
+                 "git -C gitorch-rollback push origin prod", id="remote-without-its-token"),
+    pytest.param(RollbackSettings("ssh://git:pw@git.example/cluster.git", remote=True),
+                 "git clone --branch main ssh://git@git.example/cluster.git gitorch-rollback && "
+                 'gitorch rollback 111111111111 --reason "..." --repo gitorch-rollback --branch main && '
+                 "git -C gitorch-rollback push origin main", id="remote-over-ssh"),
+])
+def test_the_rollback_command_repeats_serves_settings(settings: RollbackSettings, expected: str) -> None:
+    assert settings.command(C1, settings.branch or "main") == expected
 
 
 def test_serve_refuses_a_short_dashboard_token(repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:

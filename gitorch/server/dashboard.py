@@ -22,6 +22,7 @@ import json
 import logging
 import posixpath
 import re
+import shlex
 import threading
 import time
 import weakref
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import jinja2
 from markdown_it import MarkdownIt
@@ -114,6 +115,44 @@ class _Slot:
                 self._counter.value -= 1
 
 
+@dataclass(frozen=True)
+class RollbackSettings:
+    """What `serve` was started with that the rollback command on a revision's page repeats, so
+    that it is right when copied and pasted on serve's machine."""
+
+    repo: str
+    """serve's --repo: a local repository (the command commits there), or a remote's URL (the
+    command clones it, commits and pushes)."""
+    remote: bool = False
+    branch: str | None = None
+    """serve's --branch (None: the branch the repository's HEAD names)."""
+    wake_url: str | None = None
+    """serve's /hooks/wake, for --notify (None: serve has no listener)."""
+    state_dir: str | None = None
+    """serve's GITORCH_STATE_DIR when it set one (where --notify finds the wake token)."""
+    wake_token_env: str | None = None
+    """serve's --wake-token-env, when it names another variable than GITORCH_WAKE_TOKEN."""
+
+    def command(self, commit: str, branch: str | None) -> str:
+        """The shell command that rolls back to `commit` on `branch` (None: unknown, a placeholder)."""
+        q = shlex.quote
+        name = q(branch) if branch else "BRANCH"
+        if self.remote:
+            # A commit in serve's mirror would be fetched over: it goes to the remote.
+            url = _without_credentials(self.repo)
+            return (f"git clone --branch {name} {q(url)} gitorch-rollback && gitorch rollback {commit[:12]} "
+                    f'--reason "..." --repo gitorch-rollback --branch {name} && '
+                    f"git -C gitorch-rollback push origin {name}")
+        env = []
+        if self.wake_url and self.state_dir:
+            env.append(f"GITORCH_STATE_DIR={q(self.state_dir)}")
+        if self.wake_url and self.wake_token_env and re.fullmatch(r"[A-Za-z_]\w*", self.wake_token_env):
+            env.append(f'GITORCH_WAKE_TOKEN="${self.wake_token_env}"')
+        notify = f" --notify {q(self.wake_url)}" if self.wake_url else ""
+        return " ".join([*env, f'gitorch rollback {commit[:12]} --reason "..." --repo {q(self.repo)} '
+                               f"--branch {name}{notify}"])
+
+
 class _Flight:
     """One render under way, which the requests for the same key wait for."""
 
@@ -193,6 +232,17 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+def _without_credentials(url: str) -> str:
+    """A remote's URL without a password or an HTTPS token in it (an SSH user name stays)."""
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    if parts.scheme in ("http", "https"):
+        return urlunsplit(parts._replace(netloc=host))
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}@{host}"))
+
+
 def _digests(marks: dict[str, tuple[Any, ...]]) -> dict[str, str]:
     """Each topic's change marks as 12 hex digits: what a page embeds and a stream compares."""
     return {t: hashlib.sha256(repr(marks.get(t)).encode()).hexdigest()[:12] for t in TOPICS}
@@ -236,7 +286,8 @@ def _subject(message: str) -> str:
 
 class Dashboard:
     """The dashboard's endpoints over one store. `repo` renders each revision's plan; `client`
-    gives the open connection to a node, for pod logs (None: logs are not available)."""
+    gives the open connection to a node, for pod logs (None: logs are not available);
+    `rollback`, what the rollback command repeats of serve's settings."""
 
     def __init__(
         self,
@@ -246,9 +297,12 @@ class Dashboard:
         repo: Repository | None = None,
         client: Callable[[str], NodeClient | None] | None = None,
         limits: Limits | None = None,
+        rollback: RollbackSettings | None = None,
     ) -> None:
         self.store = store
         self.repo = repo
+        self.rollback = rollback or (RollbackSettings(str(repo.path)) if repo is not None else None)
+        """The rollback command's settings; serve sets its listener's address in once bound."""
         self.client = client
         self.limits = limits or Limits()
         self._key = hashlib.sha256(b"gitorch-ui-session\0" + token.encode()).digest() if token else None
@@ -511,8 +565,15 @@ class Dashboard:
                 if h["commit"] == rev.commit:
                     rollouts.append({"object": o, "revision": h["revision"], "since": h["since"],
                                      "current": h["revision"] == current})
+        if self.rollback is not None:
+            branch = self.rollback.branch or (self.repo.head_branch() if self.repo is not None else None)
+            command = self.rollback.command(rev.commit, branch)
+        else:
+            branch, command = None, f'gitorch rollback {rev.commit[:12]} --reason "..."'
         return {
             "rev": rev,
+            "rollback": command,
+            "rollback_branch": branch or "",
             "rollouts": rollouts,
             "base": base,
             "plan": plan,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import html as html_lib
 import http.client
+import ipaddress
 import os
 import re
 import socket
@@ -198,15 +199,43 @@ def test_unknown_revision_or_node_is_a_404(store: Store) -> None:
         Dashboard(store).render("/nodes/nowhere")
 
 
-def test_without_a_token_only_loopback_clients_are_answered(store: Store, listen: type[Listener]) -> None:
-    dashboard = Dashboard(store)
-    status, _, html = listen(dashboard).request("GET", "/")
-    assert status == 200 and "Overview" in html
-    # A client elsewhere (no other address reaches this machine's listener in a test).
-    probe = _Probe("/", {}, {})
-    probe.client = "192.0.2.10"
-    refused = dashboard._refused(probe)  # type: ignore[arg-type]
-    assert refused is not None and refused.status == 403 and "--ui-token-env" in str(refused.body)
+def _outside_address() -> str:
+    """This machine's address on its way out (not loopback): a request to it from here comes from it."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: only the route is looked up
+        address = str(probe.getsockname()[0])
+    except OSError:
+        address = ""
+    finally:
+        probe.close()
+    if not address or ipaddress.ip_address(address).is_loopback:
+        reason = "this machine has no address but loopback: an off-loopback request cannot be made"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must not skip it)", pytrace=False)
+        pytest.skip(reason)
+    return address
+
+
+def test_without_a_token_only_loopback_clients_are_answered(store: Store) -> None:
+    site = Site()
+    site.add("dashboard", Dashboard(store).endpoints())
+    server = HttpServer("0.0.0.0", 0, site)
+    server.start()
+    try:
+        port = server.address[1]
+        answers = {}
+        for host in ("127.0.0.1", _outside_address()):
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            answers[host] = (resp.status, resp.read().decode())
+            conn.close()
+    finally:
+        server.close()
+    (ok, page), (refused, why) = answers.values()
+    assert ok == 200 and "Overview" in page and "web v1" in page
+    assert refused == 403 and "--ui-token-env" in why and "web v1" not in why
 
 
 def test_a_token_login_sets_a_strict_cookie_and_refuses_a_bad_token(store: Store, listen: type[Listener]) -> None:
@@ -398,6 +427,18 @@ def test_a_revision_shows_its_plan_and_the_rollback_command(tmp_path: Path, list
     assert CANARY not in html
     assert f"gitorch rollback {second[:12]} --reason &#34;...&#34; --repo {repo.path} --branch main</code>" in html
     assert "<b>and</b>" not in html  # a commit message is text, never markup
+
+
+def test_a_plans_markdown_keeps_only_the_html_a_plan_writes(store: Store) -> None:
+    text = ("<!-- gitorch-plan -->\n<details><summary><code>+</code> <b>ConfigMap shop/a</b> created</summary>\n\n"
+            "```diff\n+ data.a: <b>x</b>\n```\n\n</details>\n\n<script>alert(1)</script>\n\n"
+            "text <img src=x onerror=alert(1)> and <a href='//evil'>a link</a> <details open>\n")
+    out = Dashboard(store)._markdown.render(text)
+    assert "<details><summary><code>+</code> <b>ConfigMap shop/a</b> created</summary>" in out and "</details>" in out
+    assert "+ data.a: &lt;b&gt;x&lt;/b&gt;" in out  # a fence is text, as always
+    for tag in ("<script", "<img", "<a ", "<details open"):
+        assert tag not in out, out
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out and "&lt;img src=x onerror=alert(1)&gt;" in out
 
 
 def test_the_rollback_command_of_a_revision_page_works_as_copied(repo: GitRepo, tmp_path: Path,

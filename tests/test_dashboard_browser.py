@@ -179,7 +179,7 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
         page.shot("login-refused")
         _log_in(page, TOKEN)
         assert browser.current_url == server.url + "/objects"
-        assert [c["name"] for c in browser.get_cookies()] == ["gitorch_ui"]
+        assert _cookies(browser) == [("gitorch_ui", True, True, "Strict")]  # HttpOnly, Secure, as the browser keeps it
 
         # A drift check (it only reports while serve leads) reaches the open overview by itself.
         page.open("/")
@@ -250,10 +250,10 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
 
         assert page.errors() == []
 
-        # A narrow window: nothing wider than the screen; the page prints.
+        # A narrow window: no page wider than the screen; the page prints.
         browser.set_window_size(400, 900)
+        assert _too_wide(page, [*pages.values(), f"/pods/dash/{pod.name}/logs"]) == []
         page.open("/objects")
-        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
         page.shot("objects-narrow")
         pdf = browser.print_page()
         assert len(pdf) > 1000
@@ -286,6 +286,45 @@ def _log_in(page: Page, token: str) -> None:
 
 def _ticks(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"tick (\d+)", text)]
+
+
+def _cookies(browser: Any) -> list[tuple[str, bool, bool, str]]:
+    return [(c["name"], c.get("httpOnly"), c.get("secure"), c.get("sameSite")) for c in browser.get_cookies()]
+
+
+def _too_wide(page: Page, paths: list[str]) -> list[tuple[str, int, int]]:
+    """The pages wider than the window (a table scrolls sideways inside its own box instead)."""
+    wide = []
+    for path in paths:
+        page.open(path)
+        width, window = page.driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]")
+        if width > window + 1:
+            wide.append((path, width, window))
+    return wide
+
+
+def test_the_login_cookie_as_chromium_keeps_it_and_every_page_in_a_narrow_window(
+    filled: Store, browser: Any,  # noqa: F811
+) -> None:
+    site = Site()
+    site.add("dashboard", Dashboard(filled, token=TOKEN).endpoints())
+    server = HttpServer("127.0.0.1", 0, site)
+    server.start()
+    try:
+        page = Page(browser, f"http://127.0.0.1:{server.address[1]}")
+        page.open("/")
+        _log_in(page, TOKEN)
+        assert _cookies(browser) == [("gitorch_ui", True, True, "Strict")]
+        assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+        browser.set_window_size(400, 900)
+        paths = ["/", "/objects", "/revisions", f"/revisions/{C1}", "/drift", "/events", "/nodes", "/nodes/node-1",
+                 "/pods/shop/web-abc123-0/logs"]
+        assert _too_wide(page, paths) == []
+        assert page.errors() == []
+    finally:
+        browser.set_window_size(1280, 900)
+        server.close()
 
 
 

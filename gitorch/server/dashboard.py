@@ -232,6 +232,16 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+_PLAN_TAGS = re.compile(r"</?(?:details|summary|code|b)>|<!--[^<>]*-->")
+
+
+def _allowed_html(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    """Raw HTML in a plan's markdown keeps only the tags plan_markdown writes (details, summary,
+    code and b, without attributes) and comments: any other tag is shown as text."""
+    return re.sub(r"<!--.*?-->|<[^<>]*>?", lambda m: m.group(0) if _PLAN_TAGS.fullmatch(m.group(0))
+                  else html.escape(m.group(0)), tokens[idx].content, flags=re.S)
+
+
 def _without_credentials(url: str) -> str:
     """A remote's URL without a password or an HTTPS token in it (an SSH user name stays)."""
     parts = urlsplit(url)
@@ -316,6 +326,8 @@ class Dashboard:
         )
         self._env.filters.update(when=_when, age=summaries.age, percent=_percent, short=_short, subject=_subject)
         self._markdown = MarkdownIt("commonmark", {"html": True}).enable("table")
+        for rule in ("html_block", "html_inline"):
+            self._markdown.add_render_rule(rule, _allowed_html)
         self._static = {p.name: p.read_bytes() for p in (HERE / "static").iterdir() if p.suffix in STATIC_TYPES}
         self._live = _Counter(self.limits.live_clients)
         self._logs = _Counter(self.limits.log_streams)

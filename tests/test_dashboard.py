@@ -378,7 +378,7 @@ def test_viewers_share_one_render_of_a_live_part(store: Store, listen: type[List
                 Counted.renders += 1
             return super()._objects(req)
 
-    dashboard = Counted(store, limits=Limits(poll=0.2))
+    dashboard = Counted(store, limits=Limits(poll=0.2, live_part_seconds=600))  # only a change renders anew
     server = listen(dashboard)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda _: server.request("GET", "/objects?part=live"), range(8)))
@@ -403,6 +403,14 @@ def test_the_kept_live_parts_are_bounded(store: Store) -> None:
     small = Dashboard(store, limits=Limits(live_parts_chars=1000))
     part = small.render("/objects", {"part": "live"})
     assert len(part) > 1000 and len(small._live_parts) == 0  # a part larger than the bound is not kept
+    fresh = Dashboard(store, limits=Limits(live_part_seconds=0))  # ages on a kept part would be stale at once
+    for _ in range(2):
+        fresh.render("/objects", {"part": "live"})
+    assert fresh._live_parts.renders == 2
+    kept = Dashboard(store)
+    for _ in range(2):
+        kept.render("/objects", {"part": "live"})
+    assert kept._live_parts.renders == 1
 
 
 def test_a_revision_shows_its_plan_and_the_rollback_command(tmp_path: Path, listen: type[Listener]) -> None:

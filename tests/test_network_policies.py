@@ -1,6 +1,6 @@
 """NetworkPolicy on real lab nodes: the e2e-style truth tables of tests/netpol_cases.py, each
-policy set committed in turn to one lab and every pair of the 9 pods probed on TCP and UDP,
-ports 80 and 81, from inside the pods' network namespaces; a hand edit of the policy table
+policy set committed in turn to one lab and every pair of the 9 pods probed on every
+(protocol, port) of PROBES, from inside the pods' network namespaces; a hand edit of the policy table
 is drift."""
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', port))
     while True:
         _, peer = s.recvfrom(64); s.sendto(NAME, peer)
-for p in (80, 81):
-    threading.Thread(target=tcp, args=(p,), daemon=True).start()
-    threading.Thread(target=udp, args=(p,), daemon=True).start()
+for proto, p in {probes!r}:
+    threading.Thread(target=tcp if proto == 'TCP' else udp, args=(p,), daemon=True).start()
 threading.Event().wait()
 """
 
@@ -57,7 +56,7 @@ def probe(name, ip, proto, port):
     except OSError:
         out[f'{name} {proto} {port}'] = False
 threads = [threading.Thread(target=probe, args=(n, ip, pr, po)) for n, ip in targets.items()
-           for pr, po in (('TCP', 80), ('UDP', 80), ('TCP', 81), ('UDP', 81))]
+           for pr, po in json.loads(sys.argv[2])]
 [t.start() for t in threads]; [t.join() for t in threads]
 print(json.dumps(out))
 """
@@ -70,17 +69,18 @@ def cluster(lab: Lab, repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, 
 
 
 def _server(pod: str) -> list[str]:
-    return ["python3", "-c", SERVER.format(name=pod)]
+    return ["python3", "-c", SERVER.format(name=pod, probes=PROBES)]
 
 
 def _observe(lab: Lab, where: dict[str, tuple[str, str]]) -> dict[tuple[str, int], Matrix]:
     """Probe every pair: `where` is pod -> (node, IP)."""
     targets = json.dumps({pod: ip for pod, (_, ip) in where.items()})
+    probes = json.dumps(PROBES)
 
     def from_pod(src: str) -> dict[str, bool]:
         node, _ = where[src]
         ns, name = src.split("/")
-        proc = ssh_run(lab, node, f"ip netns exec gitorch-{ns}_{name} python3 -c \"$P\" '{targets}'".replace(
+        proc = ssh_run(lab, node, f"ip netns exec gitorch-{ns}_{name} python3 -c \"$P\" '{targets}' '{probes}'".replace(
             "$P", PROBE.replace('"', '\\"')), check=False)
         return dict(json.loads(proc.stdout or "{}"))
 

@@ -203,3 +203,95 @@ def test_matrix_render_marks_blocked() -> None:
     text = render(m)
     assert text.splitlines()[1].split()[1:] == [".", "X", "X", ".", ".", ".", ".", ".", "."]  # a/x: itself, not a
     assert text.splitlines()[4].split()[1:4] == ["X", "X", "X"]  # b/x cannot reach namespace a
+
+
+WEB = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: b}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: b}}
+spec:
+  containers: [{{name: c, command: [sleep, infinity]}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: netpol}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: web, command: {command}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: deny-web, namespace: netpol}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress]
+"""
+# What a TCP connection from the client to each address came to: "open" (a leak), or the errno.
+CONNECT = ("import errno, json, socket, sys\nout = {}\nfor ip in sys.argv[1:]:\n"
+           "    try: socket.create_connection((ip, 80), timeout=1.5).close(); out[ip] = 'open'\n"
+           "    except OSError as e: out[ip] = errno.errorcode.get(e.errno, str(e))\nprint(json.dumps(out))\n")
+SERVES = "import socket; socket.create_connection(('127.0.0.1', 80), timeout=1).close()"
+
+
+@pytest.mark.lab
+def test_a_new_pod_is_isolated_from_its_first_packet(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """Scaled up under a deny policy, a new replica refuses the client from the moment it serves,
+    before the controller has seen its address: the node put the pod's chains on the address
+    it gave the pod before making its network namespace (the controller is not run again, so a
+    node waiting for the controller's next pass would leave the pod open)."""
+    repo, controller = cluster
+    command = json.dumps(_server("netpol/web"))
+    repo.commit("a web replica the policy isolates, a client", {"apps.yaml": WEB.format(replicas=1, command=command)})
+    converge(controller)
+    client = wait_until("the client placed", lambda: (controller.reconcile(), next(
+        (p for p in controller.store.pods(namespace="b") if p.name == "client" and p.ip), None))[1],
+        timeout=60, interval=0.5)
+    nodes = [n.name for n in lab.nodes]
+
+    def web_netns() -> dict[str, str]:
+        """Every web replica's network namespace on the lab's nodes: name -> node."""
+        out = {}
+        for node in nodes:
+            for line in ssh_run(lab, node, "ip netns list", check=False).stdout.splitlines():
+                if line.split() and line.split()[0].startswith("gitorch-netpol_web-"):
+                    out[line.split()[0]] = node
+        return out
+
+    def probe(ips: list[str]) -> dict[str, str]:
+        proc = ssh_run(lab, str(client.node), f"ip netns exec gitorch-b_client python3 -c \"{CONNECT}\" "
+                       + " ".join(ips), check=False)
+        return dict(json.loads(proc.stdout or "{}"))
+
+    first = wait_until("the first replica", web_netns, timeout=30, interval=0.5, accept=lambda w: len(w) == 1)
+    first_ip = wait_until("the first replica's address", lambda: next(
+        (p.ip for p in controller.store.pods(namespace="netpol") if p.ip), None), timeout=30, interval=0.5)
+    assert probe([first_ip]) == {first_ip: "EHOSTUNREACH"}, "the policy does not isolate the first replica"
+
+    repo.commit("three replicas", {"apps.yaml": WEB.format(replicas=3, command=command)})
+    controller.reconcile()  # one pass sends the new replicas to their nodes; none after it
+
+    def serving() -> dict[str, str]:
+        """The new replicas that serve on their own loopback: netns -> address."""
+        out = {}
+        for ns, node in web_netns().items():
+            if ns in first:
+                continue
+            proc = ssh_run(lab, node, f"ip netns exec {ns} python3 -c \"{SERVES}\" && "
+                           f"ip -n {ns} -4 -o addr show dev eth0", check=False)
+            words = proc.stdout.split()
+            if proc.returncode == 0 and "inet" in words:
+                out[ns] = words[words.index("inet") + 1].split("/")[0]
+        return out
+
+    new = wait_until("a new replica serving", serving, timeout=60, interval=0.3, accept=bool)
+    seen = probe(list(new.values()))
+    assert seen and all(v == "EHOSTUNREACH" for v in seen.values()), \
+        f"new replicas reachable before the controller saw them: {seen} (want EHOSTUNREACH, the policy's reject)"

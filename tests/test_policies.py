@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gitorch.reconcile.policies import ip_block, policy_table
+from gitorch.nodes import agent
+from gitorch.reconcile.policies import Target, ip_block, policy_table
 from gitorch.source.desired import load
 from gitorch.source.git import open_repository
 from gitorch.store.database import PodRecord
@@ -80,3 +81,30 @@ def test_ip_block_less_its_exceptions() -> None:
     got = [ipaddress.IPv4Network(c) for c in ip_block({"cidr": "10.0.0.0/24", "except": ["10.0.0.7/32"]})]
     assert sum(n.num_addresses for n in got) == 255
     assert not any(ipaddress.IPv4Address("10.0.0.7") in n for n in got)
+
+
+def test_a_placed_pod_without_an_address_gets_its_entry(repo: GitRepo) -> None:
+    """A pod the plan places, its address not known yet, is given its entry (ip None): its node
+    binds it to the address it gives the pod, before the pod's first packet."""
+    repo.commit("case", {"pods.yaml": pods_yaml(), "policies.yaml": CASES[0].policies(IPS)})
+    state = load(open_repository(repo.path), None)
+    peers = [p for p in _pods() if p.name != "x"]
+    targets = [Target(p.namespace, p.name, p.owner_kind, p.owner_name, p.node, p.ip) for p in _pods()]
+    targets = [t._replace(ip=None) if t.name == "x" else t for t in targets]
+    entries = {e["pod"]: e for node in policy_table(state, peers, targets).values() for e in node}
+    assert entries["a/x"]["ip"] is None and entries["a/x"]["ingress"] == []
+    assert entries["a/y"]["ip"] == IPS["a/y"]
+    assert "b/x" not in entries  # not isolated: no entry
+
+
+def test_the_node_binds_chains_to_the_address_it_gave() -> None:
+    """The node's own binding wins over the controller's last-seen address; a reused address
+    is never bound to the pod that had it before."""
+    entries = [{"pod": "a/old", "ip": "10.244.0.5", "ingress": [], "egress": None},
+               {"pod": "a/new", "ip": None, "ingress": [], "egress": None},
+               {"pod": "a/seen", "ip": "10.244.0.9", "ingress": [], "egress": None}]
+    bound = {"a/new": "10.244.0.5", "b/open": "10.244.0.7"}
+    assert agent.policy_binding(entries, bound) == {"a/new": "10.244.0.5", "a/seen": "10.244.0.9"}
+    text = agent.policy_ruleset(entries, agent.policy_binding(entries, bound))
+    assert "10.244.0.5 : jump i0" in text and "10.244.0.9 : jump i1" in text and "a/old" not in text
+    assert agent.policy_ruleset(entries[1:2], {}).count("\n") == 2  # not bound yet: no table at all

@@ -428,6 +428,8 @@ class Paths:
         self.services = os.path.join(self.root, "services.json")
         self.services_table = os.path.join(self.root, "services-table.json")
         self.policies = os.path.join(self.root, "policies.json")
+        self.policy_bindings = os.path.join(self.root, "policy-bindings.json")
+        self.policy_lock = os.path.join(self.root, "policy.lock")
         self.announce = os.path.join(self.root, "announce.json")
         self.fence = os.path.join(self.root, "fence.json")
         self.metrics = os.path.join(self.root, "metrics.json")
@@ -3417,7 +3419,9 @@ def parse_policies(raw: Any) -> list[Json]:
         where = f"sync: policies[{i}]"
         if not isinstance(e, dict):
             raise RequestError(f"{where} must be an object")
-        entry: Json = {"pod": str(e.get("pod") or where)[:200], "ip": _ip4(e.get("ip"), f"{where}.ip")}
+        ip = e.get("ip")
+        entry: Json = {"pod": str(e.get("pod") or where)[:200],
+                       "ip": None if ip is None else _ip4(ip, f"{where}.ip")}
         for direction in ("ingress", "egress"):
             rules = e.get(direction)
             if rules is not None and (not isinstance(rules, list) or len(rules) > 4096):
@@ -3440,13 +3444,31 @@ def parse_policies(raw: Any) -> list[Json]:
     return out
 
 
-def policy_ruleset(entries: list[Json]) -> str:
+def policy_binding(entries: list[Json], bound: dict[str, str]) -> dict[str, str]:
+    """Which address each isolated pod's chains apply to (pod -> IP): the one the supervisor
+    gave the pod when it made its network namespace (``bound``, the truth on this node), else
+    the one the controller last saw, unless another pod holds that address now (reused)."""
+    taken = set(bound.values())
+    out = {e["pod"]: bound[e["pod"]] for e in entries if e["pod"] in bound}
+    for e in entries:
+        if e["pod"] not in out and e.get("ip") and e["ip"] not in taken:
+            out[e["pod"]] = e["ip"]
+            taken.add(e["ip"])
+    return out
+
+
+def policy_ruleset(entries: list[Json], binding: dict[str, str] | None = None) -> str:
     """The whole ``ip gitorch-policy`` table as one ``nft -f`` transaction (none at all when
     no pod of this node is isolated): per isolated pod a chain per direction that returns
-    for what a rule allows and rejects the rest; replies of allowed connections pass."""
+    for what a rule allows and rejects the rest, jumped to from the pod's address (``binding``,
+    see policy_binding; an isolated pod not yet given one has no traffic to police);
+    replies of allowed connections pass."""
     import ipaddress
 
+    if binding is None:
+        binding = policy_binding(entries, {})
     lines = [f"table {POLICY_TABLE}", f"delete table {POLICY_TABLE}"]
+    entries = [e for e in entries if e["pod"] in binding]
     if not entries:
         return "\n".join(lines) + "\n"
     maps: dict[str, list[str]] = {"egress": [], "ingress": []}
@@ -3458,7 +3480,7 @@ def policy_ruleset(entries: list[Json]) -> str:
             if rules is None:
                 continue
             name = f"{direction[0]}{i}"
-            maps[direction].append(f"{e['ip']} : jump {name}")
+            maps[direction].append(f"{binding[e['pod']]} : jump {name}")
             body = []
             for r in rules:
                 match = ""
@@ -3505,21 +3527,59 @@ def policy_listing(nft: str | None = None) -> str | None:
     return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
 
 
-def program_policies(paths: Paths, entries: list[Json]) -> Json:
-    """Make the node's policy table match ``entries`` in one transaction; a no-op when the
-    table built last (this boot) is the same and still lists as it did; one edited or
-    removed by hand is rebuilt ("repaired"). Returns {ok, changed, message, count, hash, repaired}."""
-    text = policy_ruleset(entries)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, str] | None = None) -> Json:
+    """Make the node's policy table match ``entries`` (None: the ones of the last sync) with
+    each pod's chains on the address it holds, in one transaction; ``bind`` (pod -> IP) records
+    addresses the supervisor is about to give pods, before their namespaces exist, so a new
+    pod is policed from its first packet and a reused address never keeps its old pod's
+    chains. A no-op when the table built last (this boot) is the same and still lists as it
+    did; one edited or removed by hand is rebuilt ("repaired"). Returns {ok, changed, message,
+    count, hash, repaired, programmed}."""
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
-    state = read_json(paths.policies, {})
+    with flocked(paths.policy_lock):
+        state = read_json(paths.policies, {})
+        if not isinstance(state, dict) or state.get("bootId") != boot:
+            state = {}
+        held = read_json(paths.policy_bindings, {})
+        bound: dict[str, str] = dict(held.get("bound") or {}) \
+            if isinstance(held, dict) and held.get("bootId") == boot else {}
+        if entries is None:
+            entries = list(state.get("entries") or [])
+        before = policy_binding(entries, bound)
+        if bind:
+            for pod, ip in bind.items():
+                for other in [k for k, v in bound.items() if v == ip and k != pod]:
+                    del bound[other]
+                bound[pod] = ip
+            if len(bound) > 65536:  # one address, one pod: bounded by the pod CIDR
+                bound = dict(list(bound.items())[-65536:])
+            atomic_write(paths.policy_bindings, json.dumps({"bootId": boot, "bound": bound}))
+        binding = policy_binding(entries, bound)
+        if bind is not None and binding == before:
+            # No isolated pod, and no address in the table, among those bound: nothing to change.
+            return {"ok": True, "changed": False, "message": "", "count": len(entries),
+                    "hash": state.get("hash"), "repaired": "", "programmed": True}
+        result = _program_policy_table(paths, state, entries, binding, boot)
+    result["programmed"] = result["ok"]
+    return result
+
+
+def _program_policy_table(paths: Paths, state: Json, entries: list[Json], binding: dict[str, str],
+                          boot: str) -> Json:
+    text = policy_ruleset(entries, binding)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     nft = nft_binary()
     repaired = ""
-    if isinstance(state, dict) and state.get("ok") and state.get("hash") == digest and state.get("bootId") == boot:
-        if not entries:  # no isolated pod, as last time: no table to look at (the usual case)
-            return {"ok": True, "changed": False, "message": "", "count": 0, "hash": digest, "repaired": ""}
+    if state.get("ok") and state.get("hash") == digest:
+        if not binding:  # no isolated pod, as last time: no table to look at (the usual case)
+            if state.get("entries") != entries:
+                atomic_write(paths.policies, json.dumps({**state, "entries": entries, "count": len(entries)}))
+            return {"ok": True, "changed": False, "message": "", "count": len(entries), "hash": digest,
+                    "repaired": ""}
         live = policy_listing(nft)
         if live == state.get("listing"):
+            if state.get("entries") != entries:
+                atomic_write(paths.policies, json.dumps({**state, "entries": entries, "count": len(entries)}))
             return {"ok": True, "changed": False, "message": "", "count": len(entries), "hash": digest,
                     "repaired": ""}
         repaired = f"table {POLICY_TABLE} was missing" if live is None else \
@@ -3535,9 +3595,10 @@ def program_policies(paths: Paths, entries: list[Json]) -> Json:
             listing = policy_listing(nft) if ok else None
         except (OSError, subprocess.TimeoutExpired) as exc:
             ok, message = False, f"nft: {exc}"
+    # The entries are kept even when nft failed: the supervisor's next binding retries them.
     atomic_write(paths.policies, json.dumps({"ok": ok, "hash": digest if ok else None, "bootId": boot,
                                              "message": message, "count": len(entries), "listing": listing,
-                                             "at": time.time()}))
+                                             "entries": entries, "at": time.time()}))
     return {"ok": ok, "changed": ok, "message": message, "count": len(entries), "hash": digest,
             "repaired": repaired if ok else ""}
 
@@ -4446,11 +4507,18 @@ class Supervisor:
                     or now < pod.prepare_retry or pod.spec.host_network):
                 due.append(pod)
         wanted: list[tuple[str, str]] = []
+        names: dict[str, str] = {}
         for pod in due:
             ip = self.pod_ip(pod, net)
             if ip is not None:
                 wanted.append((pod.key, ip))
+                names[f"{pod.namespace}/{pod.name}"] = ip
         if not wanted:
+            return
+        try:
+            self.bind_policies(names)
+        except NetworkError as exc:  # each pod alone, failing with the message
+            self.log_error("net-batch", f"pod networks in one batch: {exc}")
             return
         try:
             done = pods_network_up(wanted, self.paths.instance_tag, net)
@@ -4469,6 +4537,17 @@ class Supervisor:
             pod.ip = ip
         return pod.ip
 
+    def bind_policies(self, pods: dict[str, str]) -> None:
+        """Put each pod's NetworkPolicy chains on the address it is about to get (see
+        program_policies) before its network namespace exists: none of its packets, not even
+        the first, passes unpoliced; a pod whose chains cannot be bound does not start."""
+        try:
+            result = program_policies(self.paths, None, pods)
+        except (OSError, ValueError) as exc:
+            raise NetworkError(f"NetworkPolicy table: {exc}") from exc
+        if not result["programmed"]:
+            raise NetworkError(f"NetworkPolicy table: {result['message']}")
+
     def setup_pod_network(self, pod: Pod, now: float) -> bool:
         """Give a pod its netns, veth and IP before it first starts; False to retry later."""
         assert pod.spec is not None
@@ -4484,6 +4563,7 @@ class Supervisor:
             if ip is None:
                 raise NetworkError(f"no free address left in {net.cidr}")
             if self.networked.pop(pod.key, None) != ip:
+                self.bind_policies({f"{pod.namespace}/{pod.name}": ip})
                 pod_network_up(pod.key, self.paths.instance_tag, ip, net)
         except NetworkError as exc:
             pod.prepare_retry = now + 5.0
@@ -5406,6 +5486,9 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             json.dumps([current.get("pods"), current.get("network"), current.get("dns"), current.get("metrics"),
                         current.get("accounts")],
             sort_keys=True)
+        # The policy entries before the pods: the supervisor binds a new pod's chains to its
+        # address from them when it makes the pod's network namespace.
+        policed = program_policies(paths, policies) if policies is not None else None
         if changed or not os.path.exists(paths.desired):
             generation += 1
             wanted: Json = {"generation": generation, "pods": pods}
@@ -5442,7 +5525,6 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
                                      cluster_pod_cidrs(raw_net, net))
             proxy["tableDigest"] = digest
         announced = program_announce(paths, *announce) if announce is not None else None
-        policed = program_policies(paths, policies) if policies is not None else None
         if ingress == {}:
             running = os.path.isdir(ingress_dir(paths))
             if running:

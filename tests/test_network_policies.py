@@ -295,3 +295,55 @@ def test_a_new_pod_is_isolated_from_its_first_packet(lab: Lab, cluster: tuple[Gi
     seen = probe(list(new.values()))
     assert seen and all(v == "EHOSTUNREACH" for v in seen.values()), \
         f"new replicas reachable before the controller saw them: {seen} (want EHOSTUNREACH, the policy's reject)"
+
+
+PAIR = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: b}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: netpol, labels: {{app: web}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  containers: [{{name: web, command: {command}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: b}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  containers: [{{name: c, command: [sleep, infinity]}}]
+"""
+BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+@pytest.mark.lab
+def test_same_node_traffic_is_policed_with_bridge_netfilter_off(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """Pod-to-pod traffic on one node is bridged: the policy table sees it only through
+    br_netfilter with net.bridge.bridge-nf-call-iptables on. A node where someone turned it off
+    gets it turned back on when its policies are programmed, and the pod is isolated again."""
+    repo, controller = cluster
+    node = lab.nodes[0].name
+    pods = PAIR.format(node=node, command=json.dumps(_server("netpol/server")))
+    deny = WEB.format(replicas=0, command="[]").split("---\n")[-1]
+    repo.commit("a server and a client on one node", {"apps.yaml": pods})
+    converge(controller)
+    server = wait_until("the server's address", lambda: (controller.reconcile(), next(
+        (p.ip for p in controller.store.pods(namespace="netpol") if p.ip), None))[1], timeout=60, interval=0.5)
+    wait_until("the client placed", lambda: (controller.reconcile(), any(
+        p.ip for p in controller.store.pods(namespace="b")))[1], timeout=60, interval=0.5)
+
+    def probe() -> str:
+        proc = ssh_run(lab, node, f"ip netns exec gitorch-b_client python3 -c \"{CONNECT}\" {server}", check=False)
+        return str(json.loads(proc.stdout or "{}").get(server))
+
+    wait_until("the server open to the client", probe, timeout=30, interval=0.5, accept=lambda r: r == "open")
+    ssh_run(lab, node, f"echo 0 > {BRIDGE_NF}")
+    repo.commit("the server isolated", {"apps.yaml": pods + "---\n" + deny})
+    converge(controller)
+    seen = wait_until("the client refused", lambda: (controller.reconcile(), probe())[1], timeout=20, interval=0.5,
+                      accept=lambda r: r == "EHOSTUNREACH")
+    assert seen == "EHOSTUNREACH"
+    assert ssh_run(lab, node, f"cat {BRIDGE_NF}").stdout.strip() == "1"

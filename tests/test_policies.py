@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +109,15 @@ def test_the_node_binds_chains_to_the_address_it_gave() -> None:
     text = agent.policy_ruleset(entries, agent.policy_binding(entries, bound))
     assert "10.244.0.5 : jump i0" in text and "10.244.0.9 : jump i1" in text and "a/old" not in text
     assert agent.policy_ruleset(entries[1:2], {}).count("\n") == 2  # not bound yet: no table at all
+
+
+def test_bridge_netfilter_turned_back_on_or_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same-node pod traffic is bridged: without br_netfilter's sysctl the policy table never
+    sees it. A 0 is set back to 1; a sysctl that is not there is reported, not ignored."""
+    knob = tmp_path / "bridge-nf-call-iptables"
+    knob.write_text("0\n")
+    monkeypatch.setattr(agent, "BRIDGE_NF", str(knob))
+    assert agent.bridge_netfilter() == ""
+    assert knob.read_text() == "1"
+    monkeypatch.setattr(agent, "BRIDGE_NF", str(tmp_path / "absent"))
+    assert "br_netfilter" in agent.bridge_netfilter()

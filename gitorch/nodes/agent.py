@@ -2938,6 +2938,28 @@ def node_network_up(net: NetworkSpec, old_routes: Iterable[tuple[str, str]] = ()
         ip_cmd("route", "replace", cidr, "via", via)
 
 
+BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def bridge_netfilter() -> str:
+    """Make bridged IPv4 traffic (pod to pod on one node) pass the ip family's hooks, where
+    the NetworkPolicy table is: br_netfilter loaded and net.bridge.bridge-nf-call-iptables 1
+    (per network namespace). Returns "" when it is, else why not."""
+    if not os.path.exists(BRIDGE_NF):
+        modprobe = shutil.which("modprobe", path=DEFAULT_PATH)
+        if modprobe:
+            run_quietly([modprobe, "br_netfilter"], 10)
+    if not os.path.exists(BRIDGE_NF):
+        return "the br_netfilter module is not loaded and could not be (modprobe br_netfilter)"
+    if (read_text(BRIDGE_NF) or "").strip() != "1":
+        try:
+            with open(BRIDGE_NF, "w") as fh:
+                fh.write("1")
+        except OSError as exc:
+            return f"net.bridge.bridge-nf-call-iptables is 0 and could not be set to 1: {exc}"
+    return ""
+
+
 def pod_network_ok(key: str, tag: str) -> bool:
     return os.path.exists(netns_path(key)) and link_exists(veth_names(key, tag)[0])
 
@@ -3534,7 +3556,8 @@ def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, s
     pod is policed from its first packet and a reused address never keeps its old pod's
     chains. A no-op when the table built last (this boot) is the same and still lists as it
     did; one edited or removed by hand is rebuilt ("repaired"). Returns {ok, changed, message,
-    count, hash, repaired, programmed}."""
+    count, hash, repaired, programmed}: ok false with the table programmed when same-node pod
+    traffic cannot be made to pass it (see bridge_netfilter)."""
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
     with flocked(paths.policy_lock):
         state = read_json(paths.policies, {})
@@ -3561,6 +3584,10 @@ def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, s
                     "hash": state.get("hash"), "repaired": "", "programmed": True}
         result = _program_policy_table(paths, state, entries, binding, boot)
     result["programmed"] = result["ok"]
+    problem = bridge_netfilter() if result["ok"] and binding else ""
+    if problem:  # the table is in place (traffic routed between nodes is policed), but not enough
+        result.update(ok=False, message=f"node {os.uname().nodename}: pods on this node reach each other "
+                                        f"past NetworkPolicy: {problem}")
     return result
 
 
@@ -4488,6 +4515,9 @@ class Supervisor:
             self.log_error("node-network", f"node pod network: {exc}")
             return
         self.network_applied = net
+        problem = bridge_netfilter()
+        if problem:  # cross-node traffic is still policed; program_policies reports it too
+            self.log_error("bridge-nf", f"NetworkPolicy does not see same-node pod traffic: {problem}")
         self.log(f"pod network {net.cidr} (gateway {net.gateway}), routes "
                  f"{', '.join(f'{c} via {v}' for c, v in net.routes) or 'none'}")
 

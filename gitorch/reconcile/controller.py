@@ -884,6 +884,17 @@ class Controller:
         for n, o in results.items():
             if o.ok and o.value is not None:
                 reports[n] = pod_reports(o.value)
+                policed = o.value.get("policies") or {}
+                if policed and not policed.get("ok"):
+                    log.warning("%s: NetworkPolicy not enforced: %s", n, policed.get("message"),
+                                extra={"event": "policy-table-failed", "node": n})
+                    events.append(dict(kind="Node", namespace="", name=n, reason="NetworkPolicyNotEnforced",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=str(policed.get("message") or "")[:500]))
+                elif policed.get("repaired"):
+                    events.append(dict(kind="Node", namespace="", name=n, reason="PolicyTableRepaired",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=f"nftables {policed['repaired']}; rebuilt from the policies"))
                 proxy = o.value.get("services") or {}
                 if proxy.get("reason") == "ServicesBaseMismatch":
                     continue

@@ -6,6 +6,7 @@ is drift."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -347,3 +348,43 @@ def test_same_node_traffic_is_policed_with_bridge_netfilter_off(lab: Lab, cluste
                       accept=lambda r: r == "EHOSTUNREACH")
     assert seen == "EHOSTUNREACH"
     assert ssh_run(lab, node, f"cat {BRIDGE_NF}").stdout.strip() == "1"
+
+
+SERVER6 = ("import socket\ns = socket.socket(socket.AF_INET6)\n"
+           "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::', 80)); s.listen(16)\n"
+           "while True:\n    c, _ = s.accept(); c.sendall(b'six'); c.close()\n")
+CONNECT6 = ("import errno, socket, sys\ntry:\n"
+            "    a = socket.getaddrinfo(sys.argv[1] + '%eth0', 80, socket.AF_INET6)[0][4]\n"
+            "    s = socket.socket(socket.AF_INET6); s.settimeout(1.5); s.connect(a); print('open')\n"
+            "except OSError as e: print(errno.errorcode.get(e.errno, str(e)))\n")
+
+
+def _link_local(ip: str) -> str:
+    """The fe80:: address a pod's eth0 would take from its MAC (0a:58 + its IPv4, see mac_for)."""
+    b = [int(x) for x in ip.split(".")]
+    return f"fe80::858:{b[0]:02x}ff:fe{b[1]:02x}:{b[2]:02x}{b[3]:02x}"
+
+
+@pytest.mark.lab
+def test_pods_have_no_ipv6_to_pass_the_policy_by(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """The policy table is of the ip family: a pod with IPv6 on its eth0 (a link-local fe80::
+    address at least) would reach an isolated pod on its node past it. Pods' eth0 has none."""
+    repo, controller = cluster
+    node = lab.nodes[0].name
+    pods = PAIR.format(node=node, command=json.dumps(["python3", "-c", SERVER6]))
+    deny = WEB.format(replicas=0, command="[]").split("---\n")[-1]
+    repo.commit("an isolated IPv6-capable server and a client on one node", {"apps.yaml": pods + "---\n" + deny})
+    converge(controller)
+    server = wait_until("the server's address", lambda: (controller.reconcile(), next(
+        (p.ip for p in controller.store.pods(namespace="netpol") if p.ip), None))[1], timeout=60, interval=0.5)
+    wait_until("the server up", lambda: ssh_run(lab, node, "ip netns exec gitorch-netpol_server python3 -c "
+                                                f"\"{SERVES}\"", check=False).returncode == 0, timeout=30, interval=0.5)
+    for _ in range(6):  # a link-local address is usable once its duplicate check is done (~1 s)
+        seen = ssh_run(lab, node, f"ip netns exec gitorch-b_client python3 -c \"{CONNECT6}\" {_link_local(server)}",
+                       check=False).stdout.strip()
+        if seen == "open":
+            break
+        time.sleep(0.5)
+    assert seen != "open" and seen, f"the client reached the isolated server over IPv6 ({seen})"
+    assert "inet6" not in ssh_run(lab, node, "ip -n gitorch-netpol_server -6 -o addr show dev eth0").stdout
+    assert "inet6" not in ssh_run(lab, node, "ip -n gitorch-b_client -6 -o addr show dev eth0").stdout

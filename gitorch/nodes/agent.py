@@ -2964,6 +2964,12 @@ def pod_network_ok(key: str, tag: str) -> bool:
     return os.path.exists(netns_path(key)) and link_exists(veth_names(key, tag)[0])
 
 
+# Pods are IPv4 only: their eth0 gets no IPv6 at all (not even a link-local fe80:: address),
+# so no pod traffic passes beside the NetworkPolicy table, which is of the ip family. lo keeps
+# ::1 for programs that try localhost there first. A kernel without IPv6 has nothing to turn off.
+NO_IPV6 = "echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 || true"
+
+
 def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
     """A fresh netns for the pod: lo, eth0 with its IP on the node bridge, default route."""
     pod_network_down(key, tag)
@@ -2976,6 +2982,7 @@ def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
     ip_cmd("link", "set", host, "up")
     ip_cmd("-n", ns, "link", "set", "lo", "up")
     ip_cmd("-n", ns, "link", "set", peer, "name", "eth0", "address", mac_for(ip))
+    ip_cmd("netns", "exec", ns, "sh", "-c", NO_IPV6)
     ip_cmd("-n", ns, "addr", "add", f"{ip}/{net.prefix}", "dev", "eth0")
     ip_cmd("-n", ns, "link", "set", "eth0", "up")
     ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)
@@ -2984,7 +2991,8 @@ def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
 def ip_batch(lines: list[str], netns: str | None = None) -> None:
     """Run many ip(8) commands in one process (``ip -batch``, in netns if given); it stops at
     the first that fails. Each line's words are keywords, agent-made names or parsed
-    addresses (see ip_cmd), so none holds a space, a quote or a '#'."""
+    addresses (see ip_cmd), so none holds a space, a quote or a '#', but for NO_IPV6, a
+    constant, quoted (ip's batch reader takes a double-quoted word whole)."""
     binary = shutil.which("ip", path=DEFAULT_PATH) or "ip"
     argv = [binary, *(["-n", netns] if netns else []), "-batch", "-"]
     try:
@@ -3012,6 +3020,7 @@ def pods_network_up(pods: list[tuple[str, str]], tag: str, net: NetworkSpec) -> 
         ns, host = netns_name(key), veth_names(key, tag)[0]
         lines += [f"netns add {ns}",
                   f"link add {host} type veth peer name eth0 address {mac_for(ip)} netns {ns}",
+                  f'netns exec {ns} sh -c "{NO_IPV6}"',
                   f"link set {host} master {BRIDGE} up"]
     try:
         ip_batch(lines)

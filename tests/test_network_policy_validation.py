@@ -86,7 +86,9 @@ def test_bad_policies_name_file_line_and_column(old: bytes, new: bytes, where: s
         pytest.param(b"endPort: 8100", b"endPort: 7000", "np.yaml:17:", "below port 8000", id="endport-low"),
         pytest.param(b"{port: 8000, endPort", b"{port: http, endPort", "np.yaml:17:", "numeric port",
                      id="endport-named"),
-        pytest.param(b"cidr: 10.0.0.0/8,", b"cidr: 10.0.0.300/8,", "np.yaml:20:", "not an IPv4 CIDR", id="octet"),
+        pytest.param(b"cidr: 10.0.0.0/8,", b"cidr: 10.0.0.300/8,", "np.yaml:20:", "not an IPv4 or IPv6 CIDR",
+                     id="octet"),
+        pytest.param(b"[10.1.0.0/16]", b"['fd00::/8']", "np.yaml:20:", "not inside", id="except-other-family"),
         pytest.param(b"[10.1.0.0/16]", b"[192.168.0.0/16]", "np.yaml:20:", "not inside", id="except-outside"),
         pytest.param(b"[10.1.0.0/16]", b"[10.0.0.0/8]", "np.yaml:20:", "not inside", id="except-not-smaller"),
     ],
@@ -102,3 +104,16 @@ def test_rules_hidden_by_policy_types_warn(repo: GitRepo) -> None:
     errors, warnings = _loaded(repo, _GOOD.replace(b"[Ingress, Egress]", b"[Ingress]"))
     assert not errors, errors
     assert any(w.startswith("np.yaml:19:") and "egress rules have no effect" in w for w in warnings), warnings
+
+
+def test_an_ipv6_block_is_taken_with_no_effect(repo: GitRepo) -> None:
+    """Dual-stack manifests list ::/0 beside 0.0.0.0/0: taken, as Kubernetes takes it, with a
+    warning that it matches nothing here (pods have no IPv6), not refused."""
+    doc = _GOOD.replace(b"- ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}",
+                        b"- ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}\n"
+                        b"        - ipBlock: {cidr: '::/0', except: ['fd00::/8']}")
+    assert doc != _GOOD
+    assert not _diags(doc)[0], _diags(doc)[0]
+    errors, warnings = _loaded(repo, doc)
+    assert not errors, errors
+    assert any(w.startswith("np.yaml:21:") and "no effect" in w and "IPv6" in w for w in warnings), warnings

@@ -77,6 +77,10 @@ def test_default_policy_types_isolate_egress_only_with_egress_rules(repo: GitRep
     assert entry["egress"] == [{"peers": sorted(f"{IPS[p]}/32" for p in ("a/x", "a/y", "a/z")), "ports": None}]
 
 
+def test_an_ipv6_block_covers_nothing() -> None:
+    assert ip_block({"cidr": "::/0", "except": ["fd00::/8"]}) == []
+
+
 def test_ip_block_less_its_exceptions() -> None:
     assert ip_block({"cidr": "10.0.0.0/8", "except": ["10.0.0.0/9"]}) == ["10.128.0.0/9"]
     got = [ipaddress.IPv4Network(c) for c in ip_block({"cidr": "10.0.0.0/24", "except": ["10.0.0.7/32"]})]

@@ -6,11 +6,12 @@ with a direction in its policyTypes is isolated in that direction; the rules of 
 selecting it add up (union); a pod no policy selects is unrestricted (it gets no entry).
 Replies of allowed connections pass: that is the enforcement's job (conntrack), not listed.
 
-A pod's entry: `{pod, ip, ingress, egress}` (ip None while the pod has none yet) where a direction is None (not isolated) or a
-list of rules, each `{peers, ports}`: `peers` None for any peer, else sorted IPv4 CIDRs
-(pods as /32, an ipBlock less its `except` as the CIDRs left); `ports` None for any port,
-else sorted `[protocol, first, last]`. Named ports are resolved per target pod: for ingress
-against the pod itself, for egress against each peer pod (a rule then splits per number).
+A pod's entry: `{pod, ip, ingress, egress}` (ip None while the pod has none yet) where a
+direction is None (not isolated) or a list of rules, each `{peers, ports}`: `peers` None for
+any peer, else sorted IPv4 CIDRs (pods as /32, an ipBlock less its `except` as the CIDRs
+left); `ports` None for any port, else sorted `[protocol, first, last]`. Named ports are
+resolved per target pod: for ingress against the pod itself, for egress against each peer
+pod (a rule then splits per number).
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def policy_types(policy: Object) -> tuple[bool, bool]:
 
 
 def ip_block(block: Mapping[str, Any]) -> list[str]:
-    """An ipBlock as the CIDRs it covers: `cidr` less every `except`."""
+    """An ipBlock as the CIDRs it covers: `cidr` less every `except`; none for an IPv6 block
+    (pods are IPv4 only: it matches no pod traffic, and validation says so)."""
+    if ipaddress.ip_network(str(block["cidr"]), strict=False).version == 6:
+        return []
     nets = [ipaddress.IPv4Network(str(block["cidr"]), strict=False)]
     for ex in block.get("except") or []:
         cut = ipaddress.IPv4Network(str(ex), strict=False)

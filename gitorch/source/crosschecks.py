@@ -713,18 +713,26 @@ def _check_network_policy(np: Object) -> list[Diagnostic]:
                 block = _map(_map(peer).get("ipBlock"))
                 ptr = f"/spec/{direction}/{r}/{peers_field}/{i}/ipBlock"
                 try:
-                    net = ipaddress.IPv4Network(str(block.get("cidr")), strict=False)
+                    net = ipaddress.ip_network(str(block.get("cidr")), strict=False)
                 except ValueError as exc:
-                    out.append(_diag(np, ptr + "/cidr", f"not an IPv4 CIDR: {exc}", "an IPv4 CIDR such as 10.0.0.0/8"))
+                    out.append(_diag(np, ptr + "/cidr", f"not an IPv4 or IPv6 CIDR: {exc}",
+                                     "an IPv4 CIDR such as 10.0.0.0/8"))
                     continue
+                if net.version == 6:
+                    # Kubernetes takes IPv6 blocks (dual-stack manifests list ::/0 beside 0.0.0.0/0);
+                    # refusing them would refuse those manifests for a block that changes nothing here.
+                    out.append(_diag(np, ptr + "/cidr", f"no effect: {net} is IPv6 and gitorch pods have no IPv6 "
+                                     "(their eth0 has it turned off), so this block matches no pod traffic",
+                                     "nothing to do if the manifest is also for dual-stack clusters; "
+                                     "else remove the block", warning=True))
                 for j, ex in enumerate(_seq(block.get("except"))):
                     try:
-                        sub = ipaddress.IPv4Network(str(ex), strict=False)
+                        sub = ipaddress.ip_network(str(ex), strict=False)
                     except ValueError as exc:
-                        out.append(_diag(np, f"{ptr}/except/{j}", f"not an IPv4 CIDR: {exc}",
+                        out.append(_diag(np, f"{ptr}/except/{j}", f"not an IPv4 or IPv6 CIDR: {exc}",
                                          "an IPv4 CIDR such as 10.1.0.0/16"))
                         continue
-                    if not sub.subnet_of(net) or sub.prefixlen <= net.prefixlen:
+                    if sub.version != net.version or not sub.subnet_of(net) or sub.prefixlen <= net.prefixlen:  # type: ignore[arg-type]
                         out.append(_diag(np, f"{ptr}/except/{j}", f"{ex} is not inside {block.get('cidr')}",
                                          "each except must be a smaller CIDR inside cidr, as Kubernetes requires"))
     return out

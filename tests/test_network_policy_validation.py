@@ -117,3 +117,68 @@ def test_an_ipv6_block_is_taken_with_no_effect(repo: GitRepo) -> None:
     errors, warnings = _loaded(repo, doc)
     assert not errors, errors
     assert any(w.startswith("np.yaml:21:") and "no effect" in w and "IPv6" in w for w in warnings), warnings
+
+
+_HOST_AGENT = """\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: a}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      hostNetwork: true
+      containers: [{name: agent, command: [sleep, infinity]}]
+"""
+_POD_NETWORK_WEB = _HOST_AGENT.replace("DaemonSet", "Deployment").replace("agent", "web").replace(
+    "      hostNetwork: true\n", "")
+_SELECT_AGENT = b"""\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: agent, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: agent}}
+  policyTypes: [Ingress]
+"""
+
+
+def test_a_policy_of_host_network_pods_only_has_no_effect(repo: GitRepo) -> None:
+    repo.write({"agent.yaml": _HOST_AGENT})
+    errors, warnings = _loaded(repo, _SELECT_AGENT)
+    assert not errors, errors
+    assert any(w.startswith("np.yaml:5:") and "no effect" in w and "hostNetwork" in w and "DaemonSet/agent" in w
+               for w in warnings), warnings
+    # One selected pod on the pod network: the policy does something, no warning.
+    repo.write({"web.yaml": _POD_NETWORK_WEB})
+    errors, warnings = _loaded(repo, _SELECT_AGENT.replace(b"{matchLabels: {app: agent}}", b"{}"))
+    assert not errors and not [w for w in warnings if "hostNetwork" in w], errors + warnings
+
+
+_DNS_EGRESS = b"""\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: dns, namespace: a}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to:
+        - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}
+          podSelector: {matchLabels: {k8s-app: kube-dns}}
+      ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+"""
+_CLUSTER_DNS = ("apiVersion: gitorch.dev/v1\nkind: Cluster\nmetadata: {name: lab}\n"
+                "spec:\n  dns: {address: '10.0.0.53:53'}\n")
+
+
+def test_a_peer_aimed_at_kube_dns_says_what_to_allow(repo: GitRepo) -> None:
+    """Kubernetes' usual "allow DNS" egress rule names the kube-dns pods; gitorch's cluster DNS
+    is no pod, so the rule allows nothing, and the warning names the address to allow instead."""
+    errors, warnings = _loaded(repo, _DNS_EGRESS)
+    assert not errors, errors
+    assert any(w.startswith("np.yaml:10:") and "kube-dns" in w and "UDP and TCP port 53" in w for w in warnings), \
+        warnings
+    repo.write({"cluster.yaml": _CLUSTER_DNS})
+    errors, warnings = _loaded(repo, _DNS_EGRESS)
+    assert any("ipBlock 10.0.0.53/32" in w for w in warnings), errors + warnings

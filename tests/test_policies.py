@@ -125,3 +125,14 @@ def test_bridge_netfilter_turned_back_on_or_reported(tmp_path: Path, monkeypatch
     assert knob.read_text() == "1"
     monkeypatch.setattr(agent, "BRIDGE_NF", str(tmp_path / "absent"))
     assert "br_netfilter" in agent.bridge_netfilter()
+
+
+def test_a_freed_pod_address_is_not_given_again_at_once() -> None:
+    """Another node's rules may still name a gone pod's address as a peer until the controller's
+    next pass: a node gives addresses in turn, wrapping round, not the lowest free one."""
+    net = agent.NetworkSpec.parse({"podCIDR": "10.244.1.0/29"})
+    assert net is not None
+    assert net.free_ip([]) == "10.244.1.2"  # .1 is the gateway
+    assert net.free_ip(["10.244.1.3"], after="10.244.1.4") == "10.244.1.5"  # .2 was freed: not next
+    assert net.free_ip(["10.244.1.2", "10.244.1.5"], after="10.244.1.6") == "10.244.1.3"  # round again
+    assert net.free_ip([f"10.244.1.{i}" for i in range(2, 7)], after="10.244.1.4") is None

@@ -2840,14 +2840,17 @@ class NetworkSpec:
             raise RequestError(f"sync: network: {exc}") from exc
         return cls(str(net), gateway, net.prefixlen, tuple(sorted(routes)))
 
-    def free_ip(self, taken: Iterable[str]) -> str | None:
-        """The lowest address of the CIDR that is neither the gateway nor taken."""
+    def free_ip(self, taken: Iterable[str], after: str | None = None) -> str | None:
+        """The first address of the CIDR after ``after`` (wrapping round; the lowest without
+        one) that is neither the gateway nor taken."""
         import ipaddress
 
         used = set(taken) | {self.gateway}
-        for host in ipaddress.ip_network(self.cidr).hosts():
-            if str(host) not in used:
-                return str(host)
+        hosts = [str(h) for h in ipaddress.ip_network(self.cidr).hosts()]
+        start = hosts.index(after) + 1 if after in hosts else 0
+        for host in hosts[start:] + hosts[:start]:
+            if host not in used:
+                return host
         return None
 
     def holds(self, ip: str | None) -> bool:
@@ -4038,6 +4041,7 @@ class Supervisor:
         self.network: NetworkSpec | None = None
         self.network_applied: NetworkSpec | None = None
         self.networked: dict[str, str] = {}  # pod key -> IP set up by this tick's batch
+        self.last_ip: str | None = None  # the pod address given last (see pod_ip)
         self.dns: ClusterDNSSpec | None = None
         self.accounts: dict[str, int] = {}  # namespace/ServiceAccount -> its uid (and gid)
         self._last_state = ""
@@ -4569,13 +4573,19 @@ class Supervisor:
         self.networked = {key: ip for key, ip in wanted if key in done}
 
     def pod_ip(self, pod: Pod, net: NetworkSpec) -> str | None:
-        """The pod's address: the one it has if the CIDR holds it, else the lowest free one
-        (kept on the pod); None when the CIDR is full."""
+        """The pod's address: the one it has if the CIDR holds it, else the next free one after
+        the one given last (kept on the pod); None when the CIDR is full. An address is used
+        again only once the CIDR has gone round, as the CNI host-local IPAM does: other nodes'
+        NetworkPolicy rules may still name it as a peer the pod that had it was, until the
+        controller's next pass."""
         if pod.ip is None or not net.holds(pod.ip):
-            ip = net.free_ip(p.ip for p in self.pods.values() if p is not pod and p.ip)
+            held = [p.ip for p in self.pods.values() if p is not pod and p.ip]
+            if self.last_ip is None and held:  # a restarted supervisor: after the highest held
+                self.last_ip = max(held, key=lambda a: tuple(int(b) for b in a.split(".")))
+            ip = net.free_ip(held, self.last_ip)
             if ip is None:
                 return None
-            pod.ip = ip
+            pod.ip = self.last_ip = ip
         return pod.ip
 
     def bind_policies(self, pods: dict[str, str]) -> None:

@@ -388,3 +388,42 @@ def test_pods_have_no_ipv6_to_pass_the_policy_by(lab: Lab, cluster: tuple[GitRep
     assert seen != "open" and seen, f"the client reached the isolated server over IPv6 ({seen})"
     assert "inet6" not in ssh_run(lab, node, "ip -n gitorch-netpol_server -6 -o addr show dev eth0").stdout
     assert "inet6" not in ssh_run(lab, node, "ip -n gitorch-b_client -6 -o addr show dev eth0").stdout
+
+
+@pytest.mark.lab
+def test_a_terminating_pod_stays_isolated(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """Scaled down, a replica that takes its grace period to stop is still policed until it has
+    gone, as Kubernetes keeps it: the controller no longer sends its entry, the node keeps it."""
+    repo, controller = cluster
+    stubborn = ["python3", "-c", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                + SERVER.format(name="netpol/web", probes=PROBES)]
+    web = WEB.replace("    spec:\n      containers: [{{name: web",
+                      "    spec:\n      terminationGracePeriodSeconds: 30\n      containers: [{{name: web")
+    assert web != WEB
+    repo.commit("two isolated replicas, a client", {"apps.yaml": web.format(replicas=2, command=json.dumps(stubborn))})
+    converge(controller)
+    client = wait_until("the client placed", lambda: (controller.reconcile(), next(
+        (p for p in controller.store.pods(namespace="b") if p.name == "client" and p.ip), None))[1],
+        timeout=60, interval=0.5)
+    replicas = wait_until("both replicas' addresses", lambda: (controller.reconcile(), {
+        p.name: (str(p.node), str(p.ip)) for p in controller.store.pods(namespace="netpol") if p.ip})[1],
+        timeout=60, interval=0.5, accept=lambda r: len(r) == 2)
+
+    def probe() -> dict[str, str]:
+        ips = " ".join(ip for _, ip in replicas.values())
+        proc = ssh_run(lab, str(client.node), f"ip netns exec gitorch-b_client python3 -c \"{CONNECT}\" {ips}",
+                       check=False)
+        return dict(json.loads(proc.stdout or "{}"))
+
+    wait_until("both replicas isolated", probe, timeout=30, interval=0.5,
+               accept=lambda r: len(r) == 2 and set(r.values()) == {"EHOSTUNREACH"})
+    repo.commit("one replica", {"apps.yaml": web.format(replicas=1, command=json.dumps(stubborn))})
+    for _ in range(2):  # the pass that removes one, and one after it
+        controller.reconcile()
+    leaving = [name for name in replicas if name not in {p.name for p in controller.store.pods(namespace="netpol")}]
+    assert len(leaving) == 1, leaving
+    node, _ = replicas[leaving[0]]
+    assert ssh_run(lab, node, f"ip netns exec gitorch-netpol_{leaving[0]} python3 -c \"{SERVES}\"",
+                   check=False).returncode == 0, "the leaving replica is not serving through its grace period"
+    seen = probe()
+    assert set(seen.values()) == {"EHOSTUNREACH"}, f"a terminating replica is reachable: {seen}"

@@ -3563,15 +3563,18 @@ def policy_listing(nft: str | None = None) -> str | None:
     return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
 
 
-def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, str] | None = None) -> Json:
+def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, str] | None = None,
+                     running: set[str] | None = None) -> Json:
     """Make the node's policy table match ``entries`` (None: the ones of the last sync) with
     each pod's chains on the address it holds, in one transaction; ``bind`` (pod -> IP) records
     addresses the supervisor is about to give pods, before their namespaces exist, so a new
     pod is policed from its first packet and a reused address never keeps its old pod's
-    chains. A no-op when the table built last (this boot) is the same and still lists as it
-    did; one edited or removed by hand is rebuilt ("repaired"). Returns {ok, changed, message,
-    count, hash, repaired, programmed}: ok false with the table programmed when same-node pod
-    traffic cannot be made to pass it (see bridge_netfilter)."""
+    chains. With ``running`` (the pods the node is to run, "namespace/name"), a pod leaving
+    the node keeps its entry of last time while it is still there (terminating), as Kubernetes
+    keeps a terminating pod isolated. A no-op when the table built last (this boot) is the
+    same and still lists as it did; one edited or removed by hand is rebuilt ("repaired").
+    Returns {ok, changed, message, count, hash, repaired, programmed}: ok false with the table
+    programmed when same-node pod traffic cannot be made to pass it (see bridge_netfilter)."""
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
     with flocked(paths.policy_lock):
         state = read_json(paths.policies, {})
@@ -3582,6 +3585,8 @@ def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, s
             if isinstance(held, dict) and held.get("bootId") == boot else {}
         if entries is None:
             entries = list(state.get("entries") or [])
+        elif running is not None:
+            entries = entries + leaving_entries(paths, state.get("entries") or [], entries, running)
         before = policy_binding(entries, bound)
         if bind:
             for pod, ip in bind.items():
@@ -3603,6 +3608,16 @@ def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, s
         result.update(ok=False, message=f"node {os.uname().nodename}: pods on this node reach each other "
                                         f"past NetworkPolicy: {problem}")
     return result
+
+
+def leaving_entries(paths: Paths, old: list[Json], new: list[Json], running: set[str]) -> list[Json]:
+    """The entries of last time of pods no longer to run here but still on the node (status.json)."""
+    status = read_json(paths.status, {})
+    present = {f"{p.get('namespace') or 'default'}/{p.get('name')}"
+               for p in (status.get("pods") or [] if isinstance(status, dict) else []) if isinstance(p, dict)}
+    named = {e["pod"] for e in new}
+    return [e for e in old if isinstance(e, dict) and e.get("pod") in present
+            and e["pod"] not in running and e["pod"] not in named]
 
 
 def _program_policy_table(paths: Paths, state: Json, entries: list[Json], binding: dict[str, str],
@@ -5539,7 +5554,8 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             sort_keys=True)
         # The policy entries before the pods: the supervisor binds a new pod's chains to its
         # address from them when it makes the pod's network namespace.
-        policed = program_policies(paths, policies) if policies is not None else None
+        policed = program_policies(paths, policies, running={"/".join(pod_id(p)) for p in pods}) \
+            if policies is not None else None
         if changed or not os.path.exists(paths.desired):
             generation += 1
             wanted: Json = {"generation": generation, "pods": pods}

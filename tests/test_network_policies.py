@@ -427,3 +427,45 @@ def test_a_terminating_pod_stays_isolated(lab: Lab, cluster: tuple[GitRepo, Cont
                    check=False).returncode == 0, "the leaving replica is not serving through its grace period"
     seen = probe()
     assert set(seen.values()) == {"EHOSTUNREACH"}, f"a terminating replica is reachable: {seen}"
+
+
+EGRESS_DENY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-egress, namespace: b}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress: {egress}
+"""
+SSH = ("import socket, sys\ntry: print(socket.create_connection((sys.argv[1], 22), timeout=1.5).recv(4).decode())\n"
+       "except OSError as e: print('ERR', e.errno)\n")
+
+
+@pytest.mark.lab
+def test_egress_isolation_covers_the_pods_own_node(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """A pod's traffic to its own node's address is delivered to the node, never forwarded: an
+    egress-isolated pod must not reach the node's services (here its sshd) unless a rule allows
+    the node's address, as it would any other address."""
+    repo, controller = cluster
+    node = lab.nodes[0]
+    pods = PAIR.format(node=node.name, command=json.dumps(_server("netpol/server")))
+
+    def from_client() -> str:
+        return ssh_run(lab, node.name, f"ip netns exec gitorch-b_client python3 -c \"{SSH}\" {node.address}",
+                       check=False).stdout.strip()
+
+    repo.commit("a client on the node", {"apps.yaml": pods})
+    converge(controller)
+    wait_until("the client reaching its node's sshd", from_client, timeout=60, interval=0.5,
+               accept=lambda r: r == "SSH-")
+    repo.commit("the client isolated", {"apps.yaml": pods + "---\n" + EGRESS_DENY.format(egress="[]")})
+    converge(controller)
+    seen = wait_until("the client refused by its node", lambda: (controller.reconcile(), from_client())[1],
+                      timeout=20, interval=0.5, accept=lambda r: r != "SSH-")
+    assert seen == "ERR 113", seen  # EHOSTUNREACH: the policy's reject
+    allow = f"[{{to: [{{ipBlock: {{cidr: {node.address}/32}}}}], ports: [{{port: 22}}]}}]"
+    repo.commit("the node's sshd allowed", {"apps.yaml": pods + "---\n" + EGRESS_DENY.format(egress=allow)})
+    converge(controller)
+    wait_until("the client let through to its node's sshd", lambda: (controller.reconcile(), from_client())[1],
+               timeout=20, interval=0.5, accept=lambda r: r == "SSH-")

@@ -3540,10 +3540,16 @@ def policy_ruleset(entries: list[Json], binding: dict[str, str] | None = None) -
             chains.append(f" chain {name} {{\n" + "".join(f"  {b}\n" for b in body) + " }")
     vmaps = "".join(f"  ip {'saddr' if d == 'egress' else 'daddr'} vmap {{ {', '.join(m)} }}\n"
                     for d, m in maps.items() if m)
+    # A pod's traffic to its own node's addresses is delivered, not forwarded: its egress
+    # chain applies there too (the node's own traffic to pods leaves by output: not policed).
+    to_node = [" chain input {\n  type filter hook input priority filter - 5; policy accept;\n"
+               f"  ct state established,related accept\n  ip saddr vmap {{ {', '.join(maps['egress'])} }}\n }}"
+               ] if maps["egress"] else []
     lines += [
         f"table {POLICY_TABLE} {{",
         " chain forward {\n  type filter hook forward priority filter - 5; policy accept;\n"
         f"  ct state established,related accept\n{vmaps} }}",
+        *to_node,
         *chains,
         "}",
     ]

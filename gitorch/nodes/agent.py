@@ -51,9 +51,10 @@ Verbs (request keys -> response keys besides ``ok``):
   the whole table. services{} always carries the ``tableDigest`` the node now holds.
   With "policies" (gitorch.reconcile.policies' entries for this node's pods, ``ip`` null for
   a pod not started yet), the table ``ip gitorch-policy`` enforces NetworkPolicy on the forward
-  hook, each pod's chains on the address the supervisor gives it (bound before the pod's
-  network namespace exists; policy-bindings.json): policies{ok, changed, message, count, hash,
-  repaired, programmed}; ok false with programmed true when same-node traffic bypasses it.
+  hook (and pods' egress to the node itself on input), each pod's chains on the address the
+  supervisor gives it (bound before the pod's network namespace exists; policy-bindings.json):
+  policies{ok, changed, message, count, hash, repaired, programmed}; ok false with programmed
+  true when same-node traffic bypasses it.
 - ``status``  {"verify": bool, "since": etag} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
   pods[PodStatus] (sorted by namespace, name), metrics (the supervisor's latest sample, every

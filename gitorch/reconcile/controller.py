@@ -39,7 +39,16 @@ from gitorch.source import desired as desired_mod
 from gitorch.source import signatures, sops
 from gitorch.source.diffs import masked_body
 from gitorch.source.git import Repository
-from gitorch.store.database import Fence, NodeRecord, ObjectRecord, PodRecord, Store, StoreError, merge_conditions
+from gitorch.store.database import (
+    Fence,
+    NodeRecord,
+    ObjectRecord,
+    PodRecord,
+    PodRow,
+    Store,
+    StoreError,
+    merge_conditions,
+)
 
 log = logging.getLogger(__name__)
 RECLAIM_FOR = 3600  # seconds a gone claim's directory is asked after, then left on its node
@@ -849,7 +858,12 @@ class Controller:
             return request
 
         def sync(client: NodeClient) -> dict[str, Any]:
-            return client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
+            answer = client.call("sync", sync_request(client.name), timeout=self.settings.node_call_timeout)
+            # Only what a pass reads of its pod reports, in the calling thread: the whole documents
+            # of every node (containers, probes, times) would otherwise be held at once.
+            if isinstance(answer.get("pods"), list):
+                answer["pods"] = _slim_pods(answer["pods"])
+            return answer
 
         # A node's policy rules are part of its digest: a node whose rules did not change is not re-synced.
         digests = {n: self._node_digest(n, shared, sets[n], networks.get(n),
@@ -909,7 +923,7 @@ class Controller:
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
         lost = {n.name for n in observed.nodes if n.lost}
         previous = {(p.namespace, p.name): p for p in observed.pods}
-        records: list[PodRecord] = []
+        records: list[PodRow] = []
         rows = {(r.namespace, r.name): r for r in self._pod_rows}
         for p in the_plan.pods:
             key = (p.owner.namespace, p.name)
@@ -936,7 +950,7 @@ class Controller:
                 continue  # unchanged: not written (a pass writes only what changed)
             spec = podspecs.masked(p.spec) if not p.spec.get("keep") else {}
             records.append(
-                PodRecord(
+                PodRow(
                     namespace=p.owner.namespace,
                     name=p.name,
                     owner_kind=p.owner.kind,
@@ -1057,7 +1071,7 @@ class Controller:
         last_digest, generation, at = sent
         return last_digest == digest and self._generations.get(node) == generation and now - at < self.settings.resync
 
-    def _record_pods(self, records: list[PodRecord], gone: list[PodState]) -> None:
+    def _record_pods(self, records: list[PodRow], gone: list[PodState]) -> None:
         if records:
             self.store.upsert_pods(records, now=records[0].updated_at)
         by_ns: dict[str, list[str]] = {}
@@ -1230,10 +1244,15 @@ class Controller:
 _REPORTED = ("name", "namespace", "phase", "ready", "restarts", "reason", "message", "podIP", "terminating")
 
 
+def _slim_pods(pods: list[Any]) -> list[dict[str, Any]]:
+    """Pod reports with only what a pass reads (_REPORTED)."""
+    return [{k: p[k] for k in _REPORTED if k in p} for p in pods if isinstance(p, dict)]
+
+
 def _slim_status(answer: dict[str, Any]) -> dict[str, Any]:
     """A status answer with only what a pass reads: kept for every node between passes, the
     whole document (containers, probes, times) would cost kilobytes per pod."""
-    pods = [{k: p[k] for k in _REPORTED if k in p} for p in answer.get("pods") or [] if isinstance(p, dict)]
+    pods = _slim_pods(answer.get("pods") or [])
     return {"etag": answer.get("etag"), "generation": answer.get("generation"), "stale": answer.get("stale"),
             "pods": pods, "ingress": answer.get("ingress"), "metrics": answer.get("metrics")}
 
@@ -1305,7 +1324,7 @@ class RowView(NamedTuple):
     created_at: datetime | None
 
     @classmethod
-    def of(cls, r: PodRecord) -> RowView:
+    def of(cls, r: PodRecord | PodRow) -> RowView:
         return cls(r.namespace, r.name, r.owner_kind, r.owner_name, r.node, r.template_hash, r.phase, r.restarts,
                    r.ready, r.reason, r.message, r.ordinal, r.ip, r.ready_at, r.created_at)
 
@@ -1330,7 +1349,7 @@ class Execution:
     """What executing a plan did: nodes that failed, pod rows to write, pods gone, events."""
 
     node_errors: dict[str, str]
-    pods: list[PodRecord]
+    pods: list[PodRow]
     gone: list[PodState]
     events: list[dict[str, Any]]
     announcers: dict[str, str | None] = field(default_factory=dict)

@@ -377,8 +377,12 @@ def template_hash(template: Mapping[str, Any]) -> str:
     return short_hash(template, 10)
 
 
-def masked(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a PodSpec without secret values, safe to store and print."""
+def masked(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A PodSpec without secret values, safe to store and print: a copy when it has some, the
+    spec itself (read-only, as every built spec) when it has none (a pass that starts thousands
+    of pods would otherwise copy every spec at its peak)."""
+    if not _has_secret(pod):
+        return pod
     out = copy.deepcopy(dict(pod))
     for group in ("containers", "initContainers"):
         for c in out.get(group) or []:
@@ -389,3 +393,12 @@ def masked(pod: Mapping[str, Any]) -> dict[str, Any]:
         if v.get("secret") and isinstance(v.get("files"), dict):
             v["files"] = dict.fromkeys(v["files"], HIDDEN)
     return out
+
+
+def _has_secret(pod: Mapping[str, Any]) -> bool:
+    """Whether masked() would hide anything in `pod`."""
+    for group in ("containers", "initContainers"):
+        for c in pod.get(group) or []:
+            if any(e.get("secret") for e in c.get("env") or []):
+                return True
+    return any(v.get("secret") and isinstance(v.get("files"), dict) for v in pod.get("volumes") or [])

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypedDict, TypeVar, cast, get_args
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, cast, get_args
 
 from alembic import command
 from alembic.config import Config
@@ -236,6 +236,31 @@ class PodRecord(SQLModel, table=True):
     started_at: datetime | None = _time(nullable=True)
     ready_at: datetime | None = _time(nullable=True)
     updated_at: datetime = _time()
+    ordinal: int | None = None
+
+
+class PodRow(NamedTuple):
+    """A pod row to write (upsert_pods), as a plain tuple: a pass that starts thousands of pods
+    builds one per pod, and a PodRecord (an ORM instance with its instance state) costs about
+    two kilobytes more each, at the pass's peak."""
+
+    namespace: str
+    name: str
+    owner_kind: str = ""
+    owner_name: str = ""
+    node: str | None = None
+    template_hash: str = ""
+    phase: str = "Pending"
+    ip: str | None = None
+    restarts: int = 0
+    ready: bool = False
+    reason: str = ""
+    message: str = ""
+    spec: Mapping[str, Any] = {}
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ready_at: datetime | None = None
+    updated_at: datetime | None = None
     ordinal: int | None = None
 
 
@@ -578,6 +603,9 @@ def _open_schema(
     )
 
 
+_POD_BATCH = 500  # pods upsert_pods reads and writes at a time
+
+
 def _comparable(stored: Any, given: Any) -> Any:
     """A stored value as the given one is compared with it: a naive timestamp read back from
     SQLite is UTC."""
@@ -855,7 +883,7 @@ class Store:
 
     # ---- pods ----
 
-    def upsert_pods(self, records: Iterable[PodRecord], *, now: datetime | None = None) -> int:
+    def upsert_pods(self, records: Iterable[PodRecord | PodRow], *, now: datetime | None = None) -> int:
         """Create or update pods by (namespace, name); an existing pod keeps its `created_at`.
         Only pods whose fields changed are written (their `updated_at` is then `now`); returns
         how many were written."""
@@ -863,40 +891,47 @@ class Store:
         wanted = list(records)
         if not wanted:
             return 0
-        # Plain rows, not ORM objects: a pass that starts thousands of pods would otherwise hold
-        # two model instances per pod (the one given and the one added) at its peak.
+        # Plain rows, not ORM objects, a batch at a time: a pass that starts thousands of pods
+        # would otherwise hold every pod's stored row (its spec decoded) and new values at once,
+        # at its peak (and the heap keeps the peak's size after it).
         table = _table(PodRecord)
         fields = [c.name for c in table.columns if c.name not in ("namespace", "name", "updated_at")]
-        inserts: list[dict[str, Any]] = []
-        updates: list[tuple[str, str, dict[str, Any]]] = []
+        written = 0
         with self._session(write=True) as s:
             conn = s.connection()
-            by_ns: dict[str, list[str]] = {}
-            for ns, name in {(r.namespace, r.name) for r in wanted}:
-                by_ns.setdefault(ns, []).append(name)
-            existing: dict[tuple[str, str], Any] = {}
-            for ns, names in by_ns.items():
-                for i in range(0, len(names), 500):  # bounded IN lists
-                    query = sa_select(table).where(table.c.namespace == ns, table.c.name.in_(names[i:i + 500]))
-                    existing.update({(row.namespace, row.name): row for row in conn.execute(query)})
-            for record in wanted:
-                _check(record.phase, POD_PHASES, f"pod {record.namespace}/{record.name} phase")
-                row = existing.get((record.namespace, record.name))
-                if row is None:
-                    values = {f: getattr(record, f) for f in fields}
-                    inserts.append({**values, "namespace": record.namespace, "name": record.name,
-                                    "updated_at": stamp})
-                    continue
-                changed = {f: v for f in fields if f != "created_at"
-                           and (v := getattr(record, f)) != _comparable(getattr(row, f), v)}
-                if changed:
-                    updates.append((record.namespace, record.name, changed))
-            if inserts:
-                conn.execute(insert(table), inserts)
-            for ns, name, changed in updates:
-                conn.execute(update(table).where(table.c.namespace == ns, table.c.name == name)
-                             .values(**changed, updated_at=stamp))
-        return len(inserts) + len(updates)
+            by_ns: dict[str, dict[str, PodRecord | PodRow]] = {}
+            for r in wanted:
+                by_ns.setdefault(r.namespace, {})[r.name] = r  # the last one given for a name wins
+            for ns, given in by_ns.items():
+                names = list(given)
+                for i in range(0, len(names), _POD_BATCH):  # bounded IN lists
+                    batch = names[i:i + _POD_BATCH]
+                    query = sa_select(table).where(table.c.namespace == ns, table.c.name.in_(batch))
+                    existing = {row.name: row for row in conn.execute(query)}
+                    inserts: list[dict[str, Any]] = []
+                    updates: list[tuple[str, dict[str, Any]]] = []
+                    for name in batch:
+                        record = given[name]
+                        _check(record.phase, POD_PHASES, f"pod {record.namespace}/{record.name} phase")
+                        row = existing.get(name)
+                        if row is None:
+                            values = {f: getattr(record, f) for f in fields}
+                            if values["created_at"] is None:
+                                values["created_at"] = stamp
+                            inserts.append({**values, "namespace": ns, "name": name, "updated_at": stamp})
+                            continue
+                        changed = {f: v for f in fields if f != "created_at"
+                                   and (v := getattr(record, f)) != _comparable(getattr(row, f), v)}
+                        if changed:
+                            updates.append((name, changed))
+                    del existing
+                    if inserts:
+                        conn.execute(insert(table), inserts)
+                    for name, changed in updates:
+                        conn.execute(update(table).where(table.c.namespace == ns, table.c.name == name)
+                                     .values(**changed, updated_at=stamp))
+                    written += len(inserts) + len(updates)
+        return written
 
     def delete_pods(self, namespace: str, names: Iterable[str]) -> int:
         """Forget pods of `namespace`; returns how many there were."""

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gitorch.nodes.client import Fleet, table_digest
@@ -54,24 +54,24 @@ class FakeAgent:
 
     # -- the protocol ----------------------------------------------------------------------
 
-    def answer(self, line: bytes) -> bytes:
+    def answer(self, line: bytes | Sequence[bytes]) -> bytes:
         started = time.thread_time()
         try:
             with self._lock:
-                return self._answer(line)
+                return self._answer([line] if isinstance(line, bytes) else list(line))
         finally:
             took = time.thread_time() - started
             with FakeAgent._total_lock:
                 FakeAgent.seconds += took
 
-    def _answer(self, line: bytes) -> bytes:
+    def _answer(self, parts: list[bytes]) -> bytes:
         # The verb is the request's first key (NodeClient.call writes it first): read it
         # without parsing a sync's megabytes when the sync is the one seen last.
-        head = line[:40]
+        head = parts[0][:40]
         if head.startswith(b'{"verb": "status"'):
             self._count("status")
             body = self._status_bytes()
-            if self._etag and b'"since": "' + self._etag.encode() + b'"' in line:
+            if self._etag and b'"since": "' + self._etag.encode() + b'"' in b"".join(parts):
                 return json.dumps({"ok": True, "unchanged": True, "etag": self._etag}).encode()
             return body
         if head.startswith(b'{"verb": "facts"'):
@@ -79,29 +79,37 @@ class FakeAgent:
             return json.dumps(self._facts()).encode()
         if head.startswith(b'{"verb": "sync"'):
             self._count("sync")
-            digest = hashlib.sha256(line).digest()
+            hashed = hashlib.sha256()
+            for part in parts:
+                hashed.update(part)
+            digest = hashed.digest()
             if digest == self._last_sync:
                 return self._sync_answer(changed=False, services_changed=False)
             self._last_sync = digest
-            # NodeClient writes the pods and network before the service table: when that part
-            # is the one seen last, only the table changed, and nothing needs parsing.
-            cut, whole = line.find(b', "services": '), True
-            if cut < 0:
-                cut, whole = line.find(b', "servicesDelta": '), False
-            pods_part = hashlib.sha256(line[:cut]).digest() if cut > 0 else b""
-            if cut > 0:
-                start = line.index(b": ", cut) + 2
-                end = line.find(b', "serviceCIDR": ', start)
-                table = self._table_after(line[start:end], whole)
-                if table is None:
-                    self._last_sync = b""
-                    return self._sync_answer(changed=False, services_changed=False, mismatch=True)
-                self._table_digest = table
-            if pods_part and pods_part == self._last_pods:
+            # NodeClient writes the pods and network before the service table, and the table
+            # (an encoded value) as a piece of its own (client.request_parts): when the pieces
+            # before it are the ones seen last, only the table changed, and nothing needs parsing.
+            at = next((i for i, p in enumerate(parts) if p in (b', "services": ', b', "servicesDelta": ')), -1)
+            if at < 0:  # no table: as one line
+                line = b"".join(parts)
+                self._last_pods = b""
+                changed = self._sync(json.loads(line))
+                self._services_hash = digest.hex()[:16]
+                return self._sync_answer(changed, services_changed=True)
+            before = hashlib.sha256()
+            for part in parts[:at]:
+                before.update(part)
+            pods_part = before.digest()
+            table = self._table_after(parts[at + 1], parts[at] == b', "services": ')
+            if table is None:
+                self._last_sync = b""
+                return self._sync_answer(changed=False, services_changed=False, mismatch=True)
+            self._table_digest = table
+            if pods_part == self._last_pods:
                 self._services_hash = digest.hex()[:16]
                 return self._sync_answer(changed=False, services_changed=True)
             self._last_pods = pods_part
-            changed = self._sync(json.loads(line))
+            changed = self._sync(json.loads(b"".join(parts[:at]) + b"}"))  # the table left out
             self._services_hash = digest.hex()[:16]
             return self._sync_answer(changed, services_changed=True)
         return json.dumps({"ok": False, "error": f"serve: unknown verb in {head!r}"}).encode()
@@ -265,7 +273,7 @@ class FakeStream:
     def alive(self) -> bool:
         return self._open
 
-    def request(self, line: bytes, timeout: float) -> bytes:
+    def request(self, line: bytes | Sequence[bytes], timeout: float) -> bytes:
         if not self._open:
             raise NodeError(self._agent.name, "stream closed")
         return self._agent.answer(line)

@@ -70,13 +70,13 @@ class Encoded:
     """A payload value already encoded as JSON: a request that many nodes get alike (the service
     table) is encoded once per pass, not once per node."""
 
-    __slots__ = ("text",)
+    __slots__ = ("data",)
 
     def __init__(self, value: Any) -> None:
-        self.text = json.dumps(value)
+        self.data = json.dumps(value).encode()
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Encoded) and other.text == self.text
+        return isinstance(other, Encoded) and other.data == self.data
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -99,15 +99,27 @@ def table_delta(base: Mapping[str, Any], entries: list[dict[str, Any]]) -> dict[
 
 def encode_request(verb: str, payload: dict[str, Any] | None) -> bytes:
     """The request line: `Encoded` values are spliced in as they are."""
+    return b"".join(request_parts(verb, payload))
+
+
+def request_parts(verb: str, payload: dict[str, Any] | None) -> list[bytes]:
+    """The request line in pieces that make it when joined: an `Encoded` value is its own piece,
+    the very bytes it was encoded to. The fan-out sends as many requests at once as it has
+    threads; sent piece by piece, a service table every node gets is held once, not once per
+    request in flight."""
     doc = {"verb": verb, **(payload or {})}
-    spliced = {k: v.text for k, v in doc.items() if isinstance(v, Encoded)}
-    if not spliced:
-        return json.dumps(doc).encode()
-    marks = {k: f"\x00gitorch-encoded-{k}\x00" for k in spliced}
-    text = json.dumps({k: (marks[k] if k in spliced else v) for k, v in doc.items()})
-    for k, mark in marks.items():
-        text = text.replace(json.dumps(mark), spliced[k], 1)
-    return text.encode()
+    if not any(isinstance(v, Encoded) for v in doc.values()):
+        return [json.dumps(doc).encode()]
+    parts: list[bytes] = []
+    head = b"{"
+    for k, v in doc.items():
+        if isinstance(v, Encoded):
+            parts.extend((head + json.dumps(k).encode() + b": ", v.data))
+        else:
+            parts.append(head + json.dumps(k).encode() + b": " + json.dumps(v).encode())
+        head = b", "
+    parts.append(b"}")
+    return parts
 
 
 class NodeClient:
@@ -148,7 +160,7 @@ class NodeClient:
 
     def call(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """One request to the node's long-lived agent process (started on first use)."""
-        request = encode_request(verb, payload)
+        request = request_parts(verb, payload)
         self._learn(verb, payload)
         with self._lock:
             for attempt in range(3):

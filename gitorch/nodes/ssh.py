@@ -15,7 +15,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,10 +367,13 @@ class Stream:
     def alive(self) -> bool:
         return not self._chan.closed and not self._chan.exit_status_ready()
 
-    def request(self, line: bytes, timeout: float) -> bytes:
-        """Send one line and return the one answering it."""
+    def request(self, line: bytes | Sequence[bytes], timeout: float) -> bytes:
+        """Send one line (given whole, or in pieces that make it) and return the one answering it."""
+        parts = [line] if isinstance(line, bytes) else list(line)
         try:
-            self._chan.sendall(line.rstrip(b"\n") + b"\n")
+            for part in parts[:-1]:
+                self._chan.sendall(part)
+            self._chan.sendall(parts[-1].rstrip(b"\n") + b"\n")
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()
             raise NodeUnreachable(self.node, f"connection lost ({_reason(exc)})") from exc

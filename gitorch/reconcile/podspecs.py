@@ -334,7 +334,29 @@ def pod_spec(
     if volume_owner is not None:
         pod["volumeOwner"] = volume_owner
     pod["hash"] = short_hash({k: v for k, v in pod.items() if k not in ("name", "hostname")})
+    _share_parts(state, pod)
     return pod
+
+
+_SHARED = ("containers", "initContainers", "volumes", "volumeOwner", "dnsConfig")
+
+
+def _share_parts(state: DesiredState, pod: dict[str, Any]) -> None:
+    """The parts of `pod` that another pod of this state has equal (its replicas' containers
+    and volumes, unless they name the pod) become that pod's very objects: specs are never
+    changed once built, and thousands of replicas then keep one copy, not one each. Kept
+    with the state, like the specs."""
+    parts = state.memo.get("pod-spec-parts")
+    if parts is None:
+        parts = state.memo["pod-spec-parts"] = {}
+    for k in _SHARED:
+        value = pod.get(k)
+        if value:
+            try:
+                text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError):
+                continue
+            pod[k] = parts.setdefault((k, text), value)
 
 
 def cluster_dns(state: DesiredState, configured: str | None) -> dict[str, Any] | None:

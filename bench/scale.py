@@ -10,8 +10,12 @@ left alone with nothing to do: its CPU share (from /proc/<pid>/stat) and RSS.
 
 Simulated (`--sim NODES:PODS`, default 100:2000; issue 17 asks for 500:10000): one process,
 fake agents below the node client (bench/fakeagents.py) answering as agents whose pods all
-start at once, so the figures are the controller's own cost: the same passes, RSS per pod,
-and a cProfile of a pass with nothing changed (`--profile FILE`).
+start at once, so the figures are the controller's own cost: the same passes, and a cProfile
+of a pass with nothing changed (`--profile FILE`). Memory per pod (`--memory SMALL,LARGE`,
+default 1000,4000 pods on the simulated nodes): the same run in two fresh processes, and the
+RSS after convergence and the no-op passes of the larger less that of the smaller (less what
+the fake agents keep), over the pods between them: the marginal cost of a pod, without the
+interpreter, the modules and the nodes that a one-size RSS / pods figure counts in.
 
 Targets (issue 17): no-op pass <= 50 ms at 1,000 pods on 20 nodes, <= 200 ms at 10,000
 pods on 500 simulated nodes; idle CPU <= 5% of a core at 1,000 pods; <= 10 KiB per pod;
@@ -170,6 +174,7 @@ class Figures:
     idle_pass_mean: float | None = None
     rss_kib: int | None = None
     per_pod_kib: float | None = None
+    fakes_kib: int = 0  # what the fake agents keep, of rss_kib (simulated)
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -325,12 +330,30 @@ def simulated(nodes: int, pods: int, passes: int, profile: Path | None, profile_
         rss = rss_kib()
         fakes = fake_bytes(agents) // 1024
         fig.rss_kib = rss
-        fig.per_pod_kib = (rss - rss0 - fakes) / pods
+        fig.fakes_kib = fakes
         fig.notes.append(f"RSS grew {(rss - rss0) / 1024:.0f} MiB in the run; fake agents hold about "
-                         f"{fakes / 1024:.0f} MiB of it, left out of the per-pod figure")
+                         f"{fakes / 1024:.0f} MiB of it")
         controller.close()
         store.close()
     return fig
+
+
+def memory_per_pod(nodes: int, small: int, large: int, passes: int) -> tuple[float, list[str]]:
+    """The marginal RSS of a pod, KiB: the simulated run at `small` and at `large` pods, each in a
+    fresh process (the heap keeps its peak: runs in one process would measure the first one's),
+    the fake agents' own bytes left out; and a line per run."""
+    runs: list[tuple[int, int, int]] = []
+    for pods in (small, large):
+        out = subprocess.run([sys.executable, __file__, "--real", "none", "--sim", f"{nodes}:{pods}",
+                              "--passes", str(passes), "--memory", "none"],
+                             capture_output=True, text=True, check=True).stdout
+        found = re.search(r"^controller RSS (\d+) KiB, fake agents (\d+) KiB$", out, re.M)
+        if found is None:
+            raise SystemExit(f"no RSS line in the {pods}-pod run: {out[-500:]}")
+        runs.append((pods, int(found.group(1)), int(found.group(2))))
+    (p0, r0, f0), (p1, r1, f1) = runs
+    lines = [f"  {p} pods: RSS {r / 1024:.0f} MiB, of which fake agents about {f / 1024:.0f} MiB" for p, r, f in runs]
+    return ((r1 - f1) - (r0 - f0)) / (p1 - p0), lines
 
 
 def fake_bytes(agents: dict[str, FakeAgent]) -> int:
@@ -553,6 +576,8 @@ def main() -> None:
                         "20:1000,50:2000")
     parser.add_argument("--sim", default="100:2000", help="simulated NODES:PODS (none: skip); issue 17: 500:10000")
     parser.add_argument("--passes", type=int, default=20, help="no-op passes timed per size")
+    parser.add_argument("--memory", default="1000,4000", help="SMALL,LARGE pods for the marginal RSS per pod, on "
+                        "the simulated nodes (none: skip)")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="serve's idle CPU window")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of simulated no-op passes")
     parser.add_argument("--profile-passes", type=int, default=3)
@@ -568,7 +593,14 @@ def main() -> None:
           "(wall times include other processes' share; CPU times do not)", flush=True)
     if sim:
         fig = simulated(sim[0][0], sim[0][1], args.passes, args.profile, args.profile_passes)
+        if args.memory != "none":
+            small, large = (int(n) for n in args.memory.split(","))
+            fig.per_pod_kib, runs = memory_per_pod(sim[0][0], small, large, min(args.passes, 5))
+            fig.notes.append(f"KiB per pod: the marginal RSS between {small} and {large} pods on {sim[0][0]} simulated "
+                             "nodes, each run in a fresh process, the fake agents' own bytes left out")
+            fig.notes.extend(runs)
         print("\n".join(fig.lines()), flush=True)
+        print(f"controller RSS {fig.rss_kib} KiB, fake agents {fig.fakes_kib} KiB", flush=True)
         results.append(fig)
     for i, (n, p) in enumerate(real_sizes):
         fig = real(n, p, subnets[i % len(subnets)], args.passes, args.idle_seconds, args.limit)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
+from gitorch.model.objects import HIDDEN
+from gitorch.reconcile import podspecs
 from gitorch.reconcile.planning import NodeState, Observed, Plan, PodState, plan
 from gitorch.reconcile.scheduler import NodeInfo, Resources
 from gitorch.source import desired
@@ -573,3 +576,30 @@ def test_lifecycle_hooks_reach_the_agent_with_named_ports_resolved(repo: GitRepo
     assert pod.spec["containers"][0]["postStart"] == {"exec": {"command": ["warm"]}}
     [before] = plan(state(repo, {"web.yaml": plain}), Observed(1000.0, (), NODES)).pods
     assert not {"preStop", "postStart"} & set(before.spec["containers"][0])
+
+
+def test_replicas_share_their_equal_spec_parts_and_only_those(repo: GitRepo) -> None:
+    """Specs are never changed once built: replicas whose containers come out equal keep one
+    copy of them (memory per pod), a container that names its pod keeps its own, and the
+    stored copy hides secret values while a spec without any is stored as it is."""
+    named = deployment(3, "v1").replace('env: [{name: V, value: "v1"}]',
+                                        "env: [{name: ME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]")
+    named = named.replace("name: web,", "name: named,").replace("app: web", "app: named")
+    secret = ("apiVersion: v1\nkind: Secret\nmetadata: {name: pw, namespace: shop}\nstringData: {pw: hunter2}\n")
+    with_secret = deployment(2, "v1").replace('env: [{name: V, value: "v1"}]',
+                                              "env: [{name: PW, valueFrom: {secretKeyRef: {name: pw, key: pw}}}]")
+    with_secret = with_secret.replace("name: web,", "name: sec,").replace("app: web", "app: sec")
+    s = state(repo, {"web.yaml": deployment(3, "v1"), "named.yaml": named, "sec.yaml": with_secret + "---\n" + secret})
+    p = plan(s, Observed(now=1000.0, pods=(), nodes=NODES))
+    by_owner: dict[str, list[Any]] = {}
+    for d in p.pods:
+        by_owner.setdefault(d.owner.name, []).append(d.spec)
+    web, mine, sec = by_owner["web"], by_owner["named"], by_owner["sec"]
+    assert len(web) == 3 and all(w["containers"] is web[0]["containers"] for w in web)
+    assert len({w["name"] for w in web}) == 3  # each pod still its own name
+    envs = [m["containers"][0]["env"] for m in mine]
+    assert len({id(m["containers"]) for m in mine}) == 3 and {e[0]["value"] for e in envs} == {m["name"] for m in mine}
+    assert podspecs.masked(web[0]) is web[0]
+    hidden = podspecs.masked(sec[0])
+    assert hidden is not sec[0] and hidden["containers"][0]["env"][0]["value"] == HIDDEN
+    assert sec[0]["containers"][0]["env"][0]["value"] == "hunter2"  # the spec sent to the node keeps it

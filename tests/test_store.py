@@ -22,6 +22,7 @@ from gitorch.store.database import (
     SQLITE_BUSY_TIMEOUT_MS,
     InventoryEntry,
     PodRecord,
+    PodRow,
     Store,
     StoreError,
     merge_conditions,
@@ -394,6 +395,26 @@ def test_pods_crud_and_queries(store: Store) -> None:
 
     with pytest.raises(ValueError, match="phase"):
         store.upsert_pods([pod("bad", phase="Sleeping")])
+
+
+def test_pod_rows_as_plain_tuples_in_more_than_one_batch(store: Store) -> None:
+    """What the controller writes (PodRow tuples), more pods than one batch reads and writes:
+    every one inserted, then only the changed ones updated, a first created_at kept."""
+    count = store_module._POD_BATCH * 2 + 7
+    rows = [PodRow("default", f"web-{i:04}", "Deployment", "web", node="n1", spec={"i": i}, created_at=T0)
+            for i in range(count)]
+    rows.append(PodRow("other", "solo"))  # no created_at given: the write's time
+    assert store.upsert_pods(rows, now=T0) == count + 1
+    later = T0 + timedelta(minutes=1)
+    changed = [r._replace(phase="Running", ready=True, created_at=later) if i % 3 == 0 else r
+               for i, r in enumerate(rows[:count])]
+    assert store.upsert_pods(changed, now=later) == len(range(0, count, 3))
+    got = {p.name: p for p in store.pods(namespace="default")}
+    assert len(got) == count
+    assert got["web-0000"].phase == "Running" and got["web-0000"].updated_at == later
+    assert got["web-0000"].created_at == T0 and got["web-0001"].updated_at == T0
+    assert got[f"web-{count - 1:04}"].spec == {"i": count - 1}
+    assert store.pods(namespace="other")[0].created_at == T0
 
 
 # ---- nodes ----------------------------------------------------------------------------------

@@ -142,8 +142,8 @@ class NodeClient:
 
     def _launcher(self, verb: str) -> str:
         root = f" --root {shlex.quote(self.root)}" if self.root else ""
-        path = shlex.quote(self.agent.path)
-        return f"[ -f {path} ] || exit {_MISSING}; exec {PYTHON} {_RUN_FLAGS} -c {shlex.quote(self.agent.run_code)} {verb}{root}"
+        path, code = shlex.quote(self.agent.path), shlex.quote(self.agent.run_code)
+        return f"[ -f {path} ] || exit {_MISSING}; exec {PYTHON} {_RUN_FLAGS} -c {code} {verb}{root}"
 
     def upload_agent(self) -> None:
         self.conn.put(self.agent.data, self.agent.path, mode=0o755)

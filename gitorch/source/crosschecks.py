@@ -39,7 +39,6 @@ from gitorch.model.routes import (
     serving_problem,
 )
 from gitorch.source import podsecurity
-from gitorch.source.certificates import tls_pair_problem
 
 Memo = MutableMapping[str, Any]
 """One object's memo: what its rules last found and read; it lives as long as its parsed file."""
@@ -946,6 +945,8 @@ def _check_tls_secret(secret: Object) -> list[Diagnostic]:
                       "add tls.crt (PEM certificates) and tls.key (its PEM private key)")]
     if getattr(secret.document, "encrypted", False) and b"-----BEGIN" not in cert:
         return []  # SOPS-encrypted and not opened here (no key): checked where it is decrypted
+    from gitorch.source.certificates import tls_pair_problem  # cryptography's x509: only for TLS Secrets
+
     problem = tls_pair_problem(cert, key)
     if problem is None:
         return []

@@ -265,7 +265,9 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
         for name in missing:
             if name == "name" and path == ["metadata"] and isinstance(instance, dict) and "generateName" in instance:
                 continue  # said once, at generateName
-            yield at(ptr, f"missing required field {name!r}", hint, key=bool(path))
+            own = schema.get("properties", {}).get(name, {})  # the field's own hint, else the object's
+            yield at(ptr, f"missing required field {name!r}",
+                     str(own.get("x-hint") or hint) if isinstance(own, dict) else hint, key=bool(path))
         return
     if keyword == "type":
         want = error.validator_value

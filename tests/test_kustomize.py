@@ -115,7 +115,9 @@ def test_a_resource_error_points_at_its_own_file_and_line(repo: GitRepo) -> None
 
 UPSTREAM = DATA / "upstream"
 # What gitorch refuses of them, and how it says so (kubectl builds these).
-REFUSED = {"wordpress": "kustomization.yaml:8:1: /vars: kustomization field 'vars' is not supported by gitorch"}
+_PLUGIN = "kustomization.yaml:3:1: /transformers: kustomization field 'transformers' is not supported by gitorch"
+REFUSED = {"wordpress": "kustomization.yaml:8:1: /vars: kustomization field 'vars' is not supported by gitorch",
+           **{f"valueAdd/{p}": _PLUGIN for p in ("all", "projects/cat-111", "projects/dog-222", "projects/fox-333")}}
 
 
 def _folders() -> list[str]:
@@ -124,9 +126,11 @@ def _folders() -> list[str]:
 
 @pytest.mark.parametrize("folder", _folders())
 def test_kustomizes_own_examples_build_as_kubectl_kustomize_builds_them(folder: str) -> None:
-    """kustomize's examples (helloWorld, ldap, multibases, springboot, wordpress), built by gitorch's
-    engine alone (kinds and fields gitorch lacks do not matter here), against `kubectl kustomize`:
-    the same objects, or an error naming the kustomization field gitorch does not support."""
+    """kustomize's examples (helloWorld, ldap, multibases, springboot, wordpress, and the folders
+    its markdown examples write: breakfast, combineConfigs, generatorOptions, image, inlinePatch,
+    jsonpatch, patchMultipleObjects, replicas, valueAdd), built by gitorch's engine alone (kinds and
+    fields gitorch lacks do not matter here), against `kubectl kustomize`: the same objects, or an
+    error naming the kustomization field gitorch does not support."""
     from gitorch.source import kustomize
 
     want = kubectl_kustomize(UPSTREAM / folder)

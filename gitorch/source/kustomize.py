@@ -182,7 +182,11 @@ class _Reader:
         if found is None:
             return []
         kdoc, kpath = found
-        k = kdoc.body
+        # kustomize reads its fields as Go's JSON decoder does, whatever their case
+        # (its own inlinePatch example says patchesJSON6902).
+        canon = {f.lower(): f for f in SUPPORTED}
+        k = {canon.get(n.lower(), n) if n not in SUPPORTED and canon.get(n.lower()) not in kdoc.body else n: v
+             for n, v in kdoc.body.items()}
 
         def error(ptr: str, message: str, hint: str = "", key: bool = False) -> _Error:
             p = kdoc.position(ptr, key=key)
@@ -234,7 +238,11 @@ class _Reader:
         if found is None:
             return resources
         kdoc, kpath = found
-        k = kdoc.body
+        # kustomize reads its fields as Go's JSON decoder does, whatever their case
+        # (its own inlinePatch example says patchesJSON6902).
+        canon = {f.lower(): f for f in SUPPORTED}
+        k = {canon.get(n.lower(), n) if n not in SUPPORTED and canon.get(n.lower()) not in kdoc.body else n: v
+             for n, v in kdoc.body.items()}
 
         def error(ptr: str, message: str, hint: str = "") -> _Error:
             p = kdoc.position(ptr)
@@ -590,21 +598,22 @@ def _merge(base: Any, patch: Any, field_name: str) -> Any:
                 out[k] = _strip(v)
         return out
     if isinstance(patch, list) and isinstance(base, list) and field_name in MERGE_KEYS:
+        # As kustomize merges (kyaml, elements prepended): the patch's items first, in its order
+        # (merged with the base's item of the same key), then the base's other items.
         key = MERGE_KEYS[field_name]
-        items = list(base)
+        first: list[Any] = []
+        rest = list(base)
+        loose: list[Any] = []
         for item in patch:
             if not isinstance(item, dict) or key not in item:
-                items.append(item)
+                loose.append(item)
                 continue
-            at = next((i for i, b in enumerate(items) if isinstance(b, dict) and b.get(key) == item[key]), None)
+            at = next((i for i, b in enumerate(rest) if isinstance(b, dict) and b.get(key) == item[key]), None)
+            old = rest.pop(at) if at is not None else None
             if item.get("$patch") == "delete":
-                if at is not None:
-                    del items[at]
-            elif at is None:
-                items.append(_strip(item))
-            else:
-                items[at] = _merge(items[at], item, "")
-        return items
+                continue
+            first.append(_strip(item) if old is None else _merge(old, item, ""))
+        return first + rest + loose
     return _strip(patch)
 
 

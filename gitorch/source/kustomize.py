@@ -185,8 +185,9 @@ class _Reader:
         # kustomize reads its fields as Go's JSON decoder does, whatever their case
         # (its own inlinePatch example says patchesJSON6902).
         canon = {f.lower(): f for f in SUPPORTED}
-        k = {canon.get(n.lower(), n) if n not in SUPPORTED and canon.get(n.lower()) not in kdoc.body else n: v
-             for n, v in kdoc.body.items()}
+        k: dict[str, Any] = {
+            (n if n in SUPPORTED or canon.get(n.lower()) in kdoc.body else canon.get(n.lower(), n)): v
+            for n, v in kdoc.body.items()}
 
         def error(ptr: str, message: str, hint: str = "", key: bool = False) -> _Error:
             p = kdoc.position(ptr, key=key)
@@ -202,7 +203,7 @@ class _Reader:
         for field_name in ("resources", "bases"):
             for i, entry in enumerate(_strings(k.get(field_name))):
                 resources.extend(self._resource(folder, entry, f"/{field_name}/{i}", error, (*stack, folder)))
-        options = k.get("generatorOptions") if isinstance(k.get("generatorOptions"), dict) else {}
+        options: Mapping[str, Any] = k["generatorOptions"] if isinstance(k.get("generatorOptions"), dict) else {}
         for field_name, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
             for i, gen in enumerate(k.get(field_name) or []):
                 made = self._generate(folder, kind, gen, options, f"/{field_name}/{i}", kdoc, error)
@@ -241,8 +242,9 @@ class _Reader:
         # kustomize reads its fields as Go's JSON decoder does, whatever their case
         # (its own inlinePatch example says patchesJSON6902).
         canon = {f.lower(): f for f in SUPPORTED}
-        k = {canon.get(n.lower(), n) if n not in SUPPORTED and canon.get(n.lower()) not in kdoc.body else n: v
-             for n, v in kdoc.body.items()}
+        k: dict[str, Any] = {
+            (n if n in SUPPORTED or canon.get(n.lower()) in kdoc.body else canon.get(n.lower(), n)): v
+            for n, v in kdoc.body.items()}
 
         def error(ptr: str, message: str, hint: str = "") -> _Error:
             p = kdoc.position(ptr)
@@ -251,7 +253,7 @@ class _Reader:
         extra: list[_Res] = []
         for i, entry in enumerate(_strings(k.get("resources"))):
             extra.extend(self._resource(folder, entry, f"/resources/{i}", error, stack))
-        options = k.get("generatorOptions") if isinstance(k.get("generatorOptions"), dict) else {}
+        options: Mapping[str, Any] = k["generatorOptions"] if isinstance(k.get("generatorOptions"), dict) else {}
         combined = [*resources, *extra]
         for field_name, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
             for i, gen in enumerate(k.get(field_name) or []):

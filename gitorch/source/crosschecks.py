@@ -61,9 +61,9 @@ def internal_error(
 def _diag(
     obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False
 ) -> Diagnostic:
-    pos = obj.document.position(ptr, key=key)
+    path, pos = obj.document.locate(ptr, key=key)  # a kustomize patch's file for a value it set
     return Diagnostic(
-        obj.path,
+        path,
         pos.line,
         pos.column,
         ptr,

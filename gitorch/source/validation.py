@@ -221,8 +221,8 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     instance = error.instance
 
     def at(p: str, message: str, hint: str = hint, key: bool = False) -> Diagnostic:
-        pos = doc.position(p, key=key)
-        return Diagnostic(doc.path, pos.line, pos.column, p, message, hint)
+        path, pos = doc.locate(p, key=key)  # a kustomize patch's file for a value it set
+        return Diagnostic(path, pos.line, pos.column, p, message, hint)
 
     if keyword in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
         known = set(schema.get("properties", {}))

@@ -789,9 +789,10 @@ class Controller:
         table = self.service_table(state, the_plan, reports, allocs)
         policy = self.policy_table(state) if table is not None else None
         policy_json = {n: json.dumps(policy.get(n, []), sort_keys=True) for n in sets} if policy is not None else {}
-        # A node on standby announces no LoadBalancer address and proxies no Ingress: it is not in use.
+        # A node on standby (or gone from Git) announces no LoadBalancer address and proxies no
+        # Ingress: it is not in use.
         eligible = {n.name: dict(n.info.labels) for n in observed.nodes
-                    if n.reachable and not n.lost and n.name not in the_plan.standby}
+                    if n.reachable and not n.lost and not n.leaving and n.name not in the_plan.standby}
         local = {(svc.key.namespace, svc.key.name): services.ready_nodes(state, self._table_pods, svc)
                  for svc in state.of_kind("Service")
                  if allocs.lb_ips.get((svc.key.namespace, svc.key.name))

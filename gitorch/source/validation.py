@@ -210,6 +210,18 @@ def _hint_of(error: jsonschema.ValidationError) -> str:
 _QUOTED = re.compile(r"'([^']*)'")
 
 
+# Older versions Kubernetes still reads (or read until lately) whose spec differs from the one
+# gitorch reads: what to write instead.
+_API_HINTS = {
+    ("HorizontalPodAutoscaler", "autoscaling/v1"):
+        "apiVersion: autoscaling/v2, and targetCPUUtilizationPercentage: N as metrics: [{type: Resource, "
+        "resource: {name: cpu, target: {type: Utilization, averageUtilization: N}}}]",
+    ("CronJob", "batch/v1beta1"): "apiVersion: batch/v1 (the same spec; Kubernetes 1.25 removed batch/v1beta1)",
+    ("PodDisruptionBudget", "policy/v1beta1"):
+        "apiVersion: policy/v1 (an empty selector now selects every pod of the namespace, not none)",
+}
+
+
 def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> Iterator[Diagnostic]:
     """One jsonschema error as diagnostics a person can act on."""
     path = list(error.absolute_path)
@@ -425,7 +437,7 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
                 p.column,
                 "/apiVersion",
                 f"{kind} needs apiVersion {info.api_version!r}, not {api!r}",
-                f"apiVersion: {info.api_version}",
+                _API_HINTS.get((kind, api), f"apiVersion: {info.api_version}"),
             )
         ]
     validators = _validators()

@@ -195,12 +195,7 @@ class _Reader:
         if found is None:
             return []
         kdoc, kpath = found
-        # kustomize reads its fields as Go's JSON decoder does, whatever their case
-        # (its own inlinePatch example says patchesJSON6902).
-        canon = {f.lower(): f for f in SUPPORTED}
-        k: dict[str, Any] = {
-            (n if n in SUPPORTED or canon.get(n.lower()) in kdoc.body else canon.get(n.lower(), n)): v
-            for n, v in kdoc.body.items()}
+        k = _fields(kdoc.body)
 
         def error(ptr: str, message: str, hint: str = "", key: bool = False) -> _Error:
             p = kdoc.position(ptr, key=key)
@@ -252,12 +247,7 @@ class _Reader:
         if found is None:
             return resources
         kdoc, kpath = found
-        # kustomize reads its fields as Go's JSON decoder does, whatever their case
-        # (its own inlinePatch example says patchesJSON6902).
-        canon = {f.lower(): f for f in SUPPORTED}
-        k: dict[str, Any] = {
-            (n if n in SUPPORTED or canon.get(n.lower()) in kdoc.body else canon.get(n.lower(), n)): v
-            for n, v in kdoc.body.items()}
+        k = _fields(kdoc.body)
 
         def error(ptr: str, message: str, hint: str = "") -> _Error:
             p = kdoc.position(ptr)
@@ -412,6 +402,16 @@ class _Reader:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+_CANON = {f.lower(): f for f in SUPPORTED}
+
+
+def _fields(kustomization: Mapping[str, Any]) -> dict[str, Any]:
+    """A kustomization's fields as kustomize reads them: as Go's JSON decoder does, whatever
+    their case (its own inlinePatch example says patchesJSON6902)."""
+    return {(n if n in SUPPORTED or _CANON.get(n.lower()) in kustomization else _CANON.get(n.lower(), n)): v
+            for n, v in kustomization.items()}
 
 
 def _place_generated(resources: list[_Res], made: _Res, gen: Mapping[str, Any], error: Callable[..., _Error],

@@ -437,7 +437,7 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
                 p.column,
                 "/apiVersion",
                 f"{kind} needs apiVersion {info.api_version!r}, not {api!r}",
-                _API_HINTS.get((kind, api), f"apiVersion: {info.api_version}"),
+                _API_HINTS.get((kind, str(api)), f"apiVersion: {info.api_version}"),
             )
         ]
     validators = _validators()

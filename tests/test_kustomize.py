@@ -167,7 +167,7 @@ def _folders() -> list[str]:
 @pytest.mark.parametrize("folder", _folders())
 def test_kustomizes_own_examples_build_as_kubectl_kustomize_builds_them(folder: str) -> None:
     """kustomize's examples (helloWorld, ldap, multibases, springboot, wordpress, and the folders
-    its markdown examples write: breakfast, combineConfigs, generatorOptions, image, inlinePatch,
+    its markdown examples write: breakfast, combineConfigs, configGeneration, generatorOptions, image, inlinePatch,
     jsonpatch, patchMultipleObjects, replicas, valueAdd), built by gitorch's engine alone (kinds and
     fields gitorch lacks do not matter here), against `kubectl kustomize`: the same objects, or an
     error naming the kustomization field gitorch does not support."""

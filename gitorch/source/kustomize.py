@@ -679,7 +679,8 @@ def _origins(r: _Res) -> tuple[Origin, ...]:
                 found.append((at.count("/"), n, Origin(at, p.doc, p.ptr + ptr)))
             elif owned:
                 found.append((at.count("/"), n, Origin(at, p.doc, p.ptr, whole=True)))
-    if any(isinstance(p, _Patch) for p in r.patched):  # items a merge moved: where the base has them
+    # Items a merge moved: where the resource has them (a generated one was written nowhere).
+    if not r.generated and any(isinstance(p, _Patch) for p in r.patched):
         found.extend((at.count("/"), 0, Origin(at, r.source, ptr))
                      for at, ptr, _ in _correspond(r.source.body, r.body, "", "", "") if at != ptr)
     found.sort(key=lambda f: (-f[0], -f[1]))

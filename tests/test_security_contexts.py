@@ -178,3 +178,16 @@ def test_get_serviceaccounts_shows_the_recorded_uids(tmp_path: Path, capsys: pyt
         assert "200002" in capsys.readouterr().out
     finally:
         store.close()
+
+
+def test_capability_names_are_read_as_the_container_runtimes_read_them(repo: GitRepo) -> None:
+    """sock-shop's `drop: [all]` and a `CAP_`-prefixed name: podman and containerd read any case,
+    with or without CAP_; validation accepts them and the agent drops and adds the same."""
+    state = load(repo, deployment(container="          securityContext:\n            capabilities: "
+                                            "{drop: [all], add: [cap_net_bind_service]}\n"))
+    sec = security(**spec_of(state)["containers"][0]["security"])
+    assert sec.capabilities() == frozenset({"NET_BIND_SERVICE"})
+    repo.commit("bad", {"x.yaml": deployment(container="          securityContext:\n"
+                                                       "            capabilities: {drop: [net-raw]}\n")})
+    errors = [d.format() for d in desired.load(open_repository(repo.path), None).diagnostics]
+    assert any('/capabilities/drop/0: "net-raw" is not valid' in e for e in errors), errors

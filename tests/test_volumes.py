@@ -134,6 +134,18 @@ def test_a_claim_binds_to_a_fitting_persistent_volume_and_its_pods_go_to_that_no
     assert status.health == "Degraded" and status.message.startswith("Pending: no PersistentVolume")
 
 
+def test_a_class_only_persistent_volumes_name_binds_them_with_no_storage_class_object(repo: GitRepo) -> None:
+    """Kubernetes' own examples say storageClassName: manual on a PersistentVolume and its
+    claim and declare no StorageClass: the claim binds to the volume statically."""
+    s = load(repo, {"pv.yaml": PV, "pvc.yaml": claim(cls="manual"), "web.yaml": using("web", 1)})
+    assert errors(s) == []
+    p = plan(s, Observed(1000.0, (), NODES))
+    assert {d.node for d in p.pods} == {"n2"}
+    # A class neither a StorageClass nor a volume names is still an error.
+    got = errors(load(repo, {"pvc.yaml": claim(cls="fast")}))
+    assert any("pvc.yaml:" in e and "StorageClass 'fast' does not exist" in e for e in got), got
+
+
 def test_a_read_write_once_pod_claim_takes_one_pod(repo: GitRepo) -> None:
     now = 1000.0
     s = load(repo, {"pvc.yaml": claim(mode="ReadWriteOncePod"), "web.yaml": using("web", 1)})

@@ -76,6 +76,10 @@ class NodeState:
     noexecute_since: tuple[tuple[Taint, float], ...] = ()
     """Its NoExecute taints from Git, each with when the controller first saw it."""
     draining: bool = False  # spec.drain: its pods are evicted within their disruption budgets
+    leaving: bool = False
+    """Gone from Git with pods still on it: it drains as with spec.drain (every pod, within its
+    budgets) while it answers; when it does not, its pods are deleted at once, as Kubernetes' pod
+    garbage collector deletes the pods of a deleted Node. Retention forgets it once empty."""
     standby: bool = False  # spec.standby: the cluster autoscaler activates it (see nodescaling.py)
     scale_down_disabled: bool = False  # annotated cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"
 
@@ -203,12 +207,13 @@ def toleration_seconds(tolerations: Iterable[Mapping[str, Any]], taint: Taint) -
 
 
 def evicted(node: NodeState | None, tolerations: Iterable[Mapping[str, Any]], now: float) -> bool:
-    """Whether a pod on `node` is evicted: the node is gone from Git, or a NoExecute taint on
+    """Whether a pod on `node` is evicted: the node is gone from Git (and, if it is still
+    known, leaving, no longer answers), or a NoExecute taint on
     it (node.kubernetes.io/unreachable once it is lost, or one from its manifest) is not
     tolerated, or was tolerated for tolerationSeconds that have passed. gitorch adds no
     default tolerations: where Kubernetes' admission gives every pod 300 s for an unreachable
     node, a gitorch pod without one is replaced once its node is lost (GITORCH_NODE_TIMEOUT)."""
-    if node is None:
+    if node is None or (node.leaving and not node.reachable):
         return True
     tolerations = list(tolerations)
     taints = list(node.noexecute_since)
@@ -282,14 +287,16 @@ class _Pass:
         self.nodes = {}
         for n in self.observed.nodes:
             rec = self.scaling.get(n.name)
-            if rec is not None and rec.state != ACTIVE:
+            if n.leaving:  # gone from Git: drained like spec.drain, every pod included
+                n = replace(n, info=replace(n.info, unschedulable=True), draining=True)
+            elif rec is not None and rec.state != ACTIVE:
                 taints = n.info.taints
                 if rec.state == SCALING_DOWN:
                     taints = (*taints, Taint(nodescaling.TO_BE_DELETED, str(int(rec.since)), "NoSchedule"))
                 n = replace(n, info=replace(n.info, unschedulable=True, taints=taints), draining=True)
             self.nodes[n.name] = n
-        self.node_list = [n for n in self.nodes.values()
-                          if (rec := self.scaling.get(n.name)) is None or rec.state != STANDBY]
+        self.node_list = [n for n in self.nodes.values() if not n.leaving  # its DaemonSet pods go too
+                          and ((rec := self.scaling.get(n.name)) is None or rec.state != STANDBY)]
         self.usable = [n.info for n in self.node_list if not n.lost]
 
     def replicas(self, obj: Object) -> int:
@@ -947,6 +954,11 @@ def _pod(ps: _Pass, obj: Object) -> None:
     if mine.node is None:  # not placed yet: the scheduler tries again (its row is updated, not replaced)
         _create(ps, obj, template, obj.key.name, rev)
         ps.plan.statuses[obj.key] = Status("Progressing", mine.message or "being placed", 1, 0, revision=rev)
+        return
+    if node is not None and node.leaving and (not node.reachable or ps.may_evict(obj, template, mine)):
+        ps.remove(mine)  # its node left Git: placed again, elsewhere, once it is gone
+        ps.plan.statuses[obj.key] = Status("Progressing", f"evicted from node {mine.node}, which left Git",
+                                           1, 0, revision=rev)
         return
     if mine.revision == rev:
         ps.keep(obj, mine, _spec(ps, obj, template, mine.name, mine.node))

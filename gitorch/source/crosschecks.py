@@ -61,9 +61,9 @@ def internal_error(
 def _diag(
     obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False
 ) -> Diagnostic:
-    pos = obj.document.position(ptr, key=key)
+    path, pos = obj.document.locate(ptr, key=key)  # a kustomize patch's file for a value it set
     return Diagnostic(
-        obj.path,
+        path,
         pos.line,
         pos.column,
         ptr,
@@ -638,8 +638,8 @@ def _check_admission(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]
 
 
 def _check_volumes(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
-    """PersistentVolumes name a node of the repository; claims name a StorageClass and a
-    volume that exist, and no volume is asked for by two claims."""
+    """PersistentVolumes name a node of the repository; claims name a StorageClass (or a class
+    some PersistentVolume has) and a volume that exist, and no volume is asked for by two claims."""
     valid = [o for o in world.ordered if o.key not in invalid]
     pvs = {o.key.name: o for o in valid if o.key.kind == "PersistentVolume"}
     classes = {o.key.name: o for o in valid if o.key.kind == "StorageClass"}
@@ -670,9 +670,12 @@ def _check_volumes(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
         out.append(_diag(classes[extra], "/metadata/annotations",
                          f"a second default StorageClass (also {defaults[0]!r})", "keep one default class"))
     asked: dict[str, Object] = {}
+    # A class that only PersistentVolumes name (Kubernetes' "manual") binds claims to them
+    # statically, with no StorageClass object, as in Kubernetes.
+    static = {str(o.spec.get("storageClassName")) for o in world.ordered if o.key.kind == "PersistentVolume"}
     for claim in claims:
         name = claim.spec.get("storageClassName")
-        if isinstance(name, str) and name and name not in classes:
+        if isinstance(name, str) and name and name not in classes and name not in static:
             out.append(_diag(claim, "/spec/storageClassName", f"StorageClass {name!r} does not exist",
                              suggest(name, classes) or f"add a StorageClass named {name!r}, or remove the field"))
         volume = claim.spec.get("volumeName")

@@ -274,6 +274,28 @@ class _Positions:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """A built document's part `at` (a JSON pointer) as written at `ptr` in `doc`; `whole`: the
+    part's every value is reported at `ptr` itself (an inline patch: a string in a kustomization)."""
+
+    at: str
+    doc: Document
+    ptr: str
+    whole: bool = False
+
+
+def _exists(body: Any, ptr: str) -> bool:
+    for token in split_pointer(ptr):
+        if isinstance(body, dict) and token in body:
+            body = body[token]
+        elif isinstance(body, list) and token.isdigit() and int(token) < len(body):
+            body = body[int(token)]
+        else:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     """One YAML document of a file: its plain value and where each of its parts is written
     (`where`, or composed on demand by `positions`)."""
@@ -288,6 +310,22 @@ class Document:
     exposed: tuple[str, ...] = field(default=(), compare=False)
     """Of an encrypted document: pointers to the values under data and stringData that the file's
     SOPS rules left in plaintext (a Secret under secrets.requireEncryption may have none)."""
+    origins: tuple[Origin, ...] = field(default=(), repr=False, compare=False)
+    """Parts of a built document written elsewhere (a kustomize patch, an item a merge moved),
+    most specific first: `locate` reports them there."""
+
+    def locate(self, ptr: str, *, key: bool = False) -> tuple[str, Position]:
+        """The file and position `ptr` is written at: a patch's file for a value a patch set,
+        else this document's own (`position`)."""
+        for origin in self.origins:
+            if ptr != origin.at and not ptr.startswith(origin.at + "/"):
+                continue
+            if origin.whole:
+                return origin.doc.path, origin.doc.position(origin.ptr)
+            there = origin.ptr + ptr[len(origin.at):]
+            if _exists(origin.doc.body, there):
+                return origin.doc.path, origin.doc.position(there, key=key)
+        return self.path, self.position(ptr, key=key)
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.

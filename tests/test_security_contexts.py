@@ -93,10 +93,19 @@ def test_account_uids_are_stable_and_released_only_when_unused(repo: GitRepo) ->
     only_b = load(repo, b)
     # a is gone from Git: kept while a recorded pod may run as it, released after.
     assert allocate(only_b, {}, {}, {}, None, first, [("default", "a")]).account_ids == first
-    released = allocate(only_b, {}, {}, {}, None, first).account_ids
-    assert released == {("default", "b"): base + 1, ("default", "default"): base + 2}
-    again = load(repo, b + "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: c}\n")
-    assert allocate(again, {}, {}, {}, None, released).account_ids[("default", "c")] == base  # the lowest free
+    after = allocate(only_b, {}, {}, {}, None, first)
+    assert after.account_ids == {("default", "b"): base + 1, ("default", "default"): base + 2}
+    assert after.next_account_id == base + 3
+    # A released uid is never given again: c does not own what a left on the nodes (its claim
+    # folders), nor does d get the highest uid once its holder is gone too.
+    c = "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: c}\n"
+    again = allocate(load(repo, b + c), {}, {}, {}, None, after.account_ids, (), after.next_account_id)
+    assert again.account_ids[("default", "c")] == base + 3 and again.next_account_id == base + 4
+    without_c = {k: v for k, v in again.account_ids.items() if k[1] != "c"}
+    d = allocate(load(repo, b + c.replace("c}", "d}")), {}, {}, {}, None, without_c, (), again.next_account_id)
+    assert d.account_ids[("default", "d")] == base + 4
+    # A store from before the mark: above every uid it holds.
+    assert allocate(load(repo, b + c), {}, {}, {}, None, after.account_ids).account_ids[("default", "c")] == base + 3
 
 
 def security(**raw: object) -> agent.SecuritySpec:

@@ -49,9 +49,17 @@ def spec_of(state: DesiredState) -> dict:  # type: ignore[type-arg]
     return podspecs.pod_spec(state, obj, obj.spec["template"], "web-1")
 
 
-def test_a_pod_without_security_runs_as_before(repo: GitRepo) -> None:
-    spec = spec_of(load(repo, deployment()))
-    assert "security" not in spec["containers"][0] and "volumeOwner" not in spec
+def test_a_pod_without_security_runs_as_its_account_not_root(repo: GitRepo) -> None:
+    spec = spec_of(load(repo, deployment()))  # a process container: the default account's uid
+    security = spec["containers"][0]["security"]
+    assert security["account"] == "default" and "runAsUser" not in security
+    assert spec["volumeOwner"] == {"account": "default"}
+    # An image container keeps its image's USER (as Kubernetes runs it) and its volumes stay root's.
+    image = spec_of(load(repo, deployment(container="          image: nginx:1.27\n")))
+    assert "security" not in image["containers"][0] and "volumeOwner" not in image
+    # Root only when asked for.
+    root = spec_of(load(repo, deployment(pod="      securityContext: {runAsUser: 0}\n")))
+    assert root["containers"][0]["security"]["runAsUser"] == 0 and "account" not in root["containers"][0]["security"]
 
 
 def test_container_level_wins_and_the_account_gives_the_uid(repo: GitRepo) -> None:
@@ -74,12 +82,26 @@ def test_container_level_wins_and_the_account_gives_the_uid(repo: GitRepo) -> No
     [
         ("      securityContext: {runAsNonRoot: true}\n", "default"),  # the default account, only when asked
         ("      securityContext: {runAsNonRoot: true, runAsUser: 1000}\n", None),  # an explicit uid wins
-        ("      securityContext: {fsGroup: 7}\n", None),  # the default account stays the node's user
+        ("      securityContext: {fsGroup: 7}\n", "default"),  # the default account is a user like any other
     ],
 )
 def test_when_the_account_uid_is_used(repo: GitRepo, pod: str, account: str | None) -> None:
     security = spec_of(load(repo, deployment(pod=pod)))["containers"][0]["security"]
     assert security.get("account") == account
+
+
+@pytest.mark.parametrize(
+    ("pod", "account"),
+    [
+        ("      securityContext: {fsGroup: 7}\n", None),  # the image's USER
+        ("      securityContext: {runAsNonRoot: true}\n", "default"),  # asked not to be root: the account's uid
+        ("      serviceAccountName: app\n", "app"),  # an account of its own
+    ],
+)
+def test_when_an_image_container_uses_the_account_uid(repo: GitRepo, pod: str, account: str | None) -> None:
+    sa = "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app}\n"
+    spec = spec_of(load(repo, deployment(pod=pod, container="          image: nginx:1.27\n") + sa))
+    assert spec["containers"][0]["security"].get("account") == account
 
 
 def test_account_uids_are_stable_and_released_only_when_unused(repo: GitRepo) -> None:

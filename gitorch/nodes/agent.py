@@ -2955,6 +2955,25 @@ def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
     ip_cmd("-n", ns, "addr", "add", f"{ip}/{net.prefix}", "dev", "eth0")
     ip_cmd("-n", ns, "link", "set", "eth0", "up")
     ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)
+    unprivileged_ports(key)
+
+
+UNPRIVILEGED_PORTS = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+def unprivileged_ports(key: str) -> None:
+    """Any user may bind any port in the pod's network namespace, as containerd sets up a pod
+    sandbox (net.ipv4.ip_unprivileged_port_start=0): a pod runs as its account's user, not root,
+    and still serves on port 80. /proc/sys/net is the namespace of the process writing it."""
+    nsenter = shutil.which("nsenter", path=DEFAULT_PATH) or "nsenter"
+    argv = [nsenter, f"--net={netns_path(key)}", "--", "sh", "-c", f"echo 0 > {UNPRIVILEGED_PORTS}"]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetworkError(f"net.ipv4.ip_unprivileged_port_start in {netns_name(key)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise NetworkError(f"net.ipv4.ip_unprivileged_port_start in {netns_name(key)}: "
+                           f"{one_line(proc.stderr.decode(errors='replace')) or proc.returncode}")
 
 
 def ip_batch(lines: list[str], netns: str | None = None) -> None:
@@ -3000,6 +3019,7 @@ def pods_network_up(pods: list[tuple[str, str]], tag: str, net: NetworkSpec) -> 
         try:
             ip_batch(["link set lo up", f"addr add {ip}/{net.prefix} dev eth0", "link set eth0 up",
                       f"route replace default via {net.gateway}"], netns_name(key))
+            unprivileged_ports(key)
         except NetworkError:
             continue
         done.add(key)

@@ -34,6 +34,7 @@ def version_problem(value: Any) -> str | None:
     return None if value == LATEST or (isinstance(value, str) and _VERSION.fullmatch(value)) \
         else 'must be "latest" or "v1.x"'
 
+
 # Linux's capabilities, by the names a securityContext uses (CAP_ less; `ALL` besides): the
 # node agent's own list (nodes/agent.py CAPABILITIES, which refuses others at a container's start).
 CAPABILITIES = (

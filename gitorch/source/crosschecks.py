@@ -236,18 +236,29 @@ def _template_labels(obj: Object) -> Any:
 
 def _plaintext_secrets(objects: Mapping[ObjectKey, Object], clusters: list[Object],
                        invalid: Set[ObjectKey]) -> list[Diagnostic]:
-    """With the Cluster's `secrets.requireEncryption`, a Secret not in SOPS's format is an error."""
+    """With the Cluster's `secrets.requireEncryption`, a Secret not in SOPS's format is an error, and
+    so is each value under its data or stringData that the file's SOPS rules left in plaintext
+    (an encrypted_regex, say, that does not match stringData)."""
     valid = [c for c in clusters if c.key not in invalid]
     secrets = valid[0].body.get("spec", {}).get("secrets") if valid else None
     if not isinstance(secrets, dict) or secrets.get("requireEncryption") is not True:
         return []
-    return [
-        _diag(obj, "/metadata/name",
-              f"Secret {key.namespace}/{key.name} is not encrypted, and the Cluster sets secrets.requireEncryption",
-              f"encrypt it: gitorch secret encrypt -i {obj.path}")
-        for key, obj in objects.items()
-        if key.kind == "Secret" and not getattr(obj.document, "encrypted", False)
-    ]
+    out = []
+    for key, obj in objects.items():
+        if key.kind != "Secret":
+            continue
+        if not getattr(obj.document, "encrypted", False):
+            out.append(_diag(obj, "/metadata/name", f"Secret {key.namespace}/{key.name} is not encrypted, and the "
+                             "Cluster sets secrets.requireEncryption",
+                             f"encrypt it: gitorch secret encrypt -i {obj.path}"))
+            continue
+        out.extend(
+            _diag(obj, ptr, f"Secret {key.namespace}/{key.name}: this value is in plaintext (the file's SOPS rules "
+                  "leave it unencrypted), and the Cluster sets secrets.requireEncryption",
+                  f"let the rules cover data and stringData: gitorch secret decrypt -i {obj.path} && gitorch secret "
+                  f"encrypt -i {obj.path}, whose default is encrypted_regex ^(data|stringData)$")
+            for ptr in getattr(obj.document, "exposed", ()))
+    return out
 
 
 def _check_grants(objects: Mapping[ObjectKey, Object], clusters: list[Object],

@@ -348,16 +348,18 @@ def _open_sops(doc: Document, keyring: sops.Keyring) -> tuple[Document | None, l
     found = sops.check_structure(doc.body)
     if found:
         return problem("; ".join(found[:5]))
+    exposed = tuple(pointer(*path) for path in sops.left_plaintext(doc.body, sops.Rules.of(doc.body["sops"])))
     if keyring.identities:
         try:
-            return replace(doc, body=_frozen(sops.decrypt_document(doc.body, keyring.identities)), encrypted=True), []
+            body = _frozen(sops.decrypt_document(doc.body, keyring.identities))
         except sops.SopsError as exc:
             return problem(str(exc))
+        return replace(doc, body=body, encrypted=True, exposed=exposed), []
     if keyring.required:
         return problem("encrypted, and the controller has no age key to decrypt it",
                        "run `gitorch secret keygen` on the controller (or set GITORCH_AGE_KEY_FILE) and "
                        "encrypt for its public key")
-    return replace(doc, body=_frozen(sops.keyless_view(doc.body)), encrypted=True), []
+    return replace(doc, body=_frozen(sops.keyless_view(doc.body)), encrypted=True, exposed=exposed), []
 
 
 def _check_document(doc: Document, keyring: sops.Keyring = sops.NO_KEYS) -> tuple[Object | None, list[Diagnostic]]:

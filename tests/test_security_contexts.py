@@ -209,3 +209,30 @@ def test_get_serviceaccounts_shows_the_recorded_uids(tmp_path: Path, capsys: pyt
         assert "200002" in capsys.readouterr().out
     finally:
         store.close()
+
+
+def test_a_pod_network_namespace_lets_any_user_bind_any_port() -> None:
+    """ip_unprivileged_port_start=0 in the pod's namespace only (the node's stays as it was)."""
+    import os
+    import shutil
+    import subprocess
+    import uuid
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI"):
+            pytest.fail("needs root and ip(8) to make a network namespace (CI must not skip it)", pytrace=False)
+        pytest.skip("needs root and ip(8) to make a network namespace")
+    key = f"ports-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", agent.netns_name(key)], check=True)
+    try:
+        with open(agent.UNPRIVILEGED_PORTS) as fh:
+            node_value = fh.read()
+        assert agent.unprivileged_ports([key]) == {}
+        inside = subprocess.run(["ip", "netns", "exec", agent.netns_name(key), "cat", agent.UNPRIVILEGED_PORTS],
+                                capture_output=True, text=True, check=True).stdout
+        assert inside.strip() == "0"
+        with open(agent.UNPRIVILEGED_PORTS) as fh:
+            assert fh.read() == node_value
+        assert "No such file" in agent.unprivileged_ports(["gone-" + key])["gone-" + key]
+    finally:
+        subprocess.run(["ip", "netns", "del", agent.netns_name(key)], check=False)

@@ -1296,7 +1296,8 @@ def _id(raw: Any, where: str) -> int | None:
 @dataclass(frozen=True)
 class SecuritySpec:
     """A container's effective securityContext, as the controller resolved it (pod and container
-    levels merged). Without one, a container runs as the agent's own user, as before."""
+    levels merged). Without one (an image container of the `default` account that sets
+    nothing), the runtime's defaults: the image's USER."""
 
     run_as_user: int | None
     run_as_group: int | None

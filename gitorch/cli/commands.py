@@ -425,7 +425,8 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
                settings=controller_settings,
                webhook_secret=secret, wake_token=token, dns_listen=dns_listen, fetcher=fetcher, poll=poll,
                pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token, kube_api=kube_address,
-               kube_api_settings=kube_settings).run(reload=reload)
+               kube_api_settings=kube_settings, repo_url=repo_path if fetcher is not None else None,
+               wake_token_env=wake_token_env).run(reload=reload)
 
 
 @cli.command()

@@ -481,9 +481,9 @@ class _Frame:
     def __init__(
         self, value: dict[str, Any] | list[Any], line: int, column: int, anchor: str | None, positions: bool
     ) -> None:
-        self.value = value
+        self.value: Any = value  # a dict when is_map, else a list
         self.is_map = isinstance(value, dict)
-        self.children: dict[str, Any] | list[Any] | None = None
+        self.children: Any = None  # the same kind as value, with positions
         self.where: _Where = _NOWHERE
         if positions:
             self.children = {} if self.is_map else []
@@ -578,13 +578,13 @@ class _Composer:
                     top.explicit.add(key)  # type: ignore[arg-type]
                     _dict_set(top.value, key, value)
                     if positions:
-                        top.children[key] = (top.key_at[0], top.key_at[1], where)  # type: ignore[index]
+                        top.children[key] = (top.key_at[0], top.key_at[1], where)
                     top.key = None
                 elif not top.is_map:
                     top.size += 1
                     _list_append(top.value, value)
                     if positions:
-                        top.children.append(where)  # type: ignore[union-attr]
+                        top.children.append(where)
                 else:
                     self._add(stack, top, value, where, 1, 0)
             elif cls is _MappingStart or cls is _SequenceStart:
@@ -689,11 +689,11 @@ class _Composer:
         if not top.is_map:
             _list_append(top.value, value)
             if top.children is not None:
-                top.children.append(where)  # type: ignore[union-attr]
+                top.children.append(where)
             return
         key = top.key
         assert key is not None
-        children: dict[str, Any] | None = top.children  # type: ignore[assignment]
+        children: dict[str, Any] | None = top.children
         if top.merge:
             if isinstance(value, dict):
                 sources = [(value, where)]

@@ -429,8 +429,9 @@ class Controller:
         held_accounts = {(r.namespace, r.name): r.uid for r in self.store.account_ids()}
         # A released account's uid stays while its namespace has recorded pods (one may run as it).
         occupied = {r.namespace for r in self._pod_rows}
+        next_account = self.store.allocation_mark(allocations.ACCOUNT_MARK)
         allocs = allocations.allocate(state, *held, held_lb, held_accounts,
-                                      [k for k in held_accounts if k[0] in occupied])
+                                      [k for k in held_accounts if k[0] in occupied], next_account)
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
         self._ingress_addresses = ingress.addresses(state, allocs.lb_ips) if ingress.settings(state) else []
@@ -447,6 +448,8 @@ class Controller:
                 self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
             if allocs.account_ids != held_accounts:
                 self.store.save_account_ids(allocs.account_ids, now=_dt(now))
+            if allocs.next_account_id != next_account:
+                self.store.save_allocation_mark(allocations.ACCOUNT_MARK, allocs.next_account_id, now=_dt(now))
             if allocs.lb_ips != held_lb or execution.announcers != {r.ip: r.node for r in balanced_rows}:
                 self.store.save_load_balancer_ips(allocs.lb_ips, execution.announcers, now=_dt(now))
             self._record_pods(execution.pods, execution.gone)

@@ -187,20 +187,23 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _security(pod: Mapping[str, Any], c: Mapping[str, Any], account: str) -> dict[str, Any] | None:
-    """One container's effective securityContext (its own over the pod's), None when neither
-    has one and the pod runs as the default account (it runs as before: the node's user).
-    `account` names the ServiceAccount whose uid and gid the agent uses when no runAsUser is
-    given: always for a non-default account, for `default` only with runAsNonRoot."""
+    """One container's effective securityContext (its own over the pod's). `account` names the
+    ServiceAccount whose uid and gid the agent uses when no runAsUser is given: for a process
+    container always (the `default` account too: root only when asked for, runAsUser 0), for an
+    image container when the account is not `default` or runAsNonRoot asks (otherwise the
+    image's USER, as Kubernetes runs it). None: an image container with neither securityContext
+    on the `default` account runs as the runtime's defaults."""
     psc = _dict(pod.get("securityContext"))
     csc = _dict(c.get("securityContext"))
-    if not psc and not csc and account == DEFAULT_ACCOUNT:
+    image = bool(c.get("image"))
+    if not psc and not csc and account == DEFAULT_ACCOUNT and image:
         return None
     out: dict[str, Any] = {}
     for field in ("runAsUser", "runAsGroup", "runAsNonRoot"):
         value = csc.get(field, psc.get(field))
         if value is not None:
             out[field] = value
-    if "runAsUser" not in out and (account != DEFAULT_ACCOUNT or out.get("runAsNonRoot")):
+    if "runAsUser" not in out and (account != DEFAULT_ACCOUNT or out.get("runAsNonRoot") or not image):
         out["account"] = account
     groups = {int(g) for g in psc.get("supplementalGroups") or []}
     if psc.get("fsGroup") is not None:
@@ -222,7 +225,7 @@ def _security(pod: Mapping[str, Any], c: Mapping[str, Any], account: str) -> dic
 def _volume_owner(pod: Mapping[str, Any], account: str, containers: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Who owns the pod's emptyDir, ConfigMap, Secret and claim volumes: the pod's fsGroup (with
     setgid folders, as the kubelet does), else the identity of its first container that has
-    one; None when every container runs as the node's user (the volumes stay as they were)."""
+    one; None when every container runs as its image's user (the volumes stay root's)."""
     psc = _dict(pod.get("securityContext"))
     first = next((c["security"] for c in containers if c.get("security")), None)
     if first is None:

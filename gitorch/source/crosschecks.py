@@ -389,17 +389,48 @@ def cross_check(
         elif key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
         elif key.kind == "Namespace":
-            for label in (podsecurity.ENFORCE_LABEL, podsecurity.WARN_LABEL):
-                level = obj.labels.get(label)
-                if level is not None and level not in podsecurity.LEVELS:
-                    ptr = f"/metadata/labels/{escape_token(label)}"
-                    out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
+            out.extend(_check_pod_security_labels(obj))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj, world)))
         elif key.kind == "HorizontalPodAutoscaler":
             out.extend(_guarded(obj, functools.partial(_check_autoscaler, obj, world, invalid)))
         elif key.kind == "VerticalPodAutoscaler":
             out.extend(_guarded(obj, functools.partial(_check_vertical, obj, world, invalid)))
+    return out
+
+
+def _capability_hint(name: str) -> str:
+    """The hint for an unknown capability: the nearest name, then every valid one."""
+    near = suggest(name, podsecurity.CAPABILITIES)
+    every = f"one of: ALL, {', '.join(podsecurity.CAPABILITIES)}"
+    return f"{near}; {every}" if near else every
+
+
+def _check_pod_security_labels(obj: Object) -> list[Diagnostic]:
+    """A Namespace's Pod Security labels: known levels and versions, as the API server admits
+    them; a version other than latest is checked as latest, and audit has no effect (warnings)."""
+    out: list[Diagnostic] = []
+    for label in podsecurity.LEVEL_LABELS:
+        level = obj.labels.get(label)
+        if level is not None and level not in podsecurity.LEVELS:
+            out.append(_diag(obj, f"/metadata/labels/{escape_token(label)}", f"unknown level {level!r}",
+                             f"one of: {', '.join(podsecurity.LEVELS)}"))
+        elif label == podsecurity.AUDIT_LABEL and level is not None:
+            out.append(_diag(obj, f"/metadata/labels/{escape_token(label)}", "label has no effect: gitorch keeps no "
+                             "audit log", f"{podsecurity.WARN_LABEL} gives the same checks as warnings", warning=True))
+        tag = podsecurity.version_label(label)
+        version = obj.labels.get(tag)
+        if version is None:
+            continue
+        ptr = f"/metadata/labels/{escape_token(tag)}"
+        problem = podsecurity.version_problem(version)
+        if problem is not None:
+            out.append(_diag(obj, ptr, f"invalid version {version!r}: {problem}", '"latest", or a version such as '
+                             '"v1.30"'))
+        elif version != podsecurity.LATEST:
+            out.append(_diag(obj, ptr, f"version {version} is checked as latest",
+                             "gitorch has only the latest Pod Security Standards, which may refuse what an older "
+                             'version allowed: set "latest" to say so', warning=True))
     return out
 
 
@@ -1223,6 +1254,11 @@ def _check_security(obj: Object, reads: _Reads, tptr: str, pod: dict[str, Any]) 
         out.extend(_ref(obj, reads, "ServiceAccount", ns, account, f"{tptr}/spec/serviceAccountName"))
     for cptr, c in _containers(tptr, {"spec": pod}):
         sc = _map(c.get("securityContext"))
+        for which in ("add", "drop"):
+            for i, name in enumerate(_seq(_map(sc.get("capabilities")).get(which))):
+                if isinstance(name, str) and not podsecurity.known_capability(name):
+                    out.append(_diag(obj, f"{cptr}/securityContext/capabilities/{which}/{i}",
+                                     f"unknown capability {name!r}", _capability_hint(name)))
         if sc.get("allowPrivilegeEscalation") is not False:
             continue
         if sc.get("privileged") is True:

@@ -1204,7 +1204,10 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     def claims(i: int) -> dict[str, str]:
         return {c: f"{podspecs.VOLUME_ROOT}/{ns}/{c}-{name}-{i}" for c in claim_names}
 
-    ready = {i: _ready(p, ps.now, 0) for i, p in pods.items()}
+    # Available: ready for minReadySeconds. Ordered creation and updates wait for it, as the
+    # StatefulSet controller waits for each predecessor to be running and available.
+    min_ready = float(spec.get("minReadySeconds", 0))
+    ready = {i: _ready(p, ps.now, min_ready) for i, p in pods.items()}
     # Scale down from the highest ordinal, one at a time when ordered.
     extra = sorted((i for i in pods if i >= replicas), reverse=True)
     for n, i in enumerate(extra):
@@ -1258,20 +1261,34 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     updated = sum(1 for i in range(replicas) if i in pods and pods[i].revision == rev)
     complete = n_ready == replicas and not extra
     health = "Healthy" if complete else "Progressing"
-    message = f"{n_ready}/{replicas} ready"
+    message = f"{n_ready}/{replicas} ready" + (f" for {min_ready:g} s (minReadySeconds)" if min_ready else "")
     held = sum(1 for i in range(min(partition, replicas)) if i in pods and pods[i].revision != rev)
     if held:
         message += f"; partition {partition}: {held} pods below it keep their previous revision"
-    ps.plan.statuses[obj.key] = Status(health, message, replicas, n_ready, updated, sum(ready.values()), rev)
+    n_running_ready = sum(  # readyReplicas: ready, minReadySeconds or not
+        1 for i in range(replicas)
+        if i in pods and _ready(pods[i], ps.now, 0) and (pods[i].revision == rev or i < partition)
+    )
+    ps.plan.statuses[obj.key] = Status(health, message, replicas, n_running_ready, updated, sum(ready.values()), rev)
 
 
 def _daemonset(ps: _Pass, obj: Object) -> None:
+    """One pod per eligible node, updated as Kubernetes' DaemonSet controller does: RollingUpdate
+    replaces at most maxUnavailable nodes' pods at a time, or with maxSurge starts the new pod
+    beside the old one and removes the old one once the new one is available (ready for
+    minReadySeconds); OnDelete gives the new template only to pods made after a pod is gone."""
     template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
-    ru = (obj.spec.get("updateStrategy") or {}).get("rollingUpdate") or {}
-    existing = {p.node: p for p in ps.by_owner.get(obj.key, []) if p.node}
+    strategy = obj.spec.get("updateStrategy") or {}
+    on_delete = strategy.get("type") == "OnDelete"
+    ru = strategy.get("rollingUpdate") or {}
+    min_ready = float(obj.spec.get("minReadySeconds", 0))
+    existing: dict[str, list[PodState]] = {}
+    for p in ps.by_owner.get(obj.key, []):
+        if p.node:
+            existing.setdefault(p.node, []).append(p)
     eligible: list[str] = []
     for node in ps.node_list:  # a node on standby runs no pods, DaemonSet pods included
         if node.lost:
@@ -1282,29 +1299,79 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
         if decision.node == node.name or (node.name in existing and not evicted(node, tolerations, ps.now)):
             eligible.append(node.name)
-    unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=False) or 1
-    not_ready = sum(1 for n in eligible if n in existing and not _ready(existing[n], ps.now, 0))
     for n, gone in existing.items():
         if n not in eligible:
-            ps.remove(gone)
-    ready_count = 0
+            for p in gone:
+                ps.remove(p)
+    # Both round up, as the controller scales them; they may not both be 0 (validation).
+    surge = _scaled(ru.get("maxSurge", 0), len(eligible), round_up=True)
+    unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=True)
+    if surge == 0 and unavailable_budget == 0:
+        unavailable_budget = 1
+
+    def available(p: PodState) -> bool:
+        return _ready(p, ps.now, min_ready)
+
+    def current(n: str) -> tuple[PodState | None, list[PodState]]:
+        pods = existing.get(n, [])
+        new = [p for p in pods if p.revision == rev]
+        for extra in new[1:]:
+            ps.remove(extra)
+        return (new[0] if new else None), [p for p in pods if p.revision != rev]
+
+    # As the controller counts: a node missing its pod, or whose new pod is not available yet, is
+    # unavailable; an old pod that is not available is replaced whatever the budget.
+    def unavailable_node(n: str) -> bool:
+        pods = existing.get(n, [])
+        return not pods or any(p.revision == rev and not available(p) for p in pods)
+
+    unavailable = sum(1 for n in eligible if unavailable_node(n))
+    surging = sum(1 for n in eligible if len({p.revision == rev for p in existing.get(n, [])}) > 1)
+    ready_count = available_count = updated = 0
     for n in eligible:
-        pod_name = f"{obj.key.name}-{podspecs.short_hash(n, 5)}"
-        p = existing.get(n)
-        if p is not None and p.revision != rev:
-            if not_ready < unavailable_budget and _ready(p, ps.now, 0):
-                not_ready += 1
-                ps.plan.pods.append(DesiredPod(pod_name, obj.key, n, rev, _spec(ps, obj, template, pod_name, n)))
-            else:
-                ps.keep(obj, p, _spec_for_record(ps, obj, p))
+        base = f"{obj.key.name}-{podspecs.short_hash(n, 5)}"
+        new, old = current(n)
+        if new is not None:
+            updated += 1
+            ready_count += _ready(new, ps.now, 0)
+            available_count += available(new)
+            ps.plan.pods.append(DesiredPod(new.name, obj.key, n, rev, _spec(ps, obj, template, new.name, n)))
+            for p in old:  # a surge pod's predecessor goes once the new one is available
+                if available(new):
+                    ps.remove(p)
+                else:
+                    ps.keep(obj, p, _spec_for_record(ps, obj, p))
             continue
-        if p is not None and _ready(p, ps.now, 0):
-            ready_count += 1
-        ps.plan.pods.append(DesiredPod(pod_name, obj.key, n, rev, _spec(ps, obj, template, pod_name, n)))
-    updated = sum(1 for n in eligible if n in existing and existing[n].revision == rev)
-    health = "Healthy" if ready_count == len(eligible) and updated == len(eligible) else "Progressing"
+        if not old:
+            ps.plan.pods.append(DesiredPod(base, obj.key, n, rev, _spec(ps, obj, template, base, n)))
+            continue
+        keep, extra = old[0], old[1:]
+        for p in extra:
+            ps.remove(p)
+        ready_count += _ready(keep, ps.now, 0)
+        available_count += available(keep)
+        if on_delete:
+            ps.keep(obj, keep, _spec_for_record(ps, obj, keep))
+        elif surge:
+            # An unavailable old pod gets its replacement beside it at once; an available one
+            # within maxSurge.
+            if not available(keep) or surging < surge:
+                surging += available(keep)
+                name = base if keep.name != base else f"{base}-{rev[:5]}"
+                ps.plan.pods.append(DesiredPod(name, obj.key, n, rev, _spec(ps, obj, template, name, n)))
+            ps.keep(obj, keep, _spec_for_record(ps, obj, keep))
+        elif not available(keep) or unavailable < unavailable_budget:
+            # Replaced in place (same name, new spec): an unavailable pod costs no availability.
+            unavailable += available(keep)
+            ps.plan.pods.append(DesiredPod(keep.name, obj.key, n, rev, _spec(ps, obj, template, keep.name, n)))
+        else:
+            ps.keep(obj, keep, _spec_for_record(ps, obj, keep))
+    complete = available_count == len(eligible) and updated == len(eligible)
+    message = f"{available_count}/{len(eligible)} nodes available"
+    if on_delete and updated < len(eligible):
+        message += f"; OnDelete: {len(eligible) - updated} keep their earlier template until deleted"
     ps.plan.statuses[obj.key] = Status(
-        health, f"{ready_count}/{len(eligible)} nodes ready", len(eligible), ready_count, updated, ready_count, rev
+        "Healthy" if complete else "Progressing", message, len(eligible), ready_count, updated, available_count, rev
     )
 
 

@@ -315,6 +315,13 @@ def pod_spec(
         "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
         "volumes": _volumes(spec, r, claims or {}),
     }
+    # A claim mounted readOnly (persistentVolumeClaim.readOnly) is read-only in every container.
+    read_only = {v.get("name") for v in spec.get("volumes") or []
+                 if isinstance(v.get("persistentVolumeClaim"), dict) and v["persistentVolumeClaim"].get("readOnly")}
+    for c in pod["containers"] + pod["initContainers"]:
+        for m in c["volumeMounts"]:
+            if m["name"] in read_only:
+                m["readOnly"] = True
     if index is not None:
         # First, so a container's own env of the same name wins, as the API server's defaulting.
         for c in pod["containers"] + pod["initContainers"]:

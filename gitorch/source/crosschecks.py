@@ -348,19 +348,7 @@ def cross_check(
             continue
         if key.kind in _WORKLOADS:
             out.extend(_run(obj, world, _check_workload, memos.get(key) if memos is not None else None))
-        if key.kind == "CronJob":
-            job = _map(_map(obj.spec.get("jobTemplate")).get("spec"))
-            if job.get("ttlSecondsAfterFinished") is not None:
-                out.append(
-                    _diag(
-                        obj,
-                        "/spec/jobTemplate/spec/ttlSecondsAfterFinished",
-                        "field has no effect on a CronJob's runs",
-                        "successfulJobsHistoryLimit and failedJobsHistoryLimit decide which runs' pods are kept",
-                        warning=True,
-                    )
-                )
-        elif key.kind == "Service":
+        if key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
         elif key.kind == "Namespace":
             for label in (podsecurity.ENFORCE_LABEL, podsecurity.WARN_LABEL):

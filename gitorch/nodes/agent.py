@@ -1436,7 +1436,7 @@ class ContainerSpec:
             pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
             post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
             security=SecuritySpec.parse(raw.get("security"), f"{where}.security"),
-            pull=_pull_policy(raw.get("imagePullPolicy"), f"{where}.imagePullPolicy"),
+            pull=_pull_policy(raw.get("imagePullPolicy"), raw.get("image"), f"{where}.imagePullPolicy"),
             sidecar=_sidecar(raw.get("restartPolicy"), f"{where}.restartPolicy", init),
         )
 
@@ -1452,14 +1452,23 @@ def _sidecar(raw: Any, where: str, init: bool) -> bool:
 PULL_POLICIES = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
 
 
-def _pull_policy(raw: Any, where: str) -> str:
-    """Kubernetes' imagePullPolicy as the runtime's --pull value. Unset is IfNotPresent for
-    every tag (Kubernetes pulls an untagged or :latest image on every start: set Always)."""
+def _pull_policy(raw: Any, image: Any, where: str) -> str:
+    """Kubernetes' imagePullPolicy as the runtime's --pull value. Unset, it is the API server's
+    default: Always for an image tagged :latest or not tagged at all, else IfNotPresent (an
+    image by digest included)."""
     if raw is None:
-        return "missing"
+        return PULL_POLICIES[default_pull_policy(image)]
     if raw not in PULL_POLICIES:
         raise SpecError(f"{where}: must be one of {', '.join(PULL_POLICIES)}")
     return PULL_POLICIES[raw]
+
+
+def default_pull_policy(image: Any) -> str:
+    """The imagePullPolicy Kubernetes gives a container that sets none."""
+    if not isinstance(image, str) or not image or "@" in image:
+        return "IfNotPresent"
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]  # a registry's :port is before the last "/"
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
 
 
 # A postStart hook may run this long; then it has failed (the kubelet waits for ever).

@@ -137,6 +137,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -1498,6 +1499,45 @@ def _file_mode(value: Any, where: str) -> int | None:
     return value
 
 
+HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+                   "BlockDevice")
+
+
+class MountFailed(OSError):
+    """A volume that cannot be set up as the pod asks (the kubelet's FailedMount): the pod stays
+    ContainerCreating and the agent tries again."""
+
+
+def check_host_path(path: str, kind: str) -> None:
+    """hostPath.type as the kubelet checks it before the pod starts, in its words: the ...OrCreate
+    types make what is missing (a folder 0755, an empty file 0644 whose folder must exist), the
+    others only check; "" checks nothing (gitorch then makes a missing folder, as Docker does)."""
+    if kind in ("", "DirectoryOrCreate") and not os.path.lexists(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    elif kind == "FileOrCreate" and not os.path.lexists(path):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+        except OSError as exc:
+            raise MountFailed(f"hostPath type check failed: {path}: {exc.strerror}") from None
+    if not kind:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    want, what = {
+        "DirectoryOrCreate": (stat.S_ISDIR, "a directory"),
+        "Directory": (stat.S_ISDIR, "a directory"),
+        "FileOrCreate": (stat.S_ISREG, "a file"),
+        "File": (stat.S_ISREG, "a file"),
+        "Socket": (stat.S_ISSOCK, "a socket file"),
+        "CharDevice": (stat.S_ISCHR, "a character device"),
+        "BlockDevice": (stat.S_ISBLK, "a block device"),
+    }[kind]
+    if not want(mode):
+        raise MountFailed(f"hostPath type check failed: {path} is not {what}")
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     name: str
@@ -1509,6 +1549,7 @@ class VolumeSpec:
     modes: tuple[tuple[str, int], ...] = ()  # per file, over default_mode
     memory: bool = False  # an emptyDir with medium Memory: a tmpfs
     size_limit: int | None = None  # its size in bytes (else half the node's memory, tmpfs's default)
+    host_path_type: str = ""  # hostPath.type: what must be at the path before the pod starts
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> VolumeSpec:
@@ -1540,8 +1581,11 @@ class VolumeSpec:
             return cls(name, "emptyDir", (), False, None, memory=memory, size_limit=size if memory else None)
         host = raw.get("hostPath")
         if host is not None:
+            kind = raw.get("hostPathType") or ""
+            if kind not in HOST_PATH_TYPES:
+                raise SpecError(f"{where}.hostPathType: must be one of {', '.join(HOST_PATH_TYPES)}")
             return cls(name, "hostPath", (), False,
-                       os.path.normpath(_path(host, f"{where}.hostPath")))
+                       os.path.normpath(_path(host, f"{where}.hostPath")), host_path_type=kind)
         raise SpecError(f"{where}: needs one of files, emptyDir, hostPath")
 
 
@@ -4301,6 +4345,15 @@ class Supervisor:
                 return
             try:
                 self.prepare(pod)
+            except MountFailed as exc:  # the kubelet's FailedMount: ContainerCreating, tried again
+                pod.prepare_retry = now + 5.0
+                message = self.redact(str(exc))
+                if pod.message != message:
+                    self.log(f"pod {pod.label}: FailedMount: {message}")
+                pod.message = message
+                for ctr in pod.all_containers():
+                    ctr.reason, ctr.message = "ContainerCreating", message
+                return
             except OSError as exc:
                 pod.prepare_retry = now + 5.0
                 message = self.redact(f"volume setup failed: {exc}")
@@ -4375,7 +4428,10 @@ class Supervisor:
             os.chmod(volumes, 0o750)
         for vol in pod.spec.volumes:
             if vol.kind == "hostPath" and vol.host_path is not None:
-                os.makedirs(vol.host_path, exist_ok=True)
+                try:
+                    check_host_path(vol.host_path, vol.host_path_type)
+                except MountFailed as exc:
+                    raise MountFailed(f'MountVolume.SetUp failed for volume "{vol.name}" : {exc}') from None
                 if owner is not None and vol.host_path.startswith(CLAIM_ROOT + "/"):
                     give_volume(vol.host_path, owner, recursive=False)
             elif vol.kind == "emptyDir":

@@ -259,7 +259,10 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             path = bound.path if bound else volumes.provisioned_path(r.namespace, claim)
             out.append({"name": name, "hostPath": path})
         elif isinstance(v.get("hostPath"), dict):
-            out.append({"name": name, "hostPath": v["hostPath"].get("path")})
+            host: dict[str, Any] = {"name": name, "hostPath": v["hostPath"].get("path")}
+            if v["hostPath"].get("type"):  # only when set: other pods keep their hash
+                host["hostPathType"] = str(v["hostPath"]["type"])
+            out.append(host)
         else:
             empty: dict[str, Any] = {"name": name, "emptyDir": True}
             source = v.get("emptyDir") if isinstance(v.get("emptyDir"), dict) else {}

@@ -81,7 +81,9 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "container.resources": ("gitorch.model.admission:pod_usage", SCH + "_container_requests", S + "_resources"),
     "container.securityContext": (S + "_security",),
     "containerPort": (S + "_container",),
-    "containerPort.hostPort": (SCH + "pod_info_from_template",),
+    # The scheduler keeps two pods off one node port; the port itself is forwarded (DNAT) by the
+    # service table's host-port entries.
+    "containerPort.hostPort": ("gitorch.reconcile.services:host_ports",),
     "resourceRequirements": (SCH + "_container_requests", S + "_resources"),
     "resourceList": (SCH + "_container_requests", S + "_resources"),
     "envVar": (S + "_env",),

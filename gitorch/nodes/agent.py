@@ -3205,7 +3205,10 @@ def parse_services(raw: Any) -> list[Json]:
         ranges = s.get("sourceRanges") or []
         if not isinstance(ranges, list) or not all(isinstance(r, str) and _CIDR.fullmatch(r) for r in ranges):
             raise RequestError(f"sync: {where}.sourceRanges must be a list of IPv4 CIDRs")
-        out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip,
+        host_port = _service_port(s["hostPort"], f"{where}.hostPort") if s.get("hostPort") else None
+        if host_port is not None and len(endpoints) != 1:
+            raise RequestError(f"sync: {where}: a hostPort entry has exactly one endpoint, its pod")
+        out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip, "hostPort": host_port,
                     "port": _service_port(s.get("port"), f"{where}.port"), "nodePort": node_port,
                     "endpoints": endpoints, "affinity": affinity, "loadBalancerIP": lb,
                     "sourceRanges": ranges, "local": bool(s.get("local"))})
@@ -3224,6 +3227,15 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Itera
         proto, eps = s["protocol"], s["endpoints"]
         match = f"meta l4proto {proto} th dport"
         comment = f'comment "{re.sub(r"[^A-Za-z0-9._:/-]", "_", s["name"])[:100]}"'
+        if s.get("hostPort"):
+            # A pod's hostPort, as the CNI portmap plugin does it: this node's addresses at that
+            # port go to the pod; only for a pod of this node (the table is the cluster's).
+            (ip, port), = eps
+            if _in_cidr(ip, pod_cidr):
+                rules.append(f"fib daddr type local ip daddr != 127.0.0.0/8 {match} {s['hostPort']} goto hp{i} "
+                             f"{comment}")
+                chains.append(f"chain hp{i} {{\n meta l4proto {proto} dnat to {ip}:{port} {comment}\n }}")
+            continue
         targets = []
         if s["clusterIP"]:
             targets.append((f"ip daddr {s['clusterIP']} {match} {s['port']}", f"svc{i}"))

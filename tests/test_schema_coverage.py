@@ -22,6 +22,7 @@ from gitorch.model.diagnostics import Severity
 from gitorch.source.git import SourceFile
 from gitorch.source.no_effect import NO_EFFECT, REQUIRED, Prop, reason_for, schema_properties
 from gitorch.source.validation import SCHEMA_DIR, _check_file
+from tests.gitrepo import GitRepo
 
 P = "gitorch.reconcile.planning:"
 S = "gitorch.reconcile.podspecs:"
@@ -333,3 +334,56 @@ spec:
 """
     result = _check_file(SourceFile("data.yaml", "blob-pvc", doc), None)
     assert not result.diagnostics, [d.format() for d in result.diagnostics]
+
+
+def test_the_readme_lists_every_no_effect_field_with_its_reason() -> None:
+    from pathlib import Path
+
+    from gitorch.source.no_effect import NO_EFFECT_WHEN, markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    begin, end = "<!-- no-effect:begin -->\n", "<!-- no-effect:end -->"
+    listed = readme[readme.index(begin) + len(begin) : readme.index(end)]
+    assert listed == markdown(), "README's no-effect table is stale: paste gitorch.source.no_effect.markdown()"
+    for location in (*NO_EFFECT, *NO_EFFECT_WHEN):
+        assert f"`{location.split('/', 1)[-1]}`" in listed, location
+
+
+def test_conditional_and_per_kind_no_effect_fields_warn_with_the_tables_reasons(repo: GitRepo) -> None:
+    from gitorch.source import desired
+    from gitorch.source.git import open_repository
+    from gitorch.source.no_effect import NO_EFFECT_WHEN
+
+    pod = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: default}
+spec:
+  containers: [{name: c, command: [sleep, "1"], volumeMounts: [{name: a, mountPath: /a}, {name: b, mountPath: /b}]}]
+  volumes:
+    - {name: a, emptyDir: {sizeLimit: 1Gi}}
+    - {name: b, emptyDir: {medium: Memory, sizeLimit: 1Gi}}
+"""
+    cron = """\
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: c, namespace: default}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      ttlSecondsAfterFinished: 30
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, command: [sleep, "1"]}]
+"""
+    repo.commit("x", {"pod.yaml": pod, "cron.yaml": cron, "job.yaml": _DOC.decode()})
+    state = desired.load(open_repository(repo.path), None)
+    warned = sorted((d.path, d.pointer, d.hint) for d in state.diagnostics if d.severity is Severity.WARNING)
+    assert warned == [
+        ("cron.yaml", "/spec/jobTemplate/spec/ttlSecondsAfterFinished",
+         NO_EFFECT["cronjob/jobSpec.ttlSecondsAfterFinished"]),
+        ("job.yaml", "/spec/template/spec/subdomain", NO_EFFECT["podSpec.subdomain"]),  # a Job's TTL works
+        ("pod.yaml", "/spec/volumes/0/emptyDir/sizeLimit", NO_EFFECT_WHEN["volume.emptyDir.sizeLimit"][1]),
+    ], warned

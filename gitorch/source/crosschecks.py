@@ -40,6 +40,7 @@ from gitorch.model.routes import (
 )
 from gitorch.source import podsecurity
 from gitorch.source.certificates import tls_pair_problem
+from gitorch.source.no_effect import NO_EFFECT_WHEN
 
 Memo = MutableMapping[str, Any]
 """One object's memo: what its rules last found and read; it lives as long as its parsed file."""
@@ -980,8 +981,8 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         volume_names.add(str(vol.get("name")))
         empty = vol.get("emptyDir")
         if isinstance(empty, dict) and empty.get("sizeLimit") is not None and empty.get("medium") != "Memory":
-            out.append(_diag(obj, f"{vptr}/emptyDir/sizeLimit", "field has no effect on an emptyDir on disk",
-                             "gitorch limits only a medium: Memory emptyDir (a tmpfs of that size)", warning=True))
+            out.append(_diag(obj, f"{vptr}/emptyDir/sizeLimit", "field has no effect",
+                             NO_EFFECT_WHEN["volume.emptyDir.sizeLimit"][1], warning=True))
         if isinstance(vol.get("configMap"), dict):
             out.extend(
                 _ref(

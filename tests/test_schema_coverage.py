@@ -182,12 +182,16 @@ def _strings(ref: str) -> frozenset[str]:
 
 def _effect(schema: str, location: str) -> tuple[str, tuple[str, ...]] | None:
     """The EFFECTS entry for a field of a kind: the longest prefix of its location, the kind's
-    own (`cronjob/jobSpec`) before the shared one, and `*.` entries for any owner."""
+    own (`cronjob/jobSpec`) before the shared one, and `*.` entries for any kind's own fields
+    (not a shared definition's: `roleRef.kind` is not `*.kind`)."""
     kind = schema.removesuffix(".json")
     parts = location.split(".")
     for n in range(len(parts), 0, -1):
         here = ".".join(parts[:n])
-        for key in (f"{kind}/{here}", here, ".".join(("*", *parts[1:n]))):
+        keys = [f"{kind}/{here}", here]
+        if parts[0] == kind:
+            keys.append(".".join(("*", *parts[1:n])))
+        for key in keys:
             if key in EFFECTS:
                 return key, EFFECTS[key]
     return None

@@ -112,6 +112,7 @@ EFFECTS.update({
     # Config and storage
     "configmap": ("gitorch.reconcile.podspecs:_config_values",),
     "secret": ("gitorch.reconcile.podspecs:_config_values", X + "_check_ingresses", X + "cross_check"),
+    "persistentvolume.spec.hostPath.type": (S + "_volumes",),  # sent with the claim's volume
     "persistentvolume.spec": ("gitorch.model.volumes:static_bindings", "gitorch.model.volumes:volume_path",
                               "gitorch.model.volumes:volume_node", P + "_Volumes.pin"),
     "persistentVolumeClaimSpec": ("gitorch.model.volumes:static_bindings", "gitorch.model.volumes:claim_class",

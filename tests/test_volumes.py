@@ -216,3 +216,11 @@ def test_access_modes_across_nodes_are_refused_with_the_hint(repo: GitRepo, mode
     assert len(got) == 1, got
     assert got[0].startswith("pvc.yaml:5:17: /spec/accessModes/0:"), got
     assert "volumes are node-local, so ReadOnlyMany and ReadWriteMany are not supported" in got[0], got
+
+
+def test_a_persistent_volumes_host_path_type_is_checked_on_the_node_as_a_pods_own(repo: GitRepo) -> None:
+    typed = PV.replace("local: {path: /mnt/disks/a}", "hostPath: {path: /mnt/disks/a, type: Directory}")
+    s = load(repo, {"sc.yaml": MANUAL, "pv.yaml": typed, "pvc.yaml": claim(cls="manual"), "web.yaml": using("web", 1)})
+    assert errors(s) == [] and not [d for d in s.diagnostics if "hostPath/type" in d.pointer]
+    (pod,) = plan(s, Observed(1000.0, (), NODES)).pods
+    assert pod.spec["volumes"] == [{"name": "d", "hostPath": "/mnt/disks/a", "hostPathType": "Directory"}]

@@ -257,7 +257,12 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             claim = str(v["persistentVolumeClaim"].get("claimName"))
             bound = static_bindings(r.state).get(ObjectKey("PersistentVolumeClaim", r.namespace, claim))
             path = bound.path if bound else volumes.provisioned_path(r.namespace, claim)
-            out.append({"name": name, "hostPath": path})
+            claimed: dict[str, Any] = {"name": name, "hostPath": path}
+            pv = r.state.objects.get(ObjectKey("PersistentVolume", "", bound.volume)) if bound else None
+            kind = str(_dict(pv.spec.get("hostPath")).get("type") or "") if pv is not None else ""
+            if kind:  # a PersistentVolume's hostPath.type, checked on the node as a pod's own
+                claimed["hostPathType"] = kind
+            out.append(claimed)
         elif isinstance(v.get("hostPath"), dict):
             host: dict[str, Any] = {"name": name, "hostPath": v["hostPath"].get("path")}
             if v["hostPath"].get("type"):  # only when set: other pods keep their hash

@@ -35,7 +35,6 @@ NO_EFFECT: dict[str, str] = {
     "storageclass.parameters": _COMPAT + "gitorch's local provisioner takes no parameters",
     "storageclass.allowVolumeExpansion": _COMPAT + "gitorch does not limit a volume's size, so it can always grow",
     "persistentvolume.spec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
-    "persistentvolume.spec.hostPath.type": _COMPAT + "a missing directory is always made (DirectoryOrCreate)",
     "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",

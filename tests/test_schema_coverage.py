@@ -344,20 +344,19 @@ spec:
 def test_the_readme_lists_every_no_effect_field_with_its_reason() -> None:
     from pathlib import Path
 
-    from gitorch.source.no_effect import NO_EFFECT_WHEN, markdown
+    from gitorch.source.no_effect import markdown
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     begin, end = "<!-- no-effect:begin -->\n", "<!-- no-effect:end -->"
     listed = readme[readme.index(begin) + len(begin) : readme.index(end)]
     assert listed == markdown(), "README's no-effect table is stale: paste gitorch.source.no_effect.markdown()"
-    for location in (*NO_EFFECT, *NO_EFFECT_WHEN):
+    for location in NO_EFFECT:
         assert f"`{location.split('/', 1)[-1]}`" in listed, location
 
 
-def test_conditional_and_per_kind_no_effect_fields_warn_with_the_tables_reasons(repo: GitRepo) -> None:
+def test_per_kind_no_effect_fields_warn_with_the_tables_reasons(repo: GitRepo) -> None:
     from gitorch.source import desired
     from gitorch.source.git import open_repository
-    from gitorch.source.no_effect import NO_EFFECT_WHEN
 
     pod = """\
 apiVersion: v1
@@ -390,5 +389,4 @@ spec:
         ("cron.yaml", "/spec/jobTemplate/spec/ttlSecondsAfterFinished",
          NO_EFFECT["cronjob/jobSpec.ttlSecondsAfterFinished"]),
         ("job.yaml", "/spec/template/spec/subdomain", NO_EFFECT["podSpec.subdomain"]),  # a Job's TTL works
-        ("pod.yaml", "/spec/volumes/0/emptyDir/sizeLimit", NO_EFFECT_WHEN["volume.emptyDir.sizeLimit"][1]),
-    ], warned
+    ], warned  # an emptyDir's sizeLimit has an effect in memory (a tmpfs) and on disk (eviction): no warning

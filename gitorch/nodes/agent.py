@@ -1550,6 +1550,7 @@ class VolumeSpec:
     memory: bool = False  # an emptyDir with medium Memory: a tmpfs
     size_limit: int | None = None  # its size in bytes (else half the node's memory, tmpfs's default)
     host_path_type: str = ""  # hostPath.type: what must be at the path before the pod starts
+    size_text: str = ""  # an emptyDir's sizeLimit as written (1Gi), for the eviction message
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> VolumeSpec:
@@ -1578,7 +1579,9 @@ class VolumeSpec:
             size = raw.get("sizeLimit")
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
                 raise SpecError(f"{where}.sizeLimit: must be a number of bytes")
-            return cls(name, "emptyDir", (), False, None, memory=memory, size_limit=size if memory else None)
+            # On disk, sizeLimit is watched (check_local_storage): past it, the pod is evicted.
+            return cls(name, "emptyDir", (), False, None, memory=memory, size_limit=size,
+                       size_text=str(raw.get("sizeLimitText") or size or ""))
         host = raw.get("hostPath")
         if host is not None:
             kind = raw.get("hostPathType") or ""
@@ -2311,6 +2314,7 @@ class Pod:
         self.stopping = False
         self.stopped = False
         self.fatal: list[str] | None = None  # [reason, message]: the pod is Failed
+        self.evicting: str | None = None  # why its containers are being killed, before it is Failed (Evicted)
         self.message = ""
         self.internal_error = ""
         self.netns = False  # runs in its own network namespace (else on the node's network)
@@ -2411,6 +2415,32 @@ def volume_source(paths: Paths, pod: Pod, vol: VolumeSpec) -> str:
     if vol.kind == "hostPath" and vol.host_path is not None:
         return vol.host_path
     return paths.volume_dir(pod.key, vol.name)
+
+
+# How often the supervisor measures emptyDirs on disk against their sizeLimit (the kubelet's
+# eviction manager looks every 10 s).
+LOCAL_STORAGE_SECONDS = float(os.environ.get("GITORCH_LOCAL_STORAGE_SECONDS", "10"))
+DISK_USAGE_MAX_ENTRIES = 100_000
+
+
+def disk_usage(folder: str, stop_above: int) -> int:
+    """Bytes a folder's files take on disk (du's count: allocated blocks), not following links;
+    the walk stops once past `stop_above`, or after DISK_USAGE_MAX_ENTRIES entries (what it
+    counted so far)."""
+    total, seen, todo = 0, 0, [folder]
+    while todo and total <= stop_above and seen < DISK_USAGE_MAX_ENTRIES:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    with contextlib.suppress(OSError):
+                        info = entry.stat(follow_symlinks=False)
+                        total += info.st_blocks * 512
+                        if stat.S_ISDIR(info.st_mode):
+                            todo.append(entry.path)
+        except OSError:
+            continue
+    return total
 
 
 def mount_tmpfs(folder: str, size: int | None) -> None:
@@ -4010,6 +4040,7 @@ class Supervisor:
         self._last_status = ""
         self._last_rotate = 0.0
         self._last_index = 0.0
+        self._last_storage_check = 0.0
         self._log_fd = -1
         self._lock_fd = -1
         self._wake_r = -1
@@ -4309,8 +4340,13 @@ class Supervisor:
             self.log_error("desired", f"reading desired.json failed: {exc}")
         self.ensure_node_network()
         self.batch_pod_networks(now)
+        measure = now - self._last_storage_check >= LOCAL_STORAGE_SECONDS
+        if measure:
+            self._last_storage_check = now
         for pod in list(self.pods.values()):
             try:
+                if measure:
+                    self.check_local_storage(pod)
                 self.step_pod(pod, now)
                 pod.internal_error = ""
             except Exception as exc:  # one bad pod must never take the supervisor down
@@ -4347,6 +4383,9 @@ class Supervisor:
     def step_pod(self, pod: Pod, now: float) -> None:
         if pod.stopping:
             self.step_stopping(pod, now)
+            return
+        if pod.evicting is not None:
+            self.step_evicting(pod, now)
             return
         if pod.fatal or pod.spec is None:
             return
@@ -4594,6 +4633,42 @@ class Supervisor:
         self.cleanup(pod)
         pod.stopped = True
         self.log(f"pod {pod.label} stopped")
+
+    def step_evicting(self, pod: Pod, now: float) -> None:
+        """The kubelet's eviction: every container killed at once (no grace period), then the pod
+        is Failed with reason Evicted and never restarted; its controller makes a replacement."""
+        for ctr in pod.all_containers():
+            if ctr.state == "running" and ctr.kill_deadline is None:
+                exited, rc = ctr.poll_exit()
+                if exited:
+                    self.on_exit(pod, ctr, rc, now, stopping=True)
+                else:
+                    self.begin_kill(pod, ctr, now, "evicted", "")
+                    ctr.kill_deadline = now  # SIGKILL on the next step: an eviction has no grace
+            if ctr.busy:
+                self.step_container(pod, ctr, now, stopping=True)
+        if any(c.busy for c in pod.all_containers()):
+            return
+        for ctr in pod.all_containers():
+            ctr.stop_probes()
+            if ctr.state != "terminated":
+                ctr.state, ctr.reason, ctr.message = "terminated", "Evicted", ""
+        pod.fatal, pod.evicting = ["Evicted", pod.evicting or ""], None
+
+    def check_local_storage(self, pod: Pod) -> None:
+        """An emptyDir on disk past its sizeLimit evicts its pod, as the kubelet's eviction
+        manager does, in its words."""
+        if pod.spec is None or not pod.prepared or pod.stopping or pod.fatal or pod.evicting is not None:
+            return
+        for vol in pod.spec.volumes:
+            if vol.kind != "emptyDir" or vol.memory or not vol.size_limit:
+                continue
+            used = disk_usage(self.paths.volume_dir(pod.key, vol.name), vol.size_limit)
+            if used > vol.size_limit:
+                message = f'Usage of EmptyDir volume "{vol.name}" exceeds the limit "{vol.size_text}". '
+                self.log(f"pod {pod.label}: Evicted: {message}")
+                pod.evicting = message
+                return
 
     def cleanup(self, pod: Pod) -> None:
         for ctr in pod.all_containers():

@@ -221,6 +221,11 @@ def evicted(node: NodeState | None, tolerations: Iterable[Mapping[str, Any]], no
     return False
 
 
+def node_evicted(p: PodState) -> bool:
+    """A pod its node's agent evicted (as the kubelet's eviction manager): Failed, for good."""
+    return p.phase == "Failed" and p.reason == "Evicted"
+
+
 def _scaled(value: Any, total: int, *, round_up: bool) -> int:
     if isinstance(value, str) and value.endswith("%"):
         frac = int(value[:-1]) * total / 100
@@ -298,15 +303,18 @@ class _Pass:
         return self.scales.get(obj.key, int(obj.spec.get("replicas", 1)))
 
     # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
-    # counts go, as the taint manager deletes them in Kubernetes.
+    # counts go, as the taint manager deletes them in Kubernetes; so are pods the node's
+    # agent evicted (Failed, reason Evicted: an emptyDir past its sizeLimit), whose
+    # ReplicaSet replaces them.
     def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
         live: list[PodState] = []
         lost: list[PodState] = []
         template = self.template(obj) or {}
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
+        replaced = obj.key.kind in ("Deployment", "ReplicaSet")
         for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
-            gone = p.node is not None and evicted(node, tolerations, self.now)
+            gone = (p.node is not None and evicted(node, tolerations, self.now)) or (replaced and node_evicted(p))
             drained = not gone and node is not None and node.draining and not p.finished
             (lost if gone or (drained and self.may_evict(obj, template, p)) else live).append(p)
         return live, lost
@@ -910,7 +918,8 @@ def _deployment(ps: _Pass, obj: Object) -> None:
         allowed = missing if not old else 0  # only once every old pod is gone
     else:
         allowed = max(0, min(missing, replicas + surge - len(keep_new) - remaining_old))
-    used = {_index(p.name) for p in keep_new}
+    # An evicted pod's name stays taken while its node still holds it (Failed, being removed).
+    used = {_index(p.name) for p in keep_new} | {_index(p.name) for p in lost if node_evicted(p)}
     index = 0
     for _ in range(allowed):
         while index in used:
@@ -989,7 +998,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
             _keep(ps, obj, template, p)
         else:
             ps.keep(obj, p, _spec_for_record(ps, obj, p))
-    used = {_index(p.name) for p in keep}
+    used = {_index(p.name) for p in keep} | {_index(p.name) for p in lost if node_evicted(p)}
     index = 0
     for _ in range(replicas - len(keep)):
         while index in used:
@@ -1196,7 +1205,15 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     replicas = ps.replicas(obj)
     ordered = spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
     rev = _revision(ps, obj, template)
-    pods = {p.ordinal if p.ordinal is not None else _index(p.name): p for p in ps.by_owner.get(obj.key, [])}
+    pods: dict[int, PodState] = {}
+    evicted_now: set[int] = set()
+    for p in ps.by_owner.get(obj.key, []):
+        i = p.ordinal if p.ordinal is not None else _index(p.name)
+        if node_evicted(p):  # deleted, as the StatefulSet controller deletes a failed pod; made again next pass
+            ps.remove(p)
+            evicted_now.add(i)
+        else:
+            pods[i] = p
     name = obj.key.name
     ns = obj.key.namespace
     claim_names = [str((t.get("metadata") or {}).get("name")) for t in spec.get("volumeClaimTemplates") or []]
@@ -1249,7 +1266,8 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
             if ordered and not ready.get(i, False):
                 blocked = True
             continue
-        if blocked:
+        if blocked or i in evicted_now:
+            blocked = blocked or ordered
             continue
         _create(ps, obj, template, pod_name, rev, i, claims(i), pod_name)
         if ordered:
@@ -1286,8 +1304,12 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
     ru = strategy.get("rollingUpdate") or {}
     min_ready = float(obj.spec.get("minReadySeconds", 0))
     existing: dict[str, list[PodState]] = {}
+    evicted_on: set[str] = set()
     for p in ps.by_owner.get(obj.key, []):
-        if p.node:
+        if p.node and node_evicted(p):  # deleted; the node gets a new pod on the next pass
+            ps.remove(p)
+            evicted_on.add(p.node)
+        elif p.node:
             existing.setdefault(p.node, []).append(p)
     eligible: list[str] = []
     for node in ps.node_list:  # a node on standby runs no pods, DaemonSet pods included
@@ -1343,7 +1365,8 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
                     ps.keep(obj, p, _spec_for_record(ps, obj, p))
             continue
         if not old:
-            ps.plan.pods.append(DesiredPod(base, obj.key, n, rev, _spec(ps, obj, template, base, n)))
+            if n not in evicted_on:
+                ps.plan.pods.append(DesiredPod(base, obj.key, n, rev, _spec(ps, obj, template, base, n)))
             continue
         keep, extra = old[0], old[1:]
         for p in extra:

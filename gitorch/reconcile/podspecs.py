@@ -271,11 +271,15 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
         else:
             empty: dict[str, Any] = {"name": name, "emptyDir": True}
             source = v.get("emptyDir") if isinstance(v.get("emptyDir"), dict) else {}
-            if source.get("medium") == "Memory":  # only when set: other pods keep their hash
+            # Only when set: other pods keep their hash. In memory, sizeLimit is the tmpfs's size;
+            # on disk the node measures the folder and evicts the pod past it, as the kubelet does.
+            if source.get("medium") == "Memory":
                 empty["medium"] = "Memory"
-                if source.get("sizeLimit") is not None:
-                    with contextlib.suppress(QuantityError):  # validation reported it
-                        empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+            if source.get("sizeLimit") is not None:
+                with contextlib.suppress(QuantityError):  # validation reported it
+                    empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+                    if source.get("medium") != "Memory":
+                        empty["sizeLimitText"] = str(source["sizeLimit"])
             out.append(empty)
     for name, path in claims.items():
         out.append({"name": name, "hostPath": path})

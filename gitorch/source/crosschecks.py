@@ -40,7 +40,6 @@ from gitorch.model.routes import (
 )
 from gitorch.source import podsecurity
 from gitorch.source.certificates import tls_pair_problem
-from gitorch.source.no_effect import NO_EFFECT_WHEN
 
 Memo = MutableMapping[str, Any]
 """One object's memo: what its rules last found and read; it lives as long as its parsed file."""
@@ -979,10 +978,6 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         if vol.get("name") in volume_names:
             out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
         volume_names.add(str(vol.get("name")))
-        empty = vol.get("emptyDir")
-        if isinstance(empty, dict) and empty.get("sizeLimit") is not None and empty.get("medium") != "Memory":
-            out.append(_diag(obj, f"{vptr}/emptyDir/sizeLimit", "field has no effect",
-                             NO_EFFECT_WHEN["volume.emptyDir.sizeLimit"][1], warning=True))
         if isinstance(vol.get("configMap"), dict):
             out.extend(
                 _ref(

@@ -70,15 +70,6 @@ NO_EFFECT: dict[str, str] = {
     "persistentVolumeClaimSpec.resources.limits.storage": _COMPAT + "gitorch does not limit a volume's size",
 }
 
-# Fields with no effect for some values only: the cross-object checks (source/crosschecks.py)
-# warn where a manifest sets them so. location -> (when, reason).
-NO_EFFECT_WHEN: dict[str, tuple[str, str]] = {
-    "volume.emptyDir.sizeLimit": (
-        "without medium: Memory",
-        "no effect on an emptyDir on disk: gitorch limits only a medium: Memory emptyDir (a tmpfs of that size)",
-    ),
-}
-
 # Entries the schema requires (as Kubernetes does): a manifest cannot leave them out, so
 # `validate` does not warn about them; they stay in NO_EFFECT for the record.
 REQUIRED: frozenset[str] = frozenset({
@@ -215,7 +206,6 @@ def markdown() -> str:
     """Every accepted-no-effect field with its reason, as the README's table lists them."""
     rows = [(f"`{k.split('/', 1)[-1]}`" + (f" ({k.split('/', 1)[0]})" if "/" in k else ""), reason)
             for k, reason in sorted(NO_EFFECT.items(), key=lambda kv: kv[0].split("/")[-1])]
-    rows += [(f"`{k}` ({when})", reason) for k, (when, reason) in sorted(NO_EFFECT_WHEN.items())]
     lines = ["| field | why it has no effect |", "| --- | --- |"]
     lines += [f"| {field} | {reason.replace('|', '/')} |" for field, reason in rows]
     return "\n".join(lines) + "\n"

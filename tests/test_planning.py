@@ -677,3 +677,22 @@ def test_statefulset_min_ready_seconds_orders_on_availability(repo: GitRepo) -> 
     status = held.statuses[next(iter(held.statuses))]
     assert (status.ready, status.available, status.health) == (1, 0, "Progressing")
     assert [d.name for d in plan(s, Observed(now + 21, ready, NODES)).pods] == ["kv-0", "kv-1"]
+
+
+def test_a_rollout_that_can_neither_surge_nor_drop_a_pod_is_refused(repo: GitRepo) -> None:
+    from gitorch.model.diagnostics import Severity
+
+    for files, ptr in (
+        ({"web.yaml": deployment(3, "v1", surge=0, unavailable=0)}, "/spec/strategy/rollingUpdate/maxUnavailable"),
+        ({"web.yaml": deployment(3, "v1"),
+          "ds.yaml": daemonset("1", "  updateStrategy: {rollingUpdate: {maxUnavailable: 0%}}\n")},
+         "/spec/updateStrategy/rollingUpdate/maxUnavailable"),
+    ):
+        repo.commit("x", {"ns.yaml": NS, **files})
+        s = desired.load(open_repository(repo.path), None)
+        errors = [d for d in s.diagnostics if d.severity is Severity.ERROR]
+        assert [(d.pointer, d.message) for d in errors] == [(ptr, "may not be 0 when `maxSurge` is 0")], errors
+    # The DaemonSet default (maxUnavailable 1, maxSurge 0) and a surge alone are fine.
+    surge = "  updateStrategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n"
+    state(repo, {"ds.yaml": daemonset("1", surge)})
+    state(repo, {"ds.yaml": daemonset("1")})

@@ -348,6 +348,8 @@ def cross_check(
             continue
         if key.kind in _WORKLOADS:
             out.extend(_run(obj, world, _check_workload, memos.get(key) if memos is not None else None))
+        if key.kind in ("Deployment", "DaemonSet"):
+            out.extend(_check_rollout_budget(obj))
         if key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
         elif key.kind == "Namespace":
@@ -828,6 +830,23 @@ def secret_value(secret: Object, key: str) -> bytes | None:
         return base64.b64decode(str(raw), validate=True)
     except (binascii.Error, ValueError):
         return b""
+
+
+def _check_rollout_budget(obj: Object) -> list[Diagnostic]:
+    """A rolling update that may neither add a pod nor take one away could never progress:
+    Kubernetes refuses maxSurge and maxUnavailable both 0, in these words."""
+    field = "strategy" if obj.key.kind == "Deployment" else "updateStrategy"
+    ru = _map(_map(obj.spec.get(field)).get("rollingUpdate"))
+    defaults = ("25%", "25%") if obj.key.kind == "Deployment" else (0, 1)
+    surge, unavailable = ru.get("maxSurge", defaults[0]), ru.get("maxUnavailable", defaults[1])
+
+    def zero(v: Any) -> bool:
+        return v == 0 or (isinstance(v, str) and v.rstrip("%") in ("0", ""))
+
+    if not (zero(surge) and zero(unavailable)):
+        return []
+    return [_diag(obj, f"/spec/{field}/rollingUpdate/maxUnavailable", "may not be 0 when `maxSurge` is 0",
+                  "allow one pod more (maxSurge: 1) or one unavailable (maxUnavailable: 1)")]
 
 
 def _check_tls_secret(secret: Object) -> list[Diagnostic]:

@@ -1049,7 +1049,8 @@ def _paused_deployment(
             ps.remove(p)
         else:
             _keep(ps, obj, template, p)
-    used = {_index(p.name) for p in kept_new}
+    used = {_index(p.name) for p in kept_new} | {  # an evicted pod's name stays taken while it is removed
+        _index(p.name) for p in ps.by_owner.get(obj.key, []) if node_evicted(p)}
     index = 0
     for _ in range(max(0, replicas - (len(new) + len(old) - excess))):
         while index in used:

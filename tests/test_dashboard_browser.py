@@ -179,7 +179,7 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
         page.shot("login-refused")
         _log_in(page, TOKEN)
         assert browser.current_url == server.url + "/objects"
-        assert [c["name"] for c in browser.get_cookies()] == ["gitorch_ui"]
+        assert _cookies(browser) == [("gitorch_ui", True, True, "Strict")]  # HttpOnly, Secure, as the browser keeps it
 
         # A drift check (it only reports while serve leads) reaches the open overview by itself.
         page.open("/")
@@ -250,10 +250,12 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
 
         assert page.errors() == []
 
-        # A narrow window: nothing wider than the screen; the page prints.
+        # A narrow window: no page wider than the screen; the page prints.
         browser.set_window_size(400, 900)
+        with store() as s:
+            current = next(p for p in s.pods() if p.owner_name == "ticker")  # the first pod is gone with v1
+        assert _too_wide(page, [*pages.values(), f"/pods/dash/{current.name}/logs"]) == []
         page.open("/objects")
-        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
         page.shot("objects-narrow")
         pdf = browser.print_page()
         assert len(pdf) > 1000
@@ -286,6 +288,45 @@ def _log_in(page: Page, token: str) -> None:
 
 def _ticks(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"tick (\d+)", text)]
+
+
+def _cookies(browser: Any) -> list[tuple[str, bool, bool, str]]:
+    return [(c["name"], c.get("httpOnly"), c.get("secure"), c.get("sameSite")) for c in browser.get_cookies()]
+
+
+def _too_wide(page: Page, paths: list[str]) -> list[tuple[str, int, int]]:
+    """The pages wider than the window (a table scrolls sideways inside its own box instead)."""
+    wide = []
+    for path in paths:
+        page.open(path)
+        width, window = page.driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]")
+        if width > window + 1:
+            wide.append((path, width, window))
+    return wide
+
+
+def test_the_login_cookie_as_chromium_keeps_it_and_every_page_in_a_narrow_window(
+    filled: Store, browser: Any,  # noqa: F811
+) -> None:
+    site = Site()
+    site.add("dashboard", Dashboard(filled, token=TOKEN).endpoints())
+    server = HttpServer("127.0.0.1", 0, site)
+    server.start()
+    try:
+        page = Page(browser, f"http://127.0.0.1:{server.address[1]}")
+        page.open("/")
+        _log_in(page, TOKEN)
+        assert _cookies(browser) == [("gitorch_ui", True, True, "Strict")]
+        assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+        browser.set_window_size(400, 900)
+        paths = ["/", "/objects", "/revisions", f"/revisions/{C1}", "/drift", "/events", "/nodes", "/nodes/node-1",
+                 "/pods/shop/web-abc123-0/logs"]
+        assert _too_wide(page, paths) == []
+        assert page.errors() == []
+    finally:
+        browser.set_window_size(1280, 900)
+        server.close()
 
 
 
@@ -322,18 +363,23 @@ def test_a_live_update_keeps_a_folded_workload_folded_and_copy_works(filled: Sto
         server.close()
 
 
-def test_a_renewed_live_stream_refreshes_the_page_without_errors(filled: Store, browser: Any) -> None:  # noqa: F811
-    """A stream ends after its lifetime with a "renew" event and the page opens a new one at once,
-    without a console error; a change between the two would never be announced, so the page
-    fetches its live part again on each renewal."""
+def test_a_renewed_live_stream_goes_on_from_its_marks_without_errors(filled: Store, browser: Any) -> None:  # noqa: F811
+    """A stream ends after its lifetime with a "renew" event naming the marks it announced last,
+    and the page opens the next one from those at once, without a console error: nothing is
+    fetched again while nothing changes, and a change after a few renewals still shows."""
 
     class Counted(Dashboard):
         refreshed = 0
+        streams: list[str] = []
 
         def _objects(self, req: Any) -> dict[str, Any]:
             if req.query.get("part") == "live":
                 Counted.refreshed += 1
             return super()._objects(req)
+
+        def _live_stream(self, req: Any) -> Any:
+            Counted.streams.append(req.query.get("since", ""))
+            return super()._live_stream(req)
 
     site = Site()
     site.add("dashboard", Counted(filled, limits=Limits(live_lifetime=0.5, poll=0.2)).endpoints())
@@ -343,8 +389,14 @@ def test_a_renewed_live_stream_refreshes_the_page_without_errors(filled: Store, 
         page = Page(browser, f"http://127.0.0.1:{server.address[1]}")
         page.open("/objects")
         page.live()
-        # Nothing changes in the store: only renewals can ask for the live part.
-        wait_until("a refresh after a renewal", lambda: Counted.refreshed, timeout=30, accept=lambda n: n >= 2)
+        wait_until("three renewals", lambda: len(Counted.streams), timeout=30, accept=lambda n: n >= 4)
+        assert Counted.refreshed == 0
+        assert all(re.fullmatch(r"pods:[0-9a-f]{12},objects:[0-9a-f]{12}", s) for s in Counted.streams), Counted.streams
+        filled.upsert_pods([PodRecord(namespace="shop", name="web-abc123-1", owner_kind="Deployment",
+                                      owner_name="web", template_hash="abc123", phase="Pending")])
+        wait_until("the new pod on the page", lambda: "web-abc123-1" in page.text("#deployment-shop-web"),
+                   timeout=20)
+        assert Counted.refreshed >= 1
         assert page.errors() == []
     finally:
         server.close()

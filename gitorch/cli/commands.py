@@ -425,7 +425,8 @@ def serve(repo_path: str | None, branch: str | None, interval: float, idle_inter
                settings=controller_settings,
                webhook_secret=secret, wake_token=token, dns_listen=dns_listen, fetcher=fetcher, poll=poll,
                pod_watch=pod_watch, idle_interval=idle_interval, ui_token=ui_token, kube_api=kube_address,
-               kube_api_settings=kube_settings).run(reload=reload)
+               kube_api_settings=kube_settings, repo_url=repo_path if fetcher is not None else None,
+               wake_token_env=wake_token_env).run(reload=reload)
 
 
 @cli.command()
@@ -798,26 +799,53 @@ def secret_keygen() -> None:
     console.write(recipient)
 
 
+def _exposed_secret_values(doc: Any, rules: Any) -> str:
+    """The data/stringData keys of a Secret that `rules` leave in plaintext, for a message ("" when none)."""
+    from gitorch.source import sops
+
+    if not isinstance(doc, dict) or doc.get("kind") != "Secret":
+        return ""
+    found = [".".join(str(p) for p in path) for path in sops.left_plaintext(doc, rules)]
+    return ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+
+
 @secret.command("encrypt")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--age", "recipients", multiple=True, metavar="RECIPIENT",
               help="age public key (age1...) that may decrypt; repeat for several. Default: the controller's key.")
 @click.option("--encrypted-regex", default=None,
               help="Encrypt only values under keys matching this. Default: ^(data|stringData)$ (a Secret's values).")
+@click.option("--unencrypted-regex", default=None, help="Encrypt every value except under keys matching this.")
+@click.option("--encrypted-suffix", default=None, help="Encrypt only values under keys with this suffix.")
 @click.option("--unencrypted-suffix", default=None, help="Encrypt every value except under keys with this suffix.")
+@click.option("--mac-only-encrypted", is_flag=True,
+              help="The MAC covers only encrypted values: plaintext ones may change (SOPS's mac_only_encrypted).")
 @click.option("-i", "--in-place", is_flag=True, help="Replace FILE instead of writing to stdout.")
 def secret_encrypt(file: Path, recipients: tuple[str, ...], encrypted_regex: str | None,
-                   unencrypted_suffix: str | None, in_place: bool) -> None:
-    """Encrypt FILE (one YAML document, e.g. a Secret) in SOPS's format."""
+                   unencrypted_regex: str | None, encrypted_suffix: str | None, unencrypted_suffix: str | None,
+                   mac_only_encrypted: bool, in_place: bool) -> None:
+    """Encrypt FILE (one YAML document, e.g. a Secret) in SOPS's format.
+
+    A rule that would leave a value of a Secret's data or stringData in plaintext is refused."""
     from gitorch.source import sops
 
-    if encrypted_regex and unencrypted_suffix:
-        _fail("give --encrypted-regex or --unencrypted-suffix, not both")
+    given = {name: value for name, value in (("encrypted_regex", encrypted_regex),
+                                             ("unencrypted_regex", unencrypted_regex),
+                                             ("encrypted_suffix", encrypted_suffix),
+                                             ("unencrypted_suffix", unencrypted_suffix)) if value is not None}
+    if len(given) > 1:
+        _fail("give at most one of " + ", ".join("--" + n.replace("_", "-") for n in given))
+    selector, pattern = next(iter(given.items()), ("encrypted_regex", sops.DEFAULT_ENCRYPTED_REGEX))
+    rules = sops.Rules(selector, pattern, mac_only_encrypted)
+    plain = _read_sops_file(file)
     try:
+        exposed = _exposed_secret_values(plain, rules)
+        if exposed:
+            _fail(f"{file}: --{selector.replace('_', '-')} {pattern!r} would leave {exposed} in plaintext; "
+                  "a Secret's data and stringData values must all be encrypted (omit the option for the default "
+                  f"{sops.DEFAULT_ENCRYPTED_REGEX}, or choose one that covers them)")
         keys = list(recipients) or [sops.recipient_of(i) for i in _sops_identities()]
-        regex = None if unencrypted_suffix else (encrypted_regex or sops.DEFAULT_ENCRYPTED_REGEX)
-        doc = sops.encrypt_document(_read_sops_file(file), keys, encrypted_regex=regex,
-                                    unencrypted_suffix=unencrypted_suffix)
+        doc = sops.encrypt_document(plain, keys, rules=rules)
     except sops.SopsError as exc:
         _fail(f"{file}: {exc}")
     _write_result(file, doc, in_place)
@@ -840,7 +868,8 @@ def secret_decrypt(file: Path, in_place: bool) -> None:
 @secret.command("edit")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def secret_edit(file: Path) -> None:
-    """Decrypt FILE into $EDITOR (a 0600 temp file), then encrypt it again for the same recipients."""
+    """Decrypt FILE into $EDITOR (a 0600 temp file), then encrypt it again with the file's rules for the
+    same recipients (its key groups too)."""
     import subprocess
     import tempfile
 
@@ -849,10 +878,18 @@ def secret_edit(file: Path) -> None:
 
     enc = _read_sops_file(file)
     try:
-        plain = sops.decrypt_document(enc, _sops_identities())
+        if not sops.is_encrypted(enc):
+            raise sops.SopsError("not encrypted (no sops block); use `gitorch secret encrypt`")
         meta = enc["sops"]
-        recipients = [str(s["recipient"]) for s in meta.get("age") or []]
-    except sops.SopsError as exc:
+        others = sops.other_keys(meta)
+        if others:  # re-encrypting would drop them: sops can write those keys, gitorch cannot
+            raise sops.SopsError(f"also encrypted for {', '.join(others)} keys, which gitorch cannot write; "
+                                 "edit it with sops")
+        rules = sops.Rules.of(meta)
+        groups = sops.recipients(meta)
+        threshold = int(meta.get("shamir_threshold") or 0) if len(groups) > 1 else 0
+        plain = sops.decrypt_document(enc, _sops_identities())
+    except (sops.SopsError, ValueError) as exc:
         _fail(f"{file}: {exc}")
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     with tempfile.TemporaryDirectory(prefix="gitorch-edit-") as tmp:
@@ -870,11 +907,17 @@ def secret_edit(file: Path) -> None:
         console.write(f"{file}: no changes", stderr=True)
         return
     try:
-        doc = sops.encrypt_document(edited, recipients, encrypted_regex=meta.get("encrypted_regex"),
-                                    unencrypted_suffix=meta.get("unencrypted_suffix"))
+        if len(groups) > 1:
+            doc = sops.encrypt_document(edited, [], rules=rules, groups=groups, shamir_threshold=threshold)
+        else:
+            doc = sops.encrypt_document(edited, groups[0] if groups else [], rules=rules)
     except sops.SopsError as exc:
         _fail(f"{file}: {exc}")
     _write_result(file, doc, True)
+    exposed = _exposed_secret_values(edited, rules)
+    if exposed:
+        console.write(f"{file}: warning: the file's sops.{rules.selector} {rules.pattern!r} leaves {exposed} in "
+                      "plaintext; a Cluster with secrets.requireEncryption refuses it", stderr=True)
 
 
 # --- git hooks ---------------------------------------------------------------------------

@@ -186,6 +186,12 @@ class DesiredState:
         return [self.objects[k] for k in sorted(self.objects, key=ObjectKey.sort_key)]
 
 
+def cronjob_run(cronjob: str, job: str) -> bool:
+    """Whether a Job named `job` is a run of the CronJob `cronjob` in its namespace: planning
+    names a run `<cronjob>-<the minute it was scheduled for>` (unless Git declares that Job)."""
+    return job.startswith(f"{cronjob}-") and job[len(cronjob) + 1 :].isdigit()
+
+
 def autoscaled(state: DesiredState) -> dict[ObjectKey, str]:
     """Workloads a HorizontalPodAutoscaler of `state` scales -> that autoscaler's name (the first
     by name; validation refuses a second). Their `replicas` in Git is only where they start."""

@@ -49,9 +49,12 @@ Verbs (request keys -> response keys besides ``ok``):
   a node that does not hold ``base`` (or whose result is not ``digest``) answers
   services{ok: false, reason: "ServicesBaseMismatch", tableDigest} and the controller sends
   the whole table. services{} always carries the ``tableDigest`` the node now holds.
-  With "policies" (gitorch.reconcile.policies' entries for this node's pods), the table
-  ``ip gitorch-policy`` enforces NetworkPolicy on the forward hook: policies{ok, changed,
-  message, count, hash, repaired}.
+  With "policies" (gitorch.reconcile.policies' entries for this node's pods, ``ip`` null for
+  a pod not started yet), the table ``ip gitorch-policy`` enforces NetworkPolicy on the forward
+  hook (and pods' egress to the node itself on input), each pod's chains on the address the
+  supervisor gives it (bound before the pod's network namespace exists; policy-bindings.json):
+  policies{ok, changed, message, count, hash, repaired, programmed}; ok false with programmed
+  true when same-node traffic bypasses it.
 - ``status``  {"verify": bool, "since": etag} -> generation, observedGeneration, stale (no supervisor
   running: the pods are as last seen), supervisor{...}, fence{term, holder, lease} (or null),
   pods[PodStatus] (sorted by namespace, name), metrics (the supervisor's latest sample, every
@@ -429,6 +432,8 @@ class Paths:
         self.services = os.path.join(self.root, "services.json")
         self.services_table = os.path.join(self.root, "services-table.json")
         self.policies = os.path.join(self.root, "policies.json")
+        self.policy_bindings = os.path.join(self.root, "policy-bindings.json")
+        self.policy_lock = os.path.join(self.root, "policy.lock")
         self.announce = os.path.join(self.root, "announce.json")
         self.fence = os.path.join(self.root, "fence.json")
         self.metrics = os.path.join(self.root, "metrics.json")
@@ -2919,14 +2924,17 @@ class NetworkSpec:
             raise RequestError(f"sync: network: {exc}") from exc
         return cls(str(net), gateway, net.prefixlen, tuple(sorted(routes)))
 
-    def free_ip(self, taken: Iterable[str]) -> str | None:
-        """The lowest address of the CIDR that is neither the gateway nor taken."""
+    def free_ip(self, taken: Iterable[str], after: str | None = None) -> str | None:
+        """The first address of the CIDR after ``after`` (wrapping round; the lowest without
+        one) that is neither the gateway nor taken."""
         import ipaddress
 
         used = set(taken) | {self.gateway}
-        for host in ipaddress.ip_network(self.cidr).hosts():
-            if str(host) not in used:
-                return str(host)
+        hosts = [str(h) for h in ipaddress.ip_network(self.cidr).hosts()]
+        start = hosts.index(after) + 1 if after in hosts else 0
+        for host in hosts[start:] + hosts[:start]:
+            if host not in used:
+                return host
         return None
 
     def holds(self, ip: str | None) -> bool:
@@ -3019,8 +3027,36 @@ def node_network_up(net: NetworkSpec, old_routes: Iterable[tuple[str, str]] = ()
         ip_cmd("route", "replace", cidr, "via", via)
 
 
+BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def bridge_netfilter() -> str:
+    """Make bridged IPv4 traffic (pod to pod on one node) pass the ip family's hooks, where
+    the NetworkPolicy table is: br_netfilter loaded and net.bridge.bridge-nf-call-iptables 1
+    (per network namespace). Returns "" when it is, else why not."""
+    if not os.path.exists(BRIDGE_NF):
+        modprobe = shutil.which("modprobe", path=DEFAULT_PATH)
+        if modprobe:
+            run_quietly([modprobe, "br_netfilter"], 10)
+    if not os.path.exists(BRIDGE_NF):
+        return "the br_netfilter module is not loaded and could not be (modprobe br_netfilter)"
+    if (read_text(BRIDGE_NF) or "").strip() != "1":
+        try:
+            with open(BRIDGE_NF, "w") as fh:
+                fh.write("1")
+        except OSError as exc:
+            return f"net.bridge.bridge-nf-call-iptables is 0 and could not be set to 1: {exc}"
+    return ""
+
+
 def pod_network_ok(key: str, tag: str) -> bool:
     return os.path.exists(netns_path(key)) and link_exists(veth_names(key, tag)[0])
+
+
+# Pods are IPv4 only: their eth0 gets no IPv6 at all (not even a link-local fe80:: address),
+# so no pod traffic passes beside the NetworkPolicy table, which is of the ip family. lo keeps
+# ::1 for programs that try localhost there first. A kernel without IPv6 has nothing to turn off.
+NO_IPV6 = "echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 || true"
 
 
 def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
@@ -3035,6 +3071,7 @@ def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
     ip_cmd("link", "set", host, "up")
     ip_cmd("-n", ns, "link", "set", "lo", "up")
     ip_cmd("-n", ns, "link", "set", peer, "name", "eth0", "address", mac_for(ip))
+    ip_cmd("netns", "exec", ns, "sh", "-c", NO_IPV6)
     ip_cmd("-n", ns, "addr", "add", f"{ip}/{net.prefix}", "dev", "eth0")
     ip_cmd("-n", ns, "link", "set", "eth0", "up")
     ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)
@@ -3043,7 +3080,8 @@ def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
 def ip_batch(lines: list[str], netns: str | None = None) -> None:
     """Run many ip(8) commands in one process (``ip -batch``, in netns if given); it stops at
     the first that fails. Each line's words are keywords, agent-made names or parsed
-    addresses (see ip_cmd), so none holds a space, a quote or a '#'."""
+    addresses (see ip_cmd), so none holds a space, a quote or a '#', but for NO_IPV6, a
+    constant, quoted (ip's batch reader takes a double-quoted word whole)."""
     binary = shutil.which("ip", path=DEFAULT_PATH) or "ip"
     argv = [binary, *(["-n", netns] if netns else []), "-batch", "-"]
     try:
@@ -3071,6 +3109,7 @@ def pods_network_up(pods: list[tuple[str, str]], tag: str, net: NetworkSpec) -> 
         ns, host = netns_name(key), veth_names(key, tag)[0]
         lines += [f"netns add {ns}",
                   f"link add {host} type veth peer name eth0 address {mac_for(ip)} netns {ns}",
+                  f'netns exec {ns} sh -c "{NO_IPV6}"',
                   f"link set {host} master {BRIDGE} up"]
     try:
         ip_batch(lines)
@@ -3512,7 +3551,9 @@ def parse_policies(raw: Any) -> list[Json]:
         where = f"sync: policies[{i}]"
         if not isinstance(e, dict):
             raise RequestError(f"{where} must be an object")
-        entry: Json = {"pod": str(e.get("pod") or where)[:200], "ip": _ip4(e.get("ip"), f"{where}.ip")}
+        ip = e.get("ip")
+        entry: Json = {"pod": str(e.get("pod") or where)[:200],
+                       "ip": None if ip is None else _ip4(ip, f"{where}.ip")}
         for direction in ("ingress", "egress"):
             rules = e.get(direction)
             if rules is not None and (not isinstance(rules, list) or len(rules) > 4096):
@@ -3535,13 +3576,31 @@ def parse_policies(raw: Any) -> list[Json]:
     return out
 
 
-def policy_ruleset(entries: list[Json]) -> str:
+def policy_binding(entries: list[Json], bound: dict[str, str]) -> dict[str, str]:
+    """Which address each isolated pod's chains apply to (pod -> IP): the one the supervisor
+    gave the pod when it made its network namespace (``bound``, the truth on this node), else
+    the one the controller last saw, unless another pod holds that address now (reused)."""
+    taken = set(bound.values())
+    out = {e["pod"]: bound[e["pod"]] for e in entries if e["pod"] in bound}
+    for e in entries:
+        if e["pod"] not in out and e.get("ip") and e["ip"] not in taken:
+            out[e["pod"]] = e["ip"]
+            taken.add(e["ip"])
+    return out
+
+
+def policy_ruleset(entries: list[Json], binding: dict[str, str] | None = None) -> str:
     """The whole ``ip gitorch-policy`` table as one ``nft -f`` transaction (none at all when
     no pod of this node is isolated): per isolated pod a chain per direction that returns
-    for what a rule allows and rejects the rest; replies of allowed connections pass."""
+    for what a rule allows and rejects the rest, jumped to from the pod's address (``binding``,
+    see policy_binding; an isolated pod not yet given one has no traffic to police);
+    replies of allowed connections pass."""
     import ipaddress
 
+    if binding is None:
+        binding = policy_binding(entries, {})
     lines = [f"table {POLICY_TABLE}", f"delete table {POLICY_TABLE}"]
+    entries = [e for e in entries if e["pod"] in binding]
     if not entries:
         return "\n".join(lines) + "\n"
     maps: dict[str, list[str]] = {"egress": [], "ingress": []}
@@ -3553,7 +3612,7 @@ def policy_ruleset(entries: list[Json]) -> str:
             if rules is None:
                 continue
             name = f"{direction[0]}{i}"
-            maps[direction].append(f"{e['ip']} : jump {name}")
+            maps[direction].append(f"{binding[e['pod']]} : jump {name}")
             body = []
             for r in rules:
                 match = ""
@@ -3577,10 +3636,16 @@ def policy_ruleset(entries: list[Json]) -> str:
             chains.append(f" chain {name} {{\n" + "".join(f"  {b}\n" for b in body) + " }")
     vmaps = "".join(f"  ip {'saddr' if d == 'egress' else 'daddr'} vmap {{ {', '.join(m)} }}\n"
                     for d, m in maps.items() if m)
+    # A pod's traffic to its own node's addresses is delivered, not forwarded: its egress
+    # chain applies there too (the node's own traffic to pods leaves by output: not policed).
+    to_node = [" chain input {\n  type filter hook input priority filter - 5; policy accept;\n"
+               f"  ct state established,related accept\n  ip saddr vmap {{ {', '.join(maps['egress'])} }}\n }}"
+               ] if maps["egress"] else []
     lines += [
         f"table {POLICY_TABLE} {{",
         " chain forward {\n  type filter hook forward priority filter - 5; policy accept;\n"
         f"  ct state established,related accept\n{vmaps} }}",
+        *to_node,
         *chains,
         "}",
     ]
@@ -3600,21 +3665,79 @@ def policy_listing(nft: str | None = None) -> str | None:
     return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
 
 
-def program_policies(paths: Paths, entries: list[Json]) -> Json:
-    """Make the node's policy table match ``entries`` in one transaction; a no-op when the
-    table built last (this boot) is the same and still lists as it did; one edited or
-    removed by hand is rebuilt ("repaired"). Returns {ok, changed, message, count, hash, repaired}."""
-    text = policy_ruleset(entries)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+def program_policies(paths: Paths, entries: list[Json] | None, bind: dict[str, str] | None = None,
+                     running: set[str] | None = None) -> Json:
+    """Make the node's policy table match ``entries`` (None: the ones of the last sync) with
+    each pod's chains on the address it holds, in one transaction; ``bind`` (pod -> IP) records
+    addresses the supervisor is about to give pods, before their namespaces exist, so a new
+    pod is policed from its first packet and a reused address never keeps its old pod's
+    chains. With ``running`` (the pods the node is to run, "namespace/name"), a pod leaving
+    the node keeps its entry of last time while it is still there (terminating), as Kubernetes
+    keeps a terminating pod isolated. A no-op when the table built last (this boot) is the
+    same and still lists as it did; one edited or removed by hand is rebuilt ("repaired").
+    Returns {ok, changed, message, count, hash, repaired, programmed}: ok false with the table
+    programmed when same-node pod traffic cannot be made to pass it (see bridge_netfilter)."""
     boot = (read_text("/proc/sys/kernel/random/boot_id") or "").strip()
-    state = read_json(paths.policies, {})
+    with flocked(paths.policy_lock):
+        state = read_json(paths.policies, {})
+        if not isinstance(state, dict) or state.get("bootId") != boot:
+            state = {}
+        held = read_json(paths.policy_bindings, {})
+        bound: dict[str, str] = dict(held.get("bound") or {}) \
+            if isinstance(held, dict) and held.get("bootId") == boot else {}
+        if entries is None:
+            entries = list(state.get("entries") or [])
+        elif running is not None:
+            entries = entries + leaving_entries(paths, state.get("entries") or [], entries, running)
+        before = policy_binding(entries, bound)
+        if bind:
+            for pod, ip in bind.items():
+                for other in [k for k, v in bound.items() if v == ip and k != pod]:
+                    del bound[other]
+                bound[pod] = ip
+            if len(bound) > 65536:  # one address, one pod: bounded by the pod CIDR
+                bound = dict(list(bound.items())[-65536:])
+            atomic_write(paths.policy_bindings, json.dumps({"bootId": boot, "bound": bound}))
+        binding = policy_binding(entries, bound)
+        if bind is not None and binding == before:
+            # No isolated pod, and no address in the table, among those bound: nothing to change.
+            return {"ok": True, "changed": False, "message": "", "count": len(entries),
+                    "hash": state.get("hash"), "repaired": "", "programmed": True}
+        result = _program_policy_table(paths, state, entries, binding, boot)
+    result["programmed"] = result["ok"]
+    problem = bridge_netfilter() if result["ok"] and binding else ""
+    if problem:  # the table is in place (traffic routed between nodes is policed), but not enough
+        result.update(ok=False, message=f"node {os.uname().nodename}: pods on this node reach each other "
+                                        f"past NetworkPolicy: {problem}")
+    return result
+
+
+def leaving_entries(paths: Paths, old: list[Json], new: list[Json], running: set[str]) -> list[Json]:
+    """The entries of last time of pods no longer to run here but still on the node (status.json)."""
+    status = read_json(paths.status, {})
+    present = {f"{p.get('namespace') or 'default'}/{p.get('name')}"
+               for p in (status.get("pods") or [] if isinstance(status, dict) else []) if isinstance(p, dict)}
+    named = {e["pod"] for e in new}
+    return [e for e in old if isinstance(e, dict) and e.get("pod") in present
+            and e["pod"] not in running and e["pod"] not in named]
+
+
+def _program_policy_table(paths: Paths, state: Json, entries: list[Json], binding: dict[str, str],
+                          boot: str) -> Json:
+    text = policy_ruleset(entries, binding)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     nft = nft_binary()
     repaired = ""
-    if isinstance(state, dict) and state.get("ok") and state.get("hash") == digest and state.get("bootId") == boot:
-        if not entries:  # no isolated pod, as last time: no table to look at (the usual case)
-            return {"ok": True, "changed": False, "message": "", "count": 0, "hash": digest, "repaired": ""}
+    if state.get("ok") and state.get("hash") == digest:
+        if not binding:  # no isolated pod, as last time: no table to look at (the usual case)
+            if state.get("entries") != entries:
+                atomic_write(paths.policies, json.dumps({**state, "entries": entries, "count": len(entries)}))
+            return {"ok": True, "changed": False, "message": "", "count": len(entries), "hash": digest,
+                    "repaired": ""}
         live = policy_listing(nft)
         if live == state.get("listing"):
+            if state.get("entries") != entries:
+                atomic_write(paths.policies, json.dumps({**state, "entries": entries, "count": len(entries)}))
             return {"ok": True, "changed": False, "message": "", "count": len(entries), "hash": digest,
                     "repaired": ""}
         repaired = f"table {POLICY_TABLE} was missing" if live is None else \
@@ -3630,9 +3753,10 @@ def program_policies(paths: Paths, entries: list[Json]) -> Json:
             listing = policy_listing(nft) if ok else None
         except (OSError, subprocess.TimeoutExpired) as exc:
             ok, message = False, f"nft: {exc}"
+    # The entries are kept even when nft failed: the supervisor's next binding retries them.
     atomic_write(paths.policies, json.dumps({"ok": ok, "hash": digest if ok else None, "bootId": boot,
                                              "message": message, "count": len(entries), "listing": listing,
-                                             "at": time.time()}))
+                                             "entries": entries, "at": time.time()}))
     return {"ok": ok, "changed": ok, "message": message, "count": len(entries), "hash": digest,
             "repaired": repaired if ok else ""}
 
@@ -4034,6 +4158,7 @@ class Supervisor:
         self.network: NetworkSpec | None = None
         self.network_applied: NetworkSpec | None = None
         self.networked: dict[str, str] = {}  # pod key -> IP set up by this tick's batch
+        self.last_ip: str | None = None  # the pod address given last (see pod_ip)
         self.dns: ClusterDNSSpec | None = None
         self.accounts: dict[str, int] = {}  # namespace/ServiceAccount -> its uid (and gid)
         self._last_state = ""
@@ -4543,6 +4668,9 @@ class Supervisor:
             self.log_error("node-network", f"node pod network: {exc}")
             return
         self.network_applied = net
+        problem = bridge_netfilter()
+        if problem:  # cross-node traffic is still policed; program_policies reports it too
+            self.log_error("bridge-nf", f"NetworkPolicy does not see same-node pod traffic: {problem}")
         self.log(f"pod network {net.cidr} (gateway {net.gateway}), routes "
                  f"{', '.join(f'{c} via {v}' for c, v in net.routes) or 'none'}")
 
@@ -4562,11 +4690,18 @@ class Supervisor:
                     or now < pod.prepare_retry or pod.spec.host_network):
                 due.append(pod)
         wanted: list[tuple[str, str]] = []
+        names: dict[str, str] = {}
         for pod in due:
             ip = self.pod_ip(pod, net)
             if ip is not None:
                 wanted.append((pod.key, ip))
+                names[f"{pod.namespace}/{pod.name}"] = ip
         if not wanted:
+            return
+        try:
+            self.bind_policies(names)
+        except NetworkError as exc:  # each pod alone, failing with the message
+            self.log_error("net-batch", f"pod networks in one batch: {exc}")
             return
         try:
             done = pods_network_up(wanted, self.paths.instance_tag, net)
@@ -4576,14 +4711,31 @@ class Supervisor:
         self.networked = {key: ip for key, ip in wanted if key in done}
 
     def pod_ip(self, pod: Pod, net: NetworkSpec) -> str | None:
-        """The pod's address: the one it has if the CIDR holds it, else the lowest free one
-        (kept on the pod); None when the CIDR is full."""
+        """The pod's address: the one it has if the CIDR holds it, else the next free one after
+        the one given last (kept on the pod); None when the CIDR is full. An address is used
+        again only once the CIDR has gone round, as the CNI host-local IPAM does: other nodes'
+        NetworkPolicy rules may still name it as a peer the pod that had it was, until the
+        controller's next pass."""
         if pod.ip is None or not net.holds(pod.ip):
-            ip = net.free_ip(p.ip for p in self.pods.values() if p is not pod and p.ip)
+            held = [p.ip for p in self.pods.values() if p is not pod and p.ip]
+            if self.last_ip is None and held:  # a restarted supervisor: after the highest held
+                self.last_ip = max(held, key=lambda a: tuple(int(b) for b in a.split(".")))
+            ip = net.free_ip(held, self.last_ip)
             if ip is None:
                 return None
-            pod.ip = ip
+            pod.ip = self.last_ip = ip
         return pod.ip
+
+    def bind_policies(self, pods: dict[str, str]) -> None:
+        """Put each pod's NetworkPolicy chains on the address it is about to get (see
+        program_policies) before its network namespace exists: none of its packets, not even
+        the first, passes unpoliced; a pod whose chains cannot be bound does not start."""
+        try:
+            result = program_policies(self.paths, None, pods)
+        except (OSError, ValueError) as exc:
+            raise NetworkError(f"NetworkPolicy table: {exc}") from exc
+        if not result["programmed"]:
+            raise NetworkError(f"NetworkPolicy table: {result['message']}")
 
     def setup_pod_network(self, pod: Pod, now: float) -> bool:
         """Give a pod its netns, veth and IP before it first starts; False to retry later."""
@@ -4600,6 +4752,7 @@ class Supervisor:
             if ip is None:
                 raise NetworkError(f"no free address left in {net.cidr}")
             if self.networked.pop(pod.key, None) != ip:
+                self.bind_policies({f"{pod.namespace}/{pod.name}": ip})
                 pod_network_up(pod.key, self.paths.instance_tag, ip, net)
         except NetworkError as exc:
             pod.prepare_retry = now + 5.0
@@ -5558,6 +5711,10 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
             json.dumps([current.get("pods"), current.get("network"), current.get("dns"), current.get("metrics"),
                         current.get("accounts")],
             sort_keys=True)
+        # The policy entries before the pods: the supervisor binds a new pod's chains to its
+        # address from them when it makes the pod's network namespace.
+        policed = program_policies(paths, policies, running={"/".join(pod_id(p)) for p in pods}) \
+            if policies is not None else None
         if changed or not os.path.exists(paths.desired):
             generation += 1
             wanted: Json = {"generation": generation, "pods": pods}
@@ -5594,7 +5751,6 @@ def cmd_sync(paths: Paths, request: Json, redact: Redactor) -> int:
                                      cluster_pod_cidrs(raw_net, net))
             proxy["tableDigest"] = digest
         announced = program_announce(paths, *announce) if announce is not None else None
-        policed = program_policies(paths, policies) if policies is not None else None
         if ingress == {}:
             running = os.path.isdir(ingress_dir(paths))
             if running:

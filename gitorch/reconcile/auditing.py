@@ -2,8 +2,11 @@
 did about it, from Git history (the branch's first-parent line) and the store (revisions and
 events), as Kubernetes' audit log answers it for its API server.
 
-A commit's signature is checked against the grants of its parent revision (the ones in force
-when it was pushed; a root commit against its own), as the pre-receive hook checks it.
+A commit's signature is checked against the grants of the nearest revision before it that the
+controller applied, as the controller checks it (trust comes from the last applied revision, so a
+refused commit that widened a binding grants nothing to the commits after it); when the store
+knows no such revision, against its parent's (a root commit against its own), as a pre-receive
+hook without a store checks it.
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ def audit(repo: git.Repository, store: Store | None, *, rev: str | None, since: 
             if row.outcome == "applied":
                 applied = oid
         applied_by[oid], seen_by[oid] = applied, seen
+    trust_from = _trusted_revisions(repo, rev, {c for c, r in stored.items() if r.outcome == "applied"})
     out: list[AuditEntry] = []
     for oid in oids:
         commit = git.signed_commit(repo, oid)
@@ -143,7 +147,8 @@ def audit(repo: git.Repository, store: Store | None, *, rev: str | None, since: 
         found = [c for c in diff_states(before, after).changed() if key is None or c.key == key]
         if not found:
             continue
-        trusted = before if commit.parent else after
+        anchor = trust_from.get(oid, "")
+        trusted = load(anchor) if anchor else before if commit.parent else after
         with signatures.Verifier(grants(trusted), openpgp_keys(trusted)) as verifier:
             sig = verifier.check(commit.signature, commit.signed_data)
             allowed = verifier.grants
@@ -162,6 +167,21 @@ def audit(repo: git.Repository, store: Store | None, *, rev: str | None, since: 
                 outcome, by, row.applied_at if row is not None else None, related,
             ))
         states.pop(oid, None)  # its parent, the next one walked, stays
+    return out
+
+
+def _trusted_revisions(repo: git.Repository, rev: str | None, applied: set[str]) -> dict[str, str]:
+    """For each commit of `rev`'s first-parent line, the nearest applied revision before it (none
+    when no applied revision precedes it); walks at most MAX_COMMITS, and only when there is one."""
+    if not applied:
+        return {}
+    out: dict[str, str] = {}
+    last = ""
+    for oid in reversed(git.first_parent_log(repo, rev, MAX_COMMITS)):
+        if last:
+            out[oid] = last
+        if oid in applied:
+            last = oid
     return out
 
 

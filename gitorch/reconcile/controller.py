@@ -763,7 +763,7 @@ class Controller:
         addresses = {m.key.name: str(m.spec.get("address") or "") for m in state.of_kind("Node")}
         networks = self._network_blocks(allocs.pod_cidrs, addresses)
         table = self.service_table(state, the_plan, reports, allocs)
-        policy = self.policy_table(state) if table is not None else None
+        policy = self.policy_table(state, the_plan) if table is not None else None
         policy_json = {n: json.dumps(policy.get(n, []), sort_keys=True) for n in sets} if policy is not None else {}
         # A node on standby announces no LoadBalancer address and proxies no Ingress: it is not in use.
         eligible = {n.name: dict(n.info.labels) for n in observed.nodes
@@ -884,6 +884,17 @@ class Controller:
         for n, o in results.items():
             if o.ok and o.value is not None:
                 reports[n] = pod_reports(o.value)
+                policed = o.value.get("policies") or {}
+                if policed and not policed.get("ok"):
+                    log.warning("%s: NetworkPolicy not enforced: %s", n, policed.get("message"),
+                                extra={"event": "policy-table-failed", "node": n})
+                    events.append(dict(kind="Node", namespace="", name=n, reason="NetworkPolicyNotEnforced",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=str(policed.get("message") or "")[:500]))
+                elif policed.get("repaired"):
+                    events.append(dict(kind="Node", namespace="", name=n, reason="PolicyTableRepaired",
+                                       type="Warning", when=_dt(now), revision=state.revision.oid,
+                                       message=f"nftables {policed['repaired']}; rebuilt from the policies"))
                 proxy = o.value.get("services") or {}
                 if proxy.get("reason") == "ServicesBaseMismatch":
                     continue
@@ -1140,13 +1151,22 @@ class Controller:
         if valid:
             self.store.set_revision_outcome(r.oid, "applied", when=_dt(now))
 
-    def policy_table(self, state: DesiredState) -> dict[str, list[dict[str, Any]]]:
-        """Per node, the NetworkPolicy entries of its pods (reconcile/policies.py), from the pods
-        the service table was made from; kept while the state and the pods' addresses stay."""
-        addresses = tuple((r.namespace, r.name, r.node, r.ip) for r in self._table_pods)
+    def policy_table(self, state: DesiredState, the_plan: Plan) -> dict[str, list[dict[str, Any]]]:
+        """Per node, the NetworkPolicy entries of the pods the plan places on it, addresses known
+        or not (reconcile/policies.py), with the pods the service table was made from as peers;
+        kept while the state, the placements and the pods' addresses stay."""
+        known = {(r.namespace, r.name): r for r in self._table_pods}
+        targets = []
+        for p in the_plan.pods:
+            if p.node is None:
+                continue
+            row = known.get((p.owner.namespace, p.name))
+            targets.append(policies.Target(p.owner.namespace, p.name, p.owner.kind, p.owner.name, p.node,
+                                           row.ip if row is not None and row.node == p.node else None))
+        addresses = (tuple((r.namespace, r.name, r.node, r.ip) for r in self._table_pods), tuple(targets))
         if self._policies is not None and self._policies[0] is state and self._policies[1] == addresses:
             return dict(self._policies[2])
-        table = policies.policy_table(state, self._table_pods)
+        table = policies.policy_table(state, self._table_pods, targets)
         self._policies = (state, addresses, table)
         return table
 

@@ -448,6 +448,16 @@ def remaining(report: DriftReport) -> list[dict[str, Any]]:
     return list(report.healed[-1].get("after") or []) if report.healed else list(report.findings)
 
 
+def healed_mask(report: DriftReport) -> list[bool]:
+    """Per finding, whether the report's heal fixed it: the check after the heal no longer found
+    it (the same kind, object and node). All False when it did not heal. Pure."""
+    if not report.healed or not isinstance(report.healed[-1], dict):
+        return [False] * len(report.findings)
+    left = {(f.get("kind"), f.get("object"), f.get("node")) for f in report.healed[-1].get("after") or []
+            if isinstance(f, dict)}
+    return [(f.get("kind"), f.get("object"), f.get("node")) not in left for f in report.findings]
+
+
 def report_json(report: DriftReport, previous: DriftReport | None) -> dict[str, Any]:
     total = len(report.findings)
     return {
@@ -460,6 +470,7 @@ def report_json(report: DriftReport, previous: DriftReport | None) -> dict[str, 
         "counts": dict(report.counts),
         "findings": list(report.findings),
         "healed": list(report.healed),
+        "healedFindings": [f for f, fixed in zip(report.findings, healed_mask(report), strict=True) if fixed],
         "remaining": len(remaining(report)),
         "previous": None if previous is None else {
             "id": previous.id, "startedAt": previous.started_at.isoformat(), "total": len(previous.findings),

@@ -17,7 +17,7 @@ from fractions import Fraction
 from typing import Any
 
 from gitorch.model import admission, selectors, volumes
-from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
+from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey, cronjob_run
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.usage import PodUsage
 from gitorch.reconcile import autoscaling, nodescaling, podspecs
@@ -1553,8 +1553,7 @@ def _cronjob(ps: _Pass, obj: Object) -> None:
         if (
             key.kind == "Job"
             and key.namespace == ns
-            and key.name.startswith(f"{name}-")
-            and key.name[len(name) + 1 :].isdigit()
+            and cronjob_run(name, key.name)
             and ObjectKey("Job", ns, key.name) not in ps.desired.objects
         ):
             runs[key.name] = pods

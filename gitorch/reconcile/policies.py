@@ -6,18 +6,19 @@ with a direction in its policyTypes is isolated in that direction; the rules of 
 selecting it add up (union); a pod no policy selects is unrestricted (it gets no entry).
 Replies of allowed connections pass: that is the enforcement's job (conntrack), not listed.
 
-A pod's entry: `{pod, ip, ingress, egress}` where a direction is None (not isolated) or a
-list of rules, each `{peers, ports}`: `peers` None for any peer, else sorted IPv4 CIDRs
-(pods as /32, an ipBlock less its `except` as the CIDRs left); `ports` None for any port,
-else sorted `[protocol, first, last]`. Named ports are resolved per target pod: for ingress
-against the pod itself, for egress against each peer pod (a rule then splits per number).
+A pod's entry: `{pod, ip, ingress, egress}` (ip None while the pod has none yet) where a
+direction is None (not isolated) or a list of rules, each `{peers, ports}`: `peers` None for
+any peer, else sorted IPv4 CIDRs (pods as /32, an ipBlock less its `except` as the CIDRs
+left); `ports` None for any port, else sorted `[protocol, first, last]`. Named ports are
+resolved per target pod: for ingress against the pod itself, for egress against each peer
+pod (a rule then splits per number).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from gitorch.dns.records import PodRow, pod_labels, pod_template
 from gitorch.model.objects import DEFAULT_NAMESPACE, DesiredState, Object
@@ -64,7 +65,10 @@ def policy_types(policy: Object) -> tuple[bool, bool]:
 
 
 def ip_block(block: Mapping[str, Any]) -> list[str]:
-    """An ipBlock as the CIDRs it covers: `cidr` less every `except`."""
+    """An ipBlock as the CIDRs it covers: `cidr` less every `except`; none for an IPv6 block
+    (pods are IPv4 only: it matches no pod traffic, and validation says so)."""
+    if ipaddress.ip_network(str(block["cidr"]), strict=False).version == 6:
+        return []
     nets = [ipaddress.IPv4Network(str(block["cidr"]), strict=False)]
     for ex in block.get("except") or []:
         cut = ipaddress.IPv4Network(str(ex), strict=False)
@@ -139,14 +143,32 @@ def _cidrs(items: Iterable[str]) -> list[str]:
     return sorted(set(items), key=lambda c: (ipaddress.IPv4Network(c).network_address, c))
 
 
-def policy_table(state: DesiredState, pods: Iterable[PodRow]) -> dict[str, list[dict[str, Any]]]:
-    """Per node, the entries of the pods on it that some policy isolates, sorted by pod."""
+class Target(NamedTuple):
+    """A pod placed on a node, its address known or not yet (what the plan sends a node)."""
+
+    namespace: str
+    name: str
+    owner_kind: str
+    owner_name: str
+    node: str | None
+    ip: str | None = None
+    phase: str = "Pending"
+    ready: bool = False
+
+
+def policy_table(state: DesiredState, pods: Iterable[PodRow],
+                 targets: Iterable[PodRow] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Per node, the entries of the pods on it that some policy isolates, sorted by pod.
+    `pods` with addresses are the peers; `targets` (default: the same pods) the pods to give
+    entries, those without an address yet too (`ip` None): the node binds them to the
+    address it gives the pod, so a new pod is isolated from its first packet."""
     policies = state.of_kind("NetworkPolicy")
     out: dict[str, list[dict[str, Any]]] = {}
     if not policies:
         return out
     c = _Compiler(state, pods)
-    for target in sorted(c.pods, key=lambda p: (p.row.namespace, p.row.name)):
+    chosen = c.pods if targets is None else [_Pod(state, t) for t in targets if t.node]
+    for target in sorted(chosen, key=lambda p: (p.row.namespace, p.row.name)):
         entry: dict[str, Any] = {"pod": f"{target.row.namespace}/{target.row.name}", "ip": target.row.ip,
                                  "ingress": None, "egress": None}
         for policy in policies:

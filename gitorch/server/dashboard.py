@@ -22,6 +22,7 @@ import json
 import logging
 import posixpath
 import re
+import shlex
 import threading
 import time
 import weakref
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import jinja2
 from markdown_it import MarkdownIt
@@ -90,6 +91,13 @@ class Limits:
     """How long a login lasts."""
     plans_cached: int = 16
     """Rendered plans kept in memory (each costs two loads of the desired state)."""
+    live_parts_cached: int = 32
+    """Rendered live parts kept in memory, one per page, query and state of the store: every
+    viewer a change sends to the same page shares one render."""
+    live_parts_chars: int = 8 * 1024 * 1024
+    """Characters of rendered live parts kept in memory (the oldest go first beyond it)."""
+    live_part_seconds: float = 5.0
+    """Seconds a rendered live part is served again (its ages and times are this fresh)."""
 
 
 class _Slot:
@@ -105,6 +113,102 @@ class _Slot:
             if self._held:
                 self._held = False
                 self._counter.value -= 1
+
+
+@dataclass(frozen=True)
+class RollbackSettings:
+    """What `serve` was started with that the rollback command on a revision's page repeats, so
+    that it is right when copied and pasted on serve's machine."""
+
+    repo: str
+    """serve's --repo: a local repository (the command commits there), or a remote's URL (the
+    command clones it, commits and pushes)."""
+    remote: bool = False
+    branch: str | None = None
+    """serve's --branch (None: the branch the repository's HEAD names)."""
+    wake_url: str | None = None
+    """serve's /hooks/wake, for --notify (None: serve has no listener)."""
+    state_dir: str | None = None
+    """serve's GITORCH_STATE_DIR when it set one (where --notify finds the wake token)."""
+    wake_token_env: str | None = None
+    """serve's --wake-token-env, when it names another variable than GITORCH_WAKE_TOKEN."""
+
+    def command(self, commit: str, branch: str | None) -> str:
+        """The shell command that rolls back to `commit` on `branch` (None: unknown, a placeholder)."""
+        q = shlex.quote
+        name = q(branch) if branch else "BRANCH"
+        if self.remote:
+            # A commit in serve's mirror would be fetched over: it goes to the remote.
+            url = _without_credentials(self.repo)
+            return (f"git clone --branch {name} {q(url)} gitorch-rollback && gitorch rollback {commit[:12]} "
+                    f'--reason "..." --repo gitorch-rollback --branch {name} && '
+                    f"git -C gitorch-rollback push origin {name}")
+        env = []
+        if self.wake_url and self.state_dir:
+            env.append(f"GITORCH_STATE_DIR={q(self.state_dir)}")
+        if self.wake_url and self.wake_token_env and re.fullmatch(r"[A-Za-z_]\w*", self.wake_token_env):
+            env.append(f'GITORCH_WAKE_TOKEN="${self.wake_token_env}"')
+        notify = f" --notify {q(self.wake_url)}" if self.wake_url else ""
+        return " ".join([*env, f'gitorch rollback {commit[:12]} --reason "..." --repo {q(self.repo)} '
+                               f"--branch {name}{notify}"])
+
+
+class _Flight:
+    """One render under way, which the requests for the same key wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.text: str | None = None
+
+
+class _SharedRenders:
+    """Rendered live parts by (page, query, the store's change marks read before the render):
+    the viewers one change sends to the same page share one render, made by the first of them
+    while the others wait. Bounded in count, characters and age."""
+
+    def __init__(self, count: int, chars: int, seconds: float) -> None:
+        self.count, self.chars, self.seconds = count, chars, seconds
+        self.renders = 0
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[Any, ...], tuple[float, str]] = OrderedDict()
+        self._size = 0
+        self._flights: dict[tuple[Any, ...], _Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: tuple[Any, ...], render: Callable[[], str]) -> str:
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and time.monotonic() - kept[0] < self.seconds:
+                self._kept.move_to_end(key)
+                return kept[1]
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if flight.done.wait(30) and flight.text is not None:
+                return flight.text
+            return render()  # the first render failed (its error is this one's too) or hangs
+        started = time.monotonic()
+        try:
+            text = render()
+            flight.text = text
+            with self._lock:
+                self.renders += 1
+                old = self._kept.pop(key, None)
+                self._size -= len(old[1]) if old is not None else 0
+                if len(text) <= self.chars:
+                    self._kept[key] = (started, text)
+                    self._size += len(text)
+                while len(self._kept) > self.count or self._size > self.chars:
+                    self._size -= len(self._kept.popitem(last=False)[1][1])
+            return text
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.done.set()
 
 
 class _Counter:
@@ -126,6 +230,46 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+_PLAN_TAGS = re.compile(r"</?(?:details|summary|code|b)>|<!--[^<>]*-->")
+
+
+def _allowed_html(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    """Raw HTML in a plan's markdown keeps only the tags plan_markdown writes (details, summary,
+    code and b, without attributes) and comments: any other tag is shown as text."""
+    return re.sub(r"<!--.*?-->|<[^<>]*>?", lambda m: m.group(0) if _PLAN_TAGS.fullmatch(m.group(0))
+                  else html.escape(m.group(0)), tokens[idx].content, flags=re.S)
+
+
+def _without_credentials(url: str) -> str:
+    """A remote's URL without a password or an HTTPS token in it (an SSH user name stays)."""
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    if parts.scheme in ("http", "https"):
+        return urlunsplit(parts._replace(netloc=host))
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}@{host}"))
+
+
+def _digests(marks: dict[str, tuple[Any, ...]]) -> dict[str, str]:
+    """Each topic's change marks as 12 hex digits: what a page embeds and a stream compares."""
+    return {t: hashlib.sha256(repr(marks.get(t)).encode()).hexdigest()[:12] for t in TOPICS}
+
+
+def _since_text(digests: dict[str, str], topics: list[str] | tuple[str, ...]) -> str:
+    return ",".join(f"{t}:{digests[t]}" for t in TOPICS if t in topics and t in digests)
+
+
+def _parse_since(text: str) -> dict[str, str]:
+    """A live stream's `since=topic:digest,...` (anything else in it is ignored)."""
+    out = {}
+    for item in text.split(",", len(TOPICS))[: len(TOPICS)]:
+        topic, _, digest = item.partition(":")
+        if topic in TOPICS and re.fullmatch(r"[0-9a-f]{12}", digest):
+            out[topic] = digest
+    return out
 
 
 def _sse(event: str, data: str) -> bytes:
@@ -152,7 +296,8 @@ def _subject(message: str) -> str:
 
 class Dashboard:
     """The dashboard's endpoints over one store. `repo` renders each revision's plan; `client`
-    gives the open connection to a node, for pod logs (None: logs are not available)."""
+    gives the open connection to a node, for pod logs (None: logs are not available);
+    `rollback`, what the rollback command repeats of serve's settings."""
 
     def __init__(
         self,
@@ -162,9 +307,12 @@ class Dashboard:
         repo: Repository | None = None,
         client: Callable[[str], NodeClient | None] | None = None,
         limits: Limits | None = None,
+        rollback: RollbackSettings | None = None,
     ) -> None:
         self.store = store
         self.repo = repo
+        self.rollback = rollback or (RollbackSettings(str(repo.path)) if repo is not None else None)
+        """The rollback command's settings; serve sets its listener's address in once bound."""
         self.client = client
         self.limits = limits or Limits()
         self._key = hashlib.sha256(b"gitorch-ui-session\0" + token.encode()).digest() if token else None
@@ -178,6 +326,8 @@ class Dashboard:
         )
         self._env.filters.update(when=_when, age=summaries.age, percent=_percent, short=_short, subject=_subject)
         self._markdown = MarkdownIt("commonmark", {"html": True}).enable("table")
+        for rule in ("html_block", "html_inline"):
+            self._markdown.add_render_rule(rule, _allowed_html)
         self._static = {p.name: p.read_bytes() for p in (HERE / "static").iterdir() if p.suffix in STATIC_TYPES}
         self._live = _Counter(self.limits.live_clients)
         self._logs = _Counter(self.limits.log_streams)
@@ -186,9 +336,11 @@ class Dashboard:
         self._plans: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._plans_lock = threading.Lock()
         self._folder_map: tuple[str, dict[tuple[str, str, str], str]] | None = None
-        self._marks: dict[str, tuple[Any, ...]] = {}
+        self._marks: dict[str, str] = {}
         self._marks_at = float("-inf")
-        self._marks_lock: asyncio.Lock | None = None
+        self._marks_lock = threading.Lock()
+        self._live_parts = _SharedRenders(self.limits.live_parts_cached, self.limits.live_parts_chars,
+                                          self.limits.live_part_seconds)
         self._closed = threading.Event()
 
     def close(self) -> None:
@@ -230,17 +382,26 @@ class Dashboard:
             refused = self._refused(req)
             if refused is not None:
                 return refused
-            try:
+            # Read before the store is: the page (and its live stream) may announce a change it
+            # already shows, never miss one.
+            marks = self._marks_now()
+
+            def render(part: bool) -> str:
                 context = fn(req)
+                context.update(topics=",".join(topics), path=req.path, token_set=self._token is not None,
+                               now=datetime.now(UTC), since=_since_text(marks, topics))
+                page = self._env.get_template(template)
+                if part:
+                    return "".join(page.blocks["live"](page.new_context(context)))
+                return page.render(context)
+
+            try:
+                if req.query.get("part") == "live":
+                    key = (template, req.path, tuple(sorted(req.query.items())), tuple(sorted(marks.items())))
+                    return Reply(200, self._live_parts.get(key, lambda: render(True)), HTML, HEADERS)
+                return Reply(200, render(False), HTML, HEADERS)
             except LookupError as exc:
                 return self._error(404, str(exc.args[0]) if exc.args else "not found")
-            context.update(topics=",".join(topics), path=req.path, token_set=self._token is not None,
-                           now=datetime.now(UTC))
-            page = self._env.get_template(template)
-            if req.query.get("part") == "live":
-                block = page.blocks["live"]
-                return Reply(200, "".join(block(page.new_context(context))), HTML, HEADERS)
-            return Reply(200, page.render(context), HTML, HEADERS)
 
         return handler
 
@@ -416,8 +577,15 @@ class Dashboard:
                 if h["commit"] == rev.commit:
                     rollouts.append({"object": o, "revision": h["revision"], "since": h["since"],
                                      "current": h["revision"] == current})
+        if self.rollback is not None:
+            branch = self.rollback.branch or (self.repo.head_branch() if self.repo is not None else None)
+            command = self.rollback.command(rev.commit, branch)
+        else:
+            branch, command = None, f'gitorch rollback {rev.commit[:12]} --reason "..."'
         return {
             "rev": rev,
+            "rollback": command,
+            "rollback_branch": branch or "",
             "rollouts": rollouts,
             "base": base,
             "plan": plan,
@@ -429,7 +597,7 @@ class Dashboard:
         reports = self.store.drift_reports(limit=31)
         docs = [drift.report_json(r, reports[i + 1] if i + 1 < len(reports) else None)
                 for i, r in enumerate(reports[:30])]
-        return {"reports": docs}
+        return {"reports": docs, "fixed": {r.id: drift.healed_mask(r) for r in reports[:30]}}
 
     def _events(self, req: Incoming) -> dict[str, Any]:
         namespace = req.query.get("namespace") or None
@@ -496,49 +664,58 @@ class Dashboard:
 
     # ---- live updates ----
 
-    async def _current_marks(self) -> dict[str, tuple[Any, ...]]:
-        """The store's change marks, read at most once per `poll / 2` for all streams together."""
-        if self._marks_lock is None:
-            self._marks_lock = asyncio.Lock()
-        async with self._marks_lock:
+    def _marks_now(self) -> dict[str, str]:
+        """The store's change marks (as digests), read at most once per `poll / 2` for every
+        stream and page together."""
+        with self._marks_lock:
             if time.monotonic() - self._marks_at >= self.limits.poll / 2:
-                self._marks = await asyncio.to_thread(self.store.marks)
-                self._marks_at = time.monotonic()
+                started = time.monotonic()
+                self._marks = _digests(self.store.marks())
+                self._marks_at = started
             return self._marks
+
+    async def _current_marks(self) -> dict[str, str]:
+        if time.monotonic() - self._marks_at < self.limits.poll / 2:
+            return self._marks  # fresh: no thread needed
+        return await asyncio.to_thread(self._marks_now)
 
     def _live_stream(self, req: Incoming) -> Reply:
         refused = self._refused(req)
         if refused is not None:
             return refused
-        topics = [t for t in req.query.get("topics", "").split(",") if t in TOPICS] or list(TOPICS)
+        topics = [t for t in TOPICS if t in req.query.get("topics", "").split(",")] or list(TOPICS)
+        since = _parse_since(req.query.get("since", ""))
         slot = self._live.take()
         if slot is None:
             return Reply(503, "too many live streams open\n", headers=(("Retry-After", "30"),))
-        stream = self._live_events(topics, slot)
+        stream = self._live_events(topics, since, slot)
         weakref.finalize(stream, slot.release)
         return Reply(200, "", "text/event-stream", (("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")),
                      stream=stream)
 
-    async def _live_events(self, topics: list[str], slot: _Slot) -> AsyncIterator[bytes]:
+    async def _live_events(self, topics: list[str], since: dict[str, str], slot: _Slot) -> AsyncIterator[bytes]:
+        """A change after the marks the stream starts from is announced: the page's own (`since`,
+        the marks it was rendered at), else the store's before the stream's first line."""
         try:
+            current = await self._current_marks()
+            last = {t: since.get(t, current[t]) for t in topics}
             yield b"retry: 2000\n\n"
             deadline = time.monotonic() + self.limits.live_lifetime
-            last = dict(await self._current_marks())
             quiet = 0.0
             while time.monotonic() < deadline and not self._closed.is_set():
-                await asyncio.sleep(self.limits.poll)
                 marks = await self._current_marks()
-                changed = [t for t in topics if marks.get(t) != last.get(t)]
-                last = dict(marks)
+                changed = [t for t in topics if marks[t] != last[t]]
+                last = {t: marks[t] for t in topics}
                 for t in changed:
                     yield _sse(t, t)
                 quiet = 0.0 if changed else quiet + self.limits.poll
                 if quiet >= 15:
                     quiet = 0.0
                     yield b": keep-alive\n\n"
-            # The page opens a new stream at once (static/dashboard.js), without the error an
-            # EventSource reports for a stream that just ends.
-            yield _sse("renew", "renew")
+                await asyncio.sleep(self.limits.poll)
+            # The page opens a new stream at once from the marks this one announced last
+            # (static/dashboard.js), without the error an EventSource reports for a stream that ends.
+            yield _sse("renew", _since_text(last, topics))
         finally:
             slot.release()
 

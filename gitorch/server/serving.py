@@ -27,7 +27,7 @@ from gitorch.reconcile.controller import Controller, ControllerSettings, PassRes
 from gitorch.reconcile.leadership import Leadership, holder_name
 from gitorch.server import systemd
 from gitorch.server.control import ControlSocket, socket_path
-from gitorch.server.dashboard import Dashboard
+from gitorch.server.dashboard import Dashboard, RollbackSettings
 from gitorch.server.http import Endpoint, HttpServer, Limits, Reply, Site
 from gitorch.server.kubeapi import KubeApiServer, KubeApiSettings
 from gitorch.server.metrics import Metrics
@@ -180,8 +180,14 @@ class Server:
         kube_api: tuple[str, int] | None = None,
         kube_api_settings: KubeApiSettings | None = None,
         ui_token: str | None = None,
+        repo_url: str | None = None,
+        wake_token_env: str | None = None,
     ) -> None:
         self.repo = repo
+        self.repo_url = repo_url
+        """The remote `repo` mirrors (None: a local repository); the dashboard's rollback command
+        commits there."""
+        self.wake_token_env = wake_token_env
         self.store = store
         self.state_dir = state_dir
         self.branch = branch
@@ -564,9 +570,22 @@ class Server:
         site.add("webhooks", endpoints(handlers, secret=self.webhook_secret, branch=self.branch,
                                        wake_token=self.wake_token))
         site.add("metrics", [Endpoint("/metrics", lambda _: Reply(200, *self.metrics.render()))])
-        self.dashboard = Dashboard(self.store, token=self.ui_token, repo=self.repo, client=self.controller.client)
+        self.dashboard = Dashboard(self.store, token=self.ui_token, repo=self.repo, client=self.controller.client,
+                                   rollback=self._rollback_settings(None))
         site.add("dashboard", self.dashboard.endpoints())
         return site
+
+    def _rollback_settings(self, bound: tuple[str, int] | None) -> RollbackSettings:
+        """What the dashboard's rollback command repeats of this serve's settings."""
+        wake = None
+        if bound is not None:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
+            wake = f"http://{f'[{host}]' if ':' in host else host}:{bound[1]}/hooks/wake"
+        state_dir = os.environ.get("GITORCH_STATE_DIR") and str(self.state_dir)
+        token_env = self.wake_token_env if self.wake_token_env not in (None, "GITORCH_WAKE_TOKEN") else None
+        return RollbackSettings(self.repo_url or str(self.repo.path), remote=self.repo_url is not None,
+                                branch=self.branch, wake_url=wake, state_dir=state_dir or None,
+                                wake_token_env=token_env)
 
     def _bind(self, host: str, port: int) -> None:
         try:
@@ -579,6 +598,8 @@ class Server:
             return
         self.listener = listener
         bound = listener.address
+        if self.dashboard is not None:
+            self.dashboard.rollback = self._rollback_settings(bound)
         log.info(f"listening on http://{bound[0]}:{bound[1]} ({', '.join(listener.site.paths)})")
         if not self.webhook_secret:
             log.warning("no webhook secret set: /hooks/git refuses every request (only /hooks/wake works)")

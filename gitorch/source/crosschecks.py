@@ -136,6 +136,21 @@ class _World:
                         labels_index.setdefault((obj.key.namespace, k, str(v)), []).append(labels)
         self.pod_labels = {k: tuple(v) for k, v in labels_index.items()}
         self._names: dict[tuple[str, str], tuple[str, ...]] | None = None
+        self._templates: dict[str, tuple[tuple[Object, dict[str, str], bool], ...]] | None = None
+
+    def templates(self, namespace: str) -> tuple[tuple[Object, dict[str, str], bool], ...]:
+        """The workloads of a namespace with their pod labels and whether they use hostNetwork
+        (what a NetworkPolicy's podSelector picks from)."""
+        if self._templates is None:
+            index: dict[str, list[tuple[Object, dict[str, str], bool]]] = {}
+            for obj in self.ordered:
+                found = pod_template(obj) if KINDS[obj.key.kind].workload else None
+                if found is not None:
+                    labels = {str(k): str(v) for k, v in _map(_map(found[1].get("metadata")).get("labels")).items()}
+                    host = _map(found[1].get("spec")).get("hostNetwork") is True
+                    index.setdefault(obj.key.namespace, []).append((obj, labels, host))
+            self._templates = {k: tuple(v) for k, v in index.items()}
+        return self._templates.get(namespace, ())
 
     def names(self, kind: str, namespace: str) -> tuple[str, ...]:
         """Names of the objects of a kind in a namespace, in the commit's order (for suggestions)."""
@@ -236,18 +251,29 @@ def _template_labels(obj: Object) -> Any:
 
 def _plaintext_secrets(objects: Mapping[ObjectKey, Object], clusters: list[Object],
                        invalid: Set[ObjectKey]) -> list[Diagnostic]:
-    """With the Cluster's `secrets.requireEncryption`, a Secret not in SOPS's format is an error."""
+    """With the Cluster's `secrets.requireEncryption`, a Secret not in SOPS's format is an error, and
+    so is each value under its data or stringData that the file's SOPS rules left in plaintext
+    (an encrypted_regex, say, that does not match stringData)."""
     valid = [c for c in clusters if c.key not in invalid]
     secrets = valid[0].body.get("spec", {}).get("secrets") if valid else None
     if not isinstance(secrets, dict) or secrets.get("requireEncryption") is not True:
         return []
-    return [
-        _diag(obj, "/metadata/name",
-              f"Secret {key.namespace}/{key.name} is not encrypted, and the Cluster sets secrets.requireEncryption",
-              f"encrypt it: gitorch secret encrypt -i {obj.path}")
-        for key, obj in objects.items()
-        if key.kind == "Secret" and not getattr(obj.document, "encrypted", False)
-    ]
+    out = []
+    for key, obj in objects.items():
+        if key.kind != "Secret":
+            continue
+        if not getattr(obj.document, "encrypted", False):
+            out.append(_diag(obj, "/metadata/name", f"Secret {key.namespace}/{key.name} is not encrypted, and the "
+                             "Cluster sets secrets.requireEncryption",
+                             f"encrypt it: gitorch secret encrypt -i {obj.path}"))
+            continue
+        out.extend(
+            _diag(obj, ptr, f"Secret {key.namespace}/{key.name}: this value is in plaintext (the file's SOPS rules "
+                  "leave it unencrypted), and the Cluster sets secrets.requireEncryption",
+                  f"let the rules cover data and stringData: gitorch secret decrypt -i {obj.path} && gitorch secret "
+                  f"encrypt -i {obj.path}, whose default is encrypted_regex ^(data|stringData)$")
+            for ptr in getattr(obj.document, "exposed", ()))
+    return out
 
 
 def _check_grants(objects: Mapping[ObjectKey, Object], clusters: list[Object],
@@ -359,7 +385,7 @@ def cross_check(
                     ptr = f"/metadata/labels/{escape_token(label)}"
                     out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
         elif key.kind == "NetworkPolicy":
-            out.extend(_guarded(obj, functools.partial(_check_network_policy, obj)))
+            out.extend(_guarded(obj, functools.partial(_check_network_policy, obj, world)))
         elif key.kind == "HorizontalPodAutoscaler":
             out.extend(_guarded(obj, functools.partial(_check_autoscaler, obj, world, invalid)))
         elif key.kind == "VerticalPodAutoscaler":
@@ -678,9 +704,68 @@ def _claim_bounds(obj: Object, ptr: str, claim: Mapping[str, Any], items: tuple[
     return out
 
 
-def _check_network_policy(np: Object) -> list[Diagnostic]:
-    """What the schema cannot say: port ranges, CIDRs and their exceptions, rules a policyTypes hides."""
+_KUBE_DNS = frozenset(("kube-dns", "coredns"))  # the k8s-app label of Kubernetes' cluster DNS pods
+
+
+def _dns_address(world: _World) -> str:
+    """The cluster DNS address pods' resolv.conf names, if the Cluster gives one."""
+    for name in world.names("Cluster", ""):
+        cluster = world.objects.get(ObjectKey("Cluster", "", name))
+        address = str(_map(_map(cluster.spec if cluster else None).get("dns")).get("address") or "")
+        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+        try:
+            if not ipaddress.ip_address(host.strip("[]")).is_unspecified:
+                return host.strip("[]")
+        except ValueError:
+            continue
+    return ""
+
+
+def _selects_kube_dns(selector: Any) -> bool:
+    sel = _map(selector)
+    if str(_map(sel.get("matchLabels")).get("k8s-app")) in _KUBE_DNS:
+        return True
+    return any(_map(e).get("key") == "k8s-app" and _map(e).get("operator") == "In"
+               and _KUBE_DNS & {str(v) for v in _seq(_map(e).get("values"))} for e in _seq(sel.get("matchExpressions")))
+
+
+def _policy_reach(np: Object, world: _World) -> list[Diagnostic]:
+    """What a policy cannot do here: select host-network pods only (they have no pod address
+    and are not policed), or name Kubernetes' DNS pods (gitorch's cluster DNS is no pod)."""
     out: list[Diagnostic] = []
+    selector = np.spec.get("podSelector")
+    if isinstance(selector, dict):
+        picked = [(obj, host) for obj, labels, host in world.templates(np.key.namespace)
+                  if selectors.matches(selector, labels)]
+        if picked and all(host for _, host in picked):
+            names = ", ".join(f"{o.key.kind}/{o.key.name}" for o, _ in picked[:3])
+            names += ", ..." if len(picked) > 3 else ""
+            out.append(_diag(np, "/spec/podSelector", f"no effect: every pod this policy selects ({names}) uses "
+                             "hostNetwork, and host-network pods have no pod address of their own: gitorch does "
+                             "not police them", "protect host-network pods with the node's own firewall, or "
+                             "run them on the pod network", warning=True))
+    peers = [(f"/spec/{direction}/{r}/{field}/{i}/podSelector", _map(peer).get("podSelector"))
+             for direction, field in (("ingress", "from"), ("egress", "to"))
+             for r, rule in enumerate(_seq(np.spec.get(direction)))
+             for i, peer in enumerate(_seq(_map(rule).get(field)))]
+    aimed = [ptr for ptr, sel in peers if _selects_kube_dns(sel)]
+    if not aimed or any(labels.get("k8s-app") in _KUBE_DNS for ns in {o.key.namespace for o in world.ordered}
+                        for _, labels, _ in world.templates(ns)):
+        return out  # none, or the repository runs a DNS of its own with that label: the selector means it
+    address = _dns_address(world)
+    where = f"at {address}" if address else "at the Cluster's spec.dns.address"
+    for ptr in aimed:
+        out.append(_diag(np, ptr, "no effect: no pod is kube-dns in gitorch; pods ask the cluster DNS gitorch "
+                         f"serves {where}, which is not a pod",
+                         "to let pods resolve names under egress isolation, allow egress to ipBlock "
+                         f"{address or '<that address>'}/32 on UDP and TCP port 53", warning=True))
+    return out
+
+
+def _check_network_policy(np: Object, world: _World) -> list[Diagnostic]:
+    """What the schema cannot say: port ranges, CIDRs and their exceptions, rules a policyTypes
+    hides, and what a policy cannot reach here (see _policy_reach)."""
+    out: list[Diagnostic] = _policy_reach(np, world)
     types = _seq(np.spec.get("policyTypes"))
     for direction, peers_field, kind in (("ingress", "from", "Ingress"), ("egress", "to", "Egress")):
         rules = _seq(np.spec.get(direction))
@@ -703,18 +788,26 @@ def _check_network_policy(np: Object) -> list[Diagnostic]:
                 block = _map(_map(peer).get("ipBlock"))
                 ptr = f"/spec/{direction}/{r}/{peers_field}/{i}/ipBlock"
                 try:
-                    net = ipaddress.IPv4Network(str(block.get("cidr")), strict=False)
+                    net = ipaddress.ip_network(str(block.get("cidr")), strict=False)
                 except ValueError as exc:
-                    out.append(_diag(np, ptr + "/cidr", f"not an IPv4 CIDR: {exc}", "an IPv4 CIDR such as 10.0.0.0/8"))
+                    out.append(_diag(np, ptr + "/cidr", f"not an IPv4 or IPv6 CIDR: {exc}",
+                                     "an IPv4 CIDR such as 10.0.0.0/8"))
                     continue
+                if net.version == 6:
+                    # Kubernetes takes IPv6 blocks (dual-stack manifests list ::/0 beside 0.0.0.0/0);
+                    # refusing them would refuse those manifests for a block that changes nothing here.
+                    out.append(_diag(np, ptr + "/cidr", f"no effect: {net} is IPv6 and gitorch pods have no IPv6 "
+                                     "(their eth0 has it turned off), so this block matches no pod traffic",
+                                     "nothing to do if the manifest is also for dual-stack clusters; "
+                                     "else remove the block", warning=True))
                 for j, ex in enumerate(_seq(block.get("except"))):
                     try:
-                        sub = ipaddress.IPv4Network(str(ex), strict=False)
+                        sub = ipaddress.ip_network(str(ex), strict=False)
                     except ValueError as exc:
-                        out.append(_diag(np, f"{ptr}/except/{j}", f"not an IPv4 CIDR: {exc}",
+                        out.append(_diag(np, f"{ptr}/except/{j}", f"not an IPv4 or IPv6 CIDR: {exc}",
                                          "an IPv4 CIDR such as 10.1.0.0/16"))
                         continue
-                    if not sub.subnet_of(net) or sub.prefixlen <= net.prefixlen:
+                    if sub.version != net.version or not sub.subnet_of(net) or sub.prefixlen <= net.prefixlen:  # type: ignore[arg-type]
                         out.append(_diag(np, f"{ptr}/except/{j}", f"{ex} is not inside {block.get('cidr')}",
                                          "each except must be a smaller CIDR inside cidr, as Kubernetes requires"))
     return out

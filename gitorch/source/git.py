@@ -95,6 +95,14 @@ class Repository:
     def git_dir(self) -> Path:
         return Path(self._repo.path)
 
+    def head_branch(self) -> str | None:
+        """The branch HEAD names (None: a detached HEAD)."""
+        try:
+            name = self._repo.references["HEAD"].target
+        except (KeyError, pygit2.GitError):
+            return None
+        return name.removeprefix("refs/heads/") if isinstance(name, str) and name.startswith("refs/heads/") else None
+
     def resolve(self, rev: str | None) -> Revision:
         """Resolve any revision expression (branch, tag, `HEAD~2`, an oid) to its commit."""
         commit = self._commit(rev)

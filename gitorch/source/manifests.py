@@ -32,11 +32,121 @@ from gitorch.model.diagnostics import Diagnostic, Severity, escape_token, split_
 from gitorch.model.documents import Position
 
 try:  # the C parser ships in ruamel.yaml.clib; fall back to the pure parser without it
+    import _ruamel_yaml
     from _ruamel_yaml import CParser as _CParser
 
     _HAVE_C = True
 except ImportError:  # pragma: no cover - exercised only where the clib wheel is missing
     _HAVE_C = False
+
+
+# Events as the composer reads them: the C parser's arguments, kept as they are passed. The C
+# parser builds each event by calling the class its module names (ruamel.yaml.events'), whose
+# three chained Python __init__s cost more than composing the event; an exception class keeps
+# its positional arguments in `args` without running any Python code. `_light_events` points
+# the C parser at these once, at import, after checking that it passes what they expect.
+class _Event(BaseException):
+    __slots__ = ()
+
+
+class _Scalar(_Event):  # anchor, tag, implicit, value, start_mark, end_mark, style
+    __slots__ = ()
+
+
+class _MappingStart(_Event):  # anchor, tag, implicit, start_mark, end_mark, flow_style
+    __slots__ = ()
+
+
+class _SequenceStart(_Event):  # as _MappingStart
+    __slots__ = ()
+
+
+class _MappingEnd(_Event):  # start_mark, end_mark
+    __slots__ = ()
+
+
+class _SequenceEnd(_Event):  # start_mark, end_mark
+    __slots__ = ()
+
+
+class _Alias(_Event):  # anchor, start_mark, end_mark
+    __slots__ = ()
+
+
+class _DocumentStart(_Event):  # start_mark, end_mark, explicit, version, tags
+    __slots__ = ()
+
+
+class _DocumentEnd(_Event):  # start_mark, end_mark, explicit
+    __slots__ = ()
+
+
+class _Other(_Event):  # stream start and end
+    __slots__ = ()
+
+
+_LIGHT: dict[str, type[_Event]] = {
+    "ScalarEvent": _Scalar,
+    "MappingStartEvent": _MappingStart,
+    "SequenceStartEvent": _SequenceStart,
+    "MappingEndEvent": _MappingEnd,
+    "SequenceEndEvent": _SequenceEnd,
+    "AliasEvent": _Alias,
+    "DocumentStartEvent": _DocumentStart,
+    "DocumentEndEvent": _DocumentEnd,
+    "StreamStartEvent": _Other,
+    "StreamEndEvent": _Other,
+}
+
+
+def _light(e: Any) -> _Event:
+    """ruamel's own event as the composer reads it (the pure parser's, or the C parser's when
+    its module could not be pointed at the light classes)."""
+    cls = type(e)
+    if cls is ev.ScalarEvent:
+        return _Scalar(e.anchor, e.ctag, e.implicit, e.value, e.start_mark, e.end_mark, e.style)
+    if cls is ev.MappingStartEvent or cls is ev.SequenceStartEvent:
+        light = _MappingStart if cls is ev.MappingStartEvent else _SequenceStart
+        return light(e.anchor, e.ctag, e.implicit, e.start_mark, e.end_mark, e.flow_style)
+    if cls is ev.AliasEvent:
+        return _Alias(e.anchor, e.start_mark, e.end_mark)
+    if cls is ev.DocumentStartEvent:
+        return _DocumentStart(e.start_mark, e.end_mark, e.explicit, None, None)
+    named = _LIGHT.get(cls.__name__, _Other)
+    return named(e.start_mark, e.end_mark)
+
+
+def _light_events() -> bool:
+    """Point the C parser at the light event classes, if it passes what they expect; else leave
+    it as it is (its events are converted one by one)."""
+    if not _HAVE_C or any(not isinstance(getattr(_ruamel_yaml, n, None), type) for n in _LIGHT):
+        return False
+    saved = {n: getattr(_ruamel_yaml, n) for n in _LIGHT}
+    try:
+        for n, light in _LIGHT.items():
+            setattr(_ruamel_yaml, n, light)
+        parser = _CParser("a: &x [1, 'b']\nc: *x\n")
+        try:
+            got = []
+            while (e := parser.get_event()) is not None:
+                got.append((type(e).__name__, e.args))
+        finally:
+            parser.dispose()
+        shapes = [(name, len(args)) for name, args in got]
+        ok = shapes == [
+            ("_Other", 3), ("_DocumentStart", 5), ("_MappingStart", 6), ("_Scalar", 7), ("_SequenceStart", 6),
+            ("_Scalar", 7), ("_Scalar", 7), ("_SequenceEnd", 2), ("_Scalar", 7), ("_Alias", 3), ("_MappingEnd", 2),
+            ("_DocumentEnd", 3), ("_Other", 2),
+        ] and got[3][1][3] == "a" and got[4][1][0] == "x" and got[6][1][3] == "b" and got[6][1][2] == (False, True)
+    except Exception:
+        ok = False
+    if not ok:  # pragma: no cover - a clib that calls its events otherwise
+        for n, cls in saved.items():
+            setattr(_ruamel_yaml, n, cls)
+    return ok
+
+
+_LIGHT_EVENTS = _light_events()
 
 
 @dataclass(frozen=True)
@@ -171,6 +281,9 @@ class Document:
     positions: _Positions | None = field(default=None, repr=False, compare=False)
     encrypted: bool = field(default=False, compare=False)
     """Decrypted from SOPS's format (source/sops.py) on load."""
+    exposed: tuple[str, ...] = field(default=(), compare=False)
+    """Of an encrypted document: pointers to the values under data and stringData that the file's
+    SOPS rules left in plaintext (a Secret under secrets.requireEncryption may have none)."""
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.
@@ -361,16 +474,19 @@ class _Anchored:
 class _Frame:
     """A mapping or sequence being composed."""
 
-    __slots__ = ("anchor", "children", "explicit", "height", "key", "key_at", "merge", "size", "value", "where")
+    __slots__ = (
+        "anchor", "children", "explicit", "height", "is_map", "key", "key_at", "merge", "size", "value", "where",
+    )
 
     def __init__(
         self, value: dict[str, Any] | list[Any], line: int, column: int, anchor: str | None, positions: bool
     ) -> None:
-        self.value = value
-        self.children: dict[str, Any] | list[Any] | None = None
+        self.value: Any = value  # a dict when is_map, else a list
+        self.is_map = isinstance(value, dict)
+        self.children: Any = None  # the same kind as value, with positions
         self.where: _Where = _NOWHERE
         if positions:
-            self.children = {} if isinstance(value, dict) else []
+            self.children = {} if self.is_map else []
             self.where = (line, column, self.children)
         self.anchor = anchor
         self.size = 1
@@ -397,7 +513,10 @@ class _Composer:
         self.sequence: type[list[Any]] = ReadOnlyList if read_only else list
         self.warnings: list[_ComposeError] = []  # scalars read as Kubernetes reads YAML 1.1
 
-    def documents(self, events: Iterator[Any]) -> Iterator[tuple[Any, _Where]]:
+    def documents(self, events: Iterator[_Event]) -> Iterator[tuple[Any, _Where]]:
+        # The hot loop of a cold validation (a few hundred thousand events for 10,000 objects):
+        # the common cases (a plain word as a key or value, a value added to a mapping or a
+        # list) are written out here rather than through _scalar, _key and _add.
         limits = self.limits
         positions = self.positions
         stack: list[_Frame] = []
@@ -406,48 +525,73 @@ class _Composer:
         root: tuple[Any, _Where] | None = None
         count = 0
         added = 0  # nodes added by aliases in this document
-        scalar_event, alias_event = ev.ScalarEvent, ev.AliasEvent
-        mapping_start, sequence_start = ev.MappingStartEvent, ev.SequenceStartEvent
-        mapping_end, sequence_end = ev.MappingEndEvent, ev.SequenceEndEvent
+        special = _MAYBE_SPECIAL
         for e in events:
             cls = type(e)
-            if cls is scalar_event:
-                mark = e.start_mark
-                line, column = mark.line + 1, mark.column + 1
-                tag = e.ctag if e.ctag not in _NO_TAG else (None if e.implicit[0] else _STR)
+            if cls is _Scalar:
+                anchor, tag, implicit, text, mark = e.args[:5]
+                if tag is None or tag == "!":
+                    tag = None if implicit[0] else _STR
                 top = stack[-1] if stack else None
-                if top is not None and top.key is None and isinstance(top.value, dict):
-                    try:
-                        key = _scalar(e.value, tag)
-                    except _BadScalar as exc:
-                        raise self._error(stack, line, column, str(exc), exc.hint) from exc
-                    except _Yaml11:
-                        key = e.value  # kept as written, as `80: x` is
-                    if not isinstance(key, str):
-                        key = e.value  # Kubernetes object keys are strings: `80: x` means "80"
-                    self._key(stack, top, key, tag is None and e.value == _MERGE, line, column)
-                    if e.anchor is not None:
-                        anchors[e.anchor] = _Anchored(key, (line, column, None) if positions else _NOWHERE, 1, 0, key)
+                if top is not None and top.key is None and top.is_map:
+                    line, column = mark.line + 1, mark.column + 1
+                    merge = False
+                    if tag is None and text and text[0] not in special:
+                        key = text  # a plain word
+                        merge = text == _MERGE
+                    else:
+                        try:
+                            key = _scalar(text, tag)
+                        except _BadScalar as exc:
+                            raise self._error(stack, line, column, str(exc), exc.hint) from exc
+                        except _Yaml11:
+                            key = text  # kept as written, as `80: x` is
+                        if not isinstance(key, str):
+                            key = text  # Kubernetes object keys are strings: `80: x` means "80"
+                    if not merge and key in top.explicit:
+                        top.key = key
+                        raise self._error(stack, line, column, f"duplicate key {key!r} in this mapping")
+                    top.key, top.merge = key, merge
+                    if positions:
+                        top.key_at = (line, column)
+                    if anchor is not None:
+                        anchors[anchor] = _Anchored(key, (line, column, None) if positions else _NOWHERE, 1, 0, key)
                     continue
-                try:
-                    value = _scalar(e.value, tag)
-                except _BadScalar as exc:
-                    raise self._error(stack, line, column, str(exc), exc.hint) from exc
-                except _Yaml11 as exc:
-                    value = exc.value
-                    self.warnings.append(self._error(stack, line, column, str(exc), exc.hint))
-                where: _Where = (line, column, None) if positions else _NOWHERE
-                if e.anchor is not None:
-                    anchors[e.anchor] = _Anchored(value, where, 1, 0, e.value if value is None else str(value))
+                if tag is None and text and text[0] not in special:
+                    value: Any = text  # a plain word
+                else:
+                    try:
+                        value = _scalar(text, tag)
+                    except _BadScalar as exc:
+                        raise self._error(stack, mark.line + 1, mark.column + 1, str(exc), exc.hint) from exc
+                    except _Yaml11 as exc:
+                        value = exc.value
+                        self.warnings.append(self._error(stack, mark.line + 1, mark.column + 1, str(exc), exc.hint))
+                where: _Where = (mark.line + 1, mark.column + 1, None) if positions else _NOWHERE
+                if anchor is not None:
+                    anchors[anchor] = _Anchored(value, where, 1, 0, text if value is None else str(value))
                 if top is None:
                     root = (value, where)
+                elif top.is_map and not top.merge:
+                    key = top.key
+                    top.size += 1
+                    top.explicit.add(key)  # type: ignore[arg-type]
+                    _dict_set(top.value, key, value)
+                    if positions:
+                        top.children[key] = (top.key_at[0], top.key_at[1], where)
+                    top.key = None
+                elif not top.is_map:
+                    top.size += 1
+                    _list_append(top.value, value)
+                    if positions:
+                        top.children.append(where)
                 else:
                     self._add(stack, top, value, where, 1, 0)
-            elif cls is mapping_start or cls is sequence_start:
-                mark = e.start_mark
+            elif cls is _MappingStart or cls is _SequenceStart:
+                anchor, mark = e.args[0], e.args[3]
                 line, column = mark.line + 1, mark.column + 1
                 top = stack[-1] if stack else None
-                if top is not None and top.key is None and isinstance(top.value, dict):
+                if top is not None and top.key is None and top.is_map:
                     raise self._error(stack, line, column, "a mapping key must be a plain string")
                 if len(stack) >= limits.depth:
                     raise self._error(
@@ -457,11 +601,11 @@ class _Composer:
                         f"nested more than {limits.depth} levels deep",
                         "Kubernetes objects need about 15 levels; is this file generated by mistake?",
                     )
-                if e.anchor is not None:
-                    open_anchors.add(e.anchor)
-                value = self.mapping() if cls is mapping_start else self.sequence()
-                stack.append(_Frame(value, line, column, e.anchor, positions))
-            elif cls is mapping_end or cls is sequence_end:
+                if anchor is not None:
+                    open_anchors.add(anchor)
+                value = self.mapping() if cls is _MappingStart else self.sequence()
+                stack.append(_Frame(value, line, column, anchor, positions))
+            elif cls is _MappingEnd or cls is _SequenceEnd:
                 done = stack.pop()
                 if done.anchor is not None:
                     open_anchors.discard(done.anchor)
@@ -470,10 +614,9 @@ class _Composer:
                     self._add(stack, stack[-1], done.value, done.where, done.size, done.height)
                 else:
                     root = (done.value, done.where)
-            elif cls is alias_event:
-                mark = e.start_mark
+            elif cls is _Alias:
+                name, mark = e.args[0], e.args[1]
                 line, column = mark.line + 1, mark.column + 1
-                name = e.anchor
                 target = anchors.get(name)
                 if target is None:
                     if name in open_anchors:
@@ -488,7 +631,7 @@ class _Composer:
                         stack, line, column, f"undefined alias *{name}", f"define the anchor &{name} before using it"
                     )
                 top = stack[-1] if stack else None
-                if top is not None and top.key is None and isinstance(top.value, dict):
+                if top is not None and top.key is None and top.is_map:
                     if target.key is None:
                         raise self._error(stack, line, column, "a mapping key must be a plain string")
                     self._key(stack, top, target.key, False, line, column)
@@ -514,10 +657,10 @@ class _Composer:
                     root = (target.value, target.where)
                 else:
                     self._add(stack, top, target.value, target.where, target.size, target.height)
-            elif cls is ev.DocumentStartEvent:
+            elif cls is _DocumentStart:
                 count += 1
                 if count > limits.documents:
-                    mark = e.start_mark
+                    mark = e.args[0]
                     raise _ComposeError(
                         mark.line + 1,
                         mark.column + 1,
@@ -528,7 +671,7 @@ class _Composer:
                 anchors.clear()
                 added = 0
                 root = None
-            elif cls is ev.DocumentEndEvent:
+            elif cls is _DocumentEnd:
                 if root is not None:
                     yield root
                 root = None
@@ -543,14 +686,14 @@ class _Composer:
         top.size += size
         if height >= top.height:
             top.height = height + 1
-        if isinstance(top.value, list):
+        if not top.is_map:
             _list_append(top.value, value)
             if top.children is not None:
-                top.children.append(where)  # type: ignore[union-attr]
+                top.children.append(where)
             return
         key = top.key
         assert key is not None
-        children: dict[str, Any] | None = top.children  # type: ignore[assignment]
+        children: dict[str, Any] | None = top.children
         if top.merge:
             if isinstance(value, dict):
                 sources = [(value, where)]
@@ -587,17 +730,22 @@ class _Composer:
         return _ComposeError(line, column, "".join("/" + escape_token(t) for t in tokens), message, hint)
 
 
-def _events(text: str) -> Iterator[Any]:
+def _events(text: str) -> Iterator[_Event]:
     if _HAVE_C:
         parser = _CParser(text)
         get = parser.get_event
         try:
-            while (event := get()) is not None:  # None after the stream's end
-                yield event
+            if _LIGHT_EVENTS:
+                while (event := get()) is not None:  # None after the stream's end
+                    yield event
+            else:  # pragma: no cover - a clib whose events could not be made light
+                while (event := get()) is not None:
+                    yield _light(event)
         finally:
             parser.dispose()
         return
-    yield from YAML(typ="safe", pure=True).parse(text)  # pragma: no cover
+    for event in YAML(typ="safe", pure=True).parse(text):  # pragma: no cover
+        yield _light(event)
 
 
 def parse_documents(

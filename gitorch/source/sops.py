@@ -5,7 +5,9 @@ loaded YAML values (dicts in file order, lists, scalars), so `manifests.py` stay
 Follows SOPS's sops.go and aes/cipher.go: each encrypted leaf is AES-256-GCM with a 32-byte IV and
 the leaf's key path joined by ":" (plus a trailing ":") as additional data; the MAC is SHA-512 over
 the plaintext leaves in tree order, upper-case hex, itself encrypted with `lastmodified` (RFC 3339)
-as additional data. Error messages name paths and never a plaintext value.
+as additional data. Which values are encrypted, and what the MAC covers, follow the file's rules
+(`Rules`: SOPS's four selectors and mac_only_encrypted); several key groups share the data key by
+Shamir's scheme (SOPS's shamir package). Error messages name paths and never a plaintext value.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from gitorch.source.certificates import AeadError, aes_gcm_open, aes_gcm_seal
 
 SOPS_VERSION = "3.10.2"  # the format version we write; SOPS reads files of older and newer 3.x
 DEFAULT_ENCRYPTED_REGEX = "^(data|stringData)$"  # what a Kubernetes Secret needs hidden
+DEFAULT_UNENCRYPTED_SUFFIX = "_unencrypted"  # SOPS's rule when a file names none
+SECRET_FIELDS = ("data", "stringData")
 _MAC_ONLY_ENCRYPTED_INIT = bytes.fromhex(
     "8a3fd2ad54ce66527b1034f3d147be0b0b975b3bf44f72c6fdadec8176f27d69"
 )
 _ENC = re.compile(r"^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]")
-_UNSUPPORTED = ("encrypted_comment_regex", "unencrypted_comment_regex", "shamir_threshold")
-_SELECTORS = ("unencrypted_suffix", "encrypted_suffix", "unencrypted_regex", "encrypted_regex")
+_UNSUPPORTED = ("encrypted_comment_regex", "unencrypted_comment_regex")
+SELECTORS = ("encrypted_regex", "unencrypted_regex", "encrypted_suffix", "unencrypted_suffix")
 
 
 class SopsError(ValueError):
@@ -43,32 +47,102 @@ def is_encrypted(doc: Any) -> bool:
     return isinstance(doc, Mapping) and isinstance(doc.get("sops"), Mapping)
 
 
-def _rules(meta: Mapping[str, Any]) -> Callable[[list[str]], bool]:
-    for name in _UNSUPPORTED:
-        if meta.get(name):
-            raise SopsError(f"sops.{name}: not supported by gitorch; re-encrypt without it")
-    chosen = [n for n in _SELECTORS if meta.get(n)]
-    if len(chosen) > 1:  # SOPS itself refuses to combine them
-        raise SopsError(f"sops: only one of {', '.join(chosen)} may be set")
-    unenc_suffix = str(meta.get("unencrypted_suffix") or "")
-    enc_suffix = str(meta.get("encrypted_suffix") or "")
-    unenc_re = re.compile(str(meta["unencrypted_regex"])) if meta.get("unencrypted_regex") else None
-    enc_re = re.compile(str(meta["encrypted_regex"])) if meta.get("encrypted_regex") else None
+def _flag(meta: Mapping[str, Any], name: str) -> bool:
+    """A boolean metadata field as SOPS decodes it (mapstructure's weak typing: a string through
+    Go's strconv.ParseBool, a number by being non-zero), so a quoted "false" is false."""
+    value = meta.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str):
+        if value in ("1", "t", "T", "TRUE", "true", "True"):
+            return True
+        if value in ("", "0", "f", "F", "FALSE", "false", "False"):
+            return False
+    raise SopsError(f"sops.{name}: expected true or false")
 
-    def should_encrypt(path: list[str]) -> bool:
-        # Same order as sops.go's shouldBeEncrypted; Go's regexp.Match is an unanchored search.
-        encrypted = True
-        if unenc_suffix and any(p.endswith(unenc_suffix) for p in path):
-            encrypted = False
-        if enc_suffix:
-            encrypted = any(p.endswith(enc_suffix) for p in path)
-        if unenc_re is not None and any(unenc_re.search(p) for p in path):
-            encrypted = False
-        if enc_re is not None:
-            encrypted = any(enc_re.search(p) for p in path)
-        return encrypted
 
-    return should_encrypt
+@dataclass(frozen=True)
+class Rules:
+    """Which values a file encrypts: one of SOPS's selectors (`SELECTORS`) with its suffix or regex,
+    and whether the MAC covers only the encrypted values (`mac_only_encrypted`)."""
+
+    selector: str = "encrypted_regex"
+    pattern: str = DEFAULT_ENCRYPTED_REGEX
+    mac_only_encrypted: bool = False
+
+    @classmethod
+    def of(cls, meta: Mapping[str, Any]) -> Rules:
+        """A file's rules as SOPS reads them; none set means its default, unencrypted_suffix `_unencrypted`."""
+        for name in _UNSUPPORTED:
+            if meta.get(name):
+                raise SopsError(f"sops.{name}: not supported by gitorch; re-encrypt without it")
+        chosen = [n for n in SELECTORS if meta.get(n)]
+        if len(chosen) > 1:  # SOPS itself refuses to combine them
+            raise SopsError(f"sops: only one of {', '.join(chosen)} may be set")
+        selector = chosen[0] if chosen else "unencrypted_suffix"
+        pattern = str(meta[selector]) if chosen else DEFAULT_UNENCRYPTED_SUFFIX
+        rules = cls(selector, pattern, _flag(meta, "mac_only_encrypted"))
+        rules.matcher()  # a bad regex is the file's error, found before any value is read
+        return rules
+
+    def metadata(self) -> dict[str, Any]:
+        """The fields SOPS writes for these rules (mac_only_encrypted only when set)."""
+        return {self.selector: self.pattern, **({"mac_only_encrypted": True} if self.mac_only_encrypted else {})}
+
+    def matcher(self) -> Callable[[Sequence[str]], bool]:
+        """Whether a value at a key path is encrypted (sops.go's shouldBeEncrypted; Go's
+        regexp.Match is an unanchored search, and any key of the path may match)."""
+        if self.selector not in SELECTORS or not self.pattern:
+            raise SopsError(f"sops: {self.selector!r} with {self.pattern!r} is not a rule "
+                            f"(one of {', '.join(SELECTORS)}, with a suffix or regex)")
+        wanted = not self.selector.startswith("unencrypted")
+        if self.selector.endswith("suffix"):
+            suffix = self.pattern
+
+            def by_suffix(path: Sequence[str]) -> bool:
+                return any(k.endswith(suffix) for k in path) == wanted
+            return by_suffix
+        try:
+            found = re.compile(self.pattern)
+        except re.error as exc:
+            raise SopsError(f"sops.{self.selector}: bad regular expression: {exc}") from exc
+
+        def by_regex(path: Sequence[str]) -> bool:
+            return any(found.search(k) is not None for k in path) == wanted
+        return by_regex
+
+
+SECRET_RULES = Rules()
+"""gitorch's default: a Kubernetes Secret's `data` and `stringData` values encrypted, the rest readable."""
+
+
+def _rules(meta: Mapping[str, Any]) -> Callable[[Sequence[str]], bool]:
+    return Rules.of(meta).matcher()
+
+
+def left_plaintext(body: Mapping[str, Any], rules: Rules,
+                   roots: Sequence[str] = SECRET_FIELDS) -> list[tuple[str | int, ...]]:
+    """Where `rules` leave a non-empty value under the top-level `roots` unencrypted (a Secret's
+    data and stringData by default), as paths of keys and list indexes; values themselves are not returned."""
+    should = rules.matcher()
+    out: list[tuple[str | int, ...]] = []
+
+    def walk(node: Any, path: tuple[str | int, ...], keys: list[str]) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, (*path, str(k)), [*keys, str(k)])
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, (*path, i), keys)
+        elif node is not None and node != "" and not should(keys):
+            out.append(path)
+
+    for root in roots:
+        if root in body:
+            walk(body[root], (root,), [root])
+    return out
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -179,12 +253,96 @@ def _rfc3339(stamp: str) -> str:
     return f"{base}{sign}{abs(total) // 60:02d}:{abs(total) % 60:02d}"
 
 
+_KEY_KINDS = ("age", "pgp", "kms", "gcp_kms", "hckms", "azure_kv", "hc_vault")
+
+
+def key_groups(meta: Mapping[str, Any]) -> list[dict[str, list[Mapping[str, Any]]]]:
+    """The file's key groups as SOPS reads them (stores.go, internalKeygroups): its top-level keys
+    are the one group when it has any, and key_groups is then ignored; each group's keys by kind."""
+    def group(m: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+        out: dict[str, list[Mapping[str, Any]]] = {}
+        for kind in _KEY_KINDS:
+            found = [s for s in m.get(kind) or [] if isinstance(s, Mapping)] if isinstance(m.get(kind), list) else []
+            if found:
+                out[kind] = found
+        return out
+
+    top = group(meta)
+    if top:
+        return [top]
+    return [group(g) for g in meta.get("key_groups") or [] if isinstance(g, Mapping)]
+
+
+def recipients(meta: Mapping[str, Any]) -> list[list[str]]:
+    """The age recipients of each key group (what `secret edit` encrypts for again)."""
+    return [[str(s.get("recipient", "")) for s in g.get("age", [])] for g in key_groups(meta)]
+
+
+def other_keys(meta: Mapping[str, Any]) -> list[str]:
+    """The kinds of non-age keys the file is also encrypted for (pgp, kms, ...), which gitorch cannot write."""
+    return sorted({kind for g in key_groups(meta) for kind in g if kind != "age"})
+
+
 def _age_stanzas(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    stanzas = [s for s in meta.get("age") or [] if isinstance(s, Mapping)]
-    for group in meta.get("key_groups") or []:
-        if isinstance(group, Mapping):
-            stanzas += [s for s in group.get("age") or [] if isinstance(s, Mapping)]
-    return stanzas
+    return [s for g in key_groups(meta) for s in g.get("age", [])]
+
+
+# Shamir's secret sharing over GF(2^8) as SOPS's shamir package (from Vault) does it: the data key
+# split into one part per key group, each part one byte longer (its x coordinate, 1 for the first group).
+
+def _gf_mul(a: int, b: int) -> int:
+    out = 0
+    for _ in range(8):  # the AES field: x^8 + x^4 + x^3 + x + 1
+        if b & 1:
+            out ^= a
+        a = ((a << 1) ^ 0x1B) & 0xFF if a & 0x80 else a << 1
+        b >>= 1
+    return out
+
+
+def _gf_inverse(a: int) -> int:
+    out = 1
+    for _ in range(254):  # a^254 = a^-1
+        out = _gf_mul(out, a)
+    return out
+
+
+def shamir_split(secret: bytes, parts: int, threshold: int) -> list[bytes]:
+    """`parts` shares of `secret`, any `threshold` of which give it back (shamir.Split)."""
+    if not 2 <= threshold <= parts <= 255:
+        raise SopsError(f"sops: shamir_threshold {threshold} with {parts} key groups (needs 2 <= threshold <= groups)")
+    shares = [bytearray(len(secret) + 1) for _ in range(parts)]
+    for i, share in enumerate(shares):
+        share[-1] = i + 1
+    for idx, byte in enumerate(secret):
+        coefficients = [byte, *os.urandom(threshold - 1)]
+        for share in shares:
+            y = 0
+            for c in reversed(coefficients):  # Horner's rule at x
+                y = _gf_mul(y, share[-1]) ^ c
+            share[idx] = y
+    return [bytes(s) for s in shares]
+
+
+def shamir_combine(parts: Sequence[bytes]) -> bytes:
+    """The secret from shares of it (shamir.Combine: Lagrange interpolation at x = 0)."""
+    if len(parts) < 2 or len({len(p) for p in parts}) != 1 or len(parts[0]) < 2:
+        raise SopsError("sops: the key groups' parts of the data key do not combine (fewer than two, or unequal)")
+    xs = [p[-1] for p in parts]
+    if len(set(xs)) != len(xs):
+        raise SopsError("sops: two key groups hold the same part of the data key")
+    basis = []
+    for i, xi in enumerate(xs):
+        b = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                b = _gf_mul(b, _gf_mul(xj, _gf_inverse(xi ^ xj)))
+        basis.append(b)
+    out = bytearray(len(parts[0]) - 1)
+    for idx in range(len(out)):
+        for p, b in zip(parts, basis, strict=True):
+            out[idx] ^= _gf_mul(p[idx], b)
+    return bytes(out)
 
 
 def parse_identities(text: str) -> list[Any]:
@@ -214,21 +372,45 @@ def _armor(binary: bytes) -> str:
     return "-----BEGIN AGE ENCRYPTED FILE-----\n" + "\n".join(lines) + "\n-----END AGE ENCRYPTED FILE-----\n"
 
 
-def data_key(meta: Mapping[str, Any], identities: Sequence[Any]) -> bytes:
-    """The file's 32-byte data key, from the first age stanza one of `identities` opens."""
-    stanzas = _age_stanzas(meta)
-    if not stanzas:
-        raise SopsError("sops: no age recipients in the metadata (only age keys are supported)")
+def _open_group(stanzas: Sequence[Mapping[str, Any]], identities: Sequence[Any]) -> bytes | None:
     for s in stanzas:
         try:
-            key = bytes(pyrage.decrypt(str(s.get("enc", "")).encode(), list(identities)))
+            return bytes(pyrage.decrypt(str(s.get("enc", "")).encode(), list(identities)))
         except Exception:  # pyrage.DecryptError: not ours, try the next stanza
             continue
-        if len(key) != 32:
-            raise SopsError("sops: the data key is not 32 bytes")
-        return key
-    names = ", ".join(str(s.get("recipient", "?")) for s in stanzas)
-    raise SopsError(f"sops: none of our age keys is a recipient (file is for {names})")
+    return None
+
+
+def _threshold(meta: Mapping[str, Any], groups: int) -> int:
+    value = meta.get("shamir_threshold") or groups
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise SopsError("sops.shamir_threshold: expected a number") from exc
+
+
+def data_key(meta: Mapping[str, Any], identities: Sequence[Any]) -> bytes:
+    """The file's 32-byte data key: from the first age stanza one of `identities` opens, or with
+    several key groups, combined from the parts of the groups they open (SOPS's Shamir sharing)."""
+    groups = key_groups(meta)
+    if not _age_stanzas(meta):
+        raise SopsError("sops: no age recipients in the metadata (only age keys are supported)")
+    opened = [_open_group(g.get("age", []), identities) for g in groups]
+    parts = [p for p in opened if p is not None]
+    names = ", ".join(str(s.get("recipient", "?")) for s in _age_stanzas(meta))
+    if len(groups) == 1:
+        if not parts:
+            raise SopsError(f"sops: none of our age keys is a recipient (file is for {names})")
+        key = parts[0]
+    else:
+        needed = _threshold(meta, len(groups))
+        if len(parts) < max(needed, 2):
+            raise SopsError(f"sops: the data key is split among {len(groups)} key groups, {needed} of which "
+                            f"are needed; our age keys open {len(parts)} (file is for {names})")
+        key = shamir_combine(parts)
+    if len(key) != 32:
+        raise SopsError("sops: the data key is not 32 bytes")
+    return key
 
 
 def check_structure(doc: Mapping[str, Any]) -> list[str]:
@@ -249,7 +431,9 @@ def check_structure(doc: Mapping[str, Any]) -> list[str]:
             problems.append("sops.age: each entry needs recipient age1... and an armored enc")
     try:
         should = _rules(meta)
-    except (SopsError, re.error) as exc:
+        if len(key_groups(meta)) > 1:
+            _threshold(meta, 0)
+    except SopsError as exc:
         return [*problems, str(exc)]
 
     def look(value: Any, path: list[str]) -> Any:
@@ -266,12 +450,9 @@ def decrypt_document(doc: Mapping[str, Any], identities: Sequence[Any]) -> dict[
     meta = doc.get("sops")
     if not isinstance(meta, Mapping):
         raise SopsError("sops: missing metadata block")
+    rules = Rules.of(meta)
     key = data_key(meta, identities)
-    try:
-        should = _rules(meta)
-    except re.error as exc:
-        raise SopsError(f"sops: bad regular expression: {exc}") from exc
-    mac_only = bool(meta.get("mac_only_encrypted"))
+    should, mac_only = rules.matcher(), rules.mac_only_encrypted
     h = hashlib.sha512(_MAC_ONLY_ENCRYPTED_INIT if mac_only else b"")
 
     def leaf(value: Any, path: list[str]) -> Any:
@@ -297,38 +478,51 @@ def encrypt_document(
     doc: Mapping[str, Any],
     recipients: Sequence[str],
     *,
-    encrypted_regex: str | None = DEFAULT_ENCRYPTED_REGEX,
-    unencrypted_suffix: str | None = None,
+    rules: Rules = SECRET_RULES,
+    groups: Sequence[Sequence[str]] = (),
+    shamir_threshold: int = 0,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """A SOPS document readable by `sops -d` with any of the age `recipients`' identities."""
-    if not recipients:
-        raise SopsError("encrypt: at least one age recipient is needed")
+    """A SOPS document readable by `sops -d` with any of the age `recipients`' identities; or, with
+    several `groups` of recipients instead, by identities of `shamir_threshold` groups (default all)."""
+    if recipients and groups:
+        raise SopsError("encrypt: give recipients or key groups, not both")
+    groups = [list(g) for g in groups] if groups else [list(recipients)]
+    if not all(groups):
+        raise SopsError("encrypt: each key group needs at least one age recipient")
+    if not isinstance(doc, Mapping):
+        raise SopsError("encrypt: expected one YAML mapping (a Kubernetes object)")
     if is_encrypted(doc):
         raise SopsError("encrypt: the document is already encrypted")
-    meta: dict[str, Any] = {}
+    should = rules.matcher()
     try:
-        parsed = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
+        parsed = [[pyrage.x25519.Recipient.from_str(r) for r in g] for g in groups]
     except Exception as exc:
         raise SopsError("encrypt: a recipient is not an age1... public key") from exc
     key = os.urandom(32)
-    meta["age"] = [{"recipient": r, "enc": _armor(bytes(pyrage.encrypt(key, [p])))}
-                   for r, p in zip(recipients, parsed, strict=True)]
+    threshold = shamir_threshold or len(groups)
+    shares = [key] if len(groups) == 1 else shamir_split(key, len(groups), threshold)
+    stanzas = [[{"recipient": r, "enc": _armor(bytes(pyrage.encrypt(share, [p])))} for r, p in zip(g, ps, strict=True)]
+               for g, ps, share in zip(groups, parsed, shares, strict=True)]
+    meta: dict[str, Any] = {}
+    if len(groups) == 1:  # as SOPS writes one group: its keys at the top
+        meta["age"] = stanzas[0]
+    else:
+        meta["shamir_threshold"] = threshold
+        meta["key_groups"] = [{"age": s} for s in stanzas]
     stamp = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     meta["lastmodified"] = stamp.isoformat().replace("+00:00", "Z")
-    if encrypted_regex:
-        meta["encrypted_regex"] = encrypted_regex
-    elif unencrypted_suffix:
-        meta["unencrypted_suffix"] = unencrypted_suffix
-    should = _rules(meta)
-    h = hashlib.sha512()
+    h = hashlib.sha512(_MAC_ONLY_ENCRYPTED_INIT if rules.mac_only_encrypted else b"")
 
     def leaf(value: Any, path: list[str]) -> Any:
-        h.update(_to_bytes(value))
-        return _encrypt_value(value, key, ":".join(path) + ":") if should(path) else value
+        encrypted = should(path)
+        if encrypted or not rules.mac_only_encrypted:
+            h.update(_to_bytes(value))
+        return _encrypt_value(value, key, ":".join(path) + ":") if encrypted else value
 
     out = _walk(doc, [], leaf)
     meta["mac"] = _encrypt_value(h.hexdigest().upper(), key, _rfc3339(meta["lastmodified"]))
+    meta.update(rules.metadata())
     meta["version"] = SOPS_VERSION
     out["sops"] = meta
     assert isinstance(out, dict)

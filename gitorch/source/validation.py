@@ -6,11 +6,14 @@ of the field, what is wrong and, where it helps, how to fix it. Secret values ne
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import importlib.resources
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -348,16 +351,18 @@ def _open_sops(doc: Document, keyring: sops.Keyring) -> tuple[Document | None, l
     found = sops.check_structure(doc.body)
     if found:
         return problem("; ".join(found[:5]))
+    exposed = tuple(pointer(*path) for path in sops.left_plaintext(doc.body, sops.Rules.of(doc.body["sops"])))
     if keyring.identities:
         try:
-            return replace(doc, body=_frozen(sops.decrypt_document(doc.body, keyring.identities)), encrypted=True), []
+            body = _frozen(sops.decrypt_document(doc.body, keyring.identities))
         except sops.SopsError as exc:
             return problem(str(exc))
+        return replace(doc, body=body, encrypted=True, exposed=exposed), []
     if keyring.required:
         return problem("encrypted, and the controller has no age key to decrypt it",
                        "run `gitorch secret keygen` on the controller (or set GITORCH_AGE_KEY_FILE) and "
                        "encrypt for its public key")
-    return replace(doc, body=_frozen(sops.keyless_view(doc.body)), encrypted=True), []
+    return replace(doc, body=_frozen(sops.keyless_view(doc.body)), encrypted=True, exposed=exposed), []
 
 
 def _check_document(doc: Document, keyring: sops.Keyring = sops.NO_KEYS) -> tuple[Object | None, list[Diagnostic]]:
@@ -533,9 +538,34 @@ def _data(f: SourceFile) -> bytes:
 def load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None = FILE_CACHE,
                  keyring: sops.Keyring = sops.NO_KEYS) -> DesiredState:
     """Parse, schema-check and cross-check one commit's manifests, reusing from `cache` what
-    each unchanged blob parsed to (None: parse everything). Batch commands may pause the
-    cyclic GC around it (cli.commands.batch_gc)."""
-    return _load_desired(snapshot, cache, keyring)
+    each unchanged blob parsed to (None: parse everything). The cyclic GC waits while it runs
+    (see `_gc_waits`); batch commands also freeze what it loaded (cli.commands.batch_gc)."""
+    with _gc_waits():
+        return _load_desired(snapshot, cache, keyring)
+
+
+_gc_lock = threading.Lock()
+_gc_waiting = [0, False]  # loads running, and whether the GC was enabled when the first began
+
+
+@contextlib.contextmanager
+def _gc_waits() -> Iterator[None]:
+    """No cyclic GC while a load runs: a cold load adds a few hundred thousand containers that
+    all live on, and the GC's passes over the growing heap cost a sixth of the load (bench/plan.py).
+    Garbage cycles made meanwhile, by any thread, wait for the first pass after it (a load takes
+    seconds at most). Loads may overlap (serve's and a plan's): the last one out re-enables it."""
+    with _gc_lock:
+        if _gc_waiting[0] == 0:
+            _gc_waiting[1] = gc.isenabled()
+            gc.disable()
+        _gc_waiting[0] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_waiting[0] -= 1
+            if _gc_waiting[0] == 0 and _gc_waiting[1]:
+                gc.enable()
 
 
 def _load_desired(snapshot: Snapshot, cache: BlobCache[FileResult] | None, keyring: sops.Keyring) -> DesiredState:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gitorch.model.objects import cronjob_run
 from gitorch.store.database import Event, NodeRecord, ObjectRecord, PodRecord, Revision, Store
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet")
@@ -179,10 +180,16 @@ class RevisionGroup:
     current: bool
     commit: str = ""
     pods: list[PodRecord] = field(default_factory=list)
+    run: str = ""
+    """For a CronJob: the Job of this run (its pods' owner)."""
 
     @property
     def ready(self) -> int:
         return sum(1 for p in self.pods if p.ready)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for p in self.pods if p.phase == "Succeeded")
 
 
 @dataclass
@@ -224,6 +231,20 @@ def tree(
     owned: dict[tuple[str, str, str], list[PodRecord]] = defaultdict(list)
     for p in pods:
         owned[(p.namespace, p.owner_kind, p.owner_name)].append(p)
+    # A CronJob's runs are Jobs that only its pods name (`<cronjob>-<minute>`, as planning names them).
+    crons: dict[str, list[str]] = defaultdict(list)
+    declared = set()
+    for o in objects:
+        if o.kind == "CronJob":
+            crons[o.namespace].append(o.name)
+        elif o.kind == "Job":
+            declared.add((o.namespace, o.name))
+    runs: dict[tuple[str, str], dict[str, list[PodRecord]]] = defaultdict(dict)  # (ns, cronjob) -> job -> pods
+    for (ns, kind, owner), members in owned.items():
+        if kind == "Job" and (ns, owner) not in declared:
+            cron = next((c for c in crons.get(ns, ()) if cronjob_run(c, owner)), None)
+            if cron is not None:
+                runs[(ns, cron)][owner] = members
     spaces: dict[str, Namespace] = {}
     seen: set[tuple[str, str, str]] = set()
     for o in objects:
@@ -234,11 +255,27 @@ def tree(
             continue
         key = (o.namespace, o.kind, o.name)
         seen.add(key)
+        if o.kind == "CronJob":
+            found = runs.get((o.namespace, o.name), {})
+            seen.update((o.namespace, "Job", job) for job in found)
+            space.workloads.append(Workload(o, _run_groups(o, found)))
+            continue
         space.workloads.append(Workload(o, _groups(o, owned.get(key, []))))
     for key, members in owned.items():
         if key not in seen:
             spaces.setdefault(key[0], Namespace(key[0])).orphans.extend(members)
     return [spaces[k] for k in sorted(spaces)]
+
+
+def _run_groups(o: ObjectRecord, runs: dict[str, list[PodRecord]]) -> list[RevisionGroup]:
+    """A CronJob's pods, one group per run (its Job), the newest run first."""
+    current = str(((o.body or {}).get("rollout") or {}).get("revision") or "")
+    commits = {h["revision"]: h["commit"] for h in history(o)}
+    out = []
+    for job in sorted(runs, key=lambda j: int(j.rsplit("-", 1)[1]), reverse=True):
+        rev = runs[job][0].template_hash if runs[job] else ""
+        out.append(RevisionGroup(rev, bool(current) and rev == current, commits.get(rev, ""), runs[job], run=job))
+    return out
 
 
 def _groups(o: ObjectRecord, pods: list[PodRecord]) -> list[RevisionGroup]:

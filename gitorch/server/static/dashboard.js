@@ -26,9 +26,12 @@ document.addEventListener("htmx:beforeSwap", function (event) {
     return d.parentElement.id;
   });
 });
-// The live stream ends after a while with a "renew" event: a new one is opened at once and the
-// old one closed before it could report the end as an error. htmx's SSE extension creates its
-// streams through htmx.createEventSource, so this wrapper stands in for an EventSource.
+// The live stream ends after a while with a "renew" event naming the store's change marks it
+// announced last: a new stream is opened at once from those marks (so a change between the two
+// is announced by the new one) and the old one closed before it could report the end as an
+// error. htmx's SSE extension creates its streams through htmx.createEventSource, so this
+// wrapper stands in for an EventSource. A page's first stream starts from the marks the page
+// was rendered at (its sse-connect URL), so nothing needs fetching when it opens.
 function RenewingSource(url) {
   var self = this;
   self.url = url;
@@ -36,12 +39,20 @@ function RenewingSource(url) {
   self.onopen = null;
   self.onerror = null;
   self.open = function () {
-    var real = new EventSource(url);
+    var real = new EventSource(self.url);
     self.real = real;
     self.readyState = real.readyState;
     real.onopen = function (event) { self.readyState = real.readyState; if (self.onopen) self.onopen(event); };
     real.onerror = function (event) { self.readyState = real.readyState; if (self.onerror) self.onerror(event); };
-    real.addEventListener("renew", function () { real.close(); self.open(); });
+    real.addEventListener("renew", function (event) {
+      real.close();
+      if (/^[a-z]+:[0-9a-f]+(,[a-z]+:[0-9a-f]+)*$/.test(event.data || "")) {
+        var next = new URL(self.url, window.location.href);
+        next.searchParams.set("since", event.data);
+        self.url = next.pathname + next.search;
+      }
+      self.open();
+    });
     self.listeners.forEach(function (l) { real.addEventListener(l[0], l[1]); });
   };
   self.addEventListener = function (type, fn) { self.listeners.push([type, fn]); self.real.addEventListener(type, fn); };
@@ -56,15 +67,12 @@ RenewingSource.CLOSED = EventSource.CLOSED;
 if (window.htmx) {
   htmx.createEventSource = function (url) { return new RenewingSource(url); };
 }
-// A live stream that reconnects (after its lifetime, or a lost connection) missed what changed
-// meanwhile: the page's live part is fetched again once it is back.
-var opened = false;
+// A stream that reconnects after a lost connection starts from the marks in its URL (the page's,
+// or the last renewal's): what changed meanwhile is announced by the stream itself.
 document.addEventListener("htmx:sseOpen", function (event) {
   if (event.target !== document.body) return;
   var live = document.getElementById("live");
   if (live) live.classList.add("on");
-  if (opened) htmx.trigger(document.body, "reconnected");
-  opened = true;
 });
 document.addEventListener("htmx:sseError", function (event) {
   var live = document.getElementById("live");

@@ -164,3 +164,26 @@ def test_a_bare_pod_on_a_node_removed_from_git_is_evicted_within_its_budget_then
     assert plan(held, Observed(now, pods, leaving(node))).removed == []
     again = plan(s, Observed(now, (), leaving(node)))  # once gone from the node: placed elsewhere
     assert [d.node for d in again.pods if d.name == "solo"] not in ([node], [None])
+
+
+def test_unhealthy_pod_eviction_policy_as_the_eviction_api_reads_it(repo: GitRepo) -> None:
+    """A pod that is not ready may be evicted under IfHealthyBudget (the default) only while the
+    budget holds, under AlwaysAllow always; a ready pod needs an allowed disruption either way."""
+    now = 1000.0
+    s = load(repo, {"web.yaml": deployment(6, "v1"), "pdb.yaml": PDB + "  minAvailable: 5\n"})
+    pods = as_observed(plan(s, Observed(now, (), NODES)), now)
+    sick_n1 = next(p for p in pods if p.node == "n1")
+    sick_other = next(p for p in pods if p.node != "n1")
+    sick = {sick_n1.name, sick_other.name}
+    observed = tuple(replace(p, ready=False) if p.name in sick else p for p in pods)  # 4 healthy, 5 needed
+    for policy, evicted in (("", set()), ("IfHealthyBudget", set()), ("AlwaysAllow", {sick_n1.name})):
+        line = f"  unhealthyPodEvictionPolicy: {policy}\n" if policy else ""
+        state = load(repo, {"pdb.yaml": PDB + "  minAvailable: 5\n" + line})
+        p = plan(state, Observed(now, observed, drained("n1")))
+        assert {r.name for r in p.removed} == evicted, policy
+        # The ready pods of n1 wait in every case: the budget allows no disruption.
+        assert any(e.reason == "EvictionBlocked" for e in p.events), policy
+    # With the budget holding (only n1's pod sick: 5 healthy), IfHealthyBudget lets it go too.
+    one_sick = tuple(replace(p, ready=False) if p.name == sick_n1.name else p for p in pods)
+    p = plan(load(repo, {"pdb.yaml": PDB + "  minAvailable: 5\n"}), Observed(now, one_sick, drained("n1")))
+    assert sick_n1.name in {r.name for r in p.removed}

@@ -260,17 +260,29 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             claim = str(v["persistentVolumeClaim"].get("claimName"))
             bound = static_bindings(r.state).get(ObjectKey("PersistentVolumeClaim", r.namespace, claim))
             path = bound.path if bound else volumes.provisioned_path(r.namespace, claim)
-            out.append({"name": name, "hostPath": path})
+            claimed: dict[str, Any] = {"name": name, "hostPath": path}
+            pv = r.state.objects.get(ObjectKey("PersistentVolume", "", bound.volume)) if bound else None
+            kind = str(_dict(pv.spec.get("hostPath")).get("type") or "") if pv is not None else ""
+            if kind:  # a PersistentVolume's hostPath.type, checked on the node as a pod's own
+                claimed["hostPathType"] = kind
+            out.append(claimed)
         elif isinstance(v.get("hostPath"), dict):
-            out.append({"name": name, "hostPath": v["hostPath"].get("path")})
+            host: dict[str, Any] = {"name": name, "hostPath": v["hostPath"].get("path")}
+            if v["hostPath"].get("type"):  # only when set: other pods keep their hash
+                host["hostPathType"] = str(v["hostPath"]["type"])
+            out.append(host)
         else:
             empty: dict[str, Any] = {"name": name, "emptyDir": True}
             source = v.get("emptyDir") if isinstance(v.get("emptyDir"), dict) else {}
-            if source.get("medium") == "Memory":  # only when set: other pods keep their hash
+            # Only when set: other pods keep their hash. In memory, sizeLimit is the tmpfs's size;
+            # on disk the node measures the folder and evicts the pod past it, as the kubelet does.
+            if source.get("medium") == "Memory":
                 empty["medium"] = "Memory"
-                if source.get("sizeLimit") is not None:
-                    with contextlib.suppress(QuantityError):  # validation reported it
-                        empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+            if source.get("sizeLimit") is not None:
+                with contextlib.suppress(QuantityError):  # validation reported it
+                    empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+                    if source.get("medium") != "Memory":
+                        empty["sizeLimitText"] = str(source["sizeLimit"])
             out.append(empty)
     for name, path in claims.items():
         out.append({"name": name, "hostPath": path})
@@ -318,6 +330,13 @@ def pod_spec(
         "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
         "volumes": _volumes(spec, r, claims or {}),
     }
+    # A claim mounted readOnly (persistentVolumeClaim.readOnly) is read-only in every container.
+    read_only = {v.get("name") for v in spec.get("volumes") or []
+                 if isinstance(v.get("persistentVolumeClaim"), dict) and v["persistentVolumeClaim"].get("readOnly")}
+    for c in pod["containers"] + pod["initContainers"]:
+        for m in c["volumeMounts"]:
+            if m["name"] in read_only:
+                m["readOnly"] = True
     if index is not None:
         # First, so a container's own env of the same name wins, as the API server's defaulting.
         for c in pod["containers"] + pod["initContainers"]:

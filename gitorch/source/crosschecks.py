@@ -374,19 +374,9 @@ def cross_check(
             continue
         if key.kind in _WORKLOADS:
             out.extend(_run(obj, world, _check_workload, memos.get(key) if memos is not None else None))
-        if key.kind == "CronJob":
-            job = _map(_map(obj.spec.get("jobTemplate")).get("spec"))
-            if job.get("ttlSecondsAfterFinished") is not None:
-                out.append(
-                    _diag(
-                        obj,
-                        "/spec/jobTemplate/spec/ttlSecondsAfterFinished",
-                        "field has no effect on a CronJob's runs",
-                        "successfulJobsHistoryLimit and failedJobsHistoryLimit decide which runs' pods are kept",
-                        warning=True,
-                    )
-                )
-        elif key.kind == "Service":
+        if key.kind in ("Deployment", "DaemonSet"):
+            out.extend(_check_rollout_budget(obj))
+        if key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
         elif key.kind == "Namespace":
             out.extend(_check_pod_security_labels(obj))
@@ -969,6 +959,23 @@ def secret_value(secret: Object, key: str) -> bytes | None:
         return b""
 
 
+def _check_rollout_budget(obj: Object) -> list[Diagnostic]:
+    """A rolling update that may neither add a pod nor take one away could never progress:
+    Kubernetes refuses maxSurge and maxUnavailable both 0, in these words."""
+    field = "strategy" if obj.key.kind == "Deployment" else "updateStrategy"
+    ru = _map(_map(obj.spec.get(field)).get("rollingUpdate"))
+    defaults = ("25%", "25%") if obj.key.kind == "Deployment" else (0, 1)
+    surge, unavailable = ru.get("maxSurge", defaults[0]), ru.get("maxUnavailable", defaults[1])
+
+    def zero(v: Any) -> bool:
+        return v == 0 or (isinstance(v, str) and v.rstrip("%") in ("0", ""))
+
+    if not (zero(surge) and zero(unavailable)):
+        return []
+    return [_diag(obj, f"/spec/{field}/rollingUpdate/maxUnavailable", "may not be 0 when `maxSurge` is 0",
+                  "allow one pod more (maxSurge: 1) or one unavailable (maxUnavailable: 1)")]
+
+
 def _check_tls_secret(secret: Object) -> list[Diagnostic]:
     """A kubernetes.io/tls Secret holds a certificate chain and its private key; the message
     never holds the key (certificates.tls_pair_problem quotes none of it)."""
@@ -1117,10 +1124,6 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         if vol.get("name") in volume_names:
             out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
         volume_names.add(str(vol.get("name")))
-        empty = vol.get("emptyDir")
-        if isinstance(empty, dict) and empty.get("sizeLimit") is not None and empty.get("medium") != "Memory":
-            out.append(_diag(obj, f"{vptr}/emptyDir/sizeLimit", "field has no effect on an emptyDir on disk",
-                             "gitorch limits only a medium: Memory emptyDir (a tmpfs of that size)", warning=True))
         if isinstance(vol.get("configMap"), dict):
             out.extend(
                 _ref(

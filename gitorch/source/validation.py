@@ -250,6 +250,18 @@ def _hint_of(error: jsonschema.ValidationError) -> str:
 _QUOTED = re.compile(r"'([^']*)'")
 
 
+# Older versions Kubernetes still reads (or read until lately) whose spec differs from the one
+# gitorch reads: what to write instead.
+_API_HINTS = {
+    ("HorizontalPodAutoscaler", "autoscaling/v1"):
+        "apiVersion: autoscaling/v2, and targetCPUUtilizationPercentage: N as metrics: [{type: Resource, "
+        "resource: {name: cpu, target: {type: Utilization, averageUtilization: N}}}]",
+    ("CronJob", "batch/v1beta1"): "apiVersion: batch/v1 (the same spec; Kubernetes 1.25 removed batch/v1beta1)",
+    ("PodDisruptionBudget", "policy/v1beta1"):
+        "apiVersion: policy/v1 (an empty selector now selects every pod of the namespace, not none)",
+}
+
+
 def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> Iterator[Diagnostic]:
     """One jsonschema error as diagnostics a person can act on."""
     path = list(error.absolute_path)
@@ -261,8 +273,8 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
     instance = error.instance
 
     def at(p: str, message: str, hint: str = hint, key: bool = False) -> Diagnostic:
-        pos = doc.position(p, key=key)
-        return Diagnostic(doc.path, pos.line, pos.column, p, message, hint)
+        path, pos = doc.locate(p, key=key)  # a kustomize patch's file for a value it set
+        return Diagnostic(path, pos.line, pos.column, p, message, hint)
 
     if keyword in ("additionalProperties", "unevaluatedProperties") and isinstance(instance, dict):
         known = set(schema.get("properties", {}))
@@ -305,7 +317,9 @@ def _translate(doc: Document, kind: str, error: jsonschema.ValidationError) -> I
         for name in missing:
             if name == "name" and path == ["metadata"] and isinstance(instance, dict) and "generateName" in instance:
                 continue  # said once, at generateName
-            yield at(ptr, f"missing required field {name!r}", hint, key=bool(path))
+            own = schema.get("properties", {}).get(name, {})  # the field's own hint, else the object's
+            yield at(ptr, f"missing required field {name!r}",
+                     str(own.get("x-hint") or hint) if isinstance(own, dict) else hint, key=bool(path))
         return
     if keyword == "type":
         want = error.validator_value
@@ -463,7 +477,7 @@ def _check_document_body(doc: Document) -> tuple[Object | None, list[Diagnostic]
                 p.column,
                 "/apiVersion",
                 f"{kind} needs apiVersion {info.api_version!r}, not {api!r}",
-                f"apiVersion: {info.api_version}",
+                _API_HINTS.get((kind, str(api)), f"apiVersion: {info.api_version}"),
             )
         ]
     validators = _validators()

@@ -211,9 +211,9 @@ def _push(lab: Lab, ref: str, index_html: str) -> None:
     podman(lab, WITH_RUNTIME, "rmi", "--force", local)
 
 
-def _run_once(client: NodeClient, name: str, image: str, policy: str) -> dict[str, Any]:
-    client.call("sync", {"pods": [_pod(name, image, ["cat", "/www/index.html"], restartPolicy="Never",
-                                       imagePullPolicy=policy)]})
+def _run_once(client: NodeClient, name: str, image: str, policy: str | None) -> dict[str, Any]:
+    extra = {"imagePullPolicy": policy} if policy is not None else {}
+    client.call("sync", {"pods": [_pod(name, image, ["cat", "/www/index.html"], restartPolicy="Never", **extra)]})
     return wait_until(f"pod {name} finished", lambda: _pod_status(client, name), timeout=60, interval=0.2,
                       accept=lambda p: p is not None and p["phase"] in ("Succeeded", "Failed"))
 
@@ -244,6 +244,13 @@ def test_image_pull_policy_always_pulls_ifnotpresent_keeps_and_never_refuses(
         assert client.call("logs", {"pod": "ifnp2", "tail": -1})["log"] == "first\n"
         _run_once(client, "always", ref, "Always")
         assert client.call("logs", {"pod": "always", "tail": -1})["log"].endswith("second\n")
+        # No policy on a :latest image: Kubernetes' default is Always, so the moved tag is pulled.
+        latest = f"{registry}/gitorch/pulled:latest"
+        _push(images_lab, latest, "third\n")
+        _run_once(client, "latest1", latest, None)
+        _push(images_lab, latest, "fourth\n")
+        _run_once(client, "latest2", latest, None)
+        assert client.call("logs", {"pod": "latest2", "tail": -1})["log"].endswith("fourth\n")
         # Always, and the registry has no such image: ErrImagePull with the registry's words.
         missing = _run_once(client, "absent", f"{registry}/gitorch/absent:1", "Always")
         ctr = missing["containers"][0]
@@ -251,7 +258,8 @@ def test_image_pull_policy_always_pulls_ifnotpresent_keeps_and_never_refuses(
         assert "absent" in ctr["message"], ctr
     finally:
         client.call("sync", {"pods": []})
-        podman(images_lab, WITH_RUNTIME, "rmi", "--force", "--ignore", ref, check=False)
+        podman(images_lab, WITH_RUNTIME, "rmi", "--force", "--ignore", ref, f"{registry}/gitorch/pulled:latest",
+               check=False)
 
 
 def test_an_image_pod_gets_its_security_context_as_podman_flags(images_lab: Lab, fleet: Fleet, image: str) -> None:

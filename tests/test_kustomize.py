@@ -113,9 +113,51 @@ def test_a_resource_error_points_at_its_own_file_and_line(repo: GitRepo) -> None
     assert any(e.startswith("app/bad.yaml:5:13: /spec/replicas:") for e in errors), errors
 
 
+def test_a_value_a_patch_set_is_reported_at_the_patch_and_the_rest_at_the_resource(repo: GitRepo) -> None:
+    """A strategic merge patch's `replicas: three` (or a ServiceAccount that does not exist) is the
+    patch file's line, a JSON 6902 op's value
+    its own line, an inline patch the kustomization's `patch:`; a value of the resource, even in a
+    container the merge moved (kustomize puts the patch's items first), is the resource's line."""
+    base = ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec:\n  replicas: 1\n"
+            "  selector: {matchLabels: {app: w}}\n  template:\n    metadata: {labels: {app: w}}\n    spec:\n"
+            "      containers:\n"
+            "        - {name: a, image: x, imagePullPolicy: Rarely}\n"
+            "        - {name: b, image: x}\n")
+    smp = ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec:\n  replicas: three\n"
+           "  template:\n    spec:\n      containers:\n        - name: b\n          imagePullPolicy: Sometimes\n")
+    ops = "- op: add\n  path: /spec/template/spec/containers/-\n  value: {name: c, image: x, imagePullPolicy: Often}\n"
+    legacy = "- op: add\n  path: /spec/minReadySeconds\n  value: soon\n"
+    kustomization = ("resources: [d.yaml]\npatches:\n  - path: p.yaml\n  - target: {kind: Deployment}\n    patch: |\n"
+                     "      - {op: replace, path: /spec/template/spec/containers/0/image, value: 7}\n"
+                     "  - path: j.yaml\n    target: {kind: Deployment}\n"
+                     "patchesJson6902:\n  - path: l.yaml\n"
+                     "    target: {group: apps, version: v1, kind: Deployment, name: w}\n")
+    repo.commit("patched", {"app/kustomization.yaml": kustomization, "app/d.yaml": base, "app/p.yaml": smp,
+                            "app/j.yaml": ops, "app/l.yaml": legacy})
+    _, errors, _ = built(repo)
+    got = sorted(e.split(": ")[0] + ": " + e.split(": ")[1] for e in errors)
+    assert got == sorted([
+        "app/p.yaml:5:13: /spec/replicas",
+        "app/p.yaml:10:28: /spec/template/spec/containers/0/imagePullPolicy",  # b, first after the merge
+        "app/kustomization.yaml:5:12: /spec/template/spec/containers/0/image",  # inline: its `patch:`
+        "app/d.yaml:11:48: /spec/template/spec/containers/1/imagePullPolicy",  # a, moved: still its own line
+        "app/j.yaml:3:47: /spec/template/spec/containers/2/imagePullPolicy",
+        "app/l.yaml:3:10: /spec/minReadySeconds",
+    ]), errors
+    # A cross-object check's error too.
+    sa = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec:\n  template:\n    spec:\n" \
+         "      serviceAccountName: nobody\n"
+    repo.commit("sa", {"app/kustomization.yaml": "resources: [d.yaml]\npatches:\n  - path: sa.yaml\n",
+                       "app/d.yaml": base.replace(", imagePullPolicy: Rarely", ""), "app/sa.yaml": sa})
+    _, errors, _ = built(repo)
+    assert [e.split(": ")[0] for e in errors] == ["app/sa.yaml:7:27"], errors
+
+
 UPSTREAM = DATA / "upstream"
 # What gitorch refuses of them, and how it says so (kubectl builds these).
-REFUSED = {"wordpress": "kustomization.yaml:8:1: /vars: kustomization field 'vars' is not supported by gitorch"}
+_PLUGIN = "kustomization.yaml:3:1: /transformers: kustomization field 'transformers' is not supported by gitorch"
+REFUSED = {"wordpress": "kustomization.yaml:8:1: /vars: kustomization field 'vars' is not supported by gitorch",
+           **{f"valueAdd/{p}": _PLUGIN for p in ("all", "projects/cat-111", "projects/dog-222", "projects/fox-333")}}
 
 
 def _folders() -> list[str]:
@@ -124,9 +166,11 @@ def _folders() -> list[str]:
 
 @pytest.mark.parametrize("folder", _folders())
 def test_kustomizes_own_examples_build_as_kubectl_kustomize_builds_them(folder: str) -> None:
-    """kustomize's examples (helloWorld, ldap, multibases, springboot, wordpress), built by gitorch's
-    engine alone (kinds and fields gitorch lacks do not matter here), against `kubectl kustomize`:
-    the same objects, or an error naming the kustomization field gitorch does not support."""
+    """kustomize's examples (helloWorld, ldap, multibases, springboot, wordpress, and the folders
+    its markdown examples write: breakfast, combineConfigs, configGeneration, generatorOptions, image, inlinePatch,
+    jsonpatch, patchMultipleObjects, replicas, valueAdd), built by gitorch's engine alone (kinds and
+    fields gitorch lacks do not matter here), against `kubectl kustomize`: the same objects, or an
+    error naming the kustomization field gitorch does not support."""
     from gitorch.source import kustomize
 
     want = kubectl_kustomize(UPSTREAM / folder)

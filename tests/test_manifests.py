@@ -103,3 +103,26 @@ def test_dump_round_trips() -> None:
     docs, diags = parse_documents("out.yaml", text)
     assert diags == []
     assert [d.body for d in docs] == [{"a": 1, "b": {"c": ["x", "y"]}}, {"kind": "Node"}]
+
+
+def test_the_composers_fast_path_for_words_reads_scalars_as_scalar_does() -> None:
+    """The composer reads most plain words without _scalar; each reading, as a key and as a
+    value, must be _scalar's (with a YAML 1.1 reading, the value Kubernetes reads)."""
+    from gitorch.source import manifests
+
+    words = [
+        *sorted(manifests._WORDS),
+        "name", "namespace", "nginx", "true1", "yesno", "Nope", "off-by-one", "t", "f", "o", "tRUE", "nULL",
+        "0644", "1_000", "0x1F", "-1", ".5", "~", "1e3", "0o17", "007", "+12", "_1", "a_1", "z",
+    ]
+    for word in words:
+        try:
+            expected = manifests._scalar(word, None)
+        except manifests._Yaml11 as exc:
+            expected = exc.value
+        docs, _ = manifests.parse_documents("w.yaml", f"value: {word}\nlist: [{word}]\n{word}: key\n")
+        body = docs[0].body
+        assert body["value"] == expected and type(body["value"]) is type(expected), word
+        assert body["list"] == [expected], word
+        key = expected if isinstance(expected, str) else word
+        assert body[key] == "key", word

@@ -578,6 +578,129 @@ def test_lifecycle_hooks_reach_the_agent_with_named_ports_resolved(repo: GitRepo
     assert not {"preStop", "postStart"} & set(before.spec["containers"][0])
 
 
+def daemonset(version: str, strategy: str = "", min_ready: int = 0) -> str:
+    return DS.replace("spec:\n  selector:", f"spec:\n  minReadySeconds: {min_ready}\n{strategy}  selector:").replace(
+        'command: [sleep, "1000"]', f'command: [sleep, "1000"], env: [{{name: V, value: "{version}"}}]'
+    )
+
+
+def _on(p: Plan, node: str) -> list[tuple[str, str]]:
+    return sorted((d.name, d.revision) for d in p.pods if d.node == node)
+
+
+def test_daemonset_min_ready_seconds_holds_the_rollout_and_availability(repo: GitRepo) -> None:
+    now = 1000.0
+    s = state(repo, {"ds.yaml": daemonset("1", min_ready=30)})
+    running = tuple(replace(p, ready_since=now) for p in as_observed(plan(s, Observed(now, (), NODES)), now))
+    early = plan(s, Observed(now + 10, running, NODES))
+    status = early.statuses[next(iter(early.statuses))]
+    assert (status.health, status.ready, status.available) == ("Progressing", 3, 0)
+    late = plan(s, Observed(now + 31, running, NODES))
+    assert next(iter(late.statuses.values())).health == "Healthy"
+    # A new template: one node at a time (maxUnavailable 1), the next once the first new pod
+    # has been ready for 30 s, not merely ready.
+    s2 = state(repo, {"ds.yaml": daemonset("2", min_ready=30)})
+    p = plan(s2, Observed(now + 40, running, NODES))
+    new_rev = next(d.revision for d in p.pods if d.revision != running[0].revision)
+    assert sum(d.revision == new_rev for d in p.pods) == 1
+    updated = tuple(
+        replace(o, revision=d.revision, ready_since=now + 50) if d.revision == new_rev else o
+        for o, d in zip(running, p.pods, strict=True)
+    )
+    held = plan(s2, Observed(now + 60, updated, NODES))
+    assert sum(d.revision == new_rev for d in held.pods) == 1
+    moved = plan(s2, Observed(now + 81, updated, NODES))
+    assert sum(d.revision == new_rev for d in moved.pods) == 2
+
+
+def test_daemonset_max_surge_starts_the_new_pod_beside_the_old_one(repo: GitRepo) -> None:
+    now = 1000.0
+    surge = "  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n"
+    s = state(repo, {"ds.yaml": daemonset("1", surge)})
+    running = as_observed(plan(s, Observed(now, (), NODES)), now)
+    old_rev = running[0].revision
+    s2 = state(repo, {"ds.yaml": daemonset("2", surge)})
+    p = plan(s2, Observed(now, running, NODES))
+    assert not p.removed
+    doubled = [n.name for n in NODES if len(_on(p, n.name)) == 2]
+    assert len(doubled) == 1  # maxSurge 1: one node has both pods, the old one still running
+    node = doubled[0]
+    (a, ra), (b, rb) = _on(p, node)
+    assert {ra, rb} - {old_rev} and old_rev in {ra, rb} and a != b
+    # The new pod not ready yet: both stay. Ready: the old one goes, and the next node surges.
+    mixed = tuple(o if o.revision == old_rev else replace(o, ready=False) for o in as_observed(p, now))
+    assert len(_on(plan(s2, Observed(now, mixed, NODES)), node)) == 2
+    ready = as_observed(p, now)
+    q = plan(s2, Observed(now, ready, NODES))
+    assert [r.node for r in q.removed] == [node] and q.removed[0].revision == old_rev
+    assert len(_on(q, node)) == 1
+    r = plan(s2, Observed(now, as_observed(q, now), NODES))  # the old pod gone: the next node surges
+    assert not r.removed and sum(len(_on(r, n.name)) == 2 for n in NODES) == 1
+
+
+def test_daemonset_on_delete_updates_only_pods_that_are_gone(repo: GitRepo) -> None:
+    now = 1000.0
+    on_delete = "  updateStrategy: {type: OnDelete}\n"
+    s = state(repo, {"ds.yaml": daemonset("1", on_delete)})
+    running = as_observed(plan(s, Observed(now, (), NODES)), now)
+    old_rev = running[0].revision
+    s2 = state(repo, {"ds.yaml": daemonset("2", on_delete)})
+    p = plan(s2, Observed(now, running, NODES))
+    assert {d.revision for d in p.pods} == {old_rev} and not p.removed
+    assert "OnDelete: 3 keep their earlier template" in next(iter(p.statuses.values())).message
+    # n2's pod was deleted: only its replacement gets the new template.
+    q = plan(s2, Observed(now, tuple(o for o in running if o.node != "n2"), NODES))
+    assert [d.node for d in q.pods if d.revision != old_rev] == ["n2"]
+
+
+STS_MIN_READY = """\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: kv, namespace: shop}
+spec:
+  serviceName: kv
+  replicas: 2
+  minReadySeconds: 20
+  selector: {matchLabels: {app: kv}}
+  template:
+    metadata: {labels: {app: kv}}
+    spec:
+      containers:
+        - {name: kv, command: [sleep, "1000"]}
+"""
+
+
+def test_statefulset_min_ready_seconds_orders_on_availability(repo: GitRepo) -> None:
+    now = 1000.0
+    s = state(repo, {"kv.yaml": STS_MIN_READY})
+    first = plan(s, Observed(now, (), NODES))
+    ready = tuple(replace(p, ready_since=now) for p in as_observed(first, now))
+    held = plan(s, Observed(now + 5, ready, NODES))
+    assert [d.name for d in held.pods] == ["kv-0"]  # ready, but not yet for 20 s: kv-1 waits
+    status = held.statuses[next(iter(held.statuses))]
+    assert (status.ready, status.available, status.health) == (1, 0, "Progressing")
+    assert [d.name for d in plan(s, Observed(now + 21, ready, NODES)).pods] == ["kv-0", "kv-1"]
+
+
+def test_a_rollout_that_can_neither_surge_nor_drop_a_pod_is_refused(repo: GitRepo) -> None:
+    from gitorch.model.diagnostics import Severity
+
+    for files, ptr in (
+        ({"web.yaml": deployment(3, "v1", surge=0, unavailable=0)}, "/spec/strategy/rollingUpdate/maxUnavailable"),
+        ({"web.yaml": deployment(3, "v1"),
+          "ds.yaml": daemonset("1", "  updateStrategy: {rollingUpdate: {maxUnavailable: 0%}}\n")},
+         "/spec/updateStrategy/rollingUpdate/maxUnavailable"),
+    ):
+        repo.commit("x", {"ns.yaml": NS, **files})
+        s = desired.load(open_repository(repo.path), None)
+        errors = [d for d in s.diagnostics if d.severity is Severity.ERROR]
+        assert [(d.pointer, d.message) for d in errors] == [(ptr, "may not be 0 when `maxSurge` is 0")], errors
+    # The DaemonSet default (maxUnavailable 1, maxSurge 0) and a surge alone are fine.
+    surge = "  updateStrategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n"
+    state(repo, {"ds.yaml": daemonset("1", surge)})
+    state(repo, {"ds.yaml": daemonset("1")})
+
+
 def test_replicas_share_their_equal_spec_parts_and_only_those(repo: GitRepo) -> None:
     """Specs are never changed once built: replicas whose containers come out equal keep one
     copy of them (memory per pod), a container that names its pod keeps its own, and the

@@ -77,31 +77,76 @@ spec:
 """
 
 
+PRIVILEGED_SPEC = {  # PRIVILEGED's spec, for the checks' own order
+    "hostNetwork": True, "securityContext": {"runAsUser": 0},
+    "containers": [{"name": "shell", "command": ["sleep", "600"], "ports": [{"containerPort": 80, "hostPort": 80}],
+                    "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}}}],
+    "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+}
+
+
 @pytest.mark.parametrize(
     ("level", "checks"),
     [
         ("privileged", []),
-        ("baseline", ["privileged", "hostNamespaces", "hostPathVolumes", "hostPorts", "capabilities_baseline",
+        # Kubernetes' order: baseline's check IDs sorted, then restricted's (runAsUser: gitorch's addition to baseline).
+        ("baseline", ["capabilities_baseline", "hostNamespaces", "hostPathVolumes", "hostPorts", "privileged",
                       "runAsUser"]),
-        ("restricted", ["privileged", "hostNamespaces", "hostPathVolumes", "hostPorts", "runAsUser",
-                        "restrictedVolumes", "allowPrivilegeEscalation", "runAsNonRoot", "capabilities_restricted",
+        # restrictedVolumes overrides hostPathVolumes (and capabilities_restricted capabilities_baseline).
+        ("restricted", ["hostNamespaces", "hostPorts", "privileged", "allowPrivilegeEscalation",
+                        "capabilities_restricted", "restrictedVolumes", "runAsNonRoot", "runAsUser",
                         "seccompProfile_restricted"]),
     ],
 )
 def test_a_privileged_pod_fails_each_check_by_name(repo: GitRepo, level: str, checks: list[str]) -> None:
     found = pss(errors(repo, {"ns.yaml": namespace(level), "pod.yaml": PRIVILEGED}))
     assert sorted(e.split("(hint: check ")[1].split(" ")[0] for e in found) == sorted(checks), found
+    assert [v.check for v in podsecurity.check_pod(level, PRIVILEGED_SPEC)] == checks
     details = " | ".join(found)
     if level != "privileged":
         assert 'privileged (container "shell" must not set securityContext.privileged=true)' in details
-        assert "host namespaces (hostNetwork)" in details
-        assert 'hostPath volumes (volume "host")' in details
+        assert "host namespaces (hostNetwork=true)" in details
         assert 'hostPort (container "shell" uses hostPort 80)' in details
         assert 'runAsUser=0 (pod must not set runAsUser=0)' in details
+    if level == "baseline":
+        assert 'hostPath volumes (volume "host")' in details
     if level == "restricted":
-        assert 'restricted volume types (volumes ["host"] have restricted types)' in details
+        assert 'restricted volume types (volume "host" uses restricted volume type "hostPath")' in details
         assert ('unrestricted capabilities (container "shell" must set securityContext.capabilities.drop=["ALL"]; '
                 'container "shell" must not include "SYS_ADMIN" in securityContext.capabilities.add)') in details
+
+
+def test_host_namespaces_and_restricted_volumes_in_kubernetes_words() -> None:
+    pod = {"hostIPC": True, "hostPID": True, "hostNetwork": True, "containers": [{"name": "c"}],
+           "volumes": [{"name": "b", "nfs": {"server": "x"}}, {"name": "a", "hostPath": {"path": "/"}},
+                       {"name": "c", "hostPath": {"path": "/srv"}}, {"name": "ok", "emptyDir": {}}]}
+    found = {v.check: v.detail for v in podsecurity.check_pod("restricted", pod)}
+    assert found["hostNamespaces"] == "hostNetwork=true, hostPID=true, hostIPC=true"
+    assert found["restrictedVolumes"] == 'volumes "b", "a", "c" use restricted volume types "hostPath", "nfs"'
+    assert "hostPathVolumes" not in found
+    assert {v.check: v.detail for v in podsecurity.check_pod("baseline", pod)}["hostPathVolumes"] == 'volumes "a", "c"'
+
+
+def label_diagnostics(repo: GitRepo, labels: dict[str, str]) -> list[str]:
+    body = "".join(f"\n    {k}: {v}" for k, v in labels.items())
+    repo.commit("case", {"ns.yaml": f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  labels:{body}\n"})
+    state = desired.load(open_repository(repo.path), None)
+    return [f"{d.severity.name} {d.format()}" for d in state.diagnostics]
+
+
+def test_version_and_audit_labels_are_never_silently_ignored(repo: GitRepo) -> None:
+    enforce, version = podsecurity.ENFORCE_LABEL, podsecurity.version_label(podsecurity.ENFORCE_LABEL)
+    assert label_diagnostics(repo, {enforce: "baseline", version: "latest"}) == []
+    found = label_diagnostics(repo, {enforce: "baseline", version: "v1.24"})
+    assert len(found) == 1 and found[0].startswith("WARNING ns.yaml:7:") and \
+        "pod-security.kubernetes.io~1enforce-version: warning: version v1.24 is checked as latest" in found[0], found
+    found = label_diagnostics(repo, {enforce: "baseline", f"{podsecurity.WARN_LABEL}-version": "'1.24'"})
+    assert len(found) == 1 and found[0].startswith("ERROR ") and \
+        "invalid version '1.24': must be \"latest\" or \"v1.x\"" in found[0], found
+    found = label_diagnostics(repo, {podsecurity.AUDIT_LABEL: "restricted"})
+    assert len(found) == 1 and found[0].startswith("WARNING ") and "no effect: gitorch keeps no audit log" in found[0]
+    found = label_diagnostics(repo, {podsecurity.AUDIT_LABEL: "strict"})
+    assert len(found) == 1 and found[0].startswith("ERROR ") and "unknown level 'strict'" in found[0], found
 
 
 def test_an_unknown_level_is_an_error(repo: GitRepo) -> None:
@@ -153,3 +198,28 @@ def test_the_warn_label_gives_the_same_checks_as_warnings(repo: GitRepo) -> None
     assert not [d for d in state.diagnostics if d.severity is Severity.ERROR and "PodSecurity" in d.message]
     warned = [d.format() for d in state.diagnostics if d.severity is Severity.WARNING and "PodSecurity" in d.message]
     assert len(warned) == 12 and 'would violate PodSecurity "restricted:latest": seccompProfile' in warned[0], warned
+
+
+def test_a_pod_asking_for_a_token_is_refused(repo: GitRepo) -> None:
+    pod = POD.replace("  serviceAccountName: %s\n", "  automountServiceAccountToken: true\n") % ""
+    found = errors(repo, {"pod.yaml": pod})
+    assert len(found) == 1 and found[0].startswith("pod.yaml:5:") and "there is no token to mount" in found[0], found
+    assert "/spec/automountServiceAccountToken" in found[0]
+    assert errors(repo, {"pod.yaml": pod.replace(": true", ": false")}) == []  # what gitorch does anyway
+
+
+def test_unknown_capabilities_are_errors_with_the_valid_names(repo: GitRepo) -> None:
+    caps = ", securityContext: {capabilities: {add: [NET_ADMN, NET_RAW], drop: [ALL, SYS_TIMEZONE]}}"
+    found = errors(repo, {"pod.yaml": POD % ("default", caps)})
+    assert [e.split(" (hint")[0] for e in found] == [
+        "pod.yaml:7:83: /spec/containers/0/securityContext/capabilities/add/0: unknown capability 'NET_ADMN'",
+        "pod.yaml:7:115: /spec/containers/0/securityContext/capabilities/drop/1: unknown capability 'SYS_TIMEZONE'",
+    ], found
+    assert "(hint: did you mean 'NET_ADMIN'?; one of: ALL, CHOWN, DAC_OVERRIDE," in found[0], found
+    assert "CHECKPOINT_RESTORE)" in found[1]
+
+
+def test_validation_knows_the_capabilities_the_agent_knows() -> None:
+    from gitorch.nodes import agent
+
+    assert podsecurity.CAPABILITIES == agent.CAPABILITIES

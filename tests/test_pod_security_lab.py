@@ -96,16 +96,24 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
             account="alice", volume=True),
         pod("bob", f"sleep 2; cat /var/lib/gitorch/pods/{NS}_alice/volumes/data/file || echo alice-refused; "
             "ls /var/lib/gitorch/pods || echo list-refused; sleep 3600", account="bob", volume=True),
-        pod("plain", "sleep 3600", pod_sc="{runAsNonRoot: true}"),
+        pod("asked", "sleep 3600", pod_sc="{runAsNonRoot: true}"),
         pod("nonroot", "sleep 3600", pod_sc="{runAsNonRoot: true}", sc="{runAsUser: 0}"),
+        # No securityContext, the default account: its uid, not root; port 80 is any user's in the pod's netns.
+        pod("plain", "python3 -c 'import socket; s = socket.socket(); s.bind((\"0.0.0.0\", 80)); print(\"bound-80\", "
+            "flush=True)'; touch /var/lib/gitorch/x || echo node-refused; sleep 3600"),
+        # fsGroup: the volume is the group's (setgid, so what the pod writes is the group's too).
+        pod("fsg", "echo x > /data/f && echo fs-written; sleep 3600",
+            pod_sc="{runAsUser: 1234, runAsGroup: 2345, fsGroup: 4567}", volume=True),
+        pod("priv", "sleep 3600", pod_sc="{runAsUser: 0}", sc="{privileged: true}"),
     ]
     with controlled(lab, repo, tmp_path, NS) as (repo, controller):
         repo.commit("pods with security contexts", {"apps.yaml": accounts + "".join(pods)})
         first = controller.reconcile()
         assert not first.diagnostics, first.diagnostics
+        running = ("ids", "rootcaps", "ro", "alice", "bob", "asked", "plain", "fsg", "priv")
         wait_until("every pod running", lambda: controller.reconcile() and all(
             (status(lab).get(n) or {}).get("containers", [{}])[0].get("pid")
-            for n in ("ids", "rootcaps", "ro", "alice", "bob", "plain")), timeout=120, describe=lambda: describe(lab))
+            for n in running), timeout=120, describe=lambda: describe(lab))
         uids = {(r.namespace, r.name): r.uid for r in controller.store.account_ids()}
         assert set(uids) >= {(NS, "alice"), (NS, "bob"), (NS, "default")} and len(set(uids.values())) == len(uids)
 
@@ -152,8 +160,27 @@ def test_security_contexts_and_accounts_on_the_node(lab: Lab, repo: GitRepo, tmp
                          check=False)
         assert as_bob.stdout == "" and as_bob.returncode != 0, as_bob
 
-        plain = proc_status(lab, "plain")  # the default account, asked not to be root: its uid
-        assert plain["Uid"].split()[0] == str(uids[(NS, "default")])
+        asked = proc_status(lab, "asked")  # the default account, asked not to be root: its uid
+        assert asked["Uid"].split()[0] == str(uids[(NS, "default")])
+        plain = proc_status(lab, "plain")  # asked for nothing: the same, root only when asked for
+        assert plain["Uid"].split() == [str(uids[(NS, "default")])] * 4 and int(plain["CapEff"], 16) == 0
+        wait_until("plain's bind and write tried", lambda: "node-refused" in log(lab, "plain"), timeout=30,
+                   describe=lambda: log(lab, "plain"))
+        assert "bound-80" in log(lab, "plain").split() and "Permission denied" in log(lab, "plain"), log(lab, "plain")
+
+        wait_until("fsg wrote its volume", lambda: "fs-written" in log(lab, "fsg"), timeout=30,
+                   describe=lambda: log(lab, "fsg"))
+        volume = f"/var/lib/gitorch/pods/{NS}_fsg/volumes/data"
+        owned = ssh_run(lab, "lab-1", f"stat -c '%u %g %a' {volume} {volume}/f").stdout.split("\n")
+        assert owned[0] == "1234 4567 2770", owned  # the pod's uid, fsGroup, setgid 2770 (as the agent sets it)
+        assert owned[1].split()[:2] == ["1234", "4567"], owned  # written as 1234:2345, the folder's group
+
+        # Privileged root: every capability the node's agent has (its shim's set; a lab node's own
+        # sshd may hold fewer than the kernel knows), far beyond the default 14 (SYS_ADMIN, bit 21).
+        priv = proc_status(lab, "priv")
+        shim = ssh_run(lab, "lab-1", f"cat /proc/{status(lab)['priv']['containers'][0]['pid']}/status").stdout
+        node_set = int(next(line for line in shim.splitlines() if line.startswith("CapBnd:")).split()[1], 16)
+        assert int(priv["CapBnd"], 16) == int(priv["CapEff"], 16) == node_set and node_set & (1 << 21), (priv, shim)
 
         def refused() -> str | None:
             controller.reconcile()

@@ -585,6 +585,40 @@ def test_a_claims_pods_share_its_node_and_a_gone_claim_is_reclaimed(
         timeout=30, interval=0.5, accept=lambda out: out == "gone")
 
 
+def test_a_node_removed_from_git_drains_within_the_budget_then_is_forgotten(
+    lab: Lab, cluster: tuple[GitRepo, Controller]
+) -> None:
+    """Removing a Node from Git is a drain (it is still reached as its row registered it), not
+    every pod at once; once empty, retention forgets the node."""
+    repo, controller = cluster
+    pdb = ("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: shop}\n"
+           "spec: {selector: {matchLabels: {app: web}}, maxUnavailable: 1}\n")
+    repo.commit("web", {"apps.yaml": _fix_port(web(replicas=4)) + "---\n" + pdb})
+    converge(controller)
+    busy = max(node_pods(lab, "web-").items(), key=lambda kv: len(kv[1]))[0]
+    assert len(node_pods(lab, "web-")[busy]) >= 2
+    nodes_yaml = (lab.state_dir / "nodes.yaml").read_text()
+    docs = nodes_yaml.split("\n---")
+    kept = [d for d in docs if f'name: "{busy}"' not in d]
+    assert len(kept) == len(docs) - 1, nodes_yaml
+    repo.commit("remove a node", {"nodes.yaml": "\n---".join(kept)})
+    ready_counts = []
+
+    def check(_: PassResult) -> None:
+        ready_counts.append(sum(1 for pods in node_pods(lab, "web-").values() for p in pods if p["ready"]))
+
+    converge(controller, each=check)
+    wait_until("the removed node emptied", lambda: (controller.reconcile(), node_pods(lab, "web-")[busy])[1],
+               timeout=60, interval=0.5, accept=lambda pods: pods == [])
+    assert min(ready_counts) >= 3, ready_counts  # never below the budget's 4 - 1, as a drain
+    assert any(e.reason == "Evicted" and busy in e.message for e in controller.store.events())
+    controller._pruned_at = 0.0  # retention's once a minute, now
+    controller.reconcile()
+    assert busy not in {n.name for n in controller.store.nodes()}
+    repo.commit("back", {"nodes.yaml": nodes_yaml})
+    converge(controller)
+
+
 def test_draining_a_node_moves_its_pods_within_the_budget(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
     repo, controller = cluster
     pdb = ("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: shop}\n"

@@ -20,7 +20,7 @@ import pytest
 from gitorch.model.objects import KINDS
 from gitorch.source.fastschema import compile_schemas, equal, unique
 from gitorch.source.manifests import parse_documents
-from gitorch.source.validation import _validators
+from gitorch.source.validation import SCHEMA_DIR, _Validators, _validators
 from tests.conftest import EXAMPLES
 from tests.samples import CONFIG, NAMESPACE, SECRET, deployment
 
@@ -79,6 +79,17 @@ def _agree(kind: str, body: Any) -> tuple[bool, bool]:
 
 def test_every_kind_is_compiled() -> None:
     assert set(_validators().fast) == set(KINDS)
+
+
+def test_a_kind_is_compiled_when_first_asked_for() -> None:
+    """A command that reads a few kinds (`gitorch nodes`: Node, Cluster) compiles only those."""
+    validators = _Validators(SCHEMA_DIR)
+    node = next(body for _, body in SEEDS if body["kind"] == "Node")
+    assert validators.fast["Node"](node) and validators.by_kind["Node"].is_valid(node)
+    assert not validators.fast["Node"]({**node, "spec": {"address": 7}})
+    built = {k for per_kind in (validators.fast, validators.by_kind) for k in per_kind._built}  # type: ignore[attr-defined]
+    assert built == {"Node"}
+    assert validators.fast.get("NoSuchKind") is None
 
 
 @pytest.mark.parametrize(("path", "body"), SEEDS, ids=[f"{p}:{b['kind']}" for p, b in SEEDS])

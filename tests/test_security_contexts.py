@@ -49,9 +49,17 @@ def spec_of(state: DesiredState) -> dict:  # type: ignore[type-arg]
     return podspecs.pod_spec(state, obj, obj.spec["template"], "web-1")
 
 
-def test_a_pod_without_security_runs_as_before(repo: GitRepo) -> None:
-    spec = spec_of(load(repo, deployment()))
-    assert "security" not in spec["containers"][0] and "volumeOwner" not in spec
+def test_a_pod_without_security_runs_as_its_account_not_root(repo: GitRepo) -> None:
+    spec = spec_of(load(repo, deployment()))  # a process container: the default account's uid
+    security = spec["containers"][0]["security"]
+    assert security["account"] == "default" and "runAsUser" not in security
+    assert spec["volumeOwner"] == {"account": "default"}
+    # An image container keeps its image's USER (as Kubernetes runs it) and its volumes stay root's.
+    image = spec_of(load(repo, deployment(container="          image: nginx:1.27\n")))
+    assert "security" not in image["containers"][0] and "volumeOwner" not in image
+    # Root only when asked for.
+    root = spec_of(load(repo, deployment(pod="      securityContext: {runAsUser: 0}\n")))
+    assert root["containers"][0]["security"]["runAsUser"] == 0 and "account" not in root["containers"][0]["security"]
 
 
 def test_container_level_wins_and_the_account_gives_the_uid(repo: GitRepo) -> None:
@@ -74,12 +82,26 @@ def test_container_level_wins_and_the_account_gives_the_uid(repo: GitRepo) -> No
     [
         ("      securityContext: {runAsNonRoot: true}\n", "default"),  # the default account, only when asked
         ("      securityContext: {runAsNonRoot: true, runAsUser: 1000}\n", None),  # an explicit uid wins
-        ("      securityContext: {fsGroup: 7}\n", None),  # the default account stays the node's user
+        ("      securityContext: {fsGroup: 7}\n", "default"),  # the default account is a user like any other
     ],
 )
 def test_when_the_account_uid_is_used(repo: GitRepo, pod: str, account: str | None) -> None:
     security = spec_of(load(repo, deployment(pod=pod)))["containers"][0]["security"]
     assert security.get("account") == account
+
+
+@pytest.mark.parametrize(
+    ("pod", "account"),
+    [
+        ("      securityContext: {fsGroup: 7}\n", None),  # the image's USER
+        ("      securityContext: {runAsNonRoot: true}\n", "default"),  # asked not to be root: the account's uid
+        ("      serviceAccountName: app\n", "app"),  # an account of its own
+    ],
+)
+def test_when_an_image_container_uses_the_account_uid(repo: GitRepo, pod: str, account: str | None) -> None:
+    sa = "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app}\n"
+    spec = spec_of(load(repo, deployment(pod=pod, container="          image: nginx:1.27\n") + sa))
+    assert spec["containers"][0]["security"].get("account") == account
 
 
 def test_account_uids_are_stable_and_released_only_when_unused(repo: GitRepo) -> None:
@@ -93,10 +115,19 @@ def test_account_uids_are_stable_and_released_only_when_unused(repo: GitRepo) ->
     only_b = load(repo, b)
     # a is gone from Git: kept while a recorded pod may run as it, released after.
     assert allocate(only_b, {}, {}, {}, None, first, [("default", "a")]).account_ids == first
-    released = allocate(only_b, {}, {}, {}, None, first).account_ids
-    assert released == {("default", "b"): base + 1, ("default", "default"): base + 2}
-    again = load(repo, b + "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: c}\n")
-    assert allocate(again, {}, {}, {}, None, released).account_ids[("default", "c")] == base  # the lowest free
+    after = allocate(only_b, {}, {}, {}, None, first)
+    assert after.account_ids == {("default", "b"): base + 1, ("default", "default"): base + 2}
+    assert after.next_account_id == base + 3
+    # A released uid is never given again: c does not own what a left on the nodes (its claim
+    # folders), nor does d get the highest uid once its holder is gone too.
+    c = "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: c}\n"
+    again = allocate(load(repo, b + c), {}, {}, {}, None, after.account_ids, (), after.next_account_id)
+    assert again.account_ids[("default", "c")] == base + 3 and again.next_account_id == base + 4
+    without_c = {k: v for k, v in again.account_ids.items() if k[1] != "c"}
+    d = allocate(load(repo, b + c.replace("c}", "d}")), {}, {}, {}, None, without_c, (), again.next_account_id)
+    assert d.account_ids[("default", "d")] == base + 4
+    # A store from before the mark: above every uid it holds.
+    assert allocate(load(repo, b + c), {}, {}, {}, None, after.account_ids).account_ids[("default", "c")] == base + 3
 
 
 def security(**raw: object) -> agent.SecuritySpec:
@@ -178,3 +209,43 @@ def test_get_serviceaccounts_shows_the_recorded_uids(tmp_path: Path, capsys: pyt
         assert "200002" in capsys.readouterr().out
     finally:
         store.close()
+
+
+def test_capability_names_are_read_as_the_container_runtimes_read_them(repo: GitRepo) -> None:
+    """sock-shop's `drop: [all]` and a `CAP_`-prefixed name: podman and containerd read any case,
+    with or without CAP_; validation accepts them and the agent drops and adds the same."""
+    state = load(repo, deployment(container="          securityContext:\n            capabilities: "
+                                            "{drop: [all], add: [cap_net_bind_service]}\n"))
+    sec = security(**spec_of(state)["containers"][0]["security"])
+    assert sec.capabilities() == frozenset({"NET_BIND_SERVICE"})
+    repo.commit("bad", {"x.yaml": deployment(container="          securityContext:\n"
+                                                       "            capabilities: {drop: [net-raw]}\n")})
+    errors = [d.format() for d in desired.load(open_repository(repo.path), None).diagnostics]
+    assert any('/capabilities/drop/0: "net-raw" is not valid' in e for e in errors), errors
+
+
+def test_a_pod_network_namespace_lets_any_user_bind_any_port() -> None:
+    """ip_unprivileged_port_start=0 in the pod's namespace only (the node's stays as it was)."""
+    import os
+    import shutil
+    import subprocess
+    import uuid
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI"):
+            pytest.fail("needs root and ip(8) to make a network namespace (CI must not skip it)", pytrace=False)
+        pytest.skip("needs root and ip(8) to make a network namespace")
+    key = f"ports-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", agent.netns_name(key)], check=True)
+    try:
+        with open(agent.UNPRIVILEGED_PORTS) as fh:
+            node_value = fh.read()
+        assert agent.unprivileged_ports([key]) == {}
+        inside = subprocess.run(["ip", "netns", "exec", agent.netns_name(key), "cat", agent.UNPRIVILEGED_PORTS],
+                                capture_output=True, text=True, check=True).stdout
+        assert inside.strip() == "0"
+        with open(agent.UNPRIVILEGED_PORTS) as fh:
+            assert fh.read() == node_value
+        assert "No such file" in agent.unprivileged_ports(["gone-" + key])["gone-" + key]
+    finally:
+        subprocess.run(["ip", "netns", "del", agent.netns_name(key)], check=False)

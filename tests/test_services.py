@@ -34,7 +34,9 @@ AGENT = 'f=$(ls -t /var/lib/gitorch/agent/agent-*.py | head -1); python3 "$f"'
 SERVER = """\
 import http.server, os
 name = os.environ['POD_NAME']
-open('/tmp/ready-' + name, 'w').close()
+ready = '/tmp/ready-' + name
+if not os.path.exists(ready):  # a test may have made it, as root: the pod (not root) cannot open that
+    open(ready, 'w').close()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.end_headers(); self.wfile.write(name.encode())
@@ -145,6 +147,42 @@ def test_service_table_lists_ready_endpoints_with_named_target_ports(repo: GitRe
     ]
     # No cluster IP yet: not in the table (never a half-programmed service).
     assert [e["name"] for e in service_table(state, pods, {("svc", "web"): "10.96.0.10"}, {})] == ["svc/web:web"]
+
+
+HOST_PORT = f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: edge, namespace: svc}}
+spec:
+  containers:
+    - name: echo
+      env: [{{name: POD_NAME, value: edge}}]
+      command: [python3, -c, {SERVER!r}]
+      ports: [{{containerPort: 8080, hostPort: 31080}}, {{containerPort: 5353, hostPort: 5353, protocol: UDP}}]
+"""
+
+
+def test_host_ports_are_entries_for_the_pods_node_only(repo: GitRepo) -> None:
+    from gitorch.nodes.agent import nft_ruleset, parse_services
+
+    repo.commit("edge", {"ns.yaml": NAMESPACE, "edge.yaml": HOST_PORT})
+    state = load(open_repository(repo.path), None)
+    assert state.ok, [d.format() for d in state.diagnostics]
+    row = PodRecord(namespace="svc", name="edge", owner_kind="Pod", owner_name="edge", node="n2", phase="Running",
+                    ready=False, ip="10.244.1.7")  # not ready: a hostPort forwards all the same (portmap)
+    table = service_table(state, [row], {}, {})
+    assert [(e["name"], e["hostPort"], e["protocol"], e["endpoints"]) for e in table] == [
+        ("svc/edge:hostPort/31080/TCP", 31080, "TCP", [{"ip": "10.244.1.7", "port": 8080}]),
+        ("svc/edge:hostPort/5353/UDP", 5353, "UDP", [{"ip": "10.244.1.7", "port": 5353}]),
+    ]
+    assert service_table(state, [row.model_copy(update={"ip": None})], {}, {}) == []  # no address: nothing to forward
+    assert service_table(state, [row.model_copy(update={"phase": "Succeeded"})], {}, {}) == []
+    parsed = parse_services(table)
+    on_n2 = nft_ruleset(parsed, "10.244.1.0/24")
+    assert "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 31080 goto hp0" in on_n2
+    assert "dnat to 10.244.1.7:8080" in on_n2 and "meta l4proto udp th dport 5353" in on_n2
+    on_n1 = nft_ruleset(parsed, "10.244.0.0/24")  # another node's pod: that node forwards, not this one
+    assert "31080" not in on_n1 and "10.244.1.7" not in on_n1
 
 
 # ---- the agent's watch stream (no nodes needed) -----------------------------------------
@@ -331,6 +369,31 @@ def test_cluster_ip_and_node_port_spread_over_ready_pods(lab: Lab, cluster: tupl
         return out.name in answers
 
     until(f"{out.name} to rejoin the rotation", back, controller)
+
+
+@pytest.mark.lab
+def test_a_host_port_reaches_the_pod_at_its_nodes_address(lab: Lab, cluster: tuple[GitRepo, Controller]) -> None:
+    """hostPort as the CNI portmap plugin: GET node_ip:hostPort answers from the pod, and
+    only on the pod's node."""
+    repo, controller = cluster
+    repo.commit("edge", {"edge.yaml": HOST_PORT})
+    converge(controller)
+    controller.reconcile()  # the pod's address reaches the table on the pass after it reports one
+    (edge,) = [p for p in controller.store.pods(namespace="svc") if p.name == "edge"]
+    addresses = {n.name: n.address for n in controller.store.nodes()}
+    other = next(n for n in addresses if n != edge.node)
+    answers: list[str] = []
+
+    def answered() -> bool:
+        answers[:] = get_many(lab, other, f"http://{addresses[edge.node]}:31080/", 3)
+        return answers == ["edge"] * 3
+
+    until("the pod to answer at its node's address and hostPort", answered, controller)
+    third = next(n for n in addresses if n not in (edge.node, other))
+    elsewhere = get_many(lab, other, f"http://{addresses[third]}:31080/", 2)
+    assert "edge" not in elsewhere, elsewhere  # another node's address at that port is not the pod's
+    table = ssh_run(lab, edge.node, "nft list table ip gitorch").stdout
+    assert "31080" in table and edge.ip is not None and f"{edge.ip}:8080" in table
 
 
 def free_port() -> int:

@@ -35,7 +35,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SHA_A = "a" * 40
 SHA_B = "b" * 40
 SHA_C = "c" * 40
-HEAD = "0006"  # the newest migration in gitorch/migrations/versions
+HEAD = "0007"  # the newest migration in gitorch/migrations/versions
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -730,6 +730,13 @@ def test_saved_allocations_replace_and_release(store: Store) -> None:
     assert [(c.service, c.ip) for c in store.cluster_ips()] == [("web", "10.96.0.10")]
     assert store.node_ports() == []
     assert {n.name: n.pod_cidr for n in store.nodes()} == {"n1": None, "n2": "10.244.0.0/24"}
+
+
+def test_an_allocation_mark_is_kept_and_moved(store: Store) -> None:
+    assert store.allocation_mark("account_ids") is None
+    store.save_allocation_mark("account_ids", 200003, now=T0)
+    store.save_allocation_mark("account_ids", 200005, now=T0)
+    assert store.allocation_mark("account_ids") == 200005
 
 
 def test_retention_rules(store: Store) -> None:

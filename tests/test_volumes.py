@@ -134,6 +134,18 @@ def test_a_claim_binds_to_a_fitting_persistent_volume_and_its_pods_go_to_that_no
     assert status.health == "Degraded" and status.message.startswith("Pending: no PersistentVolume")
 
 
+def test_a_class_only_persistent_volumes_name_binds_them_with_no_storage_class_object(repo: GitRepo) -> None:
+    """Kubernetes' own examples say storageClassName: manual on a PersistentVolume and its
+    claim and declare no StorageClass: the claim binds to the volume statically."""
+    s = load(repo, {"pv.yaml": PV, "pvc.yaml": claim(cls="manual"), "web.yaml": using("web", 1)})
+    assert errors(s) == []
+    p = plan(s, Observed(1000.0, (), NODES))
+    assert {d.node for d in p.pods} == {"n2"}
+    # A class neither a StorageClass nor a volume names is still an error.
+    got = errors(load(repo, {"pvc.yaml": claim(cls="fast")}))
+    assert any("pvc.yaml:" in e and "StorageClass 'fast' does not exist" in e for e in got), got
+
+
 def test_a_read_write_once_pod_claim_takes_one_pod(repo: GitRepo) -> None:
     now = 1000.0
     s = load(repo, {"pvc.yaml": claim(mode="ReadWriteOncePod"), "web.yaml": using("web", 1)})
@@ -198,3 +210,29 @@ def test_sub_path_expr_expands_the_containers_environment(repo: GitRepo) -> None
     both = per_pod.replace("subPathExpr:", "subPath: x, subPathExpr:")
     got = errors(load(repo, {"web.yaml": both}))
     assert len(got) == 1 and "subPath and subPathExpr are mutually exclusive" in got[0], got
+
+
+def test_a_claim_volume_marked_read_only_mounts_read_only_everywhere(repo: GitRepo) -> None:
+    ro = using("web", 1).replace("claimName: data}", "claimName: data, readOnly: true}")
+    s = load(repo, {"pvc.yaml": claim(), "web.yaml": ro})
+    assert errors(s) == []
+    (pod,) = plan(s, Observed(1000.0, (), NODES)).pods
+    assert pod.spec["containers"][0]["volumeMounts"][0]["readOnly"] is True
+    (rw,) = plan(load(repo, {"web.yaml": using("web", 1)}), Observed(1000.0, (), NODES)).pods
+    assert rw.spec["containers"][0]["volumeMounts"][0]["readOnly"] is False
+
+
+@pytest.mark.parametrize("mode", ["ReadWriteMany", "ReadOnlyMany"])
+def test_access_modes_across_nodes_are_refused_with_the_hint(repo: GitRepo, mode: str) -> None:
+    got = errors(load(repo, {"pvc.yaml": claim(mode=mode)}))
+    assert len(got) == 1, got
+    assert got[0].startswith("pvc.yaml:5:17: /spec/accessModes/0:"), got
+    assert "volumes are node-local, so ReadOnlyMany and ReadWriteMany are not supported" in got[0], got
+
+
+def test_a_persistent_volumes_host_path_type_is_checked_on_the_node_as_a_pods_own(repo: GitRepo) -> None:
+    typed = PV.replace("local: {path: /mnt/disks/a}", "hostPath: {path: /mnt/disks/a, type: Directory}")
+    s = load(repo, {"sc.yaml": MANUAL, "pv.yaml": typed, "pvc.yaml": claim(cls="manual"), "web.yaml": using("web", 1)})
+    assert errors(s) == [] and not [d for d in s.diagnostics if "hostPath/type" in d.pointer]
+    (pod,) = plan(s, Observed(1000.0, (), NODES)).pods
+    assert pod.spec["volumes"] == [{"name": "d", "hostPath": "/mnt/disks/a", "hostPathType": "Directory"}]

@@ -140,6 +140,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -1301,7 +1302,8 @@ def _id(raw: Any, where: str) -> int | None:
 @dataclass(frozen=True)
 class SecuritySpec:
     """A container's effective securityContext, as the controller resolved it (pod and container
-    levels merged). Without one, a container runs as the agent's own user, as before."""
+    levels merged). Without one (an image container of the `default` account that sets
+    nothing), the runtime's defaults: the image's USER."""
 
     run_as_user: int | None
     run_as_group: int | None
@@ -1441,7 +1443,7 @@ class ContainerSpec:
             pre_stop=_hook(raw.get("preStop"), f"{where}.preStop"),
             post_start=_hook(raw.get("postStart"), f"{where}.postStart"),
             security=SecuritySpec.parse(raw.get("security"), f"{where}.security"),
-            pull=_pull_policy(raw.get("imagePullPolicy"), f"{where}.imagePullPolicy"),
+            pull=_pull_policy(raw.get("imagePullPolicy"), raw.get("image"), f"{where}.imagePullPolicy"),
             sidecar=_sidecar(raw.get("restartPolicy"), f"{where}.restartPolicy", init),
         )
 
@@ -1457,14 +1459,23 @@ def _sidecar(raw: Any, where: str, init: bool) -> bool:
 PULL_POLICIES = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
 
 
-def _pull_policy(raw: Any, where: str) -> str:
-    """Kubernetes' imagePullPolicy as the runtime's --pull value. Unset is IfNotPresent for
-    every tag (Kubernetes pulls an untagged or :latest image on every start: set Always)."""
+def _pull_policy(raw: Any, image: Any, where: str) -> str:
+    """Kubernetes' imagePullPolicy as the runtime's --pull value. Unset, it is the API server's
+    default: Always for an image tagged :latest or not tagged at all, else IfNotPresent (an
+    image by digest included)."""
     if raw is None:
-        return "missing"
+        return PULL_POLICIES[default_pull_policy(image)]
     if raw not in PULL_POLICIES:
         raise SpecError(f"{where}: must be one of {', '.join(PULL_POLICIES)}")
     return PULL_POLICIES[raw]
+
+
+def default_pull_policy(image: Any) -> str:
+    """The imagePullPolicy Kubernetes gives a container that sets none."""
+    if not isinstance(image, str) or not image or "@" in image:
+        return "IfNotPresent"
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]  # a registry's :port is before the last "/"
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
 
 
 # A postStart hook may run this long; then it has failed (the kubelet waits for ever).
@@ -1494,6 +1505,45 @@ def _file_mode(value: Any, where: str) -> int | None:
     return value
 
 
+HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+                   "BlockDevice")
+
+
+class MountFailed(OSError):
+    """A volume that cannot be set up as the pod asks (the kubelet's FailedMount): the pod stays
+    ContainerCreating and the agent tries again."""
+
+
+def check_host_path(path: str, kind: str) -> None:
+    """hostPath.type as the kubelet checks it before the pod starts, in its words: the ...OrCreate
+    types make what is missing (a folder 0755, an empty file 0644 whose folder must exist), the
+    others only check; "" checks nothing (gitorch then makes a missing folder, as Docker does)."""
+    if kind in ("", "DirectoryOrCreate") and not os.path.lexists(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    elif kind == "FileOrCreate" and not os.path.lexists(path):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+        except OSError as exc:
+            raise MountFailed(f"hostPath type check failed: {path}: {exc.strerror}") from None
+    if not kind:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    want, what = {
+        "DirectoryOrCreate": (stat.S_ISDIR, "a directory"),
+        "Directory": (stat.S_ISDIR, "a directory"),
+        "FileOrCreate": (stat.S_ISREG, "a file"),
+        "File": (stat.S_ISREG, "a file"),
+        "Socket": (stat.S_ISSOCK, "a socket file"),
+        "CharDevice": (stat.S_ISCHR, "a character device"),
+        "BlockDevice": (stat.S_ISBLK, "a block device"),
+    }[kind]
+    if not want(mode):
+        raise MountFailed(f"hostPath type check failed: {path} is not {what}")
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     name: str
@@ -1505,6 +1555,8 @@ class VolumeSpec:
     modes: tuple[tuple[str, int], ...] = ()  # per file, over default_mode
     memory: bool = False  # an emptyDir with medium Memory: a tmpfs
     size_limit: int | None = None  # its size in bytes (else half the node's memory, tmpfs's default)
+    host_path_type: str = ""  # hostPath.type: what must be at the path before the pod starts
+    size_text: str = ""  # an emptyDir's sizeLimit as written (1Gi), for the eviction message
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> VolumeSpec:
@@ -1533,11 +1585,16 @@ class VolumeSpec:
             size = raw.get("sizeLimit")
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
                 raise SpecError(f"{where}.sizeLimit: must be a number of bytes")
-            return cls(name, "emptyDir", (), False, None, memory=memory, size_limit=size if memory else None)
+            # On disk, sizeLimit is watched (check_local_storage): past it, the pod is evicted.
+            return cls(name, "emptyDir", (), False, None, memory=memory, size_limit=size,
+                       size_text=str(raw.get("sizeLimitText") or size or ""))
         host = raw.get("hostPath")
         if host is not None:
+            kind = raw.get("hostPathType") or ""
+            if kind not in HOST_PATH_TYPES:
+                raise SpecError(f"{where}.hostPathType: must be one of {', '.join(HOST_PATH_TYPES)}")
             return cls(name, "hostPath", (), False,
-                       os.path.normpath(_path(host, f"{where}.hostPath")))
+                       os.path.normpath(_path(host, f"{where}.hostPath")), host_path_type=kind)
         raise SpecError(f"{where}: needs one of files, emptyDir, hostPath")
 
 
@@ -2263,6 +2320,7 @@ class Pod:
         self.stopping = False
         self.stopped = False
         self.fatal: list[str] | None = None  # [reason, message]: the pod is Failed
+        self.evicting: str | None = None  # why its containers are being killed, before it is Failed (Evicted)
         self.message = ""
         self.internal_error = ""
         self.netns = False  # runs in its own network namespace (else on the node's network)
@@ -2363,6 +2421,32 @@ def volume_source(paths: Paths, pod: Pod, vol: VolumeSpec) -> str:
     if vol.kind == "hostPath" and vol.host_path is not None:
         return vol.host_path
     return paths.volume_dir(pod.key, vol.name)
+
+
+# How often the supervisor measures emptyDirs on disk against their sizeLimit (the kubelet's
+# eviction manager looks every 10 s).
+LOCAL_STORAGE_SECONDS = float(os.environ.get("GITORCH_LOCAL_STORAGE_SECONDS", "10"))
+DISK_USAGE_MAX_ENTRIES = 100_000
+
+
+def disk_usage(folder: str, stop_above: int) -> int:
+    """Bytes a folder's files take on disk (du's count: allocated blocks), not following links;
+    the walk stops once past `stop_above`, or after DISK_USAGE_MAX_ENTRIES entries (what it
+    counted so far)."""
+    total, seen, todo = 0, 0, [folder]
+    while todo and total <= stop_above and seen < DISK_USAGE_MAX_ENTRIES:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    with contextlib.suppress(OSError):
+                        info = entry.stat(follow_symlinks=False)
+                        total += info.st_blocks * 512
+                        if stat.S_ISDIR(info.st_mode):
+                            todo.append(entry.path)
+        except OSError:
+            continue
+    return total
 
 
 def mount_tmpfs(folder: str, size: int | None) -> None:
@@ -2992,6 +3076,45 @@ def pod_network_up(key: str, tag: str, ip: str, net: NetworkSpec) -> None:
     ip_cmd("-n", ns, "addr", "add", f"{ip}/{net.prefix}", "dev", "eth0")
     ip_cmd("-n", ns, "link", "set", "eth0", "up")
     ip_cmd("-n", ns, "route", "replace", "default", "via", net.gateway)
+    for problem in unprivileged_ports([key]).values():
+        raise NetworkError(problem)
+
+
+UNPRIVILEGED_PORTS = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+CLONE_NEWNET = 0x40000000
+
+
+def unprivileged_ports(keys: Iterable[str]) -> dict[str, str]:
+    """Any user may bind any port in these pods' network namespaces, as containerd sets up a pod
+    sandbox (net.ipv4.ip_unprivileged_port_start=0): a pod runs as its account's user, not root,
+    and still serves on port 80. Returns why it failed, per key (none: all done).
+
+    /proc/sys/net is the network namespace of the thread writing it: a thread of its own joins
+    each namespace (setns) and then ends, so no other thread leaves the node's namespace and no
+    process is started (nsenter and sh cost ~5 ms a pod)."""
+    failed: dict[str, str] = {}
+
+    def write_in_each() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for key in keys:
+            try:
+                fd = os.open(netns_path(key), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if libc.setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+                finally:
+                    os.close(fd)
+                with open(UNPRIVILEGED_PORTS, "w", encoding="ascii") as fh:
+                    fh.write("0")
+            except OSError as exc:
+                failed[key] = f"net.ipv4.ip_unprivileged_port_start in {netns_name(key)}: {exc}"
+
+    worker = threading.Thread(target=write_in_each, name="netns-sysctl", daemon=True)
+    worker.start()
+    worker.join()
+    return failed
 
 
 def ip_batch(lines: list[str], netns: str | None = None) -> None:
@@ -3042,7 +3165,7 @@ def pods_network_up(pods: list[tuple[str, str]], tag: str, net: NetworkSpec) -> 
         except NetworkError:
             continue
         done.add(key)
-    return done
+    return done - unprivileged_ports(done).keys()
 
 
 def pod_network_down(key: str, tag: str) -> None:
@@ -3191,7 +3314,10 @@ def parse_services(raw: Any) -> list[Json]:
         ranges = s.get("sourceRanges") or []
         if not isinstance(ranges, list) or not all(isinstance(r, str) and _CIDR.fullmatch(r) for r in ranges):
             raise RequestError(f"sync: {where}.sourceRanges must be a list of IPv4 CIDRs")
-        out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip,
+        host_port = _service_port(s["hostPort"], f"{where}.hostPort") if s.get("hostPort") else None
+        if host_port is not None and len(endpoints) != 1:
+            raise RequestError(f"sync: {where}: a hostPort entry has exactly one endpoint, its pod")
+        out.append({"name": str(s.get("name") or where), "protocol": proto, "clusterIP": vip, "hostPort": host_port,
                     "port": _service_port(s.get("port"), f"{where}.port"), "nodePort": node_port,
                     "endpoints": endpoints, "affinity": affinity, "loadBalancerIP": lb,
                     "sourceRanges": ranges, "local": bool(s.get("local"))})
@@ -3210,6 +3336,15 @@ def nft_ruleset(services: list[Json], pod_cidr: str | None, cluster_cidrs: Itera
         proto, eps = s["protocol"], s["endpoints"]
         match = f"meta l4proto {proto} th dport"
         comment = f'comment "{re.sub(r"[^A-Za-z0-9._:/-]", "_", s["name"])[:100]}"'
+        if s.get("hostPort"):
+            # A pod's hostPort, as the CNI portmap plugin does it: this node's addresses at that
+            # port go to the pod; only for a pod of this node (the table is the cluster's).
+            (ip, port), = eps
+            if _in_cidr(ip, pod_cidr):
+                rules.append(f"fib daddr type local ip daddr != 127.0.0.0/8 {match} {s['hostPort']} goto hp{i} "
+                             f"{comment}")
+                chains.append(f"chain hp{i} {{\n meta l4proto {proto} dnat to {ip}:{port} {comment}\n }}")
+            continue
         targets = []
         if s["clusterIP"]:
             targets.append((f"ip daddr {s['clusterIP']} {match} {s['port']}", f"svc{i}"))
@@ -4070,6 +4205,7 @@ class Supervisor:
         self._last_status = ""
         self._last_rotate = 0.0
         self._last_index = 0.0
+        self._last_storage_check = 0.0
         self._log_fd = -1
         self._lock_fd = -1
         self._wake_r = -1
@@ -4369,8 +4505,13 @@ class Supervisor:
             self.log_error("desired", f"reading desired.json failed: {exc}")
         self.ensure_node_network()
         self.batch_pod_networks(now)
+        measure = now - self._last_storage_check >= LOCAL_STORAGE_SECONDS
+        if measure:
+            self._last_storage_check = now
         for pod in list(self.pods.values()):
             try:
+                if measure:
+                    self.check_local_storage(pod)
                 self.step_pod(pod, now)
                 pod.internal_error = ""
             except Exception as exc:  # one bad pod must never take the supervisor down
@@ -4408,6 +4549,9 @@ class Supervisor:
         if pod.stopping:
             self.step_stopping(pod, now)
             return
+        if pod.evicting is not None:
+            self.step_evicting(pod, now)
+            return
         if pod.fatal or pod.spec is None:
             return
         if not pod.prepared:
@@ -4417,6 +4561,15 @@ class Supervisor:
                 return
             try:
                 self.prepare(pod)
+            except MountFailed as exc:  # the kubelet's FailedMount: ContainerCreating, tried again
+                pod.prepare_retry = now + 5.0
+                message = self.redact(str(exc))
+                if pod.message != message:
+                    self.log(f"pod {pod.label}: FailedMount: {message}")
+                pod.message = message
+                for ctr in pod.all_containers():
+                    ctr.reason, ctr.message = "ContainerCreating", message
+                return
             except OSError as exc:
                 pod.prepare_retry = now + 5.0
                 message = self.redact(f"volume setup failed: {exc}")
@@ -4491,7 +4644,10 @@ class Supervisor:
             os.chmod(volumes, 0o750)
         for vol in pod.spec.volumes:
             if vol.kind == "hostPath" and vol.host_path is not None:
-                os.makedirs(vol.host_path, exist_ok=True)
+                try:
+                    check_host_path(vol.host_path, vol.host_path_type)
+                except MountFailed as exc:
+                    raise MountFailed(f'MountVolume.SetUp failed for volume "{vol.name}" : {exc}') from None
                 if owner is not None and vol.host_path.startswith(CLAIM_ROOT + "/"):
                     give_volume(vol.host_path, owner, recursive=False)
             elif vol.kind == "emptyDir":
@@ -4670,6 +4826,42 @@ class Supervisor:
         self.cleanup(pod)
         pod.stopped = True
         self.log(f"pod {pod.label} stopped")
+
+    def step_evicting(self, pod: Pod, now: float) -> None:
+        """The kubelet's eviction: every container killed at once (no grace period), then the pod
+        is Failed with reason Evicted and never restarted; its controller makes a replacement."""
+        for ctr in pod.all_containers():
+            if ctr.state == "running" and ctr.kill_deadline is None:
+                exited, rc = ctr.poll_exit()
+                if exited:
+                    self.on_exit(pod, ctr, rc, now, stopping=True)
+                else:
+                    self.begin_kill(pod, ctr, now, "evicted", "")
+                    ctr.kill_deadline = now  # SIGKILL on the next step: an eviction has no grace
+            if ctr.busy:
+                self.step_container(pod, ctr, now, stopping=True)
+        if any(c.busy for c in pod.all_containers()):
+            return
+        for ctr in pod.all_containers():
+            ctr.stop_probes()
+            if ctr.state != "terminated":
+                ctr.state, ctr.reason, ctr.message = "terminated", "Evicted", ""
+        pod.fatal, pod.evicting = ["Evicted", pod.evicting or ""], None
+
+    def check_local_storage(self, pod: Pod) -> None:
+        """An emptyDir on disk past its sizeLimit evicts its pod, as the kubelet's eviction
+        manager does, in its words."""
+        if pod.spec is None or not pod.prepared or pod.stopping or pod.fatal or pod.evicting is not None:
+            return
+        for vol in pod.spec.volumes:
+            if vol.kind != "emptyDir" or vol.memory or not vol.size_limit:
+                continue
+            used = disk_usage(self.paths.volume_dir(pod.key, vol.name), vol.size_limit)
+            if used > vol.size_limit:
+                message = f'Usage of EmptyDir volume "{vol.name}" exceeds the limit "{vol.size_text}". '
+                self.log(f"pod {pod.label}: Evicted: {message}")
+                pod.evicting = message
+                return
 
     def cleanup(self, pod: Pod) -> None:
         for ctr in pod.all_containers():

@@ -32,6 +32,9 @@ AGENT_FILE = Path(__file__).with_name("agent.py")
 AGENT_DIR = "/var/lib/gitorch/agent"
 PYTHON = "/usr/bin/python3"
 _MISSING = 97  # exit status of the launcher when the agent file is not there yet
+_RUN_FLAGS = "-I -S -u"
+"""Isolated (no PYTHON* variables, no user site, no current folder on the path), no site
+packages (the agent is stdlib-only; `site` costs a start-up ~2 ms), unbuffered (answers are lines)."""
 
 T = TypeVar("T")
 
@@ -44,6 +47,15 @@ class AgentFile:
     @property
     def path(self) -> str:
         return f"{AGENT_DIR}/agent-{self.digest}.py"
+
+    @property
+    def run_code(self) -> str:
+        """The agent imported as a module rather than run as a script: Python keeps an imported
+        module's bytecode (`__pycache__/` beside the file, written on first use, a new file per
+        agent version) but compiles a script's 6,000 lines anew at every start, which cost each
+        node ~100 ms of CPU per agent process (measured on lab nodes: 180 ms a `facts` call,
+        80 ms from the cached bytecode). sys.argv stays VERB [--root DIR]."""
+        return f"import sys; sys.path.append({AGENT_DIR!r}); sys.exit(__import__('agent-{self.digest}').main())"
 
     @classmethod
     def load(cls, path: Path = AGENT_FILE) -> AgentFile:
@@ -142,8 +154,8 @@ class NodeClient:
 
     def _launcher(self, verb: str) -> str:
         root = f" --root {shlex.quote(self.root)}" if self.root else ""
-        path = shlex.quote(self.agent.path)
-        return f"[ -f {path} ] || exit {_MISSING}; exec {PYTHON} -u {path} {verb}{root}"
+        path, code = shlex.quote(self.agent.path), shlex.quote(self.agent.run_code)
+        return f"[ -f {path} ] || exit {_MISSING}; exec {PYTHON} {_RUN_FLAGS} -c {code} {verb}{root}"
 
     def upload_agent(self) -> None:
         self.conn.put(self.agent.data, self.agent.path, mode=0o755)

@@ -13,16 +13,27 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
 from gitorch.model.backoff import Backoff
 from gitorch.model.errors import GitorchError
+
+# paramiko.config imports invoke, for `Match exec` in ssh_config files, which gitorch never
+# reads: a tenth of a second of CPU of every command that reaches nodes (`gitorch nodes`).
+# Kept out while paramiko loads (it then raises its ImportError only for `Match exec`).
+_INVOKE_KEPT_OUT = "invoke" not in sys.modules
+if _INVOKE_KEPT_OUT:
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+try:
+    import paramiko
+finally:
+    if _INVOKE_KEPT_OUT:
+        del sys.modules["invoke"]
 
 log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its tracebacks are not for users

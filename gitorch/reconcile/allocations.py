@@ -25,6 +25,7 @@ AccountKey = tuple[str, str]  # namespace, ServiceAccount name
 # ServiceAccount uids (and gids): above the ranges Debian gives system and login users (below
 # 60000) and rootless podman's subordinate ids (100000 + 65536 per user), below 2^31.
 ACCOUNT_IDS = range(200_000, 2_000_000_000)
+ACCOUNT_MARK = "account_ids"  # the store's name for the account uids' high-water mark
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Allocations:
     """Per Service of type LoadBalancer: its address from the Cluster's pools."""
     account_ids: Mapping[AccountKey, int] = field(default_factory=dict)
     """Per ServiceAccount (and each namespace's implicit `default`): its uid, also its gid."""
+    next_account_id: int = ACCOUNT_IDS.start
+    """The account uids' high-water mark: the uid the next new account gets (none is reused)."""
 
 
 def allocate(
@@ -50,36 +53,37 @@ def allocate(
     lb_ips: Mapping[ServiceKey, str] | None = None,
     account_ids: Mapping[AccountKey, int] | None = None,
     accounts_in_use: Collection[AccountKey] = (),
+    next_account_id: int | None = None,
 ) -> Allocations:
     """The allocations after this pass, deterministic for the same inputs. `accounts_in_use`:
-    the accounts recorded pods run as (a uid stays while such a pod may still run)."""
+    the accounts recorded pods run as (a uid stays while such a pod may still run);
+    `next_account_id`: the stored high-water mark of account uids (None: none stored yet)."""
     problems: dict[ObjectKey, str] = {}
     ips = _cluster_ips(state, cluster_ips, problems)
     ports = _node_ports(state, node_ports, problems)
     cidrs = _pod_cidrs(state, pod_cidrs, problems)
     balanced = _lb_ips(state, lb_ips or {}, problems)
-    accounts = _account_ids(state, account_ids or {}, accounts_in_use)
-    return Allocations(ips, ports, cidrs, problems, balanced, accounts)
+    accounts, next_id = _account_ids(state, account_ids or {}, accounts_in_use, next_account_id)
+    return Allocations(ips, ports, cidrs, problems, balanced, accounts, next_id)
 
 
 def _account_ids(
-    state: DesiredState, have: Mapping[AccountKey, int], in_use: Collection[AccountKey]
-) -> dict[AccountKey, int]:
+    state: DesiredState, have: Mapping[AccountKey, int], in_use: Collection[AccountKey], next_id: int | None
+) -> tuple[dict[AccountKey, int], int]:
     """Every ServiceAccount in Git and the `default` account of every namespace holds a uid: the
-    one it has, else the lowest free one. A uid is released once its account is gone from Git
-    and no recorded pod runs as it, and is then free for another account."""
+    one it has, else the next above every uid ever given (the high-water mark). A uid is released
+    once its account is gone from Git and no recorded pod runs as it, and is never given again:
+    files a deleted account left on the nodes (a claim's folder, say) never belong to a new one."""
     wanted = {(k.namespace, k.name) for k in state.objects if k.kind == "ServiceAccount"}
     namespaces = {k.name for k in state.objects if k.kind == "Namespace"} | {"default"}
     wanted |= {(ns, "default") for ns in namespaces}
     out = {k: uid for k, uid in have.items() if (k in wanted or k in in_use) and uid in ACCOUNT_IDS}
-    taken = set(out.values())
-    candidate = ACCOUNT_IDS.start
+    # Without a stored mark (a store from before it), the highest uid held is the best known.
+    candidate = max([ACCOUNT_IDS.start, next_id or 0, *(uid + 1 for uid in have.values() if uid in ACCOUNT_IDS)])
     for key in sorted(wanted - out.keys()):
-        while candidate in taken:
-            candidate += 1
         out[key] = candidate
-        taken.add(candidate)
-    return out
+        candidate += 1
+    return out, candidate
 
 
 POOL_ANNOTATIONS = ("gitorch.dev/address-pool", "metallb.universe.tf/address-pool")

@@ -23,13 +23,13 @@ from gitorch.model import volumes
 from gitorch.model.backoff import Backoff
 from gitorch.model.diagnostics import Diagnostic, errors
 from gitorch.model.errors import GitorchError
-from gitorch.model.objects import KINDS, DesiredState, ObjectKey
+from gitorch.model.objects import KINDS, DesiredState, Object, ObjectKey
 from gitorch.model.quantities import QuantityError, cpu_millis, to_bytes
 from gitorch.model.recommendations import RecommenderSettings
 from gitorch.model.revisions import Revision
 from gitorch.model.usage import UsageWindow
 from gitorch.nodes.client import Encoded, Fleet, NodeClient, Outcome, PodKey, pod_reports, table_delta, table_digest
-from gitorch.nodes.endpoints import endpoints, ssh_options
+from gitorch.nodes.endpoints import endpoints, ssh_defaults, ssh_options
 from gitorch.nodes.ssh import Endpoint, Pool
 from gitorch.reconcile import allocations, autoscaling, ingress, networking, nodescaling, podspecs, policies, services
 from gitorch.reconcile.planning import Finished, NodeState, Observed, Plan, PodState, Status, plan
@@ -233,6 +233,7 @@ class Controller:
         self._facts_at: dict[str, float] = {}
         self._pruned_at = float("-inf")
         self._pod_rows: list[RowView] = []  # the store's pod rows, as plain tuples (see RowView)
+        self._leaving: list[_Leaving] = []  # Nodes gone from Git that still have pods (see _leaving_nodes)
         self._object_rows: list[ObjectRecord] = []
         self._written_objects: dict[ObjectKey, ObjectRecord | None] = {}
         self._cached = False  # this pass uses the kept rows instead of reading them
@@ -284,7 +285,14 @@ class Controller:
             self._fleet = None
 
     def fleet(self, state: DesiredState) -> Fleet:
-        eps = tuple(endpoints(state))
+        # A Node gone from Git is reached as it was (its manifest's key), else as its row says.
+        identity = ssh_defaults(state).identity_file
+        before = {e.name: e for e in self._endpoints}
+        eps = tuple(endpoints(state)) + tuple(
+            before.get(n.key.name) or Endpoint(
+                n.key.name, str(n.spec["address"]), int(n.spec["port"]), str(n.spec["user"]),
+                str(Path(identity).expanduser()) if identity else None, n.spec.get("hostKey"))
+            for n in self._leaving)
         if self._fleet is None or eps != self._endpoints:
             self.close()
             self._fleet = self.fleet_factory(eps, state) if self.fleet_factory is not None else Fleet(
@@ -404,6 +412,7 @@ class Controller:
             with self.store.transaction(fence):
                 self._record_revision(head, valid, now)
             return result  # nothing valid was ever applied: touch nothing
+        self._leaving = self._leaving_nodes(state)
         fleet = self.fleet(state)
         # The rows of pods and objects this controller wrote stand in for reading them back, while
         # one fenced term lasts (no one else writes them) and until the resync re-reads them.
@@ -429,13 +438,14 @@ class Controller:
         held_accounts = {(r.namespace, r.name): r.uid for r in self.store.account_ids()}
         # A released account's uid stays while its namespace has recorded pods (one may run as it).
         occupied = {r.namespace for r in self._pod_rows}
+        next_account = self.store.allocation_mark(allocations.ACCOUNT_MARK)
         allocs = allocations.allocate(state, *held, held_lb, held_accounts,
-                                      [k for k in held_accounts if k[0] in occupied])
+                                      [k for k in held_accounts if k[0] in occupied], next_account)
         the_plan = plan(state, observed)
         _allocation_statuses(the_plan, allocs)
         self._ingress_addresses = ingress.addresses(state, allocs.lb_ips) if ingress.settings(state) else []
         result.plan = the_plan
-        result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost)
+        result.lost_nodes = frozenset(n.name for n in observed.nodes if n.lost or (n.leaving and not n.reachable))
         if fence is not None:
             self.store.check_fence(fence)  # a deposed leader stops before touching any node
         execution = self.execute(state, the_plan, fleet, observed, reports, allocs, now, fence, full=full)
@@ -447,6 +457,8 @@ class Controller:
                 self.store.save_allocations(allocs.cluster_ips, allocs.node_ports, allocs.pod_cidrs, now=_dt(now))
             if allocs.account_ids != held_accounts:
                 self.store.save_account_ids(allocs.account_ids, now=_dt(now))
+            if allocs.next_account_id != next_account:
+                self.store.save_allocation_mark(allocations.ACCOUNT_MARK, allocs.next_account_id, now=_dt(now))
             if allocs.lb_ips != held_lb or execution.announcers != {r.ip: r.node for r in balanced_rows}:
                 self.store.save_load_balancer_ips(allocs.lb_ips, execution.announcers, now=_dt(now))
             self._record_pods(execution.pods, execution.gone)
@@ -465,6 +477,19 @@ class Controller:
         if self._reclaims:
             self._reclaim(fleet, now)
         return result
+
+    def _leaving_nodes(self, state: DesiredState) -> list[_Leaving]:
+        """Nodes gone from Git whose pods the store still has: reached as their row registered
+        them, they drain within their disruption budgets (see planning.NodeState.leaving) and
+        retention forgets them once empty (store.prune)."""
+        in_git = {n.key.name for n in state.of_kind("Node")}
+        rows = self._node_rows or self.store.nodes()
+        pod_rows = self._pod_rows or [RowView.of(r) for r in self.store.pods(spec=False)]
+        occupied = {r.node for r in pod_rows if r.node}
+        return [_Leaving(ObjectKey("Node", "", r.name),
+                         {"address": r.address, "port": r.port, "user": r.user, "hostKey": r.host_key,
+                          "taints": list(r.taints or []), "drain": True}, dict(r.labels or {}))
+                for r in rows if r.name not in in_git and r.name in occupied and r.address]
 
     def _recommend(self, state: DesiredState, observed: Observed, now: float) -> Observed:
         """The VerticalPodAutoscalers' histories take in the samples not yet counted (restored from
@@ -609,7 +634,8 @@ class Controller:
         nodes: list[NodeState] = []
         observations: list[NodeObservation] = []
         reports: dict[str, dict[PodKey, dict[str, Any]]] = {}
-        for manifest in state.of_kind("Node"):
+        manifests: list[Object | _Leaving] = [*state.of_kind("Node"), *self._leaving]
+        for manifest in manifests:
             name = manifest.key.name
             outcome = results.get(name)
             record = records.get(name)
@@ -652,6 +678,7 @@ class Controller:
             standby, scale_down_disabled = standby_fields(manifest)
             nodes.append(NodeState(info, reachable=reachable, lost=lost, lost_since=lost_since,
                                    noexecute_since=noexecute, draining=bool(manifest.spec.get("drain")),
+                                   leaving=isinstance(manifest, _Leaving),
                                    standby=standby,
                                    scale_down_disabled=scale_down_disabled))
         # Retention: a taint gone from its Node's manifest (or the Node gone) is forgotten.
@@ -774,9 +801,10 @@ class Controller:
         table = self.service_table(state, the_plan, reports, allocs)
         policy = self.policy_table(state, the_plan) if table is not None else None
         policy_json = {n: json.dumps(policy.get(n, []), sort_keys=True) for n in sets} if policy is not None else {}
-        # A node on standby announces no LoadBalancer address and proxies no Ingress: it is not in use.
+        # A node on standby (or gone from Git) announces no LoadBalancer address and proxies no
+        # Ingress: it is not in use.
         eligible = {n.name: dict(n.info.labels) for n in observed.nodes
-                    if n.reachable and not n.lost and n.name not in the_plan.standby}
+                    if n.reachable and not n.lost and not n.leaving and n.name not in the_plan.standby}
         local = {(svc.key.namespace, svc.key.name): services.ready_nodes(state, self._table_pods, svc)
                  for svc in state.of_kind("Service")
                  if allocs.lb_ips.get((svc.key.namespace, svc.key.name))
@@ -921,7 +949,7 @@ class Controller:
                                        type="Warning", when=_dt(now), revision=state.revision.oid,
                                        message=f"nftables {proxy['repaired']}; rebuilt from the service table"))
         node_errors = {n: o.error for n, o in results.items() if not o.ok}
-        lost = {n.name for n in observed.nodes if n.lost}
+        lost = {n.name for n in observed.nodes if n.lost or (n.leaving and not n.reachable)}
         previous = {(p.namespace, p.name): p for p in observed.pods}
         records: list[PodRow] = []
         rows = {(r.namespace, r.name): r for r in self._pod_rows}
@@ -1327,6 +1355,16 @@ class RowView(NamedTuple):
     def of(cls, r: PodRecord | PodRow) -> RowView:
         return cls(r.namespace, r.name, r.owner_kind, r.owner_name, r.node, r.template_hash, r.phase, r.restarts,
                    r.ready, r.reason, r.message, r.ordinal, r.ip, r.ready_at, r.created_at)
+
+
+@dataclass(frozen=True)
+class _Leaving:
+    """A Node gone from Git, as its store row registered it: what observe reads of a manifest."""
+
+    key: ObjectKey
+    spec: dict[str, Any]
+    labels: dict[str, str]
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,10 @@ class NodeState:
     noexecute_since: tuple[tuple[Taint, float], ...] = ()
     """Its NoExecute taints from Git, each with when the controller first saw it."""
     draining: bool = False  # spec.drain: its pods are evicted within their disruption budgets
+    leaving: bool = False
+    """Gone from Git with pods still on it: it drains as with spec.drain (every pod, within its
+    budgets) while it answers; when it does not, its pods are deleted at once, as Kubernetes' pod
+    garbage collector deletes the pods of a deleted Node. Retention forgets it once empty."""
     standby: bool = False  # spec.standby: the cluster autoscaler activates it (see nodescaling.py)
     scale_down_disabled: bool = False  # annotated cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"
 
@@ -203,12 +207,13 @@ def toleration_seconds(tolerations: Iterable[Mapping[str, Any]], taint: Taint) -
 
 
 def evicted(node: NodeState | None, tolerations: Iterable[Mapping[str, Any]], now: float) -> bool:
-    """Whether a pod on `node` is evicted: the node is gone from Git, or a NoExecute taint on
+    """Whether a pod on `node` is evicted: the node is gone from Git (and, if it is still
+    known, leaving, no longer answers), or a NoExecute taint on
     it (node.kubernetes.io/unreachable once it is lost, or one from its manifest) is not
     tolerated, or was tolerated for tolerationSeconds that have passed. gitorch adds no
     default tolerations: where Kubernetes' admission gives every pod 300 s for an unreachable
     node, a gitorch pod without one is replaced once its node is lost (GITORCH_NODE_TIMEOUT)."""
-    if node is None:
+    if node is None or (node.leaving and not node.reachable):
         return True
     tolerations = list(tolerations)
     taints = list(node.noexecute_since)
@@ -219,6 +224,11 @@ def evicted(node: NodeState | None, tolerations: Iterable[Mapping[str, Any]], no
         if seconds is not None and now - since >= seconds:
             return True
     return False
+
+
+def node_evicted(p: PodState) -> bool:
+    """A pod its node's agent evicted (as the kubelet's eviction manager): Failed, for good."""
+    return p.phase == "Failed" and p.reason == "Evicted"
 
 
 def _scaled(value: Any, total: int, *, round_up: bool) -> int:
@@ -282,14 +292,16 @@ class _Pass:
         self.nodes = {}
         for n in self.observed.nodes:
             rec = self.scaling.get(n.name)
-            if rec is not None and rec.state != ACTIVE:
+            if n.leaving:  # gone from Git: drained like spec.drain, every pod included
+                n = replace(n, info=replace(n.info, unschedulable=True), draining=True)
+            elif rec is not None and rec.state != ACTIVE:
                 taints = n.info.taints
                 if rec.state == SCALING_DOWN:
                     taints = (*taints, Taint(nodescaling.TO_BE_DELETED, str(int(rec.since)), "NoSchedule"))
                 n = replace(n, info=replace(n.info, unschedulable=True, taints=taints), draining=True)
             self.nodes[n.name] = n
-        self.node_list = [n for n in self.nodes.values()
-                          if (rec := self.scaling.get(n.name)) is None or rec.state != STANDBY]
+        self.node_list = [n for n in self.nodes.values() if not n.leaving  # its DaemonSet pods go too
+                          and ((rec := self.scaling.get(n.name)) is None or rec.state != STANDBY)]
         self.usable = [n.info for n in self.node_list if not n.lost]
 
     def replicas(self, obj: Object) -> int:
@@ -298,15 +310,18 @@ class _Pass:
         return self.scales.get(obj.key, int(obj.spec.get("replicas", 1)))
 
     # Pods evicted from their node (lost, or tainted NoExecute) are gone as far as replica
-    # counts go, as the taint manager deletes them in Kubernetes.
+    # counts go, as the taint manager deletes them in Kubernetes; so are pods the node's
+    # agent evicted (Failed, reason Evicted: an emptyDir past its sizeLimit), whose
+    # ReplicaSet replaces them.
     def live(self, obj: Object) -> tuple[list[PodState], list[PodState]]:
         live: list[PodState] = []
         lost: list[PodState] = []
         template = self.template(obj) or {}
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
+        replaced = obj.key.kind in ("Deployment", "ReplicaSet")
         for p in self.by_owner.get(obj.key, []):
             node = self.nodes.get(p.node) if p.node else None
-            gone = p.node is not None and evicted(node, tolerations, self.now)
+            gone = (p.node is not None and evicted(node, tolerations, self.now)) or (replaced and node_evicted(p))
             drained = not gone and node is not None and node.draining and not p.finished
             (lost if gone or (drained and self.may_evict(obj, template, p)) else live).append(p)
         return live, lost
@@ -910,7 +925,8 @@ def _deployment(ps: _Pass, obj: Object) -> None:
         allowed = missing if not old else 0  # only once every old pod is gone
     else:
         allowed = max(0, min(missing, replicas + surge - len(keep_new) - remaining_old))
-    used = {_index(p.name) for p in keep_new}
+    # An evicted pod's name stays taken while its node still holds it (Failed, being removed).
+    used = {_index(p.name) for p in keep_new} | {_index(p.name) for p in lost if node_evicted(p)}
     index = 0
     for _ in range(allowed):
         while index in used:
@@ -947,6 +963,11 @@ def _pod(ps: _Pass, obj: Object) -> None:
     if mine.node is None:  # not placed yet: the scheduler tries again (its row is updated, not replaced)
         _create(ps, obj, template, obj.key.name, rev)
         ps.plan.statuses[obj.key] = Status("Progressing", mine.message or "being placed", 1, 0, revision=rev)
+        return
+    if node is not None and node.leaving and (not node.reachable or ps.may_evict(obj, template, mine)):
+        ps.remove(mine)  # its node left Git: placed again, elsewhere, once it is gone
+        ps.plan.statuses[obj.key] = Status("Progressing", f"evicted from node {mine.node}, which left Git",
+                                           1, 0, revision=rev)
         return
     if mine.revision == rev:
         ps.keep(obj, mine, _spec(ps, obj, template, mine.name, mine.node))
@@ -989,7 +1010,7 @@ def _replicaset(ps: _Pass, obj: Object) -> None:
             _keep(ps, obj, template, p)
         else:
             ps.keep(obj, p, _spec_for_record(ps, obj, p))
-    used = {_index(p.name) for p in keep}
+    used = {_index(p.name) for p in keep} | {_index(p.name) for p in lost if node_evicted(p)}
     index = 0
     for _ in range(replicas - len(keep)):
         while index in used:
@@ -1040,7 +1061,8 @@ def _paused_deployment(
             ps.remove(p)
         else:
             _keep(ps, obj, template, p)
-    used = {_index(p.name) for p in kept_new}
+    used = {_index(p.name) for p in kept_new} | {  # an evicted pod's name stays taken while it is removed
+        _index(p.name) for p in ps.by_owner.get(obj.key, []) if node_evicted(p)}
     index = 0
     for _ in range(max(0, replicas - (len(new) + len(old) - excess))):
         while index in used:
@@ -1196,7 +1218,15 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     replicas = ps.replicas(obj)
     ordered = spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
     rev = _revision(ps, obj, template)
-    pods = {p.ordinal if p.ordinal is not None else _index(p.name): p for p in ps.by_owner.get(obj.key, [])}
+    pods: dict[int, PodState] = {}
+    evicted_now: set[int] = set()
+    for p in ps.by_owner.get(obj.key, []):
+        i = p.ordinal if p.ordinal is not None else _index(p.name)
+        if node_evicted(p):  # deleted, as the StatefulSet controller deletes a failed pod; made again next pass
+            ps.remove(p)
+            evicted_now.add(i)
+        else:
+            pods[i] = p
     name = obj.key.name
     ns = obj.key.namespace
     claim_names = [str((t.get("metadata") or {}).get("name")) for t in spec.get("volumeClaimTemplates") or []]
@@ -1204,7 +1234,10 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     def claims(i: int) -> dict[str, str]:
         return {c: f"{podspecs.VOLUME_ROOT}/{ns}/{c}-{name}-{i}" for c in claim_names}
 
-    ready = {i: _ready(p, ps.now, 0) for i, p in pods.items()}
+    # Available: ready for minReadySeconds. Ordered creation and updates wait for it, as the
+    # StatefulSet controller waits for each predecessor to be running and available.
+    min_ready = float(spec.get("minReadySeconds", 0))
+    ready = {i: _ready(p, ps.now, min_ready) for i, p in pods.items()}
     # Scale down from the highest ordinal, one at a time when ordered.
     extra = sorted((i for i in pods if i >= replicas), reverse=True)
     for n, i in enumerate(extra):
@@ -1246,7 +1279,8 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
             if ordered and not ready.get(i, False):
                 blocked = True
             continue
-        if blocked:
+        if blocked or i in evicted_now:
+            blocked = blocked or ordered
             continue
         _create(ps, obj, template, pod_name, rev, i, claims(i), pod_name)
         if ordered:
@@ -1258,20 +1292,38 @@ def _statefulset(ps: _Pass, obj: Object) -> None:
     updated = sum(1 for i in range(replicas) if i in pods and pods[i].revision == rev)
     complete = n_ready == replicas and not extra
     health = "Healthy" if complete else "Progressing"
-    message = f"{n_ready}/{replicas} ready"
+    message = f"{n_ready}/{replicas} ready" + (f" for {min_ready:g} s (minReadySeconds)" if min_ready else "")
     held = sum(1 for i in range(min(partition, replicas)) if i in pods and pods[i].revision != rev)
     if held:
         message += f"; partition {partition}: {held} pods below it keep their previous revision"
-    ps.plan.statuses[obj.key] = Status(health, message, replicas, n_ready, updated, sum(ready.values()), rev)
+    n_running_ready = sum(  # readyReplicas: ready, minReadySeconds or not
+        1 for i in range(replicas)
+        if i in pods and _ready(pods[i], ps.now, 0) and (pods[i].revision == rev or i < partition)
+    )
+    ps.plan.statuses[obj.key] = Status(health, message, replicas, n_running_ready, updated, sum(ready.values()), rev)
 
 
 def _daemonset(ps: _Pass, obj: Object) -> None:
+    """One pod per eligible node, updated as Kubernetes' DaemonSet controller does: RollingUpdate
+    replaces at most maxUnavailable nodes' pods at a time, or with maxSurge starts the new pod
+    beside the old one and removes the old one once the new one is available (ready for
+    minReadySeconds); OnDelete gives the new template only to pods made after a pod is gone."""
     template = ps.template(obj)
     if template is None:
         return
     rev = _revision(ps, obj, template)
-    ru = (obj.spec.get("updateStrategy") or {}).get("rollingUpdate") or {}
-    existing = {p.node: p for p in ps.by_owner.get(obj.key, []) if p.node}
+    strategy = obj.spec.get("updateStrategy") or {}
+    on_delete = strategy.get("type") == "OnDelete"
+    ru = strategy.get("rollingUpdate") or {}
+    min_ready = float(obj.spec.get("minReadySeconds", 0))
+    existing: dict[str, list[PodState]] = {}
+    evicted_on: set[str] = set()
+    for p in ps.by_owner.get(obj.key, []):
+        if p.node and node_evicted(p):  # deleted; the node gets a new pod on the next pass
+            ps.remove(p)
+            evicted_on.add(p.node)
+        elif p.node:
+            existing.setdefault(p.node, []).append(p)
     eligible: list[str] = []
     for node in ps.node_list:  # a node on standby runs no pods, DaemonSet pods included
         if node.lost:
@@ -1282,29 +1334,80 @@ def _daemonset(ps: _Pass, obj: Object) -> None:
         tolerations = (template.get("spec") or {}).get("tolerations") or ()
         if decision.node == node.name or (node.name in existing and not evicted(node, tolerations, ps.now)):
             eligible.append(node.name)
-    unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=False) or 1
-    not_ready = sum(1 for n in eligible if n in existing and not _ready(existing[n], ps.now, 0))
     for n, gone in existing.items():
         if n not in eligible:
-            ps.remove(gone)
-    ready_count = 0
+            for p in gone:
+                ps.remove(p)
+    # Both round up, as the controller scales them; they may not both be 0 (validation).
+    surge = _scaled(ru.get("maxSurge", 0), len(eligible), round_up=True)
+    unavailable_budget = _scaled(ru.get("maxUnavailable", 1), len(eligible), round_up=True)
+    if surge == 0 and unavailable_budget == 0:
+        unavailable_budget = 1
+
+    def available(p: PodState) -> bool:
+        return _ready(p, ps.now, min_ready)
+
+    def current(n: str) -> tuple[PodState | None, list[PodState]]:
+        pods = existing.get(n, [])
+        new = [p for p in pods if p.revision == rev]
+        for extra in new[1:]:
+            ps.remove(extra)
+        return (new[0] if new else None), [p for p in pods if p.revision != rev]
+
+    # As the controller counts: a node missing its pod, or whose new pod is not available yet, is
+    # unavailable; an old pod that is not available is replaced whatever the budget.
+    def unavailable_node(n: str) -> bool:
+        pods = existing.get(n, [])
+        return not pods or any(p.revision == rev and not available(p) for p in pods)
+
+    unavailable = sum(1 for n in eligible if unavailable_node(n))
+    surging = sum(1 for n in eligible if len({p.revision == rev for p in existing.get(n, [])}) > 1)
+    ready_count = available_count = updated = 0
     for n in eligible:
-        pod_name = f"{obj.key.name}-{podspecs.short_hash(n, 5)}"
-        p = existing.get(n)
-        if p is not None and p.revision != rev:
-            if not_ready < unavailable_budget and _ready(p, ps.now, 0):
-                not_ready += 1
-                ps.plan.pods.append(DesiredPod(pod_name, obj.key, n, rev, _spec(ps, obj, template, pod_name, n)))
-            else:
-                ps.keep(obj, p, _spec_for_record(ps, obj, p))
+        base = f"{obj.key.name}-{podspecs.short_hash(n, 5)}"
+        new, old = current(n)
+        if new is not None:
+            updated += 1
+            ready_count += _ready(new, ps.now, 0)
+            available_count += available(new)
+            ps.plan.pods.append(DesiredPod(new.name, obj.key, n, rev, _spec(ps, obj, template, new.name, n)))
+            for p in old:  # a surge pod's predecessor goes once the new one is available
+                if available(new):
+                    ps.remove(p)
+                else:
+                    ps.keep(obj, p, _spec_for_record(ps, obj, p))
             continue
-        if p is not None and _ready(p, ps.now, 0):
-            ready_count += 1
-        ps.plan.pods.append(DesiredPod(pod_name, obj.key, n, rev, _spec(ps, obj, template, pod_name, n)))
-    updated = sum(1 for n in eligible if n in existing and existing[n].revision == rev)
-    health = "Healthy" if ready_count == len(eligible) and updated == len(eligible) else "Progressing"
+        if not old:
+            if n not in evicted_on:
+                ps.plan.pods.append(DesiredPod(base, obj.key, n, rev, _spec(ps, obj, template, base, n)))
+            continue
+        keep, extra = old[0], old[1:]
+        for p in extra:
+            ps.remove(p)
+        ready_count += _ready(keep, ps.now, 0)
+        available_count += available(keep)
+        if on_delete:
+            ps.keep(obj, keep, _spec_for_record(ps, obj, keep))
+        elif surge:
+            # An unavailable old pod gets its replacement beside it at once; an available one
+            # within maxSurge.
+            if not available(keep) or surging < surge:
+                surging += available(keep)
+                name = base if keep.name != base else f"{base}-{rev[:5]}"
+                ps.plan.pods.append(DesiredPod(name, obj.key, n, rev, _spec(ps, obj, template, name, n)))
+            ps.keep(obj, keep, _spec_for_record(ps, obj, keep))
+        elif not available(keep) or unavailable < unavailable_budget:
+            # Replaced in place (same name, new spec): an unavailable pod costs no availability.
+            unavailable += available(keep)
+            ps.plan.pods.append(DesiredPod(keep.name, obj.key, n, rev, _spec(ps, obj, template, keep.name, n)))
+        else:
+            ps.keep(obj, keep, _spec_for_record(ps, obj, keep))
+    complete = available_count == len(eligible) and updated == len(eligible)
+    message = f"{available_count}/{len(eligible)} nodes available"
+    if on_delete and updated < len(eligible):
+        message += f"; OnDelete: {len(eligible) - updated} keep their earlier template until deleted"
     ps.plan.statuses[obj.key] = Status(
-        health, f"{ready_count}/{len(eligible)} nodes ready", len(eligible), ready_count, updated, ready_count, rev
+        "Healthy" if complete else "Progressing", message, len(eligible), ready_count, updated, available_count, rev
     )
 
 

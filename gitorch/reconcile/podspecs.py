@@ -187,20 +187,23 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _security(pod: Mapping[str, Any], c: Mapping[str, Any], account: str) -> dict[str, Any] | None:
-    """One container's effective securityContext (its own over the pod's), None when neither
-    has one and the pod runs as the default account (it runs as before: the node's user).
-    `account` names the ServiceAccount whose uid and gid the agent uses when no runAsUser is
-    given: always for a non-default account, for `default` only with runAsNonRoot."""
+    """One container's effective securityContext (its own over the pod's). `account` names the
+    ServiceAccount whose uid and gid the agent uses when no runAsUser is given: for a process
+    container always (the `default` account too: root only when asked for, runAsUser 0), for an
+    image container when the account is not `default` or runAsNonRoot asks (otherwise the
+    image's USER, as Kubernetes runs it). None: an image container with neither securityContext
+    on the `default` account runs as the runtime's defaults."""
     psc = _dict(pod.get("securityContext"))
     csc = _dict(c.get("securityContext"))
-    if not psc and not csc and account == DEFAULT_ACCOUNT:
+    image = bool(c.get("image"))
+    if not psc and not csc and account == DEFAULT_ACCOUNT and image:
         return None
     out: dict[str, Any] = {}
     for field in ("runAsUser", "runAsGroup", "runAsNonRoot"):
         value = csc.get(field, psc.get(field))
         if value is not None:
             out[field] = value
-    if "runAsUser" not in out and (account != DEFAULT_ACCOUNT or out.get("runAsNonRoot")):
+    if "runAsUser" not in out and (account != DEFAULT_ACCOUNT or out.get("runAsNonRoot") or not image):
         out["account"] = account
     groups = {int(g) for g in psc.get("supplementalGroups") or []}
     if psc.get("fsGroup") is not None:
@@ -222,7 +225,7 @@ def _security(pod: Mapping[str, Any], c: Mapping[str, Any], account: str) -> dic
 def _volume_owner(pod: Mapping[str, Any], account: str, containers: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Who owns the pod's emptyDir, ConfigMap, Secret and claim volumes: the pod's fsGroup (with
     setgid folders, as the kubelet does), else the identity of its first container that has
-    one; None when every container runs as the node's user (the volumes stay as they were)."""
+    one; None when every container runs as its image's user (the volumes stay root's)."""
     psc = _dict(pod.get("securityContext"))
     first = next((c["security"] for c in containers if c.get("security")), None)
     if first is None:
@@ -257,17 +260,29 @@ def _volumes(spec: Mapping[str, Any], r: _Resolver, claims: Mapping[str, str]) -
             claim = str(v["persistentVolumeClaim"].get("claimName"))
             bound = static_bindings(r.state).get(ObjectKey("PersistentVolumeClaim", r.namespace, claim))
             path = bound.path if bound else volumes.provisioned_path(r.namespace, claim)
-            out.append({"name": name, "hostPath": path})
+            claimed: dict[str, Any] = {"name": name, "hostPath": path}
+            pv = r.state.objects.get(ObjectKey("PersistentVolume", "", bound.volume)) if bound else None
+            kind = str(_dict(pv.spec.get("hostPath")).get("type") or "") if pv is not None else ""
+            if kind:  # a PersistentVolume's hostPath.type, checked on the node as a pod's own
+                claimed["hostPathType"] = kind
+            out.append(claimed)
         elif isinstance(v.get("hostPath"), dict):
-            out.append({"name": name, "hostPath": v["hostPath"].get("path")})
+            host: dict[str, Any] = {"name": name, "hostPath": v["hostPath"].get("path")}
+            if v["hostPath"].get("type"):  # only when set: other pods keep their hash
+                host["hostPathType"] = str(v["hostPath"]["type"])
+            out.append(host)
         else:
             empty: dict[str, Any] = {"name": name, "emptyDir": True}
             source = v.get("emptyDir") if isinstance(v.get("emptyDir"), dict) else {}
-            if source.get("medium") == "Memory":  # only when set: other pods keep their hash
+            # Only when set: other pods keep their hash. In memory, sizeLimit is the tmpfs's size;
+            # on disk the node measures the folder and evicts the pod past it, as the kubelet does.
+            if source.get("medium") == "Memory":
                 empty["medium"] = "Memory"
-                if source.get("sizeLimit") is not None:
-                    with contextlib.suppress(QuantityError):  # validation reported it
-                        empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+            if source.get("sizeLimit") is not None:
+                with contextlib.suppress(QuantityError):  # validation reported it
+                    empty["sizeLimit"] = to_bytes(source["sizeLimit"])
+                    if source.get("medium") != "Memory":
+                        empty["sizeLimitText"] = str(source["sizeLimit"])
             out.append(empty)
     for name, path in claims.items():
         out.append({"name": name, "hostPath": path})
@@ -315,6 +330,13 @@ def pod_spec(
         "initContainers": [_container(c, r, field_refs) for c in spec.get("initContainers") or []],
         "volumes": _volumes(spec, r, claims or {}),
     }
+    # A claim mounted readOnly (persistentVolumeClaim.readOnly) is read-only in every container.
+    read_only = {v.get("name") for v in spec.get("volumes") or []
+                 if isinstance(v.get("persistentVolumeClaim"), dict) and v["persistentVolumeClaim"].get("readOnly")}
+    for c in pod["containers"] + pod["initContainers"]:
+        for m in c["volumeMounts"]:
+            if m["name"] in read_only:
+                m["readOnly"] = True
     if index is not None:
         # First, so a container's own env of the same name wins, as the API server's defaulting.
         for c in pod["containers"] + pod["initContainers"]:

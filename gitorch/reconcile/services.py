@@ -111,4 +111,35 @@ def service_table(
                 config = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
                 entry["affinitySeconds"] = int(config.get("timeoutSeconds") or 10800)
             table.append(entry)
+    table.extend(host_ports(state, pods))
     return sorted(table, key=lambda e: str(e["name"]))
+
+
+def host_ports(state: DesiredState, pods: Iterable[PodRow]) -> list[dict[str, Any]]:
+    """A container port's hostPort, as the CNI portmap plugin gives it effect: the node's own
+    addresses at hostPort go to the pod (DNAT). One entry per port of a pod that has an address
+    and is not on the node's network (there the port is the node's already); every node gets
+    them with the service table and programs its own pods' only."""
+    out: list[dict[str, Any]] = []
+    for p in pods:
+        if not p.ip or not p.node or p.phase not in ("Pending", "Running"):
+            continue
+        spec = pod_template(state, p).get("spec") or {}
+        if spec.get("hostNetwork"):
+            continue
+        for ctr in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+            for port in ctr.get("ports") or []:
+                host, target = port.get("hostPort"), port.get("containerPort")
+                if not isinstance(host, int) or isinstance(host, bool) or not host or not isinstance(target, int):
+                    continue
+                protocol = str(port.get("protocol") or "TCP")
+                out.append({
+                    "name": f"{p.namespace}/{p.name}:hostPort/{host}/{protocol}",
+                    "protocol": protocol,
+                    "clusterIP": None,
+                    "port": host,
+                    "nodePort": None,
+                    "hostPort": host,
+                    "endpoints": [{"ip": str(p.ip), "port": target}],
+                })
+    return out

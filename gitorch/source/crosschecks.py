@@ -39,7 +39,6 @@ from gitorch.model.routes import (
     serving_problem,
 )
 from gitorch.source import podsecurity
-from gitorch.source.certificates import tls_pair_problem
 
 Memo = MutableMapping[str, Any]
 """One object's memo: what its rules last found and read; it lives as long as its parsed file."""
@@ -61,9 +60,9 @@ def internal_error(
 def _diag(
     obj: Object, ptr: str, message: str, hint: str = "", *, warning: bool = False, key: bool = False
 ) -> Diagnostic:
-    pos = obj.document.position(ptr, key=key)
+    path, pos = obj.document.locate(ptr, key=key)  # a kustomize patch's file for a value it set
     return Diagnostic(
-        obj.path,
+        path,
         pos.line,
         pos.column,
         ptr,
@@ -374,32 +373,53 @@ def cross_check(
             continue
         if key.kind in _WORKLOADS:
             out.extend(_run(obj, world, _check_workload, memos.get(key) if memos is not None else None))
-        if key.kind == "CronJob":
-            job = _map(_map(obj.spec.get("jobTemplate")).get("spec"))
-            if job.get("ttlSecondsAfterFinished") is not None:
-                out.append(
-                    _diag(
-                        obj,
-                        "/spec/jobTemplate/spec/ttlSecondsAfterFinished",
-                        "field has no effect on a CronJob's runs",
-                        "successfulJobsHistoryLimit and failedJobsHistoryLimit decide which runs' pods are kept",
-                        warning=True,
-                    )
-                )
-        elif key.kind == "Service":
+        if key.kind in ("Deployment", "DaemonSet"):
+            out.extend(_check_rollout_budget(obj))
+        if key.kind == "Service":
             out.extend(_run(obj, world, _check_service, memos.get(key) if memos is not None else None))
         elif key.kind == "Namespace":
-            for label in (podsecurity.ENFORCE_LABEL, podsecurity.WARN_LABEL):
-                level = obj.labels.get(label)
-                if level is not None and level not in podsecurity.LEVELS:
-                    ptr = f"/metadata/labels/{escape_token(label)}"
-                    out.append(_diag(obj, ptr, f"unknown level {level!r}", f"one of: {', '.join(podsecurity.LEVELS)}"))
+            out.extend(_check_pod_security_labels(obj))
         elif key.kind == "NetworkPolicy":
             out.extend(_guarded(obj, functools.partial(_check_network_policy, obj, world)))
         elif key.kind == "HorizontalPodAutoscaler":
             out.extend(_guarded(obj, functools.partial(_check_autoscaler, obj, world, invalid)))
         elif key.kind == "VerticalPodAutoscaler":
             out.extend(_guarded(obj, functools.partial(_check_vertical, obj, world, invalid)))
+    return out
+
+
+def _capability_hint(name: str) -> str:
+    """The hint for an unknown capability: the nearest name, then every valid one."""
+    near = suggest(name, podsecurity.CAPABILITIES)
+    every = f"one of: ALL, {', '.join(podsecurity.CAPABILITIES)}"
+    return f"{near}; {every}" if near else every
+
+
+def _check_pod_security_labels(obj: Object) -> list[Diagnostic]:
+    """A Namespace's Pod Security labels: known levels and versions, as the API server admits
+    them; a version other than latest is checked as latest, and audit has no effect (warnings)."""
+    out: list[Diagnostic] = []
+    for label in podsecurity.LEVEL_LABELS:
+        level = obj.labels.get(label)
+        if level is not None and level not in podsecurity.LEVELS:
+            out.append(_diag(obj, f"/metadata/labels/{escape_token(label)}", f"unknown level {level!r}",
+                             f"one of: {', '.join(podsecurity.LEVELS)}"))
+        elif label == podsecurity.AUDIT_LABEL and level is not None:
+            out.append(_diag(obj, f"/metadata/labels/{escape_token(label)}", "label has no effect: gitorch keeps no "
+                             "audit log", f"{podsecurity.WARN_LABEL} gives the same checks as warnings", warning=True))
+        tag = podsecurity.version_label(label)
+        version = obj.labels.get(tag)
+        if version is None:
+            continue
+        ptr = f"/metadata/labels/{escape_token(tag)}"
+        problem = podsecurity.version_problem(version)
+        if problem is not None:
+            out.append(_diag(obj, ptr, f"invalid version {version!r}: {problem}", '"latest", or a version such as '
+                             '"v1.30"'))
+        elif version != podsecurity.LATEST:
+            out.append(_diag(obj, ptr, f"version {version} is checked as latest",
+                             "gitorch has only the latest Pod Security Standards, which may refuse what an older "
+                             'version allowed: set "latest" to say so', warning=True))
     return out
 
 
@@ -638,8 +658,8 @@ def _check_admission(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]
 
 
 def _check_volumes(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
-    """PersistentVolumes name a node of the repository; claims name a StorageClass and a
-    volume that exist, and no volume is asked for by two claims."""
+    """PersistentVolumes name a node of the repository; claims name a StorageClass (or a class
+    some PersistentVolume has) and a volume that exist, and no volume is asked for by two claims."""
     valid = [o for o in world.ordered if o.key not in invalid]
     pvs = {o.key.name: o for o in valid if o.key.kind == "PersistentVolume"}
     classes = {o.key.name: o for o in valid if o.key.kind == "StorageClass"}
@@ -670,9 +690,12 @@ def _check_volumes(world: _World, invalid: Set[ObjectKey]) -> list[Diagnostic]:
         out.append(_diag(classes[extra], "/metadata/annotations",
                          f"a second default StorageClass (also {defaults[0]!r})", "keep one default class"))
     asked: dict[str, Object] = {}
+    # A class that only PersistentVolumes name (Kubernetes' "manual") binds claims to them
+    # statically, with no StorageClass object, as in Kubernetes.
+    static = {str(o.spec.get("storageClassName")) for o in world.ordered if o.key.kind == "PersistentVolume"}
     for claim in claims:
         name = claim.spec.get("storageClassName")
-        if isinstance(name, str) and name and name not in classes:
+        if isinstance(name, str) and name and name not in classes and name not in static:
             out.append(_diag(claim, "/spec/storageClassName", f"StorageClass {name!r} does not exist",
                              suggest(name, classes) or f"add a StorageClass named {name!r}, or remove the field"))
         volume = claim.spec.get("volumeName")
@@ -935,6 +958,23 @@ def secret_value(secret: Object, key: str) -> bytes | None:
         return b""
 
 
+def _check_rollout_budget(obj: Object) -> list[Diagnostic]:
+    """A rolling update that may neither add a pod nor take one away could never progress:
+    Kubernetes refuses maxSurge and maxUnavailable both 0, in these words."""
+    field = "strategy" if obj.key.kind == "Deployment" else "updateStrategy"
+    ru = _map(_map(obj.spec.get(field)).get("rollingUpdate"))
+    defaults = ("25%", "25%") if obj.key.kind == "Deployment" else (0, 1)
+    surge, unavailable = ru.get("maxSurge", defaults[0]), ru.get("maxUnavailable", defaults[1])
+
+    def zero(v: Any) -> bool:
+        return v == 0 or (isinstance(v, str) and v.rstrip("%") in ("0", ""))
+
+    if not (zero(surge) and zero(unavailable)):
+        return []
+    return [_diag(obj, f"/spec/{field}/rollingUpdate/maxUnavailable", "may not be 0 when `maxSurge` is 0",
+                  "allow one pod more (maxSurge: 1) or one unavailable (maxUnavailable: 1)")]
+
+
 def _check_tls_secret(secret: Object) -> list[Diagnostic]:
     """A kubernetes.io/tls Secret holds a certificate chain and its private key; the message
     never holds the key (certificates.tls_pair_problem quotes none of it)."""
@@ -946,6 +986,8 @@ def _check_tls_secret(secret: Object) -> list[Diagnostic]:
                       "add tls.crt (PEM certificates) and tls.key (its PEM private key)")]
     if getattr(secret.document, "encrypted", False) and b"-----BEGIN" not in cert:
         return []  # SOPS-encrypted and not opened here (no key): checked where it is decrypted
+    from gitorch.source.certificates import tls_pair_problem  # cryptography's x509: only for TLS Secrets
+
     problem = tls_pair_problem(cert, key)
     if problem is None:
         return []
@@ -1083,10 +1125,6 @@ def _check_workload(obj: Object, reads: _Reads) -> list[Diagnostic]:
         if vol.get("name") in volume_names:
             out.append(_diag(obj, f"{vptr}/name", f"duplicate volume name {vol.get('name')!r}"))
         volume_names.add(str(vol.get("name")))
-        empty = vol.get("emptyDir")
-        if isinstance(empty, dict) and empty.get("sizeLimit") is not None and empty.get("medium") != "Memory":
-            out.append(_diag(obj, f"{vptr}/emptyDir/sizeLimit", "field has no effect on an emptyDir on disk",
-                             "gitorch limits only a medium: Memory emptyDir (a tmpfs of that size)", warning=True))
         if isinstance(vol.get("configMap"), dict):
             out.extend(
                 _ref(
@@ -1220,6 +1258,11 @@ def _check_security(obj: Object, reads: _Reads, tptr: str, pod: dict[str, Any]) 
         out.extend(_ref(obj, reads, "ServiceAccount", ns, account, f"{tptr}/spec/serviceAccountName"))
     for cptr, c in _containers(tptr, {"spec": pod}):
         sc = _map(c.get("securityContext"))
+        for which in ("add", "drop"):
+            for i, name in enumerate(_seq(_map(sc.get("capabilities")).get(which))):
+                if isinstance(name, str) and not podsecurity.known_capability(name):
+                    out.append(_diag(obj, f"{cptr}/securityContext/capabilities/{which}/{i}",
+                                     f"unknown capability {name!r}", _capability_hint(name)))
         if sc.get("allowPrivilegeEscalation") is not False:
             continue
         if sc.get("privileged") is True:

@@ -34,8 +34,8 @@ from typing import Any
 
 import jsonpatch
 
-from gitorch.model.diagnostics import Diagnostic
-from gitorch.source.manifests import Document, parse_documents
+from gitorch.model.diagnostics import Diagnostic, escape_token
+from gitorch.source.manifests import Document, Origin, parse_documents
 
 FILE_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 SUPPORTED = frozenset({
@@ -68,6 +68,18 @@ class _Res:
     aliases: set[str] = field(default_factory=set)  # every name it had: what references may still say
     generated: bool = False
     hashed: bool = False
+    patched: list[_Patch | Origin] = field(default_factory=list)  # in the order applied
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """A strategic merge patch as applied to a resource, and where it is written: a document of
+    a patch file (`ptr` ""), or a kustomization's inline patch string (`whole`, at `ptr`)."""
+
+    doc: Document
+    ptr: str
+    body: Any
+    whole: bool = False
 
 
 @dataclass
@@ -128,7 +140,8 @@ def build_all(files: Mapping[str, bytes | Callable[[], bytes]]) -> Build:
             continue
         _hash_and_rename(built, final=True)
         for i, r in enumerate(built):
-            result.documents.append(replace(r.source, body=r.body, index=r.source.index if not r.generated else i))
+            result.documents.append(replace(r.source, body=r.body, index=r.source.index if not r.generated else i,
+                                            origins=_origins(r)))
     result.diagnostics.extend(reader.diagnostics)
     result.consumed = reader.consumed | {p for p in files if any(_under(p, d) for d in dirs)}
     return result
@@ -182,7 +195,7 @@ class _Reader:
         if found is None:
             return []
         kdoc, kpath = found
-        k = kdoc.body
+        k = _fields(kdoc.body)
 
         def error(ptr: str, message: str, hint: str = "", key: bool = False) -> _Error:
             p = kdoc.position(ptr, key=key)
@@ -198,7 +211,7 @@ class _Reader:
         for field_name in ("resources", "bases"):
             for i, entry in enumerate(_strings(k.get(field_name))):
                 resources.extend(self._resource(folder, entry, f"/{field_name}/{i}", error, (*stack, folder)))
-        options = k.get("generatorOptions") if isinstance(k.get("generatorOptions"), dict) else {}
+        options: Mapping[str, Any] = k["generatorOptions"] if isinstance(k.get("generatorOptions"), dict) else {}
         for field_name, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
             for i, gen in enumerate(k.get(field_name) or []):
                 made = self._generate(folder, kind, gen, options, f"/{field_name}/{i}", kdoc, error)
@@ -234,7 +247,7 @@ class _Reader:
         if found is None:
             return resources
         kdoc, kpath = found
-        k = kdoc.body
+        k = _fields(kdoc.body)
 
         def error(ptr: str, message: str, hint: str = "") -> _Error:
             p = kdoc.position(ptr)
@@ -243,7 +256,7 @@ class _Reader:
         extra: list[_Res] = []
         for i, entry in enumerate(_strings(k.get("resources"))):
             extra.extend(self._resource(folder, entry, f"/resources/{i}", error, stack))
-        options = k.get("generatorOptions") if isinstance(k.get("generatorOptions"), dict) else {}
+        options: Mapping[str, Any] = k["generatorOptions"] if isinstance(k.get("generatorOptions"), dict) else {}
         combined = [*resources, *extra]
         for field_name, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
             for i, gen in enumerate(k.get(field_name) or []):
@@ -316,10 +329,10 @@ class _Reader:
             if not isinstance(p, dict):
                 raise error(ptr, "a patch needs `path` or `patch`")
             bodies = (self._patch_bodies(folder, str(p["path"]), f"{ptr}/path", error) if p.get("path")
-                      else _inline(p.get("patch"), ptr, error))
+                      else _inline(p.get("patch"), kdoc, ptr, error))
             target = p.get("target") if isinstance(p.get("target"), dict) else None
             for patch in bodies:
-                if isinstance(patch, list):
+                if isinstance(patch.body, list):
                     _apply_json6902(resources, patch, target, error, ptr)
                 else:
                     _apply_smp(resources, patch, target, error, ptr)
@@ -362,9 +375,9 @@ class _Reader:
             if not isinstance(p, dict) or not isinstance(p.get("target"), dict):
                 raise error(ptr, "a patchesJson6902 entry needs a target and a path or patch")
             bodies = (self._patch_bodies(folder, str(p["path"]), f"{ptr}/path", error) if p.get("path")
-                      else _inline(p.get("patch"), ptr, error))
+                      else _inline(p.get("patch"), kdoc, ptr, error))
             for patch in bodies:
-                if not isinstance(patch, list):
+                if not isinstance(patch.body, list):
                     raise error(ptr, "a JSON 6902 patch is a list of operations")
                 _apply_json6902(resources, patch, p["target"], error, ptr)
         for count in k.get("replicas") or []:
@@ -381,14 +394,24 @@ class _Reader:
         _hash_and_rename(resources, final=False)
         return resources
 
-    def _patch_bodies(self, folder: str, rel: str, ptr: str, error: Callable[..., _Error]) -> list[Any]:
+    def _patch_bodies(self, folder: str, rel: str, ptr: str, error: Callable[..., _Error]) -> list[_Patch]:
         path = posixpath.normpath(posixpath.join(folder, rel))
         if path not in self.files:
             raise error(ptr, f"patch file {rel!r} not found")
-        return [d.body for d in self.documents(path)]
+        return [_Patch(d, "", d.body) for d in self.documents(path)]
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+_CANON = {f.lower(): f for f in SUPPORTED}
+
+
+def _fields(kustomization: Mapping[str, Any]) -> dict[str, Any]:
+    """A kustomization's fields as kustomize reads them: as Go's JSON decoder does, whatever
+    their case (its own inlinePatch example says patchesJSON6902)."""
+    return {(n if n in SUPPORTED or _CANON.get(n.lower()) in kustomization else _CANON.get(n.lower(), n)): v
+            for n, v in kustomization.items()}
 
 
 def _place_generated(resources: list[_Res], made: _Res, gen: Mapping[str, Any], error: Callable[..., _Error],
@@ -433,13 +456,13 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _inline(text: Any, ptr: str, error: Callable[..., _Error]) -> list[Any]:
+def _inline(text: Any, kdoc: Document, ptr: str, error: Callable[..., _Error]) -> list[_Patch]:
     if not isinstance(text, str):
         raise error(ptr, "a patch needs `path` or `patch`")
     docs, diags = parse_documents("<inline patch>", text)
     if diags:
         raise error(f"{ptr}/patch", f"the inline patch does not parse: {diags[0].message}")
-    return [_plain(d.body) for d in docs if d.body is not None]
+    return [_Patch(kdoc, f"{ptr}/patch", _plain(d.body), whole=True) for d in docs if d.body is not None]
 
 
 def _template(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -546,8 +569,9 @@ def _selector_matches(selector: str, labels: Mapping[str, Any]) -> bool:
     return True
 
 
-def _apply_smp(resources: list[_Res], patch: Any, target: Mapping[str, Any] | None,
+def _apply_smp(resources: list[_Res], written: _Patch, target: Mapping[str, Any] | None,
                error: Callable[..., _Error], ptr: str) -> None:
+    patch = written.body
     if not isinstance(patch, dict):
         raise error(ptr, "a strategic merge patch is a mapping")
     if target is None:
@@ -570,6 +594,7 @@ def _apply_smp(resources: list[_Res], patch: Any, target: Mapping[str, Any] | No
             if rest:
                 body = {**body, "metadata": rest}
         r.body = _merge(r.body, copy.deepcopy(body), "")
+        r.patched.append(replace(written, body=body))
 
 
 def _merge(base: Any, patch: Any, field_name: str) -> Any:
@@ -590,21 +615,22 @@ def _merge(base: Any, patch: Any, field_name: str) -> Any:
                 out[k] = _strip(v)
         return out
     if isinstance(patch, list) and isinstance(base, list) and field_name in MERGE_KEYS:
+        # As kustomize merges (kyaml, elements prepended): the patch's items first, in its order
+        # (merged with the base's item of the same key), then the base's other items.
         key = MERGE_KEYS[field_name]
-        items = list(base)
+        first: list[Any] = []
+        rest = list(base)
+        loose: list[Any] = []
         for item in patch:
             if not isinstance(item, dict) or key not in item:
-                items.append(item)
+                loose.append(item)
                 continue
-            at = next((i for i, b in enumerate(items) if isinstance(b, dict) and b.get(key) == item[key]), None)
+            at = next((i for i, b in enumerate(rest) if isinstance(b, dict) and b.get(key) == item[key]), None)
+            old = rest.pop(at) if at is not None else None
             if item.get("$patch") == "delete":
-                if at is not None:
-                    del items[at]
-            elif at is None:
-                items.append(_strip(item))
-            else:
-                items[at] = _merge(items[at], item, "")
-        return items
+                continue
+            first.append(_strip(item) if old is None else _merge(old, item, ""))
+        return first + rest + loose
     return _strip(patch)
 
 
@@ -616,16 +642,75 @@ def _strip(value: Any) -> Any:
     return value
 
 
-def _apply_json6902(resources: list[_Res], ops: list[Any], target: Mapping[str, Any] | None,
+def _apply_json6902(resources: list[_Res], written: _Patch, target: Mapping[str, Any] | None,
                     error: Callable[..., _Error], ptr: str) -> None:
+    ops = written.body
     chosen = [r for r in resources if _matches(r.body, target, r.aliases | {r.original[1]})]
     if not chosen:
         raise error(ptr, f"no resource matches the patch's target {json.dumps(target)}")
     for r in chosen:
         try:
-            r.body = jsonpatch.apply_patch(r.body, ops)
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+            for i, op in enumerate(ops):  # one at a time: where each value lands ("-": the list's end)
+                at = op.get("path") if isinstance(op, dict) and "value" in op else None
+                if isinstance(at, str) and at.endswith("/-"):
+                    there = jsonpatch.JsonPointer(at[:-2]).resolve(r.body)
+                    at = f"{at[:-2]}/{len(there)}" if isinstance(there, list) else None
+                r.body = jsonpatch.apply_patch(r.body, [op])
+                if isinstance(at, str) and op.get("op") in ("add", "replace"):
+                    r.patched.append(Origin(at, written.doc, written.ptr if written.whole
+                                            else f"{written.ptr}/{i}/value", written.whole))
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError,
+                AttributeError) as exc:
             raise error(ptr, f"JSON 6902 patch on {r.body.get('kind')}/{_name(r.body)}: {exc}") from exc
+
+
+def _origins(r: _Res) -> tuple[Origin, ...]:
+    """Where the parts of a built resource that patches set (or a merge moved) are written,
+    most specific first, the latest patch before earlier ones and before the resource's own."""
+    if not r.patched:
+        return ()
+    found: list[tuple[int, int, Origin]] = []
+    for n, p in enumerate(r.patched, start=1):
+        if isinstance(p, Origin):
+            found.append((p.at.count("/"), n, p))
+            continue
+        for at, ptr, owned in _correspond(p.body, r.body, "", "", ""):
+            if not p.whole:
+                found.append((at.count("/"), n, Origin(at, p.doc, p.ptr + ptr)))
+            elif owned:
+                found.append((at.count("/"), n, Origin(at, p.doc, p.ptr, whole=True)))
+    # Items a merge moved: where the resource has them (a generated one was written nowhere).
+    if not r.generated and any(isinstance(p, _Patch) for p in r.patched):
+        found.extend((at.count("/"), 0, Origin(at, r.source, ptr))
+                     for at, ptr, _ in _correspond(r.source.body, r.body, "", "", "") if at != ptr)
+    found.sort(key=lambda f: (-f[0], -f[1]))
+    return tuple(o for _, _, o in found)
+
+
+def _correspond(patch: Any, result: Any, pp: str, rp: str, field_name: str) -> Iterator[tuple[str, str, bool]]:
+    """(pointer in the result, pointer in the patch, whether the patch gave the whole value) of
+    each part of `patch` that is in `result`: maps by key, merged lists by their items' merge key."""
+    if isinstance(patch, dict) and isinstance(result, dict):
+        yield rp, pp, False
+        for k, v in patch.items():
+            if not k.startswith("$") and v is not None and k in result:
+                t = escape_token(k)
+                yield from _correspond(v, result[k], f"{pp}/{t}", f"{rp}/{t}", k)
+    elif isinstance(patch, list) and isinstance(result, list):
+        key = MERGE_KEYS.get(field_name)
+        if key is None:
+            if _strip(patch) == result:
+                yield rp, pp, True
+            return
+        yield rp, pp, False
+        for i, item in enumerate(patch):
+            if not isinstance(item, dict) or key not in item or item.get("$patch") == "delete":
+                continue
+            j = next((j for j, b in enumerate(result) if isinstance(b, dict) and b.get(key) == item[key]), None)
+            if j is not None:
+                yield from _correspond(item, result[j], f"{pp}/{i}", f"{rp}/{j}", "")
+    elif not isinstance(patch, (dict, list)) and patch == result:
+        yield rp, pp, True
 
 
 def content_hash(body: Mapping[str, Any]) -> str:

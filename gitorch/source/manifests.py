@@ -180,6 +180,7 @@ _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _INF = re.compile(r"[-+]?\.(inf|Inf|INF)\Z")
 _NAN = re.compile(r"\.(nan|NaN|NAN)\Z")
 _MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnNyYoO")
+_NUMERIC_START = frozenset("0123456789+-.~")
 
 # Kubernetes reads YAML with go-yaml v2 (through sigs.k8s.io/yaml), which resolves plain scalars
 # as YAML 1.1 does: these words are booleans, and integers are Go's (strconv.ParseInt base 0 once
@@ -188,6 +189,9 @@ _MAYBE_SPECIAL = frozenset("0123456789+-.~tTfFnNyYoO")
 # and timestamps stay strings there too, as in YAML 1.2.
 _TRUES_11 = frozenset(("y", "Y", "yes", "Yes", "YES", "on", "On", "ON"))
 _FALSES_11 = frozenset(("n", "N", "no", "No", "NO", "off", "Off", "OFF"))
+# A plain scalar starting with a letter is a string unless it is one of these words (numbers,
+# .inf and ~ start otherwise): the composer's fast path for words.
+_WORDS = frozenset(w for w in (*_NULLS, *_TRUES, *_FALSES, *_TRUES_11, *_FALSES_11) if w and w[0] not in _NUMERIC_START)
 _GO_INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]+|[0-9]+)\Z")
 SCALARS_VERSION = 2
 """Bumped when how scalars are read changes (2: YAML 1.1 as Kubernetes): part of the source cache's key."""
@@ -270,6 +274,28 @@ class _Positions:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """A built document's part `at` (a JSON pointer) as written at `ptr` in `doc`; `whole`: the
+    part's every value is reported at `ptr` itself (an inline patch: a string in a kustomization)."""
+
+    at: str
+    doc: Document
+    ptr: str
+    whole: bool = False
+
+
+def _exists(body: Any, ptr: str) -> bool:
+    for token in split_pointer(ptr):
+        if isinstance(body, dict) and token in body:
+            body = body[token]
+        elif isinstance(body, list) and token.isdigit() and int(token) < len(body):
+            body = body[int(token)]
+        else:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     """One YAML document of a file: its plain value and where each of its parts is written
     (`where`, or composed on demand by `positions`)."""
@@ -284,6 +310,22 @@ class Document:
     exposed: tuple[str, ...] = field(default=(), compare=False)
     """Of an encrypted document: pointers to the values under data and stringData that the file's
     SOPS rules left in plaintext (a Secret under secrets.requireEncryption may have none)."""
+    origins: tuple[Origin, ...] = field(default=(), repr=False, compare=False)
+    """Parts of a built document written elsewhere (a kustomize patch, an item a merge moved),
+    most specific first: `locate` reports them there."""
+
+    def locate(self, ptr: str, *, key: bool = False) -> tuple[str, Position]:
+        """The file and position `ptr` is written at: a patch's file for a value a patch set,
+        else this document's own (`position`)."""
+        for origin in self.origins:
+            if ptr != origin.at and not ptr.startswith(origin.at + "/"):
+                continue
+            if origin.whole:
+                return origin.doc.path, origin.doc.position(origin.ptr)
+            there = origin.ptr + ptr[len(origin.at):]
+            if _exists(origin.doc.body, there):
+                return origin.doc.path, origin.doc.position(there, key=key)
+        return self.path, self.position(ptr, key=key)
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where `ptr` is written: its value, or with `key=True` its mapping key.
@@ -525,7 +567,7 @@ class _Composer:
         root: tuple[Any, _Where] | None = None
         count = 0
         added = 0  # nodes added by aliases in this document
-        special = _MAYBE_SPECIAL
+        numeric, words = _NUMERIC_START, _WORDS
         for e in events:
             cls = type(e)
             if cls is _Scalar:
@@ -536,7 +578,7 @@ class _Composer:
                 if top is not None and top.key is None and top.is_map:
                     line, column = mark.line + 1, mark.column + 1
                     merge = False
-                    if tag is None and text and text[0] not in special:
+                    if tag is None and text and text[0] not in numeric and text not in words:
                         key = text  # a plain word
                         merge = text == _MERGE
                     else:
@@ -557,7 +599,7 @@ class _Composer:
                     if anchor is not None:
                         anchors[anchor] = _Anchored(key, (line, column, None) if positions else _NOWHERE, 1, 0, key)
                     continue
-                if tag is None and text and text[0] not in special:
+                if tag is None and text and text[0] not in numeric and text not in words:
                     value: Any = text  # a plain word
                 else:
                     try:

@@ -6,7 +6,9 @@ NO_EFFECT, and `gitorch validate` warns wherever a manifest sets one of these.
 
 A field is named by its *location*: the schema that declares it (a kind's file stem, or a
 name from defs.json's $defs) and the property path inside that schema, `[]` for a list's
-items and `*` for a map's values, e.g. `container.imagePullPolicy`.
+items and `*` for a map's values, e.g. `container.imagePullPolicy`. A definition shared by
+several kinds whose field has no effect in one kind only is named for that kind:
+`cronjob/jobSpec.ttlSecondsAfterFinished`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 _COMPAT = "accepted for compatibility; no effect: "
+_PER_POD = (
+    _COMPAT + "a StatefulSet's per-pod claims are directories on each pod's node "
+    "(/var/lib/gitorch/volumes/<namespace>/<claim>-<pod>), made at first use and kept, not claim objects"
+)
 _SERVE = "no effect: `gitorch serve --branch/--interval` decide this"
 
 NO_EFFECT: dict[str, str] = {
@@ -29,7 +35,6 @@ NO_EFFECT: dict[str, str] = {
     "storageclass.parameters": _COMPAT + "gitorch's local provisioner takes no parameters",
     "storageclass.allowVolumeExpansion": _COMPAT + "gitorch does not limit a volume's size, so it can always grow",
     "persistentvolume.spec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
-    "persistentvolume.spec.hostPath.type": _COMPAT + "a missing directory is always made (DirectoryOrCreate)",
     "configmap.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "secret.immutable": _COMPAT + "gitorch does not refuse changes; the object in Git is the truth",
     "podSpec.subdomain": _COMPAT + "gitorch's DNS has no per-pod hostname.subdomain records",
@@ -46,6 +51,18 @@ NO_EFFECT: dict[str, str] = {
     "verticalpodautoscaler.spec.recommenders": (
         _COMPAT + "gitorch has one recommender (VPA's default); its settings are serve's GITORCH_VPA_* variables"
     ),
+    "cronjob/jobSpec.ttlSecondsAfterFinished": (
+        "no effect on a CronJob's runs: successfulJobsHistoryLimit and failedJobsHistoryLimit decide which "
+        "runs' pods are kept"
+    ),
+    "statefulset/claimTemplateMetadata.labels": _PER_POD,
+    "statefulset/claimTemplateMetadata.annotations": _PER_POD,
+    "statefulset/persistentVolumeClaimSpec.storageClassName": _PER_POD,
+    "statefulset/persistentVolumeClaimSpec.volumeName": _PER_POD,
+    "statefulset/persistentVolumeClaimSpec.accessModes": (
+        _COMPAT + "each per-pod claim is used by its one pod on its one node, as both ReadWriteOnce and "
+        "ReadWriteOncePod allow"
+    ),
     "persistentVolumeClaimSpec.volumeMode": _COMPAT + "gitorch volumes are always directories (Filesystem)",
     "persistentVolumeClaimSpec.resources.requests.storage": (
         _COMPAT + "gitorch does not limit a volume's size (a claim binds only to a PersistentVolume that large)"
@@ -55,7 +72,20 @@ NO_EFFECT: dict[str, str] = {
 
 # Entries the schema requires (as Kubernetes does): a manifest cannot leave them out, so
 # `validate` does not warn about them; they stay in NO_EFFECT for the record.
-REQUIRED: frozenset[str] = frozenset({"persistentVolumeClaimSpec.resources.requests.storage"})
+REQUIRED: frozenset[str] = frozenset({
+    "persistentVolumeClaimSpec.resources.requests.storage",
+    "statefulset/persistentVolumeClaimSpec.accessModes",
+})
+
+
+def reason_for(schema: str, location: str) -> str | None:
+    """The NO_EFFECT reason for a field of the kind whose schema file is `schema`: the kind's own
+    entry first (`cronjob/jobSpec.…`), else the location's."""
+    return NO_EFFECT.get(f"{Path(schema).stem}/{location}", NO_EFFECT.get(location))
+
+
+def required(schema: str, location: str) -> bool:
+    return f"{Path(schema).stem}/{location}" in REQUIRED or location in REQUIRED
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,7 @@ class Prop:
     schema: str  # the kind's schema file, e.g. deployment.json
     path: tuple[str, ...]  # keys from the document root; "[]" a list item, "*" a map value
     location: str  # e.g. container.imagePullPolicy
+    fixed: bool = False  # the schema allows one value only (a `const`): Kubernetes' own, what gitorch does
 
 
 _SAME_LEVEL = ("allOf", "anyOf", "oneOf")
@@ -87,7 +118,7 @@ def schema_properties(schema_dir: Path) -> Iterator[Prop]:
 
     def walk(
         node: Any, file: str, owner: str, inner: tuple[str, ...], path: tuple[str, ...], refs: tuple[str, ...]
-    ) -> Iterator[tuple[tuple[str, ...], str]]:
+    ) -> Iterator[tuple[tuple[str, ...], str, bool]]:
         if not isinstance(node, dict):
             return
         ref = node.get("$ref")
@@ -97,7 +128,8 @@ def schema_properties(schema_dir: Path) -> Iterator[Prop]:
                 rfile, rowner, target = resolve(ref, file)
                 yield from walk(target, rfile, rowner, (), path, (*refs, key))
         for name, sub in (node.get("properties") or {}).items():
-            yield (*path, name), ".".join((owner, *inner, name))
+            fixed = isinstance(sub, dict) and ("const" in sub or len(sub.get("enum") or ()) == 1)
+            yield (*path, name), ".".join((owner, *inner, name)), fixed
             yield from walk(sub, file, owner, (*inner, name), (*path, name), refs)
         items = node.get("items")
         if isinstance(items, dict):
@@ -115,10 +147,10 @@ def schema_properties(schema_dir: Path) -> Iterator[Prop]:
         if name == "defs.json":
             continue
         seen: set[tuple[tuple[str, ...], str]] = set()
-        for found in walk(contents, name, Path(name).stem, (), (), ()):
-            if found not in seen:
-                seen.add(found)
-                yield Prop(name, found[0], found[1])
+        for path, location, fixed in walk(contents, name, Path(name).stem, (), (), ()):
+            if (path, location) not in seen:
+                seen.add((path, location))
+                yield Prop(name, path, location, fixed)
 
 
 # A trie of document paths, per schema file: {key: (subtrie, reason or None)}.
@@ -129,8 +161,8 @@ _Trie = dict[str, tuple["_Trie", str | None]]
 def _tries(schema_dir: Path) -> Mapping[str, _Trie]:
     out: dict[str, _Trie] = {}
     for p in schema_properties(schema_dir):
-        reason = NO_EFFECT.get(p.location)
-        if reason is None or p.location in REQUIRED:
+        reason = reason_for(p.schema, p.location)
+        if reason is None or required(p.schema, p.location):
             continue
         node = out.setdefault(p.schema, {})
         for i, key in enumerate(p.path):
@@ -168,3 +200,12 @@ def _find(trie: _Trie, value: Any, ptr: str) -> Iterator[tuple[str, str]]:
                 yield f"{ptr}/{i}", reason
             if sub:
                 yield from _find(sub, v, f"{ptr}/{i}")
+
+
+def markdown() -> str:
+    """Every accepted-no-effect field with its reason, as the README's table lists them."""
+    rows = [(f"`{k.split('/', 1)[-1]}`" + (f" ({k.split('/', 1)[0]})" if "/" in k else ""), reason)
+            for k, reason in sorted(NO_EFFECT.items(), key=lambda kv: kv[0].split("/")[-1])]
+    lines = ["| field | why it has no effect |", "| --- | --- |"]
+    lines += [f"| {field} | {reason.replace('|', '/')} |" for field, reason in rows]
+    return "\n".join(lines) + "\n"

@@ -10,13 +10,47 @@ process-runtime pod's root is the node's root (see README, Security).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 WARN_LABEL = "pod-security.kubernetes.io/warn"  # the same checks, as warnings
+AUDIT_LABEL = "pod-security.kubernetes.io/audit"  # no effect: gitorch keeps no audit log
+LEVEL_LABELS = (ENFORCE_LABEL, WARN_LABEL, AUDIT_LABEL)
 LEVELS = ("privileged", "baseline", "restricted")
+LATEST = "latest"
+_VERSION = re.compile(r"v1\.([0-9]|[1-9][0-9]*)")  # Kubernetes' api.ParseVersion
+
+
+def version_label(level_label: str) -> str:
+    """The label that pins a level label's version (`...enforce` -> `...enforce-version`)."""
+    return f"{level_label}-version"
+
+
+def version_problem(value: Any) -> str | None:
+    """Why a `*-version` label's value is refused (Kubernetes' words), None when it is valid."""
+    return None if value == LATEST or (isinstance(value, str) and _VERSION.fullmatch(value)) \
+        else 'must be "latest" or "v1.x"'
+
+
+# Linux's capabilities, by the names a securityContext uses (CAP_ less; `ALL` besides): the
+# node agent's own list (nodes/agent.py CAPABILITIES, which refuses others at a container's start).
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE",
+)
+
+
+def known_capability(name: str) -> bool:
+    """A name capabilities.add or drop may hold: ALL or a capability (the schema asks for capitals without CAP_)."""
+    return name == "ALL" or name in CAPABILITIES
+
 
 # The capabilities baseline allows a container to add (Kubernetes' capabilities_allowed_1_0).
 BASELINE_CAPABILITIES = frozenset({
@@ -74,7 +108,7 @@ def _privileged(pod: dict[str, Any]) -> Violation | None:
 
 
 def _host_namespaces(pod: dict[str, Any]) -> Violation | None:
-    found = sorted(f for f in ("hostIPC", "hostNetwork", "hostPID") if pod.get(f) is True)
+    found = [f"{f}=true" for f in ("hostNetwork", "hostPID", "hostIPC") if pod.get(f) is True]
     if found:
         return Violation("hostNamespaces", "host namespaces", ", ".join(found))
     return None
@@ -167,18 +201,31 @@ def _run_as_user(pod: dict[str, Any]) -> Violation | None:
     return None
 
 
+# The volume types restricted allows, and the names of those it refuses (in upstream's order of
+# matching; a type not listed is "unknown").
+_ALLOWED_VOLUMES = ("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim",
+                    "projected", "secret")
+_RESTRICTED_VOLUMES = (
+    "hostPath", "gcePersistentDisk", "awsElasticBlockStore", "gitRepo", "nfs", "iscsi", "glusterfs", "rbd",
+    "flexVolume", "cinder", "cephfs", "flocker", "fc", "azureFile", "vsphereVolume", "quobyte", "azureDisk",
+    "photonPersistentDisk", "portworxVolume", "scaleIO", "storageos",
+)
+
+
 def _restricted_volumes(pod: dict[str, Any]) -> Violation | None:
-    allowed = ("configMap", "emptyDir", "persistentVolumeClaim", "secret")
-    bad = sorted(str(v.get("name")) for v in pod.get("volumes") or []
-                 if isinstance(v, dict) and not any(k in v for k in allowed))
+    bad: list[str] = []
+    types: set[str] = set()
+    for v in pod.get("volumes") or []:
+        if not isinstance(v, dict) or any(v.get(k) is not None for k in _ALLOWED_VOLUMES):
+            continue
+        bad.append(str(v.get("name")))
+        types.add(next((t for t in _RESTRICTED_VOLUMES if v.get(t) is not None), "unknown"))
     if bad:
         return Violation("restrictedVolumes", "restricted volume types",
-                         f"volumes [{' '.join(_go_quote(b) for b in bad)}] have restricted types")
+                         f"{_plural('volume', 'volumes', len(bad))} {_quote(bad)} {_plural('uses', 'use', len(bad))} "
+                         f"{_plural('restricted volume type', 'restricted volume types', len(types))} "
+                         f"{_quote(sorted(types))}")
     return None
-
-
-def _go_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _allow_privilege_escalation(pod: dict[str, Any]) -> Violation | None:
@@ -239,15 +286,16 @@ def _capabilities_restricted(pod: dict[str, Any]) -> Violation | None:
 
 Check = Callable[[dict[str, Any]], "Violation | None"]
 
-# In Kubernetes' order of evaluation within each level; restricted includes baseline (less the
-# checks restricted overrides: capabilities_baseline and seccompProfile_baseline).
+# In Kubernetes' order of evaluation: baseline's check IDs sorted, then restricted's sorted;
+# restricted leaves out the baseline checks it overrides (capabilities_baseline, hostPathVolumes,
+# seccompProfile_baseline). runAsUser, a restricted check upstream, is in baseline too (last).
 BASELINE: tuple[Check, ...] = (
-    _privileged, _host_namespaces, _host_path_volumes, _host_ports, _capabilities_baseline,
+    _capabilities_baseline, _host_namespaces, _host_path_volumes, _host_ports, _privileged,
     lambda pod: _seccomp(pod, restricted=False), _run_as_user,
 )
 RESTRICTED: tuple[Check, ...] = (
-    _privileged, _host_namespaces, _host_path_volumes, _host_ports, _run_as_user,
-    _restricted_volumes, _allow_privilege_escalation, _run_as_non_root, _capabilities_restricted,
+    _host_namespaces, _host_ports, _privileged,
+    _allow_privilege_escalation, _capabilities_restricted, _restricted_volumes, _run_as_non_root, _run_as_user,
     lambda pod: _seccomp(pod, restricted=True),
 )
 

@@ -24,8 +24,6 @@ from typing import Any
 
 import pyrage
 
-from gitorch.source.certificates import AeadError, aes_gcm_open, aes_gcm_seal
-
 SOPS_VERSION = "3.10.2"  # the format version we write; SOPS reads files of older and newer 3.x
 DEFAULT_ENCRYPTED_REGEX = "^(data|stringData)$"  # what a Kubernetes Secret needs hidden
 DEFAULT_UNENCRYPTED_SUFFIX = "_unencrypted"  # SOPS's rule when a file names none
@@ -202,6 +200,8 @@ def _parse_enc(value: str, where: str) -> tuple[bytes, bytes, bytes, str]:
 def _encrypt_value(value: Any, key: bytes, aad: str) -> str:
     if value == "":  # SOPS leaves empty strings empty
         return ""
+    from gitorch.source.certificates import aes_gcm_seal  # cryptography: only for encrypted files
+
     iv = os.urandom(32)
     data, tag = aes_gcm_seal(key, iv, _to_bytes(value), aad.encode())
     enc = base64.b64encode
@@ -212,6 +212,8 @@ def _encrypt_value(value: Any, key: bytes, aad: str) -> str:
 def _decrypt_value(value: str, key: bytes, aad: str, where: str) -> Any:
     if value == "":
         return ""
+    from gitorch.source.certificates import AeadError, aes_gcm_open  # cryptography: only for encrypted files
+
     data, iv, tag, kind = _parse_enc(value, where)
     try:
         raw = aes_gcm_open(key, iv, data, tag, aad.encode())

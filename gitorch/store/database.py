@@ -324,6 +324,17 @@ class ServiceAccountId(SQLModel, table=True):
     allocated_at: datetime = _time()
 
 
+class AllocationMark(SQLModel, table=True):
+    """A high-water mark of an allocation that never gives a value twice (`account_ids`: the
+    uid the next new ServiceAccount gets). Retention: one row per kind of allocation, kept."""
+
+    __tablename__ = "allocation_marks"
+
+    name: str = Field(primary_key=True)
+    value: int
+    updated_at: datetime = _time()
+
+
 class NodePortAllocation(SQLModel, table=True):
     """A NodePort of one named port of a Service."""
 
@@ -1155,6 +1166,21 @@ class Store:
                 kept = rows.get(key)
                 if kept is None or kept.uid != uid:
                     s.add(ServiceAccountId(uid=uid, namespace=key[0], name=key[1], allocated_at=stamp))
+            s.flush()
+
+    def allocation_mark(self, name: str) -> int | None:
+        """The stored high-water mark `name` (see AllocationMark), None before the first."""
+        with self._session(write=False) as s:
+            row = s.get(AllocationMark, name)
+            return row.value if row is not None else None
+
+    def save_allocation_mark(self, name: str, value: int, *, now: datetime | None = None) -> None:
+        with self._session(write=True) as s:
+            row = s.get(AllocationMark, name)
+            if row is None:
+                s.add(AllocationMark(name=name, value=value, updated_at=_now(now)))
+            elif row.value != value:
+                row.value, row.updated_at = value, _now(now)
             s.flush()
 
     def cluster_ips(self) -> list[ClusterIPAllocation]:

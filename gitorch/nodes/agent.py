@@ -1028,13 +1028,14 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
     return 0
 
 
-def facts_answer(paths: Paths, refresh: bool = False) -> Json:
+def facts_answer(paths: Paths, refresh: bool = False, cgroups: Cgroups | None = None) -> Json:
     """The `facts` verb's answer: what the verb prints and what the supervisor publishes
-    (publish_facts), built here only."""
+    (publish_facts, with the cgroups it detected at start: probing them is half the cost),
+    built here only."""
     checks = node_checks(paths, refresh=refresh)
     mem = meminfo()
     cpus, online = effective_cpus()
-    cg = Cgroups.detect(paths)
+    cg = cgroups or Cgroups.detect(paths)
     status = read_json(paths.status, {})
     pods = {}
     for pod in status.get("pods", []) if isinstance(status, dict) else []:
@@ -1087,11 +1088,11 @@ def boottime() -> float:
     return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
 
-def publish_facts(paths: Paths, redact: Redactor) -> None:
+def publish_facts(paths: Paths, redact: Redactor, cgroups: Cgroups | None = None) -> None:
     """facts.json: the `facts` answer with the time it was made, so that `gitorch nodes`
     reads it with one `cat` (no Python start on the node) while it is fresh. One line:
     {"at": seconds since boot, "bootId", "sha": this agent's, "facts": answer}."""
-    answer = redact.doc(facts_answer(paths))
+    answer = redact.doc(facts_answer(paths, cgroups=cgroups))
     atomic_write(paths.facts, json.dumps({"at": round(boottime(), 3), "bootId": answer.get("bootId"),
                                           "sha": own_sha(), "facts": answer}, sort_keys=True) + "\n",
                  mode=0o600)
@@ -4577,7 +4578,7 @@ class Supervisor:
         if now - self._last_facts >= FACTS_PUBLISH_SECONDS or self._facts_status != self._last_status:
             self._last_facts, self._facts_status = now, self._last_status
             try:
-                publish_facts(self.paths, self.redact)
+                publish_facts(self.paths, self.redact, self.cgroups)
             except Exception as exc:  # readers fall back to the `facts` verb
                 self.log_error("facts", f"publishing facts failed: {type(exc).__name__}: {exc}")
         if self.pending_ack is not None:

@@ -4,7 +4,9 @@ Cold round: connect + authenticate + upload the agent + `facts` on every node.
 Warm round: `facts` on every node over the open connections (the controller's steady state).
 Anchor: `ansible all -m ping -f 50` against the same nodes. Target: warm round under 0.5 s,
 Ansible / gitorch-warm of 10 or more. Then `gitorch nodes` as a user runs it, the whole
-process: with no serve (it connects to every node), and beside a running `gitorch serve`
+process: with no serve (it connects to every node; once before any supervisor runs, so each
+node starts the agent, then with a supervisor on every node publishing facts.json, which it
+reads with `cat`), and beside a running `gitorch serve`
 (it asks serve over the control socket; issue 17's target: 10x Ansible or more). Needs root
 (it builds a lab); installs ansible-core from PyPI when missing. Last line: the speed-up of
 `gitorch nodes` beside serve over Ansible.
@@ -175,6 +177,7 @@ def start_supervisors(lab: labmod.Lab, tmp: Path) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("supervisors did not publish facts.json within 60 s")
         time.sleep(0.5)
+    time.sleep(5)  # past the supervisors' start-up (restore, first checks): as in a running cluster
 
 
 def json_rows_via(gitorch: list[str], repo: Path, env: dict[str, str]) -> str:

@@ -19,6 +19,7 @@ from gitorch.nodes.ssh import Endpoint, Pool, SSHOptions
 from tests.gitrepo import GitRepo
 from tests.lab import ssh_run
 from tests.samples import gitorch
+from tests.test_agent import Node
 from tests.waiting import wait_until
 
 AGENT = Path(agent.__file__)
@@ -63,6 +64,24 @@ def test_stale_missing_foreign_or_broken_copies_are_refused(tmp_path: Path) -> N
     assert fresh_facts(b'{"at": 1, "sha"\n' + (UPTIME + BOOT_ID).encode(), DIGEST) is None  # torn
     assert fresh_facts(_output({**doc, "facts": {**doc["facts"], "ok": False}}), DIGEST) is None
     assert fresh_facts(_output({**doc, "at": True}), DIGEST) is None
+
+
+def test_a_supervisor_publishes_its_facts_refreshes_them_and_takes_them_away_when_it_stops(tmp_path: Path) -> None:
+    node = Node(tmp_path / "root")
+    published = tmp_path / "root" / "facts.json"
+    try:
+        node.sync()  # starts the supervisor
+        first = wait_until("facts.json", lambda: published.exists() and json.loads(published.read_text()),
+                           timeout=20, interval=0.1)
+        facts = fresh_facts(_output(first, Path("/proc/uptime").read_text()), DIGEST)
+        assert facts is not None and facts["supervisor"]["running"] and facts["agentSha"] == DIGEST
+        assert sorted(facts) == sorted(node.run("facts"))
+        wait_until("facts.json refreshed", lambda: json.loads(published.read_text())["at"] > first["at"],
+                   timeout=agent.FACTS_PUBLISH_SECONDS * 5, interval=0.2)
+        node.run("stop-supervisor")
+        assert not published.exists()
+    finally:
+        node.teardown()
 
 
 # --- on lab nodes -----------------------------------------------------------------------------

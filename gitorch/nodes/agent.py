@@ -1035,7 +1035,7 @@ def facts_answer(paths: Paths, refresh: bool = False, cgroups: Cgroups | None = 
     checks = node_checks(paths, refresh=refresh)
     mem = meminfo()
     cpus, online = effective_cpus()
-    cg = cgroups or Cgroups.detect(paths)
+    cg = cgroups if cgroups is not None else Cgroups.detect(paths)
     status = read_json(paths.status, {})
     pods = {}
     for pod in status.get("pods", []) if isinstance(status, dict) else []:
@@ -4235,7 +4235,7 @@ class Supervisor:
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
-        self._last_facts = 0.0
+        self._last_facts = -FACTS_PUBLISH_SECONDS  # time.monotonic() of the last publish_facts
         self._facts_status = ""  # the status published last in facts.json
         self._last_index = 0.0
         self._last_storage_check = 0.0
@@ -4575,8 +4575,9 @@ class Supervisor:
             self._last_rotate = now
             self.rotate_logs()
         self.persist()
-        if now - self._last_facts >= FACTS_PUBLISH_SECONDS or self._facts_status != self._last_status:
-            self._last_facts, self._facts_status = now, self._last_status
+        since = time.monotonic()  # not `now`: a wall clock set back must not pause publishing
+        if since - self._last_facts >= FACTS_PUBLISH_SECONDS or self._facts_status != self._last_status:
+            self._last_facts, self._facts_status = since, self._last_status
             try:
                 publish_facts(self.paths, self.redact, self.cgroups)
             except Exception as exc:  # readers fall back to the `facts` verb

@@ -22,6 +22,8 @@ Verbs (request keys -> response keys besides ``ok``):
   services ("nftables", or "unavailable: <why>"), agentVersion, agentSha,
   supervisor{running, pid, version, sha}, pods{"namespace/name": {phase, ready, restarts}}.
   Runtime and mount checks are cached in the root for 5 minutes; ``refresh`` re-checks.
+  A running supervisor also publishes this answer in facts.json (every 2 s, and when its
+  pods' status changes; see publish_facts), which `gitorch nodes` reads without Python.
 - ``sync``  {"pods": [PodSpec, ...], "network": {podCIDR, gateway, routes: [{cidr, via}],
   clusterCIDR}, "dns": {nameservers, domain, options}, "services": [{name, protocol,
   clusterIP, port, nodePort, endpoints: [{ip, port}]}], "serviceCIDR",
@@ -437,6 +439,7 @@ class Paths:
         self.announce = os.path.join(self.root, "announce.json")
         self.fence = os.path.join(self.root, "fence.json")
         self.metrics = os.path.join(self.root, "metrics.json")
+        self.facts = os.path.join(self.root, "facts.json")
         self.pods = os.path.join(self.root, "pods")
 
     # ``key`` is a pod's pod_key (or, for a pod adopted from an agent before namespaces
@@ -1021,10 +1024,18 @@ _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "i386": "386", 
 
 
 def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
-    checks = node_checks(paths, refresh=bool(request.get("refresh")))
+    emit(facts_answer(paths, refresh=bool(request.get("refresh"))), redact)
+    return 0
+
+
+def facts_answer(paths: Paths, refresh: bool = False, cgroups: Cgroups | None = None) -> Json:
+    """The `facts` verb's answer: what the verb prints and what the supervisor publishes
+    (publish_facts, with the cgroups it detected at start: probing them is half the cost),
+    built here only."""
+    checks = node_checks(paths, refresh=refresh)
     mem = meminfo()
     cpus, online = effective_cpus()
-    cg = Cgroups.detect(paths)
+    cg = cgroups if cgroups is not None else Cgroups.detect(paths)
     status = read_json(paths.status, {})
     pods = {}
     for pod in status.get("pods", []) if isinstance(status, dict) else []:
@@ -1033,7 +1044,7 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
                 "phase": pod.get("phase"), "ready": pod.get("ready"), "restarts": pod.get("restarts")}
     runtimes = ["process"] + [n for n, info in checks["runtimes"].items() if info["available"]]
     uname = os.uname()
-    emit({
+    return {
         "ok": True,
         "hostname": uname.nodename,
         "os": os_pretty_name(),
@@ -1063,8 +1074,28 @@ def cmd_facts(paths: Paths, request: Json, redact: Redactor) -> int:
         "agentSha": own_sha(),
         "supervisor": supervisor_info(paths),
         "pods": pods,
-    }, redact)
-    return 0
+    }
+
+
+FACTS_PUBLISH_SECONDS = 2.0
+"""How often the supervisor refreshes facts.json (also at once when its pods' status changes).
+Readers treat a copy older than FACTS_MAX_AGE_SECONDS of nodes/client.py as absent."""
+
+
+def boottime() -> float:
+    """Seconds since boot, as the first field of /proc/uptime counts them (CLOCK_BOOTTIME):
+    a reader compares facts.json's time with the node's own clock, read in the same `cat`."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+def publish_facts(paths: Paths, redact: Redactor, cgroups: Cgroups | None = None) -> None:
+    """facts.json: the `facts` answer with the time it was made, so that `gitorch nodes`
+    reads it with one `cat` (no Python start on the node) while it is fresh. One line:
+    {"at": seconds since boot, "bootId", "sha": this agent's, "facts": answer}."""
+    answer = redact.doc(facts_answer(paths, cgroups=cgroups))
+    atomic_write(paths.facts, json.dumps({"at": round(boottime(), 3), "bootId": answer.get("bootId"),
+                                          "sha": own_sha(), "facts": answer}, sort_keys=True) + "\n",
+                 mode=0o600)
 
 
 # ---------------------------------------------------------------------------------------
@@ -4204,6 +4235,8 @@ class Supervisor:
         self._last_state = ""
         self._last_status = ""
         self._last_rotate = 0.0
+        self._last_facts = -FACTS_PUBLISH_SECONDS  # time.monotonic() of the last publish_facts
+        self._facts_status = ""  # the status published last in facts.json
         self._last_index = 0.0
         self._last_storage_check = 0.0
         self._log_fd = -1
@@ -4323,6 +4356,8 @@ class Supervisor:
         self.log("supervisor stopping; pods keep running")
         with contextlib.suppress(OSError):
             os.unlink(self.paths.pidfile)
+        with contextlib.suppress(OSError):
+            os.unlink(self.paths.facts)  # it says a supervisor runs: readers ask the verb instead
 
     def log(self, message: str) -> None:
         line = f"{iso(time.time())} {self.redact(message)}\n"
@@ -4540,6 +4575,13 @@ class Supervisor:
             self._last_rotate = now
             self.rotate_logs()
         self.persist()
+        since = time.monotonic()  # not `now`: a wall clock set back must not pause publishing
+        if since - self._last_facts >= FACTS_PUBLISH_SECONDS or self._facts_status != self._last_status:
+            self._last_facts, self._facts_status = since, self._last_status
+            try:
+                publish_facts(self.paths, self.redact, self.cgroups)
+            except Exception as exc:  # readers fall back to the `facts` verb
+                self.log_error("facts", f"publishing facts failed: {type(exc).__name__}: {exc}")
         if self.pending_ack is not None:
             atomic_write(self.paths.ack, json.dumps({"generation": self.pending_ack,
                                                      "pid": os.getpid()}))

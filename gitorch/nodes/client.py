@@ -29,7 +29,11 @@ from gitorch.nodes.ssh import CommandTimeout, Connection, Endpoint, NodeError, P
 log = logging.getLogger(__name__)
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
-AGENT_DIR = "/var/lib/gitorch/agent"
+AGENT_ROOT = "/var/lib/gitorch"
+"""The agent's state folder on a node unless a client names another root (agent.py DEFAULT_ROOT)."""
+AGENT_DIR = f"{AGENT_ROOT}/agent"
+FACTS_MAX_AGE_SECONDS = 10.0
+"""A supervisor refreshes facts.json every 2 s: an older copy means none runs (or it is stuck)."""
 PYTHON = "/usr/bin/python3"
 _MISSING = 97  # exit status of the launcher when the agent file is not there yet
 _RUN_FLAGS = "-I -S -u"
@@ -170,6 +174,15 @@ class NodeClient:
             result = self.conn.run(self._launcher(verb), body, timeout)
         return self._checked(self._decode(result.stdout, result.stderr, result.exit_status))
 
+    def published_facts(self, timeout: float = 30.0, max_age: float = FACTS_MAX_AGE_SECONDS) -> dict[str, Any] | None:
+        """The `facts` answer the node's supervisor published (agent.py publish_facts), read with
+        one `cat` and no Python start on the node; None when it is missing, unreadable, older
+        than `max_age` or from another agent version: then ask the agent (`call("facts")`)."""
+        facts = f"{self.root or AGENT_ROOT}/facts.json"
+        result = self.conn.run(f"exec cat {shlex.quote(facts)} /proc/uptime /proc/sys/kernel/random/boot_id",
+                               b"", timeout)
+        return fresh_facts(result.stdout, self.agent.digest, max_age)
+
     def call(self, verb: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """One request to the node's long-lived agent process (started on first use)."""
         request = request_parts(verb, payload)
@@ -259,6 +272,28 @@ class NodeClient:
     def close(self) -> None:
         with self._lock:
             self._drop_stream()
+
+
+def fresh_facts(output: bytes, digest: str, max_age: float = FACTS_MAX_AGE_SECONDS) -> dict[str, Any] | None:
+    """The facts in `cat facts.json /proc/uptime /proc/sys/kernel/random/boot_id`'s output when
+    they were published by agent `digest`, in this boot, at most `max_age` seconds ago by the
+    node's own clock (no skew between this machine and the node); None otherwise."""
+    lines = output.decode(errors="replace").splitlines()
+    if len(lines) != 3:
+        return None  # no facts.json (cat still prints the other two), or a torn read
+    try:
+        doc = json.loads(lines[0])
+        now = float(lines[1].split()[0])
+    except (ValueError, IndexError):
+        return None
+    if not isinstance(doc, dict) or doc.get("sha") != digest or doc.get("bootId") != lines[2].strip():
+        return None
+    at, facts = doc.get("at"), doc.get("facts")
+    if not isinstance(at, (int, float)) or isinstance(at, bool) or not -1.0 <= now - at <= max_age:
+        return None  # the supervisor stopped or is stuck (or the clock is not the one it used)
+    if not isinstance(facts, dict) or facts.get("ok") is not True:
+        return None
+    return facts
 
 
 def decode(node: str, stdout: bytes, stderr: bytes = b"", status: int = 0) -> dict[str, Any]:

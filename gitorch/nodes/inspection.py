@@ -17,12 +17,16 @@ Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
 def _facts(client: NodeClient) -> dict[str, Any]:
-    return client.call("facts", timeout=client.conn.options.command_timeout)
+    """A node's facts on a new connection: what its supervisor published (one `cat`, no Python
+    start on the node), else the agent's answer."""
+    timeout = client.conn.options.command_timeout
+    return client.published_facts(timeout) or client.call("facts", timeout=timeout)
 
 
 def facts_of(client: NodeClient) -> dict[str, Any]:
-    """What `gitorch nodes` asks each agent (also through a running serve's connections)."""
-    return _facts(client)
+    """What `gitorch nodes` asks each agent through a running serve's open connections (there a
+    request to the agent process already running costs a round trip)."""
+    return client.call("facts", timeout=client.conn.options.command_timeout)
 
 
 def node_facts(

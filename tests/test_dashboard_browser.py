@@ -208,7 +208,7 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
         # A pod's log follows: lines keep arriving without a reload.
         page.open(f"/pods/dash/{pod.name}/logs")
         first = wait_until("log lines", lambda: _ticks(page.text("#log")), timeout=30, accept=lambda t: len(t) >= 2)
-        assert ssh_run(lab, str(pod.node), "pgrep -f 'agent-[0-9a-f]*[.]py logs' || true").stdout.strip()
+        assert ssh_run(lab, str(pod.node), "pgrep -f '[.]main[(][)][)] logs' || true").stdout.strip()
         wait_until("the log to follow", lambda: _ticks(page.text("#log")), timeout=30,
                    accept=lambda t: max(t) >= max(first) + 3)
         assert "v1" in page.text("#log")
@@ -220,7 +220,7 @@ def test_the_dashboard_in_chromium_follows_a_rollout_and_a_log(
         # Leaving the log page ended its stream, and with it the agent following the log.
         assert pod.node
         wait_until("the node's log follower gone", lambda: ssh_run(
-            lab, str(pod.node), "pgrep -f 'agent-[0-9a-f]*[.]py logs' || true").stdout.strip(), timeout=30,
+            lab, str(pod.node), "pgrep -f '[.]main[(][)][)] logs' || true").stdout.strip(), timeout=30,
             accept=lambda out: out == "")
         browser.execute_script("window.stillTheSamePage = true")
         before = tree_state(page)

@@ -573,6 +573,7 @@ def test_a_quiet_cluster_passes_only_when_woken_while_every_pod_watch_is_open(
                and p.ready and p.restarts >= 1], timeout=60, interval=0.2)
     # A node whose watch stream drops: timer passes resume until it is open again.
     before = _passes(server)
-    ssh_run(lab, node, "pkill -f 'agent-.*[.]py watch' || true")
+    # The agent as the controller runs it (client._launcher: python3 -c "...main()" watch).
+    ssh_run(lab, node, "pkill -f '[.]main[(][)][)] watch' || true")
     wait_until("timer passes while a watch is down", lambda: _passes(server) - before, timeout=30, interval=0.2,
                accept=lambda moved: moved >= 1)

@@ -24,7 +24,6 @@ from tests.waiting import wait_until
 
 AGENT = Path(agent.__file__)
 DIGEST = AgentFile.load().digest
-UPTIME = Path("/proc/uptime").read_text()
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text()
 
 
@@ -36,9 +35,15 @@ def _published(tmp_path: Path) -> dict[str, Any]:
     return doc
 
 
-def _output(doc: dict[str, Any], uptime: str = UPTIME, boot_id: str = BOOT_ID) -> bytes:
+def _uptime() -> str:
+    """/proc/uptime now (not at collection: a whole suite's run later, a copy published now
+    would be from the future)."""
+    return Path("/proc/uptime").read_text()
+
+
+def _output(doc: dict[str, Any], uptime: str | None = None, boot_id: str = BOOT_ID) -> bytes:
     """What `cat facts.json /proc/uptime /proc/sys/kernel/random/boot_id` prints."""
-    return (json.dumps(doc) + "\n" + uptime + boot_id).encode()
+    return (json.dumps(doc) + "\n" + (uptime if uptime is not None else _uptime()) + boot_id).encode()
 
 
 def test_the_published_file_is_the_facts_verbs_answer(tmp_path: Path) -> None:
@@ -54,14 +59,15 @@ def test_the_published_file_is_the_facts_verbs_answer(tmp_path: Path) -> None:
 
 def test_stale_missing_foreign_or_broken_copies_are_refused(tmp_path: Path) -> None:
     doc = _published(tmp_path)
-    now = float(UPTIME.split()[0])
-    assert fresh_facts(_output({**doc, "at": now - FACTS_MAX_AGE_SECONDS + 1}), DIGEST) is not None
-    assert fresh_facts(_output({**doc, "at": now - FACTS_MAX_AGE_SECONDS - 1}), DIGEST) is None  # stale
-    assert fresh_facts(_output({**doc, "at": now + 60}), DIGEST) is None  # from a clock this is not
+    uptime = _uptime()
+    now = float(uptime.split()[0])
+    assert fresh_facts(_output({**doc, "at": now - FACTS_MAX_AGE_SECONDS + 1}, uptime), DIGEST) is not None
+    assert fresh_facts(_output({**doc, "at": now - FACTS_MAX_AGE_SECONDS - 1}, uptime), DIGEST) is None  # stale
+    assert fresh_facts(_output({**doc, "at": now + 60}, uptime), DIGEST) is None  # from a clock this is not
     assert fresh_facts(_output(doc), "0123456789ab") is None  # another agent version
     assert fresh_facts(_output(doc, boot_id="another-boot\n"), DIGEST) is None  # before a reboot
-    assert fresh_facts((UPTIME + BOOT_ID).encode(), DIGEST) is None  # no facts.json
-    assert fresh_facts(b'{"at": 1, "sha"\n' + (UPTIME + BOOT_ID).encode(), DIGEST) is None  # torn
+    assert fresh_facts((uptime + BOOT_ID).encode(), DIGEST) is None  # no facts.json
+    assert fresh_facts(b'{"at": 1, "sha"\n' + (uptime + BOOT_ID).encode(), DIGEST) is None  # torn
     assert fresh_facts(_output({**doc, "facts": {**doc["facts"], "ok": False}}), DIGEST) is None
     assert fresh_facts(_output({**doc, "at": True}), DIGEST) is None
 

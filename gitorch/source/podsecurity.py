@@ -48,7 +48,9 @@ CAPABILITIES = (
 
 
 def known_capability(name: str) -> bool:
-    """A name capabilities.add or drop may hold: ALL or a capability (the schema asks for capitals without CAP_)."""
+    """A name capabilities.add or drop may hold: ALL or a capability, in any case and with or
+    without CAP_, as podman, containerd and the agent read them (sock-shop's `drop: [all]`)."""
+    name = name.upper().removeprefix("CAP_")
     return name == "ALL" or name in CAPABILITIES
 
 

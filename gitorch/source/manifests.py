@@ -539,7 +539,6 @@ class _Frame:
         self.explicit: set[str] = set()
 
 
-_NO_TAG = (None, "!")
 _NOWHERE: _Where = (0, 0, None)  # composed without positions
 
 
